@@ -1,0 +1,156 @@
+"""Probe: attach estimators by glob to a model's ProbePoints (and parameters) and record them on a schedule."""
+from __future__ import annotations
+
+import contextlib
+import csv
+import fnmatch
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .estimator import Estimator
+
+
+def _is_probe_point(module: nn.Module) -> bool:
+    return type(module).__name__ == "ProbePoint"  # estimators depend on nothing of ours
+
+
+class Probe:
+    """Watch named tensors of ``model`` with estimators.
+
+    ``points`` maps a glob over module names of ``layers.ProbePoint`` modules (their outputs are
+    recorded) or over parameter names (the weight itself is read) to a list of estimators. Hooks
+    exist only during scheduled steps (``step % every == 0``), so an unscheduled step costs nothing.
+    Outputs are accumulated on their own device along dim 0 up to ``max_samples`` rows per step,
+    then each estimator runs once on the accumulated tensor when the step ends (``probe.step()``,
+    or leaving the ``with`` block).
+    """
+
+    def __init__(self, model: nn.Module, points: dict[str, list[Estimator]], every: int = 1,
+                 max_samples: int | None = 4096, step: int = 0):
+        if every < 1:
+            raise ValueError(f"every must be >= 1, got {every}")
+        self.model, self.every, self.max_samples, self._step = model, every, max_samples, step
+        self.rows: list[dict] = []
+        self._modules: dict[str, list[Estimator]] = {}
+        self._params: dict[str, list[Estimator]] = {}
+        modules = {n: m for n, m in model.named_modules() if _is_probe_point(m)}
+        params = dict(model.named_parameters())
+        for pattern, estimators in points.items():
+            estimators = list(estimators) if isinstance(estimators, (list, tuple)) else [estimators]
+            if not all(isinstance(e, Estimator) for e in estimators):
+                raise TypeError(f"Probe: values must be lists of estimators (e.g. [entropy()]), got {estimators!r} "
+                                f"for {pattern!r}")
+            hit_m = [n for n in modules if fnmatch.fnmatchcase(n, pattern)]
+            hit_p = [n for n in params if fnmatch.fnmatchcase(n, pattern)]
+            if not hit_m and not hit_p:
+                raise KeyError(f"Probe: {pattern!r} matches no probe point or parameter of {type(model).__name__}; "
+                               f"probe points are {sorted(modules) or 'none'}")
+            for n in hit_m:
+                self._modules.setdefault(n, []).extend(estimators)
+            for n in hit_p:
+                self._params.setdefault(n, []).extend(estimators)
+        self._named_modules = modules
+        self._handles: list = []
+        self._paused = False
+        self._buffers: dict[str, list[torch.Tensor]] = {}
+        self._attach_if_scheduled()
+
+    # -- schedule -------------------------------------------------------------------------------
+    @property
+    def scheduled(self) -> bool:
+        return self._step % self.every == 0
+
+    def _attach_if_scheduled(self):
+        if self.scheduled and not self._handles:
+            for name in self._modules:
+                self._handles.append(self._named_modules[name].register_forward_hook(self._hook(name)))
+
+    def _detach(self):
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+
+    @contextlib.contextmanager
+    def paused(self):
+        """Forward passes inside this block are not recorded (e.g. an evaluation between training steps)."""
+        self._paused = True
+        try:
+            yield self
+        finally:
+            self._paused = False
+
+    def _hook(self, name: str):
+        def record(module, inputs, output):
+            if self._paused:
+                return
+            chunks = self._buffers.setdefault(name, [])
+            have = sum(c.shape[0] for c in chunks)
+            if self.max_samples is None or have < self.max_samples:
+                take = output.detach()
+                if self.max_samples is not None and take.dim() > 0:
+                    take = take[: self.max_samples - have]
+                chunks.append(take)
+        return record
+
+    # -- computing ------------------------------------------------------------------------------
+    def _record(self, point: str, estimator: Estimator, value):
+        items = value.items() if isinstance(value, dict) else [(None, value)]
+        for key, v in items:
+            name = estimator.name if key is None else f"{estimator.name}/{key}"
+            self.rows.append({"step": self._step, "point": point, "estimator": name,
+                              "value": float(v.item() if torch.is_tensor(v) else v)})
+
+    def flush(self):
+        """Compute every estimator on what this step accumulated (no-op on unscheduled steps)."""
+        if not self.scheduled:
+            return
+        with torch.no_grad():
+            for name, chunks in self._buffers.items():
+                shapes = {tuple(c.shape[1:]) for c in chunks}
+                if len(shapes) > 1:
+                    raise ValueError(f"Probe: {name} produced tensors of different shapes {sorted(shapes)} within "
+                                     "one step; record one kind of forward pass per step (see Probe.paused())")
+                x = torch.cat(chunks) if chunks[0].dim() > 0 else torch.stack(chunks)
+                for est in self._modules[name]:
+                    self._record(name, est, est(x))
+            params = dict(self.model.named_parameters())
+            for name, ests in self._params.items():
+                for est in ests:
+                    self._record(name, est, est(params[name].detach()))
+        self._buffers = {}
+
+    def step(self):
+        """End the current step: compute if it was scheduled, advance, attach hooks if the next is scheduled."""
+        self.flush()
+        self._step += 1
+        if not self.scheduled:
+            self._detach()
+        self._attach_if_scheduled()
+
+    # -- results --------------------------------------------------------------------------------
+    def table(self) -> list[dict]:
+        """Tidy rows: {step, point, estimator, value}."""
+        return list(self.rows)
+
+    def to_csv(self, path: str | os.PathLike) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=["step", "point", "estimator", "value"])
+            writer.writeheader()
+            writer.writerows(self.rows)
+        return path
+
+    def close(self):
+        self.flush()
+        self._buffers = {}
+        self._detach()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

@@ -1,0 +1,140 @@
+import json
+import os
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+import zoo
+from weights import CheckpointError, load_checkpoint, load_into, read_metadata, save_checkpoint, sha256_of
+from weights import manifest as manifest_mod
+
+
+def _same_outputs(a, b):
+    x = torch.randn(2, 30, 3)
+    a.eval(), b.eval()
+    return torch.equal(a(x), b(x)) and torch.equal(a.generate(x[:, 0], 50), b.generate(x[:, 0], 50))
+
+
+def test_save_load_roundtrip_rebuilds_model_with_its_config(tmp_path):
+    m = zoo.create_model("alrnn_m20_p2", M=12)
+    path = save_checkpoint(m, tmp_path / "m.safetensors")
+    meta = read_metadata(path)
+    assert meta["model"] == "alrnn_m20_p2" and json.loads(meta["config"]) == {"M": 12, "P": 2, "N": 3}
+    m2 = load_checkpoint(path)
+    assert m2.zoo_config.M == 12
+    assert _same_outputs(m, m2)
+
+
+def test_atomic_write_leaves_old_file_when_writing_fails(tmp_path, monkeypatch):
+    m = zoo.create_model("alrnn_m20_p2")
+    path = save_checkpoint(m, tmp_path / "m.safetensors")
+    before = path.read_bytes()
+
+    def boom(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr("weights.checkpoint.save_file", boom)
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint(zoo.create_model("alrnn_m20_p2"), path)
+    assert path.read_bytes() == before
+    assert os.listdir(tmp_path) == ["m.safetensors"]  # no temp file left behind
+
+
+def test_load_into_names_missing_unexpected_and_misshaped_keys(tmp_path):
+    m = zoo.create_model("alrnn_m20_p2")
+    state = {k: v.clone() for k, v in m.state_dict().items()}
+    del state["cell.h"]
+    state["extra.weight"] = torch.zeros(1)
+    state["L"] = torch.zeros(5, 3)
+    save_file(state, tmp_path / "bad.safetensors")
+    with pytest.raises(CheckpointError) as err:
+        load_into(m, tmp_path / "bad.safetensors")
+    msg = str(err.value)
+    assert "missing keys (1): cell.h" in msg
+    assert "unexpected keys (1): extra.weight" in msg
+    assert "L: checkpoint (5, 3) vs model (17, 3)" in msg
+
+
+def test_corrupt_and_missing_files_give_clear_errors(tmp_path):
+    bad = tmp_path / "corrupt.safetensors"
+    bad.write_bytes(b"\x00\x01not a safetensors file")
+    with pytest.raises(CheckpointError, match="not a readable safetensors file"):
+        load_checkpoint(bad)
+    with pytest.raises(FileNotFoundError, match="checkpoint not found"):
+        load_checkpoint(tmp_path / "absent.safetensors")
+    plain = tmp_path / "plain.safetensors"
+    save_file({"w": torch.zeros(1)}, plain)
+    with pytest.raises(CheckpointError, match="no paperzoo metadata"):
+        load_checkpoint(plain)
+
+
+def test_tied_weights_are_stored_once_and_restored(tmp_path):
+    from zoo._registry import build
+
+    m = build("alrnn_m20_p2", zoo.alrnn.ALRNNConfig())
+    m.head = torch.nn.Linear(3, 3, bias=False)
+    m.tail = torch.nn.Linear(3, 3, bias=False)
+    m.tail.weight = m.head.weight  # tie
+    path = save_checkpoint(m, tmp_path / "tied.safetensors")
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        keys = set(f.keys())
+    assert "head.weight" in keys and "tail.weight" not in keys
+    m2 = build("alrnn_m20_p2", zoo.alrnn.ALRNNConfig())
+    m2.head = torch.nn.Linear(3, 3, bias=False)
+    m2.tail = torch.nn.Linear(3, 3, bias=False)
+    m2.tail.weight = m2.head.weight
+    load_into(m2, path)
+    assert torch.equal(m2.tail.weight, m.head.weight)
+
+
+def _fake_entry(tmp_path, monkeypatch, model, sha, url=None):
+    entry = {"name": "test_ckpt", "model": "alrnn_m20_p2", "file": "test_ckpt.safetensors", "sha256": sha,
+             "url": url, "source": "test", "license": "test", "reported": {}}
+    monkeypatch.setattr(manifest_mod, "published_checkpoints", lambda: [entry])
+    return entry
+
+
+def test_pretrained_resolves_from_cache_and_verifies_full_sha256(tmp_path, monkeypatch):
+    trained = zoo.create_model("alrnn_m20_p2")
+    cache = manifest_mod.cache_dir()
+    path = save_checkpoint(trained, cache / "test_ckpt.safetensors")
+    _fake_entry(tmp_path, monkeypatch, trained, sha256_of(path))
+    m = zoo.create_model("alrnn_m20_p2", pretrained=True)
+    assert _same_outputs(m, trained)
+
+    _fake_entry(tmp_path, monkeypatch, trained, "0" * 64)
+    with pytest.raises(CheckpointError, match="sha256 mismatch"):
+        zoo.create_model("alrnn_m20_p2", pretrained=True)
+
+
+def test_pretrained_offline_says_what_to_download_and_where(tmp_path, monkeypatch):
+    _fake_entry(tmp_path, monkeypatch, None, "0" * 64, url="http://127.0.0.1:9/none.safetensors")
+    with pytest.raises(FileNotFoundError) as err:
+        zoo.create_model("alrnn_m20_p2", pretrained=True)
+    msg = str(err.value)
+    assert "http://127.0.0.1:9/none.safetensors" in msg and str(manifest_mod.cache_dir()) in msg
+
+
+def test_pretrained_with_conflicting_override_is_an_error(tmp_path, monkeypatch):
+    path = save_checkpoint(zoo.create_model("alrnn_m20_p2"), manifest_mod.cache_dir() / "test_ckpt.safetensors")
+    _fake_entry(tmp_path, monkeypatch, None, sha256_of(path))
+    with pytest.raises(CheckpointError, match="different config"):
+        zoo.create_model("alrnn_m20_p2", pretrained=True, M=30)
+
+
+def test_original_pth_is_read_without_unpickling(tmp_path):
+    from weights.convert import read_original
+
+    torch.save({"A": torch.ones(3)}, tmp_path / "orig.pth")
+    assert torch.equal(read_original(tmp_path / "orig.pth")["A"], torch.ones(3))
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("echo pwned",))
+
+    torch.save({"x": Evil()}, tmp_path / "evil.pth")
+    with pytest.raises(CheckpointError, match="weights_only"):
+        read_original(tmp_path / "evil.pth")

@@ -1,0 +1,62 @@
+import numpy as np
+import pytest
+import torch
+from scipy.ndimage import gaussian_filter1d
+
+from estimators.dynamics import _gaussian_smooth, power_spectra, power_spectrum_distance, state_space_divergence
+from train.data.systems import simulate
+
+
+@pytest.fixture(scope="module")
+def lorenz():
+    return simulate("lorenz63", 20000, 0.01, transient=500, seed=0), simulate("lorenz63", 20000, 0.01, transient=500, seed=1)
+
+
+def test_identical_trajectories_give_zero(lorenz):
+    a, _ = lorenz
+    assert state_space_divergence(a, a).item() == pytest.approx(0.0, abs=1e-12)
+    assert power_spectrum_distance(a, a).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_same_attractor_small_unrelated_large(lorenz):
+    a, b = lorenz
+    noise = torch.randn(20000, 3, generator=torch.Generator().manual_seed(0)) * a.std(0) + a.mean(0)
+    assert state_space_divergence(a, b).item() < 0.5
+    assert state_space_divergence(a, noise).item() > 5.0
+    assert power_spectrum_distance(a, b).item() < 0.15
+    assert power_spectrum_distance(a, noise).item() > 0.7
+
+
+def test_state_space_divergence_closed_form_on_disjoint_cells():
+    # 1-D, 2 bins over [min-0.1s, max+0.1s]: true mass (1/2, 1/2), generated all in bin 0.
+    x = torch.tensor([[0.0], [0.0], [1.0], [1.0]])
+    g = torch.zeros(4, 1)
+    alpha, n = 1e-5, 4
+    p = torch.tensor([2 + alpha, 2 + alpha], dtype=torch.float64) / (4 + 2 * alpha)
+    q = torch.tensor([n + alpha, alpha], dtype=torch.float64) / (n + 2 * alpha)
+    expected = (p * (p / q).log()).sum()
+    assert state_space_divergence(x, g, n_bins=2).item() == pytest.approx(expected.item(), rel=1e-9)
+
+
+def test_hellinger_closed_form_on_pure_tones():
+    t = torch.arange(4096, dtype=torch.float64)
+    a = torch.sin(2 * torch.pi * 0.05 * t)[:, None]
+    b = torch.sin(2 * torch.pi * 0.40 * t)[:, None]
+    # no smoothing: two delta-like spectra far apart -> disjoint support -> H = 1
+    assert power_spectrum_distance(a, b, smoothing=0).item() == pytest.approx(1.0, abs=1e-3)
+    p = power_spectra(a, smoothing=0)
+    assert p.sum().item() == pytest.approx(1.0)
+
+
+def test_smoothing_matches_scipy_gaussian_filter1d():
+    x = torch.randn(3, 700, dtype=torch.float64)
+    ours = _gaussian_smooth(x, 20.0)
+    ref = torch.from_numpy(gaussian_filter1d(x.numpy(), 20.0, axis=-1, mode="reflect", truncate=4.0))
+    assert torch.allclose(ours, ref, atol=1e-12)
+
+
+def test_shape_errors_name_the_arguments():
+    with pytest.raises(ValueError, match="x_true and x_gen"):
+        state_space_divergence(torch.zeros(10, 3), torch.zeros(10, 2))
+    with pytest.raises(ValueError, match="equal length"):
+        power_spectrum_distance(torch.randn(500, 1), torch.randn(400, 1))

@@ -1,0 +1,91 @@
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from estimators import Probe, condition_number, entropy, make_estimator, shannon_entropy
+from estimators.conditioning import covariance_condition_number, matrix_condition_number
+from layers import ProbePoint
+
+
+class Tiny(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(4, 4)
+        self.probs = ProbePoint()
+        self.hidden = ProbePoint()
+
+    def forward(self, x):
+        h = self.hidden(self.lin(x))
+        return self.probs(torch.softmax(h, -1))
+
+
+def test_shannon_entropy_known_values():
+    assert shannon_entropy(torch.full((8,), 1 / 8), base="bits").item() == pytest.approx(3.0)
+    assert shannon_entropy(torch.tensor([1.0, 0.0, 0.0])).item() == 0.0
+    p = torch.tensor([0.5, 0.25, 0.25])
+    assert shannon_entropy(p).item() == pytest.approx(1.5 * math.log(2))
+    with pytest.raises(TypeError, match="floating"):
+        shannon_entropy(torch.tensor([1, 0]))
+
+
+def test_condition_numbers_known_values():
+    w = torch.diag(torch.tensor([4.0, 2.0, 0.5]))
+    assert matrix_condition_number(w).item() == pytest.approx(8.0)
+    conv = torch.zeros(2, 1, 2, 2)
+    conv[0, 0, 0, 0], conv[1, 0, 1, 1] = 3.0, 1.0  # reshaped to 2 x 4: singular values 3 and 1
+    assert matrix_condition_number(conv).item() == pytest.approx(3.0)
+    x = torch.randn(200_000, 2, generator=torch.Generator().manual_seed(0)) * torch.tensor([3.0, 1.0])
+    assert covariance_condition_number(x).item() == pytest.approx(9.0, rel=0.02)
+    with pytest.raises(ValueError, match="matrix"):
+        matrix_condition_number(torch.ones(3))
+
+
+def test_probe_records_only_on_schedule_and_costs_nothing_otherwise():
+    torch.manual_seed(0)
+    model = Tiny()
+    with Probe(model, {"probs": [entropy()], "lin.weight": [condition_number()]}, every=3) as probe:
+        for step in range(7):
+            scheduled = step % 3 == 0
+            assert bool(model.probs._forward_hooks) == scheduled  # no hook at all on unscheduled steps
+            model(torch.randn(16, 4))
+            probe.step()
+    rows = probe.table()
+    assert sorted({r["step"] for r in rows}) == [0, 3, 6]
+    assert {(r["point"], r["estimator"]) for r in rows} == {("probs", "entropy"), ("lin.weight", "condition_number_matrix")}
+    assert not model.probs._forward_hooks  # detached on exit
+
+
+def test_probe_value_equals_direct_computation_and_respects_max_samples(tmp_path):
+    torch.manual_seed(0)
+    model = Tiny()
+    xs = [torch.randn(10, 4) for _ in range(3)]
+    with Probe(model, {"probs": [entropy(base="bits")]}, max_samples=25) as probe:
+        for x in xs:
+            model(x)
+    with torch.no_grad():
+        expected = shannon_entropy(torch.softmax(model.lin(torch.cat(xs))[:25], -1), base="bits")
+    assert probe.table()[0]["value"] == pytest.approx(expected.item(), abs=1e-6)
+    csv = probe.to_csv(tmp_path / "probe.csv").read_text().splitlines()
+    assert csv[0] == "step,point,estimator,value" and len(csv) == 2
+
+
+def test_probe_paused_block_is_not_recorded():
+    model = Tiny()
+    with Probe(model, {"hidden": [condition_number(of="covariance")]}) as probe:
+        model(torch.randn(64, 4))
+        with probe.paused():
+            model(torch.randn(3, 7, 4))  # different shape: would break the step if recorded
+    assert len(probe.table()) == 1
+
+
+def test_probe_bad_specs_are_clear():
+    model = Tiny()
+    with pytest.raises(KeyError, match="matches no probe point.*hidden"):
+        Probe(model, {"attn.*": [entropy()]})
+    with pytest.raises(TypeError, match="lists of estimators"):
+        Probe(model, {"probs": ["entropy"]})
+    with pytest.raises(KeyError, match="unknown estimator"):
+        make_estimator("mutual_info_of_nothing")
+    assert make_estimator({"condition_number": {"of": "covariance"}}).name == "condition_number_covariance"

@@ -1,0 +1,43 @@
+import dataclasses
+
+import pytest
+import zoo
+
+
+def test_list_models_glob():
+    assert zoo.list_models("alrnn_*") == ["alrnn_m20_p1", "alrnn_m20_p2"]
+    assert zoo.list_models("nothing*") == []
+
+
+def test_create_model_applies_overrides_to_the_dataclass_config():
+    m = zoo.create_model("alrnn_m20_p2", M=30)
+    assert m.zoo_name == "alrnn_m20_p2"
+    assert dataclasses.asdict(m.zoo_config) == {"M": 30, "P": 2, "N": 3}
+    assert m.cell.W.shape == (30, 30)
+
+
+def test_unknown_name_suggests_closest():
+    with pytest.raises(KeyError) as err:
+        zoo.create_model("alrnn_m20_p3")
+    assert "alrnn_m20_p2" in str(err.value) and "did you mean" in str(err.value).lower()
+
+
+def test_unknown_override_lists_valid_keys():
+    with pytest.raises(TypeError, match=r"unknown config override\(s\) \['Q'\]; valid keys are \['M', 'P', 'N'\]"):
+        zoo.create_model("alrnn_m20_p2", Q=1)
+
+
+def test_model_info_reports_family_paper_params_recipes():
+    info = zoo.model_info("alrnn_m20_p2")
+    assert info["family"] == "alrnn" and info["arxiv"] == "2410.14240"
+    # A (20) + W (20x20) + h (20) + L ((20-3) x 3) = 491
+    assert info["params"] == 491
+    assert info["recipes"] == ["alrnn-lorenz63"]
+    assert "alrnn_m20_p2_lorenz63" in info["checkpoints"]
+
+
+def test_register_rejects_duplicate_names():
+    from zoo._registry import register_model
+
+    with pytest.raises(ValueError, match="registered twice"):
+        register_model(zoo.alrnn.ALRNNConfig(), zoo.alrnn.PAPER, name="alrnn_m20_p2")(lambda c: None)

@@ -1,0 +1,122 @@
+"""``zoo`` command line: list, info, train, eval, estimate, convert."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _cmd_list(args):
+    import zoo
+
+    for name in zoo.list_models(args.pattern):
+        print(name)
+
+
+def _cmd_info(args):
+    import zoo
+
+    print(json.dumps(zoo.model_info(args.name), indent=2))
+
+
+def _cmd_train(args):
+    from .loop import fit
+    from .recipe import load_recipe
+
+    recipe = load_recipe(args.recipe, args.set)
+    out = Path(args.out or f"runs/{recipe['name']}")
+    final = fit(recipe, out, resume=args.resume)
+    if final:
+        print(json.dumps(final, indent=2))
+        print(f"run directory: {out}")
+
+
+def _recipe_for(checkpoint: str, name: str | None, overrides):
+    from weights import read_metadata
+
+    from .recipe import load_recipe
+
+    name = name or read_metadata(checkpoint).get("recipe")
+    if not name:
+        raise SystemExit(f"{checkpoint} does not record its recipe; pass --recipe NAME")
+    return load_recipe(name, overrides)
+
+
+def _cmd_eval(args):
+    from weights import load_checkpoint
+
+    from .tasks import make_task
+
+    model = load_checkpoint(args.checkpoint).eval()
+    print(json.dumps(make_task(_recipe_for(args.checkpoint, args.recipe, args.set)).evaluate(model), indent=2))
+
+
+def _cmd_estimate(args):
+    import torch
+
+    from estimators import Probe, make_estimator
+    from weights import load_checkpoint
+
+    from .tasks import make_task
+
+    model = load_checkpoint(args.checkpoint).eval()
+    task = make_task(_recipe_for(args.checkpoint, args.recipe, args.set))
+    points = {}
+    for spec in args.probe:
+        glob, _, names = spec.partition("=")
+        points[glob] = [make_estimator(n) for n in names.split(",") if n]
+    with torch.no_grad(), Probe(model, points, max_samples=args.samples) as probe:
+        task.loss(model, task.batch(args.batch, torch.Generator().manual_seed(0)))
+    for row in probe.table():
+        print(f"{row['point']}\t{row['estimator']}\t{row['value']:.6g}")
+
+
+def _cmd_convert(args):
+    from weights.convert import convert
+
+    out = args.out or str(Path(args.original).with_suffix(".safetensors"))
+    print(convert(args.original, args.model, out))
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="zoo", description="paperzoo: models from papers, one loop, probes")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("list", help="registered model names")
+    p.add_argument("pattern", nargs="?", default="*")
+    p.set_defaults(fn=_cmd_list)
+    p = sub.add_parser("info", help="family, paper, config, parameters, checkpoints, recipes of a model")
+    p.add_argument("name")
+    p.set_defaults(fn=_cmd_info)
+    p = sub.add_parser("train", help="train a recipe (train/recipes/NAME.yaml or a path)")
+    p.add_argument("recipe")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. train.steps=100")
+    p.add_argument("--out", help="run directory (default runs/RECIPE)")
+    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
+    p.set_defaults(fn=_cmd_train)
+    p = sub.add_parser("convert", help="convert an original checkpoint to safetensors for a model")
+    p.add_argument("original")
+    p.add_argument("--model", required=True)
+    p.add_argument("--out")
+    p.set_defaults(fn=_cmd_convert)
+    for name, fn, helptext in (("eval", _cmd_eval, "evaluate a checkpoint with its recipe's task"),
+                               ("estimate", _cmd_estimate, "run estimators on a checkpoint's probe points")):
+        p = sub.add_parser(name, help=helptext)
+        p.add_argument("checkpoint")
+        p.add_argument("--recipe", help="recipe whose task to use (default: the one recorded in the checkpoint)")
+        p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+        p.set_defaults(fn=fn)
+    p.add_argument("--probe", action="append", required=True, metavar="GLOB=EST[,EST]",
+                   help="e.g. --probe z=condition_number")
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--samples", type=int, default=4096)
+    args = parser.parse_args(argv)
+    try:
+        args.fn(args)
+    except (KeyError, ValueError, TypeError, FileNotFoundError, FileExistsError, FloatingPointError) as err:
+        print(f"zoo {args.command}: error: {err}", file=sys.stderr)
+        raise SystemExit(2) from err
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,209 @@
+"""The one training loop: every family trains through ``fit(recipe, out)``."""
+from __future__ import annotations
+
+import contextlib
+import json
+import random
+import shutil
+from pathlib import Path
+
+import torch
+import yaml
+from torch.nn.parallel import DistributedDataParallel
+from tqdm.auto import tqdm
+
+import zoo
+from weights import load_into, save_checkpoint
+from weights.tree import load_tree, save_tree
+
+from .distributed import Dist, all_mean, setup, teardown
+from .plots import plot_metrics
+from .schedules import build_optimizer, build_scheduler
+from .tasks import make_task
+
+
+def _batch_generator(seed: int, step: int, micro: int) -> torch.Generator:
+    """Batches depend only on (seed, step, micro): resumed and multi-process runs draw the same ones."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + step * 1_009 + micro)
+
+
+def _shard(batch: dict, d: Dist) -> dict:
+    out = {}
+    for key, value in batch.items():
+        n = value.shape[0]
+        if n % d.world:
+            raise ValueError(f"batch of {n} does not split over {d.world} processes; make train.batch_size / "
+                             f"train.grad_accum a multiple of the number of processes")
+        per = n // d.world
+        out[key] = value[d.rank * per:(d.rank + 1) * per].to(d.device, non_blocking=True)
+    return out
+
+
+def _autocast(precision: str, device: torch.device):
+    if precision == "auto":
+        precision = "bf16" if device.type == "cuda" else "fp32"
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    raise ValueError(f"train.precision must be auto, fp32 or bf16, got {precision!r}")
+
+
+def _rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def checkpoints(out: Path) -> list[Path]:
+    return sorted((out / "checkpoints").glob("step_*[0-9]"))
+
+
+def _save_train_checkpoint(out: Path, step: int, model, optimizer, scheduler, keep: int) -> Path:
+    """model.safetensors + trainer.safetensors in a temp dir, renamed into place: never half-written."""
+    final = out / "checkpoints" / f"step_{step:08d}"
+    tmp = final.with_name(final.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    save_checkpoint(model, tmp / "model.safetensors")
+    save_tree({"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+               "rng": _rng_state()}, tmp / "trainer.safetensors")
+    shutil.rmtree(final, ignore_errors=True)
+    tmp.rename(final)
+    for old in checkpoints(out)[:-keep] if keep > 0 else []:
+        shutil.rmtree(old)
+    return final
+
+
+def _append(path: Path, row: dict) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(row) + "\n")
+
+
+def _make_probe(model, cfg: dict, step: int):
+    if not cfg.get("points"):
+        return None
+    from estimators import Probe, make_estimator
+
+    points = {glob: [make_estimator(s) for s in specs] for glob, specs in cfg["points"].items()}
+    return Probe(model, points, every=int(cfg.get("every", 100)),
+                 max_samples=cfg.get("max_samples", 4096), step=step)
+
+
+def fit(recipe: dict, out: str | Path = "runs/run", resume: bool = False) -> dict:
+    """Train ``recipe`` into the run directory ``out``; returns the final evaluation metrics.
+
+    ``out`` receives recipe.yaml, metrics.jsonl, metrics.png, the task's plots, checkpoints/step_*/
+    (model + optimizer/scheduler/RNG state) and model.safetensors. ``resume=True`` continues from the
+    newest checkpoint and gives the same losses as an uninterrupted run.
+    """
+    out = Path(out)
+    cfg = recipe["train"]
+    d = setup(cfg["device"])
+    try:
+        return _fit(recipe, cfg, out, resume, d)
+    finally:
+        teardown()
+
+
+def _fit(recipe: dict, cfg: dict, out: Path, resume: bool, d: Dist) -> dict:
+    steps, accum, batch_size = int(cfg["steps"]), int(cfg["grad_accum"]), int(cfg["batch_size"])
+    if batch_size % (accum * d.world):
+        raise ValueError(f"train.batch_size={batch_size} must be divisible by grad_accum*processes={accum * d.world}")
+    found = checkpoints(out)
+    if found and not resume:
+        raise FileExistsError(f"{out} already holds checkpoints ({found[-1].name}); pass --resume to continue "
+                              "that run or choose another --out")
+    if resume and (out / "recipe.yaml").is_file():
+        saved = yaml.safe_load((out / "recipe.yaml").read_text())
+        if saved != recipe:
+            diff = sorted(k for k in set(saved) | set(recipe) if saved.get(k) != recipe.get(k))
+            raise ValueError(f"--resume with a different recipe than the one in {out}/recipe.yaml (sections {diff} differ)")
+
+    torch.manual_seed(int(cfg["seed"]))
+    random.seed(int(cfg["seed"]))
+    task = make_task(recipe)
+    model = zoo.create_model(recipe["model"], **recipe["model_args"]).to(d.device)
+    optimizer = build_optimizer(model.parameters(), recipe["optim"])
+    scheduler = build_scheduler(optimizer, recipe["schedule"], steps)
+    metrics_path = out / "metrics.jsonl"
+    start = 0
+    if resume and found:
+        load_into(model, found[-1] / "model.safetensors")
+        state = load_tree(found[-1] / "trainer.safetensors")
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        _set_rng_state(state["rng"])
+        start = int(state["step"])
+    if d.main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "recipe.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False))
+        rows = metrics_path.read_text().splitlines() if start and metrics_path.is_file() else []
+        metrics_path.write_text("".join(r + "\n" for r in rows if json.loads(r)["step"] <= start))
+
+    net = DistributedDataParallel(model) if d.world > 1 else model
+    probe = _make_probe(model, recipe.get("probe") or {}, start)
+    micro_size = batch_size // accum
+    bar = tqdm(range(start, steps), initial=start, total=steps, disable=not d.main, desc=recipe["name"],
+               dynamic_ncols=True)
+    for step in bar:
+        model.train()
+        optimizer.zero_grad(set_to_none=True)
+        total, extras = torch.zeros((), device=d.device), {}
+        for micro in range(accum):
+            batch = _shard(task.batch(micro_size, _batch_generator(int(cfg["seed"]), step, micro)), d)
+            sync = contextlib.nullcontext() if micro == accum - 1 or d.world == 1 else net.no_sync()
+            with sync, _autocast(cfg["precision"], d.device):
+                loss, extra = task.loss(net, batch)
+            (loss / accum).backward()
+            total += loss.detach().float() / accum
+            extras = extra
+        loss_value = float(all_mean(total, d))
+        if not torch.isfinite(torch.tensor(loss_value)):
+            last = checkpoints(out)
+            raise FloatingPointError(
+                f"loss is {loss_value} at step {step + 1} of {recipe['name']}; stopped before the update. "
+                + (f"Last good checkpoint: {last[-1]} (resume with --resume after lowering optim.lr or setting "
+                   "train.clip)." if last else "No checkpoint was written yet; lower optim.lr or set train.clip."))
+        grad_norm = None
+        if cfg["clip"]:
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), float(cfg["clip"])))
+        optimizer.step()
+        scheduler.step()
+        if probe is not None:
+            probe.step()
+        done = step + 1
+        if d.main and (done % int(cfg["log_every"]) == 0 or done == steps):
+            row = {"step": done, "split": "train", "loss": loss_value, "lr": scheduler.get_last_lr()[0], **extras}
+            if grad_norm is not None:
+                row["grad_norm"] = grad_norm
+            _append(metrics_path, row)
+            bar.set_postfix(loss=f"{loss_value:.4g}")
+        if d.main and cfg["eval_every"] and done % int(cfg["eval_every"]) == 0 and done != steps:
+            model.eval()
+            with probe.paused() if probe is not None else contextlib.nullcontext():
+                _append(metrics_path, {"step": done, "split": "eval", **task.evaluate(model)})
+        if d.main and cfg["ckpt_every"] and done % int(cfg["ckpt_every"]) == 0:
+            _save_train_checkpoint(out, done, model, optimizer, scheduler, int(cfg["keep_checkpoints"]))
+    bar.close()
+
+    if not d.main:
+        return {}
+    if probe is not None:
+        probe.close()
+        probe.to_csv(out / "probe.csv")
+    model.eval()
+    final = {"step": steps, "split": "eval", **task.evaluate(model)}
+    _append(metrics_path, final)
+    save_checkpoint(model, out / "model.safetensors", extra_metadata={"recipe": recipe["name"]})
+    plot_metrics(metrics_path, out / "metrics.png")
+    task.report(model, out)
+    (out / "summary.json").write_text(json.dumps(final, indent=2))
+    return final

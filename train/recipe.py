@@ -1,0 +1,71 @@
+"""Recipes: YAML files under train/recipes/ resolved with ``key.path=value`` overrides."""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import yaml
+
+RECIPES_DIR = Path(__file__).resolve().parent / "recipes"
+
+DEFAULTS = {
+    "model_args": {},
+    "task_args": {},
+    "data": {},
+    "optim": {"name": "adamw", "lr": 1e-3, "weight_decay": 0.0},
+    "schedule": {"name": "constant", "warmup": 0},
+    "train": {"steps": 1000, "batch_size": 16, "grad_accum": 1, "clip": 0.0, "eval_every": 0, "ckpt_every": 0,
+              "log_every": 10, "seed": 0, "precision": "auto", "device": "auto", "keep_checkpoints": 2},
+    "probe": {},
+}
+REQUIRED = ("name", "model", "task")
+
+
+def list_recipes() -> list[str]:
+    return sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in extra.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def apply_override(recipe: dict, assignment: str) -> dict:
+    """Set ``a.b.c=value`` (value parsed as YAML) in a copy of ``recipe``; unknown paths are an error."""
+    if "=" not in assignment:
+        raise ValueError(f"override must look like key.path=value, got {assignment!r}")
+    path, raw = assignment.split("=", 1)
+    keys = path.strip().split(".")
+    out = copy.deepcopy(recipe)
+    node = out
+    for i, key in enumerate(keys[:-1]):
+        if not isinstance(node.get(key), dict):
+            raise KeyError(f"override {path!r}: {'.'.join(keys[:i + 1])!r} is not a section of the recipe")
+        node = node[key]
+    free = keys[0] in ("model_args", "task_args", "data", "probe") or (len(keys) >= 2 and keys[0] in ("optim", "schedule"))
+    if keys[-1] not in node and not free:
+        raise KeyError(f"override {path!r}: unknown key; {'.'.join(keys[:-1]) or 'top level'} has {sorted(node)}")
+    node[keys[-1]] = yaml.safe_load(raw)
+    return out
+
+
+def load_recipe(name_or_path: str, overrides: list[str] | tuple[str, ...] = ()) -> dict:
+    """Load a recipe by name (train/recipes/NAME.yaml) or path, fill defaults, apply overrides."""
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = RECIPES_DIR / f"{name_or_path}.yaml"
+    if not path.is_file():
+        raise FileNotFoundError(f"no recipe {name_or_path!r}; available: {list_recipes()}")
+    raw = yaml.safe_load(path.read_text()) or {}
+    missing = [k for k in REQUIRED if k not in raw]
+    if missing:
+        raise ValueError(f"recipe {path} lacks required keys {missing}")
+    unknown = sorted(set(raw) - set(DEFAULTS) - set(REQUIRED) - {"description", "reference"})
+    if unknown:
+        raise ValueError(f"recipe {path}: unknown top-level keys {unknown}; valid: {sorted(set(DEFAULTS) | set(REQUIRED))}")
+    recipe = _merge(DEFAULTS, raw)
+    for assignment in overrides:
+        recipe = apply_override(recipe, assignment)
+    return recipe

@@ -1,0 +1,36 @@
+"""The contract between a model family and the one training loop."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+
+class Task:
+    """A family's batch format, loss, metrics and report. The loop owns everything else.
+
+    ``batch`` must be a pure function of its generator (seeded by the loop from the recipe seed and the
+    step), so that a resumed run sees exactly the batches an uninterrupted one would, and every rank
+    draws the same global batch and keeps its own slice of it.
+    """
+
+    def __init__(self, recipe: dict):
+        self.recipe = recipe
+        self.args = recipe.get("task_args", {})
+
+    def batch(self, size: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        """A global (micro-)batch of ``size`` examples; every tensor has the batch on dim 0."""
+        raise NotImplementedError
+
+    def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        """Scalar loss (mean over the batch) and extra per-batch metrics."""
+        raise NotImplementedError
+
+    def evaluate(self, model: nn.Module) -> dict[str, float]:
+        """Held-out metrics; runs on rank 0 with the unwrapped model in eval mode."""
+        return {}
+
+    def report(self, model: nn.Module, out: Path) -> list[Path]:
+        """Task-specific plots written into the run directory; returns their paths."""
+        return []

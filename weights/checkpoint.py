@@ -1,0 +1,142 @@
+"""safetensors checkpoints that know which model they hold: save, load (rebuild), load into a model."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import safetensors
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+FORMAT = "paperzoo/1"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is unreadable or does not match the model it is loaded into."""
+
+
+def atomic_write(path: str | os.PathLike, write) -> Path:
+    """Call ``write(tmp_path)`` then rename onto ``path``: readers never see a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def _unique_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """state_dict with tied tensors stored once (safetensors refuses shared storage)."""
+    seen: dict[tuple, str] = {}
+    out = {}
+    for key, t in model.state_dict().items():
+        ident = (t.device, t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), tuple(t.stride()))
+        if t.numel() and ident in seen:
+            continue
+        seen[ident] = key
+        out[key] = t.detach().contiguous().cpu()
+    return out
+
+
+def model_metadata(model: nn.Module) -> dict[str, str]:
+    from zoo import __version__
+
+    meta = {"format": FORMAT, "paperzoo": __version__, "torch": torch.__version__}
+    if getattr(model, "zoo_name", None):
+        meta["model"] = model.zoo_name
+        meta["config"] = json.dumps(dataclasses.asdict(model.zoo_config), sort_keys=True)
+    return meta
+
+
+def save_checkpoint(model: nn.Module, path: str | os.PathLike, extra_metadata: dict[str, str] | None = None) -> Path:
+    """Write ``model``'s weights to ``path`` (safetensors) with its registry name and config, atomically."""
+    meta = model_metadata(model) | (extra_metadata or {})
+    tensors = _unique_state(model)
+    return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
+
+
+def read_metadata(path: str | os.PathLike) -> dict[str, str]:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        with safetensors.safe_open(str(path), framework="pt") as f:
+            return dict(f.metadata() or {})
+    except Exception as err:  # safetensors raises several types for a corrupt header
+        raise CheckpointError(f"{path} is not a readable safetensors file ({err})") from err
+
+
+def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(str(path))
+    except Exception as err:
+        raise CheckpointError(f"{path} is not a readable safetensors file ({err})") from err
+
+
+def load_state_into(model: nn.Module, state: dict[str, torch.Tensor], source: str = "state dict") -> nn.Module:
+    """Copy ``state`` into ``model``; any missing, unexpected or mis-shaped key is one error naming them all.
+
+    A key may be absent when it is tied to (shares storage with) a key that is present.
+    """
+    own = model.state_dict()
+    tied_to: dict[str, str] = {}
+    by_storage: dict[tuple, str] = {}
+    for key, t in own.items():
+        ident = (t.device, t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape))
+        if t.numel() and ident in by_storage:
+            tied_to[key] = by_storage[ident]
+        else:
+            by_storage[ident] = key
+    missing = [k for k in own if k not in state and not (k in tied_to and tied_to[k] in state)]
+    unexpected = [k for k in state if k not in own]
+    misshaped = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+                 for k in state if k in own and state[k].shape != own[k].shape]
+    if missing or unexpected or misshaped:
+        parts = [f"{source} does not match {type(model).__name__}"]
+        for label, items in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped)):
+            if items:
+                more = f" (+{len(items) - 10} more)" if len(items) > 10 else ""
+                parts.append(f"{label} keys ({len(items)}): {', '.join(items[:10])}{more}")
+        raise CheckpointError("; ".join(parts))
+    with torch.no_grad():
+        for key, value in state.items():
+            own[key].copy_(value.to(dtype=own[key].dtype))
+    return model
+
+
+def load_into(model: nn.Module, path: str | os.PathLike) -> nn.Module:
+    """Load the weights at ``path`` into an existing ``model`` (strict; errors name every differing key)."""
+    path = Path(path)
+    read_metadata(path)  # clear error for a missing or corrupt file before reading tensors
+    return load_state_into(model, _read_tensors(path), source=str(path))
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> nn.Module:
+    """Rebuild the model recorded in the checkpoint's metadata and load its weights."""
+    import zoo
+    from zoo._registry import build, get_entry
+
+    meta = read_metadata(path)
+    if "model" not in meta:
+        raise CheckpointError(f"{path} has no paperzoo metadata (model name, config); build the model yourself "
+                              "and use weights.load_into(model, path)")
+    entry = get_entry(meta["model"])
+    saved = json.loads(meta["config"])
+    valid = {f.name for f in dataclasses.fields(entry.config)}
+    unknown = sorted(set(saved) - valid)
+    if unknown:
+        raise CheckpointError(f"{path}: config keys {unknown} are not fields of {meta['model']}'s config "
+                              f"(written by paperzoo {meta.get('paperzoo')}, this is {zoo.__version__})")
+    config = dataclasses.replace(entry.config, **saved)
+    model = build(meta["model"], config)
+    return load_into(model, path).to(map_location)

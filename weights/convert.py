@@ -1,0 +1,52 @@
+"""Converting original checkpoints (.pth/.pt/.bin, read without unpickling) into our safetensors format.
+
+A family maps an original key layout onto its own by defining ``checkpoint_filter_fn(state, model)``
+in its zoo module (as timm does); without one, keys must already match.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+from .checkpoint import CheckpointError, load_state_into, save_checkpoint
+
+
+def read_original(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Read an original PyTorch checkpoint with ``torch.load(weights_only=True)``: tensors and plain containers
+    only, nothing is unpickled. A ``{"state_dict": ...}`` or ``{"model": ...}`` wrapper is unwrapped."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"original checkpoint not found: {path}")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise CheckpointError(f"{path} could not be read with torch.load(weights_only=True): it holds pickled "
+                              f"objects beyond tensors, or is corrupt ({type(err).__name__}: {str(err)[:300]}). "
+                              "Refusing to unpickle it.") from err
+    for key in ("state_dict", "model", "model_state_dict"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+    if not isinstance(obj, dict) or not all(torch.is_tensor(v) for v in obj.values()):
+        raise CheckpointError(f"{path} does not hold a state dict of tensors (found {type(obj).__name__})")
+    return obj
+
+
+def convert(original: str | os.PathLike, model_name: str, out: str | os.PathLike, **overrides) -> Path:
+    """Original checkpoint -> our safetensors: read safely, remap keys with the family's filter, load strictly, save."""
+    import zoo
+    from zoo._registry import get_entry
+
+    state = read_original(original)
+    model = zoo.create_model(model_name, **overrides)
+    filter_fn = getattr(sys.modules[get_entry(model_name).factory.__module__], "checkpoint_filter_fn", None)
+    if filter_fn is not None:
+        state = filter_fn(state, model)
+    load_state_into(model, state, source=str(original))
+    return save_checkpoint(model, out, extra_metadata={"converted_from": Path(original).name})

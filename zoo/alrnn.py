@@ -1,0 +1,105 @@
+"""AL-RNN: Almost-Linear RNNs for dynamical-systems reconstruction (Brenner, Hemmer, Monfared, Durstewitz, 2024).
+
+Observations are read out from the first N latent units (identity observation model); the initial
+state is z_1 = [x_1; L x_1] with a learned (M-N) x N matrix L. Training forces the first N units to
+the data every ``forcing_interval`` steps (sparse teacher forcing), optionally mixed with the model's
+own state, z[:N] <- alpha x_t + (1 - alpha) z[:N] (generalized teacher forcing, Hess et al. 2023).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from layers import ALRNNCell, ProbePoint
+
+from ._registry import Paper, register_model
+
+PAPER = Paper(family="alrnn", title="Almost-Linear RNNs Yield Highly Interpretable Symbolic Codes in Dynamical "
+              "Systems Reconstruction", arxiv="2410.14240", authors="Brenner, Hemmer, Monfared, Durstewitz", year=2024)
+
+
+@dataclass
+class ALRNNConfig:
+    M: int = 20  # latent units
+    P: int = 2   # piecewise-linear (ReLU) units among them
+    N: int = 3   # observed dimensions, read out from the first N latent units
+
+
+class ALRNN(nn.Module):
+    """Latent AL-RNN with identity observation model. Probe point ``z``: latent states (B, T, M)."""
+
+    def __init__(self, config: ALRNNConfig):
+        super().__init__()
+        if not 0 < config.N <= config.M:
+            raise ValueError(f"ALRNN needs 0 < N <= M, got N={config.N}, M={config.M}")
+        self.config = config
+        self.cell = ALRNNCell(config.M, config.P)
+        self.L = nn.Parameter(nn.init.xavier_uniform_(torch.empty(config.M - config.N, config.N)))
+        self.z = ProbePoint()
+
+    def _check(self, x: torch.Tensor, name: str) -> None:
+        if x.dim() != 3 or x.shape[-1] != self.config.N:
+            raise ValueError(f"ALRNN: {name} must have shape (batch, time, N={self.config.N}), got {tuple(x.shape)}")
+
+    def initial_state(self, x0: torch.Tensor) -> torch.Tensor:
+        """z_1 = [x_1; L x_1] for observations x0 of shape (B, N)."""
+        return torch.cat([x0, x0 @ self.L.T], dim=-1)
+
+    def forward(self, x: torch.Tensor, forcing_interval: int = 16, alpha: float = 1.0) -> torch.Tensor:
+        """Teacher-forced one-step predictions of x[:, 1:] (B, T-1, N) from observations x (B, T, N).
+
+        After predicting step t (1-based, t >= 2), if (t - 1) % forcing_interval == 0 the state is forced:
+        z[:N] <- alpha x_t + (1 - alpha) z[:N]. The prediction itself is always the unforced one.
+        """
+        self._check(x, "x")
+        if forcing_interval < 1 or not 0.0 <= alpha <= 1.0:
+            raise ValueError(f"forcing_interval must be >= 1 and alpha in [0, 1], got {forcing_interval}, {alpha}")
+        N, T = self.config.N, x.shape[1]
+        z = self.initial_state(x[:, 0])
+        states = []
+        for t in range(1, T):
+            z = self.cell(z)
+            states.append(z)
+            if t % forcing_interval == 0:
+                z = torch.cat([alpha * x[:, t] + (1 - alpha) * z[:, :N], z[:, N:]], dim=-1)
+        return self.z(torch.stack(states, 1))[..., :N]
+
+    @torch.no_grad()
+    def generate(self, x0: torch.Tensor, steps: int, return_latents: bool = False):
+        """Free-running trajectory of ``steps`` observations starting at x0 (B, N) (x0 itself is the first row)."""
+        if x0.dim() != 2 or x0.shape[-1] != self.config.N:
+            raise ValueError(f"ALRNN.generate: x0 must have shape (batch, N={self.config.N}), got {tuple(x0.shape)}")
+        z = self.initial_state(x0)
+        out = torch.empty(x0.shape[0], steps, self.config.M, device=x0.device, dtype=z.dtype)
+        out[:, 0] = z
+        for t in range(1, steps):
+            z = self.cell(z)
+            out[:, t] = z
+        out = self.z(out)
+        return (out[..., : self.config.N], out) if return_latents else out[..., : self.config.N]
+
+    @torch.no_grad()
+    def n_step_prediction(self, x: torch.Tensor, n: int) -> torch.Tensor:
+        """From every x_t of x (T, N) run n free steps; returns predictions of x_{t+n}, shape (T - n, N)."""
+        z = self.initial_state(x[:-n] if n else x)
+        for _ in range(n):
+            z = self.cell(z)
+        return z[:, : self.config.N]
+
+    def symbolic_code(self, z: torch.Tensor) -> torch.Tensor:
+        """The linear subregion visited at each state of a latent trajectory z (..., M): the AL-RNN's symbolic code."""
+        return self.cell.subregion(z)
+
+
+@register_model(ALRNNConfig(M=20, P=2, N=3), PAPER)
+def alrnn_m20_p2(config: ALRNNConfig) -> ALRNN:
+    """The paper's Lorenz-63 model: 20 latent units, 2 ReLUs (minimal PWL representation: 3 subregions)."""
+    return ALRNN(config)
+
+
+@register_model(ALRNNConfig(M=20, P=1, N=3), PAPER)
+def alrnn_m20_p1(config: ALRNNConfig) -> ALRNN:
+    """The paper's Roessler model: 20 latent units, 1 ReLU (2 subregions)."""
+    return ALRNN(config)
