@@ -24,17 +24,21 @@ class ALRNNCell(nn.Module):
         self.A = nn.Parameter(torch.diagonal(K) / torch.linalg.eigvalsh(K).abs().max())
         self.W = nn.Parameter(0.01 * torch.randn(M, M))
         self.h = nn.Parameter(torch.zeros(M))
+        # phi*(z) = max(z, floor): floor is -inf on the linear units and 0 on the ReLU units (one fused op)
+        floor = torch.full((M,), float("-inf"))
+        floor[M - P:] = 0.0
+        self.register_buffer("floor", floor, persistent=False)
 
     def phi_star(self, z: torch.Tensor) -> torch.Tensor:
         """Identity on the first M-P units, ReLU on the last P."""
-        if self.P == 0:
-            return z
-        return torch.cat([z[..., : self.M - self.P], torch.relu(z[..., self.M - self.P:])], dim=-1)
+        return torch.maximum(z, self.floor)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         if z.shape[-1] != self.M:
             raise ValueError(f"ALRNNCell: z must have last dim M={self.M}, got shape {tuple(z.shape)}")
-        return torch.addmm(self.h, self.phi_star(z).reshape(-1, self.M), self.W.T).reshape(z.shape) + self.A * z
+        if z.dim() == 2:
+            return torch.addmm(torch.addcmul(self.h, self.A, z), self.phi_star(z), self.W.T)
+        return torch.addcmul(self.h, self.A, z) + self.phi_star(z) @ self.W.T
 
     def subregion(self, z: torch.Tensor) -> torch.Tensor:
         """Symbol of the linear subregion: the sign pattern of the P ReLU units as an integer sum_i [z_{M-P+i} > 0] 2^i."""

@@ -5,6 +5,7 @@ import contextlib
 import json
 import random
 import shutil
+import sys
 from pathlib import Path
 
 import torch
@@ -22,21 +23,17 @@ from .schedules import build_optimizer, build_scheduler
 from .tasks import make_task
 
 
-def _batch_generator(seed: int, step: int, micro: int) -> torch.Generator:
-    """Batches depend only on (seed, step, micro): resumed and multi-process runs draw the same ones."""
-    return torch.Generator().manual_seed(seed * 1_000_003 + step * 1_009 + micro)
+def _batch_generator(seed: int, step: int) -> torch.Generator:
+    """The global batch depends only on (seed, step): resumed and multi-process runs draw the same one."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + step)
 
 
-def _shard(batch: dict, d: Dist) -> dict:
-    out = {}
-    for key, value in batch.items():
-        n = value.shape[0]
-        if n % d.world:
-            raise ValueError(f"batch of {n} does not split over {d.world} processes; make train.batch_size / "
-                             f"train.grad_accum a multiple of the number of processes")
-        per = n // d.world
-        out[key] = value[d.rank * per:(d.rank + 1) * per].to(d.device, non_blocking=True)
-    return out
+def _local_slice(batch: dict, micro: int, accum: int, d: Dist) -> dict:
+    """This rank's part of micro-batch ``micro``: the global batch cut into accum * world equal slices."""
+    n = next(iter(batch.values())).shape[0]
+    per = n // (accum * d.world)
+    i = micro * d.world + d.rank
+    return {k: v[i * per:(i + 1) * per].to(d.device, non_blocking=True) for k, v in batch.items()}
 
 
 def _autocast(precision: str, device: torch.device):
@@ -148,17 +145,18 @@ def _fit(recipe: dict, cfg: dict, out: Path, resume: bool, d: Dist) -> dict:
         rows = metrics_path.read_text().splitlines() if start and metrics_path.is_file() else []
         metrics_path.write_text("".join(r + "\n" for r in rows if json.loads(r)["step"] <= start))
 
+    print(f"[rank {d.rank}/{d.world}] {recipe['name']} on {d.device}, steps {start}..{steps}", file=sys.stderr)
     net = DistributedDataParallel(model) if d.world > 1 else model
     probe = _make_probe(model, recipe.get("probe") or {}, start)
-    micro_size = batch_size // accum
     bar = tqdm(range(start, steps), initial=start, total=steps, disable=not d.main, desc=recipe["name"],
                dynamic_ncols=True)
     for step in bar:
         model.train()
         optimizer.zero_grad(set_to_none=True)
         total, extras = torch.zeros((), device=d.device), {}
+        global_batch = task.batch(batch_size, _batch_generator(int(cfg["seed"]), step))
         for micro in range(accum):
-            batch = _shard(task.batch(micro_size, _batch_generator(int(cfg["seed"]), step, micro)), d)
+            batch = _local_slice(global_batch, micro, accum, d)
             sync = contextlib.nullcontext() if micro == accum - 1 or d.world == 1 else net.no_sync()
             with sync, _autocast(cfg["precision"], d.device):
                 loss, extra = task.loss(net, batch)

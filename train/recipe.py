@@ -32,6 +32,17 @@ def _merge(base: dict, extra: dict) -> dict:
     return out
 
 
+def parse_value(raw: str):
+    """YAML scalar/list/dict, except that numbers like ``5e-3`` (a string to YAML 1.1) become floats."""
+    value = yaml.safe_load(raw)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
 def apply_override(recipe: dict, assignment: str) -> dict:
     """Set ``a.b.c=value`` (value parsed as YAML) in a copy of ``recipe``; unknown paths are an error."""
     if "=" not in assignment:
@@ -47,7 +58,7 @@ def apply_override(recipe: dict, assignment: str) -> dict:
     free = keys[0] in ("model_args", "task_args", "data", "probe") or (len(keys) >= 2 and keys[0] in ("optim", "schedule"))
     if keys[-1] not in node and not free:
         raise KeyError(f"override {path!r}: unknown key; {'.'.join(keys[:-1]) or 'top level'} has {sorted(node)}")
-    node[keys[-1]] = yaml.safe_load(raw)
+    node[keys[-1]] = parse_value(raw)
     return out
 
 

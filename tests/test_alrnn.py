@@ -1,0 +1,81 @@
+import pytest
+import torch
+
+import zoo
+from layers import ALRNNCell
+
+
+def test_cell_implements_the_equation():
+    torch.manual_seed(0)
+    cell = ALRNNCell(M=6, P=2)
+    z = torch.randn(5, 6)
+    phi = torch.cat([z[:, :4], z[:, 4:].clamp_min(0)], 1)
+    expected = cell.A * z + phi @ cell.W.T + cell.h
+    assert torch.allclose(cell(z), expected, atol=1e-6)
+
+
+def test_cell_is_affine_within_a_subregion():
+    torch.manual_seed(0)
+    cell = ALRNNCell(M=5, P=2)
+    z = torch.randn(5)
+    z[3:] = torch.tensor([0.7, -0.4])  # fixed sign pattern (+, -)
+    d = torch.tensor([1.0, 1, 1, 1, 0])  # identity units and the active ReLU pass, the inactive one is 0
+    J = torch.diag(cell.A) + cell.W * d
+    dz = 1e-3 * torch.randn(5)
+    dz[3:] = 0.01 * dz[3:]  # stay in the same subregion
+    assert torch.allclose(cell(z + dz) - cell(z), J @ dz, atol=1e-6)
+
+
+def test_initialisation_as_the_authors():
+    torch.manual_seed(0)
+    cell = ALRNNCell(M=20, P=2)
+    assert (cell.A > 0).all() and (cell.A <= 1).all()
+    assert torch.equal(cell.h, torch.zeros(20))
+    assert cell.W.std().item() == pytest.approx(0.01, rel=0.2)
+
+
+def test_subregion_code_is_the_relu_sign_pattern():
+    cell = ALRNNCell(M=4, P=2)
+    z = torch.tensor([[0.0, 0.0, -1.0, -1.0], [0.0, 0.0, 1.0, -1.0], [0.0, 0.0, -1.0, 1.0], [0.0, 0.0, 1.0, 1.0]])
+    assert cell.subregion(z).tolist() == [0, 1, 2, 3]
+
+
+def test_teacher_forcing_every_step_equals_one_step_predictions():
+    torch.manual_seed(0)
+    m = zoo.create_model("alrnn_m20_p2")
+    x = torch.randn(2, 12, 3)
+    pred = m(x, forcing_interval=1, alpha=1.0)
+    # with full forcing, step t's prediction comes from [x_{t-1}; latent part carried from the model]
+    z = m.initial_state(x[:, 0])
+    for t in range(1, 12):
+        z = m.cell(z)
+        assert torch.allclose(pred[:, t - 1], z[:, :3], atol=1e-6)
+        z = torch.cat([x[:, t], z[:, 3:]], 1)
+
+
+def test_free_run_matches_unforced_rollout_and_generate():
+    torch.manual_seed(0)
+    m = zoo.create_model("alrnn_m20_p2")
+    x = torch.randn(3, 30, 3)
+    unforced = m(x, forcing_interval=10**6)
+    gen = m.generate(x[:, 0], 30)
+    assert torch.allclose(unforced, gen[:, 1:], atol=1e-6)
+    n_step = m.n_step_prediction(x[0], 5)
+    assert torch.allclose(n_step[0], m.generate(x[0, :1], 6)[0, 5], atol=1e-6)
+
+
+def test_gtf_alpha_zero_is_free_running():
+    torch.manual_seed(0)
+    m = zoo.create_model("alrnn_m20_p2")
+    x = torch.randn(2, 20, 3)
+    assert torch.allclose(m(x, forcing_interval=1, alpha=0.0), m(x, forcing_interval=10**6), atol=1e-6)
+
+
+def test_bad_inputs_are_named():
+    m = zoo.create_model("alrnn_m20_p2")
+    with pytest.raises(ValueError, match=r"x must have shape \(batch, time, N=3\)"):
+        m(torch.randn(2, 10, 4))
+    with pytest.raises(ValueError, match="forcing_interval"):
+        m(torch.randn(2, 10, 3), forcing_interval=0)
+    with pytest.raises(ValueError, match="0 <= P <= M"):
+        zoo.create_model("alrnn_m20_p2", P=30)

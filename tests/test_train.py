@@ -1,0 +1,128 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from train import fit, load_recipe
+from train.recipe import apply_override
+from weights import load_checkpoint
+
+from .conftest import SMALL_DSR
+
+
+def _losses(out: Path) -> dict[int, float]:
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["loss"] for r in rows if r["split"] == "train"}
+
+
+def test_fit_writes_a_complete_run_and_loss_falls(tmp_path):
+    recipe = load_recipe("alrnn-lorenz63", SMALL_DSR + ["train.steps=100", "optim.name=adam", "optim.lr=1e-2", "schedule.name=constant", "train.batch_size=32"])
+    final = fit(recipe, tmp_path / "run")
+    out = tmp_path / "run"
+    for name in ("recipe.yaml", "metrics.jsonl", "metrics.png", "attractor.png", "model.safetensors", "probe.csv",
+                 "summary.json"):
+        assert (out / name).is_file(), name
+    losses = _losses(out)
+    first, last = sum(list(losses.values())[:5]) / 5, sum(list(losses.values())[-5:]) / 5
+    assert last < 0.5 * first
+    assert set(final) >= {"D_stsp", "D_H", "PE_20", "subregions"}
+    model = load_checkpoint(out / "model.safetensors")
+    assert model.zoo_name == "alrnn_m20_p2"
+    assert (out / "probe.csv").read_text().count("condition_number_covariance") == 10  # steps 0, 10, ..., 90
+
+
+def test_resumed_run_equals_uninterrupted_run(tmp_path, monkeypatch):
+    recipe = load_recipe("alrnn-lorenz63", SMALL_DSR)
+    fit(recipe, tmp_path / "straight")
+
+    from train.tasks.dsr import DSRTask
+
+    calls = {"n": 0}
+    original = DSRTask.loss
+
+    def interrupted(self, model, batch):
+        calls["n"] += 1
+        if calls["n"] == 25:  # dies during step 25, after the checkpoint at step 20
+            raise KeyboardInterrupt
+        return original(self, model, batch)
+
+    monkeypatch.setattr(DSRTask, "loss", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        fit(recipe, tmp_path / "resumed")
+    monkeypatch.setattr(DSRTask, "loss", original)
+    with pytest.raises(FileExistsError, match="--resume"):
+        fit(recipe, tmp_path / "resumed")
+    fit(recipe, tmp_path / "resumed", resume=True)
+
+    a, b = _losses(tmp_path / "straight"), _losses(tmp_path / "resumed")
+    assert list(a) == list(b) == list(range(1, 31))
+    assert a == b  # bit-identical losses, including the steps after the resume
+    ma, mb = load_checkpoint(tmp_path / "straight" / "model.safetensors"), load_checkpoint(tmp_path / "resumed" / "model.safetensors")
+    for (k, va), vb in zip(ma.state_dict().items(), mb.state_dict().values()):
+        assert torch.equal(va, vb), k
+
+
+def test_nan_loss_stops_with_message_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
+    from train.tasks.dsr import DSRTask
+
+    original = DSRTask.loss
+    calls = {"n": 0}
+
+    def nan_after_15(self, model, batch):
+        calls["n"] += 1
+        loss, extra = original(self, model, batch)
+        return (loss * float("nan") if calls["n"] > 15 else loss), extra
+
+    monkeypatch.setattr(DSRTask, "loss", nan_after_15)
+    with pytest.raises(FloatingPointError, match=r"loss is nan at step 16.*step_00000010"):
+        fit(load_recipe("alrnn-lorenz63", SMALL_DSR), tmp_path / "run")
+    ckpts = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
+    assert ckpts == ["step_00000010"]
+    model = load_checkpoint(tmp_path / "run" / "checkpoints" / "step_00000010" / "model.safetensors")
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_grad_accumulation_equals_full_batch(tmp_path):
+    base = SMALL_DSR + ["train.steps=5", "train.ckpt_every=0"]
+    fit(load_recipe("alrnn-lorenz63", base), tmp_path / "a")
+    fit(load_recipe("alrnn-lorenz63", base + ["train.grad_accum=4"]), tmp_path / "b")
+    ma, mb = load_checkpoint(tmp_path / "a" / "model.safetensors"), load_checkpoint(tmp_path / "b" / "model.safetensors")
+    for (k, p), q in zip(ma.state_dict().items(), mb.state_dict().values()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6, msg=k)
+
+
+def test_recipe_overrides_are_checked():
+    recipe = load_recipe("alrnn-lorenz63", ["train.steps=7", "optim.lr=0.5"])
+    assert recipe["train"]["steps"] == 7 and recipe["optim"]["lr"] == 0.5
+    with pytest.raises(KeyError, match="unknown key"):
+        apply_override(recipe, "train.stepz=3")
+    with pytest.raises(FileNotFoundError, match="alrnn-lorenz63"):
+        load_recipe("alrnn-lorenz36")
+    with pytest.raises(ValueError, match="key.path=value"):
+        apply_override(recipe, "train.steps")
+
+
+def test_torchrun_two_processes_equal_single_process(tmp_path):
+    overrides = SMALL_DSR + ["train.steps=8", "train.ckpt_every=0", "probe.every=100"]
+    fit(load_recipe("alrnn-lorenz63", overrides), tmp_path / "single")
+    env = dict(os.environ, GLOO_SOCKET_IFNAME="lo", OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+           "-m", "train.cli", "train", "alrnn-lorenz63", "--out", str(tmp_path / "ddp")]
+    for o in overrides:
+        cmd += ["--set", o]
+    cmd += ["--set", "train.device=cpu"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=Path(__file__).parents[1])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "[rank 0/2]" in proc.stderr and "[rank 1/2]" in proc.stderr  # both ranks ran
+    a = load_checkpoint(tmp_path / "single" / "model.safetensors")
+    b = load_checkpoint(tmp_path / "ddp" / "model.safetensors")
+    for (k, p), q in zip(a.state_dict().items(), b.state_dict().values()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6, msg=k)
+    la, lb = _losses(tmp_path / "single"), _losses(tmp_path / "ddp")
+    assert la.keys() == lb.keys()
+    for s in la:
+        assert la[s] == pytest.approx(lb[s], rel=1e-5)
