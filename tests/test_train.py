@@ -20,7 +20,9 @@ def _losses(out: Path) -> dict[int, float]:
 
 
 def test_fit_writes_a_complete_run_and_loss_falls(tmp_path):
-    recipe = load_recipe("alrnn-lorenz63", SMALL_DSR + ["train.steps=100", "optim.name=adam", "optim.lr=1e-2", "schedule.name=constant", "train.batch_size=32"])
+    recipe = load_recipe("alrnn-lorenz63", SMALL_DSR + ["train.steps=100", "optim.name=adam", "optim.lr=1e-2",
+                                                        "schedule.name=constant", "train.batch_size=32",
+                                                        "train.eval_every=50"])
     final = fit(recipe, tmp_path / "run")
     out = tmp_path / "run"
     for name in ("recipe.yaml", "metrics.jsonl", "metrics.png", "attractor.png", "model.safetensors", "probe.csv",
@@ -30,6 +32,11 @@ def test_fit_writes_a_complete_run_and_loss_falls(tmp_path):
     first, last = sum(list(losses.values())[:5]) / 5, sum(list(losses.values())[-5:]) / 5
     assert last < 0.5 * first
     assert set(final) >= {"D_stsp", "D_H", "PE_20", "subregions"}
+    evals = [json.loads(r) for r in (out / "metrics.jsonl").read_text().splitlines() if '"eval"' in r]
+    assert [r["step"] for r in evals] == [50, 100]
+    best = json.loads((out / "best.json").read_text())  # recipe selects min:D_stsp, as the authors do
+    assert best["D_stsp"] == min(r["D_stsp"] for r in evals)
+    assert load_checkpoint(out / "best.safetensors").zoo_name == "alrnn_m20_p2"
     model = load_checkpoint(out / "model.safetensors")
     assert model.zoo_name == "alrnn_m20_p2"
     assert (out / "probe.csv").read_text().count("condition_number_covariance") == 10  # steps 0, 10, ..., 90

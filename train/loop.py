@@ -79,6 +79,31 @@ def _save_train_checkpoint(out: Path, step: int, model, optimizer, scheduler, ke
     return final
 
 
+class _BestSelector:
+    """``train.select: "min:D_stsp"`` keeps the evaluated model with the best metric as best.safetensors
+    (+ best.json), as the AL-RNN authors select the checkpoint with minimal D_stsp."""
+
+    def __init__(self, spec: str | None, out: Path, recipe_name: str):
+        self.out, self.recipe_name, self.best = out, recipe_name, None
+        self.mode, _, self.metric = (spec or "").partition(":")
+        if spec and self.mode not in ("min", "max"):
+            raise ValueError(f"train.select must look like 'min:METRIC' or 'max:METRIC', got {spec!r}")
+        if spec and (out / "best.json").is_file():
+            self.best = json.loads((out / "best.json").read_text())[self.metric]
+
+    def update(self, row: dict, model) -> None:
+        if not self.metric:
+            return
+        if self.metric not in row:
+            raise KeyError(f"train.select names {self.metric!r}, but evaluation reports {sorted(row)}")
+        value = row[self.metric]
+        better = self.best is None or (value < self.best if self.mode == "min" else value > self.best)
+        if better and value == value:  # NaN is never best
+            self.best = value
+            save_checkpoint(model, self.out / "best.safetensors", extra_metadata={"recipe": self.recipe_name})
+            (self.out / "best.json").write_text(json.dumps(row, indent=2))
+
+
 def _append(path: Path, row: dict) -> None:
     with open(path, "a") as f:
         f.write(json.dumps(row) + "\n")
@@ -145,6 +170,7 @@ def _fit(recipe: dict, cfg: dict, out: Path, resume: bool, d: Dist) -> dict:
         rows = metrics_path.read_text().splitlines() if start and metrics_path.is_file() else []
         metrics_path.write_text("".join(r + "\n" for r in rows if json.loads(r)["step"] <= start))
 
+    selector = _BestSelector(cfg["select"], out, recipe["name"])
     print(f"[rank {d.rank}/{d.world}] {recipe['name']} on {d.device}, steps {start}..{steps}", file=sys.stderr)
     net = DistributedDataParallel(model) if d.world > 1 else model
     probe = _make_probe(model, recipe.get("probe") or {}, start)
@@ -187,7 +213,9 @@ def _fit(recipe: dict, cfg: dict, out: Path, resume: bool, d: Dist) -> dict:
         if d.main and cfg["eval_every"] and done % int(cfg["eval_every"]) == 0 and done != steps:
             model.eval()
             with probe.paused() if probe is not None else contextlib.nullcontext():
-                _append(metrics_path, {"step": done, "split": "eval", **task.evaluate(model)})
+                row = {"step": done, "split": "eval", **task.evaluate(model)}
+            _append(metrics_path, row)
+            selector.update(row, model)
         if d.main and cfg["ckpt_every"] and done % int(cfg["ckpt_every"]) == 0:
             _save_train_checkpoint(out, done, model, optimizer, scheduler, int(cfg["keep_checkpoints"]))
     bar.close()
@@ -200,6 +228,7 @@ def _fit(recipe: dict, cfg: dict, out: Path, resume: bool, d: Dist) -> dict:
     model.eval()
     final = {"step": steps, "split": "eval", **task.evaluate(model)}
     _append(metrics_path, final)
+    selector.update(final, model)
     save_checkpoint(model, out / "model.safetensors", extra_metadata={"recipe": recipe["name"]})
     plot_metrics(metrics_path, out / "metrics.png")
     task.report(model, out)
