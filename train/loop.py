@@ -14,7 +14,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 import zoo
-from weights import load_into, save_checkpoint
+from weights import load_checkpoint, load_into, save_checkpoint
 from weights.tree import load_tree, save_tree
 
 from .distributed import Dist, all_mean, setup, teardown
@@ -90,6 +90,10 @@ class _BestSelector:
             raise ValueError(f"train.select must look like 'min:METRIC' or 'max:METRIC', got {spec!r}")
         if spec and (out / "best.json").is_file():
             self.best = json.loads((out / "best.json").read_text())[self.metric]
+
+    def model(self):
+        """The selected model (loaded from best.safetensors), or None when nothing is selected."""
+        return load_checkpoint(self.out / "best.safetensors").eval() if self.best is not None else None
 
     def update(self, row: dict, model) -> None:
         if not self.metric:
@@ -231,6 +235,6 @@ def _fit(recipe: dict, cfg: dict, out: Path, resume: bool, d: Dist) -> dict:
     selector.update(final, model)
     save_checkpoint(model, out / "model.safetensors", extra_metadata={"recipe": recipe["name"]})
     plot_metrics(metrics_path, out / "metrics.png")
-    task.report(model, out)
+    task.report(selector.model() or model, out)
     (out / "summary.json").write_text(json.dumps(final, indent=2))
     return final

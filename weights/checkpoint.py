@@ -123,20 +123,15 @@ def load_into(model: nn.Module, path: str | os.PathLike) -> nn.Module:
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> nn.Module:
     """Rebuild the model recorded in the checkpoint's metadata and load its weights."""
-    import zoo
-    from zoo._registry import build, get_entry
+    from zoo._registry import build, config_from_dict
 
     meta = read_metadata(path)
     if "model" not in meta:
         raise CheckpointError(f"{path} has no paperzoo metadata (model name, config); build the model yourself "
                               "and use weights.load_into(model, path)")
-    entry = get_entry(meta["model"])
-    saved = json.loads(meta["config"])
-    valid = {f.name for f in dataclasses.fields(entry.config)}
-    unknown = sorted(set(saved) - valid)
-    if unknown:
-        raise CheckpointError(f"{path}: config keys {unknown} are not fields of {meta['model']}'s config "
-                              f"(written by paperzoo {meta.get('paperzoo')}, this is {zoo.__version__})")
-    config = dataclasses.replace(entry.config, **saved)
+    try:
+        config = config_from_dict(meta["model"], json.loads(meta["config"]))
+    except (KeyError, TypeError) as err:
+        raise CheckpointError(f"{path} (written by paperzoo {meta.get('paperzoo')}): {err}") from err
     model = build(meta["model"], config)
     return load_into(model, path).to(map_location)

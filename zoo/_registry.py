@@ -82,6 +82,18 @@ def resolve_config(name: str, **overrides) -> Any:
     return dataclasses.replace(entry.config, **overrides)
 
 
+def config_from_dict(name: str, saved: dict) -> Any:
+    """Rebuild ``name``'s config from its JSON form (as stored in checkpoints): lists become tuples where the
+    default is a tuple; keys the config does not have are an error."""
+    entry = get_entry(name)
+    defaults = {f.name: getattr(entry.config, f.name) for f in dataclasses.fields(entry.config)}
+    unknown = sorted(set(saved) - set(defaults))
+    if unknown:
+        raise TypeError(f"{name}: config keys {unknown} are not fields of its config; valid keys are {list(defaults)}")
+    fixed = {k: tuple(v) if isinstance(defaults[k], tuple) and isinstance(v, list) else v for k, v in saved.items()}
+    return dataclasses.replace(entry.config, **fixed)
+
+
 def build(name: str, config: Any) -> nn.Module:
     """Build ``name`` from a resolved config and stamp it with its registry identity."""
     model = get_entry(name).factory(config)
