@@ -25,7 +25,7 @@ def test_fit_writes_a_complete_run_and_loss_falls(tmp_path):
                                                         "train.eval_every=50"])
     final = fit(recipe, tmp_path / "run")
     out = tmp_path / "run"
-    for name in ("recipe.yaml", "metrics.jsonl", "metrics.png", "attractor.png", "model.safetensors", "probe.csv",
+    for name in ("recipe.yaml", "metrics.jsonl", "metrics.csv", "metrics.png", "attractor.png", "model.safetensors", "probe.csv",
                  "summary.json"):
         assert (out / name).is_file(), name
     losses = _losses(out)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import csv
 import json
 import random
 import shutil
@@ -106,6 +107,16 @@ class _BestSelector:
             self.best = value
             save_checkpoint(model, self.out / "best.safetensors", extra_metadata={"recipe": self.recipe_name})
             (self.out / "best.json").write_text(json.dumps(row, indent=2))
+
+
+def _jsonl_to_csv(src: Path, dst: Path) -> None:
+    """metrics.jsonl as one CSV table (columns: the union of keys; empty where a row lacks one)."""
+    rows = [json.loads(line) for line in src.read_text().splitlines() if line.strip()]
+    columns = list(dict.fromkeys(k for r in rows for k in r))
+    with open(dst, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
 
 
 def _append(path: Path, row: dict) -> None:
@@ -234,6 +245,7 @@ def _fit(recipe: dict, cfg: dict, out: Path, resume: bool, d: Dist) -> dict:
     _append(metrics_path, final)
     selector.update(final, model)
     save_checkpoint(model, out / "model.safetensors", extra_metadata={"recipe": recipe["name"]})
+    _jsonl_to_csv(metrics_path, out / "metrics.csv")
     plot_metrics(metrics_path, out / "metrics.png")
     task.report(selector.model() or model, out)
     (out / "summary.json").write_text(json.dumps(final, indent=2))
