@@ -138,3 +138,15 @@ def test_original_pth_is_read_without_unpickling(tmp_path):
     torch.save({"x": Evil()}, tmp_path / "evil.pth")
     with pytest.raises(CheckpointError, match="weights_only"):
         read_original(tmp_path / "evil.pth")
+
+
+def test_shipped_checkpoints_load_offline_with_verified_hash():
+    from weights import published_checkpoints
+
+    shipped = [c for c in published_checkpoints() if (manifest_mod.PACKAGE_DIR / "files" / c["file"]).is_file()]
+    assert shipped, "the package ships at least one trained checkpoint"
+    for entry in shipped:
+        assert manifest_mod.sha256_of(manifest_mod.resolve(entry)) == entry["sha256"]
+        model = zoo.create_model(entry["model"], pretrained=entry["name"])
+        assert model.zoo_name == entry["model"]
+        assert all(torch.isfinite(p).all() for p in model.parameters())

@@ -4,6 +4,7 @@ import json
 import pytest
 
 from train import fit, load_recipe
+from weights import published_checkpoints
 
 
 @pytest.mark.slow
@@ -15,13 +16,12 @@ def test_alrnn_roessler_reconstructs_the_attractor_with_two_subregions(tmp_path)
 
 
 @pytest.mark.slow
-def test_shipped_lorenz_checkpoint_reproduces_its_reported_metrics():
+@pytest.mark.parametrize("entry", [c for c in published_checkpoints() if c.get("recipe")], ids=lambda c: c["name"])
+def test_shipped_checkpoint_reproduces_its_reported_metrics(entry):
     import zoo
     from train.tasks import make_task
-    from weights import checkpoints_for
 
-    entry = checkpoints_for("alrnn_m20_p2")[0]
-    model = zoo.create_model("alrnn_m20_p2", pretrained=True).eval()
+    model = zoo.create_model(entry["model"], pretrained=entry["name"]).eval()
     metrics = make_task(load_recipe(entry["recipe"])).evaluate(model)
     for key in ("D_stsp", "D_H", "PE_20"):
         assert metrics[key] == pytest.approx(entry["ours"][key], rel=1e-3), key

@@ -33,7 +33,7 @@ def test_model_info_reports_family_paper_params_recipes():
     # A (20) + W (20x20) + h (20) + L ((20-3) x 3) = 491
     assert info["params"] == 491
     assert info["recipes"] == ["alrnn-lorenz63"]
-    assert "alrnn_m20_p2_lorenz63" in info["checkpoints"]
+    assert zoo.model_info("alrnn_m20_p1")["checkpoints"] == ["alrnn_m20_p1_roessler"]
 
 
 def test_register_rejects_duplicate_names():
