@@ -3,8 +3,27 @@ from .conditioning import condition_number, covariance_condition_number, matrix_
 from .entropy import entropy, shannon_entropy
 from .estimator import Estimator
 from .probe import Probe
+from .attention import attention_entropy, attention_entropy_per_head
+from .binning import adaptive_binned_mi, binned_entropy, binned_mi, binned_mutual_information, plugin_entropy
+from .compressed import compressed_mi, compressed_mutual_information
+from .dse import diffusion_spectral_entropy, diffusion_spectral_mutual_information, dse, dsmi
+from .effective_number import effective_feature_count, effective_rank, feature_count, spectral_effective_rank
+from .information_plane import information_plane, layer_activations, plot_information_plane
+from .knn import knn_entropy, kozachenko_leonenko_entropy, ksg_mi, ksg_mutual_information
+from .local_complexity import local_complexity
+from .matrix import (cauchy_schwarz_divergence, cauchy_schwarz_mutual_information, cs_mi, matrix_renyi_entropy,
+                     matrix_renyi_mutual_information, renyi_entropy, renyi_mi)
+from .neural import neural_mi, neural_mutual_information
+from .paired import paired
 
-ESTIMATORS = {"entropy": entropy, "condition_number": condition_number}
+mi = ksg_mi  # the default MI estimator: KSG-1
+
+ESTIMATORS = {"entropy": entropy, "condition_number": condition_number,
+              "binned_entropy": binned_entropy, "binned_mi": binned_mi, "adaptive_binned_mi": adaptive_binned_mi,
+              "knn_entropy": knn_entropy, "ksg_mi": ksg_mi, "mi": mi, "renyi_entropy": renyi_entropy,
+              "renyi_mi": renyi_mi, "cs_mi": cs_mi, "dse": dse, "dsmi": dsmi, "neural_mi": neural_mi,
+              "compressed_mi": compressed_mi, "attention_entropy": attention_entropy,
+              "effective_rank": effective_rank, "feature_count": feature_count}
 
 
 def make_estimator(spec) -> Estimator:
@@ -18,4 +37,12 @@ def make_estimator(spec) -> Estimator:
 
 
 __all__ = ["ESTIMATORS", "make_estimator", "Probe", "Estimator", "entropy", "shannon_entropy", "condition_number", "matrix_condition_number",
-           "covariance_condition_number"]
+           "covariance_condition_number", "paired", "mi",
+           "attention_entropy", "attention_entropy_per_head", "plugin_entropy", "binned_mutual_information",
+           "binned_entropy", "binned_mi", "adaptive_binned_mi", "compressed_mi", "compressed_mutual_information",
+           "dse", "dsmi", "diffusion_spectral_entropy", "diffusion_spectral_mutual_information", "effective_rank",
+           "feature_count", "spectral_effective_rank", "effective_feature_count", "information_plane",
+           "layer_activations", "plot_information_plane", "knn_entropy", "kozachenko_leonenko_entropy", "ksg_mi",
+           "ksg_mutual_information", "local_complexity", "cauchy_schwarz_divergence",
+           "cauchy_schwarz_mutual_information", "cs_mi", "matrix_renyi_entropy", "matrix_renyi_mutual_information",
+           "renyi_entropy", "renyi_mi", "neural_mi", "neural_mutual_information"]

@@ -1,0 +1,90 @@
+"""Variational lower bounds on MI with a small trainable critic: InfoNCE (van den Oord et al. 2018) and
+Donsker-Varadhan as in MINE (Belghazi et al. 2018)."""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from .estimator import Estimator, log_base
+from .paired import paired
+from .samples import as_samples, same_rows, standardise_columns
+
+BOUNDS = ("infonce", "dv")
+
+
+class SeparableCritic(nn.Module):
+    """f(x, y) = g(x)^T h(y) with two small MLPs, evaluated on all B x B pairs at once: scores = g(X) h(Y)^T."""
+
+    def __init__(self, dx: int, dy: int, hidden: int = 64, embed: int = 32):
+        super().__init__()
+        self.g = nn.Sequential(nn.Linear(dx, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, embed))
+        self.h = nn.Sequential(nn.Linear(dy, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, embed))
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.g(x) @ self.h(y).T
+
+
+def bound_value(scores: torch.Tensor, bound: str) -> torch.Tensor:
+    """The bound from a B x B score matrix whose diagonal holds the joint pairs, in nats.
+
+    infonce: log B + mean_i [ f_ii - log sum_j exp f_ij ]  (<= log B);
+    dv:      mean_i f_ii - log mean_{i != j} exp f_ij.
+    """
+    b = scores.shape[0]
+    diag = scores.diagonal()
+    if bound == "infonce":
+        return math.log(b) + (diag - scores.logsumexp(1)).mean()
+    off = scores[~torch.eye(b, dtype=torch.bool, device=scores.device)]
+    return diag.mean() - (off.logsumexp(0) - math.log(off.numel()))
+
+
+def neural_mutual_information(x: torch.Tensor, y: torch.Tensor, bound: str = "infonce", steps: int = 500,
+                              batch_size: int = 256, hidden: int = 64, lr: float = 3e-3, seed: int = 0,
+                              base: float | str = "nats") -> torch.Tensor:
+    """Lower bound on I(X;Y) maximised over a critic trained on (x, y) (N, ...) pairs.
+
+    ``infonce``: I >= E[ log( e^{f(x_i,y_i)} / (1/B sum_j e^{f(x_i,y_j)}) ) ] (van den Oord et al. 2018, eq. 5).
+    ``dv``: I >= E_p[f] - log E_{p(x)p(y)}[e^f] (Donsker-Varadhan, MINE eq. 10; plain gradients, without
+    MINE's moving-average correction). The critic is separable, g(x)^T h(y) with 2-hidden-layer MLPs on the
+    standardised inputs,
+    trained with Adam for ``steps`` minibatches; the returned value is the bound averaged over disjoint
+    batches of all N samples after training. Nats (or ``base``). Bias: a lower bound, low when the
+    critic is under-trained; InfoNCE cannot exceed log(batch_size) and has low variance, DV is
+    unbounded with high variance. Evaluated on the training samples, so it can overfit for small N.
+    Cost O(steps * B * hidden * (D_x + D_y + hidden) + steps * B^2 * 32).
+    """
+    if bound not in BOUNDS:
+        raise ValueError(f"bound must be one of {BOUNDS}, got {bound!r}")
+    x, y = as_samples(x, "x", torch.float32), as_samples(y, "y", torch.float32)
+    same_rows(x, y)
+    n = x.shape[0]
+    b = min(batch_size, n)
+    if b < 2:
+        raise ValueError(f"batch_size must be >= 2, got {batch_size}")
+    x, y = standardise_columns(x - x.mean(0)), standardise_columns(y - y.mean(0))
+    gen = torch.Generator().manual_seed(seed)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        critic = SeparableCritic(x.shape[1], y.shape[1], hidden).to(x.device)
+    opt = torch.optim.Adam(critic.parameters(), lr=lr)
+    with torch.enable_grad():
+        for _ in range(steps):
+            idx = torch.randperm(n, generator=gen)[:b].to(x.device)
+            loss = -bound_value(critic(x[idx], y[idx]), bound)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    with torch.no_grad():
+        perm = torch.randperm(n, generator=gen).to(x.device)
+        batches = [perm[i:i + b] for i in range(0, n - b + 1, b)]
+        value = torch.stack([bound_value(critic(x[i], y[i]), bound) for i in batches]).mean()
+    return (value / log_base(base)).float().cpu()
+
+
+def neural_mi(target=None, bound: str = "infonce", steps: int = 500, batch_size: int = 256,
+              base: float | str = "nats") -> Estimator:
+    """Probe estimator: critic-based MI lower bound between the probe tensor and a bound target."""
+    return paired(f"{bound}_mi", neural_mutual_information, target, bound=bound, steps=steps,
+                  batch_size=batch_size, base=base)

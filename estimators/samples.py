@@ -1,0 +1,34 @@
+"""Input checking shared by the sample-based estimators: tensors of samples become (N, D) floating matrices."""
+from __future__ import annotations
+
+import torch
+
+
+def as_samples(x: torch.Tensor, name: str, dtype: torch.dtype = torch.float64, min_rows: int = 2) -> torch.Tensor:
+    """``x`` (N, ...) -> (N, D) of ``dtype``, D = prod of the trailing dims; a 1-D ``x`` is N samples of one dim.
+
+    Raises a ValueError naming ``name`` for non-tensors, too few rows, or NaN/inf entries.
+    """
+    if not torch.is_tensor(x):
+        raise TypeError(f"{name} must be a torch.Tensor of samples (N, ...), got {type(x).__name__}")
+    if x.dim() == 0 or x.shape[0] < min_rows:
+        raise ValueError(f"{name} must have at least {min_rows} samples on dim 0, got shape {tuple(x.shape)}")
+    x = x.detach().reshape(x.shape[0], -1)
+    if x.shape[1] == 0:
+        raise ValueError(f"{name} has no features: shape {tuple(x.shape)}")
+    if torch.is_floating_point(x) or torch.is_complex(x):
+        bad = ~torch.isfinite(x)
+        if bad.any():
+            raise ValueError(f"{name} has {int(bad.sum())} NaN/inf entries (of {x.numel()}); estimators need finite samples")
+    return x.to(dtype)
+
+
+def same_rows(x: torch.Tensor, y: torch.Tensor, names: str = "x and y") -> None:
+    if x.shape[0] != y.shape[0]:
+        raise ValueError(f"{names} must hold the same number of samples (paired rows), got {x.shape[0]} and {y.shape[0]}")
+
+
+def standardise_columns(x: torch.Tensor) -> torch.Tensor:
+    """x / std per column (no centring, as scikit-learn's MI); constant columns are left as they are."""
+    std = x.std(0, keepdim=True) if x.shape[0] > 1 else torch.ones_like(x[:1])
+    return x / torch.where(std > 0, std, torch.ones_like(std))

@@ -1,0 +1,88 @@
+"""Representation diagnostics: attention entropy, effective rank, feature count, local complexity, conditioning."""
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from estimators import (Probe, attention_entropy, attention_entropy_per_head, effective_feature_count, effective_rank,
+                        local_complexity, spectral_effective_rank)
+from estimators.conditioning import matrix_condition_number
+
+
+def test_attention_entropy_per_head_closed_forms():
+    b, lq, lk = 2, 3, 8
+    uniform = torch.full((b, 1, lq, lk), 1 / lk)
+    onehot = torch.zeros(b, 1, lq, lk)
+    onehot[..., 0] = 1
+    out = attention_entropy_per_head(torch.cat([uniform, onehot], 1))
+    assert out["head_0"].item() == pytest.approx(math.log(8))
+    assert out["head_1"].item() == 0.0
+    assert out["mean"].item() == pytest.approx(math.log(8) / 2)
+    assert attention_entropy_per_head(uniform, base="bits")["head_0"].item() == pytest.approx(3.0)
+    with pytest.raises(ValueError, match="sum to 1"):
+        attention_entropy_per_head(torch.rand(1, 1, 2, 4) + 1)
+    with pytest.raises(ValueError, match="batch, heads, queries, keys"):
+        attention_entropy_per_head(torch.rand(2, 4))
+
+
+def test_attention_entropy_through_a_probe_gives_one_row_per_head():
+    from layers import ProbePoint
+
+    class Attn(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.probs = ProbePoint()
+
+        def forward(self, s):
+            return self.probs(s.softmax(-1))
+
+    scores = torch.randn(4, 3, 5, 5, generator=torch.Generator().manual_seed(0))
+    with Probe(Attn(), {"probs": [attention_entropy()]}) as probe:
+        probe.model(scores)
+    rows = {r["estimator"]: r["value"] for r in probe.table()}
+    assert sorted(rows) == ["attention_entropy/head_0", "attention_entropy/head_1", "attention_entropy/head_2",
+                            "attention_entropy/mean"]
+    assert rows["attention_entropy/head_1"] == pytest.approx(
+        attention_entropy_per_head(scores.softmax(-1))["head_1"].item(), abs=1e-6)
+
+
+def test_effective_rank_and_feature_count_closed_forms():
+    assert spectral_effective_rank(torch.eye(5)).item() == pytest.approx(5.0)
+    assert spectral_effective_rank(torch.ones(4, 6)).item() == pytest.approx(1.0)
+    assert spectral_effective_rank(torch.diag(torch.tensor([1.0, 1.0, 0.0]))).item() == pytest.approx(2.0)
+    q = torch.linalg.qr(torch.randn(6, 6, generator=torch.Generator().manual_seed(1)))[0]
+    w = q @ torch.diag(torch.tensor([3.0, 1.0, 0, 0, 0, 0])) @ q.T
+    p = torch.tensor([0.75, 0.25])
+    assert spectral_effective_rank(w).item() == pytest.approx(math.exp(-(p * p.log()).sum().item()), rel=1e-5)
+    conv = torch.zeros(4, 2, 3, 3)
+    conv[0, 0, 1, 1] = 2.0  # one non-zero tap: a rank-1 kernel (4 x 18 after reshaping)
+    assert effective_rank()(conv).item() == pytest.approx(1.0)
+    assert effective_feature_count(torch.ones(10, 7)).item() == pytest.approx(7.0)
+    assert effective_feature_count(torch.tensor([5.0, 0.0, 0.0])).item() == pytest.approx(1.0)
+    assert effective_feature_count(torch.tensor([1.0, -1.0, 2.0, 0.0]), power=2).item() == pytest.approx(
+        math.exp(-sum(v * math.log(v) for v in (1 / 6, 1 / 6, 4 / 6))))
+
+
+def test_condition_number_of_conv_kernels_is_never_skipped():
+    conv = nn.Conv2d(3, 8, 3)
+    k = matrix_condition_number(conv.weight)
+    s = torch.linalg.svdvals(conv.weight.detach().reshape(8, -1).double())
+    assert k.item() == pytest.approx((s.max() / s.min()).item(), rel=1e-5)
+
+
+def test_local_complexity_counts_hyperplanes_and_regions():
+    lin = nn.Linear(2, 2)
+    with torch.no_grad():
+        lin.weight.copy_(torch.eye(2))
+        lin.bias.zero_()
+    net = nn.Sequential(lin, nn.ReLU())  # hyperplanes x1 = 0 and x2 = 0: four quadrant regions
+    g = torch.Generator().manual_seed(0)
+    at_origin = local_complexity(net, torch.zeros(1, 2), radius=1.0, generator=g)
+    assert at_origin == {"neurons": 2.0, "regions": 4.0}
+    far = local_complexity(net, torch.tensor([[5.0, 5.0], [-5.0, 3.0]]), radius=1.0, generator=g)
+    assert far == {"neurons": 0.0, "regions": 1.0}
+    near_one = local_complexity(net, torch.tensor([[0.2, 5.0]]), radius=1.0, n_directions=2, generator=g)
+    assert near_one == {"neurons": 1.0, "regions": 2.0}
+    with pytest.raises(ValueError, match="no modules"):
+        local_complexity(nn.Linear(2, 2), torch.zeros(1, 2))

@@ -1,0 +1,81 @@
+"""Information plane helper, the 12-bit task, the IB MLP family and its recipes."""
+import json
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import zoo
+from estimators import information_plane, layer_activations, plot_information_plane
+from layers import ProbePoint
+from train import fit, load_recipe
+from train.data.ib12bit import ib12bit, icosahedron_vertices
+
+
+class Known(nn.Module):
+    """T_bit = first input bit (so I(X;T) = H(bit) = 1 bit), T_pair = first two bits, T_const = 0."""
+
+    def __init__(self):
+        super().__init__()
+        self.bit, self.pair, self.const = ProbePoint(), ProbePoint(), ProbePoint()
+
+    def forward(self, x):
+        self.bit(x[:, :1])
+        self.pair(x[:, :2])
+        return self.const(torch.zeros_like(x[:, :1]))
+
+
+def test_information_plane_numbers_on_a_tiny_case(tmp_path):
+    x = ((torch.arange(16)[:, None] >> torch.arange(4)) & 1).float()  # all 16 patterns of 4 bits
+    y = x[:, 0].long()  # label = first bit
+    plane = information_plane(Known(), x, y, n_bins=30)
+    assert plane["bit"] == pytest.approx({"I_XT": 1.0, "I_TY": 1.0}, abs=1e-6)
+    assert plane["pair"] == pytest.approx({"I_XT": 2.0, "I_TY": 1.0}, abs=1e-6)
+    assert plane["const"] == pytest.approx({"I_XT": 0.0, "I_TY": 0.0}, abs=1e-6)
+    assert list(layer_activations(Known(), x, "p*")) == ["pair"]
+    rows = [{"step": s, "point": p, **v} for s in (0, 10) for p, v in plane.items()]
+    png = plot_information_plane(rows, tmp_path / "plane.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(KeyError, match="matches no ProbePoint"):
+        information_plane(Known(), x, y, points="nothing")
+
+
+def test_ib12bit_data_facts():
+    v = icosahedron_vertices()
+    dots = (v @ v.T).round(decimals=6)
+    assert torch.allclose(v.norm(dim=1), torch.ones(12, dtype=torch.float64))
+    assert sorted(set(dots.flatten().tolist())) == pytest.approx([-1, -1 / math.sqrt(5), 1 / math.sqrt(5), 1], abs=1e-6)
+    x, y = ib12bit()
+    assert x.shape == (4096, 12) and torch.unique(x, dim=0).shape[0] == 4096
+    p = y.float().mean().item()
+    assert p == pytest.approx(0.5171, abs=1e-4)
+    assert -(p * math.log2(p) + (1 - p) * math.log2(1 - p)) == pytest.approx(0.9992, abs=1e-4)  # I(X;Y) = H(Y)
+    ones = x.sum(1)
+    assert y[ones <= 5].sum() == 0 and y[ones >= 7].all() and y[ones == 6].float().mean().item() == pytest.approx(0.576, abs=1e-3)
+
+
+def test_ib_mlp_family_shapes_params_and_probe_points():
+    for name, act in (("ib_mlp_tanh", nn.Tanh), ("ib_mlp_relu", nn.ReLU)):
+        m = zoo.create_model(name)
+        assert sum(p.numel() for p in m.parameters()) == 294  # 12-10-7-5-4-3-2 with biases
+        assert isinstance(m.acts[0], act)
+        acts = layer_activations(m, torch.rand(5, 12), "t.*")
+        assert [tuple(a.shape) for a in acts.values()] == [(5, 10), (5, 7), (5, 5), (5, 4), (5, 3), (5, 2)]
+        assert torch.allclose(acts["t.5"].sum(1), torch.ones(5))
+    with pytest.raises(ValueError, match="shape"):
+        zoo.create_model("ib_mlp_tanh")(torch.rand(5, 11))
+
+
+def test_ib_recipe_trains_and_draws_the_plane(tmp_path):
+    recipe = load_recipe("ib-tanh-12bit", ["train.steps=60", "train.eval_every=30", "train.log_every=30",
+                                           "optim.lr=0.5"])
+    final = fit(recipe, tmp_path / "run")
+    assert (tmp_path / "run" / "information_plane.png").is_file()
+    assert final["I_XT/t.0"] <= 12.0 and final["I_TY/t.0"] <= 0.9993
+    for l in range(5):  # data processing: information only falls along the chain X -> T_1 -> ... (binning aside)
+        assert final[f"I_TY/t.{l}"] <= 0.9993
+    losses = [json.loads(r)["loss"] for r in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+              if '"train"' in r]
+    assert losses[-1] < losses[0]
+    assert load_recipe("ib-relu-12bit")["model"] == "ib_mlp_relu"

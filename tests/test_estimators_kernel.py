@@ -1,0 +1,87 @@
+"""Matrix-based Renyi, Cauchy-Schwarz and diffusion spectral estimators against closed forms and published values."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from estimators import (cauchy_schwarz_divergence, cauchy_schwarz_mutual_information, diffusion_spectral_entropy,
+                        diffusion_spectral_mutual_information, matrix_renyi_entropy, matrix_renyi_mutual_information)
+from estimators.dse import diffusion_eigenvalues
+
+
+def _log_normal_density_at(delta2, var, d=1):
+    """log N(delta; 0, var I_d) with |delta|^2 = delta2."""
+    return -0.5 * d * math.log(2 * math.pi * var) - delta2 / (2 * var)
+
+
+def test_matrix_renyi_entropy_limits_closed_form():
+    g = torch.Generator().manual_seed(0)
+    far = torch.randn(64, 3, generator=g) * 1e3  # A = I / N: S = log2 N for every alpha
+    for alpha in (0.5, 1.0, 1.01, 2.0):
+        assert matrix_renyi_entropy(far, alpha=alpha, sigma=1.0).item() == pytest.approx(6.0, abs=1e-4)
+    two_clusters = torch.cat([torch.zeros(10, 2), torch.full((30, 2), 50.0)])  # eigenvalues 1/4, 3/4
+    h = -(0.25 * math.log2(0.25) + 0.75 * math.log2(0.75))
+    assert matrix_renyi_entropy(two_clusters, alpha=1.0, sigma=1.0).item() == pytest.approx(h, abs=1e-5)
+    assert matrix_renyi_entropy(two_clusters, alpha=2.0, sigma=1.0).item() == pytest.approx(-math.log2(0.625), abs=1e-5)
+
+
+def test_matrix_renyi_mi_of_identical_clusterings_and_independence():
+    a = torch.cat([torch.zeros(20, 1), torch.full((20, 1), 100.0)])
+    b = torch.cat([torch.full((20, 2), 7.0), torch.full((20, 2), -90.0)])  # same partition: I = H = 1 bit
+    assert matrix_renyi_mutual_information(a, b, alpha=1.0, sigma_x=1.0, sigma_y=1.0).item() == pytest.approx(1.0, abs=1e-5)
+    c = torch.cat([torch.zeros(10, 1), torch.full((10, 1), 9.0)]).repeat(2, 1)  # orthogonal partition: I = 0
+    assert matrix_renyi_mutual_information(a, c, alpha=1.0, sigma_x=1.0, sigma_y=1.0).item() == pytest.approx(0.0, abs=1e-5)
+
+
+def test_cauchy_schwarz_divergence_gaussians_closed_form():
+    # Parzen V-statistics converge to D_CS of the densities smoothed by the kernel (variance sigma^2):
+    # D = -2 log N(mu1 - mu2; s1 + s2 + sigma^2) + log N(0; 2 s1 + sigma^2) + log N(0; 2 s2 + sigma^2)
+    g = torch.Generator().manual_seed(2)
+    sigma, n = 0.5, 2000
+    x = torch.randn(n, 1, generator=g, dtype=torch.float64)
+    y = 1 + torch.randn(n, 1, generator=g, dtype=torch.float64)
+    truth = (-2 * _log_normal_density_at(1.0, 2 + sigma ** 2) + _log_normal_density_at(0, 2 + sigma ** 2)
+             + _log_normal_density_at(0, 2 + sigma ** 2))
+    assert cauchy_schwarz_divergence(x, y, sigma=sigma).item() == pytest.approx(truth, abs=0.03)
+    assert abs(cauchy_schwarz_divergence(x, torch.randn(n, 1, generator=g), sigma=sigma).item()) < 0.01
+
+
+def test_cauchy_schwarz_mi_bivariate_gaussian_closed_form():
+    g = torch.Generator().manual_seed(3)
+    rho, sigma, n = 0.75, 0.5, 2000
+    x = torch.randn(n, 1, generator=g, dtype=torch.float64)
+    y = rho * x + math.sqrt(1 - rho ** 2) * torch.randn(n, 1, generator=g, dtype=torch.float64)
+    c, c0, s = np.array([[1, rho], [rho, 1]]), np.eye(2), sigma ** 2 * np.eye(2)
+
+    def log_n0(m):  # log N(0; 0, m)
+        return -0.5 * np.linalg.slogdet(2 * np.pi * m)[1]
+
+    truth = -2 * log_n0(c + c0 + s) + log_n0(2 * c + s) + log_n0(2 * c0 + s)
+    assert cauchy_schwarz_mutual_information(x, y, sigma_x=sigma, sigma_y=sigma).item() == pytest.approx(truth, abs=0.02)
+    z = torch.randn(n, 1, generator=g)
+    assert abs(cauchy_schwarz_mutual_information(x, z, sigma_x=sigma, sigma_y=sigma).item()) < 0.01
+
+
+@pytest.fixture(scope="module")
+def uniform_1000x256():
+    return torch.from_numpy(np.random.default_rng(0).uniform(size=(1000, 256)))
+
+
+@pytest.mark.parametrize("sigma,t,expected", [(10, 1, 2.3049), (10, 2, 0.0049), (16, 1, 1.0454), (1, 1, 9.9658)])
+def test_dse_reproduces_the_reference_values(uniform_1000x256, sigma, t, expected):
+    assert diffusion_spectral_entropy(uniform_1000x256, sigma=sigma, t=t).item() == pytest.approx(expected, abs=1e-3)
+
+
+def test_diffusion_operator_spectrum_and_dsmi():
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(200, 5, generator=g)
+    lam = diffusion_eigenvalues(x, sigma=2.0)
+    assert lam.max().item() == pytest.approx(1.0, abs=1e-9) and lam.min().item() > -1
+    # two far-apart classes, labels = the class: DSE(X) = 1 bit more structure, I_D = H(Y) = 1 bit at large sigma
+    x2 = torch.cat([torch.zeros(50, 2), torch.full((50, 2), 1e3)]) + 1e-3 * torch.randn(100, 2, generator=g)
+    labels = torch.arange(100) // 50
+    assert diffusion_spectral_entropy(x2, sigma=1.0).item() == pytest.approx(1.0, abs=1e-3)
+    assert diffusion_spectral_mutual_information(x2, labels, sigma=1.0).item() == pytest.approx(1.0, abs=1e-3)
+    with pytest.raises(TypeError, match="labels"):
+        diffusion_spectral_mutual_information(x2, labels.float())

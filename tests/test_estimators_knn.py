@@ -1,0 +1,123 @@
+"""k-NN estimators against closed forms, scikit-learn and scipy."""
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy.stats import differential_entropy
+
+from estimators import kozachenko_leonenko_entropy, ksg_mi, ksg_mutual_information
+
+
+def _gaussian_pair(n, rho, seed=0, dim=1):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, dim, generator=g, dtype=torch.float64)
+    y = rho * x + math.sqrt(1 - rho ** 2) * torch.randn(n, dim, generator=g, dtype=torch.float64)
+    return x, y
+
+
+def low_rank_normals(n, d, rho=0.8, noise=0.1, seed=0):
+    """X = A u + noise, Y = B v + noise in d dims each, (u, v) 2-D latents with per-component correlation rho.
+
+    Returns samples and the exact I(X;Y) = 1/2 (log|C_xx| + log|C_yy| - log|C|) of the joint covariance C.
+    """
+    rng = np.random.default_rng(seed)
+    a, b = rng.standard_normal((d, 2)), rng.standard_normal((d, 2))
+    latent = np.block([[np.eye(2), rho * np.eye(2)], [rho * np.eye(2), np.eye(2)]])
+    m = np.block([[a, np.zeros((d, 2))], [np.zeros((d, 2)), b]])
+    cov = m @ latent @ m.T + noise ** 2 * np.eye(2 * d)
+    mi = 0.5 * (np.linalg.slogdet(cov[:d, :d])[1] + np.linalg.slogdet(cov[d:, d:])[1] - np.linalg.slogdet(cov)[1])
+    z = rng.multivariate_normal(np.zeros(2 * d), cov, size=n)
+    return torch.from_numpy(z[:, :d]), torch.from_numpy(z[:, d:]), mi
+
+
+def test_ksg_gaussian_closed_form_rho_075():
+    x, y = _gaussian_pair(2000, 0.75)
+    truth = -0.5 * math.log(1 - 0.75 ** 2)
+    assert truth == pytest.approx(0.4133, abs=1e-4)
+    nats = ksg_mutual_information(x, y, k=3, variant=1).item()
+    assert nats == pytest.approx(truth, abs=0.04)
+    assert ksg_mutual_information(x, y, k=3, variant=2, base="bits").item() == pytest.approx(truth / math.log(2), abs=0.06)
+
+
+def test_ksg_matches_sklearn_mutual_info_regression():
+    sklearn = pytest.importorskip("sklearn.feature_selection")
+    for seed, rho in ((1, 0.5), (2, 0.9)):
+        x, y = _gaussian_pair(1000, rho, seed)
+        ref = sklearn.mutual_info_regression(x.numpy(), y[:, 0].numpy(), n_neighbors=3, random_state=0)[0]
+        ours = ksg_mutual_information(x, y, k=3, variant=1).item()
+        assert ours == pytest.approx(ref, abs=2e-3)  # sklearn adds 1e-10 noise; counts agree
+
+
+def test_ksg_multivariate_normal_5x5_within_its_known_negative_bias():
+    x, y = _gaussian_pair(2000, 0.5, seed=7, dim=5)  # 5 independent pairs: I = -5/2 log(1 - rho^2)
+    truth = -2.5 * math.log(1 - 0.25)
+    est = ksg_mutual_information(x, y, k=5).item()
+    assert 0.65 * truth < est < truth + 0.05  # KSG underestimates in a 10-D joint space (Kraskov et al. Fig. 4)
+
+
+def test_ksg_multivariate_normal_25x25_low_intrinsic_dimension():
+    x, y, mi = low_rank_normals(2000, 25)
+    assert ksg_mutual_information(x, y).item() == pytest.approx(mi, abs=0.08)
+
+
+def test_ksg_independent_is_zero_and_invariant_under_invertible_maps():
+    g = torch.Generator().manual_seed(3)
+    x, z = torch.randn(1500, 2, generator=g), torch.randn(1500, 1, generator=g)
+    assert abs(ksg_mutual_information(x, z).item()) < 0.03
+    x1, y1 = _gaussian_pair(1500, 0.8, seed=4)
+    base = ksg_mutual_information(x1, y1).item()
+    mapped = ksg_mutual_information(torch.exp(x1), y1 ** 3 + 2 * y1).item()  # monotone maps keep the ranks
+    assert mapped == pytest.approx(base, abs=0.05)
+
+
+def test_ksg_chunking_does_not_change_the_value():
+    x, y = _gaussian_pair(700, 0.6, seed=5)
+    full = ksg_mutual_information(x, y, variant=2).item()
+    assert ksg_mutual_information(x, y, variant=2, chunk_size=33).item() == pytest.approx(full, abs=1e-9)
+
+
+def test_kl_entropy_of_gaussian_and_uniform_and_scipy():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3000, 2, generator=g, dtype=torch.float64)
+    assert kozachenko_leonenko_entropy(x).item() == pytest.approx(math.log(2 * math.pi * math.e), abs=0.05)
+    u = torch.rand(3000, 1, generator=g, dtype=torch.float64) * 4  # H = log 4
+    for metric in ("euclidean", "chebyshev"):
+        assert kozachenko_leonenko_entropy(u, metric=metric).item() == pytest.approx(math.log(4), abs=0.03)
+    one = torch.randn(3000, generator=g, dtype=torch.float64)
+    assert kozachenko_leonenko_entropy(one).item() == pytest.approx(float(differential_entropy(one.numpy())), abs=0.03)
+
+
+def test_knn_errors_name_the_argument():
+    with pytest.raises(ValueError, match="duplicate"):
+        kozachenko_leonenko_entropy(torch.zeros(10, 2))
+    with pytest.raises(ValueError, match="same number of samples"):
+        ksg_mutual_information(torch.randn(10, 1), torch.randn(11, 1))
+    with pytest.raises(ValueError, match="k must be"):
+        ksg_mutual_information(torch.randn(5, 1), torch.randn(5, 1), k=5)
+    with pytest.raises(ValueError, match="variant"):
+        ksg_mutual_information(torch.randn(5, 1), torch.randn(5, 1), variant=3)
+    with pytest.raises(ValueError, match="bind target"):
+        ksg_mi()
+
+
+def test_ksg_mi_estimator_in_a_probe_against_a_bound_target():
+    from torch import nn
+
+    from estimators import Probe
+    from layers import ProbePoint
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.h = ProbePoint()
+
+        def forward(self, x):
+            return self.h(2 * x + 1)
+
+    x, y = _gaussian_pair(800, 0.75, seed=6)
+    with Probe(Net(), {"h": [ksg_mi(target=y)]}, max_samples=600) as probe:
+        Net.forward(probe.model, x)
+    row = probe.table()[0]
+    assert row["estimator"] == "ksg1_mi"
+    assert row["value"] == pytest.approx(ksg_mutual_information(x[:600], y[:600]).item(), abs=1e-6)
