@@ -1,0 +1,171 @@
+"""One CausalGrassmannMixing layer against one fused-SDPA causal attention layer of the same width.
+
+For each sequence length L (batch adjusted so that batch x L stays fixed) it times forward + backward (median
+of ``--reps`` after warm-up) and measures activation memory: the bytes autograd saves for the backward pass
+(every device), and the peak allocated memory on CUDA. Then it times greedy generation with the Grassmann
+cache against the Transformer's KV cache. Prints the machine; writes JSON and a markdown table to
+benchmarks/results/bench_grassmann_<device>.{json,md}.
+
+    python benchmarks/bench_grassmann.py                    # CPU: L = 256 ... 2048
+    python benchmarks/bench_grassmann.py --device cuda --lengths 512 1024 2048 4096 8192 16384 --tokens 65536
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from layers import CausalGrassmannMixing, CausalSelfAttention
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def machine(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}"
+    return (f"CPU {platform.processor() or platform.machine()}, {os.cpu_count()} cores visible, "
+            f"{torch.get_num_threads()} torch threads, torch {torch.__version__}")
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def saved_bytes(layer, x) -> int:
+    """Bytes of the tensors autograd keeps for backward during one forward (activation memory)."""
+    total = 0
+
+    def pack(t):
+        nonlocal total
+        total += t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = layer(x)
+    del out
+    return total
+
+
+def fwd_bwd(layer, x, device, reps: int) -> tuple[float, int | None]:
+    """Median seconds of forward + backward, and peak CUDA memory (None on CPU)."""
+    for _ in range(2):
+        layer(x).sum().backward()
+    _sync(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    times = []
+    for _ in range(reps):
+        x.grad = None
+        start = time.perf_counter()
+        layer(x).sum().backward()
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
+    return statistics.median(times), peak
+
+
+class Grassmann(torch.nn.Module):
+    def __init__(self, d):
+        super().__init__()
+        self.mix = CausalGrassmannMixing(d, rank=32)
+
+    def forward(self, x):
+        return self.mix(x)[0]
+
+
+def bench_layers(device, lengths, tokens, d, reps, dtype):
+    rows = []
+    for L in lengths:
+        B = max(1, tokens // L)
+        row = {"L": L, "batch": B}
+        for name, layer in (("grassmann", Grassmann(d)), ("attention", CausalSelfAttention(d, 4))):
+            layer = layer.to(device, dtype)
+            x = torch.randn(B, L, d, device=device, dtype=dtype, requires_grad=True)
+            row[f"{name}_saved_MB"] = saved_bytes(layer, x) / 2**20
+            seconds, peak = fwd_bwd(layer, x, device, reps)
+            row[f"{name}_ms"] = 1000 * seconds
+            if peak is not None:
+                row[f"{name}_peak_MB"] = peak / 2**20
+            del layer, x
+        row["speedup"] = row["attention_ms"] / row["grassmann_ms"]
+        rows.append(row)
+        print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
+    return rows
+
+
+@torch.no_grad()
+def bench_generation(device, new_tokens: int, prompt: int, batch: int):
+    import zoo
+
+    out = {}
+    for name in ("grassmann_lm_13m", "transformer_lm_13m"):
+        model = zoo.create_model(name, max_position_embeddings=prompt + new_tokens).to(device).eval()
+        ids = torch.randint(5, 30000, (batch, prompt), device=device)
+        model.generate(ids, max_new_tokens=4, do_sample=False)
+        _sync(device)
+        start = time.perf_counter()
+        model.generate(ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
+        _sync(device)
+        out[name] = batch * new_tokens / (time.perf_counter() - start)
+        print(f"{name}: {out[name]:.1f} generated tokens/s", flush=True)
+    return out
+
+
+def markdown(meta, rows, gen) -> str:
+    lines = [f"Machine: {meta['machine']}; d={meta['d']}, r=32, windows 1,2,4,8,12,16, 4 heads; batch x L = "
+             f"{meta['tokens']}; {meta['dtype']}; median of {meta['reps']} forward+backward passes.", "",
+             "| L | batch | Grassmann ms | SDPA attention ms | attention / Grassmann | Grassmann saved MB | "
+             "attention saved MB |" + (" Grassmann peak MB | attention peak MB |" if "grassmann_peak_MB" in rows[0] else ""),
+             "|---|---|---|---|---|---|---|" + ("---|---|" if "grassmann_peak_MB" in rows[0] else "")]
+    for r in rows:
+        line = (f"| {r['L']} | {r['batch']} | {r['grassmann_ms']:.1f} | {r['attention_ms']:.1f} | {r['speedup']:.2f} | "
+                f"{r['grassmann_saved_MB']:.1f} | {r['attention_saved_MB']:.1f} |")
+        if "grassmann_peak_MB" in r:
+            line += f" {r['grassmann_peak_MB']:.0f} | {r['attention_peak_MB']:.0f} |"
+        lines.append(line)
+    faster = [r["L"] for r in rows if r["speedup"] > 1]
+    lines += ["", f"Crossover (first L where Grassmann is faster): {faster[0] if faster else 'none in this range'}."]
+    if gen:
+        lines += ["", f"Greedy generation, batch {meta['gen_batch']}, prompt {meta['gen_prompt']}, "
+                      f"{meta['gen_tokens']} new tokens: grassmann_lm_13m {gen['grassmann_lm_13m']:.1f} tokens/s "
+                      f"(cache of 16 reduced vectors per layer), transformer_lm_13m {gen['transformer_lm_13m']:.1f} "
+                      "tokens/s (KV cache)."]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--lengths", type=int, nargs="+", default=[256, 512, 1024, 2048])
+    parser.add_argument("--tokens", type=int, default=4096, help="batch x L for every length")
+    parser.add_argument("--d", type=int, default=256)
+    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    parser.add_argument("--gen-tokens", type=int, default=64)
+    parser.add_argument("--gen-prompt", type=int, default=64)
+    parser.add_argument("--gen-batch", type=int, default=1)
+    parser.add_argument("--out", default=None, help="file stem under benchmarks/results (default bench_grassmann_<device>)")
+    args = parser.parse_args(argv)
+    device, dtype = torch.device(args.device), getattr(torch, args.dtype)
+    torch.manual_seed(0)
+    meta = {"machine": machine(device), "d": args.d, "tokens": args.tokens, "reps": args.reps, "dtype": args.dtype,
+            "gen_tokens": args.gen_tokens, "gen_prompt": args.gen_prompt, "gen_batch": args.gen_batch}
+    print(meta["machine"], flush=True)
+    rows = bench_layers(device, args.lengths, args.tokens, args.d, args.reps, dtype)
+    gen = bench_generation(device, args.gen_tokens, args.gen_prompt, args.gen_batch) if args.gen_tokens else {}
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    stem = RESULTS / (args.out or f"bench_grassmann_{device.type}")
+    stem.with_suffix(".json").write_text(json.dumps({"meta": meta, "layers": rows, "generation": gen}, indent=2))
+    stem.with_suffix(".md").write_text(markdown(meta, rows, gen))
+    print(stem.with_suffix(".md").read_text())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,52 @@
+"""CausalSelfAttention: multi-head scaled dot-product attention with a causal mask, through fused SDPA."""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .probe_point import ProbePoint
+
+
+class CausalSelfAttention(nn.Module):
+    """Attention(Q, K, V) = softmax(Q K^T / sqrt(d_head) + M) V per head (Vaswani et al. 2017, eq. 1), then W_O.
+
+    M masks key s for query t unless s <= t (causal) and s is not padding. The output comes from
+    ``torch.nn.functional.scaled_dot_product_attention`` (fused kernels, no T x T tensor on the flash path).
+    Probe point ``probs`` (B, heads, T, S): the attention probabilities, computed explicitly only when a hook is
+    attached to it (otherwise it costs nothing).
+
+    ``cache``: any object with ``update(k, v, layer_idx) -> (k_all, v_all)`` (a transformers ``Cache``); the new
+    keys/values (B, heads, T, d_head) are appended and attention runs over all S cached positions.
+    """
+
+    def __init__(self, d_model: int, n_heads: int, dropout: float = 0.0):
+        super().__init__()
+        if d_model % n_heads:
+            raise ValueError(f"CausalSelfAttention: d_model={d_model} must be divisible by n_heads={n_heads}")
+        self.d_model, self.n_heads, self.d_head, self.dropout = d_model, n_heads, d_model // n_heads, dropout
+        self.qkv = nn.Linear(d_model, 3 * d_model)
+        self.proj = nn.Linear(d_model, d_model)
+        self.probs = ProbePoint()
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, cache=None, layer_idx: int = 0) -> torch.Tensor:
+        """``x`` (B, T, d); ``mask`` bool (B or 1, 1, T, S), True = may attend; None means plain causal (no cache
+        past, no padding). Returns (B, T, d)."""
+        if x.dim() != 3 or x.shape[-1] != self.d_model:
+            raise ValueError(f"CausalSelfAttention: x must have shape (batch, time, {self.d_model}), got {tuple(x.shape)}")
+        B, T, _ = x.shape
+        q, k, v = self.qkv(x).view(B, T, 3, self.n_heads, self.d_head).permute(2, 0, 3, 1, 4)
+        if cache is not None:
+            k, v = cache.update(k, v, layer_idx)
+        if mask is None and k.shape[2] != T:
+            raise ValueError(f"CausalSelfAttention: {k.shape[2] - T} cached positions need an explicit mask")
+        causal = mask is None
+        if self.probs._forward_hooks:
+            allowed = torch.ones(T, T, dtype=torch.bool, device=x.device).tril() if causal else mask
+            scores = (q @ k.transpose(-1, -2)) / math.sqrt(self.d_head)
+            self.probs(scores.masked_fill(~allowed, float("-inf")).softmax(-1))
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=None if causal else mask, is_causal=causal,
+                                           dropout_p=self.dropout if self.training else 0.0)
+        return self.proj(y.transpose(1, 2).reshape(B, T, self.d_model))

@@ -1,0 +1,284 @@
+import math
+
+import pytest
+import torch
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
+
+import zoo
+from estimators import Probe, entropy
+from layers import CausalGrassmannMixing, CausalSelfAttention, pluecker
+from weights import load_checkpoint, save_checkpoint
+from zoo.grassmann import GrassmannCache, GrassmannLMConfig, GrassmannLMForCausalLM, GrassmannLMModel
+from zoo.transformer_lm import TransformerLMConfig, TransformerLMForCausalLM
+
+TINY = dict(vocab_size=50, hidden_size=32, num_hidden_layers=2, intermediate_size=64, max_position_embeddings=64)
+
+
+def tiny_grassmann(**kw):
+    torch.manual_seed(0)
+    return GrassmannLMForCausalLM(GrassmannLMConfig(**(TINY | dict(reduced_dim=6, windows=[1, 2, 4]) | kw))).eval()
+
+
+def tiny_transformer(**kw):
+    torch.manual_seed(0)
+    return TransformerLMForCausalLM(TransformerLMConfig(**(TINY | dict(num_attention_heads=4) | kw))).eval()
+
+
+# -- the Pluecker embedding ----------------------------------------------------------------------------------
+
+def _pairs(r):
+    return torch.triu_indices(r, r, offset=1)
+
+
+def test_pluecker_is_the_upper_triangle_of_the_antisymmetric_product():
+    torch.manual_seed(0)
+    a, b = torch.randn(3, 7), torch.randn(3, 7)
+    i, j = _pairs(7)
+    wedge = a[:, :, None] * b[:, None, :] - b[:, :, None] * a[:, None, :]
+    assert torch.allclose(pluecker(a, b, i, j), wedge[:, i, j], atol=1e-6)
+
+
+def test_pluecker_norm_is_the_lagrange_identity_and_satisfies_the_pluecker_relations():
+    torch.manual_seed(0)
+    a, b = torch.randn(5, 6, dtype=torch.float64), torch.randn(5, 6, dtype=torch.float64)
+    i, j = _pairs(6)
+    p = pluecker(a, b, i, j)
+    area2 = (a * a).sum(-1) * (b * b).sum(-1) - (a * b).sum(-1) ** 2  # squared area of the parallelogram
+    assert torch.allclose((p * p).sum(-1), area2, rtol=1e-10)
+    P = torch.zeros(5, 6, 6, dtype=torch.float64)
+    P[:, i, j], P[:, j, i] = p, -p
+    for (q, r, s, t) in [(0, 1, 2, 3), (1, 2, 4, 5), (0, 3, 4, 5)]:  # p_qr p_st - p_qs p_rt + p_qt p_rs = 0
+        rel = P[:, q, r] * P[:, s, t] - P[:, q, s] * P[:, r, t] + P[:, q, t] * P[:, r, s]
+        assert rel.abs().max() < 1e-12
+
+
+def test_normalised_pluecker_depends_only_on_the_plane():
+    """(a, b) -> (a, b) M multiplies p by det M: p_hat is a point of Gr(2, r), up to orientation."""
+    torch.manual_seed(0)
+    a, b = torch.randn(6, dtype=torch.float64), torch.randn(6, dtype=torch.float64)
+    M = torch.tensor([[2.0, -0.5], [0.3, 1.5]], dtype=torch.float64)
+    a2, b2 = M[0, 0] * a + M[1, 0] * b, M[0, 1] * a + M[1, 1] * b
+    i, j = _pairs(6)
+    p, p2 = pluecker(a, b, i, j), pluecker(a2, b2, i, j)
+    assert torch.allclose(p2, torch.linalg.det(M) * p, rtol=1e-10)
+    assert torch.allclose(p2 / p2.norm(), p / p.norm(), rtol=1e-10)
+
+
+# -- the mixing layer ----------------------------------------------------------------------------------------
+
+def _reference_mixing(layer: CausalGrassmannMixing, h: torch.Tensor) -> torch.Tensor:
+    """The paper's equations written token by token and offset by offset (past offsets)."""
+    B, T, _ = h.shape
+    z = layer.reduce(h)
+    out = torch.empty_like(h)
+    for bi in range(B):
+        for t in range(T):
+            feats = []
+            for delta in layer.windows:
+                if t - delta < 0:
+                    continue
+                a, b = z[bi, t], z[bi, t - delta]
+                W = torch.outer(a, b) - torch.outer(b, a)
+                p = torch.stack([W[i, j] for i in range(layer.rank) for j in range(i + 1, layer.rank)])
+                planar = p.norm() > layer.eps * a.norm() * b.norm()  # a degenerate pair spans no plane
+                feats.append(layer.plucker_proj(p / p.norm() if planar else torch.zeros_like(p)))
+            g = torch.stack(feats).mean(0) if feats else layer.plucker_proj.bias
+            if layer.out_proj is not None:
+                g = layer.out_proj(g)
+            alpha = torch.sigmoid(layer.gate_proj(torch.cat([h[bi, t], g])))
+            out[bi, t] = alpha * h[bi, t] + (1 - alpha) * g
+    return out
+
+
+@pytest.mark.parametrize("out_proj", [True, False])
+def test_mixing_matches_the_token_by_token_equations(out_proj):
+    torch.manual_seed(0)
+    layer = CausalGrassmannMixing(16, rank=5, windows=(1, 2, 4), out_proj=out_proj).eval()
+    h = torch.randn(2, 9, 16)
+    out, z = layer(h)
+    assert z.shape == (2, 9, 5)
+    assert torch.allclose(out, _reference_mixing(layer, h), atol=1e-5)
+
+
+def test_mixing_is_causal_and_local():
+    """Output t depends on tokens t - max(windows) .. t only (one layer)."""
+    torch.manual_seed(0)
+    layer = CausalGrassmannMixing(16, rank=5, windows=(1, 3)).eval()
+    h = torch.randn(1, 12, 16)
+    out = layer(h)[0]
+    for changed in (8, 4):
+        h2 = h.clone()
+        h2[0, changed] += 1.0
+        diff = (layer(h2)[0] - out).abs().amax(-1)[0]
+        assert diff[:changed].max() < 1e-6            # the past is untouched
+        assert diff[changed] > 1e-3                    # the token itself changes
+        touched = {changed, changed + 1, changed + 3}  # tokens that pair with it
+        assert all(diff[t] < 1e-6 for t in range(changed + 1, 12) if t not in touched)
+
+
+def test_mixing_positions_mask_offsets_and_past_continues_the_sequence():
+    torch.manual_seed(0)
+    layer = CausalGrassmannMixing(16, rank=5, windows=(1, 2, 4)).eval()
+    h = torch.randn(2, 10, 16)
+    full, z = layer(h)
+    tail, _ = layer(h[:, 6:], positions=torch.arange(6, 10), past=z[:, 2:6])
+    assert torch.allclose(tail, full[:, 6:], atol=1e-6)
+    with pytest.raises(ValueError, match="h must have shape"):
+        layer(torch.randn(2, 10, 15))
+    with pytest.raises(ValueError, match="windows must be distinct offsets"):
+        CausalGrassmannMixing(16, windows=(0, 1))
+
+
+def test_probe_points_of_the_mixing_layer():
+    torch.manual_seed(0)
+    layer = CausalGrassmannMixing(16, rank=5, windows=(1, 2)).eval()
+    seen = {}
+    layer.plucker.register_forward_hook(lambda m, i, o: seen.setdefault("p", o))
+    layer.gate.register_forward_hook(lambda m, i, o: seen.setdefault("g", o))
+    layer(torch.randn(2, 6, 16))
+    p, g = seen["p"], seen["g"]
+    assert p.shape == (2, 6, 10) and g.shape == (2, 6, 16)
+    norms = p.norm(dim=-1)
+    assert norms[:, 0].max() == 0                                      # no valid offset at t = 0
+    assert torch.allclose(norms[:, 1], torch.ones(2), atol=1e-5)        # one unit vector (delta = 1) at t = 1
+    assert (norms[:, 2:] <= 1 + 1e-5).all() and (norms[:, 2:] > 0.1).all()  # mean of two unit vectors
+    assert ((g > 0) & (g < 1)).all()
+
+
+def test_repeated_vectors_span_no_plane():
+    """z_t = z_{t-1} (a repeated token): that pair contributes 0 instead of dividing noise by a tiny norm."""
+    torch.manual_seed(0)
+    layer = CausalGrassmannMixing(8, rank=4, windows=(1,)).eval()
+    seen = []
+    layer.plucker.register_forward_hook(lambda m, i, o: seen.append(o))
+    h = torch.randn(1, 3, 8)
+    h[0, 2] = h[0, 1]
+    layer(h)
+    assert seen[0][0, 2].abs().max() == 0 and seen[0][0, 1].norm() > 0.99
+
+
+# -- the models ----------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name, overrides, expected", [
+    ("transformer_lm_13m", {}, 12_585_472),
+    ("transformer_lm_17m", {}, 17_324_032),
+    ("grassmann_lm_13m", {"out_proj": False}, 12_607_168),
+    ("grassmann_lm_13m", {}, 13_001_920),
+    ("grassmann_lm_18m", {}, 18_156_928),
+])
+def test_parameter_counts_match_the_paper(name, overrides, expected):
+    model = zoo.create_model(name, **overrides)
+    assert sum(p.numel() for p in model.parameters()) == expected
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+
+
+@pytest.mark.parametrize("make", [tiny_grassmann, tiny_transformer])
+def test_causality(make):
+    model = make()
+    ids = torch.randint(0, 50, (2, 20), generator=torch.Generator().manual_seed(1))
+    logits = model(ids).logits
+    for t in (0, 7, 18):
+        ids2 = ids.clone()
+        ids2[:, t + 1] = (ids2[:, t + 1] + 1) % 50
+        logits2 = model(ids2).logits
+        assert (logits2[:, : t + 1] - logits[:, : t + 1]).abs().max() < 1e-6
+        assert (logits2[:, t + 1] - logits[:, t + 1]).abs().max() > 1e-4
+
+
+@pytest.mark.parametrize("make", [tiny_grassmann, tiny_transformer])
+def test_save_pretrained_round_trip_and_auto_classes(make, tmp_path):
+    model = make()
+    ids = torch.randint(0, 50, (2, 12), generator=torch.Generator().manual_seed(2))
+    model.save_pretrained(tmp_path)
+    assert (tmp_path / "model.safetensors").is_file() and not list(tmp_path.glob("*.bin"))
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    assert type(loaded) is type(model)
+    assert torch.equal(loaded(ids).logits, model(ids).logits)
+    assert loaded.lm_head.weight is loaded.model.embed_tokens.weight
+    config = AutoConfig.from_pretrained(tmp_path)
+    assert type(AutoModelForCausalLM.from_config(config)) is type(model)
+    assert AutoModel.from_config(config).config.model_type == config.model_type
+
+
+@pytest.mark.parametrize("make", [tiny_grassmann, tiny_transformer])
+def test_cached_generation_equals_uncached(make):
+    model = make()
+    ids = torch.randint(1, 50, (2, 5), generator=torch.Generator().manual_seed(3))
+    kw = dict(max_new_tokens=40, do_sample=False, return_dict_in_generate=True, output_logits=True)
+    cached, plain = model.generate(ids, **kw), model.generate(ids, use_cache=False, **kw)
+    assert torch.equal(cached.sequences, plain.sequences)
+    assert max((a - b).abs().max().item() for a, b in zip(cached.logits, plain.logits)) < 1e-5
+    torch.manual_seed(4)
+    sampled = model.generate(ids, max_new_tokens=30, do_sample=True)
+    torch.manual_seed(4)
+    assert torch.equal(sampled, model.generate(ids, max_new_tokens=30, do_sample=True, use_cache=False))
+
+
+@pytest.mark.parametrize("make", [tiny_grassmann, tiny_transformer])
+def test_left_padded_batch_generates_as_each_sequence_alone(make):
+    model = make()
+    long, short = torch.tensor([[5, 9, 3, 7, 2, 8]]), torch.tensor([[4, 6, 1]])
+    batch = torch.cat([long, torch.cat([torch.zeros(1, 3, dtype=torch.long), short], 1)])
+    mask = (torch.arange(6) >= torch.tensor([[0], [3]])).long()
+    together = model.generate(batch, attention_mask=mask, max_new_tokens=10, do_sample=False)
+    for row, seq in enumerate((long, short)):
+        alone = model.generate(seq, max_new_tokens=10, do_sample=False)
+        assert torch.equal(together[row, 6:], alone[0, seq.shape[1]:])
+
+
+def test_grassmann_cache_holds_only_the_last_max_window_reduced_vectors():
+    model = tiny_grassmann()
+    ids = torch.randint(1, 50, (3, 7))
+    out = model(ids, use_cache=True)
+    cache = out.cache
+    assert isinstance(cache, GrassmannCache) and cache.get_seq_length() == 7
+    for _ in range(25):
+        out = model(out.logits[:, -1:].argmax(-1), cache=cache, use_cache=True)
+    assert cache.get_seq_length() == 32
+    assert [tuple(layer.conv_states[0].shape) for layer in cache.layers] == [(3, 6, 4)] * 2
+    with pytest.raises(ValueError, match="max_position_embeddings=64"):
+        model(torch.randint(1, 50, (1, 65)))
+    with pytest.raises(ValueError, match="input_ids must lie in"):
+        model(torch.tensor([[1, 50]]))
+
+
+def test_attention_uses_sdpa_and_exposes_probabilities_only_when_probed():
+    torch.manual_seed(0)
+    attn = CausalSelfAttention(16, 4).eval()
+    x = torch.randn(2, 7, 16)
+    seen = []
+    y = attn(x)
+    handle = attn.probs.register_forward_hook(lambda m, i, o: seen.append(o))
+    assert torch.equal(attn(x), y) and len(seen) == 1
+    probs = seen[0]
+    assert probs.shape == (2, 4, 7, 7)
+    assert torch.allclose(probs.sum(-1), torch.ones(2, 4, 7), atol=1e-6)
+    assert probs.triu(1).abs().max() == 0
+    q, k, v = attn.qkv(x).view(2, 7, 3, 4, 4).permute(2, 0, 3, 1, 4)
+    manual = attn.proj((probs @ v).transpose(1, 2).reshape(2, 7, 16))
+    assert torch.allclose(manual, y, atol=1e-5)
+    handle.remove()
+    attn(x)
+    assert len(seen) == 1
+
+
+def test_probe_attaches_to_pluecker_gate_and_attention_points():
+    g, t = tiny_grassmann(), tiny_transformer()
+    ids = torch.randint(1, 50, (4, 16))
+    with Probe(t, {"model.layers.*.attn.probs": [entropy()]}) as probe:
+        t(ids)
+    values = [r["value"] for r in probe.table()]
+    assert len(values) == 2 and all(0 < v < math.log(16) for v in values)
+    with Probe(g, {"model.layers.*.mixing.gate": [entropy()], "model.layers.0.mixing.plucker": [entropy()]}) as probe:
+        g(ids)
+    assert len(probe.table()) == 3
+
+
+def test_registry_checkpoint_round_trip(tmp_path):
+    model = zoo.create_model("grassmann_lm_13m", num_hidden_layers=1, vocab_size=100, windows=(1, 2)).eval()
+    save_checkpoint(model, tmp_path / "m.safetensors")
+    loaded = load_checkpoint(tmp_path / "m.safetensors").eval()
+    ids = torch.randint(0, 100, (1, 10))
+    assert isinstance(loaded, GrassmannLMForCausalLM) and tuple(loaded.config.windows) == (1, 2)
+    assert torch.equal(loaded(ids).logits, model(ids).logits)
+    assert isinstance(loaded.model, GrassmannLMModel)

@@ -1,0 +1,116 @@
+import math
+
+import pytest
+import torch
+
+import zoo
+from train import fit, load_recipe
+from train.data.pytext import pydoc_topics, pytext_splits, split_of
+from train.data.wordpiece import SPECIAL, train_wordpiece
+from train.tasks import make_task
+
+ENCODER = {"model_type": "distilbert", "vocab_size": 100, "dim": 32, "n_layers": 1, "n_heads": 2, "hidden_dim": 64,
+           "max_position_embeddings": 64}
+TINY_LM = ["model_args.num_hidden_layers=1", "model_args.hidden_size=32", "model_args.intermediate_size=64",
+           "model_args.vocab_size=1000", "data.vocab_size=1000", "data.docstrings=false", "task_args.seq_len=32",
+           "task_args.eval_tokens=1024", "train.steps=30", "train.batch_size=8", "train.eval_every=0",
+           "train.ckpt_every=0", "train.log_every=10", "schedule.warmup=5", "optim.lr=3.0e-3"]
+
+
+def test_pytext_split_is_deterministic_and_partitions_the_documents():
+    ids = [doc_id for doc_id, _ in pydoc_topics()]
+    assert len(ids) > 50
+    assignment = [split_of(i, 0.1, 0.1) for i in ids]
+    assert assignment == [split_of(i, 0.1, 0.1) for i in ids]
+    assert {"train", "valid", "test"} == set(assignment)
+    splits = pytext_splits(docstrings=False, valid=0.1, test=0.1)
+    words = {s: len(t.split()) for s, t in splits.items()}
+    assert 50_000 < sum(words.values()) < 90_000  # the pydoc topics: about 65k words
+    assert words["train"] > 5 * words["valid"] > 0 and words["test"] > 0
+
+
+def test_trained_wordpiece_tokenizer():
+    tok = train_wordpiece(pytext_splits(docstrings=False)["train"], vocab_size=800)
+    assert tok.get_vocab_size() == 800
+    assert [tok.token_to_id(s) for s in SPECIAL] == [0, 1, 2, 3, 4]
+    enc = tok.encode("The Return statement", add_special_tokens=False)
+    assert tok.decode(enc.ids) == "the return statement"
+
+
+def test_lm_recipes_share_budget_and_seeds():
+    g, t = load_recipe("grassmann-lm-pytext"), load_recipe("transformer-lm-pytext")
+    for key in ("data", "task_args", "optim", "schedule", "train", "model_args"):
+        assert g[key] == t[key]
+    assert (g["model"], t["model"]) == ("grassmann_lm_13m", "transformer_lm_13m")
+
+
+def test_lm_task_batches_and_training_lowers_perplexity(tmp_path):
+    recipe = load_recipe("grassmann-lm-pytext", TINY_LM)
+    task = make_task(recipe)
+    b1, b2 = (task.batch(4, torch.Generator().manual_seed(7)) for _ in range(2))
+    assert b1["input_ids"].shape == (4, 32) and torch.equal(b1["input_ids"], b2["input_ids"])
+    torch.manual_seed(0)
+    untrained = zoo.create_model(recipe["model"], **recipe["model_args"]).eval()
+    before = task.evaluate(untrained)["valid_ppl"]
+    assert before == pytest.approx(1000, rel=0.5)  # close to uniform over the vocabulary
+    after = fit(recipe, out=tmp_path / "run")
+    assert after["valid_ppl"] < before / 2 and math.isfinite(after["test_ppl"])
+    assert (tmp_path / "run" / "samples.txt").read_text().count("PROMPT:") == 3
+
+
+def test_vocab_mismatch_is_a_clear_error():
+    with pytest.raises(ValueError, match="set model_args.vocab_size"):
+        make_task(load_recipe("grassmann-lm-pytext", TINY_LM + ["model_args.vocab_size=500"]))
+
+
+@pytest.mark.parametrize("recipe, names", [
+    ("grassmann-lm-wikitext2", ["wiki.train.tokens", "wikitext-2-v1.zip", "data.path"]),
+    ("grassmann-lm-wikitext2-12l", ["wiki.valid.tokens", "data.path"]),
+    ("grassmann-nli-snli", ["snli_1.0_train.jsonl", "snli_1.0.zip", "data.path"]),
+])
+def test_full_size_recipes_say_what_to_download(recipe, names, tmp_path):
+    for overrides in ([], [f"data.path={tmp_path}"]):
+        with pytest.raises(FileNotFoundError) as err:
+            make_task(load_recipe(recipe, overrides))
+        assert all(n in str(err.value) for n in names)
+
+
+def test_wikitext_recipe_runs_when_the_data_is_given(tmp_path):
+    text = "\n".join(" = Heading = \n the quick brown fox jumps over the lazy dog . " * 3 for _ in range(60))
+    for split in ("train", "valid", "test"):
+        (tmp_path / f"wiki.{split}.tokens").write_text(text)
+    task = make_task(load_recipe("grassmann-lm-wikitext2", [f"data.path={tmp_path}", "task_args.seq_len=16"]))
+    assert task.batch(2, torch.Generator().manual_seed(0))["input_ids"].shape == (2, 16)
+    assert task.tokenizer.decode(task.train_ids[:4].tolist()).startswith("= heading =")
+
+
+@pytest.mark.parametrize("name", ["grassmann_nli_head", "transformer_nli_head"])
+def test_nli_head_trains_only_the_head_and_ignores_padding(name):
+    torch.manual_seed(0)
+    model = zoo.create_model(name, encoder_config=ENCODER, hidden_size=32, intermediate_size=64, reduced_dim=6)
+    frozen = {k: v.clone() for k, v in model.encoder.state_dict().items()}
+    ids = torch.randint(5, 100, (4, 10))
+    model.eval()
+    logits = model(ids)
+    padded = torch.cat([ids, torch.zeros(4, 6, dtype=torch.long)], 1)
+    mask = torch.cat([torch.ones(4, 10), torch.zeros(4, 6)], 1).long()
+    assert logits.shape == (4, 3) and torch.allclose(model(padded, mask), logits, atol=1e-5)
+    model.train()
+    assert not model.encoder.training
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    labels = torch.tensor([0, 1, 2, 0])
+    losses = []
+    for _ in range(15):
+        loss = torch.nn.functional.cross_entropy(model(ids), labels)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0]
+    assert all(torch.equal(v, frozen[k]) for k, v in model.encoder.state_dict().items())
+    assert all(p.grad is None for p in model.encoder.parameters())
+
+
+def test_missing_encoder_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="hf download"):
+        zoo.create_model("grassmann_nli_head", encoder=str(tmp_path / "no-encoder"))

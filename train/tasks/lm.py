@@ -1,0 +1,98 @@
+"""Causal language modelling: random windows of a tokenised corpus, next-token cross-entropy, perplexity."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from zoo._registry import resolve_config
+
+from ..data.pytext import corpus_version, pytext_splits
+from ..data.wikitext import read_wikitext2, wikitext2_files
+from ..data.wordpiece import tokenized_splits
+from .base import Task
+
+SOURCES = ("pytext", "wikitext2")
+
+
+class CausalLMTask(Task):
+    """Batches {input_ids (B, seq_len)} cut at random offsets of the training token stream; loss = mean
+    next-token cross-entropy (nats). Evaluation: loss and perplexity exp(loss) on the valid and test streams,
+    cut into consecutive windows of seq_len tokens (each window predicts its last seq_len - 1 tokens), over at
+    most ``task_args.eval_tokens`` tokens per split.
+
+    ``data.source``: ``pytext`` (CPython's own text, offline; ``data.docstrings`` adds the stdlib docstrings to
+    the pydoc topics) or ``wikitext2`` (``data.path``: a folder with the three wiki.*.tokens files).
+    ``data.tokenizer``: ``wordpiece`` (trained on the training split, ``data.vocab_size`` pieces) or ``bert``.
+    """
+
+    def __init__(self, recipe: dict):
+        super().__init__(recipe)
+        d = recipe["data"]
+        source, kind, vocab = d.get("source", "pytext"), d.get("tokenizer", "wordpiece"), int(d.get("vocab_size", 8192))
+        if source == "pytext":
+            docstrings, valid, test = bool(d.get("docstrings", True)), float(d.get("valid", 0.05)), float(d.get("test", 0.05))
+            settings = {"corpus": corpus_version(), "docstrings": docstrings, "valid": valid, "test": test}
+            self.tokenizer, ids = tokenized_splits("pytext", settings, lambda: pytext_splits(docstrings, valid, test),
+                                                   kind, vocab)
+        elif source == "wikitext2":
+            files = wikitext2_files(d.get("path"))
+            settings = {"files": {s: [str(f.resolve()), f.stat().st_size] for s, f in files.items()}}
+            self.tokenizer, ids = tokenized_splits("wikitext2", settings, lambda: read_wikitext2(d["path"]), kind, vocab)
+        else:
+            raise ValueError(f"data.source must be one of {SOURCES}, got {source!r}")
+        self.train_ids, self.valid_ids, self.test_ids = ids["train"], ids["valid"], ids["test"]
+        model_vocab = resolve_config(recipe["model"], **recipe.get("model_args", {})).vocab_size
+        if self.tokenizer.get_vocab_size() > model_vocab:
+            raise ValueError(f"the tokenizer has {self.tokenizer.get_vocab_size()} pieces but {recipe['model']} has "
+                             f"vocab_size={model_vocab}; set model_args.vocab_size to data.vocab_size")
+        self.seq_len = int(self.args.get("seq_len", 128))
+        self.eval_tokens = self.args.get("eval_tokens")
+        self.eval_batch = int(self.args.get("eval_batch_size", 32))
+        shortest = min(len(self.train_ids), len(self.valid_ids), len(self.test_ids))
+        if shortest < self.seq_len + 1:
+            raise ValueError(f"task_args.seq_len={self.seq_len} is longer than a split of the corpus ({shortest} tokens)")
+
+    def batch(self, size, generator):
+        starts = torch.randint(0, len(self.train_ids) - self.seq_len + 1, (size,), generator=generator)
+        return {"input_ids": self.train_ids[starts[:, None] + torch.arange(self.seq_len)]}
+
+    def loss(self, model, batch):
+        out = model(input_ids=batch["input_ids"], labels=batch["input_ids"], use_cache=False)
+        return out.loss, {}
+
+    @torch.no_grad()
+    def stream_loss(self, model, ids: torch.Tensor) -> float:
+        """Mean next-token cross-entropy (nats) over consecutive windows of ``ids``."""
+        device = next(model.parameters()).device
+        n = len(ids) if self.eval_tokens is None else min(len(ids), int(self.eval_tokens))
+        windows = ids[: n // self.seq_len * self.seq_len].view(-1, self.seq_len)
+        total, count = 0.0, 0
+        for chunk in windows.split(self.eval_batch):
+            chunk = chunk.to(device)
+            logits = model(input_ids=chunk, use_cache=False).logits[:, :-1].float()
+            total += float(F.cross_entropy(logits.flatten(0, 1), chunk[:, 1:].flatten(), reduction="sum"))
+            count += chunk[:, 1:].numel()
+        return total / count
+
+    def evaluate(self, model):
+        out = {}
+        for split, ids in (("valid", self.valid_ids), ("test", self.test_ids)):
+            loss = self.stream_loss(model, ids)
+            out[f"{split}_loss"], out[f"{split}_ppl"] = loss, math.exp(loss)
+        return out
+
+    @torch.no_grad()
+    def report(self, model, out: Path):
+        """samples.txt: greedy continuations of three validation prompts."""
+        device = next(model.parameters()).device
+        n = min(3, len(self.valid_ids) // 16)
+        prompts = self.valid_ids[: n * 16].view(n, 16).to(device)
+        generated = model.generate(prompts, max_new_tokens=32, do_sample=False)
+        lines = [f"PROMPT: {self.tokenizer.decode(p.tolist())}\nMODEL: {self.tokenizer.decode(g[16:].tolist())}\n"
+                 for p, g in zip(prompts, generated)]
+        path = Path(out) / "samples.txt"
+        path.write_text("\n".join(lines))
+        return [path]

@@ -1,0 +1,303 @@
+"""Causal Grassmann LM: attention-free language model of "Attention Is Not What You Need" (arXiv 2512.19428).
+
+Same embeddings, feed-forward width, final LayerNorm and tied LM head as the Transformer baseline
+(``zoo.transformer_lm``); each block replaces attention by ``layers.CausalGrassmannMixing`` and is post-norm:
+u = LN(alpha h + (1 - alpha) g), then h' = LN(u + FFN(u)). Every block uses the offsets {1, 2, 4, 8, 12, 16}.
+Parameters (d=256, r=32, d_ff=1024, 128 positions, vocabulary 30,522): 6 layers 12,607,168 as the equations
+read, 13,001,920 with the d x d output projection (``out_proj=True``, default, the paper's 13.00M); 12 layers
+with it 18,156,928 (the paper's 18.16M).
+
+Generation caches only the last max(windows) reduced vectors z per layer (``GrassmannCache``), so memory per
+generated token is constant: (layers x max(windows) x r) numbers per sequence.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, GenerationMixin, PreTrainedConfig, PreTrainedModel
+from transformers.cache_utils import Cache, LinearAttentionLayer
+from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+
+from layers import CausalGrassmannMixing
+
+from ._registry import register_model
+from .transformer_lm import PAPER, check_ids, feed_forward, lm_loss, token_positions
+
+WINDOWS = (1, 2, 4, 8, 12, 16)
+
+
+class GrassmannLMConfig(PreTrainedConfig):
+    model_type = "paperzoo_grassmann_lm"
+
+    vocab_size: int = 30522
+    hidden_size: int = 256
+    num_hidden_layers: int = 6
+    reduced_dim: int = 32
+    windows: list[int] | tuple[int, ...] = WINDOWS
+    intermediate_size: int = 1024
+    max_position_embeddings: int = 128
+    out_proj: bool = True
+    dropout: float = 0.1
+    layer_norm_eps: float = 1e-5
+    initializer_range: float = 0.02
+    use_cache: bool = True
+    tie_word_embeddings: bool = True
+    pad_token_id: int | None = 0
+    bos_token_id: int | None = None
+    eos_token_id: int | None = None
+
+
+class GrassmannCache(Cache):
+    """Per layer the reduced vectors z of the last max(windows) tokens (B, r, max(windows)), plus the number of
+    tokens seen (``get_seq_length``). Built on transformers' ``LinearAttentionLayer`` conv-state buffers, so beam
+    search reordering works unchanged."""
+
+    def __init__(self, num_layers: int, context: int):
+        super().__init__(layers=[LinearAttentionLayer() for _ in range(num_layers)])
+        self.context = context
+        self.seen_tokens = 0
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return self.seen_tokens
+
+
+class GrassmannBlock(nn.Module):
+    """u = LN(CausalGrassmannMixing(h)); h' = LN(u + FFN(u)). Probe points ``mixing.plucker``, ``mixing.gate``."""
+
+    def __init__(self, config: GrassmannLMConfig):
+        super().__init__()
+        d = config.hidden_size
+        self.mixing = CausalGrassmannMixing(d, config.reduced_dim, tuple(config.windows), out_proj=config.out_proj,
+                                            dropout=config.dropout)
+        self.ln1 = nn.LayerNorm(d, eps=config.layer_norm_eps)
+        self.ffn = feed_forward(d, config.intermediate_size, config.dropout)
+        self.ln2 = nn.LayerNorm(d, eps=config.layer_norm_eps)
+
+    def forward(self, h, positions, cache=None, layer_idx=0):
+        past = None
+        if cache is not None and (state := cache.get_conv_state(layer_idx)) is not None:
+            past = state.transpose(1, 2).clone()
+        u, z = self.mixing(h, positions, past)
+        if cache is not None:
+            cache.update_conv_state(z.transpose(1, 2), layer_idx, conv_kernel_size=self.mixing.context)
+        u = self.ln1(u)
+        return self.ln2(u + self.ffn(u))
+
+
+class GrassmannLMPreTrainedModel(PreTrainedModel):
+    config_class = GrassmannLMConfig
+    base_model_prefix = "model"
+    _no_split_modules = ["GrassmannBlock"]
+
+    @classmethod
+    def _supports_default_dynamic_cache(cls) -> bool:
+        return False  # generate() must not build a KV cache: the model builds its GrassmannCache itself
+
+
+class GrassmannLMModel(GrassmannLMPreTrainedModel):
+    """Embeddings + Grassmann blocks + final LayerNorm; returns the last hidden state (B, T, d) and the cache."""
+
+    def __init__(self, config: GrassmannLMConfig):
+        super().__init__(config)
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.embed_positions = nn.Embedding(config.max_position_embeddings, config.hidden_size)
+        self.drop = nn.Dropout(config.dropout)
+        self.layers = nn.ModuleList(GrassmannBlock(config) for _ in range(config.num_hidden_layers))
+        self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.embed_tokens
+
+    def set_input_embeddings(self, value):
+        self.embed_tokens = value
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                position_ids: torch.Tensor | None = None, cache: GrassmannCache | None = None,
+                use_cache: bool | None = None, return_dict: bool | None = None) -> BaseModelOutputWithPast:
+        """Padding is handled through positions: an offset reaches only tokens at position >= 0 of the same
+        sequence, so left padding (positions counted over ``attention_mask``) never mixes into real tokens."""
+        check_ids(input_ids, self.config.vocab_size)
+        use_cache = self.config.use_cache and not self.training if use_cache is None else use_cache
+        if cache is not None and not isinstance(cache, GrassmannCache):
+            raise TypeError(f"GrassmannLMModel: cache must be a GrassmannCache, got {type(cache).__name__}")
+        if use_cache and cache is None:
+            cache = GrassmannCache(self.config.num_hidden_layers, max(self.config.windows))
+        past = cache.get_seq_length() if cache is not None else 0
+        positions = token_positions(input_ids, past, position_ids, attention_mask, self.config.max_position_embeddings)
+        h = self.drop(self.embed_tokens(input_ids) + self.embed_positions(positions))
+        for i, block in enumerate(self.layers):
+            h = block(h, positions, cache=cache, layer_idx=i)
+        if cache is not None:
+            cache.seen_tokens += input_ids.shape[1]
+        return BaseModelOutputWithPast(last_hidden_state=self.norm(h), cache=cache if use_cache else None)
+
+
+class GrassmannLMForCausalLM(GrassmannLMPreTrainedModel, GenerationMixin):
+    """Causal LM head (tied to the token embedding); ``labels`` gives the mean next-token cross-entropy."""
+
+    _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
+
+    def __init__(self, config: GrassmannLMConfig):
+        super().__init__(config)
+        self.model = GrassmannLMModel(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.model.embed_tokens
+
+    def set_input_embeddings(self, value):
+        self.model.embed_tokens = value
+
+    def get_output_embeddings(self):
+        return self.lm_head
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                position_ids: torch.Tensor | None = None, cache: GrassmannCache | None = None,
+                use_cache: bool | None = None, labels: torch.Tensor | None = None,
+                return_dict: bool | None = None) -> CausalLMOutputWithPast:
+        out = self.model(input_ids, attention_mask=attention_mask, position_ids=position_ids, cache=cache,
+                         use_cache=use_cache)
+        logits = self.lm_head(out.last_hidden_state)
+        loss = lm_loss(logits, labels) if labels is not None else None
+        return CausalLMOutputWithPast(loss=loss, logits=logits, cache=out.cache)
+
+
+AutoConfig.register(GrassmannLMConfig.model_type, GrassmannLMConfig)
+AutoModel.register(GrassmannLMConfig, GrassmannLMModel)
+AutoModelForCausalLM.register(GrassmannLMConfig, GrassmannLMForCausalLM)
+
+
+@dataclass
+class GrassmannLMArgs:
+    """Registry config: the fields of ``GrassmannLMConfig`` that define a size."""
+
+    num_hidden_layers: int = 6
+    hidden_size: int = 256
+    reduced_dim: int = 32
+    windows: tuple[int, ...] = WINDOWS
+    intermediate_size: int = 1024
+    vocab_size: int = 30522
+    max_position_embeddings: int = 128
+    out_proj: bool = True
+    dropout: float = 0.1
+
+
+def build_grassmann_lm(args: GrassmannLMArgs) -> GrassmannLMForCausalLM:
+    return GrassmannLMForCausalLM(GrassmannLMConfig(**dataclasses.asdict(args)))
+
+
+@register_model(GrassmannLMArgs(num_hidden_layers=6), PAPER)
+def grassmann_lm_13m(args: GrassmannLMArgs) -> GrassmannLMForCausalLM:
+    """6 layers, d=256, r=32: 13,001,920 parameters (12,607,168 with ``out_proj=False``); the paper's 13.00M."""
+    return build_grassmann_lm(args)
+
+
+@register_model(GrassmannLMArgs(num_hidden_layers=12), PAPER)
+def grassmann_lm_18m(args: GrassmannLMArgs) -> GrassmannLMForCausalLM:
+    """12 layers: 18,156,928 parameters; the paper's 18.16M."""
+    return build_grassmann_lm(args)
+
+
+# -- NLI heads over a frozen encoder -------------------------------------------------------------------------
+
+@dataclass
+class NLIHeadArgs:
+    """A classification head over a frozen encoder loaded with ``AutoModel`` (the paper: DistilBERT, 48 tokens).
+
+    ``encoder`` is a hub id or local folder; ``encoder_config`` (a dict with ``model_type``), when given, builds a
+    randomly initialised encoder instead (offline tests).
+    """
+
+    mixer: str = "grassmann"  # or "transformer"
+    encoder: str = "distilbert-base-uncased"
+    encoder_config: dict | None = None
+    hidden_size: int = 256
+    num_hidden_layers: int = 2
+    reduced_dim: int = 32
+    windows: tuple[int, ...] = WINDOWS
+    num_attention_heads: int = 4
+    intermediate_size: int = 1024
+    dropout: float = 0.1
+    num_labels: int = 3
+
+
+def load_encoder(args: NLIHeadArgs) -> nn.Module:
+    if args.encoder_config is not None:
+        spec = dict(args.encoder_config)
+        return AutoModel.from_config(AutoConfig.for_model(spec.pop("model_type"), **spec))
+    try:
+        return AutoModel.from_pretrained(args.encoder)
+    except OSError as err:
+        raise FileNotFoundError(
+            f"encoder {args.encoder!r} is not available offline ({err.__class__.__name__}). Download it once with "
+            f"`hf download {args.encoder}` (it lands in the Hugging Face cache) or set encoder= to a local folder "
+            "saved with save_pretrained.") from err
+
+
+class NLIHead(nn.Module):
+    """logits = W_cls LN(mean over real tokens of Blocks(W_in E(x))), E a frozen encoder (no gradients, always in
+    eval mode). Blocks: ``GrassmannBlock`` (mixer="grassmann") or pre-norm ``TransformerBlock`` with causal +
+    padding attention (mixer="transformer"), so both heads read the pair left to right."""
+
+    def __init__(self, args: NLIHeadArgs):
+        super().__init__()
+        from .transformer_lm import TransformerBlock, TransformerLMConfig
+
+        if args.mixer not in ("grassmann", "transformer"):
+            raise ValueError(f"NLIHead: mixer must be 'grassmann' or 'transformer', got {args.mixer!r}")
+        self.args = args
+        self.encoder = load_encoder(args).eval().requires_grad_(False)
+        d = args.hidden_size
+        self.proj = nn.Linear(self.encoder.config.hidden_size, d)
+        common = dict(hidden_size=d, intermediate_size=args.intermediate_size, dropout=args.dropout)
+        if args.mixer == "grassmann":
+            cfg = GrassmannLMConfig(reduced_dim=args.reduced_dim, windows=list(args.windows), **common)
+            self.blocks = nn.ModuleList(GrassmannBlock(cfg) for _ in range(args.num_hidden_layers))
+        else:
+            cfg = TransformerLMConfig(num_attention_heads=args.num_attention_heads, **common)
+            self.blocks = nn.ModuleList(TransformerBlock(cfg) for _ in range(args.num_hidden_layers))
+        self.norm = nn.LayerNorm(d)
+        self.classifier = nn.Linear(d, args.num_labels)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.encoder.eval()  # frozen: dropout off in the encoder whatever the head does
+        return self
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Class logits (B, num_labels) for token ids (B, T) of "[CLS] premise [SEP] hypothesis [SEP]"."""
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        with torch.no_grad():
+            hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        x = self.proj(hidden)
+        T = x.shape[1]
+        keep = attention_mask.bool()
+        if self.args.mixer == "grassmann":
+            positions = torch.arange(T, device=x.device)
+            for block in self.blocks:
+                x = block(x, positions)
+        else:
+            causal = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
+            mask = (causal & keep[:, None, None, :]) | torch.eye(T, dtype=torch.bool, device=x.device)
+            for block in self.blocks:
+                x = block(x, mask=mask)
+        pooled = (x * keep[..., None]).sum(1) / keep.sum(1, keepdim=True).clamp_min(1)
+        return self.classifier(self.norm(pooled))
+
+
+@register_model(NLIHeadArgs(mixer="grassmann"), PAPER)
+def grassmann_nli_head(args: NLIHeadArgs) -> NLIHead:
+    """Two Grassmann blocks (d=256, r=32) over frozen DistilBERT, mean-pooled, 3 SNLI classes."""
+    return NLIHead(args)
+
+
+@register_model(NLIHeadArgs(mixer="transformer"), PAPER)
+def transformer_nli_head(args: NLIHeadArgs) -> NLIHead:
+    """Two Transformer blocks (d=256, 4 heads) over frozen DistilBERT, mean-pooled, 3 SNLI classes."""
+    return NLIHead(args)

@@ -1,0 +1,221 @@
+"""A small GPT-style causal Transformer LM as a Hugging Face ``transformers`` model.
+
+The size-matched baseline of "Attention Is Not What You Need" (arXiv 2512.19428): learned token and position
+embeddings, pre-norm blocks x + Attn(LN(x)), x + FFN(LN(x)) with GELU, a final LayerNorm and an LM head tied to
+the token embedding (no bias). With d=256, 4 heads, d_ff=1024, 128 positions and the BERT vocabulary (30,522):
+6 layers = 12,585,472 parameters, 12 layers = 17,324,032 (the paper's 12.59M and 17.32M). The paper's 17.32M
+counts 128 position rows although that model is trained at L=256; training at L=256 here needs
+``max_position_embeddings=256`` (+32,768 parameters).
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import (AutoConfig, AutoModel, AutoModelForCausalLM, GenerationMixin, PreTrainedConfig,
+                          PreTrainedModel)
+from transformers.cache_utils import Cache, DynamicCache
+from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+
+from layers import CausalSelfAttention
+
+from ._registry import Paper, register_model
+
+PAPER = Paper(family="grassmann", title="Attention Is Not What You Need: Grassmann Flows as an Attention-Free "
+              "Alternative for Sequence Modeling", arxiv="2512.19428", authors="Zhang Chong", year=2025)
+
+
+class TransformerLMConfig(PreTrainedConfig):
+    model_type = "paperzoo_transformer_lm"
+
+    vocab_size: int = 30522
+    hidden_size: int = 256
+    num_hidden_layers: int = 6
+    num_attention_heads: int = 4
+    intermediate_size: int = 1024
+    max_position_embeddings: int = 128
+    dropout: float = 0.1
+    layer_norm_eps: float = 1e-5
+    initializer_range: float = 0.02
+    use_cache: bool = True
+    tie_word_embeddings: bool = True
+    pad_token_id: int | None = 0
+    bos_token_id: int | None = None
+    eos_token_id: int | None = None
+
+
+def feed_forward(d_model: int, d_ff: int, dropout: float) -> nn.Sequential:
+    """FFN(x) = W_2 GELU(W_1 x + b_1) + b_2, then dropout."""
+    return nn.Sequential(nn.Linear(d_model, d_ff), nn.GELU(), nn.Linear(d_ff, d_model), nn.Dropout(dropout))
+
+
+def token_positions(input_ids: torch.Tensor, past: int, position_ids: torch.Tensor | None,
+                    attention_mask: torch.Tensor | None, max_positions: int) -> torch.Tensor:
+    """Absolute positions (B, T) of the tokens in ``input_ids``: given, or counted over ``attention_mask`` (padding
+    does not count), or past..past+T-1. Positions at or beyond ``max_positions`` are an error."""
+    B, T = input_ids.shape
+    if position_ids is None:
+        if attention_mask is not None:
+            position_ids = (attention_mask.long().cumsum(-1) - 1).clamp_min(0)[:, -T:]
+        else:
+            position_ids = torch.arange(past, past + T, device=input_ids.device)[None].expand(B, T)
+    if position_ids.shape[-1] != T:
+        raise ValueError(f"position_ids must have last dim {T} (the number of input tokens), got {tuple(position_ids.shape)}")
+    if int(position_ids.max()) >= max_positions:
+        raise ValueError(f"position {int(position_ids.max())} is beyond max_position_embeddings={max_positions}; "
+                         f"shorten the input or build the model with a larger max_position_embeddings")
+    return position_ids
+
+
+def check_ids(input_ids: torch.Tensor, vocab_size: int) -> None:
+    if input_ids.dim() != 2 or input_ids.dtype not in (torch.long, torch.int):
+        raise ValueError(f"input_ids must be an integer tensor of shape (batch, time), got {input_ids.dtype} "
+                         f"{tuple(input_ids.shape)}")
+    if input_ids.numel() and (int(input_ids.min()) < 0 or int(input_ids.max()) >= vocab_size):
+        raise ValueError(f"input_ids must lie in [0, vocab_size={vocab_size}), got range "
+                         f"[{int(input_ids.min())}, {int(input_ids.max())}]")
+
+
+def lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross-entropy: logits at t predict labels at t+1; label -100 is ignored."""
+    return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100)
+
+
+class TransformerBlock(nn.Module):
+    """Pre-norm block: x <- x + Dropout(Attn(LN(x))); x <- x + FFN(LN(x)). Probe point ``attn.probs``."""
+
+    def __init__(self, config: TransformerLMConfig):
+        super().__init__()
+        d = config.hidden_size
+        self.ln1 = nn.LayerNorm(d, eps=config.layer_norm_eps)
+        self.attn = CausalSelfAttention(d, config.num_attention_heads, dropout=config.dropout)
+        self.drop = nn.Dropout(config.dropout)
+        self.ln2 = nn.LayerNorm(d, eps=config.layer_norm_eps)
+        self.ffn = feed_forward(d, config.intermediate_size, config.dropout)
+
+    def forward(self, x, mask=None, cache=None, layer_idx=0):
+        x = x + self.drop(self.attn(self.ln1(x), mask=mask, cache=cache, layer_idx=layer_idx))
+        return x + self.ffn(self.ln2(x))
+
+
+class TransformerLMPreTrainedModel(PreTrainedModel):
+    config_class = TransformerLMConfig
+    base_model_prefix = "model"
+    _no_split_modules = ["TransformerBlock"]
+    _supports_sdpa = True
+
+
+class TransformerLMModel(TransformerLMPreTrainedModel):
+    """Embeddings + blocks + final LayerNorm; returns the last hidden state (B, T, d) and the KV cache."""
+
+    def __init__(self, config: TransformerLMConfig):
+        super().__init__(config)
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.embed_positions = nn.Embedding(config.max_position_embeddings, config.hidden_size)
+        self.drop = nn.Dropout(config.dropout)
+        self.layers = nn.ModuleList(TransformerBlock(config) for _ in range(config.num_hidden_layers))
+        self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.embed_tokens
+
+    def set_input_embeddings(self, value):
+        self.embed_tokens = value
+
+    def _mask(self, attention_mask, past: int, T: int, device) -> torch.Tensor | None:
+        """Bool (B or 1, 1, T, past+T): query i (absolute past+i) may see key s when s <= past+i and s is not
+        padding; None when plain causal attention suffices."""
+        padded = attention_mask is not None and not bool(attention_mask.all())
+        if not padded and past == 0:
+            return None
+        S = past + T
+        query = torch.arange(past, S, device=device)[:, None]
+        allowed = (torch.arange(S, device=device)[None] <= query)[None, None]
+        if padded:
+            keys = attention_mask[:, -S:].bool()[:, None, None, :]
+            allowed = (allowed & keys) | (torch.arange(S, device=device)[None] == query)  # a pad query sees itself
+        return allowed
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                position_ids: torch.Tensor | None = None, cache: Cache | None = None, use_cache: bool | None = None,
+                return_dict: bool | None = None) -> BaseModelOutputWithPast:
+        check_ids(input_ids, self.config.vocab_size)
+        use_cache = self.config.use_cache and not self.training if use_cache is None else use_cache
+        if use_cache and cache is None:
+            cache = DynamicCache()
+        past = cache.get_seq_length() if cache is not None else 0
+        T = input_ids.shape[1]
+        positions = token_positions(input_ids, past, position_ids, attention_mask, self.config.max_position_embeddings)
+        mask = self._mask(attention_mask, past, T, input_ids.device)
+        x = self.drop(self.embed_tokens(input_ids) + self.embed_positions(positions))
+        for i, block in enumerate(self.layers):
+            x = block(x, mask=mask, cache=cache, layer_idx=i)
+        return BaseModelOutputWithPast(last_hidden_state=self.norm(x), cache=cache if use_cache else None)
+
+
+class TransformerLMForCausalLM(TransformerLMPreTrainedModel, GenerationMixin):
+    """Causal LM head (tied to the token embedding); ``labels`` gives the mean next-token cross-entropy."""
+
+    _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
+
+    def __init__(self, config: TransformerLMConfig):
+        super().__init__(config)
+        self.model = TransformerLMModel(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.model.embed_tokens
+
+    def set_input_embeddings(self, value):
+        self.model.embed_tokens = value
+
+    def get_output_embeddings(self):
+        return self.lm_head
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                position_ids: torch.Tensor | None = None, cache: Cache | None = None, use_cache: bool | None = None,
+                labels: torch.Tensor | None = None, return_dict: bool | None = None) -> CausalLMOutputWithPast:
+        out = self.model(input_ids, attention_mask=attention_mask, position_ids=position_ids, cache=cache,
+                         use_cache=use_cache)
+        logits = self.lm_head(out.last_hidden_state)
+        loss = lm_loss(logits, labels) if labels is not None else None
+        return CausalLMOutputWithPast(loss=loss, logits=logits, cache=out.cache)
+
+
+AutoConfig.register(TransformerLMConfig.model_type, TransformerLMConfig)
+AutoModel.register(TransformerLMConfig, TransformerLMModel)
+AutoModelForCausalLM.register(TransformerLMConfig, TransformerLMForCausalLM)
+
+
+@dataclass
+class TransformerLMArgs:
+    """Registry config: the fields of ``TransformerLMConfig`` that define a size."""
+
+    num_hidden_layers: int = 6
+    hidden_size: int = 256
+    num_attention_heads: int = 4
+    intermediate_size: int = 1024
+    vocab_size: int = 30522
+    max_position_embeddings: int = 128
+    dropout: float = 0.1
+
+
+def build_transformer_lm(args: TransformerLMArgs) -> TransformerLMForCausalLM:
+    return TransformerLMForCausalLM(TransformerLMConfig(**dataclasses.asdict(args)))
+
+
+@register_model(TransformerLMArgs(num_hidden_layers=6), PAPER)
+def transformer_lm_13m(args: TransformerLMArgs) -> TransformerLMForCausalLM:
+    """6 layers, d=256, 4 heads: 12,585,472 parameters (the paper's 12.59M Transformer baseline)."""
+    return build_transformer_lm(args)
+
+
+@register_model(TransformerLMArgs(num_hidden_layers=12), PAPER)
+def transformer_lm_17m(args: TransformerLMArgs) -> TransformerLMForCausalLM:
+    """12 layers: 17,324,032 parameters with 128 position rows (the paper's 17.32M)."""
+    return build_transformer_lm(args)
