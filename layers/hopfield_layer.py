@@ -1,0 +1,57 @@
+"""HopfieldLayer: Hopfield retrieval from learned stored patterns (a learned lookup table; Ramsauer et al., 2021)."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .hopfield import Hopfield
+
+
+class HopfieldLayer(nn.Module):
+    """Z = softmax(beta R W_Q W_K^T Y^T) Y W_K W_V with Y = ``lookup_weights`` learned (Eq. 12, "HopfieldLayer"):
+    each input R (batch, length, input_size), the state pattern, retrieves from ``quantity`` learned stored
+    patterns; the pattern projection is Y itself or, with ``lookup_weights_as_separated``, separate
+    ``target_weights``. Returns (batch, length, output_size).
+
+    Keys: ``hopfield.*`` (see ``Hopfield``), ``lookup_weights`` (1, quantity, size) and optionally
+    ``target_weights`` ((quantity, 1, size) when not batch_first), initialised N(0, 0.02) as in hflayers.
+    Other keyword arguments go to ``Hopfield``.
+    """
+
+    def __init__(self, input_size: int, quantity: int = 1, trainable: bool = True,
+                 lookup_weights_as_separated: bool = False, lookup_targets_as_trainable: bool = True,
+                 **hopfield_kwargs):
+        super().__init__()
+        if quantity < 1:
+            raise ValueError(f"HopfieldLayer: quantity must be >= 1, got {quantity}")
+        self.hopfield = Hopfield(input_size=input_size, **hopfield_kwargs)
+        self.quantity = quantity
+        static = hopfield_kwargs.get("stored_pattern_as_static", False)
+        size = self.hopfield.hidden_size if static else self.hopfield.stored_pattern_dim
+        lead = (1, quantity) if self.hopfield.batch_first else (quantity, 1)
+        self.lookup_weights = nn.Parameter(torch.empty(*lead, size), requires_grad=trainable)
+        nn.init.normal_(self.lookup_weights, mean=0.0, std=0.02)
+        self.target_weights = None
+        if lookup_weights_as_separated:
+            target = hopfield_kwargs.get("pattern_projection_size") or size
+            self.target_weights = nn.Parameter(torch.empty(*lead, target), requires_grad=lookup_targets_as_trainable)
+            nn.init.normal_(self.target_weights, mean=0.0, std=0.02)
+
+    def _prepare(self, input: torch.Tensor):
+        if not torch.is_tensor(input) or input.dim() != 3:
+            raise ValueError(f"HopfieldLayer: input must be a tensor (batch, length, features), got "
+                             f"{tuple(input.shape) if torch.is_tensor(input) else type(input).__name__}")
+        batch_first = self.hopfield.batch_first
+        expand = (input.shape[0], -1, -1) if batch_first else (-1, input.shape[1], -1)
+        stored = self.lookup_weights.expand(*expand)
+        projection = stored if self.target_weights is None else self.target_weights.expand(*expand)
+        return stored, input, projection
+
+    def forward(self, input: torch.Tensor, stored_pattern_padding_mask: torch.Tensor | None = None,
+                association_mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.hopfield(self._prepare(input), stored_pattern_padding_mask, association_mask)
+
+    def get_association_matrix(self, input: torch.Tensor, stored_pattern_padding_mask: torch.Tensor | None = None,
+                               association_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Association of each input with the learned patterns, shape (batch, heads, length, quantity)."""
+        return self.hopfield.get_association_matrix(self._prepare(input), stored_pattern_padding_mask, association_mask)

@@ -1,0 +1,277 @@
+"""Hopfield layers: hflayers state-dict compatibility, equivalence with attention, and the paper's theory."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import layers.hopfield_core as hopfield_core
+from estimators import Probe, entropy
+from layers import Hopfield, HopfieldLayer, HopfieldPooling, hopfield_energy
+
+NO_NORMS = {f"normalize_{w}{a}": False for w in ("stored_pattern", "state_pattern", "pattern_projection")
+            for a in ("", "_affine")}
+STATIC = dict(stored_pattern_as_static=True, state_pattern_as_static=True, pattern_projection_as_static=True,
+              disable_out_projection=True, **NO_NORMS)
+
+# hflayers' Hopfield(input_size=64): every key and shape (association_core = its HopfieldCore)
+HFLAYERS_64 = {
+    "association_core.in_proj_weight": (192, 64), "association_core.in_proj_bias": (192,),
+    "association_core.out_proj.weight": (64, 64), "association_core.out_proj.bias": (64,),
+    "norm_stored_pattern.weight": (64,), "norm_stored_pattern.bias": (64,),
+    "norm_state_pattern.weight": (64,), "norm_state_pattern.bias": (64,),
+    "norm_pattern_projection.weight": (64,), "norm_pattern_projection.bias": (64,),
+}
+
+
+def hflayers_state(shapes: dict, prefix: str = "", seed: int = 0) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    return {prefix + k: 0.1 * torch.randn(s, generator=g) for k, s in shapes.items()}
+
+
+def test_parameter_count_and_key_names_are_hflayers():
+    h = Hopfield(input_size=64)
+    assert sum(p.numel() for p in h.parameters()) == 17_024
+    assert {k: tuple(v.shape) for k, v in h.state_dict().items()} == HFLAYERS_64
+
+
+def test_hflayers_state_dict_loads_strictly_and_computes_the_equation():
+    h = Hopfield(input_size=64, num_heads=4)
+    sd = hflayers_state(HFLAYERS_64)
+    h.load_state_dict(sd, strict=True)
+    y, r = torch.randn(2, 9, 64), torch.randn(2, 5, 64)
+    # Z = softmax(beta R W_Q (Y W_K)^T) Y W_V per head, after the three LayerNorms, then W_O
+    ln = lambda x, n: F.layer_norm(x, (64,), sd[f"{n}.weight"], sd[f"{n}.bias"], 1e-5)
+    w, b = sd["association_core.in_proj_weight"], sd["association_core.in_proj_bias"]
+    q = F.linear(ln(r, "norm_state_pattern"), w[:64], b[:64]).view(2, 5, 4, 16).transpose(1, 2)
+    k = F.linear(ln(y, "norm_stored_pattern"), w[64:128], b[64:128]).view(2, 9, 4, 16).transpose(1, 2)
+    v = F.linear(ln(y, "norm_pattern_projection"), w[128:], b[128:]).view(2, 9, 4, 16).transpose(1, 2)
+    z = ((q @ k.transpose(-1, -2)) / 4.0).softmax(-1) @ v
+    z = F.linear(z.transpose(1, 2).reshape(2, 5, 64), sd["association_core.out_proj.weight"],
+                 sd["association_core.out_proj.bias"])
+    assert torch.allclose(h((y, r, y)), z, atol=1e-5)
+
+
+def test_wrappers_put_hopfield_under_hopfield_and_their_own_weights():
+    pool = HopfieldPooling(input_size=64, quantity=2)
+    pool.load_state_dict({**hflayers_state(HFLAYERS_64, "hopfield."), "pooling_weights": torch.randn(1, 2, 64)},
+                         strict=True)
+    layer = HopfieldLayer(input_size=64, quantity=7)
+    layer.load_state_dict({**hflayers_state(HFLAYERS_64, "hopfield."), "lookup_weights": torch.randn(1, 7, 64)},
+                          strict=True)
+    assert sum(p.numel() for p in pool.parameters()) == 17_024 + 128
+    assert sum(p.numel() for p in layer.parameters()) == 17_024 + 448
+    torch.manual_seed(0)
+    fresh = HopfieldPooling(input_size=256, quantity=64)
+    assert fresh.pooling_weights.std().item() == pytest.approx(0.02, rel=0.05)
+    assert fresh.pooling_weights.mean().abs().item() < 0.002
+    assert HopfieldLayer(input_size=64, quantity=3, batch_first=False).lookup_weights.shape == (3, 1, 64)
+
+
+def test_separate_projection_layout():
+    # kdim != embed_dim: hflayers switches to q/k/v_proj_weight; in_proj_bias keeps 3 blocks
+    h = Hopfield(input_size=64, stored_pattern_size=32, pattern_projection_size=48, hidden_size=8, num_heads=2,
+                 output_size=10)
+    shapes = {k: tuple(v.shape) for k, v in h.state_dict().items() if k.startswith("association_core")}
+    assert shapes == {"association_core.q_proj_weight": (16, 64), "association_core.k_proj_weight": (16, 32),
+                      "association_core.v_proj_weight": (16, 48), "association_core.in_proj_bias": (48,),
+                      "association_core.out_proj.weight": (10, 16), "association_core.out_proj.bias": (10,)}
+    out = h((torch.randn(3, 6, 32), torch.randn(3, 4, 64), torch.randn(3, 6, 48)))
+    assert out.shape == (3, 4, 10)
+
+
+def test_static_state_pattern_drops_its_rows_from_in_proj_weight():
+    h = Hopfield(input_size=64, hidden_size=64, state_pattern_as_static=True)
+    assert h.association_core.in_proj_weight.shape == (128, 64)  # stored and projection rows only
+    assert h.association_core.in_proj_bias.shape == (128,)
+    assert h((torch.randn(2, 5, 64), torch.randn(2, 3, 64), torch.randn(2, 5, 64))).shape == (2, 3, 64)
+
+
+@pytest.mark.parametrize("batch_first", [True, False])
+def test_equals_torch_multihead_attention(batch_first):
+    torch.manual_seed(0)
+    mha = torch.nn.MultiheadAttention(32, 4, batch_first=batch_first).eval()
+    h = Hopfield(input_size=32, num_heads=4, batch_first=batch_first, **NO_NORMS).eval()
+    h.association_core.load_state_dict(mha.state_dict(), strict=True)  # same names: in_proj_*, out_proj.*
+    y, r = torch.randn(3, 11, 32), torch.randn(3, 6, 32)
+    if not batch_first:
+        y, r = y.transpose(0, 1), r.transpose(0, 1)
+    pad = torch.zeros(3, 11, dtype=torch.bool)
+    pad[0, 7:] = True
+    causal = torch.ones(6, 11, dtype=torch.bool).triu(6)
+    ref = mha(r, y, y, key_padding_mask=pad, attn_mask=causal, need_weights=False)[0]
+    assert torch.allclose(h((y, r, y), stored_pattern_padding_mask=pad, association_mask=causal), ref, atol=1e-6)
+    additive = torch.randn(12, 6, 11)  # (B * H, L, S) float mask
+    ref = mha(r, y, y, attn_mask=additive, need_weights=False)[0]
+    assert torch.allclose(h((y, r, y), association_mask=additive), ref, atol=1e-6)
+
+
+def test_static_one_step_is_softmax_attention_by_hand():
+    torch.manual_seed(0)
+    y, r, v = (torch.randn(2, n, 16, dtype=torch.float64) for n in (10, 4, 10))
+    h = Hopfield(scaling=0.7, **STATIC)
+    assert list(h.parameters()) == []
+    ref = torch.softmax(0.7 * r @ y.transpose(1, 2), -1) @ v
+    assert torch.allclose(h((y, r, v)), ref, atol=1e-6)
+
+
+def test_per_head_scaling_and_default_beta():
+    assert Hopfield(input_size=64, num_heads=4).association_core.scaling == pytest.approx(1 / 4)
+    torch.manual_seed(0)
+    beta = torch.tensor([0.5, 2.0])
+    h = Hopfield(input_size=8, num_heads=2, scaling=beta, **NO_NORMS)
+    x = torch.randn(2, 5, 8)
+    xi = h.get_association_matrix(x)
+    w, b = h.association_core.in_proj_weight, h.association_core.in_proj_bias
+    q, k = (F.linear(x, w[i * 8:(i + 1) * 8], b[i * 8:(i + 1) * 8]).view(2, 5, 2, 4).transpose(1, 2) for i in (0, 1))
+    assert torch.allclose(xi, (beta.view(1, 2, 1, 1) * q @ k.transpose(-1, -2)).softmax(-1), atol=1e-6)
+    assert torch.allclose(h(x), h.association_core(x, x, x, need_association=True)[0], atol=1e-6)
+
+
+def test_multi_step_equals_the_iterated_update_rule():
+    torch.manual_seed(0)
+    y, r = torch.randn(1, 12, 8, dtype=torch.float64), torch.randn(1, 3, 8, dtype=torch.float64)
+    h = Hopfield(scaling=0.5, update_steps_max=3, update_steps_eps=1e-12, **STATIC)
+    xi = r
+    for _ in range(3):  # xi <- softmax(beta xi Y^T) Y, then the retrieval with the final association
+        xi = torch.softmax(0.5 * xi @ y.transpose(1, 2), -1) @ y
+    ref = torch.softmax(0.5 * xi @ y.transpose(1, 2), -1) @ y
+    assert torch.allclose(h((y, r, y)), ref, atol=1e-10)
+
+
+def test_energy_never_increases_and_the_fixed_point_is_reached():
+    torch.manual_seed(0)
+    y = torch.randn(1, 20, 6, dtype=torch.float64)
+    r = torch.randn(1, 8, 6, dtype=torch.float64)
+    beta = 0.8
+    states = [r] + [Hopfield(scaling=beta, update_steps_max=n, update_steps_eps=1e-300, **STATIC)((y, r, y))
+                    for n in range(12)]
+    energies = torch.stack([hopfield_energy(s[0], y[0], beta) for s in states])  # (steps, 8)
+    assert (energies[1:] - energies[:-1] <= 1e-12).all()
+    assert (energies[0] - energies[-1]).min() > 0
+    fixed = Hopfield(scaling=beta, update_steps_max=None, update_steps_eps=1e-10, **STATIC)((y, r, y))
+    again = torch.softmax(beta * fixed @ y.transpose(1, 2), -1) @ y
+    assert (again - fixed).abs().max() < 1e-8
+
+
+def test_large_beta_retrieves_a_stored_pattern_in_one_update():
+    torch.manual_seed(0)
+    x = torch.randn(1, 100, 64, dtype=torch.float64)  # well separated: Delta_i = x_i^T x_i - max_j x_i^T x_j >> 0
+    query = x[:, :10] + 0.1 * torch.randn(1, 10, 64, dtype=torch.float64)
+    out = Hopfield(scaling=8.0, **STATIC)((x, query, x))
+    assert (out - x[:, :10]).norm(dim=-1).max() < 1e-6
+
+
+def test_small_beta_gives_the_global_average_and_medium_beta_a_metastable_state():
+    torch.manual_seed(0)
+    x = torch.randn(1, 50, 16, dtype=torch.float64)
+    out = Hopfield(scaling=1e-6, **STATIC)((x, torch.randn(1, 4, 16, dtype=torch.float64), x))
+    assert (out - x.mean(1, keepdim=True)).abs().max() < 1e-4
+    # two tight clusters far apart: an intermediate beta averages within the query's cluster only
+    centres = torch.zeros(2, 16, dtype=torch.float64)
+    centres[0, 0], centres[1, 1] = 10.0, 10.0
+    clusters = (centres[:, None] + 0.05 * torch.randn(2, 10, 16, dtype=torch.float64)).reshape(1, 20, 16)
+    out = Hopfield(scaling=0.5, **STATIC)((clusters, centres[None, :1], clusters))
+    assert (out[0, 0] - clusters[0, :10].mean(0)).abs().max() < 1e-2
+
+
+def test_storage_capacity_grows_exponentially_with_dimension():
+    # N = 256 * 2^((d-32)/16) random +-1 patterns (256, 1024, 16384), queries with 20% of the bits flipped, one update with beta = 1
+    torch.manual_seed(0)
+    h = Hopfield(scaling=1.0, **STATIC)
+    accuracy = {}
+    for d in (32, 64, 128):
+        n = 256 * 2 ** ((d - 32) // 16)
+        x = torch.randint(0, 2, (1, n, d)).float() * 2 - 1
+        q = x[:, :200].clone()
+        flip = torch.rand(200, d).argsort(1)[:, : d // 5]
+        q[0].scatter_(1, flip, -q[0].gather(1, flip))
+        accuracy[d] = (torch.sign(h((x, q, x))) == x[:, :200]).all(-1).float().mean().item()
+        assert n > 50 * 0.14 * d  # far beyond the classical limit
+    assert min(accuracy.values()) >= 0.9, accuracy
+    # the classical Hopfield net (Hebbian weights, sign update) fails already at N = d, even for stored patterns
+    x = torch.randint(0, 2, (64, 64)).float() * 2 - 1
+    w = (x.T @ x / 64).fill_diagonal_(0)
+    assert (torch.sign(x @ w) == x).all(-1).float().mean().item() < 0.1
+
+
+def test_association_is_built_only_when_a_probe_asks(monkeypatch):
+    torch.manual_seed(0)
+    calls = []
+    sdpa = F.scaled_dot_product_attention
+    monkeypatch.setattr(hopfield_core.F, "scaled_dot_product_attention",
+                        lambda *a, **k: calls.append(1) or sdpa(*a, **k))
+    h = Hopfield(input_size=32, num_heads=2)
+    x = torch.randn(4, 10, 32)
+    plain = h(x)
+    assert calls == [1]
+    with Probe(h, {"association_core.association": [entropy()]}) as probe:
+        probed = h(x)
+    assert calls == [1]  # the explicit path ran instead
+    assert torch.allclose(plain, probed, atol=1e-6)
+    rows = probe.table()
+    xi = h.get_association_matrix(x)
+    assert xi.shape == (4, 2, 10, 10) and torch.allclose(xi.sum(-1), torch.ones(4, 2, 10))
+    expected = -(xi * xi.log()).sum(-1).mean().item()
+    assert rows[0]["value"] == pytest.approx(expected, rel=1e-5)
+    assert rows[0]["value"] < math.log(10)
+
+
+def test_pooling_ignores_padded_instances_and_layer_shapes():
+    torch.manual_seed(0)
+    pool = HopfieldPooling(input_size=16, quantity=2, num_heads=2).eval()
+    bag = torch.randn(1, 5, 16)
+    padded = torch.cat([bag, torch.randn(1, 3, 16)], 1)
+    mask = torch.tensor([[False] * 5 + [True] * 3])
+    assert pool(bag).shape == (1, 32)
+    assert torch.allclose(pool(padded, stored_pattern_padding_mask=mask), pool(bag), atol=1e-6)
+    weights = pool.get_association_matrix(padded, stored_pattern_padding_mask=mask)
+    assert weights.shape == (1, 2, 2, 8) and weights[..., 5:].abs().max() == 0
+    length_first = HopfieldPooling(input_size=16, quantity=2, num_heads=2, batch_first=False)
+    length_first.load_state_dict(pool.state_dict() | {"pooling_weights": pool.pooling_weights.transpose(0, 1)})
+    assert torch.allclose(length_first.eval()(bag.transpose(0, 1)), pool(bag), atol=1e-6)
+    layer = HopfieldLayer(input_size=16, quantity=6, lookup_weights_as_separated=True, output_size=3)
+    assert layer(torch.randn(4, 2, 16)).shape == (4, 2, 3)
+    assert layer.get_association_matrix(torch.randn(4, 2, 16)).shape == (4, 1, 2, 6)
+
+
+def test_bad_inputs_are_named():
+    h = Hopfield(input_size=8, num_heads=2)
+    with pytest.raises(ValueError, match=r"pattern must have 8 features, got shape \(2, 3, 7\)"):
+        h(torch.randn(2, 3, 7))
+    with pytest.raises(ValueError, match="stored_pattern_padding_mask must be a bool tensor"):
+        h(torch.randn(2, 3, 8), stored_pattern_padding_mask=torch.zeros(2, 4, dtype=torch.bool))
+    with pytest.raises(ValueError, match=r"association_mask must have shape \(L, S\)=\(3, 3\)"):
+        h(torch.randn(2, 3, 8), association_mask=torch.zeros(4, 4, dtype=torch.bool))
+    with pytest.raises(ValueError, match="divisible by num_heads"):
+        Hopfield(input_size=10, num_heads=3)
+    with pytest.raises(ValueError, match="update_steps_max"):
+        Hopfield(input_size=8, update_steps_max=-1)
+    with pytest.raises(ValueError, match="one entry per head"):
+        Hopfield(input_size=8, num_heads=2, scaling=torch.ones(3))
+    with pytest.raises(TypeError, match="tuple \\(stored_pattern, state_pattern, pattern_projection\\)"):
+        h((torch.randn(2, 3, 8), torch.randn(2, 3, 8)))
+
+
+def test_one_step_path_never_materialises_the_association_matrix():
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Largest(TorchDispatchMode):
+        largest = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for t in out if isinstance(out, (tuple, list)) else [out]:
+                if torch.is_tensor(t):
+                    self.largest = max(self.largest, t.numel())
+            return out
+
+    h = Hopfield(input_size=64, num_heads=4)
+    x = torch.randn(2, 512, 64, requires_grad=True)
+    association = 2 * 4 * 512 * 512
+    with Largest() as plain:
+        h(x).sum().backward()
+    with Probe(h, {"association_core.association": [entropy()]}), Largest() as probed:
+        h(x).sum().backward()
+    assert plain.largest < association / 10  # forward and backward stay O(L * d)
+    assert probed.largest == association

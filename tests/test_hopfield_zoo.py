@@ -1,0 +1,94 @@
+"""Hopfield models (hopfield_mil, hopfield_tabular + baselines), their tasks, data and recipes."""
+import numpy as np
+import pytest
+import torch
+
+import zoo
+from train import fit, load_recipe
+from train.data.mil import digit_bags, load_mil_file
+from weights import load_checkpoint, save_checkpoint
+
+pytest.importorskip("sklearn")
+
+
+def test_registered_with_paper_and_recipes():
+    assert set(zoo.list_models("hopfield_*")) == {"hopfield_mil", "hopfield_tabular"}
+    info = zoo.model_info("hopfield_mil")
+    assert info["arxiv"] == "2008.02217" and "hopfield-mil-digits" in info["recipes"]
+    assert "hopfield-tabular-wine" in zoo.model_info("hopfield_tabular")["recipes"]
+    # tabular_logreg on 30 features, 2 classes: exactly a 30 x 2 linear map
+    assert zoo.model_info("tabular_logreg")["params"] == 30 * 2 + 2
+
+
+def test_mil_is_permutation_invariant_and_ignores_padding():
+    torch.manual_seed(0)
+    m = zoo.create_model("hopfield_mil", in_features=8).eval()
+    x = torch.randn(3, 6, 8)
+    perm = torch.randperm(6)
+    assert torch.allclose(m(x[:, perm]), m(x), atol=1e-5)
+    padded = torch.cat([x, 100 * torch.randn(3, 4, 8)], 1)
+    mask = torch.zeros(3, 10, dtype=torch.bool)
+    mask[:, 6:] = True
+    assert torch.allclose(m(padded, mask), m(x), atol=1e-5)
+    with pytest.raises(ValueError, match=r"x must have shape \(bags, instances, 8\)"):
+        m(torch.randn(3, 6))
+
+
+def test_checkpoint_round_trip_keeps_outputs(tmp_path):
+    torch.manual_seed(0)
+    m = zoo.create_model("hopfield_tabular", in_features=13, num_classes=3).eval()
+    x = torch.randn(5, 13)
+    m2 = load_checkpoint(save_checkpoint(m, tmp_path / "m.safetensors")).eval()
+    assert torch.equal(m(x), m2(x))
+    assert "lookup.hopfield.association_core.in_proj_weight" in m2.state_dict()
+    mil = zoo.create_model("hopfield_mil", embed_dims=[32, 16]).eval()
+    mil2 = load_checkpoint(save_checkpoint(mil, tmp_path / "mil.safetensors")).eval()
+    bags = torch.randn(2, 5, 64)
+    assert torch.equal(mil(bags), mil2(bags))
+
+
+def test_digit_bags_are_labelled_by_the_target_digit():
+    bags = digit_bags(40, target=9, seed=3)
+    assert bags["x"].shape[0] == 40 and bags["x"].shape[2] == 64
+    assert bags["y"].sum().item() == 20
+    assert bags["x"].max() <= 1.0 and bags["x"].min() >= 0.0
+    lengths = (~bags["mask"]).sum(1).float()
+    assert lengths.min() >= 2 and abs(lengths.mean().item() - 10) < 1.5
+
+
+def test_mil_file_loader_and_fold_run(tmp_path):
+    from scipy.io import savemat
+    from scipy.sparse import csr_matrix
+
+    rng = np.random.default_rng(0)
+    ids = np.repeat(np.arange(20), 4) + 1
+    labels = np.where(ids % 2 == 0, 1.0, -1.0)  # Andrews' layout: +-1 per instance, the bag's label
+    features = rng.standard_normal((80, 12)) + 2.0 * (labels[:, None] > 0)
+    path = tmp_path / "toy_mil.mat"
+    savemat(path, {"features": csr_matrix(features), "labels": csr_matrix(labels), "bag_ids": ids[None]})
+    bags, y = load_mil_file(path)
+    assert len(bags) == 20 and bags[0].shape == (4, 12) and y.tolist() == [0.0, 1.0] * 10
+    recipe = load_recipe("hopfield-mil-tiger", [f"data.path={path}", "data.folds=4", "model_args.in_features=12",
+                                                "train.steps=25", "train.eval_every=0", "train.batch_size=8"])
+    final = fit(recipe, out=tmp_path / "run")
+    assert final["auc"] >= 0.8  # well-separated toy bags
+    with pytest.raises(FileNotFoundError, match="MIL-Data-2002-Musk-Corel-Trec9-MATLAB.tgz"):
+        load_mil_file(tmp_path / "missing.mat")
+
+
+def test_mil_digits_recipe_learns(tmp_path):
+    recipe = load_recipe("hopfield-mil-digits", ["train.steps=40", "train.eval_every=0", "data.train_bags=100",
+                                                 "data.test_bags=60", "probe.every=20"])
+    final = fit(recipe, out=tmp_path / "run")
+    rows = [r for r in (tmp_path / "run" / "probe.csv").read_text().splitlines()[1:]]
+    assert len(rows) == 2 and float(rows[0].split(",")[-1]) > 0
+    assert final["auc"] > 0.75
+
+
+def test_tabular_recipe_beats_chance_and_baselines_share_it(tmp_path):
+    final = fit(load_recipe("hopfield-tabular-wine", ["train.steps=100"]), out=tmp_path / "hf")
+    assert final["test_acc"] > 0.85  # 3 classes: chance is about 0.4
+    for baseline in ("tabular_logreg", "tabular_mlp"):  # the same recipe builds the baselines
+        recipe = load_recipe("hopfield-tabular-wine", [f"model={baseline}"])
+        model = zoo.create_model(recipe["model"], **recipe["model_args"])
+        assert model(torch.randn(4, 13)).shape == (4, 3)
