@@ -1,0 +1,271 @@
+import pytest
+import timm
+import torch
+import torch.nn.functional as F
+from timm.layers.coord_attn import CoordAttn
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+import zoo
+from layers import CoordAttention
+from weights import CheckpointError, load_checkpoint
+from weights.convert import convert
+
+PARAMS = {  # exact counts, 1000 classes (paper: 3.5M, 3.89M, 3.89M, 3.95M; MobileNeXt 3.5M, +CA 4.09M)
+    "mobilenetv2_100": 3_504_872, "mobilenetv2_se_100": 3_888_208, "mobilenetv2_cbam_100": 3_889_808,
+    "mobilenetv2_ca_100": 3_950_648, "mobilenext_100": 3_535_416, "mobilenext_ca_100": 3_971_626,
+}
+
+
+def _randomize_bn(module: nn.Module, gen: torch.Generator) -> None:
+    for m in module.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.copy_(0.1 * torch.randn(m.num_features, generator=gen))
+            m.running_var.copy_(0.5 + torch.rand(m.num_features, generator=gen))
+            nn.init.normal_(m.weight, 1.0, 0.1, generator=gen)
+            nn.init.normal_(m.bias, 0.0, 0.1, generator=gen)
+
+
+# ---------------- the block ----------------
+
+def test_block_equals_timm_coordattn_configured_as_the_paper():
+    gen = torch.Generator().manual_seed(0)
+    ours = CoordAttention(96)
+    with torch.no_grad():
+        _randomize_bn(ours, gen)
+    theirs = CoordAttn(96, rd_channels=ours.mip, bias=True, act_layer=nn.Hardswish, norm_layer=nn.BatchNorm2d)
+    theirs.load_state_dict(ours.state_dict())  # same names: conv1, bn1, conv_h, conv_w
+    x = torch.randn(2, 96, 7, 11, generator=gen)
+    for mode in (False, True):
+        ours.train(mode), theirs.train(mode)
+        assert torch.allclose(ours(x), theirs(x), atol=1e-6)
+
+
+@pytest.mark.parametrize("channels, ours_mip, timm_mip", [(96, 8, 8), (144, 8, 8), (384, 12, 16), (960, 30, 40)])
+def test_defaults_differ_from_timm_coordattn(channels, ours_mip, timm_mip):
+    ours, theirs = CoordAttention(channels), CoordAttn(channels)
+    assert ours.mip == ours.conv1.out_channels == ours_mip  # max(8, C // 32)
+    assert theirs.conv1.out_channels == timm_mip  # make_divisible(C / 16 * 2 / 3, 8)
+    assert ours.conv1.bias is not None and theirs.conv1.bias is None  # the authors' convs have biases
+    n = lambda m: sum(p.numel() for p in m.parameters())
+    assert n(ours) == 3 * channels * ours_mip + ours_mip + 2 * ours_mip + 2 * channels
+    assert n(theirs) == 3 * channels * timm_mip + 2 * timm_mip
+
+
+def test_zero_projections_give_quarter_gain():
+    ca = CoordAttention(16).eval()
+    for conv in (ca.conv_h, ca.conv_w):
+        nn.init.zeros_(conv.weight), nn.init.zeros_(conv.bias)
+    x = torch.randn(3, 16, 5, 6)
+    assert torch.allclose(ca(x), x / 4)  # sigmoid(0) * sigmoid(0) = 1/4
+
+
+def test_equivariant_to_row_permutations_and_to_transposition():
+    torch.manual_seed(0)
+    ca = CoordAttention(32).eval()
+    x = torch.randn(2, 32, 6, 9)
+    perm = torch.randperm(6)
+    assert torch.allclose(ca(x[:, :, perm]), ca(x)[:, :, perm], atol=1e-6)
+    with torch.no_grad():
+        ca.conv_w.load_state_dict(ca.conv_h.state_dict())
+    assert torch.allclose(ca(x.transpose(2, 3)), ca(x).transpose(2, 3), atol=1e-6)
+
+
+def test_gates_are_probe_points_and_bad_input_is_named():
+    ca = CoordAttention(8)
+    seen = {}
+    ca.attn_h.register_forward_hook(lambda m, i, o: seen.__setitem__("h", o.shape))
+    ca.attn_w.register_forward_hook(lambda m, i, o: seen.__setitem__("w", o.shape))
+    ca(torch.randn(2, 8, 5, 7))
+    assert seen == {"h": (2, 8, 5, 1), "w": (2, 8, 1, 7)}
+    with pytest.raises(ValueError, match=r"\(batch, 8, H, W\), got \(2, 4, 5, 5\)"):
+        ca(torch.randn(2, 4, 5, 5))
+
+
+# ---------------- the models ----------------
+
+@pytest.mark.parametrize("name", sorted(PARAMS))
+def test_exact_parameter_counts_through_both_registries(name):
+    for model in (zoo.create_model(name), timm.create_model(name)):
+        assert sum(p.numel() for p in model.parameters()) == PARAMS[name]
+
+
+def test_mobilenext_ca_before_last_depthwise_gives_the_papers_4_09m():
+    model = zoo.create_model("mobilenext_ca_100", attn_position="last_dw")
+    assert sum(p.numel() for p in model.parameters()) == 4_088_113
+
+
+def test_attention_only_in_expansion_blocks():
+    model = timm.create_model("mobilenetv2_ca_100")
+    assert isinstance(model.blocks[0][0].se, nn.Identity)  # the t = 1 block
+    assert sum(isinstance(m, CoordAttention) for m in model.modules()) == 16
+
+
+def test_features_only_reset_classifier_and_data_config():
+    x = torch.randn(2, 3, 64, 64)
+    feats = timm.create_model("mobilenetv2_ca_100", features_only=True)(x)
+    assert [tuple(f.shape[1:]) for f in feats] == [(16, 32, 32), (24, 16, 16), (32, 8, 8), (96, 4, 4), (320, 2, 2)]
+    feats = timm.create_model("mobilenext_ca_100", features_only=True)(x)
+    assert [tuple(f.shape[1:]) for f in feats] == [(32, 32, 32), (144, 16, 16), (192, 8, 8), (384, 4, 4), (1280, 2, 2)]
+    for name in ("mobilenetv2_ca_100", "mobilenext_ca_100"):
+        model = zoo.create_model(name, num_classes=7).eval()
+        assert model(x).shape == (2, 7)
+        model.reset_classifier(3)
+        assert model(x).shape == (2, 3) and model.get_classifier().out_features == 3
+        cfg = timm.data.resolve_data_config({}, model=model)
+        assert cfg["input_size"] == (3, 224, 224) and cfg["crop_pct"] == 0.875
+
+
+def test_macs_at_224_against_the_paper():
+    def macs(name):
+        model = zoo.create_model(name).eval()
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            model(torch.zeros(1, 3, 224, 224))
+        return counter.get_total_flops() // 2  # flop_counter counts a multiply-add as 2 FLOPs
+
+    assert macs("mobilenetv2_100") == 300_774_272  # paper: 300M
+    # conv/linear only: CA's gating x * a_h * a_w adds 2 C H W multiplies per block (3,800,832 in all) -> 310.5M
+    assert macs("mobilenetv2_ca_100") == 306_666_368  # paper: 310M
+
+
+# ---------------- the official checkpoint ----------------
+
+MBV2_STAGES = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1))
+
+
+def _official_blocks():
+    """(in, out, stride, expansion) of the authors' MBV2_CA features.1 .. features.17."""
+    blocks, chs = [], 32
+    for t, c, n, s in MBV2_STAGES:
+        for i in range(n):
+            blocks.append((chs, c, s if i == 0 else 1, t))
+            chs = c
+    return blocks
+
+
+def _official_state(gen: torch.Generator) -> dict[str, torch.Tensor]:
+    """A random state dict in the key layout and shapes of the authors' mbv2_ca.py."""
+    state = {}
+
+    def conv(name, cin, cout, k=1, groups=1, bias=False):
+        state[f"{name}.weight"] = torch.randn(cout, cin // groups, k, k, generator=gen) * (groups / (cin * k * k)) ** 0.5
+        if bias:
+            state[f"{name}.bias"] = 0.1 * torch.randn(cout, generator=gen)
+
+    def bn(name, c):
+        state[f"{name}.weight"] = 1 + 0.1 * torch.randn(c, generator=gen)
+        state[f"{name}.bias"] = 0.1 * torch.randn(c, generator=gen)
+        state[f"{name}.running_mean"] = 0.1 * torch.randn(c, generator=gen)
+        state[f"{name}.running_var"] = 0.5 + torch.rand(c, generator=gen)
+        state[f"{name}.num_batches_tracked"] = torch.tensor(1000)
+
+    conv("features.0.0", 3, 32, 3), bn("features.0.1", 32)
+    for k, (cin, cout, _, t) in enumerate(_official_blocks(), 1):
+        p, hid = f"features.{k}.conv", cin * t
+        if t == 1:
+            conv(f"{p}.0", hid, hid, 3, groups=hid), bn(f"{p}.1", hid), conv(f"{p}.3", hid, cout), bn(f"{p}.4", cout)
+            continue
+        mip = max(8, hid // 32)
+        conv(f"{p}.0", cin, hid), bn(f"{p}.1", hid), conv(f"{p}.3", hid, hid, 3, groups=hid), bn(f"{p}.4", hid)
+        conv(f"{p}.6.conv1", hid, mip, bias=True), bn(f"{p}.6.bn1", mip)
+        conv(f"{p}.6.conv2", mip, hid, bias=True), conv(f"{p}.6.conv3", mip, hid, bias=True)
+        conv(f"{p}.7", hid, cout), bn(f"{p}.8", cout)
+    conv("conv.0", 320, 1280), bn("conv.1", 1280)
+    state["classifier.1.weight"] = 0.01 * torch.randn(1000, 1280, generator=gen)
+    state["classifier.1.bias"] = torch.zeros(1000)
+    return state
+
+
+def _official_forward(s: dict[str, torch.Tensor], x: torch.Tensor, calibrate: bool = False) -> torch.Tensor:
+    """The authors' MBV2-CA forward (eval mode), written functionally over their key names. ``calibrate=True``
+    first sets every BatchNorm's running statistics to those of ``x``, so random weights pass a signal."""
+    def conv(x, p, stride=1, groups=1):
+        w = s[f"{p}.weight"]
+        return F.conv2d(x, w, s.get(f"{p}.bias"), stride, w.shape[-1] // 2, 1, groups)
+
+    def bn(x, p):
+        if calibrate:
+            s[f"{p}.running_mean"], s[f"{p}.running_var"] = x.mean((0, 2, 3)), x.var((0, 2, 3))
+        return F.batch_norm(x, s[f"{p}.running_mean"], s[f"{p}.running_var"], s[f"{p}.weight"], s[f"{p}.bias"])
+
+    def ca(x, p):
+        h, w = x.shape[2:]
+        y = torch.cat([x.mean(3, keepdim=True), x.mean(2, keepdim=True).transpose(2, 3)], 2)
+        y_h, y_w = F.hardswish(bn(conv(y, f"{p}.conv1"), f"{p}.bn1")).split([h, w], 2)
+        return x * conv(y_h, f"{p}.conv2").sigmoid() * conv(y_w, f"{p}.conv3").sigmoid().transpose(2, 3)
+
+    x = F.relu6(bn(conv(x, "features.0.0", 2), "features.0.1"))
+    for k, (cin, cout, stride, t) in enumerate(_official_blocks(), 1):
+        p = f"features.{k}.conv"
+        if t == 1:
+            y = bn(conv(F.relu6(bn(conv(x, f"{p}.0", stride, cin), f"{p}.1")), f"{p}.3"), f"{p}.4")
+        else:
+            y = F.relu6(bn(conv(x, f"{p}.0"), f"{p}.1"))
+            y = ca(F.relu6(bn(conv(y, f"{p}.3", stride, cin * t), f"{p}.4")), f"{p}.6")
+            y = bn(conv(y, f"{p}.7"), f"{p}.8")
+        x = x + y if stride == 1 and cin == cout else y
+    x = F.relu6(bn(conv(x, "conv.0"), "conv.1"))
+    return F.linear(x.mean((2, 3)), s["classifier.1.weight"], s["classifier.1.bias"])
+
+
+@pytest.fixture(scope="module")
+def official():
+    state = _official_state(torch.Generator().manual_seed(0))
+    x = torch.randn(10, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        _official_forward(state, x[2:], calibrate=True)
+        expected = _official_forward(state, x[:2])
+    assert (expected[0] - expected[1]).abs().max() > 0.1 * expected.abs().max()  # the inputs matter
+    return state, x[:2], expected
+
+
+def test_converter_maps_all_490_official_tensors_and_outputs_are_identical(official, tmp_path):
+    state, x, expected = official
+    assert len(state) == 490 and "features.2.conv.6.conv1.weight" in state
+    torch.save(state, tmp_path / "mbv2_ca.pth")
+    out = convert(tmp_path / "mbv2_ca.pth", "mobilenetv2_ca_100", tmp_path / "mbv2_ca.safetensors")
+    model = load_checkpoint(out).eval()
+    with torch.no_grad():
+        got = model(x)
+    assert torch.allclose(got, expected, rtol=1e-4, atol=1e-5 * expected.abs().max().item())
+
+
+def test_timm_pretrained_path_loads_the_original_file(official, tmp_path):
+    state, x, expected = official
+    torch.save(state, tmp_path / "mbv2_ca.pth")
+    model = timm.create_model("mobilenetv2_ca_100", pretrained=True,
+                              pretrained_cfg_overlay=dict(file=str(tmp_path / "mbv2_ca.pth"))).eval()
+    with torch.no_grad():
+        assert torch.allclose(model(x), expected, rtol=1e-4, atol=1e-5 * expected.abs().max().item())
+
+
+def test_converter_names_unmapped_and_misshaped_keys(official, tmp_path):
+    state = dict(official[0])
+    state["features.18.conv.0.weight"] = torch.zeros(1)
+    state["features.2.conv.6.conv2.weight"] = torch.zeros(96, 4, 1, 1)
+    torch.save(state, tmp_path / "bad.pth")
+    with pytest.raises(CheckpointError) as err:
+        convert(tmp_path / "bad.pth", "mobilenetv2_ca_100", tmp_path / "bad.safetensors")
+    assert "unexpected keys (1): features.18.conv.0.weight" in str(err.value)
+    assert "blocks.1.0.se.conv_h.weight: checkpoint (96, 4, 1, 1) vs model (96, 8, 1, 1)" in str(err.value)
+    assert not (tmp_path / "bad.safetensors").exists()
+
+
+# ---------------- the offline task ----------------
+
+def test_digits_task_batches_are_pure_and_the_report_draws_ca_gates(tmp_path):
+    from train.recipe import load_recipe
+    from train.tasks import make_task
+
+    task = make_task(load_recipe("mbv2-ca-digits", ["data.size=16"]))
+    assert len(task.data["y_train"]) == 1348 and len(task.data["y_test"]) == 449
+    assert abs(float(task.data["x_train"].mean())) < 1e-5 and float(task.data["x_train"].std()) == pytest.approx(1, abs=1e-4)
+    a, b = (task.batch(8, torch.Generator().manual_seed(3)) for _ in range(2))
+    assert a["x"].shape == (8, 1, 16, 16) and torch.equal(a["x"], b["x"]) and torch.equal(a["y"], b["y"])
+    model = zoo.create_model("mobilenetv2_ca_100", num_classes=10, in_chans=1).eval()
+    loss, extra = task.loss(model, a)
+    logits = model(a["x"])
+    assert loss.item() == pytest.approx(F.cross_entropy(logits, a["y"]).item(), rel=1e-5)
+    assert extra["acc"] == (logits.argmax(-1) == a["y"]).float().mean().item()
+    assert [p.name for p in task.report(model, tmp_path)] == ["attention.png"] and (tmp_path / "attention.png").stat().st_size > 0
+    assert task.report(zoo.create_model("mobilenetv2_100", num_classes=10, in_chans=1), tmp_path) == []

@@ -1,0 +1,278 @@
+"""Coordinate attention in mobile networks (Hou, Zhou, Feng, CVPR 2021, arXiv 2103.02907), as timm models.
+
+MobileNetV2 variants are timm ``EfficientNet`` models whose inverted residuals with expansion 6 carry an
+attention module after the depthwise conv (timm's ``se`` slot, so keys read ``blocks.S.I.se.*``):
+coordinate attention (ours), squeeze-excitation or CBAM for the paper's ablation (reduction 24, which
+gives the 3.89M parameters the paper reports for both). MobileNeXt (Zhou et al., ECCV 2020) is built
+from sandglass blocks with the block structure of the authors' code. Every name is registered with our
+registry and with timm's, so ``timm.create_model``, ``features_only=True``, ``reset_classifier`` and
+timm's data config work.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from dataclasses import dataclass
+
+import timm
+import torch
+from timm.layers import ConvNormAct, SelectAdaptivePool2d, make_divisible
+from timm.layers.cbam import CbamModule
+from timm.models import build_model_with_cfg, generate_default_cfgs
+from timm.models._efficientnet_blocks import SqueezeExcite
+from timm.models._efficientnet_builder import decode_arch_def, round_channels
+from timm.models.efficientnet import EfficientNet, EfficientNetFeatures
+from torch import nn
+
+from layers import CoordAttention
+
+from ._registry import Paper, register_model
+
+PAPER = Paper(family="coord_attention", title="Coordinate Attention for Efficient Mobile Network Design",
+              arxiv="2103.02907", authors="Hou, Zhou, Feng", year=2021)
+
+OFFICIAL_URL = "https://github.com/houqb/CoordAttention/raw/main/mbv2_ca.pth"
+
+# MobileNetV2 (Sandler et al. 2018, Table 2): t, c, n, s per stage, in timm's arch-string notation
+MBV2_ARCH = ("ds_r1_k3_s1_c16", "ir_r2_k3_s2_e6_c24", "ir_r3_k3_s2_e6_c32", "ir_r4_k3_s2_e6_c64",
+             "ir_r3_k3_s1_e6_c96", "ir_r3_k3_s2_e6_c160", "ir_r1_k3_s1_e6_c320")
+# MobileNeXt (Zhou et al. 2020, Table 3): t (reduction), c, n, s per stage; the stem has 32 channels
+MOBILENEXT_STAGES = ((2, 96, 1, 2), (6, 144, 1, 1), (6, 192, 3, 2), (6, 288, 3, 2), (6, 384, 4, 1),
+                     (6, 576, 4, 2), (6, 960, 3, 1), (6, 1280, 1, 1))
+ABLATION_REDUCTION = 24  # SE / CBAM hidden width C // 24: 3,888,208 / 3,889,808 parameters (paper: 3.89M)
+
+
+def attention_layer(kind: str):
+    """A module factory ``f(channels) -> nn.Module`` for ``kind`` in {"ca", "se", "cbam"}; it accepts and ignores
+    the block's activation, device and dtype keywords that timm's builder passes."""
+    makers = {
+        "ca": lambda ch: CoordAttention(ch),
+        "se": lambda ch: SqueezeExcite(ch, rd_ratio=1 / ABLATION_REDUCTION, act_layer=nn.ReLU),
+        "cbam": lambda ch: CbamModule(ch, rd_ratio=1 / ABLATION_REDUCTION, mlp_bias=True),
+    }
+    if kind not in makers:
+        raise ValueError(f"attention kind must be one of {sorted(makers)}, got {kind!r}")
+
+    def make(channels: int, act_layer=None, device=None, dtype=None) -> nn.Module:
+        return makers[kind](channels)
+
+    return make
+
+
+class SandglassBlock(nn.Module):
+    """MobileNeXt's sandglass block: depthwise 3x3 (BN, ReLU6) -> 1x1 to ``reduce_chs`` (BN, linear) ->
+    1x1 to ``out_chs`` (BN, ReLU6) -> depthwise 3x3 with the stride (BN, linear), plus the input when
+    stride is 1 and ``in_chs == out_chs``. Following the authors' code, either depthwise conv may be absent
+    (``dw_first``/``dw_last``). Attention sits after the first depthwise conv (``attn_position="first_dw"``,
+    the coordinate-attention paper's Fig. 4b) or before the last one (``"last_dw"``)."""
+
+    def __init__(self, in_chs: int, out_chs: int, stride: int, reduce_chs: int, dw_first: bool = True,
+                 dw_last: bool = True, attn_layer=None, attn_position: str = "first_dw"):
+        super().__init__()
+        if stride not in (1, 2) or (stride == 2 and not dw_last):
+            raise ValueError(f"SandglassBlock: stride must be 1, or 2 with dw_last=True; got stride={stride}, "
+                             f"dw_last={dw_last}")
+        if attn_position not in ("first_dw", "last_dw"):
+            raise ValueError(f"SandglassBlock: attn_position must be 'first_dw' or 'last_dw', got {attn_position!r}")
+        relu6 = nn.ReLU6
+        self.has_skip = stride == 1 and in_chs == out_chs
+        self.conv_dw1 = ConvNormAct(in_chs, in_chs, 3, groups=in_chs, act_layer=relu6) if dw_first else nn.Identity()
+        use = attn_layer is not None
+        self.attn1 = attn_layer(in_chs) if use and dw_first and attn_position == "first_dw" else nn.Identity()
+        self.conv_reduce = ConvNormAct(in_chs, reduce_chs, 1, apply_act=False)
+        self.conv_expand = ConvNormAct(reduce_chs, out_chs, 1, act_layer=relu6)
+        self.attn2 = attn_layer(out_chs) if use and dw_last and attn_position == "last_dw" else nn.Identity()
+        self.conv_dw2 = (ConvNormAct(out_chs, out_chs, 3, stride=stride, groups=out_chs, apply_act=False)
+                         if dw_last else nn.Identity())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.attn1(self.conv_dw1(x))
+        y = self.conv_dw2(self.attn2(self.conv_expand(self.conv_reduce(y))))
+        return y + x if self.has_skip else y
+
+
+class MobileNeXt(nn.Module):
+    """MobileNeXt-1.0 (Zhou et al., ECCV 2020): stem conv 3x3/2 (32, BN, ReLU6), the sandglass stages of
+    ``MOBILENEXT_STAGES``, global pooling, dropout, linear classifier (no 1x1 head conv: the last stage has
+    1280 channels). A stage's first block follows the authors' code: both depthwise convs only when t == 2
+    or the stage has a single stride-1 block; otherwise the first is dropped, and the last too at stride 1.
+    The reduced width is in_chs // t, raised to make_divisible(ceil(out_chs / 6), 16) when smaller."""
+
+    def __init__(self, num_classes: int = 1000, in_chans: int = 3, drop_rate: float = 0.2, global_pool: str = "avg",
+                 attn_layer=None, attn_position: str = "first_dw"):
+        super().__init__()
+        self.num_classes, self.in_chans, self.drop_rate = num_classes, in_chans, drop_rate
+        self.conv_stem = ConvNormAct(in_chans, 32, 3, stride=2, act_layer=nn.ReLU6)
+        self.feature_info = [dict(num_chs=32, reduction=2, module="conv_stem")]
+        stages, chs, reduction = [], 32, 2
+        for t, c, n, s in MOBILENEXT_STAGES:
+            blocks = []
+            for i in range(n):
+                stride = s if i == 0 else 1
+                full = i > 0 or t == 2 or (n == 1 and s == 1)
+                reduce_chs = chs // t
+                if reduce_chs < c / 6:
+                    reduce_chs = make_divisible(math.ceil(c / 6), 16)
+                blocks.append(SandglassBlock(chs, c, stride, reduce_chs, dw_first=full, dw_last=full or stride == 2,
+                                             attn_layer=attn_layer, attn_position=attn_position))
+                chs = c
+            reduction *= s
+            self.feature_info.append(dict(num_chs=c, reduction=reduction, module=f"blocks.{len(stages)}"))
+            stages.append(nn.Sequential(*blocks))
+        self.blocks = nn.Sequential(*stages)
+        self.num_features = self.head_hidden_size = chs
+        self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=True)
+        self.classifier = nn.Linear(chs, num_classes) if num_classes > 0 else nn.Identity()
+
+    def get_classifier(self) -> nn.Module:
+        return self.classifier
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        self.num_classes = num_classes
+        if global_pool is not None:
+            self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=True)
+        self.classifier = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 4 or x.shape[1] != self.in_chans:
+            raise ValueError(f"MobileNeXt: x must have shape (batch, {self.in_chans}, H, W), got {tuple(x.shape)}")
+        return self.blocks(self.conv_stem(x))
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = nn.functional.dropout(self.global_pool(x), self.drop_rate, self.training)
+        return x if pre_logits else self.classifier(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+# ---- the official checkpoint's key layout (houqb/CoordAttention mbv2_ca.py) onto timm's EfficientNet ----
+
+_OFFICIAL_DEPTHS = (1, 2, 3, 4, 3, 3, 1)  # blocks per stage: official features.1 .. features.17
+_OFFICIAL_BLOCK = dict(enumerate((f"blocks.{s}.{i}" for s, d in enumerate(_OFFICIAL_DEPTHS) for i in range(d)), 1))
+_DS_PARTS = {"0": "conv_dw", "1": "bn1", "3": "conv_pw", "4": "bn2"}
+_IR_PARTS = {"0": "conv_pw", "1": "bn1", "3": "conv_dw", "4": "bn2", "6.conv1": "se.conv1", "6.bn1": "se.bn1",
+             "6.conv2": "se.conv_h", "6.conv3": "se.conv_w", "7": "conv_pwl", "8": "bn3"}
+_FIXED = {"features.0.0": "conv_stem", "features.0.1": "bn1", "conv.0": "conv_head", "conv.1": "bn2",
+          "classifier.1": "classifier"}
+_BLOCK_KEY = re.compile(r"features\.(\d+)\.conv\.(.+)")
+
+
+def _official_to_timm(module: str) -> str | None:
+    if module in _FIXED:
+        return _FIXED[module]
+    match = _BLOCK_KEY.fullmatch(module)
+    if not match or int(match[1]) not in _OFFICIAL_BLOCK:
+        return None
+    parts = _DS_PARTS if match[1] == "1" else _IR_PARTS
+    return f"{_OFFICIAL_BLOCK[int(match[1])]}.{parts[match[2]]}" if match[2] in parts else None
+
+
+def checkpoint_filter_fn(state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+    """Map the authors' MBV2-CA keys (``features.2.conv.6.conv1.weight``, 490 tensors) onto timm's layout
+    (``blocks.1.0.se.conv1.weight``). A state already in timm's layout passes unchanged; a key that maps to
+    nothing keeps its name, so the strict load that follows names it as unexpected."""
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    if not any(k.startswith("features.") for k in state):
+        return state
+    out = {}
+    for key, value in state.items():
+        module, _, leaf = key.rpartition(".")
+        ours = _official_to_timm(module)
+        out[f"{ours}.{leaf}" if ours else key] = value
+    return out
+
+
+# ---- builders (timm style: one private builder per architecture, short registered functions) ----
+
+def _cfg(url: str = "", **kwargs) -> dict:
+    return {"url": url, "num_classes": 1000, "input_size": (3, 224, 224), "pool_size": (7, 7), "crop_pct": 0.875,
+            "interpolation": "bilinear", "mean": timm.data.IMAGENET_DEFAULT_MEAN, "std": timm.data.IMAGENET_DEFAULT_STD,
+            "first_conv": "conv_stem.conv", "classifier": "classifier", "license": "mit", **kwargs}
+
+
+default_cfgs = generate_default_cfgs({
+    "mobilenetv2_ca_100.in1k": _cfg(url=OFFICIAL_URL, first_conv="conv_stem"),
+    "mobilenetv2_se_100": _cfg(first_conv="conv_stem"),
+    "mobilenetv2_cbam_100": _cfg(first_conv="conv_stem"),
+    "mobilenext_100": _cfg(),
+    "mobilenext_ca_100": _cfg(),
+})
+
+
+def _create_mobilenetv2(variant: str, attn: str, pretrained: bool = False, **kwargs) -> nn.Module:
+    """timm's MobileNetV2-1.0 with ``attn`` after the depthwise conv of every expansion-6 inverted residual."""
+    arch = [[s + "_se1" if s.startswith("ir_") else s] for s in MBV2_ARCH]
+    model_kwargs = dict(block_args=decode_arch_def(arch), num_features=1280, stem_size=32, round_chs_fn=round_channels,
+                        act_layer=nn.ReLU6, norm_layer=nn.BatchNorm2d, se_layer=attention_layer(attn), **kwargs)
+    features_only = model_kwargs.pop("features_only", False)
+    model = build_model_with_cfg(
+        EfficientNetFeatures if features_only else EfficientNet, variant, pretrained,
+        kwargs_filter=("num_classes", "num_features", "head_conv", "global_pool") if features_only else None,
+        pretrained_filter_fn=checkpoint_filter_fn, pretrained_strict=not features_only, **model_kwargs)
+    return model
+
+
+def _create_mobilenext(variant: str, pretrained: bool = False, **kwargs) -> MobileNeXt:
+    return build_model_with_cfg(MobileNeXt, variant, pretrained,
+                                feature_cfg=dict(flatten_sequential=True, out_indices=(0, 2, 3, 5, 8)), **kwargs)
+
+
+@timm.models.register_model
+def mobilenetv2_ca_100(pretrained: bool = False, **kwargs) -> EfficientNet:
+    """MobileNetV2-1.0 with coordinate attention (mip = max(8, C // 32)): 3,950,648 parameters."""
+    return _create_mobilenetv2("mobilenetv2_ca_100", "ca", pretrained, **kwargs)
+
+
+@timm.models.register_model
+def mobilenetv2_se_100(pretrained: bool = False, **kwargs) -> EfficientNet:
+    """MobileNetV2-1.0 with squeeze-excitation (hidden C // 24, ReLU, sigmoid): 3,888,208 parameters."""
+    return _create_mobilenetv2("mobilenetv2_se_100", "se", pretrained, **kwargs)
+
+
+@timm.models.register_model
+def mobilenetv2_cbam_100(pretrained: bool = False, **kwargs) -> EfficientNet:
+    """MobileNetV2-1.0 with CBAM (channel MLP C // 24 with biases, 7x7 spatial conv + BN): 3,889,808 parameters."""
+    return _create_mobilenetv2("mobilenetv2_cbam_100", "cbam", pretrained, **kwargs)
+
+
+@timm.models.register_model
+def mobilenext_100(pretrained: bool = False, **kwargs) -> MobileNeXt:
+    """MobileNeXt-1.0: 3,535,416 parameters."""
+    return _create_mobilenext("mobilenext_100", pretrained, **kwargs)
+
+
+@timm.models.register_model
+def mobilenext_ca_100(pretrained: bool = False, **kwargs) -> MobileNeXt:
+    """MobileNeXt-1.0 with coordinate attention after the first depthwise conv: 3,971,626 parameters
+    (``attn_position="last_dw"``: 4,088,113, the paper's 4.09M)."""
+    kwargs.setdefault("attn_layer", attention_layer("ca"))
+    return _create_mobilenext("mobilenext_ca_100", pretrained, **kwargs)
+
+
+# ---- our registry: the same names (plus timm's own mobilenetv2_100 baseline) ----
+
+@dataclass
+class ImageClassifierConfig:
+    num_classes: int = 1000
+    in_chans: int = 3
+    drop_rate: float = 0.2
+
+
+@dataclass
+class MobileNeXtCAConfig(ImageClassifierConfig):
+    attn_position: str = "first_dw"  # or "last_dw" (reproduces the paper's 4.09M parameters)
+
+
+def _register(name: str, config: ImageClassifierConfig) -> None:
+    def factory(cfg: ImageClassifierConfig) -> nn.Module:
+        return timm.create_model(name, **dataclasses.asdict(cfg))
+
+    factory.__name__ = factory.__qualname__ = name
+    register_model(config, PAPER, name=name)(factory)
+
+
+for _name in ("mobilenetv2_100", "mobilenetv2_ca_100", "mobilenetv2_se_100", "mobilenetv2_cbam_100", "mobilenext_100"):
+    _register(_name, ImageClassifierConfig())
+_register("mobilenext_ca_100", MobileNeXtCAConfig())
