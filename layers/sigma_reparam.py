@@ -1,0 +1,131 @@
+"""sigmaReparam: spectrally reparametrised Linear and Conv2d layers, and the in-place converter for any model.
+
+Zhai et al., "Stabilizing Transformer Training by Preventing Attention Entropy Collapse" (ICML 2023, arXiv
+2303.06296), eq. 3: W_hat = (gamma / sigma(W)) W, with sigma(W) the spectral norm of W estimated by power
+iteration and gamma a learned scalar. A converted layer keeps its ``weight`` (W) and ``bias`` and adds the
+parameter ``gamma`` and the buffers ``u`` (left) and ``v`` (right singular vector estimates), so the state-dict
+keys of ``blocks.0.attn.qkv`` are ``weight, bias, gamma, u, v``.
+"""
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class SigmaReparam(nn.Module):
+    """Mixin for a layer whose ``weight`` is used as W_hat = (gamma / sigma(W)) W (paper eq. 3), W flattened to
+    (out, fan_in) (a Conv2d kernel to out x (in/groups * kh * kw)).
+
+    sigma(W) = u^T W v, with u, v updated by one power iteration per training forward, without gradient:
+    v <- W^T u / ||W^T u||, u <- W v / ||W v||. The gradient of sigma flows into W only (d sigma / dW = u v^T).
+    u, v start as the top singular vectors of the initial W (SVD) and gamma as sigma(W_0), so conversion leaves the
+    layer's function unchanged. Eval forwards read u, v and never write them. Cost: two matrix-vector products per
+    training forward.
+    """
+
+    gamma: nn.Parameter
+    u: torch.Tensor
+    v: torch.Tensor
+
+    def _init_reparam(self) -> None:
+        matrix = self.weight.detach().flatten(1)
+        U, S, Vh = torch.linalg.svd(matrix.float(), full_matrices=False)
+        dtype = self.weight.dtype
+        self.register_buffer("u", U[:, 0].to(dtype).contiguous())
+        self.register_buffer("v", Vh[0].to(dtype).contiguous())
+        self.gamma = nn.Parameter(S[:1].to(dtype).clone())
+
+    @property
+    def sigma(self) -> torch.Tensor:
+        """The current estimate u^T W v of the spectral norm of the (flattened) weight, shape (1,), no gradient."""
+        with torch.no_grad():
+            return (self.u @ self.weight.flatten(1) @ self.v).reshape(1)
+
+    def reparametrized_weight(self) -> torch.Tensor:
+        """(gamma / sigma(W)) W, shaped like ``weight``; a training forward first runs one power iteration."""
+        matrix = self.weight.flatten(1)
+        if self.training:
+            with torch.no_grad():
+                self.v.copy_(F.normalize(matrix.t() @ self.u, dim=0))
+                self.u.copy_(F.normalize(matrix @ self.v, dim=0))
+        # clones: a later forward's in-place update must not touch the tensors this graph saved for backward
+        sigma = self.u.clone() @ matrix @ self.v.clone()
+        return self.weight * (self.gamma / sigma)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + ", sigma_reparam=True"
+
+
+class SigmaLinear(SigmaReparam, nn.Linear):
+    """``nn.Linear`` with W_hat = (gamma / sigma(W)) W (see ``SigmaReparam``)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.reparametrized_weight(), self.bias)
+
+
+class SigmaConv2d(SigmaReparam, nn.Conv2d):
+    """``nn.Conv2d`` with W_hat = (gamma / sigma(W)) W, sigma of the kernel flattened to out x (in/groups*kh*kw)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._conv_forward(x, self.reparametrized_weight(), self.bias)
+
+
+_SIGMA_OF = {nn.Linear: SigmaLinear, nn.Conv2d: SigmaConv2d}
+_PLAIN_OF = {SigmaLinear: nn.Linear, SigmaConv2d: nn.Conv2d}
+NORM_TYPES = (nn.LayerNorm, nn.RMSNorm)
+
+
+def _selected(name: str, include: tuple[str, ...], exclude: tuple[str, ...]) -> bool:
+    return any(fnmatch.fnmatchcase(name, p) for p in include) and not any(fnmatch.fnmatchcase(name, p) for p in exclude)
+
+
+def _patterns(argument: str, patterns) -> tuple[str, ...]:
+    if isinstance(patterns, str) or not all(isinstance(p, str) for p in patterns):
+        raise TypeError(f"{argument} must be a sequence of glob patterns over module names, got {patterns!r}")
+    return tuple(patterns)
+
+
+def apply_sigma_reparam(model: nn.Module, include: Sequence[str] = ("*",), exclude: Sequence[str] = (),
+                        remove_norms: bool = False) -> nn.Module:
+    """Convert ``model`` in place: every ``nn.Linear`` and ``nn.Conv2d`` (exactly those classes: subclasses such as
+    ``nn.MultiheadAttention``'s ``out_proj``, whose weight is read directly, are left alone) whose module name
+    (``""`` for ``model`` itself) matches a glob in ``include`` and none in ``exclude`` becomes a
+    ``SigmaLinear``/``SigmaConv2d`` keeping its weight and bias tensors (an optimizer holding them stays valid;
+    add the new ``gamma`` parameters to it). With ``remove_norms`` every selected LayerNorm/RMSNorm is replaced by
+    ``nn.Identity`` (the paper's "sigmaReparam without LayerNorm" models). Without ``remove_norms`` the converted
+    model computes the same function. Returns ``model``."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"apply_sigma_reparam: model must be an nn.Module, got {type(model).__name__}")
+    include, exclude = _patterns("include", include), _patterns("exclude", exclude)
+    for name, module in list(model.named_modules()):
+        if not _selected(name, include, exclude):
+            continue
+        if type(module) in _SIGMA_OF:
+            module.__class__ = _SIGMA_OF[type(module)]
+            module._init_reparam()
+        elif remove_norms and isinstance(module, NORM_TYPES):
+            if not name:
+                raise ValueError("apply_sigma_reparam: model is itself a norm layer; remove_norms cannot replace it")
+            parent, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent), child, nn.Identity())
+    return model
+
+
+def remove_sigma_reparam(model: nn.Module) -> nn.Module:
+    """Fold every sigmaReparam layer of ``model`` back, in place, into a plain ``nn.Linear``/``nn.Conv2d`` whose
+    weight is a new parameter holding the current W_hat = (gamma / sigma(W)) W (read from the buffers, as in eval):
+    for export and inference at the plain model's cost. A weight tied to another module is untied. Returns
+    ``model``."""
+    for module in model.modules():
+        if type(module) in _PLAIN_OF:
+            with torch.no_grad():
+                folded = module.weight * (module.gamma / module.sigma)
+            requires_grad = module.weight.requires_grad
+            del module.gamma, module.u, module.v
+            module.__class__ = _PLAIN_OF[type(module)]
+            module.weight = nn.Parameter(folded, requires_grad=requires_grad)
+    return model

@@ -1,0 +1,206 @@
+"""sigmaReparam (Zhai et al. 2023): the reparametrised layers, the converter and the zoo variants."""
+import pytest
+import timm
+import torch
+from torch import nn
+
+import zoo
+from layers import SigmaConv2d, SigmaLinear, apply_sigma_reparam, remove_sigma_reparam
+from weights import load_checkpoint, save_checkpoint
+
+
+def small_net(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.GELU(), nn.Flatten(), nn.LayerNorm(8 * 6 * 6),
+                         nn.Linear(8 * 6 * 6, 32), nn.GELU(), nn.Linear(32, 5))
+
+
+def with_spectrum(out: int, fan_in: int, singular_values: list[float], seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    U = torch.linalg.qr(torch.randn(out, len(singular_values), generator=g))[0]
+    V = torch.linalg.qr(torch.randn(fan_in, len(singular_values), generator=g))[0]
+    return U @ torch.diag(torch.tensor(singular_values)) @ V.T
+
+
+def test_conversion_is_in_place_with_clean_keys_and_same_function():
+    net, x = small_net(), torch.randn(4, 3, 6, 6)
+    before = net(x)
+    weight = net[4].weight
+    apply_sigma_reparam(net)
+    assert isinstance(net[0], SigmaConv2d) and isinstance(net[4], SigmaLinear) and isinstance(net[3], nn.LayerNorm)
+    assert net[4].weight is weight  # same parameter object: an optimizer holding it stays valid
+    assert sorted(k for k in net.state_dict() if k.startswith("4.")) == ["4.bias", "4.gamma", "4.u", "4.v", "4.weight"]
+    torch.testing.assert_close(net[4].gamma, torch.linalg.matrix_norm(weight.detach(), 2).reshape(1))
+    torch.testing.assert_close(net[0].gamma, torch.linalg.matrix_norm(net[0].weight.detach().flatten(1), 2).reshape(1))
+    net.eval()
+    torch.testing.assert_close(net(x), before, atol=1e-6, rtol=0)
+    net.train()
+    torch.testing.assert_close(net(x), before, atol=1e-6, rtol=0)  # one power iteration from the exact vectors
+
+
+def test_sigma_converges_to_the_spectral_norm_from_a_changed_weight():
+    layer = apply_sigma_reparam(nn.Linear(48, 64))
+    with torch.no_grad():
+        layer.weight.copy_(with_spectrum(64, 48, [3.0, 1.5, 1.0, 0.5], seed=1))  # u, v now stale
+    exact = torch.linalg.matrix_norm(layer.weight.detach(), 2)
+    x = torch.randn(2, 48)
+    for _ in range(6):
+        layer(x)
+    assert abs(layer.sigma.item() - exact.item()) < 1e-3
+    assert abs(layer.sigma.item() - 3.0) < 1e-3
+
+
+def test_sigma_tracks_the_spectral_norm_during_training():
+    torch.manual_seed(0)
+    net = apply_sigma_reparam(nn.Sequential(nn.Linear(16, 64), nn.Tanh(), nn.Linear(64, 1)))
+    opt = torch.optim.SGD(net.parameters(), lr=0.05)
+    x, y = torch.randn(128, 16), torch.randn(128, 1)
+    for _ in range(30):
+        opt.zero_grad()
+        nn.functional.mse_loss(net(x), y).backward()
+        opt.step()
+    for layer in (net[0], net[2]):
+        exact = torch.linalg.matrix_norm(layer.weight.detach(), 2).item()
+        assert abs(layer.sigma.item() - exact) < 1e-3 * max(1.0, exact)
+
+
+def test_effective_weight_has_spectral_norm_gamma_and_gradients_reach_weight_and_gamma():
+    layer = apply_sigma_reparam(nn.Linear(20, 30))
+    with torch.no_grad():
+        layer.gamma.fill_(0.7)
+    w_hat = layer.reparametrized_weight()
+    assert abs(torch.linalg.matrix_norm(w_hat.detach(), 2).item() - 0.7) < 1e-5
+    layer(torch.randn(5, 20)).square().sum().backward()
+    assert layer.weight.grad is not None and layer.weight.grad.abs().sum() > 0
+    assert layer.gamma.grad is not None and layer.gamma.grad.abs().item() > 0
+    assert "u" not in dict(layer.named_parameters()) and not layer.u.requires_grad
+
+
+def test_gradient_of_sigma_is_orthogonal_to_weight_direction_scaling():
+    """W_hat is invariant to scaling W (sigma(cW) = c sigma(W)), so dL/dW is orthogonal to W: <grad, W> = 0."""
+    layer = apply_sigma_reparam(nn.Linear(12, 9))
+    layer.eval()
+    layer(torch.randn(7, 12)).sin().sum().backward()
+    assert abs((layer.weight.grad * layer.weight.detach()).sum().item()) < 1e-5
+
+
+def test_eval_forwards_never_write_buffers_and_training_forwards_do():
+    layer = apply_sigma_reparam(nn.Linear(10, 10))
+    with torch.no_grad():
+        layer.weight.add_(0.3 * torch.randn_like(layer.weight))
+    u, v = layer.u.clone(), layer.v.clone()
+    layer.eval()
+    for _ in range(3):
+        layer(torch.randn(4, 10))
+    assert torch.equal(layer.u, u) and torch.equal(layer.v, v)
+    layer.train()
+    layer(torch.randn(4, 10))
+    assert not torch.equal(layer.u, u)
+
+
+def test_two_training_forwards_before_one_backward():
+    layer = apply_sigma_reparam(nn.Linear(6, 6))
+    loss = layer(torch.randn(3, 6)).sum() + layer(torch.randn(3, 6)).sum()
+    loss.backward()  # the second forward's buffer update must not invalidate the first graph
+    assert torch.isfinite(layer.weight.grad).all()
+
+
+def test_folded_model_equals_converted_model():
+    net, x = apply_sigma_reparam(small_net(1)), torch.randn(4, 3, 6, 6)
+    opt = torch.optim.Adam(net.parameters(), lr=1e-2)
+    for _ in range(3):
+        opt.zero_grad()
+        net(x).square().mean().backward()
+        opt.step()
+    net.eval()
+    converted = net(x)
+    remove_sigma_reparam(net)
+    assert type(net[0]) is nn.Conv2d and type(net[4]) is nn.Linear
+    assert sorted(k for k in net.state_dict() if k.startswith("4.")) == ["4.bias", "4.weight"]
+    torch.testing.assert_close(net(x), converted, atol=1e-6, rtol=1e-5)
+
+
+def test_include_exclude_and_remove_norms():
+    net = apply_sigma_reparam(small_net(), include=("*",), exclude=("0", "6"), remove_norms=True)
+    assert type(net[0]) is nn.Conv2d and isinstance(net[4], SigmaLinear) and type(net[6]) is nn.Linear
+    assert isinstance(net[3], nn.Identity)
+    mha = apply_sigma_reparam(nn.MultiheadAttention(8, 2))
+    assert not isinstance(mha.out_proj, SigmaLinear)  # its weight is read directly, never through forward
+    with pytest.raises(TypeError, match="include"):
+        apply_sigma_reparam(small_net(), include="*")
+    with pytest.raises(TypeError, match="model must be an nn.Module"):
+        apply_sigma_reparam("net")
+
+
+@pytest.mark.parametrize("backend", ["eager", pytest.param("aot_eager", marks=pytest.mark.slow)])
+def test_torch_compile_matches_eager(backend):
+    """Dynamo graph capture ("eager"), plus AOT autograd's functionalisation of the buffer updates ("aot_eager",
+    what inductor also runs; ~70 s here): same outputs, gradients and buffer updates as the uncompiled model."""
+    net, eager, x = apply_sigma_reparam(small_net(2)), apply_sigma_reparam(small_net(2)), torch.randn(4, 3, 6, 6)
+    compiled = torch.compile(net, backend=backend)
+    for _ in range(2):
+        compiled(x).square().sum().backward()
+        eager(x).square().sum().backward()
+    torch.testing.assert_close(net[4].u, eager[4].u)
+    torch.testing.assert_close(net[4].weight.grad, eager[4].weight.grad)
+    torch.testing.assert_close(net[0].gamma.grad, eager[0].gamma.grad)
+    net.eval(), eager.eval()
+    torch.testing.assert_close(compiled(x), eager(x), atol=1e-6, rtol=1e-5)
+
+
+# ---- zoo variants ----
+
+def count(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def test_vit_base_sigma_exact_parameter_count():
+    with torch.device("meta"):
+        plain = timm.create_model("vit_base_patch16_224", num_classes=0)
+        sigma = timm.create_model("vit_base_patch16_224_sigma", num_classes=0)
+    assert count(plain) == 85_798_656
+    assert count(sigma) == 85_760_305 == 85_798_656 - 38_400 + 49
+    assert sum(isinstance(m, (SigmaLinear, SigmaConv2d)) for m in sigma.modules()) == 49
+    assert not any(isinstance(m, nn.LayerNorm) for m in sigma.modules())
+
+
+def test_vit_sigma_zoo_names_build_and_keep_function_of_normless_vit():
+    assert {"vit_tiny_patch16_224_sigma", "vit_small_patch16_224_sigma", "vit_base_patch16_224_sigma"} <= set(
+        zoo.list_models("vit_*_sigma"))
+    torch.manual_seed(0)
+    m = zoo.create_model("vit_tiny_patch16_224_sigma", img_size=32, patch_size=8, depth=2, num_classes=3)
+    assert isinstance(m.patch_embed.proj, SigmaConv2d) and isinstance(m.blocks[0].attn.qkv, SigmaLinear)
+    assert isinstance(m.head, SigmaLinear) and isinstance(m.blocks[1].norm2, nn.Identity)
+    x = torch.randn(2, 3, 32, 32)
+    m.eval()
+    y = m(x)
+    plain = remove_sigma_reparam(m)
+    torch.testing.assert_close(plain(x), y, atol=1e-5, rtol=1e-5)
+
+
+def test_vit_sigma_checkpoint_round_trip(tmp_path):
+    torch.manual_seed(0)
+    m = zoo.create_model("vit_tiny_patch16_224_sigma", img_size=32, patch_size=8, depth=2, num_classes=3)
+    m(torch.randn(2, 3, 32, 32))  # a training forward moves u, v
+    m.eval()
+    x = torch.randn(2, 3, 32, 32)
+    save_checkpoint(m, tmp_path / "vit.safetensors")
+    loaded = load_checkpoint(tmp_path / "vit.safetensors").eval()
+    torch.testing.assert_close(loaded(x), m(x), atol=0, rtol=0)
+    torch.testing.assert_close(loaded.blocks[0].attn.qkv.u, m.blocks[0].attn.qkv.u, atol=0, rtol=0)
+
+
+def test_transformer_lm_sigma_counts_and_same_initial_function():
+    with torch.device("meta"):
+        assert count(zoo.create_model("transformer_lm_13m_sigma")) == 12_585_472 + 24
+    torch.manual_seed(0)
+    small = dict(num_hidden_layers=2, vocab_size=100, hidden_size=32, num_attention_heads=2, intermediate_size=64,
+                 max_position_embeddings=16, dropout=0.0)
+    torch.manual_seed(0)
+    plain = zoo.create_model("transformer_lm_13m", **small).eval()
+    torch.manual_seed(0)
+    sigma = zoo.create_model("transformer_lm_13m_sigma", **small).eval()
+    assert isinstance(sigma.model.layers[0].attn.qkv, SigmaLinear) and type(sigma.lm_head) is nn.Linear
+    assert sigma.lm_head.weight is sigma.model.embed_tokens.weight  # still tied
+    ids = torch.randint(0, 100, (2, 12))
+    torch.testing.assert_close(sigma(ids).logits, plain(ids).logits, atol=1e-5, rtol=1e-5)

@@ -1,0 +1,126 @@
+"""sigmaReparam models (Zhai et al., "Stabilizing Transformer Training by Preventing Attention Entropy Collapse",
+ICML 2023, arXiv 2303.06296): existing architectures converted by ``layers.apply_sigma_reparam``.
+
+Vision Transformers: timm's ViT-Ti/S/B with every Linear (qkv, proj, fc1, fc2, head) and the patch-embedding
+Conv2d reparametrised, W_hat = (gamma / sigma(W)) W, and every LayerNorm removed, as the paper trains its
+"sigmaReparam without LayerNorm" ViT-B. Registered with our registry and with timm's. Headless ViT-B:
+85,798,656 parameters in timm, 85,760,305 converted (38,400 norm parameters removed, 49 gammas added).
+
+Language models: the Grassmann paper's Transformer baseline with every Linear reparametrised except ``lm_head``
+(its weight is the token embedding, tied); LayerNorms kept unless ``remove_norms=True``.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import timm
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.models import build_model_with_cfg, generate_default_cfgs
+from timm.models.vision_transformer import VisionTransformer
+from torch import nn
+
+from layers import apply_sigma_reparam
+
+from ._registry import Paper, register_model
+from .transformer_lm import TransformerLMArgs, build_transformer_lm
+
+PAPER = Paper(family="sigma_reparam", title="Stabilizing Transformer Training by Preventing Attention Entropy Collapse",
+              arxiv="2303.06296", authors="Zhai, Likhomanenko, Littwin, Busbridge, Ramapuram, Zhang, Gu, Susskind",
+              year=2023)
+
+# ---- Vision Transformers, timm style ----
+
+VIT_SIZES = {"tiny": dict(embed_dim=192, num_heads=3), "small": dict(embed_dim=384, num_heads=6),
+             "base": dict(embed_dim=768, num_heads=12)}
+
+
+def _cfg(**kwargs) -> dict:
+    return {"url": "", "num_classes": 1000, "input_size": (3, 224, 224), "pool_size": None, "crop_pct": 0.9,
+            "interpolation": "bicubic", "fixed_input_size": True, "mean": IMAGENET_DEFAULT_MEAN,
+            "std": IMAGENET_DEFAULT_STD, "first_conv": "patch_embed.proj", "classifier": "head",
+            "license": "apache-2.0", **kwargs}
+
+
+default_cfgs = generate_default_cfgs({f"vit_{size}_patch16_224_sigma": _cfg() for size in VIT_SIZES})
+
+
+def _create_vit_sigma(size: str, pretrained: bool = False, remove_norms: bool = True, **kwargs) -> VisionTransformer:
+    """timm's VisionTransformer of ``size`` (patch 16, depth 12), then every Linear/Conv2d sigma-reparametrised
+    and (``remove_norms``) every LayerNorm replaced by Identity."""
+    variant = f"vit_{size}_patch16_224_sigma"
+    if pretrained:
+        raise ValueError(f"{variant}: no published sigmaReparam checkpoint is converted yet; use pretrained=False")
+    model_args = dict(patch_size=16, depth=12, **VIT_SIZES[size]) | kwargs
+    model = build_model_with_cfg(VisionTransformer, variant, pretrained, **model_args)
+    return apply_sigma_reparam(model, remove_norms=remove_norms)
+
+
+@timm.models.register_model
+def vit_tiny_patch16_224_sigma(pretrained: bool = False, **kwargs) -> VisionTransformer:
+    """ViT-Ti/16 with sigmaReparam and no LayerNorm: 5,707,866 parameters (timm's ViT-Ti: 5,717,416)."""
+    return _create_vit_sigma("tiny", pretrained, **kwargs)
+
+
+@timm.models.register_model
+def vit_small_patch16_224_sigma(pretrained: bool = False, **kwargs) -> VisionTransformer:
+    """ViT-S/16 with sigmaReparam and no LayerNorm: 22,031,514 parameters (timm's ViT-S: 22,050,664)."""
+    return _create_vit_sigma("small", pretrained, **kwargs)
+
+
+@timm.models.register_model
+def vit_base_patch16_224_sigma(pretrained: bool = False, **kwargs) -> VisionTransformer:
+    """ViT-B/16 with sigmaReparam and no LayerNorm: 86,529,306 parameters (headless: 85,760,305)."""
+    return _create_vit_sigma("base", pretrained, **kwargs)
+
+
+@dataclass
+class ViTSigmaConfig:
+    num_classes: int = 1000
+    img_size: int = 224
+    patch_size: int = 16
+    in_chans: int = 3
+    depth: int = 12
+    drop_rate: float = 0.0
+    drop_path_rate: float = 0.0
+    remove_norms: bool = True
+
+
+def _register_vit(size: str) -> None:
+    name = f"vit_{size}_patch16_224_sigma"
+
+    def factory(cfg: ViTSigmaConfig) -> nn.Module:
+        return timm.create_model(name, **dataclasses.asdict(cfg))
+
+    factory.__name__ = factory.__qualname__ = name
+    register_model(ViTSigmaConfig(), PAPER, name=name)(factory)
+
+
+for _size in VIT_SIZES:
+    _register_vit(_size)
+
+
+# ---- language models: the Transformer LM baseline through the same converter ----
+
+@dataclass
+class TransformerLMSigmaArgs(TransformerLMArgs):
+    remove_norms: bool = False
+
+
+def build_transformer_lm_sigma(args: TransformerLMSigmaArgs) -> nn.Module:
+    fields = dataclasses.asdict(args)
+    remove_norms = fields.pop("remove_norms")
+    model = build_transformer_lm(TransformerLMArgs(**fields))
+    return apply_sigma_reparam(model, exclude=("lm_head",), remove_norms=remove_norms)
+
+
+@register_model(TransformerLMSigmaArgs(num_hidden_layers=6), PAPER)
+def transformer_lm_13m_sigma(args: TransformerLMSigmaArgs) -> nn.Module:
+    """transformer_lm_13m with its 24 block Linears reparametrised: 12,585,496 parameters (12,585,472 + 24)."""
+    return build_transformer_lm_sigma(args)
+
+
+@register_model(TransformerLMSigmaArgs(num_hidden_layers=12), PAPER)
+def transformer_lm_17m_sigma(args: TransformerLMSigmaArgs) -> nn.Module:
+    """transformer_lm_17m with its 48 block Linears reparametrised: 17,324,080 parameters (17,324,032 + 48)."""
+    return build_transformer_lm_sigma(args)
