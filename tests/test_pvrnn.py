@@ -1,0 +1,226 @@
+import json
+import math
+
+import pytest
+import torch
+from torch.distributions import Normal, kl_divergence
+
+import zoo
+from estimators import Probe
+from estimators.estimator import Estimator
+from layers import PVRNNLayer, gaussian_kl
+from train.data.pfsm import branch_probability, pfsm_sequences
+from weights import load_checkpoint, save_checkpoint
+
+
+def tiny(**kw):
+    torch.manual_seed(0)
+    return zoo.create_model("pvrnn_small", **({"n_sequences": 4, "seq_len": 30} | kw))
+
+
+def test_kl_matches_torch_distributions():
+    torch.manual_seed(0)
+    mu_q, mu_p = torch.randn(50), torch.randn(50)
+    s_q, s_p = torch.rand(50) + 0.1, torch.rand(50) + 0.1
+    expected = kl_divergence(Normal(mu_q, s_q), Normal(mu_p, s_p))
+    assert torch.allclose(gaussian_kl(mu_q, s_q, mu_p, s_p), expected, atol=1e-5)
+
+
+def test_leaky_integration_one_step_by_hand():
+    torch.manual_seed(0)
+    layer = PVRNNLayer(d_size=3, z_size=2, tau=4.0, top_size=5, bottom_size=2)
+    h, d, z, top, bottom = torch.randn(2, 3), torch.randn(2, 3), torch.randn(2, 2), torch.randn(2, 5), torch.randn(2, 2)
+    drive = d @ layer.W_dd.weight.T + layer.W_dd.bias + z @ layer.W_zd.weight.T + top @ layer.W_top.weight.T \
+        + bottom @ layer.W_bottom.weight.T
+    h_new = 0.75 * h + 0.25 * drive
+    got_h, got_d = layer.step(h, d, z, top, bottom)
+    assert torch.allclose(got_h, h_new, atol=1e-6) and torch.allclose(got_d, torch.tanh(h_new), atol=1e-6)
+    with pytest.raises(ValueError, match="top-down"):
+        layer.step(h, d, z, None, bottom)
+
+
+def test_prior_and_posterior_maps():
+    torch.manual_seed(0)
+    layer = PVRNNLayer(4, 3, 2.0)
+    d = torch.randn(5, 4)
+    mu, s = layer.prior(d)
+    assert torch.allclose(mu, torch.tanh(layer.W_mu(d))) and torch.allclose(s, torch.exp(layer.W_sigma(d)))
+    mu0, s0 = layer.prior(d, first=True)
+    assert torch.equal(mu0, torch.zeros(5, 3)) and torch.equal(s0, torch.ones(5, 3))
+    a = torch.randn(5, 3)
+    mq, sq = layer.posterior(a, -a)
+    assert torch.allclose(mq, torch.tanh(a)) and torch.allclose(sq, torch.exp(-a))
+
+
+def test_first_step_prior_is_unit_gaussian_and_kl_is_closed_form():
+    m = tiny()
+    with torch.no_grad():
+        for a in list(m.A_mu) + list(m.A_sigma):
+            a.normal_(0, 0.5)
+        out = m(torch.tensor([0, 2]), steps=10)
+    for k, lvl in enumerate(out["levels"]):
+        assert torch.equal(lvl["prior_mu"][:, 0], torch.zeros_like(lvl["prior_mu"][:, 0]))
+        assert torch.equal(lvl["prior_sigma"][:, 0], torch.ones_like(lvl["prior_sigma"][:, 0]))
+        mu, s = torch.tanh(m.A_mu[k][[0, 2], 0]), torch.exp(m.A_sigma[k][[0, 2], 0])
+        kl0 = (0.5 * (mu ** 2 + s ** 2 - 1) - torch.log(s)).sum(-1)  # KL(N(mu, s^2) || N(0, 1))
+        assert torch.allclose(lvl["kl"][:, 0], kl0, atol=1e-5)
+        assert (lvl["prior_sigma"][:, 1:] != 1).any()  # later priors come from d_{t-1}
+
+
+def test_elbo_terms_hand_computed_one_level_two_steps():
+    torch.manual_seed(0)
+    m = zoo.create_model("pvrnn_small", d_sizes=[1], z_sizes=[1], taus=[2.0], meta_prior=[0.5], n_sequences=1,
+                         seq_len=2, out_size=1)
+    L = m.levels[0]
+    with torch.no_grad():
+        for lin, (w, b) in {L.W_dd: (0.5, 0.1), L.W_mu: (1.0, 0.0), L.W_sigma: (2.0, -1.0), m.out: (3.0, 0.2)}.items():
+            lin.weight.fill_(w)
+            lin.bias.fill_(b)
+        L.W_zd.weight.fill_(1.5)
+        m.A_mu[0].copy_(torch.tensor([[[0.3], [-0.2]]]))
+        m.A_sigma[0].copy_(torch.tensor([[[-1.0], [0.5]]]))
+    x = torch.tensor([[[0.4], [-0.1]]])
+    out = m(torch.tensor([0]), noise=False)
+    rec, kl = m.elbo_terms(out, x)
+    # by hand: z_t = tanh(A^mu_t); h_t = h/2 + (0.5 d + 0.1 + 1.5 z)/2; x_t = 3 d_t + 0.2
+    z1, z2 = math.tanh(0.3), math.tanh(-0.2)
+    h1 = 0.5 * (0.1 + 1.5 * z1)
+    d1 = math.tanh(h1)
+    h2 = 0.5 * h1 + 0.5 * (0.5 * d1 + 0.1 + 1.5 * z2)
+    d2 = math.tanh(h2)
+    rec_hand = ((3 * d1 + 0.2 - 0.4) ** 2 + (3 * d2 + 0.2 + 0.1) ** 2) / 2
+
+    def kl_hand(mq, sq, mp, sp):
+        return math.log(sp / sq) + (sq ** 2 + (mq - mp) ** 2) / (2 * sp ** 2) - 0.5
+    kl1 = kl_hand(z1, math.exp(-1.0), 0.0, 1.0)
+    kl2 = kl_hand(z2, math.exp(0.5), math.tanh(d1), math.exp(2 * d1 - 1))
+    assert rec.item() == pytest.approx(rec_hand, rel=1e-5)
+    assert kl.item() == pytest.approx((kl1 + kl2) / 2, rel=1e-5)
+    assert m.weighted(rec, kl).item() == pytest.approx(rec_hand + 0.5 * (kl1 + kl2) / 2, rel=1e-5)
+
+
+def test_loss_falls_on_a_short_run():
+    x, _ = pfsm_sequences(4, 30, period=10, noise=0.02, seed=0)
+    m = tiny()
+    opt = torch.optim.Adam(m.parameters(), lr=2e-2)
+    ids = torch.arange(4)
+    losses = []
+    for _ in range(100):
+        loss, extra = m.loss(ids, x)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(extra["rec"])
+    assert losses[-1] < 0.4 * losses[0]
+    assert ((m.reconstruct(ids) - x) ** 2).mean() < 0.4 * losses[0]
+
+
+def test_error_regression_reduces_window_error_and_touches_only_the_window():
+    m = tiny()
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    stream, _ = pfsm_sequences(3, 16, period=10, seed=1)
+    torch.manual_seed(0)
+    r = m.error_regression(stream, window=6, iterations=15, lr=0.1, horizon=2)
+    S = 16 - 6 - 2 + 1
+    assert r["prediction"].shape == (3, S, 2, 2) and r["error"].shape == (3, S)
+    assert [p.shape for p in r["post_sigma"]] == [(3, S, 2), (3, S, 1)]
+    assert (r["window_error_after"] < r["window_error_before"]).float().mean() > 0.9
+    assert r["window_error_after"].mean() < 0.95 * r["window_error_before"].mean()
+    for k, v in m.state_dict().items():
+        assert torch.equal(v, before[k]), k  # weights and training sequences' adaptive vectors untouched
+    assert all(p.grad is None for p in m.parameters())
+    no_iter = m.error_regression(stream, window=6, iterations=0, horizon=2)
+    assert torch.allclose(no_iter["window_error_after"], no_iter["window_error_before"])
+    with pytest.raises(ValueError, match="window"):
+        m.error_regression(stream, window=20, iterations=1)
+
+
+def test_error_regression_is_independent_across_streams():
+    m = tiny()
+    stream, _ = pfsm_sequences(2, 12, period=10, seed=2)
+    torch.manual_seed(0)
+    both = m.error_regression(stream, window=5, iterations=0)
+    one = m.error_regression(stream[1:], window=5, iterations=0)
+    assert torch.allclose(both["prediction"][1:], one["prediction"], atol=1e-6)
+
+
+def test_generation_shapes_and_probe_points():
+    m = tiny()
+    torch.manual_seed(0)
+    g = m.generate(3, 25)
+    assert g.shape == (3, 25, 2) and torch.isfinite(g).all()
+    assert not torch.allclose(g[0], g[1])  # stochastic prior samples differ
+    assert torch.allclose(m.generate(2, 10, noise=False)[0], m.generate(2, 10, noise=False)[1])
+    with Probe(m, {"levels.*.kl": [Estimator("mean", lambda x: x.mean())]},
+               every=1) as probe:
+        out = m(torch.arange(2), steps=10)
+    rows = {(r["point"], r["estimator"]): r["value"] for r in probe.table()}
+    for k in range(2):
+        assert rows[(f"levels.{k}.kl", "mean")] == pytest.approx(out["levels"][k]["kl"].mean().item(), rel=1e-5)
+    names = {n for n, _ in m.named_modules()}
+    for k in range(2):
+        for p in ("d", "z", "prior_mu", "prior_sigma", "post_mu", "post_sigma", "kl"):
+            assert f"levels.{k}.{p}" in names
+
+
+def test_checkpoint_round_trip_keeps_adaptive_vectors(tmp_path):
+    m = tiny()
+    with torch.no_grad():
+        m.A_mu[0].normal_()
+        m.A_sigma[1].normal_(0, 0.3)
+    save_checkpoint(m, tmp_path / "pv.safetensors")
+    m2 = load_checkpoint(tmp_path / "pv.safetensors")
+    assert torch.equal(m2.A_mu[0], m.A_mu[0]) and torch.equal(m2.A_sigma[1], m.A_sigma[1])
+    assert torch.equal(m2.reconstruct(torch.arange(4)), m.reconstruct(torch.arange(4)))
+
+
+def test_bad_input_is_named():
+    m = tiny()
+    with pytest.raises(ValueError, match="sequence ids"):
+        m(torch.tensor([7]))
+    with pytest.raises(ValueError, match="x must have shape"):
+        m.loss(torch.arange(2), torch.zeros(2, 10, 3))
+    with pytest.raises(ValueError, match="one entry per level"):
+        zoo.create_model("pvrnn_small", taus=[2.0])
+
+
+def test_pfsm_data_has_the_set_branch_probability():
+    x, labels = pfsm_sequences(200, 200, period=20, p_b=0.7, noise=0.05, seed=0)
+    assert x.shape == (200, 200, 2) and (labels[:, :20] == 0).all()
+    assert branch_probability(x, 20).item() == pytest.approx(0.7, abs=0.02)
+    assert (labels[:, 20::40] > 0).all() and (labels[:, 40::40] == 0).all()  # A, then B or C, then A
+
+
+def _recipe(*extra):
+    from train import load_recipe
+    return load_recipe("pvrnn-pfsm", ["model_args.n_sequences=6", "model_args.seq_len=40", "train.batch_size=6",
+                                      "data.period=10", "task_args.er_streams=2", "task_args.er_length=20",
+                                      "task_args.er_window=5", "task_args.er_iterations=2", "task_args.gen_steps=40",
+                                      *extra])
+
+
+def test_task_batches_carry_sequence_ids():
+    from train.tasks import make_task
+    task = make_task(_recipe())
+    g = torch.Generator().manual_seed(3)
+    b = task.batch(4, g)
+    assert b["ids"].shape == (4,) and len(set(b["ids"].tolist())) == 4
+    assert torch.equal(b["x"], task.train_x[b["ids"]])
+    assert torch.equal(task.batch(4, torch.Generator().manual_seed(3))["ids"], b["ids"])
+    m = zoo.create_model("pvrnn_pfsm", n_sequences=6, seq_len=40)
+    metrics = task.evaluate(m.eval())
+    assert metrics["p_b_true"] == 0.7 and metrics["rec"] > 0 and math.isfinite(metrics["er_error"])
+    with pytest.raises(ValueError, match="n_sequences"):
+        task.batch(7, g)
+
+
+@pytest.mark.slow
+def test_recipe_trains_and_reloads(tmp_path):
+    from train import fit
+    final = fit(_recipe("train.steps=150", "optim.lr=1e-2", "train.log_every=10"), out=tmp_path)
+    rows = [json.loads(r) for r in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in rows if r["split"] == "train"]
+    assert train[-1]["rec"] < 0.5 * train[0]["rec"]
+    m = load_checkpoint(tmp_path / "model.safetensors")
+    assert m.A_mu[0].abs().sum() > 0  # trained adaptive vectors came back
+    assert final["rec"] < 0.5 * train[0]["rec"]

@@ -1,0 +1,80 @@
+"""PV-RNN training: the model's per-sequence adaptive vectors are indexed by the batch's sequence ids."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from zoo._registry import resolve_config
+
+from ..data.pfsm import branch_probability, pfsm_sequences
+from .base import Task
+
+
+class PVRNNTask(Task):
+    """Training set: the model's ``n_sequences`` PFSM sequences of ``seq_len`` steps (``data``: period, p_b,
+    noise, seed); a batch is a random subset of sequence ids with their sequences. Loss: the model's objective
+    (reconstruction + meta-prior-weighted KL). Evaluation: posterior-mean reconstruction error and KL per level
+    on the training set, the branch probability P(B | branch) of free-running generation against the true
+    ``p_b``, and the one-step prediction error of error regression (``task_args``: er_streams, er_length,
+    er_window, er_iterations, er_lr, gen_steps) on unseen test streams.
+    """
+
+    def __init__(self, recipe: dict):
+        super().__init__(recipe)
+        d = recipe["data"]
+        cfg = resolve_config(recipe["model"], **recipe.get("model_args", {}))
+        self.n, self.seq_len = cfg.n_sequences, cfg.seq_len
+        self.period, self.p_b = int(d.get("period", 20)), float(d.get("p_b", 0.7))
+        noise, seed = float(d.get("noise", 0.05)), int(d.get("seed", 0))
+        self.train_x, _ = pfsm_sequences(self.n, self.seq_len, self.period, self.p_b, noise, seed)
+        a = self.args
+        self.er = {"window": int(a.get("er_window", 20)), "iterations": int(a.get("er_iterations", 20)),
+                   "lr": float(a.get("er_lr", 0.1))}
+        self.test_x, _ = pfsm_sequences(int(a.get("er_streams", 4)), int(a.get("er_length", 80)), self.period,
+                                        self.p_b, noise, seed + 1)
+        self.gen_steps = int(a.get("gen_steps", 2000))
+
+    def batch(self, size, generator):
+        if size > self.n:
+            raise ValueError(f"train.batch_size={size} exceeds the model's n_sequences={self.n}")
+        ids = torch.randperm(self.n, generator=generator)[:size]
+        return {"ids": ids, "x": self.train_x[ids]}
+
+    def loss(self, model, batch):
+        return model.loss(batch["ids"], batch["x"])
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module) -> dict[str, float]:
+        device = model.out.weight.device
+        ids = torch.arange(self.n, device=device)
+        x = self.train_x.to(device)
+        rec, kl = model.elbo_terms(model(ids, noise=False), x)
+        gen = model.generate(8, self.gen_steps).cpu()
+        er = model.error_regression(self.test_x.to(device), **self.er)
+        return {"rec": float(rec.mean()), **{f"kl_{k}": float(v) for k, v in enumerate(kl.mean(0))},
+                "p_b_generated": float(branch_probability(gen, self.period)), "p_b_true": self.p_b,
+                "er_error": float(er["error"].mean())}
+
+    def report(self, model, out: Path):
+        import matplotlib.pyplot as plt
+
+        with torch.no_grad():
+            gen = model.generate(1, 400).cpu()[0]
+        er = model.error_regression(self.test_x[:1].to(model.out.weight.device), **self.er)
+        fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+        axes[0].plot(*self.train_x[0].T.numpy(), lw=0.6)
+        axes[0].set_title("training sequence 0")
+        axes[1].plot(*gen.T.numpy(), lw=0.6, color="C1")
+        axes[1].set_title("free-running generation (prior)")
+        for k, s in enumerate(er["post_sigma"]):
+            axes[2].plot(s[0].mean(-1).cpu().numpy(), label=f"level {k} posterior sigma")
+        axes[2].plot(er["error"][0].cpu().numpy(), label="one-step prediction error", color="k", lw=0.8)
+        axes[2].set(xlabel="error-regression step", title="error regression on a test stream")
+        axes[2].legend(fontsize=7)
+        fig.tight_layout()
+        path = Path(out) / "pvrnn.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        return [path]
