@@ -1,5 +1,16 @@
 """Building blocks, one concept per file. No registry, no training, no I/O."""
 from .probe_point import ProbePoint
 from .alrnn_cell import ALRNNCell
+from .coord_attention import CoordAttention
+from .hopfield_core import HopfieldCore, hopfield_energy
+from .hopfield import Hopfield
+from .hopfield_pooling import HopfieldPooling
+from .hopfield_layer import HopfieldLayer
+from .grassmann_mixing import CausalGrassmannMixing, pluecker
+from .causal_self_attention import CausalSelfAttention
+from .sigma_reparam import SigmaConv2d, SigmaLinear, SigmaReparam, apply_sigma_reparam, remove_sigma_reparam
+from .pvrnn_layer import PVRNNLayer, gaussian_kl
 
-__all__ = ["ProbePoint", "ALRNNCell"]
+__all__ = ["ProbePoint", "ALRNNCell", "CoordAttention", "HopfieldCore", "hopfield_energy", "Hopfield", "HopfieldPooling", "HopfieldLayer",
+           "CausalGrassmannMixing", "pluecker", "CausalSelfAttention", "PVRNNLayer", "gaussian_kl",
+           "SigmaReparam", "SigmaLinear", "SigmaConv2d", "apply_sigma_reparam", "remove_sigma_reparam"]

@@ -1,8 +1,15 @@
 """Tasks by name: what a recipe's ``task:`` key selects."""
 from .base import Task
+from .classification import ClassificationTask
 from .dsr import DSRTask
+from .image import ImageClassificationTask
+from .lm import CausalLMTask
+from .mil import MILTask
+from .nli import NLITask
+from .pvrnn import PVRNNTask
+from .tabular import TabularTask
 
-TASKS: dict[str, type[Task]] = {"dsr": DSRTask}
+TASKS: dict[str, type[Task]] = {"dsr": DSRTask, "image": ImageClassificationTask, "lm": CausalLMTask, "mil": MILTask, "nli": NLITask, "pvrnn": PVRNNTask, "tabular": TabularTask, "classification": ClassificationTask}
 
 
 def make_task(recipe: dict) -> Task:
@@ -12,4 +19,4 @@ def make_task(recipe: dict) -> Task:
     return TASKS[name](recipe)
 
 
-__all__ = ["Task", "TASKS", "make_task", "DSRTask"]
+__all__ = ["Task", "TASKS", "make_task", "DSRTask", "MILTask", "TabularTask"]

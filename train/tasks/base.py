@@ -1,13 +1,14 @@
 """The contract between a model family and the one training loop."""
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from pathlib import Path
 
 import torch
 from torch import nn
 
 
-class Task:
+class Task(ABC):
     """A family's batch format, loss, metrics and report. The loop owns everything else.
 
     ``batch`` must be a pure function of its generator (seeded by the loop from the recipe seed and the
@@ -19,13 +20,13 @@ class Task:
         self.recipe = recipe
         self.args = recipe.get("task_args", {})
 
+    @abstractmethod
     def batch(self, size: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
-        """A global (micro-)batch of ``size`` examples; every tensor has the batch on dim 0."""
-        raise NotImplementedError
+        """A global batch of ``size`` examples; every tensor has the batch on dim 0."""
 
+    @abstractmethod
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         """Scalar loss (mean over the batch) and extra per-batch metrics."""
-        raise NotImplementedError
 
     def evaluate(self, model: nn.Module) -> dict[str, float]:
         """Held-out metrics; runs on rank 0 with the unwrapped model in eval mode."""
