@@ -46,3 +46,9 @@ def test_eval_and_estimate_on_a_checkpoint(tmp_path, capsys):
 
     assert (point, name) == ("cell.W", "condition_number_matrix")
     assert float(value) == pytest.approx(matrix_condition_number(m.cell.W).item(), rel=1e-5)
+    main(["estimate", str(path), "--recipe", "alrnn-lorenz63", *small, "--probe", "cell.W", "--estimator",
+          "condition_number", "--batch", "8"])
+    assert capsys.readouterr().out.split() == [point, name, value]
+    with pytest.raises(SystemExit):
+        main(["estimate", str(path), "--recipe", "alrnn-lorenz63", *small, "--probe", "cell.W"])
+    assert "names no estimator" in capsys.readouterr().err

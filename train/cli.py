@@ -65,7 +65,10 @@ def _cmd_estimate(args):
     points = {}
     for spec in args.probe:
         glob, _, names = spec.partition("=")
-        points[glob] = [make_estimator(n) for n in names.split(",") if n]
+        names = [n for n in names.split(",") if n] or args.estimator
+        if not names:
+            raise ValueError(f"--probe {spec!r} names no estimator: write GLOB=NAME or add --estimator NAME")
+        points[glob] = [make_estimator(n) for n in names]
     with torch.no_grad(), Probe(model, points, max_samples=args.samples) as probe:
         task.loss(model, task.batch(args.batch, torch.Generator().manual_seed(0)))
     for row in probe.table():
@@ -106,8 +109,10 @@ def main(argv=None):
         p.add_argument("--recipe", help="recipe whose task to use (default: the one recorded in the checkpoint)")
         p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
         p.set_defaults(fn=fn)
-    p.add_argument("--probe", action="append", required=True, metavar="GLOB=EST[,EST]",
-                   help="e.g. --probe z=condition_number")
+    p.add_argument("--probe", action="append", required=True, metavar="GLOB[=EST,...]",
+                   help="probe points or parameters by glob, e.g. --probe z=condition_number")
+    p.add_argument("--estimator", action="append", default=[], metavar="NAME",
+                   help="estimator(s) for every --probe given without '=NAME' (see estimators.ESTIMATORS)")
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--samples", type=int, default=4096)
     args = parser.parse_args(argv)
