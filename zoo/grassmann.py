@@ -19,12 +19,12 @@ import torch
 from torch import nn
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, GenerationMixin, PreTrainedConfig, PreTrainedModel
 from transformers.cache_utils import Cache, LinearAttentionLayer
-from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+from transformers.modeling_outputs import BaseModelOutputWithPast
 
 from layers import CausalGrassmannMixing
 
 from ._registry import register_model
-from .transformer_lm import PAPER, check_ids, feed_forward, lm_loss, token_positions
+from .transformer_lm import PAPER, TiedCausalLMHead, check_ids, feed_forward, token_positions
 
 WINDOWS = (1, 2, 4, 8, 12, 16)
 
@@ -136,35 +136,14 @@ class GrassmannLMModel(GrassmannLMPreTrainedModel):
         return BaseModelOutputWithPast(last_hidden_state=self.norm(h), cache=cache if use_cache else None)
 
 
-class GrassmannLMForCausalLM(GrassmannLMPreTrainedModel, GenerationMixin):
-    """Causal LM head (tied to the token embedding); ``labels`` gives the mean next-token cross-entropy."""
-
-    _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
+class GrassmannLMForCausalLM(TiedCausalLMHead, GrassmannLMPreTrainedModel, GenerationMixin):
+    """Causal LM head (tied to the token embedding) over ``GrassmannLMModel``; its cache is a ``GrassmannCache``."""
 
     def __init__(self, config: GrassmannLMConfig):
         super().__init__(config)
         self.model = GrassmannLMModel(config)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
-
-    def get_input_embeddings(self):
-        return self.model.embed_tokens
-
-    def set_input_embeddings(self, value):
-        self.model.embed_tokens = value
-
-    def get_output_embeddings(self):
-        return self.lm_head
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                position_ids: torch.Tensor | None = None, cache: GrassmannCache | None = None,
-                use_cache: bool | None = None, labels: torch.Tensor | None = None,
-                return_dict: bool | None = None) -> CausalLMOutputWithPast:
-        out = self.model(input_ids, attention_mask=attention_mask, position_ids=position_ids, cache=cache,
-                         use_cache=use_cache)
-        logits = self.lm_head(out.last_hidden_state)
-        loss = lm_loss(logits, labels) if labels is not None else None
-        return CausalLMOutputWithPast(loss=loss, logits=logits, cache=out.cache)
 
 
 AutoConfig.register(GrassmannLMConfig.model_type, GrassmannLMConfig)

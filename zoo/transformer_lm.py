@@ -157,16 +157,11 @@ class TransformerLMModel(TransformerLMPreTrainedModel):
         return BaseModelOutputWithPast(last_hidden_state=self.norm(x), cache=cache if use_cache else None)
 
 
-class TransformerLMForCausalLM(TransformerLMPreTrainedModel, GenerationMixin):
-    """Causal LM head (tied to the token embedding); ``labels`` gives the mean next-token cross-entropy."""
+class TiedCausalLMHead:
+    """The causal-LM head both LMs share: ``lm_head`` tied to ``model.embed_tokens``; ``labels`` gives the mean
+    next-token cross-entropy. A subclass's ``__init__`` sets ``self.model`` and ``self.lm_head``."""
 
     _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
-
-    def __init__(self, config: TransformerLMConfig):
-        super().__init__(config)
-        self.model = TransformerLMModel(config)
-        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
-        self.post_init()
 
     def get_input_embeddings(self):
         return self.model.embed_tokens
@@ -185,6 +180,16 @@ class TransformerLMForCausalLM(TransformerLMPreTrainedModel, GenerationMixin):
         logits = self.lm_head(out.last_hidden_state)
         loss = lm_loss(logits, labels) if labels is not None else None
         return CausalLMOutputWithPast(loss=loss, logits=logits, cache=out.cache)
+
+
+class TransformerLMForCausalLM(TiedCausalLMHead, TransformerLMPreTrainedModel, GenerationMixin):
+    """Causal LM head (tied to the token embedding) over ``TransformerLMModel``."""
+
+    def __init__(self, config: TransformerLMConfig):
+        super().__init__(config)
+        self.model = TransformerLMModel(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.post_init()
 
 
 AutoConfig.register(TransformerLMConfig.model_type, TransformerLMConfig)
