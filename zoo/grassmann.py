@@ -139,11 +139,7 @@ class GrassmannLMModel(GrassmannLMPreTrainedModel):
 class GrassmannLMForCausalLM(TiedCausalLMHead, GrassmannLMPreTrainedModel, GenerationMixin):
     """Causal LM head (tied to the token embedding) over ``GrassmannLMModel``; its cache is a ``GrassmannCache``."""
 
-    def __init__(self, config: GrassmannLMConfig):
-        super().__init__(config)
-        self.model = GrassmannLMModel(config)
-        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
-        self.post_init()
+    backbone = GrassmannLMModel
 
 
 AutoConfig.register(GrassmannLMConfig.model_type, GrassmannLMConfig)

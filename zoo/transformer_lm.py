@@ -159,9 +159,16 @@ class TransformerLMModel(TransformerLMPreTrainedModel):
 
 class TiedCausalLMHead:
     """The causal-LM head both LMs share: ``lm_head`` tied to ``model.embed_tokens``; ``labels`` gives the mean
-    next-token cross-entropy. A subclass's ``__init__`` sets ``self.model`` and ``self.lm_head``."""
+    next-token cross-entropy. A subclass names its backbone class in ``backbone``."""
 
     _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
+    backbone: type
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.model = self.backbone(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.post_init()
 
     def get_input_embeddings(self):
         return self.model.embed_tokens
@@ -185,11 +192,7 @@ class TiedCausalLMHead:
 class TransformerLMForCausalLM(TiedCausalLMHead, TransformerLMPreTrainedModel, GenerationMixin):
     """Causal LM head (tied to the token embedding) over ``TransformerLMModel``."""
 
-    def __init__(self, config: TransformerLMConfig):
-        super().__init__(config)
-        self.model = TransformerLMModel(config)
-        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
-        self.post_init()
+    backbone = TransformerLMModel
 
 
 AutoConfig.register(TransformerLMConfig.model_type, TransformerLMConfig)
