@@ -168,6 +168,7 @@ def _fit(recipe: dict, cfg: dict, out: Path, resume: bool, d: Dist) -> dict:
     random.seed(int(cfg["seed"]))
     task = make_task(recipe)
     model = zoo.create_model(recipe["model"], **recipe["model_args"]).to(d.device)
+    task.prepare(model)
     optimizer = build_optimizer(model.parameters(), recipe["optim"])
     scheduler = build_scheduler(optimizer, recipe["schedule"], steps)
     metrics_path = out / "metrics.jsonl"

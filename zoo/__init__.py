@@ -10,3 +10,4 @@ from . import ib_mlp  # noqa: F401  (the information-plane MLPs)
 
 __version__ = "0.1.0"
 __all__ = ["create_model", "list_models", "model_info", "register_model", "Paper", "__version__"]
+from . import facet  # noqa: F401  (the Facet interatomic potentials)

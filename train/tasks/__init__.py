@@ -6,10 +6,11 @@ from .image import ImageClassificationTask
 from .lm import CausalLMTask
 from .mil import MILTask
 from .nli import NLITask
+from .potential import PotentialTask
 from .pvrnn import PVRNNTask
 from .tabular import TabularTask
 
-TASKS: dict[str, type[Task]] = {"dsr": DSRTask, "image": ImageClassificationTask, "lm": CausalLMTask, "mil": MILTask, "nli": NLITask, "pvrnn": PVRNNTask, "tabular": TabularTask, "classification": ClassificationTask}
+TASKS: dict[str, type[Task]] = {"dsr": DSRTask, "image": ImageClassificationTask, "lm": CausalLMTask, "mil": MILTask, "nli": NLITask, "potential": PotentialTask, "pvrnn": PVRNNTask, "tabular": TabularTask, "classification": ClassificationTask}
 
 
 def make_task(recipe: dict) -> Task:

@@ -20,6 +20,10 @@ class Task(ABC):
         self.recipe = recipe
         self.args = recipe.get("task_args", {})
 
+    def prepare(self, model: nn.Module) -> None:
+        """Set data-dependent model state (e.g. normalisation statistics) before training; runs on every rank,
+        before a resumed run loads its checkpoint."""
+
     @abstractmethod
     def batch(self, size: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
         """A global batch of ``size`` examples; every tensor has the batch on dim 0."""

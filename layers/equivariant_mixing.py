@@ -1,0 +1,97 @@
+"""Equivariant node-wise mixing of irreps features: Facet's spherical-grid MLP and the two layers it is compared with.
+
+Features follow e3nn's layout for ``C x (0e + 1o + 2e + ... + Le)``: C channels of every order l, parity
+(-1)^l, i.e. each channel is a band-limited function on the sphere in the real spherical-harmonic basis.
+"""
+from __future__ import annotations
+
+import torch
+from e3nn import nn as enn
+from e3nn import o3
+from torch import nn
+
+
+def sphere_irreps(channels: int, lmax: int) -> o3.Irreps:
+    """C x 0e + C x 1o + C x 2e + ...: the irreps of C band-limited functions on the sphere."""
+    return o3.Irreps([(channels, (l, (-1) ** l)) for l in range(lmax + 1)])
+
+
+def to_channels(x: torch.Tensor, channels: int, lmax: int) -> torch.Tensor:
+    """(N, C * (L+1)^2) in e3nn layout -> (N, C, (L+1)^2): one spherical-harmonic vector per channel."""
+    blocks, start = [], 0
+    for l in range(lmax + 1):
+        size = channels * (2 * l + 1)
+        blocks.append(x[:, start:start + size].reshape(-1, channels, 2 * l + 1))
+        start += size
+    return torch.cat(blocks, -1)
+
+
+def from_channels(x: torch.Tensor, lmax: int) -> torch.Tensor:
+    """Inverse of ``to_channels``."""
+    return torch.cat([x[..., l * l:(l + 1) ** 2].flatten(1) for l in range(lmax + 1)], -1)
+
+
+class SphericalGridMLP(nn.Module):
+    """Facet's equivariant mixing: f_c(s) = sum_lm x_clm Y_lm(s) on a grid of points s (e3nn ToS2Grid), a standard
+    MLP over channels at every grid point, g(s) = MLP(f(s)), and back to coefficients by quadrature (FromS2Grid).
+
+    Equivariant up to the aliasing of the pointwise non-linearity on a finite grid; the error falls with the
+    resolution ``res`` (beta, alpha) and is reported by the tests.
+    """
+
+    def __init__(self, channels: int, lmax: int, hidden: int | None = None, res: tuple[int, int] | None = None):
+        super().__init__()
+        self.channels, self.lmax = channels, lmax
+        res = tuple(res) if res is not None else (2 * (lmax + 1) + 2, 2 * (lmax + 1) + 3)
+        self.to_grid = o3.ToS2Grid(lmax, res)
+        self.from_grid = o3.FromS2Grid(res, lmax)
+        hidden = hidden or 2 * channels
+        self.mlp = nn.Sequential(nn.Linear(channels, hidden), nn.SiLU(), nn.Linear(hidden, channels))
+        self.irreps = sphere_irreps(channels, lmax)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f = self.to_grid(to_channels(x, self.channels, self.lmax))         # (N, C, beta, alpha)
+        g = self.mlp(f.movedim(1, -1)).movedim(-1, 1)
+        return from_channels(self.from_grid(g), self.lmax)
+
+
+class GateMixing(nn.Module):
+    """The gate non-linearity (Weiler et al. 2018): a linear map to C scalars, C*L gates and the l >= 1 features,
+    then silu(scalars) and sigmoid(gate) * feature for every l >= 1 channel."""
+
+    def __init__(self, channels: int, lmax: int):
+        super().__init__()
+        self.irreps = sphere_irreps(channels, lmax)
+        scalars, gated = self.irreps[:1], self.irreps[1:]
+        gates = o3.Irreps([(channels * lmax, (0, 1))]) if lmax else o3.Irreps("")
+        self.gate = enn.Gate(scalars, [nn.functional.silu], gates, [torch.sigmoid] if lmax else [], gated)
+        self.linear = o3.Linear(self.irreps, self.gate.irreps_in)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.gate(self.linear(x))
+
+
+class TensorProductMixing(nn.Module):
+    """A channel-wise tensor product of the features with themselves, (x (x) x)_c^L = sum w_c C^L (x_c^l1 x_c^l2)
+    over all parity-allowed paths (e3nn 'uuu' instructions), then a linear map: the iterated-TP mixing."""
+
+    def __init__(self, channels: int, lmax: int):
+        super().__init__()
+        self.irreps = sphere_irreps(channels, lmax)
+        instructions = [(i1, i2, o, "uuu", True) for i1, (_, ir1) in enumerate(self.irreps)
+                        for i2, (_, ir2) in enumerate(self.irreps) for o, (_, ir) in enumerate(self.irreps)
+                        if ir in ir1 * ir2]
+        self.tp = o3.TensorProduct(self.irreps, self.irreps, self.irreps, instructions)
+        self.linear = o3.Linear(self.irreps, self.irreps)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(self.tp(x, x))
+
+
+MIXINGS = {"grid": SphericalGridMLP, "gate": GateMixing, "tp": TensorProductMixing}
+
+
+def make_mixing(kind: str, channels: int, lmax: int, **kwargs) -> nn.Module:
+    if kind not in MIXINGS:
+        raise ValueError(f"unknown equivariant mixing {kind!r}; choose one of {sorted(MIXINGS)}")
+    return MIXINGS[kind](channels, lmax, **kwargs) if kind == "grid" else MIXINGS[kind](channels, lmax)

@@ -1,0 +1,240 @@
+"""Facet: radial splines, grid mixing, and the physics of the potential (symmetry, derivatives, periodicity)."""
+import math
+
+import numpy as np
+import pytest
+import torch
+from ase import Atoms
+from ase.build import bulk, fcc111, molecule
+from e3nn import o3
+
+import zoo
+from layers import PolynomialEnvelope, SplineRadial, SphericalGridMLP
+from layers.equivariant_mixing import from_channels, sphere_irreps, to_channels
+from zoo.atoms import graph_from_atoms, graph_from_padded, pad_structures
+
+SMALL = dict(channels=8, layers=2, knots=8, cutoff=4.0)
+
+
+def _model(name="facet_small", seed=0, **overrides):
+    torch.manual_seed(seed)
+    m = zoo.create_model(name, **{**SMALL, **overrides}).double()
+    with torch.no_grad():  # non-trivial statistics so every buffer enters the checks
+        m.set_statistics({29: -0.3, 79: 0.2, 8: -1.0, 1: -0.5}, 0.7, 12.0)
+    return m
+
+
+def _alloy(seed=0):
+    atoms = bulk("Cu", "fcc", a=3.7, cubic=True).repeat((1, 1, 2))
+    atoms.numbers[::3] = 79
+    atoms.rattle(0.1, rng=np.random.default_rng(seed))
+    return atoms
+
+
+def _random_orthogonal(seed, reflect):
+    torch.manual_seed(seed)
+    q = o3.rand_matrix(dtype=torch.float64)
+    return -q if reflect else q
+
+
+# ---- radial functions --------------------------------------------------------------------------------------
+
+def test_envelope_is_one_at_zero_and_vanishes_smoothly_at_cutoff():
+    env = PolynomialEnvelope(5.0, p=6)
+    r = torch.tensor([0.0, 5.0 - 1e-4, 5.0, 6.0], dtype=torch.float64, requires_grad=True)
+    u = env(r)
+    (du,) = torch.autograd.grad(u.sum(), r, create_graph=True)
+    (d2u,) = torch.autograd.grad(du.sum(), r)
+    assert u[0].item() == pytest.approx(1.0) and u[2:].abs().max().item() == 0.0
+    assert abs(u[1].item()) < 1e-12 and abs(du[1].item()) < 1e-7 and abs(d2u[1].item()) < 1e-3
+
+
+def test_cubic_spline_is_partition_of_unity_and_reproduces_linear_functions():
+    """Uniform cubic B-splines sum to one, and control points at the knots' abscissae (k - 1) * step reproduce
+    w(r) = r exactly; both hold on the whole interval [0, r_cut]."""
+    spline = SplineRadial(2, cutoff=5.0, knots=9).double()
+    with torch.no_grad():
+        spline.coefficients[:, 0] = 1.0
+        spline.coefficients[:, 1] = (torch.arange(9) - 1) * spline.step
+    r = torch.linspace(0.0, 4.999, 301, dtype=torch.float64)
+    w = spline(r) / spline.envelope(r).unsqueeze(-1)
+    assert torch.allclose(w[:, 0], torch.ones_like(r), atol=1e-12)
+    assert torch.allclose(w[:, 1], r, atol=1e-12)
+
+
+def test_spline_radial_is_twice_continuously_differentiable_at_knots():
+    spline = SplineRadial(3, cutoff=5.0, knots=8).double()
+    knot = 2 * spline.step
+    r = torch.tensor([knot - 1e-6, knot + 1e-6], dtype=torch.float64, requires_grad=True)
+    w = spline(r)
+    (dw,) = torch.autograd.grad(w.sum(), r, create_graph=True)
+    (d2w,) = torch.autograd.grad(dw.sum(), r)
+    assert (w[1] - w[0]).abs().max() < 1e-5 and (dw[1] - dw[0]).abs() < 1e-4 and (d2w[1] - d2w[0]).abs() < 1e-3
+
+
+# ---- spherical-grid mixing -----------------------------------------------------------------------------------
+
+def test_channel_layout_round_trip():
+    x = torch.randn(5, sphere_irreps(4, 3).dim)
+    assert torch.equal(from_channels(to_channels(x, 4, 3), 3), x)
+
+
+def test_grid_mlp_equivariance_error_falls_with_resolution():
+    """A pointwise MLP on a finite grid aliases; the equivariance error must fall as the grid refines and the
+    finest grid must be accurate to 1e-3 (relative). The numbers are printed for the README."""
+    torch.manual_seed(0)
+    irreps = sphere_irreps(4, 2)
+    x = torch.randn(64, irreps.dim, dtype=torch.float64)
+    R = _random_orthogonal(1, reflect=False)
+    D = irreps.D_from_matrix(R)
+    errors = {}
+    for res in [(6, 7), (10, 11), (20, 21), (40, 41)]:
+        torch.manual_seed(1)
+        mix = SphericalGridMLP(4, 2, res=res).double()
+        err = (mix(x @ D.T) - mix(x) @ D.T).norm() / mix(x).norm()
+        errors[res] = err.item()
+    print("grid equivariance error:", errors)
+    values = list(errors.values())
+    assert values[0] > 10 * values[1] > 10 * values[2] and values[-1] < 1e-6
+
+
+# ---- physics of the potential ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["facet_ablation_gate", "facet_ablation_tp"])
+@pytest.mark.parametrize("reflect", [False, True])
+def test_energy_invariant_forces_equivariant_exact_mixings(name, reflect):
+    """E(3) symmetry to 1e-6 in fp64 for the exactly equivariant mixings: rotation (and reflection) of
+    positions and cell, translation, and a permutation of the atoms."""
+    m = _model(name)
+    atoms = _alloy()
+    base = m.predict(graph_from_atoms(atoms, m.config.cutoff))
+    Q = _random_orthogonal(2, reflect).numpy()
+    moved = atoms.copy()
+    moved.set_cell(atoms.cell.array @ Q.T, scale_atoms=False)
+    moved.set_positions(atoms.get_positions() @ Q.T + np.array([0.3, -1.2, 2.5]))
+    perm = np.random.default_rng(0).permutation(len(atoms))
+    moved = moved[perm]
+    out = m.predict(graph_from_atoms(moved, m.config.cutoff))
+    assert abs(out["energy"] - base["energy"]).item() < 1e-6
+    expected = base["forces"].numpy()[perm] @ Q.T
+    assert np.abs(out["forces"].numpy() - expected).max() < 1e-6
+
+
+def test_grid_model_symmetry_error_is_small_and_reported():
+    m = _model("facet_small", grid_res=(24, 25))
+    atoms = _alloy()
+    base = m.predict(graph_from_atoms(atoms, m.config.cutoff))
+    Q = _random_orthogonal(3, reflect=True).numpy()
+    moved = atoms.copy()
+    moved.set_cell(atoms.cell.array @ Q.T, scale_atoms=False)
+    moved.set_positions(atoms.get_positions() @ Q.T)
+    out = m.predict(graph_from_atoms(moved, m.config.cutoff))
+    e_err = abs(out["energy"] - base["energy"]).item()
+    f_err = np.abs(out["forces"].numpy() - base["forces"].numpy() @ Q.T).max()
+    print(f"facet_small grid (24, 25): energy error {e_err:.2e} eV, force error {f_err:.2e} eV/A")
+    assert e_err < 1e-3 and f_err < 1e-3
+
+
+@pytest.mark.parametrize("name", ["facet_small", "facet_ablation_mlp_radial"])
+def test_forces_are_minus_central_differences_of_energy(name):
+    m = _model(name)
+    atoms = _alloy(1)
+    forces = m.predict(graph_from_atoms(atoms, m.config.cutoff))["forces"].numpy()
+    h, fd = 1e-4, np.zeros_like(forces)
+    for a in range(len(atoms)):
+        for k in range(3):
+            e = []
+            for sign in (1, -1):
+                shifted = atoms.copy()
+                shifted.positions[a, k] += sign * h
+                e.append(m(graph_from_atoms(shifted, m.config.cutoff)).item())
+            fd[a, k] = -(e[0] - e[1]) / (2 * h)
+    assert np.abs(forces - fd).max() < 1e-5
+
+
+def test_stress_is_strain_derivative_of_energy_per_volume():
+    m = _model()
+    atoms = _alloy(2)
+    stress = m.predict(graph_from_atoms(atoms, m.config.cutoff), stress=True)["stress"][0].numpy()
+    h, fd = 1e-5, np.zeros((3, 3))
+    for a in range(3):
+        for b in range(3):
+            e = []
+            for sign in (1, -1):
+                eps = np.zeros((3, 3))
+                eps[a, b] = eps[b, a] = sign * h / (1 if a == b else 2)
+                strained = atoms.copy()
+                strained.set_cell(atoms.cell.array @ (np.eye(3) + eps), scale_atoms=True)
+                e.append(m(graph_from_atoms(strained, m.config.cutoff)).item())
+            fd[a, b] = (e[0] - e[1]) / (2 * h) / atoms.get_volume()
+    assert np.abs(stress - fd).max() < 1e-6
+
+
+def test_supercell_energy_is_extensive_and_small_cells_see_periodic_images():
+    """A cell smaller than the cutoff interacts with its own images: the energy of the 2x2x2 supercell is
+    exactly 8 times the cell's, and forces are the cell's forces repeated."""
+    m = _model()
+    cell = bulk("Cu", "fcc", a=3.6)  # one atom, 2.55 A from its images, cutoff 4 A
+    cell.rattle(0.0)
+    small = m.predict(graph_from_atoms(cell, m.config.cutoff), stress=True)
+    big = m.predict(graph_from_atoms(cell.repeat((2, 2, 2)), m.config.cutoff), stress=True)
+    assert graph_from_atoms(cell, m.config.cutoff).edge_index.shape[1] > 0
+    assert abs(big["energy"].item() - 8 * small["energy"].item()) < 1e-9
+    assert torch.allclose(big["stress"], small["stress"], atol=1e-10)
+    two = _alloy(3)
+    two_big = two.repeat((2, 1, 1))
+    f1 = m.predict(graph_from_atoms(two, m.config.cutoff))["forces"]
+    f2 = m.predict(graph_from_atoms(two_big, m.config.cutoff))["forces"]
+    assert torch.allclose(f2, torch.cat([f1, f1]), atol=1e-10)
+
+
+def test_isolated_atoms_get_reference_energy_plus_embedding_term_and_zero_force():
+    m = _model()
+    single = m.predict(graph_from_atoms(Atoms("Cu", positions=[[0, 0, 0]]), m.config.cutoff))
+    far = m.predict(graph_from_atoms(Atoms("CuAu", positions=[[0, 0, 0], [0, 0, 10.0]]), m.config.cutoff))
+    assert single["forces"].abs().max().item() == 0.0 and far["forces"].abs().max().item() == 0.0
+    au = m.predict(graph_from_atoms(Atoms("Au", positions=[[0, 0, 0]]), m.config.cutoff))
+    assert far["energy"].item() == pytest.approx(single["energy"].item() + au["energy"].item(), abs=1e-12)
+
+
+def test_unknown_element_is_a_clear_error():
+    m = zoo.create_model("facet_small", **SMALL, num_elements=10)
+    with pytest.raises(ValueError, match=r"Cu"):
+        m.set_statistics({29: 0.1}, 1.0, 1.0)
+    with pytest.raises(ValueError, match=r"Cu"):
+        m(graph_from_atoms(Atoms("Cu", positions=[[0, 0, 0]]), m.config.cutoff))
+
+
+def test_padded_batches_give_the_same_energies_as_single_structures():
+    m = _model()
+    structures = []
+    for a in [_alloy(4), fcc111("Cu", size=(2, 2, 2), vacuum=5.0), molecule("H2O")]:
+        from ase.calculators.singlepoint import SinglePointCalculator
+
+        a.calc = SinglePointCalculator(a, energy=0.0, forces=np.zeros((len(a), 3)))
+        structures.append(a)
+    graph, mask = graph_from_padded(pad_structures(structures, m.config.cutoff))
+    batched = m.predict(graph)
+    for s, atoms in enumerate(structures):
+        alone = m.predict(graph_from_atoms(atoms, m.config.cutoff))
+        assert batched["energy"][s].item() == pytest.approx(alone["energy"].item(), abs=1e-10)
+    assert mask.sum().item() == sum(len(a) for a in structures)
+
+
+def test_model_info_reports_parameters_and_probe_points_exist():
+    info = zoo.model_info("facet_base")
+    assert info["params"] > zoo.model_info("facet_small")["params"] > 0
+    m = _model()
+    names = {n for n, _ in m.named_modules()}
+    assert {"probes.0.l0", "probes.1.l1", "probes.1.l2"} <= names
+
+
+def test_spline_radial_has_fewer_parameters_than_the_mlp():
+    """Closed form: a spline radial function has knots * n_weights parameters; the MLP has its layers' weights."""
+    m = _model()
+    conv = m.convolutions[0]
+    assert sum(p.numel() for p in conv.radial.parameters()) == SMALL["knots"] * conv.tp.weight_numel
+    mlp = _model("facet_ablation_mlp_radial").convolutions[0].radial
+    n = conv.tp.weight_numel
+    assert sum(p.numel() for p in mlp.parameters()) == (8 * 64 + 64) + 2 * (64 * 64 + 64) + (64 * n + n)
+    assert math.isfinite(n)

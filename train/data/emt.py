@@ -1,0 +1,154 @@
+"""Offline interatomic-potential data: structures labelled by ASE's EMT calculator, written as extxyz.
+
+EMT (effective-medium theory) is a cheap many-body potential for the fcc metals Cu, Al, Ni, Ag, Au, Pd, Pt;
+it needs no download and gives energies, forces and stresses that behave like a small DFT dataset. The
+generator is deterministic in ``seed``: the same seed writes byte-identical files.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+ELEMENTS = ("Cu", "Al", "Ni", "Ag", "Au", "Pd", "Pt")
+SPLITS = ("train", "valid", "test")
+
+
+def _label(atoms):
+    """Attach EMT energy, forces and (fully periodic cells only) stress as a SinglePointCalculator."""
+    from ase.calculators.emt import EMT
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    atoms.calc = EMT()
+    results = {"energy": atoms.get_potential_energy(), "forces": atoms.get_forces()}
+    if atoms.pbc.all():
+        results["stress"] = atoms.get_stress(voigt=True)
+    atoms.calc = SinglePointCalculator(atoms, **results)
+    return atoms
+
+
+def _bulk(element: str, scale: float, repeat=(2, 2, 2)):
+    from ase.build import bulk
+
+    return bulk(element, "fcc", cubic=True).repeat(repeat) if scale == 1.0 else \
+        _scaled(bulk(element, "fcc", cubic=True), scale).repeat(repeat)
+
+
+def _scaled(atoms, scale: float):
+    atoms.set_cell(atoms.cell * scale, scale_atoms=True)
+    return atoms
+
+
+def _alloy(a: str, b: str, rng: np.random.Generator):
+    """Random substitutional A_x B_(1-x) on a 2x2x2 fcc cell with Vegard's-law lattice constant."""
+    from ase.build import bulk
+    from ase.data import atomic_numbers, reference_states
+
+    x = rng.uniform(0.2, 0.8)
+    lat = x * reference_states[atomic_numbers[a]]["a"] + (1 - x) * reference_states[atomic_numbers[b]]["a"]
+    atoms = bulk(a, "fcc", a=lat, cubic=True).repeat((2, 2, 2))
+    symbols = np.where(rng.random(len(atoms)) < x, a, b)
+    atoms.set_chemical_symbols(symbols.tolist())
+    return atoms
+
+
+def _md_snapshots(element: str, count: int, rng: np.random.Generator):
+    """``count`` snapshots 10 fs apart from Langevin MD (EMT, 1 fs steps) started at a random temperature."""
+    from ase import units
+    from ase.calculators.emt import EMT
+    from ase.md.langevin import Langevin
+    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
+
+    atoms = _bulk(element, 1.0)
+    temperature = rng.uniform(300, 1200)
+    MaxwellBoltzmannDistribution(atoms, temperature_K=temperature, rng=rng)
+    atoms.calc = EMT()
+    md = Langevin(atoms, 1.0 * units.fs, temperature_K=temperature, friction=0.02, fixcm=False, rng=rng)
+    out = []
+    for _ in range(count):
+        md.run(10)
+        snap = atoms.copy()
+        snap.info["config_type"] = "md"
+        out.append(_label(snap))
+    return out
+
+
+def generate_emt(per_element: int = 40, alloys: int = 60, seed: int = 0):
+    """Labelled structures (list of ase.Atoms): per element ``per_element`` structures split evenly over
+    rattled bulk, strained cells, (111) surfaces and MD snapshots, plus ``alloys`` random binary alloys.
+
+    - rattle: 2x2x2 cubic fcc (32 atoms), lattice scaled by U(0.97, 1.03), Gaussian rattle 0.03-0.15 A;
+    - strain: the same cell under a random symmetric strain with entries U(-0.04, 0.04), rattle 0.05 A;
+    - surface: fcc111 slab 2x2x4 (16 atoms) with 6 A vacuum, periodic in x and y only, rattle 0.05 A;
+    - md: Langevin snapshots at 300-1200 K (see ``_md_snapshots``);
+    - alloy: binary 2x2x2 cells of two random elements, rattle 0.05 A.
+    """
+    from ase.build import fcc111
+
+    rng = np.random.default_rng(seed)
+    frames = []
+    k = max(per_element // 4, 1)
+    for el in ELEMENTS:
+        for _ in range(k):
+            atoms = _bulk(el, rng.uniform(0.97, 1.03))
+            atoms.rattle(rng.uniform(0.03, 0.15), rng=rng)
+            atoms.info["config_type"] = "rattle"
+            frames.append(_label(atoms))
+        for _ in range(k):
+            atoms = _bulk(el, 1.0)
+            e = rng.uniform(-0.04, 0.04, (3, 3))
+            atoms.set_cell(atoms.cell @ (np.eye(3) + (e + e.T) / 2), scale_atoms=True)
+            atoms.rattle(0.05, rng=rng)
+            atoms.info["config_type"] = "strain"
+            frames.append(_label(atoms))
+        for _ in range(k):
+            atoms = fcc111(el, size=(2, 2, 4), vacuum=6.0)
+            atoms.info.pop("adsorbate_info", None)
+            atoms.rattle(0.05, rng=rng)
+            atoms.info["config_type"] = "surface"
+            frames.append(_label(atoms))
+        frames.extend(_md_snapshots(el, k, rng))
+    for _ in range(alloys):
+        a, b = rng.choice(ELEMENTS, 2, replace=False)
+        atoms = _alloy(str(a), str(b), rng)
+        atoms.rattle(0.05, rng=rng)
+        atoms.info["config_type"] = "alloy"
+        frames.append(_label(atoms))
+    return frames
+
+
+def split_frames(frames: list, seed: int = 0, fractions=(0.8, 0.1, 0.1)) -> dict[str, list]:
+    """Shuffle (by ``seed``) and cut into train/valid/test by ``fractions``."""
+    order = np.random.default_rng(seed + 1).permutation(len(frames))
+    n_train, n_valid = int(fractions[0] * len(frames)), int(fractions[1] * len(frames))
+    cuts = {"train": order[:n_train], "valid": order[n_train:n_train + n_valid], "test": order[n_train + n_valid:]}
+    return {name: [frames[i] for i in idx] for name, idx in cuts.items()}
+
+
+def emt_dataset(per_element: int = 40, alloys: int = 60, seed: int = 0, root: str | Path | None = None) -> dict[str, Path]:
+    """Paths of ``{train,valid,test}.extxyz`` under ``root`` (default ``$PAPERZOO_CACHE/data/emt_...``),
+    generating them on first use. Energies in eV, forces in eV/A, stress in eV/A^3 (ASE conventions)."""
+    from ase.io import write
+
+    from weights.checkpoint import atomic_write
+    from weights.manifest import cache_dir
+
+    root = Path(root) if root is not None else cache_dir() / "data" / f"emt_pe{per_element}_al{alloys}_seed{seed}"
+    paths = {s: root / f"{s}.extxyz" for s in SPLITS}
+    if all(p.is_file() for p in paths.values()):
+        return paths
+    splits = split_frames(generate_emt(per_element, alloys, seed), seed)
+    for name, frames in splits.items():
+        atomic_write(paths[name], lambda tmp, frames=frames: write(tmp, frames, format="extxyz"))
+    return paths
+
+
+def read_structures(path: str | Path) -> list:
+    """All frames of an extxyz (or any ASE-readable) file, with a clear error when it is missing."""
+    from ase.io import read
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"structure file {path} does not exist; for MPTrj download the extxyz files "
+                                "(e.g. from the MACE-MP release) and point data.train/valid/test at them")
+    return read(str(path), index=":")

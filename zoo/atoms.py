@@ -1,0 +1,142 @@
+"""Atomic structures as graphs: the input format of the interatomic potentials (Facet).
+
+A batch of structures is one flat graph: atoms of all structures concatenated, ``batch`` naming each atom's
+structure, directed edges i -> j for every neighbour j of i within the cutoff (periodic images included),
+each with an integer cell shift S so that r_ij = pos[j] - pos[i] + S @ cell. Neighbour lists come from
+vesin (``vesin.NeighborList``), which handles per-direction periodicity and cells smaller than the cutoff.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+
+import numpy as np
+import torch
+
+MAX_Z = 118
+
+
+@dataclass
+class AtomGraph:
+    """Flat batch of structures. Shapes: N atoms, E edges, G structures."""
+
+    numbers: torch.Tensor    # (N,) atomic numbers Z
+    positions: torch.Tensor  # (N, 3) Angstrom
+    cell: torch.Tensor       # (G, 3, 3) rows are lattice vectors (zeros for a molecule)
+    batch: torch.Tensor      # (N,) structure index of every atom
+    edge_index: torch.Tensor  # (2, E) centre i, neighbour j
+    shifts: torch.Tensor     # (E, 3) integer cell shifts, as positions' dtype
+
+    @property
+    def num_graphs(self) -> int:
+        return self.cell.shape[0]
+
+    def to(self, device=None, dtype=None) -> "AtomGraph":
+        """Move to ``device``; ``dtype`` converts the floating tensors (positions, cell, shifts)."""
+        out = {}
+        for f in fields(self):
+            t = getattr(self, f.name)
+            out[f.name] = t.to(device=device, dtype=dtype if dtype is not None and t.is_floating_point() else None)
+        return AtomGraph(**out)
+
+    def edge_vectors(self) -> torch.Tensor:
+        """r_ij = pos[j] - pos[i] + S_ij @ cell[batch[i]], shape (E, 3)."""
+        i, j = self.edge_index
+        offset = torch.einsum("ek,ekl->el", self.shifts, self.cell[self.batch[i]])
+        return self.positions[j] - self.positions[i] + offset
+
+    def strained(self, strain: torch.Tensor) -> "AtomGraph":
+        """The graph under the homogeneous deformation x -> x (I + eps_g) per structure (eps: (G, 3, 3))."""
+        deform = torch.eye(3, dtype=strain.dtype, device=strain.device) + strain
+        pos = torch.einsum("nk,nkl->nl", self.positions, deform[self.batch])
+        return replace(self, positions=pos, cell=self.cell @ deform)
+
+
+def neighbour_list(positions: np.ndarray, cell: np.ndarray, pbc, cutoff: float):
+    """(i, j, S) of all pairs closer than ``cutoff`` (full list: both directions), by vesin."""
+    from vesin import NeighborList
+
+    pbc = np.broadcast_to(np.asarray(pbc, dtype=bool), (3,))
+    if len(positions) == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, 3), np.int64)
+    box = np.asarray(cell, dtype=np.float64)
+    if pbc.any() and abs(np.linalg.det(box)) < 1e-12:
+        raise ValueError(f"periodic structure (pbc={pbc.tolist()}) has a degenerate cell {box.tolist()}")
+    nl = NeighborList(cutoff=float(cutoff), full_list=True)
+    i, j, S = nl.compute(points=np.asarray(positions, dtype=np.float64), box=box, periodic=pbc.tolist(),
+                         quantities="ijS")
+    return i.astype(np.int64), j.astype(np.int64), S.astype(np.int64)
+
+
+def graph_from_atoms(structures, cutoff: float, dtype: torch.dtype = torch.float64) -> AtomGraph:
+    """One flat AtomGraph from a list of ``ase.Atoms`` (or a single one)."""
+    if not isinstance(structures, (list, tuple)):
+        structures = [structures]
+    numbers, positions, cells, batch, edges, shifts, start = [], [], [], [], [], [], 0
+    for g, atoms in enumerate(structures):
+        pos = atoms.get_positions()
+        i, j, S = neighbour_list(pos, atoms.cell.array, atoms.pbc, cutoff)
+        numbers.append(atoms.numbers)
+        positions.append(pos)
+        cells.append(atoms.cell.array if atoms.pbc.any() else np.zeros((3, 3)))
+        batch.append(np.full(len(atoms), g))
+        edges.append(np.stack([i, j]) + start)
+        shifts.append(S)
+        start += len(atoms)
+    return AtomGraph(
+        numbers=torch.from_numpy(np.concatenate(numbers).astype(np.int64)),
+        positions=torch.from_numpy(np.concatenate(positions)).to(dtype),
+        cell=torch.from_numpy(np.stack(cells)).to(dtype),
+        batch=torch.from_numpy(np.concatenate(batch).astype(np.int64)),
+        edge_index=torch.from_numpy(np.concatenate(edges, axis=1)),
+        shifts=torch.from_numpy(np.concatenate(shifts)).to(dtype),
+    )
+
+
+def pad_structures(structures, cutoff: float) -> dict[str, torch.Tensor]:
+    """Structures with neighbour lists as padded tensors with the structure on dim 0, the training loop's batch
+    format (it slices dim 0 across micro-batches and ranks). Padding atoms have number 0, padding edges -1.
+
+    Keys: numbers (S, A), positions (S, A, 3), cell (S, 3, 3), edges (S, P, 2), shifts (S, P, 3), energy (S,),
+    forces (S, A, 3), stress (S, 3, 3), has_stress (S,). Labels are read from each structure's calculator.
+    """
+    A = max(len(a) for a in structures)
+    lists = [neighbour_list(a.get_positions(), a.cell.array, a.pbc, cutoff) for a in structures]
+    P = max(max(len(i) for i, _, _ in lists), 1)
+    S = len(structures)
+    out = {"numbers": torch.zeros(S, A, dtype=torch.long), "positions": torch.zeros(S, A, 3, dtype=torch.float64),
+           "cell": torch.zeros(S, 3, 3, dtype=torch.float64), "edges": torch.full((S, P, 2), -1, dtype=torch.long),
+           "shifts": torch.zeros(S, P, 3, dtype=torch.float64), "energy": torch.zeros(S, dtype=torch.float64),
+           "forces": torch.zeros(S, A, 3, dtype=torch.float64), "stress": torch.zeros(S, 3, 3, dtype=torch.float64),
+           "has_stress": torch.zeros(S, dtype=torch.bool)}
+    for s, (atoms, (i, j, sh)) in enumerate(zip(structures, lists)):
+        n = len(atoms)
+        out["numbers"][s, :n] = torch.from_numpy(atoms.numbers.astype(np.int64))
+        out["positions"][s, :n] = torch.from_numpy(atoms.get_positions())
+        if atoms.pbc.any():
+            out["cell"][s] = torch.from_numpy(atoms.cell.array)
+        out["edges"][s, :len(i)] = torch.from_numpy(np.stack([i, j], 1))
+        out["shifts"][s, :len(i)] = torch.from_numpy(sh.astype(np.float64))
+        out["energy"][s] = atoms.get_potential_energy()
+        out["forces"][s, :n] = torch.from_numpy(atoms.get_forces())
+        if "stress" in atoms.calc.results:
+            from ase.stress import voigt_6_to_full_3x3_stress
+
+            out["stress"][s] = torch.from_numpy(voigt_6_to_full_3x3_stress(atoms.get_stress()))
+            out["has_stress"][s] = True
+    return out
+
+
+def graph_from_padded(batch: dict[str, torch.Tensor]) -> tuple[AtomGraph, torch.Tensor]:
+    """The flat AtomGraph of a padded batch and the (S, A) mask of real atoms."""
+    mask = batch["numbers"] > 0
+    S, A = mask.shape
+    flat_index = torch.full((S, A), -1, dtype=torch.long, device=mask.device)
+    flat_index[mask] = torch.arange(int(mask.sum()), device=mask.device)
+    edge_mask = batch["edges"][..., 0] >= 0
+    struct = torch.arange(S, device=mask.device)[:, None].expand(S, batch["edges"].shape[1])[edge_mask]
+    e = batch["edges"][edge_mask]
+    edge_index = torch.stack([flat_index[struct, e[:, 0]], flat_index[struct, e[:, 1]]])
+    graph = AtomGraph(numbers=batch["numbers"][mask], positions=batch["positions"][mask], cell=batch["cell"],
+                      batch=torch.arange(S, device=mask.device)[:, None].expand(S, A)[mask],
+                      edge_index=edge_index, shifts=batch["shifts"][edge_mask])
+    return graph, mask

@@ -1,0 +1,160 @@
+"""Facet: an E(3)-equivariant interatomic potential with spline radial functions and spherical-grid mixing
+(Miklaucic et al. 2025, arXiv 2509.08418).
+
+Each atom carries C channels of every order l <= L (irreps C x (0e + 1o + ... )), initialised from a species
+embedding in the scalars. Each of the ``layers`` blocks is
+
+    h <- h + Conv(h)     message passing: channel-wise tensor product with edge spherical harmonics, weighted by
+                         radial splines (``layers.EquivariantConvolution``)
+    h <- h + Mix(h)      spherical-grid MLP (``layers.SphericalGridMLP``), or a gate / tensor product (ablations)
+
+and E = sum_i [ s * MLP(h_i^(l=0)) + E0(Z_i) ], with per-species reference energies E0 fitted by least squares
+and the scale s set to the training forces' RMS. Forces F = -dE/dr and stress sigma = (1/V) dE/d(eps) come from
+autograd, the strain eps applied to positions and cell together.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from layers import EquivariantConvolution, ProbePoint, make_mixing
+from layers.equivariant_mixing import sphere_irreps
+
+from ._registry import Paper, register_model
+from .atoms import AtomGraph
+
+PAPER = Paper(family="facet", title="Facet: highly efficient E(3)-equivariant networks for interatomic potentials",
+              arxiv="2509.08418", authors="Miklaucic, Li, Dong, Omee, Fu, Wei, Dey, Hu", year=2025)
+
+
+@dataclass
+class FacetConfig:
+    channels: int = 64        # C: channels per irreps order
+    lmax: int = 2             # L: highest order of the node features
+    sh_lmax: int = 2          # highest order of the edge spherical harmonics
+    layers: int = 3           # message-passing blocks
+    cutoff: float = 5.0       # Angstrom
+    knots: int = 16           # spline control points per radial function
+    radial: str = "spline"    # "spline" (Facet) or "mlp" (Bessel basis + MLP, the ablation)
+    mixing: str = "grid"      # "grid" (Facet), "gate" or "tp" (ablations)
+    grid_res: tuple = ()      # (beta, alpha) points of the spherical grid; () = (2L+4, 2L+5)
+    readout_hidden: int = 16
+    num_elements: int = 89    # atomic numbers 1..num_elements are known (MPTrj has 89)
+
+
+class Facet(nn.Module):
+    """Energy model on an ``AtomGraph``. ``forward`` gives energies (G,); ``predict`` adds forces and stress.
+
+    Probe points ``probes.<layer>.l<order>``: node features (N, C, 2l+1) after each block, per irreps order.
+    """
+
+    def __init__(self, config: FacetConfig):
+        super().__init__()
+        self.config = c = config
+        self.irreps = sphere_irreps(c.channels, c.lmax)
+        self.embedding = nn.Embedding(c.num_elements + 1, c.channels)
+        self.convolutions = nn.ModuleList(
+            EquivariantConvolution(c.channels, c.lmax, c.sh_lmax, c.cutoff, c.radial, c.knots) for _ in range(c.layers))
+        grid = {"res": tuple(c.grid_res)} if c.mixing == "grid" and c.grid_res else {}
+        self.mixings = nn.ModuleList(make_mixing(c.mixing, c.channels, c.lmax, **grid) for _ in range(c.layers))
+        self.probes = nn.ModuleList(
+            nn.ModuleDict({f"l{l}": ProbePoint() for l in range(c.lmax + 1)}) for _ in range(c.layers))
+        self.readout = nn.Sequential(nn.Linear(c.channels, c.readout_hidden), nn.SiLU(), nn.Linear(c.readout_hidden, 1))
+        self.register_buffer("atomic_energies", torch.zeros(c.num_elements + 1, dtype=torch.float64))
+        self.register_buffer("energy_scale", torch.tensor(1.0, dtype=torch.float64))
+
+    def set_statistics(self, atomic_energies: dict[int, float], energy_scale: float, avg_num_neighbors: float):
+        """Per-species reference energies E0(Z) (eV), the energy scale s (eV) and the mean neighbour count."""
+        self._check_numbers([int(z) for z in atomic_energies])
+        self.atomic_energies.zero_()
+        for z, e in atomic_energies.items():
+            self.atomic_energies[int(z)] = float(e)
+        self.energy_scale.fill_(float(energy_scale))
+        for conv in self.convolutions:
+            conv.avg_num_neighbors.fill_(float(avg_num_neighbors))
+
+    def _check_numbers(self, numbers: list[int]) -> None:
+        bad = sorted({v for v in numbers if not 1 <= v <= self.config.num_elements})
+        if bad:
+            from ase.data import chemical_symbols
+
+            names = [chemical_symbols[v] if 0 <= v < len(chemical_symbols) else str(v) for v in bad]
+            raise ValueError(f"Facet knows atomic numbers 1..{self.config.num_elements}; got {names} (Z={bad})")
+
+    def _check(self, graph: AtomGraph) -> None:
+        z = graph.numbers
+        if z.numel() and (int(z.min()) < 1 or int(z.max()) > self.config.num_elements):
+            self._check_numbers(z.tolist())
+        if not graph.positions.is_floating_point() or graph.positions.shape[-1] != 3:
+            raise ValueError(f"positions must be a float (N, 3) tensor, got {graph.positions.dtype} "
+                             f"{tuple(graph.positions.shape)}")
+
+    def node_features(self, graph: AtomGraph) -> torch.Tensor:
+        """Final node features (N, C (L+1)^2) in e3nn layout."""
+        self._check(graph)
+        c = self.config
+        scalars = self.embedding(graph.numbers).to(graph.positions.dtype)
+        h = torch.cat([scalars, scalars.new_zeros(scalars.shape[0], self.irreps.dim - c.channels)], -1)
+        vectors = graph.edge_vectors()
+        for conv, mix, probes in zip(self.convolutions, self.mixings, self.probes):
+            h = h + conv(h, graph.edge_index, vectors)
+            h = h + mix(h)
+            start = 0
+            for l in range(c.lmax + 1):
+                size = c.channels * (2 * l + 1)
+                probes[f"l{l}"](h[:, start:start + size].reshape(-1, c.channels, 2 * l + 1))
+                start += size
+        return h
+
+    def forward(self, graph: AtomGraph) -> torch.Tensor:
+        """Total energy per structure (G,) in eV."""
+        h = self.node_features(graph)
+        e_atom = self.readout(h[:, :self.config.channels]).squeeze(-1) * self.energy_scale.to(h.dtype)
+        e_atom = e_atom + self.atomic_energies.to(h.dtype)[graph.numbers]
+        return torch.zeros(graph.num_graphs, dtype=h.dtype, device=h.device).index_add_(0, graph.batch, e_atom)
+
+    def predict(self, graph: AtomGraph, stress: bool = False, training: bool = False) -> dict[str, torch.Tensor]:
+        """energy (G,), forces (N, 3) = -dE/dr and, with ``stress``, stress (G, 3, 3) = (1/V) dE/d(eps) in eV/A^3
+        (ASE's sign convention; NaN for structures without a cell). ``training`` keeps the graph for a force loss."""
+        positions = graph.positions.detach().requires_grad_(True)
+        strain = torch.zeros_like(graph.cell, requires_grad=True)
+        g = AtomGraph(graph.numbers, positions, graph.cell, graph.batch, graph.edge_index, graph.shifts)
+        energy = self(g.strained(strain) if stress else g)
+        inputs = [positions, strain] if stress else [positions]
+        grads = torch.autograd.grad(energy.sum(), inputs, create_graph=training, allow_unused=True)
+        out = {"energy": energy, "forces": -grads[0] if grads[0] is not None else torch.zeros_like(positions)}
+        if stress:
+            volume = torch.linalg.det(graph.cell).abs()
+            d_strain = grads[1] if grads[1] is not None else torch.zeros_like(graph.cell)
+            out["stress"] = d_strain / torch.where(volume > 0, volume, torch.nan)[:, None, None]
+        return out
+
+
+@register_model(FacetConfig(channels=32, lmax=2, sh_lmax=2, layers=2), PAPER)
+def facet_small(config: FacetConfig) -> Facet:
+    return Facet(config)
+
+
+@register_model(FacetConfig(channels=64, lmax=2, sh_lmax=2, layers=3), PAPER)
+def facet_base(config: FacetConfig) -> Facet:
+    return Facet(config)
+
+
+@register_model(FacetConfig(channels=32, lmax=2, sh_lmax=2, layers=2, radial="mlp"), PAPER)
+def facet_ablation_mlp_radial(config: FacetConfig) -> Facet:
+    """facet_small with the Bessel-basis radial MLP in place of splines."""
+    return Facet(config)
+
+
+@register_model(FacetConfig(channels=32, lmax=2, sh_lmax=2, layers=2, mixing="gate"), PAPER)
+def facet_ablation_gate(config: FacetConfig) -> Facet:
+    """facet_small with a gate non-linearity in place of the spherical-grid MLP."""
+    return Facet(config)
+
+
+@register_model(FacetConfig(channels=32, lmax=2, sh_lmax=2, layers=2, mixing="tp"), PAPER)
+def facet_ablation_tp(config: FacetConfig) -> Facet:
+    """facet_small with a channel-wise self tensor product in place of the spherical-grid MLP."""
+    return Facet(config)

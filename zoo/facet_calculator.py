@@ -1,0 +1,53 @@
+"""FacetCalculator: a Facet potential as an ASE ``Calculator`` (energy, forces, stress) for optimisers and MD."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from ase.calculators.calculator import Calculator, all_changes
+from ase.stress import full_3x3_to_voigt_6_stress
+from torch import nn
+
+from .atoms import graph_from_atoms
+
+
+def _load_model(model, pretrained) -> nn.Module:
+    if isinstance(model, nn.Module):
+        return model
+    if str(model).endswith(".safetensors") or Path(str(model)).is_file():
+        from weights import load_checkpoint
+
+        return load_checkpoint(model)
+    from . import create_model
+
+    return create_model(str(model), pretrained=pretrained)
+
+
+class FacetCalculator(Calculator):
+    """ASE calculator around a Facet model.
+
+    ``model`` is a Facet module, a registered name (with ``pretrained=True`` or a checkpoint name from the
+    manifest) or the path of a checkpoint written by ``weights.save_checkpoint`` / ``zoo train``. Stress is
+    available for fully periodic cells (eV/A^3, Voigt order xx yy zz yz xz xy, ASE's sign convention).
+    """
+
+    implemented_properties = ["energy", "free_energy", "forces", "stress"]
+
+    def __init__(self, model: nn.Module | str | Path = "facet_small", pretrained: bool | str = False,
+                 device: str | torch.device = "cpu", dtype: torch.dtype = torch.float64, **kwargs):
+        super().__init__(**kwargs)
+        self.model = _load_model(model, pretrained).to(device=device, dtype=dtype).eval()
+        self.device, self.dtype = torch.device(device), dtype
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        super().calculate(atoms, properties, system_changes)
+        graph = graph_from_atoms(self.atoms, self.model.config.cutoff, dtype=self.dtype).to(self.device)
+        want_stress = "stress" in properties and bool(self.atoms.pbc.all())
+        out = self.model.predict(graph, stress=want_stress)
+        energy = float(out["energy"][0])
+        self.results = {"energy": energy, "free_energy": energy,
+                        "forces": out["forces"].detach().cpu().numpy()}
+        if want_stress:
+            self.results["stress"] = full_3x3_to_voigt_6_stress(out["stress"][0].detach().cpu().numpy())
