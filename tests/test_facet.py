@@ -238,3 +238,39 @@ def test_spline_radial_has_fewer_parameters_than_the_mlp():
     n = conv.tp.weight_numel
     assert sum(p.numel() for p in mlp.parameters()) == (8 * 64 + 64) + 2 * (64 * 64 + 64) + (64 * n + n)
     assert math.isfinite(n)
+
+
+# ---- ASE calculator ------------------------------------------------------------------------------------------
+
+def test_calculator_matches_model_and_loads_checkpoints(tmp_path):
+    from ase.calculators.calculator import PropertyNotImplementedError
+
+    from weights import save_checkpoint
+    from zoo.facet_calculator import FacetCalculator
+
+    m = _model()
+    atoms = _alloy(5)
+    ref = m.predict(graph_from_atoms(atoms, m.config.cutoff), stress=True)
+    path = save_checkpoint(m.float(), tmp_path / "facet.safetensors")
+    for source in (m, str(path)):
+        atoms.calc = FacetCalculator(source)
+        assert atoms.get_potential_energy() == pytest.approx(ref["energy"].item(), abs=1e-4)
+        assert np.abs(atoms.get_forces() - ref["forces"].numpy()).max() < 1e-4
+        assert atoms.get_stress().shape == (6,)
+    slab = fcc111("Cu", size=(2, 2, 2), vacuum=5.0)
+    slab.calc = FacetCalculator(m)
+    assert np.isfinite(slab.get_potential_energy())
+    with pytest.raises(PropertyNotImplementedError):
+        slab.get_stress()
+
+
+def test_calculator_drives_an_ase_optimiser_downhill():
+    from ase.optimize import FIRE
+
+    from zoo.facet_calculator import FacetCalculator
+
+    atoms = _alloy(6)
+    atoms.calc = FacetCalculator(_model())
+    e0, f0 = atoms.get_potential_energy(), np.abs(atoms.get_forces()).max()
+    FIRE(atoms, logfile=None).run(fmax=1e-3, steps=60)
+    assert atoms.get_potential_energy() < e0 and np.abs(atoms.get_forces()).max() < f0

@@ -46,7 +46,7 @@ class FacetCalculator(Calculator):
         graph = graph_from_atoms(self.atoms, self.model.config.cutoff, dtype=self.dtype).to(self.device)
         want_stress = "stress" in properties and bool(self.atoms.pbc.all())
         out = self.model.predict(graph, stress=want_stress)
-        energy = float(out["energy"][0])
+        energy = float(out["energy"][0].detach())
         self.results = {"energy": energy, "free_energy": energy,
                         "forces": out["forces"].detach().cpu().numpy()}
         if want_stress:
