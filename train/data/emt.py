@@ -57,11 +57,13 @@ def _md_snapshots(element: str, count: int, rng: np.random.Generator):
     from ase import units
     from ase.calculators.emt import EMT
     from ase.md.langevin import Langevin
-    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
+    from ase.md import velocitydistribution
 
     atoms = _bulk(element, 1.0)
     temperature = rng.uniform(300, 1200)
-    MaxwellBoltzmannDistribution(atoms, temperature_K=temperature, rng=rng)
+    thermalize = getattr(velocitydistribution, "thermalize_momenta", None) or \
+        velocitydistribution.MaxwellBoltzmannDistribution  # ASE >= 3.29 renamed it
+    thermalize(atoms, temperature_K=temperature, rng=rng)
     atoms.calc = EMT()
     md = Langevin(atoms, 1.0 * units.fs, temperature_K=temperature, friction=0.02, fixcm=False, rng=rng)
     out = []

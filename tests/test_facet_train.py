@@ -1,0 +1,59 @@
+"""Facet with the shared loop on offline EMT data: data determinism, statistics, a short run, the calculator."""
+import numpy as np
+import pytest
+import torch
+
+import zoo
+from train import fit, load_recipe
+from train.data.emt import ELEMENTS, emt_dataset, read_structures
+from train.tasks.potential import PotentialTask
+
+TINY = ["data.per_element=4", "data.alloys=4", "model_args.channels=8", "model_args.layers=1", "model_args.cutoff=4.0",
+        "train.batch_size=2", "train.steps=6", "train.eval_every=3", "train.ckpt_every=3", "train.log_every=1",
+        "probe.every=3"]
+
+
+def test_emt_data_is_deterministic_labelled_and_split(tmp_path):
+    a = emt_dataset(per_element=4, alloys=2, seed=3, root=tmp_path / "a")
+    b = emt_dataset(per_element=4, alloys=2, seed=3, root=tmp_path / "b")
+    assert all(a[s].read_bytes() == b[s].read_bytes() for s in a)
+    frames = {s: read_structures(p) for s, p in a.items()}
+    assert sum(len(f) for f in frames.values()) == 4 * len(ELEMENTS) + 2
+    kinds = {x.info["config_type"] for f in frames.values() for x in f}
+    assert kinds == {"rattle", "strain", "surface", "md", "alloy"}
+    for x in frames["train"]:
+        assert np.isfinite(x.get_potential_energy()) and x.get_forces().shape == (len(x), 3)
+        assert ("stress" in x.calc.results) == bool(x.pbc.all())
+    with pytest.raises(FileNotFoundError, match="MPTrj"):
+        read_structures(tmp_path / "missing.extxyz")
+
+
+def test_prepare_fits_reference_energies_by_least_squares():
+    task = PotentialTask(load_recipe("facet-emt", TINY))
+    model = zoo.create_model("facet_small", channels=8, layers=1, cutoff=4.0)
+    task.prepare(model)
+    train = task.structures["train"]
+    species = sorted({int(z) for a in train for z in a.numbers})
+    counts = np.array([[np.sum(a.numbers == z) for z in species] for a in train])
+    energies = np.array([a.get_potential_energy() for a in train])
+    e0 = model.atomic_energies.numpy()[species]
+    # least squares: the residual is orthogonal to every count column
+    assert np.abs(counts.T @ (energies - counts @ e0)).max() < 1e-6
+    assert model.atomic_energies.numpy()[[z for z in range(1, 90) if z not in species]].max() == 0.0
+    forces = np.concatenate([a.get_forces() for a in train])
+    assert model.energy_scale.item() == pytest.approx(np.sqrt((forces**2).mean()))
+
+
+def test_facet_trains_with_the_shared_loop_and_the_result_runs_in_ase(tmp_path):
+    from ase.build import bulk
+
+    from zoo.facet_calculator import FacetCalculator
+
+    final = fit(load_recipe("facet-emt", TINY), tmp_path / "run")
+    for key in ("valid_e_mae_meV_atom", "valid_f_mae_meV_A", "test_e_mae_meV_atom", "test_f_mae_meV_A"):
+        assert np.isfinite(final[key]) and final[key] > 0
+    assert (tmp_path / "run" / "parity.png").is_file()
+    atoms = bulk("Cu", "fcc", a=3.6, cubic=True)
+    atoms.rattle(0.05, seed=1)
+    atoms.calc = FacetCalculator(tmp_path / "run" / "model.safetensors")
+    assert np.isfinite(atoms.get_potential_energy()) and np.isfinite(atoms.get_forces()).all()
