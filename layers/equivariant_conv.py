@@ -14,24 +14,27 @@ class EquivariantConvolution(nn.Module):
     h_i' = W_out m_i: a channel-wise ('uvu') tensor product of neighbour features with the edge's spherical
     harmonics, weighted per edge, channel and path by a radial function (splines, or an MLP for the ablation).
     Outputs keep the sphere's parity (-1)^l up to ``lmax``, so the layer is E(3)-equivariant, reflections included.
+    ``in_lmax`` < ``lmax`` reads only the inputs' orders up to it (0 for a first layer that sees only scalars),
+    which drops the tensor-product paths of orders that are still zero.
     """
 
     def __init__(self, channels: int, lmax: int, sh_lmax: int, cutoff: float, radial: str = "spline",
-                 knots: int = 16, avg_num_neighbors: float = 1.0):
+                 knots: int = 16, avg_num_neighbors: float = 1.0, in_lmax: int | None = None):
         super().__init__()
         self.irreps = sphere_irreps(channels, lmax)
+        self.irreps_in = sphere_irreps(channels, lmax if in_lmax is None else in_lmax)
         self.sh = o3.SphericalHarmonics(sphere_irreps(1, sh_lmax), normalize=True, normalization="component")
         irreps_sh = self.sh.irreps_out
         allowed = {ir for _, ir in self.irreps}
         mid, instructions = [], []
-        for i1, (mul, ir1) in enumerate(self.irreps):
+        for i1, (mul, ir1) in enumerate(self.irreps_in):
             for i2, (_, ir2) in enumerate(irreps_sh):
                 for ir in ir1 * ir2:
                     if ir in allowed:
                         instructions.append((i1, i2, len(mid), "uvu", True))
                         mid.append((mul, ir))
-        self.linear_up = o3.Linear(self.irreps, self.irreps)
-        self.tp = o3.TensorProduct(self.irreps, irreps_sh, o3.Irreps(mid), instructions, shared_weights=False,
+        self.linear_up = o3.Linear(self.irreps_in, self.irreps_in)
+        self.tp = o3.TensorProduct(self.irreps_in, irreps_sh, o3.Irreps(mid), instructions, shared_weights=False,
                                    internal_weights=False)
         if radial == "spline":
             self.radial = SplineRadial(self.tp.weight_numel, cutoff, knots)
@@ -45,7 +48,7 @@ class EquivariantConvolution(nn.Module):
     def forward(self, h: torch.Tensor, edge_index: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:
         i, j = edge_index
         r = vectors.norm(dim=-1)
-        messages = self.tp(self.linear_up(h).index_select(0, j), self.sh(vectors), self.radial(r))
+        messages = self.tp(self.linear_up(h[:, :self.irreps_in.dim]).index_select(0, j), self.sh(vectors), self.radial(r))
         summed = torch.zeros(h.shape[0], messages.shape[1], dtype=messages.dtype, device=messages.device)
         summed.index_add_(0, i, messages)
         return self.linear_out(summed / self.avg_num_neighbors)

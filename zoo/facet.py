@@ -4,7 +4,7 @@
 Each atom carries C channels of every order l <= L (irreps C x (0e + 1o + ... )), initialised from a species
 embedding in the scalars. Each of the ``layers`` blocks is
 
-    h <- h + Conv(h)     message passing: channel-wise tensor product with edge spherical harmonics, weighted by
+    h <- h + Conv(h)     message passing (the first block reads only the embedding's scalars): channel-wise tensor product with edge spherical harmonics, weighted by
                          radial splines (``layers.EquivariantConvolution``)
     h <- h + Mix(h)      spherical-grid MLP (``layers.SphericalGridMLP``), or a gate / tensor product (ablations)
 
@@ -56,7 +56,8 @@ class Facet(nn.Module):
         self.irreps = sphere_irreps(c.channels, c.lmax)
         self.embedding = nn.Embedding(c.num_elements + 1, c.channels)
         self.convolutions = nn.ModuleList(
-            EquivariantConvolution(c.channels, c.lmax, c.sh_lmax, c.cutoff, c.radial, c.knots) for _ in range(c.layers))
+            EquivariantConvolution(c.channels, c.lmax, c.sh_lmax, c.cutoff, c.radial, c.knots, in_lmax=0 if k == 0 else None)
+            for k in range(c.layers))
         grid = {"res": tuple(c.grid_res)} if c.mixing == "grid" and c.grid_res else {}
         self.mixings = nn.ModuleList(make_mixing(c.mixing, c.channels, c.lmax, **grid) for _ in range(c.layers))
         self.probes = nn.ModuleList(
