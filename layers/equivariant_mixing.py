@@ -36,16 +36,17 @@ class SphericalGridMLP(nn.Module):
     MLP over channels at every grid point, g(s) = MLP(f(s)), and back to coefficients by quadrature (FromS2Grid).
 
     Equivariant up to the aliasing of the pointwise non-linearity on a finite grid; the error falls with the
-    resolution ``res`` (beta, alpha) and is reported by the tests.
+    resolution ``res`` (beta, alpha) and is reported by the tests. The default 18 x 17 grid is the one the
+    authors' code uses for L <= 3; the MLP has one hidden layer of ``hidden`` (default C) SiLU units.
     """
 
     def __init__(self, channels: int, lmax: int, hidden: int | None = None, res: tuple[int, int] | None = None):
         super().__init__()
         self.channels, self.lmax = channels, lmax
-        res = tuple(res) if res is not None else (2 * (lmax + 1) + 2, 2 * (lmax + 1) + 3)
+        res = tuple(res) if res is not None else (18, 17)
         self.to_grid = o3.ToS2Grid(lmax, res)
         self.from_grid = o3.FromS2Grid(res, lmax)
-        hidden = hidden or 2 * channels
+        hidden = hidden or channels
         self.mlp = nn.Sequential(nn.Linear(channels, hidden), nn.SiLU(), nn.Linear(hidden, channels))
         self.irreps = sphere_irreps(channels, lmax)
 

@@ -26,7 +26,7 @@ from ._registry import Paper, register_model
 from .atoms import AtomGraph
 
 PAPER = Paper(family="facet", title="Facet: highly efficient E(3)-equivariant networks for interatomic potentials",
-              arxiv="2509.08418", authors="Miklaucic, Li, Dong, Omee, Fu, Wei, Dey, Hu", year=2025)
+              arxiv="2509.08418", authors="Miklaucic, Wei, Dong, Fu, Omee, Li, Dey, Fung, Hu", year=2025)
 
 
 @dataclass
@@ -39,7 +39,7 @@ class FacetConfig:
     knots: int = 16           # spline control points per radial function
     radial: str = "spline"    # "spline" (Facet) or "mlp" (Bessel basis + MLP, the ablation)
     mixing: str = "grid"      # "grid" (Facet), "gate" or "tp" (ablations)
-    grid_res: tuple = ()      # (beta, alpha) points of the spherical grid; () = (2L+4, 2L+5)
+    grid_res: tuple = ()      # (beta, alpha) points of the spherical grid; () = (18, 17) as in the authors' code
     readout_hidden: int = 16
     num_elements: int = 89    # atomic numbers 1..num_elements are known (MPTrj has 89)
 
