@@ -81,16 +81,21 @@ def resolve(entry: dict) -> Path:
     return path
 
 
-def load_pretrained(model: nn.Module, checkpoint: str | None = None) -> nn.Module:
-    """Load a published checkpoint into ``model`` (the first one listed for its name, or the one named)."""
-    name = getattr(model, "zoo_name", type(model).__name__)
+def pretrained_entry(name: str, checkpoint: str | None = None) -> dict:
+    """The manifest entry for model ``name``: the first one listed, or the one called ``checkpoint``. An entry's
+    optional ``config`` holds the config fields it was trained with that differ from the model's defaults."""
     options = checkpoints_for(name)
     if checkpoint is not None:
         options = [c for c in options if c["name"] == checkpoint]
     if not options:
         known = [c["name"] for c in checkpoints_for(name)]
         raise KeyError(f"no published checkpoint {checkpoint or ''!r} for model {name!r}; available: {known or 'none'}")
-    entry = options[0]
+    return options[0]
+
+
+def load_pretrained(model: nn.Module, checkpoint: str | None = None) -> nn.Module:
+    """Load a published checkpoint into ``model`` (the first one listed for its name, or the one named)."""
+    entry = pretrained_entry(getattr(model, "zoo_name", type(model).__name__), checkpoint)
     path = resolve(entry)
     saved = read_metadata(path).get("config")
     if saved is not None and hasattr(model, "zoo_config"):

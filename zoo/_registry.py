@@ -106,13 +106,19 @@ def create_model(name: str, pretrained: bool | str = False, **overrides) -> nn.M
     """Build a registered model by name.
 
     ``pretrained=True`` loads the default published checkpoint for ``name`` from the manifest
-    (``pretrained="<checkpoint name>"`` picks one); config overrides then must match it.
+    (``pretrained="<checkpoint name>"`` picks one), built with the config it was trained with; overrides then
+    must match it.
     """
+    checkpoint = None if pretrained is True else pretrained
+    if pretrained:
+        from weights.manifest import pretrained_entry  # weights depends on zoo, so import at call time
+
+        overrides = {**pretrained_entry(name, checkpoint).get("config", {}), **overrides}
     model = build(name, resolve_config(name, **overrides))
     if pretrained:
-        from weights.manifest import load_pretrained  # weights depends on zoo, so import at call time
+        from weights.manifest import load_pretrained
 
-        load_pretrained(model, None if pretrained is True else pretrained)
+        load_pretrained(model, checkpoint)
     return model
 
 

@@ -1,0 +1,126 @@
+"""Facet vs MACE on the offline EMT data, in one run: test accuracy, energy+forces speed and memory at 64, 512 and
+4096 atoms, and FIRE relaxations of rattled cells. MACE (mace-torch) runs in its own venv (it pins e3nn 0.4.4).
+
+    zoo train facet-emt --out runs/facet-emt                       # the Facet model (~12 min on 2 CPU cores)
+    python benchmarks/facet_vs_mace.py --facet runs/facet-emt/best.safetensors --mace-epochs 15
+
+MACE is trained here with mace's own trainer on the same train/valid files, for the same number of passes over
+the data as the Facet recipe (``--mace-epochs``), unless ``--mace-model`` names a trained one. Writes
+facet_vs_mace_<device>.json and .md into ``--out`` and names the machine in both.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from mace_side import ensure_venv, run_mace_side  # noqa: E402
+from potential_workloads import measure_accuracy, measure_relax, measure_speed  # noqa: E402
+
+
+def machine(device: str) -> str:
+    if device == "cuda":
+        return torch.cuda.get_device_name()
+    return f"{platform.processor() or platform.machine()} CPU, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}"
+
+
+def facet_side(checkpoint: str, paths: dict, args) -> dict:
+    from weights import read_metadata
+    from zoo.facet_calculator import FacetCalculator
+
+    dtype = {"float32": torch.float32, "float64": torch.float64}[args.dtype]
+    calc = FacetCalculator(checkpoint, device=args.device, dtype=dtype)
+    n_params = sum(p.numel() for p in calc.model.parameters())
+    return {"model": checkpoint, "name": read_metadata(checkpoint).get("model"), "params": n_params,
+            "evaluate": measure_accuracy(calc, str(paths["test"])),
+            "speed": measure_speed(calc, args.sizes, args.repeats, 0, args.device),
+            "relax": measure_relax(calc, args.relax, args.fmax, args.max_steps, 0)}
+
+
+def mace_side(paths: dict, args, cutoff: float) -> dict:
+    python = ensure_venv(args.venv)
+    common = ["--device", args.device]
+    if args.mace_model:
+        model, train = args.mace_model, None
+    else:
+        train = run_mace_side(python, ["train", "--train", str(paths["train"]), "--valid", str(paths["valid"]),
+                                       "--out", str(Path(args.out) / "mace_run"), "--channels", str(args.mace_channels),
+                                       "--max-L", str(args.mace_max_l), "--r-max", str(cutoff), "--epochs",
+                                       str(args.mace_epochs), "--batch-size", str(args.batch_size), "--dtype",
+                                       args.dtype, *common], threads=args.threads)
+        model = train["model"]
+    out = {"model": model, "train": train}
+    out["evaluate"] = run_mace_side(python, ["evaluate", "--model", model, "--test", str(paths["test"]), *common],
+                                    threads=args.threads)
+    out["speed"] = run_mace_side(python, ["speed", "--model", model, "--sizes", *map(str, args.sizes), "--repeats",
+                                          str(args.repeats), *common], threads=args.threads)
+    out["relax"] = run_mace_side(python, ["relax", "--model", model, "--count", str(args.relax), "--fmax",
+                                          str(args.fmax), "--max-steps", str(args.max_steps), *common],
+                                 threads=args.threads)
+    return out
+
+
+def table(result: dict) -> str:
+    f, m = result["facet"], result["mace"]
+    rows = [f"# Facet vs MACE on EMT data ({result['machine']})", "",
+            "| | Facet | MACE |", "|---|---|---|",
+            f"| parameters | {f['params']:,} | {m['train']['params']:,} |" if m.get("train") else
+            f"| parameters | {f['params']:,} | - |",
+            f"| test energy MAE (meV/atom) | {f['evaluate']['energy_mae_mev_per_atom']:.1f} | "
+            f"{m['evaluate']['energy_mae_mev_per_atom']:.1f} |",
+            f"| test force MAE (meV/A) | {f['evaluate']['force_mae_mev_per_A']:.1f} | "
+            f"{m['evaluate']['force_mae_mev_per_A']:.1f} |"]
+    for fr, mr in zip(f["speed"]["rows"], m["speed"]["rows"]):
+        rows.append(f"| E+F at {fr['atoms']} atoms: ms (atoms/s, KiB/atom) | {fr['ms_per_structure']:.0f} "
+                    f"({fr['atoms_per_s']:.0f}, {fr['kib_per_atom']:.0f}) | {mr['ms_per_structure']:.0f} "
+                    f"({mr['atoms_per_s']:.0f}, {mr['kib_per_atom']:.0f}) | ")
+    fx, mx = f["relax"], m["relax"]
+    rows.append(f"| FIRE relaxation of {fx['count']} cells: s (steps, converged) | {fx['total_wall_s']:.1f} "
+                f"({fx['total_steps']}, {fx['converged']}) | {mx['total_wall_s']:.1f} ({mx['total_steps']}, "
+                f"{mx['converged']}) |")
+    rows.append(f"| relaxation time per step (ms) | {fx['ms_per_step']:.1f} | {mx['ms_per_step']:.1f} |")
+    return "\n".join(rows) + "\n"
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--facet", required=True, help="Facet checkpoint (.safetensors) trained on the EMT data")
+    p.add_argument("--mace-model", default=None, help="a trained MACE model; default: train one here")
+    p.add_argument("--mace-epochs", type=int, default=15)
+    p.add_argument("--mace-channels", type=int, default=16)
+    p.add_argument("--mace-max-l", type=int, default=1)
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--venv", default=os.environ.get("PAPERZOO_MACE_VENV", str(Path.home() / ".cache/paperzoo/mace-venv")))
+    p.add_argument("--sizes", type=int, nargs="+", default=[64, 512, 4096])
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--relax", type=int, default=100)
+    p.add_argument("--fmax", type=float, default=0.05)
+    p.add_argument("--max-steps", type=int, default=500)
+    p.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--threads", type=int, default=torch.get_num_threads())
+    p.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    from train.data.emt import emt_dataset
+    from weights import read_metadata
+
+    paths = emt_dataset()
+    cutoff = json.loads(read_metadata(args.facet)["config"])["cutoff"]
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    result = {"machine": machine(args.device), "dtype": args.dtype, "data": {k: str(v) for k, v in paths.items()},
+              "facet": facet_side(args.facet, paths, args), "mace": mace_side(paths, args, cutoff)}
+    stem = Path(args.out) / f"facet_vs_mace_{args.device}"
+    stem.with_suffix(".json").write_text(json.dumps(result, indent=1))
+    stem.with_suffix(".md").write_text(table(result))
+    print(table(result))
+
+
+if __name__ == "__main__":
+    main()
