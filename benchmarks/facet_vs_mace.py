@@ -37,10 +37,11 @@ def facet_side(checkpoint: str, paths: dict, args) -> dict:
     dtype = {"float32": torch.float32, "float64": torch.float64}[args.dtype]
     calc = FacetCalculator(checkpoint, device=args.device, dtype=dtype)
     n_params = sum(p.numel() for p in calc.model.parameters())
+    run = {"evaluate": lambda: measure_accuracy(calc, str(paths["test"])),
+           "speed": lambda: measure_speed(calc, args.sizes, args.repeats, 0, args.device),
+           "relax": lambda: measure_relax(calc, args.relax, args.fmax, args.max_steps, 0)}
     return {"model": checkpoint, "name": read_metadata(checkpoint).get("model"), "params": n_params,
-            "evaluate": measure_accuracy(calc, str(paths["test"])),
-            "speed": measure_speed(calc, args.sizes, args.repeats, 0, args.device),
-            "relax": measure_relax(calc, args.relax, args.fmax, args.max_steps, 0)}
+            **{part: run[part]() for part in args.parts}}
 
 
 def mace_side(paths: dict, args, cutoff: float) -> dict:
@@ -55,14 +56,12 @@ def mace_side(paths: dict, args, cutoff: float) -> dict:
                                        str(args.mace_epochs), "--batch-size", str(args.batch_size), "--dtype",
                                        args.dtype, *common], threads=args.threads)
         model = train["model"]
-    out = {"model": model, "train": train}
-    out["evaluate"] = run_mace_side(python, ["evaluate", "--model", model, "--test", str(paths["test"]), *common],
-                                    threads=args.threads)
-    out["speed"] = run_mace_side(python, ["speed", "--model", model, "--sizes", *map(str, args.sizes), "--repeats",
-                                          str(args.repeats), *common], threads=args.threads)
-    out["relax"] = run_mace_side(python, ["relax", "--model", model, "--count", str(args.relax), "--fmax",
-                                          str(args.fmax), "--max-steps", str(args.max_steps), *common],
-                                 threads=args.threads)
+    argv = {"evaluate": ["--test", str(paths["test"])],
+            "speed": ["--sizes", *map(str, args.sizes), "--repeats", str(args.repeats)],
+            "relax": ["--count", str(args.relax), "--fmax", str(args.fmax), "--max-steps", str(args.max_steps)]}
+    out = {"model": model, **({"train": train} if train else {})}
+    for part in args.parts:
+        out[part] = run_mace_side(python, [part, "--model", model, *argv[part], *common], threads=args.threads)
     return out
 
 
@@ -106,6 +105,8 @@ def main(argv=None) -> None:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
+    p.add_argument("--parts", nargs="+", choices=("evaluate", "speed", "relax"), default=["evaluate", "speed", "relax"],
+                   help="measure only these; with an existing result file in --out, the others are kept from it")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     from train.data.emt import emt_dataset
@@ -114,9 +115,11 @@ def main(argv=None) -> None:
     paths = emt_dataset()
     cutoff = json.loads(read_metadata(args.facet)["config"])["cutoff"]
     Path(args.out).mkdir(parents=True, exist_ok=True)
-    result = {"machine": machine(args.device), "dtype": args.dtype, "data": {k: str(v) for k, v in paths.items()},
-              "facet": facet_side(args.facet, paths, args), "mace": mace_side(paths, args, cutoff)}
     stem = Path(args.out) / f"facet_vs_mace_{args.device}"
+    old = json.loads(stem.with_suffix(".json").read_text()) if stem.with_suffix(".json").is_file() else {}
+    result = {"machine": machine(args.device), "dtype": args.dtype, "data": {k: str(v) for k, v in paths.items()},
+              "facet": {**old.get("facet", {}), **facet_side(args.facet, paths, args)},
+              "mace": {**old.get("mace", {}), **mace_side(paths, args, cutoff)}}
     stem.with_suffix(".json").write_text(json.dumps(result, indent=1))
     stem.with_suffix(".md").write_text(table(result))
     print(table(result))

@@ -62,9 +62,16 @@ def labelled_frames(path: str, flag: str) -> list:
 
 
 def peak_rss_mib() -> float:
-    import resource
+    """This process's resident-set high-water mark (VmHWM). Unlike getrusage's ru_maxrss, which a child started
+    with fork+exec inherits from its parent, VmHWM belongs to the process image and can be reset."""
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM")) / 1024  # kB
 
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+def reset_peak_rss() -> None:
+    """Set VmHWM back to the current RSS (Linux: writing 5 to /proc/self/clear_refs)."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
 
 
 def current_rss_mib() -> float:
@@ -117,6 +124,8 @@ def measure_speed(calc, sizes: list[int], repeats: int, seed: int = 0, device: s
         atoms.calc = calc
         if device == "cuda":
             torch.cuda.reset_peak_memory_stats()
+        else:
+            reset_peak_rss()
         atoms.get_forces()  # warm-up
         seconds = []
         for _ in range(repeats):
@@ -137,8 +146,7 @@ def measure_speed(calc, sizes: list[int], repeats: int, seed: int = 0, device: s
         "repeats": repeats, "rows": rows,
         "timing": "median wall time of the ASE calculator's energy+forces per call, neighbour list "
                   "included, after 1 warm-up call per size",
-        "memory": ("peak RSS (getrusage ru_maxrss) after each size minus RSS after model load (/proc/self/statm); "
-                   "sizes run in ascending order so the high-water mark belongs to the size in the row"
+        "memory": ("peak RSS (VmHWM, reset before each size's warm-up) minus RSS after model load (/proc/self/statm)"
                    if device == "cpu" else
                    "torch.cuda.max_memory_allocated per size (peak reset before its warm-up) minus "
                    "memory_allocated after model load"),

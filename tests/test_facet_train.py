@@ -57,3 +57,11 @@ def test_facet_trains_with_the_shared_loop_and_the_result_runs_in_ase(tmp_path):
     atoms.rattle(0.05, seed=1)
     atoms.calc = FacetCalculator(tmp_path / "run" / "model.safetensors")
     assert np.isfinite(atoms.get_potential_energy()) and np.isfinite(atoms.get_forces()).all()
+
+
+def test_mptrj_recipe_says_which_files_it_needs(tmp_path):
+    with pytest.raises(KeyError, match="data.train, data.valid, data.test"):
+        PotentialTask(load_recipe("facet-mptrj"))
+    missing = [f"data.{s}={tmp_path / s}.extxyz" for s in ("train", "valid", "test")]
+    with pytest.raises(FileNotFoundError, match="MPTrj"):
+        PotentialTask(load_recipe("facet-mptrj", missing))
