@@ -107,6 +107,8 @@ def main(argv=None) -> None:
     p.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
     p.add_argument("--parts", nargs="+", choices=("evaluate", "speed", "relax"), default=["evaluate", "speed", "relax"],
                    help="measure only these; with an existing result file in --out, the others are kept from it")
+    p.add_argument("--sides", nargs="+", choices=("facet", "mace"), default=["facet", "mace"],
+                   help="measure only these models; the other's results are kept from an existing result file")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     from train.data.emt import emt_dataset
@@ -117,9 +119,10 @@ def main(argv=None) -> None:
     Path(args.out).mkdir(parents=True, exist_ok=True)
     stem = Path(args.out) / f"facet_vs_mace_{args.device}"
     old = json.loads(stem.with_suffix(".json").read_text()) if stem.with_suffix(".json").is_file() else {}
+    new = {"facet": facet_side(args.facet, paths, args) if "facet" in args.sides else {},
+           "mace": mace_side(paths, args, cutoff) if "mace" in args.sides else {}}
     result = {"machine": machine(args.device), "dtype": args.dtype, "data": {k: str(v) for k, v in paths.items()},
-              "facet": {**old.get("facet", {}), **facet_side(args.facet, paths, args)},
-              "mace": {**old.get("mace", {}), **mace_side(paths, args, cutoff)}}
+              **{side: {**old.get(side, {}), **new[side]} for side in ("facet", "mace")}}
     stem.with_suffix(".json").write_text(json.dumps(result, indent=1))
     stem.with_suffix(".md").write_text(table(result))
     print(table(result))

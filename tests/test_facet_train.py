@@ -10,7 +10,7 @@ from train.tasks.potential import PotentialTask
 
 TINY = ["data.per_element=4", "data.alloys=4", "model_args.channels=8", "model_args.layers=1", "model_args.cutoff=4.0",
         "train.batch_size=2", "train.steps=6", "train.eval_every=3", "train.ckpt_every=3", "train.log_every=1",
-        "probe.every=3"]
+        "probe.every=3", "task_args.stress_weight=1.0"]
 
 
 def test_emt_data_is_deterministic_labelled_and_split(tmp_path):

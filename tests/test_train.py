@@ -113,12 +113,18 @@ def test_recipe_overrides_are_checked():
         apply_override(recipe, "train.steps")
 
 
-def test_torchrun_two_processes_equal_single_process(tmp_path):
-    overrides = SMALL_DSR + ["train.steps=8", "train.ckpt_every=0", "probe.every=100"]
-    fit(load_recipe("alrnn-lorenz63", overrides), tmp_path / "single")
+FACET_TINY = ["data.per_element=4", "data.alloys=4", "model_args.channels=8", "model_args.layers=1",
+              "model_args.cutoff=4.0", "train.batch_size=4", "train.eval_every=0", "probe.points={}"]
+
+
+@pytest.mark.parametrize("name, extra", [("alrnn-lorenz63", SMALL_DSR + ["probe.every=100"]),
+                                         ("facet-emt", FACET_TINY)])  # facet: forces by double backward under DDP
+def test_torchrun_two_processes_equal_single_process(tmp_path, name, extra):
+    overrides = extra + ["train.steps=8", "train.ckpt_every=0"]
+    fit(load_recipe(name, overrides), tmp_path / "single")
     env = dict(os.environ, GLOO_SOCKET_IFNAME="lo", OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
-           "-m", "train.cli", "train", "alrnn-lorenz63", "--out", str(tmp_path / "ddp")]
+           "-m", "train.cli", "train", name, "--out", str(tmp_path / "ddp")]
     for o in overrides:
         cmd += ["--set", o]
     cmd += ["--set", "train.device=cpu"]

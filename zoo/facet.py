@@ -117,20 +117,30 @@ class Facet(nn.Module):
         return torch.zeros(graph.num_graphs, dtype=h.dtype, device=h.device).index_add_(0, graph.batch, e_atom)
 
     def predict(self, graph: AtomGraph, stress: bool = False, training: bool = False) -> dict[str, torch.Tensor]:
-        """energy (G,), forces (N, 3) = -dE/dr and, with ``stress``, stress (G, 3, 3) = (1/V) dE/d(eps) in eV/A^3
-        (ASE's sign convention; NaN for structures without a cell). ``training`` keeps the graph for a force loss."""
-        positions = graph.positions.detach().requires_grad_(True)
-        strain = torch.zeros_like(graph.cell, requires_grad=True)
-        g = AtomGraph(graph.numbers, positions, graph.cell, graph.batch, graph.edge_index, graph.shifts)
-        energy = self(g.strained(strain) if stress else g)
-        inputs = [positions, strain] if stress else [positions]
-        grads = torch.autograd.grad(energy.sum(), inputs, create_graph=training, allow_unused=True)
-        out = {"energy": energy, "forces": -grads[0] if grads[0] is not None else torch.zeros_like(positions)}
-        if stress:
-            volume = torch.linalg.det(graph.cell).abs()
-            d_strain = grads[1] if grads[1] is not None else torch.zeros_like(graph.cell)
-            out["stress"] = d_strain / torch.where(volume > 0, volume, torch.nan)[:, None, None]
-        return out
+        """Energies, forces and (optionally) stress: ``predict_with(self, ...)``."""
+        return predict_with(self, graph, stress, training)
+
+
+def predict_with(energy_model: nn.Module, graph: AtomGraph, stress: bool = False,
+                 training: bool = False) -> dict[str, torch.Tensor]:
+    """energy (G,), forces (N, 3) = -dE/dr and, with ``stress``, stress (G, 3, 3) = (1/V) dE/d(eps) in eV/A^3
+    (ASE's sign convention; NaN for structures without a cell). ``training`` keeps the graph for a force loss.
+
+    ``energy_model`` maps an AtomGraph to energies: a Facet, or a wrapper such as DistributedDataParallel (whose
+    forward must run for its gradient synchronisation).
+    """
+    positions = graph.positions.detach().requires_grad_(True)
+    strain = torch.zeros_like(graph.cell, requires_grad=True)
+    g = AtomGraph(graph.numbers, positions, graph.cell, graph.batch, graph.edge_index, graph.shifts)
+    energy = energy_model(g.strained(strain) if stress else g)
+    inputs = [positions, strain] if stress else [positions]
+    grads = torch.autograd.grad(energy.sum(), inputs, create_graph=training, allow_unused=True)
+    out = {"energy": energy, "forces": -grads[0] if grads[0] is not None else torch.zeros_like(positions)}
+    if stress:
+        volume = torch.linalg.det(graph.cell).abs()
+        d_strain = grads[1] if grads[1] is not None else torch.zeros_like(graph.cell)
+        out["stress"] = d_strain / torch.where(volume > 0, volume, torch.nan)[:, None, None]
+    return out
 
 
 @register_model(FacetConfig(channels=32, lmax=2, sh_lmax=2, layers=2), PAPER)

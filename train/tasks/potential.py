@@ -8,6 +8,7 @@ import torch
 
 from zoo._registry import resolve_config
 from zoo.atoms import graph_from_padded, neighbour_list, pad_structures
+from zoo.facet import predict_with
 
 from ..data.emt import emt_dataset, read_structures
 from .base import Task
@@ -18,8 +19,9 @@ class PotentialTask(Task):
 
     ``data.source``: ``emt`` (offline, ``train.data.emt.emt_dataset`` with ``per_element``, ``alloys``,
     ``seed``) or ``files`` (``data.train``, ``data.valid``, ``data.test``: extxyz paths with energy/forces and
-    optionally stress, e.g. MPTrj). Loss per batch (``task_args`` weights):
-    w_E mean((dE / n_atoms)^2) + w_F mean(|dF|^2) / 3 + w_S mean(|d sigma|^2) / 9 over structures with stress.
+    optionally stress, e.g. MPTrj). Loss per batch (``task_args`` weights), every term a mean over structures s
+    (structures without stress count 0), so splitting a batch across micro-batches or ranks keeps the gradient:
+    w_E mean_s((dE_s / n_s)^2) + w_F mean_s(sum_i |dF_i|^2 / (3 n_s)) + w_S mean_s(|d sigma_s|^2 / 9).
     Before training, ``prepare`` fits per-species reference energies by least squares, sets the energy scale
     to the RMS training force and the mean neighbour count. Metrics: MAE of energy (meV/atom), forces
     (meV/A) and stress (meV/A^3) on ``valid`` during training and on ``test`` at every evaluation.
@@ -64,19 +66,20 @@ class PotentialTask(Task):
     def _predict(self, model, batch, training: bool):
         graph, mask = graph_from_padded(batch)
         dtype = next(model.parameters()).dtype
-        out = model.predict(graph.to(dtype=dtype), stress=self.w_stress > 0 or not training, training=training)
+        out = predict_with(model, graph.to(dtype=dtype), stress=self.w_stress > 0 or not training, training=training)
         return out, mask
 
     def loss(self, model, batch):
-        module = getattr(model, "module", model)
-        out, mask = self._predict(module, batch, training=True)
+        out, mask = self._predict(model, batch, training=True)
         n = mask.sum(1).to(out["energy"].dtype)
         e_err = (out["energy"] - batch["energy"].to(n.dtype)) / n
         f_err = out["forces"] - batch["forces"][mask].to(n.dtype)
-        loss = self.w_energy * e_err.pow(2).mean() + self.w_forces * f_err.pow(2).mean()
+        structure = torch.arange(len(n), device=n.device)[:, None].expand_as(mask)[mask]
+        f_sq = torch.zeros_like(n).index_add_(0, structure, f_err.pow(2).sum(-1)) / (3 * n)
+        loss = self.w_energy * e_err.pow(2).mean() + self.w_forces * f_sq.mean()
         if self.w_stress > 0 and bool(batch["has_stress"].any()):
             s_err = (out["stress"] - batch["stress"].to(n.dtype))[batch["has_stress"]]
-            loss = loss + self.w_stress * s_err.pow(2).mean()
+            loss = loss + self.w_stress * s_err.pow(2).mean((1, 2)).sum() / len(n)
         return loss, {"e_mae_meV_atom": 1000 * float(e_err.detach().abs().mean()),
                       "f_mae_meV_A": 1000 * float(f_err.detach().abs().mean())}
 
