@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -18,6 +16,8 @@ import time
 from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 VARIANTS = ("facet_small", "facet_ablation_mlp_radial", "facet_ablation_gate", "facet_ablation_tp")
 
@@ -38,7 +38,6 @@ def measure(name: str, steps: int, cutoff: float, repeats: int) -> dict:
     from train.tasks import make_task
     from zoo.atoms import graph_from_atoms
 
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
     from potential_workloads import speed_structures
 
     recipe = load_recipe("facet-emt", [f"model={name}", f"model_args.cutoff={cutoff}", f"train.steps={steps}",
@@ -74,7 +73,9 @@ def main(argv=None) -> None:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
     args = p.parse_args(argv)
-    machine = f"{platform.processor() or platform.machine()} CPU, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}"
+    from facet_vs_mace import machine as describe_machine
+
+    machine = describe_machine("cpu")
     rows = [measure(name, args.steps, args.cutoff, args.repeats) for name in VARIANTS]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

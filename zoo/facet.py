@@ -14,7 +14,7 @@ autograd, the strain eps applied to positions and cell together.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
@@ -131,7 +131,7 @@ def predict_with(energy_model: nn.Module, graph: AtomGraph, stress: bool = False
     """
     positions = graph.positions.detach().requires_grad_(True)
     strain = torch.zeros_like(graph.cell, requires_grad=True)
-    g = AtomGraph(graph.numbers, positions, graph.cell, graph.batch, graph.edge_index, graph.shifts)
+    g = replace(graph, positions=positions)
     energy = energy_model(g.strained(strain) if stress else g)
     inputs = [positions, strain] if stress else [positions]
     grads = torch.autograd.grad(energy.sum(), inputs, create_graph=training, allow_unused=True)

@@ -30,13 +30,10 @@ def _label(atoms):
 def _bulk(element: str, scale: float, repeat=(2, 2, 2)):
     from ase.build import bulk
 
-    return bulk(element, "fcc", cubic=True).repeat(repeat) if scale == 1.0 else \
-        _scaled(bulk(element, "fcc", cubic=True), scale).repeat(repeat)
-
-
-def _scaled(atoms, scale: float):
-    atoms.set_cell(atoms.cell * scale, scale_atoms=True)
-    return atoms
+    atoms = bulk(element, "fcc", cubic=True)
+    if scale != 1.0:
+        atoms.set_cell(atoms.cell * scale, scale_atoms=True)
+    return atoms.repeat(repeat)
 
 
 def _alloy(a: str, b: str, rng: np.random.Generator):
