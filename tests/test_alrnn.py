@@ -79,3 +79,28 @@ def test_bad_inputs_are_named():
         m(torch.randn(2, 10, 3), forcing_interval=0)
     with pytest.raises(ValueError, match="0 <= P <= M"):
         zoo.create_model("alrnn_m20_p2", P=30)
+
+
+@pytest.mark.parametrize("forcing_interval,alpha", [(16, 1.0), (5, 0.3), (1, 1.0), (1000, 1.0)])
+def test_fused_rollout_matches_autograd_through_the_cell_loop(forcing_interval, alpha):
+    """The hand-written backward of the teacher-forced rollout equals autograd through cell() steps (fp64)."""
+    torch.manual_seed(0)
+    m = zoo.create_model("alrnn_m20_p2").double()
+    with torch.no_grad():
+        m.cell.h.normal_()
+        m.cell.W.normal_(0, 0.3)  # ReLU units switch sign along the way
+    x = torch.randn(4, 41, 3, dtype=torch.float64)
+    z, looped = m.initial_state(x[:, 0]), []
+    for t in range(1, x.shape[1]):
+        z = m.cell(z)
+        looped.append(z[:, :3])
+        if t % forcing_interval == 0:
+            z = torch.cat([alpha * x[:, t] + (1 - alpha) * z[:, :3], z[:, 3:]], 1)
+    looped = torch.stack(looped, 1)
+    weights = torch.randn_like(looped)
+    expected = torch.autograd.grad((looped * weights).sum(), list(m.parameters()))
+    fused = m(x, forcing_interval=forcing_interval, alpha=alpha)
+    got = torch.autograd.grad((fused * weights).sum(), list(m.parameters()))
+    torch.testing.assert_close(fused, looped, rtol=1e-12, atol=0)
+    for g, e in zip(got, expected):
+        torch.testing.assert_close(g, e, rtol=1e-10, atol=1e-10 * e.abs().max().item())

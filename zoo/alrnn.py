@@ -56,15 +56,9 @@ class ALRNN(nn.Module):
         self._check(x, "x")
         if forcing_interval < 1 or not 0.0 <= alpha <= 1.0:
             raise ValueError(f"forcing_interval must be >= 1 and alpha in [0, 1], got {forcing_interval}, {alpha}")
-        N, T = self.config.N, x.shape[1]
-        z = self.initial_state(x[:, 0])
-        states = []
-        for t in range(1, T):
-            z = self.cell(z)
-            states.append(z)
-            if t % forcing_interval == 0:
-                z = torch.cat([alpha * x[:, t] + (1 - alpha) * z[:, :N], z[:, N:]], dim=-1)
-        return self.z(torch.stack(states, 1))[..., :N]
+        forced = [t % forcing_interval == 0 for t in range(1, x.shape[1])]
+        states = self.cell.forced_rollout(self.initial_state(x[:, 0]), x[:, 1:], forced, alpha)
+        return self.z(states)[..., : self.config.N]
 
     @torch.no_grad()
     def generate(self, x0: torch.Tensor, steps: int, return_latents: bool = False):
