@@ -104,3 +104,28 @@ def test_fused_rollout_matches_autograd_through_the_cell_loop(forcing_interval, 
     torch.testing.assert_close(fused, looped, rtol=1e-12, atol=0)
     for g, e in zip(got, expected):
         torch.testing.assert_close(g, e, rtol=1e-10, atol=1e-10 * e.abs().max().item())
+
+
+def test_authors_pytorch_checkpoint_converts_and_runs_their_recursion(tmp_path):
+    """A state dict in the authors' tutorial layout (A, W, h, B with z_1 = x_1 B, z_1[:N] = x_1) converts, and the
+    converted model's free run equals their recursion written out here."""
+    from weights import load_checkpoint
+    from weights.convert import convert
+
+    torch.manual_seed(1)
+    M, P, N = 20, 2, 3
+    theirs = {"A": torch.rand(M) * 0.9, "W": 0.2 * torch.randn(M, M), "h": 0.1 * torch.randn(M), "B": torch.rand(N, M) - 0.5}
+    torch.save(theirs, tmp_path / "lorenz_m20_p2")
+    m = load_checkpoint(convert(tmp_path / "lorenz_m20_p2", "alrnn_m20_p2", tmp_path / "lorenz.safetensors"))
+    x0 = torch.randn(4, N)
+    z = x0 @ theirs["B"]
+    z[:, :N] = x0
+    expected = [z[:, :N]]
+    for _ in range(29):
+        relu_part = torch.cat([z[:, : M - P], z[:, M - P:].clamp_min(0)], 1)
+        z = theirs["A"] * z + relu_part @ theirs["W"].T + theirs["h"]
+        expected.append(z[:, :N])
+    torch.testing.assert_close(m.generate(x0, 30), torch.stack(expected, 1), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match=r"B must be \(N=3, M\)"):
+        torch.save(theirs | {"B": torch.randn(4, M)}, tmp_path / "bad")
+        convert(tmp_path / "bad", "alrnn_m20_p2", tmp_path / "bad.safetensors")

@@ -87,6 +87,22 @@ class ALRNN(nn.Module):
         return self.cell.subregion(z)
 
 
+def checkpoint_filter_fn(state: dict[str, torch.Tensor], model: ALRNN) -> dict[str, torch.Tensor]:
+    """Map the authors' PyTorch tutorial layout (DurstewitzLab/ALRNN-DSR, ``alrnn_python``) onto ours.
+
+    Theirs: ``A`` (M,), ``W`` (M, M), ``h`` (M,) with the same recursion, and ``B`` (N, M), whose initial state
+    is z_1 = x_1 B with the first N units then set to x_1; so our L = B[:, N:]^T. Our own keys pass through.
+    """
+    if "B" not in state:
+        return state
+    N = model.config.N
+    B = state["B"]
+    if B.dim() != 2 or B.shape[0] != N:
+        raise ValueError(f"ALRNN checkpoint: B must be (N={N}, M), got {tuple(B.shape)}")
+    rest = {k: v for k, v in state.items() if k not in ("A", "W", "h", "B")}
+    return rest | {"cell.A": state["A"], "cell.W": state["W"], "cell.h": state["h"], "L": B[:, N:].T.contiguous()}
+
+
 @register_model(ALRNNConfig(M=20, P=2, N=3), PAPER)
 def alrnn_m20_p2(config: ALRNNConfig) -> ALRNN:
     """The paper's Lorenz-63 model: 20 latent units, 2 ReLUs (minimal PWL representation: 3 subregions)."""
