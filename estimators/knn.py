@@ -1,9 +1,12 @@
 """k-nearest-neighbour estimators: Kozachenko-Leonenko entropy and Kraskov-Stoegbauer-Grassberger (KSG) MI.
 
-The neighbour search is exact and brute force, in row chunks: each chunk computes its distances to all
-N points with ``torch.cdist`` and keeps what it needs (k smallest via ``topk``, counts), so memory is
-O(chunk * N) and 10^5 samples fit on a GPU. Cost O(N^2 (D_x + D_y)) time; no tree, so it is slower
-than scikit-learn's KD-tree on a CPU for 1-D data but runs on any device at any dimension.
+Two exact neighbour searches give the same neighbours and counts:
+- ``"brute"``: row chunks; each chunk computes its distances to all N points with ``torch.cdist`` and keeps
+  what it needs (k smallest via ``topk``, counts), so memory is O(chunk * N) and 10^5 samples fit on a
+  GPU. Cost O(N^2 (D_x + D_y)), on any device and at any dimension.
+- ``"tree"``: scipy's ``cKDTree`` (k-th neighbour queries and radius counts, as scikit-learn does), about
+  O(N log N) at low dimension; CPU only.
+``method="auto"`` takes the tree for CPU tensors of at most 20 (joint) dimensions and brute force otherwise.
 """
 from __future__ import annotations
 
@@ -16,10 +19,29 @@ from .paired import paired
 from .samples import as_samples, same_rows, standardise_columns
 
 _METRICS = {"chebyshev": float("inf"), "euclidean": 2.0}
+_TREE_MAX_DIMS = 20  # KD-trees lose to brute force well before this in high dimension; stay conservative
 
 
 def _chunk_rows(n: int, chunk_size: int | None, tensors: int = 4, budget_bytes: int = 256 * 2**20) -> int:
     return chunk_size or max(1, min(n, budget_bytes // (8 * n * tensors)))
+
+
+def _use_tree(method: str, x: torch.Tensor, dims: int) -> bool:
+    if method not in ("auto", "tree", "brute"):
+        raise ValueError(f"method must be 'auto', 'tree' or 'brute', got {method!r}")
+    if method == "tree" and x.device.type != "cpu":
+        raise ValueError(f"method='tree' runs on CPU tensors only (got device {x.device}); use 'brute' or 'auto'")
+    return method == "tree" or (method == "auto" and x.device.type == "cpu" and dims <= _TREE_MAX_DIMS)
+
+
+def _tree_counts(points, radii, strict: bool):
+    """#{j != i: ||p_j - p_i||_inf < r_i} (strict) or <= r_i, for every i, by cKDTree radius queries."""
+    import numpy as np
+    from scipy.spatial import cKDTree
+
+    r = np.nextafter(radii, 0) if strict else radii
+    counts = cKDTree(points).query_ball_point(points, r, p=np.inf, return_length=True, workers=-1) - 1  # less itself
+    return np.where(radii > 0, counts, 0) if strict else counts  # nothing is closer than 0
 
 
 def _check_k(k: int, n: int) -> None:
@@ -28,27 +50,33 @@ def _check_k(k: int, n: int) -> None:
 
 
 def kozachenko_leonenko_entropy(x: torch.Tensor, k: int = 3, metric: str = "euclidean", base: float | str = "nats",
-                                chunk_size: int | None = None) -> torch.Tensor:
+                                chunk_size: int | None = None, method: str = "auto") -> torch.Tensor:
     """H(X) = psi(N) - psi(k) + log V_d + (d/N) sum_i log r_i  (Kozachenko & Leonenko 1987; Kraskov et al. 2004, eq. 20).
 
     r_i is the distance from x_i to its k-th nearest neighbour, V_d the volume of the unit ball of the
     metric (pi^{d/2}/Gamma(d/2+1) euclidean, 2^d chebyshev). Differential entropy in nats (or ``base``).
     Bias: asymptotically unbiased; for finite N it is biased low in high dimension (the k-NN ball is not
     locally uniform). Duplicate points (r_i = 0) are an error: the density is not continuous there.
-    Cost O(N^2 d).
+    Cost O(N^2 d) brute force, about O(N log N) with the tree (``method``, see the module docstring).
     """
     if metric not in _METRICS:
         raise ValueError(f"metric must be one of {list(_METRICS)}, got {metric!r}")
     x = as_samples(x, "x")
     n, d = x.shape
     _check_k(k, n)
-    step = _chunk_rows(n, chunk_size)
-    radii = []
-    for i in range(0, n, step):
-        dist = torch.cdist(x[i:i + step], x, p=_METRICS[metric])
-        dist[torch.arange(dist.shape[0]), torch.arange(i, i + dist.shape[0])] = float("inf")
-        radii.append(dist.topk(k, dim=1, largest=False).values[:, -1])
-    r = torch.cat(radii)
+    if _use_tree(method, x, d):
+        from scipy.spatial import cKDTree
+
+        points = x.double().numpy()
+        r = torch.from_numpy(cKDTree(points).query(points, k=k + 1, p=_METRICS[metric], workers=-1)[0][:, k]).to(x.dtype)
+    else:
+        step = _chunk_rows(n, chunk_size)
+        radii = []
+        for i in range(0, n, step):
+            dist = torch.cdist(x[i:i + step], x, p=_METRICS[metric])
+            dist[torch.arange(dist.shape[0]), torch.arange(i, i + dist.shape[0])] = float("inf")
+            radii.append(dist.topk(k, dim=1, largest=False).values[:, -1])
+        r = torch.cat(radii)
     if (r == 0).any():
         raise ValueError(f"x has duplicate points: {int((r == 0).sum())} samples have their k={k}-th neighbour at "
                          "distance 0; add small noise or raise k")
@@ -60,7 +88,7 @@ def kozachenko_leonenko_entropy(x: torch.Tensor, k: int = 3, metric: str = "eucl
 
 def ksg_mutual_information(x: torch.Tensor, y: torch.Tensor, k: int = 3, variant: int = 1, standardise: bool = True,
                            base: float | str = "nats", chunk_size: int | None = None,
-                           dtype: torch.dtype = torch.float64) -> torch.Tensor:
+                           dtype: torch.dtype = torch.float64, method: str = "auto") -> torch.Tensor:
     """KSG estimator of I(X;Y) for X (N, ...) and Y (N, ...) of any dimensions (Kraskov et al. 2004, eqs. 8 and 9).
 
     Max-norm in the joint space Z = (X, Y). With eps_i the distance to the k-th joint neighbour,
@@ -72,7 +100,7 @@ def ksg_mutual_information(x: torch.Tensor, y: torch.Tensor, k: int = 3, variant
     1e-10 noise. Bias: ~0 for independent variables (estimates scatter around 0 and may be negative);
     underestimates large MI (at least exp(I) ~ N needed) and in high dimension. Duplicate joint points
     give a finite but biased value (counts with eps = 0 are 0). Cost O(N^2 (D_x + D_y)), memory
-    O(chunk_size * N).
+    O(chunk_size * N) brute force; about O(N log N) with the tree (``method``, see the module docstring).
     """
     if variant not in (1, 2):
         raise ValueError(f"variant must be 1 or 2 (KSG-1 or KSG-2), got {variant!r}")
@@ -82,7 +110,23 @@ def ksg_mutual_information(x: torch.Tensor, y: torch.Tensor, k: int = 3, variant
     _check_k(k, n)
     if standardise:
         x, y = standardise_columns(x), standardise_columns(y)
-    step = _chunk_rows(n, chunk_size)
+    if _use_tree(method, x, x.shape[1] + y.shape[1]):
+        nx, ny = _ksg_counts_tree(x, y, k, variant)
+    else:
+        nx, ny = _ksg_counts_brute(x, y, k, variant, _chunk_rows(n, chunk_size))
+    nx, ny = nx.to(dtype), ny.to(dtype)
+    psi = torch.special.digamma
+    n_t, k_t = torch.tensor(float(n), dtype=dtype, device=x.device), torch.tensor(float(k), dtype=dtype, device=x.device)
+    if variant == 1:
+        mi = psi(k_t) + psi(n_t) - (psi(nx + 1) + psi(ny + 1)).mean()
+    else:
+        mi = psi(k_t) - 1.0 / k + psi(n_t) - (psi(nx) + psi(ny)).mean()
+    return (mi / log_base(base)).float()
+
+
+def _ksg_counts_brute(x, y, k, variant, step):
+    """Marginal neighbour counts (n_x, n_y) of KSG by chunked brute-force max-norm distances."""
+    n = x.shape[0]
     nx, ny = [], []
     for i in range(0, n, step):
         dx = torch.cdist(x[i:i + step], x, p=float("inf"))
@@ -100,14 +144,23 @@ def ksg_mutual_information(x: torch.Tensor, y: torch.Tensor, k: int = 3, variant
             ey = dy.gather(1, idx).amax(1, keepdim=True)
             nx.append((dx <= ex).sum(1) - 1)
             ny.append((dy <= ey).sum(1) - 1)
-    nx, ny = torch.cat(nx).to(dtype), torch.cat(ny).to(dtype)
-    psi = torch.special.digamma
-    n_t, k_t = torch.tensor(float(n), dtype=dtype, device=x.device), torch.tensor(float(k), dtype=dtype, device=x.device)
+    return torch.cat(nx), torch.cat(ny)
+
+
+def _ksg_counts_tree(x, y, k, variant):
+    """The same counts with KD-trees: the k joint neighbours, then radius counts in each marginal."""
+    import numpy as np
+    from scipy.spatial import cKDTree
+
+    xs, ys = x.double().numpy(), y.double().numpy()
+    eps, idx = cKDTree(np.hstack([xs, ys])).query(np.hstack([xs, ys]), k=k + 1, p=np.inf, workers=-1)
     if variant == 1:
-        mi = psi(k_t) + psi(n_t) - (psi(nx + 1) + psi(ny + 1)).mean()
-    else:
-        mi = psi(k_t) - 1.0 / k + psi(n_t) - (psi(nx) + psi(ny)).mean()
-    return (mi / log_base(base)).float()
+        counts = (_tree_counts(xs, eps[:, k], strict=True), _tree_counts(ys, eps[:, k], strict=True))
+    else:  # the largest marginal distance among the k joint neighbours (the point itself adds 0)
+        ex = np.abs(xs[idx] - xs[:, None]).max(axis=(1, 2))
+        ey = np.abs(ys[idx] - ys[:, None]).max(axis=(1, 2))
+        counts = (_tree_counts(xs, ex, strict=False), _tree_counts(ys, ey, strict=False))
+    return tuple(torch.from_numpy(np.asarray(c, dtype=np.int64)) for c in counts)
 
 
 def knn_entropy(k: int = 3, metric: str = "euclidean", base: float | str = "nats") -> Estimator:

@@ -73,8 +73,26 @@ def test_ksg_independent_is_zero_and_invariant_under_invertible_maps():
 
 def test_ksg_chunking_does_not_change_the_value():
     x, y = _gaussian_pair(700, 0.6, seed=5)
-    full = ksg_mutual_information(x, y, variant=2).item()
-    assert ksg_mutual_information(x, y, variant=2, chunk_size=33).item() == pytest.approx(full, abs=1e-9)
+    full = ksg_mutual_information(x, y, variant=2, method="brute").item()
+    assert ksg_mutual_information(x, y, variant=2, chunk_size=33, method="brute").item() == pytest.approx(full, abs=1e-9)
+
+
+@pytest.mark.parametrize("dx,dy", [(1, 1), (3, 2)])
+def test_kd_tree_and_brute_force_give_identical_counts(dx, dy):
+    """The CPU KD-tree path and the any-device brute-force path find the same neighbours, duplicates included.
+    (Ties at the k-th joint distance between distinct points leave KSG-2's choice of neighbours open in both.)"""
+    g = torch.Generator().manual_seed(dx)
+    x = torch.randn(1500, dx, generator=g)
+    y = 0.7 * x[:, :dy] + 0.5 * torch.randn(1500, dy, generator=g)
+    x[:40], y[:40] = x[40:80], y[40:80]  # duplicated joint points
+    for variant in (1, 2):
+        brute = ksg_mutual_information(x, y, variant=variant, method="brute").item()
+        assert ksg_mutual_information(x, y, variant=variant, method="tree").item() == brute
+    for metric in ("euclidean", "chebyshev"):
+        brute = kozachenko_leonenko_entropy(y[200:], metric=metric, method="brute").item()
+        assert kozachenko_leonenko_entropy(y[200:], metric=metric, method="tree").item() == brute
+    with pytest.raises(ValueError, match="method must be"):
+        ksg_mutual_information(x, y, method="ball")
 
 
 def test_kl_entropy_of_gaussian_and_uniform_and_scipy():
