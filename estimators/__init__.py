@@ -11,6 +11,7 @@ from .effective_number import effective_feature_count, effective_rank, feature_c
 from .information_plane import information_plane, layer_activations, plot_information_plane
 from .knn import knn_entropy, kozachenko_leonenko_entropy, ksg_mi, ksg_mutual_information
 from .local_complexity import local_complexity
+from .lyapunov import largest_lyapunov_exponent
 from .matrix import (cauchy_schwarz_divergence, cauchy_schwarz_mutual_information, cs_mi, matrix_renyi_entropy,
                      matrix_renyi_mutual_information, renyi_entropy, renyi_mi)
 from .neural import neural_mi, neural_mutual_information
@@ -36,7 +37,7 @@ def make_estimator(spec) -> Estimator:
     return ESTIMATORS[name](**(kwargs or {}))
 
 
-__all__ = ["ESTIMATORS", "make_estimator", "Probe", "Estimator", "entropy", "shannon_entropy", "condition_number", "matrix_condition_number",
+__all__ = ["largest_lyapunov_exponent", "ESTIMATORS", "make_estimator", "Probe", "Estimator", "entropy", "shannon_entropy", "condition_number", "matrix_condition_number",
            "covariance_condition_number", "paired", "mi",
            "attention_entropy", "attention_entropy_per_head", "plugin_entropy", "binned_mutual_information",
            "binned_entropy", "binned_mi", "adaptive_binned_mi", "compressed_mi", "compressed_mutual_information",

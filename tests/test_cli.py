@@ -38,7 +38,7 @@ def test_eval_and_estimate_on_a_checkpoint(tmp_path, capsys):
     small = ["--set", "data.train_steps=2000", "--set", "data.test_steps=1500", "--set", "task_args.seq_len=30"]
     main(["eval", str(path), "--recipe", "alrnn-lorenz63", *small])
     metrics = json.loads(capsys.readouterr().out)
-    assert set(metrics) == {"D_stsp", "D_H", "PE_20", "subregions"}
+    assert set(metrics) == {"D_stsp", "D_H", "PE_20", "subregions", "lambda_max"}
     main(["estimate", str(path), "--recipe", "alrnn-lorenz63", *small, "--probe", "cell.W=condition_number",
           "--batch", "8"])
     point, name, value = capsys.readouterr().out.split()

@@ -164,6 +164,8 @@ def _fit(recipe: dict, cfg: dict, out: Path, resume: bool, d: Dist) -> dict:
             diff = sorted(k for k in set(saved) | set(recipe) if saved.get(k) != recipe.get(k))
             raise ValueError(f"--resume with a different recipe than the one in {out}/recipe.yaml (sections {diff} differ)")
 
+    if cfg["threads"]:  # small sequential models (AL-RNN) run fastest on one thread per process
+        torch.set_num_threads(int(cfg["threads"]))
     torch.manual_seed(int(cfg["seed"]))
     random.seed(int(cfg["seed"]))
     task = make_task(recipe)

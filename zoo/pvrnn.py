@@ -166,6 +166,14 @@ class PVRNN(nn.Module):
         """Free-running generation from the prior (first step N(0, I)), shape (batch, steps, out_size)."""
         return self.unroll(steps, self.initial_state(batch), first=True, noise=noise)["x"]
 
+    def prior_mean_map(self, h: torch.Tensor) -> torch.Tensor:
+        """One step of the noise-free generative dynamics (z_t = prior mean) on the internal states of all
+        levels concatenated, h (B, sum d_k) -> (B, sum d_k), with d = tanh(h): the deterministic part of
+        generation, whose largest Lyapunov exponent tells chaos (> 0) from a stable pattern (<= 0)."""
+        hs = h.split(list(self.config.d_sizes), -1)
+        state = self.unroll(1, [(hk, torch.tanh(hk)) for hk in hs], first=False, noise=False)["state"]
+        return torch.cat([hk for hk, _ in state], -1)
+
     @torch.no_grad()
     def reconstruct(self, ids: torch.Tensor, steps: int | None = None) -> torch.Tensor:
         """Posterior-mean reconstruction of training sequences ``ids``, shape (B, steps, out_size)."""

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from estimators.dynamics import power_spectrum_distance, prediction_error, state_space_divergence
+from estimators.lyapunov import largest_lyapunov_exponent
 
 from ..data.systems import cached_simulate, standardise
 from .base import Task
@@ -17,7 +18,10 @@ class DSRTask(Task):
     """Random windows of ``seq_len + 1`` steps from the standardised training trajectory, plus Gaussian noise
     (``data.noise`` std, as the AL-RNN authors add to every batch); loss = MSE of the teacher-forced
     one-step predictions. Evaluation free-runs the model from the first test state for the whole test
-    length and reports D_stsp, D_H, the n-step prediction error and the linear subregions visited.
+    length and reports D_stsp, D_H, the n-step prediction error, the linear subregions visited after a
+    transient (``settling``) and the
+    largest Lyapunov exponent of the model's map (per time unit: per step / data.dt; 4 trajectories started
+    on the generated orbit, 5000 steps each, float64).
     """
 
     def __init__(self, recipe: dict):
@@ -33,6 +37,7 @@ class DSRTask(Task):
         self.pe_steps = int(self.args.get("pe_steps", 20))
         self.n_bins = int(self.args.get("n_bins", 30))
         self.smoothing = float(self.args.get("smoothing", 20.0))
+        self.dt = float(d["dt"])
         if self.seq_len + 1 > len(self.train_x):
             raise ValueError(f"task_args.seq_len={self.seq_len} is longer than the training trajectory ({len(self.train_x)})")
 
@@ -61,18 +66,37 @@ class DSRTask(Task):
         if not torch.isfinite(x_gen).all():
             return {"D_stsp": float("inf"), "D_H": 1.0, f"PE_{self.pe_steps}": float("inf"), "subregions": 0}
         pred = model.n_step_prediction(self.test_x.to(device), self.pe_steps).float().cpu()
-        codes = model.symbolic_code(z)
+        codes = model.symbolic_code(z[self.settling(z):])
         return {
             "D_stsp": float(state_space_divergence(self.test_x, x_gen, n_bins=self.n_bins)),
             "D_H": float(power_spectrum_distance(self.test_x, x_gen, smoothing=self.smoothing)),
             f"PE_{self.pe_steps}": float(prediction_error(self.test_x[self.pe_steps:], pred)),
             "subregions": int(codes.unique().numel()),
+            "lambda_max": self.lyapunov(model, z),
         }
+
+    @staticmethod
+    def settling(z: torch.Tensor) -> int:
+        """Steps of a free run before it counts as on the attractor (for the subregion count): 1000, or a tenth
+        of a shorter run; the initial state [x_1; L x_1] itself is usually off the attractor."""
+        return min(1000, len(z) // 10)
+
+    def lyapunov(self, model, z: torch.Tensor) -> float:
+        """Largest Lyapunov exponent (1/time) of the model's latent map, from 4 states of the free run z (T, M)."""
+        import copy
+
+        cell = copy.deepcopy(model.cell).double().cpu()
+        starts = z[torch.linspace(len(z) // 2, len(z) - 1, 4).long()].double()
+        try:
+            return float(largest_lyapunov_exponent(cell, starts, steps=5000, transient=500, dt=self.dt).mean())
+        except FloatingPointError:
+            return float("nan")
 
     def report(self, model, out: Path):
         from ..plots import plot_attractor
 
         x_gen, z = self.free_run(model)
-        codes = model.symbolic_code(z)
+        skip = self.settling(z)
+        x_gen, codes = x_gen[skip:], model.symbolic_code(z[skip:])
         return [plot_attractor(self.test_x, x_gen, codes, Path(out) / "attractor.png",
                                title=f"{self.recipe['name']}: {codes.unique().numel()} linear subregions visited")]

@@ -1,6 +1,7 @@
 """PV-RNN training: the model's per-sequence adaptive vectors are indexed by the batch's sequence ids."""
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import torch
@@ -18,7 +19,8 @@ class PVRNNTask(Task):
     (reconstruction + meta-prior-weighted KL). Evaluation: posterior-mean reconstruction error and KL per level
     on the training set, the branch probability P(B | branch) of free-running generation against the true
     ``p_b``, and the one-step prediction error of error regression (``task_args``: er_streams, er_length,
-    er_window, er_iterations, er_lr, gen_steps) on unseen test streams.
+    er_window, er_iterations, er_lr, gen_steps) on unseen test streams, and the largest Lyapunov exponent
+    (per step) of the noise-free generative map from 4 states reached by generation (``lyapunov_steps``).
     """
 
     def __init__(self, recipe: dict):
@@ -35,6 +37,7 @@ class PVRNNTask(Task):
         self.test_x, _ = pfsm_sequences(int(a.get("er_streams", 4)), int(a.get("er_length", 80)), self.period,
                                         self.p_b, noise, seed + 1)
         self.gen_steps = int(a.get("gen_steps", 2000))
+        self.lyapunov_steps = int(a.get("lyapunov_steps", 2000))
 
     def batch(self, size, generator):
         if size > self.n:
@@ -55,7 +58,19 @@ class PVRNNTask(Task):
         er = model.error_regression(self.test_x.to(device), **self.er)
         return {"rec": float(rec.mean()), **{f"kl_{k}": float(v) for k, v in enumerate(kl.mean(0))},
                 "p_b_generated": float(branch_probability(gen, self.period)), "p_b_true": self.p_b,
-                "er_error": float(er["error"].mean())}
+                "er_error": float(er["error"].mean()), "lambda_max": self.lyapunov(model)}
+
+    def lyapunov(self, model) -> float:
+        """Largest Lyapunov exponent (per step) of ``model.prior_mean_map`` after 500 generated steps."""
+        from estimators.lyapunov import largest_lyapunov_exponent
+
+        state = model.unroll(500, model.initial_state(4), first=True, noise=True)["state"]
+        h = torch.cat([hk for hk, _ in state], -1).double()
+        try:
+            return float(largest_lyapunov_exponent(copy.deepcopy(model).double().prior_mean_map, h,
+                                                   steps=self.lyapunov_steps, transient=200).mean())
+        except FloatingPointError:
+            return float("nan")
 
     def report(self, model, out: Path):
         import matplotlib.pyplot as plt

@@ -1,0 +1,53 @@
+import math
+
+import pytest
+import torch
+
+from estimators import largest_lyapunov_exponent
+from train.data.systems import lorenz63
+
+
+def test_logistic_map_at_r4_is_log2():
+    """x -> 4 x (1 - x) has lambda = ln 2 exactly (conjugate to the tent map)."""
+    z0 = torch.rand(8, 1, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    lam = largest_lyapunov_exponent(lambda x: 4 * x * (1 - x), z0, steps=5000, transient=100)
+    assert lam.mean().item() == pytest.approx(math.log(2), abs=0.01)
+
+
+def test_henon_map_published_exponent():
+    """Henon map (a=1.4, b=0.3): lambda_max = 0.4192 per step (Sprott, Chaos and Time-Series Analysis, 2003)."""
+    def henon(z):
+        return torch.stack([1 - 1.4 * z[:, 0] ** 2 + z[:, 1], 0.3 * z[:, 0]], -1)
+
+    z0 = 0.1 * torch.rand(8, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    lam = largest_lyapunov_exponent(henon, z0, steps=5000, transient=200)
+    assert lam.mean().item() == pytest.approx(0.4192, abs=0.01)
+
+
+def test_lorenz63_flow_and_a_stable_linear_map():
+    """Lorenz-63 (sigma 10, rho 28, beta 8/3): lambda_max = 0.9056 per time unit (Sprott 2003); an RK4 map with
+    dt = 0.01 gives it through dt. A contraction diag(0.5, 0.9) gives log 0.9."""
+    dt = 0.01
+
+    def f(z):
+        return torch.stack(lorenz63(0.0, z.T), -1)
+
+    def rk4(z):
+        k1 = f(z)
+        k2 = f(z + dt / 2 * k1)
+        k3 = f(z + dt / 2 * k2)
+        return z + dt / 6 * (k1 + 2 * k2 + 2 * k3 + f(z + dt * k3))
+
+    z0 = torch.tensor([[1.0, 1.0, 20.0]], dtype=torch.float64) + torch.randn(8, 3, dtype=torch.float64)
+    lam = largest_lyapunov_exponent(rk4, z0, steps=5000, transient=500, dt=dt)
+    assert lam.mean().item() == pytest.approx(0.9056, abs=0.03)
+    contraction = largest_lyapunov_exponent(lambda z: z * torch.tensor([0.5, 0.9], dtype=torch.float64),
+                                            torch.ones(1, 2, dtype=torch.float64), steps=200, transient=50)
+    assert contraction.item() == pytest.approx(math.log(0.9), abs=1e-9)
+
+
+def test_bad_inputs():
+    with pytest.raises(ValueError, match="z0 must be"):
+        largest_lyapunov_exponent(lambda z: z, torch.ones(3), steps=10)
+    with pytest.raises(FloatingPointError, match="diverged or merged"):
+        largest_lyapunov_exponent(lambda z: z * 1e200, torch.ones(1, 2, dtype=torch.float64), steps=10)
