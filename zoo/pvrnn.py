@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from layers import ProbePoint, PVRNNLayer, gaussian_kl
+from layers import ProbePoint, PVRNNLayer, gaussian_kl, top_down_recurrence
 
 from ._registry import Paper, register_model
 
@@ -88,7 +88,11 @@ class PVRNN(nn.Module):
             q = [layer.posterior(a_mu, a_sigma) for layer, a_mu, a_sigma in zip(self.levels, *post)]
             zs = [mu + s * torch.randn_like(mu) if noise else mu for mu, s in q]
             z_drive = [layer.W_zd(z) for layer, z in zip(self.levels, zs)]
-        for t in range(steps):
+        fused = post is not None and all(layer.W_bottom is None for layer in self.levels)
+        if fused:  # z does not depend on the state: one fused recursion for all steps (same values and gradients)
+            d_seq, hs = top_down_recurrence(self.levels, z_drive, list(zip(hs, ds)))
+            ds = [d[:, -1] for d in d_seq]
+        for t in range(0 if fused else steps):
             new_d = [None] * L
             for k in reversed(range(L)):
                 layer, r = self.levels[k], rec[k]
@@ -107,7 +111,7 @@ class PVRNN(nn.Module):
             ds = new_d
         levels = []
         for k, (layer, r) in enumerate(zip(self.levels, rec)):
-            d = torch.stack(r["d"], 1)
+            d = d_seq[k] if fused else torch.stack(r["d"], 1)
             stats = {"d": layer.d(d)}
             if post is None:
                 stats |= {n: getattr(layer, n)(torch.stack(r[n], 1)) for n in ("z", "prior_mu", "prior_sigma")}
