@@ -16,6 +16,16 @@ def test_alrnn_roessler_reconstructs_the_attractor_with_two_subregions(tmp_path)
 
 
 @pytest.mark.slow
+def test_alrnn_lorenz63_reconstructs_a_chaotic_two_lobed_attractor(tmp_path):
+    fit(load_recipe("alrnn-lorenz63"), tmp_path / "run")
+    best = json.loads((tmp_path / "run" / "best.json").read_text())
+    # seed 0 selects step 15,000: D_stsp 3.9, D_H 0.21; a fixed point or one-lobe cycle gives D_stsp ~15.7
+    assert best["D_stsp"] < 5.0 and best["D_H"] < 0.4
+    assert 0.5 < best["lambda_max"] < 1.6  # Lorenz-63: 0.906 per time unit
+    assert best["subregions"] in (3, 4)
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("entry", [c for c in published_checkpoints() if c.get("recipe")], ids=lambda c: c["name"])
 def test_shipped_checkpoint_reproduces_its_reported_metrics(entry):
     import zoo

@@ -29,6 +29,10 @@ def _cmd_train(args):
     final = fit(recipe, out, resume=args.resume)
     if final:
         print(json.dumps(final, indent=2))
+        if (out / "best.json").is_file():
+            best = json.loads((out / "best.json").read_text())
+            print(f"selected by {recipe['train']['select']} (step {best['step']}, best.safetensors):")
+            print(json.dumps(best, indent=2))
         print(f"run directory: {out}")
 
 
