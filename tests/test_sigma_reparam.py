@@ -178,6 +178,38 @@ def test_vit_sigma_zoo_names_build_and_keep_function_of_normless_vit():
     torch.testing.assert_close(plain(x), y, atol=1e-5, rtol=1e-5)
 
 
+def test_vit_attention_probes_equal_timms_explicit_attention_and_the_baseline_flag():
+    """blocks.N.attn.probs carries what timm's own non-fused path computes as attention probabilities; the fused
+    forward is untouched. reparam=False builds timm's plain pre-LN ViT (the paper's baseline)."""
+    from estimators import Probe, attention_entropy
+
+    torch.manual_seed(0)
+    base = zoo.create_model("vit_tiny_patch16_224_sigma", img_size=32, patch_size=8, depth=2, num_classes=3,
+                            reparam=False, remove_norms=False).eval()
+    assert not any(isinstance(m, (SigmaLinear, SigmaConv2d)) for m in base.modules())
+    assert isinstance(base.blocks[0].norm1, nn.LayerNorm)
+    x = torch.randn(2, 3, 32, 32)
+    seen = []
+    hook = base.blocks[1].attn.probs.register_forward_hook(lambda mod, inp, out: seen.append(out))
+    y = base(x)
+    hook.remove()
+    base.blocks[1].attn.fused_attn = False
+    reference = []
+    hook = base.blocks[1].attn.attn_drop.register_forward_hook(lambda mod, inp, out: reference.append(out))
+    torch.testing.assert_close(base(x), y, atol=1e-5, rtol=1e-5)
+    hook.remove()
+    torch.testing.assert_close(seen[0], reference[0], atol=1e-6, rtol=1e-6)
+    assert not [k for k in base.state_dict() if "probs" in k]
+    sigma = zoo.create_model("vit_tiny_patch16_224_sigma", img_size=32, patch_size=8, depth=2, num_classes=3)
+    with Probe(sigma, {"blocks.*.attn.probs": [attention_entropy()]}, every=1, max_samples=None) as probe:
+        sigma(x)
+        probe.step()
+    rows = [r for r in probe.table() if r["estimator"] == "attention_entropy/mean"]
+    assert {r["point"] for r in rows} == {"blocks.0.attn.probs", "blocks.1.attn.probs"}
+    with pytest.raises(ValueError, match="remove_norms=False"):
+        zoo.create_model("vit_tiny_patch16_224_sigma", reparam=False)
+
+
 def test_vit_sigma_checkpoint_round_trip(tmp_path):
     torch.manual_seed(0)
     m = zoo.create_model("vit_tiny_patch16_224_sigma", img_size=32, patch_size=8, depth=2, num_classes=3)

@@ -20,7 +20,7 @@ from timm.models import build_model_with_cfg, generate_default_cfgs
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
-from layers import apply_sigma_reparam
+from layers import add_attention_probes, apply_sigma_reparam
 
 from ._registry import Paper, register_model
 from .transformer_lm import TransformerLMArgs, build_transformer_lm
@@ -45,15 +45,20 @@ def _cfg(**kwargs) -> dict:
 default_cfgs = generate_default_cfgs({f"vit_{size}_patch16_224_sigma": _cfg() for size in VIT_SIZES})
 
 
-def _create_vit_sigma(size: str, pretrained: bool = False, remove_norms: bool = True, **kwargs) -> VisionTransformer:
+def _create_vit_sigma(size: str, pretrained: bool = False, remove_norms: bool = True, reparam: bool = True,
+                      **kwargs) -> VisionTransformer:
     """timm's VisionTransformer of ``size`` (patch 16, depth 12), then every Linear/Conv2d sigma-reparametrised
-    and (``remove_norms``) every LayerNorm replaced by Identity."""
+    and (``remove_norms``) every LayerNorm replaced by Identity. ``reparam=False`` (with ``remove_norms=False``)
+    keeps timm's plain pre-LN ViT: the paper's baseline. Every block's attention gets the probe point
+    ``blocks.N.attn.probs`` (layers.add_attention_probes)."""
     variant = f"vit_{size}_patch16_224_sigma"
     if pretrained:
         raise ValueError(f"{variant}: no published sigmaReparam checkpoint is converted yet; use pretrained=False")
+    if not reparam and remove_norms:
+        raise ValueError(f"{variant}: reparam=False is the LayerNorm baseline; pass remove_norms=False with it")
     model_args = dict(patch_size=16, depth=12, **VIT_SIZES[size]) | kwargs
-    model = build_model_with_cfg(VisionTransformer, variant, pretrained, **model_args)
-    return apply_sigma_reparam(model, remove_norms=remove_norms)
+    model = add_attention_probes(build_model_with_cfg(VisionTransformer, variant, pretrained, **model_args))
+    return apply_sigma_reparam(model, remove_norms=remove_norms) if reparam else model
 
 
 @timm.models.register_model
@@ -84,6 +89,7 @@ class ViTSigmaConfig:
     drop_rate: float = 0.0
     drop_path_rate: float = 0.0
     remove_norms: bool = True
+    reparam: bool = True  # False (with remove_norms False): timm's plain ViT, the paper's baseline
 
 
 def _register_vit(size: str) -> None:
