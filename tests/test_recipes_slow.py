@@ -40,3 +40,22 @@ def test_shipped_checkpoint_reproduces_its_reported_metrics(entry):
     for key in ("D_stsp", "D_H"):
         assert metrics[key] == pytest.approx(entry["ours"][key], rel=0.15), key
     assert metrics["subregions"] == entry["ours"]["subregions"]
+
+
+@pytest.mark.slow
+def test_sigma_vit_digits_keeps_attention_entropy_where_the_layernorm_baseline_collapses(tmp_path):
+    import csv
+
+    def final_entropies(run):
+        rows = [r for r in csv.DictReader(open(run / "probe.csv")) if r["estimator"] == "attention_entropy/mean"]
+        last = max(int(r["step"]) for r in rows)
+        return [float(r["value"]) for r in rows if int(r["step"]) == last]
+
+    fit(load_recipe("sigma-vit-digits"), tmp_path / "sigma")
+    fit(load_recipe("sigma-vit-digits", ["model_args.reparam=false", "model_args.remove_norms=false"]), tmp_path / "base")
+    sigma, base = final_entropies(tmp_path / "sigma"), final_entropies(tmp_path / "base")
+    assert len(sigma) == len(base) == 6
+    assert max(base) < 1.5 and min(base) < 0.5  # collapsed (uniform over 65 tokens is 4.17 nats)
+    assert min(sigma) > 2.5
+    acc = {k: json.loads((tmp_path / k / "summary.json").read_text())["test_acc"] for k in ("sigma", "base")}
+    assert acc["sigma"] > acc["base"] + 0.1

@@ -117,8 +117,13 @@ FACET_TINY = ["data.per_element=4", "data.alloys=4", "model_args.channels=8", "m
               "model_args.cutoff=4.0", "train.batch_size=4", "train.eval_every=0", "probe.points={}"]
 
 
+SIGMA_VIT_TINY = ["model_args.depth=1", "model_args.patch_size=8", "train.batch_size=8", "train.eval_every=0",
+                  "probe.points={}"]
+
+
 @pytest.mark.parametrize("name, extra", [("alrnn-lorenz63", SMALL_DSR + ["probe.every=100"]),
-                                         ("facet-emt", FACET_TINY)])  # facet: forces by double backward under DDP
+                                         ("facet-emt", FACET_TINY),  # forces by double backward under DDP
+                                         ("sigma-vit-digits", SIGMA_VIT_TINY)])  # power-iteration buffers u, v
 def test_torchrun_two_processes_equal_single_process(tmp_path, name, extra):
     overrides = extra + ["train.steps=8", "train.ckpt_every=0"]
     fit(load_recipe(name, overrides), tmp_path / "single")

@@ -1,0 +1,70 @@
+"""PV-RNN speed: training steps per second and error-regression latency per incoming observation.
+
+    python benchmarks/pvrnn_speed.py [--threads 1] [--device cpu] [--out benchmarks/results]
+
+Model pvrnn_pfsm (40+10 d units, 4+1 z). Training: Adam steps on batches of 12 x 200 and 24 x 400 steps.
+Error regression: one stream, windows 10/30/50, K = 10 iterations, latency = wall time / observations
+processed. The issue's goal is 100 Hz (10 ms per observation) on one CPU core. Writes pvrnn_speed_<device>.json/.md.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+import zoo
+from bench_estimators import machine
+
+
+def train_steps_per_s(device, n_seq: int, seq_len: int, steps: int = 10) -> float:
+    model = zoo.create_model("pvrnn_pfsm", n_sequences=n_seq, seq_len=seq_len).to(device)
+    opt = torch.optim.Adam(model.parameters(), 1e-3)
+    x, ids = torch.randn(n_seq, seq_len, 2, device=device), torch.arange(n_seq, device=device)
+    for i in range(steps + 2):
+        if i == 2:  # two warm-up steps
+            t = time.perf_counter()
+        loss, _ = model.loss(ids, x)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return steps / (time.perf_counter() - t)
+
+
+def er_latency_ms(device, window: int, iterations: int = 10, length: int = 60) -> float:
+    model = zoo.create_model("pvrnn_pfsm", n_sequences=2, seq_len=50).to(device)
+    stream = torch.randn(1, window + length, 2, device=device)
+    model.error_regression(stream[:, :window + 3], window=window, iterations=iterations)  # warm-up
+    t = time.perf_counter()
+    out = model.error_regression(stream, window=window, iterations=iterations)
+    return 1e3 * (time.perf_counter() - t) / out["error"].shape[1]
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--out", default="benchmarks/results")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    res = {"machine": machine(device), "torch": torch.__version__,
+           "train_steps_per_s": {f"{n}x{T}": train_steps_per_s(device, n, T) for n, T in ((12, 200), (24, 400))},
+           "er_latency_ms_K10": {f"W{w}": er_latency_ms(device, w) for w in (10, 30, 50)}}
+    lines = [f"Machine: {res['machine']}", "", "| measurement | value |", "|---|---|"]
+    lines += [f"| training, batch {k} steps | {v:.2f} steps/s |" for k, v in res["train_steps_per_s"].items()]
+    lines += [f"| error regression, {k}, K=10 | {v:.1f} ms per observation ({1e3 / v:.0f} Hz) |"
+              for k, v in res["er_latency_ms_K10"].items()]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"pvrnn_speed_{device.type}.json").write_text(json.dumps(res, indent=2))
+    (out / f"pvrnn_speed_{device.type}.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
