@@ -33,13 +33,15 @@ def test_shipped_checkpoint_reproduces_its_reported_metrics(entry):
 
     model = zoo.create_model(entry["model"], pretrained=entry["name"]).eval()
     metrics = make_task(load_recipe(entry["recipe"])).evaluate(model)
-    # PE_20 is a 20-step quantity and reproduces to rounding; D_stsp and D_H come from a 10^5-step free run of a
-    # chaotic map, whose trajectory depends on floating-point summation order (thread count), so its long-term
-    # statistics agree only to sampling precision.
-    assert metrics["PE_20"] == pytest.approx(entry["ours"]["PE_20"], rel=1e-3)
-    for key in ("D_stsp", "D_H"):
-        assert metrics[key] == pytest.approx(entry["ours"][key], rel=0.15), key
-    assert metrics["subregions"] == entry["ours"]["subregions"]
+    # D_stsp, D_H and lambda_max come from long free runs of a chaotic map, whose trajectory depends on the
+    # floating-point summation order (thread count), so they agree only to sampling precision; everything else
+    # (PE_20, a 20-step quantity; the potential's MAEs) reproduces to rounding.
+    chaotic = {"D_stsp", "D_H", "lambda_max"}
+    for key, value in entry["ours"].items():
+        if key == "subregions":
+            assert metrics[key] == value
+        else:
+            assert metrics[key] == pytest.approx(value, rel=0.15 if key in chaotic else 1e-3), key
 
 
 @pytest.mark.slow
