@@ -13,29 +13,15 @@ samples every 50 steps.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
+from common import machine, sync, write_results
 from estimators import Probe, diffusion_spectral_entropy, dse, ksg_mutual_information
 from layers import ProbePoint
-
-
-def machine(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"{platform.processor() or platform.machine()} CPU, {os.cpu_count()} cores (torch threads {torch.get_num_threads()})"
-
-
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def timed(fn, device, repeat=1):
@@ -156,13 +142,7 @@ def main(argv=None):
                    for m in (["auto", "brute"] if device.type == "cpu" and n <= 20_000 else ["auto"])],
            "dse": bench_dse(args.dse_n, device),
            "probe": bench_probe(device, args.probe_steps)}
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    stem = f"bench_estimators_{device.type}"
-    (out / f"{stem}.json").write_text(json.dumps(res, indent=2))
-    md = markdown(res)
-    (out / f"{stem}.md").write_text(md)
-    print(md)
+    write_results(args.out, f"bench_estimators_{device.type}", res, markdown(res))
 
 
 if __name__ == "__main__":

@@ -9,14 +9,12 @@ processed. The issue's goal is 100 Hz (10 ms per observation) on one CPU core. W
 from __future__ import annotations
 
 import argparse
-import json
 import time
-from pathlib import Path
 
 import torch
 
 import zoo
-from bench_estimators import machine
+from common import machine, write_results
 
 
 def train_steps_per_s(device, n_seq: int, seq_len: int, steps: int = 10) -> float:
@@ -59,11 +57,7 @@ def main(argv=None):
     lines += [f"| training, batch {k} steps | {v:.2f} steps/s |" for k, v in res["train_steps_per_s"].items()]
     lines += [f"| error regression, {k}, K=10 | {v:.1f} ms per observation ({1e3 / v:.0f} Hz) |"
               for k, v in res["er_latency_ms_K10"].items()]
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"pvrnn_speed_{device.type}.json").write_text(json.dumps(res, indent=2))
-    (out / f"pvrnn_speed_{device.type}.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_results(args.out, f"pvrnn_speed_{device.type}", res, "\n".join(lines))
 
 
 if __name__ == "__main__":

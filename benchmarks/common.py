@@ -1,0 +1,29 @@
+"""Shared by the benchmark scripts: the machine's name, device sync, and writing <stem>.json + <stem>.md."""
+from __future__ import annotations
+
+import json
+import os
+import platform
+from pathlib import Path
+
+import torch
+
+
+def machine(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{platform.processor() or platform.machine()} CPU, {os.cpu_count()} cores (torch threads {torch.get_num_threads()})"
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def write_results(out: str | os.PathLike, stem: str, res: dict, markdown: str) -> None:
+    """Write ``res`` as <out>/<stem>.json and ``markdown`` as <out>/<stem>.md, and print the markdown."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{stem}.json").write_text(json.dumps(res, indent=2))
+    (out / f"{stem}.md").write_text(markdown.rstrip("\n") + "\n")
+    print(markdown)

@@ -1,0 +1,77 @@
+"""sigmaReparam overhead on ViT-S: training step against the plain model, and inference after folding.
+
+    python benchmarks/sigma_overhead.py [--img 224] [--batch 32] [--steps 10] [--device cuda] [--out benchmarks/results]
+
+Models: timm's ViT-S/16 (LayerNorm, plain Linear), the same with sigmaReparam on every Linear and the patch
+embedding keeping the LayerNorms (the reparametrisation's own cost), and the paper's variant without LayerNorm.
+Training: SGD steps (forward, backward, update) on random images, mean over ``--steps`` after 2 warm-up steps.
+Inference: eval-mode forward of the plain model and of the sigmaReparam model after ``remove_sigma_reparam``
+(folded into plain weights). The issue's goal: under 5% training overhead on GPU; 0% after folding.
+Writes sigma_overhead_<device>.json/.md.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import timm
+import torch
+
+import zoo  # noqa: F401  (registers the _sigma ViTs with timm)
+from common import machine, sync, write_results
+from layers import remove_sigma_reparam
+
+
+def step_ms(model, x, y, steps: int, train: bool) -> float:
+    device = x.device
+    model.train(train)
+    opt = torch.optim.SGD(model.parameters(), lr=1e-4)
+    for i in range(steps + 2):
+        if i == 2:
+            sync(device)
+            t = time.perf_counter()
+        if train:
+            opt.zero_grad(set_to_none=True)
+            torch.nn.functional.cross_entropy(model(x), y).backward()
+            opt.step()
+        else:
+            with torch.no_grad():
+                model(x)
+    sync(device)
+    return 1e3 * (time.perf_counter() - t) / steps
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--img", type=int, default=224)
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--out", default="benchmarks/results")
+    args = ap.parse_args(argv)
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    x = torch.randn(args.batch, 3, args.img, args.img, device=device)
+    y = torch.randint(0, 1000, (args.batch,), device=device)
+    kw = dict(img_size=args.img)
+    models = {"plain ViT-S/16": timm.create_model("vit_small_patch16_224", **kw),
+              "sigmaReparam, LayerNorm kept": timm.create_model("vit_small_patch16_224_sigma", remove_norms=False, **kw),
+              "sigmaReparam, no LayerNorm (paper)": timm.create_model("vit_small_patch16_224_sigma", **kw)}
+    res = {"machine": machine(device), "torch": torch.__version__, "img": args.img, "batch": args.batch, "train_ms": {},
+           "infer_ms": {}}
+    for name, model in models.items():
+        res["train_ms"][name] = step_ms(model.to(device), x, y, args.steps, train=True)
+    res["infer_ms"]["plain ViT-S/16"] = step_ms(models["plain ViT-S/16"], x, y, args.steps, train=False)
+    folded = remove_sigma_reparam(models["sigmaReparam, LayerNorm kept"].eval())
+    res["infer_ms"]["sigmaReparam folded (LayerNorm kept)"] = step_ms(folded, x, y, args.steps, train=False)
+    base_t, base_i = res["train_ms"]["plain ViT-S/16"], res["infer_ms"]["plain ViT-S/16"]
+    lines = [f"Machine: {res['machine']}; ViT-S/16 at {args.img}x{args.img}, batch {args.batch}", "",
+             "| model | training step [ms] | overhead |", "|---|---|---|"]
+    lines += [f"| {k} | {v:.1f} | {100 * (v / base_t - 1):+.1f}% |" for k, v in res["train_ms"].items()]
+    lines += ["", "| model | inference forward [ms] | overhead |", "|---|---|---|"]
+    lines += [f"| {k} | {v:.1f} | {100 * (v / base_i - 1):+.1f}% |" for k, v in res["infer_ms"].items()]
+    write_results(args.out, f"sigma_overhead_{device.type}", res, "\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
