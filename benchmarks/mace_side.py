@@ -23,12 +23,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import venvs  # noqa: E402
 from potential_workloads import labelled_frames, measure_accuracy, measure_relax, measure_speed  # noqa: E402
 
 MACE_REQUIREMENTS = ("torch==2.13.0", "mace-torch")
@@ -36,23 +36,12 @@ MACE_REQUIREMENTS = ("torch==2.13.0", "mace-torch")
 
 def ensure_venv(path: str | os.PathLike) -> str:
     """Create a venv at `path` with mace-torch installed (if it is not already) and return its python."""
-    path = Path(path)
-    python = path / "bin" / "python"
-    if not python.exists():
-        subprocess.run([sys.executable, "-m", "venv", str(path)], check=True)
-    if subprocess.run([str(python), "-c", "import mace, torch"], capture_output=True).returncode != 0:
-        subprocess.run([str(python), "-m", "pip", "install", *MACE_REQUIREMENTS], check=True)
-    return str(python)
+    return venvs.ensure_venv(path, MACE_REQUIREMENTS, "import mace, torch")
 
 
 def run_mace_side(python: str, argv: list[str], threads: int = 1) -> dict:
     """Run this script with the venv's `python` and return the JSON object on its last stdout line."""
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    done = subprocess.run([python, __file__, "--threads", str(threads), *argv],
-                          capture_output=True, text=True, env=env)
-    if done.returncode != 0:
-        raise RuntimeError(f"mace_side.py {argv[0]} failed (exit {done.returncode}):\n{done.stderr[-4000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return venvs.run_json(python, __file__, ["--threads", str(threads), *argv], threads)
 
 
 

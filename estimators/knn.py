@@ -88,10 +88,13 @@ def kozachenko_leonenko_entropy(x: torch.Tensor, k: int = 3, metric: str = "eucl
 
 def ksg_mutual_information(x: torch.Tensor, y: torch.Tensor, k: int = 3, variant: int = 1, standardise: bool = True,
                            base: float | str = "nats", chunk_size: int | None = None,
-                           dtype: torch.dtype = torch.float64, method: str = "auto") -> torch.Tensor:
+                           dtype: torch.dtype = torch.float64, method: str = "auto",
+                           metric: str = "chebyshev") -> torch.Tensor:
     """KSG estimator of I(X;Y) for X (N, ...) and Y (N, ...) of any dimensions (Kraskov et al. 2004, eqs. 8 and 9).
 
-    Max-norm in the joint space Z = (X, Y). With eps_i the distance to the k-th joint neighbour,
+    Joint distance max(||x_j - x_i||, ||y_j - y_i||), the marginal norms being ``metric``: "chebyshev" (max-norm
+    everywhere, Kraskov's choice and scikit-learn's) or "euclidean" (benchmark-mi's default; less biased in
+    high dimension, brute-force search only). With eps_i the distance to the k-th joint neighbour,
     variant 1: I = psi(k) + psi(N) - < psi(n_x + 1) + psi(n_y + 1) >, n_x = #{j != i: |x_j - x_i| < eps_i};
     variant 2: I = psi(k) - 1/k + psi(N) - < psi(n_x) + psi(n_y) >, n_x = #{j != i: |x_j - x_i| <= eps_x,i}
     with eps_x,i the largest x-distance among the k joint neighbours. Nats (or ``base``).
@@ -104,16 +107,21 @@ def ksg_mutual_information(x: torch.Tensor, y: torch.Tensor, k: int = 3, variant
     """
     if variant not in (1, 2):
         raise ValueError(f"variant must be 1 or 2 (KSG-1 or KSG-2), got {variant!r}")
+    if metric not in _METRICS:
+        raise ValueError(f"metric must be one of {list(_METRICS)}, got {metric!r}")
     x, y = as_samples(x, "x", dtype), as_samples(y, "y", dtype)
     same_rows(x, y)
     n = x.shape[0]
     _check_k(k, n)
     if standardise:
         x, y = standardise_columns(x), standardise_columns(y)
-    if _use_tree(method, x, x.shape[1] + y.shape[1]):
+    if metric == "euclidean" and method == "tree":
+        raise ValueError("ksg_mutual_information: metric='euclidean' has no KD-tree search (the joint distance is "
+                         "not a Minkowski norm); use method='auto' or 'brute'")
+    if metric == "chebyshev" and _use_tree(method, x, x.shape[1] + y.shape[1]):
         nx, ny = _ksg_counts_tree(x, y, k, variant)
     else:
-        nx, ny = _ksg_counts_brute(x, y, k, variant, _chunk_rows(n, chunk_size))
+        nx, ny = _ksg_counts_brute(x, y, k, variant, _chunk_rows(n, chunk_size), _METRICS[metric])
     nx, ny = nx.to(dtype), ny.to(dtype)
     psi = torch.special.digamma
     n_t, k_t = torch.tensor(float(n), dtype=dtype, device=x.device), torch.tensor(float(k), dtype=dtype, device=x.device)
@@ -124,13 +132,13 @@ def ksg_mutual_information(x: torch.Tensor, y: torch.Tensor, k: int = 3, variant
     return (mi / log_base(base)).float()
 
 
-def _ksg_counts_brute(x, y, k, variant, step):
-    """Marginal neighbour counts (n_x, n_y) of KSG by chunked brute-force max-norm distances."""
+def _ksg_counts_brute(x, y, k, variant, step, p=float("inf")):
+    """Marginal neighbour counts (n_x, n_y) of KSG by chunked brute force (marginal Minkowski-p distances)."""
     n = x.shape[0]
     nx, ny = [], []
     for i in range(0, n, step):
-        dx = torch.cdist(x[i:i + step], x, p=float("inf"))
-        dy = torch.cdist(y[i:i + step], y, p=float("inf"))
+        dx = torch.cdist(x[i:i + step], x, p=p)
+        dy = torch.cdist(y[i:i + step], y, p=p)
         dz = torch.maximum(dx, dy)
         dz[torch.arange(dz.shape[0]), torch.arange(i, i + dz.shape[0])] = float("inf")
         eps, idx = dz.topk(k, dim=1, largest=False)
@@ -168,6 +176,6 @@ def knn_entropy(k: int = 3, metric: str = "euclidean", base: float | str = "nats
     return Estimator("knn_entropy", kozachenko_leonenko_entropy, k=k, metric=metric, base=base)
 
 
-def ksg_mi(target=None, k: int = 3, variant: int = 1, base: float | str = "nats") -> Estimator:
+def ksg_mi(target=None, k: int = 3, variant: int = 1, base: float | str = "nats", metric: str = "chebyshev") -> Estimator:
     """Probe estimator: KSG I(T; target) between the probe tensor T and a bound target (see estimators.paired)."""
-    return paired(f"ksg{variant}_mi", ksg_mutual_information, target, k=k, variant=variant, base=base)
+    return paired(f"ksg{variant}_mi", ksg_mutual_information, target, k=k, variant=variant, base=base, metric=metric)

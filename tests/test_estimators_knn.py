@@ -139,3 +139,22 @@ def test_ksg_mi_estimator_in_a_probe_against_a_bound_target():
     row = probe.table()[0]
     assert row["estimator"] == "ksg1_mi"
     assert row["value"] == pytest.approx(ksg_mutual_information(x[:600], y[:600]).item(), abs=1e-6)
+
+
+def test_ksg_with_euclidean_marginal_norms():
+    """In 1-D every norm is |.|, so both metrics agree exactly; in 3-D the Euclidean-marginal variant (benchmark-mi's
+    default) is closer to the Gaussian closed form, whose KSG bias is negative; the tree has no Euclidean path."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(800, 1, generator=g, dtype=torch.float64)
+    y = 0.8 * x + 0.6 * torch.randn(800, 1, generator=g, dtype=torch.float64)
+    assert ksg_mutual_information(x, y, metric="euclidean").item() == ksg_mutual_information(x, y, method="brute").item()
+    x3 = torch.randn(2000, 3, generator=g, dtype=torch.float64)
+    y3 = 0.8 * x3 + 0.6 * torch.randn(2000, 3, generator=g, dtype=torch.float64)
+    truth = -1.5 * math.log(1 - 0.8 ** 2)  # three independent pairs with correlation 0.8
+    cheb = ksg_mutual_information(x3, y3, k=5).item()
+    eucl = ksg_mutual_information(x3, y3, k=5, metric="euclidean").item()
+    assert cheb < eucl < truth + 0.02
+    with pytest.raises(ValueError, match="no KD-tree"):
+        ksg_mutual_information(x3, y3, metric="euclidean", method="tree")
+    with pytest.raises(ValueError, match="metric must be"):
+        ksg_mutual_information(x3, y3, metric="manhattan")
