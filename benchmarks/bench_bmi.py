@@ -14,17 +14,14 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
+import venvs
 from common import machine, write_results
 from estimators import ksg_mutual_information
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import venvs  # noqa: E402
 
 BMI_REQUIREMENTS = ("benchmark-mi==0.1.3", "jax==0.4.30", "jaxlib==0.4.30")  # newer jax breaks its tfp 0.20
 

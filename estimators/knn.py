@@ -109,15 +109,15 @@ def ksg_mutual_information(x: torch.Tensor, y: torch.Tensor, k: int = 3, variant
         raise ValueError(f"variant must be 1 or 2 (KSG-1 or KSG-2), got {variant!r}")
     if metric not in _METRICS:
         raise ValueError(f"metric must be one of {list(_METRICS)}, got {metric!r}")
+    if metric == "euclidean" and method == "tree":
+        raise ValueError("ksg_mutual_information: metric='euclidean' has no KD-tree search (the joint distance is "
+                         "not a Minkowski norm); use method='auto' or 'brute'")
     x, y = as_samples(x, "x", dtype), as_samples(y, "y", dtype)
     same_rows(x, y)
     n = x.shape[0]
     _check_k(k, n)
     if standardise:
         x, y = standardise_columns(x), standardise_columns(y)
-    if metric == "euclidean" and method == "tree":
-        raise ValueError("ksg_mutual_information: metric='euclidean' has no KD-tree search (the joint distance is "
-                         "not a Minkowski norm); use method='auto' or 'brute'")
     if metric == "chebyshev" and _use_tree(method, x, x.shape[1] + y.shape[1]):
         nx, ny = _ksg_counts_tree(x, y, k, variant)
     else:

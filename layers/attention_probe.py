@@ -26,12 +26,11 @@ def add_attention_probes(model: nn.Module) -> nn.Module:
     Unmasked self-attention only (as in timm's ViTs). Adds no parameters or state-dict keys. Returns ``model``."""
     from timm.models.vision_transformer import Attention
 
-    found = 0
-    for module in model.modules():
-        if isinstance(module, Attention) and not hasattr(module, "probs"):
-            module.probs = ProbePoint()
-            module.register_forward_pre_hook(_probe_attention)
-            found += 1
-    if not found and not any(isinstance(m, Attention) for m in model.modules()):
+    attentions = [m for m in model.modules() if isinstance(m, Attention)]
+    if not attentions:
         raise ValueError(f"add_attention_probes: {type(model).__name__} has no timm Attention module")
+    for attn in attentions:
+        if not hasattr(attn, "probs"):  # calling twice adds nothing
+            attn.probs = ProbePoint()
+            attn.register_forward_pre_hook(_probe_attention)
     return model

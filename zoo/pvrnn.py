@@ -78,43 +78,27 @@ class PVRNN(nn.Module):
         ``noise=False`` takes the mean instead of a sample. Returns x (B, steps, out), per-level statistics
         ``levels[k][name]`` (B, steps, .) and the final ``state``.
         Under the posterior z does not depend on the state, so z, W_zd z, the priors, the KL and the read-out
-        are computed for the whole sequence at once and only the d recurrence runs step by step.
+        are computed for the whole sequence at once, and the d recurrence runs in ``top_down_recurrence`` (one
+        autograd function; step by step only with bottom-up weights).
         """
-        L = len(self.levels)
         hs, ds = [h for h, _ in state], [d for _, d in state]
         d0 = list(ds)
-        rec = [{"d": [], "z": [], "prior_mu": [], "prior_sigma": []} for _ in range(L)]
+        z_drive = None
         if post is not None:
             q = [layer.posterior(a_mu, a_sigma) for layer, a_mu, a_sigma in zip(self.levels, *post)]
             zs = [mu + s * torch.randn_like(mu) if noise else mu for mu, s in q]
             z_drive = [layer.W_zd(z) for layer, z in zip(self.levels, zs)]
-        fused = post is not None and all(layer.W_bottom is None for layer in self.levels)
-        if fused:  # z does not depend on the state: one fused recursion for all steps (same values and gradients)
+        if z_drive is not None and all(layer.W_bottom is None for layer in self.levels):
             d_seq, hs = top_down_recurrence(self.levels, z_drive, list(zip(hs, ds)))
-            ds = [d[:, -1] for d in d_seq]
-        for t in range(0 if fused else steps):
-            new_d = [None] * L
-            for k in reversed(range(L)):
-                layer, r = self.levels[k], rec[k]
-                top = new_d[k + 1] if k + 1 < L else None
-                bottom = ds[k - 1] if layer.W_bottom is not None else None
-                if post is None:
-                    mu, s = layer.prior(ds[k], first and t == 0)
-                    z = mu + s * torch.randn_like(mu) if noise else mu
-                    r["prior_mu"].append(mu)
-                    r["prior_sigma"].append(s)
-                    r["z"].append(z)
-                    hs[k], new_d[k] = layer.step(hs[k], ds[k], z, top, bottom)
-                else:
-                    hs[k], new_d[k] = layer.integrate(hs[k], ds[k], z_drive[k][:, t], top, bottom)
-                r["d"].append(new_d[k])
-            ds = new_d
+        else:
+            rec, hs = self._step_by_step(steps, hs, ds, first, z_drive, noise)
+            d_seq = [torch.stack(r["d"], 1) for r in rec]
+        ds = [d[:, -1] for d in d_seq]
         levels = []
-        for k, (layer, r) in enumerate(zip(self.levels, rec)):
-            d = d_seq[k] if fused else torch.stack(r["d"], 1)
+        for k, (layer, d) in enumerate(zip(self.levels, d_seq)):
             stats = {"d": layer.d(d)}
             if post is None:
-                stats |= {n: getattr(layer, n)(torch.stack(r[n], 1)) for n in ("z", "prior_mu", "prior_sigma")}
+                stats |= {n: getattr(layer, n)(torch.stack(rec[k][n], 1)) for n in ("z", "prior_mu", "prior_sigma")}
             else:
                 mu_p, s_p = layer.prior(torch.cat([d0[k][:, None], d[:, :-1]], 1))
                 if first:
@@ -125,6 +109,30 @@ class PVRNN(nn.Module):
                 stats["kl"] = layer.kl(gaussian_kl(q[k][0], q[k][1], mu_p, s_p).sum(-1))
             levels.append(stats)
         return {"x": self.x_hat(self.out(levels[0]["d"])), "levels": levels, "state": list(zip(hs, ds))}
+
+    def _step_by_step(self, steps: int, hs: list, ds: list, first: bool, z_drive, noise: bool):
+        """The recursion one step at a time: z from the prior (``z_drive`` None) or the given drives W_zd z.
+        Returns per level the recorded d (and z, prior mu/sigma under the prior) lists, and the final h."""
+        L = len(self.levels)
+        rec = [{"d": [], "z": [], "prior_mu": [], "prior_sigma": []} for _ in range(L)]
+        for t in range(steps):
+            new_d = [None] * L
+            for k in reversed(range(L)):
+                layer, r = self.levels[k], rec[k]
+                top = new_d[k + 1] if k + 1 < L else None
+                bottom = ds[k - 1] if layer.W_bottom is not None else None
+                if z_drive is None:
+                    mu, s = layer.prior(ds[k], first and t == 0)
+                    z = mu + s * torch.randn_like(mu) if noise else mu
+                    r["prior_mu"].append(mu)
+                    r["prior_sigma"].append(s)
+                    r["z"].append(z)
+                    hs[k], new_d[k] = layer.step(hs[k], ds[k], z, top, bottom)
+                else:
+                    hs[k], new_d[k] = layer.integrate(hs[k], ds[k], z_drive[k][:, t], top, bottom)
+                r["d"].append(new_d[k])
+            ds = new_d
+        return rec, hs
 
     def _ids(self, ids: torch.Tensor, steps: int | None) -> tuple[torch.Tensor, int]:
         n, T = self.config.n_sequences, self.config.seq_len

@@ -64,7 +64,8 @@ class DSRTask(Task):
         x_gen, z = self.free_run(model)
         device = next(model.parameters()).device
         if not torch.isfinite(x_gen).all():
-            return {"D_stsp": float("inf"), "D_H": 1.0, f"PE_{self.pe_steps}": float("inf"), "subregions": 0}
+            return {"D_stsp": float("inf"), "D_H": 1.0, f"PE_{self.pe_steps}": float("inf"), "subregions": 0,
+                    "lambda_max": float("nan")}
         pred = model.n_step_prediction(self.test_x.to(device), self.pe_steps).float().cpu()
         codes = model.symbolic_code(z[self.settling(z):])
         return {
