@@ -269,3 +269,101 @@ def test_digits_task_batches_are_pure_and_the_report_draws_ca_gates(tmp_path):
     assert extra["acc"] == (logits.argmax(-1) == a["y"]).float().mean().item()
     assert [p.name for p in task.report(model, tmp_path)] == ["attention.png"] and (tmp_path / "attention.png").stat().st_size > 0
     assert task.report(zoo.create_model("mobilenetv2_100", num_classes=10, in_chans=1), tmp_path) == []
+
+
+# ---------------- the published checkpoint through the manifest ----------------
+
+def test_git_blob_id_is_gits_own(tmp_path):
+    from weights.manifest import git_blob_sha1
+
+    (tmp_path / "hello").write_bytes(b"hello\n")
+    assert git_blob_sha1(tmp_path / "hello") == "ce013625030ba8dba906f756967f9e9ca394464a"  # `git hash-object`
+
+
+def test_manifest_lists_the_authors_file_by_its_git_blob_id():
+    from weights import checkpoints_for
+
+    (entry,) = checkpoints_for("mobilenetv2_ca_100")
+    assert entry["original"]["url"] == "https://github.com/houqb/CoordAttention/raw/main/mbv2_ca.pth"
+    assert entry["original"]["git_blob_sha1"] == "07b6640600b7d767acfaebcf5ddb801b675073df"
+    assert entry["sha256"] is None and entry["reported"]["top1"] == 74.3 and entry["license"].startswith("MIT")
+
+
+def _published(monkeypatch, original: dict) -> dict:
+    """The real manifest entry with the test's file standing in for the authors' (its git blob id and URL)."""
+    import weights.manifest as manifest_mod
+
+    real = manifest_mod.checkpoints_for("mobilenetv2_ca_100")[0]
+    entry = {**real, "original": {**real["original"], **original}}
+    monkeypatch.setattr(manifest_mod, "published_checkpoints", lambda: [entry])
+    return entry
+
+
+def test_pretrained_converts_the_verified_original_once_and_both_registries_load_it(official, tmp_path, monkeypatch):
+    from weights.manifest import cache_dir, git_blob_sha1, sha256_of
+
+    state, x, expected = official
+    cache_dir().mkdir(parents=True)
+    torch.save(state, cache_dir() / "mbv2_ca.pth")
+    _published(monkeypatch, {"git_blob_sha1": git_blob_sha1(cache_dir() / "mbv2_ca.pth")})
+    close = dict(rtol=1e-4, atol=1e-5 * expected.abs().max().item())
+
+    model = zoo.create_model("mobilenetv2_ca_100", pretrained=True).eval()
+    converted = cache_dir() / "mobilenetv2_ca_100_in1k.safetensors"
+    assert (cache_dir() / "mobilenetv2_ca_100_in1k.safetensors.sha256").read_text().strip() == sha256_of(converted)
+    (cache_dir() / "mbv2_ca.pth").unlink()  # from now on the converted file alone serves
+    with torch.no_grad():
+        assert torch.allclose(model(x), expected, **close)
+        assert torch.allclose(timm.create_model("mobilenetv2_ca_100", pretrained=True).eval()(x), expected, **close)
+
+    # fine-tuning: another label set keeps the body and re-initialises the classifier, in both registries
+    for few in (zoo.create_model("mobilenetv2_ca_100", pretrained=True, num_classes=3),
+                timm.create_model("mobilenetv2_ca_100", pretrained=True, num_classes=3)):
+        assert few.classifier.weight.shape == (3, 1280)
+        assert torch.equal(few.blocks[1][0].se.conv_h.weight, model.blocks[1][0].se.conv_h.weight)
+    feats = timm.create_model("mobilenetv2_ca_100", pretrained=True, features_only=True).eval()
+    assert torch.equal(feats.conv_stem.weight, model.conv_stem.weight) and len(feats(x)) == 5
+
+    converted.write_bytes(converted.read_bytes()[:-1] + b"\0")  # corrupted on disk: caught by the recorded sha256
+    with pytest.raises(CheckpointError, match="sha256 mismatch"):
+        zoo.create_model("mobilenetv2_ca_100", pretrained=True)
+
+
+def test_pretrained_refuses_a_file_that_is_not_the_published_one(official, monkeypatch):
+    from weights.manifest import cache_dir
+
+    cache_dir().mkdir(parents=True)
+    torch.save(official[0], cache_dir() / "mbv2_ca.pth")  # not the authors' bytes: its git blob id differs
+    with pytest.raises(CheckpointError, match="07b6640600b7d767acfaebcf5ddb801b675073df"):
+        zoo.create_model("mobilenetv2_ca_100", pretrained=True)
+    assert not (cache_dir() / "mobilenetv2_ca_100_in1k.safetensors").exists()
+
+
+def test_pretrained_offline_says_what_to_download_and_where(monkeypatch):
+    from weights.manifest import cache_dir
+
+    _published(monkeypatch, {"url": "http://127.0.0.1:9/mbv2_ca.pth"})
+    for build in (zoo.create_model, timm.create_model):
+        with pytest.raises(FileNotFoundError) as err:
+            build("mobilenetv2_ca_100", pretrained=True)
+        assert "http://127.0.0.1:9/mbv2_ca.pth" in str(err.value) and str(cache_dir() / "mbv2_ca.pth") in str(err.value)
+    with pytest.raises(KeyError, match="no published checkpoint"):
+        timm.create_model("mobilenetv2_se_100", pretrained=True)
+
+
+def test_zoo_convert_installs_the_published_original_into_the_cache(official, tmp_path, monkeypatch, capsys):
+    import json
+
+    from train.cli import main
+    from weights.manifest import cache_dir, git_blob_sha1, sha256_of
+
+    torch.save(official[0], tmp_path / "mbv2_ca.pth")
+    _published(monkeypatch, {"git_blob_sha1": git_blob_sha1(tmp_path / "mbv2_ca.pth")})
+    main(["convert", str(tmp_path / "mbv2_ca.pth"), "--model", "mobilenetv2_ca_100"])
+    report = json.loads(capsys.readouterr().out.split("\n", 1)[1])
+    assert report["manifest_entry"] == "mobilenetv2_ca_100_in1k"
+    assert report["file"] == str(cache_dir() / "mobilenetv2_ca_100_in1k.safetensors")
+    assert report["sha256"] == sha256_of(report["file"])
+    with torch.no_grad():
+        got = zoo.create_model("mobilenetv2_ca_100", pretrained=True).eval()(official[1])
+    assert torch.allclose(got, official[2], rtol=1e-4, atol=1e-5 * official[2].abs().max().item())

@@ -80,10 +80,20 @@ def _cmd_estimate(args):
 
 
 def _cmd_convert(args):
+    """Convert; an original that is a manifest entry's published file (same git blob id) goes, without
+    --out, into the cache where ``pretrained=True`` finds it."""
+    from weights.manifest import cache_dir, checkpoints_for, git_blob_sha1, install_original, sha256_of
     from weights.convert import convert
 
-    out = args.out or str(Path(args.original).with_suffix(".safetensors"))
-    print(convert(args.original, args.model, out))
+    blob = git_blob_sha1(args.original)
+    entry = next((c for c in checkpoints_for(args.model) if (c.get("original") or {}).get("git_blob_sha1") == blob), None)
+    if entry is not None and not args.out:
+        out = install_original(entry, args.original)
+        print(f"{args.original} is the published original of {entry['name']!r}; installed in {cache_dir()}")
+    else:
+        out = convert(args.original, args.model, args.out or Path(args.original).with_suffix(".safetensors"))
+    print(json.dumps({"file": str(out), "sha256": sha256_of(out), "original": str(args.original),
+                      "original_git_blob_sha1": blob, "manifest_entry": entry["name"] if entry else None}, indent=2))
 
 
 def main(argv=None):

@@ -9,6 +9,7 @@ import yaml
 RECIPES_DIR = Path(__file__).resolve().parent / "recipes"
 
 DEFAULTS = {
+    "pretrained": None,  # start from a published checkpoint: true (the model's first) or its manifest name
     "model_args": {},
     "task_args": {},
     "data": {},

@@ -79,7 +79,8 @@ def read_metadata(path: str | os.PathLike) -> dict[str, str]:
         raise CheckpointError(f"{path} is not a readable safetensors file ({err})") from err
 
 
-def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
+def read_tensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """All tensors of a safetensors file (a clear error if it is unreadable)."""
     try:
         return load_file(str(path))
     except Exception as err:
@@ -121,7 +122,7 @@ def load_into(model: nn.Module, path: str | os.PathLike) -> nn.Module:
     """Load the weights at ``path`` into an existing ``model`` (strict; errors name every differing key)."""
     path = Path(path)
     read_metadata(path)  # clear error for a missing or corrupt file before reading tensors
-    return load_state_into(model, _read_tensors(path), source=str(path))
+    return load_state_into(model, read_tensors(path), source=str(path))
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> nn.Module:

@@ -3,18 +3,24 @@
 Resolution order for a manifest entry: a file shipped inside this package (``weights/files/``),
 then the cache (``$PAPERZOO_CACHE`` or ``~/.cache/paperzoo``), then a download from its URL.
 The full sha256 of the file is checked on every load.
+
+An entry converted from an authors' original (``"original": {url, file, git_blob_sha1}``) has no hosted
+safetensors: the original is taken from the cache (or downloaded), identified by the id git gives its
+content in the authors' repository, converted once into the cache, and the sha256 of that conversion is
+recorded beside it (``<file>.sha256``) and checked on every later load.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import sys
 import urllib.request
 from pathlib import Path
 
 from torch import nn
 
-from .checkpoint import CheckpointError, atomic_write, load_into, read_metadata
+from .checkpoint import CheckpointError, atomic_write, load_state_into, read_metadata, read_tensors
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 MANIFEST_PATH = PACKAGE_DIR / "manifest.json"
@@ -41,6 +47,16 @@ def sha256_of(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
+def git_blob_sha1(path: str | os.PathLike) -> str:
+    """The id git gives a file's content, sha1(b"blob <size>\\0" + content): identifies a file published in a
+    git repository without the file being hosted anywhere else."""
+    digest = hashlib.sha1(f"blob {os.path.getsize(path)}\0".encode())
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def verify_sha256(path: Path, expected: str) -> None:
     actual = sha256_of(path)
     if actual != expected:
@@ -48,36 +64,74 @@ def verify_sha256(path: Path, expected: str) -> None:
                               "The file is corrupt or not the published one; delete it and fetch it again.")
 
 
-def _download(url: str, dest: Path) -> None:
+def _download(url: str, dest: Path, what: str) -> None:
     def write(tmp):
         with urllib.request.urlopen(url, timeout=60) as response, open(tmp, "wb") as f:
             while block := response.read(1 << 20):
                 f.write(block)
 
-    atomic_write(dest, write)
+    try:
+        atomic_write(dest, write)
+    except OSError as err:
+        raise FileNotFoundError(
+            f"could not download {what} ({err}). Download {url} by hand and save it as {dest} "
+            f"(or set PAPERZOO_CACHE to the folder that holds {dest.name}).") from err
+
+
+def _sidecar(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256")
+
+
+def install_original(entry: dict, source: str | os.PathLike, dest: Path | None = None) -> Path:
+    """Check that ``source`` is ``entry``'s published original (git blob id), convert it into ``dest`` (default:
+    the entry's file in the cache) and record the conversion's sha256 beside it. The record is written before
+    the file appears, so an interrupted conversion leaves no unverifiable file."""
+    from .convert import convert
+
+    original, source = entry["original"], Path(source)
+    dest = dest or cache_dir() / entry["file"]
+    found = git_blob_sha1(source)
+    if found != original["git_blob_sha1"]:
+        raise CheckpointError(f"{source} is not the published original of {entry['name']!r}: its git blob id is "
+                              f"{found}, the authors' repository has {original['git_blob_sha1']}. Delete it and "
+                              f"download {original['url']} again.")
+    tmp = dest.with_name(f".{dest.name}.converting")
+    try:
+        convert(source, entry["model"], tmp)
+        atomic_write(_sidecar(dest), lambda t: Path(t).write_text(sha256_of(tmp) + "\n"))
+        os.replace(tmp, dest)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return dest
 
 
 def resolve(entry: dict) -> Path:
-    """Local path of a manifest entry's file, downloading it to the cache if needed; sha256 verified."""
+    """Local path of a manifest entry's file, downloading (or converting) it into the cache if needed;
+    sha256 verified."""
     shipped = PACKAGE_DIR / "files" / entry["file"]
     cached = cache_dir() / entry["file"]
     if shipped.is_file():
         path = shipped
     elif cached.is_file():
         path = cached
-    else:
-        url = entry.get("url")
-        if not url:
-            raise FileNotFoundError(f"checkpoint {entry['name']!r} is not shipped and has no download URL; "
-                                    f"place {entry['file']} in {cache_dir()}")
-        try:
-            _download(url, cached)
-        except OSError as err:
-            raise FileNotFoundError(
-                f"could not download checkpoint {entry['name']!r} ({err}). Download {url} by hand and save it as "
-                f"{cached} (or set PAPERZOO_CACHE to the folder that holds {entry['file']}).") from err
+    elif entry.get("original"):
+        source = cache_dir() / entry["original"]["file"]
+        if not source.is_file():
+            _download(entry["original"]["url"], source, f"the original of checkpoint {entry['name']!r}")
+        path = install_original(entry, source)
+    elif entry.get("url"):
+        _download(entry["url"], cached, f"checkpoint {entry['name']!r}")
         path = cached
-    verify_sha256(path, entry["sha256"])
+    else:
+        raise FileNotFoundError(f"checkpoint {entry['name']!r} is not shipped and has no download URL; "
+                                f"place {entry['file']} in {cache_dir()}")
+    expected = entry.get("sha256")
+    if expected is None:  # converted here from an original: the hash recorded at conversion
+        if not _sidecar(path).is_file():
+            raise CheckpointError(f"{path} has no recorded sha256 ({_sidecar(path).name} is missing); delete it "
+                                  "so that it is converted again from the original")
+        expected = _sidecar(path).read_text().strip()
+    verify_sha256(path, expected)
     return path
 
 
@@ -93,17 +147,34 @@ def pretrained_entry(name: str, checkpoint: str | None = None) -> dict:
     return options[0]
 
 
-def load_pretrained(model: nn.Module, checkpoint: str | None = None) -> nn.Module:
-    """Load a published checkpoint into ``model`` (the first one listed for its name, or the one named)."""
-    entry = pretrained_entry(getattr(model, "zoo_name", type(model).__name__), checkpoint)
+def _classifier_prefix(model: nn.Module) -> str | None:
+    """Module name of a timm-style model's classifier (``model.get_classifier()``), if it has one."""
+    head = model.get_classifier() if hasattr(model, "get_classifier") else None
+    return next((name for name, m in model.named_modules() if m is head and name), None)
+
+
+def load_pretrained(model: nn.Module, checkpoint: str | None = None, name: str | None = None) -> nn.Module:
+    """Load a published checkpoint into ``model`` (the first one listed for its name, or the one named).
+
+    The model's config must equal the checkpoint's, except ``num_classes`` on a model with a classifier
+    (timm's ``get_classifier``): then everything but the classifier is loaded and the classifier keeps its
+    fresh initialisation, for fine-tuning on another label set."""
+    entry = pretrained_entry(name or getattr(model, "zoo_name", type(model).__name__), checkpoint)
     path = resolve(entry)
     saved = read_metadata(path).get("config")
+    state = read_tensors(path)
     if saved is not None and hasattr(model, "zoo_config"):
         import dataclasses
 
         ours = json.loads(json.dumps(dataclasses.asdict(model.zoo_config)))
         differs = {k: (v, ours.get(k)) for k, v in json.loads(saved).items() if ours.get(k) != v}
+        head = _classifier_prefix(model) if "num_classes" in differs else None
+        if head is not None:
+            fresh = {k: v for k, v in model.state_dict().items() if k.startswith(head + ".")}
+            state = {k: v for k, v in state.items() if not k.startswith(head + ".")} | fresh
+            print(f"load_pretrained: {entry['name']} has {differs.pop('num_classes')[0]} classes; the classifier "
+                  f"'{head}' keeps its initialisation", file=sys.stderr)
         if differs:
             raise CheckpointError(f"checkpoint {entry['name']!r} was trained with a different config; "
                                   f"(checkpoint, requested) per key: {differs}. Drop those overrides to load it.")
-    return load_into(model, path)
+    return load_state_into(model, state, source=str(path))

@@ -202,7 +202,14 @@ default_cfgs = generate_default_cfgs({
 
 
 def _create_mobilenetv2(variant: str, attn: str, pretrained: bool = False, **kwargs) -> nn.Module:
-    """timm's MobileNetV2-1.0 with ``attn`` after the depthwise conv of every expansion-6 inverted residual."""
+    """timm's MobileNetV2-1.0 with ``attn`` after the depthwise conv of every expansion-6 inverted residual.
+    ``pretrained=True`` reads our manifest's checkpoint (converted from the authors' file on first use) unless
+    ``pretrained_cfg_overlay`` names a ``file`` or ``url``; timm then adapts the classifier and stem."""
+    overlay = kwargs.get("pretrained_cfg_overlay") or {}
+    if pretrained and not (overlay.get("file") or overlay.get("url")):
+        from weights.manifest import pretrained_entry, resolve
+
+        kwargs["pretrained_cfg_overlay"] = {**overlay, "file": str(resolve(pretrained_entry(variant)))}
     arch = [[s + "_se1" if s.startswith("ir_") else s] for s in MBV2_ARCH]
     model_kwargs = dict(block_args=decode_arch_def(arch), num_features=1280, stem_size=32, round_chs_fn=round_channels,
                         act_layer=nn.ReLU6, norm_layer=nn.BatchNorm2d, se_layer=attention_layer(attn), **kwargs)

@@ -20,6 +20,10 @@ class Task(ABC):
         self.recipe = recipe
         self.args = recipe.get("task_args", {})
 
+    def model_args(self, args: dict) -> dict:
+        """The recipe's ``model_args``, completed from the data where the recipe leaves a value open (null)."""
+        return args
+
     def prepare(self, model: nn.Module) -> None:
         """Set data-dependent model state (e.g. normalisation statistics) before training; runs on every rank,
         before a resumed run loads its checkpoint."""

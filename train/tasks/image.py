@@ -1,4 +1,5 @@
-"""Image classification on scikit-learn's digits (8x8, shipped with the package) resized to a square size."""
+"""Image classification: scikit-learn's digits (8x8, shipped with the package) resized to a square size, or any
+ImageNet-style image folder read on demand."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -30,39 +31,83 @@ def load_digits_images(size: int, test_fraction: float, seed: int) -> dict[str, 
 
 
 class ImageClassificationTask(Task):
-    """Batches {x (B, 1, S, S), y (B,)} drawn with replacement from the training split of the digits
-    (``data.size``, ``data.test_fraction``, ``data.seed``); loss = cross-entropy with
-    ``task_args.label_smoothing``. Evaluation: test and train accuracy, test loss. Report: the coordinate
-    attention gates a_h a_w of the model's first CoordAttention block on a few test images (attention.png).
+    """Batches {x (B, C, S, S), y (B,)} drawn with replacement from the training images (for a folder:
+    {index, seed, y}, decoded in ``loss``); loss = cross-entropy with ``task_args.label_smoothing``.
+
+    ``data.dataset``: ``digits`` (offline: ``data.size``, ``data.test_fraction``, ``data.seed``; evaluation:
+    test and train accuracy, test loss) or ``folder`` (``data.path`` holding ``data.train_split`` and
+    ``data.eval_split`` class folders, timm's transforms for the model at ``data.size``, training augmentation
+    ``data.augment`` (create_transform arguments), ``data.workers`` decoding processes; evaluation: top-1/top-5
+    accuracy and loss on the evaluation split, or its first ``data.eval_limit`` images).
+    Report: the coordinate attention gates a_h a_w of the model's first CoordAttention block on six evaluation
+    images (attention.png).
     """
 
     def __init__(self, recipe: dict):
         super().__init__(recipe)
         d = recipe["data"]
-        if d.get("dataset", "digits") != "digits":
-            raise ValueError(f"the image task ships only data.dataset='digits' offline, got {d['dataset']!r}")
-        self.data = load_digits_images(int(d.get("size", 32)), float(d.get("test_fraction", 0.25)), int(d.get("seed", 0)))
+        self.dataset = d.get("dataset", "digits")
         self.label_smoothing = float(self.args.get("label_smoothing", 0.0))
+        if self.dataset == "digits":
+            self.data = load_digits_images(int(d.get("size", 32)), float(d.get("test_fraction", 0.25)), int(d.get("seed", 0)))
+        elif self.dataset == "folder":
+            from ..data.image_folder import ImageFolderData
+
+            self.folder = ImageFolderData(d.get("path"), d.get("train_split", "train"), d.get("eval_split", "val"),
+                                          d.get("size"), d.get("augment"), int(d.get("workers", 4)))
+            self.eval_limit = d.get("eval_limit")
+        else:
+            raise ValueError(f"image task: data.dataset must be 'digits' (offline) or 'folder' (data.path), got {self.dataset!r}")
+
+    def model_args(self, args):
+        if self.dataset == "folder" and args.get("num_classes", 0) is None:
+            return {**args, "num_classes": len(self.folder.classes)}
+        return args
+
+    def prepare(self, model):
+        if self.dataset != "folder":
+            return
+        classes = len(self.folder.classes)
+        if getattr(model, "num_classes", classes) != classes:
+            raise ValueError(f"{self.folder.root} has {classes} classes but the model predicts {model.num_classes}; "
+                             f"set model_args.num_classes={classes}")
+        self.folder.configure(model)
 
     def batch(self, size, generator):
+        if self.dataset == "folder":
+            return self.folder.batch(size, generator)
         idx = torch.randint(0, len(self.data["y_train"]), (size,), generator=generator)
         return {"x": self.data["x_train"][idx], "y": self.data["y_train"][idx]}
 
     def loss(self, model, batch):
-        logits = model(batch["x"]).float()
+        x = batch["x"] if "x" in batch else self.folder.train_images(batch["index"], batch["seed"]).to(batch["y"].device)
+        logits = model(x).float()
         loss = F.cross_entropy(logits, batch["y"], label_smoothing=self.label_smoothing)
         return loss, {"acc": float((logits.argmax(-1) == batch["y"]).float().mean())}
+
+    def _chunks(self, split: str):
+        if self.dataset == "folder":
+            return self.folder.eval_chunks(limit=self.eval_limit)
+        return zip(self.data[f"x_{split}"].split(256), self.data[f"y_{split}"].split(256))
 
     @torch.no_grad()
     def evaluate(self, model):
         device = next(model.parameters()).device
         out = {}
-        for split in ("test", "train"):
-            x, y = self.data[f"x_{split}"], self.data[f"y_{split}"]
-            logits = torch.cat([model(chunk.to(device)).float().cpu() for chunk in x.split(256)])
-            out[f"{split}_acc"] = float((logits.argmax(-1) == y).float().mean())
-            if split == "test":
-                out["test_loss"] = float(F.cross_entropy(logits, y))
+        for split in ("eval",) if self.dataset == "folder" else ("test", "train"):
+            loss, top1, top5, n = 0.0, 0, 0, 0
+            for x, y in self._chunks(split):
+                logits = model(x.to(device)).float().cpu()
+                loss += float(F.cross_entropy(logits, y, reduction="sum"))
+                ranked = logits.topk(min(5, logits.shape[-1]), -1).indices
+                top1 += int((ranked[:, 0] == y).sum())
+                top5 += int((ranked == y[:, None]).any(-1).sum())
+                n += len(y)
+            out[f"{split}_acc"] = top1 / n
+            if split != "train":
+                out[f"{split}_loss"] = loss / n
+            if self.dataset == "folder":
+                out[f"{split}_top5"] = top5 / n
         return out
 
     @torch.no_grad()
@@ -76,7 +121,8 @@ class ImageClassificationTask(Task):
         gates = {}
         hooks = [block.attn_h.register_forward_hook(lambda m, i, o: gates.__setitem__("h", o)),
                  block.attn_w.register_forward_hook(lambda m, i, o: gates.__setitem__("w", o))]
-        x = self.data["x_test"][:6]
+        x, labels = next(iter(self._chunks("test")))
+        x, labels = x[:6], labels[:6]
         try:
             model.eval()(x.to(next(model.parameters()).device))
         finally:
@@ -91,8 +137,10 @@ class ImageClassificationTask(Task):
 
         fig, axes = plt.subplots(2, len(x), figsize=(2 * len(x), 4.2))
         for k in range(len(x)):
-            axes[0, k].imshow(x[k, 0].numpy(), cmap="gray")
-            axes[0, k].set_title(f"label {int(self.data['y_test'][k])}")
+            image = x[k].permute(1, 2, 0).numpy()
+            image = (image - image.min()) / (image.max() - image.min() + 1e-8)  # undo the normalisation for display
+            axes[0, k].imshow(image[..., 0] if image.shape[-1] == 1 else image, cmap="gray")
+            axes[0, k].set_title(f"label {int(labels[k])}")
             im = axes[1, k].imshow(attention[k].numpy(), cmap="viridis")
             fig.colorbar(im, ax=axes[1, k], fraction=0.046)
         for ax in axes.flat:

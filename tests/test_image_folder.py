@@ -1,0 +1,102 @@
+"""Image folders read on demand: pure batches across worker counts, evaluation, and a run through the loop."""
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import zoo
+from train import fit, load_recipe
+from train.tasks import make_task
+
+
+def _folder(root, classes=3, per=4):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        for c in range(classes):
+            (root / split / f"class_{c}").mkdir(parents=True)
+            for i in range(per):
+                pixels = rng.integers(0, 60, (36, 44, 3), dtype=np.uint8)
+                pixels[..., c] += np.uint8(120 + 20 * i)  # the class is the brightest channel
+                Image.fromarray(pixels).save(root / split / f"class_{c}" / f"{i}.png")
+    return root
+
+
+def _task(root, **data):
+    overrides = [f"data.path={root}", "data.size=32", *(f"data.{k}={v}" for k, v in data.items())]
+    return make_task(load_recipe("mbv2-ca-finetune", overrides))
+
+
+def test_batches_are_pure_and_identical_for_any_number_of_workers(tmp_path):
+    root = _folder(tmp_path)
+    model = zoo.create_model("mobilenetv2_100", num_classes=3)
+    inline, pooled = _task(root, workers=0), _task(root, workers=2)
+    for task in (inline, pooled):
+        task.prepare(model)
+    try:
+        a = inline.batch(6, torch.Generator().manual_seed(1))
+        b = pooled.batch(6, torch.Generator().manual_seed(1))
+        assert all(torch.equal(a[k], b[k]) for k in a)
+        x_a = inline.folder.train_images(a["index"], a["seed"])
+        x_b = pooled.folder.train_images(b["index"], b["seed"])
+        assert x_a.shape == (6, 3, 32, 32) and torch.equal(x_a, x_b)  # the same crops and flips in any process
+        rng = torch.get_rng_state()
+        assert torch.equal(inline.folder.train_images(a["index"], a["seed"]), x_a)
+        assert torch.equal(torch.get_rng_state(), rng)  # decoding leaves the training RNG alone
+        other = inline.folder.train_images(a["index"], a["seed"] + 1)
+        assert not torch.equal(other, x_a)  # another seed, another augmentation
+    finally:
+        pooled.folder.close()
+
+
+def test_evaluation_is_top1_top5_and_loss_over_the_eval_split(tmp_path):
+    task = _task(_folder(tmp_path), workers=0)
+    model = zoo.create_model("mobilenetv2_100", num_classes=3).eval()
+    task.prepare(model)
+    out = task.evaluate(model)
+    xs, ys = zip(*task.folder.eval_chunks())
+    logits = model(torch.cat(xs))
+    y = torch.cat(ys)
+    assert len(y) == 12 and sorted(out) == ["eval_acc", "eval_loss", "eval_top5"]
+    assert out["eval_acc"] == pytest.approx(float((logits.argmax(-1) == y).float().mean()))
+    assert out["eval_loss"] == pytest.approx(float(F.cross_entropy(logits.detach(), y)), rel=1e-5)
+    assert out["eval_top5"] == 1.0  # 3 classes
+
+
+def test_class_count_is_filled_in_or_checked_and_bad_paths_are_named(tmp_path):
+    root = _folder(tmp_path)
+    task = _task(root, workers=0)
+    assert task.model_args({"num_classes": None}) == {"num_classes": 3}
+    with pytest.raises(ValueError, match="set model_args.num_classes=3"):
+        task.prepare(zoo.create_model("mobilenetv2_100", num_classes=5))
+    with pytest.raises(ValueError, match="data.path is not set"):
+        make_task(load_recipe("mbv2-ca-imagenet"))
+    with pytest.raises(FileNotFoundError, match="val"):
+        _task(tmp_path / "train")
+
+
+def test_finetune_recipe_runs_through_the_loop_and_resumes_exactly(tmp_path, monkeypatch):
+    from train.tasks.image import ImageClassificationTask
+
+    root = _folder(tmp_path / "data")
+    recipe = load_recipe("mbv2-ca-finetune", [
+        f"data.path={root}", "data.size=32", "data.workers=0", "pretrained=null", "model=mobilenetv2_ca_100",
+        "train.steps=4", "train.batch_size=8", "train.eval_every=2", "train.ckpt_every=2", "train.log_every=1",
+        "schedule.warmup=0", "optim.lr=0.001"])
+    full = fit(recipe, out=tmp_path / "full")
+    assert set(full) >= {"eval_acc", "eval_top5", "eval_loss"} and (tmp_path / "full" / "attention.png").is_file()
+
+    original, calls = ImageClassificationTask.loss, {"n": 0}
+
+    def interrupted(self, model, batch):
+        calls["n"] += 1
+        if calls["n"] == 4:  # dies during step 4, after the checkpoint at step 2
+            raise KeyboardInterrupt
+        return original(self, model, batch)
+
+    monkeypatch.setattr(ImageClassificationTask, "loss", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        fit(recipe, out=tmp_path / "resumed")
+    monkeypatch.setattr(ImageClassificationTask, "loss", original)
+    assert fit(recipe, out=tmp_path / "resumed", resume=True) == full

@@ -1,0 +1,115 @@
+"""Image folders (``root/<split>/<class>/<image>``, the ImageNet layout) read on demand for the shared loop.
+
+Images are decoded and transformed in a pool of worker processes. Each image's random augmentation is seeded
+by a number drawn from the batch generator, so a batch is a pure function of that generator: a resumed run
+and every rank see the same images with the same crops and flips as an uninterrupted single-process run.
+A batch is drawn as indices and seeds; each rank decodes only its own slice of it.
+"""
+from __future__ import annotations
+
+import random
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import torch
+
+_TRANSFORMS: dict = {}  # per worker process: {"train": ..., "eval": ...}
+
+
+def _set_transforms(transforms: dict) -> None:
+    _TRANSFORMS.clear()
+    _TRANSFORMS.update(transforms)
+
+
+def _load(path: str, kind: str, seed: int) -> torch.Tensor:
+    from PIL import Image
+
+    with Image.open(path) as image:
+        image = image.convert("RGB")
+    if kind == "eval":
+        return _TRANSFORMS["eval"](image)
+    with torch.random.fork_rng(devices=[]):
+        state = random.getstate()
+        torch.manual_seed(seed)
+        random.seed(seed)
+        try:
+            return _TRANSFORMS["train"](image)
+        finally:
+            random.setstate(state)
+
+
+class ImageFolderData:
+    """The ``train_split`` and ``eval_split`` folders under ``root``, with timm's transforms for a model.
+
+    ``configure(model)`` builds the transforms from the model's timm data config (input size, mean, std,
+    interpolation, crop_pct), ``size`` overriding the input size and ``augment`` passed to
+    ``timm.data.create_transform`` for training (default: random-resized crop and horizontal flip only).
+    ``workers=0`` decodes in the calling process.
+    """
+
+    def __init__(self, root: str | None, train_split: str = "train", eval_split: str = "val", size: int | None = None,
+                 augment: dict | None = None, workers: int = 4):
+        from torchvision.datasets import ImageFolder
+
+        if not root:
+            raise ValueError("data.path is not set: give the folder that holds the train/ and val/ class folders "
+                             "(ImageNet: the ILSVRC2012 train and val images sorted into one folder per class)")
+        self.root = Path(root)
+        self.splits = {}
+        for kind, split in (("train", train_split), ("eval", eval_split)):
+            folder = self.root / split
+            if not folder.is_dir():
+                raise FileNotFoundError(f"image folder {folder} not found; expected {self.root}/<split>/<class>/<image> "
+                                        f"with splits {train_split!r} and {eval_split!r}")
+            self.splits[kind] = ImageFolder(str(folder))
+        if self.splits["train"].classes != self.splits["eval"].classes:
+            raise ValueError(f"{self.root}: the class folders of {train_split!r} and {eval_split!r} differ")
+        self.classes = self.splits["train"].classes
+        self.size, self.augment, self.workers = size, {"color_jitter": 0.0, **(augment or {})}, int(workers)
+        self.pool: ProcessPoolExecutor | None = None
+
+    def configure(self, model: torch.nn.Module) -> None:
+        import timm.data
+
+        config = timm.data.resolve_data_config({}, model=model)
+        if self.size:
+            config["input_size"] = (3, int(self.size), int(self.size))
+        transforms = {"train": timm.data.create_transform(**config, is_training=True, **self.augment),
+                      "eval": timm.data.create_transform(**config)}
+        _set_transforms(transforms)
+        if self.pool is not None:
+            self.pool.shutdown()
+        self.pool = (ProcessPoolExecutor(self.workers, initializer=_set_transforms, initargs=(transforms,))
+                     if self.workers > 0 else None)
+
+    def _images(self, jobs: list[tuple[str, str, int]]) -> torch.Tensor:
+        if not _TRANSFORMS:
+            raise RuntimeError("ImageFolderData.configure(model) must run before images are read")
+        paths, kinds, seeds = zip(*jobs)
+        if self.pool is None:
+            return torch.stack([_load(*job) for job in jobs])
+        return torch.stack(list(self.pool.map(_load, paths, kinds, seeds, chunksize=max(1, len(jobs) // (4 * self.workers)))))
+
+    def batch(self, size: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        """A batch as {index, seed, y}: which training images, and the seed of each one's augmentation.
+        Decoding waits for ``train_images`` so that each rank decodes only its own slice."""
+        samples = self.splits["train"].samples
+        index = torch.randint(0, len(samples), (size,), generator=generator)
+        seed = torch.randint(0, 2**31 - 1, (size,), generator=generator)
+        return {"index": index, "seed": seed, "y": torch.tensor([samples[i][1] for i in index.tolist()])}
+
+    def train_images(self, index: torch.Tensor, seed: torch.Tensor) -> torch.Tensor:
+        samples = self.splits["train"].samples
+        return self._images([(samples[i][0], "train", s) for i, s in zip(index.tolist(), seed.tolist())])
+
+    def eval_chunks(self, chunk: int = 256, limit: int | None = None):
+        """(x, y) chunks of the evaluation split in order, with the evaluation transform."""
+        samples = self.splits["eval"].samples[:limit]
+        for start in range(0, len(samples), chunk):
+            part = samples[start:start + chunk]
+            yield self._images([(p, "eval", 0) for p, _ in part]), torch.tensor([c for _, c in part])
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown()
+            self.pool = None
