@@ -100,3 +100,19 @@ def test_finetune_recipe_runs_through_the_loop_and_resumes_exactly(tmp_path, mon
         fit(recipe, out=tmp_path / "resumed")
     monkeypatch.setattr(ImageClassificationTask, "loss", original)
     assert fit(recipe, out=tmp_path / "resumed", resume=True) == full
+
+
+@pytest.mark.parametrize("recipe_name, model_overrides", [
+    ("mbv2-ca-imagenet", ["model_args.num_classes=3"]),
+    ("sigma-vit-imagenet", ["model=vit_tiny_patch16_224_sigma", "model_args.num_classes=3", "model_args.img_size=32",
+                            "model_args.patch_size=8", "model_args.depth=2", "probe.every=1"]),
+])
+def test_imagenet_recipes_run_on_a_small_folder(tmp_path, recipe_name, model_overrides):
+    root = _folder(tmp_path / "data")
+    recipe = load_recipe(recipe_name, [
+        f"data.path={root}", "data.size=32", "data.workers=2", "train.steps=2", "train.batch_size=8",
+        "train.eval_every=0", "train.ckpt_every=0", "train.log_every=1", "schedule.warmup=0", *model_overrides])
+    final = fit(recipe, out=tmp_path / "run")
+    assert 0.0 <= final["eval_acc"] <= 1.0 and final["eval_top5"] == 1.0
+    if recipe.get("probe"):
+        assert (tmp_path / "run" / "probe.csv").read_text().count("attention_entropy") >= 2

@@ -8,6 +8,7 @@ A batch is drawn as indices and seeds; each rank decodes only its own slice of i
 from __future__ import annotations
 
 import random
+import weakref
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -79,8 +80,10 @@ class ImageFolderData:
         _set_transforms(transforms)
         if self.pool is not None:
             self.pool.shutdown()
-        self.pool = (ProcessPoolExecutor(self.workers, initializer=_set_transforms, initargs=(transforms,))
-                     if self.workers > 0 else None)
+        self.pool = None
+        if self.workers > 0:
+            self.pool = ProcessPoolExecutor(self.workers, initializer=_set_transforms, initargs=(transforms,))
+            weakref.finalize(self, self.pool.shutdown)  # the workers end with the task that owns them
 
     def _images(self, jobs: list[tuple[str, str, int]]) -> torch.Tensor:
         if not _TRANSFORMS:
