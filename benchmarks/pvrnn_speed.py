@@ -4,7 +4,7 @@
 
 Model pvrnn_pfsm (40+10 d units, 4+1 z). Training: Adam steps on batches of 12 x 200 and 24 x 400 steps.
 Error regression: one stream, windows 10/30/50, K = 10 iterations, latency = wall time / observations
-processed. The issue's goal is 100 Hz (10 ms per observation) on one CPU core. Writes pvrnn_speed_<device>.json/.md.
+processed, eager and with ``compile=True`` (after its warm-up compilation). The issue's goal is 100 Hz (10 ms per observation) on one CPU core. Writes pvrnn_speed_<device>.json/.md.
 """
 from __future__ import annotations
 
@@ -33,12 +33,12 @@ def train_steps_per_s(device, n_seq: int, seq_len: int, steps: int = 10) -> floa
     return steps / (time.perf_counter() - t)
 
 
-def er_latency_ms(device, window: int, iterations: int = 10, length: int = 60) -> float:
+def er_latency_ms(device, window: int, iterations: int = 10, length: int = 60, compile: bool = False) -> float:
     model = zoo.create_model("pvrnn_pfsm", n_sequences=2, seq_len=50).to(device)
     stream = torch.randn(1, window + length, 2, device=device)
-    model.error_regression(stream[:, :window + 3], window=window, iterations=iterations)  # warm-up
+    model.error_regression(stream[:, :window + 3], window=window, iterations=iterations, compile=compile)  # warm-up
     t = time.perf_counter()
-    out = model.error_regression(stream, window=window, iterations=iterations)
+    out = model.error_regression(stream, window=window, iterations=iterations, compile=compile)
     return 1e3 * (time.perf_counter() - t) / out["error"].shape[1]
 
 
@@ -52,11 +52,14 @@ def main(argv=None):
     device = torch.device(args.device)
     res = {"machine": machine(device), "torch": torch.__version__,
            "train_steps_per_s": {f"{n}x{T}": train_steps_per_s(device, n, T) for n, T in ((12, 200), (24, 400))},
-           "er_latency_ms_K10": {f"W{w}": er_latency_ms(device, w) for w in (10, 30, 50)}}
+           "er_latency_ms_K10": {f"W{w}": er_latency_ms(device, w) for w in (10, 30, 50)},
+           "er_latency_ms_K10_compiled": {f"W{w}": er_latency_ms(device, w, compile=True) for w in (10, 30, 50)}}
     lines = [f"Machine: {res['machine']}", "", "| measurement | value |", "|---|---|"]
     lines += [f"| training, batch {k} steps | {v:.2f} steps/s |" for k, v in res["train_steps_per_s"].items()]
     lines += [f"| error regression, {k}, K=10 | {v:.1f} ms per observation ({1e3 / v:.0f} Hz) |"
               for k, v in res["er_latency_ms_K10"].items()]
+    lines += [f"| error regression, {k}, K=10, `compile=True` | {v:.1f} ms per observation ({1e3 / v:.0f} Hz) |"
+              for k, v in res["er_latency_ms_K10_compiled"].items()]
     write_results(args.out, f"pvrnn_speed_{device.type}", res, "\n".join(lines))
 
 
