@@ -3,7 +3,7 @@ from .conditioning import condition_number, covariance_condition_number, matrix_
 from .entropy import entropy, shannon_entropy
 from .estimator import Estimator
 from .probe import Probe
-from .attention import attention_entropy, attention_entropy_per_head
+from .attention import attention_entropy, attention_entropy_lower_bound, attention_entropy_per_head
 from .binning import adaptive_binned_mi, binned_entropy, binned_mi, binned_mutual_information, plugin_entropy
 from .compressed import compressed_mi, compressed_mutual_information
 from .dse import diffusion_spectral_entropy, diffusion_spectral_mutual_information, dse, dsmi
@@ -39,7 +39,7 @@ def make_estimator(spec) -> Estimator:
 
 __all__ = ["largest_lyapunov_exponent", "ESTIMATORS", "make_estimator", "Probe", "Estimator", "entropy", "shannon_entropy", "condition_number", "matrix_condition_number",
            "covariance_condition_number", "paired", "mi",
-           "attention_entropy", "attention_entropy_per_head", "plugin_entropy", "binned_mutual_information",
+           "attention_entropy", "attention_entropy_per_head", "attention_entropy_lower_bound", "plugin_entropy", "binned_mutual_information",
            "binned_entropy", "binned_mi", "adaptive_binned_mi", "compressed_mi", "compressed_mutual_information",
            "dse", "dsmi", "diffusion_spectral_entropy", "diffusion_spectral_mutual_information", "effective_rank",
            "feature_count", "spectral_effective_rank", "effective_feature_count", "information_plane",

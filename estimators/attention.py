@@ -1,5 +1,8 @@
-"""Attention entropy per head (the quantity sigmaReparam keeps from collapsing; Zhai et al. 2023)."""
+"""Attention entropy per head (the quantity sigmaReparam keeps from collapsing; Zhai et al. 2023) and its lower
+bound in terms of the spectral norm of the attention logits."""
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -31,3 +34,20 @@ def attention_entropy_per_head(probs: torch.Tensor, base: float | str = "nats", 
 def attention_entropy(base: float | str = "nats") -> Estimator:
     """Probe estimator: attention entropy per head and its mean (rows named attention_entropy/head_i)."""
     return Estimator("attention_entropy", attention_entropy_per_head, base=base)
+
+
+def attention_entropy_lower_bound(sigma: torch.Tensor | float, length: int) -> torch.Tensor:
+    """Zhai et al. 2023, Theorem 3.1, in nats: for logits a_ij = x_i^T W x_j over T = ``length`` tokens X (T, d) and
+    sigma = ||W||_2 ||X X^T||_2, every row's attention entropy satisfies
+    Ent(A_i) >= log(1 + (T-1) beta) + sigma sqrt(T(T-1)) beta / (1 + (T-1) beta), beta = exp(-sigma sqrt(T/(T-1))).
+    Tight: the entropy of one logit sigma sqrt(T/(T-1)) above T-1 equal ones. log T at sigma = 0, ~T sigma e^-sigma
+    for large sigma. Elementwise over a tensor of sigmas."""
+    if length < 2:
+        raise ValueError(f"attention_entropy_lower_bound needs at least 2 tokens, got {length}")
+    sigma = torch.as_tensor(sigma, dtype=torch.float64)
+    if (sigma < 0).any():
+        raise ValueError("sigma is a product of norms and must be >= 0")
+    gap = sigma * math.sqrt(length / (length - 1))
+    beta = torch.exp(-gap)
+    rest = (length - 1) * beta
+    return torch.log1p(rest) + gap * rest / (1 + rest)

@@ -1,7 +1,7 @@
 """Building blocks, one concept per file. No registry, no training, no I/O."""
 from .probe_point import ProbePoint
 from .alrnn_cell import ALRNNCell
-from .attention_probe import add_attention_probes
+from .attention_probe import add_attention_probes, attention_logit_norms
 from .coord_attention import CoordAttention
 from .hopfield_core import HopfieldCore, hopfield_energy
 from .hopfield import Hopfield
@@ -15,7 +15,7 @@ from .radial import BesselMLPRadial, PolynomialEnvelope, SplineRadial
 from .equivariant_mixing import GateMixing, SphericalGridMLP, TensorProductMixing, make_mixing
 from .equivariant_conv import EquivariantConvolution
 
-__all__ = ["ProbePoint", "ALRNNCell", "add_attention_probes", "CoordAttention", "HopfieldCore", "hopfield_energy", "Hopfield", "HopfieldPooling", "HopfieldLayer",
+__all__ = ["ProbePoint", "ALRNNCell", "add_attention_probes", "attention_logit_norms", "CoordAttention", "HopfieldCore", "hopfield_energy", "Hopfield", "HopfieldPooling", "HopfieldLayer",
            "CausalGrassmannMixing", "pluecker", "CausalSelfAttention", "PVRNNLayer", "gaussian_kl", "top_down_recurrence",
            "SigmaReparam", "SigmaLinear", "SigmaConv2d", "apply_sigma_reparam", "remove_sigma_reparam",
            "PolynomialEnvelope", "SplineRadial", "BesselMLPRadial", "SphericalGridMLP", "GateMixing",

@@ -1,6 +1,9 @@
-"""Attention-probability probe points for timm's Attention modules, without touching their fused forward."""
+"""Attention-probability probe points for timm's Attention modules, without touching their fused forward, and
+the spectral norms that bound their entropy."""
 from __future__ import annotations
 
+import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .probe_point import ProbePoint
@@ -34,3 +37,24 @@ def add_attention_probes(model: nn.Module) -> nn.Module:
             attn.probs = ProbePoint()
             attn.register_forward_pre_hook(_probe_attention)
     return model
+
+
+def attention_logit_norms(attn: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The two factors of Zhai et al.'s sigma (Theorem 3.1) for a timm ``Attention`` on tokens x (B, N, d).
+
+    With the qkv biases absorbed by a constant input, x~ = [x, 1], W~_Q = [W_Q | b_Q] (per head), the logits are
+    scale * x~_i^T W~_Q^T W~_K x~_j exactly. Returns (sigma_w (heads,) = scale ||W~_Q^T W~_K||_2 per head,
+    sigma_x (B,) = ||X~ X~^T||_2 per sample); entropy >= ``attention_entropy_lower_bound(sigma_w * sigma_x, N)``.
+    sigmaReparam layers contribute their reparametrised weight. Needs identity q/k norms."""
+    if not isinstance(attn.q_norm, nn.Identity) or not isinstance(attn.k_norm, nn.Identity):
+        raise ValueError("attention_logit_norms: the bound is for plain bilinear logits; this attention normalises q/k")
+    qkv = attn.qkv
+    weight = qkv.reparametrized_weight() if hasattr(qkv, "reparametrized_weight") else qkv.weight
+    bias = qkv.bias if qkv.bias is not None else weight.new_zeros(weight.shape[0])
+    w = torch.cat([weight, bias[:, None]], 1).detach().double()  # (3 d, d + 1)
+    heads, hd = attn.num_heads, attn.head_dim
+    wq, wk = w[:heads * hd].reshape(heads, hd, -1), w[heads * hd:2 * heads * hd].reshape(heads, hd, -1)
+    sigma_w = attn.scale * torch.linalg.matrix_norm(wq.transpose(1, 2) @ wk, 2)
+    xt = F.pad(x.detach().double(), (0, 1), value=1.0)
+    sigma_x = torch.linalg.matrix_norm(xt, 2) ** 2  # ||X~ X~^T||_2 = ||X~||_2^2
+    return sigma_w, sigma_x

@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from estimators import (Probe, attention_entropy, attention_entropy_per_head, effective_feature_count, effective_rank,
+from estimators import (Probe, attention_entropy, attention_entropy_lower_bound, attention_entropy_per_head, effective_feature_count, effective_rank,
                         local_complexity, spectral_effective_rank)
 from estimators.conditioning import matrix_condition_number
 
@@ -24,6 +24,31 @@ def test_attention_entropy_per_head_closed_forms():
         attention_entropy_per_head(torch.rand(1, 1, 2, 4) + 1)
     with pytest.raises(ValueError, match="batch, heads, queries, keys"):
         attention_entropy_per_head(torch.rand(2, 4))
+
+
+def test_attention_entropy_lower_bound_is_tight_and_holds_for_random_logits():
+    for T in (2, 7, 64):
+        assert float(attention_entropy_lower_bound(0.0, T)) == pytest.approx(math.log(T))
+        for sigma in (0.3, 2.0, 9.0):  # tight: one logit sigma sqrt(T/(T-1)) above T-1 equal logits
+            logits = torch.zeros(T, dtype=torch.float64)
+            logits[0] = sigma * math.sqrt(T / (T - 1))
+            p = logits.softmax(0)
+            assert float(attention_entropy_lower_bound(sigma, T)) == pytest.approx(float(-(p * p.log()).sum()), rel=1e-12)
+    g = torch.Generator().manual_seed(0)
+    slack = []
+    for trial in range(400):  # Theorem 3.1 over random (and near rank-one) tokens and bilinear forms, both orientations
+        T, d = int(torch.randint(2, 12, (), generator=g)), int(torch.randint(1, 6, (), generator=g))
+        X = torch.randn(T, d, generator=g, dtype=torch.float64) * 2 * float(torch.rand((), generator=g))
+        if trial % 3 == 0:
+            X = X[:, :1] @ torch.randn(1, d, generator=g, dtype=torch.float64)
+        W = torch.randn(d, d, generator=g, dtype=torch.float64) * float(torch.rand((), generator=g))
+        sigma = torch.linalg.matrix_norm(W, 2) * torch.linalg.matrix_norm(X @ X.T, 2)
+        for logits in (X @ W @ X.T, X @ W.T @ X.T):
+            p = logits.softmax(-1)
+            slack.append(float((-torch.special.xlogy(p, p).sum(-1) - attention_entropy_lower_bound(sigma, T)).min()))
+    assert min(slack) > -1e-12
+    with pytest.raises(ValueError, match="2 tokens"):
+        attention_entropy_lower_bound(1.0, 1)
 
 
 def test_attention_entropy_through_a_probe_gives_one_row_per_head():

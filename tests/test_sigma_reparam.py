@@ -236,3 +236,39 @@ def test_transformer_lm_sigma_counts_and_same_initial_function():
     assert sigma.lm_head.weight is sigma.model.embed_tokens.weight  # still tied
     ids = torch.randint(0, 100, (2, 12))
     torch.testing.assert_close(sigma(ids).logits, plain(ids).logits, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("reparam, qk_scale", [(False, 4.0), (True, 4.0), (False, 1e-3), (True, 1e-3)])
+def test_vit_attention_entropy_obeys_the_papers_lower_bound(reparam, qk_scale):
+    """Theorem 3.1 on a ViT block: the logits are exactly scale x~ W~_Q^T W~_K x~ (biases absorbed), and every row's
+    entropy is at least the bound of sigma_w * sigma_x, for the plain and the reparametrised model."""
+    from estimators import attention_entropy_lower_bound
+    from layers import attention_logit_norms
+
+    torch.manual_seed(1)
+    kw = dict(img_size=32, patch_size=8, depth=2, num_classes=3)
+    model = zoo.create_model("vit_tiny_patch16_224_sigma", **kw, **({} if reparam else dict(reparam=False, remove_norms=False)))
+    model.eval()
+    with torch.no_grad():  # sharper attention (the bound is ~0 there), or near-uniform (the bound is near log N)
+        model.blocks[0].attn.qkv.weight.mul_(qk_scale)
+        if reparam:
+            model.blocks[0].attn.qkv.gamma.mul_(qk_scale)
+    attn, seen = model.blocks[0].attn, {}
+    hooks = [attn.register_forward_pre_hook(lambda m, args: seen.__setitem__("x", args[0])),
+             attn.probs.register_forward_hook(lambda m, i, out: seen.__setitem__("p", out))]
+    with torch.no_grad():
+        model(torch.randn(4, 3, 32, 32) * 3)
+    for h in hooks:
+        h.remove()
+    x, p = seen["x"], seen["p"].double()
+    sigma_w, sigma_x = attention_logit_norms(attn, x)
+    B, N, _ = x.shape
+    q, k, _ = attn.qkv(x).double().reshape(B, N, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
+    logits = attn.scale * q @ k.transpose(-1, -2)
+    assert float((torch.linalg.matrix_norm(logits, 2) / (sigma_w * sigma_x[:, None])).max()) <= 1 + 1e-9
+    torch.testing.assert_close(p, logits.softmax(-1), atol=1e-6, rtol=1e-5)  # the probe's probabilities
+    entropy = -torch.special.xlogy(p, p).sum(-1)  # (B, heads, N)
+    bound = attention_entropy_lower_bound(sigma_w[None] * sigma_x[:, None], N)  # (B, heads)
+    assert (entropy >= bound[..., None] - 1e-6).all()  # float32 logits: entropies are good to ~1e-7
+    if qk_scale < 1:
+        assert float(bound.min()) > 1.0  # a comparison with teeth: log N = 2.83 here
