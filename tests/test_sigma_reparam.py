@@ -263,7 +263,8 @@ def test_vit_attention_entropy_obeys_the_papers_lower_bound(reparam, qk_scale):
     x, p = seen["x"], seen["p"].double()
     sigma_w, sigma_x = attention_logit_norms(attn, x)
     B, N, _ = x.shape
-    q, k, _ = attn.qkv(x).double().reshape(B, N, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
+    with torch.no_grad():
+        q, k, _ = attn.qkv(x).double().reshape(B, N, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
     logits = attn.scale * q @ k.transpose(-1, -2)
     assert float((torch.linalg.matrix_norm(logits, 2) / (sigma_w * sigma_x[:, None])).max()) <= 1 + 1e-9
     torch.testing.assert_close(p, logits.softmax(-1), atol=1e-6, rtol=1e-5)  # the probe's probabilities
