@@ -69,8 +69,10 @@ def main(argv=None):
         run, label = spec.rsplit(":", 1)
         run = Path(run)
         files = sorted(run.glob("checkpoints/step_*/model.safetensors"))
-        files += [run / "model.safetensors"] if (run / "model.safetensors").is_file() else []
         recipe = yaml.safe_load((run / "recipe.yaml").read_text())
+        last = f"step_{recipe['train']['steps']:08d}"
+        if (run / "model.safetensors").is_file() and not any(f.parent.name == last for f in files):
+            files.append(run / "model.safetensors")
         task = make_task(recipe)
         x = task.data["x_test"][:args.images]
         points = []
@@ -86,13 +88,13 @@ def main(argv=None):
         s, e, s_w = zip(*points)
         ax.scatter(s, e, s=10, alpha=0.6, label=f"{label} (heads x blocks x checkpoints)")
         ax_w.scatter(s_w, e, s=10, alpha=0.6, label=label)
-    grid = torch.logspace(-3, 4, 400, dtype=torch.float64)
+    grid = torch.logspace(-3, 5, 400, dtype=torch.float64)
     ax.plot(grid, attention_entropy_lower_bound(grid, tokens), "k-", lw=1.5, label=f"Theorem 3.1 bound, T = {tokens}")
     ax.axhline(float(torch.log(torch.tensor(float(tokens)))), color="gray", ls=":", lw=1, label="log T")
     ax.set_xscale("log")
     ax.set_xlabel("sigma = ||W_K W_Q^T||_2 ||X X^T||_2 (per head, median over images)")
     ax.set_ylabel("attention entropy (nats)")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="lower left")
     ax_w.set_xscale("log")
     ax_w.set_xlabel("sigma_w = ||W_K W_Q^T||_2 / sqrt(d_head) (biases absorbed)")
     ax_w.set_ylabel("attention entropy (nats)")
