@@ -1,17 +1,18 @@
 """Inference latency and throughput of MobileNetV2-1.0 with SE, CBAM and coordinate attention against the plain
 model, next to their parameter and MAC overheads.
 
-    python benchmarks/coord_attention_speed.py [--batches 1 64] [--img 224] [--iters 10] [--rounds 3]
+    python benchmarks/coord_attention_speed.py [--batches 1 64] [--img 224] [--seconds 1] [--rounds 3]
                                                [--no-compile] [--device cuda] [--out benchmarks/results]
 
 Eval-mode forward under no_grad on random images, for three layouts: eager NCHW, eager channels_last, and
 ``torch.compile`` (channels_last). For each batch size and layout the models take turns for ``--rounds``
-rounds of ``--iters`` timed forwards (after warm-up) and each keeps its fastest round. The issue's goal: CA
+rounds of about ``--seconds`` of timed forwards (after warm-up) and each keeps its fastest round. The issue's goal: CA
 at most 10% slower than the plain model at batch 64 on GPU. Writes coord_attention_speed_<device>.json/.md.
 """
 from __future__ import annotations
 
 import argparse
+import math
 import time
 
 import timm
@@ -31,11 +32,15 @@ def macs(model: torch.nn.Module, img: int) -> int:
     return counter.get_total_flops() // 2
 
 
-def forward_ms(model, x, iters: int) -> float:
+def forward_ms(model, x, seconds: float) -> float:
+    """Mean ms per forward over enough forwards (at least 2) to fill ``seconds``, after a warm-up and a sizing forward."""
     with torch.no_grad():
-        for _ in range(2):
-            model(x)
+        model(x)
         sync(x.device)
+        start = time.perf_counter()
+        model(x)
+        sync(x.device)
+        iters = max(2, math.ceil(seconds / (time.perf_counter() - start)))
         start = time.perf_counter()
         for _ in range(iters):
             model(x)
@@ -47,7 +52,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 64])
     ap.add_argument("--img", type=int, default=224)
-    ap.add_argument("--iters", type=int, default=10)
+    ap.add_argument("--seconds", type=float, default=1.0, help="timed duration of one round per model")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--no-compile", action="store_true")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -56,7 +61,7 @@ def main(argv=None):
     device = torch.device(args.device)
     layouts = LAYOUTS[:2] if args.no_compile else LAYOUTS
     base = {name: timm.create_model(name).eval() for name in MODELS}
-    res = {"machine": machine(device), "torch": torch.__version__, "img": args.img, "iters": args.iters,
+    res = {"machine": machine(device), "torch": torch.__version__, "img": args.img, "seconds": args.seconds,
            "rounds": args.rounds, "params": {n: sum(p.numel() for p in m.parameters()) for n, m in base.items()},
            "macs": {n: macs(m, args.img) for n, m in base.items()}, "ms": {}}
     variants = {}
@@ -74,7 +79,7 @@ def main(argv=None):
             best = {name: float("inf") for name in MODELS}
             for _ in range(args.rounds):
                 for name in MODELS:
-                    best[name] = min(best[name], forward_ms(variants[(name, layout)], xl, args.iters))
+                    best[name] = min(best[name], forward_ms(variants[(name, layout)], xl, args.seconds))
             for name in MODELS:
                 res["ms"][f"{name}|{layout}|{batch}"] = best[name]
             print(batch, layout, {n: round(v, 2) for n, v in best.items()}, flush=True)
@@ -83,8 +88,9 @@ def main(argv=None):
 
 def markdown(res: dict, batches: list[int], layouts: tuple[str, ...]) -> str:
     p0, m0 = res["params"][MODELS[0]], res["macs"][MODELS[0]]
-    lines = [f"Eval forward, {res['img']}x{res['img']}, fastest of {res['rounds']} interleaved rounds of {res['iters']} "
-             f"forwards, on {res['machine']} (torch {res['torch']}). Overheads are against mobilenetv2_100.", "",
+    lines = [f"Eval forward, {res['img']}x{res['img']}, fastest of {res['rounds']} interleaved rounds of about "
+             f"{res['seconds']:g} s each (at least 2 forwards), on {res['machine']} (torch {res['torch']}). "
+             "Overheads are against mobilenetv2_100.", "",
              "| model | params | MACs | layout | " + " | ".join(f"batch {b}: ms (overhead), img/s" for b in batches) + " |",
              "|---|---:|---:|---|" + "---:|" * len(batches)]
     for name in MODELS:
