@@ -38,6 +38,8 @@ class SphericalGridMLP(nn.Module):
     Equivariant up to the aliasing of the pointwise non-linearity on a finite grid; the error falls with the
     resolution ``res`` (beta, alpha) and is reported by the tests. The default 18 x 17 grid is the one the
     authors' code uses for L <= 3; the MLP has one hidden layer of ``hidden`` (default C) SiLU units.
+    Both projections are linear, so they run as two dense matrices, ((L+1)^2 x grid) and (grid x (L+1)^2), taken
+    from e3nn's ToS2Grid/FromS2Grid at construction: one matmul each instead of e3nn's FFT path.
     """
 
     def __init__(self, channels: int, lmax: int, hidden: int | None = None, res: tuple[int, int] | None = None):
@@ -46,14 +48,26 @@ class SphericalGridMLP(nn.Module):
         res = tuple(res) if res is not None else (18, 17)
         self.to_grid = o3.ToS2Grid(lmax, res)
         self.from_grid = o3.FromS2Grid(res, lmax)
+        self._matrices: tuple | None = None  # (dtype, device, (K, G) to-grid, (G, K) from-grid), built on first use
         hidden = hidden or channels
         self.mlp = nn.Sequential(nn.Linear(channels, hidden), nn.SiLU(), nn.Linear(hidden, channels))
         self.irreps = sphere_irreps(channels, lmax)
 
+    def grid_matrices(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """ToS2Grid and FromS2Grid as matrices in ``like``'s dtype and device (e3nn applied to unit vectors)."""
+        if self._matrices is None or self._matrices[:2] != (like.dtype, like.device):
+            k, res = (self.lmax + 1) ** 2, (self.to_grid.res_beta, self.to_grid.res_alpha)
+            with torch.no_grad():
+                to_grid = self.to_grid(torch.eye(k, dtype=like.dtype, device=like.device)).flatten(1)
+                points = torch.eye(res[0] * res[1], dtype=like.dtype, device=like.device).reshape(-1, *res)
+                self._matrices = (like.dtype, like.device, to_grid, self.from_grid(points))
+        return self._matrices[2:]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        f = self.to_grid(to_channels(x, self.channels, self.lmax))         # (N, C, beta, alpha)
-        g = self.mlp(f.movedim(1, -1)).movedim(-1, 1)
-        return from_channels(self.from_grid(g), self.lmax)
+        to_grid, from_grid = self.grid_matrices(x)
+        f = torch.einsum("nck,kg->ngc", to_channels(x, self.channels, self.lmax), to_grid)
+        g = self.mlp(f)                                                     # (N, grid points, C)
+        return from_channels(torch.einsum("ngc,gk->nck", g, from_grid), self.lmax)
 
 
 class GateMixing(nn.Module):

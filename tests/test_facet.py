@@ -79,6 +79,20 @@ def test_channel_layout_round_trip():
     assert torch.equal(from_channels(to_channels(x, 4, 3), 3), x)
 
 
+@pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-12), (torch.float32, 2e-5)])
+def test_grid_mlp_matrices_equal_e3nns_projections(dtype, tol):
+    """The layer projects with dense matrices taken from e3nn's ToS2Grid/FromS2Grid; it must compute exactly what
+    applying those modules does, in the model's dtype (and after a dtype change)."""
+    torch.manual_seed(0)
+    mix = SphericalGridMLP(4, 3).double()
+    mix(torch.randn(2, mix.irreps.dim, dtype=torch.float64))  # matrices built in float64 first ...
+    mix.to(dtype)                                             # ... and rebuilt for the new dtype
+    x = torch.randn(40, mix.irreps.dim, dtype=dtype)
+    grid = mix.to_grid(to_channels(x, 4, 3))                            # (N, C, beta, alpha)
+    expected = from_channels(mix.from_grid(mix.mlp(grid.movedim(1, -1)).movedim(-1, 1)), 3)
+    assert torch.allclose(mix(x), expected, atol=tol * expected.abs().max().item(), rtol=0)
+
+
 def test_grid_mlp_equivariance_error_falls_with_resolution():
     """A pointwise MLP on a finite grid aliases; the equivariance error must fall as the grid refines and the
     finest grid must be accurate to 1e-3 (relative). The numbers are printed for the README."""
