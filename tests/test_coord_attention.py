@@ -367,3 +367,29 @@ def test_zoo_convert_installs_the_published_original_into_the_cache(official, tm
     with torch.no_grad():
         got = zoo.create_model("mobilenetv2_ca_100", pretrained=True).eval()(official[1])
     assert torch.allclose(got, official[2], rtol=1e-4, atol=1e-5 * official[2].abs().max().item())
+
+
+def test_finetune_recipe_starts_from_the_published_weights(official, tmp_path, monkeypatch):
+    import numpy as np
+    from PIL import Image
+
+    from train import fit, load_recipe
+    from weights.manifest import cache_dir, git_blob_sha1
+
+    cache_dir().mkdir(parents=True)
+    torch.save(official[0], cache_dir() / "mbv2_ca.pth")
+    _published(monkeypatch, {"git_blob_sha1": git_blob_sha1(cache_dir() / "mbv2_ca.pth")})
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        for c in range(3):
+            (tmp_path / "data" / split / str(c)).mkdir(parents=True)
+            for i in range(2):
+                Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(tmp_path / "data" / split / str(c) / f"{i}.png")
+    recipe = load_recipe("mbv2-ca-finetune", [f"data.path={tmp_path / 'data'}", "data.size=32", "data.workers=0",
+                                              "train.steps=1", "train.batch_size=8", "train.eval_every=0",
+                                              "train.ckpt_every=0", "optim.lr=0.0", "schedule.warmup=0"])
+    fit(recipe, out=tmp_path / "run")
+    tuned = load_checkpoint(tmp_path / "run" / "model.safetensors")
+    assert tuned.classifier.weight.shape == (3, 1280)  # num_classes from the folder, classifier re-initialised
+    assert torch.equal(tuned.blocks[1][0].se.conv_h.weight, official[0]["features.2.conv.6.conv2.weight"])
+    assert torch.equal(tuned.conv_stem.weight, official[0]["features.0.0.weight"])
