@@ -102,6 +102,21 @@ def test_finetune_recipe_runs_through_the_loop_and_resumes_exactly(tmp_path, mon
     assert fit(recipe, out=tmp_path / "resumed", resume=True) == full
 
 
+def test_zoo_eval_of_a_folder_checkpoint_needs_no_training_run(tmp_path, capsys):
+    import json
+
+    from train.cli import main
+    from weights import save_checkpoint
+
+    root = _folder(tmp_path / "data")
+    model = zoo.create_model("mobilenetv2_100", num_classes=3)
+    save_checkpoint(model, tmp_path / "m.safetensors", extra_metadata={"recipe": "mbv2-ca-finetune"})
+    main(["eval", str(tmp_path / "m.safetensors"), "--set", f"data.path={root}", "--set", "data.size=32",
+          "--set", "data.workers=0"])
+    out = json.loads(capsys.readouterr().out)
+    assert sorted(out) == ["eval_acc", "eval_loss", "eval_top5"] and out["eval_top5"] == 1.0
+
+
 @pytest.mark.parametrize("recipe_name, model_overrides", [
     ("mbv2-ca-imagenet", ["model_args.num_classes=3"]),
     ("sigma-vit-imagenet", ["model=vit_tiny_patch16_224_sigma", "model_args.num_classes=3", "model_args.img_size=32",

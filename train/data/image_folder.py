@@ -68,6 +68,7 @@ class ImageFolderData:
         self.classes = self.splits["train"].classes
         self.size, self.augment, self.workers = size, {"color_jitter": 0.0, **(augment or {})}, int(workers)
         self.pool: ProcessPoolExecutor | None = None
+        self.configured = False
 
     def configure(self, model: torch.nn.Module) -> None:
         import timm.data
@@ -78,6 +79,7 @@ class ImageFolderData:
         transforms = {"train": timm.data.create_transform(**config, is_training=True, **self.augment),
                       "eval": timm.data.create_transform(**config)}
         _set_transforms(transforms)
+        self.configured = True
         if self.pool is not None:
             self.pool.shutdown()
         self.pool = None

@@ -85,8 +85,10 @@ class ImageClassificationTask(Task):
         loss = F.cross_entropy(logits, batch["y"], label_smoothing=self.label_smoothing)
         return loss, {"acc": float((logits.argmax(-1) == batch["y"]).float().mean())}
 
-    def _chunks(self, split: str):
+    def _chunks(self, split: str, model: nn.Module):
         if self.dataset == "folder":
+            if not self.folder.configured:  # evaluation without training (zoo eval): transforms for this model
+                self.folder.configure(model)
             return self.folder.eval_chunks(limit=self.eval_limit)
         return zip(self.data[f"x_{split}"].split(256), self.data[f"y_{split}"].split(256))
 
@@ -96,7 +98,7 @@ class ImageClassificationTask(Task):
         out = {}
         for split in ("eval",) if self.dataset == "folder" else ("test", "train"):
             loss, top1, top5, n = 0.0, 0, 0, 0
-            for x, y in self._chunks(split):
+            for x, y in self._chunks(split, model):
                 logits = model(x.to(device)).float().cpu()
                 loss += float(F.cross_entropy(logits, y, reduction="sum"))
                 ranked = logits.topk(min(5, logits.shape[-1]), -1).indices
@@ -121,7 +123,7 @@ class ImageClassificationTask(Task):
         gates = {}
         hooks = [block.attn_h.register_forward_hook(lambda m, i, o: gates.__setitem__("h", o)),
                  block.attn_w.register_forward_hook(lambda m, i, o: gates.__setitem__("w", o))]
-        x, labels = next(iter(self._chunks("test")))
+        x, labels = next(iter(self._chunks("test", model)))
         x, labels = x[:6], labels[:6]
         try:
             model.eval()(x.to(next(model.parameters()).device))
