@@ -1,9 +1,11 @@
-"""Shared by the benchmark scripts: the machine's name, device sync, and writing <stem>.json + <stem>.md."""
+"""Shared by the benchmark scripts: the machine's name, device sync, a median timer, and writing <stem>.json + <stem>.md."""
 from __future__ import annotations
 
 import json
 import os
 import platform
+import statistics
+import time
 from pathlib import Path
 
 import torch
@@ -18,6 +20,17 @@ def machine(device: torch.device) -> str:
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
+
+
+def median_ms(fn, repeats: int) -> float:
+    """Median wall time of ``fn()`` in ms over ``repeats`` calls, after one warm-up call (CPU: no device sync)."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return 1e3 * statistics.median(times)
 
 
 def write_results(out: str | os.PathLike, stem: str, res: dict, markdown: str) -> None:

@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -22,22 +20,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 VARIANTS = ("facet_small", "facet_ablation_mlp_radial", "facet_ablation_gate", "facet_ablation_tp")
 
 
-def timed(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return 1000 * statistics.median(times)
-
-
 def measure(name: str, steps: int, cutoff: float, repeats: int) -> dict:
     import zoo
     from train import fit, load_recipe
     from train.tasks import make_task
     from zoo.atoms import graph_from_atoms
 
+    from common import median_ms
     from potential_workloads import speed_structures
 
     recipe = load_recipe("facet-emt", [f"model={name}", f"model_args.cutoff={cutoff}", f"train.steps={steps}",
@@ -56,10 +45,10 @@ def measure(name: str, steps: int, cutoff: float, repeats: int) -> dict:
     r = cell.edge_vectors().norm(dim=-1)
     h = torch.randn(cell.numbers.shape[0], model.irreps.dim)
     row = {"model": name, "params": sum(p.numel() for p in model.parameters()),
-           "train_step_ms": timed(train_step, repeats),
-           "energy_forces_512_ms": timed(lambda: model.predict(cell), repeats),
-           "radial_512_ms": timed(lambda: conv.radial(r), repeats),
-           "mixing_512_ms": timed(lambda: mix(h), repeats)}
+           "train_step_ms": median_ms(train_step, repeats),
+           "energy_forces_512_ms": median_ms(lambda: model.predict(cell), repeats),
+           "radial_512_ms": median_ms(lambda: conv.radial(r), repeats),
+           "mixing_512_ms": median_ms(lambda: mix(h), repeats)}
     with tempfile.TemporaryDirectory() as out:
         final = fit(recipe, Path(out) / "run")
     row.update({k: final[k] for k in ("test_e_mae_meV_atom", "test_f_mae_meV_A")})

@@ -11,12 +11,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import statistics
-import time
 
 import torch
 
-from common import machine, write_results
+from common import machine, median_ms, write_results
 from layers import SphericalGridMLP
 from layers.equivariant_mixing import from_channels, to_channels
 from potential_workloads import speed_structures
@@ -35,16 +33,6 @@ def e3nn_path():
         yield
     finally:
         SphericalGridMLP.forward = dense
-
-
-def median_ms(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return 1e3 * statistics.median(times)
 
 
 def main(argv=None):
