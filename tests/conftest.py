@@ -1,3 +1,5 @@
+import contextlib
+
 import pytest
 
 
@@ -13,3 +15,22 @@ SMALL_DSR = [
     "train.steps=30", "train.batch_size=8", "train.eval_every=0", "train.ckpt_every=10", "train.log_every=1",
     "probe.every=10",
 ]
+
+
+@contextlib.contextmanager
+def killed_at_call(cls, method: str, call: int):
+    """Inside the block, the ``call``-th call of ``cls.method`` raises KeyboardInterrupt (a run killed mid-step);
+    the method is restored on leaving."""
+    original, calls = getattr(cls, method), {"n": 0}
+
+    def dying(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == call:
+            raise KeyboardInterrupt
+        return original(self, *args, **kwargs)
+
+    setattr(cls, method, dying)
+    try:
+        yield
+    finally:
+        setattr(cls, method, original)

@@ -8,6 +8,8 @@ import zoo
 from train import fit, load_recipe
 from train.tasks import make_task
 
+from .conftest import killed_at_call
+
 
 def _folder(root, classes=3, per=4):
     from PIL import Image
@@ -76,7 +78,7 @@ def test_class_count_is_filled_in_or_checked_and_bad_paths_are_named(tmp_path):
         _task(tmp_path / "train")
 
 
-def test_finetune_recipe_runs_through_the_loop_and_resumes_exactly(tmp_path, monkeypatch):
+def test_finetune_recipe_runs_through_the_loop_and_resumes_exactly(tmp_path):
     from train.tasks.image import ImageClassificationTask
 
     root = _folder(tmp_path / "data")
@@ -87,18 +89,9 @@ def test_finetune_recipe_runs_through_the_loop_and_resumes_exactly(tmp_path, mon
     full = fit(recipe, out=tmp_path / "full")
     assert set(full) >= {"eval_acc", "eval_top5", "eval_loss"} and (tmp_path / "full" / "attention.png").is_file()
 
-    original, calls = ImageClassificationTask.loss, {"n": 0}
-
-    def interrupted(self, model, batch):
-        calls["n"] += 1
-        if calls["n"] == 4:  # dies during step 4, after the checkpoint at step 2
-            raise KeyboardInterrupt
-        return original(self, model, batch)
-
-    monkeypatch.setattr(ImageClassificationTask, "loss", interrupted)
-    with pytest.raises(KeyboardInterrupt):
+    # dies during step 4, after the checkpoint at step 2
+    with killed_at_call(ImageClassificationTask, "loss", 4), pytest.raises(KeyboardInterrupt):
         fit(recipe, out=tmp_path / "resumed")
-    monkeypatch.setattr(ImageClassificationTask, "loss", original)
     assert fit(recipe, out=tmp_path / "resumed", resume=True) == full
 
 

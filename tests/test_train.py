@@ -11,7 +11,7 @@ from train import fit, load_recipe
 from train.recipe import apply_override
 from weights import load_checkpoint
 
-from .conftest import SMALL_DSR
+from .conftest import SMALL_DSR, killed_at_call
 
 
 def _losses(out: Path) -> dict[int, float]:
@@ -42,25 +42,15 @@ def test_fit_writes_a_complete_run_and_loss_falls(tmp_path):
     assert (out / "probe.csv").read_text().count("condition_number_covariance") == 10  # steps 0, 10, ..., 90
 
 
-def test_resumed_run_equals_uninterrupted_run(tmp_path, monkeypatch):
+def test_resumed_run_equals_uninterrupted_run(tmp_path):
     recipe = load_recipe("alrnn-lorenz63", SMALL_DSR)
     fit(recipe, tmp_path / "straight")
 
     from train.tasks.dsr import DSRTask
 
-    calls = {"n": 0}
-    original = DSRTask.loss
-
-    def interrupted(self, model, batch):
-        calls["n"] += 1
-        if calls["n"] == 25:  # dies during step 25, after the checkpoint at step 20
-            raise KeyboardInterrupt
-        return original(self, model, batch)
-
-    monkeypatch.setattr(DSRTask, "loss", interrupted)
-    with pytest.raises(KeyboardInterrupt):
+    # dies during step 25, after the checkpoint at step 20
+    with killed_at_call(DSRTask, "loss", 25), pytest.raises(KeyboardInterrupt):
         fit(recipe, tmp_path / "resumed")
-    monkeypatch.setattr(DSRTask, "loss", original)
     with pytest.raises(FileExistsError, match="--resume"):
         fit(recipe, tmp_path / "resumed")
     fit(recipe, tmp_path / "resumed", resume=True)
