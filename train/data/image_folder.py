@@ -14,27 +14,28 @@ from pathlib import Path
 
 import torch
 
-_TRANSFORMS: dict = {}  # per worker process: {"train": ..., "eval": ...}
+_TRANSFORMS: dict = {}  # in a worker process: {"train": ..., "eval": ...}, set once by the pool's initializer
 
 
 def _set_transforms(transforms: dict) -> None:
-    _TRANSFORMS.clear()
     _TRANSFORMS.update(transforms)
 
 
-def _load(path: str, kind: str, seed: int) -> torch.Tensor:
+def _load(path: str, kind: str, seed: int, transforms: dict | None = None) -> torch.Tensor:
+    """Decode and transform one image; ``transforms`` default to the worker's."""
     from PIL import Image
 
+    transforms = transforms or _TRANSFORMS
     with Image.open(path) as image:
         image = image.convert("RGB")
     if kind == "eval":
-        return _TRANSFORMS["eval"](image)
+        return transforms["eval"](image)
     with torch.random.fork_rng(devices=[]):
         state = random.getstate()
         torch.manual_seed(seed)
         random.seed(seed)
         try:
-            return _TRANSFORMS["train"](image)
+            return transforms["train"](image)
         finally:
             random.setstate(state)
 
@@ -68,7 +69,7 @@ class ImageFolderData:
         self.classes = self.splits["train"].classes
         self.size, self.augment, self.workers = size, {"color_jitter": 0.0, **(augment or {})}, int(workers)
         self.pool: ProcessPoolExecutor | None = None
-        self.configured = False
+        self.transforms: dict | None = None  # set by configure(model)
 
     def configure(self, model: torch.nn.Module) -> None:
         import timm.data
@@ -76,23 +77,19 @@ class ImageFolderData:
         config = timm.data.resolve_data_config({}, model=model)
         if self.size:
             config["input_size"] = (3, int(self.size), int(self.size))
-        transforms = {"train": timm.data.create_transform(**config, is_training=True, **self.augment),
-                      "eval": timm.data.create_transform(**config)}
-        _set_transforms(transforms)
-        self.configured = True
-        if self.pool is not None:
-            self.pool.shutdown()
-        self.pool = None
+        self.transforms = {"train": timm.data.create_transform(**config, is_training=True, **self.augment),
+                           "eval": timm.data.create_transform(**config)}
+        self.close()
         if self.workers > 0:
-            self.pool = ProcessPoolExecutor(self.workers, initializer=_set_transforms, initargs=(transforms,))
+            self.pool = ProcessPoolExecutor(self.workers, initializer=_set_transforms, initargs=(self.transforms,))
             weakref.finalize(self, self.pool.shutdown)  # the workers end with the task that owns them
 
     def _images(self, jobs: list[tuple[str, str, int]]) -> torch.Tensor:
-        if not _TRANSFORMS:
+        if self.transforms is None:
             raise RuntimeError("ImageFolderData.configure(model) must run before images are read")
         paths, kinds, seeds = zip(*jobs)
         if self.pool is None:
-            return torch.stack([_load(*job) for job in jobs])
+            return torch.stack([_load(*job, self.transforms) for job in jobs])
         return torch.stack(list(self.pool.map(_load, paths, kinds, seeds, chunksize=max(1, len(jobs) // (4 * self.workers)))))
 
     def batch(self, size: int, generator: torch.Generator) -> dict[str, torch.Tensor]:

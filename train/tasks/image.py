@@ -87,7 +87,7 @@ class ImageClassificationTask(Task):
 
     def _chunks(self, split: str, model: nn.Module):
         if self.dataset == "folder":
-            if not self.folder.configured:  # evaluation without training (zoo eval): transforms for this model
+            if self.folder.transforms is None:  # evaluation without training (zoo eval): transforms for this model
                 self.folder.configure(model)
             return self.folder.eval_chunks(limit=self.eval_limit)
         return zip(self.data[f"x_{split}"].split(256), self.data[f"y_{split}"].split(256))
