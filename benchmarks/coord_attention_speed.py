@@ -2,7 +2,8 @@
 model, next to their parameter and MAC overheads.
 
     python benchmarks/coord_attention_speed.py [--batches 1 64] [--img 224] [--seconds 1] [--rounds 3]
-                                               [--no-compile] [--device cuda] [--out benchmarks/results]
+                                               [--no-compile | --compile-batches 64] [--device cuda]
+                                               [--out benchmarks/results]
 
 Eval-mode forward under no_grad on random images, for three layouts: eager NCHW, eager channels_last, and
 ``torch.compile`` (channels_last). For each batch size and layout the models take turns for ``--rounds``
@@ -56,6 +57,8 @@ def main(argv=None):
     ap.add_argument("--seconds", type=float, default=1.0, help="timed duration of one round per model")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--no-compile", action="store_true")
+    ap.add_argument("--compile-batches", type=int, nargs="+", default=None,
+                    help="time the compiled layout only at these batch sizes (each costs a compilation per model)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--out", default="benchmarks/results")
     args = ap.parse_args(argv)
@@ -76,6 +79,8 @@ def main(argv=None):
     for batch in args.batches:
         x = torch.randn(batch, 3, args.img, args.img, device=device)
         for layout in layouts:
+            if layout.startswith("compiled") and args.compile_batches is not None and batch not in args.compile_batches:
+                continue
             xl = x if layout == "eager NCHW" else x.contiguous(memory_format=torch.channels_last)
             best = {name: float("inf") for name in MODELS}
             for _ in range(args.rounds):
@@ -98,6 +103,9 @@ def markdown(res: dict, batches: list[int], layouts: tuple[str, ...]) -> str:
         for layout in layouts:
             cells = []
             for b in batches:
+                if f"{name}|{layout}|{b}" not in res["ms"]:
+                    cells.append("not run")
+                    continue
                 ms, ms0 = res["ms"][f"{name}|{layout}|{b}"], res["ms"][f"{MODELS[0]}|{layout}|{b}"]
                 cells.append(f"{ms:.1f} ({100 * (ms / ms0 - 1):+.1f}%), {1e3 * b / ms:.0f}")
             params = f"{res['params'][name]:,} ({100 * (res['params'][name] / p0 - 1):+.1f}%)"

@@ -66,24 +66,36 @@ def mace_side(paths: dict, args, cutoff: float) -> dict:
 
 
 def table(result: dict) -> str:
-    f, m = result["facet"], result["mace"]
-    rows = [f"# Facet vs MACE on EMT data ({result['machine']})", "",
-            "| | Facet | MACE |", "|---|---|---|",
-            f"| parameters | {f['params']:,} | {m['train']['params']:,} |" if m.get("train") else
-            f"| parameters | {f['params']:,} | - |",
-            f"| test energy MAE (meV/atom) | {f['evaluate']['energy_mae_mev_per_atom']:.1f} | "
-            f"{m['evaluate']['energy_mae_mev_per_atom']:.1f} |",
-            f"| test force MAE (meV/A) | {f['evaluate']['force_mae_mev_per_A']:.1f} | "
-            f"{m['evaluate']['force_mae_mev_per_A']:.1f} |"]
-    for fr, mr in zip(f["speed"]["rows"], m["speed"]["rows"]):
-        rows.append(f"| E+F at {fr['atoms']} atoms: ms (atoms/s, KiB/atom) | {fr['ms_per_structure']:.0f} "
-                    f"({fr['atoms_per_s']:.0f}, {fr['kib_per_atom']:.0f}) | {mr['ms_per_structure']:.0f} "
-                    f"({mr['atoms_per_s']:.0f}, {mr['kib_per_atom']:.0f}) | ")
-    fx, mx = f["relax"], m["relax"]
-    rows.append(f"| FIRE relaxation of {fx['count']} cells: s (steps, converged) | {fx['total_wall_s']:.1f} "
-                f"({fx['total_steps']}, {fx['converged']}) | {mx['total_wall_s']:.1f} ({mx['total_steps']}, "
-                f"{mx['converged']}) |")
-    rows.append(f"| relaxation time per step (ms) | {fx['ms_per_step']:.1f} | {mx['ms_per_step']:.1f} |")
+    """Markdown table of both sides; a part that a side has not measured (yet) shows as '-'."""
+    sides = (result["facet"], result["mace"])
+
+    def cells(fmt) -> str:
+        out = []
+        for side in sides:
+            try:
+                out.append(fmt(side))
+            except (KeyError, StopIteration):
+                out.append("-")
+        return " | ".join(out)
+
+    def speed(side, n):
+        r = next(r for r in side["speed"]["rows"] if r["atoms"] == n)
+        return f"{r['ms_per_structure']:.0f} ({r['atoms_per_s']:.0f}, {r['kib_per_atom']:.0f})"
+
+    def relax(side):
+        r = side["relax"]
+        return f"{r['total_wall_s']:.1f} ({r['total_steps']}, {r['converged']})"
+
+    rows = [f"# Facet vs MACE on EMT data ({result['machine']})", "", "| | Facet | MACE |", "|---|---|---|",
+            f"| parameters | {cells(lambda s: format(s['params'] if 'params' in s else s['train']['params'], ','))} |",
+            f"| test energy MAE (meV/atom) | {cells(lambda s: format(s['evaluate']['energy_mae_mev_per_atom'], '.1f'))} |",
+            f"| test force MAE (meV/A) | {cells(lambda s: format(s['evaluate']['force_mae_mev_per_A'], '.1f'))} |"]
+    for n in sorted({r["atoms"] for side in sides for r in side.get("speed", {}).get("rows", [])}):
+        rows.append(f"| E+F at {n} atoms: ms (atoms/s, KiB/atom) | {cells(lambda s: speed(s, n))} |")
+    count = next((s["relax"]["count"] for s in sides if "relax" in s), None)
+    if count is not None:
+        rows.append(f"| FIRE relaxation of {count} cells: s (steps, converged) | {cells(relax)} |")
+        rows.append(f"| relaxation time per step (ms) | {cells(lambda s: format(s['relax']['ms_per_step'], '.1f'))} |")
     return "\n".join(rows) + "\n"
 
 

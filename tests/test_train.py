@@ -1,3 +1,4 @@
+import csv
 import json
 import os
 import subprocess
@@ -137,3 +138,26 @@ def test_torchrun_two_processes_equal_single_process(tmp_path, name, extra):
     assert la.keys() == lb.keys()
     for s in la:
         assert la[s] == pytest.approx(lb[s], rel=1e-5)
+
+
+
+@pytest.mark.parametrize("device, precision, tol", [pytest.param("cpu", "fp32", 1e-5, marks=pytest.mark.slow),
+                                                    pytest.param("cuda", "bf16", 3e-2, marks=pytest.mark.gpu)])
+def test_compiled_training_forward_equals_eager_with_probes(tmp_path, device, precision, tol):
+    """train.compile=true compiles the training forward only: same losses and probe rows as eager (about 60 s on CPU)."""
+    if device == "cuda" and not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    base = ["train.steps=6", "train.eval_every=0", "train.log_every=1", "probe.every=3", "model_args.depth=1",
+            "train.batch_size=16", f"train.device={device}", f"train.precision={precision}"]
+    runs = {}
+    for compiled in ("false", "true"):
+        fit(load_recipe("sigma-vit-digits", base + [f"train.compile={compiled}"]), tmp_path / compiled)
+        losses = [r["loss"] for r in map(json.loads, (tmp_path / compiled / "metrics.jsonl").read_text().splitlines())
+                  if r["split"] == "train"]
+        probe = list(csv.DictReader((tmp_path / compiled / "probe.csv").open()))
+        runs[compiled] = losses, probe
+    (eager, eager_probe), (compiled, compiled_probe) = runs["false"], runs["true"]
+    assert len(eager) == 6 and max(abs(a - b) for a, b in zip(eager, compiled)) < tol
+    assert [(r["step"], r["estimator"]) for r in eager_probe] == [(r["step"], r["estimator"]) for r in compiled_probe]
+    assert {r["step"] for r in eager_probe} == {"0", "3"}  # probes run at scheduled steps before the last
+    assert max(abs(float(a["value"]) - float(b["value"])) for a, b in zip(eager_probe, compiled_probe)) < 10 * tol

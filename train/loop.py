@@ -192,6 +192,8 @@ def _fit(recipe: dict, cfg: dict, out: Path, resume: bool, d: Dist) -> dict:
     selector = _BestSelector(cfg["select"], out, recipe["name"])
     print(f"[rank {d.rank}/{d.world}] {recipe['name']} on {d.device}, steps {start}..{steps}", file=sys.stderr)
     net = DistributedDataParallel(model) if d.world > 1 else model
+    if cfg["compile"]:  # the training forward only; evaluation, probes' weights and checkpoints use ``model``
+        net = torch.compile(net)
     probe = _make_probe(model, recipe.get("probe") or {}, start)
     bar = tqdm(range(start, steps), initial=start, total=steps, disable=not d.main, desc=recipe["name"],
                dynamic_ncols=True)

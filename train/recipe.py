@@ -17,7 +17,7 @@ DEFAULTS = {
     "schedule": {"name": "constant", "warmup": 0},
     "train": {"steps": 1000, "batch_size": 16, "grad_accum": 1, "clip": 0.0, "eval_every": 0, "ckpt_every": 0,
               "log_every": 10, "seed": 0, "precision": "auto", "device": "auto", "keep_checkpoints": 2,
-              "select": None, "threads": None},
+              "select": None, "threads": None, "compile": False},
     "probe": {},
 }
 REQUIRED = ("name", "model", "task")

@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Every GPU check of the zoo in one pass on a CUDA machine: the gpu-marked tests, then each family's benchmark
+# with --device cuda, each under its own time limit inside an overall budget, so that a short lease returns
+# what finished. Results land in benchmarks/results/*_cuda*; OUTDIR receives log.txt and results.tar.gz (the new
+# result files, refreshed after every step).
+#
+#     bash benchmarks/gpu_all.sh OUTDIR [BUDGET_SECONDS=520]
+#
+# The package must be importable (pip install -e ".[test]"); the EMT data and the LM corpus are generated
+# into $PAPERZOO_CACHE on first use (or carried there).
+set -u
+out=${1:?usage: gpu_all.sh OUTDIR [BUDGET_SECONDS]}
+budget=${2:-520}
+mkdir -p "$out" benchmarks/results
+begin=$(date +%s)
+marker=$(mktemp)
+export PYTHONUNBUFFERED=1
+
+step() {  # step NAME LIMIT_SECONDS COMMAND...
+  local name=$1 limit=$2 left t rc
+  shift 2
+  left=$((budget - ($(date +%s) - begin)))
+  ((limit > left)) && limit=$left
+  if ((limit < 15)); then echo "## $name: skipped, budget spent"; return; fi
+  echo "## $name (limit ${limit} s): $*"
+  t=$(date +%s)
+  timeout -k 5 "$limit" "$@"
+  rc=$?
+  echo "## $name: exit $rc after $(($(date +%s) - t)) s"
+  find benchmarks/results -type f -newer "$marker" | tar -czf "$out/results.tar.gz" -T -
+}
+
+{
+  nvidia-smi -L
+  python -c "import torch, timm, transformers, e3nn; print('torch', torch.__version__, 'cuda', torch.version.cuda, \
+torch.cuda.get_device_name(), '| timm', timm.__version__, '| transformers', transformers.__version__, '| e3nn', e3nn.__version__)"
+  step tests 180 python -m pytest -m gpu -q -p no:cacheprovider --no-header -rs tests
+  step hopfield 90 python benchmarks/hopfield_speed.py
+  step grassmann_fp32 90 python benchmarks/bench_grassmann.py --device cuda --lengths 512 1024 2048 4096 8192 16384 \
+    --tokens 65536 --out bench_grassmann_cuda
+  step grassmann_bf16 90 python benchmarks/bench_grassmann.py --device cuda --lengths 512 1024 2048 4096 8192 16384 \
+    --tokens 65536 --dtype bfloat16 --out bench_grassmann_cuda_bf16
+  step estimators 120 python benchmarks/bench_estimators.py --device cuda --ksg-n 10000 100000
+  step sigma 90 python benchmarks/sigma_overhead.py --device cuda --batch 64
+  step coord_attention 180 python benchmarks/coord_attention_speed.py --device cuda --seconds 0.5 --compile-batches 64
+  step facet 120 python benchmarks/facet_vs_mace.py --device cuda --sides facet --parts speed relax --relax 20 \
+    --facet weights/files/facet_small_emt.safetensors --out benchmarks/results
+  step pvrnn 90 python benchmarks/pvrnn_speed.py --device cuda --no-compile
+  step train_eager 90 python -m train.cli train sigma-vit-digits --out /tmp/gpu_runs/eager
+  step train_compiled 120 python -m train.cli train sigma-vit-digits --out /tmp/gpu_runs/compiled --set train.compile=true
+  for run in eager compiled; do
+    [ -f /tmp/gpu_runs/$run/summary.json ] && echo "$run summary: $(tr -d '\n ' < /tmp/gpu_runs/$run/summary.json)"
+  done
+  echo "## total $(($(date +%s) - begin)) s"
+} 2>&1 | tee "$out/log.txt"
