@@ -5,6 +5,7 @@
 # result files, refreshed after every step).
 #
 #     bash benchmarks/gpu_all.sh OUTDIR [BUDGET_SECONDS=520]
+#     GPU_STEPS="hopfield sigma" bash benchmarks/gpu_all.sh OUTDIR 200     # only these steps, in script order
 #
 # The package must be importable (pip install -e ".[test]"); the EMT data and the LM corpus are generated
 # into $PAPERZOO_CACHE on first use (or carried there).
@@ -19,6 +20,7 @@ export PYTHONUNBUFFERED=1
 step() {  # step NAME LIMIT_SECONDS COMMAND...
   local name=$1 limit=$2 left t rc
   shift 2
+  [[ -n "${GPU_STEPS:-}" && " $GPU_STEPS " != *" $name "* ]] && return
   left=$((budget - ($(date +%s) - begin)))
   ((limit > left)) && limit=$left
   if ((limit < 15)); then echo "## $name: skipped, budget spent"; return; fi
@@ -32,16 +34,16 @@ step() {  # step NAME LIMIT_SECONDS COMMAND...
 
 {
   nvidia-smi -L
-  python -c "import torch, timm, transformers, e3nn; print('torch', torch.__version__, 'cuda', torch.version.cuda, \
-torch.cuda.get_device_name(), '| timm', timm.__version__, '| transformers', transformers.__version__, '| e3nn', e3nn.__version__)"
   step tests 180 python -m pytest -m gpu -q -p no:cacheprovider --no-header -rs tests
   step hopfield 90 python benchmarks/hopfield_speed.py
-  step grassmann_fp32 90 python benchmarks/bench_grassmann.py --device cuda --lengths 512 1024 2048 4096 8192 16384 \
-    --tokens 65536 --out bench_grassmann_cuda
   step grassmann_bf16 90 python benchmarks/bench_grassmann.py --device cuda --lengths 512 1024 2048 4096 8192 16384 \
     --tokens 65536 --dtype bfloat16 --out bench_grassmann_cuda_bf16
+  step grassmann_fp32 90 python benchmarks/bench_grassmann.py --device cuda --lengths 512 1024 2048 4096 8192 16384 \
+    --tokens 65536 --out bench_grassmann_cuda
   step estimators 120 python benchmarks/bench_estimators.py --device cuda --ksg-n 10000 100000
   step sigma 90 python benchmarks/sigma_overhead.py --device cuda --batch 64
+  step sigma_bf16 90 python benchmarks/sigma_overhead.py --device cuda --batch 64 --bf16
+  step coord_attention_eager 90 python benchmarks/coord_attention_speed.py --device cuda --seconds 0.25 --rounds 2 --no-compile
   step coord_attention 180 python benchmarks/coord_attention_speed.py --device cuda --seconds 0.5 --compile-batches 64
   step facet 120 python benchmarks/facet_vs_mace.py --device cuda --sides facet --parts speed relax --relax 20 \
     --facet weights/files/facet_small_emt.safetensors --out benchmarks/results

@@ -1,6 +1,6 @@
 """sigmaReparam overhead on ViT-S: training step against the plain model, and inference after folding.
 
-    python benchmarks/sigma_overhead.py [--img 224] [--batch 32] [--steps 10] [--device cuda] [--out benchmarks/results]
+    python benchmarks/sigma_overhead.py [--img 224] [--batch 32] [--steps 10] [--device cuda] [--bf16] [--out benchmarks/results]
 
 Models: timm's ViT-S/16 (LayerNorm, plain Linear), the same with sigmaReparam on every Linear and the patch
 embedding keeping the LayerNorms (the reparametrisation's own cost), and the paper's variant without LayerNorm.
@@ -24,8 +24,9 @@ from common import machine, sync, write_results
 from layers import remove_sigma_reparam
 
 
-def step_ms(model, x, y, steps: int, train: bool) -> float:
+def step_ms(model, x, y, steps: int, train: bool, bf16: bool = False) -> float:
     device = x.device
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
     model.train(train)
     opt = torch.optim.SGD(model.parameters(), lr=1e-4)
     for i in range(steps + 2):
@@ -34,10 +35,12 @@ def step_ms(model, x, y, steps: int, train: bool) -> float:
             t = time.perf_counter()
         if train:
             opt.zero_grad(set_to_none=True)
-            torch.nn.functional.cross_entropy(model(x), y).backward()
+            with autocast:
+                loss = torch.nn.functional.cross_entropy(model(x), y)
+            loss.backward()
             opt.step()
         else:
-            with torch.no_grad():
+            with torch.no_grad(), autocast:
                 model(x)
     sync(device)
     return 1e3 * (time.perf_counter() - t) / steps
@@ -50,6 +53,7 @@ def main(argv=None):
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--bf16", action="store_true", help="bf16 autocast (as the loop runs on GPU); writes *_bf16 files")
     ap.add_argument("--out", default="benchmarks/results")
     args = ap.parse_args(argv)
     device = torch.device(args.device)
@@ -68,18 +72,19 @@ def main(argv=None):
         model.to(device)
     for _ in range(args.rounds):  # interleaved rounds, minimum per model: drift of a shared machine cancels out
         for name, model in models.items():
-            t = step_ms(model, x, y, args.steps, train=True)
+            t = step_ms(model, x, y, args.steps, train=True, bf16=args.bf16)
             res["train_ms"][name] = min(t, res["train_ms"].get(name, t))
         for name, model in inference.items():
-            t = step_ms(model, x, y, args.steps, train=False)
+            t = step_ms(model, x, y, args.steps, train=False, bf16=args.bf16)
             res["infer_ms"][name] = min(t, res["infer_ms"].get(name, t))
     base_t, base_i = res["train_ms"]["plain ViT-S/16"], res["infer_ms"]["plain ViT-S/16"]
-    lines = [f"Machine: {res['machine']}; ViT-S/16 at {args.img}x{args.img}, batch {args.batch}", "",
+    res["precision"] = "bf16 autocast" if args.bf16 else "fp32"
+    lines = [f"Machine: {res['machine']}; ViT-S/16 at {args.img}x{args.img}, batch {args.batch}, {res['precision']}", "",
              "| model | training step [ms] | overhead |", "|---|---|---|"]
     lines += [f"| {k} | {v:.1f} | {100 * (v / base_t - 1):+.1f}% |" for k, v in res["train_ms"].items()]
     lines += ["", "| model | inference forward [ms] | overhead |", "|---|---|---|"]
     lines += [f"| {k} | {v:.1f} | {100 * (v / base_i - 1):+.1f}% |" for k, v in res["infer_ms"].items()]
-    write_results(args.out, f"sigma_overhead_{device.type}", res, "\n".join(lines))
+    write_results(args.out, f"sigma_overhead_{device.type}" + ("_bf16" if args.bf16 else ""), res, "\n".join(lines))
 
 
 if __name__ == "__main__":
