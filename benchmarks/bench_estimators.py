@@ -8,7 +8,7 @@ true MI 0.4133 nats), k = 3, our KSG-1 on the default device vs sklearn's mutual
 CPU); on CPU both our KD-tree path and (up to n = 2e4) our brute-force path. DSE: uniform data (N, 64), sigma = 10, t = 1, ours vs numpy (distances, kernel, D^-1/2 K D^-1/2,
 numpy.linalg.eigvalsh). Probe overhead: a 512-wide 4-layer MLP with ProbePoints, mean step time with no
 Probe, with a Probe whose estimator never runs (nothing scheduled after step 0), and with DSE on 512
-samples every 50 steps.
+samples every 50 steps; the three take turns for 3 rounds and each keeps its fastest.
 """
 from __future__ import annotations
 
@@ -79,7 +79,7 @@ class ProbedMLP(nn.Module):
         return x
 
 
-def bench_probe(device, steps: int = 300) -> dict:
+def bench_probe(device, steps: int = 300, rounds: int = 3) -> dict:
     torch.manual_seed(0)
     model = ProbedMLP().to(device)
     opt = torch.optim.SGD(model.parameters(), lr=1e-3)
@@ -98,12 +98,15 @@ def bench_probe(device, steps: int = 300) -> dict:
         return (time.perf_counter() - t) / steps
 
     run(None)  # warm-up
-    out = {"steps": steps}
-    out["plain_ms"] = run(None) * 1e3
-    with Probe(model, {"points.3": [dse(sigma=10.0)]}, every=10 ** 9, step=1) as idle:
-        out["probe_idle_ms"] = run(idle) * 1e3
-    with Probe(model, {"points.3": [dse(sigma=10.0)]}, every=50, max_samples=512) as active:
-        out["probe_dse_every_50_ms"] = run(active) * 1e3
+    out = {"steps": steps, "rounds": rounds}
+    best = {"plain_ms": float("inf"), "probe_idle_ms": float("inf"), "probe_dse_every_50_ms": float("inf")}
+    for _ in range(rounds):  # interleaved rounds, fastest per configuration: drift of the machine cancels out
+        best["plain_ms"] = min(best["plain_ms"], run(None) * 1e3)
+        with Probe(model, {"points.3": [dse(sigma=10.0)]}, every=10 ** 9, step=1) as idle:
+            best["probe_idle_ms"] = min(best["probe_idle_ms"], run(idle) * 1e3)
+        with Probe(model, {"points.3": [dse(sigma=10.0)]}, every=50, max_samples=512) as active:
+            best["probe_dse_every_50_ms"] = min(best["probe_dse_every_50_ms"], run(active) * 1e3)
+    out.update(best)
     out["idle_overhead_pct"] = 100 * (out["probe_idle_ms"] / out["plain_ms"] - 1)
     out["dse_overhead_pct"] = 100 * (out["probe_dse_every_50_ms"] / out["plain_ms"] - 1)
     return out

@@ -3,7 +3,7 @@ implementation of the same equations, a bare SDPA implementation, and torch.nn.M
 
     python benchmarks/hopfield_speed.py [--lengths 256 512 ...] [--out benchmarks/results]
 
-Writes hopfield_speed.json and hopfield_speed.md (machine named in both). "largest tensor" is the largest
+Writes hopfield_speed_<device>.json and .md (machine named in both). "largest tensor" is the largest
 tensor created during forward + backward (tracked with a dispatch mode) divided by the size of the association
 matrix (batch x heads x L x L): >= 1 means the association matrix was materialised.
 """
@@ -123,7 +123,7 @@ def main():
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     name = machine(device)
-    (out / "hopfield_speed.json").write_text(json.dumps({"machine": name, "args": vars(args), "rows": rows}, indent=2))
+    (out / f"hopfield_speed_{device.type}.json").write_text(json.dumps({"machine": name, "args": vars(args), "rows": rows}, indent=2))
     lines = [f"Forward + backward, batch {args.batch}, dim {args.dim}, {args.heads} heads, on {name} "
              f"(median of {args.repeats}).", "",
              "| L | Hopfield (ms) | bare SDPA (ms) | MHA (ms) | naive (ms) | Hopfield / SDPA | naive / Hopfield "
@@ -135,7 +135,7 @@ def main():
                      f"{1e3 * r['mha_s']:.1f} | {naive_ms} | {r['hopfield_s'] / r['bare_sdpa_s']:.2f} | {ratio} | "
                      f"{r['hopfield_largest']:.3g}, {r['hopfield_probed_largest']:.3g}, "
                      f"{r.get('naive_largest', float('nan')):.3g} |")
-    (out / "hopfield_speed.md").write_text("\n".join(lines) + "\n")
+    (out / f"hopfield_speed_{device.type}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

@@ -53,12 +53,12 @@ def diffusion_spectral_mutual_information(x: torch.Tensor, labels: torch.Tensor,
     if torch.is_floating_point(labels):
         raise TypeError(f"labels must be an integer or bool tensor of classes, got {labels.dtype}")
     classes, inverse, counts = torch.unique(labels, return_inverse=True, return_counts=True)
-    conditional = torch.zeros((), dtype=torch.float32)
-    for c in range(classes.numel()):  # one eigendecomposition per class
-        if counts[c] > 1:
-            conditional = conditional + counts[c].item() / x.shape[0] * diffusion_spectral_entropy(
-                x[inverse == c], sigma, t, base).cpu()
-    return diffusion_spectral_entropy(x, sigma, t, base).cpu() - conditional
+    total = diffusion_spectral_entropy(x, sigma, t, base)
+    conditional = torch.zeros((), dtype=total.dtype, device=total.device)
+    for c, size in enumerate(counts.tolist()):  # one eigendecomposition per class
+        if size > 1:
+            conditional = conditional + size / x.shape[0] * diffusion_spectral_entropy(x[inverse == c], sigma, t, base)
+    return total - conditional
 
 
 def dse(sigma: float = 10.0, t: int = 1, base: float | str = "bits", max_samples: int | None = None) -> Estimator:

@@ -1,9 +1,10 @@
 """k-nearest-neighbour estimators: Kozachenko-Leonenko entropy and Kraskov-Stoegbauer-Grassberger (KSG) MI.
 
 Two exact neighbour searches give the same neighbours and counts:
-- ``"brute"``: row chunks; each chunk computes its distances to all N points with ``torch.cdist`` and keeps
-  what it needs (k smallest via ``topk``, counts), so memory is O(chunk * N) and 10^5 samples fit on a
-  GPU. Cost O(N^2 (D_x + D_y)), on any device and at any dimension.
+- ``"brute"``: row chunks; each chunk computes its distances to all N points (``torch.cdist``; on CUDA the
+  max-norm is built one dimension at a time, see ``_distances``) and keeps what it needs (k smallest via
+  ``topk``, counts), so memory is O(chunk * N) and 10^5 samples fit on a GPU. Cost O(N^2 (D_x + D_y)), on
+  any device and at any dimension.
 - ``"tree"``: scipy's ``cKDTree`` (k-th neighbour queries and radius counts, as scikit-learn does), about
   O(N log N) at low dimension; CPU only.
 ``method="auto"`` takes the tree for CPU tensors of at most 20 (joint) dimensions and brute force otherwise.
@@ -22,8 +23,34 @@ _METRICS = {"chebyshev": float("inf"), "euclidean": 2.0}
 _TREE_MAX_DIMS = 20  # KD-trees lose to brute force well before this in high dimension; stay conservative
 
 
-def _chunk_rows(n: int, chunk_size: int | None, tensors: int = 4, budget_bytes: int = 256 * 2**20) -> int:
+def _chunk_rows(n: int, chunk_size: int | None, device: torch.device, tensors: int = 4) -> int:
+    budget_bytes = (2**30 if device.type == "cuda" else 2**28)  # per chunk: `tensors` (chunk, N) float64 arrays
     return chunk_size or max(1, min(n, budget_bytes // (8 * n * tensors)))
+
+
+def _distances(a: torch.Tensor, b: torch.Tensor, p: float) -> torch.Tensor:
+    """Minkowski-p distances between the rows of a (m, D) and b (n, D), shape (m, n).
+
+    On CUDA the max-norm of up to 64 dimensions goes through ``_max_norm_by_dims``: torch.cdist's kernel for
+    p != 2 gives every pair its own thread block, which is slow at small D. On CPU cdist is the faster one.
+    """
+    if p == float("inf") and a.device.type == "cuda" and a.shape[1] <= 64:
+        return _max_norm_by_dims(a, b)
+    return torch.cdist(a, b, p=p)
+
+
+def _max_norm_by_dims(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """max_d |a_id - b_jd| built one feature dimension at a time (elementwise, in place): cdist's exact values."""
+    out = (a[:, None, 0] - b[None, :, 0]).abs_()
+    for j in range(1, a.shape[1]):  # a loop over feature dimensions, not samples
+        torch.maximum(out, (a[:, None, j] - b[None, :, j]).abs_(), out=out)
+    return out
+
+
+def _exclude_self(dist: torch.Tensor, start: int) -> None:
+    """Set the distance of row i (sample start + i) to itself to +inf, in place."""
+    rows = torch.arange(dist.shape[0], device=dist.device)
+    dist[rows, rows + start] = float("inf")
 
 
 def _use_tree(method: str, x: torch.Tensor, dims: int) -> bool:
@@ -70,19 +97,19 @@ def kozachenko_leonenko_entropy(x: torch.Tensor, k: int = 3, metric: str = "eucl
         points = x.double().numpy()
         r = torch.from_numpy(cKDTree(points).query(points, k=k + 1, p=_METRICS[metric], workers=-1)[0][:, k]).to(x.dtype)
     else:
-        step = _chunk_rows(n, chunk_size)
+        step = _chunk_rows(n, chunk_size, x.device)
         radii = []
         for i in range(0, n, step):
-            dist = torch.cdist(x[i:i + step], x, p=_METRICS[metric])
-            dist[torch.arange(dist.shape[0]), torch.arange(i, i + dist.shape[0])] = float("inf")
+            dist = _distances(x[i:i + step], x, _METRICS[metric])
+            _exclude_self(dist, i)
             radii.append(dist.topk(k, dim=1, largest=False).values[:, -1])
         r = torch.cat(radii)
     if (r == 0).any():
         raise ValueError(f"x has duplicate points: {int((r == 0).sum())} samples have their k={k}-th neighbour at "
                          "distance 0; add small noise or raise k")
     log_volume = d * math.log(2.0) if metric == "chebyshev" else d / 2 * math.log(math.pi) - math.lgamma(d / 2 + 1)
-    h = torch.special.digamma(torch.tensor(float(n), dtype=x.dtype)) - torch.special.digamma(
-        torch.tensor(float(k), dtype=x.dtype)) + log_volume + d * r.log().mean().cpu()
+    n_t, k_t = (torch.tensor(float(v), dtype=x.dtype, device=x.device) for v in (n, k))
+    h = torch.special.digamma(n_t) - torch.special.digamma(k_t) + log_volume + d * r.to(x.device).log().mean()
     return (h / log_base(base)).float()
 
 
@@ -121,7 +148,7 @@ def ksg_mutual_information(x: torch.Tensor, y: torch.Tensor, k: int = 3, variant
     if metric == "chebyshev" and _use_tree(method, x, x.shape[1] + y.shape[1]):
         nx, ny = _ksg_counts_tree(x, y, k, variant)
     else:
-        nx, ny = _ksg_counts_brute(x, y, k, variant, _chunk_rows(n, chunk_size), _METRICS[metric])
+        nx, ny = _ksg_counts_brute(x, y, k, variant, _chunk_rows(n, chunk_size, x.device), _METRICS[metric])
     nx, ny = nx.to(dtype), ny.to(dtype)
     psi = torch.special.digamma
     n_t, k_t = torch.tensor(float(n), dtype=dtype, device=x.device), torch.tensor(float(k), dtype=dtype, device=x.device)
@@ -137,10 +164,10 @@ def _ksg_counts_brute(x, y, k, variant, step, p=float("inf")):
     n = x.shape[0]
     nx, ny = [], []
     for i in range(0, n, step):
-        dx = torch.cdist(x[i:i + step], x, p=p)
-        dy = torch.cdist(y[i:i + step], y, p=p)
+        dx = _distances(x[i:i + step], x, p)
+        dy = _distances(y[i:i + step], y, p)
         dz = torch.maximum(dx, dy)
-        dz[torch.arange(dz.shape[0]), torch.arange(i, i + dz.shape[0])] = float("inf")
+        _exclude_self(dz, i)
         eps, idx = dz.topk(k, dim=1, largest=False)
         if variant == 1:
             e = eps[:, -1:]

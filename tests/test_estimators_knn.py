@@ -158,3 +158,13 @@ def test_ksg_with_euclidean_marginal_norms():
         ksg_mutual_information(x3, y3, metric="euclidean", method="tree")
     with pytest.raises(ValueError, match="metric must be"):
         ksg_mutual_information(x3, y3, metric="manhattan")
+
+
+@pytest.mark.parametrize("dims", [1, 3, 8])
+def test_max_norm_by_dims_equals_cdist_exactly(dims):
+    """The CUDA brute-force path builds the max-norm dimension by dimension; it must give cdist's exact values."""
+    from estimators.knn import _max_norm_by_dims
+
+    g = torch.Generator().manual_seed(dims)
+    a, b = torch.randn(37, dims, generator=g, dtype=torch.float64), torch.randn(53, dims, generator=g, dtype=torch.float64)
+    assert torch.equal(_max_norm_by_dims(a, b), torch.cdist(a, b, p=float("inf")))
