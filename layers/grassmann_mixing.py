@@ -18,8 +18,30 @@ def pluecker(a: torch.Tensor, b: torch.Tensor, rows: torch.Tensor, cols: torch.T
     pairs this embeds the 2-plane span(a, b) of Gr(2, r) into projective space. ``a`` and ``b`` broadcast
     against each other, shape (..., r). Backward keeps only a and b (the r x r product is transient).
     """
-    outer = a[..., :, None] * b[..., None, :]
-    return (outer - outer.transpose(-1, -2))[..., rows, cols]
+    return _Pluecker.apply(a, b, rows, cols)
+
+
+class _Pluecker(torch.autograd.Function):
+    """Backward without an accumulating scatter: with M the antisymmetric r x r matrix holding the output
+    gradient g at (i, j) and -g at (j, i), dL/da = M b and dL/db = -M a. (Autograd through the indexing would
+    scatter-add into the r x r product, which CUDA implements by sorting every index.)"""
+
+    @staticmethod
+    def forward(ctx, a, b, rows, cols):
+        ctx.save_for_backward(a, b, rows, cols)
+        outer = a[..., :, None] * b[..., None, :]
+        return (outer - outer.transpose(-1, -2))[..., rows, cols]
+
+    @staticmethod
+    def backward(ctx, grad):
+        a, b, rows, cols = ctx.saved_tensors
+        r = a.shape[-1]
+        m = grad.new_zeros(*grad.shape[:-1], r, r)
+        m[..., rows, cols] = grad  # distinct (i, j) pairs: plain scatters
+        m[..., cols, rows] = -grad
+        grad_a = (m * b[..., None, :]).sum(-1).sum_to_size(a.shape) if ctx.needs_input_grad[0] else None
+        grad_b = -(m * a[..., None, :]).sum(-1).sum_to_size(b.shape) if ctx.needs_input_grad[1] else None
+        return grad_a, grad_b, None, None
 
 
 class CausalGrassmannMixing(nn.Module):
