@@ -45,7 +45,7 @@ def saved_bytes(layer, x) -> int:
     def pack(t):
         nonlocal total
         total += t.numel() * t.element_size()
-        return t
+        return t.detach()  # returning t itself ties saved outputs to their own graph: a cycle gc cannot free
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         out = layer(x)
