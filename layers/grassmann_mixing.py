@@ -85,6 +85,17 @@ class CausalGrassmannMixing(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.plucker = ProbePoint()
         self.gate = ProbePoint()
+        self._constants: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def constants(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """(offsets (K,), upper-triangle pairs (2, r(r-1)/2)) on ``device``, built once per device: building them
+        per call from Python values copies from host memory, which on a GPU synchronises every layer at every
+        generated token. (A cache rather than buffers: transformers' meta-device loading leaves non-persistent
+        buffers uninitialised.)"""
+        if device not in self._constants:
+            self._constants[device] = (torch.tensor(self.windows, device=device),
+                                       torch.triu_indices(self.rank, self.rank, offset=1, device=device))
+        return self._constants[device]
 
     @property
     def context(self) -> int:
@@ -113,7 +124,7 @@ class CausalGrassmannMixing(nn.Module):
                 raise ValueError(f"CausalGrassmannMixing: past must have shape ({B}, P, {self.rank}), got {tuple(past.shape)}")
             P = past.shape[1]
             full = torch.cat([past.to(z.dtype), z], 1)
-        offsets = torch.tensor(self.windows, device=h.device)
+        offsets, (rows, cols) = self.constants(h.device)
         idx = P + torch.arange(T, device=h.device)[:, None] - offsets    # (T, K) index of z_{t-delta} in full
         valid = (positions[..., None] >= offsets) & (idx >= 0)          # (T, K) or (B, T, K)
         b = full[:, idx.clamp_min(0)]                                    # (B, T, K, r): z_{t-delta}
@@ -125,7 +136,6 @@ class CausalGrassmannMixing(nn.Module):
         count = valid.sum(-1, keepdim=True).clamp_min(1)
         w = torch.where(planar, 1 / (count * norm.clamp_min(torch.finfo(torch.float64).tiny)), 0.0)
         c = (w.to(z.dtype)[..., None] * b).sum(2)                        # (B, T, r)
-        rows, cols = torch.triu_indices(self.rank, self.rank, offset=1, device=h.device)
         p_bar = self.plucker(pluecker(z, c, rows, cols))                # (B, T, r(r-1)/2)
         g = self.plucker_proj(p_bar)
         if self.out_proj is not None:
