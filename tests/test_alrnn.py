@@ -129,3 +129,22 @@ def test_authors_pytorch_checkpoint_converts_and_runs_their_recursion(tmp_path):
     with pytest.raises(ValueError, match=r"B must be \(N=3, M\)"):
         torch.save(theirs | {"B": torch.randn(4, M)}, tmp_path / "bad")
         convert(tmp_path / "bad", "alrnn_m20_p2", tmp_path / "bad.safetensors")
+
+
+def test_dsr_free_run_is_shared_until_the_parameters_change():
+    """The final evaluation and the report share one free run; an optimizer step (in-place update) makes a new one."""
+    from train import load_recipe
+    from train.tasks import make_task
+
+    from .conftest import SMALL_DSR
+
+    recipe = load_recipe("alrnn-lorenz63", SMALL_DSR)
+    task = make_task(recipe)
+    model = zoo.create_model(recipe["model"], **recipe["model_args"])
+    task.prepare(model)
+    first = task.free_run(model)
+    assert task.free_run(model) is first
+    with torch.no_grad():
+        next(model.parameters()).add_(1e-3)
+    again = task.free_run(model)
+    assert again is not first and not torch.equal(again[0], first[0])

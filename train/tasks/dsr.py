@@ -55,10 +55,14 @@ class DSRTask(Task):
         return F.mse_loss(pred.float(), x[:, 1:].float()), {}
 
     def free_run(self, model: nn.Module):
-        device = next(model.parameters()).device
-        x0 = self.test_x[:1].to(device)
-        x_gen, z = model.generate(x0, len(self.test_x), return_latents=True)
-        return x_gen[0].float().cpu(), z[0].float().cpu()
+        """The model's free run from the first test state, (x, z) on the CPU; remembered for the same model with
+        unchanged parameters (the final evaluation and the report at the end of a run share one)."""
+        key = (id(model), tuple((p.data_ptr(), p._version) for p in model.parameters()))
+        if getattr(self, "_last_free_run", (None,))[0] != key:
+            device = next(model.parameters()).device
+            x_gen, z = model.generate(self.test_x[:1].to(device), len(self.test_x), return_latents=True)
+            self._last_free_run = key, (x_gen[0].float().cpu(), z[0].float().cpu())
+        return self._last_free_run[1]
 
     def evaluate(self, model):
         x_gen, z = self.free_run(model)
