@@ -124,3 +124,49 @@ def test_imagenet_recipes_run_on_a_small_folder(tmp_path, recipe_name, model_ove
     assert 0.0 <= final["eval_acc"] <= 1.0 and final["eval_top5"] == 1.0
     if recipe.get("probe"):
         assert (tmp_path / "run" / "probe.csv").read_text().count("attention_entropy") >= 2
+
+
+def test_prefetched_images_equal_images_decoded_on_demand(tmp_path):
+    """prefetch starts decoding in the pool; train_images collects exactly what an inline decode gives."""
+    root = _folder(tmp_path)
+    model = zoo.create_model("mobilenetv2_100", num_classes=3)
+    inline, pooled = _task(root, workers=0), _task(root, workers=2)
+    for task in (inline, pooled):
+        task.prepare(model)
+    try:
+        batches = [pooled.batch(5, torch.Generator().manual_seed(s)) for s in (1, 2)]
+        for b in batches:
+            pooled.prefetch(b)
+        assert len(pooled.folder.pending) == 2
+        for b in batches:
+            assert torch.equal(pooled.folder.train_images(b["index"], b["seed"]),
+                               inline.folder.train_images(b["index"], b["seed"]))
+        assert not pooled.folder.pending
+        inline.prefetch(batches[0])  # without workers there is nothing to overlap
+        assert not inline.folder.pending
+    finally:
+        pooled.folder.close()
+
+
+def test_the_loop_prefetches_the_next_step_for_tasks_that_ask(tmp_path, monkeypatch):
+    from train.data.image_folder import ImageFolderData
+
+    root = _folder(tmp_path)
+    calls = {"prefetch": 0, "hit": 0}
+    prefetch, train_images = ImageFolderData.prefetch, ImageFolderData.train_images
+
+    def counting_prefetch(self, index, seed):
+        calls["prefetch"] += 1
+        return prefetch(self, index, seed)
+
+    def counting_train_images(self, index, seed):
+        calls["hit"] += (tuple(index.tolist()), tuple(seed.tolist())) in self.pending
+        return train_images(self, index, seed)
+
+    monkeypatch.setattr(ImageFolderData, "prefetch", counting_prefetch)
+    monkeypatch.setattr(ImageFolderData, "train_images", counting_train_images)
+    recipe = load_recipe("mbv2-ca-finetune", [
+        f"data.path={root}", "data.size=32", "data.workers=2", "pretrained=null", "model=mobilenetv2_100",
+        "train.steps=3", "train.batch_size=4", "train.grad_accum=2", "train.eval_every=0", "train.ckpt_every=0"])
+    fit(recipe, tmp_path / "run")
+    assert calls == {"prefetch": 4, "hit": 4}  # steps 2 and 3, two micro-batches each, all collected

@@ -22,6 +22,7 @@ from .distributed import Dist, all_mean, setup, teardown
 from .plots import plot_metrics
 from .schedules import build_optimizer, build_scheduler
 from .tasks import make_task
+from .tasks.base import Task
 
 
 def _batch_generator(seed: int, step: int) -> torch.Generator:
@@ -195,6 +196,7 @@ def _fit(recipe: dict, cfg: dict, out: Path, resume: bool, d: Dist) -> dict:
     if cfg["compile"]:  # the training forward only; evaluation, probes' weights and checkpoints use ``model``
         net = torch.compile(net)
     probe = _make_probe(model, recipe.get("probe") or {}, start)
+    prefetching = type(task).prefetch is not Task.prefetch
     bar = tqdm(range(start, steps), initial=start, total=steps, disable=not d.main, desc=recipe["name"],
                dynamic_ncols=True)
     for step in bar:
@@ -202,6 +204,10 @@ def _fit(recipe: dict, cfg: dict, out: Path, resume: bool, d: Dist) -> dict:
         optimizer.zero_grad(set_to_none=True)
         total, extras = torch.zeros((), device=d.device), {}
         global_batch = task.batch(batch_size, _batch_generator(int(cfg["seed"]), step))
+        if prefetching and step + 1 < steps:  # the next step's batch is known now: let the task start on it
+            upcoming = task.batch(batch_size, _batch_generator(int(cfg["seed"]), step + 1))
+            for micro in range(accum):
+                task.prefetch(_local_slice(upcoming, micro, accum, d))
         for micro in range(accum):
             batch = _local_slice(global_batch, micro, accum, d)
             sync = contextlib.nullcontext() if micro == accum - 1 or d.world == 1 else net.no_sync()

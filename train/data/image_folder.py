@@ -3,7 +3,8 @@
 Images are decoded and transformed in a pool of worker processes. Each image's random augmentation is seeded
 by a number drawn from the batch generator, so a batch is a pure function of that generator: a resumed run
 and every rank see the same images with the same crops and flips as an uninterrupted single-process run.
-A batch is drawn as indices and seeds; each rank decodes only its own slice of it.
+A batch is drawn as indices and seeds; each rank decodes only its own slice of it, and with workers the next
+step's slice is decoded while the current step trains (``prefetch``, called by the loop).
 """
 from __future__ import annotations
 
@@ -70,6 +71,7 @@ class ImageFolderData:
         self.size, self.augment, self.workers = size, {"color_jitter": 0.0, **(augment or {})}, int(workers)
         self.pool: ProcessPoolExecutor | None = None
         self.transforms: dict | None = None  # set by configure(model)
+        self.pending: dict[tuple, object] = {}  # prefetched batches: (indices, seeds) -> the pool's result iterator
 
     def configure(self, model: torch.nn.Module) -> None:
         import timm.data
@@ -84,13 +86,21 @@ class ImageFolderData:
             self.pool = ProcessPoolExecutor(self.workers, initializer=_set_transforms, initargs=(self.transforms,))
             weakref.finalize(self, self.pool.shutdown)  # the workers end with the task that owns them
 
+    def _submit(self, jobs: list[tuple[str, str, int]]):
+        """Start decoding ``jobs`` in the pool; returns the iterator of their images (in order)."""
+        paths, kinds, seeds = zip(*jobs)
+        return self.pool.map(_load, paths, kinds, seeds, chunksize=max(1, len(jobs) // (4 * self.workers)))
+
     def _images(self, jobs: list[tuple[str, str, int]]) -> torch.Tensor:
         if self.transforms is None:
             raise RuntimeError("ImageFolderData.configure(model) must run before images are read")
-        paths, kinds, seeds = zip(*jobs)
         if self.pool is None:
             return torch.stack([_load(*job, self.transforms) for job in jobs])
-        return torch.stack(list(self.pool.map(_load, paths, kinds, seeds, chunksize=max(1, len(jobs) // (4 * self.workers)))))
+        return torch.stack(list(self._submit(jobs)))
+
+    def _train_jobs(self, index: torch.Tensor, seed: torch.Tensor) -> list[tuple[str, str, int]]:
+        samples = self.splits["train"].samples
+        return [(samples[i][0], "train", s) for i, s in zip(index.tolist(), seed.tolist())]
 
     def batch(self, size: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
         """A batch as {index, seed, y}: which training images, and the seed of each one's augmentation.
@@ -100,9 +110,23 @@ class ImageFolderData:
         seed = torch.randint(0, 2**31 - 1, (size,), generator=generator)
         return {"index": index, "seed": seed, "y": torch.tensor([samples[i][1] for i in index.tolist()])}
 
+    def prefetch(self, index: torch.Tensor, seed: torch.Tensor) -> None:
+        """Start decoding these training images in the pool (nothing without workers); ``train_images`` with the
+        same indices and seeds then collects them. At most 8 prefetched batches wait; the oldest is dropped."""
+        if self.pool is None or self.transforms is None:
+            return
+        key = (tuple(index.tolist()), tuple(seed.tolist()))
+        if key not in self.pending:
+            if len(self.pending) >= 8:
+                self.pending.pop(next(iter(self.pending)))
+            self.pending[key] = self._submit(self._train_jobs(index, seed))
+
     def train_images(self, index: torch.Tensor, seed: torch.Tensor) -> torch.Tensor:
-        samples = self.splits["train"].samples
-        return self._images([(samples[i][0], "train", s) for i, s in zip(index.tolist(), seed.tolist())])
+        """The training images with their seeded augmentation: prefetched ones if ``prefetch`` started them."""
+        started = self.pending.pop((tuple(index.tolist()), tuple(seed.tolist())), None)
+        if started is not None:
+            return torch.stack(list(started))
+        return self._images(self._train_jobs(index, seed))
 
     def eval_chunks(self, chunk: int = 256, limit: int | None = None):
         """(x, y) chunks of the evaluation split in order, with the evaluation transform."""
@@ -112,6 +136,7 @@ class ImageFolderData:
             yield self._images([(p, "eval", 0) for p, _ in part]), torch.tensor([c for _, c in part])
 
     def close(self) -> None:
+        self.pending.clear()
         if self.pool is not None:
             self.pool.shutdown()
             self.pool = None

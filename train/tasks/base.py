@@ -32,6 +32,11 @@ class Task(ABC):
     def batch(self, size: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
         """A global batch of ``size`` examples; every tensor has the batch on dim 0."""
 
+    def prefetch(self, batch: dict[str, torch.Tensor]) -> None:
+        """The local (micro-)batch that the next step will pass to ``loss``: a task whose batches are expensive
+        to materialise (decoded images) may start on it in the background now. The loop calls this only for
+        tasks that override it, during the step before."""
+
     @abstractmethod
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         """Scalar loss (mean over the batch) and extra per-batch metrics."""

@@ -79,6 +79,10 @@ class ImageClassificationTask(Task):
         idx = torch.randint(0, len(self.data["y_train"]), (size,), generator=generator)
         return {"x": self.data["x_train"][idx], "y": self.data["y_train"][idx]}
 
+    def prefetch(self, batch):
+        if self.dataset == "folder":
+            self.folder.prefetch(batch["index"], batch["seed"])
+
     def loss(self, model, batch):
         x = batch["x"] if "x" in batch else self.folder.train_images(batch["index"], batch["seed"]).to(batch["y"].device)
         logits = model(x).float()
