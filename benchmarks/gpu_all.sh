@@ -36,6 +36,7 @@ step() {  # step NAME LIMIT_SECONDS COMMAND...
   nvidia-smi -L
   step tests 180 python -m pytest -m gpu -q -p no:cacheprovider --no-header -rs tests
   step hopfield 90 python benchmarks/hopfield_speed.py
+  step hopfield_b8 120 python benchmarks/hopfield_speed.py --batch 8 --tag _b8
   step grassmann_bf16 90 python benchmarks/bench_grassmann.py --device cuda --lengths 512 1024 2048 4096 8192 16384 \
     --tokens 65536 --dtype bfloat16 --out bench_grassmann_cuda_bf16
   step grassmann_fp32 90 python benchmarks/bench_grassmann.py --device cuda --lengths 512 1024 2048 4096 8192 16384 \

@@ -3,7 +3,7 @@ implementation of the same equations, a bare SDPA implementation, and torch.nn.M
 
     python benchmarks/hopfield_speed.py [--lengths 256 512 ...] [--out benchmarks/results]
 
-Writes hopfield_speed_<device>.json and .md (machine named in both). "largest tensor" is the largest
+Writes hopfield_speed_<device><tag>.json and .md (machine named in both). "largest tensor" is the largest
 tensor created during forward + backward (tracked with a dispatch mode) divided by the size of the association
 matrix (batch x heads x L x L): >= 1 means the association matrix was materialised.
 """
@@ -99,6 +99,7 @@ def main():
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--naive-max", type=int, default=8192, help="skip the naive path above this length")
     ap.add_argument("--out", default="benchmarks/results")
+    ap.add_argument("--tag", default="", help="suffix of the result files, e.g. _b8 for a --batch 8 run")
     args = ap.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(0)
@@ -123,7 +124,7 @@ def main():
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     name = machine(device)
-    (out / f"hopfield_speed_{device.type}.json").write_text(json.dumps({"machine": name, "args": vars(args), "rows": rows}, indent=2))
+    (out / f"hopfield_speed_{device.type}{args.tag}.json").write_text(json.dumps({"machine": name, "args": vars(args), "rows": rows}, indent=2))
     lines = [f"Forward + backward, batch {args.batch}, dim {args.dim}, {args.heads} heads, on {name} "
              f"(median of {args.repeats}).", "",
              "| L | Hopfield (ms) | bare SDPA (ms) | MHA (ms) | naive (ms) | Hopfield / SDPA | naive / Hopfield "
@@ -135,7 +136,7 @@ def main():
                      f"{1e3 * r['mha_s']:.1f} | {naive_ms} | {r['hopfield_s'] / r['bare_sdpa_s']:.2f} | {ratio} | "
                      f"{r['hopfield_largest']:.3g}, {r['hopfield_probed_largest']:.3g}, "
                      f"{r.get('naive_largest', float('nan')):.3g} |")
-    (out / f"hopfield_speed_{device.type}.md").write_text("\n".join(lines) + "\n")
+    (out / f"hopfield_speed_{device.type}{args.tag}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
