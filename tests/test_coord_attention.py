@@ -60,6 +60,18 @@ def test_zero_projections_give_quarter_gain():
     assert torch.allclose(ca(x), x / 4)  # sigmoid(0) * sigmoid(0) = 1/4
 
 
+def test_inference_path_equals_the_autograd_path_bit_for_bit():
+    """Under no_grad the block multiplies in place (one allocation); the values are those of x * a_h * a_w."""
+    torch.manual_seed(0)
+    ca = CoordAttention(24).eval()
+    for x in (torch.randn(2, 24, 7, 5), torch.randn(2, 24, 7, 5).contiguous(memory_format=torch.channels_last)):
+        with torch.no_grad():
+            fast = ca(x)
+        assert torch.equal(fast, ca(x).detach())
+        (ca(x.requires_grad_()) ** 2).sum().backward()  # the training path still differentiates
+        assert x.grad is not None and ca.conv_h.weight.grad is not None
+
+
 def test_equivariant_to_row_permutations_and_to_transposition():
     torch.manual_seed(0)
     ca = CoordAttention(32).eval()
