@@ -197,13 +197,17 @@ def _fit(recipe: dict, cfg: dict, out: Path, resume: bool, d: Dist) -> dict:
         net = torch.compile(net)
     probe = _make_probe(model, recipe.get("probe") or {}, start)
     prefetching = type(task).prefetch is not Task.prefetch
+    upcoming = None  # with prefetching, the next step's global batch, drawn one step early
     bar = tqdm(range(start, steps), initial=start, total=steps, disable=not d.main, desc=recipe["name"],
                dynamic_ncols=True)
     for step in bar:
         model.train()
         optimizer.zero_grad(set_to_none=True)
         total, extras = torch.zeros((), device=d.device), {}
-        global_batch = task.batch(batch_size, _batch_generator(int(cfg["seed"]), step))
+        if upcoming is not None:  # drawn (and prefetched) during the previous step
+            global_batch, upcoming = upcoming, None
+        else:
+            global_batch = task.batch(batch_size, _batch_generator(int(cfg["seed"]), step))
         if prefetching and step + 1 < steps:  # the next step's batch is known now: let the task start on it
             upcoming = task.batch(batch_size, _batch_generator(int(cfg["seed"]), step + 1))
             for micro in range(accum):

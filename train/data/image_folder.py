@@ -98,6 +98,11 @@ class ImageFolderData:
             return torch.stack([_load(*job, self.transforms) for job in jobs])
         return torch.stack(list(self._submit(jobs)))
 
+    @staticmethod
+    def _key(index: torch.Tensor, seed: torch.Tensor) -> tuple:
+        """What identifies a batch of training images: its indices and augmentation seeds."""
+        return tuple(index.tolist()), tuple(seed.tolist())
+
     def _train_jobs(self, index: torch.Tensor, seed: torch.Tensor) -> list[tuple[str, str, int]]:
         samples = self.splits["train"].samples
         return [(samples[i][0], "train", s) for i, s in zip(index.tolist(), seed.tolist())]
@@ -115,7 +120,7 @@ class ImageFolderData:
         same indices and seeds then collects them. At most 8 prefetched batches wait; the oldest is dropped."""
         if self.pool is None or self.transforms is None:
             return
-        key = (tuple(index.tolist()), tuple(seed.tolist()))
+        key = self._key(index, seed)
         if key not in self.pending:
             if len(self.pending) >= 8:
                 self.pending.pop(next(iter(self.pending)))
@@ -123,7 +128,7 @@ class ImageFolderData:
 
     def train_images(self, index: torch.Tensor, seed: torch.Tensor) -> torch.Tensor:
         """The training images with their seeded augmentation: prefetched ones if ``prefetch`` started them."""
-        started = self.pending.pop((tuple(index.tolist()), tuple(seed.tolist())), None)
+        started = self.pending.pop(self._key(index, seed), None)
         if started is not None:
             return torch.stack(list(started))
         return self._images(self._train_jobs(index, seed))
