@@ -1,6 +1,11 @@
 import contextlib
+import json
+import math
+from pathlib import Path
 
 import pytest
+import torch
+from torch import nn
 
 
 @pytest.fixture(autouse=True)
@@ -34,3 +39,28 @@ def killed_at_call(cls, method: str, call: int):
         yield
     finally:
         setattr(cls, method, original)
+
+
+def train_losses(out: Path) -> dict[int, float]:
+    """{step: loss} of the training rows in a run directory's metrics.jsonl."""
+    rows = [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["loss"] for r in rows if r["split"] == "train"}
+
+
+def gaussian_pair(n, rho, seed=0, dim=1):
+    """(X, Y), (n, dim) float64 each, per-component correlation rho: I(X;Y) = -dim/2 log(1 - rho^2) nats."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, dim, generator=g, dtype=torch.float64)
+    y = rho * x + math.sqrt(1 - rho ** 2) * torch.randn(n, dim, generator=g, dtype=torch.float64)
+    return x, y
+
+
+def randomize_batchnorm(module: nn.Module, gen: torch.Generator) -> None:
+    """Non-trivial BatchNorm statistics and affine parameters, so eval-mode BN is a real affine map."""
+    with torch.no_grad():
+        for m in module.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.copy_(0.1 * torch.randn(m.num_features, generator=gen))
+                m.running_var.copy_(0.5 + torch.rand(m.num_features, generator=gen))
+                nn.init.normal_(m.weight, 1.0, 0.1, generator=gen)
+                nn.init.normal_(m.bias, 0.0, 0.1, generator=gen)

@@ -11,19 +11,12 @@ from layers import CoordAttention
 from weights import CheckpointError, load_checkpoint
 from weights.convert import convert
 
+from .conftest import randomize_batchnorm
+
 PARAMS = {  # exact counts, 1000 classes (paper: 3.5M, 3.89M, 3.89M, 3.95M; MobileNeXt 3.5M, +CA 4.09M)
     "mobilenetv2_100": 3_504_872, "mobilenetv2_se_100": 3_888_208, "mobilenetv2_cbam_100": 3_889_808,
     "mobilenetv2_ca_100": 3_950_648, "mobilenext_100": 3_535_416, "mobilenext_ca_100": 3_971_626,
 }
-
-
-def _randomize_bn(module: nn.Module, gen: torch.Generator) -> None:
-    for m in module.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.copy_(0.1 * torch.randn(m.num_features, generator=gen))
-            m.running_var.copy_(0.5 + torch.rand(m.num_features, generator=gen))
-            nn.init.normal_(m.weight, 1.0, 0.1, generator=gen)
-            nn.init.normal_(m.bias, 0.0, 0.1, generator=gen)
 
 
 # ---------------- the block ----------------
@@ -31,8 +24,7 @@ def _randomize_bn(module: nn.Module, gen: torch.Generator) -> None:
 def test_block_equals_timm_coordattn_configured_as_the_paper():
     gen = torch.Generator().manual_seed(0)
     ours = CoordAttention(96)
-    with torch.no_grad():
-        _randomize_bn(ours, gen)
+    randomize_batchnorm(ours, gen)
     theirs = CoordAttn(96, rd_channels=ours.mip, bias=True, act_layer=nn.Hardswish, norm_layer=nn.BatchNorm2d)
     theirs.load_state_dict(ours.state_dict())  # same names: conv1, bn1, conv_h, conv_w
     x = torch.randn(2, 96, 7, 11, generator=gen)

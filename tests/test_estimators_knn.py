@@ -8,12 +8,7 @@ from scipy.stats import differential_entropy
 
 from estimators import kozachenko_leonenko_entropy, ksg_mi, ksg_mutual_information
 
-
-def _gaussian_pair(n, rho, seed=0, dim=1):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, dim, generator=g, dtype=torch.float64)
-    y = rho * x + math.sqrt(1 - rho ** 2) * torch.randn(n, dim, generator=g, dtype=torch.float64)
-    return x, y
+from .conftest import gaussian_pair
 
 
 def low_rank_normals(n, d, rho=0.8, noise=0.1, seed=0):
@@ -32,7 +27,7 @@ def low_rank_normals(n, d, rho=0.8, noise=0.1, seed=0):
 
 
 def test_ksg_gaussian_closed_form_rho_075():
-    x, y = _gaussian_pair(2000, 0.75)
+    x, y = gaussian_pair(2000, 0.75)
     truth = -0.5 * math.log(1 - 0.75 ** 2)
     assert truth == pytest.approx(0.4133, abs=1e-4)
     nats = ksg_mutual_information(x, y, k=3, variant=1).item()
@@ -43,14 +38,14 @@ def test_ksg_gaussian_closed_form_rho_075():
 def test_ksg_matches_sklearn_mutual_info_regression():
     sklearn = pytest.importorskip("sklearn.feature_selection")
     for seed, rho in ((1, 0.5), (2, 0.9)):
-        x, y = _gaussian_pair(1000, rho, seed)
+        x, y = gaussian_pair(1000, rho, seed)
         ref = sklearn.mutual_info_regression(x.numpy(), y[:, 0].numpy(), n_neighbors=3, random_state=0)[0]
         ours = ksg_mutual_information(x, y, k=3, variant=1).item()
         assert ours == pytest.approx(ref, abs=2e-3)  # sklearn adds 1e-10 noise; counts agree
 
 
 def test_ksg_multivariate_normal_5x5_within_its_known_negative_bias():
-    x, y = _gaussian_pair(2000, 0.5, seed=7, dim=5)  # 5 independent pairs: I = -5/2 log(1 - rho^2)
+    x, y = gaussian_pair(2000, 0.5, seed=7, dim=5)  # 5 independent pairs: I = -5/2 log(1 - rho^2)
     truth = -2.5 * math.log(1 - 0.25)
     est = ksg_mutual_information(x, y, k=5).item()
     assert 0.65 * truth < est < truth + 0.05  # KSG underestimates in a 10-D joint space (Kraskov et al. Fig. 4)
@@ -65,14 +60,14 @@ def test_ksg_independent_is_zero_and_invariant_under_invertible_maps():
     g = torch.Generator().manual_seed(3)
     x, z = torch.randn(1500, 2, generator=g), torch.randn(1500, 1, generator=g)
     assert abs(ksg_mutual_information(x, z).item()) < 0.03
-    x1, y1 = _gaussian_pair(1500, 0.8, seed=4)
+    x1, y1 = gaussian_pair(1500, 0.8, seed=4)
     base = ksg_mutual_information(x1, y1).item()
     mapped = ksg_mutual_information(torch.exp(x1), y1 ** 3 + 2 * y1).item()  # monotone maps keep the ranks
     assert mapped == pytest.approx(base, abs=0.05)
 
 
 def test_ksg_chunking_does_not_change_the_value():
-    x, y = _gaussian_pair(700, 0.6, seed=5)
+    x, y = gaussian_pair(700, 0.6, seed=5)
     full = ksg_mutual_information(x, y, variant=2, method="brute").item()
     assert ksg_mutual_information(x, y, variant=2, chunk_size=33, method="brute").item() == pytest.approx(full, abs=1e-9)
 
@@ -133,7 +128,7 @@ def test_ksg_mi_estimator_in_a_probe_against_a_bound_target():
         def forward(self, x):
             return self.h(2 * x + 1)
 
-    x, y = _gaussian_pair(800, 0.75, seed=6)
+    x, y = gaussian_pair(800, 0.75, seed=6)
     with Probe(Net(), {"h": [ksg_mi(target=y)]}, max_samples=600) as probe:
         Net.forward(probe.model, x)
     row = probe.table()[0]

@@ -8,10 +8,8 @@ fp32 comparisons run with TF32 off (cuDNN convolutions use TF32 by default), so 
 precision it is compared against; bf16 comparisons state their own, looser tolerance.
 """
 import copy
-import json
 import math
 import os
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .conftest import SMALL_DSR, killed_at_call
+from .conftest import SMALL_DSR, gaussian_pair, killed_at_call, randomize_batchnorm, train_losses
 
 DEVICE = torch.device(os.environ.get("PAPERZOO_TEST_DEVICE", "cuda"))
 CPU = torch.device("cpu")
@@ -54,11 +52,6 @@ def assert_on_device(*tensors: torch.Tensor) -> None:
 
 # ---- 1. the training loop ----------------------------------------------------------------------------------
 
-def _losses(out: Path) -> dict[int, float]:
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    return {r["step"]: r["loss"] for r in rows if r["split"] == "train"}
-
-
 def _dsr_task():
     from train.tasks.dsr import DSRTask
     return DSRTask
@@ -79,7 +72,7 @@ IB_TINY = ["train.steps=30", "train.batch_size=128", "train.eval_every=0", "trai
     ("alrnn-lorenz63", SMALL_DSR + ["optim={name: adam, lr: 0.01}", "data.test_steps=500"], _dsr_task),
     ("ib-tanh-12bit", IB_TINY, _classification_task),  # linear layers really run in bf16; binning MI at the end
 ], ids=["alrnn-lorenz63", "ib-tanh-12bit"])
-def test_fit_on_device_in_bf16_loss_falls_and_resume_repeats_the_losses(tmp_path, name, extra, task):
+def test_fit_on_device_in_bf16_loss_falls_and_resume_repeats_thetrain_losses(tmp_path, name, extra, task):
     """fit() with train.device=DEVICE and train.precision=bf16: finite losses that fall, and a run killed during
     step 25 (after the checkpoint at step 20) and resumed gives the same losses and weights as an uninterrupted run:
     bit for bit on the CPU, to 1e-3 on CUDA (see below)."""
@@ -88,7 +81,7 @@ def test_fit_on_device_in_bf16_loss_falls_and_resume_repeats_the_losses(tmp_path
 
     recipe = load_recipe(name, extra + [f"train.device={DEVICE}", "train.precision=bf16", "train.threads=null"])
     fit(recipe, tmp_path / "straight")
-    a = _losses(tmp_path / "straight")
+    a = train_losses(tmp_path / "straight")
     assert list(a) == list(range(1, 31))
     values = list(a.values())
     assert all(math.isfinite(v) for v in values)
@@ -98,7 +91,7 @@ def test_fit_on_device_in_bf16_loss_falls_and_resume_repeats_the_losses(tmp_path
     with killed_at_call(task(), "loss", 25), pytest.raises(KeyboardInterrupt):
         fit(recipe, tmp_path / "resumed")
     fit(recipe, tmp_path / "resumed", resume=True)
-    b = _losses(tmp_path / "resumed")
+    b = train_losses(tmp_path / "resumed")
     assert list(b) == list(a)
     ma = load_checkpoint(tmp_path / "straight" / "model.safetensors")
     mb = load_checkpoint(tmp_path / "resumed" / "model.safetensors")
@@ -118,19 +111,12 @@ def test_fit_on_device_in_bf16_loss_falls_and_resume_repeats_the_losses(tmp_path
 
 # ---- 2. estimators -----------------------------------------------------------------------------------------
 
-def _gaussian_pair(n, rho, seed=0, dim=1):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, dim, generator=g, dtype=torch.float64)
-    y = rho * x + math.sqrt(1 - rho ** 2) * torch.randn(n, dim, generator=g, dtype=torch.float64)
-    return x, y
-
-
 def test_ksg_and_kl_on_device_equal_cpu_and_the_gaussian_closed_form():
     """KSG on device tensors (chunked brute force) equals the CPU estimate (KD-tree) with the same k and data, for
     both variants and any chunk size, and lies within 0.04 nats of -1/2 log(1 - rho^2) as on the CPU."""
     from estimators import kozachenko_leonenko_entropy, ksg_mutual_information
 
-    x, y = _gaussian_pair(2000, 0.75)
+    x, y = gaussian_pair(2000, 0.75)
     truth = -0.5 * math.log(1 - 0.75 ** 2)  # 0.4133 nats
     xd, yd = x.to(DEVICE), y.to(DEVICE)
     for variant in (1, 2):
@@ -169,7 +155,7 @@ def test_ksg_in_a_probe_on_a_device_model_against_a_cpu_target():
         def forward(self, x):
             return self.h(self.lin(x))
 
-    x, y = _gaussian_pair(800, 0.75, seed=6)
+    x, y = gaussian_pair(800, 0.75, seed=6)
     net = on_device(Net())
     with Probe(net, {"h": [ksg_mi(target=y)]}, max_samples=600) as probe:
         net(x.float().to(DEVICE))
@@ -489,13 +475,7 @@ def test_mobilenetv2_ca_channels_last_on_device_equals_nchw_cpu():
     gen = torch.Generator().manual_seed(0)
     torch.manual_seed(0)
     model = zoo.create_model("mobilenetv2_ca_100").eval()
-    with torch.no_grad():  # non-trivial BatchNorm statistics, so eval-mode BN is a real affine map
-        for mod in model.modules():
-            if isinstance(mod, nn.BatchNorm2d):
-                mod.running_mean.copy_(0.1 * torch.randn(mod.num_features, generator=gen))
-                mod.running_var.copy_(0.5 + torch.rand(mod.num_features, generator=gen))
-                nn.init.normal_(mod.weight, 1.0, 0.1, generator=gen)
-                nn.init.normal_(mod.bias, 0.0, 0.1, generator=gen)
+    randomize_batchnorm(model, gen)
     x = torch.randn(2, 3, 96, 96, generator=gen)
     dev = on_device(model).to(memory_format=torch.channels_last)
     with torch.no_grad():

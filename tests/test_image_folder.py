@@ -30,26 +30,31 @@ def _task(root, **data):
     return make_task(load_recipe("mbv2-ca-finetune", overrides))
 
 
-def test_batches_are_pure_and_identical_for_any_number_of_workers(tmp_path):
+@pytest.fixture
+def inline_and_pooled(tmp_path):
+    """Two image tasks on one small folder, prepared for the same model: decoding inline and in 2 workers."""
     root = _folder(tmp_path)
     model = zoo.create_model("mobilenetv2_100", num_classes=3)
     inline, pooled = _task(root, workers=0), _task(root, workers=2)
     for task in (inline, pooled):
         task.prepare(model)
-    try:
-        a = inline.batch(6, torch.Generator().manual_seed(1))
-        b = pooled.batch(6, torch.Generator().manual_seed(1))
-        assert all(torch.equal(a[k], b[k]) for k in a)
-        x_a = inline.folder.train_images(a["index"], a["seed"])
-        x_b = pooled.folder.train_images(b["index"], b["seed"])
-        assert x_a.shape == (6, 3, 32, 32) and torch.equal(x_a, x_b)  # the same crops and flips in any process
-        rng = torch.get_rng_state()
-        assert torch.equal(inline.folder.train_images(a["index"], a["seed"]), x_a)
-        assert torch.equal(torch.get_rng_state(), rng)  # decoding leaves the training RNG alone
-        other = inline.folder.train_images(a["index"], a["seed"] + 1)
-        assert not torch.equal(other, x_a)  # another seed, another augmentation
-    finally:
-        pooled.folder.close()
+    yield inline, pooled
+    pooled.folder.close()
+
+
+def test_batches_are_pure_and_identical_for_any_number_of_workers(inline_and_pooled):
+    inline, pooled = inline_and_pooled
+    a = inline.batch(6, torch.Generator().manual_seed(1))
+    b = pooled.batch(6, torch.Generator().manual_seed(1))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    x_a = inline.folder.train_images(a["index"], a["seed"])
+    x_b = pooled.folder.train_images(b["index"], b["seed"])
+    assert x_a.shape == (6, 3, 32, 32) and torch.equal(x_a, x_b)  # the same crops and flips in any process
+    rng = torch.get_rng_state()
+    assert torch.equal(inline.folder.train_images(a["index"], a["seed"]), x_a)
+    assert torch.equal(torch.get_rng_state(), rng)  # decoding leaves the training RNG alone
+    other = inline.folder.train_images(a["index"], a["seed"] + 1)
+    assert not torch.equal(other, x_a)  # another seed, another augmentation
 
 
 def test_evaluation_is_top1_top5_and_loss_over_the_eval_split(tmp_path):
@@ -126,26 +131,19 @@ def test_imagenet_recipes_run_on_a_small_folder(tmp_path, recipe_name, model_ove
         assert (tmp_path / "run" / "probe.csv").read_text().count("attention_entropy") >= 2
 
 
-def test_prefetched_images_equal_images_decoded_on_demand(tmp_path):
+def test_prefetched_images_equal_images_decoded_on_demand(inline_and_pooled):
     """prefetch starts decoding in the pool; train_images collects exactly what an inline decode gives."""
-    root = _folder(tmp_path)
-    model = zoo.create_model("mobilenetv2_100", num_classes=3)
-    inline, pooled = _task(root, workers=0), _task(root, workers=2)
-    for task in (inline, pooled):
-        task.prepare(model)
-    try:
-        batches = [pooled.batch(5, torch.Generator().manual_seed(s)) for s in (1, 2)]
-        for b in batches:
-            pooled.prefetch(b)
-        assert len(pooled.folder.pending) == 2
-        for b in batches:
-            assert torch.equal(pooled.folder.train_images(b["index"], b["seed"]),
-                               inline.folder.train_images(b["index"], b["seed"]))
-        assert not pooled.folder.pending
-        inline.prefetch(batches[0])  # without workers there is nothing to overlap
-        assert not inline.folder.pending
-    finally:
-        pooled.folder.close()
+    inline, pooled = inline_and_pooled
+    batches = [pooled.batch(5, torch.Generator().manual_seed(s)) for s in (1, 2)]
+    for b in batches:
+        pooled.prefetch(b)
+    assert len(pooled.folder.pending) == 2
+    for b in batches:
+        assert torch.equal(pooled.folder.train_images(b["index"], b["seed"]),
+                           inline.folder.train_images(b["index"], b["seed"]))
+    assert not pooled.folder.pending
+    inline.prefetch(batches[0])  # without workers there is nothing to overlap
+    assert not inline.folder.pending
 
 
 def test_the_loop_prefetches_the_next_step_for_tasks_that_ask(tmp_path, monkeypatch):
@@ -160,7 +158,7 @@ def test_the_loop_prefetches_the_next_step_for_tasks_that_ask(tmp_path, monkeypa
         return prefetch(self, index, seed)
 
     def counting_train_images(self, index, seed):
-        calls["hit"] += (tuple(index.tolist()), tuple(seed.tolist())) in self.pending
+        calls["hit"] += self._key(index, seed) in self.pending
         return train_images(self, index, seed)
 
     monkeypatch.setattr(ImageFolderData, "prefetch", counting_prefetch)

@@ -12,12 +12,7 @@ from train import fit, load_recipe
 from train.recipe import apply_override
 from weights import load_checkpoint
 
-from .conftest import SMALL_DSR, killed_at_call
-
-
-def _losses(out: Path) -> dict[int, float]:
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    return {r["step"]: r["loss"] for r in rows if r["split"] == "train"}
+from .conftest import SMALL_DSR, killed_at_call, train_losses
 
 
 def test_fit_writes_a_complete_run_and_loss_falls(tmp_path):
@@ -29,7 +24,7 @@ def test_fit_writes_a_complete_run_and_loss_falls(tmp_path):
     for name in ("recipe.yaml", "metrics.jsonl", "metrics.csv", "metrics.png", "attractor.png", "model.safetensors", "probe.csv",
                  "summary.json"):
         assert (out / name).is_file(), name
-    losses = _losses(out)
+    losses = train_losses(out)
     first, last = sum(list(losses.values())[:5]) / 5, sum(list(losses.values())[-5:]) / 5
     assert last < 0.5 * first
     assert set(final) >= {"D_stsp", "D_H", "PE_20", "subregions"}
@@ -56,7 +51,7 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path):
         fit(recipe, tmp_path / "resumed")
     fit(recipe, tmp_path / "resumed", resume=True)
 
-    a, b = _losses(tmp_path / "straight"), _losses(tmp_path / "resumed")
+    a, b = train_losses(tmp_path / "straight"), train_losses(tmp_path / "resumed")
     assert list(a) == list(b) == list(range(1, 31))
     assert a == b  # bit-identical losses, including the steps after the resume
     ma, mb = load_checkpoint(tmp_path / "straight" / "model.safetensors"), load_checkpoint(tmp_path / "resumed" / "model.safetensors")
@@ -134,7 +129,7 @@ def test_torchrun_two_processes_equal_single_process(tmp_path, name, extra):
     for (k, p), q in zip(a.state_dict().items(), b.state_dict().values()):
         # atol 1e-5: a power-iteration vector (sigmaReparam u, v) amplifies rounding-order differences ~10x
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-5, msg=lambda m: f"{k}: {m}")
-    la, lb = _losses(tmp_path / "single"), _losses(tmp_path / "ddp")
+    la, lb = train_losses(tmp_path / "single"), train_losses(tmp_path / "ddp")
     assert la.keys() == lb.keys()
     for s in la:
         assert la[s] == pytest.approx(lb[s], rel=1e-5)
@@ -152,8 +147,7 @@ def test_compiled_training_forward_equals_eager_with_probes(tmp_path, device, pr
     runs = {}
     for compiled in ("false", "true"):
         fit(load_recipe("sigma-vit-digits", base + [f"train.compile={compiled}"]), tmp_path / compiled)
-        losses = [r["loss"] for r in map(json.loads, (tmp_path / compiled / "metrics.jsonl").read_text().splitlines())
-                  if r["split"] == "train"]
+        losses = list(train_losses(tmp_path / compiled).values())
         probe = list(csv.DictReader((tmp_path / compiled / "probe.csv").open()))
         runs[compiled] = losses, probe
     (eager, eager_probe), (compiled, compiled_probe) = runs["false"], runs["true"]
