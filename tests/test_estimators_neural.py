@@ -7,13 +7,14 @@ import torch
 from estimators import compressed_mutual_information, neural_mutual_information
 from estimators.compressed import pca_projection
 
-from .test_estimators_knn import _gaussian_pair, low_rank_normals
+from .conftest import gaussian_pair
+from .test_estimators_knn import low_rank_normals
 
 
 @pytest.mark.parametrize("bound", ["infonce", "dv"])
 def test_neural_bounds_reach_the_gaussian_mi(bound):
     torch.set_num_threads(1)
-    x, y = _gaussian_pair(2048, 0.75, seed=0)
+    x, y = gaussian_pair(2048, 0.75, seed=0)
     truth = -0.5 * math.log(1 - 0.75 ** 2)
     est = neural_mutual_information(x, y, bound=bound, steps=200, batch_size=128).item()
     assert truth - 0.08 < est < truth + 0.04  # a lower bound: at most a little above by estimation noise
