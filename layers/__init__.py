@@ -10,13 +10,15 @@ from .hopfield_layer import HopfieldLayer
 from .grassmann_mixing import CausalGrassmannMixing, pluecker
 from .causal_self_attention import CausalSelfAttention
 from .sigma_reparam import SigmaConv2d, SigmaLinear, SigmaReparam, apply_sigma_reparam, remove_sigma_reparam
-from .pvrnn_layer import PVRNNLayer, gaussian_kl, top_down_recurrence
+from .pvrnn_layer import PVRNNLayer, gaussian_kl
+from .pvrnn_stack import PackedStack, pack_levels, posterior_pass, posterior_pass_backward, stack_recurrence
 from .radial import BesselMLPRadial, PolynomialEnvelope, SplineRadial
 from .equivariant_mixing import GateMixing, SphericalGridMLP, TensorProductMixing, make_mixing
 from .equivariant_conv import EquivariantConvolution
 
 __all__ = ["ProbePoint", "ALRNNCell", "add_attention_probes", "attention_logit_norms", "CoordAttention", "HopfieldCore", "hopfield_energy", "Hopfield", "HopfieldPooling", "HopfieldLayer",
-           "CausalGrassmannMixing", "pluecker", "CausalSelfAttention", "PVRNNLayer", "gaussian_kl", "top_down_recurrence",
+           "CausalGrassmannMixing", "pluecker", "CausalSelfAttention", "PVRNNLayer", "gaussian_kl", "PackedStack",
+           "pack_levels", "stack_recurrence", "posterior_pass", "posterior_pass_backward",
            "SigmaReparam", "SigmaLinear", "SigmaConv2d", "apply_sigma_reparam", "remove_sigma_reparam",
            "PolynomialEnvelope", "SplineRadial", "BesselMLPRadial", "SphericalGridMLP", "GateMixing",
            "TensorProductMixing", "make_mixing", "EquivariantConvolution"]

@@ -8,10 +8,11 @@ from torch import nn
 from .probe_point import ProbePoint
 
 
-def gaussian_kl(mu_q: torch.Tensor, sigma_q: torch.Tensor, mu_p: torch.Tensor, sigma_p: torch.Tensor) -> torch.Tensor:
-    """KL(N(mu_q, sigma_q^2) || N(mu_p, sigma_p^2)) per unit, in nats:
-    log(sigma_p / sigma_q) + (sigma_q^2 + (mu_q - mu_p)^2) / (2 sigma_p^2) - 1/2."""
-    return torch.log(sigma_p / sigma_q) + (sigma_q ** 2 + (mu_q - mu_p) ** 2) / (2 * sigma_p ** 2) - 0.5
+def gaussian_kl(mu_q: torch.Tensor, log_sigma_q: torch.Tensor, mu_p: torch.Tensor, log_sigma_p: torch.Tensor) -> torch.Tensor:
+    """KL(N(mu_q, sigma_q^2) || N(mu_p, sigma_p^2)) per unit, in nats, from the log-sigmas (PV-RNN's parametrisation):
+    log sigma_p - log sigma_q + ((sigma_q^2 + (mu_q - mu_p)^2) / sigma_p^2 - 1) / 2."""
+    ratio = torch.exp(2 * (log_sigma_q - log_sigma_p)) + (mu_q - mu_p).square() * torch.exp(-2 * log_sigma_p)
+    return log_sigma_p - log_sigma_q + 0.5 * (ratio - 1)
 
 
 class PVRNNLayer(nn.Module):
@@ -82,84 +83,3 @@ class PVRNNLayer(nn.Module):
             drive = drive + self.W_bottom(bottom)
         h = torch.lerp(h_prev, drive, 1.0 / self.tau)  # (1 - 1/tau) h_prev + drive / tau
         return h, torch.tanh(h)
-
-
-class _TopDownRecurrence(torch.autograd.Function):
-    """The deterministic recursion of a stack of PV-RNN levels under given latent drives, with a hand-written backward.
-
-    Forward, for t = 1..T and k = L-1 (top) down to 0:
-        h^k_t = a_k h^k_{t-1} + c_k (W^k d^k_{t-1} + b^k + u^k_t + V^k d^{k+1}_t),  d^k_t = tanh(h^k_t),
-    a_k = 1 - 1/tau_k, c_k = 1/tau_k, u^k_t = W_zd z^k_t (precomputed), V^k = W_top (none at the top).
-    Backward, for t = T..1 and k = 0 up to L-1 (level k's d_t feeds level k-1 at the same t):
-        g_h^k_t = (dL/dd^k_t + W^k^T c_k g_h^k_{t+1} + V^{k-1}^T c_{k-1} g_h^{k-1}_t)(1 - (d^k_t)^2) + a_k g_h^k_{t+1},
-    then dW^k, db^k, dV^k and du^k are single reductions over all steps.
-    Tensor arguments, flat: h0[L], d0[L], W[L], b[L], V[L-1], u[L] (u^k: (B, T, n_k)); returns d[L] (B, T, n_k)
-    and the final h[L] (B, n_k).
-    """
-
-    @staticmethod
-    def forward(ctx, taus, *tensors):
-        L = len(taus)
-        h0, d0, W, b, V, u = (tensors[:L], tensors[L:2 * L], tensors[2 * L:3 * L], tensors[3 * L:4 * L],
-                              tensors[4 * L:5 * L - 1], tensors[5 * L - 1:])
-        B, T = u[0].shape[:2]
-        d = [u[k].new_empty(B, T, u[k].shape[-1]) for k in range(L)]
-        h, prev = list(h0), list(d0)
-        drive = [u[k] + b[k] for k in range(L)]  # for all steps at once
-        for t in range(T):
-            for k in reversed(range(L)):
-                pre = torch.addmm(drive[k][:, t], prev[k], W[k].T)
-                if k + 1 < L:
-                    pre = torch.addmm(pre, d[k + 1][:, t], V[k].T)
-                h[k] = torch.lerp(h[k], pre, 1.0 / taus[k])
-                d[k][:, t] = torch.tanh(h[k])
-            prev = [d[k][:, t] for k in range(L)]
-        ctx.save_for_backward(*d0, *W, *V, *d)
-        ctx.taus = taus
-        return (*d, *h)
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, *grads):
-        taus = ctx.taus
-        L = len(taus)
-        saved = ctx.saved_tensors
-        d0, W, V, d = saved[:L], saved[L:2 * L], saved[2 * L:3 * L - 1], saved[3 * L - 1:]
-        g_d, g_hT = grads[:L], grads[L:]
-        B, T = d[0].shape[:2]
-        slope = [1 - dk ** 2 for dk in d]
-        g_pre = [torch.empty_like(dk) for dk in d]  # c_k g_h^k_t: the gradient of each step's pre-activation
-        # a_k g_h^k_{t+1} (starting with the gradient of the returned final h) and W^k^T c_k g_h^k_{t+1}
-        carry = [torch.zeros_like(d[k][:, 0]) if g_hT[k] is None else g_hT[k] for k in range(L)]
-        from_next = [torch.zeros_like(d[k][:, 0]) for k in range(L)]
-        for t in range(T - 1, -1, -1):
-            below = None
-            for k in range(L):
-                g = from_next[k] if g_d[k] is None else g_d[k][:, t] + from_next[k]
-                if below is not None:
-                    g = torch.addmm(g, below, V[k - 1])
-                g_h = torch.addcmul(carry[k], g, slope[k][:, t])
-                below = g_h / taus[k]
-                g_pre[k][:, t] = below
-                carry[k] = g_h * (1 - 1 / taus[k])
-                from_next[k] = below @ W[k]
-        g_h0, g_d0 = carry, from_next
-        flat = [g.reshape(B * T, -1) for g in g_pre]
-        prev_d = [torch.cat([d0[k][:, None], d[k][:, :-1]], 1).reshape(B * T, -1) for k in range(L)]
-        g_W = [flat[k].T @ prev_d[k] for k in range(L)]
-        g_b = [flat[k].sum(0) for k in range(L)]
-        g_V = [flat[k].T @ d[k + 1].reshape(B * T, -1) for k in range(L - 1)]
-        return (None, *g_h0, *g_d0, *g_W, *g_b, *g_V, *g_pre)
-
-
-def top_down_recurrence(levels, u: list[torch.Tensor], state: list[tuple[torch.Tensor, torch.Tensor]]):
-    """Run the deterministic recursion of ``levels`` (PVRNNLayer, bottom first, no bottom-up weights) for all T steps
-    of the latent drives u[k] = W_zd z^k (B, T, d_k) from ``state`` [(h, d)] per level. Returns (d list of
-    (B, T, d_k), final h list). Same values and gradients as stepping ``integrate``; see _TopDownRecurrence."""
-    if any(layer.W_bottom is not None for layer in levels):
-        raise ValueError("top_down_recurrence: levels with bottom-up weights need the step-by-step path")
-    L = len(levels)
-    out = _TopDownRecurrence.apply(tuple(layer.tau for layer in levels), *[h for h, _ in state], *[d for _, d in state],
-                                   *[layer.W_dd.weight for layer in levels], *[layer.W_dd.bias for layer in levels],
-                                   *[levels[k].W_top.weight for k in range(L - 1)], *u)
-    return list(out[:L]), list(out[L:])

@@ -23,7 +23,7 @@ def test_kl_matches_torch_distributions():
     mu_q, mu_p = torch.randn(50), torch.randn(50)
     s_q, s_p = torch.rand(50) + 0.1, torch.rand(50) + 0.1
     expected = kl_divergence(Normal(mu_q, s_q), Normal(mu_p, s_p))
-    assert torch.allclose(gaussian_kl(mu_q, s_q, mu_p, s_p), expected, atol=1e-5)
+    assert torch.allclose(gaussian_kl(mu_q, s_q.log(), mu_p, s_p.log()), expected, atol=1e-5)
 
 
 def test_leaky_integration_one_step_by_hand():
@@ -145,13 +145,14 @@ def test_compiled_error_regression_has_the_same_objective_and_gradient():
     # sigma = exp(-30): z equals its mean, so the sampled objective is deterministic in both modes
     params = [0.5 * torch.randn(2, 6, z, generator=g) for z in m.config.z_sizes] + \
              [torch.full((2, 6, z), -30.0) for z in m.config.z_sizes]
-    params = [p.requires_grad_() for p in params]
+    a = torch.cat(params, -1)
+    with torch.no_grad():
+        packed = m.packed()
     for first in (True, False):
-        eager = m.window_objective(params, state, first, obs)
-        compiled = torch.compile(m.window_objective, dynamic=False)(params, state, first, obs)
-        assert torch.allclose(compiled, eager, rtol=1e-5)
-        for a, b in zip(torch.autograd.grad(compiled, params), torch.autograd.grad(eager, params)):
-            assert torch.allclose(a, b, rtol=1e-4, atol=1e-6)
+        eager = m.window_objective_and_grad(a, state, first, obs, packed)
+        compiled = torch.compile(m.window_objective_and_grad, dynamic=False)(a, state, first, obs, packed)
+        assert torch.allclose(compiled[0], eager[0], rtol=1e-5)
+        assert torch.allclose(compiled[1], eager[1], rtol=1e-4, atol=1e-6)
     torch.manual_seed(0)
     r = m.error_regression(stream, window=6, iterations=15, lr=0.1, compile=True)
     assert r["window_error_after"].mean() < 0.95 * r["window_error_before"].mean()
@@ -248,40 +249,132 @@ def test_recipe_trains_and_reloads(tmp_path):
     assert final["rec"] < 0.5 * train[0]["rec"]
 
 
-def test_fused_posterior_recursion_matches_stepping_integrate():
-    """layers.top_down_recurrence (hand-written backward) equals stepping PVRNNLayer.integrate under autograd (fp64):
-    values and the gradients of every parameter, through d, the KL and the returned final state."""
-    from layers import top_down_recurrence
+@pytest.mark.parametrize("d_sizes, T", [((40, 10), 30), ((6, 5, 4), 7), ((6, 5, 4), 1), ((7,), 5)])
+def test_stack_recurrence_matches_stepping_integrate(d_sizes, T):
+    """layers.stack_recurrence (skewed over levels, hand-written backward) equals stepping PVRNNLayer.integrate level
+    by level under autograd (fp64): d, the final h, and the gradients of every weight, the drives and the initial
+    state (d0 != tanh(h0), so idle levels must keep their state), through d and the final h. T = 1 with three levels
+    has no step at which all levels run."""
+    from layers import pack_levels, stack_recurrence
 
     torch.manual_seed(0)
-    m = zoo.create_model("pvrnn_pfsm", n_sequences=3, seq_len=30).double()
-    with torch.no_grad():
-        for a in [*m.A_mu, *m.A_sigma]:
-            a.normal_(0, 0.5)
-    u = [torch.randn(3, 30, layer.d_size, dtype=torch.float64, requires_grad=True) for layer in m.levels]
-    state = [(0.3 * torch.randn(3, n, dtype=torch.float64), 0.3 * torch.randn(3, n, dtype=torch.float64))
-             for n in m.config.d_sizes]
+    L = len(d_sizes)
+    m = zoo.create_model("pvrnn_small", d_sizes=d_sizes, z_sizes=(1,) * L, taus=(2.0, 5.0, 9.0)[:L],
+                         meta_prior=(0.1,) * L).double()
+    B = 3
+    u = [torch.randn(B, T, n, dtype=torch.float64, requires_grad=True) for n in d_sizes]
+    h0 = [(0.3 * torch.randn(B, n, dtype=torch.float64)).requires_grad_() for n in d_sizes]
+    d0 = [(0.3 * torch.randn(B, n, dtype=torch.float64)).requires_grad_() for n in d_sizes]
 
     def stepped():
-        (h1, d1), (h0, d0) = state[1], state[0]
-        out0, out1 = [], []
-        for t in range(30):
-            h1, d1 = m.levels[1].integrate(h1, d1, u[1][:, t])
-            h0, d0 = m.levels[0].integrate(h0, d0, u[0][:, t], top=d1)
-            out0.append(d0)
-            out1.append(d1)
-        return [torch.stack(out0, 1), torch.stack(out1, 1)], [h0, h1]
+        h, d, out = list(h0), list(d0), [[] for _ in range(L)]
+        for t in range(T):
+            for k in reversed(range(L)):
+                h[k], d[k] = m.levels[k].integrate(h[k], d[k], u[k][:, t] - m.levels[k].W_dd.bias,
+                                                   top=d[k + 1] if k + 1 < L else None)
+                out[k].append(d[k])
+        return torch.cat([torch.stack(o, 1) for o in out], -1), torch.cat(h, -1)
 
-    params = [*m.parameters(), *u]
-    weights = [torch.randn(3, 30, n, dtype=torch.float64) for n in m.config.d_sizes]
+    def stacked():
+        return stack_recurrence(pack_levels(m.levels), torch.cat(u, -1), torch.cat(h0, -1), torch.cat(d0, -1))
+
+    inputs = [*m.parameters(), *u, *h0, *d0]
+    w_d, w_h = torch.randn(B, T, sum(d_sizes), dtype=torch.float64), torch.randn(B, sum(d_sizes), dtype=torch.float64)
     results = []
-    for run in (stepped, lambda: top_down_recurrence(m.levels, u, state)):
+    for run in (stepped, stacked):
         d, h = run()
-        objective = sum((dk * w).sum() for dk, w in zip(d, weights)) + sum(hk.pow(2).sum() for hk in h)
-        grads = torch.autograd.grad(objective, params, allow_unused=True)
-        results.append((d, [g if g is not None else torch.zeros_like(p) for g, p in zip(grads, params)]))
-    (d_ref, g_ref), (d_fused, g_fused) = results
-    for a, b in zip(d_fused, d_ref):
-        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
-    for a, b in zip(g_fused, g_ref):
+        grads = torch.autograd.grad((d * w_d).sum() + (h * w_h).sum(), inputs, allow_unused=True)
+        results.append((d, h, [g if g is not None else torch.zeros_like(p) for g, p in zip(grads, inputs)]))
+    (d_ref, h_ref, g_ref), (d_got, h_got, g_got) = results
+    torch.testing.assert_close(d_got, d_ref, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(h_got, h_ref, rtol=1e-12, atol=1e-12)
+    for a, b in zip(g_got, g_ref):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def _reference_posterior_unroll(m, a_mu, a_sigma, eps, state, first):
+    """The posterior unroll written level by level with PVRNNLayer's own maps (prior, posterior, step) and
+    gaussian_kl: the packed, skewed implementation must reproduce it."""
+    L, T = len(m.levels), a_mu.shape[1]
+    splits = [x.split(m.config.z_sizes, -1) for x in (a_mu, a_sigma, eps)]
+    h, d = [s[0] for s in state], [s[1] for s in state]
+    xs, kls = [], []
+    for t in range(T):
+        new_d, kl_t = [None] * L, [None] * L
+        for k in reversed(range(L)):
+            layer = m.levels[k]
+            mu_q, s_q = layer.posterior(splits[0][k][:, t], splits[1][k][:, t])
+            mu_p, s_p = layer.prior(d[k], first and t == 0)
+            z = mu_q + s_q * splits[2][k][:, t]
+            kl_t[k] = gaussian_kl(mu_q, s_q.log(), mu_p, s_p.log()).sum(-1)
+            bottom = d[k - 1] if layer.W_bottom is not None else None
+            h[k], new_d[k] = layer.step(h[k], d[k], z, new_d[k + 1] if k + 1 < L else None, bottom)
+        d = new_d
+        xs.append(m.out(d[0]))
+        kls.append(torch.stack(kl_t, -1))
+    return torch.stack(xs, 1), torch.stack(kls, 1), h
+
+
+@pytest.mark.parametrize("bottom_up", [False, True])
+def test_posterior_unroll_matches_a_level_by_level_reference(bottom_up):
+    torch.manual_seed(0)
+    m = zoo.create_model("pvrnn_small", d_sizes=(6, 5, 4), z_sizes=(3, 2, 1), taus=(2.0, 4.0, 8.0),
+                         meta_prior=(0.1, 0.01, 0.001), bottom_up=bottom_up).double()
+    B, T, Z = 2, 7, 6
+    a_mu, a_sigma = 0.5 * torch.randn(B, T, Z, dtype=torch.float64), 0.5 * torch.randn(B, T, Z, dtype=torch.float64)
+    state = [(0.3 * torch.randn(B, n, dtype=torch.float64), 0.3 * torch.randn(B, n, dtype=torch.float64))
+             for n in (6, 5, 4)]
+    for first in (True, False):
+        torch.manual_seed(1)
+        out = m.unroll(T, state, first, (a_mu, a_sigma), noise=True)
+        torch.manual_seed(1)  # unroll draws its z noise with one randn_like
+        x_ref, kl_ref, h_ref = _reference_posterior_unroll(m, a_mu, a_sigma, torch.randn_like(a_mu), state, first)
+        torch.testing.assert_close(out["x"], x_ref, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(out["kl"], kl_ref, rtol=1e-12, atol=1e-12)
+        for (h, _), h_k in zip(out["state"], h_ref):
+            torch.testing.assert_close(h, h_k, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("bottom_up", [False, True])
+def test_hand_written_window_gradient_equals_autograd(bottom_up):
+    """window_objective_and_grad (layers.posterior_pass_backward, no autograd) equals autograd through
+    window_objective with the same z noise, in fp64, for a three-level stack, with and without the first step's
+    unit-Gaussian prior (bottom-up models take autograd's gradient by design)."""
+    torch.manual_seed(0)
+    m = zoo.create_model("pvrnn_small", d_sizes=(6, 5, 4), z_sizes=(3, 2, 1), taus=(2.0, 4.0, 8.0),
+                         meta_prior=(0.1, 0.01, 0.001), out_size=2, bottom_up=bottom_up).double()
+    B, W = 3, 6
+    obs = torch.randn(B, W, 2, dtype=torch.float64)
+    a = 0.5 * torch.randn(B, W, 12, dtype=torch.float64)
+    state = [(0.3 * torch.randn(B, n, dtype=torch.float64), 0.3 * torch.randn(B, n, dtype=torch.float64))
+             for n in (6, 5, 4)]
+    with torch.no_grad():
+        packed = m.packed()
+    for first in (True, False):
+        torch.manual_seed(5)
+        value, grad = m.window_objective_and_grad(a, state, first, obs, packed)
+        torch.manual_seed(5)
+        a_ref = a.clone().requires_grad_()
+        ref = m.window_objective(a_ref, state, first, obs, packed)
+        g_ref, = torch.autograd.grad(ref, [a_ref])
+        torch.testing.assert_close(value, ref.detach(), rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(grad, g_ref, rtol=1e-10, atol=1e-12)
+
+
+def test_error_regression_steps_are_torch_adam_on_the_window_objective():
+    """One error-regression step equals torch.optim.Adam on window_objective from zero vectors (same noise)."""
+    m = tiny()
+    stream, _ = pfsm_sequences(2, 7, period=10, seed=4)
+    torch.manual_seed(0)
+    r = m.error_regression(stream, window=6, iterations=4, lr=0.05)
+    a = torch.zeros(2, 6, 6, requires_grad=True)
+    opt = torch.optim.Adam([a], lr=0.05)
+    state = m.initial_state(2)
+    torch.manual_seed(0)
+    for _ in range(4):
+        a.grad, = torch.autograd.grad(m.window_objective(a, state, True, stream[:, :6]), [a])
+        opt.step()
+    with torch.no_grad():
+        x = m.unroll(6, state, True, a.chunk(2, -1), noise=False)["x"]
+    after = ((x - stream[:, :6]) ** 2).mean((-1, -2))
+    torch.testing.assert_close(r["window_error_after"][:, 0], after, rtol=1e-5, atol=1e-7)

@@ -18,9 +18,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+from torch.optim.adam import adam
 
-from layers import ProbePoint, PVRNNLayer, gaussian_kl, top_down_recurrence
+from layers import PackedStack, ProbePoint, PVRNNLayer, pack_levels, posterior_pass, posterior_pass_backward
 
 from ._registry import Paper, register_model
 
@@ -70,45 +72,65 @@ class PVRNN(nn.Module):
         p = self.out.weight
         return [(p.new_zeros(batch, n), p.new_zeros(batch, n)) for n in self.config.d_sizes]
 
-    def unroll(self, steps: int, state, first: bool = True, post=None, noise: bool = True) -> dict:
+    def packed(self) -> PackedStack:
+        """The levels' weights as block matrices (``layers.pack_levels``); differentiable. Error regression, whose
+        weights stay fixed, packs once and passes the result to ``unroll``."""
+        return pack_levels(self.levels)
+
+    def unroll(self, steps: int, state, first: bool = True, post=None, noise: bool = True,
+               packed: PackedStack | None = None) -> dict:
         """Run ``steps`` steps from ``state`` (a list of (h, d) per level).
 
-        ``first``: the first step's prior is N(0, I). ``post``: (A_mu list, A_sigma list), each (B, steps, z_k),
-        samples z from the posterior (and computes the KL); None samples from the prior (generation).
-        ``noise=False`` takes the mean instead of a sample. Returns x (B, steps, out), per-level statistics
+        ``first``: the first step's prior is N(0, I). ``post``: (A_mu, A_sigma), each (B, steps, Z) with the
+        levels' latent units concatenated (Z = sum z_k, bottom level first), samples z from the posterior (and
+        computes the KL); None samples from the prior (generation). ``noise=False`` takes the mean instead of a
+        sample. ``packed``: ``self.packed()`` computed once by a caller that keeps the weights fixed.
+        Returns x (B, steps, out), ``kl`` (B, steps, L) per level summed over its units, per-level statistics
         ``levels[k][name]`` (B, steps, .) and the final ``state``.
-        Under the posterior z does not depend on the state, so z, W_zd z, the priors, the KL and the read-out
-        are computed for the whole sequence at once, and the d recurrence runs in ``top_down_recurrence`` (one
-        autograd function; step by step only with bottom-up weights).
+        Under the posterior z does not depend on the state, so z, W_zd z, the priors, the KL and the read-out are
+        computed for all steps and levels at once from the packed weights, and the d recursion of all levels runs
+        in ``stack_recurrence`` (one autograd function; step by step only with bottom-up weights).
         """
-        hs, ds = [h for h, _ in state], [d for _, d in state]
-        d0 = list(ds)
-        z_drive = None
-        if post is not None:
-            q = [layer.posterior(a_mu, a_sigma) for layer, a_mu, a_sigma in zip(self.levels, *post)]
-            zs = [mu + s * torch.randn_like(mu) if noise else mu for mu, s in q]
-            z_drive = [layer.W_zd(z) for layer, z in zip(self.levels, zs)]
-        if z_drive is not None and all(layer.W_bottom is None for layer in self.levels):
-            d_seq, hs = top_down_recurrence(self.levels, z_drive, list(zip(hs, ds)))
-        else:
-            rec, hs = self._step_by_step(steps, hs, ds, first, z_drive, noise)
-            d_seq = [torch.stack(r["d"], 1) for r in rec]
-        ds = [d[:, -1] for d in d_seq]
-        levels = []
-        for k, (layer, d) in enumerate(zip(self.levels, d_seq)):
-            stats = {"d": layer.d(d)}
-            if post is None:
-                stats |= {n: getattr(layer, n)(torch.stack(rec[k][n], 1)) for n in ("z", "prior_mu", "prior_sigma")}
-            else:
-                mu_p, s_p = layer.prior(torch.cat([d0[k][:, None], d[:, :-1]], 1))
-                if first:
-                    mu_p = torch.cat([torch.zeros_like(mu_p[:, :1]), mu_p[:, 1:]], 1)
-                    s_p = torch.cat([torch.ones_like(s_p[:, :1]), s_p[:, 1:]], 1)
-                stats |= {"z": layer.z(zs[k]), "prior_mu": layer.prior_mu(mu_p), "prior_sigma": layer.prior_sigma(s_p),
-                          "post_mu": layer.post_mu(q[k][0]), "post_sigma": layer.post_sigma(q[k][1])}
-                stats["kl"] = layer.kl(gaussian_kl(q[k][0], q[k][1], mu_p, s_p).sum(-1))
-            levels.append(stats)
-        return {"x": self.x_hat(self.out(levels[0]["d"])), "levels": levels, "state": list(zip(hs, ds))}
+        if post is None:
+            rec, hs = self._step_by_step(steps, [h for h, _ in state], [d for _, d in state], first, None, noise)
+            levels = [{n: getattr(layer, n)(torch.stack(r[n], 1)) for n in ("d", "z", "prior_mu", "prior_sigma")}
+                      for layer, r in zip(self.levels, rec)]
+            return {"x": self.x_hat(self.out(levels[0]["d"])), "levels": levels,
+                    "state": [(h, lvl["d"][:, -1]) for h, lvl in zip(hs, levels)]}
+        p = self.packed() if packed is None else packed
+        a_mu, a_sigma = post
+        Z = sum(p.z_sizes)
+        if a_mu.shape != a_sigma.shape or a_mu.dim() != 3 or a_mu.shape[1:] != (steps, Z):
+            raise ValueError(f"PVRNN.unroll: post must be two (B, steps={steps}, sum z_sizes={Z}) tensors, got "
+                             f"{tuple(a_mu.shape)} and {tuple(a_sigma.shape)}")
+        h0, d0 = torch.cat([h for h, _ in state], -1), torch.cat([d for _, d in state], -1)
+        q = self._posterior_pass(p, a_mu, a_sigma, torch.randn_like(a_mu) if noise else None, h0, d0, first)
+        return self._posterior_outputs(q, p)
+
+    def _posterior_pass(self, p: PackedStack, a_mu, a_sigma, eps, h0, d0, first: bool) -> dict:
+        """``layers.posterior_pass`` with this model's recursion: the skewed stack, or level by level when the
+        model has bottom-up weights (which the skewed stack cannot run)."""
+        recurrence = None
+        if self.config.bottom_up:
+            def recurrence(z):
+                drives = F.linear(z, p.Wz).split(p.d_sizes, -1)
+                rec, hs = self._step_by_step(z.shape[1], list(h0.split(p.d_sizes, -1)), list(d0.split(p.d_sizes, -1)),
+                                             first, drives, noise=False)
+                return torch.cat([torch.stack(r["d"], 1) for r in rec], -1), torch.cat(hs, -1)
+        return posterior_pass(p, a_mu, a_sigma, eps, h0, d0, first, recurrence)
+
+    def _posterior_outputs(self, q: dict, p: PackedStack) -> dict:
+        """``unroll``'s outputs from a ``posterior_pass``: per-level statistics through the probe points, the KL
+        summed per level, the read-out and the final state."""
+        kl = q["kl"] @ p.level_sum  # (B, steps, L)
+        names = ("d", "z", "prior_mu", "prior_sigma", "post_mu", "post_sigma")
+        per_level = zip(q["d"].split(p.d_sizes, -1), *[q[n].split(p.z_sizes, -1) for n in ("z", "mu_p")],
+                        torch.exp(q["log_sigma_p"]).split(p.z_sizes, -1),
+                        *[q[n].split(p.z_sizes, -1) for n in ("mu_q", "sigma_q")])
+        levels = [{n: getattr(layer, n)(x) for n, x in zip(names, xs)} | {"kl": layer.kl(kl[..., k])}
+                  for k, (layer, xs) in enumerate(zip(self.levels, per_level))]
+        return {"x": self.x_hat(self.out(levels[0]["d"])), "kl": kl, "levels": levels,
+                "state": list(zip(q["h"].split(p.d_sizes, -1), q["d"][:, -1].split(p.d_sizes, -1)))}
 
     def _step_by_step(self, steps: int, hs: list, ds: list, first: bool, z_drive, noise: bool):
         """The recursion one step at a time: z from the prior (``z_drive`` None) or the given drives W_zd z.
@@ -148,16 +170,15 @@ class PVRNN(nn.Module):
     def forward(self, ids: torch.Tensor, steps: int | None = None, noise: bool = True) -> dict:
         """Posterior unroll of training sequences ``ids`` (B,) over their first ``steps`` (default seq_len) steps."""
         ids, steps = self._ids(ids, steps)
-        post = ([a[ids, :steps] for a in self.A_mu], [a[ids, :steps] for a in self.A_sigma])
+        post = (torch.cat([a[ids, :steps] for a in self.A_mu], -1), torch.cat([a[ids, :steps] for a in self.A_sigma], -1))
         return self.unroll(steps, self.initial_state(len(ids)), first=True, post=post, noise=noise)
 
     # -- the objective ---------------------------------------------------------------------------------------
     def elbo_terms(self, out: dict, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Per sequence: reconstruction (1/T) sum_t (1/R_x) ||x_hat_t - x_t||^2, shape (B,), and per level
         (1/T) sum_t (1/R_z^k) KL_t^k, shape (B, L)."""
-        rec = ((out["x"] - x) ** 2).mean(-1).mean(-1)
-        kl = torch.stack([lvl["kl"].mean(-1) / z for lvl, z in zip(out["levels"], self.config.z_sizes)], -1)
-        return rec, kl
+        rec = (out["x"] - x).square().mean((-1, -2))
+        return rec, out["kl"].mean(1) / out["kl"].new_tensor(self.config.z_sizes)
 
     def weighted(self, rec: torch.Tensor, kl: torch.Tensor) -> torch.Tensor:
         """rec + sum_k w_k kl_k per sequence (the negative weighted lower bound)."""
@@ -192,12 +213,39 @@ class PVRNN(nn.Module):
         return self(ids, steps=steps, noise=False)["x"]
 
     # -- error regression ------------------------------------------------------------------------------------
-    def window_objective(self, params: list, state, first: bool, obs: torch.Tensor) -> torch.Tensor:
-        """Error regression's objective: the training objective restricted to the window ``obs`` (B, W, out),
-        given the adaptive vectors ``params`` (A_mu per level, then A_sigma per level), z sampled."""
-        n = len(self.levels)
-        out = self.unroll(obs.shape[1], state, first, (params[:n], params[n:]), noise=True)
+    def window_objective(self, a: torch.Tensor, state, first: bool, obs: torch.Tensor,
+                         packed: PackedStack | None = None) -> torch.Tensor:
+        """Error regression's objective: the training objective restricted to the window ``obs`` (B, W, out), summed
+        over the streams, given the window's adaptive vectors ``a`` (B, W, 2 Z) = [A_mu, A_sigma], z sampled."""
+        out = self.unroll(obs.shape[1], state, first, a.chunk(2, -1), noise=True, packed=packed)
         return self.weighted(*self.elbo_terms(out, obs)).sum()
+
+    def window_objective_and_grad(self, a: torch.Tensor, state, first: bool, obs: torch.Tensor,
+                                  packed: PackedStack) -> tuple[torch.Tensor, torch.Tensor]:
+        """``window_objective`` and its gradient in ``a`` computed by hand (``layers.posterior_pass_backward``), with
+        the weights fixed and no autograd graph: error regression's inner step. dJ/dx_hat = 2 (x_hat - x) / (W R_x)
+        per stream, dJ/dkl = w_k / (z_k W) per latent unit of level k. Equal to autograd's gradient (tested)."""
+        if self.config.bottom_up:  # the hand-written gradient covers the skewed stack only: use autograd
+            with torch.enable_grad():
+                a = a.detach().requires_grad_()
+                value = self.window_objective(a, state, first, obs, packed)
+                return value.detach(), torch.autograd.grad(value, [a])[0]
+        W, R = obs.shape[1], self.config.out_size
+        n0, N = packed.d_sizes[0], sum(packed.d_sizes)
+        c = a.new_tensor([w / (z * W) for w, z in zip(self.config.meta_prior, packed.z_sizes) for _ in range(z)])
+        a_mu, a_sigma = a.chunk(2, -1)
+        h0, d0 = torch.cat([h for h, _ in state], -1), torch.cat([d for _, d in state], -1)
+        x_hat = []
+
+        def g_d_of(d):  # dJ/dd: the read-out x_hat = W_out d^0 + b sees only level 0
+            x_hat.append(self.out(d[..., :n0]))
+            return F.pad((x_hat[0] - obs) @ (self.out.weight * (2 / (W * R))), (0, N - n0))
+
+        with torch.no_grad():
+            q, g_mu, g_sigma = posterior_pass_backward(packed, a_mu, a_sigma, torch.randn_like(a_mu), h0, d0, first,
+                                                       g_d_of, c)
+            value = (x_hat[0] - obs).square().mean((-1, -2)).sum() + (q["kl"] * c).sum()
+        return value, torch.cat([g_mu, g_sigma], -1)
 
     def error_regression(self, stream: torch.Tensor, window: int, iterations: int, lr: float = 0.1,
                          horizon: int = 1, compile: bool = False) -> dict:
@@ -213,8 +261,9 @@ class PVRNN(nn.Module):
         ``window_error_before`` / ``window_error_after`` (B, S) the window's mean squared reconstruction
         error (posterior means) before and after the iterations, and ``post_mu`` / ``post_sigma``: lists per
         level of (B, S, z_k), the posterior at the window's last step.
-        ``compile=True`` runs the window objective and its gradient through ``torch.compile``: the same
-        objective, faster per iteration after a compilation of tens of seconds; its z samples come from
+        Each iteration takes the objective's gradient from ``window_objective_and_grad`` (by hand, no autograd)
+        and applies torch's Adam update. ``compile=True`` runs that gradient through ``torch.compile``: the same
+        computation, faster per iteration after a compilation of tens of seconds; its z samples come from
         another random stream than eager mode's.
         """
         B, T = stream.shape[:2] if stream.dim() == 3 else (0, 0)
@@ -225,49 +274,51 @@ class PVRNN(nn.Module):
             raise ValueError(f"error_regression needs window >= 1, iterations >= 0, horizon >= 1 and "
                              f"T >= window + horizon, got window={window}, iterations={iterations}, horizon={horizon}, T={T}")
         stream = stream.to(self.out.weight)
-        zs = self.config.z_sizes
-        a_mu = [stream.new_zeros(B, window, z) for z in zs]
-        a_sigma = [stream.new_zeros(B, window, z) for z in zs]
+        with torch.no_grad():
+            packed = PackedStack(*[x.detach() if torch.is_tensor(x) else x for x in self.packed()])
+        Z = sum(self.config.z_sizes)
+        a = stream.new_zeros(B, window, 2 * Z)  # the window's [A_mu, A_sigma]
         state, first = [(h.detach(), d.detach()) for h, d in self.initial_state(B)], True
         keys = ("prediction", "error", "window_error_before", "window_error_after")
-        res = {k: [] for k in keys} | {"post_mu": [[] for _ in zs], "post_sigma": [[] for _ in zs]}
+        res = {k: [] for k in keys} | {"post_mu": [], "post_sigma": []}
+        objective_and_grad = self.window_objective_and_grad
+        if compile:
+            objective_and_grad = torch.compile(objective_and_grad, dynamic=False)
 
-        objective = torch.compile(self.window_objective, dynamic=False) if compile else self.window_objective
+        d_sizes, z_sizes, n0 = packed.d_sizes, packed.z_sizes, packed.d_sizes[0]
 
-        def window_error(obs):
-            with torch.no_grad():
-                out = self.unroll(window, state, first, (a_mu, a_sigma), noise=False)
-            return ((out["x"] - obs) ** 2).mean((-1, -2)), out
+        @torch.no_grad()
+        def posterior_mean(steps: int = window) -> dict:  # the window's first ``steps`` steps at z = mu^q
+            h0, d0 = torch.cat([h for h, _ in state], -1), torch.cat([d for _, d in state], -1)
+            q = self._posterior_pass(packed, *a[:, :steps].chunk(2, -1), None, h0, d0, first)
+            q["state"] = list(zip(q["h"].split(d_sizes, -1), q["d"][:, -1].split(d_sizes, -1)))
+            return q
+
+        def window_error(q, obs):
+            return (self.out(q["d"][..., :n0]) - obs).square().mean((-1, -2))
 
         for t in range(window - 1, T - horizon):
             obs = stream[:, t - window + 1:t + 1]
-            res["window_error_before"].append(window_error(obs)[0])
-            params = [a.detach().requires_grad_() for a in a_mu + a_sigma]
-            opt = torch.optim.Adam(params, lr=lr)
-            with torch.enable_grad():
-                for _ in range(iterations):
-                    grads = torch.autograd.grad(objective(params, state, first, obs), params)
-                    for p, g in zip(params, grads):
-                        p.grad = g
-                    opt.step()
-            a_mu, a_sigma = [p.detach() for p in params[:len(zs)]], [p.detach() for p in params[len(zs):]]
-            err, out = window_error(obs)
-            res["window_error_after"].append(err)
-            for k, lvl in enumerate(out["levels"]):
-                res["post_mu"][k].append(lvl["post_mu"][:, -1])
-                res["post_sigma"][k].append(lvl["post_sigma"][:, -1])
+            res["window_error_before"].append(window_error(posterior_mean(), obs))
+            a, moments, step = a.clone(), (torch.zeros_like(a), torch.zeros_like(a)), a.new_zeros(())
+            for _ in range(iterations):
+                grad = objective_and_grad(a, state, first, obs, packed)[1]
+                # torch.optim.Adam's own update in its functional form (without the Optimizer's per-step overhead)
+                adam([a], [grad], [moments[0]], [moments[1]], [], [step], foreach=False, lr=lr, beta1=0.9,
+                     beta2=0.999, eps=1e-8, weight_decay=0.0, amsgrad=False, maximize=False)
+            q = posterior_mean()
+            res["window_error_after"].append(window_error(q, obs))
+            res["post_mu"].append(q["mu_q"][:, -1].split(z_sizes, -1))
+            res["post_sigma"].append(q["sigma_q"][:, -1].split(z_sizes, -1))
             with torch.no_grad():
-                pred = self.unroll(horizon, out["state"], first=False, noise=False)["x"]
-                committed = self.unroll(1, state, first, ([a[:, :1] for a in a_mu], [a[:, :1] for a in a_sigma]),
-                                        noise=False)["state"]
+                pred = self.unroll(horizon, q["state"], first=False, noise=False)["x"]
             res["prediction"].append(pred)
-            res["error"].append(((pred - stream[:, t + 1:t + 1 + horizon]) ** 2).mean((-1, -2)))
-            state, first = committed, False
-            a_mu = [torch.cat([a[:, 1:], a.new_zeros(B, 1, a.shape[-1])], 1) for a in a_mu]
-            a_sigma = [torch.cat([a[:, 1:], a.new_zeros(B, 1, a.shape[-1])], 1) for a in a_sigma]
+            res["error"].append((pred - stream[:, t + 1:t + 1 + horizon]).square().mean((-1, -2)))
+            state, first = posterior_mean(steps=1)["state"], False  # commit the oldest step at its posterior mean
+            a = torch.cat([a[:, 1:], a.new_zeros(B, 1, 2 * Z)], 1)
         out = {k: torch.stack(res[k], 1) for k in keys}
-        out["post_mu"] = [torch.stack(v, 1) for v in res["post_mu"]]
-        out["post_sigma"] = [torch.stack(v, 1) for v in res["post_sigma"]]
+        for name in ("post_mu", "post_sigma"):
+            out[name] = [torch.stack(v, 1) for v in zip(*res[name])]
         return out
 
 
