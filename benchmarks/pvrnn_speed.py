@@ -4,7 +4,7 @@
 
 Model pvrnn_pfsm (40+10 d units, 4+1 z). Training: Adam steps on batches of 12 x 200 and 24 x 400 steps.
 Error regression: one stream, windows 10/30/50, K = 10 iterations, latency = wall time / observations
-processed, eager and with ``compile=True`` (after its warm-up compilation). The issue's goal is 100 Hz (10 ms per observation) on one CPU core. Writes pvrnn_speed_<device>.json/.md.
+processed, eager and with ``compile=True`` (after its warm-up compilation). Every row is the best of 3 runs. The issue's goal is 100 Hz (10 ms per observation) on one CPU core. Writes pvrnn_speed_<device>.json/.md.
 """
 from __future__ import annotations
 
@@ -17,29 +17,41 @@ import zoo
 from common import machine, write_results
 
 
-def train_steps_per_s(device, n_seq: int, seq_len: int, steps: int = 10) -> float:
+def train_steps_per_s(device, n_seq: int, seq_len: int, steps: int = 10, repeats: int = 3) -> float:
     model = zoo.create_model("pvrnn_pfsm", n_sequences=n_seq, seq_len=seq_len).to(device)
     opt = torch.optim.Adam(model.parameters(), 1e-3)
     x, ids = torch.randn(n_seq, seq_len, 2, device=device), torch.arange(n_seq, device=device)
-    for i in range(steps + 2):
-        if i == 2:  # two warm-up steps
-            t = time.perf_counter()
-        loss, _ = model.loss(ids, x)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return steps / (time.perf_counter() - t)
+
+    def block(n):
+        for _ in range(n):
+            loss, _ = model.loss(ids, x)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    block(2)  # warm-up
+    return steps / best_seconds(lambda: block(steps), repeats)
 
 
-def er_latency_ms(device, window: int, iterations: int = 10, length: int = 60, compile: bool = False) -> float:
+def er_latency_ms(device, window: int, iterations: int = 10, length: int = 60, compile: bool = False,
+                  repeats: int = 3) -> float:
     model = zoo.create_model("pvrnn_pfsm", n_sequences=2, seq_len=50).to(device)
     stream = torch.randn(1, window + length, 2, device=device)
     model.error_regression(stream[:, :window + 3], window=window, iterations=iterations, compile=compile)  # warm-up
-    t = time.perf_counter()
-    out = model.error_regression(stream, window=window, iterations=iterations, compile=compile)
-    return 1e3 * (time.perf_counter() - t) / out["error"].shape[1]
+    run = lambda: model.error_regression(stream, window=window, iterations=iterations, compile=compile)  # noqa: E731
+    return 1e3 * best_seconds(run, repeats) / length
+
+
+def best_seconds(run, repeats: int) -> float:
+    """The fastest of ``repeats`` timed runs (this shared sandbox's speed varies between runs)."""
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - t)
+    return min(times)
 
 
 def main(argv=None):

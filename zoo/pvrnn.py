@@ -281,16 +281,17 @@ class PVRNN(nn.Module):
         state, first = [(h.detach(), d.detach()) for h, d in self.initial_state(B)], True
         keys = ("prediction", "error", "window_error_before", "window_error_after")
         res = {k: [] for k in keys} | {"post_mu": [], "post_sigma": []}
-        objective_and_grad = self.window_objective_and_grad
+        objective_and_grad, pass_fn = self.window_objective_and_grad, self._posterior_pass
         if compile:
             objective_and_grad = torch.compile(objective_and_grad, dynamic=False)
+            pass_fn = torch.compile(pass_fn, dynamic=False)
 
         d_sizes, z_sizes, n0 = packed.d_sizes, packed.z_sizes, packed.d_sizes[0]
 
         @torch.no_grad()
         def posterior_mean(steps: int = window) -> dict:  # the window's first ``steps`` steps at z = mu^q
             h0, d0 = torch.cat([h for h, _ in state], -1), torch.cat([d for _, d in state], -1)
-            q = self._posterior_pass(packed, *a[:, :steps].chunk(2, -1), None, h0, d0, first)
+            q = pass_fn(packed, *a[:, :steps].chunk(2, -1), None, h0, d0, first)
             q["state"] = list(zip(q["h"].split(d_sizes, -1), q["d"][:, -1].split(d_sizes, -1)))
             return q
 
