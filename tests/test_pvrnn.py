@@ -378,3 +378,50 @@ def test_error_regression_steps_are_torch_adam_on_the_window_objective():
         x = m.unroll(6, state, True, a.chunk(2, -1), noise=False)["x"]
     after = ((x - stream[:, :6]) ** 2).mean((-1, -2))
     torch.testing.assert_close(r["window_error_after"][:, 0], after, rtol=1e-5, atol=1e-7)
+
+
+def test_sequences_by_path_train_the_task_and_name_bad_files(tmp_path):
+    """The second-data-set path (recipe pvrnn-robot): sequences from .npz/.npy, sizes checked against the model,
+    error regression on the file's test streams (or on training sequences, then reported as er_error_train)."""
+    import numpy as np
+
+    from train import load_recipe
+    from train.data.sequences import load_sequences
+    from train.tasks import make_task
+
+    rng = np.random.default_rng(0)
+    train, test = rng.normal(size=(5, 24, 3)).astype(np.float32), rng.normal(size=(2, 16, 3)).astype(np.float32)
+    np.savez(tmp_path / "seq.npz", train=train, test=test)
+    np.save(tmp_path / "seq.npy", train)
+    sizes = ["model_args.n_sequences=5", "model_args.seq_len=24", "model_args.out_size=3", "task_args.er_window=4",
+             "task_args.er_iterations=2", "task_args.er_streams=2", "task_args.lyapunov_steps=20"]
+
+    def recipe(path, *extra):
+        return load_recipe("pvrnn-robot", [f"data.path={path}", *sizes, *extra])
+
+    task = make_task(recipe(tmp_path / "seq.npz"))
+    assert torch.equal(task.train_x, torch.from_numpy(train)) and torch.equal(task.test_x, torch.from_numpy(test))
+    b = task.batch(3, torch.Generator().manual_seed(0))
+    assert torch.equal(b["x"], task.train_x[b["ids"]])
+    m = zoo.create_model("pvrnn_pfsm", n_sequences=5, seq_len=24, out_size=3)
+    metrics = task.evaluate(m.eval())
+    assert math.isfinite(metrics["er_error"]) and "p_b_generated" not in metrics
+    only_train = make_task(recipe(tmp_path / "seq.npy"))
+    assert torch.equal(only_train.test_x, torch.from_numpy(train[:2]))
+    assert "er_error_train" in only_train.evaluate(m)
+
+    with pytest.raises(FileNotFoundError, match="data.path"):
+        make_task(recipe(tmp_path / "missing.npz"))
+    with pytest.raises(ValueError, match="model_args.n_sequences=5"):
+        make_task(load_recipe("pvrnn-robot", [f"data.path={tmp_path / 'seq.npz'}"]))
+    bad = train.copy()
+    bad[0, 0, 0] = np.nan
+    np.save(tmp_path / "nan.npy", bad)
+    with pytest.raises(ValueError, match="NaN"):
+        load_sequences(tmp_path / "nan.npy")
+    np.save(tmp_path / "flat.npy", train[0])
+    with pytest.raises(ValueError, match="sequences, steps, dims"):
+        load_sequences(tmp_path / "flat.npy")
+    np.savez(tmp_path / "dims.npz", train=train, test=test[..., :2])
+    with pytest.raises(ValueError, match="dims"):
+        load_sequences(tmp_path / "dims.npz")

@@ -10,34 +10,55 @@ from torch import nn
 from zoo._registry import resolve_config
 
 from ..data.pfsm import branch_probability, pfsm_sequences
+from ..data.sequences import load_sequences
 from .base import Task
 
 
 class PVRNNTask(Task):
-    """Training set: the model's ``n_sequences`` PFSM sequences of ``seq_len`` steps (``data``: period, p_b,
-    noise, seed); a batch is a random subset of sequence ids with their sequences. Loss: the model's objective
-    (reconstruction + meta-prior-weighted KL). Evaluation: posterior-mean reconstruction error and KL per level
-    on the training set, the branch probability P(B | branch) of free-running generation against the true
-    ``p_b``, and the one-step prediction error of error regression (``task_args``: er_streams, er_length,
-    er_window, er_iterations, er_lr, gen_steps) on unseen test streams, and the largest Lyapunov exponent
-    (per step) of the noise-free generative map from 4 states reached by generation (``lyapunov_steps``).
+    """Training set: the model's ``n_sequences`` sequences of ``seq_len`` steps; a batch is a random subset of
+    sequence ids with their sequences. ``data.source``: ``pfsm`` (default; generated offline: period, p_b, noise,
+    seed) or ``file`` (``data.path``: ``train.data.sequences.load_sequences``; its (N, T, D) must match the
+    model's n_sequences, seq_len and out_size; its test streams, if any, are error regression's, else the first
+    ``er_streams`` training sequences are, reported as ``er_error_train``).
+    Loss: the model's objective (reconstruction + meta-prior-weighted KL). Evaluation: posterior-mean
+    reconstruction error and KL per level on the training set, the one-step prediction error of error regression
+    (``task_args``: er_streams, er_length, er_window, er_iterations, er_lr, gen_steps) on unseen test streams,
+    the largest Lyapunov exponent (per step) of the noise-free generative map from 4 states reached by generation
+    (``lyapunov_steps``), and for PFSM data the branch probability P(B | branch) of free-running generation
+    against the true ``p_b``.
     """
 
     def __init__(self, recipe: dict):
         super().__init__(recipe)
-        d = recipe["data"]
+        d, a = recipe["data"], self.args
         cfg = resolve_config(recipe["model"], **recipe.get("model_args", {}))
         self.n, self.seq_len = cfg.n_sequences, cfg.seq_len
-        self.period, self.p_b = int(d.get("period", 20)), float(d.get("p_b", 0.7))
-        noise, seed = float(d.get("noise", 0.05)), int(d.get("seed", 0))
-        self.train_x, _ = pfsm_sequences(self.n, self.seq_len, self.period, self.p_b, noise, seed)
-        a = self.args
         self.er = {"window": int(a.get("er_window", 20)), "iterations": int(a.get("er_iterations", 20)),
                    "lr": float(a.get("er_lr", 0.1))}
-        self.test_x, _ = pfsm_sequences(int(a.get("er_streams", 4)), int(a.get("er_length", 80)), self.period,
-                                        self.p_b, noise, seed + 1)
         self.gen_steps = int(a.get("gen_steps", 2000))
         self.lyapunov_steps = int(a.get("lyapunov_steps", 2000))
+        self.source, self.er_key = d.get("source", "pfsm"), "er_error"
+        if self.source == "pfsm":
+            self.period, self.p_b = int(d.get("period", 20)), float(d.get("p_b", 0.7))
+            noise, seed = float(d.get("noise", 0.05)), int(d.get("seed", 0))
+            self.train_x, _ = pfsm_sequences(self.n, self.seq_len, self.period, self.p_b, noise, seed)
+            self.test_x, _ = pfsm_sequences(int(a.get("er_streams", 4)), int(a.get("er_length", 80)), self.period,
+                                            self.p_b, noise, seed + 1)
+        elif self.source == "file":
+            if not d.get("path"):
+                raise ValueError(f"recipe {recipe.get('name')!r}: data.source=file needs data.path (--set data.path=...)")
+            self.train_x, test = load_sequences(d["path"])
+            N, T, D = self.train_x.shape
+            if (N, T, D) != (self.n, self.seq_len, cfg.out_size):
+                raise ValueError(f"{d['path']} holds {N} sequences of {T} steps and {D} dims, but the model has "
+                                 f"n_sequences={self.n}, seq_len={self.seq_len}, out_size={cfg.out_size}; set "
+                                 f"--set model_args.n_sequences={N} --set model_args.seq_len={T} "
+                                 f"--set model_args.out_size={D}")
+            # without test streams, error regression runs on training sequences and its metric says so
+            self.test_x = test if test is not None else self.train_x[:int(a.get("er_streams", 4))]
+            self.er_key = "er_error" if test is not None else "er_error_train"
+        else:
+            raise ValueError(f"PVRNNTask: data.source must be 'pfsm' or 'file', got {self.source!r}")
 
     def batch(self, size, generator):
         if size > self.n:
@@ -54,11 +75,13 @@ class PVRNNTask(Task):
         ids = torch.arange(self.n, device=device)
         x = self.train_x.to(device)
         rec, kl = model.elbo_terms(model(ids, noise=False), x)
-        gen = model.generate(8, self.gen_steps).cpu()
         er = model.error_regression(self.test_x.to(device), **self.er)
-        return {"rec": float(rec.mean()), **{f"kl_{k}": float(v) for k, v in enumerate(kl.mean(0))},
-                "p_b_generated": float(branch_probability(gen, self.period)), "p_b_true": self.p_b,
-                "er_error": float(er["error"].mean()), "lambda_max": self.lyapunov(model)}
+        metrics = {"rec": float(rec.mean()), **{f"kl_{k}": float(v) for k, v in enumerate(kl.mean(0))},
+                   self.er_key: float(er["error"].mean()), "lambda_max": self.lyapunov(model)}
+        if self.source == "pfsm":
+            gen = model.generate(8, self.gen_steps).cpu()
+            metrics |= {"p_b_generated": float(branch_probability(gen, self.period)), "p_b_true": self.p_b}
+        return metrics
 
     def lyapunov(self, model) -> float:
         """Largest Lyapunov exponent (per step) of ``model.prior_mean_map`` after 500 generated steps."""

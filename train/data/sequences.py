@@ -1,0 +1,40 @@
+"""Multivariate sequences from a file, for sequence models trained per sequence (PV-RNN's adaptive vectors): the
+paper's second data set, or any other, taken by path."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def load_sequences(path: str | Path) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Training sequences (N, T, D) and optional test streams (M, T', D) as float32 tensors.
+
+    ``.npy``: one array (N, T, D), training sequences only. ``.npz``: ``train`` (N, T, D) and optionally ``test``
+    (M, T', D) with the same D. Every value must be finite.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"sequence file {path} not found. Put the sequences there as .npy (N, T, D) or .npz with 'train' "
+            "(N, T, D) and optionally 'test' (M, T', D), or point data.path at them (--set data.path=...).")
+    if path.suffix == ".npy":
+        arrays = {"train": np.load(path, allow_pickle=False)}
+    elif path.suffix == ".npz":
+        with np.load(path, allow_pickle=False) as f:
+            arrays = {k: f[k] for k in ("train", "test") if k in f.files}
+        if "train" not in arrays:
+            raise KeyError(f"{path} has no 'train' array (found {sorted(np.load(path).files)})")
+    else:
+        raise ValueError(f"sequence file must be .npy or .npz, got {path.name}")
+    out = {}
+    for name, a in arrays.items():
+        if a.ndim != 3 or min(a.shape) < 1:
+            raise ValueError(f"{path}: '{name}' must have shape (sequences, steps, dims), got {a.shape}")
+        if not np.isfinite(a).all():
+            raise ValueError(f"{path}: '{name}' holds NaN or infinite values")
+        out[name] = torch.as_tensor(a, dtype=torch.float32)
+    if "test" in out and out["test"].shape[-1] != out["train"].shape[-1]:
+        raise ValueError(f"{path}: 'train' has {out['train'].shape[-1]} dims but 'test' has {out['test'].shape[-1]}")
+    return out["train"], out.get("test")
