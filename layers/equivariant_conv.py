@@ -23,6 +23,7 @@ class EquivariantConvolution(nn.Module):
         super().__init__()
         self.irreps = sphere_irreps(channels, lmax)
         self.irreps_in = sphere_irreps(channels, lmax if in_lmax is None else in_lmax)
+        self.in_dim = self.irreps_in.dim  # a plain int: forward never touches e3nn's Irreps (torch.compile)
         self.sh = o3.SphericalHarmonics(sphere_irreps(1, sh_lmax), normalize=True, normalization="component")
         irreps_sh = self.sh.irreps_out
         allowed = {ir for _, ir in self.irreps}
@@ -48,7 +49,7 @@ class EquivariantConvolution(nn.Module):
     def forward(self, h: torch.Tensor, edge_index: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:
         i, j = edge_index
         r = vectors.norm(dim=-1)
-        messages = self.tp(self.linear_up(h[:, :self.irreps_in.dim]).index_select(0, j), self.sh(vectors), self.radial(r))
+        messages = self.tp(self.linear_up(h[:, :self.in_dim]).index_select(0, j), self.sh(vectors), self.radial(r))
         summed = torch.zeros(h.shape[0], messages.shape[1], dtype=messages.dtype, device=messages.device)
         summed.index_add_(0, i, messages)
         return self.linear_out(summed / self.avg_num_neighbors)

@@ -288,3 +288,17 @@ def test_calculator_drives_an_ase_optimiser_downhill():
     e0, f0 = atoms.get_potential_energy(), np.abs(atoms.get_forces()).max()
     FIRE(atoms, logfile=None).run(fmax=1e-3, steps=60)
     assert atoms.get_potential_energy() < e0 and np.abs(atoms.get_forces()).max() < f0
+
+
+@pytest.mark.slow
+def test_compiled_model_gives_the_same_energy_and_forces():
+    """torch.compile traces Facet (forward code touches no e3nn Irreps object, whose __len__ raises inside
+    Dynamo's guards); energies and forces equal eager mode's."""
+    from zoo.facet import predict_with
+
+    m = _model()
+    graph = graph_from_atoms([_alloy()], m.config.cutoff)
+    eager = m.predict(graph)
+    compiled = predict_with(torch.compile(m, dynamic=False), graph)
+    torch.testing.assert_close(compiled["energy"], eager["energy"], rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(compiled["forces"], eager["forces"], rtol=1e-8, atol=1e-10)

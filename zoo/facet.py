@@ -54,6 +54,7 @@ class Facet(nn.Module):
         super().__init__()
         self.config = c = config
         self.irreps = sphere_irreps(c.channels, c.lmax)
+        self.feature_dim = self.irreps.dim  # a plain int: forward never touches e3nn's Irreps (torch.compile)
         self.embedding = nn.Embedding(c.num_elements + 1, c.channels)
         self.convolutions = nn.ModuleList(
             EquivariantConvolution(c.channels, c.lmax, c.sh_lmax, c.cutoff, c.radial, c.knots, in_lmax=0 if k == 0 else None)
@@ -97,7 +98,7 @@ class Facet(nn.Module):
         self._check(graph)
         c = self.config
         scalars = self.embedding(graph.numbers).to(graph.positions.dtype)
-        h = torch.cat([scalars, scalars.new_zeros(scalars.shape[0], self.irreps.dim - c.channels)], -1)
+        h = torch.cat([scalars, scalars.new_zeros(scalars.shape[0], self.feature_dim - c.channels)], -1)
         vectors = graph.edge_vectors()
         for conv, mix, probes in zip(self.convolutions, self.mixings, self.probes):
             h = h + conv(h, graph.edge_index, vectors)
