@@ -65,3 +65,8 @@ def test_mptrj_recipe_says_which_files_it_needs(tmp_path):
     missing = [f"data.{s}={tmp_path / s}.extxyz" for s in ("train", "valid", "test")]
     with pytest.raises(FileNotFoundError, match="MPTrj"):
         PotentialTask(load_recipe("facet-mptrj", missing))
+
+
+def test_compiled_training_on_forces_is_refused_up_front():
+    with pytest.raises(ValueError, match="double backward"):
+        PotentialTask(load_recipe("facet-emt", [*TINY, "train.compile=true"]))

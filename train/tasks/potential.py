@@ -30,6 +30,11 @@ class PotentialTask(Task):
     def __init__(self, recipe: dict):
         super().__init__(recipe)
         d = recipe["data"]
+        if recipe.get("train", {}).get("compile") and (float(self.args.get("forces_weight", 10.0)) or
+                                                       float(self.args.get("stress_weight", 0.0))):
+            raise ValueError("train.compile cannot train on forces or stress: their loss differentiates the energy "
+                             "twice, and torch.compile's AOT autograd has no double backward. Train eagerly; a "
+                             "trained model compiles for inference (torch.compile(model) with zoo.facet.predict_with).")
         self.cutoff = resolve_config(recipe["model"], **recipe.get("model_args", {})).cutoff
         source = d.get("source", "emt")
         if source == "emt":
