@@ -240,6 +240,13 @@ def test_grassmann_cache_holds_only_the_last_max_window_reduced_vectors():
         model(torch.randint(1, 50, (1, 65)))
     with pytest.raises(ValueError, match="input_ids must lie in"):
         model(torch.tensor([[1, 50]]))
+    with pytest.raises(ValueError, match=r"range \[-1, 3\]"):
+        model(torch.tensor([[-1, 3]]))
+    with pytest.raises(ValueError, match="position 64 is beyond"):
+        model(torch.tensor([[1, 2]]), position_ids=torch.tensor([[63, 64]]))
+    # 70 mask slots, 10 of them left padding: the real positions end at 59, within the 64 learned ones
+    mask = torch.cat([torch.zeros(1, 10, dtype=torch.long), torch.ones(1, 60, dtype=torch.long)], 1)
+    assert model(torch.randint(1, 50, (1, 70)), attention_mask=mask).logits.shape == (1, 70, 50)
 
 
 def test_attention_uses_sdpa_and_exposes_probabilities_only_when_probed():

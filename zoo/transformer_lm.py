@@ -62,9 +62,13 @@ def token_positions(input_ids: torch.Tensor, past: int, position_ids: torch.Tens
             position_ids = (attention_mask.long().cumsum(-1) - 1).clamp_min(0)[:, -T:]
         else:
             position_ids = torch.arange(past, past + T, device=input_ids.device)[None].expand(B, T)
-    if position_ids.shape[-1] != T:
+        # an upper bound on the positions known on the host, so the check below needs no device sync
+        bound = past + T - 1 if attention_mask is None else attention_mask.shape[-1] - 1
+    elif position_ids.shape[-1] != T:
         raise ValueError(f"position_ids must have last dim {T} (the number of input tokens), got {tuple(position_ids.shape)}")
-    if int(position_ids.max()) >= max_positions:
+    else:
+        bound = None  # given positions: only reading them tells
+    if (bound is None or bound >= max_positions) and T and int(position_ids.max()) >= max_positions:
         raise ValueError(f"position {int(position_ids.max())} is beyond max_position_embeddings={max_positions}; "
                          f"shorten the input or build the model with a larger max_position_embeddings")
     return position_ids
@@ -74,9 +78,10 @@ def check_ids(input_ids: torch.Tensor, vocab_size: int) -> None:
     if input_ids.dim() != 2 or input_ids.dtype not in (torch.long, torch.int):
         raise ValueError(f"input_ids must be an integer tensor of shape (batch, time), got {input_ids.dtype} "
                          f"{tuple(input_ids.shape)}")
-    if input_ids.numel() and (int(input_ids.min()) < 0 or int(input_ids.max()) >= vocab_size):
-        raise ValueError(f"input_ids must lie in [0, vocab_size={vocab_size}), got range "
-                         f"[{int(input_ids.min())}, {int(input_ids.max())}]")
+    if input_ids.numel():
+        low, high = torch.stack(torch.aminmax(input_ids)).tolist()  # one device sync for both bounds
+        if low < 0 or high >= vocab_size:
+            raise ValueError(f"input_ids must lie in [0, vocab_size={vocab_size}), got range [{low}, {high}]")
 
 
 def lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
