@@ -110,14 +110,13 @@ class PVRNN(nn.Module):
     def _posterior_pass(self, p: PackedStack, a_mu, a_sigma, eps, h0, d0, first: bool) -> dict:
         """``layers.posterior_pass`` with this model's recursion: the skewed stack, or level by level when the
         model has bottom-up weights (which the skewed stack cannot run)."""
-        recurrence = None
-        if self.config.bottom_up:
-            def recurrence(z):
-                drives = F.linear(z, p.Wz).split(p.d_sizes, -1)
-                rec, hs = self._step_by_step(z.shape[1], list(h0.split(p.d_sizes, -1)), list(d0.split(p.d_sizes, -1)),
-                                             first, drives, noise=False)
-                return torch.cat([torch.stack(r["d"], 1) for r in rec], -1), torch.cat(hs, -1)
-        return posterior_pass(p, a_mu, a_sigma, eps, h0, d0, first, recurrence)
+        def stepped(z):  # W_zd z drives each level's own step; W_dd adds the bias there
+            drives = F.linear(z, p.Wz).split(p.d_sizes, -1)
+            rec, hs = self._step_by_step(z.shape[1], list(h0.split(p.d_sizes, -1)), list(d0.split(p.d_sizes, -1)),
+                                         first, drives, noise=False)
+            return torch.cat([torch.stack(r["d"], 1) for r in rec], -1), torch.cat(hs, -1)
+
+        return posterior_pass(p, a_mu, a_sigma, eps, h0, d0, first, stepped if self.config.bottom_up else None)
 
     def _posterior_outputs(self, q: dict, p: PackedStack) -> dict:
         """``unroll``'s outputs from a ``posterior_pass``: per-level statistics through the probe points, the KL
