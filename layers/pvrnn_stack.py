@@ -194,7 +194,7 @@ def posterior_pass(packed: PackedStack, a_mu: torch.Tensor, a_sigma: torch.Tenso
 
 def posterior_pass_backward(packed: PackedStack, a_mu: torch.Tensor, a_sigma: torch.Tensor, eps: torch.Tensor | None,
                             h0: torch.Tensor, d0: torch.Tensor, first: bool, g_d_of, g_kl: torch.Tensor):
-    """Value and gradient in (A^mu, A^sigma) of a loss of ``posterior_pass``'s d and kl, by hand (no autograd):
+    """The gradient in (A^mu, A^sigma) of a loss of ``posterior_pass``'s d and kl, by hand (no autograd):
     ``g_d_of(d)`` gives dL/dd (B, T, N) from the pass's d, and ``g_kl`` (broadcastable to (B, T, Z)) is dL/dkl.
     With e = mu^q - mu^p and v = 1/sigma_p^2, the KL's partials are dkl/dmu^q = e v = -dkl/dmu^p,
     dkl/dlog sigma^p = 1 - (sigma_q^2 + e^2) v and dkl/dA^sigma = sigma_q^2 v - 1 (besides the path through z).

@@ -30,6 +30,16 @@ PAPER = Paper(family="pvrnn", title="A Novel Predictive-Coding-Inspired Variatio
               "and Recognition", arxiv="1811.01339", authors="Ahmadi, Tani", year=2019)
 
 
+def join_state(state) -> tuple[torch.Tensor, torch.Tensor]:
+    """A list of (h, d) per level -> (h, d) with the levels concatenated, each (B, sum d_k)."""
+    return torch.cat([h for h, _ in state], -1), torch.cat([d for _, d in state], -1)
+
+
+def split_state(h: torch.Tensor, d: torch.Tensor, d_sizes) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Inverse of ``join_state``: (h, d), each (B, sum d_k) -> a list of (h, d) per level (views)."""
+    return list(zip(h.split(d_sizes, -1), d.split(d_sizes, -1)))
+
+
 @dataclass
 class PVRNNConfig:
     d_sizes: tuple = (20, 10)       # deterministic units per level, bottom level first
@@ -103,7 +113,7 @@ class PVRNN(nn.Module):
         if a_mu.shape != a_sigma.shape or a_mu.dim() != 3 or a_mu.shape[1:] != (steps, Z):
             raise ValueError(f"PVRNN.unroll: post must be two (B, steps={steps}, sum z_sizes={Z}) tensors, got "
                              f"{tuple(a_mu.shape)} and {tuple(a_sigma.shape)}")
-        h0, d0 = torch.cat([h for h, _ in state], -1), torch.cat([d for _, d in state], -1)
+        h0, d0 = join_state(state)
         q = self._posterior_pass(p, a_mu, a_sigma, torch.randn_like(a_mu) if noise else None, h0, d0, first)
         return self._posterior_outputs(q, p)
 
@@ -129,7 +139,7 @@ class PVRNN(nn.Module):
         levels = [{n: getattr(layer, n)(x) for n, x in zip(names, xs)} | {"kl": layer.kl(kl[..., k])}
                   for k, (layer, xs) in enumerate(zip(self.levels, per_level))]
         return {"x": self.x_hat(self.out(levels[0]["d"])), "kl": kl, "levels": levels,
-                "state": list(zip(q["h"].split(p.d_sizes, -1), q["d"][:, -1].split(p.d_sizes, -1)))}
+                "state": split_state(q["h"], q["d"][:, -1], p.d_sizes)}
 
     def _step_by_step(self, steps: int, hs: list, ds: list, first: bool, z_drive, noise: bool):
         """The recursion one step at a time: z from the prior (``z_drive`` None) or the given drives W_zd z.
@@ -204,7 +214,7 @@ class PVRNN(nn.Module):
         generation, whose largest Lyapunov exponent tells chaos (> 0) from a stable pattern (<= 0)."""
         hs = h.split(list(self.config.d_sizes), -1)
         state = self.unroll(1, [(hk, torch.tanh(hk)) for hk in hs], first=False, noise=False)["state"]
-        return torch.cat([hk for hk, _ in state], -1)
+        return join_state(state)[0]
 
     @torch.no_grad()
     def reconstruct(self, ids: torch.Tensor, steps: int | None = None) -> torch.Tensor:
@@ -233,7 +243,7 @@ class PVRNN(nn.Module):
         n0, N = packed.d_sizes[0], sum(packed.d_sizes)
         c = a.new_tensor([w / (z * W) for w, z in zip(self.config.meta_prior, packed.z_sizes) for _ in range(z)])
         a_mu, a_sigma = a.chunk(2, -1)
-        h0, d0 = torch.cat([h for h, _ in state], -1), torch.cat([d for _, d in state], -1)
+        h0, d0 = join_state(state)
         x_hat = []
 
         def g_d_of(d):  # dJ/dd: the read-out x_hat = W_out d^0 + b sees only level 0
@@ -273,8 +283,8 @@ class PVRNN(nn.Module):
             raise ValueError(f"error_regression needs window >= 1, iterations >= 0, horizon >= 1 and "
                              f"T >= window + horizon, got window={window}, iterations={iterations}, horizon={horizon}, T={T}")
         stream = stream.to(self.out.weight)
-        with torch.no_grad():
-            packed = PackedStack(*[x.detach() if torch.is_tensor(x) else x for x in self.packed()])
+        with torch.no_grad():  # packed once, outside autograd: the weights stay fixed
+            packed = self.packed()
         Z = sum(self.config.z_sizes)
         a = stream.new_zeros(B, window, 2 * Z)  # the window's [A_mu, A_sigma]
         state, first = [(h.detach(), d.detach()) for h, d in self.initial_state(B)], True
@@ -289,9 +299,9 @@ class PVRNN(nn.Module):
 
         @torch.no_grad()
         def posterior_mean(steps: int = window) -> dict:  # the window's first ``steps`` steps at z = mu^q
-            h0, d0 = torch.cat([h for h, _ in state], -1), torch.cat([d for _, d in state], -1)
+            h0, d0 = join_state(state)
             q = pass_fn(packed, *a[:, :steps].chunk(2, -1), None, h0, d0, first)
-            q["state"] = list(zip(q["h"].split(d_sizes, -1), q["d"][:, -1].split(d_sizes, -1)))
+            q["state"] = split_state(q["h"], q["d"][:, -1], d_sizes)
             return q
 
         def window_error(q, obs):

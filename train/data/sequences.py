@@ -23,9 +23,9 @@ def load_sequences(path: str | Path) -> tuple[torch.Tensor, torch.Tensor | None]
         arrays = {"train": np.load(path, allow_pickle=False)}
     elif path.suffix == ".npz":
         with np.load(path, allow_pickle=False) as f:
+            if "train" not in f.files:
+                raise KeyError(f"{path} has no 'train' array (found {sorted(f.files)})")
             arrays = {k: f[k] for k in ("train", "test") if k in f.files}
-        if "train" not in arrays:
-            raise KeyError(f"{path} has no 'train' array (found {sorted(np.load(path).files)})")
     else:
         raise ValueError(f"sequence file must be .npy or .npz, got {path.name}")
     out = {}

@@ -30,8 +30,10 @@ class PotentialTask(Task):
     def __init__(self, recipe: dict):
         super().__init__(recipe)
         d = recipe["data"]
-        if recipe.get("train", {}).get("compile") and (float(self.args.get("forces_weight", 10.0)) or
-                                                       float(self.args.get("stress_weight", 0.0))):
+        self.w_energy = float(self.args.get("energy_weight", 1.0))
+        self.w_forces = float(self.args.get("forces_weight", 10.0))
+        self.w_stress = float(self.args.get("stress_weight", 0.0))
+        if recipe.get("train", {}).get("compile") and (self.w_forces or self.w_stress):
             raise ValueError("train.compile cannot train on forces or stress: their loss differentiates the energy "
                              "twice, and torch.compile's AOT autograd has no double backward. Train eagerly; a "
                              "trained model compiles for inference (torch.compile(model) with zoo.facet.predict_with).")
@@ -48,9 +50,6 @@ class PotentialTask(Task):
             raise ValueError(f"data.source must be 'emt' or 'files', got {source!r}")
         self.structures = {k: read_structures(p) for k, p in paths.items()}
         self.padded = {k: pad_structures(v, self.cutoff) for k, v in self.structures.items()}
-        self.w_energy = float(self.args.get("energy_weight", 1.0))
-        self.w_forces = float(self.args.get("forces_weight", 10.0))
-        self.w_stress = float(self.args.get("stress_weight", 0.0))
         self.eval_batch = int(self.args.get("eval_batch", 16))
 
     def prepare(self, model) -> None:

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from zoo._registry import resolve_config
+from zoo.pvrnn import join_state
 
 from ..data.pfsm import branch_probability, pfsm_sequences
 from ..data.sequences import load_sequences
@@ -88,7 +89,7 @@ class PVRNNTask(Task):
         from estimators.lyapunov import largest_lyapunov_exponent
 
         state = model.unroll(500, model.initial_state(4), first=True, noise=True)["state"]
-        h = torch.cat([hk for hk, _ in state], -1).double()
+        h = join_state(state)[0].double()
         try:
             return float(largest_lyapunov_exponent(copy.deepcopy(model).double().prior_mean_map, h,
                                                    steps=self.lyapunov_steps, transient=200).mean())
