@@ -14,6 +14,7 @@ from .pvrnn_layer import PVRNNLayer, gaussian_kl
 from .pvrnn_stack import PackedStack, pack_levels, posterior_pass, posterior_pass_backward, stack_recurrence
 from .radial import BesselMLPRadial, PolynomialEnvelope, SplineRadial
 from .equivariant_mixing import GateMixing, SphericalGridMLP, TensorProductMixing, make_mixing
+from .edge_tensor_product import EdgeTensorProduct
 from .equivariant_conv import EquivariantConvolution
 
 __all__ = ["ProbePoint", "ALRNNCell", "add_attention_probes", "attention_logit_norms", "CoordAttention", "HopfieldCore", "hopfield_energy", "Hopfield", "HopfieldPooling", "HopfieldLayer",
@@ -21,4 +22,4 @@ __all__ = ["ProbePoint", "ALRNNCell", "add_attention_probes", "attention_logit_n
            "pack_levels", "stack_recurrence", "posterior_pass", "posterior_pass_backward",
            "SigmaReparam", "SigmaLinear", "SigmaConv2d", "apply_sigma_reparam", "remove_sigma_reparam",
            "PolynomialEnvelope", "SplineRadial", "BesselMLPRadial", "SphericalGridMLP", "GateMixing",
-           "TensorProductMixing", "make_mixing", "EquivariantConvolution"]
+           "TensorProductMixing", "make_mixing", "EdgeTensorProduct", "EquivariantConvolution"]

@@ -9,7 +9,7 @@ from ase.build import bulk, fcc111, molecule
 from e3nn import o3
 
 import zoo
-from layers import PolynomialEnvelope, SplineRadial, SphericalGridMLP
+from layers import EdgeTensorProduct, PolynomialEnvelope, SplineRadial, SphericalGridMLP
 from layers.equivariant_mixing import from_channels, sphere_irreps, to_channels
 from zoo.atoms import graph_from_atoms, graph_from_padded, pad_structures
 
@@ -91,6 +91,45 @@ def test_grid_mlp_matrices_equal_e3nns_projections(dtype, tol):
     grid = mix.to_grid(to_channels(x, 4, 3))                            # (N, C, beta, alpha)
     expected = from_channels(mix.from_grid(mix.mlp(grid.movedim(1, -1)).movedim(-1, 1)), 3)
     assert torch.allclose(mix(x), expected, atol=tol * expected.abs().max().item(), rtol=0)
+
+
+@pytest.mark.parametrize("in_lmax, sh_lmax, lmax", [(0, 2, 2), (2, 2, 2), (1, 3, 2), (3, 2, 3)])
+def test_edge_tensor_product_equals_e3nns_with_gradients(in_lmax, sh_lmax, lmax):
+    """The batched-matmul product must compute e3nn's TensorProduct (same instructions, weights per edge) followed
+    by the sum over receivers, in fp64 to 1e-12, and so must its gradients for x, Y and the weights."""
+    torch.manual_seed(0)
+    tp = EdgeTensorProduct(4, in_lmax, sh_lmax, lmax)
+    ref = tp.reference().double()
+    edges, nodes = 30, 7
+    x = torch.randn(edges, tp.irreps_in.dim, dtype=torch.float64, requires_grad=True)
+    sh = torch.randn(edges, tp.irreps_sh.dim, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(edges, tp.weight_numel, dtype=torch.float64, requires_grad=True)
+    receivers = torch.randint(0, nodes, (edges,))
+    expected = torch.zeros(nodes, tp.irreps_out.dim, dtype=torch.float64).index_add(0, receivers, ref(x, sh, w))
+    got = tp(to_channels(x, 4, in_lmax), sh, w, receivers, nodes)
+    scale = expected.abs().max().item()
+    assert got.shape == expected.shape and torch.allclose(got, expected, atol=1e-12 * scale, rtol=0)
+    probe = torch.randn_like(expected)
+    for a, b in zip(torch.autograd.grad((got * probe).sum(), [x, sh, w]),
+                    torch.autograd.grad((expected * probe).sum(), [x, sh, w])):
+        assert torch.allclose(a, b, atol=1e-12 * b.abs().max().item(), rtol=0)
+
+
+def test_checkpoints_with_e3nns_tensor_product_buffers_still_load():
+    """Checkpoints written while the convolution held e3nn's TensorProduct carry its constant buffers (output mask,
+    empty weight, Wigner 3j tables); they load and give the same energies."""
+    from weights import load_state_into
+
+    m, fresh = _model(), _model(seed=1)
+    state = dict(m.state_dict())
+    for k, conv in enumerate(m.convolutions):
+        state.update({f"convolutions.{k}.tp.{name}": t for name, t in conv.tp.reference().state_dict().items()})
+    assert any("_w3j_" in key for key in state)
+    load_state_into(fresh, state)
+    graph = graph_from_atoms(_alloy(), m.config.cutoff, dtype=torch.float64)
+    assert torch.equal(fresh(graph), m(graph))
+    with pytest.raises(Exception, match="unexpected keys.*tp.bogus"):
+        load_state_into(fresh, {**state, "convolutions.0.tp.bogus": torch.zeros(1)})
 
 
 def test_grid_mlp_equivariance_error_falls_with_resolution():

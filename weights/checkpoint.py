@@ -90,8 +90,12 @@ def read_tensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 def load_state_into(model: nn.Module, state: dict[str, torch.Tensor], source: str = "state dict") -> nn.Module:
     """Copy ``state`` into ``model``; any missing, unexpected or mis-shaped key is one error naming them all.
 
-    A key may be absent when it is tied to (shares storage with) a key that is present.
+    A key may be absent when it is tied to (shares storage with) a key that is present. A submodule whose layout
+    changed may define ``upgrade_state(state, prefix) -> state`` to rewrite older checkpoints' keys under its prefix.
     """
+    for prefix, module in model.named_modules():
+        if hasattr(module, "upgrade_state"):
+            state = module.upgrade_state(state, f"{prefix}." if prefix else "")
     own = model.state_dict()
     tied_to: dict[str, str] = {}
     by_storage: dict[tuple, str] = {}
