@@ -15,6 +15,7 @@ from .pvrnn_stack import PackedStack, pack_levels, posterior_pass, posterior_pas
 from .radial import BesselMLPRadial, PolynomialEnvelope, SplineRadial
 from .equivariant_mixing import GateMixing, SphericalGridMLP, TensorProductMixing, make_mixing
 from .edge_tensor_product import EdgeTensorProduct
+from .orderwise_linear import OrderwiseLinear
 from .equivariant_conv import EquivariantConvolution
 
 __all__ = ["ProbePoint", "ALRNNCell", "add_attention_probes", "attention_logit_norms", "CoordAttention", "HopfieldCore", "hopfield_energy", "Hopfield", "HopfieldPooling", "HopfieldLayer",
@@ -22,4 +23,4 @@ __all__ = ["ProbePoint", "ALRNNCell", "add_attention_probes", "attention_logit_n
            "pack_levels", "stack_recurrence", "posterior_pass", "posterior_pass_backward",
            "SigmaReparam", "SigmaLinear", "SigmaConv2d", "apply_sigma_reparam", "remove_sigma_reparam",
            "PolynomialEnvelope", "SplineRadial", "BesselMLPRadial", "SphericalGridMLP", "GateMixing",
-           "TensorProductMixing", "make_mixing", "EdgeTensorProduct", "EquivariantConvolution"]
+           "TensorProductMixing", "make_mixing", "EdgeTensorProduct", "OrderwiseLinear", "EquivariantConvolution"]

@@ -18,7 +18,8 @@ class EdgeTensorProduct(nn.Module):
     normalisation, probed on basis vectors), so the two agree to rounding. For each output order L, Y is contracted
     with T into one (in_dim x paths_L (2L+1)) matrix per edge that ``torch.bmm`` applies to all channels at once,
     the weights scale each path by broadcasting, and the scatter runs on that block: a handful of large ops instead
-    of e3nn's dozens of small einsums per path. Autograd differentiates it to any order.
+    of e3nn's dozens of small einsums per path. The output stays in per-order blocks, which ``OrderwiseLinear``
+    reads directly; ``to_irreps`` gives e3nn's layout. Autograd differentiates it to any order.
     """
 
     def __init__(self, channels: int, in_lmax: int, sh_lmax: int, lmax: int):
@@ -29,7 +30,7 @@ class EdgeTensorProduct(nn.Module):
                  for ir in ir1 * ir2 if ir in allowed]
         self.irreps_out = o3.Irreps([(channels, ir) for _, _, ir in paths])
         self.instructions = [(i1, i2, p, "uvu", True) for p, (i1, i2, _) in enumerate(paths)]
-        self.channels, self.in_lmax, self.num_paths = channels, in_lmax, len(paths)
+        self.channels, self.in_lmax, self.lmax, self.num_paths = channels, in_lmax, lmax, len(paths)
         self.weight_numel = len(paths) * channels
         coupling = self._coupling([ir.dim for _, _, ir in paths])          # per path (in_dim, sh_dim, 2L+1)
         self.orders = sorted({ir.l for _, _, ir in paths})                  # output orders, one block each
@@ -78,16 +79,21 @@ class EdgeTensorProduct(nn.Module):
         return {k: v for k, v in state.items() if not k.startswith(legacy)}
 
     def forward(self, x: torch.Tensor, sh: torch.Tensor, weights: torch.Tensor, receivers: torch.Tensor,
-                num_nodes: int) -> torch.Tensor:
+                num_nodes: int) -> list[torch.Tensor]:
         """x (E, C, in_dim) sender features (``to_channels`` layout), sh (E, sh_dim), weights (E, P C) in e3nn's
-        order, receivers (E,) -> (num_nodes, C P-paths) summed messages in e3nn's layout of ``irreps_out``."""
+        order, receivers (E,) -> for every output order L = 0..lmax the summed messages (num_nodes, C, paths_L, 2L+1),
+        paths in ascending order (paths_L = 0 for an order no path reaches)."""
         e, k_in = x.shape[0], x.shape[-1]
         per_path = weights.view(e, self.num_paths, self.channels).transpose(1, 2)      # (E, C, P)
-        blocks = []
+        blocks = [x.new_zeros(num_nodes, self.channels, 0, 2 * l + 1) for l in range(self.lmax + 1)]
         for l, coupling in zip(self.orders, self.couplings(sh)):
             paths = getattr(self, f"paths_{l}")
             per_edge = (sh @ coupling).view(e, k_in, coupling.shape[1] // k_in)         # (E, in_dim, paths_L (2L+1))
             m = torch.bmm(x, per_edge).view(e, self.channels, len(paths), 2 * l + 1)    # (E, C, paths_L, 2L+1)
             m = m * per_path[:, :, paths, None]
-            blocks.append(m.new_zeros(num_nodes, *m.shape[1:]).index_add_(0, receivers, m))
-        return torch.cat([blocks[b][:, :, k].flatten(1) for b, k in self.layout], -1)
+            blocks[l] = m.new_zeros(num_nodes, *m.shape[1:]).index_add_(0, receivers, m)
+        return blocks
+
+    def to_irreps(self, blocks: list[torch.Tensor]) -> torch.Tensor:
+        """``forward``'s blocks -> (N, C P-paths) in e3nn's layout of ``irreps_out``."""
+        return torch.cat([blocks[self.orders[b]][:, :, k].flatten(1) for b, k in self.layout], -1)

@@ -6,7 +6,8 @@ from e3nn import o3
 from torch import nn
 
 from .edge_tensor_product import EdgeTensorProduct
-from .equivariant_mixing import sphere_irreps, to_channels
+from .equivariant_mixing import sphere_irreps
+from .orderwise_linear import OrderwiseLinear
 from .radial import BesselMLPRadial, SplineRadial
 
 
@@ -17,7 +18,8 @@ class EquivariantConvolution(nn.Module):
     Outputs keep the sphere's parity (-1)^l up to ``lmax``, so the layer is E(3)-equivariant, reflections included.
     ``in_lmax`` < ``lmax`` reads only the inputs' orders up to it (0 for a first layer that sees only scalars),
     which drops the tensor-product paths of orders that are still zero. The product runs as one batched matmul
-    per output order (``EdgeTensorProduct``), which also sums the messages over each atom's neighbours.
+    per output order (``EdgeTensorProduct``), which also sums the messages over each atom's neighbours; W_up and
+    W_out are e3nn linear maps evaluated one order at a time (``OrderwiseLinear``).
     """
 
     def __init__(self, channels: int, lmax: int, sh_lmax: int, cutoff: float, radial: str = "spline",
@@ -27,7 +29,7 @@ class EquivariantConvolution(nn.Module):
         self.irreps, self.irreps_in = sphere_irreps(channels, lmax), sphere_irreps(channels, self.in_lmax)
         self.in_dim = self.irreps_in.dim  # a plain int: forward never touches e3nn's Irreps (torch.compile)
         self.sh = o3.SphericalHarmonics(sphere_irreps(1, sh_lmax), normalize=True, normalization="component")
-        self.linear_up = o3.Linear(self.irreps_in, self.irreps_in)
+        self.linear_up = OrderwiseLinear(self.irreps_in, self.irreps_in)
         self.tp = EdgeTensorProduct(channels, self.in_lmax, sh_lmax, lmax)
         if radial == "spline":
             self.radial = SplineRadial(self.tp.weight_numel, cutoff, knots)
@@ -35,11 +37,13 @@ class EquivariantConvolution(nn.Module):
             self.radial = BesselMLPRadial(self.tp.weight_numel, cutoff)
         else:
             raise ValueError(f"radial must be 'spline' or 'mlp', got {radial!r}")
-        self.linear_out = o3.Linear(self.tp.irreps_out, self.irreps)
+        self.linear_out = OrderwiseLinear(self.tp.irreps_out, self.irreps)
         self.register_buffer("avg_num_neighbors", torch.tensor(float(avg_num_neighbors)))
 
     def forward(self, h: torch.Tensor, edge_index: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:
         i, j = edge_index
-        x = to_channels(self.linear_up(h[:, :self.in_dim]), self.channels, self.in_lmax)      # (N, C, in_dim)
-        summed = self.tp(x.index_select(0, j), self.sh(vectors), self.radial(vectors.norm(dim=-1)), i, h.shape[0])
-        return self.linear_out(summed / self.avg_num_neighbors)
+        n, c = h.shape[0], self.channels
+        orders = [h[:, c * l * l:c * (l + 1) ** 2].view(n, c, 1, 2 * l + 1) for l in range(self.in_lmax + 1)]
+        x = torch.cat(self.linear_up.forward_blocks(orders), -1)                                  # (N, C, in_dim)
+        summed = self.tp(x.index_select(0, j), self.sh(vectors), self.radial(vectors.norm(dim=-1)), i, n)
+        return torch.cat([y.flatten(1) for y in self.linear_out.forward_blocks(summed)], -1) / self.avg_num_neighbors

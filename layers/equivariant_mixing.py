@@ -65,9 +65,9 @@ class SphericalGridMLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         to_grid, from_grid = self.grid_matrices(x)
-        f = torch.einsum("nck,kg->ngc", to_channels(x, self.channels, self.lmax), to_grid)
-        g = self.mlp(f)                                                     # (N, grid points, C)
-        return from_channels(torch.einsum("ngc,gk->nck", g, from_grid), self.lmax)
+        f = to_grid.T @ to_channels(x, self.channels, self.lmax).transpose(1, 2)    # (N, grid points, C)
+        g = self.mlp(f)
+        return from_channels(g.transpose(1, 2) @ from_grid, self.lmax)
 
 
 class GateMixing(nn.Module):

@@ -9,7 +9,7 @@ from ase.build import bulk, fcc111, molecule
 from e3nn import o3
 
 import zoo
-from layers import EdgeTensorProduct, PolynomialEnvelope, SplineRadial, SphericalGridMLP
+from layers import EdgeTensorProduct, OrderwiseLinear, PolynomialEnvelope, SplineRadial, SphericalGridMLP
 from layers.equivariant_mixing import from_channels, sphere_irreps, to_channels
 from zoo.atoms import graph_from_atoms, graph_from_padded, pad_structures
 
@@ -106,13 +106,30 @@ def test_edge_tensor_product_equals_e3nns_with_gradients(in_lmax, sh_lmax, lmax)
     w = torch.randn(edges, tp.weight_numel, dtype=torch.float64, requires_grad=True)
     receivers = torch.randint(0, nodes, (edges,))
     expected = torch.zeros(nodes, tp.irreps_out.dim, dtype=torch.float64).index_add(0, receivers, ref(x, sh, w))
-    got = tp(to_channels(x, 4, in_lmax), sh, w, receivers, nodes)
+    got = tp.to_irreps(tp(to_channels(x, 4, in_lmax), sh, w, receivers, nodes))
     scale = expected.abs().max().item()
     assert got.shape == expected.shape and torch.allclose(got, expected, atol=1e-12 * scale, rtol=0)
     probe = torch.randn_like(expected)
     for a, b in zip(torch.autograd.grad((got * probe).sum(), [x, sh, w]),
                     torch.autograd.grad((expected * probe).sum(), [x, sh, w])):
         assert torch.allclose(a, b, atol=1e-12 * b.abs().max().item(), rtol=0)
+
+
+@pytest.mark.parametrize("irreps_in, irreps_out", [("4x0e+4x1o+4x2e", "4x0e+4x1o+4x2e"),
+                                                    ("4x0e+4x1o+4x2e+4x1o+4x0e+4x2e", "5x0e+5x1o+5x2e"),
+                                                    ("4x0e", "4x0e+4x1o"), ("3x0e+3x1o+3x2e", "3x0e")])
+def test_orderwise_linear_equals_e3nns_linear(irreps_in, irreps_out):
+    """Same weights and keys as e3nn's o3.Linear, and the same map (fp64, 1e-14), outputs without inputs are 0."""
+    torch.manual_seed(0)
+    ref = o3.Linear(o3.Irreps(irreps_in), o3.Irreps(irreps_out)).double()
+    ours = OrderwiseLinear(o3.Irreps(irreps_in), o3.Irreps(irreps_out)).double()
+    ours.load_state_dict(ref.state_dict())
+    assert list(ours.state_dict()) == list(ref.state_dict())
+    x = torch.randn(7, ref.irreps_in.dim, dtype=torch.float64, requires_grad=True)
+    expected, got = ref(x), ours(x)
+    assert torch.allclose(got, expected, atol=1e-14 * expected.abs().max().item(), rtol=0)
+    grads = [torch.autograd.grad(f.sum(), [x, m.weight]) for f, m in ((got, ours), (expected, ref))]
+    assert all(torch.allclose(a, b, atol=1e-13, rtol=0) for a, b in zip(*grads))
 
 
 def test_checkpoints_with_e3nns_tensor_product_buffers_still_load():

@@ -1,0 +1,57 @@
+"""e3nn's equivariant linear map, evaluated one output order at a time on channel-layout blocks."""
+from __future__ import annotations
+
+import torch
+from e3nn import o3
+
+
+class OrderwiseLinear(o3.Linear):
+    """y_o[n, c', M] = sum_{k -> o} alpha_k sum_c W_k[c, c'] x_k[n, c, M]: e3nn's ``o3.Linear`` (same weights, path
+    normalisation alpha_k and state-dict keys) between irreps with one output irreps per order, as one einsum per
+    output over all the inputs k that map to it, instead of e3nn's generated code of a few small ops per path.
+
+    ``forward_blocks`` takes, for every output irreps o in order, the inputs that map to it stacked as
+    (N, C_in, n_o, 2L+1) in ascending input order, and returns the outputs (N, C_out, 2L+1). ``forward`` keeps
+    e3nn's layout (N, irreps_in.dim) -> (N, irreps_out.dim).
+    """
+
+    def __init__(self, irreps_in: o3.Irreps, irreps_out: o3.Irreps):
+        super().__init__(irreps_in, irreps_out)
+        if len({ir for _, ir in self.irreps_out}) != len(self.irreps_out):
+            raise ValueError(f"OrderwiseLinear needs distinct output irreps, got {self.irreps_out}")
+        starts, offset = [], 0
+        for ins in self.instructions:
+            starts.append(offset)
+            offset += ins.path_shape[0] * ins.path_shape[1]
+        self.outputs = []  # per output: (n inputs, mul_in, mul_out, alpha); buffer index_o: its rows of the weight
+        for o, (mul_out, _) in enumerate(self.irreps_out):
+            into = [(ins, s) for ins, s in zip(self.instructions, starts) if ins.i_out == o]
+            index = torch.cat([torch.arange(s, s + ins.path_shape[0] * ins.path_shape[1]) for ins, s in into]) \
+                if into else torch.zeros(0, dtype=torch.long)
+            self.register_buffer(f"index_{o}", index, persistent=False)
+            mul_in = into[0][0].path_shape[0] if into else 0
+            alpha = into[0][0].path_weight if into else 0.0
+            if any(ins.path_shape[0] != mul_in or ins.path_weight != alpha for ins, _ in into):
+                raise ValueError(f"OrderwiseLinear needs equal multiplicities into each output, got {self.irreps_in}")
+            self.outputs.append((len(into), mul_in, mul_out, alpha))
+        self.inputs_of = [[ins.i_in for ins in self.instructions if ins.i_out == o] for o in range(len(self.irreps_out))]
+
+    def forward_blocks(self, blocks: list[torch.Tensor]) -> list[torch.Tensor]:
+        out = []
+        for o, (x, (n, mul_in, mul_out, alpha)) in enumerate(zip(blocks, self.outputs)):
+            if n == 0:
+                out.append(x.new_zeros(x.shape[0], mul_out, x.shape[-1]))
+                continue
+            w = self.weight.index_select(0, getattr(self, f"index_{o}")).view(n * mul_in, mul_out) * alpha
+            y = x.permute(0, 3, 2, 1).reshape(-1, n * mul_in) @ w                  # (N (2L+1), C_out)
+            out.append(y.view(x.shape[0], x.shape[-1], mul_out).transpose(1, 2))
+        return out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pieces, start = [], 0
+        for mul, ir in self.irreps_in:
+            pieces.append(x[:, start:start + mul * ir.dim].view(-1, mul, ir.dim))
+            start += mul * ir.dim
+        blocks = [torch.stack([pieces[i] for i in inputs], 2) if inputs else x.new_zeros(x.shape[0], 0, 0, ir.dim)
+                  for inputs, (_, ir) in zip(self.inputs_of, self.irreps_out)]
+        return torch.cat([y.flatten(1) for y in self.forward_blocks(blocks)], -1)
