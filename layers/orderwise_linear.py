@@ -7,7 +7,7 @@ from e3nn import o3
 
 class OrderwiseLinear(o3.Linear):
     """y_o[n, c', M] = sum_{k -> o} alpha_k sum_c W_k[c, c'] x_k[n, c, M]: e3nn's ``o3.Linear`` (same weights, path
-    normalisation alpha_k and state-dict keys) between irreps with one output irreps per order, as one einsum per
+    normalisation alpha_k and state-dict keys) between irreps with one output irreps per order, as one matmul per
     output over all the inputs k that map to it, instead of e3nn's generated code of a few small ops per path.
 
     ``forward_blocks`` takes, for every output irreps o in order, the inputs that map to it stacked as
@@ -32,7 +32,8 @@ class OrderwiseLinear(o3.Linear):
             mul_in = into[0][0].path_shape[0] if into else 0
             alpha = into[0][0].path_weight if into else 0.0
             if any(ins.path_shape[0] != mul_in or ins.path_weight != alpha for ins, _ in into):
-                raise ValueError(f"OrderwiseLinear needs equal multiplicities into each output, got {self.irreps_in}")
+                raise ValueError(f"OrderwiseLinear needs equal multiplicities and path weights into each output, "
+                                 f"got {self.irreps_in} -> {self.irreps_out}")
             self.outputs.append((len(into), mul_in, mul_out, alpha))
         self.inputs_of = [[ins.i_in for ins in self.instructions if ins.i_out == o] for o in range(len(self.irreps_out))]
 
