@@ -40,10 +40,14 @@ class EquivariantConvolution(nn.Module):
         self.linear_out = OrderwiseLinear(self.tp.irreps_out, self.irreps)
         self.register_buffer("avg_num_neighbors", torch.tensor(float(avg_num_neighbors)))
 
-    def forward(self, h: torch.Tensor, edge_index: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:
+    def forward(self, h: torch.Tensor, edge_index: torch.Tensor, vectors: torch.Tensor,
+                sh: torch.Tensor | None = None) -> torch.Tensor:
+        """h (N, irreps), edge_index (2, E) receiver/sender, vectors (E, 3); ``sh``: the edges' spherical harmonics
+        ``self.sh(vectors)`` when the caller already has them (a stack of convolutions shares one evaluation)."""
         i, j = edge_index
+        sh = self.sh(vectors) if sh is None else sh
         n, c = h.shape[0], self.channels
         orders = [h[:, c * l * l:c * (l + 1) ** 2].view(n, c, 1, 2 * l + 1) for l in range(self.in_lmax + 1)]
         x = torch.cat(self.linear_up.forward_blocks(orders), -1)                                  # (N, C, in_dim)
-        summed = self.tp(x.index_select(0, j), self.sh(vectors), self.radial(vectors.norm(dim=-1)), i, n)
+        summed = self.tp(x.index_select(0, j), sh, self.radial(vectors.norm(dim=-1)), i, n)
         return torch.cat([y.flatten(1) for y in self.linear_out.forward_blocks(summed)], -1) / self.avg_num_neighbors
