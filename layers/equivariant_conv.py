@@ -25,12 +25,12 @@ class EquivariantConvolution(nn.Module):
     def __init__(self, channels: int, lmax: int, sh_lmax: int, cutoff: float, radial: str = "spline",
                  knots: int = 16, avg_num_neighbors: float = 1.0, in_lmax: int | None = None):
         super().__init__()
-        self.channels, self.in_lmax = channels, lmax if in_lmax is None else in_lmax
-        self.irreps, self.irreps_in = sphere_irreps(channels, lmax), sphere_irreps(channels, self.in_lmax)
+        in_lmax = lmax if in_lmax is None else in_lmax
+        self.irreps, self.irreps_in = sphere_irreps(channels, lmax), sphere_irreps(channels, in_lmax)
         self.in_dim = self.irreps_in.dim  # a plain int: forward never touches e3nn's Irreps (torch.compile)
         self.sh = o3.SphericalHarmonics(sphere_irreps(1, sh_lmax), normalize=True, normalization="component")
         self.linear_up = OrderwiseLinear(self.irreps_in, self.irreps_in)
-        self.tp = EdgeTensorProduct(channels, self.in_lmax, sh_lmax, lmax)
+        self.tp = EdgeTensorProduct(channels, in_lmax, sh_lmax, lmax)
         if radial == "spline":
             self.radial = SplineRadial(self.tp.weight_numel, cutoff, knots)
         elif radial == "mlp":
@@ -46,8 +46,7 @@ class EquivariantConvolution(nn.Module):
         ``self.sh(vectors)`` when the caller already has them (a stack of convolutions shares one evaluation)."""
         i, j = edge_index
         sh = self.sh(vectors) if sh is None else sh
-        n, c = h.shape[0], self.channels
-        orders = [h[:, c * l * l:c * (l + 1) ** 2].view(n, c, 1, 2 * l + 1) for l in range(self.in_lmax + 1)]
-        x = torch.cat(self.linear_up.forward_blocks(orders), -1)                                  # (N, C, in_dim)
-        summed = self.tp(x.index_select(0, j), sh, self.radial(vectors.norm(dim=-1)), i, n)
+        up = self.linear_up.forward_blocks(self.linear_up.blocks_of(h[:, :self.in_dim]))
+        x = torch.cat(up, -1)                                                                      # (N, C, in_dim)
+        summed = self.tp(x.index_select(0, j), sh, self.radial(vectors.norm(dim=-1)), i, h.shape[0])
         return torch.cat([y.flatten(1) for y in self.linear_out.forward_blocks(summed)], -1) / self.avg_num_neighbors

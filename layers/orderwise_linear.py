@@ -11,8 +11,8 @@ class OrderwiseLinear(o3.Linear):
     output over all the inputs k that map to it, instead of e3nn's generated code of a few small ops per path.
 
     ``forward_blocks`` takes, for every output irreps o in order, the inputs that map to it stacked as
-    (N, C_in, n_o, 2L+1) in ascending input order, and returns the outputs (N, C_out, 2L+1). ``forward`` keeps
-    e3nn's layout (N, irreps_in.dim) -> (N, irreps_out.dim).
+    (N, C_in, n_o, 2L+1) in ascending input order (``blocks_of`` makes them from e3nn's layout), and returns the
+    outputs (N, C_out, 2L+1). ``forward`` keeps e3nn's layout (N, irreps_in.dim) -> (N, irreps_out.dim).
     """
 
     def __init__(self, irreps_in: o3.Irreps, irreps_out: o3.Irreps):
@@ -36,6 +36,18 @@ class OrderwiseLinear(o3.Linear):
                                  f"got {self.irreps_in} -> {self.irreps_out}")
             self.outputs.append((len(into), mul_in, mul_out, alpha))
         self.inputs_of = [[ins.i_in for ins in self.instructions if ins.i_out == o] for o in range(len(self.irreps_out))]
+        starts = [0]
+        for mul, ir in self.irreps_in:
+            starts.append(starts[-1] + mul * ir.dim)
+        self.input_slices = [(start, mul, ir.dim) for start, (mul, ir) in zip(starts, self.irreps_in)]  # plain ints
+        self.output_dims = [ir.dim for _, ir in self.irreps_out]
+
+    def blocks_of(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """e3nn's layout (N, irreps_in.dim) -> ``forward_blocks``' inputs: per output, (N, C_in, n_o, 2L+1)."""
+        pieces = [x[:, start:start + mul * dim].view(-1, mul, dim) for start, mul, dim in self.input_slices]
+        return [pieces[inputs[0]].unsqueeze(2) if len(inputs) == 1 else
+                torch.stack([pieces[i] for i in inputs], 2) if inputs else x.new_zeros(x.shape[0], 0, 0, dim)
+                for inputs, dim in zip(self.inputs_of, self.output_dims)]
 
     def forward_blocks(self, blocks: list[torch.Tensor]) -> list[torch.Tensor]:
         out = []
@@ -49,10 +61,4 @@ class OrderwiseLinear(o3.Linear):
         return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pieces, start = [], 0
-        for mul, ir in self.irreps_in:
-            pieces.append(x[:, start:start + mul * ir.dim].view(-1, mul, ir.dim))
-            start += mul * ir.dim
-        blocks = [torch.stack([pieces[i] for i in inputs], 2) if inputs else x.new_zeros(x.shape[0], 0, 0, ir.dim)
-                  for inputs, (_, ir) in zip(self.inputs_of, self.irreps_out)]
-        return torch.cat([y.flatten(1) for y in self.forward_blocks(blocks)], -1)
+        return torch.cat([y.flatten(1) for y in self.forward_blocks(self.blocks_of(x))], -1)
