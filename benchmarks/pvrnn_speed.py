@@ -1,12 +1,12 @@
 """PV-RNN speed: training steps per second and error-regression latency per incoming observation.
 
-    python benchmarks/pvrnn_speed.py [--threads 1] [--device cpu] [--no-compile] [--out benchmarks/results]
+    python benchmarks/pvrnn_speed.py [--threads 1] [--device cpu] [--out benchmarks/results]
 
 Model pvrnn_pfsm (40+10 d units, 4+1 z). Training: Adam steps on batches of 12 x 200 and 24 x 400 steps.
 Error regression: one stream, windows 10/30/50, K = 10 iterations, latency = wall time / observations
-processed (and W = 10 with 8 and 32 streams in lockstep: wall time per observation step of all streams),
-eager and with ``compile=True`` (after its warm-up compilation). Every row is the best of 3 runs. The issue's
-goal is 100 Hz (10 ms per observation) on one CPU core. Writes pvrnn_speed_<device>.json/.md.
+processed (and W = 10 with 8 and 32 streams in lockstep: wall time per observation step of all streams).
+Every row is the best of 3 runs. The issue's goal is 100 Hz (10 ms per observation) on one CPU core. Writes
+pvrnn_speed_<device>.json/.md.
 """
 from __future__ import annotations
 
@@ -37,12 +37,12 @@ def train_steps_per_s(device, n_seq: int, seq_len: int, steps: int = 10, repeats
     return steps / best_seconds(lambda: block(steps), repeats)
 
 
-def er_latency_ms(device, window: int, iterations: int = 10, length: int = 60, compile: bool = False,
-                  repeats: int = 3, streams: int = 1) -> float:
+def er_latency_ms(device, window: int, iterations: int = 10, length: int = 60, repeats: int = 3,
+                  streams: int = 1) -> float:
     model = zoo.create_model("pvrnn_pfsm", n_sequences=2, seq_len=50).to(device)
     stream = torch.randn(streams, window + length, 2, device=device)
-    model.error_regression(stream[:, :window + 3], window=window, iterations=iterations, compile=compile)  # warm-up
-    run = lambda: model.error_regression(stream, window=window, iterations=iterations, compile=compile)  # noqa: E731
+    model.error_regression(stream[:, :window + 3], window=window, iterations=iterations)  # warm-up
+    run = lambda: model.error_regression(stream, window=window, iterations=iterations)  # noqa: E731
     return 1e3 * best_seconds(run, repeats) / length
 
 
@@ -60,7 +60,6 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--no-compile", action="store_true", help="skip the compile=True error-regression rows")
     ap.add_argument("--out", default="benchmarks/results")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -68,17 +67,13 @@ def main(argv=None):
     res = {"machine": machine(device), "torch": torch.__version__,
            "train_steps_per_s": {f"{n}x{T}": train_steps_per_s(device, n, T) for n, T in ((12, 200), (24, 400))},
            "er_latency_ms_K10": {f"W{w}": er_latency_ms(device, w) for w in (10, 30, 50)},
-           "er_latency_ms_K10_W10_streams": {f"B{b}": er_latency_ms(device, 10, streams=b) for b in (8, 32)},
-           "er_latency_ms_K10_compiled": {} if args.no_compile else
-           {f"W{w}": er_latency_ms(device, w, compile=True) for w in (10, 30, 50)}}
+           "er_latency_ms_K10_W10_streams": {f"B{b}": er_latency_ms(device, 10, streams=b) for b in (8, 32)}}
     lines = [f"Machine: {res['machine']}", "", "| measurement | value |", "|---|---|"]
     lines += [f"| training, batch {k} steps | {v:.2f} steps/s |" for k, v in res["train_steps_per_s"].items()]
     lines += [f"| error regression, {k}, K=10 | {v:.1f} ms per observation ({1e3 / v:.0f} Hz) |"
               for k, v in res["er_latency_ms_K10"].items()]
     lines += [f"| error regression, W10, K=10, {k[1:]} streams in lockstep | {v:.1f} ms per observation step |"
               for k, v in res["er_latency_ms_K10_W10_streams"].items()]
-    lines += [f"| error regression, {k}, K=10, `compile=True` | {v:.1f} ms per observation ({1e3 / v:.0f} Hz) |"
-              for k, v in res["er_latency_ms_K10_compiled"].items()]
     write_results(args.out, f"pvrnn_speed_{device.type}", res, "\n".join(lines))
 
 

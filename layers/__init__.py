@@ -11,7 +11,7 @@ from .grassmann_mixing import CausalGrassmannMixing, pluecker
 from .causal_self_attention import CausalSelfAttention
 from .sigma_reparam import SigmaConv2d, SigmaLinear, SigmaReparam, apply_sigma_reparam, remove_sigma_reparam
 from .pvrnn_layer import PVRNNLayer, gaussian_kl
-from .pvrnn_stack import PackedStack, pack_levels, posterior_pass, posterior_pass_backward, stack_recurrence
+from .pvrnn_stack import PackedStack, SkewedStack, WindowGradient, pack_levels, posterior_pass, stack_recurrence
 from .radial import BesselMLPRadial, PolynomialEnvelope, SplineRadial
 from .equivariant_mixing import GateMixing, SphericalGridMLP, TensorProductMixing, make_mixing
 from .edge_tensor_product import EdgeTensorProduct
@@ -19,8 +19,8 @@ from .orderwise_linear import OrderwiseLinear
 from .equivariant_conv import EquivariantConvolution
 
 __all__ = ["ProbePoint", "ALRNNCell", "add_attention_probes", "attention_logit_norms", "CoordAttention", "HopfieldCore", "hopfield_energy", "Hopfield", "HopfieldPooling", "HopfieldLayer",
-           "CausalGrassmannMixing", "pluecker", "CausalSelfAttention", "PVRNNLayer", "gaussian_kl", "PackedStack",
-           "pack_levels", "stack_recurrence", "posterior_pass", "posterior_pass_backward",
+           "CausalGrassmannMixing", "pluecker", "CausalSelfAttention", "PVRNNLayer", "gaussian_kl", "PackedStack", "SkewedStack",
+           "pack_levels", "stack_recurrence", "posterior_pass", "WindowGradient",
            "SigmaReparam", "SigmaLinear", "SigmaConv2d", "apply_sigma_reparam", "remove_sigma_reparam",
            "PolynomialEnvelope", "SplineRadial", "BesselMLPRadial", "SphericalGridMLP", "GateMixing",
            "TensorProductMixing", "make_mixing", "EdgeTensorProduct", "OrderwiseLinear", "EquivariantConvolution"]

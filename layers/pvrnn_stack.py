@@ -59,107 +59,121 @@ def pack_levels(levels) -> PackedStack:
         d_sizes=d_sizes, z_sizes=z_sizes)
 
 
-class _Waves:
-    """Index maps between time steps (B, T, N) and the skewed wave steps (S, B, N), S = T + L - 1: unit n of level
-    k computes time step t = s - lag_n at wave step s (lag_n = L - 1 - k); ``active`` (S, N) is 1 where it does."""
-
-    def __init__(self, packed: PackedStack, T: int):
-        S = T + len(packed.d_sizes) - 1
-        step = torch.arange(S, device=packed.lag.device)[:, None] - packed.lag  # (S, N): each unit's time step
-        self.active = ((step >= 0) & (step < T)).to(packed.rate.dtype)
-        self.time_of_wave = step.clamp(0, T - 1)[:, None]                        # (S, 1, N)
-        self.wave_of_time = (torch.arange(T, device=step.device)[:, None] + packed.lag)[:, None]  # (T, 1, N)
-
-    def skew(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, T, N) -> (S, B, N); idle units read a neighbouring step (mask with ``active`` where it matters)."""
-        x = x.transpose(0, 1)
-        return torch.gather(x, 0, self.time_of_wave.expand(-1, x.shape[1], -1))
-
-    def unskew(self, x: torch.Tensor) -> torch.Tensor:
-        """(S, B, N) -> (B, T, N), a transposed view."""
-        return torch.gather(x, 0, self.wave_of_time.expand(-1, x.shape[1], -1)).transpose(0, 1)
-
-
-def recurrence_forward(packed: PackedStack, u: torch.Tensor, h0: torch.Tensor, d0: torch.Tensor):
-    """h^k_t = (1 - r_k) h^k_{t-1} + r_k (W^k d^k_{t-1} + V^k d^{k+1}_t + u^k_t),  d^k_t = tanh(h^k_t),  r_k = 1/tau_k,
-    for all T steps of the drives u (B, T, N) (W_zd z_t plus the W_dd bias, levels concatenated) from the state
-    (h0, d0), each (B, N); V^k = W_top^k (none at the top). No autograd; returns d (B, T, N), the final h (B, N)
-    and the trace ``recurrence_backward`` needs.
-
-    Level k reads level k+1 at the same step, so the levels are run skewed: at wave step s level k computes step
-    t = s - (L - 1 - k). Every level's inputs then sit in the previous wave step's concatenated state, and one
-    addmm with the block matrix M advances all levels: T + L - 1 steps of three ops (addmm, lerp, tanh) instead of
-    L T. In the first and last L - 1 wave steps the levels that have not started or have finished keep their state
-    (rate 0, d passed through).
+class SkewedStack:
+    """The deterministic recursion of a packed stack over T steps for a batch of B, run skewed over levels in
+    preallocated frames that every call reuses (error regression keeps one instance for all its iterations; the
+    autograd function makes one per call):
+        h^k_t = (1 - r_k) h^k_{t-1} + r_k (W^k d^k_{t-1} + V^k d^{k+1}_t + u^k_t),  d^k_t = tanh(h^k_t),  r_k = 1/tau_k,
+    with V^k = W_top^k (none at the top). Level k reads level k+1 at the same step, so level k computes step t at
+    wave s = t + L-1-k: all inputs of wave s then sit in frame s, the concatenated state [h, d] (B, 2N) after wave
+    s-1 (frame 0 is the initial state), and one addmm with A = [diag(1 - r); (r M)^T] gives the next frame's h:
+    two ops per wave step (addmm, tanh), S = T + L-1 of them, where stepping level by level takes L T steps.
+    In the first L-1 waves the lower levels have not started and keep their state (masked); after its T steps a
+    level runs on for up to L-1 waves whose values no valid step reads (and whose gradients are zero).
     """
-    rate, M, L, T = packed.rate, packed.M, len(packed.d_sizes), u.shape[1]
-    waves = _Waves(packed, T)
-    h, d, Mt = h0, [d0], M.t()
-    for s, drive in enumerate(waves.skew(u).unbind(0)):
-        pre = torch.addmm(drive, d[-1], Mt)
-        if L - 1 <= s < T:  # every level computes
-            h = torch.lerp(h, pre, rate)
-            d.append(torch.tanh(h))
-        else:
-            on = waves.active[s]
-            h = torch.lerp(h, pre, rate * on)
-            d.append(torch.where(on.bool(), torch.tanh(h), d[-1]))
-    d = torch.stack(d)  # (S + 1, B, N): d0, then every wave step
-    return waves.unskew(d[1:]), h, (d, waves)
 
+    def __init__(self, packed: PackedStack, T: int, B: int):
+        M, rate, lag = packed.M, packed.rate, packed.lag
+        N, L = M.shape[0], len(packed.d_sizes)
+        S = T + L - 1
+        self.packed, self.T, self.B, self.N, self.L, self.S = packed, T, B, N, L, S
+        time = torch.arange(S + 1, device=M.device)[:, None] - 1 - lag  # (S+1, N): the step each frame holds
+        self.started = (time >= 0).to(M.dtype)                              # 0 in frame 0 and before a level starts
+        self.time_of_frame = time[1:].clamp(0, T - 1)[:, None].expand(-1, B, -1)                    # (S, B, N)
+        self.frame_of_time = (torch.arange(T, device=M.device)[:, None] + lag + 1)[:, None].expand(-1, B, -1)
+        self.A = torch.cat([torch.diag(1 - rate), (rate[:, None] * M).t()], 0)                       # (2N, N)
+        new = M.new_zeros
+        self.X, self.gin, self.G, self.Y = new(S + 1, B, 2 * N), new(S + 1, B, 2 * N), new(S + 2, B, N), new(B, 2 * N)
+        self.ru, self.slope, self.ones = new(S, B, N), new(S + 1, B, N), M.new_ones(S + 1, B, N)
+        self.Xh, self.Xd, self.gin_h, self.gin_d = self.X[..., :N], self.X[..., N:], self.gin[..., :N], self.gin[..., N:]
+        # per-frame views, made once: the loops below index lists instead of slicing tensors
+        self._X, self._Xh, self._Xd, self._ru = self.X.unbind(0), self.Xh.unbind(0), self.Xd.unbind(0), self.ru.unbind(0)
+        self._gin, self._G, self._slope = self.gin.unbind(0), self.G.unbind(0), self.slope.unbind(0)
+        self.Xd_rows = self.X.view(-1, 2 * N)[:, N:]  # ((S+1) B, N): d of every frame as rows of a matrix
+        self._on = [self.started[f].bool() for f in range(L)]
+        # the masked waves' factors: on, r on, 1 - r on and 1 - on per unit
+        self._masks = [(on, on * rate, 1 - rate * on, 1 - on) for on in self.started[:L]]
 
-def recurrence_backward(packed: PackedStack, trace, g_d: torch.Tensor | None, g_hT: torch.Tensor | None,
-                        weights: bool = True):
-    """Gradients of ``recurrence_forward`` from dL/dd (B, T, N) and dL/dh_T (B, N) (either may be None): returns
-    dL/du, dL/dh0, dL/dd0 and dL/dM (None unless ``weights``). The skewed steps in reverse, three ops each:
-        g_h_s = g_d_s (1 - d_s^2) + (1 - r) g_h_{s+1},   g_pre_s = r g_h_s,   g_d_{s-1} += g_pre_s M,
-    then dL/dM = sum_s g_pre_s^T d_{s-1} and dL/du = g_pre (unskewed) as single reductions."""
-    rate, M, L = packed.rate, packed.M, len(packed.d_sizes)
-    d, waves = trace
-    S, B, N = d.shape[0] - 1, *d.shape[1:]
-    T = S - L + 1
-    g_in = waves.skew(g_d) * waves.active[:, None] if g_d is not None else d.new_zeros(S, B, N)
-    g_in, slope = g_in.unbind(0), (1 - d[1:] * d[1:]).unbind(0)
-    keep, rate_M = 1 - rate, rate[:, None] * M
-    g_h = [None] * S
-    carry = d.new_zeros(B, N) if g_hT is None else g_hT  # (1 - r) g_h of the next wave step
-    g = g_in[S - 1]                                       # dL/dd_s in full, once step s is reached
-    for s in range(S - 1, -1, -1):
-        g_outside = g_in[s - 1] if s else d.new_zeros(B, N)
-        if L - 1 <= s < T:
-            g_h[s] = torch.addcmul(carry, g, slope[s])
-            g, carry = torch.addmm(g_outside, g_h[s], rate_M), keep * g_h[s]
-        else:  # idle levels keep h and pass d through: their gradients skip this step
-            on = waves.active[s]
-            g_h[s] = torch.addcmul(carry, g * on, slope[s])
-            g = torch.addmm(torch.addcmul(g_outside, g, 1 - on), g_h[s] * on, rate_M)
-            carry = g_h[s] * (1 - rate * on)
-    g_pre = torch.stack(g_h) * (rate * waves.active)[:, None]  # dL/d(pre-activation) = r g_h; 0 for idle levels
-    g_M = g_pre.reshape(S * B, N).t() @ d[:-1].reshape(S * B, N) if weights else None
-    return waves.unskew(g_pre), carry, g, g_M
+    def run(self, u: torch.Tensor, h0: torch.Tensor, d0: torch.Tensor) -> None:
+        """The recursion driven by u (B, T, N) (W_zd z_t plus the W_dd bias, levels concatenated) from the state
+        (h0, d0), each (B, N), without autograd, into the frames (read them with ``d`` and ``state_at``)."""
+        A, X, Xh, Xd, ru = self.A, self._X, self._Xh, self._Xd, self._ru
+        torch.gather(u.transpose(0, 1), 0, self.time_of_frame, out=self.ru).mul_(self.packed.rate)
+        Xh[0].copy_(h0)
+        Xd[0].copy_(d0)
+        for f in range(1, self.L):  # waves in which the levels below have not started: they keep h and d
+            torch.where(self._on[f], torch.addmm(ru[f - 1], X[f - 1], A), Xh[f - 1], out=Xh[f])
+            torch.where(self._on[f], torch.tanh(Xh[f]), Xd[f - 1], out=Xd[f])
+        for f in range(self.L, self.S + 1):
+            torch.addmm(ru[f - 1], X[f - 1], A, out=Xh[f])
+            torch.tanh(Xh[f], out=Xd[f])
+
+    def d(self) -> torch.Tensor:
+        """d (B, T, N) of the last ``run`` (a transposed view of a gather from the frames)."""
+        return torch.gather(self.Xd, 0, self.frame_of_time).transpose(0, 1)
+
+    def state_at(self, t: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The state (h, d), each (B, N), after step t of the last ``run``."""
+        frame = self.frame_of_time[t:t + 1]
+        return torch.gather(self.Xh, 0, frame)[0], torch.gather(self.Xd, 0, frame)[0]
+
+    def propagate(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Backpropagate the direct gradients in ``gin`` (frame f: [dL/dh_f, dL/dd_f], zero where nothing reads
+        the frame) through the last ``run`` into ``G`` (G_f = dL/dh_f, total), two ops per wave step in reverse:
+            [G_{f+1} (1 - r), gin_f^d + (r G_{f+1}) M] = gin_f + G_{f+1} A^T,   G_f = first + second * (1 - d_f^2).
+        Returns dL/dh0 and dL/dd0."""
+        L, N = self.L, self.N
+        AT, Y, gin, G, slope = self.A.t(), self.Y, self._gin, self._G, self._slope
+        torch.addcmul(self.ones, self.Xd, self.Xd, value=-1, out=self.slope)
+        Yh, Yd = Y[:, :N], Y[:, N:]
+        G[self.S + 1].zero_()
+        for f in range(self.S, L - 1, -1):
+            torch.addmm(gin[f], G[f + 1], AT, out=Y)
+            torch.addcmul(Yh, Yd, slope[f], out=G[f])
+        hh, dd = torch.addmm(gin[L - 1], G[L], AT).split(N, -1)  # dL/dh, dL/dd of frame L-1 from later frames
+        for f in range(L - 1, 0, -1):  # levels that have not started pass both gradients through
+            on, on_rate, keep, off = self._masks[f]
+            torch.addcmul(hh, dd * on, slope[f], out=G[f])
+            hh = torch.addcmul(gin[f - 1][:, :N], G[f], keep)
+            dd = torch.addcmul(torch.addmm(gin[f - 1][:, N:], G[f] * on_rate, self.packed.M), dd, off)
+        return hh, dd
+
+    def backward(self, g_d: torch.Tensor | None, g_hT: torch.Tensor | None, weights: bool = True):
+        """Gradients of the last ``run`` from dL/dd (B, T, N) and dL/dh_T (B, N) (either may be None): dL/du,
+        dL/dh0, dL/dd0 and dL/dM (None unless ``weights``), with dL/du = r G (unskewed) and
+        dL/dM = sum_f (r G_f)^T d_{f-1}."""
+        rate, N, S = self.packed.rate, self.N, self.S
+        self.gin.zero_()
+        if g_d is not None:
+            self.gin_d.scatter_(0, self.frame_of_time, g_d.transpose(0, 1))
+        if g_hT is not None:
+            self.gin_h.scatter_(0, self.frame_of_time[-1:], g_hT[None])
+        g_h0, g_d0 = self.propagate()
+        g_pre = self.G[1:S + 1] * (rate * self.started[1:])[:, None]  # (S, B, N): dL/d(r u), 0 before a level starts
+        g_u = torch.gather(g_pre, 0, self.frame_of_time - 1).transpose(0, 1)
+        g_M = g_pre.reshape(S * self.B, N).t() @ self.Xd[:S].reshape(S * self.B, N) if weights else None
+        return g_u, g_h0, g_d0, g_M
 
 
 class _StackRecurrence(torch.autograd.Function):
-    """``recurrence_forward`` with ``recurrence_backward`` as its backward (differentiable in u, h0, d0 and M)."""
+    """``SkewedStack.run`` with ``SkewedStack.backward`` as its backward (differentiable in u, h0, d0, M)."""
 
     @staticmethod
     def forward(ctx, packed, u, h0, d0, M):
-        d, h, (waves_d, waves) = recurrence_forward(packed._replace(M=M), u, h0, d0)
-        ctx.save_for_backward(M, waves_d)
-        ctx.packed, ctx.waves = packed, waves
-        return d, h
+        ctx.stack = stack = SkewedStack(packed._replace(M=M), u.shape[1], u.shape[0])
+        ctx.M_needs_grad = ctx.needs_input_grad[4]
+        stack.run(u, h0, d0)
+        return stack.d(), stack.state_at(stack.T - 1)[0]
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, g_d, g_hT):
-        M, waves_d = ctx.saved_tensors
-        g_u, g_h0, g_d0, g_M = recurrence_backward(ctx.packed._replace(M=M), (waves_d, ctx.waves), g_d, g_hT,
-                                                   weights=ctx.needs_input_grad[4])
+        g_u, g_h0, g_d0, g_M = ctx.stack.backward(g_d, g_hT, weights=ctx.M_needs_grad)
         return None, g_u, g_h0, g_d0, g_M
 
 
 def stack_recurrence(packed: PackedStack, u: torch.Tensor, h0: torch.Tensor, d0: torch.Tensor):
-    """``recurrence_forward`` under autograd: d (B, T, N) and the final h (B, N), differentiable in u, h0, d0 and
+    """``SkewedStack`` under autograd: d (B, T, N) and the final h (B, N), differentiable in u, h0, d0 and
     the packed weights. Same values and gradients as stepping ``PVRNNLayer.integrate`` level by level (tested)."""
     N = sum(packed.d_sizes)
     if u.dim() != 3 or u.shape[-1] != N or h0.shape != (u.shape[0], N) or d0.shape != h0.shape:
@@ -176,7 +190,7 @@ def posterior_pass(packed: PackedStack, a_mu: torch.Tensor, a_sigma: torch.Tenso
         prior (mu^p, log sigma^p) = (tanh, id)(W_p d_{t-1} + b_p), N(0, I) at t = 1 when ``first``,
         kl = KL(q || p) per unit and step (``gaussian_kl``, nats).
     Returns those tensors by name (``mu_q``, ``sigma_q``, ``z``, ``d``, ``h``, ``mu_p``, ``log_sigma_p``, ``kl``),
-    differentiable by autograd; ``posterior_pass_backward`` is the hand-written gradient in A."""
+    differentiable by autograd (``WindowGradient`` is error regression's hand-written gradient in A)."""
     mu_q, sigma_q = torch.tanh(a_mu), torch.exp(a_sigma)
     z = mu_q if eps is None else torch.addcmul(mu_q, sigma_q, eps)
     if recurrence is None:
@@ -192,32 +206,80 @@ def posterior_pass(packed: PackedStack, a_mu: torch.Tensor, a_sigma: torch.Tenso
             "kl": gaussian_kl(mu_q, a_sigma, mu_p, log_sigma_p)}
 
 
-def posterior_pass_backward(packed: PackedStack, a_mu: torch.Tensor, a_sigma: torch.Tensor, eps: torch.Tensor | None,
-                            h0: torch.Tensor, d0: torch.Tensor, first: bool, g_d_of, g_kl: torch.Tensor):
-    """The gradient in (A^mu, A^sigma) of a loss of ``posterior_pass``'s d and kl, by hand (no autograd):
-    ``g_d_of(d)`` gives dL/dd (B, T, N) from the pass's d, and ``g_kl`` (broadcastable to (B, T, Z)) is dL/dkl.
-    With e = mu^q - mu^p and v = 1/sigma_p^2, the KL's partials are dkl/dmu^q = e v = -dkl/dmu^p,
-    dkl/dlog sigma^p = 1 - (sigma_q^2 + e^2) v and dkl/dA^sigma = sigma_q^2 v - 1 (besides the path through z).
-    Returns (the pass's outputs, dL/dA^mu, dL/dA^sigma). Equal to autograd through ``posterior_pass`` (tested)."""
-    traces = []
+class WindowGradient:
+    """Error regression's inner step by hand (no autograd): the gradient in a window's adaptive vectors
+    A = [A^mu, A^sigma] (B, W, 2Z) of the window objective, summed over the B streams,
+        J = sum_t [ (1/(W R)) ||W_out d^0_t + b_out - x_t||^2 + sum_j c_j KL(q_tj || p_tj) ],
+    with the weights fixed, z = tanh(A^mu) + exp(A^sigma) eps for the given eps, and c_j the KL weight of latent
+    unit j (w_k / (z_k W) for the model's objective). With e = mu^q - mu^p and v = 1/sigma_p^2 the KL's partials are
+    dKL/dmu^q = e v = -dKL/dmu^p, dKL/dlog sigma^p = 1 - (sigma_q^2 + e^2) v, dKL/dA^sigma = sigma_q^2 v - 1 (besides
+    the path through z); the recursion's part is ``SkewedStack.propagate``. Buffers are allocated once for (W, B):
+    about 50 small ops per call plus four per wave step. Equal to autograd's gradient (tested through the model).
+    """
 
-    def recurrence(z):
-        d, h, trace = recurrence_forward(packed, F.linear(z, packed.Wz, packed.b), h0, d0)
-        traces.append(trace)
-        return d, h
+    def __init__(self, packed: PackedStack, out_weight: torch.Tensor, out_bias: torch.Tensor, c: torch.Tensor,
+                 W: int, B: int):
+        self.packed, self.stack, self.c = packed, SkewedStack(packed, W, B), c
+        L, Z, n0 = len(packed.d_sizes), sum(packed.z_sizes), packed.d_sizes[0]
+        self.L, self.Z, self.n0 = L, Z, n0
+        lag = torch.tensor([L - 1 - k for k, z in enumerate(packed.z_sizes) for _ in range(z)], device=c.device)
+        # the prior of step t reads d_{t-1} of its level, held by frame t + lag (frame lag: the initial state)
+        self.prior_frame = (torch.arange(W, device=c.device)[:, None] + lag.repeat(2))[:, None].expand(-1, B, -1)
+        self.not_first_step = (torch.arange(W, device=c.device) > 0).to(c.dtype)[:, None]
+        self.rWz = packed.rate[:, None] * packed.Wz  # dJ/dz = dJ/d(r u) (r W_zd): u = W_zd z + b enters as r u
+        self.Wp_t, self.one, self.minus_one = packed.Wp.t(), c.new_ones(()), -c.new_ones(())
+        self.out_weight, self.out_bias = out_weight, out_bias
+        self.out_grad = out_weight * (2 / (W * out_weight.shape[0]))  # dJ/dd^0 = (x_hat - x) 2 W_out / (W R)
+        self.g_prior_frames = c.new_zeros(self.stack.S + 1, B, 2 * Z)
+        self.g_prior, self.grad = c.new_empty(B, W, 2 * Z), c.new_empty(B, W, 2 * Z)
+        self.g_pre_mu, self.g_log_sigma_p = self.g_prior[..., :Z], self.g_prior[..., Z:]
+        self.g_mu, self.g_sigma = self.grad[..., :Z], self.grad[..., Z:]
+        self.level0_gin = self.stack.gin_d[L:, :, :n0]  # level 0's steps sit in frames L .. S
 
-    with torch.no_grad():
-        out = posterior_pass(packed, a_mu, a_sigma, eps, h0, d0, first, recurrence)
-        mu_q, sigma_q = out["mu_q"], out["sigma_q"]
-        e, v = mu_q - out["mu_p"], torch.exp(-2 * out["log_sigma_p"])
+    def __call__(self, a: torch.Tensor, eps: torch.Tensor, h0: torch.Tensor, d0: torch.Tensor, first: bool,
+                 obs: torch.Tensor, value: bool = False) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """(J if ``value`` else None, dJ/dA) for A = ``a`` (B, W, 2Z), noise ``eps`` (B, W, Z), state (h0, d0)
+        before the window, observations ``obs`` (B, W, R); ``first``: the window's first prior is N(0, I). The
+        gradient is a buffer that the next call overwrites."""
+        p, stack, c, Z = self.packed, self.stack, self.c, self.Z
+        a_mu, a_sigma = a[..., :Z], a[..., Z:]
+        mu_q, sigma_q = torch.tanh(a_mu), torch.exp(a_sigma)
+        stack.run(F.linear(torch.addcmul(mu_q, sigma_q, eps), p.Wz, p.b), h0, d0)
+        prior = torch.addmm(p.bp, stack.Xd_rows, self.Wp_t).view(stack.S + 1, stack.B, 2 * Z)  # every frame's
+        prior = torch.gather(prior, 0, self.prior_frame).transpose(0, 1)  # (B, W, 2Z), each step's own
+        if first:  # zero pre-activations at t = 1: N(0, I)
+            prior = prior * self.not_first_step
+        pre_mu, log_sigma_p = prior[..., :Z], prior[..., Z:]
+        mu_p, v = torch.tanh(pre_mu), torch.exp(log_sigma_p * -2)
+        e = mu_q - mu_p
         ev, sq2v = e * v, sigma_q.square() * v
-        # dL/d(prior pre-activations) at steps 2..T; step 1's prior feeds only d0 (or is N(0, I))
-        g_prior = torch.cat([-g_kl * ev * (1 - out["mu_p"].square()), g_kl * (1 - sq2v - e * ev)], -1)[:, 1:]
-        g_d = g_d_of(out["d"])
-        g_d[:, :-1] += g_prior @ packed.Wp
-        g_z = recurrence_backward(packed, traces[0], g_d, None, weights=False)[0] @ packed.Wz
-        g_mu = torch.addcmul(g_z, g_kl, ev) * (1 - mu_q.square())
-        g_sigma = g_kl * (sq2v - 1)
-        if eps is not None:
-            g_sigma = torch.addcmul(g_sigma, g_z * eps, sigma_q)
-    return out, g_mu, g_sigma
+        cev = ev * c
+        torch.mul(cev, torch.addcmul(self.minus_one, mu_p, mu_p), out=self.g_pre_mu)
+        torch.addcmul(c, c, torch.addcmul(sq2v, e, ev), value=-1, out=self.g_log_sigma_p)
+        frames = self.g_prior_frames.zero_().scatter_(0, self.prior_frame, self.g_prior.transpose(0, 1))
+        torch.matmul(frames, p.Wp, out=stack.gin_d)
+        diff = self._residual(obs)
+        self.level0_gin.add_(diff @ self.out_grad)
+        stack.propagate()
+        g_z = torch.gather(stack.G, 0, stack.frame_of_time).transpose(0, 1) @ self.rWz  # (B, W, Z)
+        torch.mul(g_z + cev, torch.addcmul(self.one, mu_q, mu_q, value=-1), out=self.g_mu)
+        torch.addcmul(c * (sq2v - 1), g_z * eps, sigma_q, out=self.g_sigma)
+        if not value:
+            return None, self.grad
+        kl = gaussian_kl(mu_q, a_sigma, mu_p, log_sigma_p)
+        return diff.square().sum() / (diff.shape[0] * diff.shape[2]) + (kl * c).sum(), self.grad
+
+    def _residual(self, obs: torch.Tensor) -> torch.Tensor:
+        """x_hat - x (W, B, R) of the stack's last run, from level 0's d in frames L .. S."""
+        return F.linear(self.stack.Xd[self.L:, :, :self.n0], self.out_weight, self.out_bias) - obs.transpose(0, 1)
+
+    def mean_pass(self, a: torch.Tensor, h0: torch.Tensor, d0: torch.Tensor, obs: torch.Tensor) -> torch.Tensor:
+        """The window at z = mu^q (posterior means): its mean squared reconstruction error per stream (B,).
+        The stack keeps the trajectory for ``state_at``."""
+        p = self.packed
+        self.stack.run(F.linear(torch.tanh(a[..., :self.Z]), p.Wz, p.b), h0, d0)
+        return self._residual(obs).square().mean((0, 2))
+
+    def state_at(self, t: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(h, d), each (B, N), after step t of the last pass."""
+        return self.stack.state_at(t)

@@ -15,19 +15,30 @@ closed form (``layers.pvrnn_layer.gaussian_kl``). The training loss is its mean 
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.optim.adam import adam
 
-from layers import PackedStack, ProbePoint, PVRNNLayer, pack_levels, posterior_pass, posterior_pass_backward
+from layers import PackedStack, ProbePoint, PVRNNLayer, WindowGradient, pack_levels, posterior_pass
 
 from ._registry import Paper, register_model
 
 PAPER = Paper(family="pvrnn", title="A Novel Predictive-Coding-Inspired Variational RNN Model for Online Prediction "
               "and Recognition", arxiv="1811.01339", authors="Ahmadi, Tani", year=2019)
+
+
+def adam_step(param: torch.Tensor, grad: torch.Tensor, m: torch.Tensor, v: torch.Tensor, step: int, lr: float,
+              betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> None:
+    """One in-place step of torch.optim.Adam's update (its single-tensor path, no weight decay; ``step`` counts
+    from 1): m = b1 m + (1-b1) g, v = b2 v + (1-b2) g^2, p -= lr/(1-b1^step) m / (sqrt(v)/sqrt(1-b2^step) + eps),
+    in six ops, without the optimizer's per-call overhead (error regression takes thousands of tiny steps)."""
+    b1, b2 = betas
+    m.lerp_(grad, 1 - b1)
+    v.mul_(b2).addcmul_(grad, grad, value=1 - b2)
+    param.addcdiv_(m, (v.sqrt() / math.sqrt(1 - b2 ** step)).add_(eps), value=-lr / (1 - b1 ** step))
 
 
 def join_state(state) -> tuple[torch.Tensor, torch.Tensor]:
@@ -231,33 +242,27 @@ class PVRNN(nn.Module):
 
     def window_objective_and_grad(self, a: torch.Tensor, state, first: bool, obs: torch.Tensor,
                                   packed: PackedStack) -> tuple[torch.Tensor, torch.Tensor]:
-        """``window_objective`` and its gradient in ``a`` computed by hand (``layers.posterior_pass_backward``), with
-        the weights fixed and no autograd graph: error regression's inner step. dJ/dx_hat = 2 (x_hat - x) / (W R_x)
-        per stream, dJ/dkl = w_k / (z_k W) per latent unit of level k. Equal to autograd's gradient (tested)."""
-        if self.config.bottom_up:  # the hand-written gradient covers the skewed stack only: use autograd
-            with torch.enable_grad():
-                a = a.detach().requires_grad_()
-                value = self.window_objective(a, state, first, obs, packed)
-                return value.detach(), torch.autograd.grad(value, [a])[0]
-        W, R = obs.shape[1], self.config.out_size
-        n0, N = packed.d_sizes[0], sum(packed.d_sizes)
-        c = a.new_tensor([w / (z * W) for w, z in zip(self.config.meta_prior, packed.z_sizes) for _ in range(z)])
-        a_mu, a_sigma = a.chunk(2, -1)
-        h0, d0 = join_state(state)
-        x_hat = []
-
-        def g_d_of(d):  # dJ/dd: the read-out x_hat = W_out d^0 + b sees only level 0
-            x_hat.append(self.out(d[..., :n0]))
-            return F.pad((x_hat[0] - obs) @ (self.out.weight * (2 / (W * R))), (0, N - n0))
-
+        """``window_objective`` and its gradient in ``a``, with the weights fixed, from ``window_solver``: by hand
+        (``layers.WindowGradient``, no autograd graph), or by autograd for models with bottom-up weights. The KL
+        weights are dJ/dkl = w_k / (z_k W) per latent unit of level k. Equal to autograd's gradient (tested)."""
+        solver = self.window_solver(packed, obs.shape[1], obs.shape[0])
         with torch.no_grad():
-            q, g_mu, g_sigma = posterior_pass_backward(packed, a_mu, a_sigma, torch.randn_like(a_mu), h0, d0, first,
-                                                       g_d_of, c)
-            value = (x_hat[0] - obs).square().mean((-1, -2)).sum() + (q["kl"] * c).sum()
-        return value, torch.cat([g_mu, g_sigma], -1)
+            value, grad = solver(a, torch.randn_like(a[..., :solver.Z]), *join_state(state), first, obs, value=True)
+        return value, grad.clone()
 
+    def window_solver(self, packed: PackedStack, window: int, batch: int):
+        """Error regression's window for ``batch`` streams: ``layers.WindowGradient`` with this model's read-out
+        and KL weights (buffers made once, reused by every call), or a ``SteppedWindow`` with the same interface
+        for models with bottom-up weights, which the skewed stack cannot run."""
+        if self.config.bottom_up:
+            return SteppedWindow(self, packed)
+        c = packed.Wz.new_tensor([w / (z * window) for w, z in zip(self.config.meta_prior, packed.z_sizes)
+                                  for _ in range(z)])
+        return WindowGradient(packed, self.out.weight.detach(), self.out.bias.detach(), c, window, batch)
+
+    @torch.no_grad()
     def error_regression(self, stream: torch.Tensor, window: int, iterations: int, lr: float = 0.1,
-                         horizon: int = 1, compile: bool = False) -> dict:
+                         horizon: int = 1) -> dict:
         """Online inference on unseen streams (B, T, out_size), all streams in lockstep.
 
         At every step t >= window - 1 only the adaptive vectors of the window [t - window + 1, t] are
@@ -270,10 +275,8 @@ class PVRNN(nn.Module):
         ``window_error_before`` / ``window_error_after`` (B, S) the window's mean squared reconstruction
         error (posterior means) before and after the iterations, and ``post_mu`` / ``post_sigma``: lists per
         level of (B, S, z_k), the posterior at the window's last step.
-        Each iteration takes the objective's gradient from ``window_objective_and_grad`` (by hand, no autograd)
-        and applies torch's Adam update. ``compile=True`` runs that gradient through ``torch.compile``: the same
-        computation, faster per iteration after a compilation of tens of seconds; its z samples come from
-        another random stream than eager mode's.
+        Each iteration takes the objective's gradient from ``window_solver`` (by hand, no autograd, in buffers
+        made once per call) and applies torch's Adam update (``adam_step``).
         """
         B, T = stream.shape[:2] if stream.dim() == 3 else (0, 0)
         if stream.dim() != 3 or stream.shape[-1] != self.config.out_size:
@@ -283,53 +286,66 @@ class PVRNN(nn.Module):
             raise ValueError(f"error_regression needs window >= 1, iterations >= 0, horizon >= 1 and "
                              f"T >= window + horizon, got window={window}, iterations={iterations}, horizon={horizon}, T={T}")
         stream = stream.to(self.out.weight)
-        with torch.no_grad():  # packed once, outside autograd: the weights stay fixed
-            packed = self.packed()
+        packed = self.packed()  # once, outside autograd: the weights stay fixed
         Z = sum(self.config.z_sizes)
-        a = stream.new_zeros(B, window, 2 * Z)  # the window's [A_mu, A_sigma]
+        a = stream.new_zeros(B, window, 2 * Z)  # the window's [A_mu, A_sigma], updated in place by Adam
         state, first = [(h.detach(), d.detach()) for h, d in self.initial_state(B)], True
         keys = ("prediction", "error", "window_error_before", "window_error_after")
         res = {k: [] for k in keys} | {"post_mu": [], "post_sigma": []}
-        objective_and_grad, pass_fn = self.window_objective_and_grad, self._posterior_pass
-        if compile:
-            objective_and_grad = torch.compile(objective_and_grad, dynamic=False)
-            pass_fn = torch.compile(pass_fn, dynamic=False)
-
-        d_sizes, z_sizes, n0 = packed.d_sizes, packed.z_sizes, packed.d_sizes[0]
-
-        @torch.no_grad()
-        def posterior_mean(steps: int = window) -> dict:  # the window's first ``steps`` steps at z = mu^q
-            h0, d0 = join_state(state)
-            q = pass_fn(packed, *a[:, :steps].chunk(2, -1), None, h0, d0, first)
-            q["state"] = split_state(q["h"], q["d"][:, -1], d_sizes)
-            return q
-
-        def window_error(q, obs):
-            return (self.out(q["d"][..., :n0]) - obs).square().mean((-1, -2))
-
+        solver, d_sizes, z_sizes = self.window_solver(packed, window, B), packed.d_sizes, packed.z_sizes
         for t in range(window - 1, T - horizon):
             obs = stream[:, t - window + 1:t + 1]
-            res["window_error_before"].append(window_error(posterior_mean(), obs))
-            a, moments, step = a.clone(), (torch.zeros_like(a), torch.zeros_like(a)), a.new_zeros(())
-            for _ in range(iterations):
-                grad = objective_and_grad(a, state, first, obs, packed)[1]
-                # torch.optim.Adam's own update in its functional form (without the Optimizer's per-step overhead)
-                adam([a], [grad], [moments[0]], [moments[1]], [], [step], foreach=False, lr=lr, beta1=0.9,
-                     beta2=0.999, eps=1e-8, weight_decay=0.0, amsgrad=False, maximize=False)
-            q = posterior_mean()
-            res["window_error_after"].append(window_error(q, obs))
-            res["post_mu"].append(q["mu_q"][:, -1].split(z_sizes, -1))
-            res["post_sigma"].append(q["sigma_q"][:, -1].split(z_sizes, -1))
-            with torch.no_grad():
-                pred = self.unroll(horizon, q["state"], first=False, noise=False)["x"]
+            h0, d0 = join_state(state)
+            res["window_error_before"].append(solver.mean_pass(a, h0, d0, obs))
+            moments = (torch.zeros_like(a), torch.zeros_like(a))
+            for step in range(1, iterations + 1):
+                adam_step(a, solver(a, torch.randn_like(a[..., :Z]), h0, d0, first, obs)[1], *moments, step, lr)
+            res["window_error_after"].append(solver.mean_pass(a, h0, d0, obs))
+            res["post_mu"].append(torch.tanh(a[:, -1, :Z]).split(z_sizes, -1))
+            res["post_sigma"].append(torch.exp(a[:, -1, Z:]).split(z_sizes, -1))
+            pred = self.unroll(horizon, split_state(*solver.state_at(window - 1), d_sizes), first=False,
+                               noise=False)["x"]
             res["prediction"].append(pred)
             res["error"].append((pred - stream[:, t + 1:t + 1 + horizon]).square().mean((-1, -2)))
-            state, first = posterior_mean(steps=1)["state"], False  # commit the oldest step at its posterior mean
+            # commit the oldest step at its posterior mean, then slide: a new step's vectors start at 0
+            state, first = split_state(*solver.state_at(0), d_sizes), False
             a = torch.cat([a[:, 1:], a.new_zeros(B, 1, 2 * Z)], 1)
         out = {k: torch.stack(res[k], 1) for k in keys}
         for name in ("post_mu", "post_sigma"):
             out[name] = [torch.stack(v, 1) for v in zip(*res[name])]
         return out
+
+
+class SteppedWindow:
+    """``layers.WindowGradient``'s interface (gradient call, ``mean_pass``, ``state_at``) for models with bottom-up
+    weights: the model's level-by-level posterior pass, and autograd's gradient of ``window_objective``."""
+
+    def __init__(self, model: PVRNN, packed: PackedStack):
+        self.model, self.packed, self.Z = model, packed, sum(packed.z_sizes)
+        self._last = None  # (a, h0, d0, pass) of the last mean_pass
+
+    def _pass(self, a, eps, h0, d0, first):
+        return self.model._posterior_pass(self.packed, a[..., :self.Z], a[..., self.Z:], eps, h0, d0, first)
+
+    def __call__(self, a, eps, h0, d0, first, obs, value=False):
+        m = self.model
+        with torch.enable_grad():
+            a = a.detach().requires_grad_()
+            J = m.weighted(*m.elbo_terms(m._posterior_outputs(self._pass(a, eps, h0, d0, first), self.packed),
+                                         obs)).sum()
+            grad, = torch.autograd.grad(J, [a])
+        return J.detach() if value else None, grad
+
+    def mean_pass(self, a, h0, d0, obs):
+        q = self._pass(a, None, h0, d0, False)  # z = mu^q: the first step's prior does not enter d
+        self._last = (a.clone(), h0, d0, q)
+        return (self.model.out(q["d"][..., :self.packed.d_sizes[0]]) - obs).square().mean((-1, -2))
+
+    def state_at(self, t):
+        a, h0, d0, q = self._last
+        if t + 1 < a.shape[1]:
+            q = self._pass(a[:, :t + 1], None, h0, d0, False)
+        return q["h"], q["d"][:, -1]
 
 
 @register_model(PVRNNConfig(), PAPER)
