@@ -108,6 +108,52 @@ class SkewedStack:
             torch.addmm(ru[f - 1], X[f - 1], A, out=Xh[f])
             torch.tanh(Xh[f], out=Xd[f])
 
+    def run_prior(self, h0: torch.Tensor, d0: torch.Tensor, first: bool, eps: torch.Tensor | None) -> dict:
+        """Generation, without autograd: the recursion driven by z sampled from each level's prior given its own
+        d_{t-1} (held by the same frame as the step's other inputs),
+            mu^p = tanh(W_mu d_{t-1} + b_mu),  sigma^p = exp(W_sigma d_{t-1} + b_sigma),  z_t = mu^p + sigma^p eps_t,
+        with z_t = mu^p when ``eps`` (B, T, Z) is None and N(0, I) at t = 1 when ``first``, from (h0, d0). Seven or
+        eight ops per wave step. Returns ``z``, ``prior_mu`` and ``prior_sigma`` (B, T, Z); d and the state through
+        ``d`` and ``state_at``."""
+        p, L, N, Z = self.packed, self.L, self.N, sum(self.packed.z_sizes)
+        if not hasattr(self, "_prior"):  # buffers and weights of generation, made on first use
+            lag = torch.tensor([L - 1 - k for k, z in enumerate(p.z_sizes) for _ in range(z)], device=p.lag.device)
+            waves = torch.arange(self.S, device=lag.device)[:, None]
+            self._prior = dict(
+                mu=p.M.new_empty(self.S, self.B, Z), sigma=p.M.new_empty(self.S, self.B, Z),
+                z=p.M.new_empty(self.S, self.B, Z),
+                time_of_wave=(waves - lag).clamp(0, self.T - 1)[:, None].expand(-1, self.B, -1),   # (S, B, Z)
+                wave_of_time=(waves[:self.T] + lag)[:, None].expand(-1, self.B, -1),                # (T, B, Z)
+                not_first=[(waves[s] != lag).to(p.M.dtype).repeat(2) for s in range(L)],           # (2Z,) per wave
+                Wmu_t=p.Wp[:Z].t(), Wsigma_t=p.Wp[Z:].t(), bmu=p.bp[:Z], bsigma=p.bp[Z:],
+                rWz_t=(p.rate[:, None] * p.Wz).t(), rb=p.rate * p.b)
+        q = self._prior
+        mu, sigma, z = q["mu"].unbind(0), q["sigma"].unbind(0), q["z"].unbind(0)
+        noise = None if eps is None else torch.gather(eps.transpose(0, 1), 0, q["time_of_wave"]).unbind(0)
+        A, X, Xh, Xd = self.A, self._X, self._Xh, self._Xd
+        Xh[0].copy_(h0)
+        Xd[0].copy_(d0)
+        for f in range(1, self.S + 1):
+            s = f - 1
+            if first and s < L:  # the levels at their first step draw from N(0, I): zero pre-activations
+                pre = torch.addmm(p.bp, Xd[s], p.Wp.t()) * q["not_first"][s]
+                torch.tanh(pre[:, :Z], out=mu[s])
+                torch.exp(pre[:, Z:], out=sigma[s])
+            else:
+                torch.tanh(torch.addmm(q["bmu"], Xd[s], q["Wmu_t"]), out=mu[s])
+                torch.exp(torch.addmm(q["bsigma"], Xd[s], q["Wsigma_t"]), out=sigma[s])
+            zs = mu[s] if noise is None else torch.addcmul(mu[s], sigma[s], noise[s], out=z[s])
+            ru = torch.addmm(q["rb"], zs, q["rWz_t"])
+            if f < L:  # the levels below have not started
+                torch.where(self._on[f], torch.addmm(ru, X[s], A), Xh[s], out=Xh[f])
+                torch.where(self._on[f], torch.tanh(Xh[f]), Xd[s], out=Xd[f])
+            else:
+                torch.addmm(ru, X[s], A, out=Xh[f])
+                torch.tanh(Xh[f], out=Xd[f])
+        unskew = lambda x: torch.gather(x, 0, q["wave_of_time"]).transpose(0, 1)  # noqa: E731
+        return {"z": unskew(q["mu"] if eps is None else q["z"]), "prior_mu": unskew(q["mu"]),
+                "prior_sigma": unskew(q["sigma"])}
+
     def d(self) -> torch.Tensor:
         """d (B, T, N) of the last ``run`` (a transposed view of a gather from the frames)."""
         return torch.gather(self.Xd, 0, self.frame_of_time).transpose(0, 1)

@@ -135,6 +135,42 @@ def test_error_regression_reduces_window_error_and_touches_only_the_window():
         m.error_regression(stream, window=20, iterations=1)
 
 
+@pytest.mark.parametrize("noise", [False, True])
+def test_skewed_generation_matches_level_by_level_steps(noise):
+    """Generation in the skewed stack (SkewedStack.run_prior) equals the differentiable level-by-level prior
+    path in fp64 for a three-level stack, with and without the first step's N(0, I), with the same noise."""
+    from layers import SkewedStack
+    from zoo.pvrnn import join_state
+
+    torch.manual_seed(0)
+    m = zoo.create_model("pvrnn_small", d_sizes=(6, 5, 4), z_sizes=(3, 2, 1), taus=(2.0, 4.0, 8.0),
+                         meta_prior=(0.1, 0.01, 0.001)).double()
+    B, T = 2, 7
+    state = [(0.3 * torch.randn(B, n, dtype=torch.float64), 0.3 * torch.randn(B, n, dtype=torch.float64))
+             for n in (6, 5, 4)]
+    for first in (True, False):
+        torch.manual_seed(3)
+        ref = m._stepped_prior(T, state, first, noise)
+        eps = None
+        if noise:  # the stepped path's draws: per step, top level first
+            torch.manual_seed(3)
+            draws = [[torch.randn(B, z, dtype=torch.float64) for z in (1, 2, 3)] for _ in range(T)]
+            eps = torch.stack([torch.cat(step[::-1], -1) for step in draws], 1)
+        with torch.no_grad():
+            stack = SkewedStack(m.packed(), T, B)
+            got = stack.run_prior(*join_state(state), first, eps)
+        for name in ("z", "prior_mu", "prior_sigma"):
+            expected = torch.cat([lvl[name] for lvl in ref["levels"]], -1)
+            torch.testing.assert_close(got[name], expected, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(stack.d(), torch.cat([lvl["d"] for lvl in ref["levels"]], -1),
+                                   rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(stack.state_at(T - 1)[0], torch.cat([h for h, _ in ref["state"]], -1),
+                                   rtol=1e-12, atol=1e-12)
+    if not noise:
+        torch.testing.assert_close(m.unroll(T, state, True, noise=False)["x"],
+                                   m._stepped_prior(T, state, True, False)["x"], rtol=1e-12, atol=1e-12)
+
+
 def test_adam_step_equals_torch_adam():
     from zoo.pvrnn import adam_step
 

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from layers import PackedStack, ProbePoint, PVRNNLayer, WindowGradient, pack_levels, posterior_pass
+from layers import PackedStack, ProbePoint, PVRNNLayer, SkewedStack, WindowGradient, pack_levels, posterior_pass
 
 from ._registry import Paper, register_model
 
@@ -110,14 +110,13 @@ class PVRNN(nn.Module):
         ``levels[k][name]`` (B, steps, .) and the final ``state``.
         Under the posterior z does not depend on the state, so z, W_zd z, the priors, the KL and the read-out are
         computed for all steps and levels at once from the packed weights, and the d recursion of all levels runs
-        in ``stack_recurrence`` (one autograd function; step by step only with bottom-up weights).
+        in ``stack_recurrence`` (one autograd function; step by step only with bottom-up weights). Under the prior
+        all levels advance together in a ``layers.SkewedStack`` without autograd (``prior_mean_map`` and models
+        with bottom-up weights step level by level, differentiably).
         """
         if post is None:
-            rec, hs = self._step_by_step(steps, [h for h, _ in state], [d for _, d in state], first, None, noise)
-            levels = [{n: getattr(layer, n)(torch.stack(r[n], 1)) for n in ("d", "z", "prior_mu", "prior_sigma")}
-                      for layer, r in zip(self.levels, rec)]
-            return {"x": self.x_hat(self.out(levels[0]["d"])), "levels": levels,
-                    "state": [(h, lvl["d"][:, -1]) for h, lvl in zip(hs, levels)]}
+            return self._stepped_prior(steps, state, first, noise) if self.config.bottom_up else \
+                self._skewed_prior(steps, state, first, noise, packed)
         p = self.packed() if packed is None else packed
         a_mu, a_sigma = post
         Z = sum(p.z_sizes)
@@ -127,6 +126,30 @@ class PVRNN(nn.Module):
         h0, d0 = join_state(state)
         q = self._posterior_pass(p, a_mu, a_sigma, torch.randn_like(a_mu) if noise else None, h0, d0, first)
         return self._posterior_outputs(q, p)
+
+    @torch.no_grad()
+    def _skewed_prior(self, steps: int, state, first: bool, noise: bool, packed: PackedStack | None) -> dict:
+        """``unroll`` under the prior in a ``layers.SkewedStack`` (``run_prior``): all levels advance together, one
+        wave step at a time; no autograd (``_stepped_prior`` is the differentiable reference)."""
+        p = self.packed() if packed is None else packed
+        h0, d0 = join_state(state)
+        stack = SkewedStack(p, steps, h0.shape[0])
+        eps = h0.new_empty(h0.shape[0], steps, sum(p.z_sizes)).normal_() if noise else None
+        prior = stack.run_prior(h0, d0, first, eps)
+        names = ("z", "prior_mu", "prior_sigma")
+        per_level = zip(stack.d().split(p.d_sizes, -1), *[prior[n].split(p.z_sizes, -1) for n in names])
+        levels = [{n: getattr(layer, n)(x) for n, x in zip(("d",) + names, xs)}
+                  for layer, xs in zip(self.levels, per_level)]
+        return {"x": self.x_hat(self.out(levels[0]["d"])), "levels": levels,
+                "state": split_state(*stack.state_at(steps - 1), p.d_sizes)}
+
+    def _stepped_prior(self, steps: int, state, first: bool, noise: bool) -> dict:
+        """``unroll`` under the prior level by level, one step at a time, differentiable (``prior_mean_map``)."""
+        rec, hs = self._step_by_step(steps, [h for h, _ in state], [d for _, d in state], first, None, noise)
+        levels = [{n: getattr(layer, n)(torch.stack(r[n], 1)) for n in ("d", "z", "prior_mu", "prior_sigma")}
+                  for layer, r in zip(self.levels, rec)]
+        return {"x": self.x_hat(self.out(levels[0]["d"])), "levels": levels,
+                "state": [(h, lvl["d"][:, -1]) for h, lvl in zip(hs, levels)]}
 
     def _posterior_pass(self, p: PackedStack, a_mu, a_sigma, eps, h0, d0, first: bool) -> dict:
         """``layers.posterior_pass`` with this model's recursion: the skewed stack, or level by level when the
@@ -224,7 +247,7 @@ class PVRNN(nn.Module):
         levels concatenated, h (B, sum d_k) -> (B, sum d_k), with d = tanh(h): the deterministic part of
         generation, whose largest Lyapunov exponent tells chaos (> 0) from a stable pattern (<= 0)."""
         hs = h.split(list(self.config.d_sizes), -1)
-        state = self.unroll(1, [(hk, torch.tanh(hk)) for hk in hs], first=False, noise=False)["state"]
+        state = self._stepped_prior(1, [(hk, torch.tanh(hk)) for hk in hs], first=False, noise=False)["state"]
         return join_state(state)[0]
 
     @torch.no_grad()
