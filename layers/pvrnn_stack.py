@@ -115,7 +115,7 @@ class SkewedStack:
         with z_t = mu^p when ``eps`` (B, T, Z) is None and N(0, I) at t = 1 when ``first``, from (h0, d0). Seven or
         eight ops per wave step. Returns ``z``, ``prior_mu`` and ``prior_sigma`` (B, T, Z); d and the state through
         ``d`` and ``state_at``."""
-        p, L, N, Z = self.packed, self.L, self.N, sum(self.packed.z_sizes)
+        p, L, Z = self.packed, self.L, sum(self.packed.z_sizes)
         if not hasattr(self, "_prior"):  # buffers and weights of generation, made on first use
             lag = torch.tensor([L - 1 - k for k, z in enumerate(p.z_sizes) for _ in range(z)], device=p.lag.device)
             waves = torch.arange(self.S, device=lag.device)[:, None]

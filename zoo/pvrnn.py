@@ -256,6 +256,14 @@ class PVRNN(nn.Module):
         return self(ids, steps=steps, noise=False)["x"]
 
     # -- error regression ------------------------------------------------------------------------------------
+    def _predict(self, ahead: SkewedStack | None, state: tuple[torch.Tensor, torch.Tensor], horizon: int):
+        """x for ``horizon`` steps of the prior mean from the state (h, d) (levels concatenated), in ``ahead``
+        (a SkewedStack reused across calls) or level by level when it is None (bottom-up weights)."""
+        if ahead is None:
+            return self.unroll(horizon, split_state(*state, self.config.d_sizes), first=False, noise=False)["x"]
+        ahead.run_prior(*state, first=False, eps=None)
+        return self.out(ahead.d()[..., :self.config.d_sizes[0]])
+
     def window_objective(self, a: torch.Tensor, state, first: bool, obs: torch.Tensor,
                          packed: PackedStack | None = None) -> torch.Tensor:
         """Error regression's objective: the training objective restricted to the window ``obs`` (B, W, out), summed
@@ -283,7 +291,6 @@ class PVRNN(nn.Module):
                                   for _ in range(z)])
         return WindowGradient(packed, self.out.weight.detach(), self.out.bias.detach(), c, window, batch)
 
-    @torch.no_grad()
     def error_regression(self, stream: torch.Tensor, window: int, iterations: int, lr: float = 0.1,
                          horizon: int = 1) -> dict:
         """Online inference on unseen streams (B, T, out_size), all streams in lockstep.
@@ -299,7 +306,9 @@ class PVRNN(nn.Module):
         error (posterior means) before and after the iterations, and ``post_mu`` / ``post_sigma``: lists per
         level of (B, S, z_k), the posterior at the window's last step.
         Each iteration takes the objective's gradient from ``window_solver`` (by hand, no autograd, in buffers
-        made once per call) and applies torch's Adam update (``adam_step``).
+        made once per call) and applies torch's Adam update (``adam_step``). The loop runs in inference mode
+        (less overhead per op; level by level under no_grad for bottom-up models, whose gradient is autograd's);
+        the results are ordinary tensors.
         """
         B, T = stream.shape[:2] if stream.dim() == 3 else (0, 0)
         if stream.dim() != 3 or stream.shape[-1] != self.config.out_size:
@@ -308,14 +317,21 @@ class PVRNN(nn.Module):
         if window < 1 or iterations < 0 or horizon < 1 or T < window + horizon:
             raise ValueError(f"error_regression needs window >= 1, iterations >= 0, horizon >= 1 and "
                              f"T >= window + horizon, got window={window}, iterations={iterations}, horizon={horizon}, T={T}")
-        stream = stream.to(self.out.weight)
-        packed = self.packed()  # once, outside autograd: the weights stay fixed
+        with torch.no_grad() if self.config.bottom_up else torch.inference_mode():
+            out = self._regress(stream.to(self.out.weight), window, iterations, lr, horizon)
+        return {k: [x.clone() for x in v] if isinstance(v, list) else v.clone() for k, v in out.items()}
+
+    def _regress(self, stream: torch.Tensor, window: int, iterations: int, lr: float, horizon: int) -> dict:
+        """``error_regression``'s loop, without autograd."""
+        B, T = stream.shape[:2]
+        packed = self.packed()  # once: the weights stay fixed
         Z = sum(self.config.z_sizes)
         a = stream.new_zeros(B, window, 2 * Z)  # the window's [A_mu, A_sigma], updated in place by Adam
         state, first = [(h.detach(), d.detach()) for h, d in self.initial_state(B)], True
         keys = ("prediction", "error", "window_error_before", "window_error_after")
         res = {k: [] for k in keys} | {"post_mu": [], "post_sigma": []}
         solver, d_sizes, z_sizes = self.window_solver(packed, window, B), packed.d_sizes, packed.z_sizes
+        ahead = None if self.config.bottom_up else SkewedStack(packed, horizon, B)  # the prior-mean predictions
         for t in range(window - 1, T - horizon):
             obs = stream[:, t - window + 1:t + 1]
             h0, d0 = join_state(state)
@@ -326,8 +342,7 @@ class PVRNN(nn.Module):
             res["window_error_after"].append(solver.mean_pass(a, h0, d0, obs))
             res["post_mu"].append(torch.tanh(a[:, -1, :Z]).split(z_sizes, -1))
             res["post_sigma"].append(torch.exp(a[:, -1, Z:]).split(z_sizes, -1))
-            pred = self.unroll(horizon, split_state(*solver.state_at(window - 1), d_sizes), first=False,
-                               noise=False)["x"]
+            pred = self._predict(ahead, solver.state_at(window - 1), horizon)
             res["prediction"].append(pred)
             res["error"].append((pred - stream[:, t + 1:t + 1 + horizon]).square().mean((-1, -2)))
             # commit the oldest step at its posterior mean, then slide: a new step's vectors start at 0
