@@ -82,9 +82,9 @@ class SkewedStack:
         self.time_of_frame = time[1:].clamp(0, T - 1)[:, None].expand(-1, B, -1)                    # (S, B, N)
         self.frame_of_time = (torch.arange(T, device=M.device)[:, None] + lag + 1)[:, None].expand(-1, B, -1)
         self.A = torch.cat([torch.diag(1 - rate), (rate[:, None] * M).t()], 0)                       # (2N, N)
-        new = M.new_zeros
-        self.X, self.gin, self.G, self.Y = new(S + 1, B, 2 * N), new(S + 1, B, 2 * N), new(S + 2, B, N), new(B, 2 * N)
-        self.ru, self.slope, self.ones = new(S, B, N), new(S + 1, B, N), M.new_ones(S + 1, B, N)
+        new = M.new_empty  # every buffer is written before it is read, except gin's zeros (see propagate)
+        self.X, self.gin, self.G, self.Y = new(S + 1, B, 2 * N), M.new_zeros(S + 1, B, 2 * N), new(S + 2, B, N), new(B, 2 * N)
+        self.ru, self.slope, self.one = new(S, B, N), new(S + 1, B, N), M.new_ones(())
         self.Xh, self.Xd, self.gin_h, self.gin_d = self.X[..., :N], self.X[..., N:], self.gin[..., :N], self.gin[..., N:]
         # per-frame views, made once: the loops below index lists instead of slicing tensors
         self._X, self._Xh, self._Xd, self._ru = self.X.unbind(0), self.Xh.unbind(0), self.Xd.unbind(0), self.ru.unbind(0)
@@ -170,7 +170,7 @@ class SkewedStack:
         Returns dL/dh0 and dL/dd0."""
         L, N = self.L, self.N
         AT, Y, gin, G, slope = self.A.t(), self.Y, self._gin, self._G, self._slope
-        torch.addcmul(self.ones, self.Xd, self.Xd, value=-1, out=self.slope)
+        torch.addcmul(self.one, self.Xd, self.Xd, value=-1, out=self.slope)
         Yh, Yd = Y[:, :N], Y[:, N:]
         G[self.S + 1].zero_()
         for f in range(self.S, L - 1, -1):
@@ -197,7 +197,7 @@ class SkewedStack:
         g_h0, g_d0 = self.propagate()
         g_pre = self.G[1:S + 1] * (rate * self.started[1:])[:, None]  # (S, B, N): dL/d(r u), 0 before a level starts
         g_u = torch.gather(g_pre, 0, self.frame_of_time - 1).transpose(0, 1)
-        g_M = g_pre.reshape(S * self.B, N).t() @ self.Xd[:S].reshape(S * self.B, N) if weights else None
+        g_M = g_pre.reshape(S * self.B, N).t() @ self.Xd_rows[:S * self.B] if weights else None
         return g_u, g_h0, g_d0, g_M
 
 
