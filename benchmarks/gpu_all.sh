@@ -48,7 +48,7 @@ step() {  # step NAME LIMIT_SECONDS COMMAND...
   step coord_attention 180 python benchmarks/coord_attention_speed.py --device cuda --seconds 0.5 --compile-batches 64
   step facet 120 python benchmarks/facet_vs_mace.py --device cuda --sides facet --parts speed relax --relax 20 \
     --facet weights/files/facet_small_emt.safetensors --out benchmarks/results
-  step pvrnn 90 python benchmarks/pvrnn_speed.py --device cuda --no-compile
+  step pvrnn 90 python benchmarks/pvrnn_speed.py --device cuda
   step train_eager 90 python -m train.cli train sigma-vit-digits --out /tmp/gpu_runs/eager
   step train_compiled 120 python -m train.cli train sigma-vit-digits --out /tmp/gpu_runs/compiled --set train.compile=true
   for run in eager compiled; do
