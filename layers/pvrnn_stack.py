@@ -93,6 +93,17 @@ class SkewedStack:
         self._on = [self.started[f].bool() for f in range(L)]
         # the masked waves' factors: on, r on, 1 - r on and 1 - on per unit
         self._masks = [(on, on * rate, 1 - rate * on, 1 - on) for on in self.started[:L]]
+        # generation (run_prior): latent unit j of level k holds step t at wave t + lag_k
+        Z = self.Z = sum(packed.z_sizes)
+        lag_z = torch.tensor([L - 1 - k for k, z in enumerate(packed.z_sizes) for _ in range(z)], device=M.device)
+        waves = torch.arange(S, device=M.device)[:, None]
+        self._prior = dict(
+            mu=new(S, B, Z), sigma=new(S, B, Z), z=new(S, B, Z),
+            time_of_wave=(waves - lag_z).clamp(0, T - 1)[:, None].expand(-1, B, -1),   # (S, B, Z)
+            wave_of_time=(waves[:T] + lag_z)[:, None].expand(-1, B, -1),                # (T, B, Z)
+            not_first=[(waves[s] != lag_z).to(M.dtype).repeat(2) for s in range(L)],    # (2Z,) per early wave
+            Wmu_t=packed.Wp[:Z].t(), Wsigma_t=packed.Wp[Z:].t(), bmu=packed.bp[:Z], bsigma=packed.bp[Z:],
+            rWz_t=(rate[:, None] * packed.Wz).t(), rb=rate * packed.b)
 
     def run(self, u: torch.Tensor, h0: torch.Tensor, d0: torch.Tensor) -> None:
         """The recursion driven by u (B, T, N) (W_zd z_t plus the W_dd bias, levels concatenated) from the state
@@ -115,19 +126,7 @@ class SkewedStack:
         with z_t = mu^p when ``eps`` (B, T, Z) is None and N(0, I) at t = 1 when ``first``, from (h0, d0). Seven or
         eight ops per wave step. Returns ``z``, ``prior_mu`` and ``prior_sigma`` (B, T, Z); d and the state through
         ``d`` and ``state_at``."""
-        p, L, Z = self.packed, self.L, sum(self.packed.z_sizes)
-        if not hasattr(self, "_prior"):  # buffers and weights of generation, made on first use
-            lag = torch.tensor([L - 1 - k for k, z in enumerate(p.z_sizes) for _ in range(z)], device=p.lag.device)
-            waves = torch.arange(self.S, device=lag.device)[:, None]
-            self._prior = dict(
-                mu=p.M.new_empty(self.S, self.B, Z), sigma=p.M.new_empty(self.S, self.B, Z),
-                z=p.M.new_empty(self.S, self.B, Z),
-                time_of_wave=(waves - lag).clamp(0, self.T - 1)[:, None].expand(-1, self.B, -1),   # (S, B, Z)
-                wave_of_time=(waves[:self.T] + lag)[:, None].expand(-1, self.B, -1),                # (T, B, Z)
-                not_first=[(waves[s] != lag).to(p.M.dtype).repeat(2) for s in range(L)],           # (2Z,) per wave
-                Wmu_t=p.Wp[:Z].t(), Wsigma_t=p.Wp[Z:].t(), bmu=p.bp[:Z], bsigma=p.bp[Z:],
-                rWz_t=(p.rate[:, None] * p.Wz).t(), rb=p.rate * p.b)
-        q = self._prior
+        p, L, Z, q = self.packed, self.L, self.Z, self._prior
         mu, sigma, z = q["mu"].unbind(0), q["sigma"].unbind(0), q["z"].unbind(0)
         noise = None if eps is None else torch.gather(eps.transpose(0, 1), 0, q["time_of_wave"]).unbind(0)
         A, X, Xh, Xd = self.A, self._X, self._Xh, self._Xd
