@@ -49,4 +49,4 @@ class EquivariantConvolution(nn.Module):
         up = self.linear_up.forward_blocks(self.linear_up.blocks_of(h[:, :self.in_dim]))
         x = torch.cat(up, -1)                                                                      # (N, C, in_dim)
         summed = self.tp(x.index_select(0, j), sh, self.radial(vectors.norm(dim=-1)), i, h.shape[0])
-        return torch.cat([y.flatten(1) for y in self.linear_out.forward_blocks(summed)], -1) / self.avg_num_neighbors
+        return self.linear_out.join(self.linear_out.forward_blocks(summed)) / self.avg_num_neighbors

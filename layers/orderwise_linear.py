@@ -60,5 +60,10 @@ class OrderwiseLinear(o3.Linear):
             out.append(y.view(x.shape[0], x.shape[-1], mul_out).transpose(1, 2))
         return out
 
+    @staticmethod
+    def join(blocks: list[torch.Tensor]) -> torch.Tensor:
+        """``forward_blocks``' outputs, per output (N, C_out, 2L+1) -> e3nn's layout (N, irreps_out.dim)."""
+        return torch.cat([y.flatten(1) for y in blocks], -1)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.cat([y.flatten(1) for y in self.forward_blocks(self.blocks_of(x))], -1)
+        return self.join(self.forward_blocks(self.blocks_of(x)))
