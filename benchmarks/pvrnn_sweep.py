@@ -3,7 +3,9 @@ the generated branch probability against the true one, and the error-regression 
 
     python benchmarks/pvrnn_sweep.py --w 1e-4 1e-2 1 --steps 400 --out runs/pvrnn_sweep [--set key=value ...]
 
-Writes <out>/sweep.json, <out>/sweep.md and <out>/sweep.png (metrics against w).
+Writes <out>/sweep.json, <out>/sweep.md and <out>/sweep.png (metrics against w); each run's own plot (a training
+sequence, free-running generation, posterior sigma during error regression) is <out>/w_<w>/pvrnn.png.
+``--from-json FILE`` redraws the table and plot from a saved sweep.json.
 """
 from __future__ import annotations
 
@@ -14,21 +16,10 @@ from pathlib import Path
 from train import fit, load_recipe
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--w", type=float, nargs="+", default=[1e-4, 1e-2, 1.0])
-    ap.add_argument("--steps", type=int, default=400)
-    ap.add_argument("--out", default="runs/pvrnn_sweep")
-    ap.add_argument("--set", dest="overrides", action="append", default=[])
-    args = ap.parse_args(argv)
-    out = Path(args.out)
-    rows = []
-    for w in args.w:
-        recipe = load_recipe("pvrnn-pfsm", [f"model_args.meta_prior=[{w},{w}]", f"train.steps={args.steps}",
-                                            "train.eval_every=0", *args.overrides])
-        final = fit(recipe, out=out / f"w_{w:g}")
-        rows.append({"w": w, **{k: v for k, v in final.items() if k not in ("step", "split")}})
-        (out / "sweep.json").write_text(json.dumps(rows, indent=2))
+def write_results(rows: list[dict], out: Path) -> str:
+    """sweep.json, sweep.md and sweep.png (each metric against w; the true branch probability dashed)."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "sweep.json").write_text(json.dumps(rows, indent=2))
     keys = [k for k in rows[0] if k != "w"]
     lines = ["| w | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
     lines += ["| " + " | ".join([f"{r['w']:g}"] + [f"{r[k]:.4g}" for k in keys]) + " |" for r in rows]
@@ -37,13 +28,45 @@ def main(argv=None):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(keys), figsize=(3.2 * len(keys), 3))
-    for ax, k in zip(axes, keys):
-        ax.plot([r["w"] for r in rows], [r[k] for r in rows], marker="o")
+    shown = [k for k in keys if k != "p_b_true"]
+    fig, axes = plt.subplots(1, len(shown), figsize=(2.9 * len(shown), 2.9))
+    ws = [r["w"] for r in rows]
+    for ax, k in zip(axes, shown):
+        ax.plot(ws, [r[k] for r in rows], marker="o")
         ax.set(xscale="log", xlabel="meta-prior w", title=k)
+        if k in ("rec", "er_error") or k.startswith("kl_"):
+            ax.set_yscale("log")
+        if k == "p_b_generated" and "p_b_true" in rows[0]:
+            ax.axhline(rows[0]["p_b_true"], ls="--", color="k", lw=0.8, label="true")
+            ax.legend(fontsize=7)
+        if k == "lambda_max":
+            ax.axhline(0, color="k", lw=0.5)
     fig.tight_layout()
     fig.savefig(out / "sweep.png", dpi=110)
-    print("\n".join(lines))
+    plt.close(fig)
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--w", type=float, nargs="+", default=[1e-4, 1e-2, 1.0])
+    ap.add_argument("--steps", type=int, default=400)
+    ap.add_argument("--out", default="runs/pvrnn_sweep")
+    ap.add_argument("--set", dest="overrides", action="append", default=[])
+    ap.add_argument("--from-json", help="redraw the table and plot from a sweep.json instead of training")
+    args = ap.parse_args(argv)
+    out = Path(args.out)
+    if args.from_json:
+        print(write_results(json.loads(Path(args.from_json).read_text()), out))
+        return
+    rows = []
+    for w in args.w:
+        recipe = load_recipe("pvrnn-pfsm", [f"model_args.meta_prior=[{w},{w}]", f"train.steps={args.steps}",
+                                            "train.eval_every=0", *args.overrides])
+        final = fit(recipe, out=out / f"w_{w:g}")
+        rows.append({"w": w, **{k: v for k, v in final.items() if k not in ("step", "split")}})
+        table = write_results(rows, out)
+    print(table)
 
 
 if __name__ == "__main__":
