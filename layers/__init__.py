@@ -11,7 +11,8 @@ from .grassmann_mixing import CausalGrassmannMixing, pluecker
 from .causal_self_attention import CausalSelfAttention
 from .sigma_reparam import SigmaConv2d, SigmaLinear, SigmaReparam, apply_sigma_reparam, remove_sigma_reparam
 from .pvrnn_layer import PVRNNLayer, gaussian_kl
-from .pvrnn_stack import PackedStack, SkewedStack, WindowGradient, pack_levels, posterior_pass, stack_recurrence
+from .pvrnn_stack import PackedStack, SkewedStack, pack_levels, posterior_pass, stack_recurrence
+from .pvrnn_window import WindowGradient
 from .radial import BesselMLPRadial, PolynomialEnvelope, SplineRadial
 from .equivariant_mixing import GateMixing, SphericalGridMLP, TensorProductMixing, make_mixing
 from .edge_tensor_product import EdgeTensorProduct
