@@ -70,6 +70,8 @@ class SkewedStack:
     two ops per wave step (addmm, tanh), S = T + L-1 of them, where stepping level by level takes L T steps.
     In the first L-1 waves the lower levels have not started and keep their state (masked); after its T steps a
     level runs on for up to L-1 waves whose values no valid step reads (and whose gradients are zero).
+    ``run`` takes the drives u (the posterior pass), ``run_prior`` samples z from the prior (generation),
+    ``propagate`` / ``backward`` backpropagate the last ``run``.
     """
 
     def __init__(self, packed: PackedStack, T: int, B: int):
