@@ -95,30 +95,40 @@ class SkewedStack:
         self._on = [self.started[f].bool() for f in range(L)]
         # the masked waves' factors: on, r on, 1 - r on and 1 - on per unit
         self._masks = [(on, on * rate, 1 - rate * on, 1 - on) for on in self.started[:L]]
-        # generation (run_prior): latent unit j of level k holds step t at wave t + lag_k
+        # latent unit j of level k holds step t at wave t + lag_k; z enters the recursion as r (W_zd z + b)
         Z = self.Z = sum(packed.z_sizes)
-        lag_z = torch.tensor([L - 1 - k for k, z in enumerate(packed.z_sizes) for _ in range(z)], device=M.device)
+        self.lag_z = torch.tensor([L - 1 - k for k, z in enumerate(packed.z_sizes) for _ in range(z)], device=M.device)
+        self.rWz, self.rb = rate[:, None] * packed.Wz, rate * packed.b                                # (N, Z), (N,)
+        # generation (run_prior)
         waves = torch.arange(S, device=M.device)[:, None]
         self._prior = dict(
             mu=new(S, B, Z), sigma=new(S, B, Z), z=new(S, B, Z),
-            time_of_wave=(waves - lag_z).clamp(0, T - 1)[:, None].expand(-1, B, -1),   # (S, B, Z)
-            wave_of_time=(waves[:T] + lag_z)[:, None].expand(-1, B, -1),                # (T, B, Z)
-            not_first=[(waves[s] != lag_z).to(M.dtype).repeat(2) for s in range(L)],    # (2Z,) per early wave
-            Wmu_t=packed.Wp[:Z].t(), Wsigma_t=packed.Wp[Z:].t(), bmu=packed.bp[:Z], bsigma=packed.bp[Z:],
-            rWz_t=(rate[:, None] * packed.Wz).t(), rb=rate * packed.b)
+            time_of_wave=(waves - self.lag_z).clamp(0, T - 1)[:, None].expand(-1, B, -1),   # (S, B, Z)
+            wave_of_time=(waves[:T] + self.lag_z)[:, None].expand(-1, B, -1),                # (T, B, Z)
+            not_first=[(waves[s] != self.lag_z).to(M.dtype).repeat(2) for s in range(L)],    # (2Z,) per early wave
+            Wmu_t=packed.Wp[:Z].t(), Wsigma_t=packed.Wp[Z:].t(), bmu=packed.bp[:Z], bsigma=packed.bp[Z:])
 
     def run(self, u: torch.Tensor, h0: torch.Tensor, d0: torch.Tensor) -> None:
         """The recursion driven by u (B, T, N) (W_zd z_t plus the W_dd bias, levels concatenated) from the state
         (h0, d0), each (B, N), without autograd, into the frames (read them with ``d`` and ``state_at``)."""
-        A, X, Xh, Xd, ru = self.A, self._X, self._Xh, self._Xd, self._ru
         torch.gather(u.transpose(0, 1), 0, self.time_of_frame, out=self.ru).mul_(self.packed.rate)
-        Xh[0].copy_(h0)
-        Xd[0].copy_(d0)
-        for f in range(1, self.L):  # waves in which the levels below have not started: they keep h and d
-            torch.where(self._on[f], torch.addmm(ru[f - 1], X[f - 1], A), Xh[f - 1], out=Xh[f])
+        self._start(h0, d0)
+        for f, ru in enumerate(self._ru, 1):
+            self._advance(f, ru)
+
+    def _start(self, h0: torch.Tensor, d0: torch.Tensor) -> None:
+        self._Xh[0].copy_(h0)
+        self._Xd[0].copy_(d0)
+
+    def _advance(self, f: int, ru: torch.Tensor) -> None:
+        """Frame f from frame f-1 and the drive r u (B, N) of wave f-1: one addmm and one tanh; in the first
+        L-1 waves the levels below, which have not started, keep h and d."""
+        X, Xh, Xd = self._X, self._Xh, self._Xd
+        if f < self.L:
+            torch.where(self._on[f], torch.addmm(ru, X[f - 1], self.A), Xh[f - 1], out=Xh[f])
             torch.where(self._on[f], torch.tanh(Xh[f]), Xd[f - 1], out=Xd[f])
-        for f in range(self.L, self.S + 1):
-            torch.addmm(ru[f - 1], X[f - 1], A, out=Xh[f])
+        else:
+            torch.addmm(ru, X[f - 1], self.A, out=Xh[f])
             torch.tanh(Xh[f], out=Xd[f])
 
     def run_prior(self, h0: torch.Tensor, d0: torch.Tensor, first: bool, eps: torch.Tensor | None) -> dict:
@@ -131,9 +141,8 @@ class SkewedStack:
         p, L, Z, q = self.packed, self.L, self.Z, self._prior
         mu, sigma, z = q["mu"].unbind(0), q["sigma"].unbind(0), q["z"].unbind(0)
         noise = None if eps is None else torch.gather(eps.transpose(0, 1), 0, q["time_of_wave"]).unbind(0)
-        A, X, Xh, Xd = self.A, self._X, self._Xh, self._Xd
-        Xh[0].copy_(h0)
-        Xd[0].copy_(d0)
+        Xd, rWz_t = self._Xd, self.rWz.t()
+        self._start(h0, d0)
         for f in range(1, self.S + 1):
             s = f - 1
             if first and s < L:  # the levels at their first step draw from N(0, I): zero pre-activations
@@ -144,13 +153,7 @@ class SkewedStack:
                 torch.tanh(torch.addmm(q["bmu"], Xd[s], q["Wmu_t"]), out=mu[s])
                 torch.exp(torch.addmm(q["bsigma"], Xd[s], q["Wsigma_t"]), out=sigma[s])
             zs = mu[s] if noise is None else torch.addcmul(mu[s], sigma[s], noise[s], out=z[s])
-            ru = torch.addmm(q["rb"], zs, q["rWz_t"])
-            if f < L:  # the levels below have not started
-                torch.where(self._on[f], torch.addmm(ru, X[s], A), Xh[s], out=Xh[f])
-                torch.where(self._on[f], torch.tanh(Xh[f]), Xd[s], out=Xd[f])
-            else:
-                torch.addmm(ru, X[s], A, out=Xh[f])
-                torch.tanh(Xh[f], out=Xd[f])
+            self._advance(f, torch.addmm(self.rb, zs, rWz_t))
         unskew = lambda x: torch.gather(x, 0, q["wave_of_time"]).transpose(0, 1)  # noqa: E731
         return {"z": unskew(q["mu"] if eps is None else q["z"]), "prior_mu": unskew(q["mu"]),
                 "prior_sigma": unskew(q["sigma"])}

@@ -25,11 +25,10 @@ class WindowGradient:
         self.packed, self.stack, self.c = packed, SkewedStack(packed, W, B), c
         L, Z, n0 = len(packed.d_sizes), sum(packed.z_sizes), packed.d_sizes[0]
         self.L, self.Z, self.n0 = L, Z, n0
-        lag = torch.tensor([L - 1 - k for k, z in enumerate(packed.z_sizes) for _ in range(z)], device=c.device)
+        lag = self.stack.lag_z
         # the prior of step t reads d_{t-1} of its level, held by frame t + lag (frame lag: the initial state)
         self.prior_frame = (torch.arange(W, device=c.device)[:, None] + lag.repeat(2))[:, None].expand(-1, B, -1)
         self.not_first_step = (torch.arange(W, device=c.device) > 0).to(c.dtype)[:, None]
-        self.rWz = packed.rate[:, None] * packed.Wz  # dJ/dz = dJ/d(r u) (r W_zd): u = W_zd z + b enters as r u
         self.Wp_t, self.one, self.minus_one = packed.Wp.t(), c.new_ones(()), -c.new_ones(())
         self.out_weight, self.out_bias = out_weight, out_bias
         self.out_grad = out_weight * (2 / (W * out_weight.shape[0]))  # dJ/dd^0 = (x_hat - x) 2 W_out / (W R)
@@ -64,7 +63,8 @@ class WindowGradient:
         diff = self._residual(obs)
         self.level0_gin.add_(diff @ self.out_grad)
         stack.propagate()
-        g_z = torch.gather(stack.G, 0, stack.frame_of_time).transpose(0, 1) @ self.rWz  # (B, W, Z)
+        # z enters as r (W_zd z + b), so dJ/dz = dJ/d(r u) r W_zd, and dJ/d(r u) is G in the step's frame
+        g_z = torch.gather(stack.G, 0, stack.frame_of_time).transpose(0, 1) @ stack.rWz  # (B, W, Z)
         torch.mul(g_z + cev, torch.addcmul(self.one, mu_q, mu_q, value=-1), out=self.g_mu)
         torch.addcmul(c * (sq2v - 1), g_z * eps, sigma_q, out=self.g_sigma)
         if not value:
