@@ -9,17 +9,17 @@ from .equivariant_mixing import from_channels, sphere_irreps
 
 
 class EdgeTensorProduct(nn.Module):
-    """m_i,c,(p,M) = sum_{e: i<-j} w_e,p,c sum_{a,b} T^p_{a b M} x_j,c,a Y_e,b: e3nn's channel-wise ('uvu') tensor
+    """m_i,(p,M),c = sum_{e: i<-j} w_e,p,c sum_{a,b} T^p_{a b M} x_j,a,c Y_e,b: e3nn's channel-wise ('uvu') tensor
     product of C-channel neighbour features x (orders up to ``in_lmax``) with edge harmonics Y (orders up to
     ``sh_lmax``), one path p for every (l1, l2 -> L) with L <= ``lmax`` and parity (-1)^L, weighted per edge, path
     and channel, and summed over each receiver's edges.
 
     T is read from e3nn's ``TensorProduct`` with the same instructions (its Clebsch-Gordan coefficients and path
-    normalisation, probed on basis vectors), so the two agree to rounding. For each output order L, Y is contracted
-    with T into one (in_dim x paths_L (2L+1)) matrix per edge that ``torch.bmm`` applies to all channels at once,
-    the weights scale each path by broadcasting, and the scatter runs on that block: a handful of large ops instead
-    of e3nn's dozens of small einsums per path. The output stays in per-order blocks, which ``OrderwiseLinear``
-    reads directly; ``to_irreps`` gives e3nn's layout. Autograd differentiates it to any order.
+    normalisation, probed on basis vectors), so the two agree to rounding. Y is contracted with T into one
+    (rows x in_dim) matrix per edge, rows = every path's 2L+1 output components, which one ``torch.bmm`` applies to
+    all channels. Channels stay last (the contiguous axis), so the per-path weights scale whole rows by broadcasting,
+    and the scatter over receivers runs on one block per output order L. The output stays in those blocks, which
+    ``OrderwiseLinear`` reads directly; ``to_irreps`` gives e3nn's layout. Autograd differentiates it to any order.
     """
 
     def __init__(self, channels: int, in_lmax: int, sh_lmax: int, lmax: int):
@@ -35,18 +35,23 @@ class EdgeTensorProduct(nn.Module):
         coupling = self._coupling([ir.dim for _, _, ir in paths])          # per path (in_dim, sh_dim, 2L+1)
         self.orders = sorted({ir.l for _, _, ir in paths})                  # output orders, one block each
         members = [[p for p, (_, _, ir) in enumerate(paths) if ir.l == l] for l in self.orders]
-        # float64 masters, cast on first use per dtype/device (kept out of the buffers so .float() cannot round them)
-        self._masters = [torch.stack([coupling[p] for p in block], 2).transpose(0, 1).flatten(1) for block in members]
-        self._cast: tuple | None = None                                     # (dtype, device, [(sh_dim, ...)])
-        for l, block in zip(self.orders, members):
-            self.register_buffer(f"paths_{l}", torch.tensor(block), persistent=False)
+        self.counts = [len(block) for block in members]                     # paths_L
+        self.row_counts = [(2 * l + 1) * n for l, n in zip(self.orders, self.counts)]
+        self.rows = sum(self.row_counts)                                    # per edge: every path's 2L+1 components
+        # float64 master (sh_dim, rows in_dim), rows ordered (L, M, path): cast on first use per dtype/device (kept
+        # out of the buffers so .float() cannot round it)
+        self._master = torch.cat([torch.stack([coupling[p] for p in block], -1).permute(1, 2, 3, 0).flatten(1)
+                                  for block in members], 1)
+        self._cast: tuple | None = None                                     # (dtype, device, cast master)
+        self.register_buffer("path_order", torch.tensor([p for block in members for p in block], dtype=torch.long),
+                             persistent=False)
         self.layout = [(self.orders.index(ir.l), members[self.orders.index(ir.l)].index(p)) for p, (_, _, ir)
                        in enumerate(paths)]                                 # path p = block b, row k
 
-    def couplings(self, like: torch.Tensor) -> list[torch.Tensor]:
-        """Per output order L, T as an (sh_dim, in_dim paths_L (2L+1)) matrix in ``like``'s dtype and device."""
+    def coupling(self, like: torch.Tensor) -> torch.Tensor:
+        """T as an (sh_dim, rows in_dim) matrix in ``like``'s dtype and device."""
         if self._cast is None or self._cast[:2] != (like.dtype, like.device):
-            self._cast = (like.dtype, like.device, [t.to(like) for t in self._masters])
+            self._cast = (like.dtype, like.device, self._master.to(like))
         return self._cast[2]
 
     def reference(self) -> o3.TensorProduct:
@@ -80,20 +85,21 @@ class EdgeTensorProduct(nn.Module):
 
     def forward(self, x: torch.Tensor, sh: torch.Tensor, weights: torch.Tensor, receivers: torch.Tensor,
                 num_nodes: int) -> list[torch.Tensor]:
-        """x (E, C, in_dim) sender features (``to_channels`` layout), sh (E, sh_dim), weights (E, P C) in e3nn's
-        order, receivers (E,) -> for every output order L = 0..lmax the summed messages (num_nodes, C, paths_L, 2L+1),
+        """x (E, in_dim, C) sender features (``to_components`` layout), sh (E, sh_dim), weights (E, P C) in e3nn's
+        order, receivers (E,) -> for every output order L = 0..lmax the summed messages (num_nodes, 2L+1, paths_L, C),
         paths in ascending order (paths_L = 0 for an order no path reaches)."""
-        e, k_in = x.shape[0], x.shape[-1]
-        per_path = weights.view(e, self.num_paths, self.channels).transpose(1, 2)      # (E, C, P)
-        blocks = [x.new_zeros(num_nodes, self.channels, 0, 2 * l + 1) for l in range(self.lmax + 1)]
-        for l, coupling in zip(self.orders, self.couplings(sh)):
-            paths = getattr(self, f"paths_{l}")
-            per_edge = (sh @ coupling).view(e, k_in, coupling.shape[1] // k_in)         # (E, in_dim, paths_L (2L+1))
-            m = torch.bmm(x, per_edge).view(e, self.channels, len(paths), 2 * l + 1)    # (E, C, paths_L, 2L+1)
-            m = m * per_path[:, :, paths, None]
-            blocks[l] = m.new_zeros(num_nodes, *m.shape[1:]).index_add_(0, receivers, m)
+        e, k_in, c = x.shape
+        per_edge = (sh @ self.coupling(sh)).view(e, self.rows, k_in)                  # (E, rows, in_dim)
+        m = torch.bmm(per_edge, x)                                                     # (E, rows, C)
+        w = weights.view(e, self.num_paths, c).index_select(1, self.path_order)        # (E, P, C), paths by order
+        blocks = [x.new_zeros(num_nodes, 2 * l + 1, 0, c) for l in range(self.lmax + 1)]
+        # split, not slicing: the backward of split is one cat, that of each slice a zero tensor of the full size
+        per_order = zip(self.orders, self.counts, m.split(self.row_counts, 1), w.split(self.counts, 1))
+        for l, n, m_l, w_l in per_order:
+            m_l = m_l.view(e, 2 * l + 1, n, c) * w_l.unsqueeze(1)
+            blocks[l] = m_l.new_zeros(num_nodes, 2 * l + 1, n, c).index_add_(0, receivers, m_l)
         return blocks
 
     def to_irreps(self, blocks: list[torch.Tensor]) -> torch.Tensor:
         """``forward``'s blocks -> (N, C P-paths) in e3nn's layout of ``irreps_out``."""
-        return torch.cat([blocks[self.orders[b]][:, :, k].flatten(1) for b, k in self.layout], -1)
+        return torch.cat([blocks[self.orders[b]][:, :, k].transpose(1, 2).flatten(1) for b, k in self.layout], -1)

@@ -47,6 +47,6 @@ class EquivariantConvolution(nn.Module):
         i, j = edge_index
         sh = self.sh(vectors) if sh is None else sh
         up = self.linear_up.forward_blocks(self.linear_up.blocks_of(h[:, :self.in_dim]))
-        x = torch.cat(up, -1)                                                                      # (N, C, in_dim)
+        x = torch.cat(up, 1)                                                                       # (N, in_dim, C)
         summed = self.tp(x.index_select(0, j), sh, self.radial(vectors.norm(dim=-1)), i, h.shape[0])
         return self.linear_out.join(self.linear_out.forward_blocks(summed)) / self.avg_num_neighbors

@@ -31,6 +31,21 @@ def from_channels(x: torch.Tensor, lmax: int) -> torch.Tensor:
     return torch.cat([x[..., l * l:(l + 1) ** 2].flatten(1) for l in range(lmax + 1)], -1)
 
 
+def to_components(x: torch.Tensor, channels: int, lmax: int) -> torch.Tensor:
+    """(N, C * (L+1)^2) in e3nn layout -> (N, (L+1)^2, C): channels last, for maps that act on channels."""
+    blocks, start = [], 0
+    for l in range(lmax + 1):
+        size = channels * (2 * l + 1)
+        blocks.append(x[:, start:start + size].reshape(-1, channels, 2 * l + 1).transpose(1, 2))
+        start += size
+    return torch.cat(blocks, 1)
+
+
+def from_components(x: torch.Tensor, lmax: int) -> torch.Tensor:
+    """Inverse of ``to_components``."""
+    return torch.cat([x[:, l * l:(l + 1) ** 2].transpose(1, 2).flatten(1) for l in range(lmax + 1)], -1)
+
+
 class SphericalGridMLP(nn.Module):
     """Facet's equivariant mixing: f_c(s) = sum_lm x_clm Y_lm(s) on a grid of points s (e3nn ToS2Grid), a standard
     MLP over channels at every grid point, g(s) = MLP(f(s)), and back to coefficients by quadrature (FromS2Grid).
@@ -38,8 +53,12 @@ class SphericalGridMLP(nn.Module):
     Equivariant up to the aliasing of the pointwise non-linearity on a finite grid; the error falls with the
     resolution ``res`` (beta, alpha) and is reported by the tests. The default 18 x 17 grid is the one the
     authors' code uses for L <= 3; the MLP has one hidden layer of ``hidden`` (default C) SiLU units.
-    Both projections are linear, so they run as two dense matrices, ((L+1)^2 x grid) and (grid x (L+1)^2), taken
-    from e3nn's ToS2Grid/FromS2Grid at construction: one matmul each instead of e3nn's FFT path.
+    Both projections are linear, so they run as two dense matrices taken from e3nn's ToS2Grid/FromS2Grid: T
+    ((L+1)^2 x grid) and F (grid x (L+1)^2), one matmul each instead of e3nn's FFT path. The MLP's two linear maps
+    act on channels and the projections on points, so they commute: with coefficients x ((L+1)^2 x C),
+    F^T (silu(T^T x W1^T + b1) W2^T + b2) = (F^T silu(T^T (x W1^T) + b1)) W2^T + (F^T 1) b2^T. Only the
+    activation runs on the grid; both channel maps run on the (L+1)^2 coefficients (grid / (L+1)^2 = 34x fewer
+    rows at L = 2 on the 18 x 17 grid).
     """
 
     def __init__(self, channels: int, lmax: int, hidden: int | None = None, res: tuple[int, int] | None = None):
@@ -53,21 +72,27 @@ class SphericalGridMLP(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(channels, hidden), nn.SiLU(), nn.Linear(hidden, channels))
         self.irreps = sphere_irreps(channels, lmax)
 
-    def grid_matrices(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """ToS2Grid and FromS2Grid as matrices in ``like``'s dtype and device (e3nn applied to unit vectors)."""
+    def grid_matrices(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """T^T (grid, K), F^T (K, grid) and F^T 1 (K,) in ``like``'s dtype and device: e3nn's ToS2Grid and FromS2Grid
+        applied to unit vectors, K = (L+1)^2."""
         if self._matrices is None or self._matrices[:2] != (like.dtype, like.device):
             k, res = (self.lmax + 1) ** 2, (self.to_grid.res_beta, self.to_grid.res_alpha)
             with torch.no_grad():
                 to_grid = self.to_grid(torch.eye(k, dtype=like.dtype, device=like.device)).flatten(1)
                 points = torch.eye(res[0] * res[1], dtype=like.dtype, device=like.device).reshape(-1, *res)
-                self._matrices = (like.dtype, like.device, to_grid, self.from_grid(points))
+                from_grid = self.from_grid(points)
+                self._matrices = (like.dtype, like.device, to_grid.T.contiguous(), from_grid.T.contiguous(),
+                                  from_grid.sum(0))
         return self._matrices[2:]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        to_grid, from_grid = self.grid_matrices(x)
-        f = to_grid.T @ to_channels(x, self.channels, self.lmax).transpose(1, 2)    # (N, grid points, C)
-        g = self.mlp(f)
-        return from_channels(g.transpose(1, 2) @ from_grid, self.lmax)
+        to_grid_t, from_grid_t, from_grid_ones = self.grid_matrices(x)
+        first, act, second = self.mlp
+        coefficients = to_components(x, self.channels, self.lmax)                         # (N, K, C)
+        hidden = torch.matmul(to_grid_t, nn.functional.linear(coefficients, first.weight))  # (N, grid, H)
+        back = torch.matmul(from_grid_t, act(hidden + first.bias))                         # (N, K, H)
+        out = nn.functional.linear(back, second.weight) + torch.outer(from_grid_ones, second.bias)
+        return from_components(out, self.lmax)
 
 
 class GateMixing(nn.Module):

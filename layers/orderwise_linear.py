@@ -6,13 +6,13 @@ from e3nn import o3
 
 
 class OrderwiseLinear(o3.Linear):
-    """y_o[n, c', M] = sum_{k -> o} alpha_k sum_c W_k[c, c'] x_k[n, c, M]: e3nn's ``o3.Linear`` (same weights, path
+    """y_o[n, M, c'] = sum_{k -> o} alpha_k sum_c x_k[n, M, c] W_k[c, c']: e3nn's ``o3.Linear`` (same weights, path
     normalisation alpha_k and state-dict keys) between irreps with one output irreps per order, as one matmul per
     output over all the inputs k that map to it, instead of e3nn's generated code of a few small ops per path.
 
     ``forward_blocks`` takes, for every output irreps o in order, the inputs that map to it stacked as
-    (N, C_in, n_o, 2L+1) in ascending input order (``blocks_of`` makes them from e3nn's layout), and returns the
-    outputs (N, C_out, 2L+1). ``forward`` keeps e3nn's layout (N, irreps_in.dim) -> (N, irreps_out.dim).
+    (N, 2L+1, n_o, C_in) in ascending input order (``blocks_of`` makes them from e3nn's layout), and returns the
+    outputs (N, 2L+1, C_out): channels last, so each output is one (N (2L+1), n_o C_in) x (n_o C_in, C_out) matmul. ``forward`` keeps e3nn's layout (N, irreps_in.dim) -> (N, irreps_out.dim).
     """
 
     def __init__(self, irreps_in: o3.Irreps, irreps_out: o3.Irreps):
@@ -43,27 +43,28 @@ class OrderwiseLinear(o3.Linear):
         self.output_dims = [ir.dim for _, ir in self.irreps_out]
 
     def blocks_of(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """e3nn's layout (N, irreps_in.dim) -> ``forward_blocks``' inputs: per output, (N, C_in, n_o, 2L+1)."""
-        pieces = [x[:, start:start + mul * dim].view(-1, mul, dim) for start, mul, dim in self.input_slices]
+        """e3nn's layout (N, irreps_in.dim) -> ``forward_blocks``' inputs: per output, (N, 2L+1, n_o, C_in)."""
+        pieces = [x[:, start:start + mul * dim].reshape(-1, mul, dim).transpose(1, 2)
+                  for start, mul, dim in self.input_slices]
         return [pieces[inputs[0]].unsqueeze(2) if len(inputs) == 1 else
-                torch.stack([pieces[i] for i in inputs], 2) if inputs else x.new_zeros(x.shape[0], 0, 0, dim)
+                torch.stack([pieces[i] for i in inputs], 2) if inputs else x.new_zeros(x.shape[0], dim, 0, 0)
                 for inputs, dim in zip(self.inputs_of, self.output_dims)]
 
     def forward_blocks(self, blocks: list[torch.Tensor]) -> list[torch.Tensor]:
         out = []
         for o, (x, (n, mul_in, mul_out, alpha)) in enumerate(zip(blocks, self.outputs)):
             if n == 0:
-                out.append(x.new_zeros(x.shape[0], mul_out, x.shape[-1]))
+                out.append(x.new_zeros(x.shape[0], x.shape[1], mul_out))
                 continue
             w = self.weight.index_select(0, getattr(self, f"index_{o}")).view(n * mul_in, mul_out) * alpha
-            y = x.permute(0, 3, 2, 1).reshape(-1, n * mul_in) @ w                  # (N (2L+1), C_out)
-            out.append(y.view(x.shape[0], x.shape[-1], mul_out).transpose(1, 2))
+            y = x.reshape(-1, n * mul_in) @ w                                       # (N (2L+1), C_out)
+            out.append(y.view(x.shape[0], x.shape[1], mul_out))
         return out
 
     @staticmethod
     def join(blocks: list[torch.Tensor]) -> torch.Tensor:
-        """``forward_blocks``' outputs, per output (N, C_out, 2L+1) -> e3nn's layout (N, irreps_out.dim)."""
-        return torch.cat([y.flatten(1) for y in blocks], -1)
+        """``forward_blocks``' outputs, per output (N, 2L+1, C_out) -> e3nn's layout (N, irreps_out.dim)."""
+        return torch.cat([y.transpose(1, 2).flatten(1) for y in blocks], -1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.join(self.forward_blocks(self.blocks_of(x)))

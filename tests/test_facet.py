@@ -10,7 +10,7 @@ from e3nn import o3
 
 import zoo
 from layers import EdgeTensorProduct, OrderwiseLinear, PolynomialEnvelope, SplineRadial, SphericalGridMLP
-from layers.equivariant_mixing import from_channels, sphere_irreps, to_channels
+from layers.equivariant_mixing import from_channels, from_components, sphere_irreps, to_channels, to_components
 from zoo.atoms import graph_from_atoms, graph_from_padded, pad_structures
 
 SMALL = dict(channels=8, layers=2, knots=8, cutoff=4.0)
@@ -77,6 +77,8 @@ def test_spline_radial_is_twice_continuously_differentiable_at_knots():
 def test_channel_layout_round_trip():
     x = torch.randn(5, sphere_irreps(4, 3).dim)
     assert torch.equal(from_channels(to_channels(x, 4, 3), 3), x)
+    assert torch.equal(from_components(to_components(x, 4, 3), 3), x)
+    assert torch.equal(to_components(x, 4, 3), to_channels(x, 4, 3).transpose(1, 2))
 
 
 @pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-12), (torch.float32, 2e-5)])
@@ -106,7 +108,7 @@ def test_edge_tensor_product_equals_e3nns_with_gradients(in_lmax, sh_lmax, lmax)
     w = torch.randn(edges, tp.weight_numel, dtype=torch.float64, requires_grad=True)
     receivers = torch.randint(0, nodes, (edges,))
     expected = torch.zeros(nodes, tp.irreps_out.dim, dtype=torch.float64).index_add(0, receivers, ref(x, sh, w))
-    got = tp.to_irreps(tp(to_channels(x, 4, in_lmax), sh, w, receivers, nodes))
+    got = tp.to_irreps(tp(to_components(x, 4, in_lmax), sh, w, receivers, nodes))
     scale = expected.abs().max().item()
     assert got.shape == expected.shape and torch.allclose(got, expected, atol=1e-12 * scale, rtol=0)
     probe = torch.randn_like(expected)
