@@ -90,7 +90,8 @@ class EdgeTensorProduct(nn.Module):
         paths in ascending order (paths_L = 0 for an order no path reaches)."""
         e, k_in, c = x.shape
         per_edge = (sh @ self.coupling(sh)).view(e, self.rows, k_in)                  # (E, rows, in_dim)
-        m = torch.bmm(per_edge, x)                                                     # (E, rows, C)
+        # (E, rows, C); with scalar inputs an outer product, which broadcasting does ~10x faster than bmm on CPU
+        m = per_edge * x if k_in == 1 else torch.bmm(per_edge, x)
         w = weights.view(e, self.num_paths, c).index_select(1, self.path_order)        # (E, P, C), paths by order
         blocks = [x.new_zeros(num_nodes, 2 * l + 1, 0, c) for l in range(self.lmax + 1)]
         # split, not slicing: the backward of split is one cat, that of each slice a zero tensor of the full size

@@ -41,12 +41,15 @@ class EquivariantConvolution(nn.Module):
         self.register_buffer("avg_num_neighbors", torch.tensor(float(avg_num_neighbors)))
 
     def forward(self, h: torch.Tensor, edge_index: torch.Tensor, vectors: torch.Tensor,
-                sh: torch.Tensor | None = None) -> torch.Tensor:
-        """h (N, irreps), edge_index (2, E) receiver/sender, vectors (E, 3); ``sh``: the edges' spherical harmonics
-        ``self.sh(vectors)`` when the caller already has them (a stack of convolutions shares one evaluation)."""
+                sh: torch.Tensor | None = None, radial_features: torch.Tensor | None = None) -> torch.Tensor:
+        """h (N, irreps), edge_index (2, E) receiver/sender, vectors (E, 3). A stack of convolutions shares one
+        evaluation of what depends only on the edges: ``sh`` = ``self.sh(vectors)`` and ``radial_features`` =
+        ``self.radial.features(|vectors|)`` (equal for radial functions of the same kind, cutoff and basis size)."""
         i, j = edge_index
         sh = self.sh(vectors) if sh is None else sh
+        if radial_features is None:
+            radial_features = self.radial.features(vectors.norm(dim=-1))
         up = self.linear_up.forward_blocks(self.linear_up.blocks_of(h[:, :self.in_dim]))
         x = torch.cat(up, 1)                                                                       # (N, in_dim, C)
-        summed = self.tp(x.index_select(0, j), sh, self.radial(vectors.norm(dim=-1)), i, h.shape[0])
+        summed = self.tp(x.index_select(0, j), sh, self.radial.weights(radial_features), i, h.shape[0])
         return self.linear_out.join(self.linear_out.forward_blocks(summed)) / self.avg_num_neighbors

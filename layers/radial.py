@@ -26,7 +26,8 @@ class SplineRadial(nn.Module):
     ``out_features``, times the cutoff envelope u (Facet's replacement of the radial MLP).
 
     Knots are spaced r_cut / (knots - 3) apart from r = -step; at most four basis functions are non-zero at any r.
-    Evaluation is one (E, knots) x (knots, out_features) product: no hidden layers, no activations.
+    Evaluation is ``weights(features(r))``: the enveloped basis u(r) B_k(r) (E, knots), which every radial function
+    with the same cutoff and knots shares, times the (knots, out_features) table. No hidden layers, no activations.
     """
 
     def __init__(self, out_features: int, cutoff: float, knots: int = 16, envelope_p: int = 6):
@@ -38,17 +39,24 @@ class SplineRadial(nn.Module):
         self.coefficients = nn.Parameter(torch.randn(knots, out_features))
         self.envelope = PolynomialEnvelope(cutoff, envelope_p)
 
-    def forward(self, r: torch.Tensor) -> torch.Tensor:
-        # B_k(r) = beta3(r / step - k + 1), beta3 the cardinal cubic B-spline: 2/3 - x^2 + |x|^3 / 2 on |x| < 1,
-        # (2 - |x|)^3 / 6 on 1 <= |x| < 2; a dense (E, knots) basis times the table is one matmul.
+    def features(self, r: torch.Tensor) -> torch.Tensor:
+        """u(r) B_k(r), shape (E, knots). B_k(r) = beta3(r / step - k + 1), beta3 the cardinal cubic B-spline:
+        2/3 - x^2 + |x|^3 / 2 on |x| < 1, (2 - |x|)^3 / 6 on 1 <= |x| < 2."""
         x = (r.unsqueeze(-1) / self.step - torch.arange(self.knots, device=r.device, dtype=r.dtype) + 1).abs()
         basis = torch.where(x < 1, 2 / 3 - x**2 + x**3 / 2, torch.where(x < 2, (2 - x).clamp_min(0) ** 3 / 6, 0.0))
-        return (basis @ self.coefficients.to(r.dtype)) * self.envelope(r).unsqueeze(-1)
+        return basis * self.envelope(r).unsqueeze(-1)
+
+    def weights(self, features: torch.Tensor) -> torch.Tensor:
+        return features @ self.coefficients.to(features.dtype)
+
+    def forward(self, r: torch.Tensor) -> torch.Tensor:
+        return self.weights(self.features(r))
 
 
 class BesselMLPRadial(nn.Module):
     """w(r) = MLP(u(r) sqrt(2/r_c) sin(n pi r / r_c) / r, n = 1..num_basis): the radial MLP of NequIP/MACE that
-    Facet replaces by splines (kept for the ablation)."""
+    Facet replaces by splines (kept for the ablation). ``features(r)`` is the enveloped Bessel basis (E, num_basis),
+    ``weights`` the MLP."""
 
     def __init__(self, out_features: int, cutoff: float, num_basis: int = 8, hidden: int = 64, layers: int = 3,
                  envelope_p: int = 6):
@@ -63,7 +71,13 @@ class BesselMLPRadial(nn.Module):
             mlp += [nn.Linear(a, b), nn.SiLU()]
         self.mlp = nn.Sequential(*mlp, nn.Linear(dims[-1], out_features))
 
-    def forward(self, r: torch.Tensor) -> torch.Tensor:
+    def features(self, r: torch.Tensor) -> torch.Tensor:
         r = r.unsqueeze(-1)
         bessel = math.sqrt(2 / self.cutoff) * torch.sin(self.frequencies.to(r.dtype) * r) / r.clamp_min(1e-9)
-        return self.mlp(bessel * self.envelope(r))
+        return bessel * self.envelope(r)
+
+    def weights(self, features: torch.Tensor) -> torch.Tensor:
+        return self.mlp(features)
+
+    def forward(self, r: torch.Tensor) -> torch.Tensor:
+        return self.weights(self.features(r))

@@ -100,9 +100,11 @@ class Facet(nn.Module):
         scalars = self.embedding(graph.numbers).to(graph.positions.dtype)
         h = torch.cat([scalars, scalars.new_zeros(scalars.shape[0], self.feature_dim - c.channels)], -1)
         vectors = graph.edge_vectors()
-        sh = self.convolutions[0].sh(vectors)  # every block uses the same edge harmonics (orders up to sh_lmax)
+        # every block uses the same edge harmonics (orders up to sh_lmax) and radial basis (same cutoff and knots)
+        first = self.convolutions[0]
+        sh, radial_features = first.sh(vectors), first.radial.features(vectors.norm(dim=-1))
         for conv, mix, probes in zip(self.convolutions, self.mixings, self.probes):
-            h = h + conv(h, graph.edge_index, vectors, sh)
+            h = h + conv(h, graph.edge_index, vectors, sh, radial_features)
             h = h + mix(h)
             start = 0
             for l in range(c.lmax + 1):
