@@ -51,5 +51,5 @@ class EquivariantConvolution(nn.Module):
             radial_features = self.radial.features(vectors.norm(dim=-1))
         up = self.linear_up.forward_blocks(self.linear_up.blocks_of(h[:, :self.in_dim]))
         x = torch.cat(up, 1)                                                                       # (N, in_dim, C)
-        summed = self.tp(x.index_select(0, j), sh, self.radial.weights(radial_features), i, h.shape[0])
+        summed = self.tp(x, sh, self.radial.weights(radial_features), j, i)
         return self.linear_out.join(self.linear_out.forward_blocks(summed)) / self.avg_num_neighbors

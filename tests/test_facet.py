@@ -95,25 +95,58 @@ def test_grid_mlp_matrices_equal_e3nns_projections(dtype, tol):
     assert torch.allclose(mix(x), expected, atol=tol * expected.abs().max().item(), rtol=0)
 
 
+@pytest.mark.parametrize("chunked", [False, True])
 @pytest.mark.parametrize("in_lmax, sh_lmax, lmax", [(0, 2, 2), (2, 2, 2), (1, 3, 2), (3, 2, 3)])
-def test_edge_tensor_product_equals_e3nns_with_gradients(in_lmax, sh_lmax, lmax):
-    """The batched-matmul product must compute e3nn's TensorProduct (same instructions, weights per edge) followed
-    by the sum over receivers, in fp64 to 1e-12, and so must its gradients for x, Y and the weights."""
+def test_edge_tensor_product_equals_e3nns_with_gradients(in_lmax, sh_lmax, lmax, chunked):
+    """The batched-matmul product must compute e3nn's TensorProduct (same instructions, weights per edge) on the
+    gathered sender features followed by the sum over receivers, in fp64 to 1e-12, and so must its gradients for
+    x, Y and the weights, whether the edges run in one chunk or in chunks of 4."""
     torch.manual_seed(0)
     tp = EdgeTensorProduct(4, in_lmax, sh_lmax, lmax)
+    if chunked:
+        tp.chunk_elements = 4 * tp.rows * 4
     ref = tp.reference().double()
     edges, nodes = 30, 7
-    x = torch.randn(edges, tp.irreps_in.dim, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(nodes, tp.irreps_in.dim, dtype=torch.float64, requires_grad=True)
     sh = torch.randn(edges, tp.irreps_sh.dim, dtype=torch.float64, requires_grad=True)
     w = torch.randn(edges, tp.weight_numel, dtype=torch.float64, requires_grad=True)
-    receivers = torch.randint(0, nodes, (edges,))
-    expected = torch.zeros(nodes, tp.irreps_out.dim, dtype=torch.float64).index_add(0, receivers, ref(x, sh, w))
-    got = tp.to_irreps(tp(to_components(x, 4, in_lmax), sh, w, receivers, nodes))
+    senders, receivers = torch.randint(0, nodes, (edges,)), torch.randint(0, nodes, (edges,))
+    expected = torch.zeros(nodes, tp.irreps_out.dim, dtype=torch.float64).index_add(0, receivers,
+                                                                                     ref(x[senders], sh, w))
+    got = tp.to_irreps(tp(to_components(x, 4, in_lmax), sh, w, senders, receivers))
     scale = expected.abs().max().item()
     assert got.shape == expected.shape and torch.allclose(got, expected, atol=1e-12 * scale, rtol=0)
     probe = torch.randn_like(expected)
     for a, b in zip(torch.autograd.grad((got * probe).sum(), [x, sh, w]),
                     torch.autograd.grad((expected * probe).sum(), [x, sh, w])):
+        assert torch.allclose(a, b, atol=1e-12 * b.abs().max().item(), rtol=0)
+
+
+@pytest.mark.parametrize("in_lmax", [0, 2])
+def test_edge_tensor_product_second_derivatives(in_lmax):
+    """The product recomputes its per-edge terms in a hand-written backward; force training differentiates that
+    backward again. Its second derivatives (the gradient of <grad f . probe, v>) must equal those of e3nn's
+    TensorProduct and a scatter, differentiated twice by autograd (fp64, edges in chunks of 2)."""
+    torch.manual_seed(0)
+    tp = EdgeTensorProduct(3, in_lmax, 2, 2)
+    tp.chunk_elements = 2 * tp.rows * 3
+    ref = tp.reference().double()
+    nodes, edges = 4, 9
+    senders, receivers = torch.randint(0, nodes, (edges,)), torch.randint(0, nodes, (edges,))
+    inputs = [torch.randn(nodes, tp.irreps_in.dim, dtype=torch.float64, requires_grad=True),
+              torch.randn(edges, tp.irreps_sh.dim, dtype=torch.float64, requires_grad=True),
+              torch.randn(edges, tp.weight_numel, dtype=torch.float64, requires_grad=True)]
+    probe = torch.randn(nodes, tp.irreps_out.dim, dtype=torch.float64)
+    directions = [torch.randn_like(t) for t in inputs]
+
+    def second(fn):
+        first = torch.autograd.grad((fn(*inputs) * probe).sum(), inputs, create_graph=True)
+        return torch.autograd.grad(sum((g * v).sum() for g, v in zip(first, directions)), inputs)
+
+    ours = second(lambda x, sh, w: tp.to_irreps(tp(to_components(x, 3, in_lmax), sh, w, senders, receivers)))
+    expected = second(lambda x, sh, w: torch.zeros(nodes, tp.irreps_out.dim, dtype=torch.float64).index_add(
+        0, receivers, ref(x[senders], sh, w)))
+    for a, b in zip(ours, expected):
         assert torch.allclose(a, b, atol=1e-12 * b.abs().max().item(), rtol=0)
 
 
