@@ -118,17 +118,23 @@ class _EdgeMessages(torch.autograd.Function):
     """sum_{e: i<-j} w_e * (P_e x_j) per output order, where P_e = Y_e T: the product, weighting and scatter of
     ``EdgeTensorProduct``. It saves only its inputs (node features, Y, weights, indices) and recomputes the
     per-edge products in backward, one edge chunk at a time, so neither pass keeps (E, rows, C) tensors alive:
-    memory per edge drops from about 2,000 to about 400 numbers at C = 32, L = 2. The backward is written in
-    differentiable torch ops, so it can itself be differentiated (force training differentiates it again)."""
+    memory per edge drops from about 2,000 to about 400 numbers at C = 32, L = 2. Only when all edges fit in one
+    chunk are the products kept from the forward, and a first-order backward (forces) reuses them. The backward
+    is written in differentiable torch ops, so it can itself be differentiated (force training differentiates it
+    again; that backward always recomputes, to record how the products depend on the inputs)."""
 
     @staticmethod
     def forward(ctx, tp: EdgeTensorProduct, x, sh, w, senders, receivers):
-        ctx.tp = tp
+        ctx.tp, ctx.products = tp, None
         ctx.save_for_backward(x, sh, w, senders, receivers)
         n_nodes, c = x.shape[0], x.shape[2]
         blocks = [x.new_zeros(n_nodes, 2 * l + 1, n, c) for l, n in zip(tp.orders, tp.counts)]
-        for part in tp.chunks(sh.shape[0], c):
-            _, _, u = tp.products(x, sh[part], senders[part])
+        parts = tp.chunks(sh.shape[0], c)
+        for part in parts:
+            products = tp.products(x, sh[part], senders[part])
+            if len(parts) == 1:
+                ctx.products = products
+            u = products[2]
             per_order = zip(blocks, tp.orders, tp.counts, u.split(tp.row_counts, 1), w[part].split(tp.counts, 1))
             for block, l, n, u_l, w_l in per_order:
                 block.index_add_(0, receivers[part], u_l.view(-1, 2 * l + 1, n, c) * w_l.unsqueeze(1))
@@ -140,8 +146,10 @@ class _EdgeMessages(torch.autograd.Function):
         c, k_in = x.shape[2], x.shape[1]
         grad_x = torch.zeros_like(x) if ctx.needs_input_grad[1] else None
         grad_sh, grad_w = [], []
-        for part in tp.chunks(sh.shape[0], c):
-            per_edge, x_j, u = tp.products(x, sh[part], senders[part])
+        parts = tp.chunks(sh.shape[0], c)
+        for part in parts:
+            reuse = ctx.products is not None and not torch.is_grad_enabled()
+            per_edge, x_j, u = ctx.products if reuse else tp.products(x, sh[part], senders[part])
             grad_u, grad_w_part = [], []
             for g, l, n, u_l, w_l in zip(grads, tp.orders, tp.counts, u.split(tp.row_counts, 1),
                                          w[part].split(tp.counts, 1)):

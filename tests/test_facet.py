@@ -122,14 +122,17 @@ def test_edge_tensor_product_equals_e3nns_with_gradients(in_lmax, sh_lmax, lmax,
         assert torch.allclose(a, b, atol=1e-12 * b.abs().max().item(), rtol=0)
 
 
+@pytest.mark.parametrize("chunked", [False, True])
 @pytest.mark.parametrize("in_lmax", [0, 2])
-def test_edge_tensor_product_second_derivatives(in_lmax):
+def test_edge_tensor_product_second_derivatives(in_lmax, chunked):
     """The product recomputes its per-edge terms in a hand-written backward; force training differentiates that
     backward again. Its second derivatives (the gradient of <grad f . probe, v>) must equal those of e3nn's
-    TensorProduct and a scatter, differentiated twice by autograd (fp64, edges in chunks of 2)."""
+    TensorProduct and a scatter, differentiated twice by autograd (fp64; all edges in one chunk, whose products
+    the forward keeps, or in chunks of 2)."""
     torch.manual_seed(0)
     tp = EdgeTensorProduct(3, in_lmax, 2, 2)
-    tp.chunk_elements = 2 * tp.rows * 3
+    if chunked:
+        tp.chunk_elements = 2 * tp.rows * 3
     ref = tp.reference().double()
     nodes, edges = 4, 9
     senders, receivers = torch.randint(0, nodes, (edges,)), torch.randint(0, nodes, (edges,))
