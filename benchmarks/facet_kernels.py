@@ -28,11 +28,13 @@ def e3nn_grid_forward(self: SphericalGridMLP, x: torch.Tensor) -> torch.Tensor:
     return from_channels(self.from_grid(self.mlp(grid.movedim(1, -1)).movedim(-1, 1)), self.lmax)
 
 
-def e3nn_tp_forward(self: EquivariantConvolution, h, edge_index, vectors, sh=None):
+def e3nn_tp_forward(self: EquivariantConvolution, h, edge_index, vectors, sh=None, radial_features=None):
     tp = _E3NN_TP.setdefault(id(self), self.tp.reference().to(h.dtype))
     i, j = edge_index
+    if radial_features is None:
+        radial_features = self.radial.features(vectors.norm(dim=-1))
     messages = tp(self.linear_up(h[:, :self.in_dim]).index_select(0, j), self.sh(vectors) if sh is None else sh,
-                  self.radial(vectors.norm(dim=-1)))
+                  self.radial.weights(radial_features))
     summed = messages.new_zeros(h.shape[0], messages.shape[1]).index_add_(0, i, messages)
     return self.linear_out(summed / self.avg_num_neighbors)
 
