@@ -146,9 +146,8 @@ class _EdgeMessages(torch.autograd.Function):
         c, k_in = x.shape[2], x.shape[1]
         grad_x = torch.zeros_like(x) if ctx.needs_input_grad[1] else None
         grad_sh, grad_w = [], []
-        parts = tp.chunks(sh.shape[0], c)
-        for part in parts:
-            reuse = ctx.products is not None and not torch.is_grad_enabled()
+        reuse = ctx.products is not None and not torch.is_grad_enabled()  # one chunk, first-order backward
+        for part in tp.chunks(sh.shape[0], c):
             per_edge, x_j, u = ctx.products if reuse else tp.products(x, sh[part], senders[part])
             grad_u, grad_w_part = [], []
             for g, l, n, u_l, w_l in zip(grads, tp.orders, tp.counts, u.split(tp.row_counts, 1),

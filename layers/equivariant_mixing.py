@@ -33,17 +33,12 @@ def from_channels(x: torch.Tensor, lmax: int) -> torch.Tensor:
 
 def to_components(x: torch.Tensor, channels: int, lmax: int) -> torch.Tensor:
     """(N, C * (L+1)^2) in e3nn layout -> (N, (L+1)^2, C): channels last, for maps that act on channels."""
-    blocks, start = [], 0
-    for l in range(lmax + 1):
-        size = channels * (2 * l + 1)
-        blocks.append(x[:, start:start + size].reshape(-1, channels, 2 * l + 1).transpose(1, 2))
-        start += size
-    return torch.cat(blocks, 1)
+    return to_channels(x, channels, lmax).transpose(1, 2)
 
 
 def from_components(x: torch.Tensor, lmax: int) -> torch.Tensor:
     """Inverse of ``to_components``."""
-    return torch.cat([x[:, l * l:(l + 1) ** 2].transpose(1, 2).flatten(1) for l in range(lmax + 1)], -1)
+    return from_channels(x.transpose(1, 2), lmax)
 
 
 class SphericalGridMLP(nn.Module):
