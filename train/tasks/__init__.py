@@ -8,9 +8,8 @@ from .mil import MILTask
 from .nli import NLITask
 from .potential import PotentialTask
 from .pvrnn import PVRNNTask
-from .tabular import TabularTask
 
-TASKS: dict[str, type[Task]] = {"dsr": DSRTask, "image": ImageClassificationTask, "lm": CausalLMTask, "mil": MILTask, "nli": NLITask, "potential": PotentialTask, "pvrnn": PVRNNTask, "tabular": TabularTask, "classification": ClassificationTask}
+TASKS: dict[str, type[Task]] = {"dsr": DSRTask, "image": ImageClassificationTask, "lm": CausalLMTask, "mil": MILTask, "nli": NLITask, "potential": PotentialTask, "pvrnn": PVRNNTask, "classification": ClassificationTask}
 
 
 def make_task(recipe: dict) -> Task:
@@ -20,4 +19,4 @@ def make_task(recipe: dict) -> Task:
     return TASKS[name](recipe)
 
 
-__all__ = ["Task", "TASKS", "make_task", "DSRTask", "MILTask", "TabularTask"]
+__all__ = ["Task", "TASKS", "make_task", "ClassificationTask", "DSRTask", "MILTask"]

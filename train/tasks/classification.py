@@ -1,4 +1,5 @@
-"""Classification with cross-entropy; optionally tracks the information plane of the model's probe points."""
+"""Classification of small in-memory sets with cross-entropy: the 12-bit task of the information-plane papers
+and scikit-learn's UCI sets; optionally tracks the information plane of the model's probe points."""
 from __future__ import annotations
 
 import json
@@ -10,18 +11,31 @@ import torch.nn.functional as F
 from estimators.information_plane import information_plane, plot_information_plane
 
 from ..data.ib12bit import ib12bit, split
+from ..data.tabular import DATASETS as TABULAR, load_tabular
 from .base import Task
 
-DATASETS = {"ib12bit": ib12bit}
+
+def _ib12bit_split(d: dict) -> dict[str, torch.Tensor]:
+    x, y = ib12bit()
+    train, test = split(len(x), float(d.get("train_fraction", 0.85)), int(d.get("seed", 0)))
+    return {"x_train": x[train], "y_train": y[train], "x_test": x[test], "y_test": y[test]}
+
+
+def _tabular_split(name: str):
+    return lambda d: load_tabular(name, float(d.get("test_fraction", 0.25)), int(d.get("seed", 0)))
+
+
+DATASETS = {"ib12bit": _ib12bit_split, **{name: _tabular_split(name) for name in TABULAR}}
 
 
 class ClassificationTask(Task):
-    """Minibatches drawn (with replacement across steps) from the training split of ``data.dataset``;
-    loss = cross-entropy of the model's logits. Evaluation reports train/test accuracy and, with
-    ``task_args.information_plane: true``, I(X;T) and I(T;Y) in bits of every probe point matching
-    ``task_args.points`` on all inputs (``n_bins`` equal-width bins on ``bins_range``, or the layer's
-    range when null; ``strategy: equal_mass`` for adaptive bins). ``report`` draws the plane from the
-    run's metrics.
+    """Batches {x (B, F), y (B,)} drawn with replacement from the training split of ``data.dataset``:
+    ``ib12bit`` (a random ``data.train_fraction`` of the 4096 patterns) or a scikit-learn UCI set
+    (``breast_cancer``, ``wine``, ``iris``: stratified ``data.test_fraction`` split, standardised), split by
+    ``data.seed``; loss = cross-entropy of the model's logits. Evaluation: test and train accuracy, test loss
+    and, with ``task_args.information_plane: true``, I(X;T) and I(T;Y) in bits of every probe point matching
+    ``task_args.points`` on all inputs (``n_bins`` equal-width bins on ``bins_range``, or the layer's range
+    when null; ``strategy: equal_mass`` for adaptive bins). ``report`` draws the plane from the run's metrics.
     """
 
     def __init__(self, recipe: dict):
@@ -30,8 +44,7 @@ class ClassificationTask(Task):
         name = d.get("dataset")
         if name not in DATASETS:
             raise KeyError(f"data.dataset must be one of {sorted(DATASETS)}, got {name!r}")
-        self.x, self.y = DATASETS[name]()
-        self.train_idx, self.test_idx = split(len(self.x), float(d.get("train_fraction", 0.85)), int(d.get("seed", 0)))
+        self.data = DATASETS[name](d)
         self.plane = bool(self.args.get("information_plane", False))
         self.points = self.args.get("points", "*")
         self.n_bins = int(self.args.get("n_bins", 30))
@@ -40,23 +53,28 @@ class ClassificationTask(Task):
         self.bins_range = tuple(rng) if rng is not None else None
 
     def batch(self, size, generator):
-        idx = self.train_idx[torch.randint(0, len(self.train_idx), (size,), generator=generator)]
-        return {"x": self.x[idx], "y": self.y[idx]}
+        idx = torch.randint(0, len(self.data["y_train"]), (size,), generator=generator)
+        return {"x": self.data["x_train"][idx], "y": self.data["y_train"][idx]}
 
     def loss(self, model, batch):
-        logits = model(batch["x"])
-        loss = F.cross_entropy(logits.float(), batch["y"])
-        return loss, {"accuracy": float((logits.argmax(-1) == batch["y"]).float().mean())}
+        logits = model(batch["x"]).float()
+        return F.cross_entropy(logits, batch["y"]), {"acc": float((logits.argmax(-1) == batch["y"]).float().mean())}
 
     @torch.no_grad()
     def evaluate(self, model):
         device = next(model.parameters()).device
-        x, y = self.x.to(device), self.y.to(device)
-        correct = (model(x).argmax(-1) == y).float().cpu()
-        out = {"train_accuracy": float(correct[self.train_idx].mean())}
-        if len(self.test_idx):
-            out["test_accuracy"] = float(correct[self.test_idx].mean())
+        out = {}
+        for split_name in ("test", "train"):
+            x, y = self.data[f"x_{split_name}"].to(device), self.data[f"y_{split_name}"].to(device)
+            if not len(y):  # ib12bit with train_fraction 1
+                continue
+            logits = model(x).float()
+            out[f"{split_name}_acc"] = float((logits.argmax(-1) == y).float().mean())
+            if split_name == "test":
+                out["test_loss"] = float(F.cross_entropy(logits, y))
         if self.plane:
+            x = torch.cat([self.data["x_train"], self.data["x_test"]]).to(device)
+            y = torch.cat([self.data["y_train"], self.data["y_test"]]).to(device)
             plane = information_plane(model, x, y, self.points, n_bins=self.n_bins, strategy=self.strategy,
                                       value_range=self.bins_range)
             for point, v in plane.items():
