@@ -13,29 +13,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import time
 from pathlib import Path
 
 import torch
 
+from common import machine, sync
 from layers import CausalGrassmannMixing, CausalSelfAttention
 
 RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def machine(device: torch.device) -> str:
-    if device.type == "cuda":
-        return f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}"
-    return (f"CPU {platform.processor() or platform.machine()}, {os.cpu_count()} cores visible, "
-            f"{torch.get_num_threads()} torch threads, torch {torch.__version__}")
-
-
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def saved_bytes(layer, x) -> int:
@@ -57,7 +44,7 @@ def fwd_bwd(layer, x, device, reps: int) -> tuple[float, int | None]:
     """Median seconds of forward + backward, and peak CUDA memory (None on CPU)."""
     for _ in range(2):
         layer(x).sum().backward()
-    _sync(device)
+    sync(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     times = []
@@ -65,7 +52,7 @@ def fwd_bwd(layer, x, device, reps: int) -> tuple[float, int | None]:
         x.grad = None
         start = time.perf_counter()
         layer(x).sum().backward()
-        _sync(device)
+        sync(device)
         times.append(time.perf_counter() - start)
     peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
     return statistics.median(times), peak
@@ -108,11 +95,11 @@ def bench_generation(device, new_tokens: int, prompt: int, batch: int):
     for name in ("grassmann_lm_13m", "transformer_lm_13m"):
         model = zoo.create_model(name, max_position_embeddings=prompt + new_tokens).to(device).eval()
         ids = torch.randint(5, 30000, (batch, prompt), device=device)
-        model.generate(ids, max_new_tokens=4, do_sample=False)
-        _sync(device)
+        model.generate(ids, max_new_tokens=min(4, new_tokens), do_sample=False)  # warm-up
+        sync(device)
         start = time.perf_counter()
         model.generate(ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
-        _sync(device)
+        sync(device)
         out[name] = batch * new_tokens / (time.perf_counter() - start)
         print(f"{name}: {out[name]:.1f} generated tokens/s", flush=True)
     return out

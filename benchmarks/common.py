@@ -11,10 +11,13 @@ from pathlib import Path
 import torch
 
 
-def machine(device: torch.device) -> str:
+def machine(device: torch.device | str = "cpu") -> str:
+    """What a result was measured on: the GPU's name, or the CPU with its cores, torch's threads and the load."""
+    device = torch.device(device)
     if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"{platform.processor() or platform.machine()} CPU, {os.cpu_count()} cores (torch threads {torch.get_num_threads()})"
+        return f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}"
+    return (f"{platform.processor() or platform.machine()} CPU, {os.cpu_count()} cores, torch threads "
+            f"{torch.get_num_threads()}, torch {torch.__version__}, load average {os.getloadavg()[0]:.1f}")
 
 
 def sync(device: torch.device) -> None:

@@ -13,21 +13,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import machine  # noqa: E402
 from mace_side import ensure_venv, run_mace_side  # noqa: E402
 from potential_workloads import measure_accuracy, measure_relax, measure_speed  # noqa: E402
-
-
-def machine(device: str) -> str:
-    if device == "cuda":
-        return torch.cuda.get_device_name()
-    return f"{platform.processor() or platform.machine()} CPU, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}"
 
 
 def facet_side(checkpoint: str, paths: dict, args) -> dict:

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -21,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from common import machine
 from estimators import Probe, entropy
 from layers import Hopfield
 
@@ -80,14 +79,6 @@ def timed(fn, x, repeats: int) -> tuple[float, int]:
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t)
     return statistics.median(times), track.largest
-
-
-def machine(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    load = os.getloadavg()[0]
-    return (f"{platform.processor() or platform.machine()} CPU, {os.cpu_count()} cores, torch {torch.__version__}, "
-            f"load average {load:.1f} at start")
 
 
 def main():
