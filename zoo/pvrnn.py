@@ -136,18 +136,16 @@ class PVRNN(nn.Module):
         stack = SkewedStack(p, steps, h0.shape[0])
         eps = h0.new_empty(h0.shape[0], steps, sum(p.z_sizes)).normal_() if noise else None
         prior = stack.run_prior(h0, d0, first, eps)
-        names = ("z", "prior_mu", "prior_sigma")
-        per_level = zip(stack.d().split(p.d_sizes, -1), *[prior[n].split(p.z_sizes, -1) for n in names])
-        levels = [{n: getattr(layer, n)(x) for n, x in zip(("d",) + names, xs)}
-                  for layer, xs in zip(self.levels, per_level)]
+        levels = self._through_probes({"d": stack.d().split(p.d_sizes, -1),
+                                       **{n: prior[n].split(p.z_sizes, -1) for n in ("z", "prior_mu", "prior_sigma")}})
         return {"x": self.x_hat(self.out(levels[0]["d"])), "levels": levels,
                 "state": split_state(*stack.state_at(steps - 1), p.d_sizes)}
 
     def _stepped_prior(self, steps: int, state, first: bool, noise: bool) -> dict:
         """``unroll`` under the prior level by level, one step at a time, differentiable (``prior_mean_map``)."""
         rec, hs = self._step_by_step(steps, [h for h, _ in state], [d for _, d in state], first, None, noise)
-        levels = [{n: getattr(layer, n)(torch.stack(r[n], 1)) for n in ("d", "z", "prior_mu", "prior_sigma")}
-                  for layer, r in zip(self.levels, rec)]
+        levels = self._through_probes({n: [torch.stack(r[n], 1) for r in rec]
+                                       for n in ("d", "z", "prior_mu", "prior_sigma")})
         return {"x": self.x_hat(self.out(levels[0]["d"])), "levels": levels,
                 "state": [(h, lvl["d"][:, -1]) for h, lvl in zip(hs, levels)]}
 
@@ -166,14 +164,18 @@ class PVRNN(nn.Module):
         """``unroll``'s outputs from a ``posterior_pass``: per-level statistics through the probe points, the KL
         summed per level, the read-out and the final state."""
         kl = q["kl"] @ p.level_sum  # (B, steps, L)
-        names = ("d", "z", "prior_mu", "prior_sigma", "post_mu", "post_sigma")
-        per_level = zip(q["d"].split(p.d_sizes, -1), *[q[n].split(p.z_sizes, -1) for n in ("z", "mu_p")],
-                        torch.exp(q["log_sigma_p"]).split(p.z_sizes, -1),
-                        *[q[n].split(p.z_sizes, -1) for n in ("mu_q", "sigma_q")])
-        levels = [{n: getattr(layer, n)(x) for n, x in zip(names, xs)} | {"kl": layer.kl(kl[..., k])}
-                  for k, (layer, xs) in enumerate(zip(self.levels, per_level))]
+        z_stats = (q["z"], q["mu_p"], torch.exp(q["log_sigma_p"]), q["mu_q"], q["sigma_q"])
+        levels = self._through_probes({"d": q["d"].split(p.d_sizes, -1),
+                                       **{name: x.split(p.z_sizes, -1) for name, x in zip(
+                                           ("z", "prior_mu", "prior_sigma", "post_mu", "post_sigma"), z_stats)},
+                                       "kl": kl.unbind(-1)})
         return {"x": self.x_hat(self.out(levels[0]["d"])), "kl": kl, "levels": levels,
                 "state": split_state(q["h"], q["d"][:, -1], p.d_sizes)}
+
+    def _through_probes(self, stats: dict) -> list[dict]:
+        """Per level k, ``{name: level_k.<name>(stats[name][k])}``: each statistic through its probe point."""
+        return [{name: getattr(layer, name)(per_level[k]) for name, per_level in stats.items()}
+                for k, layer in enumerate(self.levels)]
 
     def _step_by_step(self, steps: int, hs: list, ds: list, first: bool, z_drive, noise: bool):
         """The recursion one step at a time: z from the prior (``z_drive`` None) or the given drives W_zd z.
