@@ -102,6 +102,16 @@ def test_recipe_overrides_are_checked():
         apply_override(recipe, "train.steps")
 
 
+def test_missing_data_fails_before_joining_a_process_group(tmp_path, monkeypatch):
+    """Under torchrun every rank must stop on the data error itself, not on a broken process group."""
+    def setup(device):
+        raise AssertionError("setup (init_process_group) ran before the task read its data")
+
+    monkeypatch.setattr("train.loop.setup", setup)
+    with pytest.raises(FileNotFoundError, match="MIL data file"):
+        fit(load_recipe("hopfield-mil-tiger", [f"data.path={tmp_path / 'missing.mat'}"]), tmp_path / "run")
+
+
 @pytest.mark.parametrize("name", list_recipes())
 def test_every_shipped_recipe_parses_and_names_what_exists(name):
     import zoo

@@ -144,14 +144,19 @@ def fit(recipe: dict, out: str | Path = "runs/run", resume: bool = False) -> dic
     """
     out = Path(out)
     cfg = recipe["train"]
+    if cfg["threads"]:  # small sequential models (AL-RNN) run fastest on one thread per process
+        torch.set_num_threads(int(cfg["threads"]))
+    torch.manual_seed(int(cfg["seed"]))
+    random.seed(int(cfg["seed"]))
+    task = make_task(recipe)  # reads the data: a missing path fails here, before the ranks join a process group
     d = setup(cfg["device"])
     try:
-        return _fit(recipe, cfg, out, resume, d)
+        return _fit(recipe, cfg, out, resume, d, task)
     finally:
         teardown()
 
 
-def _fit(recipe: dict, cfg: dict, out: Path, resume: bool, d: Dist) -> dict:
+def _fit(recipe: dict, cfg: dict, out: Path, resume: bool, d: Dist, task) -> dict:
     steps, accum, batch_size = int(cfg["steps"]), int(cfg["grad_accum"]), int(cfg["batch_size"])
     if batch_size % (accum * d.world):
         raise ValueError(f"train.batch_size={batch_size} must be divisible by grad_accum*processes={accum * d.world}")
@@ -165,11 +170,6 @@ def _fit(recipe: dict, cfg: dict, out: Path, resume: bool, d: Dist) -> dict:
             diff = sorted(k for k in set(saved) | set(recipe) if saved.get(k) != recipe.get(k))
             raise ValueError(f"--resume with a different recipe than the one in {out}/recipe.yaml (sections {diff} differ)")
 
-    if cfg["threads"]:  # small sequential models (AL-RNN) run fastest on one thread per process
-        torch.set_num_threads(int(cfg["threads"]))
-    torch.manual_seed(int(cfg["seed"]))
-    random.seed(int(cfg["seed"]))
-    task = make_task(recipe)
     model_args = task.model_args(recipe["model_args"])
     model = zoo.create_model(recipe["model"], pretrained=recipe.get("pretrained") or False, **model_args).to(d.device)
     task.prepare(model)
