@@ -6,6 +6,7 @@ import torch
 from safetensors.torch import save_file
 
 import zoo
+from weights.checkpoint import atomic_write
 from weights import CheckpointError, load_checkpoint, load_into, read_metadata, save_checkpoint, sha256_of
 from weights import manifest as manifest_mod
 
@@ -31,14 +32,32 @@ def test_atomic_write_leaves_old_file_when_writing_fails(tmp_path, monkeypatch):
     path = save_checkpoint(m, tmp_path / "m.safetensors")
     before = path.read_bytes()
 
-    def boom(*a, **k):
+    def half_then_fail(tmp):
+        with open(tmp, "wb") as f:
+            f.write(before[: len(before) // 2])
         raise OSError("disk full")
 
-    monkeypatch.setattr("weights.checkpoint.save_file", boom)
+    monkeypatch.setattr("weights.checkpoint.atomic_write",
+                        lambda path, write: atomic_write(path, lambda tmp: (write(tmp), half_then_fail(tmp))))
     with pytest.raises(OSError, match="disk full"):
         save_checkpoint(zoo.create_model("alrnn_m20_p2"), path)
     assert path.read_bytes() == before
     assert os.listdir(tmp_path) == ["m.safetensors"]  # no temp file left behind
+
+
+def test_equal_content_gives_equal_bytes(tmp_path):
+    """safetensors writes its metadata in a random order; our files sort the header, so a conversion or a
+    checkpoint has one sha256."""
+    torch.manual_seed(0)
+    m = zoo.create_model("alrnn_m20_p2")
+    digests = {sha256_of(save_checkpoint(m, tmp_path / f"m{i}.safetensors", extra_metadata={"recipe": "r"}))
+               for i in range(6)}
+    assert len(digests) == 1
+    raw = (tmp_path / "m0.safetensors").read_bytes()
+    n = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8:8 + n])
+    assert n % 8 == 0 and list(header["__metadata__"]) == sorted(header["__metadata__"])
+    assert _same_outputs(m, load_checkpoint(tmp_path / "m0.safetensors"))
 
 
 def test_load_into_names_missing_unexpected_and_misshaped_keys(tmp_path):

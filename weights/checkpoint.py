@@ -9,7 +9,8 @@ from pathlib import Path
 
 import safetensors
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
 FORMAT = "paperzoo/1"
@@ -36,6 +37,26 @@ def atomic_write(path: str | os.PathLike, write) -> Path:
             os.unlink(tmp)
         raise
     return path
+
+
+def save_safetensors(tensors: dict[str, torch.Tensor], path: str | os.PathLike,
+                     metadata: dict[str, str] | None = None) -> Path:
+    """Write a safetensors file atomically, its JSON header's keys sorted: equal content gives equal bytes (and
+    sha256). safetensors itself writes the metadata in a random order. Builds the file in memory first."""
+    blob = memoryview(safetensors_bytes(tensors, metadata=metadata))
+    n = int.from_bytes(blob[:8], "little")
+    header = json.loads(bytes(blob[8:8 + n]))
+    if "__metadata__" in header:
+        header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+    text = json.dumps(dict(sorted(header.items())), separators=(",", ":"), ensure_ascii=False).encode()
+    text += b" " * (-len(text) % 8)  # keep the data 8-byte aligned; tensor offsets count from the data's start
+
+    def write(tmp):
+        with open(tmp, "wb") as f:
+            f.write(len(text).to_bytes(8, "little") + text)
+            f.write(blob[8 + n:])
+
+    return atomic_write(path, write)
 
 
 def _unique_state(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -65,7 +86,7 @@ def save_checkpoint(model: nn.Module, path: str | os.PathLike, extra_metadata: d
     """Write ``model``'s weights to ``path`` (safetensors) with its registry name and config, atomically."""
     meta = model_metadata(model) | (extra_metadata or {})
     tensors = _unique_state(model)
-    return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
+    return save_safetensors(tensors, path, meta)
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, str]:

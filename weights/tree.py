@@ -7,9 +7,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
-from .checkpoint import CheckpointError, atomic_write
+from .checkpoint import CheckpointError, save_safetensors
 
 _TENSOR = "__tensor__"
 
@@ -47,7 +47,7 @@ def unflatten(skeleton: Any, tensors: dict[str, torch.Tensor]) -> Any:
 def save_tree(obj: Any, path: str | os.PathLike) -> Path:
     skeleton, tensors = flatten(obj)
     meta = {"tree": json.dumps(skeleton)}
-    return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
+    return save_safetensors(tensors, path, meta)
 
 
 def load_tree(path: str | os.PathLike) -> Any:

@@ -55,9 +55,9 @@ def standardise(train: torch.Tensor, *others: torch.Tensor):
 
 def cached_simulate(system: str, steps: int, dt: float, transient: int = 1000, seed: int = 0) -> torch.Tensor:
     """``simulate`` with the result kept in ``$PAPERZOO_CACHE/data`` (integrating 1e5 steps takes ~20 s)."""
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file
 
-    from weights.checkpoint import atomic_write
+    from weights.checkpoint import save_safetensors
     from weights.manifest import cache_dir
 
     path = cache_dir() / "data" / f"{system}_T{steps}_dt{dt:g}_tr{transient}_seed{seed}.safetensors"
@@ -67,5 +67,5 @@ def cached_simulate(system: str, steps: int, dt: float, transient: int = 1000, s
         except Exception:  # a corrupt cache entry is rebuilt, never trusted
             path.unlink()
     x = simulate(system, steps, dt, transient=transient, seed=seed)
-    atomic_write(path, lambda tmp: save_file({"x": x.contiguous()}, tmp))
+    save_safetensors({"x": x.contiguous()}, path)
     return x

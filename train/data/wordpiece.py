@@ -70,9 +70,9 @@ def tokenized_splits(name: str, settings: dict, read_splits: Callable[[], dict[s
 
     ``read_splits`` is called only on a cache miss. A corrupt cache entry is rebuilt, never trusted.
     """
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file
 
-    from weights.checkpoint import atomic_write
+    from weights.checkpoint import atomic_write, save_safetensors
     from weights.manifest import cache_dir
 
     bert = kind == "bert" and bert_vocab_file().is_file()
@@ -87,6 +87,6 @@ def tokenized_splits(name: str, settings: dict, read_splits: Callable[[], dict[s
     texts = read_splits()
     tokenizer = make_tokenizer(kind, texts["train"], vocab_size)
     ids = {split: encode(tokenizer, text) for split, text in texts.items()}
-    atomic_write(ids_path, lambda tmp: save_file(ids, tmp))
+    save_safetensors(ids, ids_path)
     atomic_write(tok_path, lambda tmp: tokenizer.save(tmp))
     return tokenizer, ids
