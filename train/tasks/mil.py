@@ -5,7 +5,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..data.mil import digit_bags, fold_split, load_mil_file, mil_package_file, pad_bags
+from ..data.mil import benchmark_file, digit_bags, fold_split, load_mil_file, pad_bags
 from .base import Task
 
 
@@ -36,11 +36,7 @@ class MILTask(Task):
             self.train = digit_bags(int(d.get("train_bags", 200)), split="train", **kw)
             self.test = digit_bags(int(d.get("test_bags", 100)), split="test", **kw)
         elif source in ("file", "mil_package"):
-            if source == "file" and "path" not in d:
-                raise KeyError("data.source=file needs data.path (a .mat, .csv or .npz MIL file)")
-            if source == "mil_package" and "name" not in d:
-                raise KeyError("data.source=mil_package needs data.name (e.g. elephant, ucsb_breast_cancer)")
-            bags, labels = load_mil_file(d["path"] if source == "file" else mil_package_file(d["name"]))
+            bags, labels = load_mil_file(benchmark_file(d))
             tr, te = fold_split(labels, int(d.get("folds", 10)), int(d.get("fold", 0)), seed)
             inst = np.concatenate([bags[i] for i in tr])
             mean, std = inst.mean(0), inst.std(0) + 1e-8
