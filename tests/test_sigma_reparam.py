@@ -238,6 +238,32 @@ def test_transformer_lm_sigma_counts_and_same_initial_function():
     torch.testing.assert_close(sigma(ids).logits, plain(ids).logits, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("remove_norms", [False, True])
+def test_transformer_lm_sigma_round_trips_through_the_auto_classes(tmp_path, remove_norms):
+    """save_pretrained records the sigma config type, so AutoModelForCausalLM rebuilds the converted model and
+    gamma, u, v load back (a plain model would drop them and compute another function)."""
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    small = dict(num_hidden_layers=1, vocab_size=50, hidden_size=16, num_attention_heads=2, intermediate_size=32,
+                 max_position_embeddings=16, dropout=0.0, remove_norms=remove_norms)
+    model = zoo.create_model("transformer_lm_13m_sigma", **small)
+    model.train()(torch.randint(0, 50, (2, 8)))  # one power iteration moves u, v
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, SigmaLinear):
+                m.gamma.mul_(3.0)
+    model.eval().save_pretrained(tmp_path / "lm")
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "lm").eval()
+    assert type(loaded) is type(model) and loaded.config.remove_norms is remove_norms
+    assert loaded.state_dict().keys() == model.state_dict().keys()
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(loaded.state_dict()[key], value, atol=0, rtol=0, msg=key)
+    ids = torch.randint(0, 50, (2, 8))
+    torch.testing.assert_close(loaded(ids).logits, model(ids).logits, atol=0, rtol=0)
+    assert loaded.lm_head.weight is loaded.model.embed_tokens.weight
+
+
 @pytest.mark.parametrize("reparam, qk_scale", [(False, 4.0), (True, 4.0), (False, 1e-3), (True, 1e-3)])
 def test_vit_attention_entropy_obeys_the_papers_lower_bound(reparam, qk_scale):
     """Theorem 3.1 on a ViT block: the logits are exactly scale x~ W~_Q^T W~_K x~ (biases absorbed), and every row's

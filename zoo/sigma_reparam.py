@@ -7,7 +7,9 @@ Conv2d reparametrised, W_hat = (gamma / sigma(W)) W, and every LayerNorm removed
 85,798,656 parameters in timm, 85,760,305 converted (38,400 norm parameters removed, 49 gammas added).
 
 Language models: the Grassmann paper's Transformer baseline with every Linear reparametrised except ``lm_head``
-(its weight is the token embedding, tied); LayerNorms kept unless ``remove_norms=True``.
+(its weight is the token embedding, tied); LayerNorms kept unless ``remove_norms=True``. Their own config type
+(``paperzoo_transformer_lm_sigma``) makes ``save_pretrained`` / ``AutoModelForCausalLM.from_pretrained`` rebuild
+the converted model, so gamma, u and v load back.
 """
 from __future__ import annotations
 
@@ -19,11 +21,12 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import build_model_with_cfg, generate_default_cfgs
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
+from transformers import AutoConfig, AutoModelForCausalLM
 
 from layers import add_attention_probes, apply_sigma_reparam
 
 from ._registry import Paper, register_model
-from .transformer_lm import TransformerLMArgs, build_transformer_lm
+from .transformer_lm import TransformerLMArgs, TransformerLMConfig, TransformerLMForCausalLM
 
 PAPER = Paper(family="sigma_reparam", title="Stabilizing Transformer Training by Preventing Attention Entropy Collapse",
               arxiv="2303.06296", authors="Zhai, Likhomanenko, Littwin, Busbridge, Ramapuram, Zhang, Gu, Susskind",
@@ -108,16 +111,33 @@ for _size in VIT_SIZES:
 
 # ---- language models: the Transformer LM baseline through the same converter ----
 
+class TransformerLMSigmaConfig(TransformerLMConfig):
+    model_type = "paperzoo_transformer_lm_sigma"
+
+    remove_norms: bool = False
+
+
+class TransformerLMSigmaForCausalLM(TransformerLMForCausalLM):
+    """``TransformerLMForCausalLM`` with every Linear but the tied ``lm_head`` converted by ``apply_sigma_reparam``."""
+
+    config_class = TransformerLMSigmaConfig
+
+    def __init__(self, config: TransformerLMSigmaConfig):
+        super().__init__(config)
+        apply_sigma_reparam(self, exclude=("lm_head",), remove_norms=config.remove_norms)
+
+
+AutoConfig.register(TransformerLMSigmaConfig.model_type, TransformerLMSigmaConfig)
+AutoModelForCausalLM.register(TransformerLMSigmaConfig, TransformerLMSigmaForCausalLM)
+
+
 @dataclass
 class TransformerLMSigmaArgs(TransformerLMArgs):
     remove_norms: bool = False
 
 
-def build_transformer_lm_sigma(args: TransformerLMSigmaArgs) -> nn.Module:
-    fields = dataclasses.asdict(args)
-    remove_norms = fields.pop("remove_norms")
-    model = build_transformer_lm(TransformerLMArgs(**fields))
-    return apply_sigma_reparam(model, exclude=("lm_head",), remove_norms=remove_norms)
+def build_transformer_lm_sigma(args: TransformerLMSigmaArgs) -> TransformerLMSigmaForCausalLM:
+    return TransformerLMSigmaForCausalLM(TransformerLMSigmaConfig(**dataclasses.asdict(args)))
 
 
 @register_model(TransformerLMSigmaArgs(num_hidden_layers=6), PAPER)
