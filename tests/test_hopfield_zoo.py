@@ -106,6 +106,32 @@ def test_mil_csv_from_the_mil_package_layout(tmp_path, monkeypatch):
         load_mil_file(folder / "bad.csv")
 
 
+def test_mil_inner_folds_select_inside_the_outer_training_fold(tmp_path):
+    """Nested cross-validation: data.inner_fold trains and validates on the outer training bags only."""
+    from train.tasks import make_task
+
+    rng = np.random.default_rng(2)
+    ids = np.repeat(np.arange(1, 41), 3)
+    labels = (ids % 4 == 0).astype(float)  # 10 positive, 30 negative bags
+    path = tmp_path / "set.csv"
+    np.savetxt(path, np.column_stack([labels, ids, rng.standard_normal((120, 5))]), delimiter=",")
+    base = ["data.source=file", f"data.path={path}", "data.folds=5", "data.fold=2", "data.seed=3"]
+    outer = make_task(load_recipe("hopfield-mil-tiger", base)).bag_index
+    inner = [make_task(load_recipe("hopfield-mil-tiger", [*base, "data.inner_folds=4", f"data.inner_fold={k}"]))
+             for k in range(4)]
+    validation = [task.bag_index["test"] for task in inner]
+    assert np.array_equal(np.sort(np.concatenate(validation)), np.sort(outer["train"]))  # inner folds tile it
+    for task, val in zip(inner, validation):
+        assert not set(task.bag_index["train"]) & (set(outer["test"]) | set(val))
+        assert len(task.bag_index["train"]) + len(val) == len(outer["train"])
+        assert task.test["y"].sum() == 2 and len(task.test["y"]) == 8  # stratified: 8 positive of 32 bags / 4
+    with pytest.raises(ValueError, match=r"data.inner_fold: a stratified 10-fold split needs at least 10 bags of "
+                                         r"each class, got \[24, 8\]"):
+        make_task(load_recipe("hopfield-mil-tiger", [*base, "data.inner_folds=10", "data.inner_fold=0"]))
+    with pytest.raises(ValueError, match=r"data.inner_fold must be in \[0, 4\), got 4"):
+        make_task(load_recipe("hopfield-mil-tiger", [*base, "data.inner_folds=4", "data.inner_fold=4"]))
+
+
 def test_mil_digits_recipe_learns(tmp_path):
     recipe = load_recipe("hopfield-mil-digits", ["train.steps=40", "train.eval_every=0", "data.train_bags=100",
                                                  "data.test_bags=60", "probe.every=20"])

@@ -135,11 +135,17 @@ def load_mil_file(path: str | Path) -> tuple[list[np.ndarray], np.ndarray]:
     return bags, (np.maximum.reduceat(labels[order], starts) > 0).astype(np.float64)
 
 
-def fold_split(labels: np.ndarray, folds: int, fold: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Train and test indices of fold ``fold`` of a stratified ``folds``-fold split shuffled by ``seed``."""
+def fold_split(labels: np.ndarray, folds: int, fold: int, seed: int,
+               key: str = "data.fold") -> tuple[np.ndarray, np.ndarray]:
+    """Train and test indices of fold ``fold`` of a stratified ``folds``-fold split shuffled by ``seed``
+    (``key`` names the recipe entry in errors)."""
     from sklearn.model_selection import StratifiedKFold
 
     if not 0 <= fold < folds:
-        raise ValueError(f"data.fold must be in [0, {folds}), got {fold}")
+        raise ValueError(f"{key} must be in [0, {folds}), got {fold}")
+    counts = np.bincount(labels.astype(int), minlength=2)
+    if counts.min() < folds:
+        raise ValueError(f"{key}: a stratified {folds}-fold split needs at least {folds} bags of each class, "
+                         f"got {counts.tolist()} (negative, positive)")
     splits = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed).split(np.zeros(len(labels)), labels)
     return list(splits)[fold]

