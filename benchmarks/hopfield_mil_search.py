@@ -19,39 +19,36 @@ import argparse
 import itertools
 import json
 import statistics
-import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
 
 from common import machine, write_results
-from hopfield_tasks import PAPER_AUC, mil_data_missing, summary
-from train import fit, load_recipe
+from hopfield_tasks import PAPER_AUC, mil_data_missing, run, summary
+from train import load_recipe
 
 GRID = [[f"train.steps={steps}", f"model_args.dropout={dropout}", f"optim.weight_decay={decay}"]
         for steps, dropout, decay in itertools.product([250, 1000], [0.2, 0.5], [1e-3, 1e-1])]
 QUIET = ["train.eval_every=0", "train.log_every=1000000", "train.threads=1"]
 
 
-def auc(name: str, overrides: list[str]) -> float:
-    """Final AUC % of one run of recipe ``name`` with ``overrides``, in a throw-away run directory."""
-    with tempfile.TemporaryDirectory() as tmp:
-        return 100 * fit(load_recipe(name, [*overrides, *QUIET]), out=Path(tmp) / "run")["auc"]
+def auc(name: str, seed: int, overrides: list[str]) -> float:
+    """Final AUC % of one quiet run of recipe ``name`` (``hopfield_tasks.run``: seeded, throw-away directory)."""
+    return 100 * run(name, seed, [*overrides, *QUIET])["auc"]
 
 
 def nested_cv(pool: ProcessPoolExecutor, name: str, seed: int, inner_folds: int) -> list[dict]:
     """One repetition of 10-fold CV with an inner search per outer fold; one record per outer fold."""
     folds = int(load_recipe(name)["data"]["folds"])
-    base = {f: [f"data.seed={seed}", f"train.seed={seed}", f"data.fold={f}"] for f in range(folds)}
-    inner = {(f, c, k): pool.submit(auc, name, [*base[f], *GRID[c], f"data.inner_folds={inner_folds}",
-                                                f"data.inner_fold={k}"])
+    inner = {(f, c, k): pool.submit(auc, name, seed, [f"data.fold={f}", *GRID[c], f"data.inner_folds={inner_folds}",
+                                                      f"data.inner_fold={k}"])
              for f in range(folds) for c in range(len(GRID)) for k in range(inner_folds)}
     records = []
     for f in range(folds):
         scores = [statistics.mean(inner[f, c, k].result() for k in range(inner_folds)) for c in range(len(GRID))]
         best = max(range(len(GRID)), key=scores.__getitem__)  # first of equals
         records.append({"fold": f, "inner_auc": scores, "chosen": GRID[best],
-                        "test_auc": pool.submit(auc, name, [*base[f], *GRID[best]])})
+                        "test_auc": pool.submit(auc, name, seed, [f"data.fold={f}", *GRID[best]])})
     for r in records:
         r["test_auc"] = r["test_auc"].result()
     return records
