@@ -61,13 +61,15 @@ def _use_tree(method: str, x: torch.Tensor, dims: int) -> bool:
     return method == "tree" or (method == "auto" and x.device.type == "cpu" and dims <= _TREE_MAX_DIMS)
 
 
-def _tree_counts(points, radii, strict: bool):
-    """#{j != i: ||p_j - p_i||_inf < r_i} (strict) or <= r_i, for every i, by cKDTree radius queries."""
+def _tree_counts(points, radii, strict: bool, rows=None):
+    """#{j != i: ||p_j - p_i||_inf < r_i} (strict) or <= r_i, for every i (or the indices ``rows``, whose radii
+    ``radii`` then are), by cKDTree radius queries."""
     import numpy as np
     from scipy.spatial import cKDTree
 
+    queries = points if rows is None else points[rows]
     r = np.nextafter(radii, 0) if strict else radii
-    counts = cKDTree(points).query_ball_point(points, r, p=np.inf, return_length=True, workers=-1) - 1  # less itself
+    counts = cKDTree(points).query_ball_point(queries, r, p=np.inf, return_length=True, workers=-1) - 1  # less itself
     return np.where(radii > 0, counts, 0) if strict else counts  # nothing is closer than 0
 
 
@@ -128,8 +130,16 @@ def ksg_mutual_information(x: torch.Tensor, y: torch.Tensor, k: int = 3, variant
     ``standardise`` divides every column by its std first (as scikit-learn does; constant columns stay).
     Variant 1 with k=3 is scikit-learn's ``mutual_info_regression`` without its clipping at 0 and its
     1e-10 noise. Bias: ~0 for independent variables (estimates scatter around 0 and may be negative);
-    underestimates large MI (at least exp(I) ~ N needed) and in high dimension. Duplicate joint points
-    give a finite but biased value (counts with eps = 0 are 0). Cost O(N^2 (D_x + D_y)), memory
+    underestimates large MI (at least exp(I) ~ N needed) and in high dimension.
+    Ties (discrete, quantised or saturated values, bf16 activations) follow Gao et al. (2017, "Estimating mutual
+    information for discrete-continuous mixtures"): where eps_i = 0, k becomes k_i = #{j != i: joint distance 0}
+    and the marginal counts include ties (n_x = #{j != i: x_j = x_i}); for purely discrete data this is the
+    plug-in MI. Variant 2 takes as neighbours every point within eps_i (k_i >= k of them), so the estimate does
+    not depend on how a search breaks ties at the k-th distance; where eps_i = 0 it uses variant 1's term.
+    Without ties both rules are exactly Kraskov's. Lattice data with many distinct values (ties at eps_i > 0,
+    e.g. values rounded to a grid coarser than the neighbour distances) stay biased, variant 1 upward and
+    variant 2 downward: add noise below the grid step, or use a discrete estimator.
+    Cost O(N^2 (D_x + D_y)), memory
     O(chunk_size * N) brute force; about O(N log N) with the tree (``method``, see the module docstring).
     """
     if variant not in (1, 2):
@@ -146,56 +156,75 @@ def ksg_mutual_information(x: torch.Tensor, y: torch.Tensor, k: int = 3, variant
     if standardise:
         x, y = standardise_columns(x), standardise_columns(y)
     if metric == "chebyshev" and _use_tree(method, x, x.shape[1] + y.shape[1]):
-        nx, ny = _ksg_counts_tree(x, y, k, variant)
+        tied, kk, nx, ny = _ksg_counts_tree(x, y, k, variant)
     else:
-        nx, ny = _ksg_counts_brute(x, y, k, variant, _chunk_rows(n, chunk_size, x.device), _METRICS[metric])
-    nx, ny = nx.to(dtype), ny.to(dtype)
+        tied, kk, nx, ny = _ksg_counts_brute(x, y, k, variant, _chunk_rows(n, chunk_size, x.device), _METRICS[metric])
+    tied = tied.to(x.device)
+    kk, nx, ny = (c.to(device=x.device, dtype=dtype) for c in (kk, nx, ny))
     psi = torch.special.digamma
-    n_t, k_t = torch.tensor(float(n), dtype=dtype, device=x.device), torch.tensor(float(k), dtype=dtype, device=x.device)
-    if variant == 1:
-        mi = psi(k_t) + psi(n_t) - (psi(nx + 1) + psi(ny + 1)).mean()
-    else:
-        mi = psi(k_t) - 1.0 / k + psi(n_t) - (psi(nx) + psi(ny)).mean()
-    return (mi / log_base(base)).float()
+    n_t = torch.tensor(float(n), dtype=dtype, device=x.device)
+    term = psi(kk) - psi(nx + 1) - psi(ny + 1)  # KSG-1, and Gao et al.'s term where eps = 0
+    if variant == 2:
+        term = torch.where(tied, term, psi(kk) - 1.0 / kk - psi(nx) - psi(ny))
+    return ((psi(n_t) + term.mean()) / log_base(base)).float()
 
 
 def _ksg_counts_brute(x, y, k, variant, step, p=float("inf")):
-    """Marginal neighbour counts (n_x, n_y) of KSG by chunked brute force (marginal Minkowski-p distances)."""
+    """KSG's per-sample (eps_i == 0, k_i, n_x, n_y) by chunked brute force (marginal Minkowski-p distances)."""
     n = x.shape[0]
-    nx, ny = [], []
+    zero, kk, nx, ny = [], [], [], []
     for i in range(0, n, step):
         dx = _distances(x[i:i + step], x, p)
         dy = _distances(y[i:i + step], y, p)
         dz = torch.maximum(dx, dy)
         _exclude_self(dz, i)
-        eps, idx = dz.topk(k, dim=1, largest=False)
-        if variant == 1:
-            e = eps[:, -1:]
-            self_counted = (e > 0).to(torch.long).squeeze(1)
-            nx.append((dx < e).sum(1) - self_counted)
-            ny.append((dy < e).sum(1) - self_counted)
+        e = dz.topk(k, dim=1, largest=False).values[:, -1:]
+        near = dz <= e  # the k joint neighbours, and any tied with the k-th
+        zero.append(e.squeeze(1) == 0)
+        if variant == 1:  # strict counts (less the point itself) where eps > 0; ties counted where eps = 0
+            tied = e == 0
+            kk.append(torch.where(tied, near.sum(1, keepdim=True), k).squeeze(1))
+            nx.append(torch.where(tied, dx <= 0, dx < e).sum(1) - 1)
+            ny.append(torch.where(tied, dy <= 0, dy < e).sum(1) - 1)
         else:
-            ex = dx.gather(1, idx).amax(1, keepdim=True)
-            ey = dy.gather(1, idx).amax(1, keepdim=True)
+            ex = torch.where(near, dx, 0).amax(1, keepdim=True)
+            ey = torch.where(near, dy, 0).amax(1, keepdim=True)
+            kk.append(near.sum(1))
             nx.append((dx <= ex).sum(1) - 1)
             ny.append((dy <= ey).sum(1) - 1)
-    return torch.cat(nx), torch.cat(ny)
+    return torch.cat(zero), torch.cat(kk), torch.cat(nx), torch.cat(ny)
 
 
 def _ksg_counts_tree(x, y, k, variant):
-    """The same counts with KD-trees: the k joint neighbours, then radius counts in each marginal."""
+    """The same (eps_i == 0, k_i, n_x, n_y) with KD-trees: the k joint neighbours, then radius counts."""
     import numpy as np
     from scipy.spatial import cKDTree
 
     xs, ys = x.double().numpy(), y.double().numpy()
-    eps, idx = cKDTree(np.hstack([xs, ys])).query(np.hstack([xs, ys]), k=k + 1, p=np.inf, workers=-1)
-    if variant == 1:
-        counts = (_tree_counts(xs, eps[:, k], strict=True), _tree_counts(ys, eps[:, k], strict=True))
-    else:  # the largest marginal distance among the k joint neighbours (the point itself adds 0)
+    zs = np.hstack([xs, ys])
+    tree = cKDTree(zs)
+    eps, idx = tree.query(zs, k=k + 1, p=np.inf, workers=-1)
+    eps = eps[:, k]
+    kk = _tree_counts(zs, eps, strict=False)  # >= k: the k-th neighbour's ties included
+    if variant == 1:  # strict counts where eps > 0; where eps = 0, k_i and the counts include the ties
+        tied = np.flatnonzero(eps == 0)
+        counts = [_tree_counts(c, eps, strict=True) for c in (xs, ys)]
+        for c, points in zip(counts, (xs, ys)):
+            c[tied] = _tree_counts(points, np.zeros(len(tied)), strict=False, rows=tied)
+        kk = np.where(eps == 0, kk, k)
+    else:  # the largest marginal distance among the joint neighbours (the point itself adds 0)
         ex = np.abs(xs[idx] - xs[:, None]).max(axis=(1, 2))
         ey = np.abs(ys[idx] - ys[:, None]).max(axis=(1, 2))
-        counts = (_tree_counts(xs, ex, strict=False), _tree_counts(ys, ey, strict=False))
-    return tuple(torch.from_numpy(np.asarray(c, dtype=np.int64)) for c in counts)
+        rows = np.flatnonzero((kk > k) & (eps > 0))  # ties at the k-th distance: every point within eps counts
+        if len(rows):
+            balls = tree.query_ball_point(zs[rows], eps[rows], p=np.inf, workers=-1)
+            sizes = np.fromiter(map(len, balls), dtype=np.int64, count=len(rows))
+            members, owners = np.concatenate(balls).astype(np.int64), np.repeat(rows, sizes)
+            starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+            ex[rows] = np.maximum.reduceat(np.abs(xs[members] - xs[owners]).max(1), starts)
+            ey[rows] = np.maximum.reduceat(np.abs(ys[members] - ys[owners]).max(1), starts)
+        counts = [_tree_counts(xs, ex, strict=False), _tree_counts(ys, ey, strict=False)]
+    return (torch.from_numpy(eps == 0), *(torch.from_numpy(np.asarray(c, dtype=np.int64)) for c in (kk, *counts)))
 
 
 def knn_entropy(k: int = 3, metric: str = "euclidean", base: float | str = "nats") -> Estimator:

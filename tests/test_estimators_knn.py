@@ -74,20 +74,40 @@ def test_ksg_chunking_does_not_change_the_value():
 
 @pytest.mark.parametrize("dx,dy", [(1, 1), (3, 2)])
 def test_kd_tree_and_brute_force_give_identical_counts(dx, dy):
-    """The CPU KD-tree path and the any-device brute-force path find the same neighbours, duplicates included.
-    (Ties at the k-th joint distance between distinct points leave KSG-2's choice of neighbours open in both.)"""
+    """The CPU KD-tree path and the any-device brute-force path find the same neighbours, duplicates and ties at
+    the k-th joint distance (values on a grid) included."""
     g = torch.Generator().manual_seed(dx)
     x = torch.randn(1500, dx, generator=g)
     y = 0.7 * x[:, :dy] + 0.5 * torch.randn(1500, dy, generator=g)
     x[:40], y[:40] = x[40:80], y[40:80]  # duplicated joint points
-    for variant in (1, 2):
-        brute = ksg_mutual_information(x, y, variant=variant, method="brute").item()
-        assert ksg_mutual_information(x, y, variant=variant, method="tree").item() == brute
+    for a, b, standardise in ((x, y, True), ((2 * x).round() / 2, (2 * y).round() / 2, False)):
+        for variant in (1, 2):
+            brute = ksg_mutual_information(a, b, variant=variant, method="brute", standardise=standardise).item()
+            assert ksg_mutual_information(a, b, variant=variant, method="tree", standardise=standardise).item() == brute
     for metric in ("euclidean", "chebyshev"):
         brute = kozachenko_leonenko_entropy(y[200:], metric=metric, method="brute").item()
         assert kozachenko_leonenko_entropy(y[200:], metric=metric, method="tree").item() == brute
     with pytest.raises(ValueError, match="method must be"):
         ksg_mutual_information(x, y, method="ball")
+
+
+@pytest.mark.parametrize("variant", [1, 2])
+@pytest.mark.parametrize("method", ["tree", "brute"])
+def test_ksg_on_tied_values_follows_gao_et_al(variant, method):
+    """Points whose k-th joint neighbour is at distance 0 (a dead or saturated layer, discrete labels) use
+    Gao et al.'s (2017) rule, which is the plug-in MI on discrete data: a constant layer carries nothing about
+    the labels, a copy of a discrete variable carries its entropy. (Kraskov's counts with eps = 0 gave 8.3 nats
+    for the constant layer, above H(labels) = log 2.)"""
+    g = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, 2, (512, 1), generator=g).float()
+    assert abs(ksg_mutual_information(torch.zeros(512, 4), labels, variant=variant, method=method).item()) < 0.01
+    saturated = torch.randn(512, 4, generator=g).sign()  # 16 patterns x 2 labels: about 16 samples per cell
+    assert abs(ksg_mutual_information(saturated, labels, variant=variant, method=method).item()) < 0.1
+    x = torch.randint(0, 10, (2000, 1), generator=g)
+    counts = torch.bincount(x[:, 0]).double() / len(x)
+    plug_in_entropy = -(counts * counts.log()).sum().item()
+    assert ksg_mutual_information(x, x.clone(), variant=variant, method=method).item() == pytest.approx(
+        plug_in_entropy, abs=0.01)
 
 
 def test_kl_entropy_of_gaussian_and_uniform_and_scipy():
