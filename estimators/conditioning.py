@@ -13,7 +13,10 @@ def matrix_condition_number(w: torch.Tensor) -> torch.Tensor:
     """
     if w.dim() < 2:
         raise ValueError(f"condition number needs a matrix (>= 2 dims), got shape {tuple(w.shape)}")
-    s = torch.linalg.svdvals(w.detach().reshape(w.shape[0], -1).double())
+    w = w.detach().reshape(w.shape[0], -1).double()
+    if not torch.isfinite(w).all():
+        raise ValueError(f"condition number: the matrix has {int((~torch.isfinite(w)).sum())} NaN/inf entries")
+    s = torch.linalg.svdvals(w)
     return (s.max() / s.min()).float()
 
 
@@ -22,6 +25,8 @@ def covariance_condition_number(x: torch.Tensor) -> torch.Tensor:
     x = x.detach().reshape(-1, x.shape[-1]).double()
     if x.shape[0] < 2:
         raise ValueError(f"covariance needs at least 2 samples, got {x.shape[0]}")
+    if not torch.isfinite(x).all():
+        raise ValueError(f"covariance condition number: x has {int((~torch.isfinite(x)).sum())} NaN/inf entries")
     ev = torch.linalg.eigvalsh(torch.cov(x.T).reshape(x.shape[1], x.shape[1]))
     return (ev.max() / ev.min().clamp_min(0)).float()
 

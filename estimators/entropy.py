@@ -14,7 +14,16 @@ def shannon_entropy(p: torch.Tensor, dim: int = -1, base: float | str = "nats", 
     """
     if not torch.is_floating_point(p):
         raise TypeError(f"shannon_entropy: p must be a floating tensor of probabilities, got {p.dtype}")
-    p = p.float()
+    if p.numel() == 0:
+        raise ValueError(f"shannon_entropy: p is empty (shape {tuple(p.shape)})")
+    tolerance = 1e-2 if p.dtype in (torch.float16, torch.bfloat16) else 1e-3  # a bf16 softmax over 1e5 classes: 2e-3
+    p = p.detach().to(torch.float64 if p.dtype == torch.float64 else torch.float32)
+    if not torch.isfinite(p).all() or (p < 0).any():
+        raise ValueError(f"shannon_entropy: p must be finite and non-negative; it has {int((~torch.isfinite(p)).sum())} "
+                         f"NaN/inf and {int((p < 0).sum())} negative entries")
+    worst = (p.sum(dim) - 1).abs().max().item()
+    if worst > tolerance:
+        raise ValueError(f"shannon_entropy: p must sum to 1 along dim {dim}; the sums are off by up to {worst:.3g}")
     h = -torch.special.xlogy(p, p).sum(dim) / log_base(base)
     return h.mean() if reduce else h
 

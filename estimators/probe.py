@@ -32,6 +32,8 @@ class Probe:
                  max_samples: int | None = 4096, step: int = 0):
         if every < 1:
             raise ValueError(f"every must be >= 1, got {every}")
+        if max_samples is not None and max_samples < 1:
+            raise ValueError(f"max_samples must be >= 1 or None (no limit), got {max_samples}")
         self.model, self.every, self.max_samples, self._step = model, every, max_samples, step
         self.rows: list[dict] = []
         self._modules: dict[str, list[Estimator]] = {}
@@ -56,6 +58,8 @@ class Probe:
         self._handles: list = []
         self._paused = False
         self._buffers: dict[str, list[torch.Tensor]] = {}
+        self._params_done = False  # the parameter estimators ran for this step
+        self._idle = False  # this step was entered by step() and has recorded nothing yet
         self._attach_if_scheduled()
 
     # -- schedule -------------------------------------------------------------------------------
@@ -86,6 +90,7 @@ class Probe:
         def record(module, inputs, output):
             if self._paused:
                 return
+            self._idle = False
             chunks = self._buffers.setdefault(name, [])
             have = sum(c.shape[0] for c in chunks)
             if self.max_samples is None or have < self.max_samples:
@@ -104,7 +109,8 @@ class Probe:
                               "value": float(v.item() if torch.is_tensor(v) else v)})
 
     def flush(self):
-        """Compute every estimator on what this step accumulated (no-op on unscheduled steps)."""
+        """Compute the probe points' estimators on what this step accumulated since the last flush, and the
+        parameter estimators once per step (no-op on unscheduled steps)."""
         if not self.scheduled:
             return
         with torch.no_grad():
@@ -116,19 +122,24 @@ class Probe:
                 x = torch.cat(chunks) if chunks[0].dim() > 0 else torch.stack(chunks)
                 for est in self._modules[name]:
                     self._record(name, est, est(x))
-            params = dict(self.model.named_parameters())
-            for name, ests in self._params.items():
-                for est in ests:
-                    self._record(name, est, est(params[name].detach()))
+            if not self._params_done:
+                params = dict(self.model.named_parameters())
+                for name, ests in self._params.items():
+                    for est in ests:
+                        self._record(name, est, est(params[name].detach()))
+                self._params_done = True
         self._buffers = {}
 
     def step(self):
         """End the current step: compute if it was scheduled, advance, attach hooks if the next is scheduled."""
-        self.flush()
-        self._step += 1
-        if not self.scheduled:
-            self._detach()
-        self._attach_if_scheduled()
+        try:
+            self.flush()
+        finally:
+            self._buffers, self._params_done, self._idle = {}, False, True
+            self._step += 1
+            if not self.scheduled:
+                self._detach()
+            self._attach_if_scheduled()
 
     # -- results --------------------------------------------------------------------------------
     def table(self) -> list[dict]:
@@ -145,12 +156,21 @@ class Probe:
         return path
 
     def close(self):
-        self.flush()
-        self._buffers = {}
-        self._detach()
+        """Compute what the current step recorded (unless ``step()`` began it and no forward pass followed, so
+        a loop that ends with ``step()`` adds no empty step), then remove every hook, even if an estimator fails."""
+        try:
+            if not self._idle:
+                self.flush()
+        finally:
+            self._buffers = {}
+            self._detach()
 
     def __enter__(self):
         return self
 
-    def __exit__(self, *exc):
-        self.close()
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is None:
+            self.close()
+        else:  # the block failed: detach without computing, so its exception is the one that surfaces
+            self._buffers = {}
+            self._detach()

@@ -28,6 +28,12 @@ def test_shannon_entropy_known_values():
     assert shannon_entropy(p).item() == pytest.approx(1.5 * math.log(2))
     with pytest.raises(TypeError, match="floating"):
         shannon_entropy(torch.tensor([1, 0]))
+    tiny = torch.tensor([1 - 1e-12, 1e-12], dtype=torch.float64)  # float64 stays float64
+    assert shannon_entropy(tiny).item() == pytest.approx(1e-12 * (1 - math.log(1e-12)), rel=1e-6)
+    for bad, match in ((torch.tensor([float("nan"), 0.5]), "NaN/inf"), (torch.tensor([-0.5, 1.5]), "negative"),
+                       (torch.tensor([2.0, 2.0]), "sum to 1"), (torch.tensor([]), "empty")):
+        with pytest.raises(ValueError, match=match):
+            shannon_entropy(bad)
 
 
 def test_condition_numbers_known_values():
@@ -40,6 +46,10 @@ def test_condition_numbers_known_values():
     assert covariance_condition_number(x).item() == pytest.approx(9.0, rel=0.02)
     with pytest.raises(ValueError, match="matrix"):
         matrix_condition_number(torch.ones(3))
+    with pytest.raises(ValueError, match="NaN/inf"):
+        matrix_condition_number(torch.tensor([[1.0, float("nan")], [0.0, 1.0]]))
+    with pytest.raises(ValueError, match="NaN/inf"):
+        covariance_condition_number(torch.tensor([[1.0, float("inf")], [0.0, 1.0], [2.0, 3.0]]))
 
 
 def test_probe_records_only_on_schedule_and_costs_nothing_otherwise():
@@ -89,3 +99,35 @@ def test_probe_bad_specs_are_clear():
     with pytest.raises(KeyError, match="unknown estimator"):
         make_estimator("mutual_info_of_nothing")
     assert make_estimator({"condition_number": {"of": "covariance"}}).name == "condition_number_covariance"
+
+
+def test_probe_detaches_even_when_an_estimator_or_the_block_fails():
+    model = Tiny()
+    hooks = lambda: sum(len(m._forward_hooks) for m in model.modules())  # noqa: E731
+    with pytest.raises(ValueError, match="at least 2 samples"):  # the estimator's error, raised at exit
+        with Probe(model, {"hidden": [condition_number(of="covariance")]}):
+            model(torch.randn(1, 4))
+    assert hooks() == 0
+    with pytest.raises(RuntimeError, match="the block's own error"):  # not replaced by the estimator's
+        with Probe(model, {"hidden": [condition_number(of="covariance")]}):
+            model(torch.randn(1, 4))
+            raise RuntimeError("the block's own error")
+    assert hooks() == 0
+
+
+def test_probe_steps_are_recorded_once():
+    """flush() then step() does not record the parameters twice, and a loop that ends with step() adds no empty
+    step at close; a probe used for one measurement without step() still records at close."""
+    model = Tiny()
+    with Probe(model, {"hidden": [condition_number(of="covariance")], "lin.weight": [condition_number()]}) as probe:
+        for _ in range(2):
+            model(torch.randn(8, 4))
+            probe.flush()
+            probe.step()
+    assert [(r["step"], r["point"]) for r in probe.table()] == [(0, "hidden"), (0, "lin.weight"),
+                                                               (1, "hidden"), (1, "lin.weight")]
+    with Probe(model, {"lin.weight": [condition_number()]}) as probe:
+        pass
+    assert len(probe.table()) == 1
+    with pytest.raises(ValueError, match="max_samples"):
+        Probe(model, {"hidden": [entropy()]}, max_samples=0)
