@@ -73,16 +73,18 @@ def _codes(v: torch.Tensor, name: str, n_bins: int, strategy: str, value_range) 
 
 
 def binned_mutual_information(x: torch.Tensor, y: torch.Tensor, n_bins: int = 30, strategy: str = "equal_width",
-                              value_range: tuple[float, float] | None = None, base: float | str = "bits") -> torch.Tensor:
+                              value_range: tuple[float, float] | None = None, base: float | str = "bits",
+                              y_range: tuple[float, float] | None = None) -> torch.Tensor:
     """I(X;Y) = H(X) + H(Y) - H(X,Y) of the discretised rows (Shwartz-Ziv & Tishby 2017; Chelombiev et al. 2019).
 
-    Floating inputs are discretised with ``discretise`` (each with its own edges); integer/bool inputs
-    (labels, binary patterns) are used as symbols as they are. Bits by default, as in both papers.
+    Floating inputs are discretised with ``discretise``, each with its own edges: x on ``value_range`` (e.g. a
+    tanh layer's (-1, 1)), y on ``y_range`` (default for both: the variable's own [min, max]); integer/bool
+    inputs (labels, binary patterns) are used as symbols as they are. Bits by default, as in both papers.
     Bias: the plug-in MI is biased up by ~(m_xy - m_x - m_y + 1) / (2N ln 2) bits and depends strongly
     on n_bins; with all-distinct inputs I(X;T) = H(T) (a deterministic network loses nothing except by
     binning). Cost O(N D log N).
     """
-    x, y = _codes(x, "x", n_bins, strategy, value_range), _codes(y, "y", n_bins, strategy, value_range)
+    x, y = _codes(x, "x", n_bins, strategy, value_range), _codes(y, "y", n_bins, strategy, y_range)
     same_rows(x, y)
     sx, sy = _symbols(x), _symbols(y)
     joint = _symbols(torch.stack([sx, sy], 1))
@@ -104,7 +106,8 @@ def binned_entropy(n_bins: int = 30, strategy: str = "equal_width", value_range=
 
 
 def binned_mi(target=None, n_bins: int = 30, value_range=None, base: float | str = "bits") -> Estimator:
-    """Probe estimator: equal-width binned I(T; target) (Shwartz-Ziv & Tishby) against a bound target."""
+    """Probe estimator: equal-width binned I(T; target) (Shwartz-Ziv & Tishby) against a bound target;
+    ``value_range`` fixes the probe tensor's bins, a floating target gets its own."""
     return paired("binned_mi", binned_mutual_information, target, n_bins=n_bins, strategy="equal_width",
                   value_range=value_range, base=base)
 

@@ -48,6 +48,9 @@ def diffusion_spectral_mutual_information(x: torch.Tensor, labels: torch.Tensor,
     random labels; compare against a random-label baseline as the paper does. Cost O(N^2 D + N^3).
     """
     x = as_samples(x, "x")
+    if labels.dim() > 1 and labels.shape[1:].numel() > 1:
+        raise ValueError(f"labels must hold one class per sample, shape (N,), got {tuple(labels.shape)}; for one-hot "
+                         "labels pass labels.argmax(-1)")
     labels = labels.reshape(-1)
     same_rows(x, labels, "x and labels")
     if torch.is_floating_point(labels):

@@ -31,7 +31,8 @@ def spectral_effective_rank(w: torch.Tensor) -> torch.Tensor:
 
 
 def effective_feature_count(x: torch.Tensor, power: float = 1.0) -> torch.Tensor:
-    """N_eff = exp(H(p)), p_f = m_f / sum_g m_g with mass m_f = sum_n |x_nf|^power (or m = |x|^power for 1-D x).
+    """N_eff = exp(H(p)), p_f = m_f / sum_g m_g with mass m_f = sum_n |x_nf|^power (or m = |x|^power for 1-D x);
+    ``power=0`` counts the non-zero entries (the L0 mass: how often each feature is active).
 
     The effective number of features carrying the mass (e.g. sparse-autoencoder codes (N, F), feature
     norms, per-feature importances): F for uniform mass, 1 when one feature holds all. Exact for the
@@ -40,10 +41,12 @@ def effective_feature_count(x: torch.Tensor, power: float = 1.0) -> torch.Tensor
     """
     if not torch.is_tensor(x) or x.dim() == 0:
         raise ValueError(f"feature count needs a tensor (F,) or (N, F), got {x!r}")
+    if not power >= 0:
+        raise ValueError(f"feature count: power must be >= 0, got {power!r}")
     x = x.detach().double()
     if not torch.isfinite(x).all():
         raise ValueError("feature count: x has NaN/inf entries")
-    mass = x.abs() ** power
+    mass = (x != 0).double() if power == 0 else x.abs() ** power
     mass = mass.reshape(-1, mass.shape[-1]).sum(0)
     if mass.sum() == 0:
         raise ValueError("feature count: all mass is zero")

@@ -50,7 +50,7 @@ def information_plane(model: nn.Module, x: torch.Tensor, y: torch.Tensor, points
     for name, t in layer_activations(model, x, points).items():
         t = t.float()
         kw = dict(n_bins=n_bins, strategy=strategy, value_range=value_range, base=base)
-        out[name] = {"I_XT": float(binned_mutual_information(x_symbols.to(t.device), t, **kw)),
+        out[name] = {"I_XT": float(binned_mutual_information(t, x_symbols.to(t.device), **kw)),  # value_range: T's
                      "I_TY": float(binned_mutual_information(t, y.to(t.device), **kw))}
     return out
 

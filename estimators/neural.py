@@ -49,8 +49,9 @@ def neural_mutual_information(x: torch.Tensor, y: torch.Tensor, bound: str = "in
     ``dv``: I >= E_p[f] - log E_{p(x)p(y)}[e^f] (Donsker-Varadhan, MINE eq. 10; plain gradients, without
     MINE's moving-average correction). The critic is separable, g(x)^T h(y) with 2-hidden-layer MLPs on the
     standardised inputs,
-    trained with Adam for ``steps`` minibatches; the returned value is the bound averaged over disjoint
-    batches of all N samples after training. Nats (or ``base``). Bias: a lower bound, low when the
+    trained with Adam for ``steps`` minibatches; the returned value is the bound averaged over the floor(N/B)
+    disjoint full batches of a random permutation after training (the N mod B left over are not used: the
+    InfoNCE bound depends on the batch size). Nats (or ``base``). Bias: a lower bound, low when the
     critic is under-trained; InfoNCE cannot exceed log(batch_size) and has low variance, DV is
     unbounded with high variance. Evaluated on the training samples, so it can overfit for small N.
     Cost O(steps * B * hidden * (D_x + D_y + hidden) + steps * B^2 * 32).

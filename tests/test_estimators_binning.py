@@ -23,7 +23,18 @@ def test_binned_mi_of_a_deterministic_map_is_the_entropy():
     # 30 equal-width bins on [-1, 1], almost equally filled
     h = binned_plugin_entropy(t, n_bins=30, value_range=(-1, 1)).item()
     assert h == pytest.approx(math.log2(30), abs=0.01)
-    assert binned_mutual_information(x, t, n_bins=30, value_range=(-1, 1)).item() == pytest.approx(h, abs=1e-5)
+    assert binned_mutual_information(t, x, n_bins=30, value_range=(-1, 1)).item() == pytest.approx(h, abs=1e-5)
+
+
+def test_binned_mi_value_range_bins_x_only():
+    """A layer's value_range does not squeeze a floating target into the layer's bins."""
+    g = torch.Generator().manual_seed(0)
+    target = 5 * torch.randn(2000, 1, generator=g)
+    layer = torch.tanh(target / 5 + 0.3 * torch.randn(2000, 1, generator=g))
+    ranged = binned_mutual_information(layer, target, n_bins=30, value_range=(-1, 1)).item()
+    codes = discretise(target, 30)  # the target on its own [min, max]
+    assert ranged == pytest.approx(binned_mutual_information(layer, codes, n_bins=30, value_range=(-1, 1)).item(), abs=1e-6)
+    assert binned_mutual_information(layer, target, n_bins=30, value_range=(-1, 1), y_range=(-20, 20)).item() != ranged
 
 
 def test_binned_mi_matches_sklearn_mutual_info_score_on_codes():

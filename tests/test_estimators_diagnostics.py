@@ -87,6 +87,12 @@ def test_effective_rank_and_feature_count_closed_forms():
     assert effective_feature_count(torch.tensor([5.0, 0.0, 0.0])).item() == pytest.approx(1.0)
     assert effective_feature_count(torch.tensor([1.0, -1.0, 2.0, 0.0]), power=2).item() == pytest.approx(
         math.exp(-sum(v * math.log(v) for v in (1 / 6, 1 / 6, 4 / 6))))
+    codes = torch.tensor([[3.0, 0.0, 0.0, 0.0], [0.5, 2.0, 0.0, 0.0]])  # power 0: how often each feature is active
+    assert effective_feature_count(codes, power=0).item() == pytest.approx(math.exp(-(2 / 3) * math.log(2 / 3)
+                                                                                    - (1 / 3) * math.log(1 / 3)))
+    assert effective_feature_count(torch.tensor([1.0, 0.0, 0.0, 0.0]), power=0).item() == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="power"):
+        effective_feature_count(codes, power=-1)
 
 
 def test_condition_number_of_conv_kernels_is_never_skipped():

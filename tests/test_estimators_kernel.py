@@ -85,3 +85,6 @@ def test_diffusion_operator_spectrum_and_dsmi():
     assert diffusion_spectral_mutual_information(x2, labels, sigma=1.0).item() == pytest.approx(1.0, abs=1e-3)
     with pytest.raises(TypeError, match="labels"):
         diffusion_spectral_mutual_information(x2, labels.float())
+    with pytest.raises(ValueError, match="one-hot"):
+        diffusion_spectral_mutual_information(x2, torch.nn.functional.one_hot(labels))
+    assert diffusion_spectral_mutual_information(x2, labels[:, None], sigma=1.0).item() == pytest.approx(1.0, abs=1e-3)

@@ -1,7 +1,6 @@
 """Facet with the shared loop on offline EMT data: data determinism, statistics, a short run, the calculator."""
 import numpy as np
 import pytest
-import torch
 
 import zoo
 from train import fit, load_recipe
