@@ -365,6 +365,17 @@ def test_calculator_matches_model_and_loads_checkpoints(tmp_path):
         assert atoms.get_potential_energy() == pytest.approx(ref["energy"].item(), abs=1e-4)
         assert np.abs(atoms.get_forces() - ref["forces"].numpy()).max() < 1e-4
         assert atoms.get_stress().shape == (6,)
+    training = _model().float().train()
+    FacetCalculator(training)  # works on its own float64 copy: the model keeps training as it was
+    assert training.training and all(p.dtype == torch.float32 and p.requires_grad for p in training.parameters())
+    with pytest.raises(TypeError, match="graph is torch.float64 but the model is torch.float32"):
+        m.predict(graph_from_atoms(atoms, m.config.cutoff))  # m.float() above converted it in place
+    m.double()
+    with torch.no_grad():  # forces are gradients: predict turns them on itself
+        quiet = m.predict(graph_from_atoms(atoms, m.config.cutoff))
+    assert torch.equal(quiet["forces"], m.predict(graph_from_atoms(atoms, m.config.cutoff))["forces"])
+    with torch.inference_mode(), pytest.raises(RuntimeError, match="inference_mode"):
+        m.predict(graph_from_atoms(atoms, m.config.cutoff))
     slab = fcc111("Cu", size=(2, 2, 2), vacuum=5.0)
     slab.calc = FacetCalculator(m)
     assert np.isfinite(slab.get_potential_energy())

@@ -92,6 +92,10 @@ class Facet(nn.Module):
         if not graph.positions.is_floating_point() or graph.positions.shape[-1] != 3:
             raise ValueError(f"positions must be a float (N, 3) tensor, got {graph.positions.dtype} "
                              f"{tuple(graph.positions.shape)}")
+        dtype = self.readout[0].weight.dtype
+        if graph.positions.dtype != dtype:
+            raise TypeError(f"the graph is {graph.positions.dtype} but the model is {dtype}: build it with "
+                            f"graph_from_atoms(..., dtype={dtype}) or graph.to(dtype=...), or convert the model")
 
     def node_features(self, graph: AtomGraph) -> torch.Tensor:
         """Final node features (N, C (L+1)^2) in e3nn layout."""
@@ -131,14 +135,19 @@ def predict_with(energy_model: nn.Module, graph: AtomGraph, stress: bool = False
     (ASE's sign convention; NaN for structures without a cell). ``training`` keeps the graph for a force loss.
 
     ``energy_model`` maps an AtomGraph to energies: a Facet, or a wrapper such as DistributedDataParallel (whose
-    forward must run for its gradient synchronisation).
+    forward must run for its gradient synchronisation). Forces need autograd, so it runs with gradients
+    enabled even inside ``torch.no_grad()``; ``torch.inference_mode()`` is an error.
     """
-    positions = graph.positions.detach().requires_grad_(True)
-    strain = torch.zeros_like(graph.cell, requires_grad=True)
-    g = replace(graph, positions=positions)
-    energy = energy_model(g.strained(strain) if stress else g)
-    inputs = [positions, strain] if stress else [positions]
-    grads = torch.autograd.grad(energy.sum(), inputs, create_graph=training, allow_unused=True)
+    if torch.is_inference_mode_enabled():
+        raise RuntimeError("Facet forces and stress are gradients of the energy, which torch.inference_mode() "
+                           "forbids; call predict under torch.no_grad() or without a context")
+    with torch.enable_grad():
+        positions = graph.positions.detach().requires_grad_(True)
+        strain = torch.zeros_like(graph.cell, requires_grad=True)
+        g = replace(graph, positions=positions)
+        energy = energy_model(g.strained(strain) if stress else g)
+        inputs = [positions, strain] if stress else [positions]
+        grads = torch.autograd.grad(energy.sum(), inputs, create_graph=training, allow_unused=True)
     out = {"energy": energy, "forces": -grads[0] if grads[0] is not None else torch.zeros_like(positions)}
     if stress:
         volume = torch.linalg.det(graph.cell).abs()

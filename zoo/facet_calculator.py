@@ -1,6 +1,7 @@
 """FacetCalculator: a Facet potential as an ASE ``Calculator`` (energy, forces, stress) for optimisers and MD."""
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import torch
@@ -13,7 +14,7 @@ from .atoms import graph_from_atoms
 
 def _load_model(model, pretrained) -> nn.Module:
     if isinstance(model, nn.Module):
-        return model
+        return copy.deepcopy(model)  # the calculator's own float64, frozen copy: the caller's model is untouched
     if str(model).endswith(".safetensors") or Path(str(model)).is_file():
         from weights import load_checkpoint
 
@@ -27,7 +28,9 @@ class FacetCalculator(Calculator):
     """ASE calculator around a Facet model.
 
     ``model`` is a Facet module, a registered name (with ``pretrained=True`` or a checkpoint name from the
-    manifest) or the path of a checkpoint written by ``weights.save_checkpoint`` / ``zoo train``. Stress is
+    manifest) or the path of a checkpoint written by ``weights.save_checkpoint`` / ``zoo train``; a module is
+    copied, so a model still in training keeps its dtype, mode and gradients (rebuild the calculator to follow
+    its later weights). Stress is
     available for fully periodic cells (eV/A^3, Voigt order xx yy zz yz xz xy, ASE's sign convention).
     """
 
