@@ -9,7 +9,9 @@ from .estimator import Estimator, log_base
 def shannon_entropy(p: torch.Tensor, dim: int = -1, base: float | str = "nats", reduce: bool = True) -> torch.Tensor:
     """H(p) = -sum_i p_i log p_i along ``dim`` (0 log 0 = 0), in nats or bits; mean over the other dims if ``reduce``.
 
-    Exact for the given probabilities (no estimation bias); ``p`` must be non-negative and sum to 1 along ``dim``.
+    Exact for the given probabilities (no estimation bias); ``p`` must be non-negative and sum to 1 along ``dim``,
+    or be all zeros there (an empty distribution, such as a fully masked attention row: left out of the mean, 0
+    when not reduced).
     Cost O(numel).
     """
     if not torch.is_floating_point(p):
@@ -21,11 +23,17 @@ def shannon_entropy(p: torch.Tensor, dim: int = -1, base: float | str = "nats", 
     if not torch.isfinite(p).all() or (p < 0).any():
         raise ValueError(f"shannon_entropy: p must be finite and non-negative; it has {int((~torch.isfinite(p)).sum())} "
                          f"NaN/inf and {int((p < 0).sum())} negative entries")
-    worst = (p.sum(dim) - 1).abs().max().item()
+    sums = p.sum(dim)
+    empty = sums == 0  # e.g. the association of a state whose stored patterns are all padded
+    worst = torch.where(empty, 0.0, sums - 1).abs().max().item()
     if worst > tolerance:
         raise ValueError(f"shannon_entropy: p must sum to 1 along dim {dim}; the sums are off by up to {worst:.3g}")
     h = -torch.special.xlogy(p, p).sum(dim) / log_base(base)
-    return h.mean() if reduce else h
+    if not reduce:
+        return h
+    if empty.all():
+        raise ValueError(f"shannon_entropy: every vector of p along dim {dim} is all zeros")
+    return h[~empty].mean()
 
 
 def entropy(dim: int = -1, base: float | str = "nats") -> Estimator:

@@ -184,9 +184,13 @@ class HopfieldCore(nn.Module):
 
         def softmax(state):
             scores = (state * beta) @ k.transpose(-2, -1)
-            if mask is not None:
-                scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask
-            return scores.softmax(dim=-1)
+            if mask is None:
+                return scores.softmax(dim=-1)
+            scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask
+            # a state whose stored patterns are all masked associates with nothing (zeros, as SDPA returns);
+            # its scores are zeroed before the softmax, so no NaN reaches the gradient either
+            empty = scores.isneginf().all(-1, keepdim=True)
+            return torch.where(empty, 0.0, torch.where(empty, 0.0, scores).softmax(dim=-1))
 
         xi, state = softmax(q), q
         active = torch.ones(self.num_heads, dtype=torch.bool, device=q.device)
@@ -195,8 +199,8 @@ class HopfieldCore(nn.Module):
             keep = active.view(1, -1, 1, 1)
             state = torch.where(keep, xi @ k, state)
             new = torch.where(keep, softmax(state), xi)
-            with torch.no_grad():
-                active &= (new - xi).norm(dim=(2, 3)).amax(dim=0) > self.update_steps_eps
+            with torch.no_grad():  # a new mask: the old one is saved for torch.where's backward
+                active = active & ((new - xi).norm(dim=(2, 3)).amax(dim=0) > self.update_steps_eps)
             xi, step = new, step + 1
         return xi
 

@@ -129,14 +129,21 @@ def test_per_head_scaling_and_default_beta():
 
 
 def test_multi_step_equals_the_iterated_update_rule():
+    """Values and gradients (the iteration is differentiable, as in training with update_steps_max > 0)."""
     torch.manual_seed(0)
-    y, r = torch.randn(1, 12, 8, dtype=torch.float64), torch.randn(1, 3, 8, dtype=torch.float64)
+    y = torch.randn(1, 12, 8, dtype=torch.float64, requires_grad=True)
+    r = torch.randn(1, 3, 8, dtype=torch.float64, requires_grad=True)
     h = Hopfield(scaling=0.5, update_steps_max=3, update_steps_eps=1e-12, **STATIC)
     xi = r
     for _ in range(3):  # xi <- softmax(beta xi Y^T) Y, then the retrieval with the final association
         xi = torch.softmax(0.5 * xi @ y.transpose(1, 2), -1) @ y
     ref = torch.softmax(0.5 * xi @ y.transpose(1, 2), -1) @ y
-    assert torch.allclose(h((y, r, y)), ref, atol=1e-10)
+    out = h((y, r, y))
+    assert torch.allclose(out, ref, atol=1e-10)
+    weights = torch.randn_like(ref)
+    grads = torch.autograd.grad((out * weights).sum(), (y, r))
+    for got, want in zip(grads, torch.autograd.grad((ref * weights).sum(), (y, r))):
+        assert torch.allclose(got, want, atol=1e-10)
 
 
 def test_energy_never_increases_and_the_fixed_point_is_reached():
@@ -233,6 +240,26 @@ def test_pooling_ignores_padded_instances_and_layer_shapes():
     layer = HopfieldLayer(input_size=16, quantity=6, lookup_weights_as_separated=True, output_size=3)
     assert layer(torch.randn(4, 2, 16)).shape == (4, 2, 3)
     assert layer.get_association_matrix(torch.randn(4, 2, 16)).shape == (4, 1, 2, 6)
+
+
+def test_a_fully_padded_state_retrieves_zeros_on_every_path():
+    """All stored patterns of one item padded: the fused SDPA path and the explicit path (probed, or iterated)
+    both retrieve zeros for it, with finite gradients, and the other items are untouched."""
+    torch.manual_seed(0)
+    h = Hopfield(input_size=8, num_heads=2, disable_out_projection=True)
+    x = torch.randn(3, 5, 8, requires_grad=True)
+    pad = torch.zeros(3, 5, dtype=torch.bool)
+    pad[1], pad[0, :2] = True, True
+    fused = h(x, stored_pattern_padding_mask=pad)
+    with Probe(h, {"association_core.association": [entropy()]}):  # forces the explicit association
+        explicit = h(x, stored_pattern_padding_mask=pad)
+    assert fused[1].abs().max() == 0 and explicit[1].abs().max() == 0
+    assert torch.allclose(fused, explicit, atol=1e-6)
+    iterated = Hopfield(input_size=8, num_heads=2, disable_out_projection=True, update_steps_max=3)
+    iterated.load_state_dict(h.state_dict())
+    out = iterated(x, stored_pattern_padding_mask=pad)
+    out.sum().backward()
+    assert out[1].abs().max() == 0 and torch.isfinite(x.grad).all()
 
 
 def test_bad_inputs_are_named():

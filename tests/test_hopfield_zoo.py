@@ -32,6 +32,9 @@ def test_mil_is_permutation_invariant_and_ignores_padding():
     assert torch.allclose(m(padded, mask), m(x), atol=1e-5)
     with pytest.raises(ValueError, match=r"x must have shape \(bags, instances, 8\)"):
         m(torch.randn(3, 6))
+    mask[1] = True
+    with pytest.raises(ValueError, match=r"bags \[1\] have every instance padded"):
+        m(padded, mask)
 
 
 def test_checkpoint_round_trip_keeps_outputs(tmp_path):

@@ -28,10 +28,13 @@ def test_shannon_entropy_known_values():
     assert shannon_entropy(p).item() == pytest.approx(1.5 * math.log(2))
     with pytest.raises(TypeError, match="floating"):
         shannon_entropy(torch.tensor([1, 0]))
+    masked = torch.tensor([[0.5, 0.5], [0.0, 0.0]])  # an all-zero row (fully masked attention) is left out
+    assert shannon_entropy(masked).item() == pytest.approx(math.log(2))
     tiny = torch.tensor([1 - 1e-12, 1e-12], dtype=torch.float64)  # float64 stays float64
     assert shannon_entropy(tiny).item() == pytest.approx(1e-12 * (1 - math.log(1e-12)), rel=1e-6)
     for bad, match in ((torch.tensor([float("nan"), 0.5]), "NaN/inf"), (torch.tensor([-0.5, 1.5]), "negative"),
-                       (torch.tensor([2.0, 2.0]), "sum to 1"), (torch.tensor([]), "empty")):
+                       (torch.tensor([2.0, 2.0]), "sum to 1"), (torch.tensor([]), "empty"),
+                       (torch.zeros(2, 3), "all zeros")):
         with pytest.raises(ValueError, match=match):
             shannon_entropy(bad)
 
