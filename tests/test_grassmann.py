@@ -215,6 +215,21 @@ def test_cached_generation_equals_uncached(make):
 
 
 @pytest.mark.parametrize("make", [tiny_grassmann, tiny_transformer])
+def test_cached_steps_equal_the_full_forward_at_any_start_position(make):
+    """A prefill shorter than the cache context, then single cached tokens, with position_ids starting at 5:
+    the cache's zero padding before the first token must not count as past tokens."""
+    model = make()
+    ids = torch.randint(1, 50, (2, 12), generator=torch.Generator().manual_seed(5))
+    pos = torch.arange(5, 17).expand(2, -1)
+    full = model(ids, position_ids=pos, use_cache=False).logits
+    out = model(ids[:, :2], position_ids=pos[:, :2], use_cache=True)
+    steps = [out.logits]
+    for t in range(2, 12):
+        steps.append(model(ids[:, t:t + 1], position_ids=pos[:, t:t + 1], cache=out.cache, use_cache=True).logits)
+    assert (torch.cat(steps, 1) - full).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("make", [tiny_grassmann, tiny_transformer])
 def test_left_padded_batch_generates_as_each_sequence_alone(make):
     model = make()
     long, short = torch.tensor([[5, 9, 3, 7, 2, 8]]), torch.tensor([[4, 6, 1]])

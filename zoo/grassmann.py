@@ -79,7 +79,8 @@ class GrassmannBlock(nn.Module):
     def forward(self, h, positions, cache=None, layer_idx=0):
         past = None
         if cache is not None and (state := cache.get_conv_state(layer_idx)) is not None:
-            past = state.transpose(1, 2).clone()
+            # the state is left-padded with zeros until `context` tokens were seen: pass only real tokens
+            past = state.transpose(1, 2)[:, -min(cache.get_seq_length(), self.mixing.context):].clone()
         u, z = self.mixing(h, positions, past)
         if cache is not None:
             cache.update_conv_state(z.transpose(1, 2), layer_idx, conv_kernel_size=self.mixing.context)
