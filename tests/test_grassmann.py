@@ -5,7 +5,7 @@ import torch
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
 import zoo
-from estimators import Probe, entropy
+from estimators import Probe, condition_number, entropy
 from layers import CausalGrassmannMixing, CausalSelfAttention, pluecker
 from weights import load_checkpoint, save_checkpoint
 from zoo.grassmann import GrassmannCache, GrassmannLMConfig, GrassmannLMForCausalLM, GrassmannLMModel
@@ -291,9 +291,10 @@ def test_probe_attaches_to_pluecker_gate_and_attention_points():
         t(ids)
     values = [r["value"] for r in probe.table()]
     assert len(values) == 2 and all(0 < v < math.log(16) for v in values)
-    with Probe(g, {"model.layers.*.mixing.gate": [entropy()], "model.layers.0.mixing.plucker": [entropy()]}) as probe:
+    with Probe(g, {"model.layers.*.mixing.gate": [condition_number(of="covariance")],
+                   "model.layers.0.mixing.plucker": [condition_number(of="covariance")]}) as probe:
         g(ids)
-    assert len(probe.table()) == 3
+    assert len(probe.table()) == 3 and all(r["value"] >= 1 for r in probe.table())
 
 
 def test_registry_checkpoint_round_trip(tmp_path):
