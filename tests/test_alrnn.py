@@ -62,6 +62,23 @@ def test_free_run_matches_unforced_rollout_and_generate():
     assert torch.allclose(unforced, gen[:, 1:], atol=1e-6)
     n_step = m.n_step_prediction(x[0], 5)
     assert torch.allclose(n_step[0], m.generate(x[0, :1], 6)[0, 5], atol=1e-6)
+    batched = m.n_step_prediction(x, 5)  # (B, T, N): every sequence on its own
+    assert batched.shape == (3, 25, 3) and torch.allclose(batched[0], n_step, atol=1e-6)
+
+
+def test_bad_inputs_get_errors_that_name_the_fix():
+    m = zoo.create_model("alrnn_m20_p2")
+    x = torch.randn(2, 20, 3)
+    with pytest.raises(TypeError, match=r"x is torch.float64 but the model is torch.float32"):
+        m(x.double())
+    with pytest.raises(TypeError, match="x0 of generate is torch.float16"):
+        m.generate(x[:, 0].half(), 5)
+    with pytest.raises(ValueError, match="steps must be an integer >= 1"):
+        m.generate(x[:, 0], 0)
+    with pytest.raises(ValueError, match=r"n must be an integer in \[0, T-1\] = \[0, 19\]"):
+        m.n_step_prediction(x, 20)
+    with pytest.raises(ValueError, match=r"\(time, N=3\) or \(batch, time, N=3\)"):
+        m.n_step_prediction(x[0, 0], 1)
 
 
 def test_gtf_alpha_zero_is_free_running():

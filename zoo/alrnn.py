@@ -7,6 +7,7 @@ own state, z[:N] <- alpha x_t + (1 - alpha) z[:N] (generalized teacher forcing, 
 """
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 
 import torch
@@ -39,9 +40,13 @@ class ALRNN(nn.Module):
         self.L = nn.Parameter(nn.init.xavier_uniform_(torch.empty(config.M - config.N, config.N)))
         self.z = ProbePoint()
 
-    def _check(self, x: torch.Tensor, name: str) -> None:
-        if x.dim() != 3 or x.shape[-1] != self.config.N:
-            raise ValueError(f"ALRNN: {name} must have shape (batch, time, N={self.config.N}), got {tuple(x.shape)}")
+    def _check(self, x: torch.Tensor, name: str, dims: tuple[int, ...] = (3,),
+               shape: str = "(batch, time, N={N})") -> None:
+        if x.dim() not in dims or x.shape[-1] != self.config.N:
+            raise ValueError(f"ALRNN: {name} must have shape {shape.format(N=self.config.N)}, got {tuple(x.shape)}")
+        if x.dtype != self.L.dtype:
+            raise TypeError(f"ALRNN: {name} is {x.dtype} but the model is {self.L.dtype}; convert one to the other "
+                            f"(x.to(torch.{str(self.L.dtype).split('.')[-1]}) or model.to(x.dtype))")
 
     def initial_state(self, x0: torch.Tensor) -> torch.Tensor:
         """z_1 = [x_1; L x_1] for observations x0 of shape (B, N)."""
@@ -63,8 +68,9 @@ class ALRNN(nn.Module):
     @torch.no_grad()
     def generate(self, x0: torch.Tensor, steps: int, return_latents: bool = False):
         """Free-running trajectory of ``steps`` observations starting at x0 (B, N) (x0 itself is the first row)."""
-        if x0.dim() != 2 or x0.shape[-1] != self.config.N:
-            raise ValueError(f"ALRNN.generate: x0 must have shape (batch, N={self.config.N}), got {tuple(x0.shape)}")
+        self._check(x0, "x0 of generate", (2,), "(batch, N={N})")
+        if not isinstance(steps, numbers.Integral) or steps < 1:
+            raise ValueError(f"ALRNN.generate: steps must be an integer >= 1, got {steps!r}")
         z = self.initial_state(x0)
         out = torch.empty(x0.shape[0], steps, self.config.M, device=x0.device, dtype=z.dtype)
         out[:, 0] = z
@@ -76,11 +82,16 @@ class ALRNN(nn.Module):
 
     @torch.no_grad()
     def n_step_prediction(self, x: torch.Tensor, n: int) -> torch.Tensor:
-        """From every x_t of x (T, N) run n free steps; returns predictions of x_{t+n}, shape (T - n, N)."""
-        z = self.initial_state(x[:-n] if n else x)
+        """From every x_t of x (T, N) or (B, T, N) run n free steps; returns the predictions of x_{t+n},
+        shape (T - n, N) or (B, T - n, N)."""
+        self._check(x, "x of n_step_prediction", (2, 3), "(time, N={N}) or (batch, time, N={N})")
+        if not isinstance(n, numbers.Integral) or not 0 <= n < x.shape[-2]:
+            raise ValueError(f"ALRNN.n_step_prediction: n must be an integer in [0, T-1] = [0, {x.shape[-2] - 1}], "
+                             f"got {n!r}")
+        z = self.initial_state(x[..., :x.shape[-2] - n, :])
         for _ in range(n):
             z = self.cell(z)
-        return z[:, : self.config.N]
+        return z[..., : self.config.N]
 
     def symbolic_code(self, z: torch.Tensor) -> torch.Tensor:
         """The linear subregion visited at each state of a latent trajectory z (..., M): the AL-RNN's symbolic code."""
