@@ -267,6 +267,17 @@ def test_bad_input_is_named():
         m.loss(torch.arange(2), torch.zeros(2, 10, 3))
     with pytest.raises(ValueError, match="one entry per level"):
         zoo.create_model("pvrnn_small", taus=[2.0])
+    for steps in (0, -1, 5.0):
+        with pytest.raises(ValueError, match="steps must be an integer >= 1"):
+            m.generate(3, steps)
+    with pytest.raises(ValueError, match="batch must be an integer >= 1"):
+        m.generate(0, 5)
+    stream = torch.zeros(1, 12, m.config.out_size)
+    with pytest.raises(ValueError, match="must be integers"):
+        m.error_regression(stream, window=5.0, iterations=2)
+    for lr in (float("nan"), -0.1):
+        with pytest.raises(ValueError, match="lr must be a finite number > 0"):
+            m.error_regression(stream, window=5, iterations=2, lr=lr)
 
 
 def test_pfsm_data_has_the_set_branch_probability():

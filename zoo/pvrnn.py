@@ -16,6 +16,7 @@ closed form (``layers.pvrnn_layer.gaussian_kl``). The training loss is its mean 
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 
 import torch
@@ -114,6 +115,8 @@ class PVRNN(nn.Module):
         all levels advance together in a ``layers.SkewedStack`` without autograd (``prior_mean_map`` and models
         with bottom-up weights step level by level, differentiably).
         """
+        if not isinstance(steps, numbers.Integral) or steps < 1:
+            raise ValueError(f"PVRNN: steps must be an integer >= 1, got {steps!r}")
         if post is None:
             return self._stepped_prior(steps, state, first, noise) if self.config.bottom_up else \
                 self._skewed_prior(steps, state, first, noise, packed)
@@ -242,6 +245,8 @@ class PVRNN(nn.Module):
     @torch.no_grad()
     def generate(self, batch: int, steps: int, noise: bool = True) -> torch.Tensor:
         """Free-running generation from the prior (first step N(0, I)), shape (batch, steps, out_size)."""
+        if not isinstance(batch, numbers.Integral) or batch < 1:
+            raise ValueError(f"PVRNN.generate: batch must be an integer >= 1, got {batch!r}")
         return self.unroll(steps, self.initial_state(batch), first=True, noise=noise)["x"]
 
     def prior_mean_map(self, h: torch.Tensor) -> torch.Tensor:
@@ -316,6 +321,11 @@ class PVRNN(nn.Module):
         if stream.dim() != 3 or stream.shape[-1] != self.config.out_size:
             raise ValueError(f"error_regression: stream must have shape (B, T, out_size={self.config.out_size}), "
                              f"got {tuple(stream.shape)}")
+        integers = {"window": window, "iterations": iterations, "horizon": horizon}
+        if not all(isinstance(v, numbers.Integral) for v in integers.values()):
+            raise ValueError(f"error_regression: window, iterations and horizon must be integers, got {integers}")
+        if not (math.isfinite(lr) and lr > 0):
+            raise ValueError(f"error_regression: lr must be a finite number > 0, got {lr!r}")
         if window < 1 or iterations < 0 or horizon < 1 or T < window + horizon:
             raise ValueError(f"error_regression needs window >= 1, iterations >= 0, horizon >= 1 and "
                              f"T >= window + horizon, got window={window}, iterations={iterations}, horizon={horizon}, T={T}")
