@@ -41,3 +41,9 @@ def test_register_rejects_duplicate_names():
 
     with pytest.raises(ValueError, match="registered twice"):
         register_model(zoo.alrnn.ALRNNConfig(), zoo.alrnn.PAPER, name="alrnn_m20_p2")(lambda c: None)
+
+
+def test_pretrained_without_published_weights_names_the_models_that_have_them():
+    with pytest.raises(KeyError, match=r"no published checkpoint for model 'hopfield_mil'; its checkpoints: none\. "
+                                       r"Models with published weights: \[.*'alrnn_m20_p2'"):
+        zoo.create_model("hopfield_mil", pretrained=True)

@@ -143,7 +143,10 @@ def pretrained_entry(name: str, checkpoint: str | None = None) -> dict:
         options = [c for c in options if c["name"] == checkpoint]
     if not options:
         known = [c["name"] for c in checkpoints_for(name)]
-        raise KeyError(f"no published checkpoint {checkpoint or ''!r} for model {name!r}; available: {known or 'none'}")
+        which = f"checkpoint {checkpoint!r}" if checkpoint is not None else "checkpoint"
+        with_weights = sorted({c["model"] for c in published_checkpoints()})
+        raise KeyError(f"no published {which} for model {name!r}; its checkpoints: {known or 'none'}. Models with "
+                       f"published weights: {with_weights}")
     return options[0]
 
 
