@@ -95,6 +95,10 @@ def test_nli_head_trains_only_the_head_and_ignores_padding(name):
     padded = torch.cat([ids, torch.zeros(4, 6, dtype=torch.long)], 1)
     mask = torch.cat([torch.ones(4, 10), torch.zeros(4, 6)], 1).long()
     assert logits.shape == (4, 3) and torch.allclose(model(padded, mask), logits, atol=1e-5)
+    with pytest.raises(ValueError, match=r"input_ids must be integer token ids \(batch, tokens\)"):
+        model(ids[0])
+    with pytest.raises(ValueError, match="attention_mask must have the shape of input_ids"):
+        model(ids, mask)
     model.train()
     assert not model.encoder.training
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)

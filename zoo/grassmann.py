@@ -247,8 +247,14 @@ class NLIHead(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Class logits (B, num_labels) for token ids (B, T) of "[CLS] premise [SEP] hypothesis [SEP]"."""
+        if input_ids.dim() != 2 or input_ids.is_floating_point():
+            raise ValueError(f"NLI head: input_ids must be integer token ids (batch, tokens), got {input_ids.dtype} "
+                             f"{tuple(input_ids.shape)}")
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
+        elif attention_mask.shape != input_ids.shape:
+            raise ValueError(f"NLI head: attention_mask must have the shape of input_ids {tuple(input_ids.shape)}, "
+                             f"got {tuple(attention_mask.shape)}")
         with torch.no_grad():
             hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         x = self.proj(hidden)
