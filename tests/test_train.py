@@ -41,14 +41,19 @@ def test_fit_writes_a_complete_run_and_loss_falls(tmp_path):
 
 
 def test_resumed_run_equals_uninterrupted_run(tmp_path):
-    recipe = load_recipe("alrnn-lorenz63", SMALL_DSR)
+    """Losses, weights, the metrics file (evaluations and the best choice included) and the probe's rows of a
+    killed-and-resumed run equal the straight run's, also when the kill cut a metrics line short; resuming a
+    finished run changes nothing."""
+    recipe = load_recipe("alrnn-lorenz63", SMALL_DSR + ["train.eval_every=10"])
     fit(recipe, tmp_path / "straight")
 
     from train.tasks.dsr import DSRTask
 
-    # dies during step 25, after the checkpoint at step 20
+    # dies during step 25, after the checkpoint at step 20, while writing a metrics line
     with killed_at_call(DSRTask, "loss", 25), pytest.raises(KeyboardInterrupt):
         fit(recipe, tmp_path / "resumed")
+    with open(tmp_path / "resumed" / "metrics.jsonl", "a") as f:
+        f.write('{"step": 25, "spl')
     with pytest.raises(FileExistsError, match="--resume"):
         fit(recipe, tmp_path / "resumed")
     fit(recipe, tmp_path / "resumed", resume=True)
@@ -59,6 +64,20 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path):
     ma, mb = load_checkpoint(tmp_path / "straight" / "model.safetensors"), load_checkpoint(tmp_path / "resumed" / "model.safetensors")
     for (k, va), vb in zip(ma.state_dict().items(), mb.state_dict().values()):
         assert torch.equal(va, vb), k
+    for name in ("metrics.jsonl", "probe.csv", "best.json"):
+        assert (tmp_path / "straight" / name).read_text() == (tmp_path / "resumed" / name).read_text(), name
+    fit(recipe, tmp_path / "resumed", resume=True)  # already finished: the same files again
+    for name in ("metrics.jsonl", "probe.csv", "best.json"):
+        assert (tmp_path / "straight" / name).read_text() == (tmp_path / "resumed" / name).read_text(), name
+
+
+def test_a_fresh_run_does_not_inherit_a_previous_runs_best_model(tmp_path):
+    base = SMALL_DSR + ["train.steps=10", "train.ckpt_every=0", "train.eval_every=5"]
+    fit(load_recipe("alrnn-lorenz63", base + ["optim.lr=0.05", "train.seed=7"]), tmp_path / "run")
+    fit(load_recipe("alrnn-lorenz63", base), tmp_path / "run")
+    evals = [json.loads(r) for r in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines() if '"eval"' in r]
+    best = json.loads((tmp_path / "run" / "best.json").read_text())
+    assert best["D_stsp"] == min(r["D_stsp"] for r in evals)
 
 
 def test_nan_loss_stops_with_message_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):

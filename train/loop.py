@@ -66,12 +66,16 @@ def checkpoints(out: Path) -> list[Path]:
     return sorted((out / "checkpoints").glob("step_*[0-9]"))
 
 
-def _save_train_checkpoint(out: Path, step: int, model, optimizer, scheduler, keep: int) -> Path:
-    """model.safetensors + trainer.safetensors in a temp dir, renamed into place: never half-written."""
+def _save_train_checkpoint(out: Path, step: int, model, optimizer, scheduler, keep: int, recipe_name: str,
+                           probe=None) -> Path:
+    """model.safetensors + trainer.safetensors in a temp dir, renamed into place: never half-written. The
+    probe's rows so far go to probe.csv the same way, so a resumed run keeps them."""
     final = out / "checkpoints" / f"step_{step:08d}"
     tmp = final.with_name(final.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    save_checkpoint(model, tmp / "model.safetensors")
+    save_checkpoint(model, tmp / "model.safetensors", extra_metadata={"recipe": recipe_name})
+    if probe is not None:
+        probe.to_csv(out / "probe.csv.tmp").replace(out / "probe.csv")
     save_tree({"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                "rng": _rng_state()}, tmp / "trainer.safetensors")
     shutil.rmtree(final, ignore_errors=True)
@@ -85,13 +89,17 @@ class _BestSelector:
     """``train.select: "min:D_stsp"`` keeps the evaluated model with the best metric as best.safetensors
     (+ best.json), as the AL-RNN authors select the checkpoint with minimal D_stsp."""
 
-    def __init__(self, spec: str | None, out: Path, recipe_name: str):
+    def __init__(self, spec: str | None, out: Path, recipe_name: str, resumed_at: int, main: bool = True):
         self.out, self.recipe_name, self.best = out, recipe_name, None
         self.mode, _, self.metric = (spec or "").partition(":")
         if spec and self.mode not in ("min", "max"):
             raise ValueError(f"train.select must look like 'min:METRIC' or 'max:METRIC', got {spec!r}")
-        if spec and (out / "best.json").is_file():
-            self.best = json.loads((out / "best.json").read_text())[self.metric]
+        saved = out / "best.json"
+        if spec and resumed_at and saved.is_file() and json.loads(saved.read_text())["step"] <= resumed_at:
+            self.best = json.loads(saved.read_text())[self.metric]
+        elif main:  # a fresh run (or a choice made after the checkpoint we resume from) starts over
+            for name in ("best.json", "best.safetensors"):
+                (out / name).unlink(missing_ok=True)
 
     def model(self):
         """The selected model (loaded from best.safetensors), or None when nothing is selected."""
@@ -123,6 +131,22 @@ def _jsonl_to_csv(src: Path, dst: Path) -> None:
 def _append(path: Path, row: dict) -> None:
     with open(path, "a") as f:
         f.write(json.dumps(row) + "\n")
+
+
+def _read_rows(path: Path) -> list[dict]:
+    """The rows of metrics.jsonl; a last line cut short (a run killed while writing it) is dropped."""
+    if not path.is_file():
+        return []
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    rows = []
+    for i, line in enumerate(lines):
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as err:
+            if i == len(lines) - 1:
+                break
+            raise ValueError(f"{path}, line {i + 1}, is not JSON ({err}); fix or delete that line to resume") from err
+    return rows
 
 
 def _make_probe(model, cfg: dict, step: int):
@@ -184,18 +208,26 @@ def _fit(recipe: dict, cfg: dict, out: Path, resume: bool, d: Dist, task) -> dic
         scheduler.load_state_dict(state["scheduler"])
         _set_rng_state(state["rng"])
         start = int(state["step"])
+    elif resume:
+        print(f"--resume: no checkpoint in {out}; starting at step 0", file=sys.stderr)
     if d.main:
         out.mkdir(parents=True, exist_ok=True)
         (out / "recipe.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False))
-        rows = metrics_path.read_text().splitlines() if start and metrics_path.is_file() else []
-        metrics_path.write_text("".join(r + "\n" for r in rows if json.loads(r)["step"] <= start))
+        rows = _read_rows(metrics_path) if start else []
+        # the rows up to the checkpoint, less the final evaluation (always recomputed at the end)
+        kept = [r for r in rows if r["step"] <= start and not (r["split"] == "eval" and r["step"] == steps)]
+        metrics_path.write_text("".join(json.dumps(r) + "\n" for r in kept))
 
-    selector = _BestSelector(cfg["select"], out, recipe["name"])
+    selector = _BestSelector(cfg["select"], out, recipe["name"], start, d.main)
     print(f"[rank {d.rank}/{d.world}] {recipe['name']} on {d.device}, steps {start}..{steps}", file=sys.stderr)
     net = DistributedDataParallel(model) if d.world > 1 else model
     if cfg["compile"]:  # the training forward only; evaluation, probes' weights and checkpoints use ``model``
         net = torch.compile(net)
     probe = _make_probe(model, recipe.get("probe") or {}, start)
+    if probe is not None and start and (out / "probe.csv").is_file():  # the rows before the checkpoint
+        with open(out / "probe.csv", newline="") as f:
+            probe.rows = [{**r, "step": int(r["step"]), "value": float(r["value"])} for r in csv.DictReader(f)
+                          if int(r["step"]) < start]
     prefetching = type(task).prefetch is not Task.prefetch
     upcoming = None  # with prefetching, the next step's global batch, drawn one step early
     bar = tqdm(range(start, steps), initial=start, total=steps, disable=not d.main, desc=recipe["name"],
@@ -219,24 +251,30 @@ def _fit(recipe: dict, cfg: dict, out: Path, resume: bool, d: Dist, task) -> dic
                 loss, extra = task.loss(net, batch)
             (loss / accum).backward()
             total += loss.detach().float() / accum
-            extras = extra
+            for k, v in extra.items():  # the batch's mean over micro-batches (and, when logged, processes)
+                extras[k] = extras.get(k, 0.0) + float(v) / accum
         loss_value = float(all_mean(total, d))
         if not torch.isfinite(torch.tensor(loss_value)):
             last = checkpoints(out)
             raise FloatingPointError(
-                f"loss is {loss_value} at step {step + 1} of {recipe['name']}; stopped before the update. "
-                + (f"Last good checkpoint: {last[-1]} (resume with --resume after lowering optim.lr or setting "
-                   "train.clip)." if last else "No checkpoint was written yet; lower optim.lr or set train.clip."))
+                f"loss is {loss_value} at step {step + 1} of {recipe['name']}; stopped before the update. Lower "
+                "optim.lr or set train.clip and train again into a new --out (--resume continues only the same "
+                "recipe)" + (f"; the last good weights are in {last[-1] / 'model.safetensors'} "
+                             "(weights.load_into puts them into a model)." if last else "; no checkpoint yet."))
         grad_norm = None
         if cfg["clip"]:
             grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), float(cfg["clip"])))
+        lr = scheduler.get_last_lr()[0]  # the rate this step's update uses
         optimizer.step()
         scheduler.step()
         if probe is not None:
             probe.step()
         done = step + 1
-        if d.main and (done % int(cfg["log_every"]) == 0 or done == steps):
-            row = {"step": done, "split": "train", "loss": loss_value, "lr": scheduler.get_last_lr()[0], **extras}
+        log_now = done % int(cfg["log_every"]) == 0 or done == steps
+        if log_now and d.world > 1 and extras:
+            extras = dict(zip(extras, all_mean(torch.tensor(list(extras.values()), device=d.device), d).tolist()))
+        if d.main and log_now:
+            row = {"step": done, "split": "train", "loss": loss_value, "lr": lr, **extras}
             if grad_norm is not None:
                 row["grad_norm"] = grad_norm
             _append(metrics_path, row)
@@ -248,7 +286,8 @@ def _fit(recipe: dict, cfg: dict, out: Path, resume: bool, d: Dist, task) -> dic
             _append(metrics_path, row)
             selector.update(row, model)
         if d.main and cfg["ckpt_every"] and done % int(cfg["ckpt_every"]) == 0:
-            _save_train_checkpoint(out, done, model, optimizer, scheduler, int(cfg["keep_checkpoints"]))
+            _save_train_checkpoint(out, done, model, optimizer, scheduler, int(cfg["keep_checkpoints"]),
+                                   recipe["name"], probe)
     bar.close()
 
     if not d.main:

@@ -44,7 +44,7 @@ def simulate(system: str, steps: int, dt: float, transient: int = 1000, seed: in
     x = sol.y.T[transient:]
     if noise:
         x = x + noise * x.std(0) * rng.standard_normal(x.shape)
-    return torch.from_numpy(x.astype(np.float32))
+    return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))  # row-major, as the cache reloads it
 
 
 def standardise(train: torch.Tensor, *others: torch.Tensor):
@@ -67,5 +67,5 @@ def cached_simulate(system: str, steps: int, dt: float, transient: int = 1000, s
         except Exception:  # a corrupt cache entry is rebuilt, never trusted
             path.unlink()
     x = simulate(system, steps, dt, transient=transient, seed=seed)
-    save_safetensors({"x": x.contiguous()}, path)
+    save_safetensors({"x": x}, path)
     return x
