@@ -52,3 +52,40 @@ def test_eval_and_estimate_on_a_checkpoint(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["estimate", str(path), "--recipe", "alrnn-lorenz63", *small, "--probe", "cell.W"])
     assert "names no estimator" in capsys.readouterr().err
+
+
+def _error(capsys, argv) -> str:
+    with pytest.raises(SystemExit) as err:
+        main(argv)
+    assert err.value.code == 2
+    return capsys.readouterr().err
+
+
+def test_eval_uses_the_runs_own_recipe(tmp_path, capsys):
+    """A run directory (or a step checkpoint in it) is evaluated with the run's resolved recipe.yaml, so a
+    run trained on its own data split is scored on that split, not on the recipe's defaults."""
+    from train import fit, load_recipe
+
+    run = tmp_path / "run"
+    fit(load_recipe("ib-tanh-12bit", ["train.steps=20", "train.ckpt_every=10", "data.train_fraction=0.3",
+                                      "data.seed=4"]), run)
+    summary = json.loads((run / "summary.json").read_text())
+    for target in (run, run / "model.safetensors"):
+        main(["eval", str(target)])
+        assert json.loads(capsys.readouterr().out)["test_acc"] == summary["test_acc"]
+    main(["eval", str(run / "checkpoints" / "step_00000010")])  # step checkpoints record their recipe too
+    assert "test_acc" in json.loads(capsys.readouterr().out)
+
+
+def test_user_mistakes_are_clean_errors(tmp_path, capsys):
+    src = save_checkpoint(zoo.create_model("alrnn_m20_p2"), tmp_path / "m.safetensors")
+    assert "would overwrite it" in _error(capsys, ["convert", str(src), "--model", "alrnn_m20_p2"])
+    (tmp_path / "cut.safetensors").write_bytes(src.read_bytes()[:100])
+    assert "not a readable safetensors file" in _error(
+        capsys, ["convert", str(tmp_path / "cut.safetensors"), "--model", "alrnn_m20_p2", "--out", str(tmp_path / "o.safetensors")])
+    for setting, message in (("train.log_every=0", "train.log_every must be an integer >= 1"),
+                             ("train.steps=abc", "train.steps must be an integer >= 1, got 'abc'"),
+                             ("train.device=gpu", "train.device must be auto, cpu, cuda")):
+        assert message in _error(capsys, ["train", "alrnn-lorenz63", "--set", setting, "--out", str(tmp_path / "r")])
+    err = _error(capsys, ["info", "alrnn_m2O_p2"])
+    assert not err.split("error: ", 1)[1].startswith(("'", '"'))  # a KeyError's message without repr quotes

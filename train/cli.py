@@ -36,14 +36,26 @@ def _cmd_train(args):
         print(f"run directory: {out}")
 
 
-def _recipe_for(checkpoint: str, name: str | None, overrides):
+def _checkpoint_path(checkpoint: str) -> Path:
+    """A checkpoint file, or a run / step directory holding model.safetensors."""
+    path = Path(checkpoint)
+    return path / "model.safetensors" if path.is_dir() else path
+
+
+def _recipe_for(checkpoint: Path, name: str | None, overrides):
+    """The recipe of the run that wrote ``checkpoint`` (its resolved recipe.yaml, beside the file or two levels
+    up for checkpoints/step_*/), else the recipe named by --recipe or in the checkpoint's metadata."""
     from weights import read_metadata
 
     from .recipe import load_recipe
 
+    if name is None:
+        for run in (checkpoint.parent, checkpoint.parent.parent.parent):
+            if (run / "recipe.yaml").is_file():
+                return load_recipe(str(run / "recipe.yaml"), overrides)
     name = name or read_metadata(checkpoint).get("recipe")
     if not name:
-        raise SystemExit(f"{checkpoint} does not record its recipe; pass --recipe NAME")
+        raise ValueError(f"{checkpoint} does not record its recipe and no recipe.yaml is beside it; pass --recipe NAME")
     return load_recipe(name, overrides)
 
 
@@ -52,8 +64,9 @@ def _cmd_eval(args):
 
     from .tasks import make_task
 
-    model = load_checkpoint(args.checkpoint).eval()
-    print(json.dumps(make_task(_recipe_for(args.checkpoint, args.recipe, args.set)).evaluate(model), indent=2))
+    path = _checkpoint_path(args.checkpoint)
+    model = load_checkpoint(path).eval()
+    print(json.dumps(make_task(_recipe_for(path, args.recipe, args.set)).evaluate(model), indent=2))
 
 
 def _cmd_estimate(args):
@@ -64,8 +77,9 @@ def _cmd_estimate(args):
 
     from .tasks import make_task
 
-    model = load_checkpoint(args.checkpoint).eval()
-    task = make_task(_recipe_for(args.checkpoint, args.recipe, args.set))
+    path = _checkpoint_path(args.checkpoint)
+    model = load_checkpoint(path).eval()
+    task = make_task(_recipe_for(path, args.recipe, args.set))
     points = {}
     for spec in args.probe:
         glob, _, names = spec.partition("=")
@@ -91,7 +105,10 @@ def _cmd_convert(args):
         out = install_original(entry, args.original)
         print(f"{args.original} is the published original of {entry['name']!r}; installed in {cache_dir()}")
     else:
-        out = convert(args.original, args.model, args.out or Path(args.original).with_suffix(".safetensors"))
+        out = Path(args.out or Path(args.original).with_suffix(".safetensors"))
+        if out.resolve() == Path(args.original).resolve():
+            raise FileExistsError(f"converting {args.original} would overwrite it; pass --out OTHER.safetensors")
+        out = convert(args.original, args.model, out)
     print(json.dumps({"file": str(out), "sha256": sha256_of(out), "original": str(args.original),
                       "original_git_blob_sha1": blob, "manifest_entry": entry["name"] if entry else None}, indent=2))
 
@@ -119,8 +136,9 @@ def main(argv=None):
     for name, fn, helptext in (("eval", _cmd_eval, "evaluate a checkpoint with its recipe's task"),
                                ("estimate", _cmd_estimate, "run estimators on a checkpoint's probe points")):
         p = sub.add_parser(name, help=helptext)
-        p.add_argument("checkpoint")
-        p.add_argument("--recipe", help="recipe whose task to use (default: the one recorded in the checkpoint)")
+        p.add_argument("checkpoint", help="a .safetensors file, or a run or checkpoints/step_* directory")
+        p.add_argument("--recipe", help="recipe whose task to use (default: the run's recipe.yaml beside the "
+                                        "checkpoint, else the recipe recorded in it)")
         p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
         p.set_defaults(fn=fn)
     p.add_argument("--probe", action="append", required=True, metavar="GLOB[=EST,...]",
@@ -133,7 +151,8 @@ def main(argv=None):
     try:
         args.fn(args)
     except (KeyError, ValueError, TypeError, FileNotFoundError, FileExistsError, FloatingPointError) as err:
-        print(f"zoo {args.command}: error: {err}", file=sys.stderr)
+        message = err.args[0] if isinstance(err, KeyError) and err.args else err  # str(KeyError) adds quotes
+        print(f"zoo {args.command}: error: {message}", file=sys.stderr)
         raise SystemExit(2) from err
 
 

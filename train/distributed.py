@@ -28,11 +28,14 @@ def setup(device: str = "auto") -> Dist:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda":
         if not torch.cuda.is_available():
-            raise RuntimeError("recipe asks for device=cuda but no CUDA device is visible; use train.device=cpu")
+            raise ValueError("recipe asks for device=cuda but no CUDA device is visible; use train.device=cpu")
         dev = torch.device("cuda", local)
         torch.cuda.set_device(dev)
     else:
-        dev = torch.device(device)
+        try:
+            dev = torch.device(device)
+        except RuntimeError as err:
+            raise ValueError(f"train.device must be auto, cpu, cuda or another torch device, got {device!r}") from err
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
     return Dist(rank, world, local, dev)

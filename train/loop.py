@@ -168,6 +168,7 @@ def fit(recipe: dict, out: str | Path = "runs/run", resume: bool = False) -> dic
     """
     out = Path(out)
     cfg = recipe["train"]
+    _check_train_section(cfg)
     if cfg["threads"]:  # small sequential models (AL-RNN) run fastest on one thread per process
         torch.set_num_threads(int(cfg["threads"]))
     torch.manual_seed(int(cfg["seed"]))
@@ -178,6 +179,22 @@ def fit(recipe: dict, out: str | Path = "runs/run", resume: bool = False) -> dic
         return _fit(recipe, cfg, out, resume, d, task)
     finally:
         teardown()
+
+
+def _check_train_section(cfg: dict) -> None:
+    """Counts in the recipe's train section are integers: >= 1 for steps, batch_size, grad_accum and log_every,
+    >= 0 for eval_every, ckpt_every and keep_checkpoints."""
+    for key, least in (("steps", 1), ("batch_size", 1), ("grad_accum", 1), ("log_every", 1), ("eval_every", 0),
+                       ("ckpt_every", 0), ("keep_checkpoints", 0)):
+        value = cfg[key]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value) or value < least:
+            raise ValueError(f"train.{key} must be an integer >= {least}, got {value!r}")
+    if cfg["device"] != "auto":
+        try:
+            torch.device(cfg["device"])
+        except (RuntimeError, TypeError) as err:
+            raise ValueError(f"train.device must be auto, cpu, cuda or another torch device, "
+                             f"got {cfg['device']!r}") from err
 
 
 def _fit(recipe: dict, cfg: dict, out: Path, resume: bool, d: Dist, task) -> dict:

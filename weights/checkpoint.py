@@ -160,7 +160,8 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
                               "and use weights.load_into(model, path)")
     try:
         config = config_from_dict(meta["model"], json.loads(meta["config"]))
-    except (KeyError, TypeError) as err:
-        raise CheckpointError(f"{path} (written by paperzoo {meta.get('paperzoo')}): {err}") from err
+    except (KeyError, TypeError, ValueError) as err:  # json.JSONDecodeError is a ValueError
+        raise CheckpointError(f"{path} (written by paperzoo {meta.get('paperzoo')}): its recorded config does not "
+                              f"build {meta['model']!r}: {type(err).__name__}: {err}") from err
     model = build(meta["model"], config)
     return load_into(model, path).to(map_location)

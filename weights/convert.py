@@ -23,7 +23,11 @@ def read_original(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        return load_file(str(path))
+        try:
+            return load_file(str(path))
+        except Exception as err:  # safetensors' own error type is not exported stably
+            raise CheckpointError(f"{path} is not a readable safetensors file ({type(err).__name__}: "
+                                  f"{str(err)[:300]}); it may be truncated or corrupt") from err
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
