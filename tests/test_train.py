@@ -121,6 +121,23 @@ def test_recipe_overrides_are_checked():
         apply_override(recipe, "train.steps")
 
 
+def test_settings_that_nothing_reads_are_errors():
+    """Free sections (task_args, data, schedule) take any key, so a misspelling must be caught by its reader."""
+    from train.schedules import lr_factor
+    from train.tasks import make_task
+
+    small = SMALL_DSR + ["data.train_steps=1500"]
+    with pytest.raises(KeyError, match=r"does not use task_args.forcing_intervall \(did you mean "
+                                       r"task_args.forcing_interval\?\)"):
+        make_task(load_recipe("alrnn-lorenz63", small + ["task_args.forcing_intervall=8"]))
+    with pytest.raises(KeyError, match=r"does not use data.nosie"):
+        make_task(load_recipe("alrnn-lorenz63", small + ["data.nosie=0.5"]))
+    with pytest.raises(KeyError, match=r"schedule 'exponential' has no setting \['final_rati'\]"):
+        lr_factor({"name": "exponential", "final_rati": 0.01}, 100)
+    task = make_task(load_recipe("alrnn-lorenz63", small))
+    assert task.forcing_interval == 8
+
+
 def test_missing_data_fails_before_joining_a_process_group(tmp_path, monkeypatch):
     """Under torchrun every rank must stop on the data error itself, not on a broken process group."""
     def setup(device):

@@ -22,6 +22,11 @@ def lr_factor(cfg: dict, total: int):
     """Multiplier of the base lr at step s: linear warmup, then
     constant | cosine to ``min_ratio`` | exponential decay to ``final_ratio`` at the last step."""
     name, warmup = cfg.get("name", "constant"), int(cfg.get("warmup", 0))
+    settings = {"constant": set(), "cosine": {"min_ratio"}, "exponential": {"final_ratio"}}.get(name, set())
+    unknown = sorted(set(cfg) - {"name", "warmup"} - settings)
+    if name in ("constant", "cosine", "exponential") and unknown:
+        raise KeyError(f"schedule {name!r} has no setting {unknown}; it takes warmup" +
+                       "".join(f", {s}" for s in sorted(settings)))
 
     def decay(progress: float) -> float:
         if name == "constant":
