@@ -1,5 +1,6 @@
 """Tasks by name: what a recipe's ``task:`` key selects."""
 import difflib
+import warnings
 
 from .base import Task
 from .classification import ClassificationTask
@@ -12,6 +13,10 @@ from .potential import PotentialTask
 from .pvrnn import PVRNNTask
 
 TASKS: dict[str, type[Task]] = {"dsr": DSRTask, "image": ImageClassificationTask, "lm": CausalLMTask, "mil": MILTask, "nli": NLITask, "potential": PotentialTask, "pvrnn": PVRNNTask, "classification": ClassificationTask}
+
+
+class UnusedSettingWarning(UserWarning):
+    """A recipe setting that nothing reads: most often a misspelt key."""
 
 
 class _ReadKeys(dict):
@@ -35,8 +40,10 @@ class _ReadKeys(dict):
 
 
 def make_task(recipe: dict) -> Task:
-    """The recipe's task, built from its ``task_args`` and ``data``; a key there that the task never reads
-    (a misspelling, or a setting of another task) is an error naming the keys it did read."""
+    """The recipe's task, built from its ``task_args`` and ``data``; a key there that the task does not read
+    (a misspelling, a setting of another task, or of a data source the recipe no longer uses) gets a warning
+    naming the keys it did read (not an error: a recipe switched to another source by --set cannot drop the
+    old source's keys)."""
     name = recipe["task"]
     if name not in TASKS:
         raise KeyError(f"unknown task {name!r} in recipe {recipe.get('name')!r}; available: {sorted(TASKS)}")
@@ -47,9 +54,9 @@ def make_task(recipe: dict) -> Task:
         if unused:
             hints = {k: difflib.get_close_matches(k, sorted(section.read), n=1) for k in unused}
             said = ", ".join(f"{key}.{k}" + (f" (did you mean {key}.{h[0]}?)" if h else "") for k, h in hints.items())
-            raise KeyError(f"task {name!r} does not use {said}; in this recipe it reads {key}."
-                           f"{{{', '.join(sorted(section.read))}}}")
+            warnings.warn(f"task {name!r} does not use {said}; in this recipe it reads {key}."
+                          f"{{{', '.join(sorted(section.read))}}}", UnusedSettingWarning, stacklevel=2)
     return task
 
 
-__all__ = ["Task", "TASKS", "make_task", "ClassificationTask", "DSRTask", "MILTask"]
+__all__ = ["Task", "TASKS", "make_task", "UnusedSettingWarning", "ClassificationTask", "DSRTask", "MILTask"]

@@ -38,13 +38,14 @@ class PVRNNTask(Task):
                    "lr": float(a.get("er_lr", 0.1))}
         self.gen_steps = int(a.get("gen_steps", 2000))
         self.lyapunov_steps = int(a.get("lyapunov_steps", 2000))
+        # generated test streams, or (file without test streams) how many training sequences to regress on
+        er_streams, er_length = int(a.get("er_streams", 4)), int(a.get("er_length", 80))
         self.source, self.er_key = d.get("source", "pfsm"), "er_error"
         if self.source == "pfsm":
             self.period, self.p_b = int(d.get("period", 20)), float(d.get("p_b", 0.7))
             noise, seed = float(d.get("noise", 0.05)), int(d.get("seed", 0))
             self.train_x, _ = pfsm_sequences(self.n, self.seq_len, self.period, self.p_b, noise, seed)
-            self.test_x, _ = pfsm_sequences(int(a.get("er_streams", 4)), int(a.get("er_length", 80)), self.period,
-                                            self.p_b, noise, seed + 1)
+            self.test_x, _ = pfsm_sequences(er_streams, er_length, self.period, self.p_b, noise, seed + 1)
         elif self.source == "file":
             if not d.get("path"):
                 raise ValueError(f"recipe {recipe.get('name')!r}: data.source=file needs data.path (--set data.path=...)")
@@ -56,7 +57,7 @@ class PVRNNTask(Task):
                                  f"--set model_args.n_sequences={N} --set model_args.seq_len={T} "
                                  f"--set model_args.out_size={D}")
             # without test streams, error regression runs on training sequences and its metric says so
-            self.test_x = test if test is not None else self.train_x[:int(a.get("er_streams", 4))]
+            self.test_x = test if test is not None else self.train_x[:er_streams]
             self.er_key = "er_error" if test is not None else "er_error_train"
         else:
             raise ValueError(f"PVRNNTask: data.source must be 'pfsm' or 'file', got {self.source!r}")
