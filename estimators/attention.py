@@ -14,7 +14,8 @@ def attention_entropy_per_head(probs: torch.Tensor, base: float | str = "nats", 
 
     Returns {"head_0": ..., ..., "mean": mean over heads} (Zhai et al. 2023, Sec. 3). Nats (or
     ``base``); exact for the given probabilities, in [0, log Lk] (causal rows: [0, log #visible keys]).
-    Rows must sum to 1 within ``atol``; masked positions may hold 0. Cost O(B H Lq Lk).
+    Rows must sum to 1 within ``atol``; masked positions may hold 0, and a row of zeros (a query with every key
+    masked) is left out of its head's mean. Cost O(B H Lq Lk).
     """
     if not torch.is_tensor(probs) or probs.dim() != 4:
         raise ValueError(f"attention probabilities must have shape (batch, heads, queries, keys), got "
@@ -23,9 +24,13 @@ def attention_entropy_per_head(probs: torch.Tensor, base: float | str = "nats", 
     if not torch.isfinite(p).all() or (p < 0).any():
         raise ValueError("attention probabilities must be finite and non-negative")
     sums = p.sum(-1)
-    if (sums - 1).abs().max() > atol:
+    rows = sums != 0
+    if (torch.where(rows, sums - 1, 0.0)).abs().max() > atol:
         raise ValueError(f"attention rows must sum to 1 (softmax output), got sums in [{sums.min():.4g}, {sums.max():.4g}]")
-    h = (-torch.special.xlogy(p, p).sum(-1)).mean((0, 2)) / log_base(base)
+    counted = rows.sum((0, 2))
+    if (counted == 0).any():
+        raise ValueError("attention probabilities: a head has no row with a visible key (all rows are zeros)")
+    h = (-torch.special.xlogy(p, p).sum(-1)).sum((0, 2)) / counted / log_base(base)
     out = {f"head_{i}": v for i, v in enumerate(h)}
     out["mean"] = h.mean()
     return out

@@ -24,6 +24,11 @@ def test_attention_entropy_per_head_closed_forms():
         attention_entropy_per_head(torch.rand(1, 1, 2, 4) + 1)
     with pytest.raises(ValueError, match="batch, heads, queries, keys"):
         attention_entropy_per_head(torch.rand(2, 4))
+    masked = uniform.clone()
+    masked[1] = 0  # every key of the second item masked: its rows are left out, not counted as entropy 0
+    assert attention_entropy_per_head(masked)["head_0"].item() == pytest.approx(math.log(8))
+    with pytest.raises(ValueError, match="no row with a visible key"):
+        attention_entropy_per_head(torch.zeros(1, 1, 2, 4))
 
 
 def test_attention_entropy_lower_bound_is_tight_and_holds_for_random_logits():
