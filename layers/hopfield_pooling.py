@@ -8,7 +8,8 @@ from .hopfield import Hopfield
 
 
 class HopfieldPooling(nn.Module):
-    """Z = softmax(beta Q W_K^T Y^T) Y W_K W_V with Q = ``pooling_weights`` learned (Eq. 11, "HopfieldPooling"):
+    """Z = softmax(beta Q W_K^T Y^T) Y W_V (Eq. 11, "HopfieldPooling", with W_V mapping Y directly as in hflayers)
+    with Q = ``pooling_weights`` learned:
     ``quantity`` learned state patterns retrieve from the stored patterns Y of each set.
 
     ``forward(input)`` takes Y (batch, length, features) (used as stored pattern and pattern projection)

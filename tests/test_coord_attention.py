@@ -92,6 +92,8 @@ def test_gates_are_probe_points_and_bad_input_is_named():
 def test_exact_parameter_counts_through_both_registries(name):
     for model in (zoo.create_model(name), timm.create_model(name)):
         assert sum(p.numel() for p in model.parameters()) == PARAMS[name]
+        if name.startswith("mobilenetv2_") and name != "mobilenetv2_100":  # the authors' classifier dropout
+            assert model.drop_rate == 0.1
 
 
 def test_mobilenext_ca_before_last_depthwise_gives_the_papers_4_09m():

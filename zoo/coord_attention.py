@@ -205,6 +205,7 @@ def _create_mobilenetv2(variant: str, attn: str, pretrained: bool = False, **kwa
     """timm's MobileNetV2-1.0 with ``attn`` after the depthwise conv of every expansion-6 inverted residual.
     ``pretrained=True`` reads our manifest's checkpoint (converted from the authors' file on first use) unless
     ``pretrained_cfg_overlay`` names a ``file`` or ``url``; timm then adapts the classifier and stem."""
+    kwargs.setdefault("drop_rate", 0.1)  # the authors' classifier dropout (mbv2_ca.py)
     overlay = kwargs.get("pretrained_cfg_overlay") or {}
     if pretrained and not (overlay.get("file") or overlay.get("url")):
         from weights.manifest import pretrained_entry, resolve
@@ -280,6 +281,8 @@ def _register(name: str, config: ImageClassifierConfig) -> None:
     register_model(config, PAPER, name=name)(factory)
 
 
-for _name in ("mobilenetv2_100", "mobilenetv2_ca_100", "mobilenetv2_se_100", "mobilenetv2_cbam_100", "mobilenext_100"):
-    _register(_name, ImageClassifierConfig())
+# the MobileNetV2 variants share the CA authors' classifier dropout of 0.1, so the ablation compares like with like
+for _name in ("mobilenetv2_100", "mobilenetv2_ca_100", "mobilenetv2_se_100", "mobilenetv2_cbam_100"):
+    _register(_name, ImageClassifierConfig(drop_rate=0.1))
+_register("mobilenext_100", ImageClassifierConfig())
 _register("mobilenext_ca_100", MobileNeXtCAConfig())
