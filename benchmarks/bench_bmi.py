@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -37,14 +38,19 @@ def main(argv=None):
     ap.add_argument("--reuse", action="store_true")
     args = ap.parse_args(argv)
     saved = Path(args.samples) / "bmi_side.json"
-    if args.reuse and saved.is_file():
-        rows = json.loads(saved.read_text())
+    if args.reuse and saved.is_file():  # the saved run's n, seeds and k describe its samples and bmi's column
+        run = json.loads(saved.read_text())
+        if isinstance(run, list):  # written before the settings were saved beside the rows: k was not recorded
+            shape = np.load(run[0]["file"])["x"].shape
+            run = {"n": shape[1], "seeds": f"{shape[0]} (ids not recorded)", "k": args.k, "tasks": run}
+            print(f"--reuse: {saved} does not record its seeds and k; assuming --k {args.k}", file=sys.stderr)
+        args.n, args.seeds, args.k, rows = run["n"], run["seeds"], run["k"], run["tasks"]
     else:
         python = venvs.ensure_venv(args.venv, BMI_REQUIREMENTS, "import bmi")
         side = str(Path(__file__).resolve().parent / "bmi_side.py")
         rows = venvs.run_json(python, side, ["--out", args.samples, "--n", str(args.n), "--k", str(args.k),
                                              "--seeds", *map(str, args.seeds)])
-        saved.write_text(json.dumps(rows))
+        saved.write_text(json.dumps({"n": args.n, "seeds": args.seeds, "k": args.k, "tasks": rows}))
     for row in rows:
         data = np.load(row["file"])
         for metric in ("chebyshev", "euclidean"):

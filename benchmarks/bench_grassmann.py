@@ -138,7 +138,8 @@ def main(argv=None):
     parser.add_argument("--gen-tokens", type=int, default=64)
     parser.add_argument("--gen-prompt", type=int, default=64)
     parser.add_argument("--gen-batch", type=int, default=1)
-    parser.add_argument("--out", default=None, help="file stem under benchmarks/results (default bench_grassmann_<device>)")
+    parser.add_argument("--out", default=None, help="file stem, relative to benchmarks/results or absolute "
+                                                    "(default bench_grassmann_<device>); .json and .md are added")
     args = parser.parse_args(argv)
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
     torch.manual_seed(0)
@@ -147,11 +148,12 @@ def main(argv=None):
     print(meta["machine"], flush=True)
     rows = bench_layers(device, args.lengths, args.tokens, args.d, args.reps, dtype)
     gen = bench_generation(device, args.gen_tokens, args.gen_prompt, args.gen_batch) if args.gen_tokens else {}
-    RESULTS.mkdir(parents=True, exist_ok=True)
     stem = RESULTS / (args.out or f"bench_grassmann_{device.type}")
-    stem.with_suffix(".json").write_text(json.dumps({"meta": meta, "layers": rows, "generation": gen}, indent=2))
-    stem.with_suffix(".md").write_text(markdown(meta, rows, gen))
-    print(stem.with_suffix(".md").read_text())
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    json_path, md_path = (stem.with_name(stem.name + suffix) for suffix in (".json", ".md"))
+    json_path.write_text(json.dumps({"meta": meta, "layers": rows, "generation": gen}, indent=2))
+    md_path.write_text(markdown(meta, rows, gen))
+    print(md_path.read_text())
 
 
 if __name__ == "__main__":

@@ -95,7 +95,7 @@ def main(argv=None):
 def markdown(res: dict, batches: list[int], layouts: tuple[str, ...]) -> str:
     p0, m0 = res["params"][MODELS[0]], res["macs"][MODELS[0]]
     lines = [f"Eval forward, {res['img']}x{res['img']}, fastest of {res['rounds']} interleaved rounds of about "
-             f"{res['seconds']:g} s each (at least 2 forwards), on {res['machine']} (torch {res['torch']}). "
+             f"{res['seconds']:g} s each (at least 2 forwards), on {res['machine']}. "
              "Overheads are against mobilenetv2_100.", "",
              "| model | params | MACs | layout | " + " | ".join(f"batch {b}: ms (overhead), img/s" for b in batches) + " |",
              "|---|---:|---:|---|" + "---:|" * len(batches)]

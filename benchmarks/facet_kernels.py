@@ -90,7 +90,7 @@ def main(argv=None):
                 row[f"energy_forces_ms_{label}"] = median_ms(energy_forces, args.repeats)
         res["rows"].append(row)
         print(row, flush=True)
-    lines = [f"Shipped `facet_small_emt`, float32, median of {args.repeats}, on {res['machine']} (torch {res['torch']}).",
+    lines = [f"Shipped `facet_small_emt`, float32, median of {args.repeats}, on {res['machine']}.",
              "Layer columns time one forward without gradients; energy+forces is the ASE calculator's call.", "",
              "| atoms | edges | grid layer: ours / e3nn (ms) | conv layer: ours / e3nn (ms) | energy+forces: ours (ms) | "
              "with e3nn's grid projections | with e3nn's tensor product |", "|---:|---:|---|---|---:|---:|---:|"]

@@ -90,6 +90,10 @@ def main():
     ap.add_argument("--merge", nargs="+", metavar="JSON", help="join earlier runs' results instead of running")
     ap.add_argument("--out", default="benchmarks/results")
     args = ap.parse_args()
+    no_folds = [n for n in args.recipes if "folds" not in load_recipe(n)["data"]]
+    if no_folds:
+        ap.error(f"{no_folds}: nested cross-validation needs a recipe with data.folds (a benchmark file), such as "
+                 "hopfield-mil-elephant, -fox, -tiger or -ucsb")
     if args.merge:
         res = merge(args.merge)
         write_results(args.out, "hopfield_mil_search", res, report(res))

@@ -43,6 +43,8 @@ def main():
     args = ap.parse_args()
     if not 1 <= args.stored <= 1797:
         raise ValueError(f"--stored must be in [1, 1797], got {args.stored}")
+    if not 1 <= args.show <= args.stored:
+        raise ValueError(f"--show must be in [1, --stored={args.stored}], got {args.show}")
     digits = load_digits()
     images = torch.as_tensor(digits.data[: args.stored], dtype=torch.float32) / 8.0 - 1.0  # in [-1, 1]
     labels = torch.as_tensor(digits.target[: args.stored])
@@ -59,14 +61,17 @@ def main():
         rows[kind] = {"retrieved_original": float(hit.float().mean()),
                       "mse_retrieved": float(((retrieved - images) ** 2).mean()),
                       "mse_query": float(((queries[0] - images) ** 2).mean()),
-                      "same_digit_when_missed": float((labels[target] == labels)[~hit].float().mean())}
+                      # None (null in the JSON) when every query found its original
+                      "same_digit_when_missed": float((labels[target] == labels)[~hit].float().mean())
+                      if (~hit).any() else None}
     table = {"machine": machine(), "stored": args.stored, "beta": args.beta, "queries": rows}
     lines = [f"Hopfield retrieval, one update, {args.stored} stored scikit-learn digits, beta = {args.beta}, on "
              f"{table['machine']}.", "",
              "| query | retrieved the original | MSE retrieved | MSE query | missed: points at the same digit |",
              "|---|---|---|---|---|"]
     lines += [f"| {k} | {r['retrieved_original']:.1%} | {r['mse_retrieved']:.3f} | {r['mse_query']:.3f} | "
-              f"{r['same_digit_when_missed']:.0%} |" for k, r in rows.items()]
+              + ("no misses |" if r["same_digit_when_missed"] is None else f"{r['same_digit_when_missed']:.0%} |")
+              for k, r in rows.items()]
     write_results(args.results, "hopfield_retrieval", table, "\n".join(lines))
     import matplotlib
 
@@ -75,7 +80,7 @@ def main():
 
     rows = [("stored", images), ("masked query", results["masked"][0]), ("retrieved", results["masked"][1]),
             ("noisy query", results["noisy"][0]), ("retrieved", results["noisy"][1])]
-    fig, axes = plt.subplots(len(rows), args.show, figsize=(1.2 * args.show, 1.3 * len(rows)))
+    fig, axes = plt.subplots(len(rows), args.show, figsize=(1.2 * args.show, 1.3 * len(rows)), squeeze=False)
     for r, (label, data) in enumerate(rows):
         for c in range(args.show):
             ax = axes[r, c]
