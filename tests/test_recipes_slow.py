@@ -31,8 +31,16 @@ def test_shipped_checkpoint_reproduces_its_reported_metrics(entry):
     import zoo
     from train.tasks import make_task
 
-    model = zoo.create_model(entry["model"], pretrained=entry["name"]).eval()
-    metrics = make_task(load_recipe(entry["recipe"])).evaluate(model)
+    try:  # a checkpoint converted from an original that must be downloaded, evaluated on data given by path
+        model = zoo.create_model(entry["model"], pretrained=entry["name"]).eval()
+        task = make_task(load_recipe(entry["recipe"]))
+    except FileNotFoundError as err:
+        pytest.skip(f"the published original is not reachable here: {str(err)[:200]}")
+    except ValueError as err:
+        if "data.path is not set" not in str(err):
+            raise
+        pytest.skip(f"recipe {entry['recipe']} needs its data by path: {str(err)[:200]}")
+    metrics = task.evaluate(model)
     # D_stsp, D_H and lambda_max come from long free runs of a chaotic map, whose trajectory depends on the
     # floating-point summation order (thread count), so they agree only to sampling precision; everything else
     # (PE_20, a 20-step quantity; the potential's MAEs) reproduces to rounding.
