@@ -137,9 +137,11 @@ def ksg_mutual_information(x: torch.Tensor, y: torch.Tensor, k: int = 3, variant
     and the marginal counts include ties (n_x = #{j != i: x_j = x_i}); for purely discrete data this is the
     plug-in MI. Variant 2 takes as neighbours every point within eps_i (k_i >= k of them), so the estimate does
     not depend on how a search breaks ties at the k-th distance; where eps_i = 0 it uses variant 1's term.
-    Without ties both rules are exactly Kraskov's. Lattice data with many distinct values (ties at eps_i > 0,
-    e.g. values rounded to a grid coarser than the neighbour distances) stay biased, variant 1 upward and
-    variant 2 downward: add noise below the grid step, or use a discrete estimator.
+    Without ties both rules are exactly Kraskov's. Lattice data (ties at eps_i > 0, e.g. values on a grid
+    coarser than the neighbour distances) stay biased, variant 1 upward (16 unstandardised +-1 units against
+    binary labels: 1.47 nats, above H = log 2) and variant 2 downward: add noise below the grid step, or use a
+    discrete estimator. Against discrete labels y with continuous x use variant 1: variant 2's -1/k term
+    assumes a continuous y and makes it low by exactly 1/k there.
     Cost O(N^2 (D_x + D_y)), memory
     O(chunk_size * N) brute force; about O(N log N) with the tree (``method``, see the module docstring).
     """
@@ -217,13 +219,15 @@ def _ksg_counts_tree(x, y, k, variant):
         ex = np.abs(xs[idx] - xs[:, None]).max(axis=(1, 2))
         ey = np.abs(ys[idx] - ys[:, None]).max(axis=(1, 2))
         rows = np.flatnonzero((kk > k) & (eps > 0))  # ties at the k-th distance: every point within eps counts
-        if len(rows):
-            balls = tree.query_ball_point(zs[rows], eps[rows], p=np.inf, workers=-1)
-            sizes = np.fromiter(map(len, balls), dtype=np.int64, count=len(rows))
-            members, owners = np.concatenate(balls).astype(np.int64), np.repeat(rows, sizes)
-            starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
-            ex[rows] = np.maximum.reduceat(np.abs(xs[members] - xs[owners]).max(1), starts)
-            ey[rows] = np.maximum.reduceat(np.abs(ys[members] - ys[owners]).max(1), starts)
+        if len(rows):  # by brute force in row chunks: a ball can hold most of the data (O(chunk N) memory)
+            xt, yt, r = torch.from_numpy(xs), torch.from_numpy(ys), torch.from_numpy(rows)
+            step = _chunk_rows(len(xs), None, xt.device)
+            for i in range(0, len(rows), step):
+                sub = r[i:i + step]
+                dx, dy = (torch.cdist(a[sub], a, p=float("inf")) for a in (xt, yt))
+                near = torch.maximum(dx, dy) <= torch.from_numpy(eps)[sub, None]
+                ex[rows[i:i + step]] = torch.where(near, dx, 0).amax(1).numpy()
+                ey[rows[i:i + step]] = torch.where(near, dy, 0).amax(1).numpy()
         counts = [_tree_counts(xs, ex, strict=False), _tree_counts(ys, ey, strict=False)]
     return (torch.from_numpy(eps == 0), *(torch.from_numpy(np.asarray(c, dtype=np.int64)) for c in (kk, *counts)))
 

@@ -59,7 +59,6 @@ class Probe:
         self._paused = False
         self._buffers: dict[str, list[torch.Tensor]] = {}
         self._params_done = False  # the parameter estimators ran for this step
-        self._idle = False  # this step was entered by step() and has recorded nothing yet
         self._attach_if_scheduled()
 
     # -- schedule -------------------------------------------------------------------------------
@@ -90,7 +89,6 @@ class Probe:
         def record(module, inputs, output):
             if self._paused:
                 return
-            self._idle = False
             chunks = self._buffers.setdefault(name, [])
             have = sum(c.shape[0] for c in chunks)
             if self.max_samples is None or have < self.max_samples:
@@ -135,7 +133,7 @@ class Probe:
         try:
             self.flush()
         finally:
-            self._buffers, self._params_done, self._idle = {}, False, True
+            self._buffers, self._params_done = {}, False
             self._step += 1
             if not self.scheduled:
                 self._detach()
@@ -156,11 +154,11 @@ class Probe:
         return path
 
     def close(self):
-        """Compute what the current step recorded (unless ``step()`` began it and no forward pass followed, so
-        a loop that ends with ``step()`` adds no empty step), then remove every hook, even if an estimator fails."""
+        """Compute the current step if it is scheduled (what its forward passes recorded, and the parameters:
+        after a training loop's last ``step()``, the final weights), then remove every hook, even if an
+        estimator fails."""
         try:
-            if not self._idle:
-                self.flush()
+            self.flush()
         finally:
             self._buffers = {}
             self._detach()

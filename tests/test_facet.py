@@ -9,6 +9,7 @@ from ase.build import bulk, fcc111, molecule
 from e3nn import o3
 
 import zoo
+from estimators import Probe, effective_rank
 from layers import EdgeTensorProduct, OrderwiseLinear, PolynomialEnvelope, SplineRadial, SphericalGridMLP
 from layers.equivariant_mixing import from_channels, from_components, sphere_irreps, to_channels, to_components
 from zoo.atoms import graph_from_atoms, graph_from_padded, pad_structures
@@ -366,7 +367,10 @@ def test_calculator_matches_model_and_loads_checkpoints(tmp_path):
         assert np.abs(atoms.get_forces() - ref["forces"].numpy()).max() < 1e-4
         assert atoms.get_stress().shape == (6,)
     training = _model().float().train()
-    FacetCalculator(training)  # works on its own float64 copy: the model keeps training as it was
+    with Probe(training, {"probes.0.l0": [effective_rank()]}) as probe:  # a probe watching the training model
+        calc = FacetCalculator(training)  # works on its own float64 copy: the model keeps training as it was
+        calc.get_potential_energy(_alloy(3))
+        assert not probe._buffers  # the copy carries none of the training model's hooks
     assert training.training and all(p.dtype == torch.float32 and p.requires_grad for p in training.parameters())
     with pytest.raises(TypeError, match="graph is torch.float64 but the model is torch.float32"):
         m.predict(graph_from_atoms(atoms, m.config.cutoff))  # m.float() above converted it in place

@@ -119,8 +119,9 @@ def test_probe_detaches_even_when_an_estimator_or_the_block_fails():
 
 
 def test_probe_steps_are_recorded_once():
-    """flush() then step() does not record the parameters twice, and a loop that ends with step() adds no empty
-    step at close; a probe used for one measurement without step() still records at close."""
+    """flush() then step() does not record the parameters twice; closing after a loop's last step() measures
+    the final weights (and no probe point, which saw no forward pass); a probe used for one measurement
+    without step() records at close."""
     model = Tiny()
     with Probe(model, {"hidden": [condition_number(of="covariance")], "lin.weight": [condition_number()]}) as probe:
         for _ in range(2):
@@ -128,7 +129,7 @@ def test_probe_steps_are_recorded_once():
             probe.flush()
             probe.step()
     assert [(r["step"], r["point"]) for r in probe.table()] == [(0, "hidden"), (0, "lin.weight"),
-                                                               (1, "hidden"), (1, "lin.weight")]
+                                                               (1, "hidden"), (1, "lin.weight"), (2, "lin.weight")]
     with Probe(model, {"lin.weight": [condition_number()]}) as probe:
         pass
     assert len(probe.table()) == 1

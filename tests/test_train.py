@@ -45,8 +45,10 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path):
     """Losses, weights, the metrics file (evaluations and the best choice included) and the probe's rows of a
     killed-and-resumed run equal the straight run's, also when the kill cut a metrics line short; resuming a
     finished run changes nothing."""
-    recipe = load_recipe("alrnn-lorenz63", SMALL_DSR + ["train.eval_every=10"])
+    recipe = load_recipe("alrnn-lorenz63", SMALL_DSR + ["train.eval_every=10", "probe.points={z: [{condition_number: "
+                                                        "{of: covariance}}], L: [condition_number]}"])
     fit(recipe, tmp_path / "straight")
+    assert "30,L," in (tmp_path / "straight" / "probe.csv").read_text()  # the final weights, measured at close
 
     from train.tasks.dsr import DSRTask
 

@@ -13,8 +13,13 @@ from .atoms import graph_from_atoms
 
 
 def _load_model(model, pretrained) -> nn.Module:
-    if isinstance(model, nn.Module):
-        return copy.deepcopy(model)  # the calculator's own float64, frozen copy: the caller's model is untouched
+    if isinstance(model, nn.Module):  # the calculator's own float64, frozen copy: the caller's model is untouched
+        own = copy.deepcopy(model)
+        for module in own.modules():  # hooks are closures on the caller's objects (e.g. its Probe): not copied
+            for hooks in (module._forward_hooks, module._forward_pre_hooks, module._backward_hooks,
+                          module._backward_pre_hooks):
+                hooks.clear()
+        return own
     if str(model).endswith(".safetensors") or Path(str(model)).is_file():
         from weights import load_checkpoint
 
