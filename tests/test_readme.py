@@ -54,7 +54,7 @@ def test_readme_has_python_examples_for_every_family():
     assert not unbound, f"PLACEHOLDERS keys match no README example any more: {unbound}"
 
 
-@pytest.mark.parametrize("block", _example_params())
+@pytest.mark.parametrize("block", list(_example_params()))
 def test_readme_example_runs(block, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("PAPERZOO_CACHE", str(tmp_path / "cache"))  # published weights: not downloaded before
