@@ -73,6 +73,11 @@ def _tree_counts(points, radii, strict: bool, rows=None):
     return np.where(radii > 0, counts, 0) if strict else counts  # nothing is closer than 0
 
 
+def _marginal_reach(near: torch.Tensor, dx: torch.Tensor, dy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """KSG-2's eps_x, eps_y (rows, 1): the largest x and y distances to the joint neighbours marked by ``near``."""
+    return torch.where(near, dx, 0).amax(1, keepdim=True), torch.where(near, dy, 0).amax(1, keepdim=True)
+
+
 def _check_k(k: int, n: int) -> None:
     if not isinstance(k, int) or not 1 <= k < n:
         raise ValueError(f"k must be an integer in [1, N-1] = [1, {n - 1}], got {k!r}")
@@ -182,16 +187,14 @@ def _ksg_counts_brute(x, y, k, variant, step, p=float("inf")):
         dz = torch.maximum(dx, dy)
         _exclude_self(dz, i)
         e = dz.topk(k, dim=1, largest=False).values[:, -1:]
-        near = dz <= e  # the k joint neighbours, and any tied with the k-th
-        zero.append(e.squeeze(1) == 0)
+        near, tied = dz <= e, e == 0  # the k joint neighbours (and any tied with the k-th); eps = 0
+        zero.append(tied.squeeze(1))
         if variant == 1:  # strict counts (less the point itself) where eps > 0; ties counted where eps = 0
-            tied = e == 0
             kk.append(torch.where(tied, near.sum(1, keepdim=True), k).squeeze(1))
             nx.append(torch.where(tied, dx <= 0, dx < e).sum(1) - 1)
             ny.append(torch.where(tied, dy <= 0, dy < e).sum(1) - 1)
         else:
-            ex = torch.where(near, dx, 0).amax(1, keepdim=True)
-            ey = torch.where(near, dy, 0).amax(1, keepdim=True)
+            ex, ey = _marginal_reach(near, dx, dy)
             kk.append(near.sum(1))
             nx.append((dx <= ex).sum(1) - 1)
             ny.append((dy <= ey).sum(1) - 1)
@@ -224,10 +227,9 @@ def _ksg_counts_tree(x, y, k, variant):
             step = _chunk_rows(len(xs), None, xt.device)
             for i in range(0, len(rows), step):
                 sub = r[i:i + step]
-                dx, dy = (torch.cdist(a[sub], a, p=float("inf")) for a in (xt, yt))
-                near = torch.maximum(dx, dy) <= torch.from_numpy(eps)[sub, None]
-                ex[rows[i:i + step]] = torch.where(near, dx, 0).amax(1).numpy()
-                ey[rows[i:i + step]] = torch.where(near, dy, 0).amax(1).numpy()
+                dx, dy = (_distances(a[sub], a, float("inf")) for a in (xt, yt))
+                ex_i, ey_i = _marginal_reach(torch.maximum(dx, dy) <= torch.from_numpy(eps)[sub, None], dx, dy)
+                ex[rows[i:i + step]], ey[rows[i:i + step]] = ex_i[:, 0].numpy(), ey_i[:, 0].numpy()
         counts = [_tree_counts(xs, ex, strict=False), _tree_counts(ys, ey, strict=False)]
     return (torch.from_numpy(eps == 0), *(torch.from_numpy(np.asarray(c, dtype=np.int64)) for c in (kk, *counts)))
 
