@@ -153,6 +153,12 @@ class Probe:
             writer.writerows(self.rows)
         return path
 
+    def read_csv(self, path: str | os.PathLike, before: int) -> None:
+        """Take the rows of steps < ``before`` from a ``to_csv`` file (a run resumed at that step)."""
+        with open(path, newline="") as f:
+            self.rows = [{**r, "step": int(r["step"]), "value": float(r["value"])} for r in csv.DictReader(f)
+                         if int(r["step"]) < before]
+
     def close(self):
         """Compute the current step if it is scheduled (what its forward passes recorded, and the parameters:
         after a training loop's last ``step()``, the final weights), then remove every hook, even if an

@@ -31,11 +31,8 @@ def setup(device: str = "auto") -> Dist:
             raise ValueError("recipe asks for device=cuda but no CUDA device is visible; use train.device=cpu")
         dev = torch.device("cuda", local)
         torch.cuda.set_device(dev)
-    else:
-        try:
-            dev = torch.device(device)
-        except RuntimeError as err:
-            raise ValueError(f"train.device must be auto, cpu, cuda or another torch device, got {device!r}") from err
+    else:  # the device string was checked with the recipe (train.loop._check_train_section)
+        dev = torch.device(device)
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
     return Dist(rank, world, local, dev)

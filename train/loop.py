@@ -95,8 +95,9 @@ class _BestSelector:
         if spec and self.mode not in ("min", "max"):
             raise ValueError(f"train.select must look like 'min:METRIC' or 'max:METRIC', got {spec!r}")
         saved = out / "best.json"
-        if spec and resumed_at and saved.is_file() and json.loads(saved.read_text())["step"] <= resumed_at:
-            self.best = json.loads(saved.read_text())[self.metric]
+        chosen = json.loads(saved.read_text()) if spec and resumed_at and saved.is_file() else None
+        if chosen is not None and chosen["step"] <= resumed_at:
+            self.best = chosen[self.metric]
         elif main:  # a fresh run (or a choice made after the checkpoint we resume from) starts over
             for name in ("best.json", "best.safetensors"):
                 (out / name).unlink(missing_ok=True)
@@ -242,9 +243,7 @@ def _fit(recipe: dict, cfg: dict, out: Path, resume: bool, d: Dist, task) -> dic
         net = torch.compile(net)
     probe = _make_probe(model, recipe.get("probe") or {}, start)
     if probe is not None and start and (out / "probe.csv").is_file():  # the rows before the checkpoint
-        with open(out / "probe.csv", newline="") as f:
-            probe.rows = [{**r, "step": int(r["step"]), "value": float(r["value"])} for r in csv.DictReader(f)
-                          if int(r["step"]) < start]
+        probe.read_csv(out / "probe.csv", before=start)
     prefetching = type(task).prefetch is not Task.prefetch
     upcoming = None  # with prefetching, the next step's global batch, drawn one step early
     bar = tqdm(range(start, steps), initial=start, total=steps, disable=not d.main, desc=recipe["name"],
