@@ -8,6 +8,13 @@ from train.cli import main
 from weights import load_checkpoint, save_checkpoint
 
 
+def _error(capsys, argv) -> str:
+    with pytest.raises(SystemExit) as err:
+        main(argv)
+    assert err.value.code == 2
+    return capsys.readouterr().err
+
+
 def test_list_and_info(capsys):
     main(["list", "alrnn*"])
     assert capsys.readouterr().out.split() == ["alrnn_m20_p1", "alrnn_m20_p2"]
@@ -17,10 +24,7 @@ def test_list_and_info(capsys):
 
 
 def test_unknown_model_is_a_clean_error(capsys):
-    with pytest.raises(SystemExit) as err:
-        main(["info", "alrnn_m2O_p2"])
-    assert err.value.code == 2
-    assert "did you mean: alrnn_m20_p2" in capsys.readouterr().err.lower()
+    assert "did you mean: alrnn_m20_p2" in _error(capsys, ["info", "alrnn_m2O_p2"]).lower()
 
 
 def test_convert_original_state_dict(tmp_path, capsys):
@@ -52,13 +56,6 @@ def test_eval_and_estimate_on_a_checkpoint(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["estimate", str(path), "--recipe", "alrnn-lorenz63", *small, "--probe", "cell.W"])
     assert "names no estimator" in capsys.readouterr().err
-
-
-def _error(capsys, argv) -> str:
-    with pytest.raises(SystemExit) as err:
-        main(argv)
-    assert err.value.code == 2
-    return capsys.readouterr().err
 
 
 def test_eval_uses_the_runs_own_recipe(tmp_path, capsys):

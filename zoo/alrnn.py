@@ -46,7 +46,7 @@ class ALRNN(nn.Module):
             raise ValueError(f"ALRNN: {name} must have shape {shape.format(N=self.config.N)}, got {tuple(x.shape)}")
         if x.dtype != self.L.dtype:
             raise TypeError(f"ALRNN: {name} is {x.dtype} but the model is {self.L.dtype}; convert one to the other "
-                            f"(x.to(torch.{str(self.L.dtype).split('.')[-1]}) or model.to(x.dtype))")
+                            f"(x.to({self.L.dtype}) or model.to(x.dtype))")
 
     def initial_state(self, x0: torch.Tensor) -> torch.Tensor:
         """z_1 = [x_1; L x_1] for observations x0 of shape (B, N)."""

@@ -58,8 +58,9 @@ class HopfieldMIL(nn.Module):
         if x.dim() != 3 or x.shape[-1] != self.config.in_features:
             raise ValueError(f"HopfieldMIL: x must have shape (bags, instances, {self.config.in_features}), "
                              f"got {tuple(x.shape)}")
-        if mask is not None and mask.shape == x.shape[:2] and mask.all(-1).any():
-            raise ValueError(f"HopfieldMIL: bags {mask.all(-1).nonzero().flatten().tolist()} have every instance "
+        empty = mask.all(-1) if mask is not None and mask.shape == x.shape[:2] else None
+        if empty is not None and empty.any():
+            raise ValueError(f"HopfieldMIL: bags {empty.nonzero().flatten().tolist()} have every instance "
                              "padded; a bag needs at least one instance")
         return self.head(self.pooling(self.embed(x), stored_pattern_padding_mask=mask)).squeeze(-1)
 
