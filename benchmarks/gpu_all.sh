@@ -5,8 +5,9 @@
 # result files, refreshed after every step).
 #
 #     bash benchmarks/gpu_all.sh OUTDIR [BUDGET_SECONDS=520]
-#     GPU_STEPS="hopfield sigma" bash benchmarks/gpu_all.sh OUTDIR 200     # only these steps, in script order
+#     GPU_STEPS="sigma hopfield" bash benchmarks/gpu_all.sh OUTDIR 200     # only these steps, in this order
 #
+# GPU_PYTEST_ARGS adds options to the tests step (e.g. "-n 4" where pytest-xdist is installed).
 # The package must be importable (pip install -e ".[test]"); the EMT data and the LM corpus are generated
 # into $PAPERZOO_CACHE on first use (or carried there).
 set -u
@@ -17,10 +18,10 @@ begin=$(date +%s)
 marker=$(mktemp)
 export PYTHONUNBUFFERED=1
 
-step() {  # step NAME LIMIT_SECONDS COMMAND...
+step() {  # step NAME LIMIT_SECONDS COMMAND...  (runs when its name is the current one)
   local name=$1 limit=$2 left t rc
   shift 2
-  [[ -n "${GPU_STEPS:-}" && " $GPU_STEPS " != *" $name "* ]] && return
+  [[ $name != "$current" ]] && return
   left=$((budget - ($(date +%s) - begin)))
   ((limit > left)) && limit=$left
   if ((limit < 15)); then echo "## $name: skipped, budget spent"; return; fi
@@ -32,9 +33,8 @@ step() {  # step NAME LIMIT_SECONDS COMMAND...
   find benchmarks/results -type f -newer "$marker" | tar -czf "$out/results.tar.gz" -T -
 }
 
-{
-  nvidia-smi -L
-  step tests 180 python -m pytest -m gpu -q -p no:cacheprovider --no-header -rs tests
+all_steps() {
+  step tests 180 python -m pytest -m gpu -q -p no:cacheprovider --no-header -rs ${GPU_PYTEST_ARGS:-} tests
   step hopfield 90 python benchmarks/hopfield_speed.py
   step hopfield_b8 120 python benchmarks/hopfield_speed.py --batch 8 --tag _b8
   step grassmann_bf16 90 python benchmarks/bench_grassmann.py --device cuda --lengths 512 1024 2048 4096 8192 16384 \
@@ -51,6 +51,16 @@ step() {  # step NAME LIMIT_SECONDS COMMAND...
   step pvrnn 90 python benchmarks/pvrnn_speed.py --device cuda
   step train_eager 90 python -m train.cli train sigma-vit-digits --out /tmp/gpu_runs/eager
   step train_compiled 120 python -m train.cli train sigma-vit-digits --out /tmp/gpu_runs/compiled --set train.compile=true
+}
+default="tests hopfield hopfield_b8 grassmann_bf16 grassmann_fp32 estimators sigma sigma_bf16 coord_attention_eager
+  coord_attention facet pvrnn train_eager train_compiled"
+
+{
+  nvidia-smi -L
+  for current in ${GPU_STEPS:-$default}; do
+    [[ " $(echo $default) " == *" $current "* ]] || echo "## $current: no such step (steps: $(echo $default))"
+    all_steps
+  done
   for run in eager compiled; do
     [ -f /tmp/gpu_runs/$run/summary.json ] && echo "$run summary: $(tr -d '\n ' < /tmp/gpu_runs/$run/summary.json)"
   done
