@@ -4,19 +4,27 @@
 # what finished. Results land in benchmarks/results/*_cuda*; OUTDIR receives log.txt and results.tar.gz (the new
 # result files, refreshed after every step).
 #
-#     bash benchmarks/gpu_all.sh OUTDIR [BUDGET_SECONDS=520]
+#     bash benchmarks/gpu_all.sh OUTDIR [BUDGET_SECONDS=480]
 #     GPU_STEPS="sigma hopfield" bash benchmarks/gpu_all.sh OUTDIR 200     # only these steps, in this order
 #
 # GPU_PYTEST_ARGS adds options to the tests step (e.g. "-n 4" where pytest-xdist is installed).
+#
+# Each step writes to OUTDIR/log.txt directly (not through a pipe): a process a step leaves behind (a compile or
+# pytest worker) could hold a pipe open and stall the script past any budget, and a lease stopped at its limit
+# returns nothing. Give the device call's timeout 90 s more than BUDGET for the machine's setup and the imports.
 # The package must be importable (pip install -e ".[test]"); the EMT data and the LM corpus are generated
 # into $PAPERZOO_CACHE on first use (or carried there).
 set -u
 out=${1:?usage: gpu_all.sh OUTDIR [BUDGET_SECONDS]}
-budget=${2:-520}
+budget=${2:-480}
 mkdir -p "$out" benchmarks/results
 begin=$(date +%s)
 marker=$(mktemp)
+log=$out/log.txt
+: >"$log"
 export PYTHONUNBUFFERED=1
+
+say() { echo "$*" | tee -a "$log"; }
 
 step() {  # step NAME LIMIT_SECONDS COMMAND...  (runs when its name is the current one)
   local name=$1 limit=$2 left t rc
@@ -24,13 +32,14 @@ step() {  # step NAME LIMIT_SECONDS COMMAND...  (runs when its name is the curre
   [[ $name != "$current" ]] && return
   left=$((budget - ($(date +%s) - begin)))
   ((limit > left)) && limit=$left
-  if ((limit < 15)); then echo "## $name: skipped, budget spent"; return; fi
-  echo "## $name (limit ${limit} s): $*"
+  if ((limit < 15)); then say "## $name: skipped, budget spent"; return; fi
+  say "## $name (limit ${limit} s): $*"
   t=$(date +%s)
-  timeout -k 5 "$limit" "$@"
+  timeout -k 5 "$limit" "$@" >>"$log" 2>&1 </dev/null
   rc=$?
-  echo "## $name: exit $rc after $(($(date +%s) - t)) s"
-  find benchmarks/results -type f -newer "$marker" | tar -czf "$out/results.tar.gz" -T -
+  say "## $name: exit $rc after $(($(date +%s) - t)) s"
+  find benchmarks/results -type f -newer "$marker" | tar -czf "$out/results.tar.gz.part" -T - &&
+    mv "$out/results.tar.gz.part" "$out/results.tar.gz"
 }
 
 all_steps() {
@@ -55,14 +64,14 @@ all_steps() {
 default="tests hopfield hopfield_b8 grassmann_bf16 grassmann_fp32 estimators sigma sigma_bf16 coord_attention_eager
   coord_attention facet pvrnn train_eager train_compiled"
 
-{
-  nvidia-smi -L
-  for current in ${GPU_STEPS:-$default}; do
-    [[ " $(echo $default) " == *" $current "* ]] || echo "## $current: no such step (steps: $(echo $default))"
-    all_steps
-  done
-  for run in eager compiled; do
-    [ -f /tmp/gpu_runs/$run/summary.json ] && echo "$run summary: $(tr -d '\n ' < /tmp/gpu_runs/$run/summary.json)"
-  done
-  echo "## total $(($(date +%s) - begin)) s"
-} 2>&1 | tee "$out/log.txt"
+nvidia-smi -L >>"$log" 2>&1
+for current in ${GPU_STEPS:-$default}; do
+  [[ " $(echo $default) " == *" $current "* ]] || say "## $current: no such step (steps: $(echo $default))"
+  all_steps
+done
+for run in eager compiled; do
+  [ -f /tmp/gpu_runs/$run/summary.json ] && say "$run summary: $(tr -d '\n ' < /tmp/gpu_runs/$run/summary.json)"
+done
+say "## total $(($(date +%s) - begin)) s"
+echo "---- end of $log:"
+tail -c 6000 "$log"
