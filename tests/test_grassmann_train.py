@@ -118,3 +118,27 @@ def test_nli_head_trains_only_the_head_and_ignores_padding(name):
 def test_missing_encoder_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="hf download"):
         zoo.create_model("grassmann_nli_head", encoder=str(tmp_path / "no-encoder"))
+
+
+def test_unreachable_hub_fails_at_once_from_the_local_cache(monkeypatch):
+    """Offline (the hub's host does not resolve), a hub id is read from the local cache only: a clear error at
+    once, where a download would retry for about 25 s first."""
+    import socket
+
+    import transformers
+
+    def no_dns(*args, **kwargs):
+        raise socket.gaierror(-2, "Name or service not known")
+
+    seen = {}
+    real = transformers.AutoModel.from_pretrained
+
+    def spy(name, **kwargs):
+        seen.update(kwargs)
+        return real(name, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_dns)
+    monkeypatch.setattr(transformers.AutoModel, "from_pretrained", spy)
+    with pytest.raises(FileNotFoundError, match="hf download paperzoo-tests/no-such-encoder"):
+        zoo.create_model("grassmann_nli_head", encoder="paperzoo-tests/no-such-encoder")
+    assert seen == {"local_files_only": True}

@@ -13,10 +13,13 @@ generated token is constant: (layers x max(windows) x r) numbers per sequence.
 from __future__ import annotations
 
 import dataclasses
+import socket
 from dataclasses import dataclass
+from urllib.parse import urlparse
 
 import torch
 from torch import nn
+from huggingface_hub import constants as hub_constants
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, GenerationMixin, PreTrainedConfig, PreTrainedModel
 from transformers.cache_utils import Cache, LinearAttentionLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast
@@ -202,12 +205,22 @@ class NLIHeadArgs:
     num_labels: int = 3
 
 
+def hub_resolvable() -> bool:
+    """Whether the Hugging Face endpoint's host name resolves. Offline, a hub download retries for about 25 s
+    before it fails; reading only the local cache then fails at once with the same advice."""
+    try:
+        socket.getaddrinfo(urlparse(hub_constants.ENDPOINT).hostname, 443)
+    except OSError:
+        return False
+    return True
+
+
 def load_encoder(args: NLIHeadArgs) -> nn.Module:
     if args.encoder_config is not None:
         spec = dict(args.encoder_config)
         return AutoModel.from_config(AutoConfig.for_model(spec.pop("model_type"), **spec))
     try:
-        return AutoModel.from_pretrained(args.encoder)
+        return AutoModel.from_pretrained(args.encoder, local_files_only=not hub_resolvable())
     except OSError as err:
         raise FileNotFoundError(
             f"encoder {args.encoder!r} is not available offline ({err.__class__.__name__}). Download it once with "
