@@ -65,29 +65,42 @@ class Facet(nn.Module):
             nn.ModuleDict({f"l{l}": ProbePoint() for l in range(c.lmax + 1)}) for _ in range(c.layers))
         self.readout = nn.Sequential(nn.Linear(c.channels, c.readout_hidden), nn.SiLU(), nn.Linear(c.readout_hidden, 1))
         self.register_buffer("atomic_energies", torch.zeros(c.num_elements + 1, dtype=torch.float64))
+        # the atomic numbers the model accepts: 1..num_elements until set_statistics names the training species
+        self.register_buffer("known_species", torch.arange(c.num_elements + 1) > 0)
         self.register_buffer("energy_scale", torch.tensor(1.0, dtype=torch.float64))
 
     def set_statistics(self, atomic_energies: dict[int, float], energy_scale: float, avg_num_neighbors: float):
-        """Per-species reference energies E0(Z) (eV), the energy scale s (eV) and the mean neighbour count."""
-        self._check_numbers([int(z) for z in atomic_energies])
+        """Per-species reference energies E0(Z) (eV) of the training species, which become the only atomic numbers
+        the model accepts; the energy scale s (eV) and the mean neighbour count."""
+        self._check_numbers([int(z) for z in atomic_energies], trained_only=False)
         self.atomic_energies.zero_()
+        self.known_species.zero_()
         for z, e in atomic_energies.items():
             self.atomic_energies[int(z)] = float(e)
+            self.known_species[int(z)] = True
         self.energy_scale.fill_(float(energy_scale))
         for conv in self.convolutions:
             conv.avg_num_neighbors.fill_(float(avg_num_neighbors))
 
-    def _check_numbers(self, numbers: list[int]) -> None:
+    def _check_numbers(self, numbers: list[int], trained_only: bool = True) -> None:
+        from ase.data import chemical_symbols
+
+        def names(zs):
+            return [chemical_symbols[v] if 0 <= v < len(chemical_symbols) else str(v) for v in zs]
+
         bad = sorted({v for v in numbers if not 1 <= v <= self.config.num_elements})
         if bad:
-            from ase.data import chemical_symbols
-
-            names = [chemical_symbols[v] if 0 <= v < len(chemical_symbols) else str(v) for v in bad]
-            raise ValueError(f"Facet knows atomic numbers 1..{self.config.num_elements}; got {names} (Z={bad})")
+            raise ValueError(f"Facet knows atomic numbers 1..{self.config.num_elements}; got {names(bad)} (Z={bad})")
+        known = self.known_species.nonzero().flatten().tolist()
+        unseen = sorted({v for v in numbers if v not in known})
+        if trained_only and unseen:
+            raise ValueError(f"this Facet model was trained on {', '.join(names(known))} only; got {names(unseen)} "
+                             f"(Z={unseen}), for which its energies mean nothing")
 
     def _check(self, graph: AtomGraph) -> None:
         z = graph.numbers
-        if z.numel() and (int(z.min()) < 1 or int(z.max()) > self.config.num_elements):
+        if z.numel() and (int(z.min()) < 1 or int(z.max()) > self.config.num_elements
+                          or not bool(self.known_species[z].all())):
             self._check_numbers(z.tolist())
         if not graph.positions.is_floating_point() or graph.positions.shape[-1] != 3:
             raise ValueError(f"positions must be a float (N, 3) tensor, got {graph.positions.dtype} "
