@@ -310,6 +310,27 @@ def test_task_batches_carry_sequence_ids():
         task.batch(7, g)
 
 
+def test_minibatches_update_only_their_sequences_adaptive_vectors(tmp_path):
+    """Sparse updates: with 2 of 6 sequences per step, a step changes only its batch's adaptive vectors. Adam's
+    momentum would otherwise keep moving the vectors of the previous batch's sequences."""
+    from train import fit
+    from train.loop import _batch_generator
+    from train.tasks import make_task
+
+    recipe = _recipe("train.batch_size=2", "train.steps=1", "train.eval_every=0", "train.ckpt_every=0", "probe=null")
+    task = make_task(recipe)
+    first, second = (set(task.batch(2, _batch_generator(0, s))["ids"].tolist()) for s in (0, 1))
+    assert first - second  # a sequence of step 1's batch that step 2 does not contain
+    fit(recipe, tmp_path / "one")
+    fit({**recipe, "train": {**recipe["train"], "steps": 2}}, tmp_path / "two")
+    one, two = (load_checkpoint(tmp_path / run / "model.safetensors") for run in ("one", "two"))
+    for a1, a2 in zip([*one.A_mu, *one.A_sigma], [*two.A_mu, *two.A_sigma]):
+        changed = {i for i in range(6) if not torch.equal(a1[i], a2[i])}
+        assert changed == second
+        assert all(a1[i].abs().sum() == 0 for i in set(range(6)) - first)  # never in a batch: still 0
+        assert all(a2[i].abs().sum() == 0 for i in set(range(6)) - first - second)
+
+
 @pytest.mark.slow
 def test_recipe_trains_and_reloads(tmp_path):
     from train import fit

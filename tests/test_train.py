@@ -220,3 +220,32 @@ def test_compiled_training_forward_equals_eager_with_probes(tmp_path, device, pr
     assert [(r["step"], r["estimator"]) for r in eager_probe] == [(r["step"], r["estimator"]) for r in compiled_probe]
     assert {r["step"] for r in eager_probe} == {"0", "3"}  # probes run at scheduled steps before the last
     assert max(abs(float(a["value"]) - float(b["value"])) for a, b in zip(eager_probe, compiled_probe)) < 10 * tol
+
+
+@pytest.mark.parametrize("make", [lambda p: torch.optim.AdamW([p], lr=0.1, weight_decay=0.1),
+                                  lambda p: torch.optim.SGD([p], lr=0.1, momentum=0.9)], ids=["adamw", "sgd"])
+def test_only_rows_updates_the_batch_rows_and_leaves_the_rest_and_their_state(make):
+    """Rows outside the batch keep their value and optimizer state through a step (state the step creates is 0
+    there); the batch's rows get exactly the update of a plain step, since these optimizers act elementwise."""
+    from train.loop import only_rows
+
+    torch.manual_seed(0)
+    p, twin = torch.nn.Parameter(torch.randn(6, 3)), torch.nn.Parameter(torch.zeros(6, 3))
+    twin.data.copy_(p.data)
+    opt, plain = make(p), make(twin)
+    for used in ([0, 3], [2, 3]):
+        for q in (p, twin):
+            q.grad = torch.randn(6, 3, generator=torch.Generator().manual_seed(len(used) + used[0]))
+        before = p.detach().clone()
+        state_before = {k: v.clone() for k, v in opt.state.get(p, {}).items() if v.shape == p.shape}
+        with only_rows(opt, {p: torch.tensor(used)}):
+            opt.step()
+        plain.step()
+        others = [r for r in range(6) if r not in used]
+        assert torch.equal(p[others], before[others])
+        for k, v in opt.state[p].items():
+            if v.shape == p.shape:
+                expected = state_before[k][others] if k in state_before else torch.zeros(len(others), 3)
+                assert torch.equal(v[others], expected), k
+        if used == [0, 3]:  # first step: both optimizers start from the same state
+            assert torch.equal(p[used], twin[used])

@@ -198,6 +198,29 @@ def _check_train_section(cfg: dict) -> None:
                              f"got {cfg['device']!r}") from err
 
 
+@contextlib.contextmanager
+def only_rows(optimizer: torch.optim.Optimizer, rows: dict[torch.nn.Parameter, torch.Tensor]):
+    """An ``optimizer.step()`` inside the block changes only the given rows (dim 0) of these parameters: every
+    other row is put back afterwards, with its optimizer state (exp_avg, momentum, ...: each state tensor shaped
+    like the parameter), or that state set to 0 where the step created it (lazy updates, as for sparse embeddings)."""
+    saved = []
+    for param, used in rows.items():
+        keep = torch.ones(param.shape[0], dtype=torch.bool, device=param.device)
+        keep[used.to(param.device)] = False
+        idx = keep.nonzero().flatten()
+        state = optimizer.state.get(param, {})
+        old = {k: v[idx].clone() for k, v in state.items() if torch.is_tensor(v) and v.shape == param.shape}
+        saved.append((param, idx, param.detach()[idx].clone(), old))
+    yield
+    for param, idx, value, old in saved:
+        param.detach().index_copy_(0, idx, value)
+        for k, v in optimizer.state.get(param, {}).items():
+            if k in old:
+                v.index_copy_(0, idx, old[k])
+            elif torch.is_tensor(v) and v.shape == param.shape:
+                v.index_fill_(0, idx, 0)
+
+
 def _fit(recipe: dict, cfg: dict, out: Path, resume: bool, d: Dist, task) -> dict:
     steps, accum, batch_size = int(cfg["steps"]), int(cfg["grad_accum"]), int(cfg["batch_size"])
     if batch_size % (accum * d.world):
@@ -281,7 +304,8 @@ def _fit(recipe: dict, cfg: dict, out: Path, resume: bool, d: Dist, task) -> dic
         if cfg["clip"]:
             grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), float(cfg["clip"])))
         lr = scheduler.get_last_lr()[0]  # the rate this step's update uses
-        optimizer.step()
+        with only_rows(optimizer, task.sparse_rows(model, global_batch)):
+            optimizer.step()
         scheduler.step()
         if probe is not None:
             probe.step()

@@ -37,6 +37,13 @@ class Task(ABC):
         to materialise (decoded images) may start on it in the background now. The loop calls this only for
         tasks that override it, during the step before."""
 
+    def sparse_rows(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> dict[nn.Parameter, torch.Tensor]:
+        """Parameters whose rows (dim 0) belong to single training examples, each with the rows that this global
+        batch uses. The loop's update then changes only those rows: every other row and its optimizer state stay
+        as they were (the lazy update of sparse embeddings), so a minibatch never moves the vectors of examples it
+        does not contain."""
+        return {}
+
     @abstractmethod
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         """Scalar loss (mean over the batch) and extra per-batch metrics."""

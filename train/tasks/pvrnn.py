@@ -68,6 +68,9 @@ class PVRNNTask(Task):
         ids = torch.randperm(self.n, generator=generator)[:size]
         return {"ids": ids, "x": self.train_x[ids]}
 
+    def sparse_rows(self, model, batch):
+        return {a: batch["ids"] for a in [*model.A_mu, *model.A_sigma]}
+
     def loss(self, model, batch):
         return model.loss(batch["ids"], batch["x"])
 
