@@ -86,3 +86,42 @@ def test_user_mistakes_are_clean_errors(tmp_path, capsys):
         assert message in _error(capsys, ["train", "alrnn-lorenz63", "--set", setting, "--out", str(tmp_path / "r")])
     err = _error(capsys, ["info", "alrnn_m2O_p2"])
     assert not err.split("error: ", 1)[1].startswith(("'", '"'))  # a KeyError's message without repr quotes
+
+
+def test_estimate_measures_a_held_out_batch_and_binds_a_target(tmp_path, capsys):
+    """By default the batch comes from the task's held-out split; --target binds a batch tensor as Y of the
+    two-variable estimators (KSG here, equal to computing it on the layer's output directly)."""
+    from estimators import ksg_mutual_information
+    from train import load_recipe
+    from train.tasks import make_task
+
+    torch.manual_seed(0)
+    m = zoo.create_model("ib_mlp_tanh")
+    path = save_checkpoint(m, tmp_path / "ib.safetensors")
+    task = make_task(load_recipe("ib-tanh-12bit"))
+    batch = task.held_out_batch(64, torch.Generator().manual_seed(0))
+    test_rows = {tuple(r) for r in task.data["x_test"].tolist()}
+    assert all(tuple(r) in test_rows for r in batch["x"].tolist())
+    seen = {}
+    m.t[2].register_forward_hook(lambda mod, inp, out: seen.setdefault("t.2", out))
+    m(batch["x"])
+    expected = ksg_mutual_information(seen["t.2"], batch["y"]).item()
+
+    main(["estimate", str(path), "--recipe", "ib-tanh-12bit", "--probe", "t.2=ksg_mi,knn_entropy", "--target", "y"])
+    rows = [line.split("\t") for line in capsys.readouterr().out.splitlines()]
+    assert [r[:2] for r in rows] == [["t.2", "ksg1_mi"], ["t.2", "knn_entropy"]]
+    assert float(rows[0][2]) == pytest.approx(expected, rel=1e-5)
+
+    assert "two-variable" in _error(capsys, ["estimate", str(path), "--recipe", "ib-tanh-12bit", "--probe", "t.2=ksg_mi"])
+    assert "they hold ['x', 'y']" in _error(capsys, ["estimate", str(path), "--recipe", "ib-tanh-12bit",
+                                                     "--probe", "t.2=ksg_mi", "--target", "labels"])
+
+
+def test_estimate_on_a_task_without_held_out_data_says_to_use_the_training_split(tmp_path, capsys):
+    path = save_checkpoint(zoo.create_model("pvrnn_pfsm", n_sequences=4, seq_len=40), tmp_path / "pv.safetensors")
+    small = ["--recipe", "pvrnn-pfsm", "--set", "model_args.n_sequences=4", "--set", "model_args.seq_len=40",
+             "--probe", "levels.0.d=effective_rank", "--batch", "4"]
+    assert "--split train" in _error(capsys, ["estimate", str(path), *small])
+    main(["estimate", str(path), *small, "--split", "train"])
+    point, name, value = capsys.readouterr().out.split()
+    assert (point, name) == ("levels.0.d", "effective_rank") and float(value) > 0

@@ -249,3 +249,25 @@ def test_only_rows_updates_the_batch_rows_and_leaves_the_rest_and_their_state(ma
                 assert torch.equal(v[others], expected), k
         if used == [0, 3]:  # first step: both optimizers start from the same state
             assert torch.equal(p[used], twin[used])
+
+
+@pytest.mark.parametrize("name, extra", [("alrnn-lorenz63", SMALL_DSR + ["data.noise=0.1"]),
+                                         ("hopfield-mil-digits", ["data.train_bags=20", "data.test_bags=10"])],
+                         ids=["dsr", "mil"])
+def test_held_out_batches_come_from_the_held_out_data(name, extra):
+    """Task.held_out_batch (what ``zoo estimate`` measures on): batch's format, rows of the test data only (DSR:
+    windows of the test trajectory, without the training noise), a pure function of the generator."""
+    from train.tasks import make_task
+
+    task = make_task(load_recipe(name, extra))
+    held = task.held_out_batch(6, torch.Generator().manual_seed(1))
+    assert held.keys() == task.batch(6, torch.Generator().manual_seed(1)).keys()
+    again = task.held_out_batch(6, torch.Generator().manual_seed(1))
+    assert all(torch.equal(held[k], again[k]) for k in held)
+    if name == "alrnn-lorenz63":
+        T = held["x"].shape[1]
+        windows = task.test_x.unfold(0, T, 1).transpose(1, 2)  # every window of the test trajectory
+        assert all((windows == w).all(-1).all(-1).any() for w in held["x"])
+    else:
+        bags = task.test["x"].flatten(1)
+        assert all((bags == b.flatten()).all(-1).any() for b in held["x"])

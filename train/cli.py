@@ -69,10 +69,24 @@ def _cmd_eval(args):
     print(json.dumps(make_task(_recipe_for(path, args.recipe, args.set)).evaluate(model), indent=2))
 
 
+def _with_target(name: str, target):
+    """``make_estimator(name)``, with ``target`` bound where the estimator takes one (two-variable estimators)."""
+    import inspect
+
+    from estimators import ESTIMATORS, make_estimator
+
+    factory = ESTIMATORS.get(name)
+    if target is not None and factory is not None and "target" in inspect.signature(factory).parameters:
+        return make_estimator({name: {"target": target}})
+    return make_estimator(name)
+
+
 def _cmd_estimate(args):
+    """The estimators on one batch (seed 0) of the task's held-out data, or of its training data (--split
+    train); --target binds a batch tensor as the Y of two-variable estimators."""
     import torch
 
-    from estimators import Probe, make_estimator
+    from estimators import Probe
     from weights import load_checkpoint
 
     from .tasks import make_task
@@ -80,15 +94,22 @@ def _cmd_estimate(args):
     path = _checkpoint_path(args.checkpoint)
     model = load_checkpoint(path).eval()
     task = make_task(_recipe_for(path, args.recipe, args.set))
+    draw = task.batch if args.split == "train" else task.held_out_batch
+    try:
+        batch = draw(args.batch, torch.Generator().manual_seed(0))
+    except NotImplementedError as err:
+        raise ValueError(f"{err}; pass --split train to measure on a training batch") from err
+    if args.target is not None and args.target not in batch:
+        raise KeyError(f"--target {args.target!r} is not in the task's batches; they hold {sorted(batch)}")
     points = {}
     for spec in args.probe:
         glob, _, names = spec.partition("=")
         names = [n for n in names.split(",") if n] or args.estimator
         if not names:
             raise ValueError(f"--probe {spec!r} names no estimator: write GLOB=NAME or add --estimator NAME")
-        points[glob] = [make_estimator(n) for n in names]
+        points[glob] = [_with_target(n, batch.get(args.target)) for n in names]
     with torch.no_grad(), Probe(model, points, max_samples=args.samples) as probe:
-        task.loss(model, task.batch(args.batch, torch.Generator().manual_seed(0)))
+        task.loss(model, batch)
     for row in probe.table():
         print(f"{row['point']}\t{row['estimator']}\t{row['value']:.6g}")
 
@@ -147,6 +168,10 @@ def main(argv=None):
                    help="estimator(s) for every --probe given without '=NAME' (see estimators.ESTIMATORS)")
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--samples", type=int, default=4096)
+    p.add_argument("--split", choices=("held-out", "train"), default="held-out",
+                   help="draw the batch from the task's held-out data (default) or from its training data")
+    p.add_argument("--target", metavar="KEY",
+                   help="bind the batch's KEY (e.g. y, x) as the target of two-variable estimators (ksg_mi, ...)")
     args = parser.parse_args(argv)
     try:
         args.fn(args)

@@ -8,6 +8,12 @@ import torch
 from torch import nn
 
 
+def draw_rows(tensors: dict[str, torch.Tensor], size: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """``size`` rows drawn uniformly with replacement, the same rows of every tensor."""
+    idx = torch.randint(0, len(next(iter(tensors.values()))), (size,), generator=generator)
+    return {k: v[idx] for k, v in tensors.items()}
+
+
 class Task(ABC):
     """A family's batch format, loss, metrics and report. The loop owns everything else.
 
@@ -31,6 +37,11 @@ class Task(ABC):
     @abstractmethod
     def batch(self, size: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
         """A global batch of ``size`` examples; every tensor has the batch on dim 0."""
+
+    def held_out_batch(self, size: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        """A batch of ``size`` examples in ``batch``'s format, drawn from data the model does not train on (the
+        test or validation split); ``zoo estimate`` measures on one."""
+        raise NotImplementedError(f"the {type(self).__name__} has no held-out data to draw a batch from")
 
     def prefetch(self, batch: dict[str, torch.Tensor]) -> None:
         """The local (micro-)batch that the next step will pass to ``loss``: a task whose batches are expensive

@@ -12,7 +12,7 @@ from estimators.information_plane import information_plane, plot_information_pla
 
 from ..data.ib12bit import ib12bit, split
 from ..data.tabular import DATASETS as TABULAR, load_tabular
-from .base import Task
+from .base import Task, draw_rows
 
 
 def _ib12bit_split(d: dict) -> dict[str, torch.Tensor]:
@@ -53,8 +53,13 @@ class ClassificationTask(Task):
         self.bins_range = tuple(rng) if rng is not None else None
 
     def batch(self, size, generator):
-        idx = torch.randint(0, len(self.data["y_train"]), (size,), generator=generator)
-        return {"x": self.data["x_train"][idx], "y": self.data["y_train"][idx]}
+        return self._draw("train", size, generator)
+
+    def held_out_batch(self, size, generator):
+        return self._draw("test", size, generator)
+
+    def _draw(self, split, size, generator):
+        return draw_rows({"x": self.data[f"x_{split}"], "y": self.data[f"y_{split}"]}, size, generator)
 
     def loss(self, model, batch):
         logits = model(batch["x"]).float()

@@ -42,12 +42,18 @@ class DSRTask(Task):
             raise ValueError(f"task_args.seq_len={self.seq_len} is longer than the training trajectory ({len(self.train_x)})")
 
     def batch(self, size, generator):
-        starts = torch.randint(0, len(self.train_x) - self.seq_len, (size,), generator=generator)
-        idx = starts[:, None] + torch.arange(self.seq_len + 1)
-        x = self.train_x[idx]
+        x = self._windows(self.train_x, size, generator)
         if self.noise:
             x = x + self.noise * torch.randn(x.shape, generator=generator)
         return {"x": x}
+
+    def held_out_batch(self, size, generator):
+        """Windows of the test trajectory, without the training noise."""
+        return {"x": self._windows(self.test_x, size, generator)}
+
+    def _windows(self, series, size, generator):
+        starts = torch.randint(0, len(series) - self.seq_len, (size,), generator=generator)
+        return series[starts[:, None] + torch.arange(self.seq_len + 1)]
 
     def loss(self, model, batch):
         x = batch["x"]

@@ -56,8 +56,14 @@ class CausalLMTask(Task):
             raise ValueError(f"task_args.seq_len={self.seq_len} is longer than a split of the corpus ({shortest} tokens)")
 
     def batch(self, size, generator):
-        starts = torch.randint(0, len(self.train_ids) - self.seq_len + 1, (size,), generator=generator)
-        return {"input_ids": self.train_ids[starts[:, None] + torch.arange(self.seq_len)]}
+        return self._windows(self.train_ids, size, generator)
+
+    def held_out_batch(self, size, generator):
+        return self._windows(self.valid_ids, size, generator)
+
+    def _windows(self, ids, size, generator):
+        starts = torch.randint(0, len(ids) - self.seq_len + 1, (size,), generator=generator)
+        return {"input_ids": ids[starts[:, None] + torch.arange(self.seq_len)]}
 
     def loss(self, model, batch):
         out = model(input_ids=batch["input_ids"], labels=batch["input_ids"], use_cache=False)

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data.mil import benchmark_file, digit_bags, fold_split, load_mil_file, pad_bags
-from .base import Task
+from .base import Task, draw_rows
 
 
 class MILTask(Task):
@@ -55,8 +55,10 @@ class MILTask(Task):
             raise ValueError(f"data.source must be 'digits', 'file' or 'mil_package', got {source!r}")
 
     def batch(self, size, generator):
-        idx = torch.randint(0, len(self.train["y"]), (size,), generator=generator)
-        return {k: v[idx] for k, v in self.train.items()}
+        return draw_rows(self.train, size, generator)
+
+    def held_out_batch(self, size, generator):
+        return draw_rows(self.test, size, generator)
 
     def loss(self, model, batch):
         logits = model(batch["x"], batch["mask"]).float()

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from zoo._registry import resolve_config
 
 from ..data.snli import read_snli, snli_files
-from .base import Task
+from .base import Task, draw_rows
 
 
 class NLITask(Task):
@@ -40,9 +40,10 @@ class NLITask(Task):
                                   "labels": torch.tensor(labels)}
 
     def batch(self, size, generator):
-        train = self.splits["train"]
-        idx = torch.randint(0, len(train["labels"]), (size,), generator=generator)
-        return {k: v[idx] for k, v in train.items()}
+        return draw_rows(self.splits["train"], size, generator)
+
+    def held_out_batch(self, size, generator):
+        return draw_rows(self.splits["valid"], size, generator)
 
     def loss(self, model, batch):
         logits = model(batch["input_ids"], batch["attention_mask"]).float()

@@ -11,7 +11,7 @@ from zoo.atoms import graph_from_padded, pad_structures
 from zoo.facet import predict_with
 
 from ..data.emt import emt_dataset, read_structures
-from .base import Task
+from .base import Task, draw_rows
 
 
 class PotentialTask(Task):
@@ -64,8 +64,10 @@ class PotentialTask(Task):
         model.set_statistics(dict(zip(species, e0.tolist())), float(np.sqrt(np.mean(forces**2))), float(neighbours))
 
     def batch(self, size, generator):
-        idx = torch.randint(0, len(self.structures["train"]), (size,), generator=generator)
-        return {k: v[idx] for k, v in self.padded["train"].items()}
+        return draw_rows(self.padded["train"], size, generator)
+
+    def held_out_batch(self, size, generator):
+        return draw_rows(self.padded["valid"], size, generator)
 
     def _predict(self, model, batch, training: bool):
         graph, mask = graph_from_padded(batch)
