@@ -21,7 +21,11 @@ def matrix_condition_number(w: torch.Tensor) -> torch.Tensor:
 
 
 def covariance_condition_number(x: torch.Tensor) -> torch.Tensor:
-    """kappa(Cov(x)) = lambda_max / lambda_min of the feature covariance of samples x (..., D) flattened to (N, D)."""
+    """kappa(Cov(x)) = lambda_max / lambda_min of the feature covariance of samples x (..., D) flattened to (N, D).
+
+    inf when the covariance is singular (a constant or linearly dependent feature, or N <= D). Bias: the sample
+    covariance's extreme eigenvalues spread with D/N, so kappa is biased high for N not much larger than D.
+    Cost O(N D^2 + D^3)."""
     x = x.detach().reshape(-1, x.shape[-1]).double()
     if x.shape[0] < 2:
         raise ValueError(f"covariance needs at least 2 samples, got {x.shape[0]}")

@@ -91,7 +91,8 @@ def kozachenko_leonenko_entropy(x: torch.Tensor, k: int = 3, metric: str = "eucl
     metric (pi^{d/2}/Gamma(d/2+1) euclidean, 2^d chebyshev). Differential entropy in nats (or ``base``).
     Bias: asymptotically unbiased; for finite N it overestimates in high dimension (the k-NN ball is not
     locally uniform): on a standard Gaussian with N = 2000, k = 3 the error is +0.1 nats at d = 10, +1.0 at
-    d = 20 and +6.3 at d = 50. Duplicate points (r_i = 0) are an error: the density is not continuous there.
+    d = 20 and +6.3 at d = 50. Duplicate points (r_i = 0) are an error: the density is not continuous there. So
+    are constant columns: X then has no density in R^d, and its differential entropy is -inf (drop them).
     Cost O(N^2 d) brute force, about O(N log N) with the tree (``method``, see the module docstring).
     """
     if metric not in _METRICS:
@@ -99,6 +100,9 @@ def kozachenko_leonenko_entropy(x: torch.Tensor, k: int = 3, metric: str = "eucl
     x = as_samples(x, "x")
     n, d = x.shape
     _check_k(k, n)
+    constant = (x == x[:1]).all(0).nonzero().flatten().tolist()
+    if constant:
+        raise ValueError(f"x has constant columns {constant}: its differential entropy is -inf; drop them")
     if _use_tree(method, x, d):
         from scipy.spatial import cKDTree
 
