@@ -142,3 +142,82 @@ def test_unreachable_hub_fails_at_once_from_the_local_cache(monkeypatch):
     with pytest.raises(FileNotFoundError, match="hf download paperzoo-tests/no-such-encoder"):
         zoo.create_model("grassmann_nli_head", encoder="paperzoo-tests/no-such-encoder")
     assert seen == {"local_files_only": True}
+
+
+@pytest.mark.parametrize("recipe", ["grassmann-nli-snli", "transformer-nli-snli"])
+def test_snli_recipe_runs_when_the_data_is_given(tmp_path, recipe):
+    """SNLI jsonl files and a WordPiece vocabulary written here, a tiny DistilBERT config as the encoder: the
+    recipe trains with the shared loop and reports validation and test accuracy; pairs without a gold label are
+    dropped; held-out batches come from the validation file."""
+    import json
+    import random
+
+    from transformers import BertTokenizerFast
+
+    from train import fit
+
+    words = "a man woman dog cat is are on the in park running sleeping sitting outside inside".split()
+    (tmp_path / "tok").mkdir()
+    (tmp_path / "tok" / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]) + "\n")
+    BertTokenizerFast(str(tmp_path / "tok" / "vocab.txt")).save_pretrained(tmp_path / "tok")
+    rng = random.Random(0)
+    labels = ["entailment", "neutral", "contradiction"]
+    for name, n in (("train", 40), ("dev", 20), ("test", 20)):
+        rows = [{"sentence1": " ".join(rng.choices(words, k=6)), "sentence2": " ".join(rng.choices(words, k=4)),
+                 "gold_label": "-" if i % 10 == 9 else labels[i % 3]} for i in range(n)]
+        (tmp_path / f"snli_1.0_{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    encoder = json.dumps({**ENCODER, "vocab_size": 21})
+    r = load_recipe(recipe, [f"data.path={tmp_path}", f"data.tokenizer={tmp_path / 'tok'}",
+                             f"model_args.encoder_config={encoder}", "model_args.hidden_size=32",
+                             "model_args.intermediate_size=64", "train.steps=4", "train.eval_every=0",
+                             "train.ckpt_every=0", "train.log_every=2", "schedule.warmup=1"])
+    task = make_task(r)
+    assert len(task.splits["train"]["labels"]) == 36 and len(task.splits["valid"]["labels"]) == 18
+    held = task.held_out_batch(5, torch.Generator().manual_seed(0))
+    valid_rows = {tuple(row) for row in task.splits["valid"]["input_ids"].tolist()}
+    assert all(tuple(row) in valid_rows for row in held["input_ids"].tolist())
+    final = fit(r, out=tmp_path / "run")
+    assert 0 <= final["valid_acc"] <= 1 and 0 <= final["test_acc"] <= 1
+
+
+def _hub_layout(root, config, columns):
+    """A dataset repository's layout as the hub's parquet conversion writes it: <config>/<split>-00000-of-00001."""
+    from datasets import Dataset
+
+    (root / config).mkdir(parents=True)
+    for split, rows in columns.items():
+        Dataset.from_dict(rows).to_parquet(root / config / f"{split}-00000-of-00001.parquet")
+    return root
+
+
+def test_wikitext_and_snli_from_a_hub_dataset_layout(tmp_path):
+    """data.path may hold the Hugging Face repository's files (what `hf download` puts in the cache): Wikitext-2
+    rows are the token file's lines; SNLI's label -1 (no gold label) is dropped."""
+    lines = [" = Heading = \n", " the quick brown fox jumps over the lazy dog . \n", "\n"] * 60
+    wiki = _hub_layout(tmp_path / "wikitext", "wikitext-2-v1",
+                       {s: {"text": lines} for s in ("train", "validation", "test")})
+    task = make_task(load_recipe("grassmann-lm-wikitext2", [f"data.path={wiki}", "task_args.seq_len=16"]))
+    assert task.tokenizer.decode(task.train_ids[:4].tolist()).startswith("= heading =")
+    assert task.held_out_batch(2, torch.Generator().manual_seed(0))["input_ids"].shape == (2, 16)
+
+    from train.data.snli import snli_splits
+
+    pairs = {"premise": ["a dog runs", "a cat sleeps", "a man sits"], "hypothesis": ["an animal", "x", "a person"],
+             "label": [0, -1, 2]}
+    snli = _hub_layout(tmp_path / "snli", "plain_text", {s: pairs for s in ("train", "validation", "test")})
+    splits = snli_splits(snli)
+    assert set(splits) == {"train", "valid", "test"}
+    assert splits["valid"] == (["a dog runs", "a man sits"], ["an animal", "a person"], [0, 2])
+
+
+def test_hub_id_not_in_the_cache_is_a_clear_error_at_once(monkeypatch):
+    """Offline (the hub's host does not resolve) a hub id is looked up in the local cache only."""
+    import socket
+
+    def no_dns(*args, **kwargs):
+        raise socket.gaierror(-2, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_dns)
+    for recipe, name in (("grassmann-lm-wikitext2", "Salesforce/wikitext"), ("grassmann-nli-snli", "stanfordnlp/snli")):
+        with pytest.raises(FileNotFoundError, match=f"not in the local cache.*hf download {name}"):
+            make_task(load_recipe(recipe, ["data.path=paperzoo-tests/no-such-dataset"]))

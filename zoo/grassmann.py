@@ -13,18 +13,16 @@ generated token is constant: (layers x max(windows) x r) numbers per sequence.
 from __future__ import annotations
 
 import dataclasses
-import socket
 from dataclasses import dataclass
-from urllib.parse import urlparse
 
 import torch
 from torch import nn
-from huggingface_hub import constants as hub_constants
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, GenerationMixin, PreTrainedConfig, PreTrainedModel
 from transformers.cache_utils import Cache, LinearAttentionLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast
 
 from layers import CausalGrassmannMixing
+from weights.hub import hub_resolvable
 
 from ._registry import register_model
 from .transformer_lm import PAPER, TiedCausalLMHead, check_ids, feed_forward, token_positions
@@ -203,16 +201,6 @@ class NLIHeadArgs:
     intermediate_size: int = 1024
     dropout: float = 0.1
     num_labels: int = 3
-
-
-def hub_resolvable() -> bool:
-    """Whether the Hugging Face endpoint's host name resolves. Offline, a hub download retries for about 25 s
-    before it fails; reading only the local cache then fails at once with the same advice."""
-    try:
-        socket.getaddrinfo(urlparse(hub_constants.ENDPOINT).hostname, 443)
-    except OSError:
-        return False
-    return True
 
 
 def load_encoder(args: NLIHeadArgs) -> nn.Module:

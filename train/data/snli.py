@@ -1,13 +1,21 @@
-"""SNLI read from a local directory (it is never downloaded here; the error says what to fetch)."""
+"""SNLI from a folder of the original jsonl files, or from the Hugging Face dataset (hub id or a local copy of its
+repository; see ``hub.py``). Nothing is downloaded unless the hub is reachable; the error says what to get."""
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+from .hub import hub_splits
+
 FILES = {"train": "snli_1.0_train.jsonl", "valid": "snli_1.0_dev.jsonl", "test": "snli_1.0_test.jsonl"}
-LABELS = ("entailment", "neutral", "contradiction")
+LABELS = ("entailment", "neutral", "contradiction")  # the hub dataset's label ids 0, 1, 2 (-1: no gold label)
+HUB_CONFIG = "plain_text"
 HOW_TO_GET = ("Download SNLI 1.0 (https://nlp.stanford.edu/projects/snli/snli_1.0.zip), unzip it and point data.path "
-              "at the folder that holds {files}, e.g. `zoo train grassmann-nli-snli --set data.path=/data/snli_1.0`.")
+              "at the folder that holds {files}, e.g. `zoo train grassmann-nli-snli --set data.path=/data/snli_1.0`; "
+              "or set data.path to the Hugging Face dataset 'stanfordnlp/snli' (configuration data.hub_config, "
+              f"default {HUB_CONFIG!r}) after `hf download stanfordnlp/snli --repo-type dataset`.")
+
+Pairs = tuple[list[str], list[str], list[int]]
 
 
 def snli_files(path: str | Path | None) -> dict[str, Path]:
@@ -22,7 +30,7 @@ def snli_files(path: str | Path | None) -> dict[str, Path]:
     return {split: folder / name for split, name in FILES.items()}
 
 
-def read_snli(file: Path) -> tuple[list[str], list[str], list[int]]:
+def read_snli(file: Path) -> Pairs:
     """Premises, hypotheses and label indices (entailment 0, neutral 1, contradiction 2); pairs without a gold
     label ("-") are dropped, as is standard."""
     premises, hypotheses, labels = [], [], []
@@ -34,3 +42,17 @@ def read_snli(file: Path) -> tuple[list[str], list[str], list[int]]:
                 hypotheses.append(row["sentence2"])
                 labels.append(LABELS.index(row["gold_label"]))
     return premises, hypotheses, labels
+
+
+def snli_splits(path: str | Path | None, config: str = HUB_CONFIG) -> dict[str, Pairs]:
+    """{"train", "valid", "test"} -> (premises, hypotheses, labels), pairs without a gold label dropped.
+    ``path``: a folder of the jsonl files, else a hub id or a folder holding the hub repository's files."""
+    folder = Path(path).expanduser() if path else None
+    if folder is None or (folder.is_dir() and not (folder / config).is_dir()):
+        return {split: read_snli(file) for split, file in snli_files(path).items()}
+    splits = hub_splits(str(path), config, "SNLI", HOW_TO_GET.format(files=", ".join(FILES.values())))
+    out = {}
+    for split, data in splits.items():
+        rows = [(p, h, y) for p, h, y in zip(data["premise"], data["hypothesis"], data["label"]) if 0 <= y < 3]
+        out[split] = tuple(list(column) for column in zip(*rows)) if rows else ([], [], [])
+    return out

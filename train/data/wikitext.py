@@ -1,14 +1,20 @@
-"""Wikitext-2 read from a local directory (it is never downloaded here; the error says what to fetch)."""
+"""Wikitext-2 from a folder of the original token files, or from the Hugging Face dataset (hub id or a local copy
+of its repository; see ``hub.py``). Nothing is downloaded unless the hub is reachable; the error says what to get."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
+
+from .hub import hub_splits
 
 FILES = {"train": "wiki.train.tokens", "valid": "wiki.valid.tokens", "test": "wiki.test.tokens"}
+HUB_CONFIG = "wikitext-2-v1"
 HOW_TO_GET = (
-    "Download Wikitext-2 (https://s3.amazonaws.com/research.metamind.io/wikitext/wikitext-2-v1.zip, or the "
-    "Hugging Face dataset 'Salesforce/wikitext', config 'wikitext-2-v1', one text file per split), unzip it and "
+    "Download Wikitext-2 (https://s3.amazonaws.com/research.metamind.io/wikitext/wikitext-2-v1.zip), unzip it and "
     "point data.path at the folder that holds {files}, e.g. `zoo train grassmann-lm-wikitext2 "
-    "--set data.path=/data/wikitext-2`.")
+    "--set data.path=/data/wikitext-2`; or set data.path to the Hugging Face dataset 'Salesforce/wikitext' "
+    f"(configuration data.hub_config, default {HUB_CONFIG!r}) after `hf download Salesforce/wikitext "
+    "--repo-type dataset`.")
 
 
 def wikitext2_files(path: str | Path | None) -> dict[str, Path]:
@@ -24,6 +30,15 @@ def wikitext2_files(path: str | Path | None) -> dict[str, Path]:
     return {split: folder / name for split, name in FILES.items()}
 
 
-def read_wikitext2(path: str | Path | None) -> dict[str, str]:
-    """{"train", "valid", "test"} -> text of the three Wikitext-2 token files in ``path``."""
-    return {split: file.read_text(encoding="utf-8") for split, file in wikitext2_files(path).items()}
+def wikitext2_source(path: str | Path | None, config: str = HUB_CONFIG) -> tuple[dict, Callable[[], dict[str, str]]]:
+    """What identifies the data (for the token cache) and a reader of its {"train", "valid", "test"} text.
+    ``path``: a folder of the token files, else a hub id or a folder holding the hub repository's files."""
+    folder = Path(path).expanduser() if path else None
+    if folder is None or (folder.is_dir() and not (folder / config).is_dir()):
+        files = wikitext2_files(path)
+        return ({"files": {s: [str(f.resolve()), f.stat().st_size] for s, f in files.items()}},
+                lambda: {s: f.read_text(encoding="utf-8") for s, f in files.items()})
+    splits = hub_splits(str(path), config, "Wikitext-2", HOW_TO_GET.format(files=", ".join(FILES.values())))
+    # each row is one line of the token file, newline included
+    return ({"hub": str(path), "config": config, "rows": {s: d.num_rows for s, d in splits.items()}},
+            lambda: {s: "".join(d["text"]) for s, d in splits.items()})

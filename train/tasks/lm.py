@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from zoo._registry import resolve_config
 
 from ..data.pytext import corpus_version, pytext_splits
-from ..data.wikitext import read_wikitext2, wikitext2_files
+from ..data.wikitext import HUB_CONFIG, wikitext2_source
 from ..data.wordpiece import tokenized_splits
 from .base import Task
 
@@ -38,9 +38,8 @@ class CausalLMTask(Task):
             self.tokenizer, ids = tokenized_splits("pytext", settings, lambda: pytext_splits(docstrings, valid, test),
                                                    kind, vocab)
         elif source == "wikitext2":
-            files = wikitext2_files(d.get("path"))
-            settings = {"files": {s: [str(f.resolve()), f.stat().st_size] for s, f in files.items()}}
-            self.tokenizer, ids = tokenized_splits("wikitext2", settings, lambda: read_wikitext2(d["path"]), kind, vocab)
+            settings, read = wikitext2_source(d.get("path"), d.get("hub_config", HUB_CONFIG))
+            self.tokenizer, ids = tokenized_splits("wikitext2", settings, read, kind, vocab)
         else:
             raise ValueError(f"data.source must be one of {SOURCES}, got {source!r}")
         self.train_ids, self.valid_ids, self.test_ids = ids["train"], ids["valid"], ids["test"]

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 from zoo._registry import resolve_config
 
-from ..data.snli import read_snli, snli_files
+from ..data.snli import HUB_CONFIG, snli_splits
 from .base import Task, draw_rows
 
 
@@ -21,19 +21,20 @@ class NLITask(Task):
         super().__init__(recipe)
         from transformers import AutoTokenizer
 
+        from weights.hub import hub_resolvable
+
         d = recipe["data"]
-        files = snli_files(d.get("path"))
+        pairs = snli_splits(d.get("path"), d.get("hub_config", HUB_CONFIG))
         name = d.get("tokenizer") or resolve_config(recipe["model"], **recipe.get("model_args", {})).encoder
         try:
-            tokenizer = AutoTokenizer.from_pretrained(name)
+            tokenizer = AutoTokenizer.from_pretrained(name, local_files_only=not hub_resolvable())
         except OSError as err:
             raise FileNotFoundError(f"tokenizer {name!r} is not available offline; download it once with "
                                     f"`hf download {name}` or set data.tokenizer to a local folder") from err
         self.max_len = int(self.args.get("max_len", 48))
         self.eval_batch = int(self.args.get("eval_batch_size", 256))
         self.splits = {}
-        for split, file in files.items():
-            premises, hypotheses, labels = read_snli(file)
+        for split, (premises, hypotheses, labels) in pairs.items():
             enc = tokenizer(premises, hypotheses, padding="max_length", truncation=True, max_length=self.max_len,
                             return_tensors="pt")
             self.splits[split] = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"],

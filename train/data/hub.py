@@ -1,0 +1,35 @@
+"""Datasets named by Hugging Face hub id (or a local copy of such a repository), read with ``datasets``.
+
+The files of one configuration (``<config>/train-*``, ``validation-*``, ``test-*`` as the hub's parquet
+conversions lay them out) come from the Hugging Face cache, or are downloaded when the hub is reachable; offline
+and not cached, the error says so at once.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def hub_splits(source: str, config: str, what: str, advice: str) -> dict:
+    """{"train", "valid", "test"} -> ``datasets.Dataset`` of ``config`` in the dataset repository ``source``: a
+    hub id such as ``stanfordnlp/snli``, or a folder holding the repository's files."""
+    from datasets import load_dataset
+    from huggingface_hub import snapshot_download
+
+    from weights.hub import hub_resolvable
+
+    folder = Path(source).expanduser()
+    if not folder.is_dir():
+        try:
+            folder = Path(snapshot_download(source, repo_type="dataset", allow_patterns=[f"{config}/*"],
+                                            local_files_only=not hub_resolvable()))
+        except (OSError, ValueError) as err:
+            raise FileNotFoundError(f"{what}: {source!r} is not a folder, and as a Hugging Face dataset it is not "
+                                    f"in the local cache with the hub unreachable ({err.__class__.__name__}). "
+                                    + advice) from err
+    if not (folder / config).is_dir():
+        raise FileNotFoundError(f"{what}: {folder} has no folder {config!r} (the dataset's configuration). " + advice)
+    splits = load_dataset(str(folder), data_dir=config)
+    missing = {"train", "validation", "test"} - set(splits)
+    if missing:
+        raise FileNotFoundError(f"{what}: {folder / config} lacks the split(s) {sorted(missing)}. " + advice)
+    return {"valid" if name == "validation" else name: splits[name] for name in ("train", "validation", "test")}
