@@ -63,8 +63,10 @@ def test_wrappers_put_hopfield_under_hopfield_and_their_own_weights():
     assert sum(p.numel() for p in layer.parameters()) == 17_024 + 448
     torch.manual_seed(0)
     fresh = HopfieldPooling(input_size=256, quantity=64)
-    assert fresh.pooling_weights.std().item() == pytest.approx(0.02, rel=0.05)
-    assert fresh.pooling_weights.mean().abs().item() < 0.002
+    lookup = HopfieldLayer(input_size=256, quantity=64)
+    for weights in (fresh.pooling_weights, lookup.lookup_weights):  # N(0, 0.02), as hflayers initialises them
+        assert weights.std().item() == pytest.approx(0.02, rel=0.05)
+        assert weights.mean().abs().item() < 0.002
     assert HopfieldLayer(input_size=64, quantity=3, batch_first=False).lookup_weights.shape == (3, 1, 64)
 
 
@@ -144,6 +146,36 @@ def test_multi_step_equals_the_iterated_update_rule():
     grads = torch.autograd.grad((out * weights).sum(), (y, r))
     for got, want in zip(grads, torch.autograd.grad((ref * weights).sum(), (y, r))):
         assert torch.allclose(got, want, atol=1e-10)
+
+
+def test_update_steps_eps_stops_the_iteration_once_the_change_is_small():
+    """With update_steps_max=50 the loop stops at the first update whose change is below update_steps_eps: the
+    output is the iterated rule run n times, n smaller for a looser eps, and all 50 times for eps = 1e-300."""
+    torch.manual_seed(0)
+    y, r = torch.randn(1, 12, 8, dtype=torch.float64), torch.randn(1, 3, 8, dtype=torch.float64)
+    refs, xi = [], r
+    for _ in range(51):  # refs[n]: retrieval after n updates of xi <- softmax(beta xi Y^T) Y
+        refs.append(torch.softmax(0.5 * xi @ y.transpose(1, 2), -1) @ y)
+        xi = torch.softmax(0.5 * xi @ y.transpose(1, 2), -1) @ y
+    steps = {}
+    for eps in (1e-1, 1e-4, 1e-300):
+        out = Hopfield(scaling=0.5, update_steps_max=50, update_steps_eps=eps, **STATIC)((y, r, y))
+        steps[eps] = next(n for n, ref in enumerate(refs) if torch.allclose(out, ref, rtol=0, atol=1e-12))
+    assert 0 < steps[1e-1] < steps[1e-4] < 50
+    assert torch.allclose(Hopfield(scaling=0.5, update_steps_max=50, update_steps_eps=1e-300, **STATIC)((y, r, y)),
+                          refs[50], rtol=0, atol=1e-12)
+
+
+def test_dropout_on_the_association_acts_in_training_only():
+    torch.manual_seed(0)
+    h = Hopfield(input_size=16, num_heads=2, dropout=0.5)
+    x = torch.randn(2, 5, 16)
+    h.train()
+    assert not torch.equal(h(x), h(x))
+    h.eval()
+    assert torch.equal(h(x), h(x))
+    with pytest.raises(ValueError, match="dropout"):
+        Hopfield(input_size=16, dropout=1.0)
 
 
 def test_energy_never_increases_and_the_fixed_point_is_reached():

@@ -133,9 +133,8 @@ def load_state_into(model: nn.Module, state: dict[str, torch.Tensor], source: st
     if missing or unexpected or misshaped:
         parts = [f"{source} does not match {type(model).__name__}"]
         for label, items in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped)):
-            if items:
-                more = f" (+{len(items) - 10} more)" if len(items) > 10 else ""
-                parts.append(f"{label} keys ({len(items)}): {', '.join(items[:10])}{more}")
+            if items:  # every one by name: a converter's user fixes them from this message
+                parts.append(f"{label} keys ({len(items)}): {', '.join(items)}")
         raise CheckpointError("; ".join(parts))
     with torch.no_grad():
         for key, value in state.items():
