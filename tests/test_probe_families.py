@@ -41,3 +41,77 @@ def test_dse_and_effective_rank_on_alrnn_latents_and_grassmann_features():
         g(torch.randint(0, 100, (2, 24)))
     ranks = [r["value"] for r in probe.table()]
     assert len(ranks) == 2 and all(1.0 <= r <= 496 for r in ranks)
+
+
+def _ib_mlp():
+    torch.manual_seed(0)
+    m = zoo.create_model("ib_mlp_tanh").eval()
+    x = torch.randint(0, 2, (128, 12)).float()
+    return m, "t.2", lambda: m(x), 128
+
+
+def _pvrnn():
+    torch.manual_seed(0)
+    m = zoo.create_model("pvrnn_small", n_sequences=32, seq_len=12).eval()
+    with torch.no_grad():  # posteriors away from the prior, so that the states differ between sequences
+        for a in m.A_mu:
+            a.normal_()
+    return m, "levels.0.d", lambda: m(torch.arange(32)), 32
+
+
+def _transformer_lm():
+    torch.manual_seed(0)
+    m = zoo.create_model("transformer_lm_13m", num_hidden_layers=1, vocab_size=100).eval()
+    return m, "model.layers.0.attn.probs", lambda: m(torch.randint(0, 100, (2, 16))), 2
+
+
+def _hopfield_mil():
+    torch.manual_seed(0)
+    m = zoo.create_model("hopfield_mil", in_features=8).eval()
+    return m, "pooling.hopfield.association_core.association", lambda: m(torch.randn(4, 10, 8)), 4
+
+
+ACTIVATIONS = [n for n in sorted(__import__("estimators").ESTIMATORS) if n not in ("entropy", "attention_entropy")]
+
+
+@pytest.mark.parametrize("family", [_ib_mlp, _pvrnn], ids=["ib_mlp_tanh", "pvrnn_small"])
+@pytest.mark.parametrize("name", ACTIVATIONS)
+def test_every_activation_estimator_runs_through_a_probe_on_two_families(family, name):
+    """Each registered estimator of activations (two-variable ones against a bound target with a row per sample)
+    gives, through a Probe on a real family, the value it gives on the captured tensor itself."""
+    import inspect
+
+    from estimators import ESTIMATORS, make_estimator
+
+    model, point, run, rows = family()
+    g = torch.Generator().manual_seed(1)
+    kwargs = {}
+    if "target" in inspect.signature(ESTIMATORS[name]).parameters:  # DSMI's Y is a class label per sample
+        kwargs["target"] = torch.randint(0, 2, (rows,), generator=g) if name == "dsmi" else torch.randn(rows, 2, generator=g)
+    if name == "condition_number":
+        kwargs = {"of": "covariance"}
+    captured = {}
+    hook = model.get_submodule(point).register_forward_hook(lambda mod, i, o: captured.setdefault("x", o.detach()))
+    torch.manual_seed(2)  # the neural estimator's critic
+    with torch.no_grad(), Probe(model, {point: [make_estimator({name: kwargs})]}, max_samples=None) as probe:
+        run()
+    hook.remove()
+    torch.manual_seed(2)
+    direct = make_estimator({name: kwargs})(captured["x"])
+    direct = direct if isinstance(direct, dict) else {None: direct}
+    for row in probe.table():
+        key = row["estimator"].partition("/")[2] or None
+        assert torch.isfinite(torch.tensor(row["value"])), row
+        assert row["value"] == pytest.approx(float(direct[key]), rel=1e-5, abs=1e-6), row
+
+
+@pytest.mark.parametrize("family", [_transformer_lm, _hopfield_mil], ids=["transformer_lm", "hopfield_mil"])
+@pytest.mark.parametrize("name", ["entropy", "attention_entropy"])
+def test_probability_estimators_run_through_a_probe_on_two_families(family, name):
+    from estimators import make_estimator
+
+    model, point, run, _ = family()
+    with torch.no_grad(), Probe(model, {point: [make_estimator(name)]}, max_samples=None) as probe:
+        run()
+    values = [r["value"] for r in probe.table()]
+    assert values and all(0 <= v < 10 for v in values), values
