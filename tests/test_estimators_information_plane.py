@@ -67,9 +67,11 @@ def test_ib_mlp_family_shapes_params_and_probe_points():
         zoo.create_model("ib_mlp_tanh")(torch.rand(5, 11))
 
 
-def test_ib_recipe_trains_and_draws_the_plane(tmp_path):
-    recipe = load_recipe("ib-tanh-12bit", ["train.steps=60", "train.eval_every=30", "train.log_every=30",
-                                           "optim.lr=0.5"])
+# 60 steps: the tanh network's loss falls at lr 0.5; the ReLU network sits on its ln 2 plateau that long (the
+# recipe trains 8,000 steps), so there the test checks the plane with per-layer binning ranges
+@pytest.mark.parametrize("name, extra", [("ib-tanh-12bit", ["optim.lr=0.5"]), ("ib-relu-12bit", [])])
+def test_ib_recipe_trains_and_draws_the_plane(tmp_path, name, extra):
+    recipe = load_recipe(name, ["train.steps=60", "train.eval_every=30", "train.log_every=30", *extra])
     final = fit(recipe, tmp_path / "run")
     assert (tmp_path / "run" / "information_plane.png").is_file()
     assert final["I_XT/t.0"] <= 12.0 and final["I_TY/t.0"] <= 0.9993
@@ -77,5 +79,5 @@ def test_ib_recipe_trains_and_draws_the_plane(tmp_path):
         assert final[f"I_TY/t.{l}"] <= 0.9993
     losses = [json.loads(r)["loss"] for r in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
               if '"train"' in r]
-    assert losses[-1] < losses[0]
-    assert load_recipe("ib-relu-12bit")["model"] == "ib_mlp_relu"
+    assert recipe["model"] == {"ib-tanh-12bit": "ib_mlp_tanh", "ib-relu-12bit": "ib_mlp_relu"}[name]
+    assert losses[-1] < losses[0] if name == "ib-tanh-12bit" else abs(losses[-1] - math.log(2)) < 0.01

@@ -147,7 +147,7 @@ def test_mil_digits_recipe_learns(tmp_path):
 def test_tabular_recipe_beats_chance_and_baselines_share_it(tmp_path):
     final = fit(load_recipe("hopfield-tabular-wine", ["train.steps=100"]), out=tmp_path / "hf")
     assert final["test_acc"] > 0.85  # 3 classes: chance is about 0.4
-    for baseline in ("tabular_logreg", "tabular_mlp"):  # the same recipe builds the baselines
-        recipe = load_recipe("hopfield-tabular-wine", [f"model={baseline}"])
-        model = zoo.create_model(recipe["model"], **recipe["model_args"])
-        assert model(torch.randn(4, 13)).shape == (4, 3)
+    for baseline in ("tabular_logreg", "tabular_mlp"):  # the same recipe and loop train the baselines
+        recipe = load_recipe("hopfield-tabular-wine", [f"model={baseline}", "train.steps=100"])
+        assert zoo.create_model(recipe["model"], **recipe["model_args"])(torch.randn(4, 13)).shape == (4, 3)
+        assert fit(recipe, out=tmp_path / baseline)["test_acc"] > 0.85
