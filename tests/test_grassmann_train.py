@@ -219,5 +219,6 @@ def test_hub_id_not_in_the_cache_is_a_clear_error_at_once(monkeypatch):
 
     monkeypatch.setattr(socket, "getaddrinfo", no_dns)
     for recipe, name in (("grassmann-lm-wikitext2", "Salesforce/wikitext"), ("grassmann-nli-snli", "stanfordnlp/snli")):
-        with pytest.raises(FileNotFoundError, match=f"not in the local cache.*hf download {name}"):
+        unreachable = r"in the local cache \(the hub is unreachable\)"
+        with pytest.raises(FileNotFoundError, match=f"{unreachable}.*hf download {name}"):
             make_task(load_recipe(recipe, ["data.path=paperzoo-tests/no-such-dataset"]))

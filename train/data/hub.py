@@ -22,10 +22,10 @@ def hub_splits(source: str, config: str, what: str, advice: str) -> dict:
         try:
             folder = Path(snapshot_download(source, repo_type="dataset", allow_patterns=[f"{config}/*"],
                                             local_files_only=not hub_resolvable()))
-        except (OSError, ValueError) as err:
-            raise FileNotFoundError(f"{what}: {source!r} is not a folder, and as a Hugging Face dataset it is not "
-                                    f"in the local cache with the hub unreachable ({err.__class__.__name__}). "
-                                    + advice) from err
+        except (OSError, ValueError) as err:  # hub errors are OSErrors; a malformed id is a ValueError
+            where = "on the hub" if hub_resolvable() else "in the local cache (the hub is unreachable)"
+            raise FileNotFoundError(f"{what}: {source!r} is not a folder, and no Hugging Face dataset of that name "
+                                    f"is {where} ({err.__class__.__name__}). " + advice) from err
     if not (folder / config).is_dir():
         raise FileNotFoundError(f"{what}: {folder} has no folder {config!r} (the dataset's configuration). " + advice)
     splits = load_dataset(str(folder), data_dir=config)
