@@ -102,7 +102,8 @@ def kozachenko_leonenko_entropy(x: torch.Tensor, k: int = 3, metric: str = "eucl
     _check_k(k, n)
     constant = (x == x[:1]).all(0).nonzero().flatten().tolist()
     if constant:
-        raise ValueError(f"x has constant columns {constant}: its differential entropy is -inf; drop them")
+        raise ValueError(f"x has constant columns {constant} (dead units, e.g. of a ReLU layer): its differential "
+                         "entropy is -inf; drop them, or measure with binned_entropy or ksg_mi")
     if _use_tree(method, x, d):
         from scipy.spatial import cKDTree
 

@@ -319,6 +319,19 @@ def test_elements_outside_the_training_species_are_a_clear_error(tmp_path):
         model.predict(graph_from_atoms(Atoms("CuAu", positions=[[0, 0, 0], [2.5, 0, 0]]), 4.0, dtype=torch.float32))
 
 
+def test_checkpoints_from_before_known_species_load_with_the_species_of_their_reference_energies():
+    from weights import load_state_into
+
+    m = _model()  # statistics for Cu, Au, O, H
+    old = {k: v for k, v in m.state_dict().items() if k != "known_species"}
+    fresh = zoo.create_model("facet_small", **SMALL).double()
+    load_state_into(fresh, old)
+    assert fresh.known_species.nonzero().flatten().tolist() == [1, 8, 29, 79]
+    untrained = {k: v for k, v in zoo.create_model("facet_small", **SMALL).state_dict().items() if k != "known_species"}
+    load_state_into(fresh, untrained)  # no statistics yet: every element
+    assert fresh.known_species[1:].all() and not fresh.known_species[0]
+
+
 def test_padded_batches_give_the_same_energies_as_single_structures():
     m = _model()
     structures = []

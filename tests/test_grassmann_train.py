@@ -184,7 +184,7 @@ def _hub_layout(root, config, columns):
     """A dataset repository's layout as the hub's parquet conversion writes it: <config>/<split>-00000-of-00001."""
     from datasets import Dataset
 
-    (root / config).mkdir(parents=True)
+    (root / config).mkdir(parents=True, exist_ok=True)
     for split, rows in columns.items():
         Dataset.from_dict(rows).to_parquet(root / config / f"{split}-00000-of-00001.parquet")
     return root
@@ -199,6 +199,10 @@ def test_wikitext_and_snli_from_a_hub_dataset_layout(tmp_path):
     task = make_task(load_recipe("grassmann-lm-wikitext2", [f"data.path={wiki}", "task_args.seq_len=16"]))
     assert task.tokenizer.decode(task.train_ids[:4].tolist()).startswith("= heading =")
     assert task.held_out_batch(2, torch.Generator().manual_seed(0))["input_ids"].shape == (2, 16)
+    changed = [line.replace("quick", "sleepy") for line in lines]  # same rows, new content: not the cached tokens
+    _hub_layout(wiki, "wikitext-2-v1", {s: {"text": changed} for s in ("train", "validation", "test")})
+    task = make_task(load_recipe("grassmann-lm-wikitext2", [f"data.path={wiki}", "task_args.seq_len=16"]))
+    assert "sleepy" in task.tokenizer.decode(task.train_ids[:12].tolist())
 
     from train.data.snli import snli_splits
 

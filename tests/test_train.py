@@ -271,3 +271,41 @@ def test_held_out_batches_come_from_the_held_out_data(name, extra):
     else:
         bags = task.test["x"].flatten(1)
         assert all((bags == b.flatten()).all(-1).any() for b in held["x"])
+
+
+def test_pvrnn_trains_under_torchrun_with_row_sparse_updates(tmp_path):
+    """PV-RNN under DDP (its loss goes through the wrapper's forward), 2 of 6 sequences per step: the sequences
+    that no step's global batch contained keep their initial (zero) adaptive vectors. Its posterior samples draw
+    each rank's own noise, so unlike the deterministic recipes above the run does not equal one process."""
+    from train.loop import _batch_generator
+    from train.tasks import make_task
+
+    overrides = ["model_args.n_sequences=6", "model_args.seq_len=40", "train.batch_size=2", "data.period=10",
+                 "task_args.er_streams=2", "task_args.er_length=20", "task_args.er_window=5",
+                 "task_args.er_iterations=2", "task_args.gen_steps=40", "train.eval_every=0", "probe=null",
+                 "train.steps=2", "train.ckpt_every=0"]
+    recipe = load_recipe("pvrnn-pfsm", overrides)
+    task = make_task(recipe)
+    seen = {i for s in range(2) for i in task.batch(2, _batch_generator(0, s))["ids"].tolist()}
+    assert len(seen) < 6
+    env = dict(os.environ, GLOO_SOCKET_IFNAME="lo", OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29518",
+           "-m", "train.cli", "train", "pvrnn-pfsm", "--out", str(tmp_path / "ddp")]
+    for o in overrides + ["train.device=cpu"]:
+        cmd += ["--set", o]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=Path(__file__).parents[1])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    m = load_checkpoint(tmp_path / "ddp" / "model.safetensors")
+    for a in [*m.A_mu, *m.A_sigma]:
+        assert {i for i in range(6) if a[i].abs().sum() > 0} == seen
+
+
+def test_held_out_batches_from_too_little_data_are_clear_errors():
+    from train.tasks import make_task
+
+    dsr = make_task(load_recipe("alrnn-lorenz63", SMALL_DSR + ["data.test_steps=30"]))
+    with pytest.raises(ValueError, match="holds no window of task_args.seq_len"):
+        dsr.held_out_batch(2, torch.Generator().manual_seed(0))
+    ib = make_task(load_recipe("ib-tanh-12bit", ["data.train_fraction=1.0"]))
+    with pytest.raises(ValueError, match="holds no examples"):
+        ib.held_out_batch(2, torch.Generator().manual_seed(0))

@@ -82,6 +82,16 @@ class Facet(nn.Module):
         for conv in self.convolutions:
             conv.avg_num_neighbors.fill_(float(avg_num_neighbors))
 
+    @staticmethod
+    def upgrade_state(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+        """Checkpoints saved before ``known_species`` existed: the species with reference energies E0 (fitted for
+        exactly the training species), or every element when no statistics were set."""
+        key, energies = f"{prefix}known_species", state.get(f"{prefix}atomic_energies")
+        if key in state or energies is None:
+            return state
+        known = energies != 0 if energies.any() else torch.arange(len(energies)) > 0
+        return {**state, key: known}
+
     def _check_numbers(self, numbers: list[int], trained_only: bool = True) -> None:
         from ase.data import chemical_symbols
 

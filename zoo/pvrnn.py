@@ -232,12 +232,14 @@ class PVRNN(nn.Module):
         """rec + sum_k w_k kl_k per sequence (the negative weighted lower bound)."""
         return rec + kl @ kl.new_tensor(self.config.meta_prior)
 
-    def loss(self, ids: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
-        """Mean over the batch of the objective for sequences ``ids`` (B,) with observations x (B, T, out_size)."""
+    def loss(self, ids: torch.Tensor, x: torch.Tensor, forward=None) -> tuple[torch.Tensor, dict[str, float]]:
+        """Mean over the batch of the objective for sequences ``ids`` (B,) with observations x (B, T, out_size).
+        ``forward``: the module whose call runs the posterior unroll (default this model; the training loop passes
+        its DistributedDataParallel or compiled wrapper)."""
         if x.dim() != 3 or x.shape[0] != len(ids) or x.shape[-1] != self.config.out_size:
             raise ValueError(f"PVRNN.loss: x must have shape (len(ids)={len(ids)}, T, out_size={self.config.out_size}), "
                              f"got {tuple(x.shape)}")
-        rec, kl = self.elbo_terms(self(ids, steps=x.shape[1]), x)
+        rec, kl = self.elbo_terms((forward or self)(ids, steps=x.shape[1]), x)
         extras = {"rec": float(rec.detach().mean())} | {f"kl_{k}": float(v) for k, v in enumerate(kl.detach().mean(0))}
         return self.weighted(rec, kl).mean(), extras
 

@@ -9,10 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 
 
-def hub_splits(source: str, config: str, what: str, advice: str) -> dict:
-    """{"train", "valid", "test"} -> ``datasets.Dataset`` of ``config`` in the dataset repository ``source``: a
-    hub id such as ``stanfordnlp/snli``, or a folder holding the repository's files."""
-    from datasets import load_dataset
+def hub_folder(source: str, config: str, what: str, advice: str) -> Path:
+    """The folder holding the dataset repository ``source`` (a hub id such as ``stanfordnlp/snli``, or a folder
+    holding the repository's files), with the configuration's subfolder ``config``."""
     from huggingface_hub import snapshot_download
 
     from weights.hub import hub_resolvable
@@ -28,6 +27,20 @@ def hub_splits(source: str, config: str, what: str, advice: str) -> dict:
                                     f"is {where} ({err.__class__.__name__}). " + advice) from err
     if not (folder / config).is_dir():
         raise FileNotFoundError(f"{what}: {folder} has no folder {config!r} (the dataset's configuration). " + advice)
+    return folder
+
+
+def folder_files(folder: Path) -> dict[str, list]:
+    """{relative path: [size, mtime_ns]} of every file under ``folder``: what identifies its content for a cache."""
+    return {str(f.relative_to(folder)): [f.stat().st_size, f.stat().st_mtime_ns]
+            for f in sorted(folder.rglob("*")) if f.is_file()}
+
+
+def hub_splits(folder: Path, config: str, what: str, advice: str) -> dict:
+    """{"train", "valid", "test"} -> ``datasets.Dataset`` of the configuration ``config`` in ``folder`` (from
+    ``hub_folder``)."""
+    from datasets import load_dataset
+
     splits = load_dataset(str(folder), data_dir=config)
     missing = {"train", "validation", "test"} - set(splits)
     if missing:

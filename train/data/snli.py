@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .hub import hub_splits
+from .hub import hub_folder, hub_splits
 
 FILES = {"train": "snli_1.0_train.jsonl", "valid": "snli_1.0_dev.jsonl", "test": "snli_1.0_test.jsonl"}
 LABELS = ("entailment", "neutral", "contradiction")  # the hub dataset's label ids 0, 1, 2 (-1: no gold label)
@@ -50,7 +50,8 @@ def snli_splits(path: str | Path | None, config: str = HUB_CONFIG) -> dict[str, 
     folder = Path(path).expanduser() if path else None
     if folder is None or (folder.is_dir() and not (folder / config).is_dir()):
         return {split: read_snli(file) for split, file in snli_files(path).items()}
-    splits = hub_splits(str(path), config, "SNLI", HOW_TO_GET.format(files=", ".join(FILES.values())))
+    advice = HOW_TO_GET.format(files=", ".join(FILES.values()))
+    splits = hub_splits(hub_folder(str(path), config, "SNLI", advice), config, "SNLI", advice)
     out = {}
     for split, data in splits.items():
         rows = [(p, h, y) for p, h, y in zip(data["premise"], data["hypothesis"], data["label"]) if 0 <= y < 3]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
-from .hub import hub_splits
+from .hub import folder_files, hub_folder, hub_splits
 
 FILES = {"train": "wiki.train.tokens", "valid": "wiki.valid.tokens", "test": "wiki.test.tokens"}
 HUB_CONFIG = "wikitext-2-v1"
@@ -38,7 +38,10 @@ def wikitext2_source(path: str | Path | None, config: str = HUB_CONFIG) -> tuple
         files = wikitext2_files(path)
         return ({"files": {s: [str(f.resolve()), f.stat().st_size] for s, f in files.items()}},
                 lambda: {s: f.read_text(encoding="utf-8") for s, f in files.items()})
-    splits = hub_splits(str(path), config, "Wikitext-2", HOW_TO_GET.format(files=", ".join(FILES.values())))
-    # each row is one line of the token file, newline included
-    return ({"hub": str(path), "config": config, "rows": {s: d.num_rows for s, d in splits.items()}},
-            lambda: {s: "".join(d["text"]) for s, d in splits.items()})
+    advice = HOW_TO_GET.format(files=", ".join(FILES.values()))
+    folder = hub_folder(str(path), config, "Wikitext-2", advice)
+
+    def read():  # each row is one line of the token file, newline included
+        return {s: "".join(d["text"]) for s, d in hub_splits(folder, config, "Wikitext-2", advice).items()}
+
+    return {"hub": str(folder.resolve()), "config": config, "files": folder_files(folder / config)}, read

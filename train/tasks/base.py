@@ -10,7 +10,10 @@ from torch import nn
 
 def draw_rows(tensors: dict[str, torch.Tensor], size: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
     """``size`` rows drawn uniformly with replacement, the same rows of every tensor."""
-    idx = torch.randint(0, len(next(iter(tensors.values()))), (size,), generator=generator)
+    n = len(next(iter(tensors.values())))
+    if n == 0:
+        raise ValueError("this split holds no examples to draw a batch from; check the data settings that size it")
+    idx = torch.randint(0, n, (size,), generator=generator)
     return {k: v[idx] for k, v in tensors.items()}
 
 

@@ -52,6 +52,9 @@ class DSRTask(Task):
         return {"x": self._windows(self.test_x, size, generator)}
 
     def _windows(self, series, size, generator):
+        if len(series) <= self.seq_len:
+            raise ValueError(f"a trajectory of {len(series)} steps holds no window of task_args.seq_len + 1 = "
+                             f"{self.seq_len + 1} steps; lengthen it (data.train_steps / data.test_steps)")
         starts = torch.randint(0, len(series) - self.seq_len, (size,), generator=generator)
         return series[starts[:, None] + torch.arange(self.seq_len + 1)]
 

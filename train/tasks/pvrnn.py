@@ -72,7 +72,8 @@ class PVRNNTask(Task):
         return {a: batch["ids"] for a in [*model.A_mu, *model.A_sigma]}
 
     def loss(self, model, batch):
-        return model.loss(batch["ids"], batch["x"])
+        # the unroll goes through ``model`` itself, so that a DistributedDataParallel wrapper sees the forward
+        return getattr(model, "module", model).loss(batch["ids"], batch["x"], forward=model)
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module) -> dict[str, float]:
