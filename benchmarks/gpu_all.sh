@@ -20,6 +20,7 @@ budget=${2:-480}
 mkdir -p "$out" benchmarks/results
 begin=$(date +%s)
 marker=$(mktemp)
+trap 'rm -f "$marker"' EXIT
 log=$out/log.txt
 : >"$log"
 export PYTHONUNBUFFERED=1
