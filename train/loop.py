@@ -203,21 +203,24 @@ def only_rows(optimizer: torch.optim.Optimizer, rows: dict[torch.nn.Parameter, t
     """An ``optimizer.step()`` inside the block changes only the given rows (dim 0) of these parameters: every
     other row is put back afterwards, with its optimizer state (exp_avg, momentum, ...: each state tensor shaped
     like the parameter), or that state set to 0 where the step created it (lazy updates, as for sparse embeddings)."""
+    def row_state(param):  # the optimizer state with one row per row of ``param``
+        state = optimizer.state.get(param, {})
+        return {k: v for k, v in state.items() if torch.is_tensor(v) and v.shape == param.shape}
+
     saved = []
     for param, used in rows.items():
         keep = torch.ones(param.shape[0], dtype=torch.bool, device=param.device)
         keep[used.to(param.device)] = False
         idx = keep.nonzero().flatten()
-        state = optimizer.state.get(param, {})
-        old = {k: v[idx].clone() for k, v in state.items() if torch.is_tensor(v) and v.shape == param.shape}
+        old = {k: v[idx].clone() for k, v in row_state(param).items()}
         saved.append((param, idx, param.detach()[idx].clone(), old))
     yield
     for param, idx, value, old in saved:
         param.detach().index_copy_(0, idx, value)
-        for k, v in optimizer.state.get(param, {}).items():
+        for k, v in row_state(param).items():
             if k in old:
                 v.index_copy_(0, idx, old[k])
-            elif torch.is_tensor(v) and v.shape == param.shape:
+            else:
                 v.index_fill_(0, idx, 0)
 
 

@@ -9,6 +9,13 @@ from __future__ import annotations
 from pathlib import Path
 
 
+def is_hub_source(path: str | Path | None, config: str) -> bool:
+    """Whether ``path`` names a hub dataset (an id, or a folder holding the configuration's subfolder) rather than
+    a folder of the original files (or nothing, which the original files' loader reports)."""
+    folder = Path(path).expanduser() if path else None
+    return folder is not None and (not folder.is_dir() or (folder / config).is_dir())
+
+
 def hub_folder(source: str, config: str, what: str, advice: str) -> Path:
     """The folder holding the dataset repository ``source`` (a hub id such as ``stanfordnlp/snli``, or a folder
     holding the repository's files), with the configuration's subfolder ``config``."""

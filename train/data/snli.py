@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .hub import hub_folder, hub_splits
+from .hub import hub_folder, hub_splits, is_hub_source
 
 FILES = {"train": "snli_1.0_train.jsonl", "valid": "snli_1.0_dev.jsonl", "test": "snli_1.0_test.jsonl"}
 LABELS = ("entailment", "neutral", "contradiction")  # the hub dataset's label ids 0, 1, 2 (-1: no gold label)
@@ -47,8 +47,7 @@ def read_snli(file: Path) -> Pairs:
 def snli_splits(path: str | Path | None, config: str = HUB_CONFIG) -> dict[str, Pairs]:
     """{"train", "valid", "test"} -> (premises, hypotheses, labels), pairs without a gold label dropped.
     ``path``: a folder of the jsonl files, else a hub id or a folder holding the hub repository's files."""
-    folder = Path(path).expanduser() if path else None
-    if folder is None or (folder.is_dir() and not (folder / config).is_dir()):
+    if not is_hub_source(path, config):
         return {split: read_snli(file) for split, file in snli_files(path).items()}
     advice = HOW_TO_GET.format(files=", ".join(FILES.values()))
     splits = hub_splits(hub_folder(str(path), config, "SNLI", advice), config, "SNLI", advice)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
-from .hub import folder_files, hub_folder, hub_splits
+from .hub import folder_files, hub_folder, hub_splits, is_hub_source
 
 FILES = {"train": "wiki.train.tokens", "valid": "wiki.valid.tokens", "test": "wiki.test.tokens"}
 HUB_CONFIG = "wikitext-2-v1"
@@ -33,8 +33,7 @@ def wikitext2_files(path: str | Path | None) -> dict[str, Path]:
 def wikitext2_source(path: str | Path | None, config: str = HUB_CONFIG) -> tuple[dict, Callable[[], dict[str, str]]]:
     """What identifies the data (for the token cache) and a reader of its {"train", "valid", "test"} text.
     ``path``: a folder of the token files, else a hub id or a folder holding the hub repository's files."""
-    folder = Path(path).expanduser() if path else None
-    if folder is None or (folder.is_dir() and not (folder / config).is_dir()):
+    if not is_hub_source(path, config):
         files = wikitext2_files(path)
         return ({"files": {s: [str(f.resolve()), f.stat().st_size] for s, f in files.items()}},
                 lambda: {s: f.read_text(encoding="utf-8") for s, f in files.items()})

@@ -17,6 +17,11 @@ def draw_rows(tensors: dict[str, torch.Tensor], size: int, generator: torch.Gene
     return {k: v[idx] for k, v in tensors.items()}
 
 
+def draw_split(data: dict[str, torch.Tensor], split: str, size: int, generator: torch.Generator) -> dict:
+    """A batch {x, y} of ``size`` rows of ``data["x_<split>"]`` and ``data["y_<split>"]``."""
+    return draw_rows({"x": data[f"x_{split}"], "y": data[f"y_{split}"]}, size, generator)
+
+
 class Task(ABC):
     """A family's batch format, loss, metrics and report. The loop owns everything else.
 

@@ -12,7 +12,7 @@ from estimators.information_plane import information_plane, plot_information_pla
 
 from ..data.ib12bit import ib12bit, split
 from ..data.tabular import DATASETS as TABULAR, load_tabular
-from .base import Task, draw_rows
+from .base import Task, draw_split
 
 
 def _ib12bit_split(d: dict) -> dict[str, torch.Tensor]:
@@ -53,13 +53,10 @@ class ClassificationTask(Task):
         self.bins_range = tuple(rng) if rng is not None else None
 
     def batch(self, size, generator):
-        return self._draw("train", size, generator)
+        return draw_split(self.data, "train", size, generator)
 
     def held_out_batch(self, size, generator):
-        return self._draw("test", size, generator)
-
-    def _draw(self, split, size, generator):
-        return draw_rows({"x": self.data[f"x_{split}"], "y": self.data[f"y_{split}"]}, size, generator)
+        return draw_split(self.data, "test", size, generator)
 
     def loss(self, model, batch):
         logits = model(batch["x"]).float()

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import Task, draw_rows
+from .base import Task, draw_split
 
 
 def load_digits_images(size: int, test_fraction: float, seed: int) -> dict[str, torch.Tensor]:
@@ -76,15 +76,12 @@ class ImageClassificationTask(Task):
     def batch(self, size, generator):
         if self.dataset == "folder":
             return self.folder.batch(size, generator)
-        return self._draw("train", size, generator)
+        return draw_split(self.data, "train", size, generator)
 
     def held_out_batch(self, size, generator):
         if self.dataset == "folder":
             return super().held_out_batch(size, generator)
-        return self._draw("test", size, generator)
-
-    def _draw(self, split, size, generator):
-        return draw_rows({"x": self.data[f"x_{split}"], "y": self.data[f"y_{split}"]}, size, generator)
+        return draw_split(self.data, "test", size, generator)
 
     def prefetch(self, batch):
         if self.dataset == "folder":
