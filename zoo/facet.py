@@ -109,8 +109,8 @@ class Facet(nn.Module):
 
     def _check(self, graph: AtomGraph) -> None:
         z = graph.numbers
-        if z.numel() and (int(z.min()) < 1 or int(z.max()) > self.config.num_elements
-                          or not bool(self.known_species[z].all())):
+        in_range = (z >= 1) & (z <= self.config.num_elements)
+        if not bool(self.known_species[torch.where(in_range, z, 0)].all()):  # row 0 is never known: one check
             self._check_numbers(z.tolist())
         if not graph.positions.is_floating_point() or graph.positions.shape[-1] != 3:
             raise ValueError(f"positions must be a float (N, 3) tensor, got {graph.positions.dtype} "
