@@ -160,8 +160,10 @@ def test_ksg_in_a_probe_on_a_device_model_against_a_cpu_target():
     with Probe(net, {"h": [ksg_mi(target=y)]}, max_samples=600) as probe:
         net(x.float().to(DEVICE))
     row = probe.table()[0]
-    # a monotone (affine) map of x keeps the ranks, so the value is KSG of (x, y) itself
-    assert row["value"] == pytest.approx(ksg_mutual_information(x[:600], y[:600]).item(), abs=1e-5)
+    # a monotone (affine) map of x keeps the ranks, so the value is KSG of (x, y) itself, up to the float32 rounding
+    # of the device's Linear: one neighbour count of 600 moving across a distance tie shifts the mean by about
+    # 1 / (600 n_x), 3.5e-5 on an H100 (a target paired with the wrong rows would give about 0)
+    assert row["value"] == pytest.approx(ksg_mutual_information(x[:600], y[:600]).item(), abs=2e-4)
 
 
 def test_dse_on_device_equals_cpu_and_closed_forms():

@@ -222,6 +222,29 @@ def test_compiled_training_forward_equals_eager_with_probes(tmp_path, device, pr
     assert max(abs(float(a["value"]) - float(b["value"])) for a, b in zip(eager_probe, compiled_probe)) < 10 * tol
 
 
+def test_compiled_forward_never_runs_with_probe_hooks(tmp_path, monkeypatch):
+    """train.compile=true: probed steps run the eager model, so no compiled graph ever depends on the probe's hooks
+    (torch 2.11's dynamo does not guard on hooks: a graph traced without them kept a GPU run from recording)."""
+    from layers import ProbePoint
+
+    calls = []
+
+    class Compiled(torch.nn.Module):  # stands in for torch.compile's wrapper, checks the hooks at each call
+        def __init__(self, module):
+            super().__init__()
+            self.module = module
+
+        def forward(self, *args, **kwargs):
+            calls.append(any(m._forward_hooks for m in self.module.modules() if isinstance(m, ProbePoint)))
+            return self.module(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "compile", Compiled)
+    fit(load_recipe("alrnn-lorenz63", SMALL_DSR + ["train.steps=6", "probe.every=3", "train.eval_every=0",
+                                                   "train.compile=true"]), tmp_path)
+    rows = list(csv.DictReader((tmp_path / "probe.csv").open()))
+    assert calls and not any(calls) and {r["step"] for r in rows} == {"0", "3"}
+
+
 @pytest.mark.parametrize("make", [lambda p: torch.optim.AdamW([p], lr=0.1, weight_decay=0.1),
                                   lambda p: torch.optim.SGD([p], lr=0.1, momentum=0.9)], ids=["adamw", "sgd"])
 def test_only_rows_updates_the_batch_rows_and_leaves_the_rest_and_their_state(make):

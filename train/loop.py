@@ -264,9 +264,11 @@ def _fit(recipe: dict, cfg: dict, out: Path, resume: bool, d: Dist, task) -> dic
 
     selector = _BestSelector(cfg["select"], out, recipe["name"], start, d.main)
     print(f"[rank {d.rank}/{d.world}] {recipe['name']} on {d.device}, steps {start}..{steps}", file=sys.stderr)
-    net = DistributedDataParallel(model) if d.world > 1 else model
-    if cfg["compile"]:  # the training forward only; evaluation, probes' weights and checkpoints use ``model``
-        net = torch.compile(net)
+    eager_net = DistributedDataParallel(model) if d.world > 1 else model
+    # train.compile compiles the training forward only; evaluation, probes' weights and checkpoints use ``model``.
+    # A probed step runs eager: the probe adds and removes hooks, which a compiled graph may not see (dynamo in
+    # torch 2.11 does not guard on hooks), and its recording is Python that a graph should not hold.
+    net = torch.compile(eager_net) if cfg["compile"] else eager_net
     probe = _make_probe(model, recipe.get("probe") or {}, start)
     if probe is not None and start and (out / "probe.csv").is_file():  # the rows before the checkpoint
         probe.read_csv(out / "probe.csv", before=start)
@@ -286,11 +288,12 @@ def _fit(recipe: dict, cfg: dict, out: Path, resume: bool, d: Dist, task) -> dic
             upcoming = task.batch(batch_size, _batch_generator(int(cfg["seed"]), step + 1))
             for micro in range(accum):
                 task.prefetch(_local_slice(upcoming, micro, accum, d))
+        forward = eager_net if probe is not None and probe.scheduled else net
         for micro in range(accum):
             batch = _local_slice(global_batch, micro, accum, d)
-            sync = contextlib.nullcontext() if micro == accum - 1 or d.world == 1 else net.no_sync()
+            sync = contextlib.nullcontext() if micro == accum - 1 or d.world == 1 else eager_net.no_sync()
             with sync, _autocast(cfg["precision"], d.device):
-                loss, extra = task.loss(net, batch)
+                loss, extra = task.loss(forward, batch)
             (loss / accum).backward()
             total += loss.detach().float() / accum
             for k, v in extra.items():  # the batch's mean over micro-batches (and, when logged, processes)
