@@ -48,12 +48,15 @@ class SigmaReparam(nn.Module):
     def reparametrized_weight(self) -> torch.Tensor:
         """(gamma / sigma(W)) W, shaped like ``weight``; a training forward first runs one power iteration."""
         matrix = self.weight.flatten(1)
-        if self.training:
-            with torch.no_grad():
-                self.v.copy_(F.normalize(matrix.t() @ self.u, dim=0))
-                self.u.copy_(F.normalize(matrix @ self.v, dim=0))
-        # clones: a later forward's in-place update must not touch the tensors this graph saved for backward
-        sigma = self.u.clone() @ matrix @ self.v.clone()
+        # in the weight's dtype even under autocast: a bf16 sigma would be off by up to 2^-8 of itself, a different
+        # scale of W_hat at each step, and casting W for each matrix-vector product costs more than the products
+        with torch.autocast(matrix.device.type, enabled=False):
+            if self.training:
+                with torch.no_grad():
+                    self.v.copy_(F.normalize(matrix.t() @ self.u, dim=0))
+                    self.u.copy_(F.normalize(matrix @ self.v, dim=0))
+            # clones: a later forward's in-place update must not touch the tensors this graph saved for backward
+            sigma = self.u.clone() @ matrix @ self.v.clone()
         return self.weight * (self.gamma / sigma)
 
     def extra_repr(self) -> str:

@@ -105,6 +105,23 @@ def test_two_training_forwards_before_one_backward():
     assert torch.isfinite(layer.weight.grad).all()
 
 
+def test_bf16_autocast_keeps_the_power_iteration_and_sigma_in_the_weights_dtype():
+    """Under bf16 autocast the power iteration and sigma are the fp32 ones exactly (a bf16 sigma would be off by
+    up to 2^-8), and the gradient of W_hat still reaches W and gamma."""
+    layers = [apply_sigma_reparam(nn.Linear(48, 32)) for _ in range(2)]
+    layers[1].load_state_dict(layers[0].state_dict())
+    with torch.no_grad():
+        for layer in layers:
+            layer.weight.add_(0.3 * torch.randn(32, 48, generator=torch.Generator().manual_seed(1)))
+    plain = layers[0].reparametrized_weight()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = layers[1].reparametrized_weight()
+    assert mixed.dtype == torch.float32 and torch.equal(mixed, plain)
+    assert torch.equal(layers[1].u, layers[0].u) and torch.equal(layers[1].v, layers[0].v)
+    mixed.sum().backward()
+    assert layers[1].weight.grad.abs().sum() > 0 and layers[1].gamma.grad.abs().sum() > 0
+
+
 def test_folded_model_equals_converted_model():
     net, x = apply_sigma_reparam(small_net(1)), torch.randn(4, 3, 6, 6)
     opt = torch.optim.Adam(net.parameters(), lr=1e-2)
