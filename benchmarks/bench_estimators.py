@@ -5,7 +5,8 @@ Probe's overhead on a training step.
 
 Writes bench_estimators_<device>.json and .md (machine named in both). KSG: 1-D Gaussian pair (rho = 0.75,
 true MI 0.4133 nats), k = 3, our KSG-1 on the default device vs sklearn's mutual_info_regression (KD-tree,
-CPU); on CPU both our KD-tree path and (up to n = 2e4) our brute-force path. DSE: uniform data (N, 64), sigma = 10, t = 1, ours vs numpy (distances, kernel, D^-1/2 K D^-1/2,
+CPU); on CPU our KD-tree path and (up to n = 2e4) our brute-force path, on CUDA our fused kernels (where Triton
+runs) and our brute-force path. DSE: uniform data (N, 64), sigma = 10, t = 1, ours vs numpy (distances, kernel, D^-1/2 K D^-1/2,
 numpy.linalg.eigvalsh). Probe overhead: a 512-wide 4-layer MLP with ProbePoints, mean step time with no
 Probe, with a Probe whose estimator never runs (nothing scheduled after step 0), and with DSE on 512
 samples every 50 steps; the three take turns for 3 rounds and each keeps its fastest.
@@ -20,7 +21,7 @@ import torch
 from torch import nn
 
 from common import machine, sync, write_results
-from estimators import Probe, diffusion_spectral_entropy, dse, ksg_mutual_information
+from estimators import Probe, diffusion_spectral_entropy, dse, knn_fused, ksg_mutual_information
 from layers import ProbePoint
 
 
@@ -43,7 +44,9 @@ def bench_ksg(n: int, device, method: str = "auto") -> dict:
     xt, yt = torch.from_numpy(x[:, None]).to(device), torch.from_numpy(y[:, None]).to(device)
     ours, t_ours = timed(lambda: ksg_mutual_information(xt, yt, k=3, method=method).item(), device)
     ref, t_ref = timed(lambda: mutual_info_regression(x[:, None], y, n_neighbors=3, random_state=0)[0], torch.device("cpu"))
-    used = "tree" if method == "auto" and device.type == "cpu" else ("brute" if method == "auto" else method)
+    used = method
+    if method == "auto":
+        used = "tree" if device.type == "cpu" else ("fused" if knn_fused.available(xt, yt, 3) else "brute")
     return {"n": n, "method": used, "ours": ours, "sklearn": float(ref), "truth": -0.5 * np.log(1 - 0.75 ** 2),
             "t_ours_s": t_ours, "t_sklearn_s": t_ref, "speedup": t_ref / t_ours}
 
@@ -142,7 +145,7 @@ def main(argv=None):
     device = torch.device(args.device)
     res = {"machine": machine(device), "device": device.type, "torch": torch.__version__,
            "ksg": [bench_ksg(n, device, m) for n in args.ksg_n
-                   for m in (["auto", "brute"] if device.type == "cpu" and n <= 20_000 else ["auto"])],
+                   for m in (["auto", "brute"] if device.type == "cuda" or n <= 20_000 else ["auto"])],
            "dse": bench_dse(args.dse_n, device),
            "probe": bench_probe(device, args.probe_steps)}
     write_results(args.out, f"bench_estimators_{device.type}", res, markdown(res))

@@ -7,7 +7,10 @@ Two exact neighbour searches give the same neighbours and counts:
   any device and at any dimension.
 - ``"tree"``: scipy's ``cKDTree`` (k-th neighbour queries and radius counts, as scikit-learn does), about
   O(N log N) at low dimension; CPU only.
-``method="auto"`` takes the tree for CPU tensors of at most 20 (joint) dimensions and brute force otherwise.
+- ``"fused"`` (KSG only): Triton kernels that do the brute force's arithmetic without writing any distance to
+  memory (``knn_fused``); CUDA, max-norm, k <= 16, at most 32 dimensions per variable.
+``method="auto"`` takes the tree for CPU tensors of at most 20 (joint) dimensions, the fused kernels for CUDA
+tensors where they apply, and brute force otherwise.
 """
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ import math
 
 import torch
 
+from . import knn_fused
 from .estimator import Estimator, log_base
 from .paired import paired
 from .samples import as_samples, same_rows, standardise_columns
@@ -54,11 +58,19 @@ def _exclude_self(dist: torch.Tensor, start: int) -> None:
 
 
 def _use_tree(method: str, x: torch.Tensor, dims: int) -> bool:
-    if method not in ("auto", "tree", "brute"):
-        raise ValueError(f"method must be 'auto', 'tree' or 'brute', got {method!r}")
+    if method not in ("auto", "tree", "brute", "fused"):
+        raise ValueError(f"method must be 'auto', 'tree', 'brute' or 'fused', got {method!r}")
     if method == "tree" and x.device.type != "cpu":
         raise ValueError(f"method='tree' runs on CPU tensors only (got device {x.device}); use 'brute' or 'auto'")
     return method == "tree" or (method == "auto" and x.device.type == "cpu" and dims <= _TREE_MAX_DIMS)
+
+
+def _use_fused(method: str, x: torch.Tensor, y: torch.Tensor, k: int) -> bool:
+    if method == "fused" and not knn_fused.available(x, y, k):
+        raise ValueError(f"method='fused' needs CUDA tensors, Triton, k <= {knn_fused.MAX_K} and at most "
+                         f"{knn_fused.MAX_DIMS} dimensions per variable (got device {x.device}, k={k}, dims "
+                         f"{x.shape[1]} and {y.shape[1]}); use 'auto' or 'brute'")
+    return method == "fused" or (method == "auto" and knn_fused.available(x, y, k))
 
 
 def _tree_counts(points, radii, strict: bool, rows=None):
@@ -104,6 +116,8 @@ def kozachenko_leonenko_entropy(x: torch.Tensor, k: int = 3, metric: str = "eucl
     if constant:
         raise ValueError(f"x has constant columns {constant} (dead units, e.g. of a ReLU layer): its differential "
                          "entropy is -inf; drop them, or measure with binned_entropy or ksg_mi")
+    if method == "fused":
+        raise ValueError("kozachenko_leonenko_entropy: method='fused' exists for KSG only; use 'auto', 'tree' or 'brute'")
     if _use_tree(method, x, d):
         from scipy.spatial import cKDTree
 
@@ -152,16 +166,16 @@ def ksg_mutual_information(x: torch.Tensor, y: torch.Tensor, k: int = 3, variant
     binary labels: 1.47 nats, above H = log 2) and variant 2 downward: add noise below the grid step, or use a
     discrete estimator. Against discrete labels y with continuous x use variant 1: variant 2's -1/k term
     assumes a continuous y and makes it low by exactly 1/k there.
-    Cost O(N^2 (D_x + D_y)), memory
-    O(chunk_size * N) brute force; about O(N log N) with the tree (``method``, see the module docstring).
+    Cost O(N^2 (D_x + D_y)), memory O(chunk_size * N) brute force (O(N) fused, on CUDA); about O(N log N) with the
+    tree (``method``, see the module docstring).
     """
     if variant not in (1, 2):
         raise ValueError(f"variant must be 1 or 2 (KSG-1 or KSG-2), got {variant!r}")
     if metric not in _METRICS:
         raise ValueError(f"metric must be one of {list(_METRICS)}, got {metric!r}")
-    if metric == "euclidean" and method == "tree":
-        raise ValueError("ksg_mutual_information: metric='euclidean' has no KD-tree search (the joint distance is "
-                         "not a Minkowski norm); use method='auto' or 'brute'")
+    if metric == "euclidean" and method in ("tree", "fused"):
+        raise ValueError(f"ksg_mutual_information: metric='euclidean' has no {method} search (the tree needs a "
+                         "Minkowski joint distance, the fused kernels the max-norm); use method='auto' or 'brute'")
     x, y = as_samples(x, "x", dtype), as_samples(y, "y", dtype)
     same_rows(x, y)
     n = x.shape[0]
@@ -170,6 +184,8 @@ def ksg_mutual_information(x: torch.Tensor, y: torch.Tensor, k: int = 3, variant
         x, y = standardise_columns(x), standardise_columns(y)
     if metric == "chebyshev" and _use_tree(method, x, x.shape[1] + y.shape[1]):
         tied, kk, nx, ny = _ksg_counts_tree(x, y, k, variant)
+    elif metric == "chebyshev" and _use_fused(method, x, y, k):
+        tied, kk, nx, ny = knn_fused.ksg_counts_fused(x, y, k, variant)
     else:
         tied, kk, nx, ny = _ksg_counts_brute(x, y, k, variant, _chunk_rows(n, chunk_size, x.device), _METRICS[metric])
     tied = tied.to(x.device)

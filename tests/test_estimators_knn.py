@@ -1,5 +1,9 @@
 """k-NN estimators against closed forms, scikit-learn and scipy."""
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -91,6 +95,47 @@ def test_kd_tree_and_brute_force_give_identical_counts(dx, dy):
         ksg_mutual_information(x, y, method="ball")
 
 
+_FUSED_AGAINST_BRUTE = """
+import torch
+from estimators import knn, knn_fused
+g = torch.Generator().manual_seed(0)
+for n, dx, dy, k, dtype, grid in [(150, 1, 1, 3, torch.float64, False), (130, 3, 2, 5, torch.float32, False),
+                                  (140, 1, 1, 3, torch.float64, True), (40, 2, 1, 16, torch.float64, True),
+                                  (70, 1, 3, 1, torch.float32, True)]:
+    x = torch.randn(n, dx, generator=g, dtype=dtype)
+    y = 0.7 * x[:, :1] + 0.5 * torch.randn(n, dy, generator=g, dtype=dtype)
+    if grid:  # ties at the k-th distance, and points whose k-th neighbour is at distance 0
+        x, y = (2 * x).round(), (2 * y).round()
+    x[:5], y[:5] = x[5:10], y[5:10]
+    for variant in (1, 2):
+        fused, brute = knn_fused.ksg_counts_fused(x, y, k, variant), knn._ksg_counts_brute(x, y, k, variant, 37)
+        for name, a, b in zip(("tied", "k_i", "n_x", "n_y"), fused, brute):
+            assert torch.equal(a, b.to(a.dtype)), (n, dx, dy, k, dtype, grid, variant, name)
+print("fused == brute")
+"""
+
+
+def test_fused_ksg_kernels_give_the_brute_force_counts_under_tritons_interpreter():
+    """The CUDA kernels of knn_fused, run by Triton's CPU interpreter: the same eps == 0 flags, k_i, n_x and n_y as
+    the brute force (max-norm) for both variants, float32 and float64, 1 to 3 dims, k from 1 to 16, ties, duplicated
+    points, and N below, across and not a multiple of the 64-row tiles."""
+    pytest.importorskip("triton")
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    run = subprocess.run([sys.executable, "-c", _FUSED_AGAINST_BRUTE], env=env, capture_output=True, text=True,
+                         cwd=Path(__file__).resolve().parents[1], timeout=600)
+    assert run.returncode == 0 and "fused == brute" in run.stdout, run.stderr[-3000:]
+
+
+def test_fused_method_needs_cuda_and_the_max_norm():
+    x, y = gaussian_pair(100, 0.5)
+    with pytest.raises(ValueError, match="needs CUDA tensors"):
+        ksg_mutual_information(x, y, method="fused")
+    with pytest.raises(ValueError, match="no fused search"):
+        ksg_mutual_information(x, y, method="fused", metric="euclidean")
+    with pytest.raises(ValueError, match="KSG only"):
+        kozachenko_leonenko_entropy(x, method="fused")
+
+
 @pytest.mark.parametrize("variant", [1, 2])
 @pytest.mark.parametrize("method", ["tree", "brute"])
 def test_ksg_on_tied_values_follows_gao_et_al(variant, method):
@@ -171,7 +216,7 @@ def test_ksg_with_euclidean_marginal_norms():
     cheb = ksg_mutual_information(x3, y3, k=5).item()
     eucl = ksg_mutual_information(x3, y3, k=5, metric="euclidean").item()
     assert cheb < eucl < truth + 0.02
-    with pytest.raises(ValueError, match="no KD-tree"):
+    with pytest.raises(ValueError, match="no tree search"):
         ksg_mutual_information(x3, y3, metric="euclidean", method="tree")
     with pytest.raises(ValueError, match="metric must be"):
         ksg_mutual_information(x3, y3, metric="manhattan")

@@ -112,9 +112,10 @@ def test_fit_on_device_in_bf16_loss_falls_and_resume_repeats_thetrain_losses(tmp
 # ---- 2. estimators -----------------------------------------------------------------------------------------
 
 def test_ksg_and_kl_on_device_equal_cpu_and_the_gaussian_closed_form():
-    """KSG on device tensors (chunked brute force) equals the CPU estimate (KD-tree) with the same k and data, for
-    both variants and any chunk size, and lies within 0.04 nats of -1/2 log(1 - rho^2) as on the CPU."""
-    from estimators import kozachenko_leonenko_entropy, ksg_mutual_information
+    """KSG on device tensors (the fused kernels where Triton runs, and the chunked brute force) equals the CPU
+    estimate (KD-tree) with the same k and data, for both variants and any chunk size, and lies within 0.04 nats of
+    -1/2 log(1 - rho^2) as on the CPU."""
+    from estimators import knn, knn_fused, kozachenko_leonenko_entropy, ksg_mutual_information
 
     x, y = gaussian_pair(2000, 0.75)
     truth = -0.5 * math.log(1 - 0.75 ** 2)  # 0.4133 nats
@@ -125,8 +126,14 @@ def test_ksg_and_kl_on_device_equal_cpu_and_the_gaussian_closed_form():
         assert_on_device(dev)
         assert dev.item() == pytest.approx(cpu, abs=1e-6)
         assert dev.item() == pytest.approx(truth, abs=0.04)
-        chunked = ksg_mutual_information(xd, yd, k=3, variant=variant, chunk_size=97).item()  # 21 chunks, last short
-        assert chunked == pytest.approx(cpu, abs=1e-6)
+        chunked = ksg_mutual_information(xd, yd, k=3, variant=variant, chunk_size=97, method="brute").item()
+        assert chunked == pytest.approx(cpu, abs=1e-6)  # 21 chunks, the last one short
+    if knn_fused.available(xd, yd, 3):  # on a grid: ties at the k-th distance and at distance 0
+        grid_x, grid_y = (2 * xd).round(), (2 * yd).round()
+        for variant in (1, 2):
+            fused = knn_fused.ksg_counts_fused(grid_x, grid_y, 7, variant)
+            brute = knn._ksg_counts_brute(grid_x, grid_y, 7, variant, 300)
+            assert all(torch.equal(a, b.to(a.dtype)) for a, b in zip(fused, brute))
     # float32 inputs and 3 x 2 dimensions: brute force on both devices, the same neighbours
     g = torch.Generator().manual_seed(1)
     x3 = torch.randn(1500, 3, generator=g)
