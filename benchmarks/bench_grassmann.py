@@ -8,6 +8,7 @@ benchmarks/results/bench_grassmann_<device>.{json,md}.
 
     python benchmarks/bench_grassmann.py                    # CPU: L = 256 ... 2048
     python benchmarks/bench_grassmann.py --device cuda --lengths 512 1024 2048 4096 8192 16384 --tokens 65536
+    python benchmarks/bench_grassmann.py --device cuda --lengths 4096 16384 --tokens 65536 --compile --gen-tokens 0
 """
 from __future__ import annotations
 
@@ -67,7 +68,7 @@ class Grassmann(torch.nn.Module):
         return self.mix(x)[0]
 
 
-def bench_layers(device, lengths, tokens, d, reps, dtype):
+def bench_layers(device, lengths, tokens, d, reps, dtype, compiled=False):
     rows = []
     for L in lengths:
         B = max(1, tokens // L)
@@ -75,8 +76,8 @@ def bench_layers(device, lengths, tokens, d, reps, dtype):
         for name, layer in (("grassmann", Grassmann(d)), ("attention", CausalSelfAttention(d, 4))):
             layer = layer.to(device, dtype)
             x = torch.randn(B, L, d, device=device, dtype=dtype, requires_grad=True)
-            row[f"{name}_saved_MB"] = saved_bytes(layer, x) / 2**20
-            seconds, peak = fwd_bwd(layer, x, device, reps)
+            row[f"{name}_saved_MB"] = saved_bytes(layer, x) / 2**20  # eager: what autograd keeps without fusion
+            seconds, peak = fwd_bwd(torch.compile(layer, dynamic=False) if compiled else layer, x, device, reps)
             row[f"{name}_ms"] = 1000 * seconds
             if peak is not None:
                 row[f"{name}_peak_MB"] = peak / 2**20
@@ -107,7 +108,8 @@ def bench_generation(device, new_tokens: int, prompt: int, batch: int):
 
 def markdown(meta, rows, gen) -> str:
     lines = [f"Machine: {meta['machine']}; d={meta['d']}, r=32, windows 1,2,4,8,12,16, 4 heads; batch x L = "
-             f"{meta['tokens']}; {meta['dtype']}; median of {meta['reps']} forward+backward passes.", "",
+             f"{meta['tokens']}; {meta['dtype']}; median of {meta['reps']} forward+backward passes"
+             + ("; both layers under torch.compile (saved MB: eager)." if meta.get("compiled") else "."), "",
              "| L | batch | Grassmann ms | SDPA attention ms | attention / Grassmann | Grassmann saved MB | "
              "attention saved MB |" + (" Grassmann peak MB | attention peak MB |" if "grassmann_peak_MB" in rows[0] else ""),
              "|---|---|---|---|---|---|---|" + ("---|---|" if "grassmann_peak_MB" in rows[0] else "")]
@@ -135,6 +137,7 @@ def main(argv=None):
     parser.add_argument("--d", type=int, default=256)
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    parser.add_argument("--compile", action="store_true", help="time both layers under torch.compile")
     parser.add_argument("--gen-tokens", type=int, default=64)
     parser.add_argument("--gen-prompt", type=int, default=64)
     parser.add_argument("--gen-batch", type=int, default=1)
@@ -144,9 +147,10 @@ def main(argv=None):
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
     torch.manual_seed(0)
     meta = {"machine": machine(device), "d": args.d, "tokens": args.tokens, "reps": args.reps, "dtype": args.dtype,
-            "gen_tokens": args.gen_tokens, "gen_prompt": args.gen_prompt, "gen_batch": args.gen_batch}
+            "gen_tokens": args.gen_tokens, "gen_prompt": args.gen_prompt, "gen_batch": args.gen_batch,
+            "compiled": args.compile}
     print(meta["machine"], flush=True)
-    rows = bench_layers(device, args.lengths, args.tokens, args.d, args.reps, dtype)
+    rows = bench_layers(device, args.lengths, args.tokens, args.d, args.reps, dtype, args.compile)
     gen = bench_generation(device, args.gen_tokens, args.gen_prompt, args.gen_batch) if args.gen_tokens else {}
     stem = RESULTS / (args.out or f"bench_grassmann_{device.type}")
     stem.parent.mkdir(parents=True, exist_ok=True)

@@ -49,6 +49,8 @@ all_steps() {
   step hopfield_b8 120 python benchmarks/hopfield_speed.py --batch 8 --tag _b8
   step grassmann_bf16 90 python benchmarks/bench_grassmann.py --device cuda --lengths 512 1024 2048 4096 8192 16384 \
     --tokens 65536 --dtype bfloat16 --out bench_grassmann_cuda_bf16
+  step grassmann_compiled 150 python benchmarks/bench_grassmann.py --device cuda --lengths 4096 16384 --tokens 65536 \
+    --dtype bfloat16 --compile --gen-tokens 0 --out bench_grassmann_cuda_bf16_compiled
   step grassmann_fp32 90 python benchmarks/bench_grassmann.py --device cuda --lengths 512 1024 2048 4096 8192 16384 \
     --tokens 65536 --out bench_grassmann_cuda
   step estimators 120 python benchmarks/bench_estimators.py --device cuda --ksg-n 10000 100000
@@ -62,7 +64,7 @@ all_steps() {
   step train_eager 90 python -m train.cli train sigma-vit-digits --out /tmp/gpu_runs/eager
   step train_compiled 120 python -m train.cli train sigma-vit-digits --out /tmp/gpu_runs/compiled --set train.compile=true
 }
-default="tests hopfield hopfield_b8 grassmann_bf16 grassmann_fp32 estimators sigma sigma_bf16 coord_attention_eager
+default="tests hopfield hopfield_b8 grassmann_bf16 grassmann_compiled grassmann_fp32 estimators sigma sigma_bf16 coord_attention_eager
   coord_attention facet pvrnn train_eager train_compiled"
 
 nvidia-smi -L >>"$log" 2>&1
