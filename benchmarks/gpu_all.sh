@@ -56,6 +56,7 @@ all_steps() {
   step estimators 120 python benchmarks/bench_estimators.py --device cuda --ksg-n 10000 100000
   step sigma 90 python benchmarks/sigma_overhead.py --device cuda --batch 64
   step sigma_bf16 90 python benchmarks/sigma_overhead.py --device cuda --batch 64 --bf16
+  step sigma_compiled 150 python benchmarks/sigma_overhead.py --device cuda --batch 64 --bf16 --compile --rounds 2
   step coord_attention_eager 90 python benchmarks/coord_attention_speed.py --device cuda --seconds 0.25 --rounds 2 --no-compile
   step coord_attention 180 python benchmarks/coord_attention_speed.py --device cuda --seconds 0.5 --compile-batches 64
   step facet 120 python benchmarks/facet_vs_mace.py --device cuda --sides facet --parts speed relax --relax 20 \
@@ -64,7 +65,7 @@ all_steps() {
   step train_eager 90 python -m train.cli train sigma-vit-digits --out /tmp/gpu_runs/eager
   step train_compiled 120 python -m train.cli train sigma-vit-digits --out /tmp/gpu_runs/compiled --set train.compile=true
 }
-default="tests hopfield hopfield_b8 grassmann_bf16 grassmann_compiled grassmann_fp32 estimators sigma sigma_bf16 coord_attention_eager
+default="tests hopfield hopfield_b8 grassmann_bf16 grassmann_compiled grassmann_fp32 estimators sigma sigma_bf16 sigma_compiled coord_attention_eager
   coord_attention facet pvrnn train_eager train_compiled"
 
 nvidia-smi -L >>"$log" 2>&1
