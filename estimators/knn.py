@@ -15,6 +15,7 @@ tensors where they apply, and brute force otherwise.
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 
@@ -185,7 +186,7 @@ def ksg_mutual_information(x: torch.Tensor, y: torch.Tensor, k: int = 3, variant
     if metric == "chebyshev" and _use_tree(method, x, x.shape[1] + y.shape[1]):
         tied, kk, nx, ny = _ksg_counts_tree(x, y, k, variant)
     elif metric == "chebyshev" and _use_fused(method, x, y, k):
-        tied, kk, nx, ny = knn_fused.ksg_counts_fused(x, y, k, variant)
+        tied, kk, nx, ny = _fused_or_brute(x, y, k, variant, method, _chunk_rows(n, chunk_size, x.device))
     else:
         tied, kk, nx, ny = _ksg_counts_brute(x, y, k, variant, _chunk_rows(n, chunk_size, x.device), _METRICS[metric])
     tied = tied.to(x.device)
@@ -196,6 +197,26 @@ def ksg_mutual_information(x: torch.Tensor, y: torch.Tensor, k: int = 3, variant
     if variant == 2:
         term = torch.where(tied, term, psi(kk) - 1.0 / kk - psi(nx) - psi(ny))
     return ((psi(n_t) + term.mean()) / log_base(base)).float()
+
+
+def _fused_or_brute(x, y, k, variant, method, step):
+    """The fused kernels' counts; under method='auto', if they fail to build or run on this machine (a Triton or
+    driver version they were not tested with), warn once and use the brute force from then on."""
+    global _fused_failed
+    if method == "auto" and _fused_failed:
+        return _ksg_counts_brute(x, y, k, variant, step)
+    try:
+        return knn_fused.ksg_counts_fused(x, y, k, variant)
+    except Exception as error:  # noqa: BLE001 (any build or launch failure; the brute force gives the same counts)
+        if method == "fused" or isinstance(error, torch.cuda.OutOfMemoryError):
+            raise
+        _fused_failed = True
+        warnings.warn(f"ksg_mutual_information: the fused CUDA kernels failed ({type(error).__name__}: {error}); using "
+                      "the chunked brute force from now on (the same counts, slower)", RuntimeWarning, stacklevel=3)
+        return _ksg_counts_brute(x, y, k, variant, step)
+
+
+_fused_failed = False
 
 
 def _ksg_counts_brute(x, y, k, variant, step, p=float("inf")):

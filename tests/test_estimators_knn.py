@@ -3,6 +3,7 @@ import math
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -124,6 +125,30 @@ def test_fused_ksg_kernels_give_the_brute_force_counts_under_tritons_interpreter
     run = subprocess.run([sys.executable, "-c", _FUSED_AGAINST_BRUTE], env=env, capture_output=True, text=True,
                          cwd=Path(__file__).resolve().parents[1], timeout=600)
     assert run.returncode == 0 and "fused == brute" in run.stdout, run.stderr[-3000:]
+
+
+def test_auto_falls_back_to_the_brute_force_once_if_the_fused_kernels_fail(monkeypatch):
+    """A Triton or driver the kernels were not built with: method='auto' warns once and uses the brute force (the
+    same counts) from then on; method='fused' raises."""
+    from estimators import knn, knn_fused
+
+    def broken(*args):
+        raise RuntimeError("PTX assembly failed")
+
+    monkeypatch.setattr(knn, "_fused_failed", False)
+    monkeypatch.setattr(knn_fused, "available", lambda x, y, k: True)
+    monkeypatch.setattr(knn_fused, "ksg_counts_fused", broken)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(300, 11, generator=g)
+    y = x + torch.randn(300, 11, generator=g)  # 22 joint dimensions: past the KD-tree's limit, so not 'tree'
+    brute = ksg_mutual_information(x, y, method="brute").item()
+    with pytest.warns(RuntimeWarning, match="PTX assembly failed"):
+        assert ksg_mutual_information(x, y).item() == brute
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert ksg_mutual_information(x, y).item() == brute
+    with pytest.raises(RuntimeError, match="PTX"):
+        ksg_mutual_information(x, y, method="fused")
 
 
 def test_fused_method_needs_cuda_and_the_max_norm():
