@@ -65,8 +65,10 @@ all_steps() {
   step train_eager 90 python -m train.cli train sigma-vit-digits --out /tmp/gpu_runs/eager
   step train_compiled 120 python -m train.cli train sigma-vit-digits --out /tmp/gpu_runs/compiled --set train.compile=true
 }
-default="tests hopfield hopfield_b8 grassmann_bf16 grassmann_compiled grassmann_fp32 estimators sigma sigma_bf16 sigma_compiled coord_attention_eager
-  coord_attention facet pvrnn train_eager train_compiled"
+# the default order puts first what no lease has measured yet (as of 2026-11-28: the fused KSG kernels, the
+# sigmaReparam bf16 fix, the compiled sigmaReparam and Grassmann rows, the float32 Grassmann table)
+default="estimators tests sigma_bf16 sigma_compiled grassmann_compiled grassmann_fp32 grassmann_bf16 hopfield
+  hopfield_b8 sigma coord_attention_eager coord_attention facet pvrnn train_eager train_compiled"
 
 nvidia-smi -L >>"$log" 2>&1
 for current in ${GPU_STEPS:-$default}; do
