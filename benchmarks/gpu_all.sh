@@ -7,7 +7,9 @@
 #     bash benchmarks/gpu_all.sh OUTDIR [BUDGET_SECONDS=480]
 #     GPU_STEPS="sigma hopfield" bash benchmarks/gpu_all.sh OUTDIR 200     # only these steps, in this order
 #
-# GPU_PYTEST_ARGS adds options to the tests step (e.g. "-n 4" where pytest-xdist is installed).
+# GPU_PYTEST_ARGS adds options to the tests step (e.g. "-n 4" where pytest-xdist is installed). The facet_mace step
+# needs a trained MACE model (MACE_MODEL, default .gpucache/mace.model) and either PAPERZOO_MACE_VENV or the wheels
+# of mace-torch and its pins in .whl_mace (installed into their own folder, see mace_env).
 #
 # Each step writes to OUTDIR/log.txt directly (not through a pipe): a process a step leaves behind (a compile or
 # pytest worker) could hold a pipe open and stall the script past any budget, and a lease stopped at its limit
@@ -43,6 +45,17 @@ step() {  # step NAME LIMIT_SECONDS COMMAND...  (runs when its name is the curre
     mv "$out/results.tar.gz.part" "$out/results.tar.gz"
 }
 
+mace_env() {  # a MACE "venv" for facet_mace (mace-torch pins e3nn 0.4.4, paperzoo needs 0.6): the wheels in
+  # .whl_mace go to their own folder, and a python wrapper puts that folder first on its path
+  local site=/tmp/mace_site venv=/tmp/mace_venv
+  [[ -n ${PAPERZOO_MACE_VENV:-} || ! -d .whl_mace ]] && return
+  python -m pip install -q --no-index --no-deps --no-compile --target "$site" .whl_mace/*.whl >>"$log" 2>&1 || return
+  mkdir -p "$venv/bin"
+  printf '#!/bin/sh\nPYTHONPATH=%s:${PYTHONPATH:-} exec python3 "$@"\n' "$site" >"$venv/bin/python"
+  chmod +x "$venv/bin/python"
+  export PAPERZOO_MACE_VENV=$venv
+}
+
 all_steps() {
   step tests 180 python -m pytest -m gpu -q -p no:cacheprovider --no-header -rs ${GPU_PYTEST_ARGS:-} tests
   step hopfield 90 python benchmarks/hopfield_speed.py
@@ -61,6 +74,10 @@ all_steps() {
   step coord_attention 180 python benchmarks/coord_attention_speed.py --device cuda --seconds 0.5 --compile-batches 64
   step facet 120 python benchmarks/facet_vs_mace.py --device cuda --sides facet --parts speed relax --relax 20 \
     --facet weights/files/facet_small_emt.safetensors --out benchmarks/results
+  [[ $current == facet_mace ]] && mace_env
+  step facet_mace 300 python benchmarks/facet_vs_mace.py --device cuda --parts speed relax --relax 20 \
+    --facet weights/files/facet_small_emt.safetensors --mace-model "${MACE_MODEL:-.gpucache/mace.model}" \
+    --out benchmarks/results
   step pvrnn 90 python benchmarks/pvrnn_speed.py --device cuda
   step train_eager 90 python -m train.cli train sigma-vit-digits --out /tmp/gpu_runs/eager
   step train_compiled 120 python -m train.cli train sigma-vit-digits --out /tmp/gpu_runs/compiled --set train.compile=true
@@ -68,7 +85,7 @@ all_steps() {
 # the default order puts first what no lease has measured yet (as of 2026-11-28: the fused KSG kernels, the
 # sigmaReparam bf16 fix, the compiled sigmaReparam and Grassmann rows, the float32 Grassmann table)
 default="estimators tests sigma_bf16 sigma_compiled grassmann_compiled grassmann_fp32 grassmann_bf16 hopfield
-  hopfield_b8 sigma coord_attention_eager coord_attention facet pvrnn train_eager train_compiled"
+  hopfield_b8 facet_mace sigma coord_attention_eager coord_attention facet pvrnn train_eager train_compiled"
 
 nvidia-smi -L >>"$log" 2>&1
 for current in ${GPU_STEPS:-$default}; do
