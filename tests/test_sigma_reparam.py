@@ -120,6 +120,8 @@ def test_bf16_autocast_keeps_the_power_iteration_and_sigma_in_the_weights_dtype(
     assert torch.equal(layers[1].u, layers[0].u) and torch.equal(layers[1].v, layers[0].v)
     mixed.sum().backward()
     assert layers[1].weight.grad.abs().sum() > 0 and layers[1].gamma.grad.abs().sum() > 0
+    meta = apply_sigma_reparam(nn.Linear(48, 32)).to("meta")  # shape inference on the meta device: no autocast there
+    assert meta(torch.empty(5, 48, device="meta")).shape == (5, 32)
 
 
 def test_folded_model_equals_converted_model():
