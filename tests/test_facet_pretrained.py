@@ -1,5 +1,10 @@
 """The shipped EMT-trained Facet checkpoints (facet_small and facet_base): each loads by name, reproduces its recorded
 test errors, relaxes with an ASE optimiser and runs stable NVE molecular dynamics through the ASE calculator."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -70,3 +75,13 @@ def test_nve_dynamics_conserves_energy(model, name, steps):
     drift = (max(energies) - min(energies)) / len(atoms)
     print(f"NVE total-energy spread over {steps} fs: {1000 * drift:.4f} meV/atom")
     assert drift < 1e-3
+
+
+def test_relaxation_example_script(model="facet_small", name="facet_small_emt"):
+    """The README's relaxation example (benchmarks/facet_relax.py), on 2 of its rattled cells: both converge."""
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, str(root / "benchmarks" / "facet_relax.py"), "--model", model, "--pretrained",
+                           name, "--count", "2", "--device", "cpu"], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["count"] == 2 and result["converged"] == 2 and result["total_steps"] > 0
