@@ -127,6 +127,37 @@ def test_fused_ksg_kernels_give_the_brute_force_counts_under_tritons_interpreter
     assert run.returncode == 0 and "fused == brute" in run.stdout, run.stderr[-3000:]
 
 
+@pytest.mark.parametrize("kernel, dtype, shape", [  # about 9 s each here
+    ("_kth_joint_distance", "fp64", dict(DX=1, DY=1, K=3, KP=4)),
+    pytest.param("_kth_joint_distance", "fp32", dict(DX=2, DY=3, K=16, KP=16), marks=pytest.mark.slow),
+    ("_row_counts", "fp64", dict(DX=1, DY=1, MODE=0)),
+    ("_row_counts", "fp64", dict(DX=3, DY=2, MODE=1)),
+    pytest.param("_row_counts", "fp32", dict(DX=3, DY=2, MODE=1), marks=pytest.mark.slow),
+    ("_row_counts", "fp64", dict(DX=1, DY=2, MODE=2)),
+])
+def test_fused_kernels_compile_for_hopper_without_a_gpu(kernel, dtype, shape):
+    """Each fused kernel goes through Triton's whole CUDA pipeline (TTIR, LLVM, PTX, and ptxas to a cubin) for
+    sm_90, the H100's architecture, with no GPU present: a kernel that the interpreter runs but the compiler
+    rejects fails here, not on a leased machine."""
+    triton = pytest.importorskip("triton")
+    compiler = pytest.importorskip("triton.compiler")
+    from triton.backends.compiler import GPUTarget
+
+    from estimators import knn_fused
+
+    fn = getattr(knn_fused, kernel)
+    pointers = ["x", "y", "eps"] if kernel == "_kth_joint_distance" else ["x", "y", "ez", "ex", "ey", "out"]
+    constants = {**shape, "BLOCK_M": 64, "BLOCK_N": 64}
+    signature = {name: ("*fp64" if name == "out" else f"*{dtype}") for name in pointers}
+    signature.update({"n": "i32", **{name: "constexpr" for name in constants}})
+    names = list(signature)
+    assert names == fn.arg_names  # the signature above follows the kernel's arguments
+    source = compiler.ASTSource(fn=fn, signature=signature,
+                                constexprs={(names.index(k),): v for k, v in constants.items()})
+    compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32))
+    assert len(compiled.asm["cubin"]) > 0
+
+
 def test_auto_falls_back_to_the_brute_force_once_if_the_fused_kernels_fail(monkeypatch):
     """A Triton or driver the kernels were not built with: method='auto' warns once and uses the brute force (the
     same counts) from then on; method='fused' raises."""
