@@ -266,8 +266,8 @@ def _fit(recipe: dict, cfg: dict, out: Path, resume: bool, d: Dist, task) -> dic
     print(f"[rank {d.rank}/{d.world}] {recipe['name']} on {d.device}, steps {start}..{steps}", file=sys.stderr)
     eager_net = DistributedDataParallel(model) if d.world > 1 else model
     # train.compile compiles the training forward only; evaluation, probes' weights and checkpoints use ``model``.
-    # A probed step runs eager: the probe adds and removes hooks, which a compiled graph may not see (dynamo in
-    # torch 2.11 does not guard on hooks), and its recording is Python that a graph should not hold.
+    # A probed step runs eager: the probe adds and removes hooks, which a compiled graph may not see (on an H100
+    # with torch 2.11 a compiled run lost a probed step's rows), and its recording is Python a graph should not hold.
     net = torch.compile(eager_net) if cfg["compile"] else eager_net
     probe = _make_probe(model, recipe.get("probe") or {}, start)
     if probe is not None and start and (out / "probe.csv").is_file():  # the rows before the checkpoint
