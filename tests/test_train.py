@@ -224,7 +224,7 @@ def test_compiled_training_forward_equals_eager_with_probes(tmp_path, device, pr
 
 def test_compiled_forward_never_runs_with_probe_hooks(tmp_path, monkeypatch):
     """train.compile=true: probed steps run the eager model, so no compiled graph ever depends on the probe's hooks
-    (torch 2.11's dynamo does not guard on hooks: a graph traced without them kept a GPU run from recording)."""
+    (on an H100 with torch 2.11 a compiled run lost a probed step's rows, most likely a graph traced without them)."""
     from layers import ProbePoint
 
     calls = []
