@@ -200,23 +200,39 @@ def ksg_mutual_information(x: torch.Tensor, y: torch.Tensor, k: int = 3, variant
 
 
 def _fused_or_brute(x, y, k, variant, method, step):
-    """The fused kernels' counts; under method='auto', if they fail to build or run on this machine (a Triton or
-    driver version they were not tested with), warn once and use the brute force from then on."""
-    global _fused_failed
-    if method == "auto" and _fused_failed:
+    """The fused kernels' counts. Under method='auto' their first use in a process checks them against the brute
+    force on a small problem with ties; if they fail to build or run on this machine (a Triton or driver version
+    they were not tried with) or disagree, warn once and use the brute force from then on."""
+    global _fused_state
+    if method == "auto" and _fused_state == "failed":
         return _ksg_counts_brute(x, y, k, variant, step)
     try:
+        if method == "auto" and _fused_state == "unchecked":
+            _check_fused(x.device, x.dtype)
+        _fused_state = "checked" if method == "auto" else _fused_state
         return knn_fused.ksg_counts_fused(x, y, k, variant)
-    except Exception as error:  # noqa: BLE001 (any build or launch failure; the brute force gives the same counts)
+    except Exception as error:  # noqa: BLE001 (any build, launch or agreement failure; the brute force is exact)
         if method == "fused" or isinstance(error, torch.cuda.OutOfMemoryError):
             raise
-        _fused_failed = True
+        _fused_state = "failed"
         warnings.warn(f"ksg_mutual_information: the fused CUDA kernels failed ({type(error).__name__}: {error}); using "
                       "the chunked brute force from now on (the same counts, slower)", RuntimeWarning, stacklevel=3)
         return _ksg_counts_brute(x, y, k, variant, step)
 
 
-_fused_failed = False
+def _check_fused(device: torch.device, dtype: torch.dtype) -> None:
+    """Raise if the fused kernels' counts differ from the brute force's on 300 points of a grid (ties at the k-th
+    distance and at 0), for both variants."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(300, 2, generator=g, dtype=torch.float64).mul(2).round().to(device, dtype)
+    y = (x[:, :1] + torch.randn(300, 1, generator=g, dtype=torch.float64).to(device, dtype)).mul(2).round()
+    for variant in (1, 2):
+        fused, brute = knn_fused.ksg_counts_fused(x, y, 3, variant), _ksg_counts_brute(x, y, 3, variant, 300)
+        if not all(torch.equal(a, b.to(a.dtype)) for a, b in zip(fused, brute)):
+            raise RuntimeError(f"their KSG-{variant} counts differ from the brute force's on a check problem")
+
+
+_fused_state = "unchecked"  # "checked" once the check passed, "failed" after a failure (per process)
 
 
 def _ksg_counts_brute(x, y, k, variant, step, p=float("inf")):

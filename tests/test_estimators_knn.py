@@ -166,7 +166,7 @@ def test_auto_falls_back_to_the_brute_force_once_if_the_fused_kernels_fail(monke
     def broken(*args):
         raise RuntimeError("PTX assembly failed")
 
-    monkeypatch.setattr(knn, "_fused_failed", False)
+    monkeypatch.setattr(knn, "_fused_state", "unchecked")
     monkeypatch.setattr(knn_fused, "available", lambda x, y, k: True)
     monkeypatch.setattr(knn_fused, "ksg_counts_fused", broken)
     g = torch.Generator().manual_seed(0)
@@ -180,6 +180,36 @@ def test_auto_falls_back_to_the_brute_force_once_if_the_fused_kernels_fail(monke
         assert ksg_mutual_information(x, y).item() == brute
     with pytest.raises(RuntimeError, match="PTX"):
         ksg_mutual_information(x, y, method="fused")
+
+
+def test_auto_checks_the_fused_kernels_once_and_drops_them_if_they_disagree(monkeypatch):
+    """Kernels that build but count wrongly (a miscompilation): the first 'auto' call checks them against the brute
+    force, warns, and returns the brute force's value; the check runs once per process."""
+    from estimators import knn, knn_fused
+
+    calls = []
+
+    def off_by_one(x, y, k, variant):
+        calls.append(len(x))
+        tied, kk, nx, ny = knn._ksg_counts_brute(x, y, k, variant, 64)
+        return tied, kk, nx + 1, ny
+
+    monkeypatch.setattr(knn, "_fused_state", "unchecked")
+    monkeypatch.setattr(knn_fused, "available", lambda x, y, k: True)
+    monkeypatch.setattr(knn_fused, "ksg_counts_fused", off_by_one)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(400, 11, generator=g)
+    y = x + torch.randn(400, 11, generator=g)  # 22 joint dimensions: not the KD-tree
+    brute = ksg_mutual_information(x, y, method="brute").item()
+    with pytest.warns(RuntimeWarning, match="differ from the brute force"):
+        assert ksg_mutual_information(x, y).item() == brute
+    assert calls == [300] and knn._fused_state == "failed"
+    monkeypatch.setattr(knn, "_fused_state", "unchecked")
+    monkeypatch.setattr(knn_fused, "ksg_counts_fused", lambda x, y, k, v: knn._ksg_counts_brute(x, y, k, v, 64))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert ksg_mutual_information(x, y).item() == brute  # agreeing kernels pass the check and are used
+    assert knn._fused_state == "checked"
 
 
 def test_fused_method_needs_cuda_and_the_max_norm():
