@@ -209,7 +209,7 @@ def _fused_or_brute(x, y, k, variant, method, step):
     try:
         if method == "auto" and _fused_state == "unchecked":
             _check_fused(x.device, x.dtype)
-        _fused_state = "checked" if method == "auto" else _fused_state
+            _fused_state = "checked"
         return knn_fused.ksg_counts_fused(x, y, k, variant)
     except Exception as error:  # noqa: BLE001 (any build, launch or agreement failure; the brute force is exact)
         if method == "fused" or isinstance(error, torch.cuda.OutOfMemoryError):

@@ -120,15 +120,16 @@ def ksg_counts_fused(x: torch.Tensor, y: torch.Tensor, k: int, variant: int):
     shape = dict(DX=x.shape[1], DY=y.shape[1], BLOCK_M=_BLOCK_M, BLOCK_N=_BLOCK_N)
     eps = torch.empty(n, dtype=x.dtype, device=x.device)
     _kth_joint_distance[grid](x, y, eps, n, K=k, KP=triton.next_power_of_2(k), **shape)
-    out = torch.zeros(5, n, dtype=torch.float64, device=x.device)  # counts in float64: exact below 2^53
+    out = torch.empty(5, n, dtype=torch.float64, device=x.device)  # counts in float64: exact below 2^53
     tied = eps == 0
     if variant == 1:  # strict counts where eps > 0; where eps = 0, k_i and the counts include the ties
         _row_counts[grid](x, y, eps, eps, eps, out, n, MODE=0, **shape)
         kk = torch.where(tied, out[0], float(k))
         nx, ny = torch.where(tied, out[3], out[1]), torch.where(tied, out[4], out[2])
-    else:
+    else:  # a second pass counts within the reach of the first; its own output, so no pass overwrites its input
         _row_counts[grid](x, y, eps, eps, eps, out, n, MODE=1, **shape)
-        kk, reach = out[0].clone(), out[1:3].to(x.dtype)
-        _row_counts[grid](x, y, eps, reach[0].contiguous(), reach[1].contiguous(), out, n, MODE=2, **shape)
-        nx, ny = out[1], out[2]
+        kk, (reach_x, reach_y) = out[0], out[1:3].to(x.dtype)
+        counts = torch.empty_like(out)
+        _row_counts[grid](x, y, eps, reach_x, reach_y, counts, n, MODE=2, **shape)
+        nx, ny = counts[1], counts[2]
     return tied, kk.long(), nx.long(), ny.long()
