@@ -9,6 +9,10 @@ benchmarks/results/bench_grassmann_<device>.{json,md}.
     python benchmarks/bench_grassmann.py                    # CPU: L = 256 ... 2048
     python benchmarks/bench_grassmann.py --device cuda --lengths 512 1024 2048 4096 8192 16384 --tokens 65536
     python benchmarks/bench_grassmann.py --device cuda --lengths 4096 16384 --tokens 65536 --compile --gen-tokens 0
+    python benchmarks/bench_grassmann.py --device cuda --lengths 4096 --tokens 65536 --dtype bfloat16 --profile
+
+``--profile`` adds <stem>_profile.txt: torch.profiler's operator table (by device time, then CPU time) for one
+Grassmann forward + backward at the first length, to show where the layer's time goes.
 """
 from __future__ import annotations
 
@@ -27,18 +31,19 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def saved_bytes(layer, x) -> int:
-    """Bytes of the tensors autograd keeps for backward during one forward (activation memory)."""
-    total = 0
+    """Bytes of the distinct storages autograd keeps for backward during one forward (activation memory; a tensor
+    saved by several ops, or a view of one, counts once)."""
+    storages = {}
 
     def pack(t):
-        nonlocal total
-        total += t.numel() * t.element_size()
+        storage = t.untyped_storage()
+        storages[storage.data_ptr()] = storage.nbytes()
         return t.detach()  # returning t itself ties saved outputs to their own graph: a cycle gc cannot free
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         out = layer(x)
     del out
-    return total
+    return sum(storages.values())
 
 
 def fwd_bwd(layer, x, device, reps: int) -> tuple[float, int | None]:
@@ -86,6 +91,23 @@ def bench_layers(device, lengths, tokens, d, reps, dtype, compiled=False):
         rows.append(row)
         print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
     return rows
+
+
+def profile_table(device, L, tokens, d, dtype) -> str:
+    """torch.profiler's top operators of one Grassmann forward + backward (after two warm-up passes)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    layer = Grassmann(d).to(device, dtype)
+    x = torch.randn(max(1, tokens // L), L, d, device=device, dtype=dtype, requires_grad=True)
+    for _ in range(2):
+        layer(x).sum().backward()
+    sync(device)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        layer(x).sum().backward()
+        sync(device)
+    key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    return prof.key_averages().table(sort_by=key, row_limit=30)
 
 
 @torch.no_grad()
@@ -138,6 +160,7 @@ def main(argv=None):
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--compile", action="store_true", help="time both layers under torch.compile")
+    parser.add_argument("--profile", action="store_true", help="also write the profiler table at the first length")
     parser.add_argument("--gen-tokens", type=int, default=64)
     parser.add_argument("--gen-prompt", type=int, default=64)
     parser.add_argument("--gen-batch", type=int, default=1)
@@ -158,6 +181,10 @@ def main(argv=None):
     json_path.write_text(json.dumps({"meta": meta, "layers": rows, "generation": gen}, indent=2))
     md_path.write_text(markdown(meta, rows, gen))
     print(md_path.read_text())
+    if args.profile:
+        table = profile_table(device, args.lengths[0], args.tokens, args.d, dtype)
+        stem.with_name(stem.name + "_profile.txt").write_text(f"{meta['machine']}; L = {args.lengths[0]}\n{table}\n")
+        print(table)
 
 
 if __name__ == "__main__":

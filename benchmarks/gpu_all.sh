@@ -62,6 +62,8 @@ all_steps() {
   step hopfield_b8 120 python benchmarks/hopfield_speed.py --batch 8 --tag _b8
   step grassmann_bf16 90 python benchmarks/bench_grassmann.py --device cuda --lengths 512 1024 2048 4096 8192 16384 \
     --tokens 65536 --dtype bfloat16 --out bench_grassmann_cuda_bf16
+  step grassmann_profile 60 python benchmarks/bench_grassmann.py --device cuda --lengths 4096 --tokens 65536 \
+    --dtype bfloat16 --reps 3 --gen-tokens 0 --profile --out bench_grassmann_cuda_bf16_profile
   step grassmann_compiled 150 python benchmarks/bench_grassmann.py --device cuda --lengths 4096 16384 --tokens 65536 \
     --dtype bfloat16 --compile --gen-tokens 0 --out bench_grassmann_cuda_bf16_compiled
   step grassmann_fp32 90 python benchmarks/bench_grassmann.py --device cuda --lengths 512 1024 2048 4096 8192 16384 \
@@ -83,8 +85,9 @@ all_steps() {
   step train_compiled 120 python -m train.cli train sigma-vit-digits --out /tmp/gpu_runs/compiled --set train.compile=true
 }
 # the default order puts first what no lease has measured yet (as of 2026-11-28: the fused KSG kernels, the
-# sigmaReparam bf16 fix, the compiled sigmaReparam and Grassmann rows, the float32 Grassmann table)
-default="estimators tests sigma_bf16 sigma_compiled grassmann_compiled grassmann_fp32 grassmann_bf16 hopfield
+# sigmaReparam bf16 fix, the compiled sigmaReparam and Grassmann rows, the folded Pluecker projection, the
+# float32 Grassmann table)
+default="estimators tests sigma_bf16 sigma_compiled grassmann_bf16 grassmann_profile grassmann_compiled grassmann_fp32 hopfield
   hopfield_b8 facet_mace sigma coord_attention_eager coord_attention facet pvrnn train_eager train_compiled"
 
 nvidia-smi -L >>"$log" 2>&1

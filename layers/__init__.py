@@ -7,7 +7,7 @@ from .hopfield_core import HopfieldCore, hopfield_energy
 from .hopfield import Hopfield
 from .hopfield_pooling import HopfieldPooling
 from .hopfield_layer import HopfieldLayer
-from .grassmann_mixing import CausalGrassmannMixing, pluecker
+from .grassmann_mixing import CausalGrassmannMixing, pluecker, pluecker_linear
 from .causal_self_attention import CausalSelfAttention
 from .sigma_reparam import SigmaConv2d, SigmaLinear, SigmaReparam, apply_sigma_reparam, remove_sigma_reparam
 from .pvrnn_layer import PVRNNLayer, gaussian_kl
@@ -20,7 +20,7 @@ from .orderwise_linear import OrderwiseLinear
 from .equivariant_conv import EquivariantConvolution
 
 __all__ = ["ProbePoint", "ALRNNCell", "add_attention_probes", "attention_logit_norms", "CoordAttention", "HopfieldCore", "hopfield_energy", "Hopfield", "HopfieldPooling", "HopfieldLayer",
-           "CausalGrassmannMixing", "pluecker", "CausalSelfAttention", "PVRNNLayer", "gaussian_kl", "PackedStack", "SkewedStack",
+           "CausalGrassmannMixing", "pluecker", "pluecker_linear", "CausalSelfAttention", "PVRNNLayer", "gaussian_kl", "PackedStack", "SkewedStack",
            "pack_levels", "stack_recurrence", "posterior_pass", "WindowGradient",
            "SigmaReparam", "SigmaLinear", "SigmaConv2d", "apply_sigma_reparam", "remove_sigma_reparam",
            "PolynomialEnvelope", "SplineRadial", "BesselMLPRadial", "SphericalGridMLP", "GateMixing",

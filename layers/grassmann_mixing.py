@@ -6,6 +6,7 @@ Modeling" (arXiv 2512.19428, 2025).
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .probe_point import ProbePoint
@@ -44,6 +45,20 @@ class _Pluecker(torch.autograd.Function):
         return grad_a, grad_b, None, None
 
 
+def pluecker_linear(a: torch.Tensor, b: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                    rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """W Pluecker(a, b) + bias without forming the Pluecker coordinates: the map is bilinear, so
+        sum_{i<j} W[:, ij] (a_i b_j - a_j b_i) = sum_{i,j} A[:, i, j] a_i b_j,   A[:, i, j] = W[:, ij] = -A[:, j, i],
+    one matmul of the outer products a b^T (..., r*r) with the antisymmetric fold A of W (d, r*r). The r x r
+    products feed the matrix unit directly: no upper-triangle gather forward and no scatter backward, and the
+    (..., r(r-1)/2) coordinates are never stored. ``a`` and ``b`` (..., r), ``weight`` (d, r(r-1)/2) with the
+    pairs (rows, cols) as its input order. Equal to ``F.linear(pluecker(a, b, rows, cols), weight, bias)``."""
+    r, w = a.shape[-1], weight.t()
+    fold = w.new_zeros(r, r, w.shape[1]).index_put((rows, cols), w).index_put((cols, rows), -w)  # (r, r, d)
+    outer = a[..., :, None] * b[..., None, :]
+    return F.linear(outer.flatten(-2), fold.flatten(0, 1).t(), bias)
+
+
 class CausalGrassmannMixing(nn.Module):
     """Causal Grassmann mixing of a sequence h (B, T, d), linear in T.
 
@@ -60,12 +75,13 @@ class CausalGrassmannMixing(nn.Module):
 
     Computation, exact in exact arithmetic: Pluecker is bilinear, so mean_delta p_hat(t, delta) =
     Pluecker(z_t, sum_delta w_{t,delta} z_{t-delta}) with w = valid / (count ||p||), and ||p||^2 =
-    |a|^2 |b|^2 - (a.b)^2 (Lagrange identity, evaluated in float64). Hence one (B, T, r(r-1)/2) product per layer
-    whatever the number of offsets, and W_plu is applied once to the mean. Cost O(B T (K r + r^2 + d^2));
-    no T x T tensor anywhere.
+    |a|^2 |b|^2 - (a.b)^2 (Lagrange identity, evaluated in float64). Hence one bilinear map per layer whatever
+    the number of offsets: W_plu p_bar is one matmul of the outer products z_t c_t^T with W_plu folded into an
+    antisymmetric r x r x d array (``pluecker_linear``). Cost O(B T (K r + r^2 d + d^2)); no T x T tensor anywhere.
 
     Probe points: ``plucker`` (B, T, r(r-1)/2) the averaged normalised Pluecker coordinates p_bar that enter
-    W_plu; ``gate`` (B, T, d) alpha.
+    W_plu (formed while a probe listens, and for fewer than d tokens, e.g. a cached generation step, where folding
+    W_plu would cost more than the coordinates); ``gate`` (B, T, d) alpha.
     """
 
     def __init__(self, d_model: int, rank: int = 32, windows: tuple[int, ...] = (1, 2, 4, 8, 12, 16),
@@ -136,8 +152,11 @@ class CausalGrassmannMixing(nn.Module):
         count = valid.sum(-1, keepdim=True).clamp_min(1)
         w = torch.where(planar, 1 / (count * norm.clamp_min(torch.finfo(torch.float64).tiny)), 0.0)
         c = (w.to(z.dtype)[..., None] * b).sum(2)                        # (B, T, r)
-        p_bar = self.plucker(pluecker(z, c, rows, cols))                # (B, T, r(r-1)/2)
-        g = self.plucker_proj(p_bar)
+        # pluecker_linear folds W_plu (O(r^2 d) work per call): worth it from d tokens on; a probe needs p_bar itself
+        if self.plucker._forward_hooks or B * T < self.d_model:
+            g = self.plucker_proj(self.plucker(pluecker(z, c, rows, cols)))
+        else:
+            g = pluecker_linear(z, c, self.plucker_proj.weight, self.plucker_proj.bias, rows, cols)
         if self.out_proj is not None:
             g = self.out_proj(g)
         g = self.dropout(g)

@@ -6,7 +6,7 @@ from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
 import zoo
 from estimators import Probe, condition_number, entropy
-from layers import CausalGrassmannMixing, CausalSelfAttention, pluecker
+from layers import CausalGrassmannMixing, CausalSelfAttention, pluecker, pluecker_linear
 from weights import load_checkpoint, save_checkpoint
 from zoo.grassmann import GrassmannCache, GrassmannLMConfig, GrassmannLMForCausalLM, GrassmannLMModel
 from zoo.transformer_lm import TransformerLMConfig, TransformerLMForCausalLM
@@ -321,3 +321,44 @@ def test_pluecker_hand_written_backward_equals_autograd_of_the_formula():
     for r, o in zip(reference, ours):
         assert o.shape == r.shape and torch.allclose(o, r, atol=1e-12)
     assert torch.autograd.gradgradcheck(lambda a, b: pluecker(a, b, rows, cols), (a, b))
+
+
+def test_pluecker_linear_equals_projecting_the_coordinates():
+    """W Pluecker(a, b) + bias by one matmul with the antisymmetric fold of W equals forming the coordinates and
+    projecting them: values and gradients in a, b, W and bias, and double backward."""
+    rows, cols = torch.triu_indices(6, 6, offset=1)
+    g = torch.Generator().manual_seed(0)
+    a, b = (torch.randn(3, 4, 6, generator=g, dtype=torch.float64, requires_grad=True) for _ in range(2))
+    weight = torch.randn(8, 15, generator=g, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(8, generator=g, dtype=torch.float64, requires_grad=True)
+    reference = torch.nn.functional.linear(pluecker(a, b, rows, cols), weight, bias)
+    ours = pluecker_linear(a, b, weight, bias, rows, cols)
+    assert torch.allclose(ours, reference, atol=1e-12)
+    upstream = torch.randn(reference.shape, generator=g, dtype=torch.float64)
+    for r, o in zip(torch.autograd.grad(reference, (a, b, weight, bias), upstream),
+                    torch.autograd.grad(ours, (a, b, weight, bias), upstream)):
+        assert torch.allclose(o, r, atol=1e-12)
+    assert torch.autograd.gradgradcheck(lambda a, b, w: pluecker_linear(a, b, w, bias, rows, cols), (a, b, weight))
+
+
+def test_mixing_forms_the_pluecker_coordinates_only_for_a_probe_and_both_paths_agree():
+    """Unprobed, the layer projects through ``pluecker_linear``; with a hook on ``plucker`` it forms p_bar and
+    projects it. Same output and gradients either way."""
+    torch.manual_seed(0)
+    layer = CausalGrassmannMixing(16, rank=5, windows=(1, 2, 4)).double()
+    h = torch.randn(2, 9, 16, dtype=torch.float64, requires_grad=True)
+
+    def run():
+        out = layer(h)[0]
+        grads = torch.autograd.grad(out.square().sum(), [h, *layer.parameters()])
+        return out.detach(), grads
+
+    plain_out, plain_grads = run()
+    seen = []
+    handle = layer.plucker.register_forward_hook(lambda m, i, o: seen.append(o.shape))
+    probed_out, probed_grads = run()
+    handle.remove()
+    assert seen == [(2, 9, 10)]
+    assert torch.allclose(plain_out, probed_out, atol=1e-12)
+    for p, q in zip(plain_grads, probed_grads):
+        assert torch.allclose(p, q, atol=1e-10)
