@@ -92,6 +92,10 @@ class SkewedStack:
         self._X, self._Xh, self._Xd, self._ru = self.X.unbind(0), self.Xh.unbind(0), self.Xd.unbind(0), self.ru.unbind(0)
         self._gin, self._G, self._slope = self.gin.unbind(0), self.G.unbind(0), self.slope.unbind(0)
         self.Xd_rows = self.X.view(-1, 2 * N)[:, N:]  # ((S+1) B, N): d of every frame as rows of a matrix
+        # the arguments of every unmasked wave step, forward (frames L .. S) and backward (S .. L): loops unpack them
+        self._AT, self._Yh, self._Yd = self.A.t(), self.Y[:, :N], self.Y[:, N:]
+        self._forward_args = [(self._ru[f - 1], self._X[f - 1], self._Xh[f], self._Xd[f]) for f in range(L, S + 1)]
+        self._backward_args = [(self._gin[f], self._G[f + 1], self._slope[f], self._G[f]) for f in range(S, L - 1, -1)]
         self._on = [self.started[f].bool() for f in range(L)]
         # the masked waves' factors: on, r on, 1 - r on and 1 - on per unit
         self._masks = [(on, on * rate, 1 - rate * on, 1 - on) for on in self.started[:L]]
@@ -113,8 +117,12 @@ class SkewedStack:
         (h0, d0), each (B, N), without autograd, into the frames (read them with ``d`` and ``state_at``)."""
         torch.gather(u.transpose(0, 1), 0, self.time_of_frame, out=self.ru).mul_(self.packed.rate)
         self._start(h0, d0)
-        for f, ru in enumerate(self._ru, 1):
-            self._advance(f, ru)
+        for f in range(1, min(self.L, self.S + 1)):
+            self._advance(f, self._ru[f - 1])
+        A = self.A
+        for ru, previous, h, d in self._forward_args:  # _advance's unmasked case, unrolled
+            torch.addmm(ru, previous, A, out=h)
+            torch.tanh(h, out=d)
 
     def _start(self, h0: torch.Tensor, d0: torch.Tensor) -> None:
         self._Xh[0].copy_(h0)
@@ -173,13 +181,12 @@ class SkewedStack:
             [G_{f+1} (1 - r), gin_f^d + (r G_{f+1}) M] = gin_f + G_{f+1} A^T,   G_f = first + second * (1 - d_f^2).
         Returns dL/dh0 and dL/dd0."""
         L, N = self.L, self.N
-        AT, Y, gin, G, slope = self.A.t(), self.Y, self._gin, self._G, self._slope
+        AT, Y, Yh, Yd, gin, G, slope = self._AT, self.Y, self._Yh, self._Yd, self._gin, self._G, self._slope
         torch.addcmul(self.one, self.Xd, self.Xd, value=-1, out=self.slope)
-        Yh, Yd = Y[:, :N], Y[:, N:]
         G[self.S + 1].zero_()
-        for f in range(self.S, L - 1, -1):
-            torch.addmm(gin[f], G[f + 1], AT, out=Y)
-            torch.addcmul(Yh, Yd, slope[f], out=G[f])
+        for gin_f, G_next, slope_f, G_f in self._backward_args:
+            torch.addmm(gin_f, G_next, AT, out=Y)
+            torch.addcmul(Yh, Yd, slope_f, out=G_f)
         hh, dd = torch.addmm(gin[L - 1], G[L], AT).split(N, -1)  # dL/dh, dL/dd of frame L-1 from later frames
         for f in range(L - 1, 0, -1):  # levels that have not started pass both gradients through
             on, on_rate, keep, off = self._masks[f]
