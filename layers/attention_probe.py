@@ -2,6 +2,8 @@
 the spectral norms that bound their entropy."""
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -9,16 +11,17 @@ from torch import nn
 from .probe_point import ProbePoint
 
 
-def _probe_attention(attn: nn.Module, args) -> None:
-    """Forward pre-hook: when a hook listens on ``attn.probs``, pass softmax(q k^T * scale) (B, heads, N, N) to it.
+def _probe_attention(attn: nn.Module, qkv_module: nn.Module, args, qkv: torch.Tensor) -> None:
+    """Forward hook on ``attn.qkv``: when a hook listens on ``attn.probs``, pass softmax(q k^T * scale)
+    (B, heads, N, N) to it.
 
-    The probabilities are recomputed from the block's own qkv projection (and q/k norms), so timm's forward keeps
-    its fused scaled_dot_product_attention and nothing is computed while no probe listens."""
+    The probabilities come from the qkv projection the block has just computed (through its q/k norms), so timm's
+    forward keeps its fused scaled_dot_product_attention, nothing is computed while no probe listens, and nothing
+    is computed twice: a second qkv call would also run a sigmaReparam qkv's power iteration a second time."""
     if not attn.probs._forward_hooks:
         return
-    x = args[0]
-    B, N, _ = x.shape
-    q, k, _ = attn.qkv(x).reshape(B, N, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+    B, N, _ = qkv.shape
+    q, k, _ = qkv.reshape(B, N, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
     q, k = attn.q_norm(q), attn.k_norm(k)
     attn.probs(((q * attn.scale) @ k.transpose(-2, -1)).softmax(-1))
 
@@ -35,7 +38,7 @@ def add_attention_probes(model: nn.Module) -> nn.Module:
     for attn in attentions:
         if not hasattr(attn, "probs"):  # calling twice adds nothing
             attn.probs = ProbePoint()
-            attn.register_forward_pre_hook(_probe_attention)
+            attn.qkv.register_forward_hook(functools.partial(_probe_attention, attn))
     return model
 
 

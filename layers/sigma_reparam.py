@@ -112,17 +112,25 @@ def apply_sigma_reparam(model: nn.Module, include: Sequence[str] = ("*",), exclu
     if not isinstance(model, nn.Module):
         raise TypeError(f"apply_sigma_reparam: model must be an nn.Module, got {type(model).__name__}")
     include, exclude = _patterns("include", include), _patterns("exclude", exclude)
-    for name, module in list(model.named_modules()):
-        if not _selected(name, include, exclude):
-            continue
-        if type(module) in _SIGMA_OF:
-            module.__class__ = _SIGMA_OF[type(module)]
-            module._init_reparam()
-        elif remove_norms and isinstance(module, NORM_TYPES):
-            if not name:
-                raise ValueError("apply_sigma_reparam: model is itself a norm layer; remove_norms cannot replace it")
-            parent, _, child = name.rpartition(".")
-            setattr(model.get_submodule(parent), child, nn.Identity())
+    selected = [(name, module) for name, module in model.named_modules() if _selected(name, include, exclude)]
+    layers = [(name, module) for name, module in selected if type(module) in _SIGMA_OF]
+    norms = [name for name, module in selected if remove_norms and isinstance(module, NORM_TYPES)]
+    if "" in norms:
+        raise ValueError("apply_sigma_reparam: model is itself a norm layer; remove_norms cannot replace it")
+    # checked before anything changes, so a refused model is left as it was
+    degenerate = [name or "model" for name, module in layers if not module.weight.is_meta
+                  and not (torch.isfinite(module.weight).all() and module.weight.detach().ne(0).any())]
+    if degenerate:
+        raise ValueError(f"apply_sigma_reparam: the weight of {', '.join(degenerate)} is all zeros or not finite. "
+                         "sigmaReparam starts gamma at sigma(W_0), so a zero W_0 gives W_hat = 0 with no gradient "
+                         "to W or gamma ever (and 0/0 in the forward): initialise these layers to nonzero values "
+                         "(timm: not weight_init='jax', which zeroes the head) or leave them out with exclude=")
+    for _, module in layers:
+        module.__class__ = _SIGMA_OF[type(module)]
+        module._init_reparam()
+    for name in norms:
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent), child, nn.Identity())
     return model
 
 

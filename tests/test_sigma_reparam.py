@@ -229,6 +229,50 @@ def test_vit_attention_probes_equal_timms_explicit_attention_and_the_baseline_fl
         zoo.create_model("vit_tiny_patch16_224_sigma", reparam=False)
 
 
+def test_attention_probe_reuses_the_blocks_qkv_so_a_probed_training_step_is_unchanged():
+    """The probe reads the qkv projection the block computed: a probed training forward runs each sigmaReparam
+    qkv's power iteration once, as an unprobed one does (same output, same u and v), also in a deep copy."""
+    import copy
+
+    from estimators import Probe, attention_entropy
+
+    torch.manual_seed(0)
+    model = zoo.create_model("vit_tiny_patch16_224_sigma", img_size=32, patch_size=8, depth=2, num_classes=3).train()
+    with torch.no_grad():  # weights moved since the last power iteration, as after an optimizer step
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    probed, x = copy.deepcopy(model), torch.randn(2, 3, 32, 32)
+    with Probe(probed, {"blocks.*.attn.probs": [attention_entropy()]}, every=1, max_samples=None) as probe:
+        out_probed = probed(x)
+        probe.step()
+    assert {r["point"] for r in probe.table()} == {"blocks.0.attn.probs", "blocks.1.attn.probs"}
+    assert torch.equal(out_probed, model(x))
+    for (name, mine), (_, theirs) in zip(model.named_buffers(), probed.named_buffers()):
+        assert torch.equal(mine, theirs), name
+
+
+def test_zero_or_non_finite_weights_are_refused_before_anything_is_converted():
+    """gamma = sigma(W_0) = 0 would freeze a zero-initialised layer at W_hat = 0 (and divide 0 by 0): refused by
+    name, with the model left as it was; exclude= leaves such a layer plain."""
+    net = small_net()
+    with torch.no_grad():
+        net[6].weight.zero_()
+    with pytest.raises(ValueError, match=r"weight of 6 is all zeros or not finite"):
+        apply_sigma_reparam(net)
+    assert not any(isinstance(m, (SigmaLinear, SigmaConv2d)) for m in net.modules())
+    apply_sigma_reparam(net, exclude=("6",))
+    assert isinstance(net[4], SigmaLinear) and type(net[6]) is nn.Linear
+    assert torch.isfinite(net(torch.randn(2, 3, 6, 6))).all()
+    net = small_net()
+    with torch.no_grad():
+        net[0].weight[0, 0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="weight of 0 is all zeros or not finite"):
+        apply_sigma_reparam(net)
+    with pytest.raises(ValueError, match="weight_init='jax'"):  # timm's jax init zeroes the classifier head
+        timm.create_model("vit_tiny_patch16_224_sigma", img_size=32, patch_size=8, depth=1, num_classes=3,
+                          weight_init="jax")
+
+
 def test_vit_sigma_checkpoint_round_trip(tmp_path):
     torch.manual_seed(0)
     m = zoo.create_model("vit_tiny_patch16_224_sigma", img_size=32, patch_size=8, depth=2, num_classes=3)
