@@ -69,15 +69,22 @@ class SphericalGridMLP(nn.Module):
 
     def grid_matrices(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """T^T (grid, K), F^T (K, grid) and F^T 1 (K,) in ``like``'s dtype and device: e3nn's ToS2Grid and FromS2Grid
-        applied to unit vectors, K = (L+1)^2."""
+        of this grid applied to unit vectors, K = (L+1)^2, always computed in float64 and then cast (the modules'
+        own buffers are float32 like their checkpoints, which would floor a float64 model's equivariance error at
+        float32 rounding)."""
         if self._matrices is None or self._matrices[:2] != (like.dtype, like.device):
             k, res = (self.lmax + 1) ** 2, (self.to_grid.res_beta, self.to_grid.res_alpha)
-            with torch.no_grad():
-                to_grid = self.to_grid(torch.eye(k, dtype=like.dtype, device=like.device)).flatten(1)
-                points = torch.eye(res[0] * res[1], dtype=like.dtype, device=like.device).reshape(-1, *res)
-                from_grid = self.from_grid(points)
-                self._matrices = (like.dtype, like.device, to_grid.T.contiguous(), from_grid.T.contiguous(),
-                                  from_grid.sum(0))
+            f64, default = torch.float64, torch.get_default_dtype()
+            try:  # e3nn computes FromS2Grid's quadrature weights in the default dtype, whatever its dtype argument
+                torch.set_default_dtype(f64)
+                with torch.no_grad():
+                    to_grid = o3.ToS2Grid(self.lmax, (res[0], res[1]))(torch.eye(k)).flatten(1)
+                    from_grid = o3.FromS2Grid((res[0], res[1]), self.lmax)(torch.eye(res[0] * res[1]).reshape(-1, *res))
+            finally:
+                torch.set_default_dtype(default)
+                cast = dict(dtype=like.dtype, device=like.device)
+                self._matrices = (like.dtype, like.device, to_grid.T.contiguous().to(**cast),
+                                  from_grid.T.contiguous().to(**cast), from_grid.sum(0).to(**cast))
         return self._matrices[2:]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

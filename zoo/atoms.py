@@ -30,6 +30,22 @@ class AtomGraph:
     def num_graphs(self) -> int:
         return self.cell.shape[0]
 
+    def validate(self) -> None:
+        """Raise one ValueError naming every field whose shape or dtype does not fit the others."""
+        n = self.numbers.shape[0] if self.numbers.dim() == 1 else -1
+        e = self.edge_index.shape[1] if self.edge_index.dim() == 2 else -1
+        expected = {"numbers": ((n,), "integer"), "positions": ((n, 3), "float"), "cell": ((-1, 3, 3), "float"),
+                    "batch": ((n,), "integer"), "edge_index": ((2, e), "integer"), "shifts": ((e, 3), "float")}
+        problems = []
+        for name, (shape, kind) in expected.items():
+            t = getattr(self, name)
+            fits = t.dim() == len(shape) and all(want in (-1, got) for want, got in zip(shape, t.shape))
+            if not fits or t.is_floating_point() != (kind == "float") or n < 0:
+                dims = ", ".join("G" if want == -1 and name == "cell" else str(want) for want in shape)
+                problems.append(f"{name} must be a {kind} ({dims}) tensor, got {t.dtype} {tuple(t.shape)}")
+        if problems:
+            raise ValueError("AtomGraph: " + "; ".join(problems) + " (N atoms from numbers, E edges from edge_index)")
+
     def to(self, device=None, dtype=None) -> "AtomGraph":
         """Move to ``device``; ``dtype`` converts the floating tensors (positions, cell, shifts)."""
         out = {}

@@ -108,6 +108,7 @@ class Facet(nn.Module):
                              f"(Z={unseen}), for which its energies mean nothing")
 
     def _check(self, graph: AtomGraph) -> None:
+        graph.validate()
         z = graph.numbers
         in_range = (z >= 1) & (z <= self.config.num_elements)
         if not bool(self.known_species[torch.where(in_range, z, 0)].all()):  # row 0 is never known: one check
@@ -161,6 +162,7 @@ def predict_with(energy_model: nn.Module, graph: AtomGraph, stress: bool = False
     forward must run for its gradient synchronisation). Forces need autograd, so it runs with gradients
     enabled even inside ``torch.no_grad()``; ``torch.inference_mode()`` is an error.
     """
+    graph.validate()  # before requires_grad_ below, which would fail on integer positions with torch's message
     if torch.is_inference_mode_enabled():
         raise RuntimeError("Facet forces and stress are gradients of the energy, which torch.inference_mode() "
                            "forbids; call predict under torch.no_grad() or without a context")
@@ -175,7 +177,9 @@ def predict_with(energy_model: nn.Module, graph: AtomGraph, stress: bool = False
     if stress:
         volume = torch.linalg.det(graph.cell).abs()
         d_strain = grads[1] if grads[1] is not None else torch.zeros_like(graph.cell)
-        out["stress"] = d_strain / torch.where(volume > 0, volume, torch.nan)[:, None, None]
+        periodic = (volume > 0)[:, None, None]
+        # divide by 1 where there is no cell, then mask: a NaN inside the division would reach every gradient
+        out["stress"] = torch.where(periodic, d_strain / torch.where(periodic, volume[:, None, None], 1.0), torch.nan)
     return out
 
 

@@ -20,10 +20,14 @@ def _load_model(model, pretrained) -> nn.Module:
                           module._backward_pre_hooks):
                 hooks.clear()
         return own
-    if str(model).endswith(".safetensors") or Path(str(model)).is_file():
+    text = str(model)
+    if text.endswith(".safetensors") or Path(text).is_file():
         from weights import load_checkpoint
 
         return load_checkpoint(model)
+    if "/" in text or "\\" in text or Path(text).suffix:  # registered names are plain words
+        raise FileNotFoundError(f"FacetCalculator: no checkpoint file at {text!r}; model must be a Facet module, a "
+                                "registered name such as 'facet_small', or the path of a .safetensors checkpoint")
     from . import create_model
 
     return create_model(str(model), pretrained=pretrained)
