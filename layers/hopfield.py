@@ -26,9 +26,12 @@ def _apply(norm: nn.LayerNorm | None, x: torch.Tensor, what: str) -> torch.Tenso
 
 
 class Hopfield(nn.Module):
-    """Z = softmax(beta R W_Q W_K^T Y^T) Y W_V (Eq. 10), after optional LayerNorms of the stored patterns Y,
-    the state patterns R and the pattern projection, and an output projection; see ``HopfieldCore``
-    for the update iteration, heads, masks and static patterns. beta defaults to 1/sqrt(head dim).
+    """Z = softmax(beta R W_Q W_K^T Y^T) Y W_V, after optional LayerNorms of the stored patterns Y, the state
+    patterns R and the pattern projection, and an output projection; see ``HopfieldCore`` for the update
+    iteration, heads, masks and static patterns. beta defaults to 1/sqrt(head dim). W_V maps the pattern
+    projection directly, as hflayers does by default; ``pattern_projection_as_connected=True`` gives the paper's
+    Eq. 10 as written, Z = softmax(beta R W_Q W_K^T Y^T) Y W_K W_V (the pattern projection goes through W_K, b_K
+    first; W_V is then (H * hidden, H * hidden), hflayers' layout for that flag).
 
     ``forward(input)`` takes one tensor (stored = state = projection: Hopfield self-association) or the
     tuple (stored_pattern, state_pattern, pattern_projection), each (batch, length, features) when
@@ -37,7 +40,7 @@ class Hopfield(nn.Module):
     State-dict layout = hflayers' ``Hopfield``: ``association_core.{in_proj_weight, in_proj_bias,
     out_proj.weight, out_proj.bias}`` (or ``{q,k,v}_proj_weight``), ``norm_stored_pattern.*``,
     ``norm_state_pattern.*``, ``norm_pattern_projection.*``. ``Hopfield(input_size=64)`` has 17,024
-    parameters. Not implemented from hflayers: normalize_hopfield_space, pattern_projection_as_connected,
+    parameters. Not implemented from hflayers: normalize_hopfield_space,
     association_activation, concat_bias_pattern, add_zero_association, per-head update_steps tensors.
     """
 
@@ -53,7 +56,8 @@ class Hopfield(nn.Module):
                  stored_pattern_as_static: bool = False, state_pattern_as_static: bool = False,
                  pattern_projection_as_static: bool = False, stored_pattern_size: int | None = None,
                  pattern_projection_size: int | None = None, batch_first: bool = True, dropout: float = 0.0,
-                 input_bias: bool = True, disable_out_projection: bool = False):
+                 input_bias: bool = True, disable_out_projection: bool = False,
+                 pattern_projection_as_connected: bool = False):
         super().__init__()
         if not isinstance(batch_first, bool):
             raise TypeError(f"Hopfield: batch_first must be a bool, got {batch_first!r}")
@@ -62,7 +66,8 @@ class Hopfield(nn.Module):
             kdim=stored_pattern_size, vdim=pattern_projection_size, out_dim=output_size, bias=input_bias,
             dropout=dropout, query_as_static=state_pattern_as_static, key_as_static=stored_pattern_as_static,
             value_as_static=pattern_projection_as_static, disable_out_projection=disable_out_projection,
-            scaling=scaling, update_steps_max=update_steps_max, update_steps_eps=update_steps_eps)
+            scaling=scaling, update_steps_max=update_steps_max, update_steps_eps=update_steps_eps,
+            value_as_connected=pattern_projection_as_connected)
         self.norm_stored_pattern = _norm(normalize_stored_pattern, normalize_stored_pattern_affine,
                                          normalize_stored_pattern_eps, stored_pattern_size or input_size,
                                          "stored_pattern")

@@ -46,7 +46,7 @@ class HopfieldCore(nn.Module):
                  out_dim: int | None = None, bias: bool = True, dropout: float = 0.0,
                  query_as_static: bool = False, key_as_static: bool = False, value_as_static: bool = False,
                  disable_out_projection: bool = False, scaling: float | torch.Tensor | None = None,
-                 update_steps_max: int | None = 0, update_steps_eps: float = 1e-4):
+                 update_steps_max: int | None = 0, update_steps_eps: float = 1e-4, value_as_connected: bool = False):
         super().__init__()
         if num_heads < 1:
             raise ValueError(f"HopfieldCore: num_heads must be >= 1, got {num_heads}")
@@ -57,6 +57,10 @@ class HopfieldCore(nn.Module):
         if not update_steps_eps > 0:
             raise ValueError(f"HopfieldCore: update_steps_eps must be > 0, got {update_steps_eps}")
         self.static = (query_as_static, key_as_static, value_as_static)
+        self.value_as_connected = value_as_connected
+        if value_as_connected and (key_as_static or value_as_static):
+            raise ValueError("HopfieldCore: pattern_projection_as_connected projects the pattern projection with the "
+                             "stored pattern's W_K, so neither may be static")
         self.static_execution = all(self.static) and disable_out_projection
         self.num_heads, self.dropout = num_heads, dropout
         self.update_steps_max, self.update_steps_eps = update_steps_max, update_steps_eps
@@ -76,17 +80,22 @@ class HopfieldCore(nn.Module):
             head_dim = embed_dim // num_heads
         self.embed_dim, self.kdim, self.vdim = embed_dim, kdim or embed_dim, vdim or embed_dim
         self.head_dim, self.pattern_dim = head_dim, pattern_dim or head_dim
+        if value_as_connected and (self.kdim != self.vdim or self.pattern_dim != head_dim):
+            raise ValueError(f"HopfieldCore: pattern_projection_as_connected needs stored and projected patterns of one "
+                             f"width and pattern_size = hidden_size, got {self.kdim} and {self.vdim}, "
+                             f"{self.pattern_dim} and {head_dim}")
         self.out_dim = out_dim or embed_dim
         hq, hv = num_heads * self.head_dim, num_heads * self.pattern_dim
         self._rows = (hq, hq, hv)
-        same = self.kdim == embed_dim and self.vdim == embed_dim and pattern_dim is None
+        same = self.kdim == embed_dim and self.vdim == embed_dim and pattern_dim is None and not value_as_connected
         non_static = [not s for s in self.static]
         if same:
             rows = sum(r for r, keep in zip(self._rows, non_static) if keep)
             self.in_proj_weight = nn.Parameter(torch.empty(rows, embed_dim)) if rows else None
-        else:
+        else:  # connected: W_V maps the W_K-projected pattern projection, (H * pattern_dim, H * head_dim)
             self.in_proj_weight = None
-            for name, r, width, keep in zip("qkv", self._rows, (embed_dim, self.kdim, self.vdim), non_static):
+            widths = (embed_dim, self.kdim, hq if value_as_connected else self.vdim)
+            for name, r, width, keep in zip("qkv", self._rows, widths, non_static):
                 setattr(self, f"{name}_proj_weight", nn.Parameter(torch.empty(r, width)) if keep else None)
         n_bias = non_static[0] * hq + non_static[1] * hq + hv
         self.in_proj_bias = nn.Parameter(torch.empty(n_bias)) if bias and any(non_static) else None
@@ -224,6 +233,9 @@ class HopfieldCore(nn.Module):
             proj = self._projections() if not self.static_execution else [None] * 3
             q = self._heads(query, proj[0], "state pattern", q_width)
             k = self._heads(key, proj[1], "stored pattern", k_width)
+            if self.value_as_connected:  # V = (P W_K + b_K) W_V + b_V: the paper's Y W_K W_V when P = Y
+                self._check(value, "pattern projection", v_width)
+                value, v_width = F.linear(value, *proj[1]), None
             v = self._heads(value, proj[2], "pattern projection", v_width)
         if q.shape[-1] != k.shape[-1]:
             raise ValueError(f"Hopfield: state and stored patterns must meet in one space, got widths {q.shape[-1]} "

@@ -29,6 +29,7 @@ class HopfieldLayer(nn.Module):
         self.quantity = quantity
         static = hopfield_kwargs.get("stored_pattern_as_static", False)
         size = self.hopfield.hidden_size if static else self.hopfield.stored_pattern_dim
+        size = size or input_size  # all patterns static, no projection: the lookup patterns meet R as they are
         lead = (1, quantity) if self.hopfield.batch_first else (quantity, 1)
         self.lookup_weights = nn.Parameter(torch.empty(*lead, size), requires_grad=trainable)
         nn.init.normal_(self.lookup_weights, mean=0.0, std=0.02)

@@ -71,15 +71,72 @@ def test_wrappers_put_hopfield_under_hopfield_and_their_own_weights():
 
 
 def test_separate_projection_layout():
-    # kdim != embed_dim: hflayers switches to q/k/v_proj_weight; in_proj_bias keeps 3 blocks
-    h = Hopfield(input_size=64, stored_pattern_size=32, pattern_projection_size=48, hidden_size=8, num_heads=2,
-                 output_size=10)
-    shapes = {k: tuple(v.shape) for k, v in h.state_dict().items() if k.startswith("association_core")}
-    assert shapes == {"association_core.q_proj_weight": (16, 64), "association_core.k_proj_weight": (16, 32),
-                      "association_core.v_proj_weight": (16, 48), "association_core.in_proj_bias": (48,),
-                      "association_core.out_proj.weight": (10, 16), "association_core.out_proj.bias": (10,)}
-    out = h((torch.randn(3, 6, 32), torch.randn(3, 4, 64), torch.randn(3, 6, 48)))
-    assert out.shape == (3, 4, 10)
+    """kdim != embed_dim: hflayers switches to q/k/v_proj_weight (in_proj_bias keeps its 3 blocks); a state dict in
+    that layout loads strictly and computes the equation by hand."""
+    kwargs = dict(input_size=64, stored_pattern_size=32, pattern_projection_size=48, hidden_size=8, num_heads=2,
+                  output_size=10)
+    h = Hopfield(**kwargs)
+    shapes = {k: tuple(v.shape) for k, v in h.state_dict().items()}
+    assert {k: s for k, s in shapes.items() if k.startswith("association_core")} == {
+        "association_core.q_proj_weight": (16, 64), "association_core.k_proj_weight": (16, 32),
+        "association_core.v_proj_weight": (16, 48), "association_core.in_proj_bias": (48,),
+        "association_core.out_proj.weight": (10, 16), "association_core.out_proj.bias": (10,)}
+    sd = hflayers_state(shapes)
+    fresh = Hopfield(**kwargs)
+    fresh.load_state_dict(sd, strict=True)
+    y, r, p = torch.randn(3, 6, 32), torch.randn(3, 4, 64), torch.randn(3, 6, 48)
+    ln = lambda x, n: F.layer_norm(x, x.shape[-1:], sd[f"{n}.weight"], sd[f"{n}.bias"], 1e-5)  # noqa: E731
+    b = sd["association_core.in_proj_bias"]
+    heads = lambda x: x.view(3, -1, 2, 8).transpose(1, 2)  # noqa: E731
+    q = heads(F.linear(ln(r, "norm_state_pattern"), sd["association_core.q_proj_weight"], b[:16]))
+    k = heads(F.linear(ln(y, "norm_stored_pattern"), sd["association_core.k_proj_weight"], b[16:32]))
+    v = heads(F.linear(ln(p, "norm_pattern_projection"), sd["association_core.v_proj_weight"], b[32:]))
+    z = ((q @ k.transpose(-1, -2)) / math.sqrt(8)).softmax(-1) @ v
+    z = F.linear(z.transpose(1, 2).reshape(3, 4, 16), sd["association_core.out_proj.weight"],
+                 sd["association_core.out_proj.bias"])
+    assert torch.allclose(fresh((y, r, p)), z, atol=1e-5)
+
+
+def test_pattern_projection_as_connected_is_the_papers_equation_10():
+    """Z = softmax(beta R W_Q W_K^T Y^T) Y W_K W_V (with biases, per head, then W_O), hflayers' layout for the flag:
+    separate q/k/v_proj_weight, v_proj_weight (H * hidden, H * hidden); a state dict in it loads strictly."""
+    kwargs = dict(input_size=12, stored_pattern_size=10, pattern_projection_size=10, hidden_size=4, num_heads=2,
+                  output_size=6, pattern_projection_as_connected=True, **NO_NORMS)
+    h = Hopfield(**kwargs)
+    shapes = {k: tuple(v.shape) for k, v in h.state_dict().items()}
+    assert shapes == {"association_core.q_proj_weight": (8, 12), "association_core.k_proj_weight": (8, 10),
+                      "association_core.v_proj_weight": (8, 8), "association_core.in_proj_bias": (24,),
+                      "association_core.out_proj.weight": (6, 8), "association_core.out_proj.bias": (6,)}
+    sd = hflayers_state(shapes)
+    h.load_state_dict(sd, strict=True)
+    y, r = torch.randn(3, 5, 10), torch.randn(3, 4, 12)
+    b = sd["association_core.in_proj_bias"]
+    heads = lambda x: x.view(3, -1, 2, 4).transpose(1, 2)  # noqa: E731
+    yk = F.linear(y, sd["association_core.k_proj_weight"], b[8:16])                 # Y W_K
+    q = heads(F.linear(r, sd["association_core.q_proj_weight"], b[:8]))
+    v = heads(F.linear(yk, sd["association_core.v_proj_weight"], b[16:]))           # Y W_K W_V
+    z = ((q @ heads(yk).transpose(-1, -2)) / 2.0).softmax(-1) @ v
+    z = F.linear(z.transpose(1, 2).reshape(3, 4, 8), sd["association_core.out_proj.weight"],
+                 sd["association_core.out_proj.bias"])
+    assert torch.allclose(h((y, r, y)), z, atol=1e-6)
+    with pytest.raises(ValueError, match="stored and projected patterns of one width"):
+        Hopfield(**(kwargs | dict(pattern_projection_size=7)))
+    with pytest.raises(ValueError, match="neither may be static"):
+        Hopfield(**(kwargs | dict(stored_pattern_as_static=True)))
+
+
+def test_wrappers_with_every_pattern_static_retrieve_from_their_own_weights():
+    """All patterns static and no output projection (nothing projected, beta = 1): the lookup / pooling weights
+    take the input's width, and the output is softmax(R Y^T) Y with Y the learned patterns."""
+    x = torch.randn(2, 3, 8)
+    layer = HopfieldLayer(input_size=8, quantity=5, **STATIC)
+    y = layer.lookup_weights[0]
+    assert y.shape == (5, 8)
+    assert torch.allclose(layer(x), (x @ y.T).softmax(-1) @ y, atol=1e-6)
+    pooling = HopfieldPooling(input_size=8, **STATIC)
+    query = pooling.pooling_weights[0]  # (1, 8): the learned state pattern
+    expected = ((query @ x.transpose(1, 2)).softmax(-1) @ x).flatten(1)
+    assert torch.allclose(pooling(x), expected, atol=1e-6)
 
 
 def test_static_state_pattern_drops_its_rows_from_in_proj_weight():
