@@ -52,7 +52,9 @@ def attention_logit_norms(attn: nn.Module, x: torch.Tensor) -> tuple[torch.Tenso
     if not isinstance(attn.q_norm, nn.Identity) or not isinstance(attn.k_norm, nn.Identity):
         raise ValueError("attention_logit_norms: the bound is for plain bilinear logits; this attention normalises q/k")
     qkv = attn.qkv
-    weight = qkv.reparametrized_weight() if hasattr(qkv, "reparametrized_weight") else qkv.weight
+    # a sigmaReparam qkv: W_hat from the stored u, v (its reparametrized_weight() would run a power iteration in
+    # training mode, and this only reads)
+    weight = qkv.weight * (qkv.gamma / qkv.sigma) if hasattr(qkv, "reparametrized_weight") else qkv.weight
     bias = qkv.bias if qkv.bias is not None else weight.new_zeros(weight.shape[0])
     w = torch.cat([weight, bias[:, None]], 1).detach().double()  # (3 d, d + 1)
     heads, hd = attn.num_heads, attn.head_dim

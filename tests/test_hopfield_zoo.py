@@ -151,3 +151,21 @@ def test_tabular_recipe_beats_chance_and_baselines_share_it(tmp_path):
         recipe = load_recipe("hopfield-tabular-wine", [f"model={baseline}", "train.steps=100"])
         assert zoo.create_model(recipe["model"], **recipe["model_args"])(torch.randn(4, 13)).shape == (4, 3)
         assert fit(recipe, out=tmp_path / baseline)["test_acc"] > 0.85
+
+
+def test_retrieval_demo_script_stores_digits_and_retrieves_them(tmp_path):
+    """The README's retrieval demo (benchmarks/hopfield_retrieval.py) on 100 stored digits: it writes the picture
+    grid and its table, and one update retrieves most originals from masked and from noisy queries."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "hopfield_retrieval.py"
+    done = subprocess.run([sys.executable, str(script), "--stored", "100", "--out", str(tmp_path / "grid.png"),
+                           "--results", str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (tmp_path / "grid.png").stat().st_size > 10_000
+    rows = json.loads((tmp_path / "hopfield_retrieval.json").read_text())["queries"]
+    assert rows["masked"]["retrieved_original"] > 0.6 and rows["noisy"]["retrieved_original"] > 0.8
+    assert all(r["mse_retrieved"] < r["mse_query"] for r in rows.values())

@@ -249,6 +249,11 @@ def test_attention_probe_reuses_the_blocks_qkv_so_a_probed_training_step_is_unch
     assert torch.equal(out_probed, model(x))
     for (name, mine), (_, theirs) in zip(model.named_buffers(), probed.named_buffers()):
         assert torch.equal(mine, theirs), name
+    from layers import attention_logit_norms
+
+    before = [b.clone() for b in model.buffers()]
+    attention_logit_norms(model.blocks[0].attn, torch.randn(2, 17, 192))  # only reads u, v, in training mode too
+    assert all(torch.equal(a, b) for a, b in zip(before, model.buffers()))
 
 
 def test_zero_or_non_finite_weights_are_refused_before_anything_is_converted():
