@@ -24,7 +24,8 @@ class PotentialTask(Task):
     w_E mean_s((dE_s / n_s)^2) + w_F mean_s(sum_i |dF_i|^2 / (3 n_s)) + w_S mean_s(|d sigma_s|^2 / 9).
     Before training, ``prepare`` fits per-species reference energies by least squares, sets the energy scale
     to the RMS training force and the mean neighbour count. Metrics: MAE of energy (meV/atom), forces
-    (meV/A) and stress (meV/A^3) on ``valid`` during training and on ``test`` at every evaluation.
+    (meV/A) and stress (meV/A^3, over the 9 components of the 3 x 3 tensor) on ``valid`` during training and on
+    ``test`` at every evaluation.
     """
 
     def __init__(self, recipe: dict):
