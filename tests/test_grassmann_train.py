@@ -22,6 +22,8 @@ def test_pytext_split_is_deterministic_and_partitions_the_documents():
     assert len(ids) > 50
     assignment = [split_of(i, 0.1, 0.1) for i in ids]
     assert assignment == [split_of(i, 0.1, 0.1) for i in ids]
+    # pinned values: the split depends on the id's sha256 only, never on the process (Python's hash() is salted)
+    assert [split_of(f"topic:{n}", 0.1, 0.1) for n in (3, 4, 12, 15, 16)] == ["train", "test", "valid", "test", "valid"]
     assert {"train", "valid", "test"} == set(assignment)
     splits = pytext_splits(docstrings=False, valid=0.1, test=0.1)
     words = {s: len(t.split()) for s, t in splits.items()}
