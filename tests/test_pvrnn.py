@@ -431,7 +431,7 @@ def test_posterior_unroll_matches_a_level_by_level_reference(bottom_up):
 
 @pytest.mark.parametrize("bottom_up", [False, True])
 def test_hand_written_window_gradient_equals_autograd(bottom_up):
-    """window_objective_and_grad (layers.posterior_pass_backward, no autograd) equals autograd through
+    """window_objective_and_grad (layers.WindowGradient, no autograd) equals autograd through
     window_objective with the same z noise, in fp64, for a three-level stack, with and without the first step's
     unit-Gaussian prior (bottom-up models take autograd's gradient by design)."""
     torch.manual_seed(0)
@@ -472,6 +472,43 @@ def test_error_regression_steps_are_torch_adam_on_the_window_objective():
         x = m.unroll(6, state, True, a.chunk(2, -1), noise=False)["x"]
     after = ((x - stream[:, :6]) ** 2).mean((-1, -2))
     torch.testing.assert_close(r["window_error_after"][:, 0], after, rtol=1e-5, atol=1e-7)
+
+
+def test_error_regression_over_several_slides_equals_autograd_adam_with_committed_states():
+    """Several window slides, three levels, horizon 2, fp64: each step is torch.optim.Adam on window_objective
+    from the state committed when the window slid (the oldest step at its posterior mean) with the new step's
+    vectors at 0; predictions and window errors before and after the iterations agree to 1e-12."""
+    torch.manual_seed(0)
+    m = zoo.create_model("pvrnn_small", d_sizes=(6, 5, 4), z_sizes=(3, 2, 1), taus=(2.0, 4.0, 8.0),
+                         meta_prior=(0.1, 0.01, 0.001), n_sequences=4, seq_len=30).double()
+    stream = torch.randn(2, 11, 2, dtype=torch.float64)
+    W, K, H, lr, B, Z = 4, 3, 2, 0.05, 2, 6
+    torch.manual_seed(7)
+    r = m.error_regression(stream, window=W, iterations=K, lr=lr, horizon=H)
+    torch.manual_seed(7)  # the same noise draws, in the same order
+    a, state, first = torch.zeros(B, W, 2 * Z, dtype=torch.float64), m.initial_state(B), True
+    ref = {"prediction": [], "window_error_before": [], "window_error_after": []}
+    for t in range(W - 1, stream.shape[1] - H):
+        obs = stream[:, t - W + 1:t + 1]
+        with torch.no_grad():
+            x = m.unroll(W, state, first, a.chunk(2, -1), noise=False)["x"]
+        ref["window_error_before"].append(((x - obs) ** 2).mean((-1, -2)))
+        a = a.clone().requires_grad_()
+        opt = torch.optim.Adam([a], lr=lr)
+        for _ in range(K):
+            a.grad, = torch.autograd.grad(m.window_objective(a, state, first, obs), [a])
+            opt.step()
+        a = a.detach()
+        with torch.no_grad():
+            out = m.unroll(W, state, first, a.chunk(2, -1), noise=False)
+            ref["window_error_after"].append(((out["x"] - obs) ** 2).mean((-1, -2)))
+            ref["prediction"].append(m._stepped_prior(H, out["state"], False, False)["x"])
+            oldest = m.unroll(1, state, first, tuple(v[:, :1] for v in a.chunk(2, -1)), noise=False)
+        state, first = oldest["state"], False
+        a = torch.cat([a[:, 1:], torch.zeros(B, 1, 2 * Z, dtype=a.dtype)], 1)
+    assert r["prediction"].shape[1] == 6  # six slides
+    for key, values in ref.items():
+        torch.testing.assert_close(r[key], torch.stack(values, 1), rtol=1e-12, atol=1e-12)
 
 
 def test_sequences_by_path_train_the_task_and_name_bad_files(tmp_path):
