@@ -118,6 +118,9 @@ def test_features_only_reset_classifier_and_data_config():
         assert model(x).shape == (2, 7)
         model.reset_classifier(3)
         assert model(x).shape == (2, 3) and model.get_classifier().out_features == 3
+        unpooled = zoo.create_model(name, num_classes=7).eval()
+        unpooled.reset_classifier(0, "")  # timm's convention: no head and no pooling gives the feature map
+        assert unpooled(x).shape == (2, 1280, 2, 2)
         cfg = timm.data.resolve_data_config({}, model=model)
         assert cfg["input_size"] == (3, 224, 224) and cfg["crop_pct"] == 0.875
 
