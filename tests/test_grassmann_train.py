@@ -93,10 +93,10 @@ def test_nli_head_trains_only_the_head_and_ignores_padding(name):
     frozen = {k: v.clone() for k, v in model.encoder.state_dict().items()}
     ids = torch.randint(5, 100, (4, 10))
     model.eval()
-    logits = model(ids)
+    logits = model(ids).logits
     padded = torch.cat([ids, torch.zeros(4, 6, dtype=torch.long)], 1)
     mask = torch.cat([torch.ones(4, 10), torch.zeros(4, 6)], 1).long()
-    assert logits.shape == (4, 3) and torch.allclose(model(padded, mask), logits, atol=1e-5)
+    assert logits.shape == (4, 3) and torch.allclose(model(padded, mask).logits, logits, atol=1e-5)
     with pytest.raises(ValueError, match=r"input_ids must be integer token ids \(batch, tokens\)"):
         model(ids[0])
     with pytest.raises(ValueError, match="attention_mask must have the shape of input_ids"):
@@ -107,14 +107,55 @@ def test_nli_head_trains_only_the_head_and_ignores_padding(name):
     labels = torch.tensor([0, 1, 2, 0])
     losses = []
     for _ in range(15):
-        loss = torch.nn.functional.cross_entropy(model(ids), labels)
+        out = model(ids, labels=labels)
+        assert torch.allclose(out.loss, torch.nn.functional.cross_entropy(out.logits, labels))
         opt.zero_grad()
-        loss.backward()
+        out.loss.backward()
         opt.step()
-        losses.append(loss.item())
+        losses.append(out.loss.item())
     assert losses[-1] < 0.5 * losses[0]
     assert all(torch.equal(v, frozen[k]) for k, v in model.encoder.state_dict().items())
     assert all(p.grad is None for p in model.encoder.parameters())
+
+
+@pytest.mark.parametrize(("name", "trainable"), [("grassmann_nli_head", 1_916_483),
+                                                 ("transformer_nli_head", 1_777_667)])
+def test_nli_head_parameter_count_follows_from_the_lm_blocks(name, trainable):
+    """Over a 768-wide encoder (DistilBERT's width): W_in 768x256 + 2 blocks + LayerNorm + 3-way classifier. A
+    block's size comes from the paper-checked LM totals: (13,001,920 - embeddings - final LN) / 6 for Grassmann,
+    (12,585,472 - the same) / 6 for the Transformer; the encoder's own parameters are frozen and not counted."""
+    embeddings_and_final_norm = 30522 * 256 + 128 * 256 + 2 * 256
+    lm = {"grassmann_nli_head": 13_001_920, "transformer_nli_head": 12_585_472}[name]
+    block, rest = divmod(lm - embeddings_and_final_norm, 6)
+    assert rest == 0
+    assert trainable == (768 * 256 + 256) + 2 * block + 2 * 256 + (256 * 3 + 3)
+    model = zoo.create_model(name, encoder_config={**ENCODER, "dim": 768, "n_heads": 2})
+    assert sum(p.numel() for p in model.parameters() if p.requires_grad) == trainable
+
+
+@pytest.mark.parametrize("name", ["grassmann_nli_head", "transformer_nli_head"])
+def test_nli_head_saves_and_loads_through_the_auto_classes(tmp_path, name):
+    """save_pretrained writes safetensors with the encoder inside; AutoConfig/AutoModelForSequenceClassification
+    rebuild the head offline from the folder alone, frozen encoder included, with identical logits. An encoder
+    given as a local folder has its weights copied in unchanged."""
+    from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification
+
+    spec = dict(ENCODER)
+    encoder = AutoModel.from_config(AutoConfig.for_model(spec.pop("model_type"), **spec))
+    encoder.save_pretrained(tmp_path / "encoder")
+    torch.manual_seed(0)
+    model = zoo.create_model(name, encoder=str(tmp_path / "encoder"), hidden_size=32, intermediate_size=64,
+                             reduced_dim=6).eval()
+    assert all(torch.equal(v, encoder.state_dict()[k]) for k, v in model.encoder.state_dict().items())
+    ids = torch.randint(5, 100, (3, 7))
+    model.save_pretrained(tmp_path / "head")
+    assert (tmp_path / "head" / "model.safetensors").exists()
+    assert type(AutoConfig.from_pretrained(tmp_path / "head")).__name__ == "NLIHeadConfig"
+    loaded = AutoModelForSequenceClassification.from_pretrained(tmp_path / "head")
+    assert type(loaded) is type(model) and loaded.config.mixer == model.config.mixer
+    assert torch.equal(loaded(ids).logits, model(ids).logits)
+    assert not any(p.requires_grad for p in loaded.encoder.parameters())
+    assert not loaded.train().encoder.training
 
 
 def test_missing_encoder_is_a_clear_error(tmp_path):

@@ -16,10 +16,12 @@ import dataclasses
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
-from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, GenerationMixin, PreTrainedConfig, PreTrainedModel
+from transformers import (AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification,
+                          GenerationMixin, PreTrainedConfig, PreTrainedModel)
 from transformers.cache_utils import Cache, LinearAttentionLayer
-from transformers.modeling_outputs import BaseModelOutputWithPast
+from transformers.modeling_outputs import BaseModelOutputWithPast, SequenceClassifierOutput
 
 from layers import CausalGrassmannMixing
 from weights.hub import hub_resolvable
@@ -182,72 +184,94 @@ def grassmann_lm_18m(args: GrassmannLMArgs) -> GrassmannLMForCausalLM:
 
 # -- NLI heads over a frozen encoder -------------------------------------------------------------------------
 
-@dataclass
-class NLIHeadArgs:
-    """A classification head over a frozen encoder loaded with ``AutoModel`` (the paper: DistilBERT, 48 tokens).
+class NLIHeadConfig(PreTrainedConfig):
+    """A classification head over a frozen encoder. ``encoder`` names where the encoder's weights came from (a hub
+    id or local folder); ``encoder_config`` is the encoder's full config (a dict with ``model_type``), from which
+    ``from_pretrained`` rebuilds it before loading the saved weights, so a saved head needs no hub access."""
 
-    ``encoder`` is a hub id or local folder; ``encoder_config`` (a dict with ``model_type``), when given, builds a
-    randomly initialised encoder instead (offline tests).
-    """
+    model_type = "paperzoo_nli_head"
 
     mixer: str = "grassmann"  # or "transformer"
-    encoder: str = "distilbert-base-uncased"
+    encoder: str | None = "distilbert-base-uncased"
     encoder_config: dict | None = None
     hidden_size: int = 256
     num_hidden_layers: int = 2
     reduced_dim: int = 32
-    windows: tuple[int, ...] = WINDOWS
+    windows: list[int] | tuple[int, ...] = WINDOWS
     num_attention_heads: int = 4
     intermediate_size: int = 1024
+    out_proj: bool = True
     dropout: float = 0.1
-    num_labels: int = 3
+    layer_norm_eps: float = 1e-5
+    initializer_range: float = 0.02
 
 
-def load_encoder(args: NLIHeadArgs) -> nn.Module:
-    if args.encoder_config is not None:
-        spec = dict(args.encoder_config)
-        return AutoModel.from_config(AutoConfig.for_model(spec.pop("model_type"), **spec))
+def build_encoder(spec: dict) -> PreTrainedModel:
+    """A randomly initialised encoder from a config dict with ``model_type``."""
+    spec = dict(spec)
+    return AutoModel.from_config(AutoConfig.for_model(spec.pop("model_type"), **spec))
+
+
+def load_pretrained_encoder(name: str) -> PreTrainedModel:
     try:
-        return AutoModel.from_pretrained(args.encoder, local_files_only=not hub_resolvable())
+        return AutoModel.from_pretrained(name, local_files_only=not hub_resolvable())
     except OSError as err:
         raise FileNotFoundError(
-            f"encoder {args.encoder!r} is not available offline ({err.__class__.__name__}). Download it once with "
-            f"`hf download {args.encoder}` (it lands in the Hugging Face cache) or set encoder= to a local folder "
+            f"encoder {name!r} is not available offline ({err.__class__.__name__}). Download it once with "
+            f"`hf download {name}` (it lands in the Hugging Face cache) or set encoder= to a local folder "
             "saved with save_pretrained.") from err
 
 
-class NLIHead(nn.Module):
+class NLIHeadForSequenceClassification(PreTrainedModel):
     """logits = W_cls LN(mean over real tokens of Blocks(W_in E(x))), E a frozen encoder (no gradients, always in
     eval mode). Blocks: ``GrassmannBlock`` (mixer="grassmann") or pre-norm ``TransformerBlock`` with causal +
-    padding attention (mixer="transformer"), so both heads read the pair left to right."""
+    padding attention (mixer="transformer"), so both heads read the pair left to right. Registered with
+    ``AutoConfig`` and ``AutoModelForSequenceClassification``; ``save_pretrained`` stores the encoder too."""
 
-    def __init__(self, args: NLIHeadArgs):
-        super().__init__()
+    config_class = NLIHeadConfig
+    base_model_prefix = "nli"
+    _no_split_modules = ["GrassmannBlock", "TransformerBlock"]
+
+    def __init__(self, config: NLIHeadConfig):
+        super().__init__(config)
         from .transformer_lm import TransformerBlock, TransformerLMConfig
 
-        if args.mixer not in ("grassmann", "transformer"):
-            raise ValueError(f"NLIHead: mixer must be 'grassmann' or 'transformer', got {args.mixer!r}")
-        self.args = args
-        self.encoder = load_encoder(args).eval().requires_grad_(False)
-        d = args.hidden_size
+        if config.mixer not in ("grassmann", "transformer"):
+            raise ValueError(f"NLI head: mixer must be 'grassmann' or 'transformer', got {config.mixer!r}")
+        if not config.encoder_config or "model_type" not in config.encoder_config:
+            raise ValueError("NLI head: config.encoder_config must be the encoder's config dict with a model_type")
+        self.encoder = build_encoder(config.encoder_config).requires_grad_(False)
+        d = config.hidden_size
         self.proj = nn.Linear(self.encoder.config.hidden_size, d)
-        common = dict(hidden_size=d, intermediate_size=args.intermediate_size, dropout=args.dropout)
-        if args.mixer == "grassmann":
-            cfg = GrassmannLMConfig(reduced_dim=args.reduced_dim, windows=list(args.windows), **common)
-            self.blocks = nn.ModuleList(GrassmannBlock(cfg) for _ in range(args.num_hidden_layers))
+        common = dict(hidden_size=d, intermediate_size=config.intermediate_size, dropout=config.dropout,
+                      layer_norm_eps=config.layer_norm_eps)
+        if config.mixer == "grassmann":
+            cfg = GrassmannLMConfig(reduced_dim=config.reduced_dim, windows=list(config.windows),
+                                    out_proj=config.out_proj, **common)
+            self.blocks = nn.ModuleList(GrassmannBlock(cfg) for _ in range(config.num_hidden_layers))
         else:
-            cfg = TransformerLMConfig(num_attention_heads=args.num_attention_heads, **common)
-            self.blocks = nn.ModuleList(TransformerBlock(cfg) for _ in range(args.num_hidden_layers))
-        self.norm = nn.LayerNorm(d)
-        self.classifier = nn.Linear(d, args.num_labels)
+            cfg = TransformerLMConfig(num_attention_heads=config.num_attention_heads, **common)
+            self.blocks = nn.ModuleList(TransformerBlock(cfg) for _ in range(config.num_hidden_layers))
+        self.norm = nn.LayerNorm(d, eps=config.layer_norm_eps)
+        self.classifier = nn.Linear(d, config.num_labels)
+        self.post_init()
+        self.encoder.eval()
+
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        model = super().from_pretrained(*args, **kwargs)
+        model.encoder.requires_grad_(False)  # loading materialises fresh parameters, which require gradients
+        return model
 
     def train(self, mode: bool = True):
         super().train(mode)
         self.encoder.eval()  # frozen: dropout off in the encoder whatever the head does
         return self
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Class logits (B, num_labels) for token ids (B, T) of "[CLS] premise [SEP] hypothesis [SEP]"."""
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                labels: torch.Tensor | None = None, return_dict: bool | None = None) -> SequenceClassifierOutput:
+        """Class logits (B, num_labels) for token ids (B, T) of "[CLS] premise [SEP] hypothesis [SEP]"; with
+        ``labels`` (B,) also the mean cross-entropy as ``loss``."""
         if input_ids.dim() != 2 or input_ids.is_floating_point():
             raise ValueError(f"NLI head: input_ids must be integer token ids (batch, tokens), got {input_ids.dtype} "
                              f"{tuple(input_ids.shape)}")
@@ -261,7 +285,7 @@ class NLIHead(nn.Module):
         x = self.proj(hidden)
         T = x.shape[1]
         keep = attention_mask.bool()
-        if self.args.mixer == "grassmann":
+        if self.config.mixer == "grassmann":
             positions = torch.arange(T, device=x.device)
             for block in self.blocks:
                 x = block(x, positions)
@@ -271,16 +295,58 @@ class NLIHead(nn.Module):
             for block in self.blocks:
                 x = block(x, mask=mask)
         pooled = (x * keep[..., None]).sum(1) / keep.sum(1, keepdim=True).clamp_min(1)
-        return self.classifier(self.norm(pooled))
+        logits = self.classifier(self.norm(pooled))
+        loss = None if labels is None else F.cross_entropy(logits.float(), labels)
+        return SequenceClassifierOutput(loss=loss, logits=logits)
+
+
+AutoConfig.register(NLIHeadConfig.model_type, NLIHeadConfig)
+AutoModelForSequenceClassification.register(NLIHeadConfig, NLIHeadForSequenceClassification)
+
+
+@dataclass
+class NLIHeadArgs:
+    """Registry config. ``encoder`` is a hub id or local folder loaded with ``AutoModel``; ``encoder_config`` (a
+    dict with ``model_type``), when given, builds a randomly initialised encoder instead (offline tests)."""
+
+    mixer: str = "grassmann"
+    encoder: str = "distilbert-base-uncased"
+    encoder_config: dict | None = None
+    hidden_size: int = 256
+    num_hidden_layers: int = 2
+    reduced_dim: int = 32
+    windows: tuple[int, ...] = WINDOWS
+    num_attention_heads: int = 4
+    intermediate_size: int = 1024
+    dropout: float = 0.1
+    num_labels: int = 3
+
+
+def build_nli_head(args: NLIHeadArgs) -> NLIHeadForSequenceClassification:
+    """The head with the pretrained encoder's weights copied in (or a random encoder from ``encoder_config``)."""
+    fields = dataclasses.asdict(args)
+    pretrained = None
+    if args.encoder_config is None:
+        pretrained = load_pretrained_encoder(args.encoder)
+        fields["encoder_config"] = pretrained.config.to_dict()
+    else:
+        fields["encoder"] = None
+    fields["windows"] = list(args.windows)
+    model = NLIHeadForSequenceClassification(NLIHeadConfig(**fields))
+    if pretrained is not None:
+        model.encoder.load_state_dict(pretrained.state_dict())
+    return model
 
 
 @register_model(NLIHeadArgs(mixer="grassmann"), PAPER)
-def grassmann_nli_head(args: NLIHeadArgs) -> NLIHead:
-    """Two Grassmann blocks (d=256, r=32) over frozen DistilBERT, mean-pooled, 3 SNLI classes."""
-    return NLIHead(args)
+def grassmann_nli_head(args: NLIHeadArgs) -> NLIHeadForSequenceClassification:
+    """Two Grassmann blocks (d=256, r=32) over frozen DistilBERT, mean-pooled, 3 SNLI classes: 1,916,483
+    trainable parameters over a 768-wide encoder."""
+    return build_nli_head(args)
 
 
 @register_model(NLIHeadArgs(mixer="transformer"), PAPER)
-def transformer_nli_head(args: NLIHeadArgs) -> NLIHead:
-    """Two Transformer blocks (d=256, 4 heads) over frozen DistilBERT, mean-pooled, 3 SNLI classes."""
-    return NLIHead(args)
+def transformer_nli_head(args: NLIHeadArgs) -> NLIHeadForSequenceClassification:
+    """Two Transformer blocks (d=256, 4 heads) over frozen DistilBERT, mean-pooled, 3 SNLI classes: 1,777,667
+    trainable parameters over a 768-wide encoder."""
+    return build_nli_head(args)

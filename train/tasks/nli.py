@@ -47,7 +47,7 @@ class NLITask(Task):
         return draw_rows(self.splits["valid"], size, generator)
 
     def loss(self, model, batch):
-        logits = model(batch["input_ids"], batch["attention_mask"]).float()
+        logits = model(batch["input_ids"], batch["attention_mask"]).logits.float()
         acc = float((logits.argmax(-1) == batch["labels"]).float().mean())
         return F.cross_entropy(logits, batch["labels"]), {"acc": acc}
 
@@ -59,6 +59,6 @@ class NLITask(Task):
             data = self.splits[split]
             correct = 0
             for ids, mask, y in zip(*(data[k].split(self.eval_batch) for k in ("input_ids", "attention_mask", "labels"))):
-                correct += int((model(ids.to(device), mask.to(device)).argmax(-1).cpu() == y).sum())
+                correct += int((model(ids.to(device), mask.to(device)).logits.argmax(-1).cpu() == y).sum())
             out[f"{split}_acc"] = correct / len(data["labels"])
         return out
