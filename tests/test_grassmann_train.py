@@ -68,6 +68,7 @@ def test_vocab_mismatch_is_a_clear_error():
 @pytest.mark.parametrize("recipe, names", [
     ("grassmann-lm-wikitext2", ["wiki.train.tokens", "wikitext-2-v1.zip", "data.path"]),
     ("grassmann-lm-wikitext2-12l", ["wiki.valid.tokens", "data.path"]),
+    ("transformer-lm-wikitext2-12l", ["wiki.valid.tokens", "data.path"]),
     ("grassmann-nli-snli", ["snli_1.0_train.jsonl", "snli_1.0.zip", "data.path"]),
 ])
 def test_full_size_recipes_say_what_to_download(recipe, names, tmp_path):
@@ -75,6 +76,22 @@ def test_full_size_recipes_say_what_to_download(recipe, names, tmp_path):
         with pytest.raises(FileNotFoundError) as err:
             make_task(load_recipe(recipe, overrides))
         assert all(n in str(err.value) for n in names)
+
+
+@pytest.mark.parametrize("grassmann, transformer, counts", [
+    ("grassmann-lm-wikitext2", "transformer-lm-wikitext2", (13_001_920, 12_585_472)),
+    ("grassmann-lm-wikitext2-12l", "transformer-lm-wikitext2-12l", (18_156_928 + 32_768, 17_324_032 + 32_768)),
+])
+def test_wikitext_recipe_pairs_share_the_budget_and_build_the_paper_models(grassmann, transformer, counts):
+    """The paper's comparison: same data, sequence length, optimiser, schedule and steps for both models; the 12L
+    pair trains at L = 256, so it has 256 position rows (128 x 256 = 32,768 parameters over the paper's count)."""
+    recipes = [load_recipe(grassmann), load_recipe(transformer)]
+    for key in ("data", "task_args", "optim", "schedule", "train"):
+        assert recipes[0][key] == recipes[1][key], key
+    for recipe, count in zip(recipes, counts):
+        model = zoo.create_model(recipe["model"], **recipe.get("model_args", {}))
+        assert model.config.max_position_embeddings >= recipe["task_args"]["seq_len"]
+        assert sum(p.numel() for p in model.parameters()) == count
 
 
 def test_wikitext_recipe_runs_when_the_data_is_given(tmp_path):
