@@ -12,6 +12,8 @@ from layers import PVRNNLayer, gaussian_kl
 from train.data.pfsm import branch_probability, pfsm_sequences
 from weights import load_checkpoint, save_checkpoint
 
+from .conftest import killed_at_call, train_losses
+
 
 def tiny(**kw):
     torch.manual_seed(0)
@@ -97,6 +99,27 @@ def test_elbo_terms_hand_computed_one_level_two_steps():
     assert rec.item() == pytest.approx(rec_hand, rel=1e-5)
     assert kl.item() == pytest.approx((kl1 + kl2) / 2, rel=1e-5)
     assert m.weighted(rec, kl).item() == pytest.approx(rec_hand + 0.5 * (kl1 + kl2) / 2, rel=1e-5)
+
+
+def test_elbo_normalisation_with_several_outputs_levels_and_z_units():
+    """Two levels with R_z = (3, 2) z units, R_x = 2 outputs, T = 5: the reconstruction is the squared error summed
+    over outputs and steps divided by T R_x, and level k's KL (torch.distributions, per z unit) summed over units
+    and steps divided by T R_z^k; the objective weights level k by w_k."""
+    torch.manual_seed(0)
+    m = zoo.create_model("pvrnn_small", d_sizes=(4, 3), z_sizes=(3, 2), taus=(2.0, 4.0), meta_prior=(0.3, 0.05),
+                         n_sequences=2, seq_len=5, out_size=2)
+    with torch.no_grad():
+        for a in list(m.A_mu) + list(m.A_sigma):
+            a.normal_(0, 0.5)
+    x = torch.randn(2, 5, 2)
+    out = m(torch.arange(2), noise=False)
+    rec, kl = m.elbo_terms(out, x)
+    torch.testing.assert_close(rec, (out["x"] - x).square().sum((1, 2)) / (5 * 2))
+    for k, (lvl, R_z) in enumerate(zip(out["levels"], (3, 2))):
+        per_unit = kl_divergence(Normal(lvl["post_mu"], lvl["post_sigma"]), Normal(lvl["prior_mu"], lvl["prior_sigma"]))
+        assert per_unit.shape == (2, 5, R_z)
+        torch.testing.assert_close(kl[:, k], per_unit.sum((1, 2)) / (5 * R_z))
+    torch.testing.assert_close(m.weighted(rec, kl), rec + 0.3 * kl[:, 0] + 0.05 * kl[:, 1])
 
 
 def test_loss_falls_on_a_short_run():
@@ -227,6 +250,19 @@ def test_error_regression_is_independent_across_streams():
     both = m.error_regression(stream, window=5, iterations=0)
     one = m.error_regression(stream[1:], window=5, iterations=0)
     assert torch.allclose(both["prediction"][1:], one["prediction"], atol=1e-6)
+    # with iterations (sampled z, Adam): changing stream 0 leaves everything of stream 1 unchanged, bit for bit,
+    # when the noise draws are the same (same seed, same batch shape)
+    other = stream.clone()
+    other[0] = torch.flip(stream[0], (0,)) + 0.3
+    runs = []
+    for s in (stream, other):
+        torch.manual_seed(1)
+        runs.append(m.error_regression(s, window=5, iterations=4, lr=0.05))
+    assert not torch.equal(runs[0]["window_error_after"][0], runs[1]["window_error_after"][0])
+    for key in ("prediction", "error", "window_error_before", "window_error_after"):
+        assert torch.equal(runs[0][key][1], runs[1][key][1]), key
+    for key in ("post_mu", "post_sigma"):
+        assert all(torch.equal(x[1], y[1]) for x, y in zip(runs[0][key], runs[1][key])), key
 
 
 def test_generation_shapes_and_probe_points():
@@ -275,9 +311,13 @@ def test_bad_input_is_named():
     stream = torch.zeros(1, 12, m.config.out_size)
     with pytest.raises(ValueError, match="must be integers"):
         m.error_regression(stream, window=5.0, iterations=2)
-    for lr in (float("nan"), -0.1):
+    for lr in (float("nan"), -0.1, "0.1", True):
         with pytest.raises(ValueError, match="lr must be a finite number > 0"):
             m.error_regression(stream, window=5, iterations=2, lr=lr)
+    gap = stream.clone()
+    gap[0, 3, 1] = float("nan")
+    with pytest.raises(ValueError, match="stream must be real and finite, got 1 NaN/inf values"):
+        m.error_regression(gap, window=5, iterations=2)
 
 
 def test_pfsm_data_has_the_set_branch_probability():
@@ -308,6 +348,25 @@ def test_task_batches_carry_sequence_ids():
     assert metrics["p_b_true"] == 0.7 and metrics["rec"] > 0 and math.isfinite(metrics["er_error"])
     with pytest.raises(ValueError, match="n_sequences"):
         task.batch(7, g)
+
+
+def test_killed_and_resumed_run_equals_the_straight_run(tmp_path):
+    """Minibatches of 2 of 6 sequences (sparse Adam rows), evaluations with sampled error regression: a run killed
+    after its step-4 checkpoint and resumed has the straight run's losses, weights, adaptive vectors and metrics."""
+    from train import fit
+    from train.tasks.pvrnn import PVRNNTask
+
+    recipe = _recipe("train.batch_size=2", "train.steps=8", "train.eval_every=4", "train.ckpt_every=4",
+                     "train.log_every=1", "probe=null")
+    fit(recipe, tmp_path / "straight")
+    with killed_at_call(PVRNNTask, "loss", 6), pytest.raises(KeyboardInterrupt):
+        fit(recipe, tmp_path / "resumed")
+    fit(recipe, tmp_path / "resumed", resume=True)
+    a, b = train_losses(tmp_path / "straight"), train_losses(tmp_path / "resumed")
+    assert list(a) == list(range(1, 9)) and a == b
+    ma, mb = (load_checkpoint(tmp_path / run / "model.safetensors").state_dict() for run in ("straight", "resumed"))
+    assert ma.keys() == mb.keys() and all(torch.equal(ma[k], mb[k]) for k in ma)
+    assert (tmp_path / "straight" / "metrics.jsonl").read_text() == (tmp_path / "resumed" / "metrics.jsonl").read_text()
 
 
 def test_minibatches_update_only_their_sequences_adaptive_vectors(tmp_path):
@@ -556,3 +615,43 @@ def test_sequences_by_path_train_the_task_and_name_bad_files(tmp_path):
     np.savez(tmp_path / "dims.npz", train=train, test=test[..., :2])
     with pytest.raises(ValueError, match="dims"):
         load_sequences(tmp_path / "dims.npz")
+
+
+def _benchmark(name, monkeypatch):
+    import importlib
+    from pathlib import Path
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    return importlib.import_module(name)
+
+
+def test_sweep_script_trains_each_w_and_redraws_from_its_json(tmp_path, monkeypatch):
+    """benchmarks/pvrnn_sweep.py on two w with a tiny budget: one run folder per w, sweep.json/md/png with one row
+    per w and the metrics the README's table shows; --from-json redraws the same table."""
+    sweep = _benchmark("pvrnn_sweep", monkeypatch)
+    tiny_run = ["model_args.n_sequences=4", "model_args.seq_len=30", "train.batch_size=4", "data.period=10",
+                "task_args.er_streams=2", "task_args.er_length=16", "task_args.er_window=4",
+                "task_args.er_iterations=1", "task_args.gen_steps=40", "task_args.lyapunov_steps=50",
+                "train.ckpt_every=0", "probe=null"]
+    sweep.main(["--w", "0.001", "1", "--steps", "3", "--out", str(tmp_path / "sweep")]
+               + [a for o in tiny_run for a in ("--set", o)])
+    rows = json.loads((tmp_path / "sweep" / "sweep.json").read_text())
+    assert [r["w"] for r in rows] == [0.001, 1.0]
+    for r in rows:
+        assert {"rec", "kl_0", "kl_1", "p_b_generated", "p_b_true", "er_error", "lambda_max"} <= r.keys()
+        assert all(math.isfinite(v) for v in r.values())
+    assert (tmp_path / "sweep" / "w_0.001" / "metrics.jsonl").exists() and (tmp_path / "sweep" / "w_1").is_dir()
+    assert (tmp_path / "sweep" / "sweep.png").stat().st_size > 5_000
+    sweep.main(["--from-json", str(tmp_path / "sweep" / "sweep.json"), "--out", str(tmp_path / "redrawn")])
+    assert (tmp_path / "redrawn" / "sweep.md").read_text() == (tmp_path / "sweep" / "sweep.md").read_text()
+
+
+def test_speed_script_measures_each_quantity(monkeypatch):
+    """benchmarks/pvrnn_speed.py's measurements on small sizes: positive, finite rates and latencies."""
+    speed = _benchmark("pvrnn_speed", monkeypatch)
+    cpu = torch.device("cpu")
+    values = [speed.train_steps_per_s(cpu, 2, 20, steps=2, repeats=1),
+              speed.generation_s(cpu, batch=2, steps=60, repeats=1),
+              speed.er_latency_ms(cpu, window=4, iterations=2, length=3, repeats=1),
+              speed.er_latency_ms(cpu, window=4, iterations=2, length=3, repeats=1, streams=3)]
+    assert all(math.isfinite(v) and v > 0 for v in values)

@@ -326,11 +326,15 @@ class PVRNN(nn.Module):
         integers = {"window": window, "iterations": iterations, "horizon": horizon}
         if not all(isinstance(v, numbers.Integral) for v in integers.values()):
             raise ValueError(f"error_regression: window, iterations and horizon must be integers, got {integers}")
-        if not (math.isfinite(lr) and lr > 0):
+        if isinstance(lr, bool) or not isinstance(lr, numbers.Real) or not (math.isfinite(lr) and lr > 0):
             raise ValueError(f"error_regression: lr must be a finite number > 0, got {lr!r}")
         if window < 1 or iterations < 0 or horizon < 1 or T < window + horizon:
             raise ValueError(f"error_regression needs window >= 1, iterations >= 0, horizon >= 1 and "
                              f"T >= window + horizon, got window={window}, iterations={iterations}, horizon={horizon}, T={T}")
+        if stream.is_complex() or not torch.isfinite(stream).all():
+            bad = "complex" if stream.is_complex() else f"{int((~torch.isfinite(stream)).sum())} NaN/inf values"
+            raise ValueError(f"error_regression: stream must be real and finite, got {bad}; mask or interpolate "
+                             "missing observations before regressing")
         with torch.no_grad() if self.config.bottom_up else torch.inference_mode():
             out = self._regress(stream.to(self.out.weight), window, iterations, lr, horizon)
         return {k: [x.clone() for x in v] if isinstance(v, list) else v.clone() for k, v in out.items()}
