@@ -8,7 +8,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import zoo
 from layers import CoordAttention
-from weights import CheckpointError, load_checkpoint
+from weights import CheckpointError, load_checkpoint, read_metadata
 from weights.convert import convert
 
 from .conftest import randomize_batchnorm
@@ -126,15 +126,25 @@ def test_features_only_reset_classifier_and_data_config():
 
 
 def test_macs_at_224_against_the_paper():
-    def macs(name):
-        model = zoo.create_model(name).eval()
+    """Conv and linear MACs from torch's flop counter (the README's table), plus CA's elementwise gating
+    x * a_h * a_w, 2 C H W multiplies per CA module, which the counter does not see."""
+    def macs(name, **kwargs):
+        model = zoo.create_model(name, **kwargs).eval()
+        gating = []
+        for module in model.modules():
+            if isinstance(module, CoordAttention):
+                module.register_forward_hook(lambda mod, args, out: gating.append(2 * args[0][0].numel()))
         with torch.no_grad(), FlopCounterMode(display=False) as counter:
             model(torch.zeros(1, 3, 224, 224))
-        return counter.get_total_flops() // 2  # flop_counter counts a multiply-add as 2 FLOPs
+        return counter.get_total_flops() // 2, sum(gating)  # flop_counter counts a multiply-add as 2 FLOPs
 
-    assert macs("mobilenetv2_100") == 300_774_272  # paper: 300M
-    # conv/linear only: CA's gating x * a_h * a_w adds 2 C H W multiplies per block (3,800,832 in all) -> 310.5M
-    assert macs("mobilenetv2_ca_100") == 306_666_368  # paper: 310M
+    assert macs("mobilenetv2_100") == (300_774_272, 0)  # paper: 300M
+    assert macs("mobilenetv2_se_100") == (301_150_208, 0)  # paper: 300M
+    assert macs("mobilenetv2_cbam_100") == (302_524_960, 0)  # paper: 300M
+    assert macs("mobilenetv2_ca_100") == (306_666_368, 3_800_832)  # 310.5M with the gating; paper: 310M
+    assert macs("mobilenext_100") == (311_342_592, 0)  # paper: 300M
+    assert macs("mobilenext_ca_100") == (316_327_936, 3_136_000)  # 319.5M; paper: 330M
+    assert macs("mobilenext_ca_100", attn_position="last_dw") == (318_485_504, 6_955_648)  # 325.4M; paper: 330M
 
 
 # ---------------- the official checkpoint ----------------
@@ -364,7 +374,7 @@ def test_zoo_convert_installs_the_published_original_into_the_cache(official, tm
     import json
 
     from train.cli import main
-    from weights.manifest import cache_dir, git_blob_sha1, sha256_of
+    from weights.manifest import cache_dir, git_blob_sha1, resolve, sha256_of
 
     torch.save(official[0], tmp_path / "mbv2_ca.pth")
     _published(monkeypatch, {"git_blob_sha1": git_blob_sha1(tmp_path / "mbv2_ca.pth")})
@@ -376,6 +386,31 @@ def test_zoo_convert_installs_the_published_original_into_the_cache(official, tm
     with torch.no_grad():
         got = zoo.create_model("mobilenetv2_ca_100", pretrained=True).eval()(official[1])
     assert torch.allclose(got, official[2], rtol=1e-4, atol=1e-5 * official[2].abs().max().item())
+    # the printed manifest entry publishes the conversion: its full sha256 is what a load then checks
+    published = report["manifest"]
+    assert len(published["sha256"]) == 64 and published["sha256"] == report["sha256"]
+    assert published["converted_from"] == {"file": "mbv2_ca.pth", "sha256": sha256_of(tmp_path / "mbv2_ca.pth"),
+                                           "git_blob_sha1": git_blob_sha1(tmp_path / "mbv2_ca.pth")}
+    assert {published[k] for k in ("name", "model", "file")} == {"mobilenetv2_ca_100_in1k", "mobilenetv2_ca_100",
+                                                                 "mobilenetv2_ca_100_in1k.safetensors"}
+    assert resolve(published) == cache_dir() / published["file"]
+    (cache_dir() / published["file"]).write_bytes(b"not the published file")
+    with pytest.raises(CheckpointError, match="sha256 mismatch"):
+        resolve(published)
+
+
+def test_conversion_is_byte_deterministic(official, tmp_path):
+    """Two conversions of one original in one environment are the same bytes (sorted metadata), so a published
+    sha256 identifies a conversion. The metadata records the torch version, so another torch gives another
+    sha256: why the shipped entry identifies the authors' file by its git blob id and records the conversion's
+    sha256 beside it at conversion time."""
+    from weights.manifest import sha256_of
+
+    torch.save(official[0], tmp_path / "mbv2_ca.pth")
+    a = convert(tmp_path / "mbv2_ca.pth", "mobilenetv2_ca_100", tmp_path / "a.safetensors")
+    b = convert(tmp_path / "mbv2_ca.pth", "mobilenetv2_ca_100", tmp_path / "b.safetensors")
+    assert sha256_of(a) == sha256_of(b)
+    assert read_metadata(a)["torch"] == torch.__version__
 
 
 def test_finetune_recipe_starts_from_the_published_weights(official, tmp_path, monkeypatch):

@@ -130,8 +130,16 @@ def _cmd_convert(args):
         if out.resolve() == Path(args.original).resolve():
             raise FileExistsError(f"converting {args.original} would overwrite it; pass --out OTHER.safetensors")
         out = convert(args.original, args.model, out)
-    print(json.dumps({"file": str(out), "sha256": sha256_of(out), "original": str(args.original),
-                      "original_git_blob_sha1": blob, "manifest_entry": entry["name"] if entry else None}, indent=2))
+    digest = sha256_of(out)
+    # the manifest entry that publishes this file: full sha256 of the conversion, and what it was converted from
+    published = {k: v for k, v in (entry or {}).items() if k != "original"}
+    published |= {"name": published.get("name", Path(out).stem), "model": args.model, "file": Path(out).name,
+                  "url": published.get("url"), "sha256": digest,
+                  "converted_from": {"file": Path(args.original).name, "sha256": sha256_of(args.original),
+                                     "git_blob_sha1": blob}}
+    print(json.dumps({"file": str(out), "sha256": digest, "original": str(args.original),
+                      "original_git_blob_sha1": blob, "manifest_entry": entry["name"] if entry else None,
+                      "manifest": published}, indent=2))
 
 
 def main(argv=None):
