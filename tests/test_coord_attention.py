@@ -107,6 +107,28 @@ def test_attention_only_in_expansion_blocks():
     assert sum(isinstance(m, CoordAttention) for m in model.modules()) == 16
 
 
+@pytest.mark.parametrize("registry", ["zoo", "timm"])
+def test_probe_by_glob_reaches_every_gate_of_the_full_model(registry):
+    """A Probe with globs on the full MobileNetV2-CA (either registry) attaches to all 16 blocks' a_h and a_w
+    and measures exactly what the gates output in that forward."""
+    from estimators import Probe
+    from estimators.estimator import Estimator
+
+    torch.manual_seed(0)
+    model = (zoo.create_model if registry == "zoo" else timm.create_model)("mobilenetv2_ca_100").eval()
+    direct = {}
+    for name, module in model.named_modules():
+        if name.endswith((".attn_h", ".attn_w")):
+            module.register_forward_hook(lambda m, i, o, name=name: direct.__setitem__(name, o.mean().item()))
+    points = {"*.attn_h": [Estimator("mean", lambda a: a.mean())], "*.attn_w": [Estimator("mean", lambda a: a.mean())]}
+    with torch.no_grad(), Probe(model, points, every=1) as probe:
+        model(torch.randn(2, 3, 64, 64))
+    rows = {r["point"]: r["value"] for r in probe.table()}
+    assert len(rows) == 32 and rows.keys() == direct.keys()
+    assert all(rows[k] == pytest.approx(direct[k], rel=1e-6) for k in rows)
+    assert all(0 < v < 1 for v in rows.values())  # sigmoid gates
+
+
 def test_features_only_reset_classifier_and_data_config():
     x = torch.randn(2, 3, 64, 64)
     feats = timm.create_model("mobilenetv2_ca_100", features_only=True)(x)
