@@ -122,16 +122,12 @@ class CausalGrassmannMixing(nn.Module):
                 past: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Mix ``h`` (B, T, d). Returns (output (B, T, d), reduced vectors z (B, T, r)).
 
-        ``positions`` (T,) or (B, T): absolute position of each token (default 0..T-1); an offset is valid where
-        position >= delta. ``past`` (B, P, r): reduced vectors of the P tokens just before ``h`` (from a cache).
+        ``positions`` (T,) or (B, T): absolute position of each token (default P..P+T-1, P the tokens in ``past``);
+        an offset is valid where position >= delta. ``past`` (B, P, r): reduced vectors of the P tokens just before ``h`` (from a cache).
         """
         if h.dim() != 3 or h.shape[-1] != self.d_model:
             raise ValueError(f"CausalGrassmannMixing: h must have shape (batch, time, {self.d_model}), got {tuple(h.shape)}")
         B, T, _ = h.shape
-        if positions is None:
-            positions = torch.arange(T, device=h.device)
-        if positions.shape[-1] != T:
-            raise ValueError(f"CausalGrassmannMixing: positions must have last dim {T} (tokens), got {tuple(positions.shape)}")
         z = self.reduce(h)
         P = 0
         full = z
@@ -140,6 +136,10 @@ class CausalGrassmannMixing(nn.Module):
                 raise ValueError(f"CausalGrassmannMixing: past must have shape ({B}, P, {self.rank}), got {tuple(past.shape)}")
             P = past.shape[1]
             full = torch.cat([past.to(z.dtype), z], 1)
+        if positions is None:
+            positions = P + torch.arange(T, device=h.device)  # the past's P tokens come first
+        if positions.shape[-1] != T:
+            raise ValueError(f"CausalGrassmannMixing: positions must have last dim {T} (tokens), got {tuple(positions.shape)}")
         offsets, (rows, cols) = self.constants(h.device)
         idx = P + torch.arange(T, device=h.device)[:, None] - offsets    # (T, K) index of z_{t-delta} in full
         valid = (positions[..., None] >= offsets) & (idx >= 0)          # (T, K) or (B, T, K)

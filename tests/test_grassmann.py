@@ -123,6 +123,9 @@ def test_mixing_positions_mask_offsets_and_past_continues_the_sequence():
     full, z = layer(h)
     tail, _ = layer(h[:, 6:], positions=torch.arange(6, 10), past=z[:, 2:6])
     assert torch.allclose(tail, full[:, 6:], atol=1e-6)
+    # without positions, the P past tokens come first: positions P..P+T-1
+    tail, _ = layer(h[:, 6:], past=z[:, :6])
+    assert torch.allclose(tail, full[:, 6:], atol=1e-6)
     with pytest.raises(ValueError, match="h must have shape"):
         layer(torch.randn(2, 10, 15))
     with pytest.raises(ValueError, match="windows must be distinct offsets"):
