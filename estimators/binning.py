@@ -27,28 +27,56 @@ def _entropy_of_symbols(ids: torch.Tensor, miller_madow: bool = False) -> torch.
     return h + (counts.numel() - 1) / (2 * ids.numel()) if miller_madow else h
 
 
+def _equal_mass_codes(x: torch.Tensor, n_bins: int) -> torch.Tensor:
+    """Equal-mass bin index of every entry of x; tied values (atoms) holding more than one share get a bin each.
+
+    Atoms are found as a fixed point: a value is an atom if its count exceeds s = (mass of the non-atoms) /
+    (n_bins - number of atoms). The non-atom values between consecutive atoms form runs; run r of mass m_r
+    gets b_r bins (cumulative rounding of m_r / s, so sum_r b_r = n_bins - atoms) filled by rank with
+    ~m_r / b_r entries each. Ties are never split; a run with b_r = 0 joins the next atom's bin. Integer
+    arithmetic throughout, so the bins are exact.
+    """
+    _, codes, counts = torch.unique(x, sorted=True, return_inverse=True, return_counts=True)
+    atom = torch.zeros_like(counts, dtype=torch.bool)
+    while True:  # the atom set only grows (each new atom lowers s): at most n_bins - 1 rounds
+        k, rest = n_bins - int(atom.sum()), counts[~atom].sum()
+        grown = atom | (counts * k > rest)
+        if torch.equal(grown, atom):
+            break
+        atom = grown
+    free = counts * ~atom
+    run = torch.cumsum(atom, 0) - atom.long()  # a non-atom's run = the atoms below it; an atom follows run ``run``
+    mass = torch.zeros(int(atom.sum()) + 1, dtype=counts.dtype, device=counts.device).index_add_(0, run, free)
+    total = mass.cumsum(0)
+    ends = (2 * k * total + rest) // (2 * rest).clamp_min(1)  # bins of runs 0..r: round(k total_r / rest)
+    starts = torch.cat([ends.new_zeros(1), ends[:-1]])
+    below = free.cumsum(0) - free - (total - mass)[run]  # mass of the value's run below it
+    width = (ends - starts)[run]
+    inside = torch.where(width > 0, width * below // mass[run].clamp_min(1), 0)
+    bins = torch.where(atom, run + ends[run], run + starts[run] + inside)
+    return bins.clamp_max(n_bins - 1)[codes]
+
+
 def discretise(x: torch.Tensor, n_bins: int = 30, strategy: str = "equal_width",
                value_range: tuple[float, float] | None = None) -> torch.Tensor:
     """Bin index (0..n_bins-1) of every entry of x (N, D), with one set of edges for the whole tensor (a layer).
 
     ``equal_width``: n_bins equal bins on ``value_range`` (default: [min, max] of x), values outside go to
-    the end bins (Shwartz-Ziv & Tishby: 30 bins on the activation range). ``equal_mass``: edges at the
-    quantiles of the pooled values so every bin holds ~N D / n_bins entries (the adaptive binning of
-    Chelombiev et al. 2019, one set of edges per layer).
+    the end bins (Shwartz-Ziv & Tishby: 30 bins on the activation range). ``equal_mass``: bins by rank of
+    the pooled values so every bin holds ~N D / n_bins entries (the adaptive binning of Chelombiev et al.
+    2019, one set of edges per layer); a tied value holding more than a bin's share (ReLU zeros, saturated
+    tanh) gets a bin of its own and the other bins share the remaining entries equally.
     """
     if not isinstance(n_bins, int) or n_bins < 1:
         raise ValueError(f"n_bins must be a positive integer, got {n_bins!r}")
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
-    if strategy == "equal_width":
-        lo, hi = (x.min(), x.max()) if value_range is None else (torch.tensor(value_range[0]), torch.tensor(value_range[1]))
-        if value_range is not None and not value_range[0] < value_range[1]:
-            raise ValueError(f"value_range must be (low, high) with low < high, got {value_range!r}")
-        inner = torch.linspace(0, 1, n_bins + 1, dtype=x.dtype, device=x.device)[1:-1] * (hi - lo).to(x) + lo.to(x)
-    else:
-        flat = x.flatten().sort().values
-        positions = (torch.arange(1, n_bins, device=x.device) * flat.numel()) // n_bins
-        inner = flat[positions]
+    if strategy == "equal_mass":
+        return _equal_mass_codes(x, n_bins)
+    lo, hi = (x.min(), x.max()) if value_range is None else (torch.tensor(value_range[0]), torch.tensor(value_range[1]))
+    if value_range is not None and not value_range[0] < value_range[1]:
+        raise ValueError(f"value_range must be (low, high) with low < high, got {value_range!r}")
+    inner = torch.linspace(0, 1, n_bins + 1, dtype=x.dtype, device=x.device)[1:-1] * (hi - lo).to(x) + lo.to(x)
     return torch.bucketize(x.contiguous(), inner.contiguous(), right=True)
 
 

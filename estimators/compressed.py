@@ -31,14 +31,15 @@ def compressed_mutual_information(x: torch.Tensor, y: torch.Tensor, dim: int = 4
 
     c_x, c_y default to projection on the top ``dim`` principal components (the linear special case of
     the paper's trained autoencoders); pass ``compress_x``/``compress_y`` (e.g. a trained encoder) to use
-    others. By the data-processing inequality the result is <= I(X;Y) up to the KSG bias, with equality
-    when the compressors keep all shared information (e.g. data on a ``dim``-dimensional subspace).
+    others: they get the input as given (its shape, dtype and device), without autograd. By the
+    data-processing inequality the result is <= I(X;Y) up to the KSG bias, with equality when the
+    compressors keep all shared information (e.g. data on a ``dim``-dimensional subspace).
     Nats. Cost O(N D min(N, D)) for the PCA plus KSG's O(N^2 dim).
     """
-    x, y = as_samples(x, "x"), as_samples(y, "y")
-    same_rows(x, y)
-    cx = compress_x(x) if compress_x is not None else pca_projection(x, dim)
-    cy = compress_y(y) if compress_y is not None else pca_projection(y, dim)
+    same_rows(as_samples(x, "x"), as_samples(y, "y"))
+    with torch.no_grad():
+        cx = compress_x(x.detach()) if compress_x is not None else pca_projection(x, dim)
+        cy = compress_y(y.detach()) if compress_y is not None else pca_projection(y, dim)
     return ksg_mutual_information(cx, cy, k=k, base=base)
 
 

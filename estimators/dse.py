@@ -28,11 +28,13 @@ def diffusion_spectral_entropy(x: torch.Tensor, sigma: float = 10.0, t: int = 1,
     Bits by default, as in the paper. log2 N when sigma is small against the point spacing (P = I), ->0
     as t grows or sigma covers all points (one eigenvalue 1 dominates). A spectral functional, not a
     plug-in of a differential entropy: compare values at equal sigma, t and N. ``max_samples`` draws that
-    many rows at random first (the paper caps N for cost). Cost O(N^2 D + N^3).
+    many rows at random first (the paper caps N for cost) with ``generator``, by default a private one
+    seeded 0, so the global RNG stream (a training run's) is left untouched. Cost O(N^2 D + N^3).
     """
     if not isinstance(t, int) or t < 1:
         raise ValueError(f"t must be a positive integer (diffusion time), got {t!r}")
     if max_samples is not None and x.shape[0] > max_samples:
+        generator = torch.Generator().manual_seed(0) if generator is None else generator
         x = x[torch.randperm(x.shape[0], generator=generator)[:max_samples].to(x.device)]
     lam = diffusion_eigenvalues(x, sigma).abs() ** t
     p = lam / lam.sum()

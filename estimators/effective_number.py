@@ -30,23 +30,29 @@ def spectral_effective_rank(w: torch.Tensor) -> torch.Tensor:
     return _exp_entropy(s).float()
 
 
-def effective_feature_count(x: torch.Tensor, power: float = 1.0) -> torch.Tensor:
-    """N_eff = exp(H(p)), p_f = m_f / sum_g m_g with mass m_f = sum_n |x_nf|^power (or m = |x|^power for 1-D x);
-    ``power=0`` counts the non-zero entries (the L0 mass: how often each feature is active).
+def effective_feature_count(x: torch.Tensor, power: float = 1.0, feature_dim: int = -1) -> torch.Tensor:
+    """N_eff = exp(H(p)), p_f = m_f / sum_g m_g with mass m_f = sum |x_{..f..}|^power over all dims but
+    ``feature_dim`` (m = |x|^power for 1-D x); ``power=0`` counts the non-zero entries (the L0 mass: how
+    often each feature is active).
 
     The effective number of features carrying the mass (e.g. sparse-autoencoder codes (N, F), feature
-    norms, per-feature importances): F for uniform mass, 1 when one feature holds all. Exact for the
+    norms, per-feature importances): F for uniform mass, 1 when one feature holds all. Features lie along
+    ``feature_dim``: the default -1 suits channels-last tensors ((N, F), a sequence (B, T, F)); pass
+    ``feature_dim=1`` for channels-first conv activations (N, C, H, W) to count channels. Exact for the
     given mass; a sample estimate of the population count, biased up by sampling noise on idle
     features. Cost O(numel).
     """
     if not torch.is_tensor(x) or x.dim() == 0:
-        raise ValueError(f"feature count needs a tensor (F,) or (N, F), got {x!r}")
+        raise ValueError(f"feature count needs a tensor (F,) or (N, ..., F), got {x!r}")
     if not power >= 0:
         raise ValueError(f"feature count: power must be >= 0, got {power!r}")
+    if not -x.dim() <= feature_dim < x.dim():
+        raise ValueError(f"feature count: feature_dim {feature_dim} is out of range for x of shape {tuple(x.shape)}")
     x = x.detach().double()
     if not torch.isfinite(x).all():
         raise ValueError("feature count: x has NaN/inf entries")
     mass = (x != 0).double() if power == 0 else x.abs() ** power
+    mass = mass.movedim(feature_dim, -1)
     mass = mass.reshape(-1, mass.shape[-1]).sum(0)
     if mass.sum() == 0:
         raise ValueError("feature count: all mass is zero")
@@ -58,6 +64,7 @@ def effective_rank() -> Estimator:
     return Estimator("effective_rank", spectral_effective_rank)
 
 
-def feature_count(power: float = 1.0) -> Estimator:
-    """Probe estimator: effective number of features exp(H) of the per-feature mass of the probe tensor."""
-    return Estimator("feature_count", effective_feature_count, power=power)
+def feature_count(power: float = 1.0, feature_dim: int = -1) -> Estimator:
+    """Probe estimator: effective number of features exp(H) of the per-feature mass of the probe tensor
+    (features along ``feature_dim``)."""
+    return Estimator("feature_count", effective_feature_count, power=power, feature_dim=feature_dim)

@@ -18,6 +18,12 @@ def log_base(base: float | str) -> float:
     raise ValueError(f"base must be 2, 'bits', 'nats', 'e' or a number > 1, got {base!r}")
 
 
+def unit_name(base: float | str) -> str:
+    """The name of the unit of information in ``base``: "bits", "nats", or e.g. "base-10 units"."""
+    ln = log_base(base)
+    return "bits" if ln == math.log(2.0) else "nats" if ln == 1.0 else f"base-{base:g} units"
+
+
 class Estimator:
     """``fn(tensor, **kwargs)`` under a name; ``est(x)`` computes it directly, a Probe calls it on schedule.
 

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from .binning import binned_mutual_information
+from .estimator import unit_name
 
 
 @torch.no_grad()
@@ -55,9 +56,10 @@ def information_plane(model: nn.Module, x: torch.Tensor, y: torch.Tensor, points
     return out
 
 
-def plot_information_plane(rows: list[dict], path: str | Path, title: str = "") -> Path:
+def plot_information_plane(rows: list[dict], path: str | Path, title: str = "", base: float | str = "bits") -> Path:
     """Draw rows {step, point, I_XT, I_TY} as the information plane: one marker per layer and step, coloured by
-    step, each step's layers joined by a line (as Shwartz-Ziv & Tishby's Fig. 3). Writes a PNG."""
+    step, each step's layers joined by a line (as Shwartz-Ziv & Tishby's Fig. 3). ``base`` is the unit the
+    rows are in (``information_plane``'s base), named on the axes. Writes a PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -65,6 +67,7 @@ def plot_information_plane(rows: list[dict], path: str | Path, title: str = "") 
 
     if not rows:
         raise ValueError("plot_information_plane: no rows to draw")
+    unit = unit_name(base)
     steps = sorted({r["step"] for r in rows})
     layers = list(dict.fromkeys(r["point"] for r in rows))
     cmap = plt.get_cmap("viridis")
@@ -80,7 +83,7 @@ def plot_information_plane(rows: list[dict], path: str | Path, title: str = "") 
         ax.scatter([p["I_XT"] for p in pts], [p["I_TY"] for p in pts], c=[p["step"] for p in pts], cmap=cmap,
                    norm=norm, s=18, marker=markers[i % len(markers)], label=layer, edgecolors="none")
     fig.colorbar(matplotlib.cm.ScalarMappable(norm=norm, cmap=cmap), ax=ax, label="training step")
-    ax.set(xlabel="I(X;T) [bits]", ylabel="I(T;Y) [bits]", title=title)
+    ax.set(xlabel=f"I(X;T) [{unit}]", ylabel=f"I(T;Y) [{unit}]", title=title)
     ax.legend(fontsize=7, markerscale=0.8, loc="lower right")
     fig.tight_layout()
     path = Path(path)

@@ -9,6 +9,17 @@ from torch import nn
 ACTIVATIONS = (nn.ReLU, nn.LeakyReLU, nn.PReLU, nn.ReLU6, nn.Hardtanh)
 
 
+def kinks(module: nn.Module) -> tuple[float, ...]:
+    """The pre-activation values where ``module`` bends: Hardtanh at min_val and max_val (ReLU6, a Hardtanh:
+    0 and 6), ReLU, LeakyReLU and PReLU at 0."""
+    if isinstance(module, nn.Hardtanh):
+        return (float(module.min_val), float(module.max_val))
+    if isinstance(module, (nn.ReLU, nn.LeakyReLU, nn.PReLU)):
+        return (0.0,)
+    raise ValueError(f"local_complexity: no known kinks for {type(module).__name__}; supported: Hardtanh, ReLU6, "
+                     "ReLU, LeakyReLU, PReLU")
+
+
 def _cross_polytope(x: torch.Tensor, radius: float, n_directions: int, generator: torch.Generator | None) -> torch.Tensor:
     """(B, 2m + 1, D): each point, then x +- radius q_j for m random orthonormal directions q_j per point."""
     b, d = x.shape
@@ -24,33 +35,44 @@ def local_complexity(model: nn.Module, x: torch.Tensor, radius: float = 0.1, n_d
     """Linear regions and neuron hyperplanes met by the cross-polytope of ``radius`` around each point of x (B, ...).
 
     The polytope has the 2m vertices x +- r q_j (m = ``n_directions`` random orthonormal q_j) and its
-    centre. The sign pattern of the inputs of every ``activations`` module (pre-activations) at these
-    2m + 1 points gives: ``neurons`` = number of neurons whose sign differs among them (their
-    hyperplane cuts the polytope: Humayun et al.'s LC), ``regions`` = number of distinct patterns (a
-    lower bound on the linear regions meeting the polytope). Both are means over the B points; counts,
-    no units. Sampling bias: both are lower bounds that grow with m. Cost one forward pass on
-    B (2m + 1) inputs.
+    centre. For every neuron of the ``activations`` modules, the side of each of its kinks c (``kinks``:
+    pre-activation z > c) at these V = 2m + 1 points gives: ``neurons`` = number of neurons for which
+    some kink's side differs among them (one of its hyperplanes z = c cuts the polytope: Humayun et al.'s
+    LC), ``regions`` = number of distinct side patterns (a lower bound on the linear regions meeting the
+    polytope). Both are means over the B points; counts, no units. Sampling bias: both are lower bounds
+    that grow with m. The model runs in eval mode (BatchNorm uses its running statistics, so a point's
+    counts do not depend on the rest of the batch; the modes are restored after). Cost one forward pass
+    on B V inputs; memory: the pattern comparison holds a (B, V, V, U) bool tensor, U = sum over neurons
+    of their kinks (B = 64, V = 33, U = 1e5 take 7 GB: lower B or n_directions for wide networks).
     """
     if not torch.is_tensor(x) or x.dim() < 2:
         raise ValueError(f"x must be a batch of inputs (B, ...), got {tuple(x.shape) if torch.is_tensor(x) else x!r}")
+    if not torch.isfinite(x).all():
+        raise ValueError(f"x has {int((~torch.isfinite(x)).sum())} NaN/inf entries; local complexity needs finite inputs")
     if not radius > 0:
         raise ValueError(f"radius must be > 0, got {radius!r}")
     b, shape = x.shape[0], x.shape[1:]
     points = _cross_polytope(x.reshape(b, -1), radius, n_directions, generator)
     v = points.shape[1]
-    signs = []
-    hooks = [m.register_forward_hook(lambda mod, inp, out: signs.append(inp[0].reshape(b, v, -1) > 0))
-             for m in model.modules() if isinstance(m, activations)]
+    units = [m for m in model.modules() if isinstance(m, activations)]
+    if not units:
+        raise ValueError(f"local_complexity: {type(model).__name__} has no modules of types "
+                         f"{[a.__name__ for a in activations]}")
+    cuts = [torch.tensor(kinks(m)) for m in units]
+    sides = []  # per module call (B, V, neurons, kinks): pre-activation above each kink
+    hooks = [m.register_forward_pre_hook(lambda mod, inp, c=c: sides.append(inp[0].reshape(b, v, -1, 1) > c.to(inp[0])))
+             for m, c in zip(units, cuts)]
+    modes = {m: m.training for m in model.modules()}
     try:
-        if not hooks:
-            raise ValueError(f"local_complexity: {type(model).__name__} has no modules of types "
-                             f"{[a.__name__ for a in activations]}")
+        model.eval()
         model(points.reshape(b * v, *shape))
     finally:
         for h in hooks:
             h.remove()
-    pattern = torch.cat(signs, -1)  # (B, V, U)
-    neurons = (pattern.any(1) & ~pattern.all(1)).sum(-1).double()
+        for m, training in modes.items():
+            m.training = training
+    neurons = sum((s.any(1) & ~s.all(1)).any(-1).sum(-1) for s in sides).double()
+    pattern = torch.cat([s.flatten(2) for s in sides], -1)  # (B, V, U)
     same = (pattern[:, :, None] == pattern[:, None, :]).all(-1)  # (B, V, V)
     repeated = (same & torch.ones(v, v, dtype=torch.bool, device=same.device).tril(-1)).any(-1)
     regions = (v - repeated.sum(-1)).double()

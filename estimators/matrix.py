@@ -7,11 +7,18 @@ eigenvalues of the matrix-based entropies; memory O(N^2).
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 from .estimator import Estimator, log_base
 from .paired import paired
 from .samples import as_samples, same_rows
+
+
+def _log_mean_kernel(a: torch.Tensor, b: torch.Tensor, sigma: float) -> torch.Tensor:
+    """log mean_ij exp(-|a_i - b_j|^2 / (2 sigma^2)), by logsumexp: finite however far apart a and b are."""
+    return torch.logsumexp((-_sq_dists(a, b) / (2 * sigma ** 2)).flatten(), 0) - math.log(a.shape[0] * b.shape[0])
 
 
 def _sq_dists(x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
@@ -36,11 +43,15 @@ def gram_matrix(x: torch.Tensor, sigma: float | None = None) -> torch.Tensor:
 
 
 def _renyi_of_normalised(a: torch.Tensor, alpha: float) -> torch.Tensor:
+    """S_alpha = logsumexp(alpha log lambda) / (1 - alpha) over the normalised eigenvalues (no underflow of
+    lambda^alpha at large alpha); alpha = 1: -sum lambda log lambda; alpha = inf: -log lambda_max."""
     lam = torch.linalg.eigvalsh(a).clamp_min(0)
     lam = lam / lam.sum()
     if abs(alpha - 1.0) < 1e-12:
         return -torch.special.xlogy(lam, lam).sum()
-    return torch.log((lam ** alpha).sum()) / (1 - alpha)
+    if alpha == math.inf:
+        return -lam.max().log()
+    return torch.logsumexp(alpha * lam.log(), 0) / (1 - alpha)
 
 
 def _check_alpha(alpha: float) -> None:
@@ -53,10 +64,11 @@ def matrix_renyi_entropy(x: torch.Tensor, alpha: float = 1.01, sigma: float | No
     """S_alpha(A) = 1/(1 - alpha) log( sum_i lambda_i(A)^alpha ), A = K / tr(K)  (Giraldo et al. 2015, eq. 7).
 
     The eigenvalues of the trace-normalised Gram matrix play the role of probabilities; alpha = 1 is
-    the von Neumann (Shannon) limit. Bits by default as in the paper. Ranges over [0, log N]: log N for
-    points far apart at the kernel's scale (A = I/N), 0 when all coincide. Not a plug-in estimate of a
-    differential entropy: it is a functional of the data and depends on sigma and alpha; no
-    density estimation bias, but values compare only at equal sigma, alpha and N. Cost O(N^3).
+    the von Neumann (Shannon) limit, alpha = inf the min-entropy -log lambda_max. Bits by default as in
+    the paper. Ranges over [0, log N]: log N for points far apart at the kernel's scale (A = I/N), 0 when
+    all coincide. Not a plug-in estimate of a differential entropy: it is a functional of the data and
+    depends on sigma and alpha; no density estimation bias, but values compare only at equal sigma, alpha
+    and N. Cost O(N^3).
     """
     _check_alpha(alpha)
     k = gram_matrix(x, sigma)
@@ -68,8 +80,9 @@ def matrix_renyi_mutual_information(x: torch.Tensor, y: torch.Tensor, alpha: flo
                                     base: float | str = "bits") -> torch.Tensor:
     """I_alpha(X;Y) = S_alpha(A) + S_alpha(B) - S_alpha(A o B / tr(A o B))  (Giraldo et al. 2015, eqs. 7-8).
 
-    o is the Hadamard product (the joint Gram matrix). Bits by default. 0 when either Gram matrix
-    is I/N or rank one; bias and cost as ``matrix_renyi_entropy``.
+    o is the Hadamard product (the joint Gram matrix). Bits by default. 0 when either Gram matrix is
+    rank one (all ones / N: the variable is constant at the kernel's scale); when A = I/N (all x far
+    apart) A o B / tr = I/N too and I = S_alpha(B). Bias and cost as ``matrix_renyi_entropy``.
     """
     _check_alpha(alpha)
     ka, kb = gram_matrix(x, sigma_x), gram_matrix(y, sigma_y)
@@ -85,7 +98,8 @@ def cauchy_schwarz_divergence(x: torch.Tensor, y: torch.Tensor, sigma: float | N
     """D_CS(p||q) = -log( (int p q)^2 / (int p^2 int q^2) ) with Parzen estimates from samples x ~ p, y ~ q.
 
     int p q ~ mean_ij K(x_i, y_j), int p^2 ~ mean_ij K(x_i, x_j), int q^2 ~ mean_ij K(y_i, y_j) (the kernel
-    normalisation cancels). Symmetric, >= 0, 0 iff the smoothed densities agree. Nats. Bias: it is the
+    normalisation cancels); the logs of the means are taken by logsumexp, so far-apart samples give a
+    finite value. Symmetric, >= 0, 0 iff the smoothed densities agree. Nats. Bias: it is the
     divergence of the densities smoothed with a Gaussian of variance sigma^2 (the V-statistic includes
     i = j, O(1/N)). Cost O((N + M)^2 D).
     """
@@ -94,10 +108,7 @@ def cauchy_schwarz_divergence(x: torch.Tensor, y: torch.Tensor, sigma: float | N
         raise ValueError(f"x and y must have the same feature dims, got {x.shape[1]} and {y.shape[1]}")
     s = _sigma(_sq_dists(torch.cat([x, y])), None) if sigma is None else _sigma(torch.ones(1, 1), sigma)
 
-    def mean_k(a, b):
-        return torch.exp(-_sq_dists(a, b) / (2 * s ** 2)).mean()
-
-    d = mean_k(x, x).log() + mean_k(y, y).log() - 2 * mean_k(x, y).log()
+    d = _log_mean_kernel(x, x, s) + _log_mean_kernel(y, y, s) - 2 * _log_mean_kernel(x, y, s)
     return (d / log_base(base)).float()
 
 

@@ -81,7 +81,7 @@ def neural_mutual_information(x: torch.Tensor, y: torch.Tensor, bound: str = "in
         perm = torch.randperm(n, generator=gen).to(x.device)
         batches = [perm[i:i + b] for i in range(0, n - b + 1, b)]
         value = torch.stack([bound_value(critic(x[i], y[i]), bound) for i in batches]).mean()
-    return (value / log_base(base)).float().cpu()
+    return (value / log_base(base)).float()
 
 
 def neural_mi(target=None, bound: str = "infonce", steps: int = 500, batch_size: int = 256,

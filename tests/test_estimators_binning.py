@@ -68,3 +68,27 @@ def test_binning_errors():
         discretise(torch.randn(5, 1), 3, strategy="kmeans")
     with pytest.raises(ValueError, match="NaN"):
         binned_mutual_information(torch.tensor([1.0, float("nan")]), torch.tensor([0, 1]))
+
+
+def test_equal_mass_bins_give_tied_mass_its_own_bin():
+    g = torch.Generator().manual_seed(3)
+    relu = torch.relu(torch.randn(2000, 5, generator=g))  # a ReLU layer: ~50% exact zeros
+    codes = discretise(relu, 30, strategy="equal_mass")
+    counts = torch.bincount(codes.flatten(), minlength=30)
+    zeros = int((relu == 0).sum())
+    assert codes.max().item() == 29 and (counts > 0).all()  # every bin used
+    assert counts[0].item() == zeros and (codes[relu == 0] == 0).all()  # the zeros, and only they, in bin 0
+    share = (relu.numel() - zeros) / 29  # the other 29 bins share the positive entries equally
+    assert counts[1:].min().item() >= math.floor(share) and counts[1:].max().item() <= math.ceil(share)
+    tanh = torch.tanh(torch.randn(3000, 4, generator=g, dtype=torch.float64))
+    tanh[:, 0], tanh[:, 1], tanh[:1000, 2] = -1.0, 1.0, 0.25  # saturated units at both ends, a dead unit inside
+    codes = discretise(tanh, 20, strategy="equal_mass")
+    counts = torch.bincount(codes.flatten(), minlength=20)
+    for value in (-1.0, 0.25, 1.0):  # each atom alone in its bin
+        bin_ = codes[tanh == value].unique()
+        assert bin_.numel() == 1 and counts[bin_].item() == int((tanh == value).sum())
+    rest = counts[counts < 1000]
+    # 5000 continuous entries in 17 bins: equal within each run between atoms, runs get whole numbers of bins
+    assert rest.numel() == 17 and ((rest - 5000 / 17).abs() <= 0.05 * 5000 / 17).all()
+    assert torch.equal(codes, discretise(tanh.float(), 20, strategy="equal_mass"))  # ranks, not values
+    assert discretise(torch.tensor([[0.0, 1.0], [1.0, 1.0]]), 30, strategy="equal_mass").tolist() == [[0, 1], [1, 1]]

@@ -5,7 +5,8 @@ import pytest
 import torch
 from torch import nn
 
-from estimators import (Probe, attention_entropy, attention_entropy_lower_bound, attention_entropy_per_head, effective_feature_count, effective_rank,
+from estimators import (Probe, attention_entropy, attention_entropy_lower_bound, attention_entropy_per_head, condition_number,
+                        covariance_condition_number, effective_feature_count, effective_rank, feature_count,
                         local_complexity, spectral_effective_rank)
 from estimators.conditioning import matrix_condition_number
 
@@ -122,3 +123,90 @@ def test_local_complexity_counts_hyperplanes_and_regions():
     assert near_one == {"neurons": 1.0, "regions": 2.0}
     with pytest.raises(ValueError, match="no modules"):
         local_complexity(nn.Linear(2, 2), torch.zeros(1, 2))
+
+
+def _identity_then(act):
+    lin = nn.Linear(2, 2)
+    with torch.no_grad():
+        lin.weight.copy_(torch.eye(2))
+        lin.bias.zero_()
+    return nn.Sequential(lin, act)
+
+
+@pytest.mark.parametrize("act, kinks", [(nn.Hardtanh(), (-1.0, 1.0)), (nn.Hardtanh(-2.0, 3.0), (-2.0, 3.0)),
+                                        (nn.ReLU6(), (0.0, 6.0)), (nn.ReLU6(inplace=True), (0.0, 6.0))])
+def test_local_complexity_counts_every_kink_of_hardtanh_and_relu6(act, kinks):
+    """z = x: each coordinate crosses a kink iff the point is within the radius of it; linear in between."""
+    net, g = _identity_then(act), torch.Generator().manual_seed(0)
+    lo, hi = kinks
+    mid = (lo + hi) / 2
+    for point, neurons, regions in (([mid, mid], 0.0, 1.0), ([hi, hi], 2.0, 4.0), ([lo, lo], 2.0, 4.0),
+                                    ([lo, hi], 2.0, 4.0), ([hi, mid], 1.0, 2.0), ([mid, lo], 1.0, 2.0),
+                                    ([hi + 5, lo - 5], 0.0, 1.0)):
+        out = local_complexity(net, torch.tensor([point]), radius=0.5, n_directions=2, generator=g)
+        assert out == {"neurons": neurons, "regions": regions}, (point, out)
+
+
+def test_local_complexity_runs_in_eval_mode_and_restores_modes():
+    g = torch.Generator().manual_seed(0)
+    net = nn.Sequential(nn.Linear(4, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 8), nn.BatchNorm1d(8), nn.ReLU())
+    nn.init.normal_(net[1].running_mean, 0.0, 0.3, generator=g)
+    net[4].eval()  # a frozen BatchNorm inside a training model stays frozen
+    state = {k: v.clone() for k, v in net.state_dict().items()}
+    x = torch.randn(6, 4, generator=g)
+    train_mode = local_complexity(net, x, radius=0.3, generator=torch.Generator().manual_seed(1))
+    assert all(torch.equal(v, net.state_dict()[k]) for k, v in state.items())  # running stats, num_batches_tracked
+    assert [m.training for m in net.modules()] == [True, True, True, True, True, False, True]
+    net.eval()  # eval-mode BatchNorm is a fixed affine map per point: counts do not depend on the rest of the batch
+    assert train_mode == local_complexity(net, x, radius=0.3, generator=torch.Generator().manual_seed(1))
+
+
+def test_local_complexity_rejects_bad_input():
+    net = _identity_then(nn.ReLU())
+    for bad in (float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="1 NaN/inf"):
+            local_complexity(net, torch.tensor([[0.0, bad]]))
+    with pytest.raises(ValueError, match="no known kinks"):
+        local_complexity(_identity_then(nn.GELU()), torch.zeros(1, 2), activations=(nn.GELU,))
+
+
+def test_condition_numbers_are_inf_for_singular_matrices_and_covariances():
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(6, 2, generator=g) @ torch.randn(2, 5, generator=g)  # float32 product of rank 2
+    assert matrix_condition_number(w).item() == math.inf
+    assert matrix_condition_number(torch.zeros(3, 3)).item() == math.inf
+    assert matrix_condition_number(w.double() + torch.eye(6, 5, dtype=torch.float64)).item() < 1e3
+    for dtype in (torch.float32, torch.float64):  # the sum is rounded in dtype: dependent up to dtype's eps
+        x = torch.randn(500, 3, generator=g, dtype=dtype)
+        for singular in (torch.cat([x, x[:, :1] + x[:, 1:2]], 1), torch.cat([x, torch.full_like(x[:, :1], 2.0)], 1),
+                         x[:3], x[:2]):  # dependent, constant, N = D, N < D
+            assert covariance_condition_number(singular).item() == math.inf
+    assert covariance_condition_number(torch.randn(5, 4, generator=g)).item() < math.inf
+
+
+def test_covariance_condition_number_and_feature_count_of_channels_first_tensors():
+    g = torch.Generator().manual_seed(0)
+    scale = torch.tensor([10.0, 1.0, 1.0, 2.0])
+    act = torch.randn(300, 4, 6, 5, generator=g, dtype=torch.float64) * scale[None, :, None, None]
+    flat = act.movedim(1, -1).reshape(-1, 4)  # N H W samples of C = 4 channels
+    ev = torch.linalg.eigvalsh(torch.cov(flat.T))
+    kappa = covariance_condition_number(act, feature_dim=1).item()
+    assert kappa == pytest.approx((ev.max() / ev.min()).item(), rel=1e-5)
+    assert kappa == pytest.approx(100.0, rel=0.1)
+    assert condition_number(of="covariance", feature_dim=1)(act).item() == kappa
+    assert covariance_condition_number(act.movedim(1, -1)).item() == kappa  # channels last: the default
+    mass = flat.abs().sum(0)
+    p = mass / mass.sum()
+    count = effective_feature_count(act, feature_dim=1).item()
+    assert count == pytest.approx(math.exp(-(p * p.log()).sum().item()), rel=1e-5)
+    assert feature_count(feature_dim=1)(act).item() == count
+    act[:, :2] = 0  # two dead channels of four, equal mass on the other two
+    act[:, 2:] = 1.0
+    assert effective_feature_count(act, feature_dim=1).item() == pytest.approx(2.0)
+    assert effective_feature_count(act, power=0, feature_dim=-3).item() == pytest.approx(2.0)
+    with pytest.raises(ValueError, match="feature_dim"):
+        effective_feature_count(act, feature_dim=4)
+    with pytest.raises(ValueError, match="feature_dim"):
+        covariance_condition_number(act, feature_dim=-5)
+    with pytest.raises(ValueError, match="feature_dim"):
+        condition_number(of="matrix", feature_dim=1)

@@ -81,3 +81,17 @@ def test_ib_recipe_trains_and_draws_the_plane(tmp_path, name, extra):
               if '"train"' in r]
     assert recipe["model"] == {"ib-tanh-12bit": "ib_mlp_tanh", "ib-relu-12bit": "ib_mlp_relu"}[name]
     assert losses[-1] < losses[0] if name == "ib-tanh-12bit" else abs(losses[-1] - math.log(2)) < 0.01
+
+
+def test_information_plane_axes_name_the_unit(tmp_path, monkeypatch):
+    import matplotlib.pyplot as plt
+
+    figures = []
+    monkeypatch.setattr(plt, "close", figures.append)  # keep the figures to read their labels
+    rows = [{"step": 0, "point": "t.0", "I_XT": 1.0, "I_TY": 0.5}]
+    for base, unit in (("bits", "bits"), (2, "bits"), ("nats", "nats"), (math.e, "nats"), (10, "base-10 units")):
+        plot_information_plane(rows, tmp_path / "plane.png", base=base)
+        ax = figures[-1].axes[0]
+        assert (ax.get_xlabel(), ax.get_ylabel()) == (f"I(X;T) [{unit}]", f"I(T;Y) [{unit}]")
+    with pytest.raises(ValueError, match="base"):
+        plot_information_plane(rows, tmp_path / "plane.png", base=1)

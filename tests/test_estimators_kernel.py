@@ -88,3 +88,59 @@ def test_diffusion_operator_spectrum_and_dsmi():
     with pytest.raises(ValueError, match="one-hot"):
         diffusion_spectral_mutual_information(x2, torch.nn.functional.one_hot(labels))
     assert diffusion_spectral_mutual_information(x2, labels[:, None], sigma=1.0).item() == pytest.approx(1.0, abs=1e-3)
+
+
+def _logsumexp(terms):
+    m = max(terms)
+    return m + math.log(sum(math.exp(t - m) for t in terms))
+
+
+def test_cauchy_schwarz_divergence_of_far_apart_samples_is_finite_and_exact():
+    # x = {-d, d}, y = mu + {-d, d}: the Parzen V-statistics in closed form; the cross term is ~exp(-3200)
+    mu, d, sigma = 40.0, 0.5, 0.5
+    x = torch.tensor([[-d], [d]], dtype=torch.float64)
+
+    def log_k(delta):
+        return -delta ** 2 / (2 * sigma ** 2)
+
+    log_self = _logsumexp([log_k(0.0), log_k(2 * d)]) - math.log(2)
+    log_cross = _logsumexp([log_k(mu), log_k(mu), log_k(mu - 2 * d), log_k(mu + 2 * d)]) - math.log(4)
+    truth = 2 * log_self - 2 * log_cross
+    assert cauchy_schwarz_divergence(x, x + mu, sigma=sigma).item() == pytest.approx(truth, rel=1e-6)
+    g = torch.Generator().manual_seed(5)
+    a, b = torch.randn(300, 1, generator=g, dtype=torch.float64), torch.randn(300, 1, generator=g, dtype=torch.float64)
+    near, far = (cauchy_schwarz_divergence(a, b + shift, sigma=sigma).item() for shift in (20.0, 40.0))
+    assert math.isfinite(far) and far > near > 0
+
+
+def test_matrix_renyi_entropy_large_and_infinite_alpha():
+    g = torch.Generator().manual_seed(0)
+    far = torch.randn(64, 3, generator=g) * 1e3  # A = I/N: every eigenvalue 1/64, lambda^200 underflows
+    for alpha in (200.0, 1e6, math.inf):
+        assert matrix_renyi_entropy(far, alpha=alpha, sigma=1.0).item() == pytest.approx(6.0, abs=1e-4)
+    two_clusters = torch.cat([torch.zeros(10, 2), torch.full((30, 2), 50.0)])  # eigenvalues 1/4, 3/4
+    assert matrix_renyi_entropy(two_clusters, alpha=math.inf, sigma=1.0).item() == pytest.approx(-math.log2(0.75), abs=1e-5)
+    h1e6 = matrix_renyi_entropy(two_clusters, alpha=1e6, sigma=1.0).item()
+    assert h1e6 == pytest.approx(-math.log2(0.75) * 1e6 / (1e6 - 1), abs=1e-5)  # log2(0.75^a + 0.25^a) / (1 - a)
+    with pytest.raises(ValueError, match="alpha"):
+        matrix_renyi_entropy(two_clusters, alpha=float("nan"))
+
+
+def test_matrix_renyi_mi_when_one_gram_matrix_is_identity_or_all_ones():
+    g = torch.Generator().manual_seed(0)
+    y = torch.randn(64, 2, generator=g)
+    far = torch.randn(64, 3, generator=g) * 1e3  # A = I/N: A o B / tr = I/N, so I = S(B), not 0
+    h_y = matrix_renyi_entropy(y, alpha=1.0, sigma=1.0).item()
+    assert matrix_renyi_mutual_information(far, y, alpha=1.0, sigma_x=1.0, sigma_y=1.0).item() == pytest.approx(h_y, abs=1e-4)
+    const = torch.full((64, 3), 2.0)  # A = all ones / N: rank one, I = 0
+    assert matrix_renyi_mutual_information(const, y, alpha=1.0, sigma_x=1.0, sigma_y=1.0).item() == pytest.approx(0.0, abs=1e-4)
+
+
+def test_dse_subsampling_leaves_the_global_rng_alone():
+    x = torch.randn(300, 4, generator=torch.Generator().manual_seed(1))
+    state = torch.get_rng_state()
+    first = diffusion_spectral_entropy(x, sigma=1.0, max_samples=100).item()
+    assert torch.equal(torch.get_rng_state(), state)
+    assert diffusion_spectral_entropy(x, sigma=1.0, max_samples=100).item() == first  # reproducible
+    other = diffusion_spectral_entropy(x, sigma=1.0, max_samples=100, generator=torch.Generator().manual_seed(7)).item()
+    assert torch.equal(torch.get_rng_state(), state) and other != first

@@ -53,7 +53,8 @@ def test_ksg_multivariate_normal_5x5_within_its_known_negative_bias():
     x, y = gaussian_pair(2000, 0.5, seed=7, dim=5)  # 5 independent pairs: I = -5/2 log(1 - rho^2)
     truth = -2.5 * math.log(1 - 0.25)
     est = ksg_mutual_information(x, y, k=5).item()
-    assert 0.65 * truth < est < truth + 0.05  # KSG underestimates in a 10-D joint space (Kraskov et al. Fig. 4)
+    # KSG underestimates in a 10-D joint space (Kraskov et al. Fig. 4): 0.533 measured against 0.719
+    assert est == pytest.approx(0.533, abs=0.03) and est < truth
 
 
 def test_ksg_multivariate_normal_25x25_low_intrinsic_dimension():

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from estimators import compressed_mutual_information, neural_mutual_information
+from estimators import compressed_mutual_information, ksg_mutual_information, neural_mutual_information
 from estimators.compressed import pca_projection
 
 from .conftest import gaussian_pair
@@ -35,3 +35,29 @@ def test_compressed_ksg_recovers_high_dimensional_mi():
     enc = torch.nn.Linear(64, 2, dtype=torch.float64)  # any compressor can be passed
     val = compressed_mutual_information(x, y, compress_x=lambda v: enc(v).detach(), dim=2).item()
     assert val <= mi + 0.1  # data processing: compression cannot add information
+
+
+def test_compressor_gets_the_input_in_its_own_dtype_and_shape():
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(300, 4, 4, generator=g)  # float32 (N, 4, 4)
+    y = x[:, 0, :2] + torch.randn(300, 2, generator=g)
+    enc = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 2))  # float32, expects (N, 4, 4)
+    with torch.no_grad():
+        direct = ksg_mutual_information(enc(x), y).item()
+    assert compressed_mutual_information(x, y, compress_x=enc).item() == pytest.approx(direct, abs=1e-6)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_neural_mi_returns_on_the_input_device():
+    x, y = gaussian_pair(256, 0.75, seed=0)
+    assert neural_mutual_information(x.cuda(), y.cuda(), steps=5, batch_size=64).device.type == "cuda"
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_neural_and_compressed_reject_non_finite_samples(bad):
+    x, y = gaussian_pair(64, 0.5, seed=1)
+    x[5, 0] = bad
+    for call in (lambda: neural_mutual_information(x, y, steps=1), lambda: neural_mutual_information(y, x, steps=1),
+                 lambda: compressed_mutual_information(x, y, dim=1), lambda: compressed_mutual_information(y, x, dim=1)):
+        with pytest.raises(ValueError, match=r"(x|y) has 1 NaN/inf"):
+            call()

@@ -6,8 +6,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from estimators import (binned_mutual_information, cauchy_schwarz_mutual_information, diffusion_spectral_entropy,
-                        kozachenko_leonenko_entropy, ksg_mutual_information, matrix_renyi_entropy)
+from estimators import (binned_mutual_information, cauchy_schwarz_divergence, cauchy_schwarz_mutual_information,
+                        diffusion_spectral_entropy, diffusion_spectral_mutual_information, kozachenko_leonenko_entropy,
+                        ksg_mutual_information, matrix_renyi_entropy, matrix_renyi_mutual_information)
 
 SETTINGS = settings(max_examples=12, deadline=None)
 
@@ -60,5 +61,18 @@ def test_nan_and_inf_are_clear_errors(bad):
     for call in (lambda: ksg_mutual_information(x, y), lambda: ksg_mutual_information(y, x),
                  lambda: kozachenko_leonenko_entropy(x), lambda: matrix_renyi_entropy(x),
                  lambda: diffusion_spectral_entropy(x), lambda: binned_mutual_information(x, y)):
+        with pytest.raises(ValueError, match=r"(x|y) has 1 NaN/inf"):
+            call()
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_kernel_and_spectral_mi_reject_non_finite_samples(bad):
+    x, y = _pair(0, 20, 2, 1)
+    x[3, 1] = bad
+    labels = (y[:, 0] > 0).long()
+    for call in (lambda: matrix_renyi_mutual_information(x, y), lambda: matrix_renyi_mutual_information(y, x),
+                 lambda: cauchy_schwarz_divergence(x, y.expand(-1, 2)), lambda: cauchy_schwarz_divergence(y.expand(-1, 2), x),
+                 lambda: cauchy_schwarz_mutual_information(x, y), lambda: cauchy_schwarz_mutual_information(y, x),
+                 lambda: diffusion_spectral_mutual_information(x, labels)):
         with pytest.raises(ValueError, match=r"(x|y) has 1 NaN/inf"):
             call()
