@@ -1,7 +1,7 @@
 """Information-theoretic estimators as pure tensor functions, and the Probe that attaches them to models."""
 from .conditioning import condition_number, covariance_condition_number, matrix_condition_number
 from .entropy import entropy, shannon_entropy
-from .estimator import Estimator
+from .estimator import Estimator, ModuleEstimator
 from .probe import Probe
 from .attention import attention_entropy, attention_entropy_lower_bound, attention_entropy_per_head
 from .binning import adaptive_binned_mi, binned_entropy, binned_mi, binned_mutual_information, plugin_entropy
@@ -10,7 +10,7 @@ from .dse import diffusion_spectral_entropy, diffusion_spectral_mutual_informati
 from .effective_number import effective_feature_count, effective_rank, feature_count, spectral_effective_rank
 from .information_plane import information_plane, layer_activations, plot_information_plane
 from .knn import knn_entropy, kozachenko_leonenko_entropy, ksg_mi, ksg_mutual_information
-from .local_complexity import local_complexity
+from .local_complexity import local_complexity, local_complexity_estimator
 from .lyapunov import largest_lyapunov_exponent
 from .matrix import (cauchy_schwarz_divergence, cauchy_schwarz_mutual_information, cs_mi, matrix_renyi_entropy,
                      matrix_renyi_mutual_information, renyi_entropy, renyi_mi)
@@ -24,7 +24,8 @@ ESTIMATORS = {"entropy": entropy, "condition_number": condition_number,
               "knn_entropy": knn_entropy, "ksg_mi": ksg_mi, "mi": mi, "renyi_entropy": renyi_entropy,
               "renyi_mi": renyi_mi, "cs_mi": cs_mi, "dse": dse, "dsmi": dsmi, "neural_mi": neural_mi,
               "compressed_mi": compressed_mi, "attention_entropy": attention_entropy,
-              "effective_rank": effective_rank, "feature_count": feature_count}
+              "effective_rank": effective_rank, "feature_count": feature_count,
+              "local_complexity": local_complexity_estimator}
 
 
 def make_estimator(spec) -> Estimator:
@@ -37,7 +38,8 @@ def make_estimator(spec) -> Estimator:
     return ESTIMATORS[name](**(kwargs or {}))
 
 
-__all__ = ["largest_lyapunov_exponent", "ESTIMATORS", "make_estimator", "Probe", "Estimator", "entropy", "shannon_entropy", "condition_number", "matrix_condition_number",
+__all__ = ["largest_lyapunov_exponent", "ESTIMATORS", "make_estimator", "Probe", "Estimator", "ModuleEstimator",
+           "local_complexity_estimator", "entropy", "shannon_entropy", "condition_number", "matrix_condition_number",
            "covariance_condition_number", "paired", "mi",
            "attention_entropy", "attention_entropy_per_head", "attention_entropy_lower_bound", "plugin_entropy", "binned_mutual_information",
            "binned_entropy", "binned_mi", "adaptive_binned_mi", "compressed_mi", "compressed_mutual_information",

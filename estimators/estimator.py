@@ -39,3 +39,13 @@ class Estimator:
     def __repr__(self):
         args = ", ".join(f"{k}={v!r}" for k, v in self.kwargs.items())
         return f"{self.name}({args})"
+
+
+class ModuleEstimator(Estimator):
+    """``fn(module, x, **kwargs)``: a property of a module around the inputs it receives (x, its first input).
+    A Probe matches its glob against every submodule's name and records that module's inputs; ``est(module,
+    x)`` computes it directly. While it runs, the Probe records nothing, so its own forward passes are not
+    measured."""
+
+    def __call__(self, module, x: torch.Tensor):
+        return self.fn(module, x, **self.kwargs)

@@ -6,6 +6,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .estimator import ModuleEstimator
+
 ACTIVATIONS = (nn.ReLU, nn.LeakyReLU, nn.PReLU, nn.ReLU6, nn.Hardtanh)
 
 
@@ -77,3 +79,15 @@ def local_complexity(model: nn.Module, x: torch.Tensor, radius: float = 0.1, n_d
     repeated = (same & torch.ones(v, v, dtype=torch.bool, device=same.device).tril(-1)).any(-1)
     regions = (v - repeated.sum(-1)).double()
     return {"neurons": neurons.mean().item(), "regions": regions.mean().item()}
+
+
+def _seeded_local_complexity(module: nn.Module, x: torch.Tensor, seed: int, **kwargs) -> dict:
+    return local_complexity(module, x, generator=torch.Generator().manual_seed(seed), **kwargs)
+
+
+def local_complexity_estimator(radius: float = 0.1, n_directions: int = 16, seed: int = 0) -> ModuleEstimator:
+    """Probe estimator: ``local_complexity`` of the matched module around the inputs it received in a scheduled
+    step (``{neurons, regions}``). Its directions come from a private generator seeded ``seed``, so the same
+    inputs give the same counts and the training run's random stream is left alone."""
+    return ModuleEstimator("local_complexity", _seeded_local_complexity, radius=radius, n_directions=n_directions,
+                           seed=seed)

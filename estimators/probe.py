@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .estimator import Estimator
+from .estimator import Estimator, ModuleEstimator
 
 
 def _is_probe_point(module: nn.Module) -> bool:
@@ -21,7 +21,9 @@ class Probe:
     """Watch named tensors of ``model`` with estimators.
 
     ``points`` maps a glob over module names of ``layers.ProbePoint`` modules (their outputs are
-    recorded) or over parameter names (the weight itself is read) to a list of estimators. Hooks
+    recorded) or over parameter names (the weight itself is read) to a list of estimators; a
+    ``ModuleEstimator`` (e.g. local complexity) matches its glob against every submodule's name and gets
+    that module with the inputs it received. Hooks
     exist only during scheduled steps (``step % every == 0``), so an unscheduled step costs nothing.
     Outputs are accumulated on their own device along dim 0 up to ``max_samples`` rows per step,
     then each estimator runs once on the accumulated tensor when the step ends (``probe.step()``,
@@ -38,23 +40,36 @@ class Probe:
         self.rows: list[dict] = []
         self._modules: dict[str, list[Estimator]] = {}
         self._params: dict[str, list[Estimator]] = {}
+        self._inputs: dict[str, list[ModuleEstimator]] = {}
         modules = {n: m for n, m in model.named_modules() if _is_probe_point(m)}
+        every_module = dict(model.named_modules())
         params = dict(model.named_parameters())
         for pattern, estimators in points.items():
             estimators = list(estimators) if isinstance(estimators, (list, tuple)) else [estimators]
             if not all(isinstance(e, Estimator) for e in estimators):
                 raise TypeError(f"Probe: values must be lists of estimators (e.g. [entropy()]), got {estimators!r} "
                                 f"for {pattern!r}")
+            of_modules = [e for e in estimators if isinstance(e, ModuleEstimator)]
+            of_tensors = [e for e in estimators if not isinstance(e, ModuleEstimator)]
+            if of_modules:
+                hit = [n for n in every_module if fnmatch.fnmatchcase(n, pattern)]
+                if not hit:
+                    raise KeyError(f"Probe: {pattern!r} matches no submodule of {type(model).__name__} for "
+                                   f"{[e.name for e in of_modules]}")
+                for n in hit:
+                    self._inputs.setdefault(n, []).extend(of_modules)
+            if not of_tensors:
+                continue
             hit_m = [n for n in modules if fnmatch.fnmatchcase(n, pattern)]
             hit_p = [n for n in params if fnmatch.fnmatchcase(n, pattern)]
             if not hit_m and not hit_p:
                 raise KeyError(f"Probe: {pattern!r} matches no probe point or parameter of {type(model).__name__}; "
                                f"probe points are {sorted(modules) or 'none'}")
             for n in hit_m:
-                self._modules.setdefault(n, []).extend(estimators)
+                self._modules.setdefault(n, []).extend(of_tensors)
             for n in hit_p:
-                self._params.setdefault(n, []).extend(estimators)
-        self._named_modules = modules
+                self._params.setdefault(n, []).extend(of_tensors)
+        self._named_modules = every_module
         self._handles: list = []
         self._paused = False
         self._buffers: dict[str, list[torch.Tensor]] = {}
@@ -69,7 +84,9 @@ class Probe:
     def _attach_if_scheduled(self):
         if self.scheduled and not self._handles:
             for name in self._modules:
-                self._handles.append(self._named_modules[name].register_forward_hook(self._hook(name)))
+                self._handles.append(self._named_modules[name].register_forward_hook(self._hook(name, name)))
+            for name in self._inputs:
+                self._handles.append(self._named_modules[name].register_forward_hook(self._hook((name, "input"), name)))
 
     def _detach(self):
         for h in self._handles:
@@ -79,20 +96,22 @@ class Probe:
     @contextlib.contextmanager
     def paused(self):
         """Forward passes inside this block are not recorded (e.g. an evaluation between training steps)."""
-        self._paused = True
+        previous, self._paused = self._paused, True
         try:
             yield self
         finally:
-            self._paused = False
+            self._paused = previous
 
-    def _hook(self, name: str):
+    def _hook(self, key, name: str):
+        """Record the output of probe point ``name`` (key ``name``) or the first input of module ``name`` (key
+        ``(name, "input")``)."""
         def record(module, inputs, output):
             if self._paused:
                 return
-            chunks = self._buffers.setdefault(name, [])
+            chunks = self._buffers.setdefault(key, [])
             have = sum(c.shape[0] for c in chunks)
             if self.max_samples is None or have < self.max_samples:
-                take = output.detach()
+                take = (inputs[0] if isinstance(key, tuple) else output).detach()
                 if self.max_samples is not None and take.dim() > 0:
                     take = take[: self.max_samples - have]
                 chunks.append(take)
@@ -111,15 +130,20 @@ class Probe:
         parameter estimators once per step (no-op on unscheduled steps)."""
         if not self.scheduled:
             return
-        with torch.no_grad():
-            for name, chunks in self._buffers.items():
+        with torch.no_grad(), self.paused():  # a module estimator's own forward passes are not recorded
+            for key, chunks in self._buffers.items():
+                name = key[0] if isinstance(key, tuple) else key
                 shapes = {tuple(c.shape[1:]) for c in chunks}
                 if len(shapes) > 1:
                     raise ValueError(f"Probe: {name} produced tensors of different shapes {sorted(shapes)} within "
                                      "one step; record one kind of forward pass per step (see Probe.paused())")
                 x = torch.cat(chunks) if chunks[0].dim() > 0 else torch.stack(chunks)
-                for est in self._modules[name]:
-                    self._record(name, est, est(x))
+                if isinstance(key, tuple):
+                    for est in self._inputs[name]:
+                        self._record(name, est, est(self._named_modules[name], x))
+                else:
+                    for est in self._modules[name]:
+                        self._record(name, est, est(x))
             if not self._params_done:
                 params = dict(self.model.named_parameters())
                 for name, ests in self._params.items():

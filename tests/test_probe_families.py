@@ -71,7 +71,8 @@ def _hopfield_mil():
     return m, "pooling.hopfield.association_core.association", lambda: m(torch.randn(4, 10, 8)), 4
 
 
-ACTIVATIONS = [n for n in sorted(__import__("estimators").ESTIMATORS) if n not in ("entropy", "attention_entropy")]
+ACTIVATIONS = [n for n in sorted(__import__("estimators").ESTIMATORS)
+               if n not in ("entropy", "attention_entropy", "local_complexity")]
 
 
 @pytest.mark.parametrize("family", [_ib_mlp, _pvrnn], ids=["ib_mlp_tanh", "pvrnn_small"])
@@ -115,3 +116,48 @@ def test_probability_estimators_run_through_a_probe_on_two_families(family, name
         run()
     values = [r["value"] for r in probe.table()]
     assert values and all(0 <= v < 10 for v in values), values
+
+
+def _local_complexity_cases():
+    torch.manual_seed(0)
+    mlp = zoo.create_model("ib_mlp_relu")
+    x_mlp = torch.randint(0, 2, (16, 12)).float()
+    cnn = zoo.create_model("mobilenetv2_ca_100", num_classes=10)
+    x_cnn = torch.randn(2, 3, 32, 32)
+    # the whole MLP (its name is ""), and one CNN stage of ReLU6 blocks, both in training mode
+    return [(mlp, "", x_mlp, lambda: mlp(x_mlp), 0.5), (cnn, "blocks.2", None, lambda: cnn(x_cnn), 0.05)]
+
+
+@pytest.mark.parametrize("case", [0, 1], ids=["ib_mlp_relu", "mobilenetv2_ca_blocks.2"])
+def test_local_complexity_runs_through_a_probe_on_two_families(case):
+    """A ModuleEstimator: the Probe records the matched module's inputs during a training forward, then counts
+    the hyperplanes around them with its own seeded directions. Equal to the direct call on those inputs; the
+    global random stream, the training mode and the BatchNorm statistics are left as they were."""
+    from estimators import ModuleEstimator, local_complexity, make_estimator
+
+    model, name, _, run, radius = _local_complexity_cases()[case]
+    module = model.get_submodule(name)
+    captured = {}
+    hook = module.register_forward_hook(lambda mod, i, o: captured.update(x=i[0].detach()))
+    est = make_estimator({"local_complexity": {"radius": radius, "n_directions": 4}})
+    assert isinstance(est, ModuleEstimator)
+    with torch.no_grad():
+        run()  # a forward without the probe: the hook captures the inputs, BatchNorm moves once
+    hook.remove()
+    start, rng = {k: v.clone() for k, v in model.state_dict().items()}, torch.get_rng_state()
+    with torch.no_grad():
+        run()  # without the probe: what a training forward does to the statistics and the random stream
+    plain, plain_rng = {k: v.clone() for k, v in model.state_dict().items()}, torch.get_rng_state()
+    model.load_state_dict(start)
+    torch.set_rng_state(rng)
+    with Probe(model, {name: [est]}, max_samples=None) as probe, torch.no_grad():
+        run()
+    assert torch.equal(torch.get_rng_state(), plain_rng) and model.training
+    assert all(torch.equal(v, plain[k]) for k, v in model.state_dict().items())
+    rows = {r["estimator"]: r["value"] for r in probe.table()}
+    assert set(rows) == {"local_complexity/neurons", "local_complexity/regions"}
+    direct = local_complexity(module, captured["x"], radius=radius, n_directions=4,
+                              generator=torch.Generator().manual_seed(0))
+    assert rows["local_complexity/neurons"] == pytest.approx(direct["neurons"])
+    assert rows["local_complexity/regions"] == pytest.approx(direct["regions"])
+    assert rows["local_complexity/neurons"] > 0 and 1 <= rows["local_complexity/regions"] <= 2 * 4 + 1
