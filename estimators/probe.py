@@ -109,7 +109,7 @@ class Probe:
             if self._paused:
                 return
             chunks = self._buffers.setdefault(key, [])
-            have = sum(c.shape[0] for c in chunks)
+            have = sum(c.shape[0] if c.dim() else 1 for c in chunks)
             if self.max_samples is None or have < self.max_samples:
                 take = (inputs[0] if isinstance(key, tuple) else output).detach()
                 if self.max_samples is not None and take.dim() > 0:
@@ -171,10 +171,15 @@ class Probe:
     def to_csv(self, path: str | os.PathLike) -> Path:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=["step", "point", "estimator", "value"])
-            writer.writeheader()
-            writer.writerows(self.rows)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:  # written aside, then renamed: a kill leaves the previous file or the new one, never a part
+            with open(tmp, "w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=["step", "point", "estimator", "value"])
+                writer.writeheader()
+                writer.writerows(self.rows)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
         return path
 
     def read_csv(self, path: str | os.PathLike, before: int) -> None:

@@ -170,3 +170,14 @@ def test_shipped_checkpoints_load_offline_with_verified_hash():
         model = zoo.create_model(entry["model"], pretrained=entry["name"])
         assert model.zoo_name == entry["model"]
         assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_a_compiled_or_wrapped_model_saves_its_own_keys(tmp_path):
+    """torch.compile's wrapper (``_orig_mod.*``) and DataParallel's (``module.*``) are unwrapped on save, so the
+    file loads back by name."""
+    model = zoo.create_model("alrnn_m20_p2")
+    for wrapped in (torch.compile(model), torch.nn.DataParallel(model)):
+        path = save_checkpoint(wrapped, tmp_path / "m.safetensors")
+        loaded = load_checkpoint(path)
+        assert loaded.state_dict().keys() == model.state_dict().keys()
+        assert all(torch.equal(v, model.state_dict()[k]) for k, v in loaded.state_dict().items())

@@ -125,3 +125,13 @@ def test_estimate_on_a_task_without_held_out_data_says_to_use_the_training_split
     main(["estimate", str(path), *small, "--split", "train"])
     point, name, value = capsys.readouterr().out.split()
     assert (point, name) == ("levels.0.d", "effective_rank") and float(value) > 0
+
+
+def test_bad_cli_arguments_are_clean_errors(tmp_path, capsys):
+    path = save_checkpoint(zoo.create_model("alrnn_m20_p2"), tmp_path / "m.safetensors")
+    for flag in ("--batch", "--samples"):
+        assert f"{flag} must be >= 1" in _error(capsys, ["estimate", str(path), "--recipe", "alrnn-lorenz63",
+                                                         "--probe", "z=condition_number", flag, "0"])
+    assert "not a file" in _error(capsys, ["convert", str(tmp_path), "--model", "alrnn_m20_p2"])
+    (tmp_path / "bad.yaml").write_text("name: [unclosed\n")
+    assert "zoo train: error:" in _error(capsys, ["train", str(tmp_path / "bad.yaml"), "--out", str(tmp_path / "r")])

@@ -135,3 +135,22 @@ def test_probe_steps_are_recorded_once():
     assert len(probe.table()) == 1
     with pytest.raises(ValueError, match="max_samples"):
         Probe(model, {"hidden": [entropy()]}, max_samples=0)
+
+
+def test_a_scalar_probe_point_recorded_twice_in_a_step():
+    """0-d outputs count one sample each; two forwards in one step stack into a (2,) tensor."""
+    from estimators import Estimator
+
+    class Scalar(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.s = ProbePoint()
+
+        def forward(self, x):
+            return self.s(x.sum())
+
+    model = Scalar()
+    with Probe(model, {"s": [Estimator("mean", lambda v: v.mean())]}, max_samples=8) as probe:
+        model(torch.ones(3))
+        model(torch.ones(5))
+    assert probe.table()[0]["value"] == 4.0

@@ -103,6 +103,73 @@ def test_nan_loss_stops_with_message_and_keeps_last_good_checkpoint(tmp_path, mo
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
+def test_nan_gradient_of_a_finite_loss_stops_before_the_update(tmp_path, monkeypatch):
+    """A finite loss whose gradient is NaN (0 * d sqrt(x)/dx at x = 0) must not reach the optimizer: the run stops
+    at that step, names the gradient, and every checkpoint holds finite weights."""
+    from train.tasks.dsr import DSRTask
+
+    original = DSRTask.loss
+    calls = {"n": 0}
+
+    def nan_gradient_at_15(self, model, batch):
+        calls["n"] += 1
+        loss, extra = original(self, model, batch)
+        if calls["n"] == 15:
+            p = next(model.parameters())
+            loss = loss + 0 * (p - p.detach()).square().sum().sqrt()
+        return loss, extra
+
+    monkeypatch.setattr(DSRTask, "loss", nan_gradient_at_15)
+    with pytest.raises(FloatingPointError, match=r"gradient norm is nan \(the loss, .*, is finite\) at step 15"):
+        fit(load_recipe("alrnn-lorenz63", SMALL_DSR + ["train.clip=1.0"]), tmp_path / "run")
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["step_00000010"]
+    assert not (tmp_path / "run" / "model.safetensors").exists()
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.clip=-1", "train.clip must be a finite number >= 0"),
+    ("train.clip=abc", "train.clip must be a finite number >= 0"),
+    ("train.seed=abc", "train.seed must be an integer"),
+    ("train.threads=-2", "train.threads must be an integer >= 0 or null"),
+])
+def test_bad_train_values_are_named_before_any_work(tmp_path, override, message):
+    with pytest.raises(ValueError, match=message):
+        fit(load_recipe("alrnn-lorenz63", SMALL_DSR + [override]), tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_failing_final_selection_keeps_the_trained_weights(tmp_path):
+    """A misspelt train.select is found at the final evaluation (eval_every=0); the trained model is saved
+    before it, so the run's work is not lost."""
+    with pytest.raises(KeyError, match="train.select names 'D_stp'"):
+        fit(load_recipe("alrnn-lorenz63", SMALL_DSR + ["train.select=min:D_stp", "train.steps=5",
+                                                       "train.ckpt_every=0"]), tmp_path / "run")
+    assert load_checkpoint(tmp_path / "run" / "model.safetensors").zoo_name == "alrnn_m20_p2"
+
+
+def test_parameter_rows_measure_the_weights_the_steps_forward_used(tmp_path):
+    """Probe rows of step k (activations of step k's forward and the parameter L) both see the weights after k
+    updates: the step-k row of L equals kappa(L) of the step-k checkpoint (step 0: the initial weights)."""
+    from estimators import matrix_condition_number
+
+    fit(load_recipe("alrnn-lorenz63", SMALL_DSR + ["train.steps=3", "train.ckpt_every=1", "probe.every=1",
+                                                   "train.keep_checkpoints=0", "probe.points={L: [condition_number]}"]),
+        tmp_path / "run")
+    rows = {int(r["step"]): float(r["value"]) for r in csv.DictReader(open(tmp_path / "run" / "probe.csv"))}
+    assert sorted(rows) == [0, 1, 2, 3]
+    for k in (1, 2, 3):
+        weights = load_checkpoint(tmp_path / "run" / "checkpoints" / f"step_{k:08d}" / "model.safetensors")
+        assert rows[k] == pytest.approx(float(matrix_condition_number(weights.L)), rel=1e-6), k
+    assert len(set(rows.values())) == 4  # no two steps share their weights
+
+
+def test_fit_restores_the_thread_count(tmp_path):
+    threads = torch.get_num_threads()
+    fit(load_recipe("alrnn-lorenz63", SMALL_DSR + ["train.steps=2", "train.ckpt_every=0", "train.threads=1"]),
+        tmp_path / "run")
+    assert torch.get_num_threads() == threads
+
+
 def test_grad_accumulation_equals_full_batch(tmp_path):
     base = SMALL_DSR + ["train.steps=5", "train.ckpt_every=0"]
     fit(load_recipe("alrnn-lorenz63", base), tmp_path / "a")
@@ -178,7 +245,8 @@ SIGMA_VIT_TINY = ["model_args.depth=1", "model_args.patch_size=8", "train.batch_
                                          ("facet-emt", FACET_TINY),  # forces by double backward under DDP
                                          ("sigma-vit-digits", SIGMA_VIT_TINY)])  # power-iteration buffers u, v
 def test_torchrun_two_processes_equal_single_process(tmp_path, name, extra):
-    overrides = extra + ["train.steps=8", "train.ckpt_every=0"]
+    # one thread per process in both runs: the same reduction order inside each op (the ranks run with 1 thread)
+    overrides = extra + ["train.steps=8", "train.ckpt_every=0", "train.threads=1"]
     fit(load_recipe(name, overrides), tmp_path / "single")
     env = dict(os.environ, GLOO_SOCKET_IFNAME="lo", OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",

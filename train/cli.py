@@ -91,6 +91,9 @@ def _cmd_estimate(args):
 
     from .tasks import make_task
 
+    for name in ("batch", "samples"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name} must be >= 1, got {getattr(args, name)}")
     path = _checkpoint_path(args.checkpoint)
     model = load_checkpoint(path).eval()
     task = make_task(_recipe_for(path, args.recipe, args.set))
@@ -120,6 +123,8 @@ def _cmd_convert(args):
     from weights.manifest import cache_dir, checkpoints_for, git_blob_sha1, install_original, sha256_of
     from weights.convert import convert
 
+    if not Path(args.original).is_file():
+        raise FileNotFoundError(f"original checkpoint not found (or not a file): {args.original}")
     blob = git_blob_sha1(args.original)
     entry = next((c for c in checkpoints_for(args.model) if (c.get("original") or {}).get("git_blob_sha1") == blob), None)
     if entry is not None and not args.out:
@@ -181,9 +186,11 @@ def main(argv=None):
     p.add_argument("--target", metavar="KEY",
                    help="bind the batch's KEY (e.g. y, x) as the target of two-variable estimators (ksg_mi, ...)")
     args = parser.parse_args(argv)
+    import yaml
+
     try:
         args.fn(args)
-    except (KeyError, ValueError, TypeError, FileNotFoundError, FileExistsError, FloatingPointError) as err:
+    except (KeyError, ValueError, TypeError, OSError, FloatingPointError, yaml.YAMLError) as err:
         message = err.args[0] if isinstance(err, KeyError) and err.args else err  # str(KeyError) adds quotes
         print(f"zoo {args.command}: error: {message}", file=sys.stderr)
         raise SystemExit(2) from err

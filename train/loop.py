@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import json
+import math
 import random
 import shutil
 import sys
@@ -16,6 +17,7 @@ from tqdm.auto import tqdm
 
 import zoo
 from weights import load_checkpoint, load_into, save_checkpoint
+from weights.checkpoint import atomic_write
 from weights.tree import load_tree, save_tree
 
 from .distributed import Dist, all_mean, setup, teardown
@@ -116,7 +118,21 @@ class _BestSelector:
         if better and value == value:  # NaN is never best
             self.best = value
             save_checkpoint(model, self.out / "best.safetensors", extra_metadata={"recipe": self.recipe_name})
-            (self.out / "best.json").write_text(json.dumps(row, indent=2))
+            _write_text(self.out / "best.json", json.dumps(row, indent=2))
+
+
+def _write_text(path: Path, text: str) -> None:
+    """Replace ``path``'s content atomically: a kill leaves the old file or the new one, never a part."""
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+
+
+def _stop_before_update(what: str, step: int, name: str, out: Path):
+    last = checkpoints(out)
+    raise FloatingPointError(
+        f"{what} at step {step + 1} of {name}; stopped before the update. Lower optim.lr or set train.clip and "
+        "train again into a new --out (--resume continues only the same recipe)"
+        + (f"; the last good weights are in {last[-1] / 'model.safetensors'} (weights.load_into puts them into a "
+           "model)." if last else "; no checkpoint yet."))
 
 
 def _jsonl_to_csv(src: Path, dst: Path) -> None:
@@ -170,16 +186,20 @@ def fit(recipe: dict, out: str | Path = "runs/run", resume: bool = False) -> dic
     out = Path(out)
     cfg = recipe["train"]
     _check_train_section(cfg)
-    if cfg["threads"]:  # small sequential models (AL-RNN) run fastest on one thread per process
-        torch.set_num_threads(int(cfg["threads"]))
-    torch.manual_seed(int(cfg["seed"]))
-    random.seed(int(cfg["seed"]))
-    task = make_task(recipe)  # reads the data: a missing path fails here, before the ranks join a process group
-    d = setup(cfg["device"])
+    threads = torch.get_num_threads()
     try:
-        return _fit(recipe, cfg, out, resume, d, task)
+        if cfg["threads"]:  # small sequential models (AL-RNN) run fastest on one thread per process
+            torch.set_num_threads(int(cfg["threads"]))
+        torch.manual_seed(int(cfg["seed"]))
+        random.seed(int(cfg["seed"]))
+        task = make_task(recipe)  # reads the data: a missing path fails here, before the ranks join a process group
+        d = setup(cfg["device"])
+        try:
+            return _fit(recipe, cfg, out, resume, d, task)
+        finally:
+            teardown()
     finally:
-        teardown()
+        torch.set_num_threads(threads)
 
 
 def _check_train_section(cfg: dict) -> None:
@@ -190,6 +210,16 @@ def _check_train_section(cfg: dict) -> None:
         value = cfg[key]
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value) or value < least:
             raise ValueError(f"train.{key} must be an integer >= {least}, got {value!r}")
+    for key, least in (("seed", None), ("threads", 0)):
+        value = cfg[key]
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                  or (least is not None and value < least)):
+            raise ValueError(f"train.{key} must be an integer{'' if least is None else f' >= {least}'}"
+                             f"{' or null' if key == 'threads' else ''}, got {value!r}")
+    clip = cfg["clip"]
+    if clip not in (None, False) and (isinstance(clip, bool) or not isinstance(clip, (int, float))
+                                      or not math.isfinite(clip) or clip < 0):
+        raise ValueError(f"train.clip must be a finite number >= 0 (0 or null: no clipping), got {clip!r}")
     if cfg["device"] != "auto":
         try:
             torch.device(cfg["device"])
@@ -256,11 +286,11 @@ def _fit(recipe: dict, cfg: dict, out: Path, resume: bool, d: Dist, task) -> dic
         print(f"--resume: no checkpoint in {out}; starting at step 0", file=sys.stderr)
     if d.main:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "recipe.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False))
+        _write_text(out / "recipe.yaml", yaml.safe_dump(recipe, sort_keys=False))
         rows = _read_rows(metrics_path) if start else []
         # the rows up to the checkpoint, less the final evaluation (always recomputed at the end)
         kept = [r for r in rows if r["step"] <= start and not (r["split"] == "eval" and r["step"] == steps)]
-        metrics_path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        _write_text(metrics_path, "".join(json.dumps(r) + "\n" for r in kept))
 
     selector = _BestSelector(cfg["select"], out, recipe["name"], start, d.main)
     print(f"[rank {d.rank}/{d.world}] {recipe['name']} on {d.device}, steps {start}..{steps}", file=sys.stderr)
@@ -299,29 +329,29 @@ def _fit(recipe: dict, cfg: dict, out: Path, resume: bool, d: Dist, task) -> dic
             for k, v in extra.items():  # the batch's mean over micro-batches (and, when logged, processes)
                 extras[k] = extras.get(k, 0.0) + float(v) / accum
         loss_value = float(all_mean(total, d))
-        if not torch.isfinite(torch.tensor(loss_value)):
-            last = checkpoints(out)
-            raise FloatingPointError(
-                f"loss is {loss_value} at step {step + 1} of {recipe['name']}; stopped before the update. Lower "
-                "optim.lr or set train.clip and train again into a new --out (--resume continues only the same "
-                "recipe)" + (f"; the last good weights are in {last[-1] / 'model.safetensors'} "
-                             "(weights.load_into puts them into a model)." if last else "; no checkpoint yet."))
-        grad_norm = None
+        if not math.isfinite(loss_value):
+            _stop_before_update(f"loss is {loss_value}", step, recipe["name"], out)
+        grads = [p.grad for p in model.parameters() if p.grad is not None]
+        norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())  # all-reduced grads under DDP
+        grad_norm = float(norm)
+        if not math.isfinite(grad_norm):
+            _stop_before_update(f"the gradient norm is {grad_norm} (the loss, {loss_value:.6g}, is finite)", step,
+                                recipe["name"], out)
         if cfg["clip"]:
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), float(cfg["clip"])))
+            torch.nn.utils.clip_grads_with_norm_(model.parameters(), float(cfg["clip"]), norm)
+        if probe is not None:  # before the update: a step's parameter rows see the weights its forward used
+            probe.step()
         lr = scheduler.get_last_lr()[0]  # the rate this step's update uses
         with only_rows(optimizer, task.sparse_rows(model, global_batch)):
             optimizer.step()
         scheduler.step()
-        if probe is not None:
-            probe.step()
         done = step + 1
         log_now = done % int(cfg["log_every"]) == 0 or done == steps
         if log_now and d.world > 1 and extras:
             extras = dict(zip(extras, all_mean(torch.tensor(list(extras.values()), device=d.device), d).tolist()))
         if d.main and log_now:
             row = {"step": done, "split": "train", "loss": loss_value, "lr": lr, **extras}
-            if grad_norm is not None:
+            if cfg["clip"]:
                 row["grad_norm"] = grad_norm
             _append(metrics_path, row)
             bar.set_postfix(loss=f"{loss_value:.4g}")
@@ -338,6 +368,8 @@ def _fit(recipe: dict, cfg: dict, out: Path, resume: bool, d: Dist, task) -> dic
 
     if not d.main:
         return {}
+    # the trained weights first: a failing estimator, evaluation or selection must not lose them
+    save_checkpoint(model, out / "model.safetensors", extra_metadata={"recipe": recipe["name"]})
     if probe is not None:
         probe.close()
         probe.to_csv(out / "probe.csv")
@@ -345,9 +377,8 @@ def _fit(recipe: dict, cfg: dict, out: Path, resume: bool, d: Dist, task) -> dic
     final = {"step": steps, "split": "eval", **task.evaluate(model)}
     _append(metrics_path, final)
     selector.update(final, model)
-    save_checkpoint(model, out / "model.safetensors", extra_metadata={"recipe": recipe["name"]})
     _jsonl_to_csv(metrics_path, out / "metrics.csv")
     plot_metrics(metrics_path, out / "metrics.png")
     task.report(selector.model() or model, out)
-    (out / "summary.json").write_text(json.dumps(final, indent=2))
+    _write_text(out / "summary.json", json.dumps(final, indent=2))
     return final

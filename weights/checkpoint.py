@@ -72,6 +72,17 @@ def _unique_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
+def unwrap(model: nn.Module) -> nn.Module:
+    """The module inside ``torch.compile`` (``_orig_mod``) and DistributedDataParallel/DataParallel (``module``)."""
+    while True:
+        if isinstance(getattr(model, "_orig_mod", None), nn.Module):
+            model = model._orig_mod
+        elif isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+            model = model.module
+        else:
+            return model
+
+
 def model_metadata(model: nn.Module) -> dict[str, str]:
     from zoo import __version__
 
@@ -83,7 +94,10 @@ def model_metadata(model: nn.Module) -> dict[str, str]:
 
 
 def save_checkpoint(model: nn.Module, path: str | os.PathLike, extra_metadata: dict[str, str] | None = None) -> Path:
-    """Write ``model``'s weights to ``path`` (safetensors) with its registry name and config, atomically."""
+    """Write ``model``'s weights to ``path`` (safetensors) with its registry name and config, atomically. A
+    ``torch.compile``d or DistributedDataParallel/DataParallel wrapper is unwrapped: the file holds the model's
+    own keys."""
+    model = unwrap(model)
     meta = model_metadata(model) | (extra_metadata or {})
     tensors = _unique_state(model)
     return save_safetensors(tensors, path, meta)
