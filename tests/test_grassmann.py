@@ -365,3 +365,21 @@ def test_mixing_forms_the_pluecker_coordinates_only_for_a_probe_and_both_paths_a
     assert torch.allclose(plain_out, probed_out, atol=1e-12)
     for p, q in zip(plain_grads, probed_grads):
         assert torch.allclose(p, q, atol=1e-10)
+
+
+@pytest.mark.parametrize("name", ["grassmann_lm_13m", "transformer_lm_13m"])
+def test_masks_that_do_not_match_the_tokens_are_refused(name):
+    """A cached step's mask must cover the cached and the new tokens (a mask of the new tokens alone would restart
+    the positions at 0); the Grassmann LM, whose offsets look back by index, refuses a gap between real tokens."""
+    torch.manual_seed(0)
+    m = zoo.create_model(name, num_hidden_layers=1, vocab_size=50).eval()
+    ids = torch.randint(1, 50, (2, 8))
+    out = m(ids, attention_mask=torch.ones(2, 8), use_cache=True)
+    with pytest.raises(ValueError, match=r"attention_mask must cover the cached and the new tokens.*9"):
+        m(ids[:, :1], attention_mask=torch.ones(2, 1), cache=out.cache, use_cache=True)
+    gap = torch.tensor([[1, 1, 0, 1, 1, 1, 1, 1]] * 2)
+    if name.startswith("grassmann"):
+        with pytest.raises(ValueError, match="attention_mask must be left padding"):
+            m(ids, attention_mask=gap)
+    else:
+        assert torch.isfinite(m(ids, attention_mask=gap).logits).all()

@@ -114,7 +114,17 @@ def test_nli_head_trains_only_the_head_and_ignores_padding(name):
     padded = torch.cat([ids, torch.zeros(4, 6, dtype=torch.long)], 1)
     mask = torch.cat([torch.ones(4, 10), torch.zeros(4, 6)], 1).long()
     assert logits.shape == (4, 3) and torch.allclose(model(padded, mask).logits, logits, atol=1e-5)
-    with pytest.raises(ValueError, match=r"input_ids must be integer token ids \(batch, tokens\)"):
+    if name == "grassmann_nli_head":  # the heads alone: an encoder without positions (DistilBERT's shift them)
+        model.encoder.embeddings.position_embeddings.weight.data.zero_()
+        logits = model(ids).logits
+        left = torch.cat([torch.zeros(4, 6, dtype=torch.long), ids], 1)
+        assert torch.allclose(model(left, mask.flip(1)).logits, logits, atol=1e-5)
+        with pytest.raises(ValueError, match="pad on one side only"):
+            model(padded, torch.cat([mask[:, :8], mask.flip(1)[:, :8]], 1))
+        frozen = {k: v.clone() for k, v in model.encoder.state_dict().items()}
+    with pytest.raises(ValueError, match=r"input_ids must lie in \[0, vocab_size=100\)"):
+        model(ids + 100)
+    with pytest.raises(ValueError, match=r"input_ids must be integer token ids \(batch, tokens >= 1\)"):
         model(ids[0])
     with pytest.raises(ValueError, match="attention_mask must have the shape of input_ids"):
         model(ids, mask)
@@ -148,6 +158,9 @@ def test_nli_head_parameter_count_follows_from_the_lm_blocks(name, trainable):
     assert trainable == (768 * 256 + 256) + 2 * block + 2 * 256 + (256 * 3 + 3)
     model = zoo.create_model(name, encoder_config={**ENCODER, "dim": 768, "n_heads": 2})
     assert sum(p.numel() for p in model.parameters() if p.requires_grad) == trainable
+    if name == "grassmann_nli_head":  # without the d x d projection per block
+        plain = zoo.create_model(name, encoder_config={**ENCODER, "dim": 768, "n_heads": 2}, out_proj=False)
+        assert sum(p.numel() for p in plain.parameters() if p.requires_grad) == trainable - 2 * (256 * 256 + 256)
 
 
 @pytest.mark.parametrize("name", ["grassmann_nli_head", "transformer_nli_head"])
@@ -170,6 +183,7 @@ def test_nli_head_saves_and_loads_through_the_auto_classes(tmp_path, name):
     assert type(AutoConfig.from_pretrained(tmp_path / "head")).__name__ == "NLIHeadConfig"
     loaded = AutoModelForSequenceClassification.from_pretrained(tmp_path / "head")
     assert type(loaded) is type(model) and loaded.config.mixer == model.config.mixer
+    assert type(AutoModel.from_pretrained(tmp_path / "head")) is type(model)
     assert torch.equal(loaded(ids).logits, model(ids).logits)
     assert not any(p.requires_grad for p in loaded.encoder.parameters())
     assert not loaded.train().encoder.training

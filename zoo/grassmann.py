@@ -67,6 +67,13 @@ class GrassmannCache(Cache):
         return self.seen_tokens
 
 
+def check_left_padded(attention_mask: torch.Tensor) -> None:
+    """Grassmann offsets look back by index: padding may only precede a sequence's real tokens."""
+    if attention_mask.dim() == 2 and bool((attention_mask[:, 1:].long() < attention_mask[:, :-1].long()).any()):
+        raise ValueError("Grassmann LM: attention_mask must be left padding (zeros only before a sequence's real "
+                         "tokens); a masked token after a real one would be mixed into the tokens after it")
+
+
 class GrassmannBlock(nn.Module):
     """u = LN(CausalGrassmannMixing(h)); h' = LN(u + FFN(u)). Probe points ``mixing.plucker``, ``mixing.gate``."""
 
@@ -123,8 +130,11 @@ class GrassmannLMModel(GrassmannLMPreTrainedModel):
                 position_ids: torch.Tensor | None = None, cache: GrassmannCache | None = None,
                 use_cache: bool | None = None, return_dict: bool | None = None) -> BaseModelOutputWithPast:
         """Padding is handled through positions: an offset reaches only tokens at position >= 0 of the same
-        sequence, so left padding (positions counted over ``attention_mask``) never mixes into real tokens."""
+        sequence, so left padding (positions counted over ``attention_mask``) never mixes into real tokens. An
+        offset looks back by index, so a mask with a gap between real tokens is refused."""
         check_ids(input_ids, self.config.vocab_size)
+        if attention_mask is not None:
+            check_left_padded(attention_mask)
         use_cache = self.config.use_cache and not self.training if use_cache is None else use_cache
         if cache is not None and not isinstance(cache, GrassmannCache):
             raise TypeError(f"GrassmannLMModel: cache must be a GrassmannCache, got {type(cache).__name__}")
@@ -272,9 +282,13 @@ class NLIHeadForSequenceClassification(PreTrainedModel):
                 labels: torch.Tensor | None = None, return_dict: bool | None = None) -> SequenceClassifierOutput:
         """Class logits (B, num_labels) for token ids (B, T) of "[CLS] premise [SEP] hypothesis [SEP]"; with
         ``labels`` (B,) also the mean cross-entropy as ``loss``."""
-        if input_ids.dim() != 2 or input_ids.is_floating_point():
-            raise ValueError(f"NLI head: input_ids must be integer token ids (batch, tokens), got {input_ids.dtype} "
-                             f"{tuple(input_ids.shape)}")
+        if input_ids.dim() != 2 or input_ids.is_floating_point() or not input_ids.shape[1]:
+            raise ValueError(f"NLI head: input_ids must be integer token ids (batch, tokens >= 1), got "
+                             f"{input_ids.dtype} {tuple(input_ids.shape)}")
+        check_ids(input_ids, self.encoder.config.vocab_size)
+        limit = getattr(self.encoder.config, "max_position_embeddings", None)
+        if limit is not None and input_ids.shape[1] > limit:
+            raise ValueError(f"NLI head: {input_ids.shape[1]} tokens, the encoder takes at most {limit}")
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         elif attention_mask.shape != input_ids.shape:
@@ -286,7 +300,14 @@ class NLIHeadForSequenceClassification(PreTrainedModel):
         T = x.shape[1]
         keep = attention_mask.bool()
         if self.config.mixer == "grassmann":
-            positions = torch.arange(T, device=x.device)
+            # offsets look back by index: left padding is kept out through positions, right padding comes after
+            # the real tokens (causal, and not pooled); a gap between real tokens would be mixed in
+            m = attention_mask.long()
+            one_sided = (m[:, 1:] >= m[:, :-1]).all(-1) | (m[:, 1:] <= m[:, :-1]).all(-1)
+            if not bool(one_sided.all()):
+                raise ValueError("NLI head: attention_mask must pad on one side only (no masked token between "
+                                 "real tokens)")
+            positions = (m.cumsum(-1) - 1).clamp_min(0)
             for block in self.blocks:
                 x = block(x, positions)
         else:
@@ -301,6 +322,7 @@ class NLIHeadForSequenceClassification(PreTrainedModel):
 
 
 AutoConfig.register(NLIHeadConfig.model_type, NLIHeadConfig)
+AutoModel.register(NLIHeadConfig, NLIHeadForSequenceClassification)
 AutoModelForSequenceClassification.register(NLIHeadConfig, NLIHeadForSequenceClassification)
 
 
@@ -318,6 +340,7 @@ class NLIHeadArgs:
     windows: tuple[int, ...] = WINDOWS
     num_attention_heads: int = 4
     intermediate_size: int = 1024
+    out_proj: bool = True
     dropout: float = 0.1
     num_labels: int = 3
 

@@ -57,6 +57,9 @@ def token_positions(input_ids: torch.Tensor, past: int, position_ids: torch.Tens
     """Absolute positions (B, T) of the tokens in ``input_ids``: given, or counted over ``attention_mask`` (padding
     does not count), or past..past+T-1. Positions at or beyond ``max_positions`` are an error."""
     B, T = input_ids.shape
+    if attention_mask is not None and attention_mask.shape != (B, past + T):
+        raise ValueError(f"attention_mask must cover the cached and the new tokens, shape (batch={B}, "
+                         f"past + new = {past + T}), got {tuple(attention_mask.shape)}")
     if position_ids is None:
         if attention_mask is not None:
             position_ids = (attention_mask.long().cumsum(-1) - 1).clamp_min(0)[:, -T:]
