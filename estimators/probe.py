@@ -72,7 +72,7 @@ class Probe:
         self._named_modules = every_module
         self._handles: list = []
         self._paused = False
-        self._buffers: dict[str, list[torch.Tensor]] = {}
+        self._buffers: dict[tuple[str, bool], list[torch.Tensor]] = {}
         self._params_done = False  # the parameter estimators ran for this step
         self._attach_if_scheduled()
 
@@ -84,9 +84,9 @@ class Probe:
     def _attach_if_scheduled(self):
         if self.scheduled and not self._handles:
             for name in self._modules:
-                self._handles.append(self._named_modules[name].register_forward_hook(self._hook(name, name)))
+                self._handles.append(self._named_modules[name].register_forward_hook(self._hook(name, of_input=False)))
             for name in self._inputs:
-                self._handles.append(self._named_modules[name].register_forward_hook(self._hook((name, "input"), name)))
+                self._handles.append(self._named_modules[name].register_forward_hook(self._hook(name, of_input=True)))
 
     def _detach(self):
         for h in self._handles:
@@ -102,16 +102,16 @@ class Probe:
         finally:
             self._paused = previous
 
-    def _hook(self, key, name: str):
-        """Record the output of probe point ``name`` (key ``name``) or the first input of module ``name`` (key
-        ``(name, "input")``)."""
+    def _hook(self, name: str, of_input: bool):
+        """Record the output of probe point ``name``, or (``of_input``) the first input of module ``name``; the
+        buffer's key is (name, of_input)."""
         def record(module, inputs, output):
             if self._paused:
                 return
-            chunks = self._buffers.setdefault(key, [])
+            chunks = self._buffers.setdefault((name, of_input), [])
             have = sum(c.shape[0] if c.dim() else 1 for c in chunks)
             if self.max_samples is None or have < self.max_samples:
-                take = (inputs[0] if isinstance(key, tuple) else output).detach()
+                take = (inputs[0] if of_input else output).detach()
                 if self.max_samples is not None and take.dim() > 0:
                     take = take[: self.max_samples - have]
                 chunks.append(take)
@@ -131,14 +131,13 @@ class Probe:
         if not self.scheduled:
             return
         with torch.no_grad(), self.paused():  # a module estimator's own forward passes are not recorded
-            for key, chunks in self._buffers.items():
-                name = key[0] if isinstance(key, tuple) else key
+            for (name, of_input), chunks in self._buffers.items():
                 shapes = {tuple(c.shape[1:]) for c in chunks}
                 if len(shapes) > 1:
                     raise ValueError(f"Probe: {name} produced tensors of different shapes {sorted(shapes)} within "
                                      "one step; record one kind of forward pass per step (see Probe.paused())")
                 x = torch.cat(chunks) if chunks[0].dim() > 0 else torch.stack(chunks)
-                if isinstance(key, tuple):
+                if of_input:
                     for est in self._inputs[name]:
                         self._record(name, est, est(self._named_modules[name], x))
                 else:

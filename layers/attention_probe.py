@@ -54,7 +54,7 @@ def attention_logit_norms(attn: nn.Module, x: torch.Tensor) -> tuple[torch.Tenso
     qkv = attn.qkv
     # a sigmaReparam qkv: W_hat from the stored u, v (its reparametrized_weight() would run a power iteration in
     # training mode, and this only reads)
-    weight = qkv.weight * (qkv.gamma / qkv.sigma) if hasattr(qkv, "reparametrized_weight") else qkv.weight
+    weight = qkv.folded_weight() if hasattr(qkv, "folded_weight") else qkv.weight
     bias = qkv.bias if qkv.bias is not None else weight.new_zeros(weight.shape[0])
     w = torch.cat([weight, bias[:, None]], 1).detach().double()  # (3 d, d + 1)
     heads, hd = attn.num_heads, attn.head_dim

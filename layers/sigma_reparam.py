@@ -53,6 +53,12 @@ class SigmaReparam(nn.Module):
         with torch.no_grad():
             return (self.u @ self.weight.flatten(1) @ self.v).reshape(1)
 
+    def folded_weight(self) -> torch.Tensor:
+        """W_hat = (gamma / sigma) W from the stored u, v, without a power iteration or gradient: the value an eval
+        forward uses, and what ``remove_sigma_reparam`` stores."""
+        with torch.no_grad():
+            return self.weight * (self.gamma / self.sigma)
+
     def reparametrized_weight(self) -> torch.Tensor:
         """(gamma / sigma(W)) W, shaped like ``weight``; a training forward first runs one power iteration."""
         matrix = self.weight.flatten(1)
@@ -141,8 +147,7 @@ def remove_sigma_reparam(model: nn.Module) -> nn.Module:
     ``model``."""
     for module in model.modules():
         if type(module) in _PLAIN_OF:
-            with torch.no_grad():
-                folded = module.weight * (module.gamma / module.sigma)
+            folded = module.folded_weight()
             requires_grad = module.weight.requires_grad
             del module.gamma, module.u, module.v
             module.__class__ = _PLAIN_OF[type(module)]

@@ -210,12 +210,11 @@ def _check_train_section(cfg: dict) -> None:
         value = cfg[key]
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value) or value < least:
             raise ValueError(f"train.{key} must be an integer >= {least}, got {value!r}")
-    for key, least in (("seed", None), ("threads", 0)):
-        value = cfg[key]
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int)
-                                  or (least is not None and value < least)):
-            raise ValueError(f"train.{key} must be an integer{'' if least is None else f' >= {least}'}"
-                             f"{' or null' if key == 'threads' else ''}, got {value!r}")
+    seed, threads = cfg["seed"], cfg["threads"]
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ValueError(f"train.seed must be an integer, got {seed!r}")
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 0):
+        raise ValueError(f"train.threads must be an integer >= 0 or null, got {threads!r}")
     clip = cfg["clip"]
     if clip not in (None, False) and (isinstance(clip, bool) or not isinstance(clip, (int, float))
                                       or not math.isfinite(clip) or clip < 0):
