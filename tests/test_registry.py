@@ -27,6 +27,24 @@ def test_unknown_override_lists_valid_keys():
         zoo.create_model("alrnn_m20_p2", Q=1)
 
 
+def test_override_of_the_wrong_type_names_key_type_and_default():
+    with pytest.raises(TypeError, match=r"alrnn_m20_p2: M must be int \(default 20\), got '30' of type str"):
+        zoo.create_model("alrnn_m20_p2", M="30")
+    with pytest.raises(TypeError, match="M must be int"):  # a bool is an int to Python, never a width
+        zoo.create_model("alrnn_m20_p2", M=True)
+    with pytest.raises(TypeError, match=r"windows must be tuple\[int, \.\.\.\]"):
+        zoo.create_model("grassmann_lm_13m", windows=["1"])
+
+
+def test_lists_become_tuples_and_every_default_config_fits_its_own_types():
+    from zoo._registry import _REGISTRY, resolve_config
+
+    assert resolve_config("grassmann_lm_13m", windows=[1, 2]).windows == (1, 2)  # YAML gives lists
+    for name, entry in _REGISTRY.items():  # the checker accepts what every registered size ships with
+        fields = {f.name: getattr(entry.config, f.name) for f in dataclasses.fields(entry.config)}
+        assert resolve_config(name, **fields) == entry.config
+
+
 def test_model_info_reports_family_paper_params_recipes():
     info = zoo.model_info("alrnn_m20_p2")
     assert info["family"] == "alrnn" and info["arxiv"] == "2410.14240"

@@ -11,9 +11,10 @@ import torch
 
 from train import fit, load_recipe
 from train.recipe import apply_override, list_recipes
-from train.schedules import OPTIMIZERS, lr_factor
+from train.schedules import OPTIMIZERS, build_optimizer, lr_factor
 from train.tasks import TASKS
 from weights import load_checkpoint
+from zoo._registry import resolve_config
 
 from .conftest import SMALL_DSR, killed_at_call, train_losses
 
@@ -230,6 +231,49 @@ def test_every_shipped_recipe_parses_and_names_what_exists(name):
     assert recipe["name"] == name and recipe["task"] in TASKS and recipe["optim"]["name"] in OPTIMIZERS
     assert recipe["model"] in zoo.list_models(), recipe["model"]
     assert 0 < lr_factor(recipe["schedule"], int(recipe["train"]["steps"]))(0) <= 1  # raises on an unknown name
+    build_optimizer([torch.nn.Parameter(torch.zeros(1))], recipe["optim"])  # raises on a bad setting
+    filled = {k: v for k, v in recipe["model_args"].items() if v is not None}  # null: the task fills it in
+    resolve_config(recipe["model"], **filled)  # raises on an unknown key or a wrong type
+
+
+@pytest.mark.parametrize("override, error", [
+    ("probe.evry=3", r"probe has no setting \['evry'\]; the settings are points, every and max_samples"),
+    ("probe.every=2.5", r"probe.every must be an integer >= 1, got 2.5"),
+    ("probe.max_samples=0", r"probe.max_samples must be an integer >= 1 or null"),
+    ("probe.points={z: entropy}", r"probe.points.z must be a non-empty list of estimators"),
+    ("probe.points={z: [entrpy]}", r"unknown estimator 'entrpy'; available: \['adaptive_binned_mi'"),
+    ("probe.points={z: [{entropy: {bins: 3}}]}", r"probe.points.z: entropy\(\) got an unexpected keyword"),
+])
+def test_bad_probe_section_fails_before_the_data_is_read(override, error, tmp_path, monkeypatch):
+    def make_task(recipe):
+        raise AssertionError("the task read its data before the probe section was checked")
+
+    monkeypatch.setattr("train.loop.make_task", make_task)
+    with pytest.raises((ValueError, KeyError, TypeError), match=error):
+        fit(load_recipe("alrnn-lorenz63", [override]), tmp_path / "run")
+    fit_off = load_recipe("alrnn-lorenz63", ["probe.points={}"])  # empty points: probing off, not an error
+    with pytest.raises(AssertionError, match="read its data"):
+        fit(fit_off, tmp_path / "run")
+
+
+@pytest.mark.parametrize("override, error", [
+    ("optim.lr=abc", r"optim.lr must be a number in \[0, inf\], got 'abc'"),
+    ("optim.lr=-1e-3", r"optim.lr must be a number in \[0, inf\], got -0.001"),
+    ("optim.betas=0.9", r"optim.betas must be a pair \[beta1, beta2\], got 0.9"),
+    ("optim.betas=[0.9, 1.5]", r"optim.betas must be a number in \[0, 1\], got 1.5"),
+    ("optim.momentum=0.9", r"optim: radam has no setting \['momentum'\]; its settings are \['lr', 'betas'"),
+    ("schedule.warmup=-3", r"schedule.warmup must be an integer >= 0, got -3"),
+    ("schedule.warmup=2.5", r"schedule.warmup must be an integer >= 0, got 2.5"),
+    ("schedule.min_ratio=x", r"schedule.min_ratio must be a number in \[0, 1\], got 'x'"),
+    ("schedule.final_ratio=0", r"schedule.final_ratio must be a number in \[1e-12, 1\], got 0"),
+])
+def test_bad_optimizer_and_schedule_settings_name_the_key(override, error):
+    recipe = load_recipe("alrnn-lorenz63", ["schedule.name=cosine" if "min" in override else
+                                            "schedule.name=exponential" if "final" in override else "optim.lr=1e-3",
+                                            override])
+    with pytest.raises((ValueError, KeyError), match=error):
+        build_optimizer([torch.nn.Parameter(torch.zeros(1))], recipe["optim"])
+        lr_factor(recipe["schedule"], 100)
 
 
 FACET_TINY = ["data.per_element=4", "data.alloys=4", "model_args.channels=8", "model_args.layers=1",
@@ -400,3 +444,41 @@ def test_held_out_batches_from_too_little_data_are_clear_errors():
     ib = make_task(load_recipe("ib-tanh-12bit", ["data.train_fraction=1.0"]))
     with pytest.raises(ValueError, match="holds no examples"):
         ib.held_out_batch(2, torch.Generator().manual_seed(0))
+
+
+def test_cuda_device_choice_per_process_and_per_torchrun_rank(monkeypatch):
+    """No GPU is needed: CUDA's presence is simulated, and setup stops before touching a device."""
+    from train.distributed import setup
+
+    chosen = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "set_device", chosen.append)
+    for var in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
+        monkeypatch.delenv(var, raising=False)
+    assert [setup(d).device for d in ("cuda", "cuda:1", "auto")] == [torch.device("cuda", i) for i in (0, 1, 0)]
+    assert chosen == [torch.device("cuda", i) for i in (0, 1, 0)]  # set, so kernels launch on the chosen GPU
+    with pytest.raises(ValueError, match=r"asks for GPU 2 but 2 CUDA device\(s\) are visible"):
+        setup("cuda:2")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    with pytest.raises(ValueError, match=r"train.device=cuda:0 under torchrun would put all 2 ranks on one GPU"):
+        setup("cuda:0")
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)  # no process group is joined here
+    assert setup("cuda").device == torch.device("cuda", 1)  # rank with LOCAL_RANK 1 takes cuda:1
+
+
+@pytest.mark.filterwarnings("ignore:CUDA is not available")  # the autocast object is only inspected here
+def test_precision_auto_is_bf16_only_on_gpus_with_native_bf16(monkeypatch, tmp_path):
+    from train.loop import _autocast
+
+    cuda = torch.device("cuda", 0)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: not including_emulation
+                        and native)
+    for native, expected in ((True, torch.bfloat16), (False, None)):  # e.g. A100 and V100
+        ctx = _autocast("auto", cuda)
+        assert getattr(ctx, "fast_dtype", None) == expected
+    assert isinstance(_autocast("auto", torch.device("cpu")), type(_autocast("fp32", cuda)))  # CPU: fp32
+    monkeypatch.setattr("train.loop.make_task", lambda recipe: pytest.fail("read data before checking precision"))
+    with pytest.raises(ValueError, match="train.precision must be auto, fp32 or bf16, got 'fp16'"):
+        fit(load_recipe("alrnn-lorenz63", ["train.precision=fp16"]), tmp_path / "run")

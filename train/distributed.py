@@ -21,18 +21,25 @@ class Dist:
 
 
 def setup(device: str = "auto") -> Dist:
-    """Pick the device and, under torchrun (WORLD_SIZE > 1), join the process group (nccl on GPU, gloo on CPU)."""
+    """Pick the device and, under torchrun (WORLD_SIZE > 1), join the process group (nccl on GPU, gloo on CPU).
+    On CUDA a single process uses the GPU named (``cuda`` is ``cuda:0``) and each torchrun rank uses
+    cuda:LOCAL_RANK, so there a fixed index is refused: every rank would share that one GPU."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank, local = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda":
+    dev = torch.device(device)  # the device string was checked with the recipe (train.loop._check_train_section)
+    if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError("recipe asks for device=cuda but no CUDA device is visible; use train.device=cpu")
-        dev = torch.device("cuda", local)
+            raise ValueError(f"recipe asks for device={device} but no CUDA device is visible; use train.device=cpu")
+        if world > 1 and dev.index is not None:
+            raise ValueError(f"train.device={device} under torchrun would put all {world} ranks on one GPU; use "
+                             "train.device=cuda (or auto): each rank then takes cuda:LOCAL_RANK")
+        dev = torch.device("cuda", local if dev.index is None else dev.index)
+        if dev.index >= torch.cuda.device_count():
+            raise ValueError(f"train.device={device} asks for GPU {dev.index} but {torch.cuda.device_count()} "
+                             "CUDA device(s) are visible (CUDA_VISIBLE_DEVICES renumbers them from 0)")
         torch.cuda.set_device(dev)
-    else:  # the device string was checked with the recipe (train.loop._check_train_section)
-        dev = torch.device(device)
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
     return Dist(rank, world, local, dev)

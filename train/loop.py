@@ -41,13 +41,14 @@ def _local_slice(batch: dict, micro: int, accum: int, d: Dist) -> dict:
 
 
 def _autocast(precision: str, device: torch.device):
+    """bf16 autocast for ``bf16``, and for ``auto`` on a GPU with native bf16 (Ampere and later; older GPUs would
+    emulate it slowly, so auto stays fp32 there, as on CPU)."""
     if precision == "auto":
-        precision = "bf16" if device.type == "cuda" else "fp32"
-    if precision == "fp32":
-        return contextlib.nullcontext()
+        native = device.type == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False)
+        precision = "bf16" if native else "fp32"
     if precision == "bf16":
         return torch.autocast(device.type, dtype=torch.bfloat16)
-    raise ValueError(f"train.precision must be auto, fp32 or bf16, got {precision!r}")
+    return contextlib.nullcontext()
 
 
 def _rng_state() -> dict:
@@ -166,14 +167,46 @@ def _read_rows(path: Path) -> list[dict]:
     return rows
 
 
+def _check_probe_section(cfg: dict) -> None:
+    """probe: {points: {glob: [estimator, ...]}, every: integer >= 1, max_samples: integer >= 1 or null}; an
+    empty or absent ``points`` turns probing off. Every estimator is built here once, so a misspelt name fails
+    before any data is read."""
+    from estimators import make_estimator
+
+    if not isinstance(cfg, dict):
+        raise ValueError(f"probe must be a section {{points, every, max_samples}}, got {cfg!r}")
+    unknown = sorted(set(cfg) - {"points", "every", "max_samples"})
+    if unknown:
+        raise KeyError(f"probe has no setting {unknown}; the settings are points, every and max_samples")
+    every, limit = cfg.get("every", 100), cfg.get("max_samples", 4096)
+    if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+        raise ValueError(f"probe.every must be an integer >= 1, got {every!r}")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise ValueError(f"probe.max_samples must be an integer >= 1 or null (no limit), got {limit!r}")
+    points = cfg.get("points") or {}
+    if not isinstance(points, dict):
+        raise ValueError(f"probe.points must map globs to lists of estimators, got {points!r}")
+    for glob, specs in points.items():
+        if not isinstance(specs, list) or not specs:
+            raise ValueError(f"probe.points.{glob} must be a non-empty list of estimators (names or {{name: "
+                             f"{{arguments}}}}), got {specs!r}")
+        for spec in specs:
+            if not (isinstance(spec, str) or isinstance(spec, dict) and len(spec) == 1):
+                raise ValueError(f"probe.points.{glob}: an estimator is a name or {{name: {{arguments}}}}, "
+                                 f"got {spec!r}")
+            try:
+                make_estimator(spec)
+            except TypeError as err:  # an argument the estimator does not take
+                raise TypeError(f"probe.points.{glob}: {err}") from err
+
+
 def _make_probe(model, cfg: dict, step: int):
     if not cfg.get("points"):
         return None
     from estimators import Probe, make_estimator
 
     points = {glob: [make_estimator(s) for s in specs] for glob, specs in cfg["points"].items()}
-    return Probe(model, points, every=int(cfg.get("every", 100)),
-                 max_samples=cfg.get("max_samples", 4096), step=step)
+    return Probe(model, points, every=cfg.get("every", 100), max_samples=cfg.get("max_samples", 4096), step=step)
 
 
 def fit(recipe: dict, out: str | Path = "runs/run", resume: bool = False) -> dict:
@@ -186,6 +219,7 @@ def fit(recipe: dict, out: str | Path = "runs/run", resume: bool = False) -> dic
     out = Path(out)
     cfg = recipe["train"]
     _check_train_section(cfg)
+    _check_probe_section(recipe.get("probe") or {})
     threads = torch.get_num_threads()
     try:
         if cfg["threads"]:  # small sequential models (AL-RNN) run fastest on one thread per process
@@ -219,6 +253,8 @@ def _check_train_section(cfg: dict) -> None:
     if clip not in (None, False) and (isinstance(clip, bool) or not isinstance(clip, (int, float))
                                       or not math.isfinite(clip) or clip < 0):
         raise ValueError(f"train.clip must be a finite number >= 0 (0 or null: no clipping), got {clip!r}")
+    if cfg["precision"] not in ("auto", "fp32", "bf16"):
+        raise ValueError(f"train.precision must be auto, fp32 or bf16, got {cfg['precision']!r}")
     if cfg["device"] != "auto":
         try:
             torch.device(cfg["device"])

@@ -5,6 +5,9 @@ import dataclasses
 import difflib
 import fnmatch
 import importlib.util
+import numbers
+import types
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -72,26 +75,56 @@ def get_entry(name: str) -> ModelEntry:
     return _REGISTRY[name]
 
 
-def resolve_config(name: str, **overrides) -> Any:
-    """The default config of ``name`` with ``overrides`` applied; unknown keys are an error listing valid ones."""
-    entry = get_entry(name)
-    valid = [f.name for f in dataclasses.fields(entry.config)]
-    unknown = sorted(set(overrides) - set(valid))
+def _fits(value: Any, hint: Any) -> bool:
+    """Whether ``value`` is of the config field type ``hint`` (int, float, bool, str, tuple[...], dict, unions
+    with None); a float field takes an int, an int field refuses a bool; other annotations take anything."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return any(_fits(value, h) for h in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, numbers.Real) and not isinstance(value, bool)
+    if hint is tuple or typing.get_origin(hint) is tuple:
+        items = typing.get_args(hint)
+        return isinstance(value, tuple) and (len(items) != 2 or items[1] is not Ellipsis
+                                             or all(_fits(v, items[0]) for v in value))
+    return isinstance(value, hint) if isinstance(hint, type) else True
+
+
+def _replace(name: str, config: Any, values: dict, what: str) -> Any:
+    """``config`` with ``values`` set: unknown keys and values of the wrong type are errors naming the key; lists
+    become tuples where the field is a tuple (YAML and JSON have no tuples)."""
+    hints = typing.get_type_hints(type(config))
+    valid = [f.name for f in dataclasses.fields(config)]
+    unknown = sorted(set(values) - set(valid))
     if unknown:
-        raise TypeError(f"{name}: unknown config override(s) {unknown}; valid keys are {valid}")
-    return dataclasses.replace(entry.config, **overrides)
+        raise TypeError(f"{name}: unknown {what} {unknown}; valid keys are {valid}")
+    fixed = {}
+    for key, value in values.items():
+        hint = hints[key]
+        if isinstance(value, list) and _fits(tuple(value), hint):
+            value = tuple(value)
+        if not _fits(value, hint):
+            shown = hint.__name__ if isinstance(hint, type) else str(hint)
+            raise TypeError(f"{name}: {key} must be {shown} (default {getattr(config, key)!r}), "
+                            f"got {value!r} of type {type(value).__name__}")
+        fixed[key] = value
+    return dataclasses.replace(config, **fixed)
+
+
+def resolve_config(name: str, **overrides) -> Any:
+    """The default config of ``name`` with ``overrides`` applied; unknown keys and wrongly typed values are errors
+    naming the key."""
+    return _replace(name, get_entry(name).config, overrides, "config override(s)")
 
 
 def config_from_dict(name: str, saved: dict) -> Any:
-    """Rebuild ``name``'s config from its JSON form (as stored in checkpoints): lists become tuples where the
-    default is a tuple; keys the config does not have are an error."""
-    entry = get_entry(name)
-    defaults = {f.name: getattr(entry.config, f.name) for f in dataclasses.fields(entry.config)}
-    unknown = sorted(set(saved) - set(defaults))
-    if unknown:
-        raise TypeError(f"{name}: config keys {unknown} are not fields of its config; valid keys are {list(defaults)}")
-    fixed = {k: tuple(v) if isinstance(defaults[k], tuple) and isinstance(v, list) else v for k, v in saved.items()}
-    return dataclasses.replace(entry.config, **fixed)
+    """Rebuild ``name``'s config from its JSON form (as stored in checkpoints), checked like ``resolve_config``."""
+    return _replace(name, get_entry(name).config, saved, "config keys")
 
 
 def build(name: str, config: Any) -> nn.Module:
