@@ -383,3 +383,20 @@ def test_masks_that_do_not_match_the_tokens_are_refused(name):
             m(ids, attention_mask=gap)
     else:
         assert torch.isfinite(m(ids, attention_mask=gap).logits).all()
+
+
+@pytest.mark.parametrize("make", [tiny_grassmann, tiny_transformer])
+def test_lm_loss_is_the_shifted_cross_entropy_and_refuses_labels_it_cannot_use(make):
+    torch.manual_seed(0)
+    m = make().eval()
+    ids = torch.randint(0, 50, (2, 6))
+    labels = ids.clone()
+    labels[0, 3] = -100  # ignored
+    out = m(ids, labels=labels)
+    keep = labels[:, 1:] != -100
+    expected = torch.nn.functional.cross_entropy(out.logits[:, :-1][keep], labels[:, 1:][keep])
+    assert torch.allclose(out.loss, expected, atol=1e-6)
+    with pytest.raises(ValueError, match=r"labels must be \(batch, length\) = \(2, 6\) like input_ids, got \(2, 5\)"):
+        m(ids, labels=labels[:, :5])
+    with pytest.raises(ValueError, match="labels need at least 2 tokens"):  # the mean over no pairs is NaN
+        m(ids[:, :1], labels=ids[:, :1])

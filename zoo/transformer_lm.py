@@ -88,7 +88,13 @@ def check_ids(input_ids: torch.Tensor, vocab_size: int) -> None:
 
 
 def lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean next-token cross-entropy: logits at t predict labels at t+1; label -100 is ignored."""
+    """Mean next-token cross-entropy: logits at t predict labels at t+1; label -100 is ignored. ``labels`` is
+    (B, T) like the input ids, T >= 2 (one token predicts nothing: the mean would be 0/0)."""
+    if labels.shape != logits.shape[:2]:
+        raise ValueError(f"labels must be (batch, length) = {tuple(logits.shape[:2])} like input_ids, got "
+                         f"{tuple(labels.shape)}")
+    if labels.shape[1] < 2:
+        raise ValueError("labels need at least 2 tokens: the loss predicts token t+1 from tokens up to t")
     return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100)
 
 
