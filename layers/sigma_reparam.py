@@ -24,6 +24,14 @@ def _autocast_off(device_type: str):
     return contextlib.nullcontext()
 
 
+def _recomputing() -> bool:
+    """Whether this forward is activation checkpointing's recomputation, which runs inside a backward pass (either
+    checkpoint flavour; timm's ``set_grad_checkpointing``). It must not iterate again: u and v would advance twice
+    per step, and the gradient would be that of another sigma than the forward used. Under ``torch.compile`` the
+    compiled graph replays the forward's own ops, so nothing needs detecting there."""
+    return not torch.compiler.is_compiling() and torch._C._current_graph_task_id() != -1
+
+
 class SigmaReparam(nn.Module):
     """Mixin for a layer whose ``weight`` is used as W_hat = (gamma / sigma(W)) W (paper eq. 3), W flattened to
     (out, fan_in) (a Conv2d kernel to out x (in/groups * kh * kw)).
@@ -31,8 +39,8 @@ class SigmaReparam(nn.Module):
     sigma(W) = u^T W v, with u, v updated by one power iteration per training forward, without gradient:
     v <- W^T u / ||W^T u||, u <- W v / ||W v||. The gradient of sigma flows into W only (d sigma / dW = u v^T).
     u, v start as the top singular vectors of the initial W (SVD) and gamma as sigma(W_0), so conversion leaves the
-    layer's function unchanged. Eval forwards read u, v and never write them. Cost: two matrix-vector products per
-    training forward.
+    layer's function unchanged. Eval forwards read u, v and never write them, and neither does the recomputation of
+    activation checkpointing. Cost: two matrix-vector products per training forward.
     """
 
     gamma: nn.Parameter
@@ -65,7 +73,7 @@ class SigmaReparam(nn.Module):
         # in the weight's dtype even under autocast: a bf16 sigma would be off by up to 2^-8 of itself, a different
         # scale of W_hat at each step, and casting W for each matrix-vector product costs more than the products
         with _autocast_off(matrix.device.type):
-            if self.training:
+            if self.training and not _recomputing():
                 with torch.no_grad():
                     self.v.copy_(F.normalize(matrix.t() @ self.u, dim=0))
                     self.u.copy_(F.normalize(matrix @ self.v, dim=0))

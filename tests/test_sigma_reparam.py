@@ -1,4 +1,6 @@
 """sigmaReparam (Zhai et al. 2023): the reparametrised layers, the converter and the zoo variants."""
+import copy
+
 import pytest
 import timm
 import torch
@@ -165,6 +167,37 @@ def test_torch_compile_matches_eager(backend):
     torch.testing.assert_close(net[0].gamma.grad, eager[0].gamma.grad)
     net.eval(), eager.eval()
     torch.testing.assert_close(compiled(x), eager(x), atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("reentrant", [False, True])
+def test_activation_checkpointing_runs_one_power_iteration(reentrant):
+    """The recomputation in backward must not iterate again: same gradients and u, v as without checkpointing.
+    W is moved off its SVD so that a second iteration would visibly change them (by 0.3 to 0.6 here)."""
+    torch.manual_seed(0)
+    net = apply_sigma_reparam(nn.Sequential(nn.Linear(8, 16), nn.GELU(), nn.Linear(16, 4)))
+    with torch.no_grad():
+        for layer in (net[0], net[2]):
+            layer.weight.add_(torch.randn_like(layer.weight))
+    plain, checkpointed, x = copy.deepcopy(net), copy.deepcopy(net), torch.randn(5, 8, requires_grad=reentrant)
+    plain(x).square().sum().backward()
+    torch.utils.checkpoint.checkpoint(checkpointed, x, use_reentrant=reentrant).square().sum().backward()
+    for p, q in zip(plain.parameters(), checkpointed.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, atol=0, rtol=0)
+    for p, q in zip(plain.buffers(), checkpointed.buffers()):
+        torch.testing.assert_close(p, q, atol=0, rtol=0)
+
+
+def test_timm_grad_checkpointing_of_a_sigma_vit_equals_the_plain_step():
+    torch.manual_seed(0)
+    vit = timm.create_model("vit_tiny_patch16_224_sigma", img_size=32, patch_size=8, depth=2, num_classes=3)
+    with torch.no_grad():
+        vit.blocks[0].attn.qkv.weight.mul_(torch.rand_like(vit.blocks[0].attn.qkv.weight))
+    plain, checkpointed, x = copy.deepcopy(vit), copy.deepcopy(vit), torch.randn(2, 3, 32, 32)
+    checkpointed.set_grad_checkpointing(True)
+    plain(x).square().sum().backward()
+    checkpointed(x).square().sum().backward()
+    torch.testing.assert_close(plain.blocks[0].attn.qkv.u, checkpointed.blocks[0].attn.qkv.u, atol=0, rtol=0)
+    torch.testing.assert_close(plain.blocks[0].attn.qkv.weight.grad, checkpointed.blocks[0].attn.qkv.weight.grad)
 
 
 # ---- zoo variants ----
