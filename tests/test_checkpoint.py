@@ -181,3 +181,50 @@ def test_a_compiled_or_wrapped_model_saves_its_own_keys(tmp_path):
         loaded = load_checkpoint(path)
         assert loaded.state_dict().keys() == model.state_dict().keys()
         assert all(torch.equal(v, model.state_dict()[k]) for k, v in loaded.state_dict().items())
+
+
+def test_concurrent_conversions_of_one_original_both_land(tmp_path, monkeypatch):
+    """torchrun ranks converting the same original at once: each uses its own temporary file (a shared one was
+    replaced or deleted under the other rank, which then failed)."""
+    import weights.convert as convert_mod
+    from weights.manifest import git_blob_sha1, install_original, resolve
+
+    src = tmp_path / "orig.pth"
+    torch.save(zoo.create_model("alrnn_m20_p2").state_dict(), src)
+    entry = {"name": "test_ckpt", "model": "alrnn_m20_p2", "file": "test_ckpt.safetensors", "sha256": None,
+             "original": {"url": "http://127.0.0.1:9/orig.pth", "file": "orig.pth", "git_blob_sha1": git_blob_sha1(src)}}
+    real, calls, nested = convert_mod.convert, [], []
+
+    def interleaved(source, name, out, **kw):  # another rank runs a whole conversion in the middle of this one
+        calls.append(out)
+        path = real(source, name, out, **kw)
+        if len(calls) == 1:
+            nested.append(install_original(entry, source))
+        return path
+
+    monkeypatch.setattr(convert_mod, "convert", interleaved)
+    dest = install_original(entry, src)
+    assert nested == [dest] and len(set(calls)) == 2 and resolve(entry) == dest  # the recorded sha256 verifies
+    assert not [p.name for p in dest.parent.iterdir() if p.name.startswith(".")]  # no temporary file left
+
+
+def test_pretrained_ignores_dropout_rates_and_adapts_the_stem_to_other_input_channels(monkeypatch):
+    trained = zoo.create_model("mobilenetv2_ca_100", num_classes=10)
+    path = save_checkpoint(trained, manifest_mod.cache_dir() / "test_ckpt.safetensors")
+    entry = {"name": "test_ckpt", "model": "mobilenetv2_ca_100", "file": "test_ckpt.safetensors", "url": None,
+             "sha256": sha256_of(path), "config": {"num_classes": 10}}
+    monkeypatch.setattr(manifest_mod, "published_checkpoints", lambda: [entry])
+    dropped = zoo.create_model("mobilenetv2_ca_100", pretrained=True, drop_rate=0.3)  # no weight depends on it
+    assert dropped.drop_rate == 0.3
+    assert all(torch.equal(a, b) for a, b in zip(dropped.state_dict().values(), trained.state_dict().values()))
+    gray = zoo.create_model("mobilenetv2_ca_100", pretrained=True, in_chans=1)  # timm's adapt_input_conv: a sum
+    assert torch.allclose(gray.conv_stem.weight, trained.conv_stem.weight.sum(1, keepdim=True))
+    assert torch.equal(gray.blocks[1][0].se.conv1.weight, trained.blocks[1][0].se.conv1.weight)
+
+
+def test_original_with_non_tensor_entries_names_them(tmp_path):
+    from weights.convert import read_original
+
+    torch.save({"A": torch.ones(3), "epoch": 3}, tmp_path / "orig.pth")
+    with pytest.raises(CheckpointError, match=r"entries \['epoch'\] are not tensors"):
+        read_original(tmp_path / "orig.pth")

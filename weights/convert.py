@@ -37,8 +37,12 @@ def read_original(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
-    if not isinstance(obj, dict) or not all(torch.is_tensor(v) for v in obj.values()):
+    if not isinstance(obj, dict):
         raise CheckpointError(f"{path} does not hold a state dict of tensors (found {type(obj).__name__})")
+    others = sorted(str(k) for k, v in obj.items() if not torch.is_tensor(v))
+    if others:
+        raise CheckpointError(f"{path} does not hold a state dict of tensors: entries {others[:10]} are not "
+                              "tensors (a training checkpoint? save its model's state_dict() alone)")
     return obj
 
 

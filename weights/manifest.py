@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import sys
+import tempfile
 import urllib.request
 from pathlib import Path
 
@@ -95,7 +96,11 @@ def install_original(entry: dict, source: str | os.PathLike, dest: Path | None =
         raise CheckpointError(f"{source} is not the published original of {entry['name']!r}: its git blob id is "
                               f"{found}, the authors' repository has {original['git_blob_sha1']}. Delete it and "
                               f"download {original['url']} again.")
-    tmp = dest.with_name(f".{dest.name}.converting")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    # a temporary file of its own: torchrun ranks may convert the same original at once (same bytes, same record)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".converting", dir=dest.parent)
+    os.close(fd)
+    tmp = Path(tmp)
     try:
         convert(source, entry["model"], tmp)
         atomic_write(_sidecar(dest), lambda t: Path(t).write_text(sha256_of(tmp) + "\n"))
@@ -150,6 +155,9 @@ def pretrained_entry(name: str, checkpoint: str | None = None) -> dict:
     return options[0]
 
 
+REGULARISATION_KEYS = ("dropout", "drop_rate", "drop_path_rate")  # config keys that no weight depends on
+
+
 def _classifier_prefix(model: nn.Module) -> str | None:
     """Module name of a timm-style model's classifier (``model.get_classifier()``), if it has one."""
     head = model.get_classifier() if hasattr(model, "get_classifier") else None
@@ -159,9 +167,11 @@ def _classifier_prefix(model: nn.Module) -> str | None:
 def load_pretrained(model: nn.Module, checkpoint: str | None = None, name: str | None = None) -> nn.Module:
     """Load a published checkpoint into ``model`` (the first one listed for its name, or the one named).
 
-    The model's config must equal the checkpoint's, except ``num_classes`` on a model with a classifier
-    (timm's ``get_classifier``): then everything but the classifier is loaded and the classifier keeps its
-    fresh initialisation, for fine-tuning on another label set."""
+    The model's config must equal the checkpoint's, except for dropout rates (``REGULARISATION_KEYS``: no weights
+    depend on them), ``num_classes`` on a model with a classifier (timm's ``get_classifier``: everything but the
+    classifier is loaded and the classifier keeps its fresh initialisation, for fine-tuning on another label set)
+    and ``in_chans`` on a model whose ``pretrained_cfg`` names its ``first_conv`` (that kernel is adapted to the
+    new channel count with timm's ``adapt_input_conv``, as ``timm.create_model`` does)."""
     entry = pretrained_entry(name or getattr(model, "zoo_name", type(model).__name__), checkpoint)
     path = resolve(entry)
     saved = read_metadata(path).get("config")
@@ -170,7 +180,14 @@ def load_pretrained(model: nn.Module, checkpoint: str | None = None, name: str |
         import dataclasses
 
         ours = json.loads(json.dumps(dataclasses.asdict(model.zoo_config)))
-        differs = {k: (v, ours.get(k)) for k, v in json.loads(saved).items() if ours.get(k) != v}
+        differs = {k: (v, ours.get(k)) for k, v in json.loads(saved).items()
+                   if ours.get(k) != v and k not in REGULARISATION_KEYS}
+        first_conv = (getattr(model, "pretrained_cfg", None) or {}).get("first_conv")
+        if "in_chans" in differs and first_conv:
+            from timm.models import adapt_input_conv
+
+            state = {**state, f"{first_conv}.weight": adapt_input_conv(differs.pop("in_chans")[1],
+                                                                       state[f"{first_conv}.weight"])}
         head = _classifier_prefix(model) if "num_classes" in differs else None
         if head is not None:
             fresh = {k: v for k, v in model.state_dict().items() if k.startswith(head + ".")}
