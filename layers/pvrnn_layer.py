@@ -2,6 +2,8 @@
 arXiv 1811.01339): an MTRNN layer with deterministic units d and stochastic latent units z."""
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -33,7 +35,7 @@ class PVRNNLayer(nn.Module):
 
     def __init__(self, d_size: int, z_size: int, tau: float, top_size: int = 0, bottom_size: int = 0):
         super().__init__()
-        if d_size < 1 or z_size < 1 or tau < 1 or top_size < 0 or bottom_size < 0:
+        if d_size < 1 or z_size < 1 or not (math.isfinite(tau) and tau >= 1) or top_size < 0 or bottom_size < 0:
             raise ValueError(f"PVRNNLayer needs d_size >= 1, z_size >= 1, tau >= 1, top/bottom sizes >= 0, got "
                              f"d_size={d_size}, z_size={z_size}, tau={tau}, top_size={top_size}, bottom_size={bottom_size}")
         self.d_size, self.z_size, self.tau = d_size, z_size, float(tau)

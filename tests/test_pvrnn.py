@@ -243,6 +243,40 @@ def test_error_regression_with_bottom_up_weights():
     assert torch.allclose(no_iter["window_error_after"], no_iter["window_error_before"])
 
 
+@pytest.mark.parametrize("bottom_up", [False, True])
+def test_error_regression_predictions_never_see_the_observations_they_predict(bottom_up):
+    """Changing the stream from step k on leaves every output of the steps whose window ends before k (t < k)
+    bit-identical, the prediction of x_k included: only its error, scored against x_k, changes."""
+    m, k = tiny(bottom_up=bottom_up), 9
+    stream, _ = pfsm_sequences(2, 14, period=10, seed=3)
+    changed = stream.clone()
+    changed[:, k:] += 5.0
+    runs = []
+    for s in (stream, changed):
+        torch.manual_seed(0)
+        runs.append(m.error_regression(s, window=4, iterations=3))
+    ends = torch.arange(runs[0]["error"].shape[1]) + 4 - 1  # window end t of each step
+    before = ends < k
+    for key in ("prediction", "window_error_before", "window_error_after"):
+        assert torch.equal(runs[0][key][:, before], runs[1][key][:, before]), key
+    assert not torch.equal(runs[0]["error"][:, ends == k - 1], runs[1]["error"][:, ends == k - 1])  # x_k is scored
+
+
+@pytest.mark.parametrize("bottom_up", [False, True])
+def test_error_regression_is_not_recorded_by_a_probe(bottom_up):
+    """A probe watching training does not see error regression's window passes (the bottom-up path runs them
+    through the model's unroll, where they were recorded and then broke the probe with mixed shapes)."""
+    from estimators import Probe, effective_rank
+
+    m = tiny(bottom_up=bottom_up)
+    stream, _ = pfsm_sequences(1, 12, period=10, seed=1)
+    with Probe(m, {"levels.0.kl": [effective_rank()], "x_hat": [effective_rank()]}, every=1) as probe:
+        m.error_regression(stream, window=4, iterations=3)
+        assert probe.rows == [] and not any(probe._buffers.values())
+        m(torch.arange(4))  # the model's own forward is still recorded
+    assert {r["point"] for r in probe.rows} == {"levels.0.kl", "x_hat"}
+
+
 def test_error_regression_is_independent_across_streams():
     m = tiny()
     stream, _ = pfsm_sequences(2, 12, period=10, seed=2)
@@ -318,6 +352,23 @@ def test_bad_input_is_named():
     gap[0, 3, 1] = float("nan")
     with pytest.raises(ValueError, match="stream must be real and finite, got 1 NaN/inf values"):
         m.error_regression(gap, window=5, iterations=2)
+    # a bool is an int to Python, and a float or list is not what the loops index with
+    with pytest.raises(ValueError, match="must be integers"):
+        m.error_regression(stream, window=True, iterations=2)
+    with pytest.raises(ValueError, match=r"steps must be an integer in \[1, seq_len=30\], got 5.0"):
+        m(torch.arange(2), steps=5.0)
+    with pytest.raises(ValueError, match="batch must be an integer >= 1, got True"):
+        m.generate(True, 5)
+    with pytest.raises(TypeError, match="ids must be a 1-D integer tensor of sequence ids, got list"):
+        m([0, 1])
+    with pytest.raises(TypeError, match=r"stream must be a \(B, T, out_size\) tensor, got list"):
+        m.error_regression(stream.tolist(), window=5, iterations=2)
+    with pytest.raises(ValueError, match=r"state must hold \(h, d\) per level with d_sizes"):
+        m.unroll(3, m.initial_state(2)[:1], first=True)
+    for bad in ({"meta_prior": [float("nan"), 0.1]}, {"meta_prior": [float("inf"), 0.1]},
+                {"taus": [float("nan"), 2.0]}):
+        with pytest.raises(ValueError, match="meta_prior >= 0|tau >= 1"):  # both gave a NaN loss
+            zoo.create_model("pvrnn_small", **bad)
 
 
 def test_pfsm_data_has_the_set_branch_probability():
@@ -333,6 +384,14 @@ def _recipe(*extra):
                                       "data.period=10", "task_args.er_streams=2", "task_args.er_length=20",
                                       "task_args.er_window=5", "task_args.er_iterations=2", "task_args.gen_steps=40",
                                       *extra])
+
+
+def test_bad_error_regression_settings_fail_before_training():
+    from train.tasks import make_task
+
+    with pytest.raises(ValueError, match=r"task_args.er_window must lie in \[1, 19\] \(the 20 steps of "
+                                         r"task_args.er_length less the predicted one\)"):
+        make_task(_recipe("task_args.er_window=20"))
 
 
 def test_task_batches_carry_sequence_ids():

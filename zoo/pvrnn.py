@@ -64,6 +64,11 @@ class PVRNNConfig:
     bottom_up: bool = False         # add d_{t-1}^{k-1} -> level k connections (not in the 2019 generative model)
 
 
+def _is_int(value) -> bool:
+    """An integer, and not a bool (which Python counts as one)."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
 class PVRNN(nn.Module):
     """PV-RNN. ``forward(ids)`` unrolls the posterior of training sequences ``ids``; ``loss(ids, x)`` is the
     objective above; ``generate`` runs the prior; ``error_regression`` infers unseen streams online.
@@ -76,8 +81,9 @@ class PVRNN(nn.Module):
         sizes = {"d_sizes": len(c.d_sizes), "z_sizes": len(c.z_sizes), "taus": len(c.taus), "meta_prior": len(c.meta_prior)}
         if len(set(sizes.values())) != 1 or not c.d_sizes:
             raise ValueError(f"PVRNN: d_sizes, z_sizes, taus and meta_prior need one entry per level, got lengths {sizes}")
-        if c.n_sequences < 1 or c.seq_len < 1 or c.out_size < 1 or min(c.meta_prior) < 0:
-            raise ValueError(f"PVRNN needs n_sequences, seq_len, out_size >= 1 and meta_prior >= 0, got {c}")
+        if c.n_sequences < 1 or c.seq_len < 1 or c.out_size < 1 or not all(math.isfinite(w) and w >= 0
+                                                                             for w in c.meta_prior):
+            raise ValueError(f"PVRNN needs n_sequences, seq_len, out_size >= 1 and finite meta_prior >= 0, got {c}")
         self.config = c
         L = len(c.d_sizes)
         self.levels = nn.ModuleList(
@@ -87,6 +93,7 @@ class PVRNN(nn.Module):
         self.A_mu = nn.ParameterList(nn.Parameter(torch.zeros(c.n_sequences, c.seq_len, z)) for z in c.z_sizes)
         self.A_sigma = nn.ParameterList(nn.Parameter(torch.zeros(c.n_sequences, c.seq_len, z)) for z in c.z_sizes)
         self.x_hat = ProbePoint()
+        self._probing = True  # off during error regression (``_point``)
 
     # -- the recurrence --------------------------------------------------------------------------------------
     def initial_state(self, batch: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -115,8 +122,12 @@ class PVRNN(nn.Module):
         all levels advance together in a ``layers.SkewedStack`` without autograd (``prior_mean_map`` and models
         with bottom-up weights step level by level, differentiably).
         """
-        if not isinstance(steps, numbers.Integral) or steps < 1:
+        if not _is_int(steps) or steps < 1:
             raise ValueError(f"PVRNN: steps must be an integer >= 1, got {steps!r}")
+        sizes = self.config.d_sizes
+        if len(state) != len(sizes) or any(h.shape[-1] != n or d.shape[-1] != n for (h, d), n in zip(state, sizes)):
+            raise ValueError(f"PVRNN.unroll: state must hold (h, d) per level with d_sizes={sizes} units (as from "
+                             f"initial_state), got {[tuple(t.shape) for pair in state for t in pair]}")
         if post is None:
             return self._stepped_prior(steps, state, first, noise) if self.config.bottom_up else \
                 self._skewed_prior(steps, state, first, noise, packed)
@@ -141,7 +152,7 @@ class PVRNN(nn.Module):
         prior = stack.run_prior(h0, d0, first, eps)
         levels = self._through_probes({"d": stack.d().split(p.d_sizes, -1),
                                        **{n: prior[n].split(p.z_sizes, -1) for n in ("z", "prior_mu", "prior_sigma")}})
-        return {"x": self.x_hat(self.out(levels[0]["d"])), "levels": levels,
+        return {"x": self._point(self.x_hat, self.out(levels[0]["d"])), "levels": levels,
                 "state": split_state(*stack.state_at(steps - 1), p.d_sizes)}
 
     def _stepped_prior(self, steps: int, state, first: bool, noise: bool) -> dict:
@@ -149,7 +160,7 @@ class PVRNN(nn.Module):
         rec, hs = self._step_by_step(steps, [h for h, _ in state], [d for _, d in state], first, None, noise)
         levels = self._through_probes({n: [torch.stack(r[n], 1) for r in rec]
                                        for n in ("d", "z", "prior_mu", "prior_sigma")})
-        return {"x": self.x_hat(self.out(levels[0]["d"])), "levels": levels,
+        return {"x": self._point(self.x_hat, self.out(levels[0]["d"])), "levels": levels,
                 "state": [(h, lvl["d"][:, -1]) for h, lvl in zip(hs, levels)]}
 
     def _posterior_pass(self, p: PackedStack, a_mu, a_sigma, eps, h0, d0, first: bool) -> dict:
@@ -172,12 +183,17 @@ class PVRNN(nn.Module):
                                        **{name: x.split(p.z_sizes, -1) for name, x in zip(
                                            ("z", "prior_mu", "prior_sigma", "post_mu", "post_sigma"), z_stats)},
                                        "kl": kl.unbind(-1)})
-        return {"x": self.x_hat(self.out(levels[0]["d"])), "kl": kl, "levels": levels,
+        return {"x": self._point(self.x_hat, self.out(levels[0]["d"])), "kl": kl, "levels": levels,
                 "state": split_state(q["h"], q["d"][:, -1], p.d_sizes)}
+
+    def _point(self, point: ProbePoint, x: torch.Tensor) -> torch.Tensor:
+        """``point(x)``, or x alone during error regression: its window passes are not forwards of the model, and a
+        probe attached to watch training must not record them (bottom-up models run them through ``unroll``)."""
+        return point(x) if self._probing else x
 
     def _through_probes(self, stats: dict) -> list[dict]:
         """Per level k, ``{name: level_k.<name>(stats[name][k])}``: each statistic through its probe point."""
-        return [{name: getattr(layer, name)(per_level[k]) for name, per_level in stats.items()}
+        return [{name: self._point(getattr(layer, name), per_level[k]) for name, per_level in stats.items()}
                 for k, layer in enumerate(self.levels)]
 
     def _step_by_step(self, steps: int, hs: list, ds: list, first: bool, z_drive, noise: bool):
@@ -206,13 +222,15 @@ class PVRNN(nn.Module):
 
     def _ids(self, ids: torch.Tensor, steps: int | None) -> tuple[torch.Tensor, int]:
         n, T = self.config.n_sequences, self.config.seq_len
+        if not torch.is_tensor(ids):
+            raise TypeError(f"PVRNN: ids must be a 1-D integer tensor of sequence ids, got {type(ids).__name__}")
         if ids.dim() != 1 or ids.dtype not in (torch.int32, torch.int64):
             raise ValueError(f"PVRNN: ids must be a 1-D integer tensor of sequence ids, got {ids.dtype} {tuple(ids.shape)}")
         if ids.numel() and (ids.min() < 0 or ids.max() >= n):
             raise ValueError(f"PVRNN: sequence ids must lie in [0, n_sequences={n}), got {ids.min()}..{ids.max()}")
         steps = T if steps is None else steps
-        if not 1 <= steps <= T:
-            raise ValueError(f"PVRNN: steps must lie in [1, seq_len={T}], got {steps}")
+        if not _is_int(steps) or not 1 <= steps <= T:
+            raise ValueError(f"PVRNN: steps must be an integer in [1, seq_len={T}], got {steps!r}")
         return ids, steps
 
     def forward(self, ids: torch.Tensor, steps: int | None = None, noise: bool = True) -> dict:
@@ -247,7 +265,7 @@ class PVRNN(nn.Module):
     @torch.no_grad()
     def generate(self, batch: int, steps: int, noise: bool = True) -> torch.Tensor:
         """Free-running generation from the prior (first step N(0, I)), shape (batch, steps, out_size)."""
-        if not isinstance(batch, numbers.Integral) or batch < 1:
+        if not _is_int(batch) or batch < 1:
             raise ValueError(f"PVRNN.generate: batch must be an integer >= 1, got {batch!r}")
         return self.unroll(steps, self.initial_state(batch), first=True, noise=noise)["x"]
 
@@ -319,12 +337,14 @@ class PVRNN(nn.Module):
         (less overhead per op; level by level under no_grad for bottom-up models, whose gradient is autograd's);
         the results are ordinary tensors.
         """
+        if not torch.is_tensor(stream):
+            raise TypeError(f"error_regression: stream must be a (B, T, out_size) tensor, got {type(stream).__name__}")
         B, T = stream.shape[:2] if stream.dim() == 3 else (0, 0)
         if stream.dim() != 3 or stream.shape[-1] != self.config.out_size:
             raise ValueError(f"error_regression: stream must have shape (B, T, out_size={self.config.out_size}), "
                              f"got {tuple(stream.shape)}")
         integers = {"window": window, "iterations": iterations, "horizon": horizon}
-        if not all(isinstance(v, numbers.Integral) for v in integers.values()):
+        if not all(_is_int(v) for v in integers.values()):
             raise ValueError(f"error_regression: window, iterations and horizon must be integers, got {integers}")
         if isinstance(lr, bool) or not isinstance(lr, numbers.Real) or not (math.isfinite(lr) and lr > 0):
             raise ValueError(f"error_regression: lr must be a finite number > 0, got {lr!r}")
@@ -335,8 +355,12 @@ class PVRNN(nn.Module):
             bad = "complex" if stream.is_complex() else f"{int((~torch.isfinite(stream)).sum())} NaN/inf values"
             raise ValueError(f"error_regression: stream must be real and finite, got {bad}; mask or interpolate "
                              "missing observations before regressing")
-        with torch.no_grad() if self.config.bottom_up else torch.inference_mode():
-            out = self._regress(stream.to(self.out.weight), window, iterations, lr, horizon)
+        self._probing = False
+        try:
+            with torch.no_grad() if self.config.bottom_up else torch.inference_mode():
+                out = self._regress(stream.to(self.out.weight), window, iterations, lr, horizon)
+        finally:
+            self._probing = True
         return {k: [x.clone() for x in v] if isinstance(v, list) else v.clone() for k, v in out.items()}
 
     def _regress(self, stream: torch.Tensor, window: int, iterations: int, lr: float, horizon: int) -> dict:

@@ -61,6 +61,14 @@ class PVRNNTask(Task):
             self.er_key = "er_error" if test is not None else "er_error_train"
         else:
             raise ValueError(f"PVRNNTask: data.source must be 'pfsm' or 'file', got {self.source!r}")
+        # checked now, not at the first evaluation after training
+        T_er, where = self.test_x.shape[1], ("task_args.er_length" if self.source == "pfsm" else
+                                             f"the test streams of {d.get('path')}")
+        if not 1 <= self.er["window"] < T_er or self.er["iterations"] < 0 or not self.er["lr"] > 0:
+            raise ValueError(f"PVRNNTask: task_args.er_window must lie in [1, {T_er - 1}] (the {T_er} steps of "
+                             f"{where} less the predicted one), er_iterations >= 0 and er_lr > 0; got "
+                             f"er_window={self.er['window']}, er_iterations={self.er['iterations']}, "
+                             f"er_lr={self.er['lr']}")
 
     def batch(self, size, generator):
         if size > self.n:
