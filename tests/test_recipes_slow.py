@@ -91,3 +91,17 @@ def test_sigma_lm_keeps_attention_entropy_where_the_baseline_collapses(tmp_path)
     assert min(base) < 0.5 and min(sigma) > 2.5
     losses = _train_losses(tmp_path / "sigma")  # rows every 10 steps; the loss at step 0 is ln 8192 = 9.0
     assert losses[-1] < losses[0] and losses[-1] < math.log(8192) - 2  # two runs: 6.94 or 6.52 at step 10, 5.99 at 150
+
+
+@pytest.mark.slow
+def test_ib_tanh_12bit_shows_fitting_then_compression(tmp_path):
+    """The tanh network's information plane (Shwartz-Ziv & Tishby 2017, binned in bits): the output layer's
+    I(X;T) peaks early and then falls (the compression phase) while I(T;Y) climbs towards H(Y) = 0.9992 bits."""
+    fit(load_recipe("ib-tanh-12bit"), tmp_path / "run")
+    rows = [json.loads(r) for r in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    plane = [r for r in rows if r["split"] == "eval" and "I_XT/t.5" in r]
+    peak = max(plane, key=lambda r: r["I_XT/t.5"])
+    final = plane[-1]
+    assert peak["step"] < final["step"] / 2  # fitting comes first
+    assert final["I_XT/t.5"] < peak["I_XT/t.5"] - 1.0  # then compression (README run: 3.61 -> 1.49 bits)
+    assert 0.9 < final["I_TY/t.5"] <= 0.9993 and final["test_acc"] > 0.95
