@@ -8,6 +8,7 @@ from train import fit, load_recipe
 from train.data.pytext import pydoc_topics, pytext_splits, split_of
 from train.data.wordpiece import SPECIAL, train_wordpiece
 from train.tasks import make_task
+from weights import load_checkpoint
 
 ENCODER = {"model_type": "distilbert", "vocab_size": 100, "dim": 32, "n_layers": 1, "n_heads": 2, "hidden_dim": 64,
            "max_position_embeddings": 64}
@@ -251,7 +252,13 @@ def test_snli_recipe_runs_when_the_data_is_given(tmp_path, recipe):
     valid_rows = {tuple(row) for row in task.splits["valid"]["input_ids"].tolist()}
     assert all(tuple(row) in valid_rows for row in held["input_ids"].tolist())
     final = fit(r, out=tmp_path / "run")
-    assert 0 <= final["valid_acc"] <= 1 and 0 <= final["test_acc"] <= 1
+    model = load_checkpoint(tmp_path / "run" / "model.safetensors").eval()  # the trained head, rebuilt offline
+    for split, key in (("valid", "valid_acc"), ("test", "test_acc")):  # accuracy = argmax agreement, all rows
+        data = task.splits[split]
+        with torch.no_grad():
+            predicted = model(data["input_ids"], data["attention_mask"]).logits.argmax(-1)
+        assert final[key] == pytest.approx(float((predicted == data["labels"]).float().mean()))
+    assert len(task.splits["test"]["labels"]) == 18
 
 
 def _hub_layout(root, config, columns):
