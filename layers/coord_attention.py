@@ -21,9 +21,11 @@ class CoordAttention(nn.Module):
 
     def __init__(self, channels: int, reduction: int = 32, min_mip: int = 8, bias: bool = True):
         super().__init__()
-        if channels < 1 or reduction < 1 or min_mip < 1:
-            raise ValueError(f"CoordAttention: channels, reduction and min_mip must be >= 1, got "
-                             f"{channels}, {reduction}, {min_mip}")
+        for name, value in (("channels", channels), ("reduction", reduction), ("min_mip", min_mip)):
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise TypeError(f"CoordAttention: {name} must be an int, got {value!r}")
+            if value < 1:
+                raise ValueError(f"CoordAttention: {name} must be >= 1, got {value}")
         self.channels = channels
         self.mip = max(min_mip, channels // reduction)
         self.conv1 = nn.Conv2d(channels, self.mip, 1, bias=bias)

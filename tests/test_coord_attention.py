@@ -1,3 +1,6 @@
+import copy
+import math
+
 import pytest
 import timm
 import torch
@@ -10,6 +13,7 @@ import zoo
 from layers import CoordAttention
 from weights import CheckpointError, load_checkpoint, read_metadata
 from weights.convert import convert
+from zoo.coord_attention import MOBILENEXT_STAGES
 
 from .conftest import randomize_batchnorm
 
@@ -86,6 +90,16 @@ def test_gates_are_probe_points_and_bad_input_is_named():
         ca(torch.randn(2, 4, 5, 5))
 
 
+@pytest.mark.parametrize("kwargs, error", [
+    (dict(channels=True), TypeError), (dict(channels=96.0), TypeError), (dict(channels="96"), TypeError),
+    (dict(channels=0), ValueError), (dict(channels=96, reduction=2.0), TypeError), (dict(channels=96, min_mip=0), ValueError),
+])
+def test_sizes_must_be_positive_ints(kwargs, error):
+    name = [k for k in ("min_mip", "reduction", "channels") if k in kwargs][0]
+    with pytest.raises(error, match=f"CoordAttention: {name} must be"):
+        CoordAttention(**kwargs)
+
+
 # ---------------- the models ----------------
 
 @pytest.mark.parametrize("name", sorted(PARAMS))
@@ -145,6 +159,141 @@ def test_features_only_reset_classifier_and_data_config():
         assert unpooled(x).shape == (2, 1280, 2, 2)
         cfg = timm.data.resolve_data_config({}, model=model)
         assert cfg["input_size"] == (3, 224, 224) and cfg["crop_pct"] == 0.875
+
+
+@pytest.mark.parametrize("name", ["mobilenetv2_100", "mobilenext_100"])  # timm's own model, and ours like it
+def test_reset_classifier_follows_the_models_dtype(name):
+    model = timm.create_model(name, num_classes=7).to(torch.float64).eval()
+    model.reset_classifier(5)
+    out = model(torch.randn(2, 3, 32, 32, dtype=torch.float64))
+    assert out.shape == (2, 5) and out.dtype == torch.float64
+
+
+def test_mobilenext_feature_levels_are_timms_strides():
+    """One feature per reduction (the last stage reaching it), as timm's EfficientNet builder lists them."""
+    modules = [f["module"] for f in timm.create_model("mobilenext_100").feature_info]
+    assert modules == ["conv_stem", "blocks.1", "blocks.2", "blocks.4", "blocks.7"]
+    x = torch.randn(1, 3, 64, 64)
+    for kwargs, reductions in (({}, [2, 4, 8, 16, 32]), (dict(out_indices=(1, 2, 3, 4)), [4, 8, 16, 32])):
+        ours = timm.create_model("mobilenext_ca_100", features_only=True, **kwargs)
+        v2 = timm.create_model("mobilenetv2_ca_100", features_only=True, **kwargs)
+        assert ours.feature_info.reduction() == v2.feature_info.reduction() == reductions
+        assert [f.shape[2:] for f in ours(x)] == [f.shape[2:] for f in v2(x)]
+
+
+def test_features_only_loads_a_pretrained_file_strictly(tmp_path):
+    gen = torch.Generator().manual_seed(0)
+    full = timm.create_model("mobilenetv2_ca_100").eval()
+    randomize_batchnorm(full, gen)
+    state = full.state_dict()
+    torch.save(state, tmp_path / "good.pth")
+    load = lambda f: timm.create_model("mobilenetv2_ca_100", pretrained=True, features_only=True,
+                                       pretrained_cfg_overlay=dict(file=str(tmp_path / f))).eval()
+    feats, x = load("good.pth"), torch.randn(2, 3, 64, 64, generator=gen)
+    with torch.no_grad():
+        got, expected = feats(x), full.forward_intermediates(x, intermediates_only=True)
+    assert len(got) == len(expected) == 5 and all(torch.equal(a, b) for a, b in zip(got, expected))
+    assert not {"num_classes", "classifier"} & feats.pretrained_cfg.keys()  # timm's cfg for a feature model
+    state["blocks.1.0.se.conv_x.weight"] = state.pop("blocks.1.0.se.conv_h.weight")
+    torch.save(state, tmp_path / "bad.pth")
+    with pytest.raises(RuntimeError, match=r"blocks\.1\.0\.se\.conv_h\.weight"):
+        load("bad.pth")
+
+
+def test_mobilenext_drop_path_follows_timms_builder():
+    """Block k of K (all stages) with a skip drops its residual branch with probability rate * k / K, timm's
+    rule; in eval mode nothing changes, and a dropped sample leaves the block as its input."""
+    torch.manual_seed(0)
+    plain = timm.create_model("mobilenext_100").eval()
+    dropping = timm.create_model("mobilenext_100", drop_path_rate=1.0).eval()
+    dropping.load_state_dict(plain.state_dict())
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(plain(x), dropping(x))
+    blocks = [b for stage in dropping.blocks for b in stage]
+    assert len(blocks) == sum(n for _, _, n, _ in MOBILENEXT_STAGES) == 20
+    for k, block in enumerate(blocks):
+        assert block.drop_path.drop_prob == k / 20 if block.has_skip else isinstance(block.drop_path, nn.Identity)
+    block = dropping.blocks[4][2].train()  # k = 10: p = 0.5
+    h = torch.randn(16, 384, 4, 4)
+    with torch.no_grad():
+        out = block(h)
+        block.drop_path.eval()
+        branch = block(h) - h  # train-mode BN: the same branch, kept for every sample
+    dropped = [torch.equal(o, i) for o, i in zip(out, h)]
+    assert 0 < sum(dropped) < 16
+    kept = ~torch.tensor(dropped)
+    assert torch.allclose(out[kept], h[kept] + branch[kept] / 0.5, atol=1e-5)
+
+
+def test_mobilenext_grad_checkpointing_gives_the_same_output_and_gradients():
+    torch.manual_seed(0)
+    model = timm.create_model("mobilenext_ca_100", drop_rate=0.0).train()
+    ckpt = copy.deepcopy(model)  # the same weights and BN buffers
+    ckpt.set_grad_checkpointing()
+    calls = []
+    ckpt.blocks[2].register_forward_pre_hook(lambda *args: calls.append(1))
+    x = torch.randn(2, 3, 64, 64)
+    outs = []
+    for m in (model, ckpt):
+        outs.append(m(x))
+        outs[-1].square().sum().backward()
+    assert len(calls) == 2  # the stage ran again in backward
+    assert torch.allclose(outs[0], outs[1], atol=1e-6)
+    for (name, p), q in zip(model.named_parameters(), ckpt.parameters()):
+        assert torch.allclose(p.grad, q.grad, rtol=1e-4, atol=1e-6), name
+
+
+def test_mobilenext_group_matcher_gives_timms_parameter_groups():
+    from timm.models import group_parameters
+
+    model = timm.create_model("mobilenext_100")
+    # stem, then the 8 stages or the 20 blocks, then the unmatched classifier
+    assert len(group_parameters(model, model.group_matcher(coarse=True))) == 1 + 8 + 1
+    assert len(group_parameters(model, model.group_matcher())) == 1 + 20 + 1
+
+
+def test_mobilenext_starts_from_timms_efficientnet_init():
+    """timm's _init_weight_goog: convs from N(0, 2 / (k^2 C_out / groups)), BN (1, 0), classifier bias 0."""
+    torch.manual_seed(0)
+    block = timm.create_model("mobilenext_ca_100").blocks[7][0]
+    dw, pw = block.conv_dw2.conv, block.conv_expand.conv
+    assert dw.groups == dw.out_channels == 1280 and dw.kernel_size == (3, 3) and pw.kernel_size == (1, 1)
+    assert dw.weight.std().item() == pytest.approx(math.sqrt(2 / 9), rel=0.1)
+    assert pw.weight.std().item() == pytest.approx(math.sqrt(2 / 1280), rel=0.1)
+    model = timm.create_model("mobilenext_100")
+    assert not model.classifier.bias.any() and torch.equal(model.conv_stem.bn.weight, torch.ones(32))
+
+
+def _conv_bn(x, cna, stride=1):
+    """A ConvNormAct's conv and eval-mode BN, written with F (no activation)."""
+    conv, bn = cna.conv, cna.bn
+    y = F.conv2d(x, conv.weight, None, stride, conv.kernel_size[0] // 2, 1, conv.groups)
+    return F.batch_norm(y, bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0, bn.eps)
+
+
+def test_sandglass_block_computes_its_equation():
+    """y = dw2_bn(expand_relu6(reduce_bn(ca(dw1_relu6(x))))) (+ x at stride 1 with in == out), by hand."""
+    gen = torch.Generator().manual_seed(0)
+    model = timm.create_model("mobilenext_ca_100").eval()
+    randomize_batchnorm(model, gen)
+
+    def by_hand(block, x, stride):
+        y = block.attn1(F.relu6(_conv_bn(x, block.conv_dw1)))
+        y = F.relu6(_conv_bn(_conv_bn(y, block.conv_reduce), block.conv_expand))
+        return _conv_bn(y, block.conv_dw2, stride)
+
+    skip, strided = model.blocks[2][1], model.blocks[0][0]  # 192 -> 192 at stride 1; 32 -> 96 at stride 2
+    for block in (skip, strided):
+        assert isinstance(block.attn1, CoordAttention) and isinstance(block.attn2, nn.Identity)
+    x = torch.randn(2, 192, 8, 8, generator=gen)
+    with torch.no_grad():
+        got, expected = skip(x), by_hand(skip, x, 1) + x
+    assert skip.has_skip and torch.allclose(got, expected, rtol=1e-5, atol=1e-5)
+    x = torch.randn(2, 32, 16, 16, generator=gen)
+    with torch.no_grad():
+        got, expected = strided(x), by_hand(strided, x, 2)
+    assert not strided.has_skip and got.shape == (2, 96, 8, 8) and torch.allclose(got, expected, rtol=1e-5, atol=1e-5)
 
 
 def test_macs_at_224_against_the_paper():

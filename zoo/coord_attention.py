@@ -17,11 +17,12 @@ from dataclasses import dataclass
 
 import timm
 import torch
-from timm.layers import ConvNormAct, SelectAdaptivePool2d, make_divisible
+from timm.layers import ConvNormAct, DropPath, SelectAdaptivePool2d, get_device_dtype, make_divisible
 from timm.layers.cbam import CbamModule
-from timm.models import build_model_with_cfg, generate_default_cfgs
+from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs
+from timm.models._builder import pretrained_cfg_for_features
 from timm.models._efficientnet_blocks import SqueezeExcite
-from timm.models._efficientnet_builder import decode_arch_def, round_channels
+from timm.models._efficientnet_builder import decode_arch_def, efficientnet_init_weights, round_channels
 from timm.models.efficientnet import EfficientNet, EfficientNetFeatures
 from torch import nn
 
@@ -61,14 +62,16 @@ def attention_layer(kind: str):
 
 
 class SandglassBlock(nn.Module):
-    """MobileNeXt's sandglass block: depthwise 3x3 (BN, ReLU6) -> 1x1 to ``reduce_chs`` (BN, linear) ->
-    1x1 to ``out_chs`` (BN, ReLU6) -> depthwise 3x3 with the stride (BN, linear), plus the input when
-    stride is 1 and ``in_chs == out_chs``. Following the authors' code, either depthwise conv may be absent
-    (``dw_first``/``dw_last``). Attention sits after the first depthwise conv (``attn_position="first_dw"``,
-    the coordinate-attention paper's Fig. 4b) or before the last one (``"last_dw"``)."""
+    """MobileNeXt's sandglass block, y = dw2_bn(expand_relu6(reduce_bn(attn(dw1_relu6(x))))) + DropPath skip:
+    depthwise 3x3 (BN, ReLU6) -> 1x1 to ``reduce_chs`` (BN, linear) -> 1x1 to ``out_chs`` (BN, ReLU6) ->
+    depthwise 3x3 with the stride (BN, linear); the skip (input plus the branch, dropped per sample with
+    probability ``drop_path_rate`` in training) only when stride is 1 and ``in_chs == out_chs``. Following the
+    authors' code, either depthwise conv may be absent (``dw_first``/``dw_last``). Attention sits after the
+    first depthwise conv (``attn_position="first_dw"``, the coordinate-attention paper's Fig. 4b) or before
+    the last one (``"last_dw"``)."""
 
     def __init__(self, in_chs: int, out_chs: int, stride: int, reduce_chs: int, dw_first: bool = True,
-                 dw_last: bool = True, attn_layer=None, attn_position: str = "first_dw"):
+                 dw_last: bool = True, attn_layer=None, attn_position: str = "first_dw", drop_path_rate: float = 0.0):
         super().__init__()
         if stride not in (1, 2) or (stride == 2 and not dw_last):
             raise ValueError(f"SandglassBlock: stride must be 1, or 2 with dw_last=True; got stride={stride}, "
@@ -85,11 +88,12 @@ class SandglassBlock(nn.Module):
         self.attn2 = attn_layer(out_chs) if use and dw_last and attn_position == "last_dw" else nn.Identity()
         self.conv_dw2 = (ConvNormAct(out_chs, out_chs, 3, stride=stride, groups=out_chs, apply_act=False)
                          if dw_last else nn.Identity())
+        self.drop_path = DropPath(drop_path_rate) if self.has_skip and drop_path_rate else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.attn1(self.conv_dw1(x))
         y = self.conv_dw2(self.attn2(self.conv_expand(self.conv_reduce(y))))
-        return y + x if self.has_skip else y
+        return self.drop_path(y) + x if self.has_skip else y
 
 
 class MobileNeXt(nn.Module):
@@ -97,15 +101,17 @@ class MobileNeXt(nn.Module):
     ``MOBILENEXT_STAGES``, global pooling, dropout, linear classifier (no 1x1 head conv: the last stage has
     1280 channels). A stage's first block follows the authors' code: both depthwise convs only when t == 2
     or the stage has a single stride-1 block; otherwise the first is dropped, and the last too at stride 1.
-    The reduced width is in_chs // t, raised to make_divisible(ceil(out_chs / 6), 16) when smaller."""
+    The reduced width is in_chs // t, raised to make_divisible(ceil(out_chs / 6), 16) when smaller.
+    As in timm's EfficientNet: block k of K drops its residual branch at rate drop_path_rate * k / K, weights
+    start from timm's ``_init_weight_goog``, and ``feature_info`` lists the stem and the last stage at each stride."""
 
     def __init__(self, num_classes: int = 1000, in_chans: int = 3, drop_rate: float = 0.2, global_pool: str = "avg",
-                 attn_layer=None, attn_position: str = "first_dw"):
+                 attn_layer=None, attn_position: str = "first_dw", drop_path_rate: float = 0.0):
         super().__init__()
-        self.num_classes, self.in_chans, self.drop_rate = num_classes, in_chans, drop_rate
+        self.in_chans, self.drop_rate, self.grad_checkpointing = in_chans, drop_rate, False
         self.conv_stem = ConvNormAct(in_chans, 32, 3, stride=2, act_layer=nn.ReLU6)
-        self.feature_info = [dict(num_chs=32, reduction=2, module="conv_stem")]
-        stages, chs, reduction = [], 32, 2
+        features = {2: dict(num_chs=32, reduction=2, module="conv_stem")}  # reduction -> the last module reaching it
+        stages, chs, reduction, k, num_blocks = [], 32, 2, 0, sum(n for _, _, n, _ in MOBILENEXT_STAGES)
         for t, c, n, s in MOBILENEXT_STAGES:
             blocks = []
             for i in range(n):
@@ -115,16 +121,23 @@ class MobileNeXt(nn.Module):
                 if reduce_chs < c / 6:
                     reduce_chs = make_divisible(math.ceil(c / 6), 16)
                 blocks.append(SandglassBlock(chs, c, stride, reduce_chs, dw_first=full, dw_last=full or stride == 2,
-                                             attn_layer=attn_layer, attn_position=attn_position))
-                chs = c
+                                             attn_layer=attn_layer, attn_position=attn_position,
+                                             drop_path_rate=drop_path_rate * k / num_blocks))
+                chs, k = c, k + 1
             reduction *= s
-            self.feature_info.append(dict(num_chs=c, reduction=reduction, module=f"blocks.{len(stages)}"))
+            features[reduction] = dict(num_chs=c, reduction=reduction, module=f"blocks.{len(stages)}")
             stages.append(nn.Sequential(*blocks))
         self.blocks = nn.Sequential(*stages)
+        self.feature_info = list(features.values())
         self.num_features = self.head_hidden_size = chs
-        # timm's convention: no pooling (global_pool='') leaves the feature map unflattened
-        self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=bool(global_pool))
-        self.classifier = nn.Linear(chs, num_classes) if num_classes > 0 else nn.Identity()
+        self.reset_classifier(num_classes, global_pool)
+        efficientnet_init_weights(self)
+
+    def group_matcher(self, coarse: bool = False) -> dict:
+        return dict(stem=r"^conv_stem", blocks=r"^blocks\.(\d+)" if coarse else r"^blocks\.(\d+)\.(\d+)")
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
 
     def get_classifier(self) -> nn.Module:
         return self.classifier
@@ -132,13 +145,18 @@ class MobileNeXt(nn.Module):
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
         self.num_classes = num_classes
         if global_pool is not None:
+            # timm's convention: no pooling (global_pool='') leaves the feature map unflattened
             self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=bool(global_pool))
-        self.classifier = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        self.classifier = (nn.Linear(self.num_features, num_classes, **get_device_dtype(self)) if num_classes > 0
+                           else nn.Identity())
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4 or x.shape[1] != self.in_chans:
             raise ValueError(f"MobileNeXt: x must have shape (batch, {self.in_chans}, H, W), got {tuple(x.shape)}")
-        return self.blocks(self.conv_stem(x))
+        x = self.conv_stem(x)
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            return checkpoint_seq(self.blocks, x)  # each stage recomputed in backward
+        return self.blocks(x)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         x = nn.functional.dropout(self.global_pool(x), self.drop_rate, self.training)
@@ -150,7 +168,7 @@ class MobileNeXt(nn.Module):
 
 # ---- the official checkpoint's key layout (houqb/CoordAttention mbv2_ca.py) onto timm's EfficientNet ----
 
-_OFFICIAL_DEPTHS = (1, 2, 3, 4, 3, 3, 1)  # blocks per stage: official features.1 .. features.17
+_OFFICIAL_DEPTHS = tuple(int(re.search(r"_r(\d+)_", s)[1]) for s in MBV2_ARCH)  # official features.1 .. 17
 _OFFICIAL_BLOCK = dict(enumerate((f"blocks.{s}.{i}" for s, d in enumerate(_OFFICIAL_DEPTHS) for i in range(d)), 1))
 _DS_PARTS = {"0": "conv_dw", "1": "bn1", "3": "conv_pw", "4": "bn2"}
 _IR_PARTS = {"0": "conv_pw", "1": "bn1", "3": "conv_dw", "4": "bn2", "6.conv1": "se.conv1", "6.bn1": "se.bn1",
@@ -172,17 +190,20 @@ def _official_to_timm(module: str) -> str | None:
 
 def checkpoint_filter_fn(state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
     """Map the authors' MBV2-CA keys (``features.2.conv.6.conv1.weight``, 490 tensors) onto timm's layout
-    (``blocks.1.0.se.conv1.weight``). A state already in timm's layout passes unchanged; a key that maps to
-    nothing keeps its name, so the strict load that follows names it as unexpected."""
+    (``blocks.1.0.se.conv1.weight``); a state already in timm's layout keeps its keys. A key that maps to
+    nothing keeps its name, so the strict load that follows names it as unexpected. For a feature model the
+    head it lacks (``conv_head``, ``bn2``, ``classifier``) is then dropped, and the rest loads strictly too."""
     state = {k.removeprefix("module."): v for k, v in state.items()}
-    if not any(k.startswith("features.") for k in state):
-        return state
-    out = {}
-    for key, value in state.items():
-        module, _, leaf = key.rpartition(".")
-        ours = _official_to_timm(module)
-        out[f"{ours}.{leaf}" if ours else key] = value
-    return out
+    if any(k.startswith("features.") for k in state):
+        mapped = {}
+        for key, value in state.items():
+            module, _, leaf = key.rpartition(".")
+            ours = _official_to_timm(module)
+            mapped[f"{ours}.{leaf}" if ours else key] = value
+        state = mapped
+    if isinstance(model, EfficientNetFeatures):
+        state = {k: v for k, v in state.items() if not k.startswith(("conv_head.", "bn2.", "classifier."))}
+    return state
 
 
 # ---- builders (timm style: one private builder per architecture, short registered functions) ----
@@ -207,25 +228,29 @@ def _create_mobilenetv2(variant: str, attn: str, pretrained: bool = False, **kwa
     ``pretrained=True`` reads our manifest's checkpoint (converted from the authors' file on first use) unless
     ``pretrained_cfg_overlay`` names a ``file`` or ``url``; timm then adapts the classifier and stem."""
     kwargs.setdefault("drop_rate", 0.1)  # the authors' classifier dropout (mbv2_ca.py)
-    overlay = kwargs.get("pretrained_cfg_overlay") or {}
+    features_only = kwargs.pop("features_only", False)
+    overlay = dict(kwargs.pop("pretrained_cfg_overlay", None) or {})
     if pretrained and not (overlay.get("file") or overlay.get("url")):
         from weights.manifest import pretrained_entry, resolve
 
-        kwargs["pretrained_cfg_overlay"] = {**overlay, "file": str(resolve(pretrained_entry(variant)))}
+        overlay["file"] = str(resolve(pretrained_entry(variant)))
+    if features_only:
+        overlay["classifier"] = None  # the filter drops the head, so timm must not relax the load for its classifier
     arch = [[s + "_se1" if s.startswith("ir_") else s] for s in MBV2_ARCH]
-    model_kwargs = dict(block_args=decode_arch_def(arch), num_features=1280, stem_size=32, round_chs_fn=round_channels,
-                        act_layer=nn.ReLU6, norm_layer=nn.BatchNorm2d, se_layer=attention_layer(attn), **kwargs)
-    features_only = model_kwargs.pop("features_only", False)
     model = build_model_with_cfg(
-        EfficientNetFeatures if features_only else EfficientNet, variant, pretrained,
+        EfficientNetFeatures if features_only else EfficientNet, variant, pretrained, pretrained_cfg_overlay=overlay,
         kwargs_filter=("num_classes", "num_features", "head_conv", "global_pool") if features_only else None,
-        pretrained_filter_fn=checkpoint_filter_fn, pretrained_strict=not features_only, **model_kwargs)
+        pretrained_filter_fn=checkpoint_filter_fn, block_args=decode_arch_def(arch), num_features=1280, stem_size=32,
+        round_chs_fn=round_channels, act_layer=nn.ReLU6, norm_layer=nn.BatchNorm2d, se_layer=attention_layer(attn),
+        **kwargs)
+    if features_only:  # as timm's _create_effnet
+        model.pretrained_cfg = model.default_cfg = pretrained_cfg_for_features(model.pretrained_cfg)
     return model
 
 
 def _create_mobilenext(variant: str, pretrained: bool = False, **kwargs) -> MobileNeXt:
     return build_model_with_cfg(MobileNeXt, variant, pretrained,
-                                feature_cfg=dict(flatten_sequential=True, out_indices=(0, 2, 3, 5, 8)), **kwargs)
+                                feature_cfg=dict(flatten_sequential=True, out_indices=(0, 1, 2, 3, 4)), **kwargs)
 
 
 @timm.models.register_model
