@@ -236,6 +236,20 @@ def test_every_shipped_recipe_parses_and_names_what_exists(name):
     resolve_config(recipe["model"], **filled)  # raises on an unknown key or a wrong type
 
 
+def test_numbers_that_yaml_reads_as_strings_become_floats_also_in_lists():
+    """YAML 1.1 reads 1e-5 (no dot) as a string; the PV-RNN sweep writes meta-priors that way."""
+    import zoo
+
+    recipe = load_recipe("pvrnn-pfsm", ["model_args.meta_prior=[1e-5, 2.5e-3]", "data.noise=5e-2",
+                                        "task_args={er_lr: 1e-1, er_window: 10}"])
+    assert recipe["model_args"]["meta_prior"] == [1e-5, 2.5e-3] and recipe["data"]["noise"] == 0.05
+    assert recipe["task_args"] == {"er_lr": 0.1, "er_window": 10}
+    assert zoo.create_model("pvrnn_pfsm", **recipe["model_args"]).config.meta_prior == (1e-5, 2.5e-3)
+    assert apply_override(recipe, "train.device=cpu")["train"]["device"] == "cpu"  # words stay words
+    with pytest.raises(TypeError, match=r"meta_prior must be tuple\[float, \.\.\.\].*got \['x', 0.1\] of type list"):
+        zoo.create_model("pvrnn_pfsm", meta_prior=["x", 0.1])
+
+
 @pytest.mark.parametrize("override, error", [
     ("probe.evry=3", r"probe has no setting \['evry'\]; the settings are points, every and max_samples"),
     ("probe.every=2.5", r"probe.every must be an integer >= 1, got 2.5"),

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 
 import yaml
@@ -34,15 +35,25 @@ def _merge(base: dict, extra: dict) -> dict:
     return out
 
 
-def parse_value(raw: str):
-    """YAML scalar/list/dict, except that numbers like ``5e-3`` (a string to YAML 1.1) become floats."""
-    value = yaml.safe_load(raw)
+_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
+def _numbers(value):
+    """``value`` with every string that spells a number (``5e-3``, which YAML 1.1 reads as a string) a float, also
+    inside lists and mappings."""
     if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            return value
+        return float(value) if _NUMBER.fullmatch(value) else value
+    if isinstance(value, list):
+        return [_numbers(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _numbers(v) for k, v in value.items()}
     return value
+
+
+def parse_value(raw: str):
+    """YAML scalar/list/dict, except that numbers like ``5e-3`` (a string to YAML 1.1) become floats, also inside
+    lists and mappings (``model_args.meta_prior=[1e-5,1e-5]``)."""
+    return _numbers(yaml.safe_load(raw))
 
 
 def apply_override(recipe: dict, assignment: str) -> dict:
@@ -71,7 +82,7 @@ def load_recipe(name_or_path: str, overrides: list[str] | tuple[str, ...] = ()) 
         path = RECIPES_DIR / f"{name_or_path}.yaml"
     if not path.is_file():
         raise FileNotFoundError(f"no recipe {name_or_path!r}; available: {list_recipes()}")
-    raw = yaml.safe_load(path.read_text()) or {}
+    raw = _numbers(yaml.safe_load(path.read_text()) or {})
     missing = [k for k in REQUIRED if k not in raw]
     if missing:
         raise ValueError(f"recipe {path} lacks required keys {missing}")

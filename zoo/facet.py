@@ -39,7 +39,7 @@ class FacetConfig:
     knots: int = 16           # spline control points per radial function
     radial: str = "spline"    # "spline" (Facet) or "mlp" (Bessel basis + MLP, the ablation)
     mixing: str = "grid"      # "grid" (Facet), "gate" or "tp" (ablations)
-    grid_res: tuple = ()      # (beta, alpha) points of the spherical grid; () = (18, 17) as in the authors' code
+    grid_res: tuple[int, ...] = ()      # (beta, alpha) points of the spherical grid; () = (18, 17) as in the authors' code
     readout_hidden: int = 16
     num_elements: int = 89    # atomic numbers 1..num_elements are known (MPTrj has 89)
 

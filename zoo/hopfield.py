@@ -32,7 +32,7 @@ def _mlp(in_features: int, widths, dropout: float) -> nn.Sequential:
 @dataclass
 class HopfieldMILConfig:
     in_features: int = 64          # instance feature size (230 for Tiger/Fox/Elephant)
-    embed_dims: tuple = (64, 64)   # widths of the instance-embedding layers
+    embed_dims: tuple[int, ...] = (64, 64)   # widths of the instance-embedding layers
     hidden_size: int = 32          # association (Hopfield space) size per head
     num_heads: int = 4
     scaling: float | None = None   # beta; None = 1/sqrt(hidden_size)
@@ -97,7 +97,7 @@ class HopfieldTabular(nn.Module):
 class TabularBaselineConfig:
     in_features: int = 30
     num_classes: int = 2
-    hidden: tuple = ()      # hidden widths; () = logistic regression
+    hidden: tuple[int, ...] = ()      # hidden widths; () = logistic regression
     dropout: float = 0.1
 
 

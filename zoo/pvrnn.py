@@ -54,10 +54,10 @@ def split_state(h: torch.Tensor, d: torch.Tensor, d_sizes) -> list[tuple[torch.T
 
 @dataclass
 class PVRNNConfig:
-    d_sizes: tuple = (20, 10)       # deterministic units per level, bottom level first
-    z_sizes: tuple = (2, 1)         # latent units per level
-    taus: tuple = (2.0, 8.0)        # time constants per level (slower towards the top)
-    meta_prior: tuple = (0.01, 0.01)  # w per level
+    d_sizes: tuple[int, ...] = (20, 10)       # deterministic units per level, bottom level first
+    z_sizes: tuple[int, ...] = (2, 1)         # latent units per level
+    taus: tuple[float, ...] = (2.0, 8.0)        # time constants per level (slower towards the top)
+    meta_prior: tuple[float, ...] = (0.01, 0.01)  # w per level
     out_size: int = 2
     n_sequences: int = 16           # training sequences, each with its own adaptive vectors
     seq_len: int = 200              # steps of adaptive vectors per training sequence
