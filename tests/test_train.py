@@ -248,6 +248,13 @@ def test_numbers_that_yaml_reads_as_strings_become_floats_also_in_lists():
     assert apply_override(recipe, "train.device=cpu")["train"]["device"] == "cpu"  # words stay words
     with pytest.raises(TypeError, match=r"meta_prior must be tuple\[float, \.\.\.\].*got \['x', 0.1\] of type list"):
         zoo.create_model("pvrnn_pfsm", meta_prior=["x", 0.1])
+    # counts written as 1e2 are whole floats: accepted wherever a count is read
+    from train.loop import _check_probe_section, _check_train_section
+
+    counts = load_recipe("alrnn-lorenz63", ["train.steps=1e2", "schedule.warmup=1e1", "probe.every=1e1"])
+    _check_train_section(counts["train"])
+    _check_probe_section(counts["probe"])
+    assert lr_factor(counts["schedule"], 100)(4) == 0.5  # warmup 10: (4 + 1) / 10
 
 
 @pytest.mark.parametrize("override, error", [

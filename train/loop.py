@@ -22,6 +22,7 @@ from weights.tree import load_tree, save_tree
 
 from .distributed import Dist, all_mean, setup, teardown
 from .plots import plot_metrics
+from .recipe import check_number
 from .schedules import build_optimizer, build_scheduler
 from .tasks import make_task
 from .tasks.base import Task
@@ -178,11 +179,8 @@ def _check_probe_section(cfg: dict) -> None:
     unknown = sorted(set(cfg) - {"points", "every", "max_samples"})
     if unknown:
         raise KeyError(f"probe has no setting {unknown}; the settings are points, every and max_samples")
-    every, limit = cfg.get("every", 100), cfg.get("max_samples", 4096)
-    if isinstance(every, bool) or not isinstance(every, int) or every < 1:
-        raise ValueError(f"probe.every must be an integer >= 1, got {every!r}")
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
-        raise ValueError(f"probe.max_samples must be an integer >= 1 or null (no limit), got {limit!r}")
+    check_number("probe", "every", cfg.get("every", 100), low=1, integer=True)
+    check_number("probe", "max_samples", cfg.get("max_samples", 4096), low=1, integer=True, optional=True)
     points = cfg.get("points") or {}
     if not isinstance(points, dict):
         raise ValueError(f"probe.points must map globs to lists of estimators, got {points!r}")
@@ -206,7 +204,9 @@ def _make_probe(model, cfg: dict, step: int):
     from estimators import Probe, make_estimator
 
     points = {glob: [make_estimator(s) for s in specs] for glob, specs in cfg["points"].items()}
-    return Probe(model, points, every=cfg.get("every", 100), max_samples=cfg.get("max_samples", 4096), step=step)
+    limit = cfg.get("max_samples", 4096)
+    return Probe(model, points, every=int(cfg.get("every", 100)), max_samples=None if limit is None else int(limit),
+                 step=step)
 
 
 def fit(recipe: dict, out: str | Path = "runs/run", resume: bool = False) -> dict:
@@ -241,14 +241,9 @@ def _check_train_section(cfg: dict) -> None:
     >= 0 for eval_every, ckpt_every and keep_checkpoints."""
     for key, least in (("steps", 1), ("batch_size", 1), ("grad_accum", 1), ("log_every", 1), ("eval_every", 0),
                        ("ckpt_every", 0), ("keep_checkpoints", 0)):
-        value = cfg[key]
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value) or value < least:
-            raise ValueError(f"train.{key} must be an integer >= {least}, got {value!r}")
-    seed, threads = cfg["seed"], cfg["threads"]
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise ValueError(f"train.seed must be an integer, got {seed!r}")
-    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 0):
-        raise ValueError(f"train.threads must be an integer >= 0 or null, got {threads!r}")
+        check_number("train", key, cfg[key], low=least, integer=True)
+    check_number("train", "seed", cfg["seed"], low=-math.inf, integer=True)
+    check_number("train", "threads", cfg["threads"], integer=True, optional=True)
     clip = cfg["clip"]
     if clip not in (None, False) and (isinstance(clip, bool) or not isinstance(clip, (int, float))
                                       or not math.isfinite(clip) or clip < 0):

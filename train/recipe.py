@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import copy
+import math
+import numbers
 import re
 from pathlib import Path
 
@@ -22,6 +24,20 @@ DEFAULTS = {
     "probe": {},
 }
 REQUIRED = ("name", "model", "task")
+
+
+def check_number(section: str, key: str, value, low: float = 0.0, high: float = math.inf, integer: bool = False,
+                 optional: bool = False):
+    """``value`` if it is a number in [low, high] (a whole one with ``integer``, e.g. ``1e5`` steps; None too with
+    ``optional``), else a ValueError naming ``section.key``. Bools are refused: YAML's ``yes`` is not a count."""
+    if optional and value is None:
+        return value
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and low <= value <= high
+    if not ok or integer and not float(value).is_integer():
+        least = f" >= {low:g}" if low > -math.inf else ""
+        bounds = (f"an integer{least}" if integer else f"a number in [{low:g}, {high:g}]") + (" or null" if optional else "")
+        raise ValueError(f"{section}.{key} must be {bounds}, got {value!r}")
+    return value
 
 
 def list_recipes() -> list[str]:

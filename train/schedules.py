@@ -3,20 +3,12 @@ from __future__ import annotations
 
 import inspect
 import math
-import numbers
 
 import torch
 
+from .recipe import check_number
+
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "radam": torch.optim.RAdam, "sgd": torch.optim.SGD}
-
-
-def _number(section: str, key: str, value, low: float = 0.0, high: float = math.inf, integer: bool = False):
-    """``value`` if it is a (whole, with ``integer``) number in [low, high], else a ValueError naming the key."""
-    kind = numbers.Integral if integer else numbers.Real
-    if not isinstance(value, kind) or isinstance(value, bool) or not low <= value <= high:
-        bounds = f"an integer >= {low:g}" if integer else f"a number in [{low:g}, {high:g}]"
-        raise ValueError(f"{section}.{key} must be {bounds}, got {value!r}")
-    return value
 
 
 def build_optimizer(params, cfg: dict) -> torch.optim.Optimizer:
@@ -32,19 +24,20 @@ def build_optimizer(params, cfg: dict) -> torch.optim.Optimizer:
         raise KeyError(f"optim: {name} has no setting {unknown}; its settings are {settings}")
     for key in ("lr", "weight_decay", "momentum", "dampening", "eps"):
         if key in cfg:
-            _number("optim", key, cfg[key])
+            check_number("optim", key, cfg[key])
     if "betas" in cfg:
         betas = cfg["betas"]
         if not isinstance(betas, (list, tuple)) or len(betas) != 2:
             raise ValueError(f"optim.betas must be a pair [beta1, beta2], got {betas!r}")
-        cfg["betas"] = tuple(_number("optim", "betas", b, high=1.0) for b in betas)
+        cfg["betas"] = tuple(check_number("optim", "betas", b, high=1.0) for b in betas)
     return OPTIMIZERS[name](params, **cfg)
 
 
 def lr_factor(cfg: dict, total: int):
     """Multiplier of the base lr at step s: linear warmup, then
     constant | cosine to ``min_ratio`` | exponential decay to ``final_ratio`` at the last step."""
-    name, warmup = cfg.get("name", "constant"), _number("schedule", "warmup", cfg.get("warmup", 0), integer=True)
+    name = cfg.get("name", "constant")
+    warmup = int(check_number("schedule", "warmup", cfg.get("warmup", 0), integer=True))
     unknown = sorted(set(cfg) - {"name", "warmup", "min_ratio", "final_ratio"})  # another schedule's may stay
     if unknown:
         raise KeyError(f"schedule has no setting {unknown}; the settings are warmup, min_ratio (cosine) and "
@@ -61,9 +54,9 @@ def lr_factor(cfg: dict, total: int):
         raise KeyError(f"schedule.name {name!r} is unknown; available: constant, cosine, exponential")
 
     if "min_ratio" in cfg:
-        _number("schedule", "min_ratio", cfg["min_ratio"], high=1.0)
+        check_number("schedule", "min_ratio", cfg["min_ratio"], high=1.0)
     if "final_ratio" in cfg:  # 0 would drop the rate to 0 right after the first step
-        _number("schedule", "final_ratio", cfg["final_ratio"], low=1e-12, high=1.0)
+        check_number("schedule", "final_ratio", cfg["final_ratio"], low=1e-12, high=1.0)
     decay(0.0)  # validate the name now, not at the first step
 
     def factor(step: int) -> float:
