@@ -75,6 +75,17 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path):
         assert (tmp_path / "straight" / name).read_text() == (tmp_path / "resumed" / name).read_text(), name
 
 
+def test_resume_names_the_settings_that_changed_and_why_it_starts_over(tmp_path, capsys):
+    recipe = load_recipe("alrnn-lorenz63", SMALL_DSR + ["train.steps=2", "train.ckpt_every=0"])
+    fit(recipe, tmp_path / "run", resume=True)  # nothing there yet
+    assert "no checkpoint in" in capsys.readouterr().err
+    fit(recipe, tmp_path / "run", resume=True)
+    assert "train.ckpt_every is 0, so this recipe saves none); starting at step 0" in capsys.readouterr().err
+    longer = load_recipe("alrnn-lorenz63", SMALL_DSR + ["train.steps=3", "train.ckpt_every=0", "optim.lr=0.5"])
+    with pytest.raises(ValueError, match=r"recipe.yaml: optim.lr: 0.001 -> 0.5; train.steps: 2 -> 3 \(saved -> now\)"):
+        fit(longer, tmp_path / "run", resume=True)
+
+
 def test_a_fresh_run_does_not_inherit_a_previous_runs_best_model(tmp_path):
     base = SMALL_DSR + ["train.steps=10", "train.ckpt_every=0", "train.eval_every=5"]
     fit(load_recipe("alrnn-lorenz63", base + ["optim.lr=0.05", "train.seed=7"]), tmp_path / "run")
@@ -232,6 +243,8 @@ def test_every_shipped_recipe_parses_and_names_what_exists(name):
     assert recipe["model"] in zoo.list_models(), recipe["model"]
     assert 0 < lr_factor(recipe["schedule"], int(recipe["train"]["steps"]))(0) <= 1  # raises on an unknown name
     build_optimizer([torch.nn.Parameter(torch.zeros(1))], recipe["optim"])  # raises on a bad setting
+    steps = recipe["train"]["steps"]  # every recipe checkpoints, so a killed run resumes instead of restarting
+    assert 0 < recipe["train"]["ckpt_every"] <= steps
     filled = {k: v for k, v in recipe["model_args"].items() if v is not None}  # null: the task fills it in
     resolve_config(recipe["model"], **filled)  # raises on an unknown key or a wrong type
 

@@ -284,6 +284,18 @@ def only_rows(optimizer: torch.optim.Optimizer, rows: dict[torch.nn.Parameter, t
                 v.index_fill_(0, idx, 0)
 
 
+def _differences(saved: dict, now: dict, prefix: str = "") -> list[str]:
+    """``key.path: saved -> now`` for every setting where two recipes differ."""
+    found = []
+    for key in sorted(set(saved) | set(now), key=str):
+        a, b = saved.get(key), now.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            found += _differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            found.append(f"{prefix}{key}: {a!r} -> {b!r}")
+    return found
+
+
 def _fit(recipe: dict, cfg: dict, out: Path, resume: bool, d: Dist, task) -> dict:
     steps, accum, batch_size = int(cfg["steps"]), int(cfg["grad_accum"]), int(cfg["batch_size"])
     if batch_size % (accum * d.world):
@@ -295,8 +307,10 @@ def _fit(recipe: dict, cfg: dict, out: Path, resume: bool, d: Dist, task) -> dic
     if resume and (out / "recipe.yaml").is_file():
         saved = yaml.safe_load((out / "recipe.yaml").read_text())
         if saved != recipe:
-            diff = sorted(k for k in set(saved) | set(recipe) if saved.get(k) != recipe.get(k))
-            raise ValueError(f"--resume with a different recipe than the one in {out}/recipe.yaml (sections {diff} differ)")
+            raise ValueError(f"--resume with a different recipe than the one in {out}/recipe.yaml: "
+                             f"{'; '.join(_differences(saved, recipe))} (saved -> now). A resumed run repeats its "
+                             "recipe (the schedule depends on train.steps): drop those --set flags, or train into a "
+                             "new --out")
 
     model_args = task.model_args(recipe["model_args"])
     model = zoo.create_model(recipe["model"], pretrained=recipe.get("pretrained") or False, **model_args).to(d.device)
@@ -313,7 +327,8 @@ def _fit(recipe: dict, cfg: dict, out: Path, resume: bool, d: Dist, task) -> dic
         _set_rng_state(state["rng"])
         start = int(state["step"])
     elif resume:
-        print(f"--resume: no checkpoint in {out}; starting at step 0", file=sys.stderr)
+        why = "train.ckpt_every is 0, so this recipe saves none" if not cfg["ckpt_every"] else "none saved yet"
+        print(f"--resume: no checkpoint in {out} ({why}); starting at step 0", file=sys.stderr)
     if d.main:
         out.mkdir(parents=True, exist_ok=True)
         _write_text(out / "recipe.yaml", yaml.safe_dump(recipe, sort_keys=False))
