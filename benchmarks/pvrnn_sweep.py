@@ -5,7 +5,8 @@ the generated branch probability against the true one, and the error-regression 
 
 Writes <out>/sweep.json, <out>/sweep.md and <out>/sweep.png (metrics against w); each run's own plot (a training
 sequence, free-running generation, posterior sigma during error regression) is <out>/w_<w>/pvrnn.png.
-``--from-json FILE`` redraws the table and plot from a saved sweep.json.
+``--from-json FILE`` redraws the table and plot from a saved sweep.json. Runs resume: the same command again
+continues an interrupted sweep from each run's newest checkpoint and re-evaluates the finished runs.
 """
 from __future__ import annotations
 
@@ -63,7 +64,7 @@ def main(argv=None):
     for w in args.w:
         recipe = load_recipe("pvrnn-pfsm", [f"model_args.meta_prior=[{w},{w}]", f"train.steps={args.steps}",
                                             "train.eval_every=0", *args.overrides])
-        final = fit(recipe, out=out / f"w_{w:g}")
+        final = fit(recipe, out=out / f"w_{w:g}", resume=True)  # a rerun continues an interrupted sweep
         rows.append({"w": w, **{k: v for k, v in final.items() if k not in ("step", "split")}})
         table = write_results(rows, out)
     print(table)
