@@ -59,7 +59,8 @@ def test_facet_trains_with_the_shared_loop_and_the_result_runs_in_ase(tmp_path):
 
 
 def test_mptrj_recipe_says_which_files_it_needs(tmp_path):
-    with pytest.raises(KeyError, match="data.train, data.valid, data.test"):
+    with pytest.raises(KeyError, match=r"data.train, data.valid, data.test: extxyz files.*MACE-MP release; pass --set "
+                                       r"data.train=PATH"):
         PotentialTask(load_recipe("facet-mptrj"))
     missing = [f"data.{s}={tmp_path / s}.extxyz" for s in ("train", "valid", "test")]
     with pytest.raises(FileNotFoundError, match="MPTrj"):

