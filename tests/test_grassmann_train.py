@@ -1,3 +1,4 @@
+import dataclasses
 import math
 
 import pytest
@@ -190,9 +191,18 @@ def test_nli_head_saves_and_loads_through_the_auto_classes(tmp_path, name):
     assert not loaded.train().encoder.training
 
 
-def test_missing_encoder_is_a_clear_error(tmp_path):
+def test_missing_encoder_is_a_clear_error(tmp_path, monkeypatch):
     with pytest.raises(FileNotFoundError, match="hf download"):
         zoo.create_model("grassmann_nli_head", encoder=str(tmp_path / "no-encoder"))
+    # model_info (zoo info) still describes the model, without the parameter count the encoder would give
+    from zoo._registry import _REGISTRY
+
+    entry = _REGISTRY["grassmann_nli_head"]
+    monkeypatch.setitem(_REGISTRY, "grassmann_nli_head",
+                        dataclasses.replace(entry, config=dataclasses.replace(entry.config, encoder=str(tmp_path / "x"))))
+    info = zoo.model_info("grassmann_nli_head")
+    assert info["params"] is None and "hf download" in info["params_unavailable"]
+    assert info["recipes"] == ["grassmann-nli-snli"] and info["family"] == "grassmann"
 
 
 def test_unreachable_hub_fails_at_once_from_the_local_cache(monkeypatch):

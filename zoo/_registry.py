@@ -171,18 +171,24 @@ def _recipes_using(name: str) -> list[str]:
 
 
 def model_info(name: str) -> dict:
-    """Family, paper, resolved config, parameter count, published checkpoints and recipes for ``name``."""
+    """Family, paper, resolved config, parameter count, published checkpoints and recipes for ``name``. A model
+    that loads a part from a hub (the NLI heads' encoder) and cannot reach it has ``params`` None and the reason
+    in ``params_unavailable``."""
     entry = get_entry(name)
-    model = build(name, entry.config)
     from weights.manifest import checkpoints_for
 
-    return {
+    try:
+        params, unavailable = sum(p.numel() for p in build(name, entry.config).parameters()), None
+    except FileNotFoundError as err:
+        params, unavailable = None, str(err)
+    info = {
         "name": name,
         "family": entry.paper.family,
         "paper": entry.paper.title,
         "arxiv": entry.paper.arxiv,
         "config": dataclasses.asdict(entry.config),
-        "params": sum(p.numel() for p in model.parameters()),
+        "params": params,
         "checkpoints": [c["name"] for c in checkpoints_for(name)],
         "recipes": _recipes_using(name),
     }
+    return info if unavailable is None else {**info, "params_unavailable": unavailable}
