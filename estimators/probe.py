@@ -118,7 +118,18 @@ class Probe:
         return record
 
     # -- computing ------------------------------------------------------------------------------
-    def _record(self, point: str, estimator: Estimator, value):
+    def _compute(self, point: str, estimator: Estimator, *args):
+        """Record ``estimator(*args)`` for ``point``; its error is re-raised with the point and estimator named
+        (same type where that type takes one message, else a ValueError)."""
+        try:
+            value = estimator(*args)
+        except Exception as err:
+            message = f"{point}: {estimator.name}: {err.args[0] if isinstance(err, KeyError) and err.args else err}"
+            try:
+                named = type(err)(message)
+            except Exception:
+                named = ValueError(message)
+            raise named from err
         items = value.items() if isinstance(value, dict) else [(None, value)]
         for key, v in items:
             name = estimator.name if key is None else f"{estimator.name}/{key}"
@@ -139,15 +150,15 @@ class Probe:
                 x = torch.cat(chunks) if chunks[0].dim() > 0 else torch.stack(chunks)
                 if of_input:
                     for est in self._inputs[name]:
-                        self._record(name, est, est(self._named_modules[name], x))
+                        self._compute(name, est, self._named_modules[name], x)
                 else:
                     for est in self._modules[name]:
-                        self._record(name, est, est(x))
+                        self._compute(name, est, x)
             if not self._params_done:
                 params = dict(self.model.named_parameters())
                 for name, ests in self._params.items():
                     for est in ests:
-                        self._record(name, est, est(params[name].detach()))
+                        self._compute(name, est, params[name].detach())
                 self._params_done = True
         self._buffers = {}
 

@@ -1,4 +1,7 @@
+import argparse
 import json
+import os
+import re
 
 import pytest
 import torch
@@ -135,3 +138,113 @@ def test_bad_cli_arguments_are_clean_errors(tmp_path, capsys):
     assert "not a file" in _error(capsys, ["convert", str(tmp_path), "--model", "alrnn_m20_p2"])
     (tmp_path / "bad.yaml").write_text("name: [unclosed\n")
     assert "zoo train: error:" in _error(capsys, ["train", str(tmp_path / "bad.yaml"), "--out", str(tmp_path / "r")])
+
+
+@pytest.fixture
+def pvrnn_run(tmp_path):
+    """A 2-step PV-RNN run of 6 sequences (a stochastic model: its loss and error regression sample noise)."""
+    from train import fit, load_recipe
+
+    run = tmp_path / "pv"
+    fit(load_recipe("pvrnn-pfsm", ["model_args.n_sequences=6", "model_args.seq_len=40", "train.batch_size=6",
+                                   "data.period=10", "task_args.er_streams=2", "task_args.er_length=20",
+                                   "task_args.er_window=5", "task_args.er_iterations=2", "task_args.gen_steps=40",
+                                   "task_args.lyapunov_steps=20", "train.steps=2", "probe=null"]), run)
+    return run
+
+
+def test_estimate_caps_the_batch_at_what_the_task_draws(pvrnn_run, capsys):
+    main(["estimate", str(pvrnn_run), "--probe", "levels.*.d=effective_rank", "--split", "train"])
+    captured = capsys.readouterr()
+    assert "at most 6" in captured.err and "--batch 64" in captured.err and "train.batch_size" not in captured.err
+    main(["estimate", str(pvrnn_run), "--probe", "levels.*.d=effective_rank", "--split", "train", "--batch", "6"])
+    assert [r.split("\t")[0] for r in captured.out.splitlines()] == ["levels.0.d", "levels.1.d"]
+    assert capsys.readouterr().out == captured.out
+
+
+def test_eval_and_estimate_are_reproducible_for_a_stochastic_model(pvrnn_run, capsys):
+    for argv in (["eval", str(pvrnn_run)],
+                 ["estimate", str(pvrnn_run), "--probe", "levels.*.d=effective_rank", "--split", "train",
+                  "--batch", "6"]):
+        main(argv)
+        first = capsys.readouterr().out
+        torch.rand(3)  # whatever ran before does not matter
+        main(argv)
+        assert capsys.readouterr().out == first
+
+
+def test_ctrl_c_during_train_names_the_checkpoint_to_resume_from(tmp_path, capsys, monkeypatch):
+    import train.loop
+
+    def interrupted(recipe, out, resume=False):
+        if recipe["train"]["ckpt_every"]:
+            (out / "checkpoints" / "step_00000010").mkdir(parents=True)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train.loop, "fit", interrupted)
+    newest = tmp_path / "a" / "checkpoints" / "step_00000010"
+    for run, every, expected in (("a", 10, f"the newest checkpoint is {newest}; rerun the same command with --resume"),
+                                 ("b", 0, "no checkpoint yet (train.ckpt_every is 0")):
+        with pytest.raises(SystemExit) as err:
+            main(["train", "alrnn-lorenz63", "--out", str(tmp_path / run), "--set", f"train.ckpt_every={every}"])
+        assert err.value.code == 130
+        message = capsys.readouterr().err
+        assert message.startswith("zoo train: interrupted; ") and expected in message and message.count("\n") == 1
+
+
+def test_an_estimator_error_names_the_point_and_two_variable_advice_names_the_flag(tmp_path, capsys):
+    path = save_checkpoint(zoo.create_model("alrnn_m20_p2"), tmp_path / "m.safetensors")
+    small = ["--recipe", "alrnn-lorenz63", "--set", "data.train_steps=2000", "--set", "data.test_steps=1500",
+             "--batch", "8"]
+    err = _error(capsys, ["estimate", str(path), *small, "--probe", "cell.*=condition_number"])
+    assert "error: cell.A: condition_number_matrix: condition number needs a matrix" in err
+    err = _error(capsys, ["estimate", str(path), *small, "--probe", "z=ksg_mi"])
+    assert "ksg_mi is a two-variable estimator: pass --target KEY (this batch holds: x)" in err
+
+
+def test_estimator_arguments_and_lists_on_the_command_line(tmp_path, capsys):
+    path = save_checkpoint(zoo.create_model("alrnn_m20_p2"), tmp_path / "m.safetensors")
+    small = ["--recipe", "alrnn-lorenz63", "--set", "data.train_steps=2000", "--set", "data.test_steps=1500",
+             "--batch", "8"]
+    main(["estimate", str(path), *small, "--probe", "z=condition_number(of=covariance, feature_dim=-1),effective_rank"])
+    rows = [r.split("\t") for r in capsys.readouterr().out.splitlines()]
+    assert [r[:2] for r in rows] == [["z", "condition_number_covariance"], ["z", "effective_rank"]]
+    main(["estimate", str(path), *small, "--probe", "z", "--estimator",
+          "condition_number(of=covariance),effective_rank"])
+    assert [r.split("\t") for r in capsys.readouterr().out.splitlines()] == rows
+    for spec, message in (("z=condition_number(of", "cannot read 'condition_number(of'"),
+                          ("z=condition_number(covariance)", "cannot read 'condition_number(covariance)'"),
+                          ("z=condition_number(off=covariance)", "unexpected keyword argument 'off'")):
+        assert message in _error(capsys, ["estimate", str(path), *small, "--probe", spec])
+
+
+def test_convert_says_what_a_file_that_is_no_checkpoint_is(tmp_path, capsys):
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("echo pwned",))
+
+    (tmp_path / "notes.txt").write_text("some notes\n")
+    torch.save({"x": Evil()}, tmp_path / "evil.pth")
+    convert = ["--model", "alrnn_m20_p2", "--out", str(tmp_path / "o.safetensors")]
+    err = _error(capsys, ["convert", str(tmp_path / "notes.txt"), *convert])
+    assert "is not a PyTorch checkpoint (torch.save) or safetensors file: it starts with b'some notes\\n'" in err
+    torch.save({"x": argparse.Namespace()}, tmp_path / "class.pth")  # torch's message has colour codes here
+    for name, culprit in (("evil.pth", f"GLOBAL {os.system.__module__}.system"),
+                          ("class.pth", "GLOBAL argparse.Namespace")):
+        err = _error(capsys, ["convert", str(tmp_path / name), *convert])
+        # torch's first sentence, whole, without its advice to unpickle
+        assert re.search(rf"is corrupt \(UnpicklingError: [^()\n]*{culprit}[^()\n]*\.\)\. Refusing to unpickle it", err)
+        assert "\x1b" not in err and "weights_only` set to `False`" not in err
+
+
+def test_recipe_names(capsys):
+    assert "Did you mean: alrnn-lorenz63, " in _error(capsys, ["train", "alrnn-lorenz"])
+    assert "`zoo recipes`" in _error(capsys, ["eval", "x.safetensors", "--recipe", "alrnn-lorenz"])
+    assert ("'alrnn-lorenz63' is a recipe, not a model; its model is 'alrnn_m20_p2': run `zoo info alrnn_m20_p2`"
+            in _error(capsys, ["info", "alrnn-lorenz63"]))
+    err = _error(capsys, ["info", "alrnn_m2O_p2"])
+    assert "See `zoo list` for all" in err and "list_models" not in err
+    main(["recipes", "alrnn-*"])
+    rows = [r.split("\t") for r in capsys.readouterr().out.splitlines()]
+    assert [r[:2] for r in rows] == [["alrnn-lorenz63", "alrnn_m20_p2"], ["alrnn-roessler", "alrnn_m20_p1"]]
+    assert rows[0][2].startswith("AL-RNN")

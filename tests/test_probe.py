@@ -154,3 +154,29 @@ def test_a_scalar_probe_point_recorded_twice_in_a_step():
         model(torch.ones(3))
         model(torch.ones(5))
     assert probe.table()[0]["value"] == 4.0
+
+
+def test_an_estimators_error_names_the_point_and_the_estimator():
+    """The error of an estimator that fails on one of the matched tensors says which, in the same type where
+    that type takes one message, else as a ValueError."""
+    from estimators import Estimator
+
+    class Needs(Exception):  # its constructor takes more than a message
+        def __init__(self, message, code):
+            super().__init__(message)
+
+    def positive(x):
+        if (x < 0).any():
+            raise FloatingPointError("negative entries")
+        return x.mean()
+
+    def never(x):
+        raise Needs("cannot", 3)
+
+    model = Tiny()
+    nn.init.constant_(model.lin.bias, -10.0)  # hidden < 0 < probs
+    for points, error, match in (({"[hp]*": [Estimator("positive", positive)]}, FloatingPointError,
+                                  "^hidden: positive: negative entries$"),
+                                 ({"lin.bias": [Estimator("never", never)]}, ValueError, "^lin.bias: never: cannot$")):
+        with torch.no_grad(), pytest.raises(error, match=match), Probe(model, points):
+            model(torch.rand(8, 4))

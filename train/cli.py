@@ -1,8 +1,10 @@
-"""``zoo`` command line: list, info, train, eval, estimate, convert."""
+"""``zoo`` command line: list, info, recipes, train, eval, estimate, convert."""
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -17,16 +19,53 @@ def _cmd_list(args):
 def _cmd_info(args):
     import zoo
 
+    from .recipe import list_recipes
+
+    if args.name not in zoo.list_models() and args.name in list_recipes():
+        model = _load_recipe(args.name)["model"]
+        raise KeyError(f"{args.name!r} is a recipe, not a model; its model is {model!r}: run `zoo info {model}`")
     print(json.dumps(zoo.model_info(args.name), indent=2))
 
 
-def _cmd_train(args):
-    from .loop import fit
-    from .recipe import load_recipe
+def _load_recipe(name: str, overrides=()) -> dict:
+    """``load_recipe``; a recipe name that names none gets the closest names."""
+    import difflib
 
-    recipe = load_recipe(args.recipe, args.set)
+    from .recipe import list_recipes, load_recipe
+
+    names = list_recipes()
+    if not Path(name).suffix and name not in names:  # a name, not a path (load_recipe's rule)
+        close = difflib.get_close_matches(name, names, n=5, cutoff=0.4)
+        hint = f" Did you mean: {', '.join(close)}?" if close else ""
+        raise FileNotFoundError(f"no recipe {name!r}.{hint} See `zoo recipes` for all {len(names)} names.")
+    return load_recipe(name, overrides)
+
+
+def _cmd_recipes(args):
+    from .recipe import list_recipes
+
+    for name in list_recipes():
+        if fnmatch.fnmatchcase(name, args.pattern):
+            recipe = _load_recipe(name)
+            print(f"{name}\t{recipe['model']}\t{recipe.get('description', '')}")
+
+
+def _cmd_train(args):
+    from . import loop
+
+    recipe = _load_recipe(args.recipe, args.set)
     out = Path(args.out or f"runs/{recipe['name']}")
-    final = fit(recipe, out, resume=args.resume)
+    try:
+        final = loop.fit(recipe, out, resume=args.resume)
+    except KeyboardInterrupt:
+        saved = loop.checkpoints(out)
+        if saved:
+            where = f"the newest checkpoint is {saved[-1]}; rerun the same command with --resume to continue"
+        else:
+            where = "no checkpoint yet" + ("" if recipe["train"]["ckpt_every"] else
+                                           " (train.ckpt_every is 0: --set train.ckpt_every=N saves one every N steps)")
+        print(f"zoo train: interrupted; {where}", file=sys.stderr)
+        raise SystemExit(130) from None
     if final:
         print(json.dumps(final, indent=2))
         if (out / "best.json").is_file():
@@ -47,16 +86,25 @@ def _recipe_for(checkpoint: Path, name: str | None, overrides):
     up for checkpoints/step_*/), else the recipe named by --recipe or in the checkpoint's metadata."""
     from weights import read_metadata
 
-    from .recipe import load_recipe
-
     if name is None:
         for run in (checkpoint.parent, checkpoint.parent.parent.parent):
             if (run / "recipe.yaml").is_file():
-                return load_recipe(str(run / "recipe.yaml"), overrides)
+                return _load_recipe(str(run / "recipe.yaml"), overrides)
     name = name or read_metadata(checkpoint).get("recipe")
     if not name:
         raise ValueError(f"{checkpoint} does not record its recipe and no recipe.yaml is beside it; pass --recipe NAME")
-    return load_recipe(name, overrides)
+    return _load_recipe(name, overrides)
+
+
+def _seed_global_rngs():
+    """Seed torch's and Python's global RNGs to 0, so that a stochastic model (PV-RNN's error regression and
+    posterior noise) gives the same numbers on every run."""
+    import random
+
+    import torch
+
+    torch.manual_seed(0)
+    random.seed(0)
 
 
 def _cmd_eval(args):
@@ -64,21 +112,69 @@ def _cmd_eval(args):
 
     from .tasks import make_task
 
+    _seed_global_rngs()
     path = _checkpoint_path(args.checkpoint)
-    model = load_checkpoint(path).eval()
-    print(json.dumps(make_task(_recipe_for(path, args.recipe, args.set)).evaluate(model), indent=2))
+    task = make_task(_recipe_for(path, args.recipe, args.set))
+    print(json.dumps(task.evaluate(load_checkpoint(path).eval()), indent=2))
 
 
-def _with_target(name: str, target):
-    """``make_estimator(name)``, with ``target`` bound where the estimator takes one (two-variable estimators)."""
+_ESTIMATOR = re.compile(r"\s*(\w+)\s*(?:\(([^()]*)\))?\s*")
+
+
+def _estimator_specs(text: str, flag: str) -> list[tuple[str, dict]]:
+    """``NAME,NAME2(key=value,...)`` -> [(NAME, {}), (NAME2, {key: value})], the values read as YAML."""
+    from .recipe import parse_value
+
+    specs = []
+    for item in filter(str.strip, re.split(r",(?![^(]*\))", text)):  # split at the commas outside parentheses
+        match = _ESTIMATOR.fullmatch(item)
+        pairs = [p.partition("=") for p in (match[2] or "").split(",") if p.strip()] if match else []
+        if not match or not all(eq and key.strip().isidentifier() for key, eq, _ in pairs):
+            raise ValueError(f"{flag}: cannot read {item.strip()!r}; write NAME or NAME(key=value,...), e.g. "
+                             "condition_number(of=covariance)")
+        specs.append((match[1], {key.strip(): parse_value(value.strip()) for key, _, value in pairs}))
+    return specs
+
+
+def _estimator(name: str, kwargs: dict, batch: dict, target: str | None):
+    """``make_estimator({name: kwargs})``, with batch[--target] bound as the Y of a two-variable estimator."""
     import inspect
 
     from estimators import ESTIMATORS, make_estimator
 
     factory = ESTIMATORS.get(name)
-    if target is not None and factory is not None and "target" in inspect.signature(factory).parameters:
-        return make_estimator({name: {"target": target}})
-    return make_estimator(name)
+    if factory is not None and "target" in inspect.signature(factory).parameters:
+        if target is None:
+            raise ValueError(f"{name} is a two-variable estimator: pass --target KEY (this batch holds: "
+                             f"{', '.join(sorted(batch))})")
+        kwargs = {**kwargs, "target": batch[target]}
+    return make_estimator({name: kwargs})
+
+
+def _draw(draw, size: int) -> dict:
+    """``draw(size)`` with seed 0; a task that draws fewer examples (a PV-RNN run: its n_sequences) gives as many
+    as it can, with a note."""
+    import torch
+
+    def seeded(n):
+        return draw(n, torch.Generator().manual_seed(0))
+
+    try:
+        return seeded(size)
+    except ValueError:
+        fits, fails = 0, size  # the largest size known to draw, the smallest known not to
+        while fails - fits > 1:
+            middle = (fits + fails) // 2
+            try:
+                seeded(middle)
+                fits = middle
+            except ValueError:
+                fails = middle
+        if not fits:  # not a matter of size
+            raise
+        print(f"zoo estimate: note: the task draws at most {fits} examples per batch; measuring on {fits}, not "
+              f"--batch {size}", file=sys.stderr)
+        return seeded(fits)
 
 
 def _cmd_estimate(args):
@@ -94,23 +190,25 @@ def _cmd_estimate(args):
     for name in ("batch", "samples"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name} must be >= 1, got {getattr(args, name)}")
+    default = [spec for text in args.estimator for spec in _estimator_specs(text, "--estimator")]
+    specs = {}
+    for probe in args.probe:
+        glob, _, names = probe.partition("=")
+        specs[glob] = _estimator_specs(names, f"--probe {probe}") if names else default
+        if not specs[glob]:
+            raise ValueError(f"--probe {probe!r} names no estimator: write GLOB=NAME or add --estimator NAME")
+    _seed_global_rngs()
     path = _checkpoint_path(args.checkpoint)
-    model = load_checkpoint(path).eval()
     task = make_task(_recipe_for(path, args.recipe, args.set))
-    draw = task.batch if args.split == "train" else task.held_out_batch
+    model = load_checkpoint(path).eval()
     try:
-        batch = draw(args.batch, torch.Generator().manual_seed(0))
+        batch = _draw(task.batch if args.split == "train" else task.held_out_batch, args.batch)
     except NotImplementedError as err:
         raise ValueError(f"{err}; pass --split train to measure on a training batch") from err
     if args.target is not None and args.target not in batch:
         raise KeyError(f"--target {args.target!r} is not in the task's batches; they hold {sorted(batch)}")
-    points = {}
-    for spec in args.probe:
-        glob, _, names = spec.partition("=")
-        names = [n for n in names.split(",") if n] or args.estimator
-        if not names:
-            raise ValueError(f"--probe {spec!r} names no estimator: write GLOB=NAME or add --estimator NAME")
-        points[glob] = [_with_target(n, batch.get(args.target)) for n in names]
+    points = {glob: [_estimator(name, kwargs, batch, args.target) for name, kwargs in named]
+              for glob, named in specs.items()}
     with torch.no_grad(), Probe(model, points, max_samples=args.samples) as probe:
         task.loss(model, batch)
     for row in probe.table():
@@ -156,6 +254,9 @@ def main(argv=None):
     p = sub.add_parser("info", help="family, paper, config, parameters, checkpoints, recipes of a model")
     p.add_argument("name")
     p.set_defaults(fn=_cmd_info)
+    p = sub.add_parser("recipes", help="recipe names with their model and description")
+    p.add_argument("pattern", nargs="?", default="*")
+    p.set_defaults(fn=_cmd_recipes)
     p = sub.add_parser("train", help="train a recipe (train/recipes/NAME.yaml or a path)")
     p.add_argument("recipe")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. train.steps=100")
@@ -176,10 +277,12 @@ def main(argv=None):
         p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
         p.set_defaults(fn=fn)
     p.add_argument("--probe", action="append", required=True, metavar="GLOB[=EST,...]",
-                   help="probe points or parameters by glob, e.g. --probe z=condition_number")
-    p.add_argument("--estimator", action="append", default=[], metavar="NAME",
-                   help="estimator(s) for every --probe given without '=NAME' (see estimators.ESTIMATORS)")
-    p.add_argument("--batch", type=int, default=64)
+                   help="probe points or parameters by glob, with estimators and their arguments (YAML values), "
+                        "e.g. --probe 'z=condition_number(of=covariance),effective_rank'")
+    p.add_argument("--estimator", action="append", default=[], metavar="EST[,EST...]",
+                   help="estimator(s) for every --probe given without '=EST' (see estimators.ESTIMATORS)")
+    p.add_argument("--batch", type=int, default=64, help="examples in the batch (default 64; at most what the task "
+                                                           "draws, e.g. a PV-RNN run's n_sequences)")
     p.add_argument("--samples", type=int, default=4096)
     p.add_argument("--split", choices=("held-out", "train"), default="held-out",
                    help="draw the batch from the task's held-out data (default) or from its training data")
@@ -191,7 +294,11 @@ def main(argv=None):
     try:
         args.fn(args)
     except (KeyError, ValueError, TypeError, OSError, FloatingPointError, yaml.YAMLError) as err:
+        from zoo._registry import UnknownModelError
+
         message = err.args[0] if isinstance(err, KeyError) and err.args else err  # str(KeyError) adds quotes
+        if isinstance(err, UnknownModelError):  # a user of the CLI lists models with `zoo list`
+            message = message.replace("zoo.list_models()", "`zoo list`")
         print(f"zoo {args.command}: error: {message}", file=sys.stderr)
         raise SystemExit(2) from err
 

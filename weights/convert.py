@@ -6,12 +6,22 @@ in its zoo module (as timm does); without one, keys must already match.
 from __future__ import annotations
 
 import os
+import re
 import sys
 from pathlib import Path
 
 import torch
 
 from .checkpoint import CheckpointError, load_state_into, save_checkpoint
+
+
+def _first_sentence(err: Exception) -> str:
+    """What went wrong, in the first sentence of the message of the unpickler's error that torch hides (``raise
+    ... from None``) behind advice to load with weights_only=False, else of ``err``; without colour codes."""
+    reason = err.__context__ if err.__suppress_context__ and err.__context__ is not None else err
+    text = re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", str(reason)).strip()
+    sentence = re.split(r"(?<=\.)\s", text, maxsplit=1)[0]
+    return f"{type(reason).__name__}: {sentence}"
 
 
 def read_original(path: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -31,8 +41,13 @@ def read_original(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
+        with open(path, "rb") as f:
+            head = f.read(16)
+        if not head.startswith((b"PK\x03\x04", b"\x80")):  # torch.save writes a zip archive, or (legacy) a pickle
+            raise CheckpointError(f"{path} is not a PyTorch checkpoint (torch.save) or safetensors file: it starts "
+                                  f"with {head!r}") from err
         raise CheckpointError(f"{path} could not be read with torch.load(weights_only=True): it holds pickled "
-                              f"objects beyond tensors, or is corrupt ({type(err).__name__}: {str(err)[:300]}). "
+                              f"objects beyond tensors, or is corrupt ({_first_sentence(err)}). "
                               "Refusing to unpickle it.") from err
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
