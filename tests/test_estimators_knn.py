@@ -155,7 +155,16 @@ def test_fused_kernels_compile_for_hopper_without_a_gpu(kernel, dtype, shape):
     assert names == fn.arg_names  # the signature above follows the kernel's arguments
     source = compiler.ASTSource(fn=fn, signature=signature,
                                 constexprs={(names.index(k),): v for k, v in constants.items()})
-    compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32))
+    # Triton 3.8's pass pipeline fails now and then on an unchanged kernel ("'tt.broadcast' op requires the same
+    # element type", about 1 run in 10 here, not reproducible by hash seed); a kernel that compiles on a retry is
+    # one the compiler accepts, a real rejection fails all three tries
+    for attempt in range(3):
+        try:
+            compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32))
+            break
+        except RuntimeError as err:
+            if attempt == 2 or "PassManager::run failed" not in str(err):
+                raise
     assert len(compiled.asm["cubin"]) > 0
 
 
