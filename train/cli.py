@@ -151,30 +151,18 @@ def _estimator(name: str, kwargs: dict, batch: dict, target: str | None):
     return make_estimator({name: kwargs})
 
 
-def _draw(draw, size: int) -> dict:
-    """``draw(size)`` with seed 0; a task that draws fewer examples (a PV-RNN run: its n_sequences) gives as many
-    as it can, with a note."""
+def _draw(task, split: str, size: int) -> dict:
+    """A batch of ``split`` with seed 0; ``size`` is capped at ``task.max_batch`` (a PV-RNN run draws at most its
+    n_sequences), with a note."""
     import torch
 
-    def seeded(n):
-        return draw(n, torch.Generator().manual_seed(0))
-
-    try:
-        return seeded(size)
-    except ValueError:
-        fits, fails = 0, size  # the largest size known to draw, the smallest known not to
-        while fails - fits > 1:
-            middle = (fits + fails) // 2
-            try:
-                seeded(middle)
-                fits = middle
-            except ValueError:
-                fails = middle
-        if not fits:  # not a matter of size
-            raise
-        print(f"zoo estimate: note: the task draws at most {fits} examples per batch; measuring on {fits}, not "
+    limit = task.max_batch if split == "train" else None
+    if limit is not None and size > limit:
+        print(f"zoo estimate: note: the task draws at most {limit} examples per batch; measuring on {limit}, not "
               f"--batch {size}", file=sys.stderr)
-        return seeded(fits)
+        size = limit
+    draw = task.batch if split == "train" else task.held_out_batch
+    return draw(size, torch.Generator().manual_seed(0))
 
 
 def _cmd_estimate(args):
@@ -202,7 +190,7 @@ def _cmd_estimate(args):
     task = make_task(_recipe_for(path, args.recipe, args.set))
     model = load_checkpoint(path).eval()
     try:
-        batch = _draw(task.batch if args.split == "train" else task.held_out_batch, args.batch)
+        batch = _draw(task, args.split, args.batch)
     except NotImplementedError as err:
         raise ValueError(f"{err}; pass --split train to measure on a training batch") from err
     if args.target is not None and args.target not in batch:

@@ -30,6 +30,8 @@ class Task(ABC):
     draws the same global batch and keeps its own slice of it.
     """
 
+    max_batch: int | None = None  # the most examples ``batch`` can draw at once (None: any number)
+
     def __init__(self, recipe: dict):
         self.recipe = recipe
         self.args = recipe.get("task_args", {})

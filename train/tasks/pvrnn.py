@@ -34,6 +34,7 @@ class PVRNNTask(Task):
         d, a = recipe["data"], self.args
         cfg = resolve_config(recipe["model"], **recipe.get("model_args", {}))
         self.n, self.seq_len = cfg.n_sequences, cfg.seq_len
+        self.max_batch = self.n  # a batch is a set of distinct training sequences
         self.er = {"window": int(a.get("er_window", 20)), "iterations": int(a.get("er_iterations", 20)),
                    "lr": float(a.get("er_lr", 0.1))}
         self.gen_steps = int(a.get("gen_steps", 2000))
@@ -71,7 +72,7 @@ class PVRNNTask(Task):
                              f"er_lr={self.er['lr']}")
 
     def batch(self, size, generator):
-        if size > self.n:
+        if size > self.max_batch:
             raise ValueError(f"train.batch_size={size} exceeds the model's n_sequences={self.n}")
         ids = torch.randperm(self.n, generator=generator)[:size]
         return {"ids": ids, "x": self.train_x[ids]}
