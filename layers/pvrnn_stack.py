@@ -66,8 +66,9 @@ class SkewedStack:
         h^k_t = (1 - r_k) h^k_{t-1} + r_k (W^k d^k_{t-1} + V^k d^{k+1}_t + u^k_t),  d^k_t = tanh(h^k_t),  r_k = 1/tau_k,
     with V^k = W_top^k (none at the top). Level k reads level k+1 at the same step, so level k computes step t at
     wave s = t + L-1-k: all inputs of wave s then sit in frame s, the concatenated state [h, d] (B, 2N) after wave
-    s-1 (frame 0 is the initial state), and one addmm with A = [diag(1 - r); (r M)^T] gives the next frame's h:
-    two ops per wave step (addmm, tanh), S = T + L-1 of them, where stepping level by level takes L T steps.
+    s-1 (frame 0 is the initial state), and one in-place addmm with A = [diag(1 - r); (r M)^T] turns the drive r u
+    of wave s, gathered into the next frame's h beforehand, into that h: two ops per wave step (addmm_, tanh),
+    S = T + L-1 of them, where stepping level by level takes L T steps.
     In the first L-1 waves the lower levels have not started and keep their state (masked); after its T steps a
     level runs on for up to L-1 waves whose values no valid step reads (and whose gradients are zero).
     ``run`` takes the drives u (the posterior pass), ``run_prior`` samples z from the prior (generation),
@@ -85,17 +86,18 @@ class SkewedStack:
         self.frame_of_time = (torch.arange(T, device=M.device)[:, None] + lag + 1)[:, None].expand(-1, B, -1)
         self.A = torch.cat([torch.diag(1 - rate), (rate[:, None] * M).t()], 0)                       # (2N, N)
         new = M.new_empty  # every buffer is written before it is read, except gin's zeros (see propagate)
-        self.X, self.gin, self.G, self.Y = new(S + 1, B, 2 * N), M.new_zeros(S + 1, B, 2 * N), new(S + 2, B, N), new(B, 2 * N)
-        self.ru, self.slope, self.one = new(S, B, N), new(S + 1, B, N), M.new_ones(())
+        self.X, self.gin, self.G = new(S + 1, B, 2 * N), M.new_zeros(S + 1, B, 2 * N), new(S + 2, B, N)
+        self.slope, self.one = new(S + 1, B, N), M.new_ones(())
         self.Xh, self.Xd, self.gin_h, self.gin_d = self.X[..., :N], self.X[..., N:], self.gin[..., :N], self.gin[..., N:]
         # per-frame views, made once: the loops below index lists instead of slicing tensors
-        self._X, self._Xh, self._Xd, self._ru = self.X.unbind(0), self.Xh.unbind(0), self.Xd.unbind(0), self.ru.unbind(0)
+        self._X, self._Xh, self._Xd = self.X.unbind(0), self.Xh.unbind(0), self.Xd.unbind(0)
         self._gin, self._G, self._slope = self.gin.unbind(0), self.G.unbind(0), self.slope.unbind(0)
         self.Xd_rows = self.X.view(-1, 2 * N)[:, N:]  # ((S+1) B, N): d of every frame as rows of a matrix
         # the arguments of every unmasked wave step, forward (frames L .. S) and backward (S .. L): loops unpack them
-        self._AT, self._Yh, self._Yd = self.A.t(), self.Y[:, :N], self.Y[:, N:]
-        self._forward_args = [(self._ru[f - 1], self._X[f - 1], self._Xh[f], self._Xd[f]) for f in range(L, S + 1)]
-        self._backward_args = [(self._gin[f], self._G[f + 1], self._slope[f], self._G[f]) for f in range(S, L - 1, -1)]
+        self._AT, gin_h, gin_d = self.A.t(), self.gin_h.unbind(0), self.gin_d.unbind(0)
+        self._forward_args = [(self._X[f - 1], self._Xh[f], self._Xd[f]) for f in range(L, S + 1)]
+        self._backward_args = [(self._gin[f], gin_h[f], gin_d[f], self._G[f + 1], self._slope[f], self._G[f])
+                               for f in range(S, L - 1, -1)]
         self._on = [self.started[f].bool() for f in range(L)]
         # the masked waves' factors: on, r on, 1 - r on and 1 - on per unit
         self._masks = [(on, on * rate, 1 - rate * on, 1 - on) for on in self.started[:L]]
@@ -115,28 +117,28 @@ class SkewedStack:
     def run(self, u: torch.Tensor, h0: torch.Tensor, d0: torch.Tensor) -> None:
         """The recursion driven by u (B, T, N) (W_zd z_t plus the W_dd bias, levels concatenated) from the state
         (h0, d0), each (B, N), without autograd, into the frames (read them with ``d`` and ``state_at``)."""
-        torch.gather(u.transpose(0, 1), 0, self.time_of_frame, out=self.ru).mul_(self.packed.rate)
+        torch.gather(u.transpose(0, 1), 0, self.time_of_frame, out=self.Xh[1:]).mul_(self.packed.rate)
         self._start(h0, d0)
         for f in range(1, min(self.L, self.S + 1)):
-            self._advance(f, self._ru[f - 1])
+            self._advance(f)
         A = self.A
-        for ru, previous, h, d in self._forward_args:  # _advance's unmasked case, unrolled
-            torch.addmm(ru, previous, A, out=h)
+        for previous, h, d in self._forward_args:  # _advance's unmasked case, unrolled
+            h.addmm_(previous, A)
             torch.tanh(h, out=d)
 
     def _start(self, h0: torch.Tensor, d0: torch.Tensor) -> None:
         self._Xh[0].copy_(h0)
         self._Xd[0].copy_(d0)
 
-    def _advance(self, f: int, ru: torch.Tensor) -> None:
-        """Frame f from frame f-1 and the drive r u (B, N) of wave f-1: one addmm and one tanh; in the first
-        L-1 waves the levels below, which have not started, keep h and d."""
+    def _advance(self, f: int) -> None:
+        """Frame f from frame f-1, with frame f's h holding the drive r u (B, N) of wave f-1: one addmm_ and one
+        tanh; in the first L-1 waves the levels below, which have not started, keep h and d."""
         X, Xh, Xd = self._X, self._Xh, self._Xd
+        Xh[f].addmm_(X[f - 1], self.A)
         if f < self.L:
-            torch.where(self._on[f], torch.addmm(ru, X[f - 1], self.A), Xh[f - 1], out=Xh[f])
+            torch.where(self._on[f], Xh[f], Xh[f - 1], out=Xh[f])
             torch.where(self._on[f], torch.tanh(Xh[f]), Xd[f - 1], out=Xd[f])
         else:
-            torch.addmm(ru, X[f - 1], self.A, out=Xh[f])
             torch.tanh(Xh[f], out=Xd[f])
 
     def run_prior(self, h0: torch.Tensor, d0: torch.Tensor, first: bool, eps: torch.Tensor | None) -> dict:
@@ -161,7 +163,8 @@ class SkewedStack:
                 torch.tanh(torch.addmm(q["bmu"], Xd[s], q["Wmu_t"]), out=mu[s])
                 torch.exp(torch.addmm(q["bsigma"], Xd[s], q["Wsigma_t"]), out=sigma[s])
             zs = mu[s] if noise is None else torch.addcmul(mu[s], sigma[s], noise[s], out=z[s])
-            self._advance(f, torch.addmm(self.rb, zs, rWz_t))
+            torch.addmm(self.rb, zs, rWz_t, out=self._Xh[f])  # the drive r (W_zd z + b), into frame f's h
+            self._advance(f)
         unskew = lambda x: torch.gather(x, 0, q["wave_of_time"]).transpose(0, 1)  # noqa: E731
         return {"z": unskew(q["mu"] if eps is None else q["z"]), "prior_mu": unskew(q["mu"]),
                 "prior_sigma": unskew(q["sigma"])}
@@ -178,15 +181,16 @@ class SkewedStack:
     def propagate(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Backpropagate the direct gradients in ``gin`` (frame f: [dL/dh_f, dL/dd_f], zero where nothing reads
         the frame) through the last ``run`` into ``G`` (G_f = dL/dh_f, total), two ops per wave step in reverse:
-            [G_{f+1} (1 - r), gin_f^d + (r G_{f+1}) M] = gin_f + G_{f+1} A^T,   G_f = first + second * (1 - d_f^2).
-        Returns dL/dh0 and dL/dd0."""
+            [G_{f+1} (1 - r), gin_f^d + (r G_{f+1}) M] = gin_f + G_{f+1} A^T,   G_f = first + second * (1 - d_f^2),
+        the first in place in ``gin``: frames L .. S of ``gin`` hold scratch afterwards, and the caller writes
+        them again before the next call. Returns dL/dh0 and dL/dd0."""
         L, N = self.L, self.N
-        AT, Y, Yh, Yd, gin, G, slope = self._AT, self.Y, self._Yh, self._Yd, self._gin, self._G, self._slope
+        AT, gin, G, slope = self._AT, self._gin, self._G, self._slope
         torch.addcmul(self.one, self.Xd, self.Xd, value=-1, out=self.slope)
         G[self.S + 1].zero_()
-        for gin_f, G_next, slope_f, G_f in self._backward_args:
-            torch.addmm(gin_f, G_next, AT, out=Y)
-            torch.addcmul(Yh, Yd, slope_f, out=G_f)
+        for gin_f, gin_h, gin_d, G_next, slope_f, G_f in self._backward_args:
+            gin_f.addmm_(G_next, AT)
+            torch.addcmul(gin_h, gin_d, slope_f, out=G_f)
         hh, dd = torch.addmm(gin[L - 1], G[L], AT).split(N, -1)  # dL/dh, dL/dd of frame L-1 from later frames
         for f in range(L - 1, 0, -1):  # levels that have not started pass both gradients through
             on, on_rate, keep, off = self._masks[f]

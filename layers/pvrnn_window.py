@@ -60,6 +60,7 @@ class WindowGradient:
         torch.addcmul(c, c, torch.addcmul(sq2v, e, ev), value=-1, out=self.g_log_sigma_p)
         frames = self.g_prior_frames.zero_().scatter_(0, self.prior_frame, self.g_prior.transpose(0, 1))
         torch.matmul(frames, p.Wp, out=stack.gin_d)
+        stack.gin_h.zero_()  # propagate leaves scratch there
         diff = self._residual(obs)
         self.level0_gin.add_(diff @ self.out_grad)
         stack.propagate()
