@@ -75,6 +75,22 @@ def test_eval_uses_the_runs_own_recipe(tmp_path, capsys):
         assert json.loads(capsys.readouterr().out)["test_acc"] == summary["test_acc"]
     main(["eval", str(run / "checkpoints" / "step_00000010")])  # step checkpoints record their recipe too
     assert "test_acc" in json.loads(capsys.readouterr().out)
+    main(["eval", str(run / "checkpoints" / "step_00000020")])
+    newest = json.loads(capsys.readouterr().out)
+    # the checkpoints/ folder, and a run without a final model (interrupted), evaluate the newest step
+    main(["eval", str(run / "checkpoints")])
+    captured = capsys.readouterr()
+    assert json.loads(captured.out) == newest and "step_00000020" in captured.err
+    (run / "model.safetensors").rename(run / "final.safetensors")
+    main(["eval", str(run)])
+    assert json.loads(capsys.readouterr().out) == newest
+    assert "no checkpoints/step_*" in _error(capsys, ["eval", str(tmp_path)])
+    # settings that evaluation does not read are refused, not ignored
+    for setting in ("train.steps=5", "model_args.sizes=[12,4,2]", "optim.lr=1"):
+        for command in ("eval", "estimate"):
+            extra = ["--probe", "t.0=effective_rank"] if command == "estimate" else []
+            err = _error(capsys, [command, str(run), "--set", setting, *extra])
+            assert f"--set {setting} has no effect here" in err and "data.*" in err
 
 
 def test_user_mistakes_are_clean_errors(tmp_path, capsys):
@@ -122,8 +138,8 @@ def test_estimate_measures_a_held_out_batch_and_binds_a_target(tmp_path, capsys)
 
 def test_estimate_on_a_task_without_held_out_data_says_to_use_the_training_split(tmp_path, capsys):
     path = save_checkpoint(zoo.create_model("pvrnn_pfsm", n_sequences=4, seq_len=40), tmp_path / "pv.safetensors")
-    small = ["--recipe", "pvrnn-pfsm", "--set", "model_args.n_sequences=4", "--set", "model_args.seq_len=40",
-             "--probe", "levels.0.d=effective_rank", "--batch", "4"]
+    # the task sizes its data from the checkpoint's own config (4 sequences of 40 steps), not the recipe's
+    small = ["--recipe", "pvrnn-pfsm", "--probe", "levels.0.d=effective_rank", "--batch", "4"]
     assert "--split train" in _error(capsys, ["estimate", str(path), *small])
     main(["estimate", str(path), *small, "--split", "train"])
     point, name, value = capsys.readouterr().out.split()

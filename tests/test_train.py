@@ -115,6 +115,30 @@ def test_nan_loss_stops_with_message_and_keeps_last_good_checkpoint(tmp_path, mo
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
+def test_non_finite_metrics_are_written_as_strict_json_nulls(tmp_path, monkeypatch):
+    """A diverged evaluation (NaN or inf metrics) still writes metrics.jsonl, summary.json and metrics.csv that
+    strict JSON readers accept: non-finite values become null (an empty CSV cell)."""
+    from train.loop import json_text
+    from train.tasks.dsr import DSRTask
+
+    def strict(text):
+        return json.loads(text, parse_constant=lambda c: pytest.fail(f"non-JSON constant {c}"))
+
+    assert strict(json_text({"a": float("nan"), "b": [1.0, float("inf")], "c": {"d": -float("inf")}, "e": 2})) == {
+        "a": None, "b": [1.0, None], "c": {"d": None}, "e": 2}
+    original = DSRTask.evaluate
+    monkeypatch.setattr(DSRTask, "evaluate", lambda self, model: {**original(self, model), "D_stsp": float("nan"),
+                                                                   "D_H": float("inf")})
+    out = tmp_path / "run"
+    fit(load_recipe("alrnn-lorenz63", SMALL_DSR + ["train.eval_every=10"]), out)
+    rows = [strict(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in rows if r["split"] == "eval"]
+    assert [r["step"] for r in evals] == [10, 20, 30] and all(r["D_stsp"] is None and r["D_H"] is None for r in evals)
+    assert strict((out / "summary.json").read_text())["D_stsp"] is None
+    assert {r["D_stsp"] for r in csv.DictReader(open(out / "metrics.csv")) if r["split"] == "eval"} == {""}
+    assert not (out / "best.json").exists()  # NaN is never the best
+
+
 def test_nan_gradient_of_a_finite_loss_stops_before_the_update(tmp_path, monkeypatch):
     """A finite loss whose gradient is NaN (0 * d sqrt(x)/dx at x = 0) must not reach the optimizer: the run stops
     at that step, names the gradient, and every checkpoint holds finite weights."""

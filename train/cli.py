@@ -67,33 +67,63 @@ def _cmd_train(args):
         print(f"zoo train: interrupted; {where}", file=sys.stderr)
         raise SystemExit(130) from None
     if final:
-        print(json.dumps(final, indent=2))
+        print(loop.json_text(final, indent=2))
         if (out / "best.json").is_file():
             best = json.loads((out / "best.json").read_text())
             print(f"selected by {recipe['train']['select']} (step {best['step']}, best.safetensors):")
-            print(json.dumps(best, indent=2))
+            print(loop.json_text(best, indent=2))
         print(f"run directory: {out}")
 
 
 def _checkpoint_path(checkpoint: str) -> Path:
-    """A checkpoint file, or a run / step directory holding model.safetensors."""
+    """A checkpoint file; a run or checkpoints/step_* directory holding model.safetensors; or, for a run without
+    one (still training or interrupted) and for its checkpoints/ directory, the newest checkpoints/step_*, with a
+    note on stderr."""
+    from .loop import checkpoints
+
     path = Path(checkpoint)
-    return path / "model.safetensors" if path.is_dir() else path
+    if not path.is_dir() or (path / "model.safetensors").is_file():
+        return path / "model.safetensors" if path.is_dir() else path
+    run = path.parent if path.name == "checkpoints" else path
+    saved = [step for step in checkpoints(run) if (step / "model.safetensors").is_file()]
+    if not saved:
+        raise FileNotFoundError(f"{path} holds no model.safetensors and no checkpoints/step_* with one; pass a "
+                                ".safetensors file, a run directory or a checkpoints/step_* directory")
+    print(f"zoo: {path} has no model.safetensors of its own; using the newest checkpoint, {saved[-1]}",
+          file=sys.stderr)
+    return saved[-1] / "model.safetensors"
+
+
+# the recipe sections that an evaluation reads; the model itself comes from the checkpoint
+_EVAL_SECTIONS = ("data", "task_args")
+
+
+def _check_eval_overrides(overrides, command: str) -> None:
+    """``zoo eval`` / ``zoo estimate`` --set: only data.* and task_args.* change what is evaluated; any other
+    key (train.steps, model_args.*, optim.*) would be accepted and do nothing, so it is an error."""
+    for assignment in overrides:
+        key = assignment.partition("=")[0].strip()
+        if key.split(".")[0] not in _EVAL_SECTIONS:
+            raise ValueError(f"zoo {command}: --set {assignment} has no effect here: the model and its settings come "
+                             f"from the checkpoint, and evaluation reads only {' and '.join(s + '.*' for s in _EVAL_SECTIONS)}")
 
 
 def _recipe_for(checkpoint: Path, name: str | None, overrides):
     """The recipe of the run that wrote ``checkpoint`` (its resolved recipe.yaml, beside the file or two levels
-    up for checkpoints/step_*/), else the recipe named by --recipe or in the checkpoint's metadata."""
+    up for checkpoints/step_*/), else the recipe named by --recipe or in the checkpoint's metadata; its model and
+    model_args are the checkpoint's own, so the task sizes its data for the model it evaluates."""
     from weights import read_metadata
 
     if name is None:
-        for run in (checkpoint.parent, checkpoint.parent.parent.parent):
-            if (run / "recipe.yaml").is_file():
-                return _load_recipe(str(run / "recipe.yaml"), overrides)
-    name = name or read_metadata(checkpoint).get("recipe")
-    if not name:
-        raise ValueError(f"{checkpoint} does not record its recipe and no recipe.yaml is beside it; pass --recipe NAME")
-    return _load_recipe(name, overrides)
+        runs = [run for run in (checkpoint.parent, checkpoint.parent.parent.parent) if (run / "recipe.yaml").is_file()]
+        name = str(runs[0] / "recipe.yaml") if runs else read_metadata(checkpoint).get("recipe")
+        if not name:
+            raise ValueError(f"{checkpoint} does not record its recipe and no recipe.yaml is beside it; pass --recipe NAME")
+    recipe = _load_recipe(name, overrides)
+    meta = read_metadata(checkpoint)
+    if "config" in meta:
+        recipe = {**recipe, "model": meta["model"], "model_args": json.loads(meta["config"])}
+    return recipe
 
 
 def _seed_global_rngs():
@@ -110,12 +140,14 @@ def _seed_global_rngs():
 def _cmd_eval(args):
     from weights import load_checkpoint
 
+    from .loop import json_text
     from .tasks import make_task
 
+    _check_eval_overrides(args.set, "eval")
     _seed_global_rngs()
     path = _checkpoint_path(args.checkpoint)
     task = make_task(_recipe_for(path, args.recipe, args.set))
-    print(json.dumps(task.evaluate(load_checkpoint(path).eval()), indent=2))
+    print(json_text(task.evaluate(load_checkpoint(path).eval()), indent=2))
 
 
 _ESTIMATOR = re.compile(r"\s*(\w+)\s*(?:\(([^()]*)\))?\s*")
@@ -185,6 +217,7 @@ def _cmd_estimate(args):
         specs[glob] = _estimator_specs(names, f"--probe {probe}") if names else default
         if not specs[glob]:
             raise ValueError(f"--probe {probe!r} names no estimator: write GLOB=NAME or add --estimator NAME")
+    _check_eval_overrides(args.set, "estimate")
     _seed_global_rngs()
     path = _checkpoint_path(args.checkpoint)
     task = make_task(_recipe_for(path, args.recipe, args.set))
@@ -262,7 +295,8 @@ def main(argv=None):
         p.add_argument("checkpoint", help="a .safetensors file, or a run or checkpoints/step_* directory")
         p.add_argument("--recipe", help="recipe whose task to use (default: the run's recipe.yaml beside the "
                                         "checkpoint, else the recipe recorded in it)")
-        p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+        p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override data.* or task_args.* of the recipe, e.g. data.eval_limit=500")
         p.set_defaults(fn=fn)
     p.add_argument("--probe", action="append", required=True, metavar="GLOB[=EST,...]",
                    help="probe points or parameters by glob, with estimators and their arguments (YAML values), "

@@ -120,7 +120,20 @@ class _BestSelector:
         if better and value == value:  # NaN is never best
             self.best = value
             save_checkpoint(model, self.out / "best.safetensors", extra_metadata={"recipe": self.recipe_name})
-            _write_text(self.out / "best.json", json.dumps(row, indent=2))
+            _write_text(self.out / "best.json", json_text(row, indent=2))
+
+
+def json_text(obj, indent: int | None = None) -> str:
+    """``obj`` as strict JSON, NaN and +-inf written as null (they are not JSON: jq, JavaScript and most JSON
+    Lines readers reject Python's bare ``NaN``), inside mappings and lists too."""
+    def finite(x):
+        if isinstance(x, float) and not math.isfinite(x):
+            return None
+        if isinstance(x, dict):
+            return {k: finite(v) for k, v in x.items()}
+        return [finite(v) for v in x] if isinstance(x, (list, tuple)) else x
+
+    return json.dumps(finite(obj), indent=indent, allow_nan=False)
 
 
 def _write_text(path: Path, text: str) -> None:
@@ -149,7 +162,7 @@ def _jsonl_to_csv(src: Path, dst: Path) -> None:
 
 def _append(path: Path, row: dict) -> None:
     with open(path, "a") as f:
-        f.write(json.dumps(row) + "\n")
+        f.write(json_text(row) + "\n")
 
 
 def _read_rows(path: Path) -> list[dict]:
@@ -335,7 +348,7 @@ def _fit(recipe: dict, cfg: dict, out: Path, resume: bool, d: Dist, task) -> dic
         rows = _read_rows(metrics_path) if start else []
         # the rows up to the checkpoint, less the final evaluation (always recomputed at the end)
         kept = [r for r in rows if r["step"] <= start and not (r["split"] == "eval" and r["step"] == steps)]
-        _write_text(metrics_path, "".join(json.dumps(r) + "\n" for r in kept))
+        _write_text(metrics_path, "".join(json_text(r) + "\n" for r in kept))
 
     selector = _BestSelector(cfg["select"], out, recipe["name"], start, d.main)
     print(f"[rank {d.rank}/{d.world}] {recipe['name']} on {d.device}, steps {start}..{steps}", file=sys.stderr)
@@ -425,5 +438,5 @@ def _fit(recipe: dict, cfg: dict, out: Path, resume: bool, d: Dist, task) -> dic
     _jsonl_to_csv(metrics_path, out / "metrics.csv")
     plot_metrics(metrics_path, out / "metrics.png")
     task.report(selector.model() or model, out)
-    _write_text(out / "summary.json", json.dumps(final, indent=2))
+    _write_text(out / "summary.json", json_text(final, indent=2))
     return final
