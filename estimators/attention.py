@@ -3,6 +3,7 @@ bound in terms of the spectral norm of the attention logits."""
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 
@@ -47,12 +48,13 @@ def attention_entropy_lower_bound(sigma: torch.Tensor | float, length: int) -> t
     Ent(A_i) >= log(1 + (T-1) beta) + sigma sqrt(T(T-1)) beta / (1 + (T-1) beta), beta = exp(-sigma sqrt(T/(T-1))).
     Tight: the entropy of one logit sigma sqrt(T/(T-1)) above T-1 equal ones. log T at sigma = 0, ~T sigma e^-sigma
     for large sigma. Elementwise over a tensor of sigmas."""
-    if length < 2:
-        raise ValueError(f"attention_entropy_lower_bound needs at least 2 tokens, got {length}")
+    if isinstance(length, bool) or not isinstance(length, numbers.Integral) or length < 2:
+        raise ValueError(f"attention_entropy_lower_bound needs an integer length >= 2 (tokens), got {length!r}")
     sigma = torch.as_tensor(sigma, dtype=torch.float64)
-    if (sigma < 0).any():
-        raise ValueError("sigma is a product of norms and must be >= 0")
+    if (sigma < 0).any() or sigma.isnan().any():
+        raise ValueError(f"sigma is a product of norms and must be >= 0 (not NaN), got {sigma}")
     gap = sigma * math.sqrt(length / (length - 1))
     beta = torch.exp(-gap)
     rest = (length - 1) * beta
-    return torch.log1p(rest) + gap * rest / (1 + rest)
+    # gap * rest -> 0 as sigma -> inf (inf * 0 would be NaN)
+    return torch.log1p(rest) + torch.where(rest > 0, gap * rest / (1 + rest), 0.0)

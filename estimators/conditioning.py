@@ -6,30 +6,29 @@ import torch
 from .estimator import Estimator
 
 
-def _ratio(s: torch.Tensor, s_min: torch.Tensor, size: int, eps: float) -> torch.Tensor:
-    """s_max / s_min of singular values s, inf when s_min <= s_max size eps (numpy's matrix_rank rule)."""
-    return torch.where(s_min <= s.max() * size * eps, torch.inf, s.max() / s_min)
-
-
-def _eps(dtype: torch.dtype) -> float:
-    return torch.finfo(dtype).eps if dtype.is_floating_point else torch.finfo(torch.float64).eps
+def _ratio(s: torch.Tensor, s_min: torch.Tensor, size: int) -> torch.Tensor:
+    """s_max / s_min of float64 singular values s, inf when s_min <= s_max size eps(float64) (numpy's
+    matrix_rank rule for the float64 SVD that computed them)."""
+    return torch.where(s_min <= s.max() * size * torch.finfo(torch.float64).eps, torch.inf, s.max() / s_min)
 
 
 def matrix_condition_number(w: torch.Tensor) -> torch.Tensor:
     """kappa(W) = s_max / s_min of W reshaped to 2-D (shape[0], rest), e.g. a conv kernel out x (in*kh*kw).
 
-    s_min is the min(m, n)-th singular value; inf when W is rank-deficient by numpy's matrix_rank rule,
-    s_min <= s_max max(m, n) eps(W's dtype) (so float32 rounding of an exactly singular matrix still gives
-    inf). Cost: one SVD, O(m n min(m, n)).
+    The kappa of W's values as given, whatever its dtype: the SVD runs in float64, and s_min is the
+    min(m, n)-th singular value; inf when W is singular to that precision (numpy's matrix_rank rule in
+    float64, s_min <= s_max max(m, n) eps(float64)). A matrix singular only up to its own dtype's rounding (a
+    float32 product of rank 2, a bfloat16 weight) gives a large finite kappa, of the order of 1/eps(dtype)
+    (1e7 for float32, 1e2 to 1e3 for bfloat16): beyond that a low-precision matrix cannot tell apart
+    ill-conditioned and singular. Cost: one SVD, O(m n min(m, n)).
     """
-    if w.dim() < 2:
-        raise ValueError(f"condition number needs a matrix (>= 2 dims), got shape {tuple(w.shape)}")
-    eps = _eps(w.dtype)
+    if w.dim() < 2 or w.numel() == 0:
+        raise ValueError(f"condition number needs a non-empty matrix (>= 2 dims), got shape {tuple(w.shape)}")
     w = w.detach().reshape(w.shape[0], -1).double()
     if not torch.isfinite(w).all():
         raise ValueError(f"condition number: the matrix has {int((~torch.isfinite(w)).sum())} NaN/inf entries")
     s = torch.linalg.svdvals(w)
-    return _ratio(s, s.min(), max(w.shape), eps).float()
+    return _ratio(s, s.min(), max(w.shape)).float()
 
 
 def covariance_condition_number(x: torch.Tensor, feature_dim: int = -1) -> torch.Tensor:
@@ -38,16 +37,19 @@ def covariance_condition_number(x: torch.Tensor, feature_dim: int = -1) -> torch
     The D features lie along ``feature_dim``, every other dim indexes samples: the default -1 suits
     channels-last tensors ((N, D), a sequence (B, T, D): B T samples); pass ``feature_dim=1`` for
     channels-first conv activations (N, C, H, W), whose N H W positions are then the samples of C channels.
-    inf when the covariance is singular, by numpy's matrix_rank rule on X_c: s_min <= s_max max(N, D)
-    eps(x's dtype) (a constant or linearly dependent feature, or N <= D). Bias: the sample covariance's
+    inf when the covariance is singular, by numpy's matrix_rank rule on X_c in float64: s_min <= s_max
+    max(N, D) eps(float64) (a constant or exactly dependent feature, or N <= D); as for
+    ``matrix_condition_number``, features dependent only up to x's own rounding give a large finite kappa,
+    here of the order of 1/eps(dtype)^2. Bias: the sample covariance's
     extreme eigenvalues spread with D/N, so kappa is biased high for N not much larger than D.
     Cost O(N D min(N, D))."""
     if not torch.is_tensor(x) or x.dim() == 0:
         raise ValueError(f"covariance condition number needs samples (N, ..., D), got {x!r}")
     if not -x.dim() <= feature_dim < x.dim():
         raise ValueError(f"feature_dim {feature_dim} is out of range for x of shape {tuple(x.shape)}")
-    eps = _eps(x.dtype)
     x = x.detach().movedim(feature_dim, -1)
+    if x.numel() == 0:
+        raise ValueError(f"covariance condition number: x is empty, shape {tuple(x.shape)}")
     x = x.reshape(-1, x.shape[-1]).double()
     n, d = x.shape
     if n < 2:
@@ -56,7 +58,7 @@ def covariance_condition_number(x: torch.Tensor, feature_dim: int = -1) -> torch
         raise ValueError(f"covariance condition number: x has {int((~torch.isfinite(x)).sum())} NaN/inf entries")
     s = torch.linalg.svdvals(x - x.mean(0))
     s_min = s.min() if n > d else s.new_zeros(())  # N <= D: rank(X_c) <= N - 1 < D
-    return (_ratio(s, s_min, max(n, d), eps) ** 2).float()
+    return (_ratio(s, s_min, max(n, d)) ** 2).float()
 
 
 def condition_number(of: str = "matrix", feature_dim: int | None = None) -> Estimator:

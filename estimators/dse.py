@@ -7,7 +7,7 @@ import torch
 
 from .estimator import Estimator, log_base
 from .paired import paired
-from .samples import as_samples, same_rows
+from .samples import as_samples, same_rows, squared_distances
 
 
 def diffusion_eigenvalues(x: torch.Tensor, sigma: float = 10.0) -> torch.Tensor:
@@ -16,7 +16,7 @@ def diffusion_eigenvalues(x: torch.Tensor, sigma: float = 10.0) -> torch.Tensor:
     if not sigma > 0:
         raise ValueError(f"sigma must be > 0, got {sigma!r}")
     x = as_samples(x, "x")
-    k = torch.exp(-torch.cdist(x, x).pow(2) / (2 * sigma ** 2))
+    k = torch.exp(-squared_distances(x) / (2 * sigma ** 2))
     d = k.sum(1).rsqrt()
     return torch.linalg.eigvalsh(d[:, None] * k * d[None, :])
 
@@ -33,6 +33,7 @@ def diffusion_spectral_entropy(x: torch.Tensor, sigma: float = 10.0, t: int = 1,
     """
     if not isinstance(t, int) or t < 1:
         raise ValueError(f"t must be a positive integer (diffusion time), got {t!r}")
+    x = as_samples(x, "x")  # before subsampling: a NaN row is an error, not a row that a draw may skip
     if max_samples is not None and x.shape[0] > max_samples:
         generator = torch.Generator().manual_seed(0) if generator is None else generator
         x = x[torch.randperm(x.shape[0], generator=generator)[:max_samples].to(x.device)]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Callable
 
 import torch
@@ -24,14 +25,58 @@ def unit_name(base: float | str) -> str:
     return "bits" if ln == math.log(2.0) else "nats" if ln == 1.0 else f"base-{base:g} units"
 
 
+def _whole(v, low: int = 1) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= low
+
+
+def _positive(v) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool) and v > 0  # inf allowed (alpha), NaN not
+
+
+# the settings that several estimators share, each checked when an estimator is built, not when data arrives
+_SETTINGS = {
+    "k": (_whole, "an integer >= 1"), "n_bins": (_whole, "an integer >= 1"), "t": (_whole, "an integer >= 1"),
+    "n_directions": (_whole, "an integer >= 1"), "variant": (lambda v: v in (1, 2) and not isinstance(v, bool), "1 or 2"),
+    "max_samples": (lambda v: v is None or _whole(v), "None or an integer >= 1"),
+    "sigma": (lambda v: v is None or _positive(v) and math.isfinite(v), "None or a finite number > 0"),
+    "alpha": (_positive, "a number > 0 (inf: the min-entropy)"), "radius": (lambda v: _positive(v) and math.isfinite(v),
+                                                                            "a finite number > 0"),
+}
+_SETTINGS["sigma_x"] = _SETTINGS["sigma_y"] = _SETTINGS["sigma"]
+
+
+_INTEGERS = ("k", "n_bins", "t", "n_directions", "variant", "max_samples")
+
+
+def check_settings(name: str, fn: Callable, settings: dict) -> dict:
+    """``settings`` with whole floats of integer settings as ints (``1e2`` from YAML); a clear error, naming the
+    estimator and the setting, for a shared setting out of range (``_SETTINGS``) or an unknown ``base``; a
+    tensor in a setting's place (``mi(x, y)``) says which function takes tensors."""
+    settings = {key: int(v) if key in _INTEGERS and isinstance(v, float) and v.is_integer() else v
+                for key, v in settings.items()}
+    for key, value in settings.items():
+        if key == "base":
+            try:
+                log_base(value)
+            except ValueError as err:
+                raise ValueError(f"{name}: {err}") from None
+        elif key in _SETTINGS and not _SETTINGS[key][0](value):
+            hint = (f"; {name} builds a probe estimator, whose settings are numbers: estimators."
+                    f"{getattr(fn, '__name__', name)}(x, ...) computes a value from tensors") if torch.is_tensor(value) else ""
+            raise ValueError(f"{name}: {key} must be {_SETTINGS[key][1]}, got "
+                             f"{'a tensor' if torch.is_tensor(value) else repr(value)}{hint}")
+    return settings
+
+
 class Estimator:
     """``fn(tensor, **kwargs)`` under a name; ``est(x)`` computes it directly, a Probe calls it on schedule.
 
-    ``fn`` returns a scalar tensor/float or a dict of them (e.g. one value per head).
+    ``fn`` returns a scalar tensor/float or a dict of them (e.g. one value per head). The shared settings
+    (k, n_bins, sigma, base, ...) are checked here, when the estimator is built.
     """
 
     def __init__(self, name: str, fn: Callable, **kwargs):
-        self.name, self.fn, self.kwargs = name, fn, kwargs
+        self.name, self.fn, self.kwargs = name, fn, check_settings(name, getattr(fn, "fn", fn), kwargs)
 
     def __call__(self, x: torch.Tensor):
         return self.fn(x, **self.kwargs)

@@ -50,6 +50,9 @@ def information_plane(model: nn.Module, x: torch.Tensor, y: torch.Tensor, points
     out = {}
     for name, t in layer_activations(model, x, points).items():
         t = t.float()
+        if not torch.isfinite(t).all():
+            raise ValueError(f"information_plane: layer {name!r} has {int((~torch.isfinite(t)).sum())} NaN/inf "
+                             "activations on these inputs (a diverged model?)")
         kw = dict(n_bins=n_bins, strategy=strategy, value_range=value_range, base=base)
         out[name] = {"I_XT": float(binned_mutual_information(t, x_symbols.to(t.device), **kw)),  # value_range: T's
                      "I_TY": float(binned_mutual_information(t, y.to(t.device), **kw))}

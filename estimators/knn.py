@@ -34,14 +34,17 @@ def _chunk_rows(n: int, chunk_size: int | None, device: torch.device, tensors: i
 
 
 def _distances(a: torch.Tensor, b: torch.Tensor, p: float) -> torch.Tensor:
-    """Minkowski-p distances between the rows of a (m, D) and b (n, D), shape (m, n).
+    """Minkowski-p distances between the rows of a (m, D) and b (n, D), shape (m, n), computed from the
+    differences, so a point is at exactly 0 from itself and from its copies. (For p = 2 cdist would otherwise
+    take the |a|^2 + |b|^2 - 2 a.b matmul form above 25 rows, whose rounding puts copies about 1e-8 apart: duplicate
+    checks and ties then fail silently. The exact form costs O(m n D) without BLAS: at D = 512 about 15x slower.)
 
     On CUDA the max-norm of up to 64 dimensions goes through ``_max_norm_by_dims``: torch.cdist's kernel for
     p != 2 gives every pair its own thread block, which is slow at small D. On CPU cdist is the faster one.
     """
     if p == float("inf") and a.device.type == "cuda" and a.shape[1] <= 64:
         return _max_norm_by_dims(a, b)
-    return torch.cdist(a, b, p=p)
+    return torch.cdist(a, b, p=p, compute_mode="donot_use_mm_for_euclid_dist")
 
 
 def _max_norm_by_dims(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -104,8 +107,9 @@ def kozachenko_leonenko_entropy(x: torch.Tensor, k: int = 3, metric: str = "eucl
     metric (pi^{d/2}/Gamma(d/2+1) euclidean, 2^d chebyshev). Differential entropy in nats (or ``base``).
     Bias: asymptotically unbiased; for finite N it overestimates in high dimension (the k-NN ball is not
     locally uniform): on a standard Gaussian with N = 2000, k = 3 the error is +0.1 nats at d = 10, +1.0 at
-    d = 20 and +6.3 at d = 50. Duplicate points (r_i = 0) are an error: the density is not continuous there. So
-    are constant columns: X then has no density in R^d, and its differential entropy is -inf (drop them).
+    d = 20 and +6.3 at d = 50. A point whose k-th neighbour is a copy of it (r_i = 0: more than k copies) is an
+    error, since the density is not continuous there; fewer than k+1 copies give a finite value (the k-th
+    neighbour is then a distinct point). So are constant columns: X then has no density in R^d, and its differential entropy is -inf (drop them).
     Cost O(N^2 d) brute force, about O(N log N) with the tree (``method``, see the module docstring).
     """
     if metric not in _METRICS:
@@ -166,7 +170,8 @@ def ksg_mutual_information(x: torch.Tensor, y: torch.Tensor, k: int = 3, variant
     coarser than the neighbour distances) stay biased, variant 1 upward (16 unstandardised +-1 units against
     binary labels: 1.47 nats, above H = log 2) and variant 2 downward: add noise below the grid step, or use a
     discrete estimator. Against discrete labels y with continuous x use variant 1: variant 2's -1/k term
-    assumes a continuous y and makes it low by exactly 1/k there.
+    assumes a continuous y and makes it low by exactly 1/k there. For the same reason a constant x (a dead
+    unit, every point tied in x) gives 0 under variant 1 but -1/k + 1/(N-1) under variant 2.
     Cost O(N^2 (D_x + D_y)), memory O(chunk_size * N) brute force (O(N) fused, on CUDA); about O(N log N) with the
     tree (``method``, see the module docstring).
     """

@@ -49,6 +49,9 @@ def local_complexity(model: nn.Module, x: torch.Tensor, radius: float = 0.1, n_d
     """
     if not torch.is_tensor(x) or x.dim() < 2:
         raise ValueError(f"x must be a batch of inputs (B, ...), got {tuple(x.shape) if torch.is_tensor(x) else x!r}")
+    if not torch.is_floating_point(x):
+        raise TypeError(f"local_complexity: x must be a floating tensor (the polytope's vertices x +- r q are not "
+                        f"{x.dtype} values), got {x.dtype}; pass x.float()")
     if not torch.isfinite(x).all():
         raise ValueError(f"x has {int((~torch.isfinite(x)).sum())} NaN/inf entries; local complexity needs finite inputs")
     if not radius > 0:

@@ -1,6 +1,7 @@
 """The largest Lyapunov exponent of a map, by Benettin's renormalised two-trajectory method (Benettin et al. 1980)."""
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import torch
@@ -23,6 +24,11 @@ def largest_lyapunov_exponent(step: Callable[[torch.Tensor], torch.Tensor], z0: 
         raise ValueError(f"largest_lyapunov_exponent: z0 must be (batch, dims), got {tuple(z0.shape)}")
     if steps < 1 or transient < 0:
         raise ValueError(f"steps must be >= 1 and transient >= 0, got steps={steps}, transient={transient}")
+    if not torch.is_floating_point(z0):
+        raise TypeError(f"largest_lyapunov_exponent: z0 must be a floating tensor, got {z0.dtype}")
+    for name, value in (("dt", dt), ("delta", delta)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value > 0):
+            raise ValueError(f"largest_lyapunov_exponent: {name} must be a finite number > 0, got {value!r}")
     B = z0.shape[0]
     v = torch.randn(z0.shape, generator=torch.Generator().manual_seed(seed), dtype=z0.dtype).to(z0.device)
     pair = torch.cat([z0, z0 + delta * v / v.norm(dim=-1, keepdim=True)])

@@ -13,16 +13,12 @@ import torch
 
 from .estimator import Estimator, log_base
 from .paired import paired
-from .samples import as_samples, same_rows
+from .samples import as_samples, same_rows, squared_distances
 
 
 def _log_mean_kernel(a: torch.Tensor, b: torch.Tensor, sigma: float) -> torch.Tensor:
     """log mean_ij exp(-|a_i - b_j|^2 / (2 sigma^2)), by logsumexp: finite however far apart a and b are."""
-    return torch.logsumexp((-_sq_dists(a, b) / (2 * sigma ** 2)).flatten(), 0) - math.log(a.shape[0] * b.shape[0])
-
-
-def _sq_dists(x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-    return torch.cdist(x, x if y is None else y).pow(2)
+    return torch.logsumexp((-squared_distances(a, b) / (2 * sigma ** 2)).flatten(), 0) - math.log(a.shape[0] * b.shape[0])
 
 
 def _sigma(d2: torch.Tensor, sigma: float | None) -> float:
@@ -38,7 +34,7 @@ def _sigma(d2: torch.Tensor, sigma: float | None) -> float:
 
 def gram_matrix(x: torch.Tensor, sigma: float | None = None) -> torch.Tensor:
     """Gaussian Gram matrix of the rows of x (N, ...), float64."""
-    d2 = _sq_dists(as_samples(x, "x"))
+    d2 = squared_distances(as_samples(x, "x"))
     return torch.exp(-d2 / (2 * _sigma(d2, sigma) ** 2))
 
 
@@ -106,7 +102,7 @@ def cauchy_schwarz_divergence(x: torch.Tensor, y: torch.Tensor, sigma: float | N
     x, y = as_samples(x, "x"), as_samples(y, "y")
     if x.shape[1] != y.shape[1]:
         raise ValueError(f"x and y must have the same feature dims, got {x.shape[1]} and {y.shape[1]}")
-    s = _sigma(_sq_dists(torch.cat([x, y])), None) if sigma is None else _sigma(torch.ones(1, 1), sigma)
+    s = _sigma(squared_distances(torch.cat([x, y])), None) if sigma is None else _sigma(torch.ones(1, 1), sigma)
 
     d = _log_mean_kernel(x, x, s) + _log_mean_kernel(y, y, s) - 2 * _log_mean_kernel(x, y, s)
     return (d / log_base(base)).float()

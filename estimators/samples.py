@@ -1,4 +1,5 @@
-"""Input checking shared by the sample-based estimators: tensors of samples become (N, D) floating matrices."""
+"""Input checking shared by the sample-based estimators: tensors of samples become (N, D) floating matrices; and
+their pairwise squared distances."""
 from __future__ import annotations
 
 import torch
@@ -20,7 +21,16 @@ def as_samples(x: torch.Tensor, name: str, dtype: torch.dtype = torch.float64, m
         bad = ~torch.isfinite(x)
         if bad.any():
             raise ValueError(f"{name} has {int(bad.sum())} NaN/inf entries (of {x.numel()}); estimators need finite samples")
-    return x.to(dtype)
+    return x.to(dtype).contiguous()  # one memory layout: results do not depend on the input's strides
+
+
+def squared_distances(x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+    """|x_i - y_j|^2 (N, M) by the matmul form (fast at any D), never negative; for y = None (x against itself)
+    the diagonal is exactly 0, so a kernel exp(-d^2 / (2 sigma^2)) has K_ii = 1 at any sigma."""
+    d2 = torch.cdist(x, x if y is None else y).pow_(2)
+    if y is None:
+        d2.diagonal().zero_()
+    return d2
 
 
 def same_rows(x: torch.Tensor, y: torch.Tensor, names: str = "x and y") -> None:

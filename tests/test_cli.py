@@ -213,7 +213,7 @@ def test_an_estimator_error_names_the_point_and_two_variable_advice_names_the_fl
     small = ["--recipe", "alrnn-lorenz63", "--set", "data.train_steps=2000", "--set", "data.test_steps=1500",
              "--batch", "8"]
     err = _error(capsys, ["estimate", str(path), *small, "--probe", "cell.*=condition_number"])
-    assert "error: cell.A: condition_number_matrix: condition number needs a matrix" in err
+    assert "error: cell.A: condition_number_matrix: condition number needs a non-empty matrix" in err
     err = _error(capsys, ["estimate", str(path), *small, "--probe", "z=ksg_mi"])
     assert "ksg_mi is a two-variable estimator: pass --target KEY (this batch holds: x)" in err
 

@@ -1,5 +1,6 @@
 """Representation diagnostics: attention entropy, effective rank, feature count, local complexity, conditioning."""
 import math
+import re
 
 import pytest
 import torch
@@ -53,7 +54,7 @@ def test_attention_entropy_lower_bound_is_tight_and_holds_for_random_logits():
             p = logits.softmax(-1)
             slack.append(float((-torch.special.xlogy(p, p).sum(-1) - attention_entropy_lower_bound(sigma, T)).min()))
     assert min(slack) > -1e-12
-    with pytest.raises(ValueError, match="2 tokens"):
+    with pytest.raises(ValueError, match="integer length >= 2"):
         attention_entropy_lower_bound(1.0, 1)
 
 
@@ -168,20 +169,67 @@ def test_local_complexity_rejects_bad_input():
             local_complexity(net, torch.tensor([[0.0, bad]]))
     with pytest.raises(ValueError, match="no known kinks"):
         local_complexity(_identity_then(nn.GELU()), torch.zeros(1, 2), activations=(nn.GELU,))
+    with pytest.raises(TypeError, match="floating tensor"):  # integer vertices would truncate the polytope to x
+        local_complexity(net, torch.zeros(1, 2, dtype=torch.int64))
+
+
+def test_attention_entropy_lower_bound_limits_and_bad_arguments():
+    assert attention_entropy_lower_bound(math.inf, 10).item() == 0.0  # the sigma -> inf limit, not inf * 0
+    for sigma, length in ((math.nan, 10), (-1.0, 10), (1.0, 2.5), (1.0, 1), (1.0, True)):
+        with pytest.raises(ValueError):
+            attention_entropy_lower_bound(sigma, length)
+
+
+def test_estimator_settings_are_checked_when_the_estimator_is_built():
+    from estimators import make_estimator, mi
+
+    x = torch.randn(10, 2)
+    for spec, message in (({"ksg_mi": {"target": x, "k": -1}}, "ksg1_mi: k must be an integer >= 1, got -1"),
+                          ({"binned_entropy": {"n_bins": 0}}, "binned_entropy: n_bins must be an integer >= 1"),
+                          ({"dse": {"sigma": -1}}, "dse: sigma must be None or a finite number > 0"),
+                          ({"renyi_entropy": {"alpha": math.nan}}, "alpha must be a number > 0"),
+                          ({"knn_entropy": {"base": "foo"}}, "knn_entropy: base must be"),
+                          ({"ksg_mi": {"target": x, "variant": 3}}, "variant must be 1 or 2")):
+        with pytest.raises(ValueError, match=re.escape(message)):
+            make_estimator(spec)
+    with pytest.raises(ValueError, match=r"got a tensor; .*estimators.ksg_mutual_information\(x, ...\) computes"):
+        mi(x, x)  # a value needs the function, not the probe estimator's factory
+    assert make_estimator({"knn_entropy": {"k": 5.0}}).kwargs["k"] == 5  # a whole float from YAML (5e0)
 
 
 def test_condition_numbers_are_inf_for_singular_matrices_and_covariances():
     g = torch.Generator().manual_seed(0)
-    w = torch.randn(6, 2, generator=g) @ torch.randn(2, 5, generator=g)  # float32 product of rank 2
-    assert matrix_condition_number(w).item() == math.inf
+    a, b = torch.randn(6, 2, generator=g, dtype=torch.float64), torch.randn(2, 5, generator=g, dtype=torch.float64)
+    assert matrix_condition_number(a @ b).item() == math.inf  # rank 2 up to float64 rounding
     assert matrix_condition_number(torch.zeros(3, 3)).item() == math.inf
-    assert matrix_condition_number(w.double() + torch.eye(6, 5, dtype=torch.float64)).item() < 1e3
-    for dtype in (torch.float32, torch.float64):  # the sum is rounded in dtype: dependent up to dtype's eps
+    assert matrix_condition_number(a @ b + torch.eye(6, 5, dtype=torch.float64)).item() < 1e3
+    # rank 2 only up to float32's rounding: a large finite kappa, of the order of 1/eps(float32)
+    assert 1e5 < matrix_condition_number((a @ b).float()).item() < math.inf
+    for dtype in (torch.float32, torch.float64):
         x = torch.randn(500, 3, generator=g, dtype=dtype)
-        for singular in (torch.cat([x, x[:, :1] + x[:, 1:2]], 1), torch.cat([x, torch.full_like(x[:, :1], 2.0)], 1),
-                         x[:3], x[:2]):  # dependent, constant, N = D, N < D
+        for singular in (torch.cat([x, torch.full_like(x[:, :1], 2.0)], 1), x[:3], x[:2]):  # constant, N = D, N < D
             assert covariance_condition_number(singular).item() == math.inf
+        dependent = covariance_condition_number(torch.cat([x, x[:, :1] + x[:, 1:2]], 1)).item()  # sum rounded in dtype
+        assert dependent == math.inf if dtype == torch.float64 else 1e10 < dependent < math.inf
     assert covariance_condition_number(torch.randn(5, 4, generator=g)).item() < math.inf
+    for bad in (torch.empty(0, 3), torch.empty(3, 0)):
+        with pytest.raises(ValueError, match="empty"):
+            matrix_condition_number(bad)
+        with pytest.raises(ValueError, match="empty"):
+            covariance_condition_number(bad)
+
+
+def test_condition_numbers_of_low_precision_tensors_are_those_of_their_values():
+    """A bfloat16 or float16 tensor's kappa is that of its values (the SVD runs in float64): the identity has
+    kappa 1, not inf from a singularity threshold scaled by bfloat16's eps."""
+    g = torch.Generator().manual_seed(0)
+    for dtype in (torch.bfloat16, torch.float16):
+        assert matrix_condition_number(torch.eye(256, dtype=dtype)).item() == 1.0
+        w, x = torch.randn(512, 64, generator=g).to(dtype), torch.randn(4096, 16, generator=g).to(dtype)
+        assert matrix_condition_number(w).item() == pytest.approx(matrix_condition_number(w.double()).item(), rel=1e-6)
+        assert covariance_condition_number(x).item() == pytest.approx(
+            covariance_condition_number(x.double()).item(), rel=1e-6)
+        assert covariance_condition_number(x).item() < 2
 
 
 def test_covariance_condition_number_and_feature_count_of_channels_first_tensors():

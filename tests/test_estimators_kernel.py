@@ -144,3 +144,19 @@ def test_dse_subsampling_leaves_the_global_rng_alone():
     assert diffusion_spectral_entropy(x, sigma=1.0, max_samples=100).item() == first  # reproducible
     other = diffusion_spectral_entropy(x, sigma=1.0, max_samples=100, generator=torch.Generator().manual_seed(7)).item()
     assert torch.equal(torch.get_rng_state(), state) and other != first
+
+
+def test_kernel_estimators_keep_k_ii_one_at_any_sigma():
+    """The Gram matrix's distance of a point to itself is exactly 0 (cdist's matmul form gives ~1e-8 above 25
+    rows), so the sigma -> 0 limits hold: log2 N for the Renyi entropy, and P = I for the diffusion operator."""
+    x = torch.randn(60, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    assert matrix_renyi_entropy(x, sigma=1e-9).item() == pytest.approx(math.log2(60), abs=1e-6)
+    assert diffusion_spectral_entropy(x, sigma=1e-9).item() == pytest.approx(math.log2(60), abs=1e-6)
+    assert (x * 1e4).shape and matrix_renyi_entropy(x * 1e4, sigma=1e-5).item() == pytest.approx(math.log2(60), abs=1e-6)
+
+
+def test_dse_checks_every_row_before_subsampling():
+    x = torch.randn(300, 3)
+    x[5, 0] = float("nan")
+    with pytest.raises(ValueError, match="NaN/inf"):
+        diffusion_spectral_entropy(x, max_samples=100)

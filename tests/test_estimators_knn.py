@@ -326,3 +326,29 @@ def test_max_norm_by_dims_equals_cdist_exactly(dims):
     g = torch.Generator().manual_seed(dims)
     a, b = torch.randn(37, dims, generator=g, dtype=torch.float64), torch.randn(53, dims, generator=g, dtype=torch.float64)
     assert torch.equal(_max_norm_by_dims(a, b), torch.cdist(a, b, p=float("inf")))
+
+
+def test_euclidean_neighbours_are_exact_above_the_row_count_where_cdist_switches_to_a_matmul():
+    """torch.cdist's matmul form (above 25 rows) puts copies about 1e-8 apart; the estimators' distances are
+    exact, so a copy is at distance 0: KL entropy sees the duplicate, and KSG's euclidean counts stay finite and
+    treat ties as the max-norm does on a grid."""
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(300, 3, generator=g, dtype=torch.float64)
+    x[0] = x[1]
+    for method in ("tree", "brute"):
+        with pytest.raises(ValueError, match="duplicate"):
+            kozachenko_leonenko_entropy(x, k=1, method=method)
+    xc, yc = torch.randn(300, 2, generator=g, dtype=torch.float64), torch.randn(300, 2, generator=g, dtype=torch.float64)
+    xc[:10], yc[:10] = xc[10:20], yc[10:20]
+    assert math.isfinite(ksg_mutual_information(xc, yc, metric="euclidean", k=1).item())
+    grid = torch.randint(0, 5, (400, 1), generator=g).double()  # 1-D: both norms are |x_i - x_j|
+    label = (grid + torch.randint(0, 2, (400, 1), generator=g)).double()
+    for variant in (1, 2):
+        euclid = ksg_mutual_information(grid, label, variant=variant, metric="euclidean", method="brute").item()
+        assert euclid == ksg_mutual_information(grid, label, variant=variant, metric="chebyshev", method="brute").item()
+
+
+def test_a_constant_variable_gives_zero_under_ksg1_and_minus_one_over_k_under_ksg2():
+    y = torch.randn(500, 1, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    assert ksg_mutual_information(torch.zeros(500, 1), y, variant=1).item() == pytest.approx(0, abs=1e-6)
+    assert ksg_mutual_information(torch.zeros(500, 1), y, k=3, variant=2).item() == pytest.approx(-1 / 3 + 1 / 499, abs=1e-6)

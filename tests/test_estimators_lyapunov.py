@@ -49,5 +49,10 @@ def test_lorenz63_flow_and_a_stable_linear_map():
 def test_bad_inputs():
     with pytest.raises(ValueError, match="z0 must be"):
         largest_lyapunov_exponent(lambda z: z, torch.ones(3), steps=10)
+    with pytest.raises(TypeError, match="z0 must be a floating tensor"):
+        largest_lyapunov_exponent(lambda z: z, torch.ones(1, 2, dtype=torch.int64), steps=10)
+    for setting in ({"delta": -1e-8}, {"delta": 0.0}, {"dt": 0}, {"dt": -1.0}, {"dt": math.inf}, {"delta": math.nan}):
+        with pytest.raises(ValueError, match=f"{next(iter(setting))} must be a finite number > 0"):
+            largest_lyapunov_exponent(lambda z: z, torch.ones(1, 2), steps=10, **setting)
     with pytest.raises(FloatingPointError, match="diverged or merged"):
         largest_lyapunov_exponent(lambda z: z * 1e200, torch.ones(1, 2, dtype=torch.float64), steps=10)
