@@ -52,6 +52,9 @@ def attention_logit_norms(attn: nn.Module, x: torch.Tensor) -> tuple[torch.Tenso
     if not isinstance(attn.q_norm, nn.Identity) or not isinstance(attn.k_norm, nn.Identity):
         raise ValueError("attention_logit_norms: the bound is for plain bilinear logits; this attention normalises q/k")
     qkv = attn.qkv
+    if x.dim() != 3 or x.shape[-1] != qkv.in_features:
+        raise ValueError(f"attention_logit_norms: x must be the attention's input tokens (B, N, {qkv.in_features}), "
+                         f"got {tuple(x.shape)}")
     # a sigmaReparam qkv: W_hat from the stored u, v (its reparametrized_weight() would run a power iteration in
     # training mode, and this only reads)
     weight = qkv.folded_weight() if hasattr(qkv, "folded_weight") else qkv.weight

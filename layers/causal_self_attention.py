@@ -40,8 +40,14 @@ class CausalSelfAttention(nn.Module):
         q, k, v = self.qkv(x).view(B, T, 3, self.n_heads, self.d_head).permute(2, 0, 3, 1, 4)
         if cache is not None:
             k, v = cache.update(k, v, layer_idx)
-        if mask is None and k.shape[2] != T:
-            raise ValueError(f"CausalSelfAttention: {k.shape[2] - T} cached positions need an explicit mask")
+        S = k.shape[2]
+        if mask is None and S != T:
+            raise ValueError(f"CausalSelfAttention: {S - T} cached positions need an explicit mask")
+        if mask is not None and (mask.dtype != torch.bool or mask.dim() != 4 or mask.shape[0] not in (1, B)
+                                 or mask.shape[1] not in (1, self.n_heads) or mask.shape[2:] != (T, S)):
+            # SDPA would add a float mask to the scores as a bias: a 0/1 mask would then mask nothing
+            raise ValueError(f"CausalSelfAttention: mask must be a bool tensor (B or 1, 1, {T}, {S}), True = may "
+                             f"attend, with the causal part included; got {mask.dtype} {tuple(mask.shape)}")
         causal = mask is None
         if self.probs._forward_hooks:
             allowed = torch.ones(T, T, dtype=torch.bool, device=x.device).tril() if causal else mask

@@ -27,7 +27,7 @@ class EquivariantConvolution(nn.Module):
         super().__init__()
         in_lmax = lmax if in_lmax is None else in_lmax
         self.irreps, self.irreps_in = sphere_irreps(channels, lmax), sphere_irreps(channels, in_lmax)
-        self.in_dim = self.irreps_in.dim  # a plain int: forward never touches e3nn's Irreps (torch.compile)
+        self.in_dim, self.feature_dim = self.irreps_in.dim, self.irreps.dim  # plain ints: forward never touches e3nn's Irreps
         self.sh = o3.SphericalHarmonics(sphere_irreps(1, sh_lmax), normalize=True, normalization="component")
         self.linear_up = OrderwiseLinear(self.irreps_in, self.irreps_in)
         self.tp = EdgeTensorProduct(channels, in_lmax, sh_lmax, lmax)
@@ -45,6 +45,11 @@ class EquivariantConvolution(nn.Module):
         """h (N, irreps), edge_index (2, E) receiver/sender, vectors (E, 3). A stack of convolutions shares one
         evaluation of what depends only on the edges: ``sh`` = ``self.sh(vectors)`` and ``radial_features`` =
         ``self.radial.features(|vectors|)`` (equal for radial functions of the same kind, cutoff and basis size)."""
+        if h.dim() != 2 or h.shape[1] != self.feature_dim:
+            raise ValueError(f"EquivariantConvolution: h must be (N, {self.feature_dim}) (the irreps {self.irreps}), got {tuple(h.shape)}")
+        if edge_index.dim() != 2 or edge_index.shape[0] != 2 or vectors.shape != (edge_index.shape[1], 3):
+            raise ValueError(f"EquivariantConvolution: edge_index must be (2, E) and vectors (E, 3) for the same E, got "
+                             f"{tuple(edge_index.shape)} and {tuple(vectors.shape)}")
         i, j = edge_index
         sh = self.sh(vectors) if sh is None else sh
         if radial_features is None:

@@ -18,6 +18,9 @@ def sphere_irreps(channels: int, lmax: int) -> o3.Irreps:
 
 def to_channels(x: torch.Tensor, channels: int, lmax: int) -> torch.Tensor:
     """(N, C * (L+1)^2) in e3nn layout -> (N, C, (L+1)^2): one spherical-harmonic vector per channel."""
+    if x.dim() != 2 or x.shape[1] != channels * (lmax + 1) ** 2:
+        raise ValueError(f"expected features (N, {channels * (lmax + 1) ** 2}) = (N, C (L+1)^2) for C={channels}, "
+                         f"L={lmax}, got {tuple(x.shape)}")
     blocks, start = [], 0
     for l in range(lmax + 1):
         size = channels * (2 * l + 1)

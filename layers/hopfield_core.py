@@ -18,6 +18,8 @@ def hopfield_energy(state: torch.Tensor, stored: torch.Tensor, beta: float) -> t
     Its minimisation by the concave-convex procedure gives the update rule xi <- X softmax(beta X^T xi).
     """
     n = stored.shape[-2]
+    if n == 0:
+        raise ValueError(f"hopfield_energy: no stored patterns, shape {tuple(stored.shape)}")
     lse = torch.logsumexp(beta * (stored @ state.unsqueeze(-1)).squeeze(-1), dim=-1)
     big_m = stored.norm(dim=-1).amax(dim=-1)
     return -lse / beta + 0.5 * (state * state).sum(-1) + math.log(n) / beta + 0.5 * big_m ** 2
@@ -144,6 +146,9 @@ class HopfieldCore(nn.Module):
         if x.dim() != 3 or (width is not None and x.shape[-1] != width):
             want = f"(batch, length, {width})" if width is not None else "(batch, length, features)"
             raise ValueError(f"Hopfield: {arg} must have shape {want}, got {tuple(x.shape)}")
+        if arg == "stored pattern" and x.shape[1] == 0:
+            raise ValueError(f"Hopfield: no stored patterns (length 0, shape {tuple(x.shape)}): a state pattern has "
+                             "nothing to associate with")
 
     def _heads(self, x: torch.Tensor, proj, arg: str, width: int | None) -> torch.Tensor:
         """(B, n, width) -> (B, H, n, d): projected and split into heads, or (static) shared by every head."""
@@ -154,7 +159,7 @@ class HopfieldCore(nn.Module):
 
     def _split(self, x: torch.Tensor) -> torch.Tensor:
         """(B, n, H * d) -> (B, H, n, d)."""
-        return x.view(*x.shape[:2], self.num_heads, -1).transpose(1, 2)
+        return x.view(*x.shape[:2], self.num_heads, x.shape[-1] // self.num_heads).transpose(1, 2)  # -1 fails at B = 0
 
     def _mask(self, key_padding_mask, attn_mask, b: int, l_: int, s: int, device):
         """One mask for (B, H, L, S) scores: bool (True = may associate) or float (added), or None.
@@ -253,7 +258,7 @@ class HopfieldCore(nn.Module):
             else:
                 scale = self.scaling
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, scale=scale)
-        out = out.transpose(1, 2).reshape(b, l_, -1)
+        out = out.transpose(1, 2).reshape(b, l_, out.shape[1] * out.shape[-1])
         if self.out_proj is not None:
             out = self.out_proj(out)
         return out, xi

@@ -40,10 +40,13 @@ class OrderwiseLinear(o3.Linear):
         for mul, ir in self.irreps_in:
             starts.append(starts[-1] + mul * ir.dim)
         self.input_slices = [(start, mul, ir.dim) for start, (mul, ir) in zip(starts, self.irreps_in)]  # plain ints
+        self.in_dim = starts[-1]
         self.output_dims = [ir.dim for _, ir in self.irreps_out]
 
     def blocks_of(self, x: torch.Tensor) -> list[torch.Tensor]:
         """e3nn's layout (N, irreps_in.dim) -> ``forward_blocks``' inputs: per output, (N, 2L+1, n_o, C_in)."""
+        if x.dim() != 2 or x.shape[1] != self.in_dim:
+            raise ValueError(f"OrderwiseLinear: expected features (N, {self.in_dim}) of {self.irreps_in}, got {tuple(x.shape)}")
         pieces = [x[:, start:start + mul * dim].reshape(-1, mul, dim).transpose(1, 2)
                   for start, mul, dim in self.input_slices]
         return [pieces[inputs[0]].unsqueeze(2) if len(inputs) == 1 else

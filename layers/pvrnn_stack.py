@@ -76,6 +76,8 @@ class SkewedStack:
     """
 
     def __init__(self, packed: PackedStack, T: int, B: int):
+        if T < 1 or B < 1:
+            raise ValueError(f"SkewedStack needs T >= 1 steps and B >= 1 sequences, got T={T}, B={B}")
         M, rate, lag = packed.M, packed.rate, packed.lag
         N, L = M.shape[0], len(packed.d_sizes)
         S = T + L - 1
@@ -114,6 +116,7 @@ class SkewedStack:
             not_first=[(waves[s] != self.lag_z).to(M.dtype).repeat(2) for s in range(L)],    # (2Z,) per early wave
             Wmu_t=packed.Wp[:Z].t(), Wsigma_t=packed.Wp[Z:].t(), bmu=packed.bp[:Z], bsigma=packed.bp[Z:])
 
+    @torch.no_grad()
     def run(self, u: torch.Tensor, h0: torch.Tensor, d0: torch.Tensor) -> None:
         """The recursion driven by u (B, T, N) (W_zd z_t plus the W_dd bias, levels concatenated) from the state
         (h0, d0), each (B, N), without autograd, into the frames (read them with ``d`` and ``state_at``)."""
@@ -141,6 +144,7 @@ class SkewedStack:
         else:
             torch.tanh(Xh[f], out=Xd[f])
 
+    @torch.no_grad()
     def run_prior(self, h0: torch.Tensor, d0: torch.Tensor, first: bool, eps: torch.Tensor | None) -> dict:
         """Generation, without autograd: the recursion driven by z sampled from each level's prior given its own
         d_{t-1} (held by the same frame as the step's other inputs),
@@ -237,9 +241,12 @@ def stack_recurrence(packed: PackedStack, u: torch.Tensor, h0: torch.Tensor, d0:
     """``SkewedStack`` under autograd: d (B, T, N) and the final h (B, N), differentiable in u, h0, d0 and
     the packed weights. Same values and gradients as stepping ``PVRNNLayer.integrate`` level by level (tested)."""
     N = sum(packed.d_sizes)
-    if u.dim() != 3 or u.shape[-1] != N or h0.shape != (u.shape[0], N) or d0.shape != h0.shape:
-        raise ValueError(f"stack_recurrence: expected u (B, T, {N}) and h0, d0 (B, {N}), got "
+    if u.dim() != 3 or u.shape[-1] != N or u.shape[1] < 1 or h0.shape != (u.shape[0], N) or d0.shape != h0.shape:
+        raise ValueError(f"stack_recurrence: expected u (B, T >= 1, {N}) and h0, d0 (B, {N}), got "
                          f"{tuple(u.shape)}, {tuple(h0.shape)}, {tuple(d0.shape)}")
+    if not u.dtype == h0.dtype == d0.dtype == packed.M.dtype:
+        raise TypeError(f"stack_recurrence: u, h0, d0 and the packed weights must share a dtype, got {u.dtype}, "
+                        f"{h0.dtype}, {d0.dtype} and {packed.M.dtype}")
     return _StackRecurrence.apply(packed, u, h0, d0, packed.M)
 
 

@@ -16,9 +16,11 @@ class PolynomialEnvelope(nn.Module):
         self.cutoff, self.p = float(cutoff), int(p)
 
     def forward(self, r: torch.Tensor) -> torch.Tensor:
-        d, p = r / self.cutoff, self.p
+        # at least float32 inside: the polynomial cancels terms of size ~30 to reach values ~0.01 near the cutoff,
+        # which bfloat16 (8 bits) gets wrong by 0.1 or more
+        d, p = r.to(torch.promote_types(r.dtype, torch.float32)) / self.cutoff, self.p
         u = 1 - (p + 1) * (p + 2) / 2 * d**p + p * (p + 2) * d ** (p + 1) - p * (p + 1) / 2 * d ** (p + 2)
-        return torch.where(d < 1, u, torch.zeros_like(u))
+        return torch.where(d < 1, u, torch.zeros_like(u)).to(r.dtype)
 
 
 class SplineRadial(nn.Module):

@@ -79,6 +79,9 @@ def test_bad_inputs_get_errors_that_name_the_fix():
         m.n_step_prediction(x, 20)
     with pytest.raises(ValueError, match=r"\(time, N=3\) or \(batch, time, N=3\)"):
         m.n_step_prediction(x[0, 0], 1)
+    with pytest.raises(ValueError, match="at least one time step"):
+        m(x[:, :0])
+    assert m(x[:, :1]).shape == (2, 0, 3)  # one step: the initial state, nothing to predict
 
 
 def test_gtf_alpha_zero_is_free_running():

@@ -496,3 +496,45 @@ def test_compiled_model_gives_the_same_energy_and_forces():
     compiled = predict_with(torch.compile(m, dynamic=False), graph)
     torch.testing.assert_close(compiled["energy"], eager["energy"], rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(compiled["forces"], eager["forces"], rtol=1e-8, atol=1e-10)
+
+
+def test_layers_refuse_features_edges_and_graphs_that_do_not_fit():
+    """A wider feature vector, edge vectors that do not match the edge list, or indices out of range are errors,
+    not silently dropped columns and edges."""
+    import dataclasses
+
+    from layers import EquivariantConvolution
+
+    mix = SphericalGridMLP(4, 2)  # 4 channels x (0e + 1o + 2e): 36 features
+    with pytest.raises(ValueError, match=r"expected features \(N, 36\)"):
+        mix(torch.randn(3, 72))
+    linear = OrderwiseLinear(sphere_irreps(4, 1), sphere_irreps(4, 1))
+    with pytest.raises(ValueError, match=r"OrderwiseLinear: expected features \(N, 16\)"):
+        linear(torch.randn(3, 17))
+    conv = EquivariantConvolution(4, 1, 2, cutoff=3.0, knots=8)
+    h, edges, vectors = torch.randn(3, 16), torch.tensor([[0, 1, 2], [1, 2, 0]]), torch.randn(3, 3)
+    assert conv(h, edges, vectors).shape == (3, 16)
+    with pytest.raises(ValueError, match=r"h must be \(N, 16\)"):
+        conv(torch.randn(3, 20), edges, vectors)
+    with pytest.raises(ValueError, match="for the same E"):
+        conv(h, edges, vectors[:-1])
+    graph = graph_from_atoms([molecule("H2O")], 3.0)
+    for bad, message in ((dataclasses.replace(graph, edge_index=graph.edge_index + 3), "edge_index must index atoms 0..2"),
+                         (dataclasses.replace(graph, batch=graph.batch + 1), "batch must index the 1 cells")):
+        with pytest.raises(ValueError, match=message):
+            bad.validate()
+    with pytest.raises(ValueError, match="no structures"):
+        graph_from_atoms([], 3.0)
+    with pytest.raises(TypeError, match="Facet takes an AtomGraph"):
+        zoo.create_model("facet_small", **SMALL)(graph.positions)
+
+
+def test_bfloat16_envelope_and_stress():
+    """The envelope runs in at least float32 inside (its polynomial cancels terms of size ~30 near the cutoff),
+    and stress works in bfloat16 (the cell's determinant in float64)."""
+    env = PolynomialEnvelope(5.0)
+    r = torch.linspace(0, 6, 121)
+    assert (env(r.bfloat16()).float() - env(r)).abs().max() < 0.01
+    m = zoo.create_model("facet_small", **SMALL).to(torch.bfloat16)
+    out = m.predict(graph_from_atoms([bulk("Cu", "fcc", a=3.6)], 4.0, dtype=torch.bfloat16), stress=True)
+    assert out["stress"].dtype == torch.bfloat16 and torch.isfinite(out["stress"]).all()

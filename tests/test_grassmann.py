@@ -285,6 +285,12 @@ def test_attention_uses_sdpa_and_exposes_probabilities_only_when_probed():
     handle.remove()
     attn(x)
     assert len(seen) == 1
+    allowed = torch.ones(7, 7, dtype=torch.bool).tril()[None, None]
+    assert torch.allclose(attn(x, mask=allowed), y, atol=1e-6)
+    # SDPA adds a float mask to the scores: a 0/1 mask would let every token see the future, so it is refused
+    for bad in (allowed.float(), allowed[..., :6], allowed[0]):
+        with pytest.raises(ValueError, match=r"mask must be a bool tensor \(B or 1, 1, 7, 7\)"):
+            attn(x, mask=bad)
 
 
 def test_probe_attaches_to_pluecker_gate_and_attention_points():

@@ -126,8 +126,12 @@ def test_nli_head_trains_only_the_head_and_ignores_padding(name):
         frozen = {k: v.clone() for k, v in model.encoder.state_dict().items()}
     with pytest.raises(ValueError, match=r"input_ids must lie in \[0, vocab_size=100\)"):
         model(ids + 100)
-    with pytest.raises(ValueError, match=r"input_ids must be integer token ids \(batch, tokens >= 1\)"):
+    with pytest.raises(ValueError, match=r"input_ids must be integer token ids \(batch >= 1, tokens >= 1\)"):
         model(ids[0])
+    with pytest.raises(ValueError, match=r"input_ids must be integer token ids \(batch >= 1"):
+        model(ids[:0])
+    with pytest.raises(ValueError, match=r"rows \[1\] of attention_mask mask every token"):  # not constant logits
+        model(ids, torch.ones_like(ids).index_fill(0, torch.tensor([1]), 0))
     with pytest.raises(ValueError, match="attention_mask must have the shape of input_ids"):
         model(ids, mask)
     model.train()

@@ -9,6 +9,17 @@ import layers.hopfield_core as hopfield_core
 from estimators import Probe, entropy
 from layers import Hopfield, HopfieldLayer, HopfieldPooling, hopfield_energy
 
+
+def test_empty_batches_give_empty_outputs_and_empty_stored_sets_are_refused():
+    torch.manual_seed(0)
+    for layer, shape in ((Hopfield(input_size=8, num_heads=2), (0, 5, 8)), (HopfieldPooling(input_size=8, num_heads=2), (0, 8)),
+                         (HopfieldLayer(input_size=8, num_heads=2), (0, 5, 8))):
+        assert layer(torch.randn(0, 5, 8)).shape == shape
+    with pytest.raises(ValueError, match="no stored patterns"):
+        Hopfield(input_size=8, num_heads=2)(torch.randn(2, 0, 8))
+    with pytest.raises(ValueError, match="no stored patterns"):
+        hopfield_energy(torch.randn(3), torch.randn(0, 3), beta=1.0)
+
 NO_NORMS = {f"normalize_{w}{a}": False for w in ("stored_pattern", "state_pattern", "pattern_projection")
             for a in ("", "_affine")}
 STATIC = dict(stored_pattern_as_static=True, state_pattern_as_static=True, pattern_projection_as_static=True,

@@ -8,7 +8,7 @@ from torch.distributions import Normal, kl_divergence
 import zoo
 from estimators import Probe
 from estimators.estimator import Estimator
-from layers import PVRNNLayer, gaussian_kl
+from layers import PVRNNLayer, SkewedStack, gaussian_kl, stack_recurrence
 from train.data.pfsm import branch_probability, pfsm_sequences
 from weights import load_checkpoint, save_checkpoint
 
@@ -162,7 +162,6 @@ def test_error_regression_reduces_window_error_and_touches_only_the_window():
 def test_skewed_generation_matches_level_by_level_steps(noise):
     """Generation in the skewed stack (SkewedStack.run_prior) equals the differentiable level-by-level prior
     path in fp64 for a three-level stack, with and without the first step's N(0, I), with the same noise."""
-    from layers import SkewedStack
     from zoo.pvrnn import join_state
 
     torch.manual_seed(0)
@@ -331,6 +330,19 @@ def test_checkpoint_round_trip_keeps_adaptive_vectors(tmp_path):
 
 def test_bad_input_is_named():
     m = tiny()
+    with pytest.raises(ValueError, match="empty batch"):  # not a NaN mean
+        m.loss(torch.arange(0), torch.zeros(0, 10, m.config.out_size))
+    packed = m.packed()
+    N = sum(packed.d_sizes)
+    with pytest.raises(TypeError, match="share a dtype"):
+        stack_recurrence(packed, torch.zeros(1, 4, N, dtype=torch.float64), torch.zeros(1, N), torch.zeros(1, N))
+    with pytest.raises(ValueError, match="T >= 1"):
+        stack_recurrence(packed, torch.zeros(1, 0, N), torch.zeros(1, N), torch.zeros(1, N))
+    with pytest.raises(ValueError, match="T >= 1 steps"):
+        SkewedStack(packed, 0, 2)
+    stack = SkewedStack(packed, 4, 1)  # its runs need no autograd context of their own
+    stack.run(torch.zeros(1, 4, N), torch.zeros(1, N), torch.zeros(1, N))
+    assert stack.d().shape == (1, 4, N)
     with pytest.raises(ValueError, match="sequence ids"):
         m(torch.tensor([7]))
     with pytest.raises(ValueError, match="x must have shape"):

@@ -287,6 +287,9 @@ def test_attention_probe_reuses_the_blocks_qkv_so_a_probed_training_step_is_unch
     before = [b.clone() for b in model.buffers()]
     attention_logit_norms(model.blocks[0].attn, torch.randn(2, 17, 192))  # only reads u, v, in training mode too
     assert all(torch.equal(a, b) for a, b in zip(before, model.buffers()))
+    for bad in (torch.randn(2, 17, 10), torch.randn(17, 192)):  # other tokens than the attention takes
+        with pytest.raises(ValueError, match=r"x must be the attention's input tokens \(B, N, 192\)"):
+            attention_logit_norms(model.blocks[0].attn, bad)
 
 
 def test_zero_or_non_finite_weights_are_refused_before_anything_is_converted():

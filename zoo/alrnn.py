@@ -59,6 +59,8 @@ class ALRNN(nn.Module):
         z[:N] <- alpha x_t + (1 - alpha) z[:N]. The prediction itself is always the unforced one.
         """
         self._check(x, "x")
+        if x.shape[1] < 1:
+            raise ValueError(f"ALRNN: x needs at least one time step (the first is the initial state), got {tuple(x.shape)}")
         if forcing_interval < 1 or not 0.0 <= alpha <= 1.0:
             raise ValueError(f"forcing_interval must be >= 1 and alpha in [0, 1], got {forcing_interval}, {alpha}")
         forced = [t % forcing_interval == 0 for t in range(1, x.shape[1])]

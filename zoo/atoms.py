@@ -45,6 +45,15 @@ class AtomGraph:
                 problems.append(f"{name} must be a {kind} ({dims}) tensor, got {t.dtype} {tuple(t.shape)}")
         if problems:
             raise ValueError("AtomGraph: " + "; ".join(problems) + " (N atoms from numbers, E edges from edge_index)")
+        # indices in range, one host sync for both: a bad index would otherwise be an IndexError deep inside
+        g = self.cell.shape[0]
+        edges_ok, batch_ok = ((self.edge_index >= 0) & (self.edge_index < n)).all(), ((self.batch >= 0) & (self.batch < g)).all()
+        if not bool(edges_ok & batch_ok):
+            bad = [f"edge_index must index atoms 0..{n - 1}, got {int(self.edge_index.min())}..{int(self.edge_index.max())}"
+                   if not bool(edges_ok) else None,
+                   f"batch must index the {g} cells, got {int(self.batch.min())}..{int(self.batch.max())}"
+                   if not bool(batch_ok) else None]
+            raise ValueError("AtomGraph: " + "; ".join(b for b in bad if b))
 
     def to(self, device=None, dtype=None) -> "AtomGraph":
         """Move to ``device``; ``dtype`` converts the floating tensors (positions, cell, shifts)."""
@@ -87,6 +96,8 @@ def graph_from_atoms(structures, cutoff: float, dtype: torch.dtype = torch.float
     """One flat AtomGraph from a list of ``ase.Atoms`` (or a single one)."""
     if not isinstance(structures, (list, tuple)):
         structures = [structures]
+    if not structures:
+        raise ValueError("graph_from_atoms: no structures given (an empty list)")
     numbers, positions, cells, batch, edges, shifts, start = [], [], [], [], [], [], 0
     for g, atoms in enumerate(structures):
         pos = atoms.get_positions()

@@ -108,6 +108,9 @@ class Facet(nn.Module):
                              f"(Z={unseen}), for which its energies mean nothing")
 
     def _check(self, graph: AtomGraph) -> None:
+        if not isinstance(graph, AtomGraph):
+            raise TypeError(f"Facet takes an AtomGraph (zoo.atoms.graph_from_atoms(ase_atoms, cutoff)), got "
+                            f"{type(graph).__name__}")
         graph.validate()
         z = graph.numbers
         in_range = (z >= 1) & (z <= self.config.num_elements)
@@ -175,7 +178,7 @@ def predict_with(energy_model: nn.Module, graph: AtomGraph, stress: bool = False
         grads = torch.autograd.grad(energy.sum(), inputs, create_graph=training, allow_unused=True)
     out = {"energy": energy, "forces": -grads[0] if grads[0] is not None else torch.zeros_like(positions)}
     if stress:
-        volume = torch.linalg.det(graph.cell).abs()
+        volume = torch.linalg.det(graph.cell.double()).abs().to(graph.cell.dtype)  # det has no bf16/fp16 kernel
         d_strain = grads[1] if grads[1] is not None else torch.zeros_like(graph.cell)
         periodic = (volume > 0)[:, None, None]
         # divide by 1 where there is no cell, then mask: a NaN inside the division would reach every gradient

@@ -282,8 +282,8 @@ class NLIHeadForSequenceClassification(PreTrainedModel):
                 labels: torch.Tensor | None = None, return_dict: bool | None = None) -> SequenceClassifierOutput:
         """Class logits (B, num_labels) for token ids (B, T) of "[CLS] premise [SEP] hypothesis [SEP]"; with
         ``labels`` (B,) also the mean cross-entropy as ``loss``."""
-        if input_ids.dim() != 2 or input_ids.is_floating_point() or not input_ids.shape[1]:
-            raise ValueError(f"NLI head: input_ids must be integer token ids (batch, tokens >= 1), got "
+        if input_ids.dim() != 2 or input_ids.is_floating_point() or not input_ids.shape[0] or not input_ids.shape[1]:
+            raise ValueError(f"NLI head: input_ids must be integer token ids (batch >= 1, tokens >= 1), got "
                              f"{input_ids.dtype} {tuple(input_ids.shape)}")
         check_ids(input_ids, self.encoder.config.vocab_size)
         limit = getattr(self.encoder.config, "max_position_embeddings", None)
@@ -294,6 +294,9 @@ class NLIHeadForSequenceClassification(PreTrainedModel):
         elif attention_mask.shape != input_ids.shape:
             raise ValueError(f"NLI head: attention_mask must have the shape of input_ids {tuple(input_ids.shape)}, "
                              f"got {tuple(attention_mask.shape)}")
+        if not bool(attention_mask.bool().any(-1).all()):
+            rows = (~attention_mask.bool().any(-1)).nonzero().flatten().tolist()
+            raise ValueError(f"NLI head: rows {rows} of attention_mask mask every token; a pair needs at least one")
         with torch.no_grad():
             hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         x = self.proj(hidden)

@@ -55,8 +55,8 @@ class HopfieldMIL(nn.Module):
         self.head = nn.Linear(config.quantity * width, 1)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        if x.dim() != 3 or x.shape[-1] != self.config.in_features:
-            raise ValueError(f"HopfieldMIL: x must have shape (bags, instances, {self.config.in_features}), "
+        if x.dim() != 3 or x.shape[-1] != self.config.in_features or x.shape[1] == 0:
+            raise ValueError(f"HopfieldMIL: x must have shape (bags, instances >= 1, {self.config.in_features}), "
                              f"got {tuple(x.shape)}")
         empty = mask.all(-1) if mask is not None and mask.shape == x.shape[:2] else None
         if empty is not None and empty.any():

@@ -254,6 +254,8 @@ class PVRNN(nn.Module):
         """Mean over the batch of the objective for sequences ``ids`` (B,) with observations x (B, T, out_size).
         ``forward``: the module whose call runs the posterior unroll (default this model; the training loop passes
         its DistributedDataParallel or compiled wrapper)."""
+        if not len(ids):
+            raise ValueError("PVRNN.loss: an empty batch (no sequence ids) has no mean objective")
         if x.dim() != 3 or x.shape[0] != len(ids) or x.shape[-1] != self.config.out_size:
             raise ValueError(f"PVRNN.loss: x must have shape (len(ids)={len(ids)}, T, out_size={self.config.out_size}), "
                              f"got {tuple(x.shape)}")
@@ -320,7 +322,8 @@ class PVRNN(nn.Module):
 
     def error_regression(self, stream: torch.Tensor, window: int, iterations: int, lr: float = 0.1,
                          horizon: int = 1) -> dict:
-        """Online inference on unseen streams (B, T, out_size), all streams in lockstep.
+        """Online inference on unseen streams (B, T, out_size), all streams in lockstep (cast to the model's dtype and
+        device).
 
         At every step t >= window - 1 only the adaptive vectors of the window [t - window + 1, t] are
         optimised (Adam, ``iterations`` steps, the objective above restricted to the window, z sampled); the
