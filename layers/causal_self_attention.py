@@ -52,7 +52,8 @@ class CausalSelfAttention(nn.Module):
         if self.probs._forward_hooks:
             allowed = torch.ones(T, T, dtype=torch.bool, device=x.device).tril() if causal else mask
             scores = (q @ k.transpose(-1, -2)) / math.sqrt(self.d_head)
-            self.probs(scores.masked_fill(~allowed, float("-inf")).softmax(-1))
+            # a query with no allowed key gets zero probabilities, as SDPA gives it a zero output (not NaN)
+            self.probs(scores.masked_fill(~allowed, float("-inf")).softmax(-1).nan_to_num(0.0))
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=None if causal else mask, is_causal=causal,
                                            dropout_p=self.dropout if self.training else 0.0)
         return self.proj(y.transpose(1, 2).reshape(B, T, self.d_model))

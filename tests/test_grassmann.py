@@ -291,6 +291,13 @@ def test_attention_uses_sdpa_and_exposes_probabilities_only_when_probed():
     for bad in (allowed.float(), allowed[..., :6], allowed[0]):
         with pytest.raises(ValueError, match=r"mask must be a bool tensor \(B or 1, 1, 7, 7\)"):
             attn(x, mask=bad)
+    blind = allowed.clone()
+    blind[..., 3, :] = False  # query 3 may attend to nothing: zero probabilities, as SDPA's zero output
+    seen.clear()
+    attn.probs.register_forward_hook(lambda m, i, o: seen.append(o))
+    out = attn(x, mask=blind)
+    assert torch.equal(seen[0][:, :, 3], torch.zeros(2, 4, 7)) and torch.isfinite(seen[0]).all()
+    assert torch.allclose(out[:, 3], attn.proj.bias.expand(2, 16))
 
 
 def test_probe_attaches_to_pluecker_gate_and_attention_points():
