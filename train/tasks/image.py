@@ -88,6 +88,8 @@ class ImageClassificationTask(Task):
             self.folder.prefetch(batch["index"], batch["seed"])
 
     def loss(self, model, batch):
+        if "x" not in batch and self.folder.transforms is None:  # a batch outside training (zoo estimate --split train)
+            self.folder.configure(model)
         x = batch["x"] if "x" in batch else self.folder.train_images(batch["index"], batch["seed"]).to(batch["y"].device)
         logits = model(x).float()
         loss = F.cross_entropy(logits, batch["y"], label_smoothing=self.label_smoothing)
