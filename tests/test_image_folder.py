@@ -113,11 +113,17 @@ def test_zoo_eval_of_a_folder_checkpoint_needs_no_training_run(tmp_path, capsys)
           "--set", "data.workers=0"])
     out = json.loads(capsys.readouterr().out)
     assert sorted(out) == ["eval_acc", "eval_loss", "eval_top5"] and out["eval_top5"] == 1.0
-    # a training batch outside a run: the task sets up its transforms for the checkpoint's model itself
-    main(["estimate", str(tmp_path / "m.safetensors"), "--set", f"data.path={root}", "--set", "data.size=32",
-          "--set", "data.workers=0", "--split", "train", "--batch", "4", "--probe", "conv_head.weight=effective_rank"])
-    point, name, value = capsys.readouterr().out.split()
-    assert (point, name) == ("conv_head.weight", "effective_rank") and float(value) > 0
+    # batches outside a run, from val/ (the default) or train/: the task sets up the model's transforms itself
+    for split in ("held-out", "train"):
+        main(["estimate", str(tmp_path / "m.safetensors"), "--set", f"data.path={root}", "--set", "data.size=32",
+              "--set", "data.workers=0", "--split", split, "--batch", "4", "--probe", "conv_head.weight=effective_rank"])
+        point, name, value = capsys.readouterr().out.split()
+        assert (point, name) == ("conv_head.weight", "effective_rank") and float(value) > 0
+    task = make_task(load_recipe("mbv2-ca-finetune", [f"data.path={root}", "data.size=32", "data.workers=0"]))
+    batch = task.held_out_batch(100, torch.Generator().manual_seed(0))  # every val image once, no more
+    val = task.folder.splits["eval"].samples
+    assert sorted(batch["eval_index"].tolist()) == list(range(len(val)))
+    assert batch["y"].tolist() == [val[i][1] for i in batch["eval_index"].tolist()]
 
 
 @pytest.mark.parametrize("recipe_name, model_overrides", [

@@ -133,6 +133,18 @@ class ImageFolderData:
             return torch.stack(list(started))
         return self._images(self._train_jobs(index, seed))
 
+    def eval_sample(self, size: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        """``size`` examples of the evaluation split drawn without replacement (all of them if it holds fewer):
+        ``eval_index`` into the split and the labels ``y``; ``eval_images`` decodes them."""
+        samples = self.splits["eval"].samples
+        index = torch.randperm(len(samples), generator=generator)[:size]
+        return {"eval_index": index, "y": torch.tensor([samples[i][1] for i in index.tolist()])}
+
+    def eval_images(self, index: torch.Tensor) -> torch.Tensor:
+        """Images ``index`` of the evaluation split, with the evaluation transform."""
+        samples = self.splits["eval"].samples
+        return self._images([(samples[i][0], "eval", 0) for i in index.tolist()])
+
     def eval_chunks(self, chunk: int = 256, limit: int | None = None):
         """(x, y) chunks of the evaluation split in order, with the evaluation transform."""
         samples = self.splits["eval"].samples[:limit]

@@ -79,8 +79,8 @@ class ImageClassificationTask(Task):
         return draw_split(self.data, "train", size, generator)
 
     def held_out_batch(self, size, generator):
-        if self.dataset == "folder":
-            return super().held_out_batch(size, generator)
+        if self.dataset == "folder":  # from the evaluation split (val/)
+            return self.folder.eval_sample(size, generator)
         return draw_split(self.data, "test", size, generator)
 
     def prefetch(self, batch):
@@ -88,9 +88,13 @@ class ImageClassificationTask(Task):
             self.folder.prefetch(batch["index"], batch["seed"])
 
     def loss(self, model, batch):
-        if "x" not in batch and self.folder.transforms is None:  # a batch outside training (zoo estimate --split train)
-            self.folder.configure(model)
-        x = batch["x"] if "x" in batch else self.folder.train_images(batch["index"], batch["seed"]).to(batch["y"].device)
+        if "x" in batch:
+            x = batch["x"]
+        else:  # a folder's batch: decoded here, after the transforms are set up for this model (also outside a run)
+            if self.folder.transforms is None:
+                self.folder.configure(model)
+            x = (self.folder.eval_images(batch["eval_index"]) if "eval_index" in batch else
+                 self.folder.train_images(batch["index"], batch["seed"])).to(batch["y"].device)
         logits = model(x).float()
         loss = F.cross_entropy(logits, batch["y"], label_smoothing=self.label_smoothing)
         return loss, {"acc": float((logits.argmax(-1) == batch["y"]).float().mean())}
