@@ -178,6 +178,14 @@ def test_estimate_caps_the_batch_at_what_the_task_draws(pvrnn_run, capsys):
     assert capsys.readouterr().out == captured.out
 
 
+def test_eval_of_a_stochastic_model_repeats_the_runs_final_evaluation(pvrnn_run, capsys):
+    """PV-RNN's evaluation (error regression, generation) draws a fixed noise stream, so zoo eval gives the
+    numbers that the training run wrote."""
+    main(["eval", str(pvrnn_run)])
+    assert json.loads(capsys.readouterr().out) == {k: v for k, v in json.loads(
+        (pvrnn_run / "summary.json").read_text()).items() if k not in ("step", "split")}
+
+
 def test_eval_and_estimate_are_reproducible_for_a_stochastic_model(pvrnn_run, capsys):
     for argv in (["eval", str(pvrnn_run)],
                  ["estimate", str(pvrnn_run), "--probe", "levels.*.d=effective_rank", "--split", "train",

@@ -81,6 +81,11 @@ def test_resume_names_the_settings_that_changed_and_why_it_starts_over(tmp_path,
     assert "no checkpoint in" in capsys.readouterr().err
     fit(recipe, tmp_path / "run", resume=True)
     assert "train.ckpt_every is 0, so this recipe saves none); starting at step 0" in capsys.readouterr().err
+    done = load_recipe("alrnn-lorenz63", SMALL_DSR + ["train.steps=2", "train.ckpt_every=2"])
+    fit(done, tmp_path / "done")
+    capsys.readouterr()
+    fit(done, tmp_path / "done", resume=True)  # a finished run: says so, and evaluates again
+    assert "steps 2..2 (already complete: evaluating the final model again)" in capsys.readouterr().err
     longer = load_recipe("alrnn-lorenz63", SMALL_DSR + ["train.steps=3", "train.ckpt_every=0", "optim.lr=0.5"])
     with pytest.raises(ValueError, match=r"recipe.yaml: optim.lr: 0.001 -> 0.5; train.steps: 2 -> 3 \(saved -> now\)"):
         fit(longer, tmp_path / "run", resume=True)
@@ -221,6 +226,8 @@ def test_recipe_overrides_are_checked():
     assert recipe["train"]["steps"] == 7 and recipe["optim"]["lr"] == 0.5
     with pytest.raises(KeyError, match="unknown key"):
         apply_override(recipe, "train.stepz=3")
+    with pytest.raises(KeyError, match=r"'trian' is not a section of the recipe; did you mean 'train'\? \(sections: data"):
+        apply_override(recipe, "trian.steps=3")
     with pytest.raises(FileNotFoundError, match="alrnn-lorenz63"):
         load_recipe("alrnn-lorenz36")
     with pytest.raises(ValueError, match="key.path=value"):

@@ -351,7 +351,8 @@ def _fit(recipe: dict, cfg: dict, out: Path, resume: bool, d: Dist, task) -> dic
         _write_text(metrics_path, "".join(json_text(r) + "\n" for r in kept))
 
     selector = _BestSelector(cfg["select"], out, recipe["name"], start, d.main)
-    print(f"[rank {d.rank}/{d.world}] {recipe['name']} on {d.device}, steps {start}..{steps}", file=sys.stderr)
+    print(f"[rank {d.rank}/{d.world}] {recipe['name']} on {d.device}, steps {start}..{steps}"
+          + (" (already complete: evaluating the final model again)" if start == steps else ""), file=sys.stderr)
     eager_net = DistributedDataParallel(model) if d.world > 1 else model
     # train.compile compiles the training forward only; evaluation, probes' weights and checkpoints use ``model``.
     # A probed step runs eager: the probe adds and removes hooks, which a compiled graph may not see (on an H100

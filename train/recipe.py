@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import difflib
 import math
 import numbers
 import re
@@ -82,7 +83,10 @@ def apply_override(recipe: dict, assignment: str) -> dict:
     node = out
     for i, key in enumerate(keys[:-1]):
         if not isinstance(node.get(key), dict):
-            raise KeyError(f"override {path!r}: {'.'.join(keys[:i + 1])!r} is not a section of the recipe")
+            sections = sorted(k for k, v in node.items() if isinstance(v, dict))
+            close = difflib.get_close_matches(key, sections, n=1)
+            raise KeyError(f"override {path!r}: {'.'.join(keys[:i + 1])!r} is not a section of the recipe"
+                           + (f"; did you mean {close[0]!r}?" if close else "") + f" (sections: {', '.join(sections)})")
         node = node[key]
     free = keys[0] in ("model_args", "task_args", "data", "probe") or (len(keys) >= 2 and keys[0] in ("optim", "schedule"))
     if keys[-1] not in node and not free:

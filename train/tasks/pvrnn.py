@@ -86,7 +86,15 @@ class PVRNNTask(Task):
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module) -> dict[str, float]:
+        """Metrics from a fixed noise stream (torch's global RNG forked and seeded 0, then restored): the same
+        model gets the same numbers at the end of training and in ``zoo eval``, and evaluating leaves the
+        training run's RNG stream untouched."""
         device = model.out.weight.device
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(0)
+            return self._evaluate(model, device)
+
+    def _evaluate(self, model: nn.Module, device: torch.device) -> dict[str, float]:
         ids = torch.arange(self.n, device=device)
         x = self.train_x.to(device)
         rec, kl = model.elbo_terms(model(ids, noise=False), x)
