@@ -3,7 +3,7 @@ import os
 
 import pytest
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 import zoo
 from weights.checkpoint import atomic_write
@@ -87,6 +87,29 @@ def test_corrupt_and_missing_files_give_clear_errors(tmp_path):
     save_file({"w": torch.zeros(1)}, plain)
     with pytest.raises(CheckpointError, match="no paperzoo metadata"):
         load_checkpoint(plain)
+    good = save_checkpoint(zoo.create_model("tabular_mlp"), tmp_path / "good.safetensors")
+    state, meta = load_file(good), read_metadata(good)
+    for config, message in (("null", "must be a mapping"), (json.dumps({"in_features": -5}), "RuntimeError")):
+        save_file(state, tmp_path / "cfg.safetensors", metadata={**meta, "config": config})
+        with pytest.raises(CheckpointError, match=f"recorded config does not build 'tabular_mlp'.*{message}"):
+            load_checkpoint(tmp_path / "cfg.safetensors")
+    key = next(k for k, v in state.items() if v.is_floating_point())
+    save_file({**state, key: state[key] > 0}, tmp_path / "bool.safetensors", metadata=meta)  # values would become 0/1
+    with pytest.raises(CheckpointError, match=f"mis-typed keys \\(1\\): {key}: checkpoint torch.bool vs model torch.float32"):
+        load_checkpoint(tmp_path / "bool.safetensors")
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_a_model_saved_in_one_floating_dtype_loads_back_in_it(tmp_path, dtype):
+    m = zoo.create_model("tabular_mlp").to(dtype)
+    for p in m.parameters():
+        p.data.add_(torch.randn_like(p) * 1e-12 if dtype == torch.float64 else 0)  # digits float32 would lose
+    m2 = load_checkpoint(save_checkpoint(m, tmp_path / "m.safetensors"))
+    assert all(v.dtype == dtype and torch.equal(v, m.state_dict()[k]) for k, v in m2.state_dict().items())
+    x = torch.randn(4, 30, dtype=dtype)
+    assert torch.equal(m.eval()(x), m2.eval()(x))
+    into = load_into(zoo.create_model("tabular_mlp"), tmp_path / "m.safetensors")  # load_into keeps the model's dtype
+    assert next(into.parameters()).dtype == torch.float32
 
 
 def test_tied_weights_are_stored_once_and_restored(tmp_path):

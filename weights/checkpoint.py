@@ -122,8 +122,13 @@ def read_tensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{path} is not a readable safetensors file ({err})") from err
 
 
+def _kind(dtype: torch.dtype) -> str:
+    return "bool" if dtype == torch.bool else "complex" if dtype.is_complex else "float" if dtype.is_floating_point else "integer"
+
+
 def load_state_into(model: nn.Module, state: dict[str, torch.Tensor], source: str = "state dict") -> nn.Module:
-    """Copy ``state`` into ``model``; any missing, unexpected or mis-shaped key is one error naming them all.
+    """Copy ``state`` into ``model``; any missing, unexpected, mis-shaped or mis-typed key (an integer or bool tensor
+    for a floating one, or the reverse) is one error naming them all. Floating values take the model's dtype.
 
     A key may be absent when it is tied to (shares storage with) a key that is present. A submodule whose layout
     changed may define ``upgrade_state(state, prefix) -> state`` to rewrite older checkpoints' keys under its prefix.
@@ -144,9 +149,13 @@ def load_state_into(model: nn.Module, state: dict[str, torch.Tensor], source: st
     unexpected = [k for k in state if k not in own]
     misshaped = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
                  for k in state if k in own and state[k].shape != own[k].shape]
-    if missing or unexpected or misshaped:
+    # floating values may change precision (a bf16 file into a float32 model); other kinds may not be cast
+    mistyped = [f"{k}: checkpoint {state[k].dtype} vs model {own[k].dtype}"
+                for k in state if k in own and _kind(state[k].dtype) != _kind(own[k].dtype)]
+    if missing or unexpected or misshaped or mistyped:
         parts = [f"{source} does not match {type(model).__name__}"]
-        for label, items in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped)):
+        for label, items in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped),
+                             ("mis-typed", mistyped)):
             if items:  # every one by name: a converter's user fixes them from this message
                 parts.append(f"{label} keys ({len(items)}): {', '.join(items)}")
         raise CheckpointError("; ".join(parts))
@@ -164,7 +173,9 @@ def load_into(model: nn.Module, path: str | os.PathLike) -> nn.Module:
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> nn.Module:
-    """Rebuild the model recorded in the checkpoint's metadata and load its weights."""
+    """Rebuild the model recorded in the checkpoint's metadata and load its weights. A file whose floating tensors
+    share one dtype (a bf16 or float64 model saved as such) gives the model in that dtype; a file of mixed floating
+    dtypes gives the model in the dtypes it is built with, each value cast to them."""
     from zoo._registry import build, config_from_dict
 
     meta = read_metadata(path)
@@ -172,9 +183,15 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         raise CheckpointError(f"{path} has no paperzoo metadata (model name, config); build the model yourself "
                               "and use weights.load_into(model, path)")
     try:
-        config = config_from_dict(meta["model"], json.loads(meta["config"]))
-    except (KeyError, TypeError, ValueError) as err:  # json.JSONDecodeError is a ValueError
+        recorded = json.loads(meta["config"]) if "config" in meta else None
+        if not isinstance(recorded, dict):
+            raise TypeError(f"the recorded config must be a mapping of settings, got {recorded!r}")
+        model = build(meta["model"], config_from_dict(meta["model"], recorded))
+    except (KeyError, TypeError, ValueError, RuntimeError) as err:  # json.JSONDecodeError is a ValueError
         raise CheckpointError(f"{path} (written by paperzoo {meta.get('paperzoo')}): its recorded config does not "
                               f"build {meta['model']!r}: {type(err).__name__}: {err}") from err
-    model = build(meta["model"], config)
-    return load_into(model, path).to(map_location)
+    state = read_tensors(path)
+    saved = {t.dtype for t in state.values() if t.is_floating_point()}
+    if len(saved) == 1:
+        model.to(saved.pop())
+    return load_state_into(model, state, source=str(path)).to(map_location)
