@@ -60,6 +60,22 @@ def test_equal_content_gives_equal_bytes(tmp_path):
     assert _same_outputs(m, load_checkpoint(tmp_path / "m0.safetensors"))
 
 
+def test_load_into_warns_when_the_file_is_another_models_or_configs(tmp_path):
+    """Weights of another registered model or config whose shapes match load, with a warning naming the
+    differences (dropout rates aside); the model's own checkpoint loads silently."""
+    import warnings
+
+    from weights import ConfigMismatchWarning
+
+    relu = save_checkpoint(zoo.create_model("ib_mlp_relu"), tmp_path / "relu.safetensors")
+    with pytest.warns(ConfigMismatchWarning, match=r"saved from 'ib_mlp_relu' and is loaded into 'ib_mlp_tanh'; "
+                                                  r"\(file, model\) config per key: \{'activation': \('relu', 'tanh'\)\}"):
+        load_into(zoo.create_model("ib_mlp_tanh"), relu)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_into(zoo.create_model("ib_mlp_relu"), relu)
+
+
 def test_load_into_names_missing_unexpected_and_misshaped_keys(tmp_path):
     m = zoo.create_model("alrnn_m20_p2")
     state = {k: v.clone() for k, v in m.state_dict().items()}

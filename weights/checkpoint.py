@@ -5,6 +5,7 @@ import dataclasses
 import json
 import os
 import tempfile
+import warnings
 from pathlib import Path
 
 import safetensors
@@ -18,6 +19,13 @@ FORMAT = "paperzoo/1"
 
 class CheckpointError(ValueError):
     """A checkpoint file is unreadable or does not match the model it is loaded into."""
+
+
+class ConfigMismatchWarning(UserWarning):
+    """``load_into`` put weights saved from another registered model or config into a model of matching shapes."""
+
+
+REGULARISATION_KEYS = ("dropout", "drop_rate", "drop_path_rate")  # config keys that no weight depends on
 
 
 def atomic_write(path: str | os.PathLike, write) -> Path:
@@ -166,10 +174,25 @@ def load_state_into(model: nn.Module, state: dict[str, torch.Tensor], source: st
 
 
 def load_into(model: nn.Module, path: str | os.PathLike) -> nn.Module:
-    """Load the weights at ``path`` into an existing ``model`` (strict; errors name every differing key)."""
+    """Load the weights at ``path`` into an existing ``model`` (strict; errors name every differing key). When the
+    file records another registered model or another config than ``model``'s (dropout rates aside), the shapes
+    may still match (ib_mlp_relu into ib_mlp_tanh, 2 heads into 4): that loads, with a ``ConfigMismatchWarning``
+    naming the differences."""
     path = Path(path)
-    read_metadata(path)  # clear error for a missing or corrupt file before reading tensors
-    return load_state_into(model, read_tensors(path), source=str(path))
+    meta = read_metadata(path)  # clear error for a missing or corrupt file before reading tensors
+    model = load_state_into(model, read_tensors(path), source=str(path))
+    ours = getattr(model, "zoo_config", None)
+    if "model" in meta and "config" in meta and ours is not None:
+        ours = json.loads(json.dumps(dataclasses.asdict(ours)))
+        saved = json.loads(meta["config"])
+        differs = {k: (saved.get(k), ours.get(k)) for k in sorted(set(saved) | set(ours))
+                   if saved.get(k) != ours.get(k) and k not in REGULARISATION_KEYS}
+        name = getattr(model, "zoo_name", None)
+        if differs or meta["model"] != name:
+            warnings.warn(f"{path} was saved from {meta['model']!r} and is loaded into {name!r}"
+                          + (f"; (file, model) config per key: {differs}" if differs else ""), ConfigMismatchWarning,
+                          stacklevel=2)
+    return model
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> nn.Module:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from torch import nn
 
-from .checkpoint import CheckpointError, atomic_write, load_state_into, read_metadata, read_tensors
+from .checkpoint import REGULARISATION_KEYS, CheckpointError, atomic_write, load_state_into, read_metadata, read_tensors
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 MANIFEST_PATH = PACKAGE_DIR / "manifest.json"
@@ -155,7 +155,6 @@ def pretrained_entry(name: str, checkpoint: str | None = None) -> dict:
     return options[0]
 
 
-REGULARISATION_KEYS = ("dropout", "drop_rate", "drop_path_rate")  # config keys that no weight depends on
 
 
 def _classifier_prefix(model: nn.Module) -> str | None:
