@@ -146,9 +146,6 @@ class HopfieldCore(nn.Module):
         if x.dim() != 3 or (width is not None and x.shape[-1] != width):
             want = f"(batch, length, {width})" if width is not None else "(batch, length, features)"
             raise ValueError(f"Hopfield: {arg} must have shape {want}, got {tuple(x.shape)}")
-        if arg == "stored pattern" and x.shape[1] == 0:
-            raise ValueError(f"Hopfield: no stored patterns (length 0, shape {tuple(x.shape)}): a state pattern has "
-                             "nothing to associate with")
 
     def _heads(self, x: torch.Tensor, proj, arg: str, width: int | None) -> torch.Tensor:
         """(B, n, width) -> (B, H, n, d): projected and split into heads, or (static) shared by every head."""
@@ -228,6 +225,9 @@ class HopfieldCore(nn.Module):
         if key.shape[:2] != value.shape[:2] or key.shape[0] != query.shape[0]:
             raise ValueError(f"Hopfield: stored pattern {tuple(key.shape)} and pattern projection {tuple(value.shape)} "
                              f"must share (batch, length), and the state pattern {tuple(query.shape)} the batch")
+        if key.dim() == 3 and key.shape[1] == 0:
+            raise ValueError(f"Hopfield: no stored patterns (length 0, shape {tuple(key.shape)}): a state pattern has "
+                             "nothing to associate with")
         q_width, k_width = (self.head_dim if s else w for s, w in zip(self.static[:2], (self.embed_dim, self.kdim)))
         v_width = self.vdim if not self.static[2] else (self.pattern_dim if self.out_proj is not None else None)
         if query is key is value and self.in_proj_weight is not None and not any(self.static):

@@ -17,6 +17,9 @@ def test_empty_batches_give_empty_outputs_and_empty_stored_sets_are_refused():
         assert layer(torch.randn(0, 5, 8)).shape == shape
     with pytest.raises(ValueError, match="no stored patterns"):
         Hopfield(input_size=8, num_heads=2)(torch.randn(2, 0, 8))
+    empty = torch.randn(2, 0, 8)  # self-association: the core's fused projection path
+    with pytest.raises(ValueError, match="no stored patterns"):
+        Hopfield(input_size=8, num_heads=2).association_core(empty, empty, empty)
     with pytest.raises(ValueError, match="no stored patterns"):
         hopfield_energy(torch.randn(3), torch.randn(0, 3), beta=1.0)
 

@@ -114,13 +114,18 @@ def _recipe_for(checkpoint: Path, name: str | None, overrides):
     model_args are the checkpoint's own, so the task sizes its data for the model it evaluates."""
     from weights import read_metadata
 
+    meta = None  # read after the recipe where --recipe or a recipe.yaml names it, so a mistyped name is named first
     if name is None:
         runs = [run for run in (checkpoint.parent, checkpoint.parent.parent.parent) if (run / "recipe.yaml").is_file()]
-        name = str(runs[0] / "recipe.yaml") if runs else read_metadata(checkpoint).get("recipe")
+        if runs:
+            name = str(runs[0] / "recipe.yaml")
+        else:
+            meta = read_metadata(checkpoint)
+            name = meta.get("recipe")
         if not name:
             raise ValueError(f"{checkpoint} does not record its recipe and no recipe.yaml is beside it; pass --recipe NAME")
     recipe = _load_recipe(name, overrides)
-    meta = read_metadata(checkpoint)
+    meta = read_metadata(checkpoint) if meta is None else meta
     if "config" in meta:
         recipe = {**recipe, "model": meta["model"], "model_args": json.loads(meta["config"])}
     return recipe

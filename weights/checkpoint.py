@@ -28,6 +28,15 @@ class ConfigMismatchWarning(UserWarning):
 REGULARISATION_KEYS = ("dropout", "drop_rate", "drop_path_rate")  # config keys that no weight depends on
 
 
+def config_differences(model: nn.Module, saved_config: str) -> dict:
+    """{key: (file's value, model's value)} for every setting of a checkpoint's recorded config (JSON) that the
+    model's ``zoo_config`` does not share, dropout rates aside (``REGULARISATION_KEYS``: no weight depends on
+    them); settings the file does not record (added since) are not compared."""
+    ours = json.loads(json.dumps(dataclasses.asdict(model.zoo_config)))
+    return {k: (v, ours.get(k)) for k, v in json.loads(saved_config).items()
+            if ours.get(k) != v and k not in REGULARISATION_KEYS}
+
+
 def atomic_write(path: str | os.PathLike, write) -> Path:
     """Call ``write(tmp_path)`` then rename onto ``path``: readers never see a half-written file."""
     path = Path(path)
@@ -181,12 +190,8 @@ def load_into(model: nn.Module, path: str | os.PathLike) -> nn.Module:
     path = Path(path)
     meta = read_metadata(path)  # clear error for a missing or corrupt file before reading tensors
     model = load_state_into(model, read_tensors(path), source=str(path))
-    ours = getattr(model, "zoo_config", None)
-    if "model" in meta and "config" in meta and ours is not None:
-        ours = json.loads(json.dumps(dataclasses.asdict(ours)))
-        saved = json.loads(meta["config"])
-        differs = {k: (saved.get(k), ours.get(k)) for k in sorted(set(saved) | set(ours))
-                   if saved.get(k) != ours.get(k) and k not in REGULARISATION_KEYS}
+    if "model" in meta and "config" in meta and hasattr(model, "zoo_config"):
+        differs = config_differences(model, meta["config"])
         name = getattr(model, "zoo_name", None)
         if differs or meta["model"] != name:
             warnings.warn(f"{path} was saved from {meta['model']!r} and is loaded into {name!r}"

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from torch import nn
 
-from .checkpoint import REGULARISATION_KEYS, CheckpointError, atomic_write, load_state_into, read_metadata, read_tensors
+from .checkpoint import CheckpointError, atomic_write, config_differences, load_state_into, read_metadata, read_tensors
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 MANIFEST_PATH = PACKAGE_DIR / "manifest.json"
@@ -155,8 +155,6 @@ def pretrained_entry(name: str, checkpoint: str | None = None) -> dict:
     return options[0]
 
 
-
-
 def _classifier_prefix(model: nn.Module) -> str | None:
     """Module name of a timm-style model's classifier (``model.get_classifier()``), if it has one."""
     head = model.get_classifier() if hasattr(model, "get_classifier") else None
@@ -176,11 +174,7 @@ def load_pretrained(model: nn.Module, checkpoint: str | None = None, name: str |
     saved = read_metadata(path).get("config")
     state = read_tensors(path)
     if saved is not None and hasattr(model, "zoo_config"):
-        import dataclasses
-
-        ours = json.loads(json.dumps(dataclasses.asdict(model.zoo_config)))
-        differs = {k: (v, ours.get(k)) for k, v in json.loads(saved).items()
-                   if ours.get(k) != v and k not in REGULARISATION_KEYS}
+        differs = config_differences(model, saved)
         first_conv = (getattr(model, "pretrained_cfg", None) or {}).get("first_conv")
         if "in_chans" in differs and first_conv:
             from timm.models import adapt_input_conv

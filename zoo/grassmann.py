@@ -294,8 +294,9 @@ class NLIHeadForSequenceClassification(PreTrainedModel):
         elif attention_mask.shape != input_ids.shape:
             raise ValueError(f"NLI head: attention_mask must have the shape of input_ids {tuple(input_ids.shape)}, "
                              f"got {tuple(attention_mask.shape)}")
-        if not bool(attention_mask.bool().any(-1).all()):
-            rows = (~attention_mask.bool().any(-1)).nonzero().flatten().tolist()
+        has_token = attention_mask.bool().any(-1)
+        if not bool(has_token.all()):
+            rows = (~has_token).nonzero().flatten().tolist()
             raise ValueError(f"NLI head: rows {rows} of attention_mask mask every token; a pair needs at least one")
         with torch.no_grad():
             hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
