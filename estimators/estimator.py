@@ -34,25 +34,23 @@ def _positive(v) -> bool:
 
 
 # the settings that several estimators share, each checked when an estimator is built, not when data arrives
-_SETTINGS = {
-    "k": (_whole, "an integer >= 1"), "n_bins": (_whole, "an integer >= 1"), "t": (_whole, "an integer >= 1"),
-    "n_directions": (_whole, "an integer >= 1"), "variant": (lambda v: v in (1, 2) and not isinstance(v, bool), "1 or 2"),
-    "max_samples": (lambda v: v is None or _whole(v), "None or an integer >= 1"),
-    "sigma": (lambda v: v is None or _positive(v) and math.isfinite(v), "None or a finite number > 0"),
-    "alpha": (_positive, "a number > 0 (inf: the min-entropy)"), "radius": (lambda v: _positive(v) and math.isfinite(v),
-                                                                            "a finite number > 0"),
+_INTEGER = (_whole, "an integer >= 1", True)
+_SETTINGS = {  # setting: (valid?, what it must be, whole floats become ints)
+    "k": _INTEGER, "n_bins": _INTEGER, "t": _INTEGER, "n_directions": _INTEGER,
+    "variant": (lambda v: v in (1, 2) and not isinstance(v, bool), "1 or 2", True),
+    "max_samples": (lambda v: v is None or _whole(v), "None or an integer >= 1", True),
+    "sigma": (lambda v: v is None or _positive(v) and math.isfinite(v), "None or a finite number > 0", False),
+    "alpha": (_positive, "a number > 0 (inf: the min-entropy)", False),
+    "radius": (lambda v: _positive(v) and math.isfinite(v), "a finite number > 0", False),
 }
 _SETTINGS["sigma_x"] = _SETTINGS["sigma_y"] = _SETTINGS["sigma"]
-
-
-_INTEGERS = ("k", "n_bins", "t", "n_directions", "variant", "max_samples")
 
 
 def check_settings(name: str, fn: Callable, settings: dict) -> dict:
     """``settings`` with whole floats of integer settings as ints (``1e2`` from YAML); a clear error, naming the
     estimator and the setting, for a shared setting out of range (``_SETTINGS``) or an unknown ``base``; a
     tensor in a setting's place (``mi(x, y)``) says which function takes tensors."""
-    settings = {key: int(v) if key in _INTEGERS and isinstance(v, float) and v.is_integer() else v
+    settings = {key: int(v) if key in _SETTINGS and _SETTINGS[key][2] and isinstance(v, float) and v.is_integer() else v
                 for key, v in settings.items()}
     for key, value in settings.items():
         if key == "base":

@@ -293,11 +293,11 @@ def test_numbers_that_yaml_reads_as_strings_become_floats_also_in_lists():
     with pytest.raises(TypeError, match=r"meta_prior must be tuple\[float, \.\.\.\].*got \['x', 0.1\] of type list"):
         zoo.create_model("pvrnn_pfsm", meta_prior=["x", 0.1])
     # counts written as 1e2 are whole floats: accepted wherever a count is read
-    from train.loop import _check_probe_section, _check_train_section
+    from train.loop import _check_train_section, _probe_estimators
 
     counts = load_recipe("alrnn-lorenz63", ["train.steps=1e2", "schedule.warmup=1e1", "probe.every=1e1"])
     _check_train_section(counts["train"])
-    _check_probe_section(counts["probe"])
+    assert [e.name for e in _probe_estimators(counts["probe"])["z"]] == ["condition_number_covariance"]
     assert lr_factor(counts["schedule"], 100)(4) == 0.5  # warmup 10: (4 + 1) / 10
 
 

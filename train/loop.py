@@ -79,7 +79,7 @@ def _save_train_checkpoint(out: Path, step: int, model, optimizer, scheduler, ke
     shutil.rmtree(tmp, ignore_errors=True)
     save_checkpoint(model, tmp / "model.safetensors", extra_metadata={"recipe": recipe_name})
     if probe is not None:
-        probe.to_csv(out / "probe.csv.tmp").replace(out / "probe.csv")
+        probe.to_csv(out / "probe.csv")
     save_tree({"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                "rng": _rng_state()}, tmp / "trainer.safetensors")
     shutil.rmtree(final, ignore_errors=True)
@@ -181,10 +181,10 @@ def _read_rows(path: Path) -> list[dict]:
     return rows
 
 
-def _check_probe_section(cfg: dict) -> None:
-    """probe: {points: {glob: [estimator, ...]}, every: integer >= 1, max_samples: integer >= 1 or null}; an
-    empty or absent ``points`` turns probing off. Every estimator is built here once, so a misspelt name fails
-    before any data is read."""
+def _probe_estimators(cfg: dict) -> dict:
+    """{glob: [Estimator, ...]} from the section probe: {points: {glob: [estimator, ...]}, every: integer >= 1,
+    max_samples: integer >= 1 or null}; an empty or absent ``points`` turns probing off ({}). Built before any
+    data is read, so a misspelt name or setting fails first."""
     from estimators import make_estimator
 
     if not isinstance(cfg, dict):
@@ -197,6 +197,7 @@ def _check_probe_section(cfg: dict) -> None:
     points = cfg.get("points") or {}
     if not isinstance(points, dict):
         raise ValueError(f"probe.points must map globs to lists of estimators, got {points!r}")
+    built = {}
     for glob, specs in points.items():
         if not isinstance(specs, list) or not specs:
             raise ValueError(f"probe.points.{glob} must be a non-empty list of estimators (names or {{name: "
@@ -206,17 +207,17 @@ def _check_probe_section(cfg: dict) -> None:
                 raise ValueError(f"probe.points.{glob}: an estimator is a name or {{name: {{arguments}}}}, "
                                  f"got {spec!r}")
             try:
-                make_estimator(spec)
+                built.setdefault(glob, []).append(make_estimator(spec))
             except TypeError as err:  # an argument the estimator does not take
                 raise TypeError(f"probe.points.{glob}: {err}") from err
+    return built
 
 
-def _make_probe(model, cfg: dict, step: int):
-    if not cfg.get("points"):
+def _make_probe(model, cfg: dict, points: dict, step: int):
+    if not points:
         return None
-    from estimators import Probe, make_estimator
+    from estimators import Probe
 
-    points = {glob: [make_estimator(s) for s in specs] for glob, specs in cfg["points"].items()}
     limit = cfg.get("max_samples", 4096)
     return Probe(model, points, every=int(cfg.get("every", 100)), max_samples=None if limit is None else int(limit),
                  step=step)
@@ -232,7 +233,7 @@ def fit(recipe: dict, out: str | Path = "runs/run", resume: bool = False) -> dic
     out = Path(out)
     cfg = recipe["train"]
     _check_train_section(cfg)
-    _check_probe_section(recipe.get("probe") or {})
+    points = _probe_estimators(recipe.get("probe") or {})
     threads = torch.get_num_threads()
     try:
         if cfg["threads"]:  # small sequential models (AL-RNN) run fastest on one thread per process
@@ -242,7 +243,7 @@ def fit(recipe: dict, out: str | Path = "runs/run", resume: bool = False) -> dic
         task = make_task(recipe)  # reads the data: a missing path fails here, before the ranks join a process group
         d = setup(cfg["device"])
         try:
-            return _fit(recipe, cfg, out, resume, d, task)
+            return _fit(recipe, cfg, out, resume, d, task, points)
         finally:
             teardown()
     finally:
@@ -309,7 +310,7 @@ def _differences(saved: dict, now: dict, prefix: str = "") -> list[str]:
     return found
 
 
-def _fit(recipe: dict, cfg: dict, out: Path, resume: bool, d: Dist, task) -> dict:
+def _fit(recipe: dict, cfg: dict, out: Path, resume: bool, d: Dist, task, points: dict) -> dict:
     steps, accum, batch_size = int(cfg["steps"]), int(cfg["grad_accum"]), int(cfg["batch_size"])
     if batch_size % (accum * d.world):
         raise ValueError(f"train.batch_size={batch_size} must be divisible by grad_accum*processes={accum * d.world}")
@@ -358,7 +359,7 @@ def _fit(recipe: dict, cfg: dict, out: Path, resume: bool, d: Dist, task) -> dic
     # A probed step runs eager: the probe adds and removes hooks, which a compiled graph may not see (on an H100
     # with torch 2.11 a compiled run lost a probed step's rows), and its recording is Python a graph should not hold.
     net = torch.compile(eager_net) if cfg["compile"] else eager_net
-    probe = _make_probe(model, recipe.get("probe") or {}, start)
+    probe = _make_probe(model, recipe.get("probe") or {}, points, start)
     if probe is not None and start and (out / "probe.csv").is_file():  # the rows before the checkpoint
         probe.read_csv(out / "probe.csv", before=start)
     prefetching = type(task).prefetch is not Task.prefetch

@@ -38,7 +38,8 @@ def config_differences(model: nn.Module, saved_config: str) -> dict:
 
 
 def atomic_write(path: str | os.PathLike, write) -> Path:
-    """Call ``write(tmp_path)`` then rename onto ``path``: readers never see a half-written file."""
+    """Call ``write(tmp_path)``, flush it to disk, then rename onto ``path`` and flush the folder: readers never
+    see a half-written file, and after a crash or power loss ``path`` holds the old or the new file, whole."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -48,12 +49,28 @@ def atomic_write(path: str | os.PathLike, write) -> Path:
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
+        _fsync(tmp)
         os.replace(tmp, path)
+        _fsync(path.parent, folder=True)  # the rename itself
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
     return path
+
+
+def _fsync(path, folder: bool = False) -> None:
+    """Flush a file (errors raise) or a folder's entries (best effort: Windows and some network file systems
+    cannot open or flush a folder) to disk."""
+    try:
+        fd = os.open(path, os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if folder else 0))
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        if not folder:
+            raise
 
 
 def save_safetensors(tensors: dict[str, torch.Tensor], path: str | os.PathLike,
