@@ -6,7 +6,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import zoo
-from weights.checkpoint import atomic_write
+from weights.checkpoint import atomic_write, load_state_into
 from weights import CheckpointError, load_checkpoint, load_into, read_metadata, save_checkpoint, sha256_of
 from weights import manifest as manifest_mod
 
@@ -147,6 +147,13 @@ def test_tied_weights_are_stored_once_and_restored(tmp_path):
     m2.tail.weight = m2.head.weight
     load_into(m2, path)
     assert torch.equal(m2.tail.weight, m.head.weight)
+    # a state dict holding both tied names: equal values load, unequal ones are refused (one would overwrite the other)
+    state = {**m.state_dict(), "tail.weight": m.head.weight.detach().clone()}
+    load_state_into(m2, state)
+    state["tail.weight"] = state["tail.weight"] + 1
+    with pytest.raises(CheckpointError, match=r"tied in the model, unequal in the checkpoint keys \(1\): tail.weight vs "
+                                              r"head.weight"):
+        load_state_into(m2, state)
 
 
 def _fake_entry(tmp_path, monkeypatch, model, sha, url=None):

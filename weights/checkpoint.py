@@ -164,7 +164,8 @@ def load_state_into(model: nn.Module, state: dict[str, torch.Tensor], source: st
     """Copy ``state`` into ``model``; any missing, unexpected, mis-shaped or mis-typed key (an integer or bool tensor
     for a floating one, or the reverse) is one error naming them all. Floating values take the model's dtype.
 
-    A key may be absent when it is tied to (shares storage with) a key that is present. A submodule whose layout
+    A key may be absent when it is tied to (shares storage with) a key that is present; when both are present they
+    must hold equal values (one of them would silently overwrite the other). A submodule whose layout
     changed may define ``upgrade_state(state, prefix) -> state`` to rewrite older checkpoints' keys under its prefix.
     """
     for prefix, module in model.named_modules():
@@ -186,10 +187,12 @@ def load_state_into(model: nn.Module, state: dict[str, torch.Tensor], source: st
     # floating values may change precision (a bf16 file into a float32 model); other kinds may not be cast
     mistyped = [f"{k}: checkpoint {state[k].dtype} vs model {own[k].dtype}"
                 for k in state if k in own and _kind(state[k].dtype) != _kind(own[k].dtype)]
-    if missing or unexpected or misshaped or mistyped:
+    untied = [f"{k} vs {t}" for k, t in tied_to.items() if k in state and t in state and not misshaped
+              and not torch.equal(state[k].to(state[t].dtype), state[t])]
+    if missing or unexpected or misshaped or mistyped or untied:
         parts = [f"{source} does not match {type(model).__name__}"]
         for label, items in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped),
-                             ("mis-typed", mistyped)):
+                             ("mis-typed", mistyped), ("tied in the model, unequal in the checkpoint", untied)):
             if items:  # every one by name: a converter's user fixes them from this message
                 parts.append(f"{label} keys ({len(items)}): {', '.join(items)}")
         raise CheckpointError("; ".join(parts))
