@@ -81,8 +81,8 @@ class EdgeTensorProduct(nn.Module):
     def upgrade_state(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
         """Drop the constant buffers (output mask, empty weight, Wigner 3j tables) that checkpoints saved while this
         product was e3nn's own module carry under ``prefix``; this layer has no state of its own."""
-        legacy = (f"{prefix}output_mask", f"{prefix}weight", f"{prefix}_compiled_main_left_right._w3j_")
-        return {k: v for k, v in state.items() if not k.startswith(legacy)}
+        exact, tables = (f"{prefix}output_mask", f"{prefix}weight"), f"{prefix}_compiled_main_left_right._w3j_"
+        return {k: v for k, v in state.items() if k not in exact and not k.startswith(tables)}
 
     def forward(self, x: torch.Tensor, sh: torch.Tensor, weights: torch.Tensor, senders: torch.Tensor,
                 receivers: torch.Tensor) -> list[torch.Tensor]:

@@ -195,6 +195,8 @@ def test_checkpoints_with_e3nns_tensor_product_buffers_still_load():
     assert torch.equal(fresh(graph), m(graph))
     with pytest.raises(Exception, match="unexpected keys.*tp.bogus"):
         load_state_into(fresh, {**state, "convolutions.0.tp.bogus": torch.zeros(1)})
+    with pytest.raises(Exception, match="unexpected keys.*tp.weight_scale"):  # only the exact legacy names go
+        load_state_into(fresh, {**state, "convolutions.0.tp.weight_scale": torch.zeros(1)})
 
 
 def test_grid_mlp_equivariance_error_falls_with_resolution():
