@@ -9,6 +9,7 @@ keys of ``blocks.0.attn.qkv`` are ``weight, bias, gamma, u, v``.
 from __future__ import annotations
 
 import contextlib
+import difflib
 import fnmatch
 from collections.abc import Sequence
 
@@ -47,13 +48,25 @@ class SigmaReparam(nn.Module):
     u: torch.Tensor
     v: torch.Tensor
 
-    def _init_reparam(self) -> None:
-        matrix = self.weight.detach().flatten(1)
-        U, S, Vh = torch.linalg.svd(matrix.float(), full_matrices=False)
+    def _top_singular(self) -> dict[str, torch.Tensor]:
+        """u, v: the top singular vectors of the flattened weight; gamma: its top singular value, shape (1,)."""
+        U, S, Vh = torch.linalg.svd(self.weight.detach().flatten(1).float(), full_matrices=False)
         dtype = self.weight.dtype
-        self.register_buffer("u", U[:, 0].to(dtype).contiguous())
-        self.register_buffer("v", Vh[0].to(dtype).contiguous())
-        self.gamma = nn.Parameter(S[:1].to(dtype).clone())
+        return {"u": U[:, 0].to(dtype).contiguous(), "v": Vh[0].to(dtype).contiguous(), "gamma": S[:1].to(dtype)}
+
+    def _init_reparam(self) -> None:
+        start = self._top_singular()
+        self.register_buffer("u", start["u"])
+        self.register_buffer("v", start["v"])
+        self.gamma = nn.Parameter(start["gamma"], requires_grad=self.weight.requires_grad)  # a frozen layer stays so
+
+    @torch.no_grad()
+    def restart_reparam(self, names=("u", "v", "gamma")) -> None:
+        """Set ``names`` (of u, v, gamma) in place as conversion does, from the current weight: with all three, the
+        layer computes its plain weight W again. For a checkpoint that lacks them (of a plain or a folded model)."""
+        start = self._top_singular()
+        for name in names:
+            getattr(self, name).copy_(start[name])
 
     @property
     def sigma(self) -> torch.Tensor:
@@ -126,6 +139,13 @@ def apply_sigma_reparam(model: nn.Module, include: Sequence[str] = ("*",), exclu
     if not isinstance(model, nn.Module):
         raise TypeError(f"apply_sigma_reparam: model must be an nn.Module, got {type(model).__name__}")
     include, exclude = _patterns("include", include), _patterns("exclude", exclude)
+    names = [name for name, _ in model.named_modules()]
+    for argument, patterns in (("include", include), ("exclude", exclude)):
+        unmatched = [p for p in patterns if not any(fnmatch.fnmatchcase(name, p) for name in names)]
+        if unmatched:  # a misspelt glob would otherwise convert nothing, or what it meant to keep plain
+            close = {p: difflib.get_close_matches(p, names, n=3) for p in unmatched}
+            raise ValueError(f"apply_sigma_reparam: {argument} patterns {unmatched} match no module name of "
+                             f"{type(model).__name__} (closest: {close}); names look like {names[1:6]}")
     selected = [(name, module) for name, module in model.named_modules() if _selected(name, include, exclude)]
     layers = [(name, module) for name, module in selected if type(module) in _SIGMA_OF]
     norms = [name for name, module in selected if remove_norms and isinstance(module, NORM_TYPES)]

@@ -151,6 +151,13 @@ def test_include_exclude_and_remove_norms():
         apply_sigma_reparam(small_net(), include="*")
     with pytest.raises(TypeError, match="model must be an nn.Module"):
         apply_sigma_reparam("net")
+    # a misspelt glob is an error, not a model left plain (include) or converted where it was to stay plain (exclude)
+    with pytest.raises(ValueError, match=r"include patterns \['blcks.\*'\] match no module name"):
+        apply_sigma_reparam(small_net(), include=("blcks.*",))
+    with pytest.raises(ValueError, match=r"exclude patterns \['head'\] match no module name"):
+        apply_sigma_reparam(small_net(), exclude=("head",))
+    frozen = apply_sigma_reparam(small_net().requires_grad_(False))  # a frozen layer's gamma is frozen too
+    assert not any(p.requires_grad for p in frozen.parameters())
 
 
 @pytest.mark.parametrize("backend", ["eager", pytest.param("aot_eager", marks=pytest.mark.slow)])
@@ -366,6 +373,36 @@ def test_transformer_lm_sigma_round_trips_through_the_auto_classes(tmp_path, rem
     ids = torch.randint(0, 50, (2, 8))
     torch.testing.assert_close(loaded(ids).logits, model(ids).logits, atol=0, rtol=0)
     assert loaded.lm_head.weight is loaded.model.embed_tokens.weight
+
+
+def test_transformer_lm_sigma_loads_files_without_gamma_u_v(tmp_path):
+    """A folded model's file (its config still the sigma type) and the plain LM's file lack gamma, u, v: they start
+    from the loaded weights as conversion sets them, so the loaded model computes what the file's weights do
+    (before, transformers left them as uninitialised memory: NaN logits). AutoModel gives the sigma backbone."""
+    from transformers import AutoModel, AutoModelForCausalLM
+
+    from zoo.sigma_reparam import TransformerLMSigmaForCausalLM, TransformerLMSigmaModel
+
+    torch.manual_seed(0)
+    small = dict(num_hidden_layers=2, vocab_size=50, hidden_size=16, num_attention_heads=2, intermediate_size=32,
+                 max_position_embeddings=16, dropout=0.0)
+    ids = torch.randint(0, 50, (2, 8))
+    model = zoo.create_model("transformer_lm_13m_sigma", **small)
+    model.train()(ids)
+    with torch.no_grad():
+        model.model.layers[0].ffn[0].gamma.mul_(3.0)
+    expected = model.eval()(ids).logits
+    remove_sigma_reparam(model).save_pretrained(tmp_path / "folded")
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "folded").eval()
+    assert isinstance(loaded.model.layers[0].ffn[0], SigmaLinear)
+    torch.testing.assert_close(loaded(ids).logits, expected, atol=1e-5, rtol=1e-5)
+    plain = zoo.create_model("transformer_lm_13m", **small).eval()
+    plain.save_pretrained(tmp_path / "plain")
+    converted = TransformerLMSigmaForCausalLM.from_pretrained(tmp_path / "plain").eval()
+    torch.testing.assert_close(converted(ids).logits, plain(ids).logits, atol=1e-5, rtol=1e-5)
+    qkv = converted.model.layers[1].attn.qkv
+    torch.testing.assert_close(qkv.gamma, torch.linalg.matrix_norm(qkv.weight, 2).reshape(1))
+    assert type(AutoModel.from_pretrained(tmp_path / "folded")) is TransformerLMSigmaModel
 
 
 @pytest.mark.parametrize("reparam, qk_scale", [(False, 4.0), (True, 4.0), (False, 1e-3), (True, 1e-3)])

@@ -21,12 +21,12 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import build_model_with_cfg, generate_default_cfgs
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
-from transformers import AutoConfig, AutoModelForCausalLM
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
-from layers import add_attention_probes, apply_sigma_reparam
+from layers import SigmaReparam, add_attention_probes, apply_sigma_reparam
 
 from ._registry import Paper, register_model
-from .transformer_lm import TransformerLMArgs, TransformerLMConfig, TransformerLMForCausalLM
+from .transformer_lm import TransformerLMArgs, TransformerLMConfig, TransformerLMForCausalLM, TransformerLMModel
 
 PAPER = Paper(family="sigma_reparam", title="Stabilizing Transformer Training by Preventing Attention Entropy Collapse",
               arxiv="2303.06296", authors="Zhai, Likhomanenko, Littwin, Busbridge, Ramapuram, Zhang, Gu, Susskind",
@@ -117,17 +117,36 @@ class TransformerLMSigmaConfig(TransformerLMConfig):
     remove_norms: bool = False
 
 
-class TransformerLMSigmaForCausalLM(TransformerLMForCausalLM):
-    """``TransformerLMForCausalLM`` with every Linear but the tied ``lm_head`` converted by ``apply_sigma_reparam``."""
+class TransformerLMSigmaModel(TransformerLMModel):
+    """``TransformerLMModel`` with every Linear converted by ``apply_sigma_reparam`` (LayerNorms removed with
+    ``config.remove_norms``)."""
 
     config_class = TransformerLMSigmaConfig
 
     def __init__(self, config: TransformerLMSigmaConfig):
         super().__init__(config)
-        apply_sigma_reparam(self, exclude=("lm_head",), remove_norms=config.remove_norms)
+        apply_sigma_reparam(self, remove_norms=config.remove_norms)
+
+    def _init_weights(self, module: nn.Module) -> None:
+        """``from_pretrained`` of a file without gamma, u, v (the plain LM's, or one folded by
+        ``remove_sigma_reparam``): they start as conversion sets them, from the loaded weight, so the model computes
+        what the file's weights compute (transformers still lists them as newly initialised)."""
+        super()._init_weights(module)
+        if isinstance(module, SigmaReparam):
+            module.restart_reparam([n for n in ("u", "v", "gamma")
+                                    if not getattr(getattr(module, n), "_is_hf_initialized", False)])
+
+
+class TransformerLMSigmaForCausalLM(TransformerLMForCausalLM):
+    """``TransformerLMForCausalLM`` over ``TransformerLMSigmaModel``: every Linear but the tied ``lm_head``
+    reparametrised."""
+
+    config_class = TransformerLMSigmaConfig
+    backbone = TransformerLMSigmaModel
 
 
 AutoConfig.register(TransformerLMSigmaConfig.model_type, TransformerLMSigmaConfig)
+AutoModel.register(TransformerLMSigmaConfig, TransformerLMSigmaModel)
 AutoModelForCausalLM.register(TransformerLMSigmaConfig, TransformerLMSigmaForCausalLM)
 
 
