@@ -235,6 +235,33 @@ def test_vit_sigma_zoo_names_build_and_keep_function_of_normless_vit():
     y = m(x)
     plain = remove_sigma_reparam(m)
     torch.testing.assert_close(plain(x), y, atol=1e-5, rtol=1e-5)
+    # timm's reset_classifier keeps "every Linear reparametrised"; the LayerNorm baseline gets a plain head
+    swapped = zoo.create_model("vit_tiny_patch16_224_sigma", img_size=32, patch_size=8, depth=2)
+    swapped.reset_classifier(7)
+    assert isinstance(swapped.head, SigmaLinear) and swapped.head.out_features == 7
+    baseline = zoo.create_model("vit_tiny_patch16_224_sigma", img_size=32, patch_size=8, depth=2, reparam=False,
+                                remove_norms=False)
+    baseline.reset_classifier(7)
+    assert type(baseline.head) is nn.Linear
+
+
+def test_vit_sigma_features_only_gives_the_blocks_intermediates():
+    """timm's ``features_only=True`` (its ViTs' feature getter): the chosen blocks' outputs as maps, equal to the
+    full model's ``forward_intermediates`` with the same weights; still reparametrised, probe points kept."""
+    import timm
+
+    torch.manual_seed(0)
+    kw = dict(img_size=32, patch_size=8, depth=3)
+    full = timm.create_model("vit_tiny_patch16_224_sigma", num_classes=0, **kw).eval()
+    feats = timm.create_model("vit_tiny_patch16_224_sigma", features_only=True, out_indices=(0, 2), **kw).eval()
+    feats.model.load_state_dict(full.state_dict())
+    assert feats.feature_info.channels() == [192, 192] and isinstance(feats.model.blocks[0].attn.qkv, SigmaLinear)
+    assert "model.blocks.2.attn.probs" in dict(feats.named_modules())
+    x = torch.randn(2, 3, 32, 32)
+    got, expected = feats(x), full.forward_intermediates(x, indices=(0, 2), intermediates_only=True)
+    assert [tuple(f.shape) for f in got] == [(2, 192, 4, 4)] * 2
+    for a, b in zip(got, expected):
+        torch.testing.assert_close(a, b, atol=0, rtol=0)
 
 
 def test_vit_attention_probes_equal_timms_explicit_attention_and_the_baseline_flag():

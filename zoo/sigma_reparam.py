@@ -48,6 +48,15 @@ def _cfg(**kwargs) -> dict:
 default_cfgs = generate_default_cfgs({f"vit_{size}_patch16_224_sigma": _cfg() for size in VIT_SIZES})
 
 
+class SigmaVisionTransformer(VisionTransformer):
+    """timm's ``VisionTransformer``; ``reset_classifier`` gives a reparametrised model a reparametrised new head."""
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        super().reset_classifier(num_classes, global_pool)
+        if isinstance(self.patch_embed.proj, SigmaReparam) and type(self.head) is nn.Linear:
+            apply_sigma_reparam(self, include=("head",))
+
+
 def _create_vit_sigma(size: str, pretrained: bool = False, remove_norms: bool = True, reparam: bool = True,
                       **kwargs) -> VisionTransformer:
     """timm's VisionTransformer of ``size`` (patch 16, depth 12), then every Linear/Conv2d sigma-reparametrised
@@ -59,8 +68,11 @@ def _create_vit_sigma(size: str, pretrained: bool = False, remove_norms: bool = 
         raise ValueError(f"{variant}: no published sigmaReparam checkpoint is converted yet; use pretrained=False")
     if not reparam and remove_norms:
         raise ValueError(f"{variant}: reparam=False is the LayerNorm baseline; pass remove_norms=False with it")
+    out_indices = kwargs.pop("out_indices", 3)  # features_only=True: the last 3 blocks, as timm's ViTs
     model_args = dict(patch_size=16, depth=12, **VIT_SIZES[size]) | kwargs
-    model = add_attention_probes(build_model_with_cfg(VisionTransformer, variant, pretrained, **model_args))
+    model = add_attention_probes(build_model_with_cfg(
+        SigmaVisionTransformer, variant, pretrained, feature_cfg=dict(out_indices=out_indices, feature_cls="getter"),
+        **model_args))
     return apply_sigma_reparam(model, remove_norms=remove_norms) if reparam else model
 
 
