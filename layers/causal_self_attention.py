@@ -13,7 +13,8 @@ from .probe_point import ProbePoint
 class CausalSelfAttention(nn.Module):
     """Attention(Q, K, V) = softmax(Q K^T / sqrt(d_head) + M) V per head (Vaswani et al. 2017, eq. 1), then W_O.
 
-    M masks key s for query t unless s <= t (causal) and s is not padding. The output comes from
+    M masks key s for query t unless s <= t (causal) and s is not padding; a query with no key left (padding)
+    attends to nothing: output 0, probabilities 0. The output comes from
     ``torch.nn.functional.scaled_dot_product_attention`` (fused kernels, no T x T tensor on the flash path).
     Probe point ``probs`` (B, heads, T, S): the attention probabilities, computed explicitly only when a hook is
     attached to it (otherwise it costs nothing).
@@ -52,8 +53,13 @@ class CausalSelfAttention(nn.Module):
         if self.probs._forward_hooks:
             allowed = torch.ones(T, T, dtype=torch.bool, device=x.device).tril() if causal else mask
             scores = (q @ k.transpose(-1, -2)) / math.sqrt(self.d_head)
-            # a query with no allowed key gets zero probabilities, as SDPA gives it a zero output (not NaN)
+            # a query with no allowed key (padding) gets zero probabilities, which entropy estimators skip
             self.probs(scores.masked_fill(~allowed, float("-inf")).softmax(-1).nan_to_num(0.0))
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=None if causal else mask, is_causal=causal,
+        # a query with no allowed key attends to nothing: output 0. SDPA is given all keys for it (a row of -inf
+        # would be NaN on some backends) and its output is zeroed; no host sync to find such rows
+        empty = None if causal else ~mask.any(-1, keepdim=True)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=None if causal else mask | empty, is_causal=causal,
                                            dropout_p=self.dropout if self.training else 0.0)
+        if empty is not None:
+            y = y.masked_fill(empty, 0.0)
         return self.proj(y.transpose(1, 2).reshape(B, T, self.d_model))

@@ -313,6 +313,25 @@ def test_probe_attaches_to_pluecker_gate_and_attention_points():
     assert len(probe.table()) == 3 and all(r["value"] >= 1 for r in probe.table())
 
 
+def test_attention_entropy_of_a_left_padded_batch_equals_the_unpadded_one():
+    """Padding queries see no key: zero probabilities, left out of the entropy (before, each saw itself with
+    probability 1 and pulled every head's mean entropy toward 0)."""
+    from estimators import attention_entropy
+
+    t = tiny_transformer()
+    ids = torch.randint(1, 50, (1, 8))
+    padded = torch.cat([torch.zeros(1, 6, dtype=torch.long), ids], 1)
+    mask = torch.cat([torch.zeros(1, 6, dtype=torch.long), torch.ones(1, 8, dtype=torch.long)], 1)
+    values = []
+    for inputs, kw in ((ids, {}), (padded, dict(attention_mask=mask))):
+        with Probe(t, {"model.layers.*.attn.probs": [attention_entropy()]}) as probe:
+            logits = t(inputs, **kw).logits[:, -8:]
+        values.append([r["value"] for r in probe.table() if r["estimator"] == "attention_entropy/mean"])
+        assert torch.isfinite(logits).all()
+    assert len(values[0]) == 2
+    torch.testing.assert_close(torch.tensor(values[1]), torch.tensor(values[0]), atol=1e-5, rtol=0)
+
+
 def test_registry_checkpoint_round_trip(tmp_path):
     model = zoo.create_model("grassmann_lm_13m", num_hidden_layers=1, vocab_size=100, windows=(1, 2)).eval()
     save_checkpoint(model, tmp_path / "m.safetensors")
@@ -413,3 +432,46 @@ def test_lm_loss_is_the_shifted_cross_entropy_and_refuses_labels_it_cannot_use(m
         m(ids, labels=labels[:, :5])
     with pytest.raises(ValueError, match="labels need at least 2 tokens"):  # the mean over no pairs is NaN
         m(ids[:, :1], labels=ids[:, :1])
+
+
+@pytest.mark.parametrize("make", [tiny_grassmann, tiny_transformer])
+def test_transformers_forward_options(make):
+    """return_dict=False gives transformers' tuple (loss first when labels are given); output_hidden_states gives
+    the embeddings and every block's output (the last after the final norm); inputs_embeds (soft prompts) equals
+    the ids' own embeddings, in forward and generate(); output_attentions is refused with where to look instead."""
+    m = make()
+    ids = torch.randint(1, 50, (2, 8))
+    out = m(ids, labels=ids, output_hidden_states=True)
+    train_tuple = m.train()(ids, labels=ids, return_dict=False)  # training: no cache, so (loss, logits)
+    m.eval()
+    assert len(train_tuple) == 2 and train_tuple[0].dim() == 0 and train_tuple[1].shape == (2, 8, 50)
+    as_tuple = m(ids, labels=ids, return_dict=False)
+    assert torch.equal(as_tuple[0], out.loss) and torch.equal(as_tuple[1], out.logits)
+    hidden = out.hidden_states
+    assert len(hidden) == m.config.num_hidden_layers + 1 and torch.equal(hidden[-1], m.model(ids).last_hidden_state)
+    assert torch.equal(hidden[0], m.model.embed_tokens(ids) + m.model.embed_positions(torch.arange(8)))
+    embeds = m.get_input_embeddings()(ids)
+    torch.testing.assert_close(m(inputs_embeds=embeds).logits, out.logits, atol=0, rtol=0)
+    greedy = dict(max_new_tokens=4, do_sample=False)
+    assert torch.equal(m.generate(inputs_embeds=embeds[:, :5], **greedy), m.generate(ids[:, :5], **greedy)[:, 5:])
+    with pytest.raises(ValueError, match="exactly one of input_ids and inputs_embeds"):
+        m(ids, inputs_embeds=embeds)
+    with pytest.raises(ValueError, match="output_attentions: .*[Pp]robe"):
+        m(ids, output_attentions=True)
+
+
+@pytest.mark.parametrize("make", [tiny_grassmann, tiny_transformer])
+def test_activation_checkpointing_gives_the_same_gradients(make):
+    """transformers' activation checkpointing (HF Trainer's gradient_checkpointing=True) recomputes each block in
+    backward: the same loss and gradients as the plain step."""
+    grads = []
+    for checkpointing in (False, True):
+        m = make(dropout=0.0).train()
+        if checkpointing:
+            m.activation_checkpointing_enable()
+            assert all(block.gradient_checkpointing for block in m.model.layers)
+        ids = torch.randint(1, 50, (2, 8), generator=torch.Generator().manual_seed(1))
+        m(ids, labels=ids).loss.backward()
+        grads.append({n: p.grad for n, p in m.named_parameters()})
+    for name, g in grads[0].items():
+        torch.testing.assert_close(grads[1][name], g, atol=0, rtol=0, msg=name)

@@ -116,14 +116,13 @@ def test_nli_head_trains_only_the_head_and_ignores_padding(name):
     padded = torch.cat([ids, torch.zeros(4, 6, dtype=torch.long)], 1)
     mask = torch.cat([torch.ones(4, 10), torch.zeros(4, 6)], 1).long()
     assert logits.shape == (4, 3) and torch.allclose(model(padded, mask).logits, logits, atol=1e-5)
-    if name == "grassmann_nli_head":  # the heads alone: an encoder without positions (DistilBERT's shift them)
-        model.encoder.embeddings.position_embeddings.weight.data.zero_()
-        logits = model(ids).logits
-        left = torch.cat([torch.zeros(4, 6, dtype=torch.long), ids], 1)
-        assert torch.allclose(model(left, mask.flip(1)).logits, logits, atol=1e-5)
-        with pytest.raises(ValueError, match="pad on one side only"):
-            model(padded, torch.cat([mask[:, :8], mask.flip(1)[:, :8]], 1))
-        frozen = {k: v.clone() for k, v in model.encoder.state_dict().items()}
+    # left padding: the encoder (DistilBERT, learned positions) and the head get positions counted over real tokens
+    left = torch.cat([torch.zeros(4, 6, dtype=torch.long), ids], 1)
+    assert torch.allclose(model(left, mask.flip(1)).logits, logits, atol=1e-5)
+    with pytest.raises(ValueError, match="pad on one side only"):
+        model(padded, torch.cat([mask[:, :8], mask.flip(1)[:, :8]], 1))
+    loss, as_tuple = model(ids, labels=torch.tensor([0, 1, 2, 0]), return_dict=False)  # transformers' tuple
+    assert loss.dim() == 0 and torch.equal(as_tuple, logits)
     with pytest.raises(ValueError, match=r"input_ids must lie in \[0, vocab_size=100\)"):
         model(ids + 100)
     with pytest.raises(ValueError, match=r"input_ids must be integer token ids \(batch >= 1, tokens >= 1\)"):

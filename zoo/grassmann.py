@@ -13,6 +13,7 @@ generated token is constant: (layers x max(windows) x r) numbers per sequence.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from dataclasses import dataclass
 
 import torch
@@ -21,13 +22,15 @@ from torch import nn
 from transformers import (AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification,
                           GenerationMixin, PreTrainedConfig, PreTrainedModel)
 from transformers.cache_utils import Cache, LinearAttentionLayer
+from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, SequenceClassifierOutput
 
 from layers import CausalGrassmannMixing
 from weights.hub import hub_resolvable
 
 from ._registry import register_model
-from .transformer_lm import PAPER, TiedCausalLMHead, check_ids, feed_forward, token_positions
+from .transformer_lm import (PAPER, TiedCausalLMHead, check_ids, collect_hidden, feed_forward, finish_backbone,
+                             input_embeddings, refuse_attentions, token_positions)
 
 WINDOWS = (1, 2, 4, 8, 12, 16)
 
@@ -74,7 +77,7 @@ def check_left_padded(attention_mask: torch.Tensor) -> None:
                          "tokens); a masked token after a real one would be mixed into the tokens after it")
 
 
-class GrassmannBlock(nn.Module):
+class GrassmannBlock(GradientCheckpointingLayer):
     """u = LN(CausalGrassmannMixing(h)); h' = LN(u + FFN(u)). Probe points ``mixing.plucker``, ``mixing.gate``."""
 
     def __init__(self, config: GrassmannLMConfig):
@@ -102,6 +105,7 @@ class GrassmannLMPreTrainedModel(PreTrainedModel):
     config_class = GrassmannLMConfig
     base_model_prefix = "model"
     _no_split_modules = ["GrassmannBlock"]
+    supports_gradient_checkpointing = True  # gradient_checkpointing_enable() recomputes each block in backward
 
     @classmethod
     def _supports_default_dynamic_cache(cls) -> bool:
@@ -126,13 +130,17 @@ class GrassmannLMModel(GrassmannLMPreTrainedModel):
     def set_input_embeddings(self, value):
         self.embed_tokens = value
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+    def forward(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
                 position_ids: torch.Tensor | None = None, cache: GrassmannCache | None = None,
-                use_cache: bool | None = None, return_dict: bool | None = None) -> BaseModelOutputWithPast:
+                use_cache: bool | None = None, inputs_embeds: torch.Tensor | None = None,
+                output_hidden_states: bool | None = None, output_attentions: bool | None = None,
+                return_dict: bool | None = None) -> BaseModelOutputWithPast:
         """Padding is handled through positions: an offset reaches only tokens at position >= 0 of the same
         sequence, so left padding (positions counted over ``attention_mask``) never mixes into real tokens. An
         offset looks back by index, so a mask with a gap between real tokens is refused."""
-        check_ids(input_ids, self.config.vocab_size)
+        refuse_attentions(output_attentions, "the Grassmann LM has no attention; its Pluecker features are probe "
+                                             "points (layers.N.mixing.*)")
+        h = input_embeddings(self.embed_tokens, input_ids, inputs_embeds)
         if attention_mask is not None:
             check_left_padded(attention_mask)
         use_cache = self.config.use_cache and not self.training if use_cache is None else use_cache
@@ -141,13 +149,16 @@ class GrassmannLMModel(GrassmannLMPreTrainedModel):
         if use_cache and cache is None:
             cache = GrassmannCache(self.config.num_hidden_layers, max(self.config.windows))
         past = cache.get_seq_length() if cache is not None else 0
-        positions = token_positions(input_ids, past, position_ids, attention_mask, self.config.max_position_embeddings)
-        h = self.drop(self.embed_tokens(input_ids) + self.embed_positions(positions))
+        positions = token_positions(h, past, position_ids, attention_mask, self.config.max_position_embeddings)
+        h = self.drop(h + self.embed_positions(positions))
+        hidden = collect_hidden(output_hidden_states, self.config)
         for i, block in enumerate(self.layers):
+            if hidden is not None:
+                hidden.append(h)
             h = block(h, positions, cache=cache, layer_idx=i)
         if cache is not None:
-            cache.seen_tokens += input_ids.shape[1]
-        return BaseModelOutputWithPast(last_hidden_state=self.norm(h), cache=cache if use_cache else None)
+            cache.seen_tokens += h.shape[1]
+        return finish_backbone(self.norm(h), cache if use_cache else None, hidden, return_dict, self.config)
 
 
 class GrassmannLMForCausalLM(TiedCausalLMHead, GrassmannLMPreTrainedModel, GenerationMixin):
@@ -266,6 +277,7 @@ class NLIHeadForSequenceClassification(PreTrainedModel):
         self.classifier = nn.Linear(d, config.num_labels)
         self.post_init()
         self.encoder.eval()
+        self._encoder_takes_positions = "position_ids" in inspect.signature(self.encoder.forward).parameters
 
     @classmethod
     def from_pretrained(cls, *args, **kwargs):
@@ -298,31 +310,34 @@ class NLIHeadForSequenceClassification(PreTrainedModel):
         if not bool(has_token.all()):
             rows = (~has_token).nonzero().flatten().tolist()
             raise ValueError(f"NLI head: rows {rows} of attention_mask mask every token; a pair needs at least one")
+        m = attention_mask.long()
+        one_sided = (m[:, 1:] >= m[:, :-1]).all(-1) | (m[:, 1:] <= m[:, :-1]).all(-1)
+        if not bool(one_sided.all()):
+            raise ValueError("NLI head: attention_mask must pad on one side only (no masked token between real "
+                             "tokens)")
+        # positions counted over real tokens: a left-padded pair reads as the unpadded one, in the encoder too
+        positions = (m.cumsum(-1) - 1).clamp_min(0)
         with torch.no_grad():
-            hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+            extra = {"position_ids": positions} if self._encoder_takes_positions else {}
+            hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask, **extra).last_hidden_state
         x = self.proj(hidden)
         T = x.shape[1]
         keep = attention_mask.bool()
         if self.config.mixer == "grassmann":
             # offsets look back by index: left padding is kept out through positions, right padding comes after
-            # the real tokens (causal, and not pooled); a gap between real tokens would be mixed in
-            m = attention_mask.long()
-            one_sided = (m[:, 1:] >= m[:, :-1]).all(-1) | (m[:, 1:] <= m[:, :-1]).all(-1)
-            if not bool(one_sided.all()):
-                raise ValueError("NLI head: attention_mask must pad on one side only (no masked token between "
-                                 "real tokens)")
-            positions = (m.cumsum(-1) - 1).clamp_min(0)
+            # the real tokens (causal, and not pooled)
             for block in self.blocks:
                 x = block(x, positions)
         else:
             causal = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
-            mask = (causal & keep[:, None, None, :]) | torch.eye(T, dtype=torch.bool, device=x.device)
+            mask = causal & keep[:, None, None, :]  # a left-padding query sees nothing (attention output 0)
             for block in self.blocks:
                 x = block(x, mask=mask)
         pooled = (x * keep[..., None]).sum(1) / keep.sum(1, keepdim=True).clamp_min(1)
         logits = self.classifier(self.norm(pooled))
         loss = None if labels is None else F.cross_entropy(logits.float(), labels)
-        return SequenceClassifierOutput(loss=loss, logits=logits)
+        out = SequenceClassifierOutput(loss=loss, logits=logits)
+        return out if (self.config.return_dict if return_dict is None else return_dict) else out.to_tuple()
 
 
 AutoConfig.register(NLIHeadConfig.model_type, NLIHeadConfig)

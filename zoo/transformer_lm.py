@@ -18,6 +18,7 @@ from torch import nn
 from transformers import (AutoConfig, AutoModel, AutoModelForCausalLM, GenerationMixin, PreTrainedConfig,
                           PreTrainedModel)
 from transformers.cache_utils import Cache, DynamicCache
+from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
 from layers import CausalSelfAttention
@@ -52,11 +53,12 @@ def feed_forward(d_model: int, d_ff: int, dropout: float) -> nn.Sequential:
     return nn.Sequential(nn.Linear(d_model, d_ff), nn.GELU(), nn.Linear(d_ff, d_model), nn.Dropout(dropout))
 
 
-def token_positions(input_ids: torch.Tensor, past: int, position_ids: torch.Tensor | None,
+def token_positions(inputs: torch.Tensor, past: int, position_ids: torch.Tensor | None,
                     attention_mask: torch.Tensor | None, max_positions: int) -> torch.Tensor:
-    """Absolute positions (B, T) of the tokens in ``input_ids``: given, or counted over ``attention_mask`` (padding
-    does not count), or past..past+T-1. Positions at or beyond ``max_positions`` are an error."""
-    B, T = input_ids.shape
+    """Absolute positions (B, T) of the tokens of ``inputs`` (ids (B, T) or embeddings (B, T, d)): given, or counted
+    over ``attention_mask`` (padding does not count), or past..past+T-1. Positions at or beyond ``max_positions``
+    are an error."""
+    B, T = inputs.shape[:2]
     if attention_mask is not None and attention_mask.shape != (B, past + T):
         raise ValueError(f"attention_mask must cover the cached and the new tokens, shape (batch={B}, "
                          f"past + new = {past + T}), got {tuple(attention_mask.shape)}")
@@ -64,7 +66,7 @@ def token_positions(input_ids: torch.Tensor, past: int, position_ids: torch.Tens
         if attention_mask is not None:
             position_ids = (attention_mask.long().cumsum(-1) - 1).clamp_min(0)[:, -T:]
         else:
-            position_ids = torch.arange(past, past + T, device=input_ids.device)[None].expand(B, T)
+            position_ids = torch.arange(past, past + T, device=inputs.device)[None].expand(B, T)
         # an upper bound on the positions known on the host, so the check below needs no device sync
         bound = past + T - 1 if attention_mask is None else attention_mask.shape[-1] - 1
     elif position_ids.shape[-1] != T:
@@ -87,6 +89,41 @@ def check_ids(input_ids: torch.Tensor, vocab_size: int) -> None:
             raise ValueError(f"input_ids must lie in [0, vocab_size={vocab_size}), got range [{low}, {high}]")
 
 
+def input_embeddings(embed: nn.Embedding, input_ids: torch.Tensor | None,
+                     inputs_embeds: torch.Tensor | None) -> torch.Tensor:
+    """The token embeddings (B, T, d) of ``input_ids``, or ``inputs_embeds`` as given (soft prompts): exactly one."""
+    if (input_ids is None) == (inputs_embeds is None):
+        raise ValueError("pass exactly one of input_ids and inputs_embeds")
+    if input_ids is not None:
+        check_ids(input_ids, embed.num_embeddings)
+        return embed(input_ids)
+    if inputs_embeds.dim() != 3 or inputs_embeds.shape[-1] != embed.embedding_dim \
+            or not inputs_embeds.is_floating_point():
+        raise ValueError(f"inputs_embeds must be floating (batch, time, {embed.embedding_dim}), got "
+                         f"{inputs_embeds.dtype} {tuple(inputs_embeds.shape)}")
+    return inputs_embeds
+
+
+def collect_hidden(wanted: bool | None, config) -> list | None:
+    """A list to gather ``hidden_states`` into (HF convention: the embeddings, then every block's output, the last
+    one after the final norm), or None when not asked for (``output_hidden_states``, default the config's)."""
+    return [] if (config.output_hidden_states if wanted is None else wanted) else None
+
+
+def refuse_attentions(output_attentions: bool | None, what: str) -> None:
+    if output_attentions:
+        raise ValueError(f"output_attentions: {what}")
+
+
+def finish_backbone(x: torch.Tensor, cache, hidden: list | None, return_dict: bool | None, config):
+    """A backbone's output: the final (normed) hidden state, the cache, and ``hidden_states`` when collected; a
+    tuple of those present when ``return_dict`` (default the config's) is False."""
+    if hidden is not None:
+        hidden.append(x)
+    out = BaseModelOutputWithPast(last_hidden_state=x, cache=cache, hidden_states=None if hidden is None else tuple(hidden))
+    return out if (config.return_dict if return_dict is None else return_dict) else out.to_tuple()
+
+
 def lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Mean next-token cross-entropy: logits at t predict labels at t+1; label -100 is ignored. ``labels`` is
     (B, T) like the input ids, T >= 2 (one token predicts nothing: the mean would be 0/0)."""
@@ -98,7 +135,7 @@ def lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100)
 
 
-class TransformerBlock(nn.Module):
+class TransformerBlock(GradientCheckpointingLayer):
     """Pre-norm block: x <- x + Dropout(Attn(LN(x))); x <- x + FFN(LN(x)). Probe point ``attn.probs``."""
 
     def __init__(self, config: TransformerLMConfig):
@@ -120,6 +157,7 @@ class TransformerLMPreTrainedModel(PreTrainedModel):
     base_model_prefix = "model"
     _no_split_modules = ["TransformerBlock"]
     _supports_sdpa = True
+    supports_gradient_checkpointing = True  # gradient_checkpointing_enable() recomputes each block in backward
 
 
 class TransformerLMModel(TransformerLMPreTrainedModel):
@@ -151,24 +189,30 @@ class TransformerLMModel(TransformerLMPreTrainedModel):
         allowed = (torch.arange(S, device=device)[None] <= query)[None, None]
         if padded:
             keys = attention_mask[:, -S:].bool()[:, None, None, :]
-            allowed = (allowed & keys) | (torch.arange(S, device=device)[None] == query)  # a pad query sees itself
+            allowed = allowed & keys  # a left-padding query sees nothing (attention output 0, no probabilities)
         return allowed
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+    def forward(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
                 position_ids: torch.Tensor | None = None, cache: Cache | None = None, use_cache: bool | None = None,
-                return_dict: bool | None = None) -> BaseModelOutputWithPast:
-        check_ids(input_ids, self.config.vocab_size)
+                inputs_embeds: torch.Tensor | None = None, output_hidden_states: bool | None = None,
+                output_attentions: bool | None = None, return_dict: bool | None = None) -> BaseModelOutputWithPast:
+        refuse_attentions(output_attentions, "attention runs fused (SDPA) and returns no weights; attach a Probe to "
+                                             "layers.N.attn.probs to record them")
+        x = input_embeddings(self.embed_tokens, input_ids, inputs_embeds)
         use_cache = self.config.use_cache and not self.training if use_cache is None else use_cache
         if use_cache and cache is None:
             cache = DynamicCache()
         past = cache.get_seq_length() if cache is not None else 0
-        T = input_ids.shape[1]
-        positions = token_positions(input_ids, past, position_ids, attention_mask, self.config.max_position_embeddings)
-        mask = self._mask(attention_mask, past, T, input_ids.device)
-        x = self.drop(self.embed_tokens(input_ids) + self.embed_positions(positions))
+        positions = token_positions(x, past, position_ids, attention_mask, self.config.max_position_embeddings)
+        mask = self._mask(attention_mask, past, x.shape[1], x.device)
+        x = self.drop(x + self.embed_positions(positions))
+        hidden = collect_hidden(output_hidden_states, self.config)
         for i, block in enumerate(self.layers):
+            if hidden is not None:
+                hidden.append(x)
             x = block(x, mask=mask, cache=cache, layer_idx=i)
-        return BaseModelOutputWithPast(last_hidden_state=self.norm(x), cache=cache if use_cache else None)
+        x = self.norm(x)
+        return finish_backbone(x, cache if use_cache else None, hidden, return_dict, self.config)
 
 
 class TiedCausalLMHead:
@@ -193,14 +237,18 @@ class TiedCausalLMHead:
     def get_output_embeddings(self):
         return self.lm_head
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+    def forward(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
                 position_ids: torch.Tensor | None = None, cache: Cache | None = None, use_cache: bool | None = None,
-                labels: torch.Tensor | None = None, return_dict: bool | None = None) -> CausalLMOutputWithPast:
+                labels: torch.Tensor | None = None, inputs_embeds: torch.Tensor | None = None,
+                output_hidden_states: bool | None = None, output_attentions: bool | None = None,
+                return_dict: bool | None = None) -> CausalLMOutputWithPast:
         out = self.model(input_ids, attention_mask=attention_mask, position_ids=position_ids, cache=cache,
-                         use_cache=use_cache)
+                         use_cache=use_cache, inputs_embeds=inputs_embeds, output_hidden_states=output_hidden_states,
+                         output_attentions=output_attentions, return_dict=True)
         logits = self.lm_head(out.last_hidden_state)
         loss = lm_loss(logits, labels) if labels is not None else None
-        return CausalLMOutputWithPast(loss=loss, logits=logits, cache=out.cache)
+        result = CausalLMOutputWithPast(loss=loss, logits=logits, cache=out.cache, hidden_states=out.hidden_states)
+        return result if (self.config.return_dict if return_dict is None else return_dict) else result.to_tuple()
 
 
 class TransformerLMForCausalLM(TiedCausalLMHead, TransformerLMPreTrainedModel, GenerationMixin):
