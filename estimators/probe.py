@@ -114,7 +114,9 @@ class Probe:
                 take = (inputs[0] if of_input else output).detach()
                 if self.max_samples is not None and take.dim() > 0:
                     take = take[: self.max_samples - have]
-                chunks.append(take)
+                # a copy: a view would keep the whole batch's tensor alive, and an in-place op after the point
+                # (a ReLU(inplace=True)) would change what was recorded
+                chunks.append(take.clone())
         return record
 
     # -- computing ------------------------------------------------------------------------------

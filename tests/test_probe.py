@@ -180,3 +180,26 @@ def test_an_estimators_error_names_the_point_and_the_estimator():
                                  ({"lin.bias": [Estimator("never", never)]}, ValueError, "^lin.bias: never: cannot$")):
         with torch.no_grad(), pytest.raises(error, match=match), Probe(model, points):
             model(torch.rand(8, 4))
+
+
+def test_probe_records_a_copy_of_only_the_rows_it_keeps():
+    """The recorded rows are a copy: an in-place op after the probe point does not change them, and a batch larger
+    than max_samples is not kept alive by a view of its first rows."""
+    from estimators import Estimator
+
+    class InPlace(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.hidden = ProbePoint()
+
+        def forward(self, x):
+            return self.hidden(x * 1.0).relu_()  # the point's output is changed in place right after
+
+    seen = []
+    model = InPlace()
+    with Probe(model, {"hidden": [Estimator("record", lambda x: seen.append(x) or x.min())]}, max_samples=2) as probe:
+        model(-torch.ones(64, 3))
+        (kept,) = probe._buffers[("hidden", False)]  # before the flush: its own 2 x 3 storage, not the batch's
+        assert kept.shape == (2, 3) and kept.untyped_storage().nbytes() == 2 * 3 * 4
+    assert probe.table()[0]["value"] == -1.0 and seen[0].shape == (2, 3)  # recorded before the ReLU
+
