@@ -212,6 +212,9 @@ def test_mobilenext_drop_path_follows_timms_builder():
         assert torch.equal(plain(x), dropping(x))
     blocks = [b for stage in dropping.blocks for b in stage]
     assert len(blocks) == sum(n for _, _, n, _ in MOBILENEXT_STAGES) == 20
+    via_zoo = zoo.create_model("mobilenext_ca_100", drop_path_rate=0.4)  # our registry takes it as timm does
+    rates = {k: b.drop_path.drop_prob for k, b in enumerate(b for stage in via_zoo.blocks for b in stage) if b.has_skip}
+    assert len(rates) > 10 and all(rate == pytest.approx(0.4 * k / 20) for k, rate in rates.items())
     for k, block in enumerate(blocks):
         assert block.drop_path.drop_prob == k / 20 if block.has_skip else isinstance(block.drop_path, nn.Identity)
     block = dropping.blocks[4][2].train()  # k = 10: p = 0.5

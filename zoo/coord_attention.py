@@ -292,6 +292,7 @@ class ImageClassifierConfig:
     num_classes: int = 1000
     in_chans: int = 3
     drop_rate: float = 0.2
+    drop_path_rate: float = 0.0  # stochastic depth, as timm's own create_model takes it
 
 
 @dataclass

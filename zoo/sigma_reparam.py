@@ -65,7 +65,9 @@ def _create_vit_sigma(size: str, pretrained: bool = False, remove_norms: bool = 
     ``blocks.N.attn.probs`` (layers.add_attention_probes)."""
     variant = f"vit_{size}_patch16_224_sigma"
     if pretrained:
-        raise ValueError(f"{variant}: no published sigmaReparam checkpoint is converted yet; use pretrained=False")
+        raise ValueError(f"{variant}: no published sigmaReparam checkpoint is converted yet (pretrained_cfg_overlay "
+                         "cannot load one either: timm loads before the conversion); build with pretrained=False and "
+                         "load your weights into the converted model (load_state_dict, or weights.load_into)")
     if not reparam and remove_norms:
         raise ValueError(f"{variant}: reparam=False is the LayerNorm baseline; pass remove_norms=False with it")
     out_indices = kwargs.pop("out_indices", 3)  # features_only=True: the last 3 blocks, as timm's ViTs
