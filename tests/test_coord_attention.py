@@ -181,6 +181,31 @@ def test_mobilenext_feature_levels_are_timms_strides():
         assert [f.shape[2:] for f in ours(x)] == [f.shape[2:] for f in v2(x)]
 
 
+def test_mobilenext_forward_intermediates_equal_the_feature_model(tmp_path):
+    """timm's forward_intermediates / prune_intermediate_layers: the maps equal features_only's with the same
+    weights (loaded through timm's pretrained path), the final features equal forward_features, and pruning keeps
+    the stages the chosen maps need."""
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    model = timm.create_model("mobilenext_ca_100").eval()
+    save_file(model.state_dict(), tmp_path / "w.safetensors")
+    feats = timm.create_model("mobilenext_ca_100", features_only=True, pretrained=True,
+                              pretrained_cfg_overlay=dict(file=str(tmp_path / "w.safetensors"))).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        final, maps = model.forward_intermediates(x)
+        assert len(maps) == 5 and all(torch.equal(a, b) for a, b in zip(maps, feats(x)))
+        assert torch.equal(final, model.forward_features(x))
+        some = model.forward_intermediates(x, indices=[1, 3], intermediates_only=True)
+        assert [m.shape[1] for m in some] == [144, 384] and torch.equal(some[1], maps[3])
+        assert model.prune_intermediate_layers([1, 3]) == [1, 3] and len(model.blocks) == 5
+        assert type(model.classifier) is nn.Identity and model.num_features == 384
+        assert torch.equal(model.forward_intermediates(x, indices=[1, 3], intermediates_only=True)[1], maps[3])
+    with pytest.raises(ValueError, match="output_fmt must be 'NCHW'"):
+        model.forward_intermediates(x, output_fmt="NHWC")
+
+
 def test_features_only_loads_a_pretrained_file_strictly(tmp_path):
     gen = torch.Generator().manual_seed(0)
     full = timm.create_model("mobilenetv2_ca_100").eval()

@@ -21,6 +21,7 @@ from timm.layers import ConvNormAct, DropPath, SelectAdaptivePool2d, get_device_
 from timm.layers.cbam import CbamModule
 from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs
 from timm.models._builder import pretrained_cfg_for_features
+from timm.models._features import feature_take_indices
 from timm.models._efficientnet_blocks import SqueezeExcite
 from timm.models._efficientnet_builder import decode_arch_def, efficientnet_init_weights, round_channels
 from timm.models.efficientnet import EfficientNet, EfficientNetFeatures
@@ -157,6 +158,43 @@ class MobileNeXt(nn.Module):
         if self.grad_checkpointing and not torch.jit.is_scripting():
             return checkpoint_seq(self.blocks, x)  # each stage recomputed in backward
         return self.blocks(x)
+
+    def _stage_ends(self) -> list[int]:
+        """For each ``feature_info`` entry, how many stages run before it is reached (0: the stem)."""
+        return [0] + [int(f["module"].split(".")[1]) + 1 for f in self.feature_info[1:]]
+
+    def forward_intermediates(self, x: torch.Tensor, indices: int | list[int] | None = None, norm: bool = False,
+                              stop_early: bool = False, output_fmt: str = "NCHW", intermediates_only: bool = False):
+        """timm's interface: the maps of the ``feature_info`` entries ``indices`` (None: all; n: the last n), and,
+        unless ``intermediates_only``, the final features (after the last stage run; ``stop_early`` runs no
+        stage past the last index taken). MobileNeXt has no final norm, so ``norm`` changes nothing."""
+        if output_fmt != "NCHW":
+            raise ValueError(f"MobileNeXt.forward_intermediates: output_fmt must be 'NCHW', got {output_fmt!r}")
+        take, max_index = feature_take_indices(len(self.feature_info), indices)
+        ends = self._stage_ends()
+        if x.dim() != 4 or x.shape[1] != self.in_chans:
+            raise ValueError(f"MobileNeXt: x must have shape (batch, {self.in_chans}, H, W), got {tuple(x.shape)}")
+        x = self.conv_stem(x)
+        intermediates = [x] if 0 in take else []
+        taken_after = {ends[i] - 1: i for i in take if i}
+        stages = self.blocks[:ends[max_index]] if stop_early or intermediates_only else self.blocks
+        for k, stage in enumerate(stages):
+            x = checkpoint_seq(stage, x) if self.grad_checkpointing and not torch.jit.is_scripting() else stage(x)
+            if k in taken_after:
+                intermediates.append(x)
+        return intermediates if intermediates_only else (x, intermediates)
+
+    def prune_intermediate_layers(self, indices: int | list[int] = 1, prune_norm: bool = False,
+                                  prune_head: bool = True) -> list[int]:
+        """Drop the stages after the last of ``indices`` (and, with ``prune_head``, the classifier); returns the
+        indices kept, as timm's models do."""
+        take, max_index = feature_take_indices(len(self.feature_info), indices)
+        stages = len(self.blocks)
+        self.blocks = self.blocks[:self._stage_ends()[max_index]]
+        if prune_head or len(self.blocks) < stages:  # a truncated model's classifier no longer fits its features
+            self.num_features = self.head_hidden_size = self.feature_info[max_index]["num_chs"]
+            self.reset_classifier(0, "")
+        return take
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         x = nn.functional.dropout(self.global_pool(x), self.drop_rate, self.training)
