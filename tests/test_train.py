@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from train import fit, load_recipe
-from train.recipe import apply_override, list_recipes
+from train.recipe import RECIPES_DIR, apply_override, list_recipes
 from train.schedules import OPTIMIZERS, build_optimizer, lr_factor
 from train.tasks import TASKS
 from weights import load_checkpoint
@@ -94,6 +94,11 @@ def test_resume_names_the_settings_that_changed_and_why_it_starts_over(tmp_path,
 def test_a_fresh_run_does_not_inherit_a_previous_runs_best_model(tmp_path):
     base = SMALL_DSR + ["train.steps=10", "train.ckpt_every=0", "train.eval_every=5"]
     fit(load_recipe("alrnn-lorenz63", base + ["optim.lr=0.05", "train.seed=7"]), tmp_path / "run")
+    # a finished run is never trained over: its files would sit beside the new run's (eval would read its model)
+    with pytest.raises(FileExistsError, match=r"already holds a finished run \(model.safetensors, summary.json\)"):
+        fit(load_recipe("alrnn-lorenz63", base), tmp_path / "run")
+    for name in ("model.safetensors", "summary.json"):  # as a run killed after an evaluation leaves it
+        (tmp_path / "run" / name).unlink()
     fit(load_recipe("alrnn-lorenz63", base), tmp_path / "run")
     evals = [json.loads(r) for r in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines() if '"eval"' in r]
     best = json.loads((tmp_path / "run" / "best.json").read_text())
@@ -287,7 +292,9 @@ def test_numbers_that_yaml_reads_as_strings_become_floats_also_in_lists():
     recipe = load_recipe("pvrnn-pfsm", ["model_args.meta_prior=[1e-5, 2.5e-3]", "data.noise=5e-2",
                                         "task_args={er_lr: 1e-1, er_window: 10}"])
     assert recipe["model_args"]["meta_prior"] == [1e-5, 2.5e-3] and recipe["data"]["noise"] == 0.05
-    assert recipe["task_args"] == {"er_lr": 0.1, "er_window": 10}
+    # a mapping given for a section sets those keys; the recipe's others stay
+    assert recipe["task_args"] == {"er_lr": 0.1, "er_window": 10, "er_streams": 4, "er_length": 80,
+                                   "er_iterations": 20, "gen_steps": 2000}
     assert zoo.create_model("pvrnn_pfsm", **recipe["model_args"]).config.meta_prior == (1e-5, 2.5e-3)
     assert apply_override(recipe, "train.device=cpu")["train"]["device"] == "cpu"  # words stay words
     with pytest.raises(TypeError, match=r"meta_prior must be tuple\[float, \.\.\.\].*got \['x', 0.1\] of type list"):
@@ -547,3 +554,28 @@ def test_precision_auto_is_bf16_only_on_gpus_with_native_bf16(monkeypatch, tmp_p
     monkeypatch.setattr("train.loop.make_task", lambda recipe: pytest.fail("read data before checking precision"))
     with pytest.raises(ValueError, match="train.precision must be auto, fp32 or bf16, got 'fp16'"):
         fit(load_recipe("alrnn-lorenz63", ["train.precision=fp16"]), tmp_path / "run")
+
+
+def test_recipe_sections_typos_and_non_finite_settings_are_refused(tmp_path):
+    """A section set to a non-mapping, an unknown train setting in a recipe file (a misspelt ckpt_every would
+    turn checkpoints off), an infinite lr and a momentum above 1 are errors before anything runs."""
+    from train.schedules import build_optimizer
+
+    for override in ("train=5", "schedule=cosine", "data=[1, 2]"):
+        with pytest.raises(ValueError, match=r"is a section; give a mapping"):
+            load_recipe("ib-tanh-12bit", [override])
+    # a new optimizer (a mapping with name) replaces the section: adamw's weight_decay is not sgd's
+    assert load_recipe("hopfield-mil-digits", ["optim={name: sgd, lr: 0.1}"])["optim"] == {"name": "sgd", "lr": 0.1}
+    assert load_recipe("hopfield-mil-digits", ["optim={lr: 0.1}"])["optim"]["weight_decay"] == 1e-4
+    text = (RECIPES_DIR / "ib-tanh-12bit.yaml").read_text().replace("  ckpt_every:", "  ckpt_evry:")
+    assert "ckpt_evry" in text
+    (tmp_path / "typo.yaml").write_text(text)
+    with pytest.raises(ValueError, match=r"unknown train settings \['ckpt_evry'\] \(closest: \{'ckpt_evry': "
+                                         r"\['ckpt_every'\]\}\)"):
+        load_recipe(str(tmp_path / "typo.yaml"))
+    params = [torch.nn.Parameter(torch.zeros(2))]
+    with pytest.raises(ValueError, match=r"optim.lr must be a finite number >= 0, got inf"):
+        build_optimizer(params, {"name": "adam", "lr": float("inf")})
+    with pytest.raises(ValueError, match=r"optim.momentum must be a number in \[0, 1\], got 2"):
+        build_optimizer(params, {"name": "sgd", "lr": 0.1, "momentum": 2})
+

@@ -318,6 +318,10 @@ def _fit(recipe: dict, cfg: dict, out: Path, resume: bool, d: Dist, task, points
     if found and not resume:
         raise FileExistsError(f"{out} already holds checkpoints ({found[-1].name}); pass --resume to continue "
                               "that run or choose another --out")
+    finished = [name for name in ("model.safetensors", "summary.json") if (out / name).is_file()]
+    if finished and not resume:  # its files would sit beside the new run's, and eval would read the old model
+        raise FileExistsError(f"{out} already holds a finished run ({', '.join(finished)}); choose another --out, "
+                              "or delete that run first")
     if resume and (out / "recipe.yaml").is_file():
         saved = yaml.safe_load((out / "recipe.yaml").read_text())
         if saved != recipe:

@@ -29,14 +29,15 @@ REQUIRED = ("name", "model", "task")
 
 def check_number(section: str, key: str, value, low: float = 0.0, high: float = math.inf, integer: bool = False,
                  optional: bool = False):
-    """``value`` if it is a number in [low, high] (a whole one with ``integer``, e.g. ``1e5`` steps; None too with
+    """``value`` if it is a finite number in [low, high] (a whole one with ``integer``, e.g. ``1e5`` steps; None too with
     ``optional``), else a ValueError naming ``section.key``. Bools are refused: YAML's ``yes`` is not a count."""
     if optional and value is None:
         return value
-    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and low <= value <= high
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value) and low <= value <= high
     if not ok or integer and not float(value).is_integer():
         least = f" >= {low:g}" if low > -math.inf else ""
-        bounds = (f"an integer{least}" if integer else f"a number in [{low:g}, {high:g}]") + (" or null" if optional else "")
+        span = f"a finite number{least}" if high == math.inf else f"a number in [{low:g}, {high:g}]"
+        bounds = (f"an integer{least}" if integer else span) + (" or null" if optional else "")
         raise ValueError(f"{section}.{key} must be {bounds}, got {value!r}")
     return value
 
@@ -91,7 +92,15 @@ def apply_override(recipe: dict, assignment: str) -> dict:
     free = keys[0] in ("model_args", "task_args", "data", "probe") or (len(keys) >= 2 and keys[0] in ("optim", "schedule"))
     if keys[-1] not in node and not free:
         raise KeyError(f"override {path!r}: unknown key; {'.'.join(keys[:-1]) or 'top level'} has {sorted(node)}")
-    node[keys[-1]] = parse_value(raw)
+    value = parse_value(raw)
+    if isinstance(node.get(keys[-1]), dict) and not (keys == ["probe"] and value is None):  # probe=null: off
+        # a section: a mapping sets those keys, the others stay
+        if not isinstance(value, dict):
+            raise ValueError(f"override {path!r}: {path} is a section; give a mapping ({path}={{key: value}}) or "
+                             f"set one key ({path}.KEY=VALUE), got {value!r}")
+        if not (keys[-1] in ("optim", "schedule") and "name" in value):  # a new optimizer/schedule: its own settings
+            value = _merge(node[keys[-1]], value)
+    node[keys[-1]] = value
     return out
 
 
@@ -109,6 +118,12 @@ def load_recipe(name_or_path: str, overrides: list[str] | tuple[str, ...] = ()) 
     unknown = sorted(set(raw) - set(DEFAULTS) - set(REQUIRED) - {"description", "reference"})
     if unknown:
         raise ValueError(f"recipe {path}: unknown top-level keys {unknown}; valid: {sorted(set(DEFAULTS) | set(REQUIRED))}")
+    train = raw.get("train") or {}
+    unknown = sorted(set(train) - set(DEFAULTS["train"])) if isinstance(train, dict) else []
+    if unknown:  # a misspelt ckpt_every would silently turn checkpoints (and resume) off
+        hints = {k: difflib.get_close_matches(k, DEFAULTS["train"], n=1) for k in unknown}
+        raise ValueError(f"recipe {path}: unknown train settings {unknown} (closest: {hints}); valid: "
+                         f"{sorted(DEFAULTS['train'])}")
     recipe = _merge(DEFAULTS, raw)
     for assignment in overrides:
         recipe = apply_override(recipe, assignment)

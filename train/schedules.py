@@ -22,9 +22,10 @@ def build_optimizer(params, cfg: dict) -> torch.optim.Optimizer:
     unknown = sorted(set(cfg) - set(settings))
     if unknown:
         raise KeyError(f"optim: {name} has no setting {unknown}; its settings are {settings}")
-    for key in ("lr", "weight_decay", "momentum", "dampening", "eps"):
+    for key, high in (("lr", math.inf), ("weight_decay", math.inf), ("momentum", 1.0), ("dampening", 1.0),
+                      ("eps", math.inf)):
         if key in cfg:
-            check_number("optim", key, cfg[key])
+            check_number("optim", key, cfg[key], high=high)
     if "betas" in cfg:
         betas = cfg["betas"]
         if not isinstance(betas, (list, tuple)) or len(betas) != 2:
