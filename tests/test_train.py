@@ -329,8 +329,8 @@ def test_bad_probe_section_fails_before_the_data_is_read(override, error, tmp_pa
 
 
 @pytest.mark.parametrize("override, error", [
-    ("optim.lr=abc", r"optim.lr must be a number in \[0, inf\], got 'abc'"),
-    ("optim.lr=-1e-3", r"optim.lr must be a number in \[0, inf\], got -0.001"),
+    ("optim.lr=abc", r"optim.lr must be a finite number >= 0, got 'abc'"),
+    ("optim.lr=-1e-3", r"optim.lr must be a finite number >= 0, got -0.001"),
     ("optim.betas=0.9", r"optim.betas must be a pair \[beta1, beta2\], got 0.9"),
     ("optim.betas=[0.9, 1.5]", r"optim.betas must be a number in \[0, 1\], got 1.5"),
     ("optim.momentum=0.9", r"optim: radam has no setting \['momentum'\]; its settings are \['lr', 'betas'"),
