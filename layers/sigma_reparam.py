@@ -139,14 +139,15 @@ def apply_sigma_reparam(model: nn.Module, include: Sequence[str] = ("*",), exclu
     if not isinstance(model, nn.Module):
         raise TypeError(f"apply_sigma_reparam: model must be an nn.Module, got {type(model).__name__}")
     include, exclude = _patterns("include", include), _patterns("exclude", exclude)
-    names = [name for name, _ in model.named_modules()]
+    modules = list(model.named_modules())
+    names = [name for name, _ in modules]
     for argument, patterns in (("include", include), ("exclude", exclude)):
         unmatched = [p for p in patterns if not any(fnmatch.fnmatchcase(name, p) for name in names)]
         if unmatched:  # a misspelt glob would otherwise convert nothing, or what it meant to keep plain
             close = {p: difflib.get_close_matches(p, names, n=3) for p in unmatched}
             raise ValueError(f"apply_sigma_reparam: {argument} patterns {unmatched} match no module name of "
                              f"{type(model).__name__} (closest: {close}); names look like {names[1:6]}")
-    selected = [(name, module) for name, module in model.named_modules() if _selected(name, include, exclude)]
+    selected = [(name, module) for name, module in modules if _selected(name, include, exclude)]
     layers = [(name, module) for name, module in selected if type(module) in _SIGMA_OF]
     norms = [name for name, module in selected if remove_norms and isinstance(module, NORM_TYPES)]
     if "" in norms:

@@ -151,10 +151,13 @@ class MobileNeXt(nn.Module):
         self.classifier = (nn.Linear(self.num_features, num_classes, **get_device_dtype(self)) if num_classes > 0
                            else nn.Identity())
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+    def _stem(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4 or x.shape[1] != self.in_chans:
             raise ValueError(f"MobileNeXt: x must have shape (batch, {self.in_chans}, H, W), got {tuple(x.shape)}")
-        x = self.conv_stem(x)
+        return self.conv_stem(x)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        x = self._stem(x)
         if self.grad_checkpointing and not torch.jit.is_scripting():
             return checkpoint_seq(self.blocks, x)  # each stage recomputed in backward
         return self.blocks(x)
@@ -172,9 +175,7 @@ class MobileNeXt(nn.Module):
             raise ValueError(f"MobileNeXt.forward_intermediates: output_fmt must be 'NCHW', got {output_fmt!r}")
         take, max_index = feature_take_indices(len(self.feature_info), indices)
         ends = self._stage_ends()
-        if x.dim() != 4 or x.shape[1] != self.in_chans:
-            raise ValueError(f"MobileNeXt: x must have shape (batch, {self.in_chans}, H, W), got {tuple(x.shape)}")
-        x = self.conv_stem(x)
+        x = self._stem(x)
         intermediates = [x] if 0 in take else []
         taken_after = {ends[i] - 1: i for i in take if i}
         stages = self.blocks[:ends[max_index]] if stop_early or intermediates_only else self.blocks

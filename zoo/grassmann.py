@@ -29,8 +29,8 @@ from layers import CausalGrassmannMixing
 from weights.hub import hub_resolvable
 
 from ._registry import register_model
-from .transformer_lm import (PAPER, TiedCausalLMHead, check_ids, collect_hidden, feed_forward, finish_backbone,
-                             input_embeddings, refuse_attentions, token_positions)
+from .transformer_lm import (PAPER, TiedCausalLMHead, as_requested, check_ids, collect_hidden, feed_forward,
+                             finish_backbone, input_embeddings, positions_from_mask, refuse_attentions, token_positions)
 
 WINDOWS = (1, 2, 4, 8, 12, 16)
 
@@ -316,7 +316,7 @@ class NLIHeadForSequenceClassification(PreTrainedModel):
             raise ValueError("NLI head: attention_mask must pad on one side only (no masked token between real "
                              "tokens)")
         # positions counted over real tokens: a left-padded pair reads as the unpadded one, in the encoder too
-        positions = (m.cumsum(-1) - 1).clamp_min(0)
+        positions = positions_from_mask(m)
         with torch.no_grad():
             extra = {"position_ids": positions} if self._encoder_takes_positions else {}
             hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask, **extra).last_hidden_state
@@ -336,8 +336,7 @@ class NLIHeadForSequenceClassification(PreTrainedModel):
         pooled = (x * keep[..., None]).sum(1) / keep.sum(1, keepdim=True).clamp_min(1)
         logits = self.classifier(self.norm(pooled))
         loss = None if labels is None else F.cross_entropy(logits.float(), labels)
-        out = SequenceClassifierOutput(loss=loss, logits=logits)
-        return out if (self.config.return_dict if return_dict is None else return_dict) else out.to_tuple()
+        return as_requested(SequenceClassifierOutput(loss=loss, logits=logits), return_dict, self.config)
 
 
 AutoConfig.register(NLIHeadConfig.model_type, NLIHeadConfig)

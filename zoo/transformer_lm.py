@@ -64,7 +64,7 @@ def token_positions(inputs: torch.Tensor, past: int, position_ids: torch.Tensor 
                          f"past + new = {past + T}), got {tuple(attention_mask.shape)}")
     if position_ids is None:
         if attention_mask is not None:
-            position_ids = (attention_mask.long().cumsum(-1) - 1).clamp_min(0)[:, -T:]
+            position_ids = positions_from_mask(attention_mask)[:, -T:]
         else:
             position_ids = torch.arange(past, past + T, device=inputs.device)[None].expand(B, T)
         # an upper bound on the positions known on the host, so the check below needs no device sync
@@ -87,6 +87,17 @@ def check_ids(input_ids: torch.Tensor, vocab_size: int) -> None:
         low, high = torch.stack(torch.aminmax(input_ids)).tolist()  # one device sync for both bounds
         if low < 0 or high >= vocab_size:
             raise ValueError(f"input_ids must lie in [0, vocab_size={vocab_size}), got range [{low}, {high}]")
+
+
+def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions counted over the real tokens of a 0/1 mask (B, T): left padding shifts nothing (pads get 0)."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
+
+
+def as_requested(out, return_dict: bool | None, config):
+    """A model output as transformers' callers ask for it: ``out``, or its tuple when ``return_dict`` (default the
+    config's) is False."""
+    return out if (config.return_dict if return_dict is None else return_dict) else out.to_tuple()
 
 
 def input_embeddings(embed: nn.Embedding, input_ids: torch.Tensor | None,
@@ -121,7 +132,7 @@ def finish_backbone(x: torch.Tensor, cache, hidden: list | None, return_dict: bo
     if hidden is not None:
         hidden.append(x)
     out = BaseModelOutputWithPast(last_hidden_state=x, cache=cache, hidden_states=None if hidden is None else tuple(hidden))
-    return out if (config.return_dict if return_dict is None else return_dict) else out.to_tuple()
+    return as_requested(out, return_dict, config)
 
 
 def lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -248,7 +259,7 @@ class TiedCausalLMHead:
         logits = self.lm_head(out.last_hidden_state)
         loss = lm_loss(logits, labels) if labels is not None else None
         result = CausalLMOutputWithPast(loss=loss, logits=logits, cache=out.cache, hidden_states=out.hidden_states)
-        return result if (self.config.return_dict if return_dict is None else return_dict) else result.to_tuple()
+        return as_requested(result, return_dict, self.config)
 
 
 class TransformerLMForCausalLM(TiedCausalLMHead, TransformerLMPreTrainedModel, GenerationMixin):
