@@ -90,7 +90,7 @@ def test_eval_uses_the_runs_own_recipe(tmp_path, capsys):
         for command in ("eval", "estimate"):
             extra = ["--probe", "t.0=effective_rank"] if command == "estimate" else []
             err = _error(capsys, [command, str(run), "--set", setting, *extra])
-            assert f"--set {setting} has no effect here" in err and "data.*" in err
+            assert f"--set {setting} has no effect on zoo " in err and "data.*" in err
 
 
 def test_user_mistakes_are_clean_errors(tmp_path, capsys):

@@ -1,6 +1,7 @@
 import csv
 import json
 import os
+import re
 import subprocess
 import sys
 import warnings
@@ -8,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from train import fit, load_recipe
 from train.recipe import RECIPES_DIR, apply_override, list_recipes
@@ -176,12 +178,70 @@ def test_nan_gradient_of_a_finite_loss_stops_before_the_update(tmp_path, monkeyp
     ("train.clip=-1", "train.clip must be a finite number >= 0"),
     ("train.clip=abc", "train.clip must be a finite number >= 0"),
     ("train.seed=abc", "train.seed must be an integer"),
-    ("train.threads=-2", "train.threads must be an integer >= 0 or null"),
+    ("train.threads=0", "train.threads must be an integer >= 1 or null"),
+    ("train.seed=-1", r"train.seed must be an integer in \[0, 4294967295\], got -1"),
+    ("train.seed=4294967296", r"train.seed must be an integer in \[0, 4294967295\]"),
+    ('train.compile="false"', "train.compile must be true or false, got 'false'"),
 ])
 def test_bad_train_values_are_named_before_any_work(tmp_path, override, message):
     with pytest.raises(ValueError, match=message):
         fit(load_recipe("alrnn-lorenz63", SMALL_DSR + [override]), tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+def test_run_directory_optimizer_and_schedule_are_checked_before_the_data_is_read(tmp_path, monkeypatch):
+    monkeypatch.setattr("train.loop.make_task", lambda recipe: pytest.fail("read data before the checks"))
+    (tmp_path / "done").mkdir()
+    (tmp_path / "done" / "summary.json").write_text("{}")
+    with pytest.raises(FileExistsError, match="already holds a finished run"):
+        fit(load_recipe("alrnn-lorenz63"), tmp_path / "done")
+    with pytest.raises(KeyError, match=r"optim: sgd has no setting \['betas'\]"):
+        fit(load_recipe("alrnn-lorenz63", ["optim={name: sgd, lr: 0.1, betas: [0.9, 0.99]}"]), tmp_path / "a")
+    with pytest.raises(KeyError, match="schedule.name 'cosin' is unknown"):
+        fit(load_recipe("alrnn-lorenz63", ["schedule.name=cosin"]), tmp_path / "b")
+    saved = load_recipe("alrnn-lorenz63")
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "recipe.yaml").write_text(yaml.safe_dump(saved))
+    with pytest.raises(ValueError, match=r"train.steps: 20000 -> 7"):
+        fit(load_recipe("alrnn-lorenz63", ["train.steps=7"]), tmp_path / "c", resume=True)
+
+
+def test_batch_seeds_keep_their_values_and_fit_torchs_32_bit_seeds():
+    """The batch generator of (seed, step) is torch's generator seeded with seed * 1,000,003 + step (the seeds of
+    the runs in this README), taken mod 2^32 as torch does, so the largest seed and step overflow nothing; seed 1
+    starts where seed 0's millionth step would be."""
+    from train.loop import MAX_SEED, _batch_generator
+
+    def draw(generator):
+        return torch.randint(0, 2**62, (4,), generator=generator).tolist()
+
+    assert draw(_batch_generator(3, 17)) == draw(torch.Generator().manual_seed(3 * 1_000_003 + 17))
+    assert draw(_batch_generator(4294, 999_999)) == draw(torch.Generator().manual_seed(4294 * 1_000_003 + 999_999))
+    starts = {draw(_batch_generator(seed, 0))[0] for seed in range(4294)}  # one sequence per seed
+    assert len(starts) == 4294 and draw(_batch_generator(1, 0)) == draw(_batch_generator(0, 1_000_003))
+    assert draw(_batch_generator(MAX_SEED, 10**12)) != draw(_batch_generator(MAX_SEED, 10**12 + 1))
+
+
+def test_recipe_files_and_set_values_that_are_not_yaml_name_where(tmp_path):
+    (tmp_path / "broken.yaml").write_text("name: x\nmodel: [alrnn\n")
+    with pytest.raises(yaml.YAMLError, match=re.escape(str(tmp_path / "broken.yaml"))):
+        load_recipe(str(tmp_path / "broken.yaml"))
+    (tmp_path / "list.yaml").write_text("- name: x\n")
+    with pytest.raises(ValueError, match="must be a YAML mapping"):
+        load_recipe(str(tmp_path / "list.yaml"))
+    with pytest.raises(ValueError, match=r"override 'data.name=\[a,': the value '\[a,' is not YAML .* at column 4\)"):
+        load_recipe("alrnn-lorenz63", ["data.name=[a,"])
+
+
+def test_a_warmup_longer_than_the_run_is_warned_about():
+    with pytest.warns(UserWarning, match=r"schedule.warmup \(20\) is longer than the run \(5 steps\): the learning "
+                                         r"rate ends at 0.25 x optim.lr"):
+        factor = lr_factor({"name": "cosine", "warmup": 20}, 5)
+    assert [factor(s) for s in range(5)] == [0.05, 0.1, 0.15, 0.2, 0.25]
+    # exponential: p = 1 at step `steps`, so the first n steps of a long run are a short run's
+    long, short = lr_factor({"name": "exponential", "final_ratio": 0.01}, 100), lr_factor(
+        {"name": "exponential", "final_ratio": 0.01 ** 0.2}, 20)
+    assert all(abs(long(s) - short(s)) < 1e-12 for s in range(20))
 
 
 def test_a_failing_final_selection_keeps_the_trained_weights(tmp_path):

@@ -54,6 +54,8 @@ def _cmd_train(args):
     from . import loop
 
     recipe = _load_recipe(args.recipe, args.set)
+    if args.out is not None and not args.out.strip():
+        raise ValueError("--out is empty; give a run directory, or leave --out out for runs/RECIPE")
     out = Path(args.out or f"runs/{recipe['name']}")
     try:
         final = loop.fit(recipe, out, resume=args.resume)
@@ -104,7 +106,7 @@ def _check_eval_overrides(overrides, command: str) -> None:
     for assignment in overrides:
         key = assignment.partition("=")[0].strip()
         if key.split(".")[0] not in _EVAL_SECTIONS:
-            raise ValueError(f"zoo {command}: --set {assignment} has no effect here: the model and its settings come "
+            raise ValueError(f"--set {assignment} has no effect on zoo {command}: the model and its settings come "
                              f"from the checkpoint, and evaluation reads only {' and '.join(s + '.*' for s in _EVAL_SECTIONS)}")
 
 
@@ -310,7 +312,9 @@ def main(argv=None):
                    help="estimator(s) for every --probe given without '=EST' (see estimators.ESTIMATORS)")
     p.add_argument("--batch", type=int, default=64, help="examples in the batch (default 64; at most what the task "
                                                            "draws, e.g. a PV-RNN run's n_sequences)")
-    p.add_argument("--samples", type=int, default=4096)
+    p.add_argument("--samples", type=int, default=4096,
+                   help="rows (dim 0) of a probe point's output that its estimators see at most (default 4096): the "
+                        "first ones, as the training probe's max_samples")
     p.add_argument("--split", choices=("held-out", "train"), default="held-out",
                    help="draw the batch from the task's held-out data (default) or from its training data")
     p.add_argument("--target", metavar="KEY",

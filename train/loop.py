@@ -23,14 +23,19 @@ from weights.tree import load_tree, save_tree
 from .distributed import Dist, all_mean, setup, teardown
 from .plots import plot_metrics
 from .recipe import check_number
-from .schedules import build_optimizer, build_scheduler
+from .schedules import build_optimizer, build_scheduler, lr_factor
 from .tasks import make_task
 from .tasks.base import Task
 
 
 def _batch_generator(seed: int, step: int) -> torch.Generator:
-    """The global batch depends only on (seed, step): resumed and multi-process runs draw the same one."""
-    return torch.Generator().manual_seed(seed * 1_000_003 + step)
+    """The global batch depends only on (seed, step): resumed and multi-process runs draw the same one. torch's
+    CPU generator keeps 32 bits of its seed, here (seed * 1,000,003 + step) mod 2^32: one sequence per seed, and
+    seeds 0 to 4293 never share a batch in runs of up to 1,000,003 steps (other pairs of seeds may, shifted)."""
+    return torch.Generator().manual_seed((seed * 1_000_003 + step) % 2**32)
+
+
+MAX_SEED = 2**32 - 1  # torch's generators keep 32 bits: seed 2^32 would repeat seed 0
 
 
 def _local_slice(batch: dict, micro: int, accum: int, d: Dist) -> dict:
@@ -233,6 +238,9 @@ def fit(recipe: dict, out: str | Path = "runs/run", resume: bool = False) -> dic
     out = Path(out)
     cfg = recipe["train"]
     _check_train_section(cfg)
+    _check_run_dir(recipe, out, resume)
+    build_optimizer([torch.zeros(1, requires_grad=True)], recipe["optim"])  # its settings, before any data is read
+    lr_factor(recipe["schedule"], int(cfg["steps"]))
     points = _probe_estimators(recipe.get("probe") or {})
     threads = torch.get_num_threads()
     try:
@@ -252,12 +260,15 @@ def fit(recipe: dict, out: str | Path = "runs/run", resume: bool = False) -> dic
 
 def _check_train_section(cfg: dict) -> None:
     """Counts in the recipe's train section are integers: >= 1 for steps, batch_size, grad_accum and log_every,
-    >= 0 for eval_every, ckpt_every and keep_checkpoints."""
+    >= 0 for eval_every, ckpt_every and keep_checkpoints (0: keep all), >= 1 or null for threads; seed in
+    [0, 2^32 - 1]; compile true or false."""
     for key, least in (("steps", 1), ("batch_size", 1), ("grad_accum", 1), ("log_every", 1), ("eval_every", 0),
                        ("ckpt_every", 0), ("keep_checkpoints", 0)):
         check_number("train", key, cfg[key], low=least, integer=True)
-    check_number("train", "seed", cfg["seed"], low=-math.inf, integer=True)
-    check_number("train", "threads", cfg["threads"], integer=True, optional=True)
+    check_number("train", "seed", cfg["seed"], high=MAX_SEED, integer=True)
+    check_number("train", "threads", cfg["threads"], low=1, integer=True, optional=True)
+    if not isinstance(cfg["compile"], bool):  # the string "false" would be true
+        raise ValueError(f"train.compile must be true or false, got {cfg['compile']!r}")
     clip = cfg["clip"]
     if clip not in (None, False) and (isinstance(clip, bool) or not isinstance(clip, (int, float))
                                       or not math.isfinite(clip) or clip < 0):
@@ -310,10 +321,8 @@ def _differences(saved: dict, now: dict, prefix: str = "") -> list[str]:
     return found
 
 
-def _fit(recipe: dict, cfg: dict, out: Path, resume: bool, d: Dist, task, points: dict) -> dict:
-    steps, accum, batch_size = int(cfg["steps"]), int(cfg["grad_accum"]), int(cfg["batch_size"])
-    if batch_size % (accum * d.world):
-        raise ValueError(f"train.batch_size={batch_size} must be divisible by grad_accum*processes={accum * d.world}")
+def _check_run_dir(recipe: dict, out: Path, resume: bool) -> None:
+    """A fresh run needs a directory without another run's checkpoints or results; a resumed one, the same recipe."""
     found = checkpoints(out)
     if found and not resume:
         raise FileExistsError(f"{out} already holds checkpoints ({found[-1].name}); pass --resume to continue "
@@ -330,6 +339,12 @@ def _fit(recipe: dict, cfg: dict, out: Path, resume: bool, d: Dist, task, points
                              "recipe (the schedule depends on train.steps): drop those --set flags, or train into a "
                              "new --out")
 
+
+def _fit(recipe: dict, cfg: dict, out: Path, resume: bool, d: Dist, task, points: dict) -> dict:
+    steps, accum, batch_size = int(cfg["steps"]), int(cfg["grad_accum"]), int(cfg["batch_size"])
+    if batch_size % (accum * d.world):
+        raise ValueError(f"train.batch_size={batch_size} must be divisible by grad_accum*processes={accum * d.world}")
+    found = checkpoints(out)
     model_args = task.model_args(recipe["model_args"])
     model = zoo.create_model(recipe["model"], pretrained=recipe.get("pretrained") or False, **model_args).to(d.device)
     task.prepare(model)

@@ -35,9 +35,9 @@ def check_number(section: str, key: str, value, low: float = 0.0, high: float = 
         return value
     ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value) and low <= value <= high
     if not ok or integer and not float(value).is_integer():
-        least = f" >= {low:g}" if low > -math.inf else ""
-        span = f"a finite number{least}" if high == math.inf else f"a number in [{low:g}, {high:g}]"
-        bounds = (f"an integer{least}" if integer else span) + (" or null" if optional else "")
+        kind = "an integer" if integer else "a finite number" if high == math.inf else "a number"
+        bounds = (f"{kind} >= {low:g}" if high == math.inf else f"{kind} in [{low:g}, {high:.12g}]") + (
+            " or null" if optional else "")
         raise ValueError(f"{section}.{key} must be {bounds}, got {value!r}")
     return value
 
@@ -92,7 +92,12 @@ def apply_override(recipe: dict, assignment: str) -> dict:
     free = keys[0] in ("model_args", "task_args", "data", "probe") or (len(keys) >= 2 and keys[0] in ("optim", "schedule"))
     if keys[-1] not in node and not free:
         raise KeyError(f"override {path!r}: unknown key; {'.'.join(keys[:-1]) or 'top level'} has {sorted(node)}")
-    value = parse_value(raw)
+    try:
+        value = parse_value(raw)
+    except yaml.YAMLError as err:
+        where = f" at column {err.problem_mark.column + 1}" if getattr(err, "problem_mark", None) else ""
+        raise ValueError(f"override {assignment!r}: the value {raw!r} is not YAML ({getattr(err, 'problem', err)}"
+                         f"{where}); a string holding YAML's characters needs quotes, e.g. {path}='\"a, [b]\"'") from None
     if isinstance(node.get(keys[-1]), dict) and not (keys == ["probe"] and value is None):  # probe=null: off
         # a section: a mapping sets those keys, the others stay
         if not isinstance(value, dict):
@@ -111,7 +116,10 @@ def load_recipe(name_or_path: str, overrides: list[str] | tuple[str, ...] = ()) 
         path = RECIPES_DIR / f"{name_or_path}.yaml"
     if not path.is_file():
         raise FileNotFoundError(f"no recipe {name_or_path!r}; available: {list_recipes()}")
-    raw = _numbers(yaml.safe_load(path.read_text()) or {})
+    with open(path) as f:  # a YAML error then names the file, not "<unicode string>"
+        raw = _numbers(yaml.safe_load(f) or {})
+    if not isinstance(raw, dict):
+        raise ValueError(f"recipe {path} must be a YAML mapping (name:, model:, task:, ...), got {type(raw).__name__}")
     missing = [k for k in REQUIRED if k not in raw]
     if missing:
         raise ValueError(f"recipe {path} lacks required keys {missing}")

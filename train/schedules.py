@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import warnings
 
 import torch
 
@@ -35,8 +36,10 @@ def build_optimizer(params, cfg: dict) -> torch.optim.Optimizer:
 
 
 def lr_factor(cfg: dict, total: int):
-    """Multiplier of the base lr at step s: linear warmup, then
-    constant | cosine to ``min_ratio`` | exponential decay to ``final_ratio`` at the last step."""
+    """Multiplier of the base lr at step s of ``total``: linear warmup (w steps), then constant | cosine to
+    ``min_ratio`` | exponential decay to ``final_ratio``, as functions of p = (s - w) / (total - w). p = 1 is step
+    ``total``, one past the last update (as in transformers' schedules); so the first n steps of an exponential
+    run of ``total`` steps are a run of n steps with final_ratio**(n/total)."""
     name = cfg.get("name", "constant")
     warmup = int(check_number("schedule", "warmup", cfg.get("warmup", 0), integer=True))
     unknown = sorted(set(cfg) - {"name", "warmup", "min_ratio", "final_ratio"})  # another schedule's may stay
@@ -59,6 +62,9 @@ def lr_factor(cfg: dict, total: int):
     if "final_ratio" in cfg:  # 0 would drop the rate to 0 right after the first step
         check_number("schedule", "final_ratio", cfg["final_ratio"], low=1e-12, high=1.0)
     decay(0.0)  # validate the name now, not at the first step
+    if warmup > total:  # a short trial run of a long recipe: allowed, but it never trains at optim.lr
+        warnings.warn(f"schedule.warmup ({warmup}) is longer than the run ({total} steps): the learning rate ends at "
+                      f"{total / warmup:.3g} x optim.lr; --set schedule.warmup=N to shorten it")
 
     def factor(step: int) -> float:
         if step < warmup:
