@@ -21,6 +21,8 @@ class CausalSelfAttention(nn.Module):
 
     ``cache``: any object with ``update(k, v, layer_idx) -> (k_all, v_all)`` (a transformers ``Cache``); the new
     keys/values (B, heads, T, d_head) are appended and attention runs over all S cached positions.
+    ``need_weights=True`` computes softmax(...) V as written instead (transformers' "eager" attention, dropout on
+    the probabilities) and returns (output, probabilities), as ``nn.MultiheadAttention`` does.
     """
 
     def __init__(self, d_model: int, n_heads: int, dropout: float = 0.0):
@@ -32,9 +34,10 @@ class CausalSelfAttention(nn.Module):
         self.proj = nn.Linear(d_model, d_model)
         self.probs = ProbePoint()
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, cache=None, layer_idx: int = 0) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, cache=None, layer_idx: int = 0,
+                need_weights: bool = False):
         """``x`` (B, T, d); ``mask`` bool (B or 1, 1, T, S), True = may attend; None means plain causal (no cache
-        past, no padding). Returns (B, T, d)."""
+        past, no padding). Returns (B, T, d), and with ``need_weights`` also the probabilities (B, heads, T, S)."""
         if x.dim() != 3 or x.shape[-1] != self.d_model:
             raise ValueError(f"CausalSelfAttention: x must have shape (batch, time, {self.d_model}), got {tuple(x.shape)}")
         B, T, _ = x.shape
@@ -50,16 +53,20 @@ class CausalSelfAttention(nn.Module):
             raise ValueError(f"CausalSelfAttention: mask must be a bool tensor (B or 1, 1, {T}, {S}), True = may "
                              f"attend, with the causal part included; got {mask.dtype} {tuple(mask.shape)}")
         causal = mask is None
-        if self.probs._forward_hooks:
+        if need_weights or self.probs._forward_hooks:
             allowed = torch.ones(T, T, dtype=torch.bool, device=x.device).tril() if causal else mask
             scores = (q @ k.transpose(-1, -2)) / math.sqrt(self.d_head)
             # a query with no allowed key (padding) gets zero probabilities, which entropy estimators skip
-            self.probs(scores.masked_fill(~allowed, float("-inf")).softmax(-1).nan_to_num(0.0))
-        # a query with no allowed key attends to nothing: output 0. SDPA is given all keys for it (a row of -inf
-        # would be NaN on some backends) and its output is zeroed; no host sync to find such rows
-        empty = None if causal else ~mask.any(-1, keepdim=True)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=None if causal else mask | empty, is_causal=causal,
-                                           dropout_p=self.dropout if self.training else 0.0)
-        if empty is not None:
-            y = y.masked_fill(empty, 0.0)
-        return self.proj(y.transpose(1, 2).reshape(B, T, self.d_model))
+            probs = self.probs(scores.masked_fill(~allowed, float("-inf")).softmax(-1).nan_to_num(0.0))
+        if need_weights:
+            y = F.dropout(probs, self.dropout, self.training) @ v
+        else:
+            # a query with no allowed key attends to nothing: output 0. SDPA is given all keys for it (a row of
+            # -inf would be NaN on some backends) and its output is zeroed; no host sync to find such rows
+            empty = None if causal else ~mask.any(-1, keepdim=True)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=None if causal else mask | empty,
+                                               is_causal=causal, dropout_p=self.dropout if self.training else 0.0)
+            if empty is not None:
+                y = y.masked_fill(empty, 0.0)
+        y = self.proj(y.transpose(1, 2).reshape(B, T, self.d_model))
+        return (y, probs) if need_weights else y

@@ -456,8 +456,41 @@ def test_transformers_forward_options(make):
     assert torch.equal(m.generate(inputs_embeds=embeds[:, :5], **greedy), m.generate(ids[:, :5], **greedy)[:, 5:])
     with pytest.raises(ValueError, match="exactly one of input_ids and inputs_embeds"):
         m(ids, inputs_embeds=embeds)
-    with pytest.raises(ValueError, match="output_attentions: .*[Pp]robe"):
-        m(ids, output_attentions=True)
+    if make is tiny_grassmann:
+        with pytest.raises(ValueError, match="output_attentions: the Grassmann LM has no attention"):
+            m(ids, output_attentions=True)
+
+
+def test_transformer_lm_returns_attentions_and_runs_eager_attention(tmp_path):
+    """output_attentions=True returns each layer's probabilities (B, heads, T, S), the same the probe point
+    records, rows summing to 1 (0 for a padding query); attn_implementation="eager" computes softmax(...) V as
+    written, equal to the fused SDPA output; generate() returns the attentions of every new token."""
+    m = tiny_transformer().eval()
+    ids = torch.randint(1, 50, (2, 8))
+    mask = torch.ones(2, 8, dtype=torch.long)
+    mask[0, :3] = 0  # left padding
+    fused = m(ids, attention_mask=mask)
+    recorded = []
+    hooks = [layer.attn.probs.register_forward_hook(lambda mod, args, probs: recorded.append(probs))
+             for layer in m.model.layers]
+    out = m(ids, attention_mask=mask, output_attentions=True)
+    for hook in hooks:
+        hook.remove()
+    assert all(a is b for a, b in zip(out.attentions, recorded, strict=True))
+    assert len(out.attentions) == m.config.num_hidden_layers and out.attentions[0].shape == (2, 4, 8, 8)
+    torch.testing.assert_close(out.logits, fused.logits, atol=1e-5, rtol=0)
+    rows = out.attentions[1].sum(-1)
+    assert torch.allclose(rows[0, :, 3:], torch.ones(4, 5)) and torch.equal(rows[0, :, :3], torch.zeros(4, 3))
+    assert torch.equal(out.attentions[1][1].triu(1), torch.zeros(4, 8, 8))  # causal
+    as_tuple = m(ids, attention_mask=mask, output_attentions=True, return_dict=False)
+    assert torch.equal(as_tuple[-1][0], out.attentions[0])
+    m.save_pretrained(tmp_path)
+    eager = AutoModelForCausalLM.from_pretrained(tmp_path, attn_implementation="eager").eval()
+    assert eager.config._attn_implementation == "eager"
+    torch.testing.assert_close(eager(ids, attention_mask=mask).logits, fused.logits, atol=1e-5, rtol=0)
+    new = m.generate(ids, attention_mask=mask, max_new_tokens=3, do_sample=False, output_attentions=True,
+                     return_dict_in_generate=True)
+    assert len(new.attentions) == 3 and new.attentions[2][0].shape == (2, 4, 1, 10)
 
 
 @pytest.mark.parametrize("make", [tiny_grassmann, tiny_transformer])

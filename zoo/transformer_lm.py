@@ -126,12 +126,14 @@ def refuse_attentions(output_attentions: bool | None, what: str) -> None:
         raise ValueError(f"output_attentions: {what}")
 
 
-def finish_backbone(x: torch.Tensor, cache, hidden: list | None, return_dict: bool | None, config):
-    """A backbone's output: the final (normed) hidden state, the cache, and ``hidden_states`` when collected; a
-    tuple of those present when ``return_dict`` (default the config's) is False."""
+def finish_backbone(x: torch.Tensor, cache, hidden: list | None, return_dict: bool | None, config,
+                    attentions: list | None = None):
+    """A backbone's output: the final (normed) hidden state, the cache, and ``hidden_states`` and ``attentions``
+    when collected; a tuple of those present when ``return_dict`` (default the config's) is False."""
     if hidden is not None:
         hidden.append(x)
-    out = BaseModelOutputWithPast(last_hidden_state=x, cache=cache, hidden_states=None if hidden is None else tuple(hidden))
+    out = BaseModelOutputWithPast(last_hidden_state=x, cache=cache, hidden_states=None if hidden is None else tuple(hidden),
+                                  attentions=None if attentions is None else tuple(attentions))
     return as_requested(out, return_dict, config)
 
 
@@ -147,7 +149,8 @@ def lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 
 class TransformerBlock(GradientCheckpointingLayer):
-    """Pre-norm block: x <- x + Dropout(Attn(LN(x))); x <- x + FFN(LN(x)). Probe point ``attn.probs``."""
+    """Pre-norm block: x <- x + Dropout(Attn(LN(x))); x <- x + FFN(LN(x)). Probe point ``attn.probs``.
+    ``need_weights``: eager attention, and (x, attention probabilities) returned."""
 
     def __init__(self, config: TransformerLMConfig):
         super().__init__()
@@ -158,9 +161,12 @@ class TransformerBlock(GradientCheckpointingLayer):
         self.ln2 = nn.LayerNorm(d, eps=config.layer_norm_eps)
         self.ffn = feed_forward(d, config.intermediate_size, config.dropout)
 
-    def forward(self, x, mask=None, cache=None, layer_idx=0):
-        x = x + self.drop(self.attn(self.ln1(x), mask=mask, cache=cache, layer_idx=layer_idx))
-        return x + self.ffn(self.ln2(x))
+    def forward(self, x, mask=None, cache=None, layer_idx=0, need_weights=False):
+        attended = self.attn(self.ln1(x), mask=mask, cache=cache, layer_idx=layer_idx, need_weights=need_weights)
+        attended, probs = attended if need_weights else (attended, None)
+        x = x + self.drop(attended)
+        x = x + self.ffn(self.ln2(x))
+        return (x, probs) if need_weights else x
 
 
 class TransformerLMPreTrainedModel(PreTrainedModel):
@@ -207,8 +213,9 @@ class TransformerLMModel(TransformerLMPreTrainedModel):
                 position_ids: torch.Tensor | None = None, cache: Cache | None = None, use_cache: bool | None = None,
                 inputs_embeds: torch.Tensor | None = None, output_hidden_states: bool | None = None,
                 output_attentions: bool | None = None, return_dict: bool | None = None) -> BaseModelOutputWithPast:
-        refuse_attentions(output_attentions, "attention runs fused (SDPA) and returns no weights; attach a Probe to "
-                                             "layers.N.attn.probs to record them")
+        output_attentions = self.config.output_attentions if output_attentions is None else output_attentions
+        # attn_implementation="eager", or weights asked for: softmax(Q K^T / sqrt(d) + M) V as written, not SDPA
+        eager = output_attentions or self.config._attn_implementation == "eager"
         x = input_embeddings(self.embed_tokens, input_ids, inputs_embeds)
         use_cache = self.config.use_cache and not self.training if use_cache is None else use_cache
         if use_cache and cache is None:
@@ -218,12 +225,18 @@ class TransformerLMModel(TransformerLMPreTrainedModel):
         mask = self._mask(attention_mask, past, x.shape[1], x.device)
         x = self.drop(x + self.embed_positions(positions))
         hidden = collect_hidden(output_hidden_states, self.config)
+        attentions = [] if output_attentions else None
         for i, block in enumerate(self.layers):
             if hidden is not None:
                 hidden.append(x)
-            x = block(x, mask=mask, cache=cache, layer_idx=i)
+            if eager:
+                x, probs = block(x, mask=mask, cache=cache, layer_idx=i, need_weights=True)
+                if attentions is not None:
+                    attentions.append(probs)
+            else:
+                x = block(x, mask=mask, cache=cache, layer_idx=i)
         x = self.norm(x)
-        return finish_backbone(x, cache if use_cache else None, hidden, return_dict, self.config)
+        return finish_backbone(x, cache if use_cache else None, hidden, return_dict, self.config, attentions)
 
 
 class TiedCausalLMHead:
@@ -258,7 +271,8 @@ class TiedCausalLMHead:
                          output_attentions=output_attentions, return_dict=True)
         logits = self.lm_head(out.last_hidden_state)
         loss = lm_loss(logits, labels) if labels is not None else None
-        result = CausalLMOutputWithPast(loss=loss, logits=logits, cache=out.cache, hidden_states=out.hidden_states)
+        result = CausalLMOutputWithPast(loss=loss, logits=logits, cache=out.cache, hidden_states=out.hidden_states,
+                                        attentions=out.attentions)
         return as_requested(result, return_dict, self.config)
 
 
