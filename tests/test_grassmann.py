@@ -232,6 +232,32 @@ def test_cached_steps_equal_the_full_forward_at_any_start_position(make):
     assert (torch.cat(steps, 1) - full).abs().max() < 1e-5
 
 
+@pytest.mark.parametrize("prompt", [3, 20])  # shorter and longer than the cache context (max window 4)
+def test_grassmann_assisted_decoding_equals_greedy_decoding(prompt):
+    """generate(assistant_model=...) drafts tokens with a second model and rolls the caches back over the
+    rejected ones (GrassmannCache.crop on recorded past states): the same tokens as plain greedy decoding, with a
+    Grassmann or a Transformer assistant."""
+    model = tiny_grassmann()
+    torch.manual_seed(1)
+    drafts = (GrassmannLMForCausalLM(GrassmannLMConfig(**(TINY | dict(reduced_dim=4, windows=[1, 3])))).eval(),
+              tiny_transformer())
+    ids = torch.randint(1, 50, (1, prompt), generator=torch.Generator().manual_seed(6))
+    greedy = dict(max_new_tokens=30, do_sample=False)
+    expected = model.generate(ids, **greedy)
+    for assistant in drafts:
+        assert torch.equal(model.generate(ids, assistant_model=assistant, **greedy), expected)
+    cache = model(ids, use_cache=True).cache
+    with pytest.raises(RuntimeError, match="activate_past_recording"):  # not recorded: nothing to roll back to
+        cache.crop(-1)
+    cache = GrassmannCache(2, 4)
+    cache.activate_past_recording()
+    model(ids, cache=cache, use_cache=True)
+    cache.crop(-2)
+    assert cache.get_seq_length() == prompt - 2
+    rolled_back = model(ids[:, -2:], cache=cache, use_cache=True).logits
+    torch.testing.assert_close(rolled_back, model(ids).logits[:, -2:], atol=1e-5, rtol=0)
+
+
 @pytest.mark.parametrize("make", [tiny_grassmann, tiny_transformer])
 def test_left_padded_batch_generates_as_each_sequence_alone(make):
     model = make()

@@ -69,6 +69,12 @@ class GrassmannCache(Cache):
     def get_seq_length(self, layer_idx: int = 0) -> int:
         return self.seen_tokens
 
+    def crop(self, tokens_to_remove: int) -> None:
+        """Forget the last -``tokens_to_remove`` tokens (assisted decoding's rejected drafts); the layers keep their
+        full history for this only after ``activate_past_recording()``, as transformers' linear-attention layers."""
+        super().crop(tokens_to_remove)
+        self.seen_tokens += tokens_to_remove  # <= 0: the layers refuse a positive count
+
 
 def check_left_padded(attention_mask: torch.Tensor) -> None:
     """Grassmann offsets look back by index: padding may only precede a sequence's real tokens."""
@@ -110,6 +116,15 @@ class GrassmannLMPreTrainedModel(PreTrainedModel):
     @classmethod
     def _supports_default_dynamic_cache(cls) -> bool:
         return False  # generate() must not build a KV cache: the model builds its GrassmannCache itself
+
+    def _prepare_cache_for_generation(self, generation_config, model_kwargs: dict, *args, **kwargs) -> None:
+        """generate() starts with an empty GrassmannCache (none given, caching on), so that assisted decoding finds
+        one to record and crop; an assistant's records its past from the start, as transformers does for its caches."""
+        super()._prepare_cache_for_generation(generation_config, model_kwargs, *args, **kwargs)
+        if model_kwargs.get("cache") is None and generation_config.use_cache is not False:
+            model_kwargs["cache"] = GrassmannCache(self.config.num_hidden_layers, max(self.config.windows))
+            if generation_config.is_assistant:
+                model_kwargs["cache"].activate_past_recording()
 
 
 class GrassmannLMModel(GrassmannLMPreTrainedModel):
