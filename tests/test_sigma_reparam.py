@@ -4,6 +4,7 @@ import copy
 import pytest
 import timm
 import torch
+from safetensors.torch import save_file
 from torch import nn
 
 import zoo
@@ -358,6 +359,30 @@ def test_vit_sigma_checkpoint_round_trip(tmp_path):
     loaded = load_checkpoint(tmp_path / "vit.safetensors").eval()
     torch.testing.assert_close(loaded(x), m(x), atol=0, rtol=0)
     torch.testing.assert_close(loaded.blocks[0].attn.qkv.u, m.blocks[0].attn.qkv.u, atol=0, rtol=0)
+
+
+def test_vit_sigma_loads_a_converted_checkpoint_through_timms_pretrained_path(tmp_path):
+    """timm.create_model(..., pretrained=True, pretrained_cfg_overlay=dict(file=...)) loads a converted model's
+    state dict bit for bit; for another num_classes the head starts new, reparametrised with its own u (one entry
+    per class), and the rest loads; features_only loads too. Without a file the error says how to give one."""
+    torch.manual_seed(0)
+    small = dict(img_size=32, patch_size=8, depth=2)
+    m = timm.create_model("vit_tiny_patch16_224_sigma", num_classes=10, **small)
+    m(torch.randn(2, 3, 32, 32))  # a training forward moves u, v
+    m.eval()
+    save_file({k: v.contiguous() for k, v in m.state_dict().items()}, tmp_path / "sigma.safetensors")
+    overlay = dict(pretrained=True, pretrained_cfg_overlay=dict(file=str(tmp_path / "sigma.safetensors"), num_classes=10))
+    x = torch.randn(2, 3, 32, 32)
+    same = timm.create_model("vit_tiny_patch16_224_sigma", num_classes=10, **small, **overlay).eval()
+    torch.testing.assert_close(same(x), m(x), atol=0, rtol=0)
+    new_head = timm.create_model("vit_tiny_patch16_224_sigma", num_classes=4, **small, **overlay).eval()
+    assert isinstance(new_head.head, SigmaLinear) and new_head.head.u.shape == (4,)
+    assert torch.equal(new_head.blocks[1].mlp.fc2.weight, m.blocks[1].mlp.fc2.weight)
+    assert torch.equal(new_head.blocks[1].mlp.fc2.gamma, m.blocks[1].mlp.fc2.gamma)
+    features = timm.create_model("vit_tiny_patch16_224_sigma", features_only=True, out_indices=2, **small, **overlay)
+    assert [tuple(f.shape) for f in features(x)] == [(2, 192, 4, 4)] * 2
+    with pytest.raises(ValueError, match=r"no published sigmaReparam checkpoint.*pretrained_cfg_overlay=dict\(file="):
+        timm.create_model("vit_tiny_patch16_224_sigma", pretrained=True)
 
 
 def test_transformer_lm_sigma_counts_and_same_initial_function():

@@ -49,7 +49,17 @@ default_cfgs = generate_default_cfgs({f"vit_{size}_patch16_224_sigma": _cfg() fo
 
 
 class SigmaVisionTransformer(VisionTransformer):
-    """timm's ``VisionTransformer``; ``reset_classifier`` gives a reparametrised model a reparametrised new head."""
+    """timm's ``VisionTransformer``, converted as it is built: every Linear/Conv2d sigma-reparametrised and
+    (``remove_norms``) every LayerNorm replaced by Identity; ``reparam=False`` (with ``remove_norms=False``) keeps
+    timm's plain pre-LN ViT, the paper's baseline. Every block's attention gets the probe point
+    ``blocks.N.attn.probs``. Being built converted, it loads a converted checkpoint through timm's own pretrained
+    path; ``reset_classifier`` gives a reparametrised model a reparametrised new head."""
+
+    def __init__(self, *args, remove_norms: bool = True, reparam: bool = True, **kwargs):
+        super().__init__(*args, **kwargs)
+        add_attention_probes(self)
+        if reparam:
+            apply_sigma_reparam(self, remove_norms=remove_norms)
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
         super().reset_classifier(num_classes, global_pool)
@@ -57,25 +67,38 @@ class SigmaVisionTransformer(VisionTransformer):
             apply_sigma_reparam(self, include=("head",))
 
 
+def _new_head_keeps_its_reparam(state_dict: dict, model: nn.Module) -> dict:
+    """A checkpoint loaded for another number of classes: timm drops its head's weight and bias; its gamma, u and
+    v go too (u has one entry per class), so the new head keeps its own."""
+    head = state_dict.get("head.weight")
+    if head is not None and head.shape[0] != getattr(model, "num_classes", head.shape[0]):
+        state_dict = {k: v for k, v in state_dict.items() if not k.startswith("head.")}
+    return state_dict
+
+
+_WEIGHT_SOURCES = ("file", "state_dict", "hf_hub_id", "url")
+
+
 def _create_vit_sigma(size: str, pretrained: bool = False, remove_norms: bool = True, reparam: bool = True,
                       **kwargs) -> VisionTransformer:
-    """timm's VisionTransformer of ``size`` (patch 16, depth 12), then every Linear/Conv2d sigma-reparametrised
-    and (``remove_norms``) every LayerNorm replaced by Identity. ``reparam=False`` (with ``remove_norms=False``)
-    keeps timm's plain pre-LN ViT: the paper's baseline. Every block's attention gets the probe point
-    ``blocks.N.attn.probs`` (layers.add_attention_probes)."""
+    """timm's VisionTransformer of ``size`` (patch 16, depth 12) as a ``SigmaVisionTransformer``. ``pretrained``
+    loads the weights that ``pretrained_cfg_overlay`` names (file, state_dict, hf_hub_id or url) with timm's
+    loader: a checkpoint of the converted model, adapted to ``num_classes`` and ``in_chans`` as timm does."""
     variant = f"vit_{size}_patch16_224_sigma"
-    if pretrained:
-        raise ValueError(f"{variant}: no published sigmaReparam checkpoint is converted yet (pretrained_cfg_overlay "
-                         "cannot load one either: timm loads before the conversion); build with pretrained=False and "
-                         "load your weights into the converted model (load_state_dict, or weights.load_into)")
+    overlay = kwargs.get("pretrained_cfg_overlay") or {}
+    if pretrained and not any(overlay.get(k) for k in _WEIGHT_SOURCES):
+        raise ValueError(f"{variant}: no published sigmaReparam checkpoint is converted yet; load your own with "
+                         f"timm.create_model({variant!r}, pretrained=True, pretrained_cfg_overlay=dict(file="
+                         "'converted.safetensors')), a state dict of this converted model (or build with "
+                         "pretrained=False and use weights.load_into)")
     if not reparam and remove_norms:
         raise ValueError(f"{variant}: reparam=False is the LayerNorm baseline; pass remove_norms=False with it")
     out_indices = kwargs.pop("out_indices", 3)  # features_only=True: the last 3 blocks, as timm's ViTs
     model_args = dict(patch_size=16, depth=12, **VIT_SIZES[size]) | kwargs
-    model = add_attention_probes(build_model_with_cfg(
-        SigmaVisionTransformer, variant, pretrained, feature_cfg=dict(out_indices=out_indices, feature_cls="getter"),
-        **model_args))
-    return apply_sigma_reparam(model, remove_norms=remove_norms) if reparam else model
+    return build_model_with_cfg(SigmaVisionTransformer, variant, pretrained,
+                                pretrained_filter_fn=_new_head_keeps_its_reparam,
+                                feature_cfg=dict(out_indices=out_indices, feature_cls="getter"),
+                                remove_norms=remove_norms, reparam=reparam, **model_args)
 
 
 @timm.models.register_model
