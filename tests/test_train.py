@@ -182,6 +182,7 @@ def test_nan_gradient_of_a_finite_loss_stops_before_the_update(tmp_path, monkeyp
     ("train.seed=-1", r"train.seed must be an integer in \[0, 4294967295\], got -1"),
     ("train.seed=4294967296", r"train.seed must be an integer in \[0, 4294967295\]"),
     ('train.compile="false"', "train.compile must be true or false, got 'false'"),
+    ("train.grad_accum=3", r"train.batch_size=8 must be divisible by grad_accum\*processes=3"),
 ])
 def test_bad_train_values_are_named_before_any_work(tmp_path, override, message):
     with pytest.raises(ValueError, match=message):

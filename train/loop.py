@@ -5,6 +5,7 @@ import contextlib
 import csv
 import json
 import math
+import os
 import random
 import shutil
 import sys
@@ -269,6 +270,9 @@ def _check_train_section(cfg: dict) -> None:
     check_number("train", "threads", cfg["threads"], low=1, integer=True, optional=True)
     if not isinstance(cfg["compile"], bool):  # the string "false" would be true
         raise ValueError(f"train.compile must be true or false, got {cfg['compile']!r}")
+    parts = int(cfg["grad_accum"]) * int(os.environ.get("WORLD_SIZE", "1"))  # torchrun's processes (train.distributed)
+    if int(cfg["batch_size"]) % parts:
+        raise ValueError(f"train.batch_size={cfg['batch_size']} must be divisible by grad_accum*processes={parts}")
     clip = cfg["clip"]
     if clip not in (None, False) and (isinstance(clip, bool) or not isinstance(clip, (int, float))
                                       or not math.isfinite(clip) or clip < 0):
@@ -342,8 +346,6 @@ def _check_run_dir(recipe: dict, out: Path, resume: bool) -> None:
 
 def _fit(recipe: dict, cfg: dict, out: Path, resume: bool, d: Dist, task, points: dict) -> dict:
     steps, accum, batch_size = int(cfg["steps"]), int(cfg["grad_accum"]), int(cfg["batch_size"])
-    if batch_size % (accum * d.world):
-        raise ValueError(f"train.batch_size={batch_size} must be divisible by grad_accum*processes={accum * d.world}")
     found = checkpoints(out)
     model_args = task.model_args(recipe["model_args"])
     model = zoo.create_model(recipe["model"], pretrained=recipe.get("pretrained") or False, **model_args).to(d.device)
