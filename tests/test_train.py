@@ -11,6 +11,7 @@ import pytest
 import torch
 import yaml
 
+import zoo
 from train import fit, load_recipe
 from train.recipe import RECIPES_DIR, apply_override, list_recipes
 from train.schedules import OPTIMIZERS, build_optimizer, lr_factor
@@ -149,6 +150,21 @@ def test_non_finite_metrics_are_written_as_strict_json_nulls(tmp_path, monkeypat
     assert strict((out / "summary.json").read_text())["D_stsp"] is None
     assert {r["D_stsp"] for r in csv.DictReader(open(out / "metrics.csv")) if r["split"] == "eval"} == {""}
     assert not (out / "best.json").exists()  # NaN is never the best
+
+
+def test_an_infinite_best_metric_survives_a_resume(tmp_path):
+    """best.json writes an infinite best as null; a resumed selection reads it back as that infinity, so a later
+    infinite value does not replace it (as in the uninterrupted run) and a finite one does."""
+    from train.loop import _BestSelector
+
+    model = zoo.create_model("alrnn_m20_p2")
+    _BestSelector("min:D_stsp", tmp_path, "r", resumed_at=0).update({"step": 10, "D_stsp": float("inf")}, model)
+    assert json.loads((tmp_path / "best.json").read_text())["D_stsp"] is None
+    resumed = _BestSelector("min:D_stsp", tmp_path, "r", resumed_at=10)
+    resumed.update({"step": 20, "D_stsp": float("inf")}, model)
+    assert json.loads((tmp_path / "best.json").read_text())["step"] == 10
+    resumed.update({"step": 30, "D_stsp": 4.5}, model)
+    assert json.loads((tmp_path / "best.json").read_text()) == {"step": 30, "D_stsp": 4.5}
 
 
 def test_nan_gradient_of_a_finite_loss_stops_before_the_update(tmp_path, monkeypatch):

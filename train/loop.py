@@ -107,7 +107,10 @@ class _BestSelector:
         saved = out / "best.json"
         chosen = json.loads(saved.read_text()) if spec and resumed_at and saved.is_file() else None
         if chosen is not None and chosen["step"] <= resumed_at:
-            self.best = chosen[self.metric]
+            # strict JSON stored an infinite best as null: the worst value, which only a first evaluation is chosen
+            # with, so that a resumed run chooses as the uninterrupted one
+            worst = math.inf if self.mode == "min" else -math.inf
+            self.best = worst if chosen[self.metric] is None else chosen[self.metric]
         elif main:  # a fresh run (or a choice made after the checkpoint we resume from) starts over
             for name in ("best.json", "best.safetensors"):
                 (out / name).unlink(missing_ok=True)
