@@ -45,6 +45,20 @@ def test_atomic_write_leaves_old_file_when_writing_fails(tmp_path, monkeypatch):
     assert os.listdir(tmp_path) == ["m.safetensors"]  # no temp file left behind
 
 
+def test_a_symlinked_checkpoint_stays_a_link_to_the_new_file(tmp_path):
+    """Saving onto a symbolic link (a run's model.safetensors pointing at a bigger disk) replaces the file it
+    points to, atomically in that file's folder, and leaves the link in place."""
+    (tmp_path / "disk").mkdir()
+    (tmp_path / "run").mkdir()
+    link = tmp_path / "run" / "model.safetensors"
+    link.symlink_to(tmp_path / "disk" / "weights.safetensors")
+    save_checkpoint(zoo.create_model("alrnn_m20_p2", M=7), link)
+    save_checkpoint(zoo.create_model("alrnn_m20_p2", M=9), link)
+    assert link.is_symlink() and load_checkpoint(link).zoo_config.M == 9
+    assert load_checkpoint(tmp_path / "disk" / "weights.safetensors").zoo_config.M == 9
+    assert os.listdir(tmp_path / "disk") == ["weights.safetensors"] and os.listdir(tmp_path / "run") == ["model.safetensors"]
+
+
 def test_equal_content_gives_equal_bytes(tmp_path):
     """safetensors writes its metadata in a random order; our files sort the header, so a conversion or a
     checkpoint has one sha256."""

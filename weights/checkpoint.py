@@ -39,10 +39,12 @@ def config_differences(model: nn.Module, saved_config: str) -> dict:
 
 def atomic_write(path: str | os.PathLike, write) -> Path:
     """Call ``write(tmp_path)``, flush it to disk, then rename onto ``path`` and flush the folder: readers never
-    see a half-written file, and after a crash or power loss ``path`` holds the old or the new file, whole."""
+    see a half-written file, and after a crash or power loss ``path`` holds the old or the new file, whole. A
+    ``path`` that is a symbolic link stays one: the file it points to is replaced."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    target = Path(os.path.realpath(path))  # the rename replaces the link's file, not the link
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
     try:
         write(tmp)
@@ -50,8 +52,8 @@ def atomic_write(path: str | os.PathLike, write) -> Path:
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
         _fsync(tmp)
-        os.replace(tmp, path)
-        _fsync(path.parent, folder=True)  # the rename itself
+        os.replace(tmp, target)
+        _fsync(target.parent, folder=True)  # the rename itself
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
