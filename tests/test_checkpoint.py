@@ -288,3 +288,130 @@ def test_original_with_non_tensor_entries_names_them(tmp_path):
     torch.save({"A": torch.ones(3), "epoch": 3}, tmp_path / "orig.pth")
     with pytest.raises(CheckpointError, match=r"entries \['epoch'\] are not tensors"):
         read_original(tmp_path / "orig.pth")
+
+
+def test_training_state_trees_round_trip_exactly_or_refuse(tmp_path):
+    """save_tree/load_tree: paths that spell the same key (``a.b`` and ``a: {b}``, ``0`` and 0) keep both tensors;
+    one tensor in two places is stored once and comes back as one; a view into a stored tensor is copied; a key
+    JSON cannot give back (a tuple) is refused when saving."""
+    from weights.tree import load_tree, save_tree
+
+    a, b, x = torch.tensor([1.0]), torch.tensor([2.0]), torch.arange(6.0).view(2, 3)
+    state = {"a.b": a, "a": {"b": b}, 0: a * 3, "0": b * 3, "x": x, "again": x, "row": x[1], "t": (x.t(), [b])}
+    loaded = load_tree(save_tree(state, tmp_path / "state.safetensors"))
+    assert list(loaded) == list(state) and loaded["a"]["b"].item() == 2.0 and loaded["a.b"].item() == 1.0
+    assert loaded[0].item() == 3.0 and loaded["0"].item() == 6.0 and loaded["again"] is loaded["x"]
+    assert torch.equal(loaded["row"], x[1]) and torch.equal(loaded["t"][0], x.t()) and isinstance(loaded["t"], tuple)
+    with pytest.raises(TypeError, match=r"cannot store the key \(1, 2\) \(tuple\) at 'opt'"):
+        save_tree({"opt": {(1, 2): a}}, tmp_path / "bad.safetensors")
+
+
+def test_ties_need_the_same_strides_and_either_name_and_nan_is_equal_to_itself(tmp_path):
+    """load_state_into: a buffer that is the transpose of a square parameter is not tied to it (it shares the
+    storage, not the values' layout); a tied pair loads from either name alone; both names holding the same NaN
+    values are equal (a diverged model's tied weights)."""
+    class Transposed(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.randn(3, 3))
+            self.register_buffer("wt", self.w.data.t())
+
+    saved = Transposed()
+    loaded = load_into(Transposed(), save_checkpoint(saved, tmp_path / "t.safetensors"))
+    assert torch.equal(loaded.w, saved.w)
+    lm = zoo.create_model("transformer_lm_13m", num_hidden_layers=1, hidden_size=8, num_attention_heads=2,
+                          intermediate_size=16, vocab_size=20, max_position_embeddings=8)
+    state = {k: v.clone() for k, v in lm.state_dict().items()}
+    embedding = state.pop("model.embed_tokens.weight")
+    fresh = zoo.create_model("transformer_lm_13m", num_hidden_layers=1, hidden_size=8, num_attention_heads=2,
+                             intermediate_size=16, vocab_size=20, max_position_embeddings=8)
+    load_state_into(fresh, state)  # only lm_head.weight, its tied name
+    assert torch.equal(fresh.model.embed_tokens.weight, embedding)
+    embedding[0, 0] = float("nan")
+    load_state_into(fresh, {**state, "model.embed_tokens.weight": embedding, "lm_head.weight": embedding.clone()})
+    assert fresh.lm_head.weight[0, 0].isnan()
+
+
+def test_bad_records_and_paths_are_clear_errors_that_change_nothing(tmp_path):
+    """load_into reads a checkpoint's recorded config before copying any weight; save_checkpoint refuses
+    extra_metadata that is not text or that would replace the file's own record, and a folder as the path;
+    load_checkpoint names a folder as one."""
+    m = zoo.create_model("alrnn_m20_p2")
+    good = save_checkpoint(m, tmp_path / "good.safetensors")
+    meta = read_metadata(good)
+    target = zoo.create_model("alrnn_m20_p2")
+    before = {k: v.clone() for k, v in target.state_dict().items()}
+    for config in ("{M:", "[1]"):
+        save_file({k: v * 0 for k, v in load_file(good).items()}, tmp_path / "bad.safetensors",
+                  metadata={**meta, "config": config})
+        with pytest.raises(CheckpointError, match="recorded config is not a readable mapping"):
+            load_into(target, tmp_path / "bad.safetensors")
+        assert all(torch.equal(v, before[k]) for k, v in target.state_dict().items())
+    for extra in ({"step": 5}, {"model": "other"}):
+        with pytest.raises(ValueError, match="extra_metadata must map new names to strings"):
+            save_checkpoint(m, tmp_path / "x.safetensors", extra_metadata=extra)
+    with pytest.raises(IsADirectoryError, match="it is a folder"):
+        save_checkpoint(m, tmp_path)
+    with pytest.raises(IsADirectoryError, match="is a folder, not a checkpoint file"):
+        load_checkpoint(tmp_path)
+
+
+def test_convert_reads_by_content_keeps_metadata_and_records_the_given_config(tmp_path):
+    """A safetensors original named .bin converts (its recipe metadata kept); a Git LFS pointer or a truncated
+    header named .safetensors is named as such; the config the original was trained with is recorded, so
+    load_checkpoint rebuilds that model; without it zoo convert says to give it with --set."""
+    from train.cli import main
+    from weights.convert import convert, read_original
+
+    small = zoo.create_model("alrnn_m20_p2", M=12)
+    save_checkpoint(small, tmp_path / "orig.safetensors", extra_metadata={"recipe": "alrnn-lorenz63"})
+    (tmp_path / "orig.bin").write_bytes((tmp_path / "orig.safetensors").read_bytes())
+    out = convert(tmp_path / "orig.bin", "alrnn_m20_p2", tmp_path / "conv.safetensors", M=12)
+    meta = read_metadata(out)
+    assert meta["recipe"] == "alrnn-lorenz63" and meta["converted_from"] == "orig.bin"
+    assert _same_outputs(load_checkpoint(out), small)
+    (tmp_path / "lfs.safetensors").write_text("version https://git-lfs.github.com/spec/v1\noid sha256:0\nsize 9\n")
+    with pytest.raises(CheckpointError, match="it starts with b'version https://git-lfs.*Git LFS pointer"):
+        read_original(tmp_path / "lfs.safetensors")
+    (tmp_path / "cut.safetensors").write_bytes((tmp_path / "orig.safetensors").read_bytes()[:40])
+    with pytest.raises(CheckpointError, match="is a truncated safetensors file: its header needs"):
+        read_original(tmp_path / "cut.safetensors")
+    torch.save(small.state_dict(), tmp_path / "orig.pth")
+    with pytest.raises(SystemExit):
+        main(["convert", str(tmp_path / "orig.pth"), "--model", "alrnn_m20_p2", "--out", str(tmp_path / "c.safetensors")])
+    main(["convert", str(tmp_path / "orig.pth"), "--model", "alrnn_m20_p2", "--out", str(tmp_path / "c.safetensors"),
+          "--set", "M=12"])
+    assert load_checkpoint(tmp_path / "c.safetensors").zoo_config.M == 12
+
+
+def test_first_use_conversion_uses_the_manifest_entrys_config(tmp_path, monkeypatch):
+    """An original trained with settings other than the defaults (the entry's config) is converted with them,
+    so pretrained loading needs no overrides."""
+    from weights.manifest import git_blob_sha1
+
+    src = manifest_mod.cache_dir() / "orig_p1.pth"
+    src.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(zoo.create_model("alrnn_m20_p2", P=1).state_dict(), src)
+    entry = {"name": "test_p1", "model": "alrnn_m20_p2", "file": "test_p1.safetensors", "sha256": None,
+             "config": {"P": 1}, "original": {"url": None, "file": "orig_p1.pth", "git_blob_sha1": git_blob_sha1(src)}}
+    monkeypatch.setattr(manifest_mod, "published_checkpoints", lambda: [entry])
+    assert zoo.create_model("alrnn_m20_p2", pretrained="test_p1").zoo_config.P == 1
+
+
+def test_shipped_files_are_in_the_sorted_form_and_a_pointer_is_named(tmp_path, monkeypatch):
+    """Every shipped file is written as our writer writes it (header keys sorted: resaving gives the same bytes);
+    a shipped file replaced by a Git LFS pointer is named as one."""
+    from safetensors import safe_open
+
+    from weights.checkpoint import save_safetensors
+
+    for path in sorted((manifest_mod.PACKAGE_DIR / "files").glob("*.safetensors")):
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata()
+        again = save_safetensors(load_file(path), tmp_path / path.name, meta)
+        assert again.read_bytes() == path.read_bytes(), path.name
+    (tmp_path / "files").mkdir()
+    (tmp_path / "files" / "alrnn_m20_p2_lorenz63.safetensors").write_text("version https://git-lfs.github.com/spec/v1\n")
+    monkeypatch.setattr(manifest_mod, "PACKAGE_DIR", tmp_path)
+    with pytest.raises(CheckpointError, match="it is a Git LFS pointer, not the file: run `git lfs pull`"):
+        zoo.create_model("alrnn_m20_p2", pretrained=True)

@@ -97,7 +97,7 @@ def test_user_mistakes_are_clean_errors(tmp_path, capsys):
     src = save_checkpoint(zoo.create_model("alrnn_m20_p2"), tmp_path / "m.safetensors")
     assert "would overwrite it" in _error(capsys, ["convert", str(src), "--model", "alrnn_m20_p2"])
     (tmp_path / "cut.safetensors").write_bytes(src.read_bytes()[:100])
-    assert "not a readable safetensors file" in _error(
+    assert "is a truncated safetensors file" in _error(
         capsys, ["convert", str(tmp_path / "cut.safetensors"), "--model", "alrnn_m20_p2", "--out", str(tmp_path / "o.safetensors")])
     for setting, message in (("train.log_every=0", "train.log_every must be an integer >= 1"),
                              ("train.steps=abc", "train.steps must be an integer >= 1, got 'abc'"),

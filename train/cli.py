@@ -246,21 +246,39 @@ def _cmd_estimate(args):
 def _cmd_convert(args):
     """Convert; an original that is a manifest entry's published file (same git blob id) goes, without
     --out, into the cache where ``pretrained=True`` finds it."""
-    from weights.manifest import cache_dir, checkpoints_for, git_blob_sha1, install_original, sha256_of
+    from weights import CheckpointError
     from weights.convert import convert
+    from weights.manifest import cache_dir, checkpoints_for, git_blob_sha1, install_original, sha256_of
+
+    from .recipe import parse_value
 
     if not Path(args.original).is_file():
         raise FileNotFoundError(f"original checkpoint not found (or not a file): {args.original}")
+    config = {}
+    for assignment in args.set:
+        key, eq, raw = assignment.partition("=")
+        if not eq or not key.strip().isidentifier():
+            raise ValueError(f"--set {assignment!r}: write KEY=VALUE, a config setting of {args.model}, e.g. cutoff=4.5")
+        config[key.strip()] = parse_value(raw)
     blob = git_blob_sha1(args.original)
     entry = next((c for c in checkpoints_for(args.model) if (c.get("original") or {}).get("git_blob_sha1") == blob), None)
     if entry is not None and not args.out:
+        if config:
+            raise ValueError(f"{args.original} is the published original of {entry['name']!r}, converted with the "
+                             "manifest's config; drop --set (or pass --out to convert it with other settings)")
         out = install_original(entry, args.original)
         print(f"{args.original} is the published original of {entry['name']!r}; installed in {cache_dir()}")
     else:
         out = Path(args.out or Path(args.original).with_suffix(".safetensors"))
         if out.resolve() == Path(args.original).resolve():
             raise FileExistsError(f"converting {args.original} would overwrite it; pass --out OTHER.safetensors")
-        out = convert(args.original, args.model, out)
+        try:
+            out = convert(args.original, args.model, out, **config)
+        except CheckpointError as err:
+            if "mis-shaped" not in str(err):
+                raise
+            raise CheckpointError(f"{err}. If the original was trained with other settings than {args.model}'s "
+                                  f"defaults (`zoo info {args.model}` lists them), give them with --set KEY=VALUE") from err
     digest = sha256_of(out)
     # the manifest entry that publishes this file: full sha256 of the conversion, and what it was converted from
     published = {k: v for k, v in (entry or {}).items() if k != "original"}
@@ -295,6 +313,9 @@ def main(argv=None):
     p.add_argument("original")
     p.add_argument("--model", required=True)
     p.add_argument("--out")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="a config setting the original was trained with, where it is not the model's default "
+                        "(recorded in the file, so load_checkpoint rebuilds that model), e.g. cutoff=4.5")
     p.set_defaults(fn=_cmd_convert)
     for name, fn, helptext in (("eval", _cmd_eval, "evaluate a checkpoint with its recipe's task"),
                                ("estimate", _cmd_estimate, "run estimators on a checkpoint's probe points")):

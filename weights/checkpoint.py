@@ -33,8 +33,10 @@ def config_differences(model: nn.Module, saved_config: str) -> dict:
     model's ``zoo_config`` does not share, dropout rates aside (``REGULARISATION_KEYS``: no weight depends on
     them); settings the file does not record (added since) are not compared."""
     ours = json.loads(json.dumps(dataclasses.asdict(model.zoo_config)))
-    return {k: (v, ours.get(k)) for k, v in json.loads(saved_config).items()
-            if ours.get(k) != v and k not in REGULARISATION_KEYS}
+    saved = json.loads(saved_config)
+    if not isinstance(saved, dict):
+        raise TypeError(f"the recorded config must be a mapping of settings, got {saved!r}")
+    return {k: (v, ours.get(k)) for k, v in saved.items() if ours.get(k) != v and k not in REGULARISATION_KEYS}
 
 
 def atomic_write(path: str | os.PathLike, write) -> Path:
@@ -43,6 +45,8 @@ def atomic_write(path: str | os.PathLike, write) -> Path:
     ``path`` that is a symbolic link stays one: the file it points to is replaced."""
     path = Path(path)
     target = Path(os.path.realpath(path))  # the rename replaces the link's file, not the link
+    if target.is_dir():
+        raise IsADirectoryError(f"cannot write {path}: it is a folder; give a file path inside it")
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
@@ -134,13 +138,21 @@ def save_checkpoint(model: nn.Module, path: str | os.PathLike, extra_metadata: d
     ``torch.compile``d or DistributedDataParallel/DataParallel wrapper is unwrapped: the file holds the model's
     own keys."""
     model = unwrap(model)
-    meta = model_metadata(model) | (extra_metadata or {})
+    meta = model_metadata(model)
+    extra = extra_metadata or {}
+    bad = {k: v for k, v in extra.items() if not (isinstance(k, str) and isinstance(v, str)) or k in meta}
+    if bad:
+        raise ValueError(f"save_checkpoint: extra_metadata must map new names to strings (the file's own are "
+                         f"{sorted(meta)}), got {bad}")
+    meta |= extra
     tensors = _unique_state(model)
     return save_safetensors(tensors, path, meta)
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, str]:
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a folder, not a checkpoint file; pass the .safetensors file in it")
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
@@ -162,6 +174,13 @@ def _kind(dtype: torch.dtype) -> str:
     return "bool" if dtype == torch.bool else "complex" if dtype.is_complex else "float" if dtype.is_floating_point else "integer"
 
 
+def _same_values(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Equal values, NaN equal to NaN (a diverged model's tied weights are still one tensor)."""
+    if a.is_floating_point() or a.is_complex():
+        return a.shape == b.shape and bool(torch.isclose(a, b, rtol=0, atol=0, equal_nan=True).all())
+    return torch.equal(a, b)
+
+
 def load_state_into(model: nn.Module, state: dict[str, torch.Tensor], source: str = "state dict") -> nn.Module:
     """Copy ``state`` into ``model``; any missing, unexpected, mis-shaped or mis-typed key (an integer or bool tensor
     for a floating one, or the reverse) is one error naming them all. Floating values take the model's dtype.
@@ -174,15 +193,17 @@ def load_state_into(model: nn.Module, state: dict[str, torch.Tensor], source: st
         if hasattr(module, "upgrade_state"):
             state = module.upgrade_state(state, f"{prefix}." if prefix else "")
     own = model.state_dict()
-    tied_to: dict[str, str] = {}
+    tied_to: dict[str, str] = {}  # a key -> the first key of its tie group (same storage, offset, shape, strides)
     by_storage: dict[tuple, str] = {}
     for key, t in own.items():
-        ident = (t.device, t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape))
+        ident = (t.device, t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), tuple(t.stride()),
+                 t.dtype)
         if t.numel() and ident in by_storage:
             tied_to[key] = by_storage[ident]
         else:
             by_storage[ident] = key
-    missing = [k for k in own if k not in state and not (k in tied_to and tied_to[k] in state)]
+    given = {tied_to.get(k, k) for k in state}  # the tie groups the state fills (any one name of a group does)
+    missing = [k for k in own if k not in state and tied_to.get(k, k) not in given]
     unexpected = [k for k in state if k not in own]
     misshaped = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
                  for k in state if k in own and state[k].shape != own[k].shape]
@@ -190,7 +211,7 @@ def load_state_into(model: nn.Module, state: dict[str, torch.Tensor], source: st
     mistyped = [f"{k}: checkpoint {state[k].dtype} vs model {own[k].dtype}"
                 for k in state if k in own and _kind(state[k].dtype) != _kind(own[k].dtype)]
     untied = [f"{k} vs {t}" for k, t in tied_to.items() if k in state and t in state and not misshaped
-              and not torch.equal(state[k].to(state[t].dtype), state[t])]
+              and not _same_values(state[k].to(state[t].dtype), state[t])]
     if missing or unexpected or misshaped or mistyped or untied:
         parts = [f"{source} does not match {type(model).__name__}"]
         for label, items in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped),
@@ -211,14 +232,20 @@ def load_into(model: nn.Module, path: str | os.PathLike) -> nn.Module:
     naming the differences."""
     path = Path(path)
     meta = read_metadata(path)  # clear error for a missing or corrupt file before reading tensors
-    model = load_state_into(model, read_tensors(path), source=str(path))
+    mismatch = None
     if "model" in meta and "config" in meta and hasattr(model, "zoo_config"):
-        differs = config_differences(model, meta["config"])
+        try:  # read before any weight is copied: a bad record must not leave the model half loaded
+            differs = config_differences(model, meta["config"])
+        except (ValueError, TypeError) as err:  # json.JSONDecodeError is a ValueError
+            raise CheckpointError(f"{path} (written by paperzoo {meta.get('paperzoo')}): its recorded config is not "
+                                  f"a readable mapping of settings: {type(err).__name__}: {err}") from err
         name = getattr(model, "zoo_name", None)
         if differs or meta["model"] != name:
-            warnings.warn(f"{path} was saved from {meta['model']!r} and is loaded into {name!r}"
-                          + (f"; (file, model) config per key: {differs}" if differs else ""), ConfigMismatchWarning,
-                          stacklevel=2)
+            mismatch = (f"{path} was saved from {meta['model']!r} and is loaded into {name!r}"
+                        + (f"; (file, model) config per key: {differs}" if differs else ""))
+    model = load_state_into(model, read_tensors(path), source=str(path))
+    if mismatch:
+        warnings.warn(mismatch, ConfigMismatchWarning, stacklevel=2)
     return model
 
 

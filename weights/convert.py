@@ -30,7 +30,12 @@ def read_original(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"original checkpoint not found: {path}")
-    if path.suffix == ".safetensors":
+    with open(path, "rb") as f:
+        head = f.read(24)
+    if head[8:9] == b"{" and not is_safetensors(path):
+        raise CheckpointError(f"{path} is a truncated safetensors file: its header needs "
+                              f"{8 + int.from_bytes(head[:8], 'little')} bytes, the file has {path.stat().st_size}")
+    if is_safetensors(path):  # by content, whatever the name
         from safetensors.torch import load_file
 
         try:
@@ -38,14 +43,14 @@ def read_original(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         except Exception as err:  # safetensors' own error type is not exported stably
             raise CheckpointError(f"{path} is not a readable safetensors file ({type(err).__name__}: "
                                   f"{str(err)[:300]}); it may be truncated or corrupt") from err
+    if path.suffix == ".safetensors" or not head.startswith((b"PK\x03\x04", b"\x80")):
+        # torch.save writes a zip archive, or (legacy) a pickle
+        raise CheckpointError(f"{path} is not a PyTorch checkpoint (torch.save) or safetensors file: it starts "
+                              f"with {head!r}" + ("; it is a Git LFS pointer: run `git lfs pull` to fetch the file"
+                                                  if head.startswith(b"version https://git-lfs") else ""))
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
-        with open(path, "rb") as f:
-            head = f.read(16)
-        if not head.startswith((b"PK\x03\x04", b"\x80")):  # torch.save writes a zip archive, or (legacy) a pickle
-            raise CheckpointError(f"{path} is not a PyTorch checkpoint (torch.save) or safetensors file: it starts "
-                                  f"with {head!r}") from err
         raise CheckpointError(f"{path} could not be read with torch.load(weights_only=True): it holds pickled "
                               f"objects beyond tensors, or is corrupt ({_first_sentence(err)}). "
                               "Refusing to unpickle it.") from err
@@ -61,10 +66,22 @@ def read_original(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return obj
 
 
+def is_safetensors(path: str | os.PathLike) -> bool:
+    """Whether the file starts as safetensors does: an 8-byte header length, then a JSON header that fits."""
+    with open(path, "rb") as f:
+        head = f.read(9)
+    return len(head) == 9 and head[8:] == b"{" and 8 + int.from_bytes(head[:8], "little") <= os.path.getsize(path)
+
+
 def convert(original: str | os.PathLike, model_name: str, out: str | os.PathLike, **overrides) -> Path:
-    """Original checkpoint -> our safetensors: read safely, remap keys with the family's filter, load strictly, save."""
+    """Original checkpoint -> our safetensors: read safely, remap keys with the family's filter, load strictly, save.
+    ``overrides``: the config the original was trained with, where it is not the registered default (recorded in
+    the file, so ``load_checkpoint`` rebuilds that model). A safetensors original keeps its metadata (a recipe
+    name, say) beside the new file's own."""
     import zoo
     from zoo._registry import get_entry
+
+    from .checkpoint import model_metadata, read_metadata
 
     state = read_original(original)
     model = zoo.create_model(model_name, **overrides)
@@ -72,4 +89,6 @@ def convert(original: str | os.PathLike, model_name: str, out: str | os.PathLike
     if filter_fn is not None:
         state = filter_fn(state, model)
     load_state_into(model, state, source=str(original))
-    return save_checkpoint(model, out, extra_metadata={"converted_from": Path(original).name})
+    kept = read_metadata(original) if is_safetensors(original) else {}
+    extra = {k: v for k, v in kept.items() if k not in model_metadata(model)} | {"converted_from": Path(original).name}
+    return save_checkpoint(model, out, extra_metadata=extra)

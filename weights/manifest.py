@@ -58,11 +58,17 @@ def git_blob_sha1(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
-def verify_sha256(path: Path, expected: str) -> None:
+LFS_POINTER = b"version https://git-lfs"
+
+
+def verify_sha256(path: Path, expected: str, remedy: str = "delete it and fetch it again") -> None:
     actual = sha256_of(path)
     if actual != expected:
-        raise CheckpointError(f"sha256 mismatch for {path}: expected {expected}, file has {actual}. "
-                              "The file is corrupt or not the published one; delete it and fetch it again.")
+        with open(path, "rb") as f:
+            pointer = f.read(len(LFS_POINTER)) == LFS_POINTER
+        what = ("it is a Git LFS pointer, not the file: run `git lfs pull` in the repository" if pointer else
+                f"the file is corrupt or not the published one; {remedy}")
+        raise CheckpointError(f"sha256 mismatch for {path}: expected {expected}, file has {actual}; {what}.")
 
 
 def _download(url: str, dest: Path, what: str) -> None:
@@ -102,7 +108,7 @@ def install_original(entry: dict, source: str | os.PathLike, dest: Path | None =
     os.close(fd)
     tmp = Path(tmp)
     try:
-        convert(source, entry["model"], tmp)
+        convert(source, entry["model"], tmp, **entry.get("config", {}))  # the config it was trained with
         atomic_write(_sidecar(dest), lambda t: Path(t).write_text(sha256_of(tmp) + "\n"))
         os.replace(tmp, dest)
     finally:
@@ -136,7 +142,10 @@ def resolve(entry: dict) -> Path:
             raise CheckpointError(f"{path} has no recorded sha256 ({_sidecar(path).name} is missing); delete it "
                                   "so that it is converted again from the original")
         expected = _sidecar(path).read_text().strip()
-    verify_sha256(path, expected)
+    remedy = ("restore it from the paperzoo repository, or reinstall paperzoo" if path == shipped else
+              "delete it and fetch it again" if entry.get("url") or entry.get("original") else
+              "replace it with the published file")
+    verify_sha256(path, expected, remedy)
     return path
 
 
@@ -185,8 +194,9 @@ def load_pretrained(model: nn.Module, checkpoint: str | None = None, name: str |
         if head is not None:
             fresh = {k: v for k, v in model.state_dict().items() if k.startswith(head + ".")}
             state = {k: v for k, v in state.items() if not k.startswith(head + ".")} | fresh
-            print(f"load_pretrained: {entry['name']} has {differs.pop('num_classes')[0]} classes; the classifier "
-                  f"'{head}' keeps its initialisation", file=sys.stderr)
+            fate = f"the classifier '{head}' keeps its initialisation" if fresh else "the model has no classifier"
+            print(f"load_pretrained: {entry['name']} has {differs.pop('num_classes')[0]} classes; {fate}",
+                  file=sys.stderr)
         if differs:
             raise CheckpointError(f"checkpoint {entry['name']!r} was trained with a different config; "
                                   f"(checkpoint, requested) per key: {differs}. Drop those overrides to load it.")

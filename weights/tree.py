@@ -14,22 +14,52 @@ from .checkpoint import CheckpointError, save_safetensors
 _TENSOR = "__tensor__"
 
 
-def flatten(obj: Any, prefix: str = "", tensors: dict | None = None) -> tuple[Any, dict[str, torch.Tensor]]:
-    """Split ``obj`` into a JSON skeleton and a flat ``{key: tensor}``; dict keys keep their type via a tag."""
-    tensors = {} if tensors is None else tensors
+_KEY_TYPES = (str, int, float, bool, type(None))  # dict keys that JSON gives back as they were
+
+
+def flatten(obj: Any) -> tuple[Any, dict[str, torch.Tensor]]:
+    """Split ``obj`` into a JSON skeleton and a flat ``{key: tensor}``; dict keys keep their type via a tag.
+    Tensor keys are paths (``optimizer.state.0.exp_avg``), made unique where two paths spell the same (``a.b``
+    and ``a: {b}``); one tensor in two places is stored once and comes back as one."""
+    tensors: dict[str, torch.Tensor] = {}
+    return _flatten(obj, "", tensors, {}), tensors
+
+
+def _flatten(obj: Any, prefix: str, tensors: dict, seen: dict) -> Any:
     if torch.is_tensor(obj):
-        key = prefix or "root"
-        tensors[key] = obj.detach().contiguous().cpu()
-        return {_TENSOR: key}, tensors
+        return {_TENSOR: _store(obj, prefix or "root", tensors, seen)}
     if isinstance(obj, dict):
-        return {"__dict__": [[k, flatten(v, f"{prefix}.{k}" if prefix else str(k), tensors)[0]]
-                             for k, v in obj.items()]}, tensors
+        bad = [k for k in obj if not isinstance(k, _KEY_TYPES)]
+        if bad:
+            raise TypeError(f"cannot store the key {bad[0]!r} ({type(bad[0]).__name__}) at {prefix or 'the top'!r}: "
+                            "keys must be str, int, float, bool or None")
+        return {"__dict__": [[k, _flatten(v, f"{prefix}.{k}" if prefix else str(k), tensors, seen)]
+                             for k, v in obj.items()]}
     if isinstance(obj, (list, tuple)):
-        items = [flatten(v, f"{prefix}.{i}" if prefix else str(i), tensors)[0] for i, v in enumerate(obj)]
-        return ({"__tuple__": items} if isinstance(obj, tuple) else items), tensors
+        items = [_flatten(v, f"{prefix}.{i}" if prefix else str(i), tensors, seen) for i, v in enumerate(obj)]
+        return {"__tuple__": items} if isinstance(obj, tuple) else items
     if obj is None or isinstance(obj, (bool, int, float, str)):
-        return obj, tensors
+        return obj
     raise TypeError(f"cannot store {type(obj).__name__} at {prefix!r} without pickle")
+
+
+def _store(t: torch.Tensor, key: str, tensors: dict[str, torch.Tensor], seen: dict[tuple, str]) -> str:
+    """Put ``t`` into ``tensors`` under ``key`` (``key#n`` when taken) and return the key. A tensor stored already
+    (same storage, offset, shape, strides, dtype) returns its key; a partial overlap with one is stored as a copy
+    (safetensors refuses shared memory)."""
+    t = t.detach()
+    ident = (t.device, t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), tuple(t.stride()), t.dtype)
+    if t.numel() and ident in seen:
+        return seen[ident]
+    stored = t.contiguous().cpu()
+    if t.numel() and any(i[:2] == ident[:2] for i in seen) and stored.data_ptr() == t.data_ptr():
+        stored = stored.clone()
+    unique, n = key, 1
+    while unique in tensors:
+        unique, n = f"{key}#{n}", n + 1
+    tensors[unique] = stored
+    seen[ident] = unique
+    return unique
 
 
 def unflatten(skeleton: Any, tensors: dict[str, torch.Tensor]) -> Any:
