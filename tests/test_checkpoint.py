@@ -304,6 +304,8 @@ def test_training_state_trees_round_trip_exactly_or_refuse(tmp_path):
     assert torch.equal(loaded["row"], x[1]) and torch.equal(loaded["t"][0], x.t()) and isinstance(loaded["t"], tuple)
     with pytest.raises(TypeError, match=r"cannot store the key \(1, 2\) \(tuple\) at 'opt'"):
         save_tree({"opt": {(1, 2): a}}, tmp_path / "bad.safetensors")
+    with pytest.raises(CheckpointError, match="holds no training state .* it is a model checkpoint"):
+        load_tree(save_checkpoint(zoo.create_model("alrnn_m20_p2"), tmp_path / "model.safetensors"))
 
 
 def test_ties_need_the_same_strides_and_either_name_and_nan_is_equal_to_itself(tmp_path):

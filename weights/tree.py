@@ -85,7 +85,13 @@ def load_tree(path: str | os.PathLike) -> Any:
 
     try:
         with safetensors.safe_open(str(path), framework="pt") as f:
-            skeleton = json.loads(f.metadata()["tree"])
-        return unflatten(skeleton, load_file(str(path)))
-    except (KeyError, OSError, ValueError, safetensors.SafetensorError) as err:
+            meta = f.metadata() or {}
+        if "tree" not in meta:
+            raise CheckpointError(f"{path} holds no training state (no 'tree' record)"
+                                  + ("; it is a model checkpoint: weights.load_checkpoint reads it" if "model" in meta
+                                     else ""))
+        return unflatten(json.loads(meta["tree"]), load_file(str(path)))
+    except CheckpointError:
+        raise
+    except (KeyError, TypeError, OSError, ValueError, safetensors.SafetensorError) as err:
         raise CheckpointError(f"{path} is not a readable training-state file ({err})") from err
