@@ -312,15 +312,16 @@ def test_ties_need_the_same_strides_and_either_name_and_nan_is_equal_to_itself(t
     """load_state_into: a buffer that is the transpose of a square parameter is not tied to it (it shares the
     storage, not the values' layout); a tied pair loads from either name alone; both names holding the same NaN
     values are equal (a diverged model's tied weights)."""
-    class Transposed(torch.nn.Module):
+    class Views(torch.nn.Module):
         def __init__(self):
             super().__init__()
             self.w = torch.nn.Parameter(torch.randn(3, 3))
             self.register_buffer("wt", self.w.data.t())
+            self.register_buffer("row", self.w.data[1])  # overlaps w: stored as a copy
 
-    saved = Transposed()
-    loaded = load_into(Transposed(), save_checkpoint(saved, tmp_path / "t.safetensors"))
-    assert torch.equal(loaded.w, saved.w)
+    saved = Views()
+    loaded = load_into(Views(), save_checkpoint(saved, tmp_path / "t.safetensors"))
+    assert torch.equal(loaded.w, saved.w) and torch.equal(loaded.row, saved.w[1])
     lm = zoo.create_model("transformer_lm_13m", num_hidden_layers=1, hidden_size=8, num_attention_heads=2,
                           intermediate_size=16, vocab_size=20, max_position_embeddings=8)
     state = {k: v.clone() for k, v in lm.state_dict().items()}

@@ -99,16 +99,37 @@ def save_safetensors(tensors: dict[str, torch.Tensor], path: str | os.PathLike,
     return atomic_write(path, write)
 
 
+def _same_tensor_key(t: torch.Tensor) -> tuple:
+    """Equal for two tensors that are one tensor (tied weights): same storage, offset, shape, strides and dtype.
+    Its first two elements, device and storage, are shared by any two views into one storage."""
+    return t.device, t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), tuple(t.stride()), t.dtype
+
+
+def store_once(t: torch.Tensor, key: str, tensors: dict[str, torch.Tensor], seen: dict[tuple, str]) -> str:
+    """Put ``t`` (detached, contiguous, on the CPU) into ``tensors`` under ``key`` (``key#n`` when taken) and return
+    the key. A tensor stored already (``seen``: one tensor, as tied weights are) returns its key instead; a view
+    that only overlaps one is stored as a copy, since safetensors refuses shared memory."""
+    t = t.detach()
+    ident = _same_tensor_key(t)
+    if t.numel() and ident in seen:
+        return seen[ident]
+    stored = t.contiguous().cpu()
+    if t.numel() and any(i[:2] == ident[:2] for i in seen) and stored.data_ptr() == t.data_ptr():
+        stored = stored.clone()
+    unique, n = key, 1
+    while unique in tensors:
+        unique, n = f"{key}#{n}", n + 1
+    tensors[unique] = stored
+    seen[ident] = unique
+    return unique
+
+
 def _unique_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """state_dict with tied tensors stored once (safetensors refuses shared storage)."""
+    """state_dict with tied tensors stored once under their first name."""
+    out: dict[str, torch.Tensor] = {}
     seen: dict[tuple, str] = {}
-    out = {}
     for key, t in model.state_dict().items():
-        ident = (t.device, t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), tuple(t.stride()))
-        if t.numel() and ident in seen:
-            continue
-        seen[ident] = key
-        out[key] = t.detach().contiguous().cpu()
+        store_once(t, key, out, seen)
     return out
 
 
@@ -196,8 +217,7 @@ def load_state_into(model: nn.Module, state: dict[str, torch.Tensor], source: st
     tied_to: dict[str, str] = {}  # a key -> the first key of its tie group (same storage, offset, shape, strides)
     by_storage: dict[tuple, str] = {}
     for key, t in own.items():
-        ident = (t.device, t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), tuple(t.stride()),
-                 t.dtype)
+        ident = _same_tensor_key(t)
         if t.numel() and ident in by_storage:
             tied_to[key] = by_storage[ident]
         else:

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file
 
-from .checkpoint import CheckpointError, save_safetensors
+from .checkpoint import CheckpointError, save_safetensors, store_once
 
 _TENSOR = "__tensor__"
 
@@ -27,7 +27,7 @@ def flatten(obj: Any) -> tuple[Any, dict[str, torch.Tensor]]:
 
 def _flatten(obj: Any, prefix: str, tensors: dict, seen: dict) -> Any:
     if torch.is_tensor(obj):
-        return {_TENSOR: _store(obj, prefix or "root", tensors, seen)}
+        return {_TENSOR: store_once(obj, prefix or "root", tensors, seen)}
     if isinstance(obj, dict):
         bad = [k for k in obj if not isinstance(k, _KEY_TYPES)]
         if bad:
@@ -41,25 +41,6 @@ def _flatten(obj: Any, prefix: str, tensors: dict, seen: dict) -> Any:
     if obj is None or isinstance(obj, (bool, int, float, str)):
         return obj
     raise TypeError(f"cannot store {type(obj).__name__} at {prefix!r} without pickle")
-
-
-def _store(t: torch.Tensor, key: str, tensors: dict[str, torch.Tensor], seen: dict[tuple, str]) -> str:
-    """Put ``t`` into ``tensors`` under ``key`` (``key#n`` when taken) and return the key. A tensor stored already
-    (same storage, offset, shape, strides, dtype) returns its key; a partial overlap with one is stored as a copy
-    (safetensors refuses shared memory)."""
-    t = t.detach()
-    ident = (t.device, t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), tuple(t.stride()), t.dtype)
-    if t.numel() and ident in seen:
-        return seen[ident]
-    stored = t.contiguous().cpu()
-    if t.numel() and any(i[:2] == ident[:2] for i in seen) and stored.data_ptr() == t.data_ptr():
-        stored = stored.clone()
-    unique, n = key, 1
-    while unique in tensors:
-        unique, n = f"{key}#{n}", n + 1
-    tensors[unique] = stored
-    seen[ident] = unique
-    return unique
 
 
 def unflatten(skeleton: Any, tensors: dict[str, torch.Tensor]) -> Any:
