@@ -1,4 +1,5 @@
 import dataclasses
+import json
 import math
 
 import pytest
@@ -306,6 +307,22 @@ def test_wikitext_and_snli_from_a_hub_dataset_layout(tmp_path):
     splits = snli_splits(snli)
     assert set(splits) == {"train", "valid", "test"}
     assert splits["valid"] == (["a dog runs", "a man sits"], ["an animal", "a person"], [0, 2])
+
+
+def test_snli_jsonl_files_drop_pairs_without_gold_label_and_name_a_bad_line(tmp_path):
+    """The original SNLI 1.0 jsonl: '-' (no gold label) dropped, blank lines skipped, a line that is not a record
+    named with its file and number."""
+    from train.data.snli import FILES, snli_splits
+
+    rows = [{"gold_label": "neutral", "sentence1": "a dog runs", "sentence2": "it is fast", "annotator_labels": []},
+            {"gold_label": "-", "sentence1": "a cat", "sentence2": "x"},
+            {"gold_label": "contradiction", "sentence1": "a man sits", "sentence2": "he runs"}]
+    for name in FILES.values():
+        (tmp_path / name).write_text("".join(json.dumps(r) + "\n" for r in rows) + "\n")
+    assert snli_splits(tmp_path)["test"] == (["a dog runs", "a man sits"], ["it is fast", "he runs"], [1, 2])
+    (tmp_path / FILES["valid"]).write_text(json.dumps(rows[0]) + "\n{\"gold_label\": \"neutral\"}\n")
+    with pytest.raises(ValueError, match=r"snli_1.0_dev.jsonl, line 2, is not an SNLI 1.0 record .*KeyError"):
+        snli_splits(tmp_path)
 
 
 def test_hub_id_not_in_the_cache_is_a_clear_error_at_once(monkeypatch):

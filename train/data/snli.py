@@ -35,8 +35,15 @@ def read_snli(file: Path) -> Pairs:
     label ("-") are dropped, as is standard."""
     premises, hypotheses, labels = [], [], []
     with open(file, encoding="utf-8") as f:
-        for line in f:
-            row = json.loads(line)
+        for number, line in enumerate(f, 1):
+            if not line.strip():  # a blank line (a trailing one, say) holds no pair
+                continue
+            try:
+                row = json.loads(line)
+                row["gold_label"], row["sentence1"], row["sentence2"]
+            except (json.JSONDecodeError, KeyError, TypeError) as err:
+                raise ValueError(f"{file}, line {number}, is not an SNLI 1.0 record (JSON with gold_label, sentence1 "
+                                 f"and sentence2): {type(err).__name__}: {err}") from None
             if row["gold_label"] in LABELS:
                 premises.append(row["sentence1"])
                 hypotheses.append(row["sentence2"])
