@@ -309,6 +309,27 @@ def test_wikitext_and_snli_from_a_hub_dataset_layout(tmp_path):
     assert splits["valid"] == (["a dog runs", "a man sits"], ["an animal", "a person"], [0, 2])
 
 
+def test_wikitext_token_files_edited_in_place_are_tokenised_again(tmp_path):
+    """The token cache is keyed on the files' path, size and modification time: a word replaced by one of the same
+    length (same size) is not served from the old tokens."""
+    import os
+
+    from train.data.wikitext import FILES
+
+    text = " = Heading = \n the quick brown fox jumps over the lazy dog . \n" * 80
+    for name in FILES.values():
+        (tmp_path / name).write_text(text)
+    recipe = load_recipe("grassmann-lm-wikitext2", [f"data.path={tmp_path}", "task_args.seq_len=16"])
+    task = make_task(recipe)
+    assert "quick" in task.tokenizer.decode(task.train_ids[:12].tolist())
+    train = tmp_path / FILES["train"]
+    train.write_text(text.replace("quick", "sleep"))  # same length
+    stat = train.stat()
+    os.utime(train, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # a later edit, even on a coarse clock
+    task = make_task(recipe)
+    assert "sleep" in task.tokenizer.decode(task.train_ids[:12].tolist())
+
+
 def test_snli_jsonl_files_drop_pairs_without_gold_label_and_name_a_bad_line(tmp_path):
     """The original SNLI 1.0 jsonl: '-' (no gold label) dropped, blank lines skipped, a line that is not a record
     named with its file and number."""

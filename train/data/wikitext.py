@@ -35,7 +35,8 @@ def wikitext2_source(path: str | Path | None, config: str = HUB_CONFIG) -> tuple
     ``path``: a folder of the token files, else a hub id or a folder holding the hub repository's files."""
     if not is_hub_source(path, config):
         files = wikitext2_files(path)
-        return ({"files": {s: [str(f.resolve()), f.stat().st_size] for s, f in files.items()}},
+        # path, size and modification time: an edited file (even of the same size) is tokenised again
+        return ({"files": {s: [str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns] for s, f in files.items()}},
                 lambda: {s: f.read_text(encoding="utf-8") for s, f in files.items()})
     advice = HOW_TO_GET.format(files=", ".join(FILES.values()))
     folder = hub_folder(str(path), config, "Wikitext-2", advice)
