@@ -71,8 +71,10 @@ def test_evaluation_is_top1_top5_and_loss_over_the_eval_split(tmp_path):
     assert out["eval_top5"] == 1.0  # 3 classes
 
 
-def test_class_count_is_filled_in_or_checked_and_bad_paths_are_named(tmp_path):
+def test_class_count_is_filled_in_or_checked_and_bad_paths_are_named(tmp_path, monkeypatch):
     root = _folder(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path.parent))
+    assert _task(f"~/{tmp_path.name}", workers=0).folder.root == tmp_path  # data.path=~/..., as a shell expands it
     task = _task(root, workers=0)
     assert task.model_args({"num_classes": None}) == {"num_classes": 3}
     with pytest.raises(ValueError, match="set model_args.num_classes=3"):
@@ -81,6 +83,9 @@ def test_class_count_is_filled_in_or_checked_and_bad_paths_are_named(tmp_path):
         make_task(load_recipe("mbv2-ca-imagenet"))
     with pytest.raises(FileNotFoundError, match="val"):
         _task(tmp_path / "train")
+    (root / "val" / "class_2").rename(root / "val" / "class_9")
+    with pytest.raises(ValueError, match=r"only in 'train': \['class_2'\]; only in 'val': \['class_9'\]"):
+        _task(root, workers=0)
 
 
 def test_finetune_recipe_runs_through_the_loop_and_resumes_exactly(tmp_path):

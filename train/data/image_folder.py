@@ -57,7 +57,7 @@ class ImageFolderData:
         if not root:
             raise ValueError("data.path is not set: give the folder that holds the train/ and val/ class folders "
                              "(ImageNet: the ILSVRC2012 train and val images sorted into one folder per class)")
-        self.root = Path(root)
+        self.root = Path(root).expanduser()
         self.splits = {}
         for kind, split in (("train", train_split), ("eval", eval_split)):
             folder = self.root / split
@@ -66,7 +66,10 @@ class ImageFolderData:
                                         f"with splits {train_split!r} and {eval_split!r}")
             self.splits[kind] = ImageFolder(str(folder))
         if self.splits["train"].classes != self.splits["eval"].classes:
-            raise ValueError(f"{self.root}: the class folders of {train_split!r} and {eval_split!r} differ")
+            train, held_out = set(self.splits["train"].classes), set(self.splits["eval"].classes)
+            raise ValueError(f"{self.root}: the class folders of {train_split!r} and {eval_split!r} differ (only in "
+                             f"{train_split!r}: {sorted(train - held_out)[:10]}; only in {eval_split!r}: "
+                             f"{sorted(held_out - train)[:10]}); labels are folder indices, so both need the same classes")
         self.classes = self.splits["train"].classes
         self.size, self.augment, self.workers = size, {"color_jitter": 0.0, **(augment or {})}, int(workers)
         self.pool: ProcessPoolExecutor | None = None
