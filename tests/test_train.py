@@ -656,3 +656,18 @@ def test_recipe_sections_typos_and_non_finite_settings_are_refused(tmp_path):
     with pytest.raises(ValueError, match=r"optim.momentum must be a number in \[0, 1\], got 2"):
         build_optimizer(params, {"name": "sgd", "lr": 0.1, "momentum": 2})
 
+
+
+def test_data_paths_starting_with_a_tilde_are_expanded(tmp_path, monkeypatch):
+    """data.path=~/... (quoted in a recipe or --set, so no shell expanded it) reads from the home folder."""
+    import numpy as np
+
+    from train.data.emt import read_structures
+    from train.data.sequences import load_sequences
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    np.save(tmp_path / "robot.npy", np.zeros((2, 5, 3), dtype=np.float32))
+    train, test = load_sequences("~/robot.npy")
+    assert train.shape == (2, 5, 3) and test is None
+    with pytest.raises(FileNotFoundError, match=re.escape(f"structure file {tmp_path / 'mptrj.extxyz'} does not exist")):
+        read_structures("~/mptrj.extxyz")

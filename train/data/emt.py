@@ -146,7 +146,7 @@ def read_structures(path: str | Path) -> list:
     """All frames of an extxyz (or any ASE-readable) file, with a clear error when it is missing."""
     from ase.io import read
 
-    path = Path(path)
+    path = Path(path).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"structure file {path} does not exist; for MPTrj download the extxyz files "
                                 "(e.g. from the MACE-MP release) and point data.train/valid/test at them")

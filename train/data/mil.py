@@ -80,7 +80,7 @@ def benchmark_file(data: dict) -> Path:
     if source == "file":
         if "path" not in data:
             raise KeyError("data.source=file needs data.path (a .mat, .csv or .npz MIL file)")
-        return Path(data["path"])
+        return Path(data["path"]).expanduser()
     if source == "mil_package":
         if "name" not in data:
             raise KeyError("data.source=mil_package needs data.name (e.g. elephant, ucsb_breast_cancer)")

@@ -14,7 +14,7 @@ def load_sequences(path: str | Path) -> tuple[torch.Tensor, torch.Tensor | None]
     ``.npy``: one array (N, T, D), training sequences only. ``.npz``: ``train`` (N, T, D) and optionally ``test``
     (M, T', D) with the same D. Every value must be finite.
     """
-    path = Path(path)
+    path = Path(path).expanduser()
     if not path.is_file():
         raise FileNotFoundError(
             f"sequence file {path} not found. Put the sequences there as .npy (N, T, D) or .npz with 'train' "
