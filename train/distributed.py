@@ -20,11 +20,16 @@ class Dist:
         return self.rank == 0
 
 
+def world_size() -> int:
+    """The number of processes torchrun started (1 without torchrun)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def setup(device: str = "auto") -> Dist:
     """Pick the device and, under torchrun (WORLD_SIZE > 1), join the process group (nccl on GPU, gloo on CPU).
     On CUDA a single process uses the GPU named (``cuda`` is ``cuda:0``) and each torchrun rank uses
     cuda:LOCAL_RANK, so there a fixed index is refused: every rank would share that one GPU."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    world = world_size()
     rank, local = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"

@@ -5,7 +5,6 @@ import contextlib
 import csv
 import json
 import math
-import os
 import random
 import shutil
 import sys
@@ -21,7 +20,7 @@ from weights import load_checkpoint, load_into, save_checkpoint
 from weights.checkpoint import atomic_write
 from weights.tree import load_tree, save_tree
 
-from .distributed import Dist, all_mean, setup, teardown
+from .distributed import Dist, all_mean, setup, teardown, world_size
 from .plots import plot_metrics
 from .recipe import check_number
 from .schedules import build_optimizer, build_scheduler, lr_factor
@@ -273,7 +272,7 @@ def _check_train_section(cfg: dict) -> None:
     check_number("train", "threads", cfg["threads"], low=1, integer=True, optional=True)
     if not isinstance(cfg["compile"], bool):  # the string "false" would be true
         raise ValueError(f"train.compile must be true or false, got {cfg['compile']!r}")
-    parts = int(cfg["grad_accum"]) * int(os.environ.get("WORLD_SIZE", "1"))  # torchrun's processes (train.distributed)
+    parts = int(cfg["grad_accum"]) * world_size()
     if int(cfg["batch_size"]) % parts:
         raise ValueError(f"train.batch_size={cfg['batch_size']} must be divisible by grad_accum*processes={parts}")
     clip = cfg["clip"]
