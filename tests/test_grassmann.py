@@ -454,10 +454,27 @@ def test_lm_loss_is_the_shifted_cross_entropy_and_refuses_labels_it_cannot_use(m
     keep = labels[:, 1:] != -100
     expected = torch.nn.functional.cross_entropy(out.logits[:, :-1][keep], labels[:, 1:][keep])
     assert torch.allclose(out.loss, expected, atol=1e-6)
-    with pytest.raises(ValueError, match=r"labels must be \(batch, length\) = \(2, 6\) like input_ids, got \(2, 5\)"):
+    with pytest.raises(ValueError, match=r"labels must be integer \(batch, length\) = \(2, 6\) like input_ids, "
+                                         r"got torch.int64 \(2, 5\)"):
         m(ids, labels=labels[:, :5])
+    with pytest.raises(ValueError, match="labels must be integer"):
+        m(ids, labels=labels.float())
     with pytest.raises(ValueError, match="labels need at least 2 tokens"):  # the mean over no pairs is NaN
         m(ids[:, :1], labels=ids[:, :1])
+
+
+@pytest.mark.parametrize("make", [tiny_grassmann, tiny_transformer])
+@pytest.mark.parametrize("dtype", [torch.int16, torch.int32, torch.uint8])
+def test_token_ids_of_any_integer_dtype_give_the_int64_results(make, dtype):
+    torch.manual_seed(0)
+    m = make().eval()
+    ids = torch.randint(0, 50, (2, 6))
+    expected = m(ids, labels=ids)
+    out = m(ids.to(dtype), labels=ids.to(dtype))
+    assert torch.equal(out.logits, expected.logits) and torch.equal(out.loss, expected.loss)
+    for wrong in (ids.float(), ids.bool()):
+        with pytest.raises(ValueError, match="input_ids must be an integer tensor"):
+            m(wrong)
 
 
 @pytest.mark.parametrize("make", [tiny_grassmann, tiny_transformer])

@@ -124,6 +124,10 @@ def test_nli_head_trains_only_the_head_and_ignores_padding(name):
         model(padded, torch.cat([mask[:, :8], mask.flip(1)[:, :8]], 1))
     loss, as_tuple = model(ids, labels=torch.tensor([0, 1, 2, 0]), return_dict=False)  # transformers' tuple
     assert loss.dim() == 0 and torch.equal(as_tuple, logits)
+    narrow = model(ids.to(torch.int16), labels=torch.tensor([0, 1, 2, 0], dtype=torch.uint8))  # any integer dtype
+    assert torch.equal(narrow.logits, logits) and torch.equal(narrow.loss, loss)
+    with pytest.raises(ValueError, match=r"labels must be integer class ids of shape \(4,\), got torch.float32"):
+        model(ids, labels=torch.zeros(4))
     with pytest.raises(ValueError, match=r"input_ids must lie in \[0, vocab_size=100\)"):
         model(ids + 100)
     with pytest.raises(ValueError, match=r"input_ids must be integer token ids \(batch >= 1, tokens >= 1\)"):

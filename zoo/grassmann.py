@@ -30,7 +30,8 @@ from weights.hub import hub_resolvable
 
 from ._registry import register_model
 from .transformer_lm import (PAPER, TiedCausalLMHead, as_requested, check_ids, collect_hidden, feed_forward,
-                             finish_backbone, input_embeddings, positions_from_mask, refuse_attentions, token_positions)
+                             finish_backbone, input_embeddings, is_integer, positions_from_mask, refuse_attentions,
+                             token_positions)
 
 WINDOWS = (1, 2, 4, 8, 12, 16)
 
@@ -309,10 +310,10 @@ class NLIHeadForSequenceClassification(PreTrainedModel):
                 labels: torch.Tensor | None = None, return_dict: bool | None = None) -> SequenceClassifierOutput:
         """Class logits (B, num_labels) for token ids (B, T) of "[CLS] premise [SEP] hypothesis [SEP]"; with
         ``labels`` (B,) also the mean cross-entropy as ``loss``."""
-        if input_ids.dim() != 2 or input_ids.is_floating_point() or not input_ids.shape[0] or not input_ids.shape[1]:
+        if input_ids.dim() != 2 or not is_integer(input_ids) or not input_ids.shape[0] or not input_ids.shape[1]:
             raise ValueError(f"NLI head: input_ids must be integer token ids (batch >= 1, tokens >= 1), got "
                              f"{input_ids.dtype} {tuple(input_ids.shape)}")
-        check_ids(input_ids, self.encoder.config.vocab_size)
+        input_ids = check_ids(input_ids, self.encoder.config.vocab_size)
         limit = getattr(self.encoder.config, "max_position_embeddings", None)
         if limit is not None and input_ids.shape[1] > limit:
             raise ValueError(f"NLI head: {input_ids.shape[1]} tokens, the encoder takes at most {limit}")
@@ -350,7 +351,10 @@ class NLIHeadForSequenceClassification(PreTrainedModel):
                 x = block(x, mask=mask)
         pooled = (x * keep[..., None]).sum(1) / keep.sum(1, keepdim=True).clamp_min(1)
         logits = self.classifier(self.norm(pooled))
-        loss = None if labels is None else F.cross_entropy(logits.float(), labels)
+        if labels is not None and (labels.shape != logits.shape[:1] or not is_integer(labels)):
+            raise ValueError(f"NLI head: labels must be integer class ids of shape ({len(logits)},), got "
+                             f"{labels.dtype} {tuple(labels.shape)}")
+        loss = None if labels is None else F.cross_entropy(logits.float(), labels.long())
         return as_requested(SequenceClassifierOutput(loss=loss, logits=logits), return_dict, self.config)
 
 

@@ -79,14 +79,21 @@ def token_positions(inputs: torch.Tensor, past: int, position_ids: torch.Tensor 
     return position_ids
 
 
-def check_ids(input_ids: torch.Tensor, vocab_size: int) -> None:
-    if input_ids.dim() != 2 or input_ids.dtype not in (torch.long, torch.int):
+def is_integer(t: torch.Tensor) -> bool:
+    """An integer dtype of any width (uint8 ... int64); bool is not one."""
+    return not (t.is_floating_point() or t.is_complex() or t.dtype == torch.bool)
+
+
+def check_ids(input_ids: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """``input_ids`` (B, T) checked to lie in [0, vocab_size), as int64 (the dtype embeddings and losses index with)."""
+    if input_ids.dim() != 2 or not is_integer(input_ids):
         raise ValueError(f"input_ids must be an integer tensor of shape (batch, time), got {input_ids.dtype} "
                          f"{tuple(input_ids.shape)}")
     if input_ids.numel():
         low, high = torch.stack(torch.aminmax(input_ids)).tolist()  # one device sync for both bounds
         if low < 0 or high >= vocab_size:
             raise ValueError(f"input_ids must lie in [0, vocab_size={vocab_size}), got range [{low}, {high}]")
+    return input_ids.long()
 
 
 def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -106,8 +113,7 @@ def input_embeddings(embed: nn.Embedding, input_ids: torch.Tensor | None,
     if (input_ids is None) == (inputs_embeds is None):
         raise ValueError("pass exactly one of input_ids and inputs_embeds")
     if input_ids is not None:
-        check_ids(input_ids, embed.num_embeddings)
-        return embed(input_ids)
+        return embed(check_ids(input_ids, embed.num_embeddings))
     if inputs_embeds.dim() != 3 or inputs_embeds.shape[-1] != embed.embedding_dim \
             or not inputs_embeds.is_floating_point():
         raise ValueError(f"inputs_embeds must be floating (batch, time, {embed.embedding_dim}), got "
@@ -140,12 +146,13 @@ def finish_backbone(x: torch.Tensor, cache, hidden: list | None, return_dict: bo
 def lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Mean next-token cross-entropy: logits at t predict labels at t+1; label -100 is ignored. ``labels`` is
     (B, T) like the input ids, T >= 2 (one token predicts nothing: the mean would be 0/0)."""
-    if labels.shape != logits.shape[:2]:
-        raise ValueError(f"labels must be (batch, length) = {tuple(logits.shape[:2])} like input_ids, got "
-                         f"{tuple(labels.shape)}")
+    if labels.shape != logits.shape[:2] or not is_integer(labels):
+        raise ValueError(f"labels must be integer (batch, length) = {tuple(logits.shape[:2])} like input_ids, got "
+                         f"{labels.dtype} {tuple(labels.shape)}")
     if labels.shape[1] < 2:
         raise ValueError("labels need at least 2 tokens: the loss predicts token t+1 from tokens up to t")
-    return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100)
+    return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten().long(),
+                           ignore_index=-100)
 
 
 class TransformerBlock(GradientCheckpointingLayer):
