@@ -8,7 +8,8 @@ import torch
 import zoo
 from train import fit, load_recipe
 from train.data.pytext import pydoc_topics, pytext_splits, split_of
-from train.data.wordpiece import SPECIAL, train_wordpiece
+from train.cli import _recipe_for
+from train.data.wordpiece import SPECIAL, encode, train_wordpiece
 from train.tasks import make_task
 from weights import load_checkpoint
 
@@ -49,7 +50,8 @@ def test_lm_recipes_share_budget_and_seeds():
     assert (g["model"], t["model"]) == ("grassmann_lm_13m", "transformer_lm_13m")
 
 
-def test_lm_task_batches_and_training_lowers_perplexity(tmp_path):
+@pytest.mark.filterwarnings("ignore:task 'lm' does not use data.docstrings")  # pytext's key, kept for wikitext
+def test_lm_task_batches_and_training_lowers_perplexity(tmp_path, capsys):
     recipe = load_recipe("grassmann-lm-pytext", TINY_LM)
     task = make_task(recipe)
     b1, b2 = (task.batch(4, torch.Generator().manual_seed(7)) for _ in range(2))
@@ -61,6 +63,25 @@ def test_lm_task_batches_and_training_lowers_perplexity(tmp_path):
     after = fit(recipe, out=tmp_path / "run")
     assert after["valid_ppl"] < before / 2 and math.isfinite(after["test_ppl"])
     assert (tmp_path / "run" / "samples.txt").read_text().count("PROMPT:") == 3
+    # zoo eval on other data reads it with the run's own tokenizer (a new one would renumber the pieces)
+    from tokenizers import Tokenizer
+
+    from train.cli import main
+    from train.data.wikitext import FILES
+
+    saved = Tokenizer.from_file(str(tmp_path / "run" / "tokenizer.json"))
+    assert saved.get_vocab() == task.tokenizer.get_vocab()
+    text = " = Heading = \n the quick brown fox jumps over the lazy dog . \n" * 200
+    for name in FILES.values():
+        (tmp_path / name).write_text(text)
+    other = ["data.source=wikitext2", f"data.path={tmp_path}"]
+    wiki = make_task(_recipe_for(tmp_path / "run" / "model.safetensors", None, other))
+    assert wiki.tokenizer.get_vocab() == saved.get_vocab()
+    assert torch.equal(wiki.train_ids[:12], encode(saved, text)[:12])
+    main(["eval", str(tmp_path / "run"), *(f"--set={o}" for o in other)])
+    assert math.isfinite(json.loads(capsys.readouterr().out)["test_ppl"])
+    retrained = make_task(_recipe_for(tmp_path / "run" / "model.safetensors", None, other + ["data.tokenizer=wordpiece"]))
+    assert retrained.tokenizer.get_vocab() != saved.get_vocab()  # --set data.tokenizer still chooses
 
 
 def test_vocab_mismatch_is_a_clear_error():
@@ -362,3 +383,26 @@ def test_hub_id_not_in_the_cache_is_a_clear_error_at_once(monkeypatch):
         unreachable = r"in the local cache \(the hub is unreachable\)"
         with pytest.raises(FileNotFoundError, match=f"{unreachable}.*hf download {name}"):
             make_task(load_recipe(recipe, ["data.path=paperzoo-tests/no-such-dataset"]))
+
+
+def test_token_cache_follows_the_bert_vocabulary_file_and_reads_a_given_tokenizer_file(tmp_path):
+    from train.data.wordpiece import bert_vocab_file, tokenized_splits
+
+    def read():
+        return {"train": "the quick fox", "valid": "brown", "test": "fox"}
+
+    vocab = bert_vocab_file()
+    vocab.parent.mkdir(parents=True)
+    words = ["the", "quick", "brown", "fox"]
+    vocab.write_text("\n".join(SPECIAL + words))
+    tokenizer, ids = tokenized_splits("t", {}, read, "bert", 100)
+    assert tokenizer.get_vocab_size() == 9 and ids["test"].tolist() == [8, 3]  # fox, [SEP]
+    vocab.write_text("\n".join(SPECIAL + words[::-1]))  # the same size, other ids: not served from the cache
+    assert tokenized_splits("t", {}, read, "bert", 100)[1]["test"].tolist() == [5, 3]
+    tokenizer.save(str(tmp_path / "tokenizer.json"))
+    assert tokenized_splits("t", {}, read, str(tmp_path / "tokenizer.json"), 100)[1]["test"].tolist() == [8, 3]
+    with pytest.raises(ValueError, match=r"one of \('bert', 'wordpiece'\) or a tokenizer.json file, .*no such file"):
+        tokenized_splits("t", {}, read, str(tmp_path / "missing.json"), 100)
+    (tmp_path / "bad.json").write_text("{")
+    with pytest.raises(ValueError, match="bad.json is not a tokenizers JSON file"):
+        tokenized_splits("t", {}, read, str(tmp_path / "bad.json"), 100)

@@ -113,12 +113,16 @@ def _check_eval_overrides(overrides, command: str) -> None:
 def _recipe_for(checkpoint: Path, name: str | None, overrides):
     """The recipe of the run that wrote ``checkpoint`` (its resolved recipe.yaml, beside the file or two levels
     up for checkpoints/step_*/), else the recipe named by --recipe or in the checkpoint's metadata; its model and
-    model_args are the checkpoint's own, so the task sizes its data for the model it evaluates."""
+    model_args are the checkpoint's own, so the task sizes its data for the model it evaluates, and the task's
+    run files found in that run (an LM's tokenizer.json) replace the data settings they stand for, unless --set
+    gives those."""
     from weights import read_metadata
 
+    from .tasks import TASKS
+
+    runs = [run for run in (checkpoint.parent, checkpoint.parent.parent.parent) if (run / "recipe.yaml").is_file()]
     meta = None  # read after the recipe where --recipe or a recipe.yaml names it, so a mistyped name is named first
     if name is None:
-        runs = [run for run in (checkpoint.parent, checkpoint.parent.parent.parent) if (run / "recipe.yaml").is_file()]
         if runs:
             name = str(runs[0] / "recipe.yaml")
         else:
@@ -130,6 +134,11 @@ def _recipe_for(checkpoint: Path, name: str | None, overrides):
     meta = read_metadata(checkpoint) if meta is None else meta
     if "config" in meta:
         recipe = {**recipe, "model": meta["model"], "model_args": json.loads(meta["config"])}
+    given = {assignment.partition("=")[0].strip() for assignment in overrides}
+    task = TASKS.get(recipe["task"])
+    for file, key in (task.run_files if task and runs else {}).items():
+        if (runs[0] / file).is_file() and f"data.{key}" not in given:
+            recipe = {**recipe, "data": {**(recipe.get("data") or {}), key: str(runs[0] / file)}}
     return recipe
 
 

@@ -234,7 +234,7 @@ def _make_probe(model, cfg: dict, points: dict, step: int):
 def fit(recipe: dict, out: str | Path = "runs/run", resume: bool = False) -> dict:
     """Train ``recipe`` into the run directory ``out``; returns the final evaluation metrics.
 
-    ``out`` receives recipe.yaml, metrics.jsonl, metrics.png, the task's plots, checkpoints/step_*/
+    ``out`` receives recipe.yaml, the task's run files (an LM's tokenizer.json), metrics.jsonl, metrics.png, the task's plots, checkpoints/step_*/
     (model + optimizer/scheduler/RNG state) and model.safetensors. ``resume=True`` continues from the
     newest checkpoint and gives the same losses as an uninterrupted run.
     """
@@ -369,6 +369,7 @@ def _fit(recipe: dict, cfg: dict, out: Path, resume: bool, d: Dist, task, points
     if d.main:
         out.mkdir(parents=True, exist_ok=True)
         _write_text(out / "recipe.yaml", yaml.safe_dump(recipe, sort_keys=False))
+        task.write_run_files(out)
         rows = _read_rows(metrics_path) if start else []
         # the rows up to the checkpoint, less the final evaluation (always recomputed at the end)
         kept = [r for r in rows if r["step"] <= start and not (r["split"] == "eval" and r["step"] == steps)]

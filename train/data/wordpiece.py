@@ -2,8 +2,9 @@
 
 ``tokenizer: bert`` uses the BERT (bert-base-uncased) vocabulary when its vocab.txt is cached at
 ``$PAPERZOO_CACHE/bert-base-uncased/vocab.txt`` (30,522 pieces, as the Grassmann paper) and otherwise trains a
-WordPiece vocabulary of ``vocab_size`` on the training split; ``tokenizer: wordpiece`` always trains one.
-Either way the normaliser (lower case, accents stripped) and pre-tokeniser are BERT's.
+WordPiece vocabulary of ``vocab_size`` on the training split; ``tokenizer: wordpiece`` always trains one; a path to
+a tokenizer.json file uses that tokenizer. The first two use BERT's normaliser (lower case, accents stripped) and
+pre-tokeniser.
 """
 from __future__ import annotations
 
@@ -18,13 +19,16 @@ from tokenizers import Tokenizer, decoders, normalizers, pre_tokenizers
 from tokenizers.models import WordPiece
 from tokenizers.trainers import WordPieceTrainer
 
+from safetensors.torch import load_file
+
+from weights.checkpoint import atomic_write, save_safetensors
+from weights.manifest import cache_dir, sha256_of
+
 SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 KINDS = ("bert", "wordpiece")
 
 
 def bert_vocab_file() -> Path:
-    from weights.manifest import cache_dir
-
     return cache_dir() / "bert-base-uncased" / "vocab.txt"
 
 
@@ -44,16 +48,32 @@ def train_wordpiece(text: str, vocab_size: int) -> Tokenizer:
     return tokenizer
 
 
-def make_tokenizer(kind: str, train_text: str, vocab_size: int) -> Tokenizer:
-    if kind not in KINDS:
-        raise ValueError(f"data.tokenizer must be one of {KINDS}, got {kind!r}")
+def tokenizer_source(kind: str, vocab_size: int) -> tuple[dict, Callable[[str], Tokenizer]]:
+    """What identifies the tokenizer (for the token cache: a file by its content) and how to make it from the
+    training text. ``kind``: ``bert``, ``wordpiece`` or a tokenizer.json file (a run's own, which ``zoo eval``
+    passes so that other data is read with the pieces the model was trained on)."""
     vocab = bert_vocab_file()
     if kind == "bert" and vocab.is_file():
-        return _bert_pipeline(Tokenizer(WordPiece.from_file(str(vocab), unk_token="[UNK]")))
-    if kind == "bert":
-        print(f"BERT vocabulary not cached at {vocab}; training a WordPiece vocabulary of {vocab_size} instead",
-              file=sys.stderr)
-    return train_wordpiece(train_text, vocab_size)
+        return ({"bert_vocab": sha256_of(vocab)},
+                lambda text: _bert_pipeline(Tokenizer(WordPiece.from_file(str(vocab), unk_token="[UNK]"))))
+    if kind not in KINDS:
+        path = Path(str(kind)).expanduser()
+        if not path.is_file():
+            raise ValueError(f"data.tokenizer must be one of {KINDS} or a tokenizer.json file, got {kind!r}"
+                             + (" (no such file)" if path.suffix == ".json" else ""))
+        try:
+            Tokenizer.from_file(str(path))
+        except Exception as err:
+            raise ValueError(f"data.tokenizer {path} is not a tokenizers JSON file: {err}") from err
+        return {"tokenizer_file": sha256_of(path)}, lambda text: Tokenizer.from_file(str(path))
+
+    def train(text: str) -> Tokenizer:
+        if kind == "bert":
+            print(f"BERT vocabulary not cached at {vocab}; training a WordPiece vocabulary of {vocab_size} instead",
+                  file=sys.stderr)
+        return train_wordpiece(text, vocab_size)
+
+    return {"tokenizer": kind, "vocab_size": vocab_size}, train
 
 
 def encode(tokenizer: Tokenizer, text: str) -> torch.Tensor:
@@ -70,13 +90,8 @@ def tokenized_splits(name: str, settings: dict, read_splits: Callable[[], dict[s
 
     ``read_splits`` is called only on a cache miss. A corrupt cache entry is rebuilt, never trusted.
     """
-    from safetensors.torch import load_file
-
-    from weights.checkpoint import atomic_write, save_safetensors
-    from weights.manifest import cache_dir
-
-    bert = kind == "bert" and bert_vocab_file().is_file()
-    key = json.dumps({**settings, "tokenizer": kind, "bert_vocab": bert, "vocab_size": vocab_size}, sort_keys=True)
+    identity, make = tokenizer_source(kind, vocab_size)
+    key = json.dumps({**settings, **identity}, sort_keys=True)
     folder = cache_dir() / "lm" / f"{name}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
     tok_path, ids_path = folder / "tokenizer.json", folder / "tokens.safetensors"
     if tok_path.is_file() and ids_path.is_file():
@@ -85,7 +100,7 @@ def tokenized_splits(name: str, settings: dict, read_splits: Callable[[], dict[s
         except Exception:
             tok_path.unlink()
     texts = read_splits()
-    tokenizer = make_tokenizer(kind, texts["train"], vocab_size)
+    tokenizer = make(texts["train"])
     ids = {split: encode(tokenizer, text) for split, text in texts.items()}
     save_safetensors(ids, ids_path)
     atomic_write(tok_path, lambda tmp: tokenizer.save(tmp))

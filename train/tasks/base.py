@@ -31,6 +31,9 @@ class Task(ABC):
     """
 
     max_batch: int | None = None  # the most examples ``batch`` can draw at once (None: any number)
+    # files that evaluating the run's checkpoints needs besides recipe.yaml: run-directory file name -> the data.*
+    # key that ``zoo eval`` / ``zoo estimate`` point at it (the LM tokenizer: other data is read with its pieces)
+    run_files: dict[str, str] = {}
 
     def __init__(self, recipe: dict):
         self.recipe = recipe
@@ -39,6 +42,9 @@ class Task(ABC):
     def model_args(self, args: dict) -> dict:
         """The recipe's ``model_args``, completed from the data where the recipe leaves a value open (null)."""
         return args
+
+    def write_run_files(self, run: Path) -> None:
+        """Write the ``run_files`` into the run directory (rank 0, beside recipe.yaml, before the first step)."""
 
     def prepare(self, model: nn.Module) -> None:
         """Set data-dependent model state (e.g. normalisation statistics) before training; runs on every rank,

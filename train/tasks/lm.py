@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from weights.checkpoint import atomic_write
 from zoo._registry import resolve_config
 
 from ..data.pytext import corpus_version, pytext_splits
@@ -25,7 +26,8 @@ class CausalLMTask(Task):
 
     ``data.source``: ``pytext`` (CPython's own text, offline; ``data.docstrings`` adds the stdlib docstrings to
     the pydoc topics) or ``wikitext2`` (``data.path``: a folder with the three wiki.*.tokens files).
-    ``data.tokenizer``: ``wordpiece`` (trained on the training split, ``data.vocab_size`` pieces) or ``bert``.
+    ``data.tokenizer``: ``wordpiece`` (trained on the training split, ``data.vocab_size`` pieces), ``bert`` or a
+    tokenizer.json file. A run keeps its tokenizer as tokenizer.json, and ``zoo eval`` reads any data with it.
     """
 
     def __init__(self, recipe: dict):
@@ -53,6 +55,11 @@ class CausalLMTask(Task):
         shortest = min(len(self.train_ids), len(self.valid_ids), len(self.test_ids))
         if shortest < self.seq_len + 1:
             raise ValueError(f"task_args.seq_len={self.seq_len} is longer than a split of the corpus ({shortest} tokens)")
+
+    run_files = {"tokenizer.json": "tokenizer"}
+
+    def write_run_files(self, run: Path) -> None:
+        atomic_write(Path(run) / "tokenizer.json", lambda tmp: self.tokenizer.save(tmp))
 
     def batch(self, size, generator):
         return self._windows(self.train_ids, size, generator)
