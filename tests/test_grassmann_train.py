@@ -406,3 +406,21 @@ def test_token_cache_follows_the_bert_vocabulary_file_and_reads_a_given_tokenize
     (tmp_path / "bad.json").write_text("{")
     with pytest.raises(ValueError, match="bad.json is not a tokenizers JSON file"):
         tokenized_splits("t", {}, read, str(tmp_path / "bad.json"), 100)
+
+
+def test_wikitext_files_that_cannot_be_read_are_named(tmp_path):
+    from train.data.wikitext import FILES
+
+    text = " = Heading = \n the quick brown fox jumps over the lazy dog . \n" * 80
+    for name in FILES.values():
+        (tmp_path / name).write_text(text)
+    recipe = load_recipe("grassmann-lm-wikitext2", [f"data.path={tmp_path}", "task_args.seq_len=16"])
+    (tmp_path / FILES["valid"]).write_bytes(b" caf\xe9 au lait \n")  # Latin-1, not UTF-8
+    with pytest.raises(ValueError, match=r"wiki.valid.tokens is not UTF-8 text \(invalid continuation byte at byte 4\)"):
+        make_task(recipe)
+    (tmp_path / FILES["valid"]).write_text("\n \n")
+    with pytest.raises(ValueError, match="wiki.valid.tokens holds no text"):
+        make_task(recipe)
+    (tmp_path / FILES["valid"]).write_text(" the fox . \n")
+    with pytest.raises(ValueError, match=r"seq_len=16 is longer than the valid split of the wikitext2 corpus \(\d+ tokens\)"):
+        make_task(recipe)

@@ -30,6 +30,18 @@ def wikitext2_files(path: str | Path | None) -> dict[str, Path]:
     return {split: folder / name for split, name in FILES.items()}
 
 
+def _read_tokens(path: Path) -> str:
+    """The text of one token file; an error naming it when it is not UTF-8 or holds no text."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path} is not UTF-8 text ({err.reason} at byte {err.start}); the Wikitext-2 token files "
+                         "are UTF-8: download them again") from err
+    if not text.strip():
+        raise ValueError(f"{path} holds no text; download Wikitext-2 again")
+    return text
+
+
 def wikitext2_source(path: str | Path | None, config: str = HUB_CONFIG) -> tuple[dict, Callable[[], dict[str, str]]]:
     """What identifies the data (for the token cache) and a reader of its {"train", "valid", "test"} text.
     ``path``: a folder of the token files, else a hub id or a folder holding the hub repository's files."""
@@ -37,7 +49,7 @@ def wikitext2_source(path: str | Path | None, config: str = HUB_CONFIG) -> tuple
         files = wikitext2_files(path)
         # path, size and modification time: an edited file (even of the same size) is tokenised again
         return ({"files": {s: [str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns] for s, f in files.items()}},
-                lambda: {s: f.read_text(encoding="utf-8") for s, f in files.items()})
+                lambda: {s: _read_tokens(f) for s, f in files.items()})
     advice = HOW_TO_GET.format(files=", ".join(FILES.values()))
     folder = hub_folder(str(path), config, "Wikitext-2", advice)
 

@@ -52,9 +52,10 @@ class CausalLMTask(Task):
         self.seq_len = int(self.args.get("seq_len", 128))
         self.eval_tokens = self.args.get("eval_tokens")
         self.eval_batch = int(self.args.get("eval_batch_size", 32))
-        shortest = min(len(self.train_ids), len(self.valid_ids), len(self.test_ids))
+        split, shortest = min(((s, len(ids[s])) for s in ("train", "valid", "test")), key=lambda pair: pair[1])
         if shortest < self.seq_len + 1:
-            raise ValueError(f"task_args.seq_len={self.seq_len} is longer than a split of the corpus ({shortest} tokens)")
+            raise ValueError(f"task_args.seq_len={self.seq_len} is longer than the {split} split of the {source} corpus "
+                             f"({shortest} tokens); lower task_args.seq_len or give a larger split")
 
     run_files = {"tokenizer.json": "tokenizer"}
 
