@@ -206,14 +206,18 @@ def test_ctrl_c_during_train_names_the_checkpoint_to_resume_from(tmp_path, capsy
         raise KeyboardInterrupt
 
     monkeypatch.setattr(train.loop, "fit", interrupted)
-    newest = tmp_path / "a" / "checkpoints" / "step_00000010"
+    monkeypatch.chdir(tmp_path)
+    newest = tmp_path / "a" / "checkpoints" / "step_00000010"  # named in full though --out was relative
     for run, every, expected in (("a", 10, f"the newest checkpoint is {newest}; rerun the same command with --resume"),
                                  ("b", 0, "no checkpoint yet (train.ckpt_every is 0")):
         with pytest.raises(SystemExit) as err:
-            main(["train", "alrnn-lorenz63", "--out", str(tmp_path / run), "--set", f"train.ckpt_every={every}"])
+            main(["train", "alrnn-lorenz63", "--out", run, "--set", f"train.ckpt_every={every}"])
         assert err.value.code == 130
         message = capsys.readouterr().err
         assert message.startswith("zoo train: interrupted; ") and expected in message and message.count("\n") == 1
+    monkeypatch.setattr(train.loop, "fit", lambda recipe, out, resume=False: {"step": 1})
+    main(["train", "alrnn-lorenz63", "--out", "c"])
+    assert capsys.readouterr().out.endswith(f"run directory: {tmp_path / 'c'}\n")
 
 
 def test_an_estimator_error_names_the_point_and_two_variable_advice_names_the_flag(tmp_path, capsys):

@@ -62,7 +62,7 @@ def _cmd_train(args):
     except KeyboardInterrupt:
         saved = loop.checkpoints(out)
         if saved:
-            where = f"the newest checkpoint is {saved[-1]}; rerun the same command with --resume to continue"
+            where = f"the newest checkpoint is {saved[-1].absolute()}; rerun the same command with --resume to continue"
         else:
             where = "no checkpoint yet" + ("" if recipe["train"]["ckpt_every"] else
                                            " (train.ckpt_every is 0: --set train.ckpt_every=N saves one every N steps)")
@@ -74,7 +74,7 @@ def _cmd_train(args):
             best = json.loads((out / "best.json").read_text())
             print(f"selected by {recipe['train']['select']} (step {best['step']}, best.safetensors):")
             print(loop.json_text(best, indent=2))
-        print(f"run directory: {out}")
+        print(f"run directory: {out.absolute()}")
 
 
 def _checkpoint_path(checkpoint: str) -> Path:
