@@ -21,7 +21,8 @@ class Probe:
     """Watch named tensors of ``model`` with estimators.
 
     ``points`` maps a glob over module names of ``layers.ProbePoint`` modules (their outputs are
-    recorded) or over parameter names (the weight itself is read) to a list of estimators; a
+    recorded) or over parameter names (the weight itself is read) to a list of estimators (or their names in
+    ``estimators.ESTIMATORS``, with keyword arguments as ``{name: {kwargs}}``, as a recipe writes them); a
     ``ModuleEstimator`` (e.g. local complexity) matches its glob against every submodule's name and gets
     that module with the inputs it received. Hooks
     exist only during scheduled steps (``step % every == 0``), so an unscheduled step costs nothing.
@@ -44,11 +45,14 @@ class Probe:
         modules = {n: m for n, m in model.named_modules() if _is_probe_point(m)}
         every_module = dict(model.named_modules())
         params = dict(model.named_parameters())
+        from . import make_estimator  # the registry of names imports this module
+
         for pattern, estimators in points.items():
             estimators = list(estimators) if isinstance(estimators, (list, tuple)) else [estimators]
+            estimators = [make_estimator(e) if isinstance(e, (str, dict)) else e for e in estimators]
             if not all(isinstance(e, Estimator) for e in estimators):
-                raise TypeError(f"Probe: values must be lists of estimators (e.g. [entropy()]), got {estimators!r} "
-                                f"for {pattern!r}")
+                raise TypeError(f"Probe: values must be lists of estimators or their names (e.g. [entropy()], "
+                                f"['dse', {{'ksg_mi': {{'k': 3}}}}]), got {estimators!r} for {pattern!r}")
             of_modules = [e for e in estimators if isinstance(e, ModuleEstimator)]
             of_tensors = [e for e in estimators if not isinstance(e, ModuleEstimator)]
             if of_modules:

@@ -84,6 +84,18 @@ def test_probe_value_equals_direct_computation_and_respects_max_samples(tmp_path
     assert csv[0] == "step,point,estimator,value" and len(csv) == 2
 
 
+def test_estimators_attach_by_name_as_in_a_recipe():
+    torch.manual_seed(0)
+    model, x = Tiny(), torch.randn(64, 4)
+    rows = []
+    for points in ({"probs": [entropy()], "hidden": [condition_number(of="covariance")]},
+                   {"probs": ["entropy"], "hidden": [{"condition_number": {"of": "covariance"}}]}):
+        with Probe(model, points) as probe:
+            model(x)
+        rows.append(probe.table())
+    assert rows[0] == rows[1] and len(rows[0]) == 2
+
+
 def test_probe_paused_block_is_not_recorded():
     model = Tiny()
     with Probe(model, {"hidden": [condition_number(of="covariance")]}) as probe:
@@ -97,10 +109,12 @@ def test_probe_bad_specs_are_clear():
     model = Tiny()
     with pytest.raises(KeyError, match="matches no probe point.*hidden"):
         Probe(model, {"attn.*": [entropy()]})
-    with pytest.raises(TypeError, match="lists of estimators"):
-        Probe(model, {"probs": ["entropy"]})
+    with pytest.raises(TypeError, match="lists of estimators or their names"):
+        Probe(model, {"probs": [len]})
     with pytest.raises(KeyError, match="unknown estimator"):
         make_estimator("mutual_info_of_nothing")
+    with pytest.raises(KeyError, match="unknown estimator 'entropi'"):
+        Probe(model, {"probs": ["entropi"]})
     assert make_estimator({"condition_number": {"of": "covariance"}}).name == "condition_number_covariance"
 
 
