@@ -310,6 +310,14 @@ def test_isolated_atoms_get_reference_energy_plus_embedding_term_and_zero_force(
     assert far["energy"].item() == pytest.approx(single["energy"].item() + au["energy"].item(), abs=1e-12)
 
 
+@pytest.mark.parametrize("override, message", [
+    ({"cutoff": -1.0}, r"cutoff=-1.0 \(needs a finite distance > 0"), ({"cutoff": float("inf")}, "cutoff=inf"),
+    ({"channels": 0}, r"channels=0 \(needs >= 1\)"), ({"layers": 0, "lmax": -1}, r"lmax=-1 .*layers=0")])
+def test_config_values_a_model_cannot_have_are_refused(override, message):
+    with pytest.raises(ValueError, match="Facet config: " + message):
+        zoo.create_model("facet_small", **override)
+
+
 def test_unknown_element_is_a_clear_error():
     m = zoo.create_model("facet_small", **SMALL, num_elements=10)
     with pytest.raises(ValueError, match=r"Cu"):

@@ -53,6 +53,12 @@ class Facet(nn.Module):
     def __init__(self, config: FacetConfig):
         super().__init__()
         self.config = c = config
+        counts = {"channels": 1, "lmax": 0, "sh_lmax": 0, "layers": 1, "readout_hidden": 1, "num_elements": 1}
+        bad = [f"{k}={getattr(c, k)} (needs >= {least})" for k, least in counts.items() if getattr(c, k) < least]
+        if not 0 < c.cutoff < float("inf"):
+            bad.append(f"cutoff={c.cutoff} (needs a finite distance > 0, in Angstrom)")
+        if bad:
+            raise ValueError(f"Facet config: {', '.join(bad)}")
         self.irreps = sphere_irreps(c.channels, c.lmax)
         self.feature_dim = self.irreps.dim  # a plain int: forward never touches e3nn's Irreps (torch.compile)
         self.embedding = nn.Embedding(c.num_elements + 1, c.channels)
