@@ -424,3 +424,15 @@ def test_wikitext_files_that_cannot_be_read_are_named(tmp_path):
     (tmp_path / FILES["valid"]).write_text(" the fox . \n")
     with pytest.raises(ValueError, match=r"seq_len=16 is longer than the valid split of the wikitext2 corpus \(\d+ tokens\)"):
         make_task(recipe)
+
+
+def test_a_resumed_lm_run_reads_its_data_with_its_saved_tokenizer(tmp_path, monkeypatch):
+    """WordPiece training is not deterministic (ties between pieces), so a run resumed after the token cache is
+    gone must not train a tokenizer again: it reads the data with the one in RUN_DIR/tokenizer.json."""
+    import shutil
+
+    recipe = load_recipe("grassmann-lm-pytext", TINY_LM + ["train.steps=4", "train.ckpt_every=2", "schedule.warmup=1"])
+    first = fit(recipe, out=tmp_path / "run")
+    shutil.rmtree(tmp_path / "cache")
+    again = fit(recipe, out=tmp_path / "run", resume=True)  # finished: evaluates the final model again
+    assert again["valid_loss"] == first["valid_loss"] and again["test_loss"] == first["test_loss"]

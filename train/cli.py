@@ -118,7 +118,7 @@ def _recipe_for(checkpoint: Path, name: str | None, overrides):
     gives those."""
     from weights import read_metadata
 
-    from .tasks import TASKS
+    from .tasks import with_run_files
 
     runs = [run for run in (checkpoint.parent, checkpoint.parent.parent.parent) if (run / "recipe.yaml").is_file()]
     meta = None  # read after the recipe where --recipe or a recipe.yaml names it, so a mistyped name is named first
@@ -135,11 +135,7 @@ def _recipe_for(checkpoint: Path, name: str | None, overrides):
     if "config" in meta:
         recipe = {**recipe, "model": meta["model"], "model_args": json.loads(meta["config"])}
     given = {assignment.partition("=")[0].strip() for assignment in overrides}
-    task = TASKS.get(recipe["task"])
-    for file, key in (task.run_files if task and runs else {}).items():
-        if (runs[0] / file).is_file() and f"data.{key}" not in given:
-            recipe = {**recipe, "data": {**(recipe.get("data") or {}), key: str(runs[0] / file)}}
-    return recipe
+    return with_run_files(recipe, runs[0], given) if runs else recipe
 
 
 def _seed_global_rngs():

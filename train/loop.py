@@ -24,7 +24,7 @@ from .distributed import Dist, all_mean, setup, teardown, world_size
 from .plots import plot_metrics
 from .recipe import check_number
 from .schedules import build_optimizer, build_scheduler, lr_factor
-from .tasks import make_task
+from .tasks import make_task, with_run_files
 from .tasks.base import Task
 
 
@@ -251,7 +251,9 @@ def fit(recipe: dict, out: str | Path = "runs/run", resume: bool = False) -> dic
             torch.set_num_threads(int(cfg["threads"]))
         torch.manual_seed(int(cfg["seed"]))
         random.seed(int(cfg["seed"]))
-        task = make_task(recipe)  # reads the data: a missing path fails here, before the ranks join a process group
+        # reads the data: a missing path fails here, before the ranks join a process group; a resumed run reads it
+        # as it did before (with its saved tokenizer)
+        task = make_task(with_run_files(recipe, out) if resume else recipe)
         d = setup(cfg["device"])
         try:
             return _fit(recipe, cfg, out, resume, d, task, points)

@@ -1,6 +1,7 @@
 """Tasks by name: what a recipe's ``task:`` key selects."""
 import difflib
 import warnings
+from pathlib import Path
 
 from .base import Task
 from .classification import ClassificationTask
@@ -39,6 +40,17 @@ class _ReadKeys(dict):
         return super().__contains__(key)
 
 
+def with_run_files(recipe: dict, run: Path, given=()) -> dict:
+    """``recipe`` with the data settings that its task's files in ``run`` stand for pointed at them (an LM's
+    tokenizer.json: WordPiece training is not deterministic, so a vocabulary trained again would number the pieces
+    differently), except the keys in ``given`` (data.KEY set on the command line)."""
+    task = TASKS.get(recipe.get("task"))
+    for file, key in (task.run_files if task else {}).items():
+        if (Path(run) / file).is_file() and f"data.{key}" not in given:
+            recipe = {**recipe, "data": {**(recipe.get("data") or {}), key: str(Path(run) / file)}}
+    return recipe
+
+
 def make_task(recipe: dict) -> Task:
     """The recipe's task, built from its ``task_args`` and ``data``; a key there that the task does not read
     (a misspelling, a setting of another task, or of a data source the recipe no longer uses) gets a warning
@@ -59,4 +71,4 @@ def make_task(recipe: dict) -> Task:
     return task
 
 
-__all__ = ["Task", "TASKS", "make_task", "UnusedSettingWarning", "ClassificationTask", "DSRTask", "MILTask"]
+__all__ = ["Task", "TASKS", "make_task", "with_run_files", "UnusedSettingWarning", "ClassificationTask", "DSRTask", "MILTask"]
