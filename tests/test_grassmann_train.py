@@ -436,3 +436,82 @@ def test_a_resumed_lm_run_reads_its_data_with_its_saved_tokenizer(tmp_path, monk
     shutil.rmtree(tmp_path / "cache")
     again = fit(recipe, out=tmp_path / "run", resume=True)  # finished: evaluates the final model again
     assert again["valid_loss"] == first["valid_loss"] and again["test_loss"] == first["test_loss"]
+
+
+def test_torchrun_ranks_build_one_tokenizer_from_a_cold_cache(tmp_path):
+    """Two ranks miss the token cache at once: they take turns, so both read with the tokenizer the first trained
+    (each training its own would give different pieces, which the loop's cross-rank check refuses)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = dict(os.environ, GLOO_SOCKET_IFNAME="lo", OMP_NUM_THREADS="1", PAPERZOO_CACHE=str(tmp_path / "cache"))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29519",
+           "-m", "train.cli", "train", "grassmann-lm-pytext", "--out", str(tmp_path / "ddp")]
+    for o in TINY_LM + ["train.steps=2", "schedule.warmup=1", "train.threads=1", "train.device=cpu"]:
+        cmd += ["--set", o]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=Path(__file__).parents[1])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "[rank 1/2]" in proc.stderr
+    cached = list((tmp_path / "cache" / "lm").glob("*/tokenizer.json"))
+    assert len(cached) == 1 and cached[0].read_text() == (tmp_path / "ddp" / "tokenizer.json").read_text()
+
+
+def _rank_with_its_own_digest(rank: int, port: int, errors):
+    import os
+
+    import torch.distributed as dist
+
+    from train.distributed import Dist
+    from train.loop import _check_ranks_agree
+
+    class Built:
+        def digest(self):
+            return f"tokenizer of rank {rank}"
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), GLOO_SOCKET_IFNAME="lo")
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    try:
+        _check_ranks_agree(Built(), Dist(rank, 2))
+    except RuntimeError as err:
+        errors.put(str(err))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ranks_whose_data_state_differs_are_refused():
+    import torch.multiprocessing as mp
+
+    errors = mp.get_context("spawn").SimpleQueue()
+    mp.start_processes(_rank_with_its_own_digest, args=(29521, errors), nprocs=2, start_method="spawn")
+    messages = [errors.get() for _ in range(2)]
+    assert all("the 2 ranks read the data in 2 different ways" in m and "$PAPERZOO_CACHE" in m for m in messages)
+
+
+def test_a_process_that_misses_the_token_cache_while_another_builds_it_waits_and_reads_it():
+    import threading
+    import time
+
+    from tokenizers import Tokenizer
+
+    from train.data import wordpiece
+
+    def read():
+        return {"train": "the quick fox", "valid": "brown", "test": "fox"}
+
+    identity, make = wordpiece.tokenizer_source("wordpiece", 100)
+    folder = wordpiece.cache_folder("t", identity)
+    got = {}
+    with wordpiece._one_at_a_time(folder):  # this process is building the entry
+        waiter = threading.Thread(target=lambda: got.update(zip(("tok", "ids"), wordpiece.tokenized_splits(
+            "t", {}, read, "wordpiece", 100))))
+        waiter.start()
+        time.sleep(0.5)
+        assert waiter.is_alive()  # blocked on the lock, not training a tokenizer of its own
+        built = make(read()["train"])
+        wordpiece.save_safetensors({s: wordpiece.encode(built, t) for s, t in read().items()},
+                                   folder / "tokens.safetensors")
+        built.save(str(folder / "tokenizer.json"))
+    waiter.join(timeout=30)
+    assert got["tok"].to_str() == Tokenizer.from_file(str(folder / "tokenizer.json")).to_str()

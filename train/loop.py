@@ -348,7 +348,20 @@ def _check_run_dir(recipe: dict, out: Path, resume: bool) -> None:
                              "new --out")
 
 
+def _check_ranks_agree(task, d: Dist) -> None:
+    """Every rank built its task from the same data; data state built on each (an LM's tokenizer) must agree."""
+    digests = [None] * d.world
+    torch.distributed.all_gather_object(digests, task.digest())
+    if len(set(digests)) > 1:
+        raise RuntimeError(f"the {d.world} ranks read the data in {len(set(digests))} different ways: each "
+                           "trained its own tokenizer, as happens when their machines do not share "
+                           "$PAPERZOO_CACHE; build the cache once (or give data.tokenizer a tokenizer.json) and "
+                           "give every machine the same one")
+
+
 def _fit(recipe: dict, cfg: dict, out: Path, resume: bool, d: Dist, task, points: dict) -> dict:
+    if d.world > 1:
+        _check_ranks_agree(task, d)
     steps, accum, batch_size = int(cfg["steps"]), int(cfg["grad_accum"]), int(cfg["batch_size"])
     found = checkpoints(out)
     model_args = task.model_args(recipe["model_args"])

@@ -8,11 +8,17 @@ pre-tokeniser.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import sys
 from pathlib import Path
 from typing import Callable
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks
+    fcntl = None
 
 import torch
 from tokenizers import Tokenizer, decoders, normalizers, pre_tokenizers
@@ -84,6 +90,23 @@ def encode(tokenizer: Tokenizer, text: str) -> torch.Tensor:
     return torch.tensor(ids, dtype=torch.long)
 
 
+def cache_folder(name: str, identity: dict) -> Path:
+    """``$PAPERZOO_CACHE/lm/<name>-<hash of identity>``: the cache entry of a corpus read with a tokenizer."""
+    key = json.dumps(identity, sort_keys=True)
+    return cache_dir() / "lm" / f"{name}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
+
+
+@contextlib.contextmanager
+def _one_at_a_time(folder: Path):
+    """Hold an exclusive lock on the cache entry ``folder``: processes that build it at once (torchrun's ranks) take
+    turns, and the later ones read what the first built, the same tokenizer and ids for all."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".lock", "w") as lock:
+        if fcntl is not None:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
 def tokenized_splits(name: str, settings: dict, read_splits: Callable[[], dict[str, str]], kind: str,
                      vocab_size: int) -> tuple[Tokenizer, dict[str, torch.Tensor]]:
     """Tokenizer and {split: ids} for a corpus, cached under ``$PAPERZOO_CACHE/lm/<name>-<hash of settings>``.
@@ -91,17 +114,17 @@ def tokenized_splits(name: str, settings: dict, read_splits: Callable[[], dict[s
     ``read_splits`` is called only on a cache miss. A corrupt cache entry is rebuilt, never trusted.
     """
     identity, make = tokenizer_source(kind, vocab_size)
-    key = json.dumps({**settings, **identity}, sort_keys=True)
-    folder = cache_dir() / "lm" / f"{name}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
+    folder = cache_folder(name, {**settings, **identity})
     tok_path, ids_path = folder / "tokenizer.json", folder / "tokens.safetensors"
-    if tok_path.is_file() and ids_path.is_file():
-        try:
-            return Tokenizer.from_file(str(tok_path)), load_file(str(ids_path))
-        except Exception:
-            tok_path.unlink()
-    texts = read_splits()
-    tokenizer = make(texts["train"])
-    ids = {split: encode(tokenizer, text) for split, text in texts.items()}
-    save_safetensors(ids, ids_path)
-    atomic_write(tok_path, lambda tmp: tokenizer.save(tmp))
-    return tokenizer, ids
+    with _one_at_a_time(folder):
+        if tok_path.is_file() and ids_path.is_file():
+            try:
+                return Tokenizer.from_file(str(tok_path)), load_file(str(ids_path))
+            except Exception:
+                tok_path.unlink()
+        texts = read_splits()
+        tokenizer = make(texts["train"])
+        ids = {split: encode(tokenizer, text) for split, text in texts.items()}
+        save_safetensors(ids, ids_path)
+        atomic_write(tok_path, lambda tmp: tokenizer.save(tmp))
+        return tokenizer, ids

@@ -46,6 +46,11 @@ class Task(ABC):
     def write_run_files(self, run: Path) -> None:
         """Write the ``run_files`` into the run directory (rank 0, beside recipe.yaml, before the first step)."""
 
+    def digest(self) -> str:
+        """A digest of data state that every torchrun rank must hold the same of, though each builds its own (an
+        LM's tokenizer); the loop compares them across ranks. "" for none."""
+        return ""
+
     def prepare(self, model: nn.Module) -> None:
         """Set data-dependent model state (e.g. normalisation statistics) before training; runs on every rank,
         before a resumed run loads its checkpoint."""

@@ -1,6 +1,7 @@
 """Causal language modelling: random windows of a tokenised corpus, next-token cross-entropy, perplexity."""
 from __future__ import annotations
 
+import hashlib
 import math
 from pathlib import Path
 
@@ -61,6 +62,9 @@ class CausalLMTask(Task):
 
     def write_run_files(self, run: Path) -> None:
         atomic_write(Path(run) / "tokenizer.json", lambda tmp: self.tokenizer.save(tmp))
+
+    def digest(self) -> str:
+        return hashlib.sha256(self.tokenizer.to_str().encode()).hexdigest()
 
     def batch(self, size, generator):
         return self._windows(self.train_ids, size, generator)
