@@ -82,6 +82,13 @@ def test_lm_task_batches_and_training_lowers_perplexity(tmp_path, capsys):
     assert math.isfinite(json.loads(capsys.readouterr().out)["test_ppl"])
     retrained = make_task(_recipe_for(tmp_path / "run" / "model.safetensors", None, other + ["data.tokenizer=wordpiece"]))
     assert retrained.tokenizer.get_vocab() != saved.get_vocab()  # --set data.tokenizer still chooses
+    loose = tmp_path / "loose" / "model.safetensors"  # a checkpoint copied out of its run
+    loose.parent.mkdir()
+    loose.write_bytes((tmp_path / "run" / "model.safetensors").read_bytes())
+    with pytest.warns(UserWarning, match="holds no tokenizer.json, so data.tokenizer is built again"):
+        _recipe_for(loose, "grassmann-lm-pytext", [])
+    (loose.parent / "tokenizer.json").write_text((tmp_path / "run" / "tokenizer.json").read_text())
+    assert _recipe_for(loose, "grassmann-lm-pytext", [])["data"]["tokenizer"] == str(loose.parent / "tokenizer.json")
 
 
 def test_vocab_mismatch_is_a_clear_error():

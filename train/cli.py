@@ -114,8 +114,8 @@ def _recipe_for(checkpoint: Path, name: str | None, overrides):
     """The recipe of the run that wrote ``checkpoint`` (its resolved recipe.yaml, beside the file or two levels
     up for checkpoints/step_*/), else the recipe named by --recipe or in the checkpoint's metadata; its model and
     model_args are the checkpoint's own, so the task sizes its data for the model it evaluates, and the task's
-    run files found in that run (an LM's tokenizer.json) replace the data settings they stand for, unless --set
-    gives those."""
+    run files in that run (or beside a checkpoint outside a run: an LM's tokenizer.json) replace the data
+    settings they stand for, unless --set gives those."""
     from weights import read_metadata
 
     from .tasks import with_run_files
@@ -135,7 +135,7 @@ def _recipe_for(checkpoint: Path, name: str | None, overrides):
     if "config" in meta:
         recipe = {**recipe, "model": meta["model"], "model_args": json.loads(meta["config"])}
     given = {assignment.partition("=")[0].strip() for assignment in overrides}
-    return with_run_files(recipe, runs[0], given) if runs else recipe
+    return with_run_files(recipe, runs[0] if runs else checkpoint.parent, given)
 
 
 def _seed_global_rngs():

@@ -46,8 +46,14 @@ def with_run_files(recipe: dict, run: Path, given=()) -> dict:
     differently), except the keys in ``given`` (data.KEY set on the command line)."""
     task = TASKS.get(recipe.get("task"))
     for file, key in (task.run_files if task else {}).items():
-        if (Path(run) / file).is_file() and f"data.{key}" not in given:
-            recipe = {**recipe, "data": {**(recipe.get("data") or {}), key: str(Path(run) / file)}}
+        if f"data.{key}" in given:
+            continue
+        if not (Path(run) / file).is_file():
+            warnings.warn(f"{run} holds no {file}, so data.{key} is built again from the recipe and may differ from "
+                          f"the model's (an LM tokenizer numbers its pieces differently each time it is trained); "
+                          f"put the run's {file} there or --set data.{key}=PATH", stacklevel=2)
+            continue
+        recipe = {**recipe, "data": {**(recipe.get("data") or {}), key: str(Path(run) / file)}}
     return recipe
 
 
