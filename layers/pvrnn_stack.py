@@ -76,8 +76,8 @@ class SkewedStack:
     """
 
     def __init__(self, packed: PackedStack, T: int, B: int):
-        if T < 1 or B < 1:
-            raise ValueError(f"SkewedStack needs T >= 1 steps and B >= 1 sequences, got T={T}, B={B}")
+        if T < 1 or B < 0:
+            raise ValueError(f"SkewedStack needs T >= 1 steps and B >= 0 sequences, got T={T}, B={B}")
         M, rate, lag = packed.M, packed.rate, packed.lag
         N, L = M.shape[0], len(packed.d_sizes)
         S = T + L - 1
@@ -246,7 +246,8 @@ def stack_recurrence(packed: PackedStack, u: torch.Tensor, h0: torch.Tensor, d0:
                          f"{tuple(u.shape)}, {tuple(h0.shape)}, {tuple(d0.shape)}")
     if not u.dtype == h0.dtype == d0.dtype == packed.M.dtype:
         raise TypeError(f"stack_recurrence: u, h0, d0 and the packed weights must share a dtype, got {u.dtype}, "
-                        f"{h0.dtype}, {d0.dtype} and {packed.M.dtype}")
+                        f"{h0.dtype}, {d0.dtype} and {packed.M.dtype} (under torch.autocast, call it with autocast "
+                        "off, as PVRNN.unroll does)")
     return _StackRecurrence.apply(packed, u, h0, d0, packed.M)
 
 

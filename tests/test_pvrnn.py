@@ -298,6 +298,88 @@ def test_error_regression_is_independent_across_streams():
         assert all(torch.equal(x[1], y[1]) for x, y in zip(runs[0][key], runs[1][key])), key
 
 
+def _er_run(m, stream, seed=0, **kw):
+    torch.manual_seed(seed)
+    return m.error_regression(stream, **({"window": 4, "iterations": 3} | kw))
+
+
+def _assert_same_er(got, ref, **tol):
+    for key, value in ref.items():
+        for a, b in zip(got[key], value) if isinstance(value, list) else [(got[key], value)]:
+            torch.testing.assert_close(a, b, **tol, msg=key)
+
+
+@pytest.mark.parametrize("bottom_up", [False, True])
+def test_bf16_autocast_gives_float32_results(bottom_up):
+    """Under CPU bf16 autocast (what train.precision bf16, and auto on Ampere GPUs, wraps the loss in) the model
+    computes in float32: loss and gradients, error regression, generation and the Lyapunov map equal float32's
+    (before: a dtype TypeError in stack_recurrence, out= dtype errors in WindowGradient, lerp dtype errors)."""
+    m = tiny(bottom_up=bottom_up, seq_len=12)
+    ids, x = torch.arange(3), pfsm_sequences(3, 12, period=6, seed=0)[0]
+    stream = pfsm_sequences(2, 9, period=6, seed=1)[0]
+    runs = []
+    for enabled in (False, True):
+        m.zero_grad()
+        torch.manual_seed(0)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=enabled):
+            loss, _ = m.loss(ids, x)
+            er = _er_run(m, stream)
+            gen = m.generate(2, 5)
+            step = m.prior_mean_map(torch.ones(2, sum(m.config.d_sizes)))
+        loss.backward()
+        assert loss.dtype == torch.float32 and torch.isfinite(loss)
+        runs.append((loss, [p.grad.clone() for p in m.parameters()], er, gen, step))
+    (loss, grads, er, gen, step), (loss_ac, grads_ac, er_ac, gen_ac, step_ac) = runs
+    torch.testing.assert_close(loss_ac, loss)
+    for a, b in zip(grads_ac, grads):
+        assert torch.isfinite(a).all()
+        torch.testing.assert_close(a, b)
+    _assert_same_er(er_ac, er)
+    torch.testing.assert_close(gen_ac, gen)
+    torch.testing.assert_close(step_ac, step)
+
+
+@pytest.mark.parametrize("bottom_up", [False, True])
+def test_error_regression_inside_inference_mode(bottom_up):
+    """Error regression called under torch.inference_mode, on a stream made there, equals the ordinary call (the
+    bottom-up window gradient needs autograd: before, 'element 0 of tensors does not require grad')."""
+    m = tiny(bottom_up=bottom_up)
+    stream = pfsm_sequences(2, 9, period=6, seed=1)[0]
+    ref = _er_run(m, stream)
+    with torch.inference_mode():
+        got = _er_run(m, stream.clone())
+    _assert_same_er(got, ref, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("bottom_up", [False, True])
+def test_error_regression_of_a_half_precision_model_runs_in_float32(bottom_up):
+    """A float16 model's error regression (before: NaN, Adam's eps 1e-8 is 0 in float16) runs in a float32 copy of
+    it: finite, the results in float16, equal to the float32 model with the same (rounded) weights."""
+    m = tiny(bottom_up=bottom_up).half()
+    stream = pfsm_sequences(2, 9, period=6, seed=1)[0]
+    got = _er_run(m, stream, iterations=5)
+    ref = _er_run(tiny(bottom_up=bottom_up).half().float(), stream, iterations=5)
+    assert got["error"].dtype == torch.float16 and all(torch.isfinite(v).all() for v in got.values()
+                                                          if torch.is_tensor(v))
+    _assert_same_er(got, {k: [x.half() for x in v] if isinstance(v, list) else v.half() for k, v in ref.items()},
+                    rtol=0, atol=0)
+    assert next(m.parameters()).dtype == torch.float16 and m._probing
+
+
+@pytest.mark.parametrize("bottom_up", [False, True])
+def test_empty_batch_gives_empty_results(bottom_up):
+    """No sequence ids, or no streams, give empty outputs (before: an error about the internal SkewedStack); only
+    the loss, which is a mean over the batch, refuses an empty batch."""
+    m = tiny(bottom_up=bottom_up, seq_len=12)
+    out = m(torch.arange(0))
+    assert out["x"].shape == (0, 12, 2) and out["kl"].shape == (0, 12, 2)
+    assert [tuple(h.shape) for h, _ in out["state"]] == [(0, 20), (0, 10)]
+    er = m.error_regression(torch.zeros(0, 9, 2), window=4, iterations=2, horizon=2)
+    assert er["prediction"].shape == (0, 4, 2, 2) and [p.shape for p in er["post_mu"]] == [(0, 4, 2), (0, 4, 1)]
+    with pytest.raises(ValueError, match="empty batch"):
+        m.loss(torch.arange(0), torch.zeros(0, 12, 2))
+
+
 def test_generation_shapes_and_probe_points():
     m = tiny()
     torch.manual_seed(0)
@@ -686,6 +768,56 @@ def test_sequences_by_path_train_the_task_and_name_bad_files(tmp_path):
     np.savez(tmp_path / "dims.npz", train=train, test=test[..., :2])
     with pytest.raises(ValueError, match="dims"):
         load_sequences(tmp_path / "dims.npz")
+
+
+def test_sequence_files_that_are_not_numeric_arrays_are_named(tmp_path, monkeypatch):
+    """A directory, a pickled object array (.npy or .npz) or text get an error naming the path and what is expected
+    (before: 'not found', or numpy's 'Object arrays cannot be loaded when allow_pickle=False'); ~ is expanded."""
+    import numpy as np
+
+    from train.data.sequences import load_sequences
+
+    (tmp_path / "dir.npy").mkdir()
+    with pytest.raises(IsADirectoryError, match=r"dir.npy is a directory; data.path must name a file, .npy \(N, T"):
+        load_sequences(tmp_path / "dir.npy")
+    ragged = np.empty(2, dtype=object)
+    ragged[:] = [np.zeros((3, 2)), np.zeros((4, 2))]
+    np.save(tmp_path / "ragged.npy", ragged, allow_pickle=True)
+    np.savez(tmp_path / "ragged.npz", train=ragged)
+    for name in ("ragged.npy", "ragged.npz"):
+        with pytest.raises(ValueError, match=f"{name} holds an object array.*save the sequences as numbers"):
+            load_sequences(tmp_path / name)
+    np.save(tmp_path / "text.npy", np.full((2, 3, 1), "a"))
+    with pytest.raises(ValueError, match="text.npy: 'train' must hold real numbers, got dtype <U1"):
+        load_sequences(tmp_path / "text.npy")
+    np.save(tmp_path / "ok.npy", np.ones((2, 3, 1), dtype=np.float64))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    train, test = load_sequences("~/ok.npy")
+    assert train.dtype == torch.float32 and train.shape == (2, 3, 1) and test is None
+
+
+def test_size_mismatch_advice_names_settings_each_command_accepts(tmp_path):
+    """The file-size mismatch error advises model_args for zoo train and data.path for zoo eval / estimate, which
+    refuse --set model_args (their model comes from the checkpoint): each --set it names for evaluation passes
+    zoo eval's own check."""
+    import re
+
+    import numpy as np
+
+    from train import load_recipe
+    from train.cli import _check_eval_overrides
+    from train.tasks import make_task
+
+    np.save(tmp_path / "seq.npy", np.zeros((5, 24, 3), dtype=np.float32))
+    with pytest.raises(ValueError) as err:
+        make_task(load_recipe("pvrnn-robot", [f"data.path={tmp_path / 'seq.npy'}"]))
+    train_part, eval_part = str(err.value).split("zoo train")
+    assert "--set model_args.n_sequences=5 --set model_args.seq_len=24 --set model_args.out_size=3" in train_part
+    eval_sets = re.findall(r"--set (\S+)", eval_part)
+    assert eval_sets and all(key.startswith("data.") for key in eval_sets)
+    _check_eval_overrides(eval_sets, "eval")
+    with pytest.raises(ValueError, match="no effect on zoo eval"):  # what the message advised before
+        _check_eval_overrides(re.findall(r"--set (\S+)", train_part), "eval")
 
 
 def _benchmark(name, monkeypatch):

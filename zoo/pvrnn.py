@@ -15,6 +15,9 @@ closed form (``layers.pvrnn_layer.gaussian_kl``). The training loss is its mean 
 """
 from __future__ import annotations
 
+import contextlib
+import copy
+import functools
 import math
 import numbers
 from dataclasses import dataclass
@@ -40,6 +43,17 @@ def adam_step(param: torch.Tensor, grad: torch.Tensor, m: torch.Tensor, v: torch
     m.lerp_(grad, 1 - b1)
     v.mul_(b2).addcmul_(grad, grad, value=1 - b2)
     param.addcdiv_(m, (v.sqrt() / math.sqrt(1 - b2 ** step)).add_(eps), value=-lr / (1 - b1 ** step))
+
+
+def _without_autocast(method):
+    """``method`` with autocast off on the model's device: PV-RNN computes in its parameters' dtype, so under mixed
+    precision (``train.precision: bf16``) its results equal float32's (its matmuls are small; its recursion, KL and
+    error regression keep their precision)."""
+    @functools.wraps(method)
+    def run(self, *args, **kwargs):
+        with torch.autocast(self.out.weight.device.type, enabled=False):
+            return method(self, *args, **kwargs)
+    return run
 
 
 def join_state(state) -> tuple[torch.Tensor, torch.Tensor]:
@@ -106,9 +120,11 @@ class PVRNN(nn.Module):
         weights stay fixed, packs once and passes the result to ``unroll``."""
         return pack_levels(self.levels)
 
+    @_without_autocast
     def unroll(self, steps: int, state, first: bool = True, post=None, noise: bool = True,
                packed: PackedStack | None = None) -> dict:
-        """Run ``steps`` steps from ``state`` (a list of (h, d) per level).
+        """Run ``steps`` steps from ``state`` (a list of (h, d) per level), in the parameters' dtype (``state`` and
+        ``post`` are cast to it) with autocast off.
 
         ``first``: the first step's prior is N(0, I). ``post``: (A_mu, A_sigma), each (B, steps, Z) with the
         levels' latent units concatenated (Z = sum z_k, bottom level first), samples z from the posterior (and
@@ -128,11 +144,13 @@ class PVRNN(nn.Module):
         if len(state) != len(sizes) or any(h.shape[-1] != n or d.shape[-1] != n for (h, d), n in zip(state, sizes)):
             raise ValueError(f"PVRNN.unroll: state must hold (h, d) per level with d_sizes={sizes} units (as from "
                              f"initial_state), got {[tuple(t.shape) for pair in state for t in pair]}")
+        dtype = self.out.weight.dtype
+        state = [(h.to(dtype), d.to(dtype)) for h, d in state]
         if post is None:
             return self._stepped_prior(steps, state, first, noise) if self.config.bottom_up else \
                 self._skewed_prior(steps, state, first, noise, packed)
         p = self.packed() if packed is None else packed
-        a_mu, a_sigma = post
+        a_mu, a_sigma = (a.to(dtype) for a in post)
         Z = sum(p.z_sizes)
         if a_mu.shape != a_sigma.shape or a_mu.dim() != 3 or a_mu.shape[1:] != (steps, Z):
             raise ValueError(f"PVRNN.unroll: post must be two (B, steps={steps}, sum z_sizes={Z}) tensors, got "
@@ -248,7 +266,7 @@ class PVRNN(nn.Module):
 
     def weighted(self, rec: torch.Tensor, kl: torch.Tensor) -> torch.Tensor:
         """rec + sum_k w_k kl_k per sequence (the negative weighted lower bound)."""
-        return rec + kl @ kl.new_tensor(self.config.meta_prior)
+        return rec + (kl * kl.new_tensor(self.config.meta_prior)).sum(-1)  # not a matmul, which autocast would cast
 
     def loss(self, ids: torch.Tensor, x: torch.Tensor, forward=None) -> tuple[torch.Tensor, dict[str, float]]:
         """Mean over the batch of the objective for sequences ``ids`` (B,) with observations x (B, T, out_size).
@@ -271,6 +289,7 @@ class PVRNN(nn.Module):
             raise ValueError(f"PVRNN.generate: batch must be an integer >= 1, got {batch!r}")
         return self.unroll(steps, self.initial_state(batch), first=True, noise=noise)["x"]
 
+    @_without_autocast
     def prior_mean_map(self, h: torch.Tensor) -> torch.Tensor:
         """One step of the noise-free generative dynamics (z_t = prior mean) on the internal states of all
         levels concatenated, h (B, sum d_k) -> (B, sum d_k), with d = tanh(h): the deterministic part of
@@ -300,6 +319,7 @@ class PVRNN(nn.Module):
         out = self.unroll(obs.shape[1], state, first, a.chunk(2, -1), noise=True, packed=packed)
         return self.weighted(*self.elbo_terms(out, obs)).sum()
 
+    @_without_autocast
     def window_objective_and_grad(self, a: torch.Tensor, state, first: bool, obs: torch.Tensor,
                                   packed: PackedStack) -> tuple[torch.Tensor, torch.Tensor]:
         """``window_objective`` and its gradient in ``a``, with the weights fixed, from ``window_solver``: by hand
@@ -320,6 +340,7 @@ class PVRNN(nn.Module):
                                   for _ in range(z)])
         return WindowGradient(packed, self.out.weight.detach(), self.out.bias.detach(), c, window, batch)
 
+    @_without_autocast
     def error_regression(self, stream: torch.Tensor, window: int, iterations: int, lr: float = 0.1,
                          horizon: int = 1) -> dict:
         """Online inference on unseen streams (B, T, out_size), all streams in lockstep (cast to the model's dtype and
@@ -338,7 +359,9 @@ class PVRNN(nn.Module):
         Each iteration takes the objective's gradient from ``window_solver`` (by hand, no autograd, in buffers
         made once per call) and applies torch's Adam update (``adam_step``). The loop runs in inference mode
         (less overhead per op; level by level under no_grad for bottom-up models, whose gradient is autograd's);
-        the results are ordinary tensors.
+        the results are ordinary tensors. It works inside a caller's ``torch.inference_mode`` and autocast (which it
+        turns off); a float16 or bfloat16 model regresses in a float32 copy and returns its results in its own
+        dtype. An empty batch (B = 0) gives empty results.
         """
         if not torch.is_tensor(stream):
             raise TypeError(f"error_regression: stream must be a (B, T, out_size) tensor, got {type(stream).__name__}")
@@ -358,13 +381,19 @@ class PVRNN(nn.Module):
             bad = "complex" if stream.is_complex() else f"{int((~torch.isfinite(stream)).sum())} NaN/inf values"
             raise ValueError(f"error_regression: stream must be real and finite, got {bad}; mask or interpolate "
                              "missing observations before regressing")
-        self._probing = False
-        try:
-            with torch.no_grad() if self.config.bottom_up else torch.inference_mode():
-                out = self._regress(stream.to(self.out.weight), window, iterations, lr, horizon)
-        finally:
-            self._probing = True
-        return {k: [x.clone() for x in v] if isinstance(v, list) else v.clone() for k, v in out.items()}
+        dtype = self.out.weight.dtype
+        # out of any caller's inference mode: a bottom-up model's window gradient needs autograd
+        with torch.inference_mode(False), torch.no_grad():
+            # Adam's eps (1e-8) is 0 in float16: a half-precision model regresses in a float32 copy
+            work = self if dtype.itemsize >= 4 else copy.deepcopy(self).float()
+            work._probing = False
+            try:
+                with contextlib.nullcontext() if self.config.bottom_up else torch.inference_mode():
+                    out = work._regress(stream.to(work.out.weight, copy=True), window, iterations, lr, horizon)
+            finally:
+                self._probing = True
+        return {k: [x.to(dtype, copy=True) for x in v] if isinstance(v, list) else v.to(dtype, copy=True)
+                for k, v in out.items()}
 
     def _regress(self, stream: torch.Tensor, window: int, iterations: int, lr: float, horizon: int) -> dict:
         """``error_regression``'s loop, without autograd."""

@@ -12,24 +12,36 @@ def load_sequences(path: str | Path) -> tuple[torch.Tensor, torch.Tensor | None]
     """Training sequences (N, T, D) and optional test streams (M, T', D) as float32 tensors.
 
     ``.npy``: one array (N, T, D), training sequences only. ``.npz``: ``train`` (N, T, D) and optionally ``test``
-    (M, T', D) with the same D. Every value must be finite.
+    (M, T', D) with the same D. Every value must be a finite real number (no pickled object arrays). ``~`` in
+    ``path`` is expanded.
     """
     path = Path(path).expanduser()
+    expected = ".npy (N, T, D) or .npz with 'train' (N, T, D) and optionally 'test' (M, T', D)"
+    if path.is_dir():
+        raise IsADirectoryError(f"sequence path {path} is a directory; data.path must name a file, {expected} "
+                                "(--set data.path=...)")
     if not path.is_file():
-        raise FileNotFoundError(
-            f"sequence file {path} not found. Put the sequences there as .npy (N, T, D) or .npz with 'train' "
-            "(N, T, D) and optionally 'test' (M, T', D), or point data.path at them (--set data.path=...).")
-    if path.suffix == ".npy":
-        arrays = {"train": np.load(path, allow_pickle=False)}
-    elif path.suffix == ".npz":
-        with np.load(path, allow_pickle=False) as f:
-            if "train" not in f.files:
-                raise KeyError(f"{path} has no 'train' array (found {sorted(f.files)})")
-            arrays = {k: f[k] for k in ("train", "test") if k in f.files}
-    else:
-        raise ValueError(f"sequence file must be .npy or .npz, got {path.name}")
+        raise FileNotFoundError(f"sequence file {path} not found. Put the sequences there as {expected}, or point "
+                                "data.path at them (--set data.path=...).")
+    if path.suffix not in (".npy", ".npz"):
+        raise ValueError(f"sequence file {path} must be {expected}")
+    try:
+        if path.suffix == ".npy":
+            arrays = {"train": np.load(path, allow_pickle=False)}
+        else:
+            with np.load(path, allow_pickle=False) as f:
+                if "train" not in f.files:
+                    raise KeyError(f"{path} has no 'train' array (found {sorted(f.files)})")
+                arrays = {k: f[k] for k in ("train", "test") if k in f.files}
+    except ValueError as err:
+        if "allow_pickle" not in str(err):
+            raise
+        raise ValueError(f"{path} holds an object array, which would need pickle to load; save the sequences as "
+                         f"numbers, {expected} (e.g. np.save(path, np.asarray(x, dtype=np.float32)))") from None
     out = {}
     for name, a in arrays.items():
+        if a.dtype.kind not in "biuf":
+            raise ValueError(f"{path}: '{name}' must hold real numbers, got dtype {a.dtype}")
         if a.ndim != 3 or min(a.shape) < 1:
             raise ValueError(f"{path}: '{name}' must have shape (sequences, steps, dims), got {a.shape}")
         if not np.isfinite(a).all():
