@@ -144,9 +144,10 @@ def apply_sigma_reparam(model: nn.Module, include: Sequence[str] = ("*",), exclu
     for argument, patterns in (("include", include), ("exclude", exclude)):
         unmatched = [p for p in patterns if not any(fnmatch.fnmatchcase(name, p) for name in names)]
         if unmatched:  # a misspelt glob would otherwise convert nothing, or what it meant to keep plain
-            close = {p: difflib.get_close_matches(p, names, n=3) for p in unmatched}
+            close = {p: near for p in unmatched if (near := difflib.get_close_matches(p, names, n=3))}
             raise ValueError(f"apply_sigma_reparam: {argument} patterns {unmatched} match no module name of "
-                             f"{type(model).__name__} (closest: {close}); names look like {names[1:6]}")
+                             f"{type(model).__name__}{f' (closest: {close})' if close else ''}; names look like "
+                             f"{names[1:6]}")
     selected = [(name, module) for name, module in modules if _selected(name, include, exclude)]
     layers = [(name, module) for name, module in selected if type(module) in _SIGMA_OF]
     norms = [name for name, module in selected if remove_norms and isinstance(module, NORM_TYPES)]

@@ -157,6 +157,8 @@ def test_include_exclude_and_remove_norms():
         apply_sigma_reparam(small_net(), include=("blcks.*",))
     with pytest.raises(ValueError, match=r"exclude patterns \['head'\] match no module name"):
         apply_sigma_reparam(small_net(), exclude=("head",))
+    with pytest.raises(ValueError, match=r"\['zzz'\] match no module name of \w+; names look like"):  # none near
+        apply_sigma_reparam(small_net(), exclude=("zzz",))
     frozen = apply_sigma_reparam(small_net().requires_grad_(False))  # a frozen layer's gamma is frozen too
     assert not any(p.requires_grad for p in frozen.parameters())
 
