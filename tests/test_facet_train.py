@@ -70,3 +70,32 @@ def test_mptrj_recipe_says_which_files_it_needs(tmp_path):
 def test_compiled_training_on_forces_is_refused_up_front():
     with pytest.raises(ValueError, match="double backward"):
         PotentialTask(load_recipe("facet-emt", [*TINY, "train.compile=true"]))
+
+
+def test_structure_files_name_a_frame_without_labels_and_read_mace_ref_keys(tmp_path):
+    from ase.build import bulk
+    from ase.calculators.singlepoint import SinglePointCalculator
+    from ase.io import write
+
+    labelled = bulk("Cu", "fcc", a=3.6, cubic=True)
+    labelled.calc = SinglePointCalculator(labelled, energy=-1.0, forces=np.zeros((4, 3)))
+    unlabelled = bulk("Al", "fcc", a=4.0, cubic=True)
+    write(tmp_path / "plain.extxyz", [labelled, unlabelled], format="extxyz")
+    with pytest.raises(ValueError, match=r"plain.extxyz, frame 1 \(from 0; Al4\): no energy and no forces label; .*"
+                                         r"REF_energy and REF_forces"):
+        read_structures(tmp_path / "plain.extxyz")
+    no_forces = bulk("Cu", "fcc", a=3.6, cubic=True)
+    no_forces.calc = SinglePointCalculator(no_forces, energy=-2.0)
+    write(tmp_path / "energy_only.extxyz", [no_forces], format="extxyz")
+    with pytest.raises(ValueError, match=r"frame 0 \(from 0; Cu4\): no forces label"):
+        read_structures(tmp_path / "energy_only.extxyz")
+
+    mace = bulk("Ni", "fcc", a=3.5, cubic=True)  # MACE-MP's layout: labels only under REF_* keys
+    forces = np.arange(12.0).reshape(4, 3)
+    mace.info["REF_energy"], mace.arrays["REF_forces"] = -5.5, forces
+    mace.info["REF_stress"] = np.diag([1.0, 2.0, 3.0])
+    write(tmp_path / "mace.extxyz", [mace, labelled], format="extxyz")
+    ref, plain = read_structures(tmp_path / "mace.extxyz")
+    assert ref.get_potential_energy() == -5.5 and np.array_equal(ref.get_forces(), forces)
+    assert np.array_equal(ref.get_stress(), [1.0, 2.0, 3.0, 0.0, 0.0, 0.0])
+    assert plain.get_potential_energy() == -1.0 and "stress" not in plain.calc.results

@@ -522,3 +522,49 @@ def test_a_process_that_misses_the_token_cache_while_another_builds_it_waits_and
         built.save(str(folder / "tokenizer.json"))
     waiter.join(timeout=30)
     assert got["tok"].to_str() == Tokenizer.from_file(str(folder / "tokenizer.json")).to_str()
+
+
+def test_snli_unknown_gold_labels_and_splits_without_labelled_pairs_are_named(tmp_path):
+    """Only '-' (no gold label) is dropped: another label is an error naming its file and line; a split whose pairs
+    are all dropped is an error naming its file, not an empty batch deep inside the tokenizer."""
+    from train.data.snli import FILES, snli_splits
+
+    rows = [{"gold_label": "neutral", "sentence1": "a dog runs", "sentence2": "it is fast"},
+            {"gold_label": "-", "sentence1": "a cat", "sentence2": "x"}]
+    for name in FILES.values():
+        (tmp_path / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert snli_splits(tmp_path)["valid"] == (["a dog runs"], ["it is fast"], [1])
+    (tmp_path / FILES["test"]).write_text("".join(json.dumps({**r, "gold_label": g}) + "\n"
+                                                  for r, g in zip(rows * 2, ["neutral", "-", "Entailment", "-"])))
+    with pytest.raises(ValueError, match=r"snli_1.0_test.jsonl, line 3: gold_label 'Entailment' is not one of "
+                                         r"entailment, neutral, contradiction or '-'"):
+        snli_splits(tmp_path)
+    (tmp_path / FILES["test"]).write_text(json.dumps(rows[1]) + "\n")
+    with pytest.raises(ValueError, match=r"snli_1.0_test.jsonl holds no labelled SNLI pairs"):
+        snli_splits(tmp_path)
+
+    pairs = {"premise": ["a dog runs", "a cat sleeps"], "hypothesis": ["an animal", "x"], "label": [0, -1]}
+    hub = _hub_layout(tmp_path / "hub", "plain_text", {"train": pairs, "validation": {**pairs, "label": [-1, -1]},
+                                                       "test": pairs})
+    with pytest.raises(ValueError, match=r"hub \(plain_text, split 'valid'\) holds no labelled SNLI pairs"):
+        snli_splits(hub)
+    _hub_layout(hub, "plain_text", {"validation": {**pairs, "label": [0, 7]}})
+    with pytest.raises(ValueError, match=r"split 'valid'\): labels \[7\] are not SNLI's"):
+        snli_splits(hub)
+
+
+def test_nli_tokenizer_path_expands_the_home_folder(tmp_path, monkeypatch):
+    from transformers import BertTokenizerFast
+
+    from train.data.snli import FILES
+
+    (tmp_path / "tok").mkdir()
+    (tmp_path / "tok" / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "dog"]))
+    BertTokenizerFast(str(tmp_path / "tok" / "vocab.txt")).save_pretrained(tmp_path / "tok")
+    row = {"gold_label": "neutral", "sentence1": "a dog", "sentence2": "a dog"}
+    for name in FILES.values():
+        (tmp_path / name).write_text(json.dumps(row) + "\n")
+    monkeypatch.setenv("HOME", str(tmp_path.parent))
+    task = make_task(load_recipe("grassmann-nli-snli", [f"data.path={tmp_path}",
+                                                        f"data.tokenizer=~/{tmp_path.name}/tok"]))
+    assert task.splits["train"]["input_ids"][0, :4].tolist() == [2, 5, 6, 3]  # [CLS] a dog [SEP]

@@ -185,3 +185,53 @@ def test_the_loop_prefetches_the_next_step_for_tasks_that_ask(tmp_path, monkeypa
         "train.clip=1.0"])  # from scratch on micro-batches of 2 tiny images the first gradients explode
     fit(recipe, tmp_path / "run")
     assert calls == {"prefetch": 4, "hit": 4}  # steps 2 and 3, two micro-batches each, all collected
+
+
+def test_a_limited_evaluation_is_a_fixed_subset_over_every_class(tmp_path):
+    task = _task(_folder(tmp_path, classes=3, per=4), workers=0, eval_limit=3)
+    model = zoo.create_model("mobilenetv2_100", num_classes=3).eval()
+    task.prepare(model)
+    ys = torch.cat([y for _, y in task.folder.eval_chunks(limit=3)])
+    assert sorted(ys.tolist()) == [0, 1, 2]  # the first 3 images of the sorted split are all of class 0
+    subset = task.folder.eval_subset(3)
+    assert subset == task.folder.eval_subset(3)  # the same images on every call
+    assert sorted(task.folder.eval_subset()) == list(range(12))
+    assert task.evaluate(model) == task.evaluate(model)
+    with pytest.raises(ValueError, match="data.eval_limit must be a positive number"):
+        _task(tmp_path, eval_limit=0)
+
+
+def test_the_attention_report_shows_images_of_every_class(tmp_path):
+    task = _task(_folder(tmp_path / "data"), workers=0)
+    model = zoo.create_model("mobilenetv2_ca_100", num_classes=3).eval()
+    task.prepare(model)
+    shown = []
+    eval_images = task.folder.eval_images
+    task.folder.eval_images = lambda index: shown.extend(index.tolist()) or eval_images(index)
+    assert task.report(model, tmp_path) == [tmp_path / "attention.png"]
+    samples = task.folder.splits["eval"].samples
+    assert len(shown) == 6 and {samples[i][1] for i in shown} == {0, 1, 2}
+
+
+def test_a_corrupt_image_is_named_with_a_remedy(tmp_path):
+    root = _folder(tmp_path)
+    (root / "val" / "class_1" / "x.jpg").write_bytes(b"not an image at all" * 10)
+    task = _task(root, workers=0)
+    task.prepare(zoo.create_model("mobilenetv2_100", num_classes=3))
+    with pytest.raises(ValueError, match=r"cannot decode image .*class_1/x\.jpg.*remove the file .* or re-encode it"):
+        list(task.folder.eval_chunks())
+
+
+def test_evaluation_checks_the_class_count_and_a_vit_checks_its_image_size(tmp_path):
+    root = _folder(tmp_path)
+    with pytest.raises(ValueError, match="has 3 classes but the model predicts 5"):  # zoo eval: no prepare
+        _task(root, workers=0).evaluate(zoo.create_model("mobilenetv2_100", num_classes=5).eval())
+    vit = zoo.create_model("vit_tiny_patch16_224_sigma", num_classes=3, img_size=32, patch_size=8, depth=1)
+    with pytest.raises(ValueError, match=r"takes 32x32 images .* data are 48x48 \(data.size=48\); set data.size=32, "
+                                         r"or model_args.img_size=48"):
+        _task(root, workers=0, size=48).prepare(vit)
+    with pytest.raises(ValueError, match=r"data are 224x224 \(data.size unset: the model's default\)"):
+        _task(root, workers=0, size="null").prepare(vit)
+    task = _task(root, workers=0)
+    task.prepare(vit)
+    assert task.evaluate(vit.eval())["eval_top5"] == 1.0

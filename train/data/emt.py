@@ -142,12 +142,38 @@ def emt_dataset(per_element: int = 40, alloys: int = 60, seed: int = 0, root: st
     return paths
 
 
+# MACE's extxyz keys for the reference labels (atoms.info, except the per-atom forces in atoms.arrays)
+REF_KEYS = {"energy": "REF_energy", "forces": "REF_forces", "stress": "REF_stress"}
+
+
+def _labelled(atoms, path: Path, index: int):
+    """``atoms`` with its energy, forces (and stress if given) on its calculator: those ASE read from the plain
+    ``energy``/``forces``/``stress`` keys, else MACE's ``REF_*`` keys; an error naming the frame when absent."""
+    from ase.calculators.singlepoint import SinglePointCalculator
+    from ase.stress import full_3x3_to_voigt_6_stress
+
+    results = dict(atoms.calc.results) if atoms.calc is not None else {}
+    given = {**atoms.info, **atoms.arrays}
+    refs = {key: given[ref] for key, ref in REF_KEYS.items() if key not in results and ref in given}
+    missing = [key for key in ("energy", "forces") if key not in results and key not in refs]
+    if missing:
+        raise ValueError(f"{path}, frame {index} (from 0; {atoms.get_chemical_formula()}): no {' and no '.join(missing)} "
+                         "label; every frame needs an energy and forces, as the extxyz keys energy and forces (or "
+                         "MACE's REF_energy and REF_forces)")
+    if refs:
+        if "stress" in refs and np.size(refs["stress"]) == 9:  # MACE writes the 3 x 3 tensor; ASE holds Voigt's 6
+            refs["stress"] = full_3x3_to_voigt_6_stress(np.reshape(refs["stress"], (3, 3)))
+        atoms.calc = SinglePointCalculator(atoms, **results, **refs)
+    return atoms
+
+
 def read_structures(path: str | Path) -> list:
-    """All frames of an extxyz (or any ASE-readable) file, with a clear error when it is missing."""
+    """All frames of an extxyz (or any ASE-readable) file, each with its energy and forces (and stress if given)
+    on its calculator; a clear error when the file is missing or a frame lacks a label."""
     from ase.io import read
 
     path = Path(path).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"structure file {path} does not exist; for MPTrj download the extxyz files "
                                 "(e.g. from the MACE-MP release) and point data.train/valid/test at them")
-    return read(str(path), index=":")
+    return [_labelled(atoms, path, index) for index, atoms in enumerate(read(str(path), index=":"))]

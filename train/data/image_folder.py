@@ -8,6 +8,7 @@ step's slice is decoded while the current step trains (``prefetch``, called by t
 """
 from __future__ import annotations
 
+import itertools
 import random
 import weakref
 from concurrent.futures import ProcessPoolExecutor
@@ -27,8 +28,12 @@ def _load(path: str, kind: str, seed: int, transforms: dict | None = None) -> to
     from PIL import Image
 
     transforms = transforms or _TRANSFORMS
-    with Image.open(path) as image:
-        image = image.convert("RGB")
+    try:
+        with Image.open(path) as image:
+            image = image.convert("RGB")
+    except OSError as err:  # not an image, or a truncated one (PIL's UnidentifiedImageError is an OSError)
+        raise ValueError(f"cannot decode image {path}: {err}; remove the file from the folder or re-encode it "
+                         "(e.g. open and save it again with PIL or ImageMagick)") from err
     if kind == "eval":
         return transforms["eval"](image)
     with torch.random.fork_rng(devices=[]):
@@ -76,12 +81,19 @@ class ImageFolderData:
         self.transforms: dict | None = None  # set by configure(model)
         self.pending: dict[tuple, object] = {}  # prefetched batches: (indices, seeds) -> the pool's result iterator
 
-    def configure(self, model: torch.nn.Module) -> None:
+    def data_config(self, model: torch.nn.Module) -> dict:
+        """timm's data config for ``model``, ``size`` overriding its input size."""
         import timm.data
 
         config = timm.data.resolve_data_config({}, model=model)
         if self.size:
             config["input_size"] = (3, int(self.size), int(self.size))
+        return config
+
+    def configure(self, model: torch.nn.Module) -> None:
+        import timm.data
+
+        config = self.data_config(model)
         self.transforms = {"train": timm.data.create_transform(**config, is_training=True, **self.augment),
                            "eval": timm.data.create_transform(**config)}
         self.close()
@@ -148,9 +160,25 @@ class ImageFolderData:
         samples = self.splits["eval"].samples
         return self._images([(samples[i][0], "eval", 0) for i in index.tolist()])
 
+    def eval_subset(self, limit: int | None = None, seed: int = 0) -> list[int]:
+        """Indices of ``limit`` images of the evaluation split (all if None), spread over the classes and the same
+        on every call: each class's images in a seeded order, taken one per class in turn (the classes in a seeded
+        order too), so a subset of at least one image per class holds every class."""
+        by_class: dict[int, list[int]] = {}
+        for i, (_, label) in enumerate(self.splits["eval"].samples):
+            by_class.setdefault(label, []).append(i)
+        generator = torch.Generator().manual_seed(seed)
+        groups = [[members[j] for j in torch.randperm(len(members), generator=generator).tolist()]
+                  for members in by_class.values()]
+        groups = [groups[j] for j in torch.randperm(len(groups), generator=generator).tolist()]
+        return [i for turn in itertools.zip_longest(*groups) for i in turn if i is not None][:limit]
+
     def eval_chunks(self, chunk: int = 256, limit: int | None = None):
-        """(x, y) chunks of the evaluation split in order, with the evaluation transform."""
-        samples = self.splits["eval"].samples[:limit]
+        """(x, y) chunks of the evaluation split, with the evaluation transform: all of it in order, or the
+        ``limit`` images of ``eval_subset``."""
+        samples = self.splits["eval"].samples
+        if limit is not None:
+            samples = [samples[i] for i in sorted(self.eval_subset(limit))]
         for start in range(0, len(samples), chunk):
             part = samples[start:start + chunk]
             yield self._images([(p, "eval", 0) for p, _ in part]), torch.tensor([c for _, c in part])

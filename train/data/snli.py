@@ -30,9 +30,17 @@ def snli_files(path: str | Path | None) -> dict[str, Path]:
     return {split: folder / name for split, name in FILES.items()}
 
 
+def _labelled(pairs: Pairs, where: str) -> Pairs:
+    """``pairs``, or a clear error naming ``where`` they come from when there are none."""
+    if not pairs[2]:
+        raise ValueError(f"{where} holds no labelled SNLI pairs (none, or all without a gold label); point data.path "
+                         "at the complete SNLI 1.0 files")
+    return pairs
+
+
 def read_snli(file: Path) -> Pairs:
     """Premises, hypotheses and label indices (entailment 0, neutral 1, contradiction 2); pairs without a gold
-    label ("-") are dropped, as is standard."""
+    label ("-") are dropped, as is standard; any other label is an error, as is a file without labelled pairs."""
     premises, hypotheses, labels = [], [], []
     with open(file, encoding="utf-8") as f:
         for number, line in enumerate(f, 1):
@@ -44,11 +52,15 @@ def read_snli(file: Path) -> Pairs:
             except (json.JSONDecodeError, KeyError, TypeError) as err:
                 raise ValueError(f"{file}, line {number}, is not an SNLI 1.0 record (JSON with gold_label, sentence1 "
                                  f"and sentence2): {type(err).__name__}: {err}") from None
-            if row["gold_label"] in LABELS:
-                premises.append(row["sentence1"])
-                hypotheses.append(row["sentence2"])
-                labels.append(LABELS.index(row["gold_label"]))
-    return premises, hypotheses, labels
+            if row["gold_label"] == "-":
+                continue
+            if row["gold_label"] not in LABELS:
+                raise ValueError(f"{file}, line {number}: gold_label {row['gold_label']!r} is not one of "
+                                 f"{', '.join(LABELS)} or '-' (no gold label)")
+            premises.append(row["sentence1"])
+            hypotheses.append(row["sentence2"])
+            labels.append(LABELS.index(row["gold_label"]))
+    return _labelled((premises, hypotheses, labels), str(file))
 
 
 def snli_splits(path: str | Path | None, config: str = HUB_CONFIG) -> dict[str, Pairs]:
@@ -60,6 +72,10 @@ def snli_splits(path: str | Path | None, config: str = HUB_CONFIG) -> dict[str, 
     splits = hub_splits(hub_folder(str(path), config, "SNLI", advice), config, "SNLI", advice)
     out = {}
     for split, data in splits.items():
-        rows = [(p, h, y) for p, h, y in zip(data["premise"], data["hypothesis"], data["label"]) if 0 <= y < 3]
-        out[split] = tuple(list(column) for column in zip(*rows)) if rows else ([], [], [])
+        where = f"{path} ({config}, split {split!r})"
+        unknown = sorted(set(data["label"]) - {-1, 0, 1, 2})
+        if unknown:
+            raise ValueError(f"{where}: labels {unknown[:10]} are not SNLI's 0, 1, 2 or -1 (no gold label)")
+        rows = [(p, h, y) for p, h, y in zip(data["premise"], data["hypothesis"], data["label"]) if y >= 0]
+        out[split] = _labelled(tuple(list(column) for column in zip(*rows)) if rows else ([], [], []), where)
     return out

@@ -38,9 +38,10 @@ class ImageClassificationTask(Task):
     test and train accuracy, test loss) or ``folder`` (``data.path`` holding ``data.train_split`` and
     ``data.eval_split`` class folders, timm's transforms for the model at ``data.size``, training augmentation
     ``data.augment`` (create_transform arguments), ``data.workers`` decoding processes; evaluation: top-1/top-5
-    accuracy and loss on the evaluation split, or its first ``data.eval_limit`` images).
+    accuracy and loss on the evaluation split, or a fixed subset of ``data.eval_limit`` images spread over its
+    classes).
     Report: the coordinate attention gates a_h a_w of the model's first CoordAttention block on six evaluation
-    images (attention.png).
+    images spread over the classes (attention.png).
     """
 
     def __init__(self, recipe: dict):
@@ -56,6 +57,9 @@ class ImageClassificationTask(Task):
             self.folder = ImageFolderData(d.get("path"), d.get("train_split", "train"), d.get("eval_split", "val"),
                                           d.get("size"), d.get("augment"), int(d.get("workers", 4)))
             self.eval_limit = d.get("eval_limit")
+            if self.eval_limit is not None and (not isinstance(self.eval_limit, int) or self.eval_limit < 1):
+                raise ValueError(f"data.eval_limit must be a positive number of images (or null: all), "
+                                 f"got {self.eval_limit!r}")
         else:
             raise ValueError(f"image task: data.dataset must be 'digits' (offline) or 'folder' (data.path), got {self.dataset!r}")
 
@@ -65,13 +69,32 @@ class ImageClassificationTask(Task):
         return args
 
     def prepare(self, model):
-        if self.dataset != "folder":
-            return
+        if self.dataset == "folder":
+            self._configure(model)
+
+    def _configure(self, model: nn.Module) -> None:
+        """Check that ``model`` fits the folder (its class count; a fixed-size ViT's input size), then set up the
+        folder's transforms for it. Training, ``zoo eval`` and ``zoo estimate`` all come through here."""
         classes = len(self.folder.classes)
         if getattr(model, "num_classes", classes) != classes:
             raise ValueError(f"{self.folder.root} has {classes} classes but the model predicts {model.num_classes}; "
-                             f"set model_args.num_classes={classes}")
+                             f"set model_args.num_classes={classes} (to evaluate a checkpoint: point data.path at a "
+                             f"folder with its {model.num_classes} classes)")
+        embed = getattr(model, "patch_embed", None)
+        if embed is not None and getattr(embed, "strict_img_size", False):
+            size = tuple(self.folder.data_config(model)["input_size"][1:])
+            if size != tuple(embed.img_size):
+                given = f"data.size={self.folder.size}" if self.folder.size else "data.size unset: the model's default"
+                raise ValueError(f"the model takes {embed.img_size[0]}x{embed.img_size[1]} images "
+                                 f"(model_args.img_size={embed.img_size[0]}) but the data are {size[0]}x{size[1]} "
+                                 f"({given}); set data.size={embed.img_size[0]}, or model_args.img_size={size[0]} "
+                                 "to train at that size")
         self.folder.configure(model)
+
+    def _ready(self, model: nn.Module) -> None:
+        """Set up the folder for ``model`` if no run did (evaluation or batches outside a run)."""
+        if self.folder.transforms is None:
+            self._configure(model)
 
     def batch(self, size, generator):
         if self.dataset == "folder":
@@ -91,8 +114,7 @@ class ImageClassificationTask(Task):
         if "x" in batch:
             x = batch["x"]
         else:  # a folder's batch: decoded here, after the transforms are set up for this model (also outside a run)
-            if self.folder.transforms is None:
-                self.folder.configure(model)
+            self._ready(model)
             x = (self.folder.eval_images(batch["eval_index"]) if "eval_index" in batch else
                  self.folder.train_images(batch["index"], batch["seed"])).to(batch["y"].device)
         logits = model(x).float()
@@ -101,8 +123,7 @@ class ImageClassificationTask(Task):
 
     def _chunks(self, split: str, model: nn.Module):
         if self.dataset == "folder":
-            if self.folder.transforms is None:  # evaluation without training (zoo eval): transforms for this model
-                self.folder.configure(model)
+            self._ready(model)  # evaluation without training (zoo eval): transforms for this model
             return self.folder.eval_chunks(limit=self.eval_limit)
         return zip(self.data[f"x_{split}"].split(256), self.data[f"y_{split}"].split(256))
 
@@ -134,11 +155,17 @@ class ImageClassificationTask(Task):
         if not found:
             return []
         name, block = found[0]
+        if self.dataset == "folder":  # six images spread over the classes, not the first class's
+            self._ready(model)
+            index = torch.tensor(self.folder.eval_subset(6))
+            samples = self.folder.splits["eval"].samples
+            x, labels = self.folder.eval_images(index), torch.tensor([samples[i][1] for i in index.tolist()])
+        else:
+            x, labels = next(iter(self._chunks("test", model)))
+            x, labels = x[:6], labels[:6]
         gates = {}
         hooks = [block.attn_h.register_forward_hook(lambda m, i, o: gates.__setitem__("h", o)),
                  block.attn_w.register_forward_hook(lambda m, i, o: gates.__setitem__("w", o))]
-        x, labels = next(iter(self._chunks("test", model)))
-        x, labels = x[:6], labels[:6]
         try:
             model.eval()(x.to(next(model.parameters()).device))
         finally:

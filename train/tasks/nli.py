@@ -1,6 +1,8 @@
 """Natural language inference: sentence pairs through a frozen encoder's tokenizer, 3-way classification."""
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.nn.functional as F
 
@@ -25,7 +27,8 @@ class NLITask(Task):
 
         d = recipe["data"]
         pairs = snli_splits(d.get("path"), d.get("hub_config", HUB_CONFIG))
-        name = d.get("tokenizer") or resolve_config(recipe["model"], **recipe.get("model_args", {})).encoder
+        name = (os.path.expanduser(d["tokenizer"]) if d.get("tokenizer") else  # a hub id, or a folder (~ expanded)
+                resolve_config(recipe["model"], **recipe.get("model_args", {})).encoder)
         try:
             tokenizer = AutoTokenizer.from_pretrained(name, local_files_only=not hub_resolvable())
         except OSError as err:

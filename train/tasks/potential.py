@@ -19,8 +19,9 @@ class PotentialTask(Task):
 
     ``data.source``: ``emt`` (offline, ``train.data.emt.emt_dataset`` with ``per_element``, ``alloys``,
     ``seed``) or ``files`` (``data.train``, ``data.valid``, ``data.test``: extxyz paths with energy/forces and
-    optionally stress, e.g. MPTrj). Loss per batch (``task_args`` weights), every term a mean over structures s
-    (structures without stress count 0), so splitting a batch across micro-batches or ranks keeps the gradient:
+    optionally stress, or MACE's REF_energy/REF_forces/REF_stress, e.g. MPTrj). Loss per batch (``task_args``
+    weights), every term a mean over structures s (structures without stress count 0), so splitting a batch across
+    micro-batches or ranks keeps the gradient:
     w_E mean_s((dE_s / n_s)^2) + w_F mean_s(sum_i |dF_i|^2 / (3 n_s)) + w_S mean_s(|d sigma_s|^2 / 9).
     Before training, ``prepare`` fits per-species reference energies by least squares, sets the energy scale
     to the RMS training force and the mean neighbour count. Metrics: MAE of energy (meV/atom), forces
