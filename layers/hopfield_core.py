@@ -211,7 +211,9 @@ class HopfieldCore(nn.Module):
             state = torch.where(keep, xi @ k, state)
             new = torch.where(keep, softmax(state), xi)
             with torch.no_grad():  # a new mask: the old one is saved for torch.where's backward
-                active = active & ((new - xi).norm(dim=(2, 3)).amax(dim=0) > self.update_steps_eps)
+                change = (new - xi).norm(dim=(2, 3))  # (B, H); a row of zeros keeps the max defined for B = 0
+                active = active & (torch.cat([change, change.new_zeros(1, change.shape[1])]).amax(dim=0)
+                                   > self.update_steps_eps)
             xi, step = new, step + 1
         return xi
 

@@ -12,9 +12,11 @@ from layers import Hopfield, HopfieldLayer, HopfieldPooling, hopfield_energy
 
 def test_empty_batches_give_empty_outputs_and_empty_stored_sets_are_refused():
     torch.manual_seed(0)
-    for layer, shape in ((Hopfield(input_size=8, num_heads=2), (0, 5, 8)), (HopfieldPooling(input_size=8, num_heads=2), (0, 8)),
-                         (HopfieldLayer(input_size=8, num_heads=2), (0, 5, 8))):
-        assert layer(torch.randn(0, 5, 8)).shape == shape
+    for steps in (0, 3):  # one update (SDPA) and iterated updates until convergence
+        for layer, shape in ((Hopfield(input_size=8, num_heads=2, update_steps_max=steps), (0, 5, 8)),
+                             (HopfieldPooling(input_size=8, num_heads=2, update_steps_max=steps), (0, 8)),
+                             (HopfieldLayer(input_size=8, num_heads=2, update_steps_max=steps), (0, 5, 8))):
+            assert layer(torch.randn(0, 5, 8)).shape == shape
     with pytest.raises(ValueError, match="no stored patterns"):
         Hopfield(input_size=8, num_heads=2)(torch.randn(2, 0, 8))
     empty = torch.randn(2, 0, 8)  # self-association: the core's fused projection path
