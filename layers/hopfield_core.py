@@ -110,7 +110,9 @@ class HopfieldCore(nn.Module):
             if scaling.shape != (self.num_heads,):
                 raise ValueError(f"HopfieldCore: a tensor scaling needs one entry per head, shape ({self.num_heads},), "
                                  f"got {tuple(scaling.shape)}")
-            self.register_buffer("scaling", scaling.detach().clone().float(), persistent=False)
+            # in the parameters' dtype (the default one, as they are made), which .to()/.double() then move with them
+            self.register_buffer("scaling", scaling.detach().to(torch.get_default_dtype(), copy=True),
+                                 persistent=False)
         else:
             self.scaling = float(scaling)
 

@@ -201,6 +201,15 @@ def test_per_head_scaling_and_default_beta():
     q, k = (F.linear(x, w[i * 8:(i + 1) * 8], b[i * 8:(i + 1) * 8]).view(2, 5, 2, 4).transpose(1, 2) for i in (0, 1))
     assert torch.allclose(xi, (beta.view(1, 2, 1, 1) * q @ k.transpose(-1, -2)).softmax(-1), atol=1e-6)
     assert torch.allclose(h(x), h.association_core(x, x, x, need_association=True)[0], atol=1e-6)
+    # beta is kept in the parameters' dtype: a float64 model keeps 0.1 exactly, not rounded through float32
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        exact = Hopfield(input_size=8, num_heads=2, scaling=torch.tensor([0.1, 3]))
+    finally:
+        torch.set_default_dtype(default)
+    assert exact.association_core.scaling.tolist() == [0.1, 3.0]
+    assert Hopfield(input_size=8, num_heads=2, scaling=torch.tensor([1, 2])).association_core.scaling.dtype == default
 
 
 def test_multi_step_equals_the_iterated_update_rule():
