@@ -1,6 +1,7 @@
 """The modern Hopfield association (Ramsauer et al., ICLR 2021, arXiv 2008.02217): projections and update rule."""
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -160,33 +161,38 @@ class HopfieldCore(nn.Module):
         """(B, n, H * d) -> (B, H, n, d)."""
         return x.view(*x.shape[:2], self.num_heads, x.shape[-1] // self.num_heads).transpose(1, 2)  # -1 fails at B = 0
 
-    def _mask(self, key_padding_mask, attn_mask, b: int, l_: int, s: int, device):
-        """One mask for (B, H, L, S) scores: bool (True = may associate) or float (added), or None.
+    def _mask(self, key_padding_mask, attn_mask, b: int, l_: int, s: int, like: torch.Tensor):
+        """One mask for (B, H, L, S) scores, on ``like``'s device: bool (True = may associate), or float (added, in
+        ``like``'s dtype) where either mask is float; or None.
 
-        ``key_padding_mask`` (B, S): True marks a padded stored pattern. ``attn_mask`` (L, S) or
-        (B * H, L, S): True forbids an association, a float mask is added to the scores.
+        ``key_padding_mask`` (B, S) and ``attn_mask`` (L, S) or (B * H, L, S): a bool mask's True forbids an
+        association (marks a padded stored pattern); a float mask is added to the scores (-inf forbids).
         """
-        mask = None
+        masks = []
         if attn_mask is not None:
             if attn_mask.shape == (l_, s):
-                mask = attn_mask.to(device).view(1, 1, l_, s)
+                masks.append(attn_mask.view(1, 1, l_, s))
             elif attn_mask.shape == (b * self.num_heads, l_, s):
-                mask = attn_mask.to(device).view(b, self.num_heads, l_, s)
+                masks.append(attn_mask.view(b, self.num_heads, l_, s))
             else:
                 raise ValueError(f"Hopfield: association_mask must have shape (L, S)=({l_}, {s}) or "
                                  f"(B*H, L, S)=({b * self.num_heads}, {l_}, {s}), got {tuple(attn_mask.shape)}")
         if key_padding_mask is not None:
-            if key_padding_mask.shape != (b, s) or key_padding_mask.dtype != torch.bool:
-                raise ValueError(f"Hopfield: stored_pattern_padding_mask must be a bool tensor of shape (B, S)=({b}, "
-                                 f"{s}), got {key_padding_mask.dtype} {tuple(key_padding_mask.shape)}")
-            pad = key_padding_mask.to(device).view(b, 1, 1, s)
-            if mask is None or mask.dtype == torch.bool:
-                mask = pad if mask is None else mask | pad
-            else:
-                mask = mask.masked_fill(pad, float("-inf"))
-        if mask is not None and mask.dtype == torch.bool:
-            mask = ~mask
-        return mask
+            if key_padding_mask.shape != (b, s) or not (key_padding_mask.dtype == torch.bool
+                                                        or key_padding_mask.is_floating_point()):
+                raise ValueError(f"Hopfield: stored_pattern_padding_mask must be a bool (True = padded) or float "
+                                 f"(added) tensor of shape (B, S)=({b}, {s}), got {key_padding_mask.dtype} "
+                                 f"{tuple(key_padding_mask.shape)}")
+            masks.append(key_padding_mask.view(b, 1, 1, s))
+        if not masks:
+            return None
+        masks = [m.to(like.device) for m in masks]
+        if all(m.dtype == torch.bool for m in masks):
+            return ~functools.reduce(torch.logical_or, masks)
+        additive = [m.to(like.dtype) if m.is_floating_point() else
+                    torch.zeros(m.shape, dtype=like.dtype, device=like.device).masked_fill(m, float("-inf"))
+                    for m in masks]
+        return functools.reduce(torch.add, additive)
 
     def _beta(self, like: torch.Tensor):
         return self.scaling.to(like.dtype).view(1, -1, 1, 1) if torch.is_tensor(self.scaling) else self.scaling
@@ -250,7 +256,7 @@ class HopfieldCore(nn.Module):
             raise ValueError(f"Hopfield: state and stored patterns must meet in one space, got widths {q.shape[-1]} "
                              f"and {k.shape[-1]} per head")
         b, _, l_, _ = q.shape
-        mask = self._mask(key_padding_mask, attn_mask, b, l_, k.shape[2], q.device)
+        mask = self._mask(key_padding_mask, attn_mask, b, l_, k.shape[2], q)
         p = self.dropout if self.training else 0.0
         if need_association or self.update_steps_max != 0 or self.association._forward_hooks:
             xi = self.association(self._association(q, k, mask))

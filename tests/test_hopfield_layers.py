@@ -179,6 +179,13 @@ def test_equals_torch_multihead_attention(batch_first):
     additive = torch.randn(12, 6, 11)  # (B * H, L, S) float mask
     ref = mha(r, y, y, attn_mask=additive, need_weights=False)[0]
     assert torch.allclose(h((y, r, y), association_mask=additive), ref, atol=1e-6)
+    float_pad = torch.zeros(3, 11).masked_fill(pad, float("-inf")) + torch.randn(3, 11)  # additive padding mask
+    for attn in (causal, additive):  # mixed with a bool or a float association mask
+        ref = mha(r, y, y, key_padding_mask=float_pad, attn_mask=attn, need_weights=False)[0]
+        assert torch.allclose(h((y, r, y), stored_pattern_padding_mask=float_pad, association_mask=attn), ref, atol=1e-6)
+        with Probe(h, {"association_core.association": [entropy()]}):  # the explicit association path
+            assert torch.allclose(h((y, r, y), stored_pattern_padding_mask=float_pad, association_mask=attn), ref,
+                                  atol=1e-6)
 
 
 def test_static_one_step_is_softmax_attention_by_hand():
@@ -380,8 +387,10 @@ def test_bad_inputs_are_named():
     h = Hopfield(input_size=8, num_heads=2)
     with pytest.raises(ValueError, match=r"pattern must have 8 features, got shape \(2, 3, 7\)"):
         h(torch.randn(2, 3, 7))
-    with pytest.raises(ValueError, match="stored_pattern_padding_mask must be a bool tensor"):
+    with pytest.raises(ValueError, match=r"stored_pattern_padding_mask must be a bool \(True = padded\) or float"):
         h(torch.randn(2, 3, 8), stored_pattern_padding_mask=torch.zeros(2, 4, dtype=torch.bool))
+    with pytest.raises(ValueError, match=r"or float \(added\) tensor of shape \(B, S\)=\(2, 3\), got torch.int64"):
+        h(torch.randn(2, 3, 8), stored_pattern_padding_mask=torch.zeros(2, 3, dtype=torch.long))
     with pytest.raises(ValueError, match=r"association_mask must have shape \(L, S\)=\(3, 3\)"):
         h(torch.randn(2, 3, 8), association_mask=torch.zeros(4, 4, dtype=torch.bool))
     with pytest.raises(ValueError, match="divisible by num_heads"):
