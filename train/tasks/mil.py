@@ -35,12 +35,14 @@ class MILTask(Task):
         d = recipe["data"]
         source, seed = d.get("source", "digits"), int(d.get("seed", 0))
         if source == "digits":
+            self.source = "the digit bags"
             kw = dict(target=int(d.get("target", 9)), mean_length=float(d.get("mean_bag_length", 10)),
                       std_length=float(d.get("std_bag_length", 2)), seed=seed)
             self.train = digit_bags(int(d.get("train_bags", 200)), split="train", **kw)
             self.test = digit_bags(int(d.get("test_bags", 100)), split="test", **kw)
         elif source in ("file", "mil_package"):
-            bags, labels = load_mil_file(benchmark_file(d))
+            self.source = benchmark_file(d)
+            bags, labels = load_mil_file(self.source)
             tr, te = fold_split(labels, int(d.get("folds", 10)), int(d.get("fold", 0)), seed)
             if d.get("inner_fold") is not None:
                 inner_tr, inner_va = fold_split(labels[tr], int(d.get("inner_folds", 5)), int(d["inner_fold"]), seed,
@@ -53,6 +55,18 @@ class MILTask(Task):
             self.test = pad_bags([(bags[i] - mean) / std for i in te], labels[te])
         else:
             raise ValueError(f"data.source must be 'digits', 'file' or 'mil_package', got {source!r}")
+
+    def prepare(self, model):
+        self._check(model)
+
+    def _check(self, model) -> None:
+        """The model reads instances of the data's feature count (checked before training and evaluation)."""
+        features = self.train["x"].shape[-1]
+        takes = getattr(getattr(model, "config", None), "in_features", features)
+        if takes != features:
+            raise ValueError(f"the instances of {self.source} have {features} features but the model takes "
+                             f"in_features={takes}; set model_args.in_features={features} (to evaluate a "
+                             f"checkpoint, give it data of {takes} features)")
 
     def batch(self, size, generator):
         return draw_rows(self.train, size, generator)
@@ -69,6 +83,7 @@ class MILTask(Task):
     def evaluate(self, model):
         from sklearn.metrics import roc_auc_score
 
+        self._check(model)
         device = next(model.parameters()).device
         logits = model(self.test["x"].to(device), self.test["mask"].to(device)).float().cpu()
         y = self.test["y"]
