@@ -481,7 +481,7 @@ def _rank_with_its_own_digest(rank: int, port: int, errors):
     dist.init_process_group("gloo", rank=rank, world_size=2)
     try:
         _check_ranks_agree(Built(), Dist(rank, 2))
-    except RuntimeError as err:
+    except ValueError as err:
         errors.put(str(err))
     finally:
         dist.destroy_process_group()

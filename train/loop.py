@@ -234,9 +234,9 @@ def _make_probe(model, cfg: dict, points: dict, step: int):
 def fit(recipe: dict, out: str | Path = "runs/run", resume: bool = False) -> dict:
     """Train ``recipe`` into the run directory ``out``; returns the final evaluation metrics.
 
-    ``out`` receives recipe.yaml, the task's run files (an LM's tokenizer.json), metrics.jsonl, metrics.png, the task's plots, checkpoints/step_*/
-    (model + optimizer/scheduler/RNG state) and model.safetensors. ``resume=True`` continues from the
-    newest checkpoint and gives the same losses as an uninterrupted run.
+    ``out`` receives recipe.yaml, the task's run files (an LM's tokenizer.json), metrics.jsonl, metrics.png, the
+    task's plots, checkpoints/step_*/ (model + optimizer/scheduler/RNG state) and model.safetensors.
+    ``resume=True`` continues from the newest checkpoint and gives the same losses as an uninterrupted run.
     """
     out = Path(out)
     cfg = recipe["train"]
@@ -353,10 +353,10 @@ def _check_ranks_agree(task, d: Dist) -> None:
     digests = [None] * d.world
     torch.distributed.all_gather_object(digests, task.digest())
     if len(set(digests)) > 1:
-        raise RuntimeError(f"the {d.world} ranks read the data in {len(set(digests))} different ways: each "
-                           "trained its own tokenizer, as happens when their machines do not share "
-                           "$PAPERZOO_CACHE; build the cache once (or give data.tokenizer a tokenizer.json) and "
-                           "give every machine the same one")
+        raise ValueError(f"the {d.world} ranks read the data in {len(set(digests))} different ways: each "
+                         "trained its own tokenizer, as happens when their machines do not share "
+                         "$PAPERZOO_CACHE; build the cache once (or give data.tokenizer a tokenizer.json) and "
+                         "give every machine the same one")
 
 
 def _fit(recipe: dict, cfg: dict, out: Path, resume: bool, d: Dist, task, points: dict) -> dict:
