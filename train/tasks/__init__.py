@@ -77,4 +77,5 @@ def make_task(recipe: dict) -> Task:
     return task
 
 
-__all__ = ["Task", "TASKS", "make_task", "with_run_files", "UnusedSettingWarning", "ClassificationTask", "DSRTask", "MILTask"]
+__all__ = ["Task", "TASKS", "make_task", "with_run_files", "UnusedSettingWarning", "ClassificationTask", "DSRTask",
+           "MILTask"]
