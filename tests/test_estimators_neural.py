@@ -22,6 +22,22 @@ def test_neural_bounds_reach_the_gaussian_mi(bound):
     assert abs(neural_mutual_information(x, z, bound=bound, steps=100, batch_size=128).item()) < 0.03
 
 
+@pytest.mark.parametrize("bound", ["infonce", "dv"])
+def test_neural_bounds_of_independent_samples_are_near_zero_because_they_are_scored_on_held_out_pairs(bound):
+    torch.set_num_threads(1)
+    g = torch.Generator().manual_seed(5)
+    x, y = torch.randn(512, 2, generator=g), torch.randn(512, 2, generator=g)
+    assert abs(neural_mutual_information(x, y, bound=bound, steps=300).item()) < 0.03
+    small = torch.randn(64, 4, generator=g), torch.randn(64, 2, generator=g)  # a probe's batch
+    assert abs(neural_mutual_information(*small, bound=bound).item()) < 0.05
+    # scored on the pairs it was trained on, the critic memorises them: far above the true 0
+    assert neural_mutual_information(x, y, bound=bound, steps=300, held_out=0).item() > 0.3
+    with pytest.raises(ValueError, match=r"held_out must be a fraction in \[0, 1\)"):
+        neural_mutual_information(x, y, held_out=1.0)
+    with pytest.raises(ValueError, match="split into 2 training, 1 validation and 1 scored pairs"):
+        neural_mutual_information(x[:4], y[:4], steps=1)
+
+
 def test_infonce_is_capped_at_log_batch():
     x = torch.randn(512, 2, generator=torch.Generator().manual_seed(2))
     est = neural_mutual_information(x, x.clone(), steps=150, batch_size=16).item()  # I(X;X) = inf
