@@ -22,6 +22,8 @@ def matrix_condition_number(w: torch.Tensor) -> torch.Tensor:
     (1e7 for float32, 1e2 to 1e3 for bfloat16): beyond that a low-precision matrix cannot tell apart
     ill-conditioned and singular. Cost: one SVD, O(m n min(m, n)).
     """
+    if not torch.is_tensor(w):
+        raise TypeError(f"condition number: w must be a tensor, got {type(w).__name__}")
     if w.dim() < 2 or w.numel() == 0:
         raise ValueError(f"condition number needs a non-empty matrix (>= 2 dims), got shape {tuple(w.shape)}")
     w = w.detach().reshape(w.shape[0], -1).double()

@@ -19,8 +19,9 @@ def spectral_effective_rank(w: torch.Tensor) -> torch.Tensor:
     features). Real number in [1, rank(W)]: k for k equal non-zero singular values. Exact (no sampling
     bias for a given W). Cost one SVD, O(m n min(m, n)).
     """
-    if not torch.is_tensor(w) or w.dim() < 2:
-        raise ValueError(f"effective rank needs a matrix (>= 2 dims), got {tuple(w.shape) if torch.is_tensor(w) else w!r}")
+    if not torch.is_tensor(w) or w.dim() < 2 or w.numel() == 0:
+        raise ValueError(f"effective rank needs a non-empty matrix (>= 2 dims), got "
+                         f"{tuple(w.shape) if torch.is_tensor(w) else w!r}")
     w = w.detach().reshape(w.shape[0], -1).double()
     if not torch.isfinite(w).all():
         raise ValueError("effective rank: w has NaN/inf entries")

@@ -100,6 +100,10 @@ def test_effective_rank_and_feature_count_closed_forms():
     assert effective_feature_count(torch.tensor([1.0, 0.0, 0.0, 0.0]), power=0).item() == pytest.approx(1.0)
     with pytest.raises(ValueError, match="power"):
         effective_feature_count(codes, power=-1)
+    with pytest.raises(ValueError, match=r"effective rank needs a non-empty matrix \(>= 2 dims\), got \(0, 4\)"):
+        spectral_effective_rank(torch.zeros(0, 4))
+    with pytest.raises(TypeError, match="condition number: w must be a tensor, got list"):
+        matrix_condition_number([[1.0, 2.0], [3.0, 4.0]])
 
 
 def test_condition_number_of_conv_kernels_is_never_skipped():
