@@ -217,6 +217,11 @@ def test_per_head_scaling_and_default_beta():
         torch.set_default_dtype(default)
     assert exact.association_core.scaling.tolist() == [0.1, 3.0]
     assert Hopfield(input_size=8, num_heads=2, scaling=torch.tensor([1, 2])).association_core.scaling.dtype == default
+    h.double()  # .double() moves beta with the parameters; both paths stay in float64
+    assert h.association_core.scaling.dtype == torch.float64
+    out = h(x.double())
+    assert out.dtype == torch.float64
+    assert torch.allclose(out, h.association_core(*[x.double()] * 3, need_association=True)[0], atol=1e-12)
 
 
 def test_multi_step_equals_the_iterated_update_rule():
@@ -355,6 +360,12 @@ def test_pooling_ignores_padded_instances_and_layer_shapes():
     assert torch.allclose(pool(padded, stored_pattern_padding_mask=mask), pool(bag), atol=1e-6)
     weights = pool.get_association_matrix(padded, stored_pattern_padding_mask=mask)
     assert weights.shape == (1, 2, 2, 8) and weights[..., 5:].abs().max() == 0
+    additive = torch.zeros(mask.shape).masked_fill(mask, float("-inf"))  # 0 / -inf, as nn.MultiheadAttention takes
+    for steps in (0, 2):  # one update (SDPA) and the iterated path
+        iterated = HopfieldPooling(input_size=16, quantity=2, num_heads=2, update_steps_max=steps).eval()
+        iterated.load_state_dict(pool.state_dict())
+        assert torch.allclose(iterated(padded, stored_pattern_padding_mask=additive),
+                              iterated(padded, stored_pattern_padding_mask=mask), atol=1e-6)
     length_first = HopfieldPooling(input_size=16, quantity=2, num_heads=2, batch_first=False)
     length_first.load_state_dict(pool.state_dict() | {"pooling_weights": pool.pooling_weights.transpose(0, 1)})
     assert torch.allclose(length_first.eval()(bag.transpose(0, 1)), pool(bag), atol=1e-6)

@@ -59,6 +59,17 @@ def test_digit_bags_are_labelled_by_the_target_digit():
     assert lengths.min() >= 2 and abs(lengths.mean().item() - 10) < 1.5
 
 
+def test_mil_task_refuses_a_model_of_another_feature_count_before_training_and_at_evaluation():
+    from train.tasks.mil import MILTask
+
+    task = MILTask(load_recipe("hopfield-mil-digits", ["data.train_bags=20", "data.test_bags=10"]))
+    wrong = zoo.create_model("hopfield_mil", in_features=10)
+    for step in (task.prepare, task.evaluate):  # training runs prepare; zoo eval only evaluate
+        with pytest.raises(ValueError, match=r"the digit bags have 64 features but the model takes in_features=10; "
+                                             r"set model_args.in_features=64"):
+            step(wrong)
+
+
 def test_mil_file_loader_and_fold_run(tmp_path):
     from scipy.io import savemat
     from scipy.sparse import csr_matrix
