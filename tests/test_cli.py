@@ -276,3 +276,22 @@ def test_recipe_names(capsys):
     rows = [r.split("\t") for r in capsys.readouterr().out.splitlines()]
     assert [r[:2] for r in rows] == [["alrnn-lorenz63", "alrnn_m20_p2"], ["alrnn-roessler", "alrnn_m20_p1"]]
     assert rows[0][2].startswith("AL-RNN")
+
+
+def test_held_out_batches_hold_distinct_examples(capsys, tmp_path):
+    """zoo estimate measures on a held-out batch: a repeated example would be a zero-distance neighbour that
+    pushes k-NN estimates (KSG towards H(Y)), so those batches are drawn without replacement."""
+    from train import load_recipe
+    from train.tasks import make_task
+
+    task = make_task(load_recipe("hopfield-tabular-wine"))
+    n = len(task.data["x_test"])
+    batch = task.held_out_batch(n, torch.Generator().manual_seed(0))
+    assert len(torch.unique(batch["x"], dim=0)) == n  # every test example once
+    with pytest.raises(ValueError, match=f"the held-out split holds {n} examples, fewer than the {n + 1} asked for "
+                                         f"\\(--batch {n} measures on all of them\\)"):
+        task.held_out_batch(n + 1, torch.Generator().manual_seed(0))
+    path = save_checkpoint(zoo.create_model("hopfield_tabular", in_features=13, num_classes=3), tmp_path / "m.safetensors")
+    err = _error(capsys, ["estimate", str(path), "--recipe", "hopfield-tabular-wine", "--probe", "*=effective_rank",
+                          "--batch", str(n + 1)])
+    assert f"--batch {n} measures on all of them" in err

@@ -8,18 +8,26 @@ import torch
 from torch import nn
 
 
-def draw_rows(tensors: dict[str, torch.Tensor], size: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
-    """``size`` rows drawn uniformly with replacement, the same rows of every tensor."""
+def draw_rows(tensors: dict[str, torch.Tensor], size: int, generator: torch.Generator,
+              replace: bool = True) -> dict[str, torch.Tensor]:
+    """``size`` rows drawn uniformly, the same rows of every tensor: with replacement (training batches), or
+    ``size`` distinct rows (held-out batches, which estimators measure: a repeated row is a zero-distance
+    neighbour to a k-NN estimator)."""
     n = len(next(iter(tensors.values())))
     if n == 0:
         raise ValueError("this split holds no examples to draw a batch from; check the data settings that size it")
-    idx = torch.randint(0, n, (size,), generator=generator)
+    if not replace and size > n:
+        raise ValueError(f"the held-out split holds {n} examples, fewer than the {size} asked for (--batch {n} "
+                         "measures on all of them)")
+    idx = (torch.randint(0, n, (size,), generator=generator) if replace else
+           torch.randperm(n, generator=generator)[:size])
     return {k: v[idx] for k, v in tensors.items()}
 
 
-def draw_split(data: dict[str, torch.Tensor], split: str, size: int, generator: torch.Generator) -> dict:
+def draw_split(data: dict[str, torch.Tensor], split: str, size: int, generator: torch.Generator,
+               replace: bool = True) -> dict:
     """A batch {x, y} of ``size`` rows of ``data["x_<split>"]`` and ``data["y_<split>"]``."""
-    return draw_rows({"x": data[f"x_{split}"], "y": data[f"y_{split}"]}, size, generator)
+    return draw_rows({"x": data[f"x_{split}"], "y": data[f"y_{split}"]}, size, generator, replace)
 
 
 class Task(ABC):
@@ -60,8 +68,8 @@ class Task(ABC):
         """A global batch of ``size`` examples; every tensor has the batch on dim 0."""
 
     def held_out_batch(self, size: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
-        """A batch of ``size`` examples in ``batch``'s format, drawn from data the model does not train on (the
-        test or validation split); ``zoo estimate`` measures on one."""
+        """A batch of ``size`` distinct examples in ``batch``'s format, drawn from data the model does not train on
+        (the test or validation split); ``zoo estimate`` measures on one."""
         raise NotImplementedError(f"the {type(self).__name__} has no held-out data to draw a batch from")
 
     def prefetch(self, batch: dict[str, torch.Tensor]) -> None:

@@ -56,7 +56,7 @@ class ClassificationTask(Task):
         return draw_split(self.data, "train", size, generator)
 
     def held_out_batch(self, size, generator):
-        return draw_split(self.data, "test", size, generator)
+        return draw_split(self.data, "test", size, generator, replace=False)
 
     def loss(self, model, batch):
         logits = model(batch["x"]).float()

@@ -104,7 +104,7 @@ class ImageClassificationTask(Task):
     def held_out_batch(self, size, generator):
         if self.dataset == "folder":  # from the evaluation split (val/)
             return self.folder.eval_sample(size, generator)
-        return draw_split(self.data, "test", size, generator)
+        return draw_split(self.data, "test", size, generator, replace=False)
 
     def prefetch(self, batch):
         if self.dataset == "folder":

@@ -72,7 +72,7 @@ class MILTask(Task):
         return draw_rows(self.train, size, generator)
 
     def held_out_batch(self, size, generator):
-        return draw_rows(self.test, size, generator)
+        return draw_rows(self.test, size, generator, replace=False)
 
     def loss(self, model, batch):
         logits = model(batch["x"], batch["mask"]).float()

@@ -47,7 +47,7 @@ class NLITask(Task):
         return draw_rows(self.splits["train"], size, generator)
 
     def held_out_batch(self, size, generator):
-        return draw_rows(self.splits["valid"], size, generator)
+        return draw_rows(self.splits["valid"], size, generator, replace=False)
 
     def loss(self, model, batch):
         logits = model(batch["input_ids"], batch["attention_mask"]).logits.float()

@@ -71,7 +71,7 @@ class PotentialTask(Task):
         return draw_rows(self.padded["train"], size, generator)
 
     def held_out_batch(self, size, generator):
-        return draw_rows(self.padded["valid"], size, generator)
+        return draw_rows(self.padded["valid"], size, generator, replace=False)
 
     def _predict(self, model, batch, training: bool):
         graph, mask = graph_from_padded(batch)
