@@ -385,6 +385,13 @@ def test_convert_reads_by_content_keeps_metadata_and_records_the_given_config(tm
     main(["convert", str(tmp_path / "orig.pth"), "--model", "alrnn_m20_p2", "--out", str(tmp_path / "c.safetensors"),
           "--set", "M=12"])
     assert load_checkpoint(tmp_path / "c.safetensors").zoo_config.M == 12
+    (tmp_path / "orig.safetensors").write_bytes(b"someone else's file")  # the default --out, already taken
+    with pytest.raises(SystemExit):
+        main(["convert", str(tmp_path / "orig.pth"), "--model", "alrnn_m20_p2", "--set", "M=12"])
+    assert (tmp_path / "orig.safetensors").read_bytes() == b"someone else's file"
+    torch.save(small.double().state_dict(), tmp_path / "saved.safetensors")  # torch.save, whatever the name
+    out = convert(tmp_path / "saved.safetensors", "alrnn_m20_p2", tmp_path / "f64.safetensors", M=12)
+    assert {t.dtype for t in load_checkpoint(out).state_dict().values()} == {torch.float64}  # the original's dtype
 
 
 def test_first_use_conversion_uses_the_manifest_entrys_config(tmp_path, monkeypatch):

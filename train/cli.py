@@ -277,6 +277,8 @@ def _cmd_convert(args):
         out = Path(args.out or Path(args.original).with_suffix(".safetensors"))
         if out.resolve() == Path(args.original).resolve():
             raise FileExistsError(f"converting {args.original} would overwrite it; pass --out OTHER.safetensors")
+        if not args.out and out.exists():  # a file the user did not name is never replaced
+            raise FileExistsError(f"{out} exists; pass --out {out} to replace it, or --out OTHER.safetensors")
         try:
             out = convert(args.original, args.model, out, **config)
         except CheckpointError as err:

@@ -43,13 +43,14 @@ def read_original(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         except Exception as err:  # safetensors' own error type is not exported stably
             raise CheckpointError(f"{path} is not a readable safetensors file ({type(err).__name__}: "
                                   f"{str(err)[:300]}); it may be truncated or corrupt") from err
-    if path.suffix == ".safetensors" or not head.startswith((b"PK\x03\x04", b"\x80")):
+    if not head.startswith((b"PK\x03\x04", b"\x80")):
         # torch.save writes a zip archive, or (legacy) a pickle
         raise CheckpointError(f"{path} is not a PyTorch checkpoint (torch.save) or safetensors file: it starts "
                               f"with {head!r}" + ("; it is a Git LFS pointer: run `git lfs pull` to fetch the file"
                                                   if head.startswith(b"version https://git-lfs") else ""))
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with open(path, "rb") as f:  # a file object: torch.load would read a *.safetensors path as safetensors
+            obj = torch.load(f, map_location="cpu", weights_only=True)
     except Exception as err:
         raise CheckpointError(f"{path} could not be read with torch.load(weights_only=True): it holds pickled "
                               f"objects beyond tensors, or is corrupt ({_first_sentence(err)}). "
@@ -76,8 +77,9 @@ def is_safetensors(path: str | os.PathLike) -> bool:
 def convert(original: str | os.PathLike, model_name: str, out: str | os.PathLike, **overrides) -> Path:
     """Original checkpoint -> our safetensors: read safely, remap keys with the family's filter, load strictly, save.
     ``overrides``: the config the original was trained with, where it is not the registered default (recorded in
-    the file, so ``load_checkpoint`` rebuilds that model). A safetensors original keeps its metadata (a recipe
-    name, say) beside the new file's own."""
+    the file, so ``load_checkpoint`` rebuilds that model). An original whose floating tensors share one dtype
+    keeps it; one of mixed dtypes takes the model's. A safetensors original keeps its metadata (a recipe name, say)
+    beside the new file's own."""
     import zoo
     from zoo._registry import get_entry
 
@@ -88,6 +90,9 @@ def convert(original: str | os.PathLike, model_name: str, out: str | os.PathLike
     filter_fn = getattr(sys.modules[get_entry(model_name).factory.__module__], "checkpoint_filter_fn", None)
     if filter_fn is not None:
         state = filter_fn(state, model)
+    floating = {t.dtype for t in state.values() if t.is_floating_point()}
+    if len(floating) == 1:  # a float64 or half original stays so, as load_checkpoint keeps a file's dtype
+        model.to(floating.pop())
     load_state_into(model, state, source=str(original))
     kept = read_metadata(original) if is_safetensors(original) else {}
     extra = {k: v for k, v in kept.items() if k not in model_metadata(model)} | {"converted_from": Path(original).name}
