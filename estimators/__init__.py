@@ -1,4 +1,6 @@
 """Information-theoretic estimators as pure tensor functions, and the Probe that attaches them to models."""
+import inspect
+
 from .conditioning import condition_number, covariance_condition_number, matrix_condition_number
 from .entropy import entropy, shannon_entropy
 from .estimator import Estimator, ModuleEstimator
@@ -35,7 +37,10 @@ def make_estimator(spec) -> Estimator:
     name, kwargs = (spec, {}) if isinstance(spec, str) else next(iter(spec.items()))
     if name not in ESTIMATORS:
         raise KeyError(f"unknown estimator {name!r}; available: {sorted(ESTIMATORS)}")
-    return ESTIMATORS[name](**(kwargs or {}))
+    try:
+        return ESTIMATORS[name](**(kwargs or {}))
+    except TypeError as err:  # a misspelt or missing argument
+        raise TypeError(f"estimator {name!r}: {err}; it takes {name}{inspect.signature(ESTIMATORS[name])}") from err
 
 
 __all__ = ["largest_lyapunov_exponent", "ESTIMATORS", "make_estimator", "Probe", "Estimator", "ModuleEstimator",

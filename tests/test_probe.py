@@ -115,6 +115,8 @@ def test_probe_bad_specs_are_clear():
         make_estimator("mutual_info_of_nothing")
     with pytest.raises(KeyError, match="unknown estimator 'entropi'"):
         Probe(model, {"probs": ["entropi"]})
+    with pytest.raises(TypeError, match=r"estimator 'binned_mi': .*'bins'; it takes binned_mi\(target=None, n_bins"):
+        make_estimator({"binned_mi": {"bins": 30}})
     assert make_estimator({"condition_number": {"of": "covariance"}}).name == "condition_number_covariance"
 
 
