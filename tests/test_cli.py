@@ -101,8 +101,11 @@ def test_user_mistakes_are_clean_errors(tmp_path, capsys):
         capsys, ["convert", str(tmp_path / "cut.safetensors"), "--model", "alrnn_m20_p2", "--out", str(tmp_path / "o.safetensors")])
     for setting, message in (("train.log_every=0", "train.log_every must be an integer >= 1"),
                              ("train.steps=abc", "train.steps must be an integer >= 1, got 'abc'"),
-                             ("train.device=gpu", "train.device must be auto, cpu, cuda")):
+                             ("train.device=gpu", "train.device must be auto, cpu, cuda"),
+                             ("train.select=foo", "train.select must look like 'min:METRIC'"),
+                             ("train.select=max:", "train.select must look like 'min:METRIC'")):
         assert message in _error(capsys, ["train", "alrnn-lorenz63", "--set", setting, "--out", str(tmp_path / "r")])
+        assert not (tmp_path / "r").exists()  # refused before anything is written
     err = _error(capsys, ["info", "alrnn_m2O_p2"])
     assert not err.split("error: ", 1)[1].startswith(("'", '"'))  # a KeyError's message without repr quotes
 

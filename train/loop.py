@@ -101,8 +101,6 @@ class _BestSelector:
     def __init__(self, spec: str | None, out: Path, recipe_name: str, resumed_at: int, main: bool = True):
         self.out, self.recipe_name, self.best = out, recipe_name, None
         self.mode, _, self.metric = (spec or "").partition(":")
-        if spec and self.mode not in ("min", "max"):
-            raise ValueError(f"train.select must look like 'min:METRIC' or 'max:METRIC', got {spec!r}")
         saved = out / "best.json"
         chosen = json.loads(saved.read_text()) if spec and resumed_at and saved.is_file() else None
         if chosen is not None and chosen["step"] <= resumed_at:
@@ -281,6 +279,9 @@ def _check_train_section(cfg: dict) -> None:
     if clip not in (None, False) and (isinstance(clip, bool) or not isinstance(clip, (int, float))
                                       or not math.isfinite(clip) or clip < 0):
         raise ValueError(f"train.clip must be a finite number >= 0 (0 or null: no clipping), got {clip!r}")
+    mode, _, metric = str(cfg["select"] or "").partition(":")
+    if cfg["select"] and (mode not in ("min", "max") or not metric.strip()):
+        raise ValueError(f"train.select must look like 'min:METRIC' or 'max:METRIC', got {cfg['select']!r}")
     if cfg["precision"] not in ("auto", "fp32", "bf16"):
         raise ValueError(f"train.precision must be auto, fp32 or bf16, got {cfg['precision']!r}")
     if cfg["device"] != "auto":
