@@ -306,6 +306,10 @@ def test_training_state_trees_round_trip_exactly_or_refuse(tmp_path):
         save_tree({"opt": {(1, 2): a}}, tmp_path / "bad.safetensors")
     with pytest.raises(CheckpointError, match="holds no training state .* it is a model checkpoint"):
         load_tree(save_checkpoint(zoo.create_model("alrnn_m20_p2"), tmp_path / "model.safetensors"))
+    with pytest.raises(CheckpointError, match="is training state .* weights.tree.load_tree reads it"):
+        load_checkpoint(tmp_path / "state.safetensors")
+    with pytest.raises(IsADirectoryError, match="is a folder, not a checkpoint file"):
+        load_tree(tmp_path)
 
 
 def test_ties_need_the_same_strides_and_either_name_and_nan_is_equal_to_itself(tmp_path):

@@ -7,9 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file
-
-from .checkpoint import CheckpointError, save_safetensors, store_once
+from .checkpoint import CheckpointError, read_metadata, read_tensors, save_safetensors, store_once
 
 _TENSOR = "__tensor__"
 
@@ -62,17 +60,12 @@ def save_tree(obj: Any, path: str | os.PathLike) -> Path:
 
 
 def load_tree(path: str | os.PathLike) -> Any:
-    import safetensors
-
+    meta = read_metadata(path)  # a folder, a missing or an unreadable file: named as such
+    if "tree" not in meta:
+        raise CheckpointError(f"{path} holds no training state (no 'tree' record)"
+                              + ("; it is a model checkpoint: weights.load_checkpoint reads it" if "model" in meta
+                                 else ""))
     try:
-        with safetensors.safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-        if "tree" not in meta:
-            raise CheckpointError(f"{path} holds no training state (no 'tree' record)"
-                                  + ("; it is a model checkpoint: weights.load_checkpoint reads it" if "model" in meta
-                                     else ""))
-        return unflatten(json.loads(meta["tree"]), load_file(str(path)))
-    except CheckpointError:
-        raise
-    except (KeyError, TypeError, OSError, ValueError, safetensors.SafetensorError) as err:
+        return unflatten(json.loads(meta["tree"]), read_tensors(path))
+    except (KeyError, TypeError, ValueError) as err:
         raise CheckpointError(f"{path} is not a readable training-state file ({err})") from err
