@@ -393,9 +393,13 @@ def test_convert_reads_by_content_keeps_metadata_and_records_the_given_config(tm
     with pytest.raises(SystemExit):
         main(["convert", str(tmp_path / "orig.pth"), "--model", "alrnn_m20_p2", "--set", "M=12"])
     assert (tmp_path / "orig.safetensors").read_bytes() == b"someone else's file"
-    torch.save(small.double().state_dict(), tmp_path / "saved.safetensors")  # torch.save, whatever the name
+    double = {k: v.double() for k, v in small.state_dict().items()}
+    torch.save(double, tmp_path / "saved.safetensors")  # torch.save, whatever the name
     out = convert(tmp_path / "saved.safetensors", "alrnn_m20_p2", tmp_path / "f64.safetensors", M=12)
     assert {t.dtype for t in load_checkpoint(out).state_dict().values()} == {torch.float64}  # the original's dtype
+    torch.save({f"module.{k}": v for k, v in small.state_dict().items()}, tmp_path / "ddp.pth")  # DDP's prefix
+    assert _same_outputs(load_checkpoint(convert(tmp_path / "ddp.pth", "alrnn_m20_p2", tmp_path / "d.safetensors",
+                                                 M=12)), small)
 
 
 def test_first_use_conversion_uses_the_manifest_entrys_config(tmp_path, monkeypatch):

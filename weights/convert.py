@@ -26,7 +26,8 @@ def _first_sentence(err: Exception) -> str:
 
 def read_original(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Read an original PyTorch checkpoint with ``torch.load(weights_only=True)``: tensors and plain containers
-    only, nothing is unpickled. A ``{"state_dict": ...}`` or ``{"model": ...}`` wrapper is unwrapped."""
+    only, nothing is unpickled. A ``{"state_dict": ...}`` or ``{"model": ...}`` wrapper is unwrapped, and the
+    ``module.`` prefix of a state dict saved from a DDP / DataParallel wrapper is dropped."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"original checkpoint not found: {path}")
@@ -64,6 +65,8 @@ def read_original(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     if others:
         raise CheckpointError(f"{path} does not hold a state dict of tensors: entries {others[:10]} are not "
                               "tensors (a training checkpoint? save its model's state_dict() alone)")
+    if obj and all(str(k).startswith("module.") for k in obj):  # saved from a DDP / DataParallel wrapper
+        obj = {k.removeprefix("module."): v for k, v in obj.items()}
     return obj
 
 
