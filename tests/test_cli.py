@@ -106,6 +106,11 @@ def test_user_mistakes_are_clean_errors(tmp_path, capsys):
                              ("train.select=max:", "train.select must look like 'min:METRIC'")):
         assert message in _error(capsys, ["train", "alrnn-lorenz63", "--set", setting, "--out", str(tmp_path / "r")])
         assert not (tmp_path / "r").exists()  # refused before anything is written
+    for setting, message in (("task_args.seq_len=abc", "task_args.seq_len must be an integer, got 'abc'"),
+                             ("task_args.seq_len=2.5", "task_args.seq_len must be an integer, got 2.5"),
+                             ("data.noise=.nan", "data.noise must be a finite number, got nan")):
+        assert message in _error(capsys, ["eval", str(src), "--recipe", "alrnn-lorenz63", "--set", setting,
+                                          "--set", "data.train_steps=2000", "--set", "data.test_steps=1500"])
     err = _error(capsys, ["info", "alrnn_m2O_p2"])
     assert not err.split("error: ", 1)[1].startswith(("'", '"'))  # a KeyError's message without repr quotes
 

@@ -391,7 +391,8 @@ def test_numbers_that_yaml_reads_as_strings_become_floats_also_in_lists():
     ("probe.max_samples=0", r"probe.max_samples must be an integer >= 1 or null"),
     ("probe.points={z: entropy}", r"probe.points.z must be a non-empty list of estimators"),
     ("probe.points={z: [entrpy]}", r"unknown estimator 'entrpy'; available: \['adaptive_binned_mi'"),
-    ("probe.points={z: [{entropy: {bins: 3}}]}", r"probe.points.z: entropy\(\) got an unexpected keyword"),
+    ("probe.points={z: [{entropy: {bins: 3}}]}", r"probe.points.z: estimator 'entropy': entropy\(\) got an unexpected keyword "
+                                                     r"argument 'bins'; it takes entropy\(dim"),
 ])
 def test_bad_probe_section_fails_before_the_data_is_read(override, error, tmp_path, monkeypatch):
     def make_task(recipe):

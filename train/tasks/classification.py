@@ -12,17 +12,17 @@ from estimators.information_plane import information_plane, plot_information_pla
 
 from ..data.ib12bit import ib12bit, split
 from ..data.tabular import DATASETS as TABULAR, load_tabular
-from .base import Task, draw_split
+from .base import Task, draw_split, real, whole
 
 
 def _ib12bit_split(d: dict) -> dict[str, torch.Tensor]:
     x, y = ib12bit()
-    train, test = split(len(x), float(d.get("train_fraction", 0.85)), int(d.get("seed", 0)))
+    train, test = split(len(x), real(d, "data", "train_fraction", 0.85), whole(d, "data", "seed", 0))
     return {"x_train": x[train], "y_train": y[train], "x_test": x[test], "y_test": y[test]}
 
 
 def _tabular_split(name: str):
-    return lambda d: load_tabular(name, float(d.get("test_fraction", 0.25)), int(d.get("seed", 0)))
+    return lambda d: load_tabular(name, real(d, "data", "test_fraction", 0.25), whole(d, "data", "seed", 0))
 
 
 DATASETS = {"ib12bit": _ib12bit_split, **{name: _tabular_split(name) for name in TABULAR}}
@@ -47,7 +47,7 @@ class ClassificationTask(Task):
         self.data = DATASETS[name](d)
         self.plane = bool(self.args.get("information_plane", False))
         self.points = self.args.get("points", "*")
-        self.n_bins = int(self.args.get("n_bins", 30))
+        self.n_bins = whole(self.args, "task_args", "n_bins", 30)
         self.strategy = self.args.get("strategy", "equal_width")
         rng = self.args.get("bins_range")
         self.bins_range = tuple(rng) if rng is not None else None

@@ -11,7 +11,7 @@ from estimators.dynamics import power_spectrum_distance, prediction_error, state
 from estimators.lyapunov import largest_lyapunov_exponent
 
 from ..data.systems import cached_simulate, standardise
-from .base import Task
+from .base import Task, real, whole
 
 
 class DSRTask(Task):
@@ -30,13 +30,13 @@ class DSRTask(Task):
         train = cached_simulate(d["system"], d["train_steps"], d["dt"], d.get("transient", 1000), d.get("seed", 0))
         test = cached_simulate(d["system"], d["test_steps"], d["dt"], d.get("transient", 1000), d.get("seed", 0) + 1)
         self.train_x, self.test_x = standardise(train, test)
-        self.noise = float(d.get("noise", 0.0))
-        self.seq_len = int(self.args.get("seq_len", 200))
-        self.forcing_interval = int(self.args.get("forcing_interval", 16))
-        self.alpha = float(self.args.get("alpha", 1.0))
-        self.pe_steps = int(self.args.get("pe_steps", 20))
-        self.n_bins = int(self.args.get("n_bins", 30))
-        self.smoothing = float(self.args.get("smoothing", 20.0))
+        self.noise = real(d, "data", "noise", 0.0)
+        self.seq_len = whole(self.args, "task_args", "seq_len", 200)
+        self.forcing_interval = whole(self.args, "task_args", "forcing_interval", 16)
+        self.alpha = real(self.args, "task_args", "alpha", 1.0)
+        self.pe_steps = whole(self.args, "task_args", "pe_steps", 20)
+        self.n_bins = whole(self.args, "task_args", "n_bins", 30)
+        self.smoothing = real(self.args, "task_args", "smoothing", 20.0)
         self.dt = float(d["dt"])
         if self.seq_len + 1 > len(self.train_x):
             raise ValueError(f"task_args.seq_len={self.seq_len} is longer than the training trajectory ({len(self.train_x)})")

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import Task, draw_split
+from .base import Task, draw_split, real, whole
 
 
 def load_digits_images(size: int, test_fraction: float, seed: int) -> dict[str, torch.Tensor]:
@@ -48,14 +48,15 @@ class ImageClassificationTask(Task):
         super().__init__(recipe)
         d = recipe["data"]
         self.dataset = d.get("dataset", "digits")
-        self.label_smoothing = float(self.args.get("label_smoothing", 0.0))
+        self.label_smoothing = real(self.args, "task_args", "label_smoothing", 0.0)
         if self.dataset == "digits":
-            self.data = load_digits_images(int(d.get("size", 32)), float(d.get("test_fraction", 0.25)), int(d.get("seed", 0)))
+            self.data = load_digits_images(whole(d, "data", "size", 32), real(d, "data", "test_fraction", 0.25),
+                                           whole(d, "data", "seed", 0))
         elif self.dataset == "folder":
             from ..data.image_folder import ImageFolderData
 
             self.folder = ImageFolderData(d.get("path"), d.get("train_split", "train"), d.get("eval_split", "val"),
-                                          d.get("size"), d.get("augment"), int(d.get("workers", 4)))
+                                          d.get("size"), d.get("augment"), whole(d, "data", "workers", 4))
             self.eval_limit = d.get("eval_limit")
             if self.eval_limit is not None and (not isinstance(self.eval_limit, int) or self.eval_limit < 1):
                 raise ValueError(f"data.eval_limit must be a positive number of images (or null: all), "

@@ -14,7 +14,7 @@ from zoo._registry import resolve_config
 from ..data.pytext import corpus_version, pytext_splits
 from ..data.wikitext import HUB_CONFIG, wikitext2_source
 from ..data.wordpiece import tokenized_splits
-from .base import Task
+from .base import Task, real, whole
 
 SOURCES = ("pytext", "wikitext2")
 
@@ -34,9 +34,11 @@ class CausalLMTask(Task):
     def __init__(self, recipe: dict):
         super().__init__(recipe)
         d = recipe["data"]
-        source, kind, vocab = d.get("source", "pytext"), d.get("tokenizer", "wordpiece"), int(d.get("vocab_size", 8192))
+        source, kind = d.get("source", "pytext"), d.get("tokenizer", "wordpiece")
+        vocab = whole(d, "data", "vocab_size", 8192)
         if source == "pytext":
-            docstrings, valid, test = bool(d.get("docstrings", True)), float(d.get("valid", 0.05)), float(d.get("test", 0.05))
+            docstrings = bool(d.get("docstrings", True))
+            valid, test = real(d, "data", "valid", 0.05), real(d, "data", "test", 0.05)
             settings = {"corpus": corpus_version(), "docstrings": docstrings, "valid": valid, "test": test}
             self.tokenizer, ids = tokenized_splits("pytext", settings, lambda: pytext_splits(docstrings, valid, test),
                                                    kind, vocab)
@@ -50,9 +52,9 @@ class CausalLMTask(Task):
         if self.tokenizer.get_vocab_size() > model_vocab:
             raise ValueError(f"the tokenizer has {self.tokenizer.get_vocab_size()} pieces but {recipe['model']} has "
                              f"vocab_size={model_vocab}; set model_args.vocab_size to data.vocab_size")
-        self.seq_len = int(self.args.get("seq_len", 128))
+        self.seq_len = whole(self.args, "task_args", "seq_len", 128)
         self.eval_tokens = self.args.get("eval_tokens")
-        self.eval_batch = int(self.args.get("eval_batch_size", 32))
+        self.eval_batch = whole(self.args, "task_args", "eval_batch_size", 32)
         split, shortest = min(((s, len(ids[s])) for s in ("train", "valid", "test")), key=lambda pair: pair[1])
         if shortest < self.seq_len + 1:
             raise ValueError(f"task_args.seq_len={self.seq_len} is longer than the {split} split of the {source} corpus "

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data.mil import benchmark_file, digit_bags, fold_split, load_mil_file, pad_bags
-from .base import Task, draw_rows
+from .base import Task, draw_rows, real, whole
 
 
 class MILTask(Task):
@@ -33,19 +33,20 @@ class MILTask(Task):
     def __init__(self, recipe: dict):
         super().__init__(recipe)
         d = recipe["data"]
-        source, seed = d.get("source", "digits"), int(d.get("seed", 0))
+        source, seed = d.get("source", "digits"), whole(d, "data", "seed", 0)
         if source == "digits":
             self.source = "the digit bags"
-            kw = dict(target=int(d.get("target", 9)), mean_length=float(d.get("mean_bag_length", 10)),
-                      std_length=float(d.get("std_bag_length", 2)), seed=seed)
-            self.train = digit_bags(int(d.get("train_bags", 200)), split="train", **kw)
-            self.test = digit_bags(int(d.get("test_bags", 100)), split="test", **kw)
+            kw = dict(target=whole(d, "data", "target", 9), mean_length=real(d, "data", "mean_bag_length", 10),
+                      std_length=real(d, "data", "std_bag_length", 2), seed=seed)
+            self.train = digit_bags(whole(d, "data", "train_bags", 200), split="train", **kw)
+            self.test = digit_bags(whole(d, "data", "test_bags", 100), split="test", **kw)
         elif source in ("file", "mil_package"):
             self.source = benchmark_file(d)
             bags, labels = load_mil_file(self.source)
-            tr, te = fold_split(labels, int(d.get("folds", 10)), int(d.get("fold", 0)), seed)
+            tr, te = fold_split(labels, whole(d, "data", "folds", 10), whole(d, "data", "fold", 0), seed)
             if d.get("inner_fold") is not None:
-                inner_tr, inner_va = fold_split(labels[tr], int(d.get("inner_folds", 5)), int(d["inner_fold"]), seed,
+                inner_tr, inner_va = fold_split(labels[tr], whole(d, "data", "inner_folds", 5),
+                                                whole(d, "data", "inner_fold", None), seed,
                                                 key="data.inner_fold")
                 tr, te = tr[inner_tr], tr[inner_va]
             self.bag_index = {"train": tr, "test": te}

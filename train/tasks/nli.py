@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from zoo._registry import resolve_config
 
 from ..data.snli import HUB_CONFIG, snli_splits
-from .base import Task, draw_rows
+from .base import Task, draw_rows, whole
 
 
 class NLITask(Task):
@@ -34,8 +34,8 @@ class NLITask(Task):
         except OSError as err:
             raise FileNotFoundError(f"tokenizer {name!r} is not available offline; download it once with "
                                     f"`hf download {name}` or set data.tokenizer to a local folder") from err
-        self.max_len = int(self.args.get("max_len", 48))
-        self.eval_batch = int(self.args.get("eval_batch_size", 256))
+        self.max_len = whole(self.args, "task_args", "max_len", 48)
+        self.eval_batch = whole(self.args, "task_args", "eval_batch_size", 256)
         self.splits = {}
         for split, (premises, hypotheses, labels) in pairs.items():
             enc = tokenizer(premises, hypotheses, padding="max_length", truncation=True, max_length=self.max_len,

@@ -11,7 +11,7 @@ from zoo.atoms import graph_from_padded, pad_structures
 from zoo.facet import predict_with
 
 from ..data.emt import emt_dataset, read_structures
-from .base import Task, draw_rows
+from .base import Task, draw_rows, real, whole
 
 
 class PotentialTask(Task):
@@ -32,9 +32,9 @@ class PotentialTask(Task):
     def __init__(self, recipe: dict):
         super().__init__(recipe)
         d = recipe["data"]
-        self.w_energy = float(self.args.get("energy_weight", 1.0))
-        self.w_forces = float(self.args.get("forces_weight", 10.0))
-        self.w_stress = float(self.args.get("stress_weight", 0.0))
+        self.w_energy = real(self.args, "task_args", "energy_weight", 1.0)
+        self.w_forces = real(self.args, "task_args", "forces_weight", 10.0)
+        self.w_stress = real(self.args, "task_args", "stress_weight", 0.0)
         if recipe.get("train", {}).get("compile") and (self.w_forces or self.w_stress):
             raise ValueError("train.compile cannot train on forces or stress: their loss differentiates the energy "
                              "twice, and torch.compile's AOT autograd has no double backward. Train eagerly; a "
@@ -42,7 +42,8 @@ class PotentialTask(Task):
         self.cutoff = resolve_config(recipe["model"], **recipe.get("model_args", {})).cutoff
         source = d.get("source", "emt")
         if source == "emt":
-            paths = emt_dataset(int(d.get("per_element", 40)), int(d.get("alloys", 60)), int(d.get("seed", 0)))
+            paths = emt_dataset(whole(d, "data", "per_element", 40), whole(d, "data", "alloys", 60),
+                                whole(d, "data", "seed", 0))
         elif source == "files":
             missing = [k for k in ("train", "valid", "test") if k not in d]
             if missing:
@@ -54,7 +55,7 @@ class PotentialTask(Task):
             raise ValueError(f"data.source must be 'emt' or 'files', got {source!r}")
         self.structures = {k: read_structures(p) for k, p in paths.items()}
         self.padded = {k: pad_structures(v, self.cutoff) for k, v in self.structures.items()}
-        self.eval_batch = int(self.args.get("eval_batch", 16))
+        self.eval_batch = whole(self.args, "task_args", "eval_batch", 16)
 
     def prepare(self, model) -> None:
         train = self.structures["train"]

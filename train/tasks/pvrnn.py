@@ -12,7 +12,7 @@ from zoo.pvrnn import join_state
 
 from ..data.pfsm import branch_probability, pfsm_sequences
 from ..data.sequences import load_sequences
-from .base import Task
+from .base import Task, real, whole
 
 
 class PVRNNTask(Task):
@@ -35,16 +35,16 @@ class PVRNNTask(Task):
         cfg = resolve_config(recipe["model"], **recipe.get("model_args", {}))
         self.n, self.seq_len = cfg.n_sequences, cfg.seq_len
         self.max_batch = self.n  # a batch is a set of distinct training sequences
-        self.er = {"window": int(a.get("er_window", 20)), "iterations": int(a.get("er_iterations", 20)),
-                   "lr": float(a.get("er_lr", 0.1))}
-        self.gen_steps = int(a.get("gen_steps", 2000))
-        self.lyapunov_steps = int(a.get("lyapunov_steps", 2000))
+        self.er = {"window": whole(a, "task_args", "er_window", 20),
+                   "iterations": whole(a, "task_args", "er_iterations", 20), "lr": real(a, "task_args", "er_lr", 0.1)}
+        self.gen_steps = whole(a, "task_args", "gen_steps", 2000)
+        self.lyapunov_steps = whole(a, "task_args", "lyapunov_steps", 2000)
         # generated test streams, or (file without test streams) how many training sequences to regress on
-        er_streams, er_length = int(a.get("er_streams", 4)), int(a.get("er_length", 80))
+        er_streams, er_length = whole(a, "task_args", "er_streams", 4), whole(a, "task_args", "er_length", 80)
         self.source, self.er_key = d.get("source", "pfsm"), "er_error"
         if self.source == "pfsm":
-            self.period, self.p_b = int(d.get("period", 20)), float(d.get("p_b", 0.7))
-            noise, seed = float(d.get("noise", 0.05)), int(d.get("seed", 0))
+            self.period, self.p_b = whole(d, "data", "period", 20), real(d, "data", "p_b", 0.7)
+            noise, seed = real(d, "data", "noise", 0.05), whole(d, "data", "seed", 0)
             self.train_x, _ = pfsm_sequences(self.n, self.seq_len, self.period, self.p_b, noise, seed)
             self.test_x, _ = pfsm_sequences(er_streams, er_length, self.period, self.p_b, noise, seed + 1)
         elif self.source == "file":
