@@ -4,6 +4,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .autocast_off import autocast_off
+
 
 class ALRNNCell(nn.Module):
     """z_t = A z_{t-1} + W phi*(z_{t-1}) + h, with A diagonal and
@@ -49,7 +51,7 @@ class ALRNNCell(nn.Module):
                              f"{tuple(z0.shape)} and {tuple(x.shape)}")
         if len(forced) != x.shape[1]:
             raise ValueError(f"forced_rollout: forced has {len(forced)} entries for {x.shape[1]} steps")
-        with torch.autocast(z0.device.type, enabled=False):
+        with autocast_off(z0.device.type):
             dtype = self.A.dtype
             return _ForcedRollout.apply(z0.to(dtype), self.A, self.W, self.h, self.floor.to(dtype), x.to(dtype),
                                         list(forced), float(alpha))

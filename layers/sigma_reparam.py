@@ -8,7 +8,6 @@ keys of ``blocks.0.attn.qkv`` are ``weight, bias, gamma, u, v``.
 """
 from __future__ import annotations
 
-import contextlib
 import difflib
 import fnmatch
 from collections.abc import Sequence
@@ -17,12 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-
-def _autocast_off(device_type: str):
-    """A block without autocast for ``device_type``; a no-op where autocast is off or does not exist (meta)."""
-    if torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type):
-        return torch.autocast(device_type, enabled=False)
-    return contextlib.nullcontext()
+from .autocast_off import autocast_off
 
 
 def _recomputing() -> bool:
@@ -85,7 +79,7 @@ class SigmaReparam(nn.Module):
         matrix = self.weight.flatten(1)
         # in the weight's dtype even under autocast: a bf16 sigma would be off by up to 2^-8 of itself, a different
         # scale of W_hat at each step, and casting W for each matrix-vector product costs more than the products
-        with _autocast_off(matrix.device.type):
+        with autocast_off(matrix.device.type):
             if self.training and not _recomputing():
                 with torch.no_grad():
                     self.v.copy_(F.normalize(matrix.t() @ self.u, dim=0))

@@ -26,7 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from layers import PackedStack, ProbePoint, PVRNNLayer, SkewedStack, WindowGradient, pack_levels, posterior_pass
+from layers import (PackedStack, ProbePoint, PVRNNLayer, SkewedStack, WindowGradient, autocast_off, pack_levels,
+                    posterior_pass)
 
 from ._registry import Paper, register_model
 
@@ -51,7 +52,7 @@ def _without_autocast(method):
     error regression keep their precision)."""
     @functools.wraps(method)
     def run(self, *args, **kwargs):
-        with torch.autocast(self.out.weight.device.type, enabled=False):
+        with autocast_off(self.out.weight.device.type):
             return method(self, *args, **kwargs)
     return run
 
