@@ -269,6 +269,13 @@ def load_into(model: nn.Module, path: str | os.PathLike) -> nn.Module:
     return model
 
 
+def in_state_dtype(model: nn.Module, state: dict[str, torch.Tensor]) -> nn.Module:
+    """``model`` moved to the dtype of ``state``'s floating tensors where they share one (a bf16 or float64 model
+    saved as such); left in the dtypes it is built with where they are mixed."""
+    floating = {t.dtype for t in state.values() if t.is_floating_point()}
+    return model.to(floating.pop()) if len(floating) == 1 else model
+
+
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> nn.Module:
     """Rebuild the model recorded in the checkpoint's metadata and load its weights. A file whose floating tensors
     share one dtype (a bf16 or float64 model saved as such) gives the model in that dtype; a file of mixed floating
@@ -291,7 +298,4 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         raise CheckpointError(f"{path} (written by paperzoo {meta.get('paperzoo')}): its recorded config does not "
                               f"build {meta['model']!r}: {type(err).__name__}: {err}") from err
     state = read_tensors(path)
-    saved = {t.dtype for t in state.values() if t.is_floating_point()}
-    if len(saved) == 1:
-        model.to(saved.pop())
-    return load_state_into(model, state, source=str(path)).to(map_location)
+    return load_state_into(in_state_dtype(model, state), state, source=str(path)).to(map_location)

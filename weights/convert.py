@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import CheckpointError, load_state_into, save_checkpoint
+from .checkpoint import CheckpointError, in_state_dtype, load_state_into, save_checkpoint
 
 
 def _first_sentence(err: Exception) -> str:
@@ -93,10 +93,7 @@ def convert(original: str | os.PathLike, model_name: str, out: str | os.PathLike
     filter_fn = getattr(sys.modules[get_entry(model_name).factory.__module__], "checkpoint_filter_fn", None)
     if filter_fn is not None:
         state = filter_fn(state, model)
-    floating = {t.dtype for t in state.values() if t.is_floating_point()}
-    if len(floating) == 1:  # a float64 or half original stays so, as load_checkpoint keeps a file's dtype
-        model.to(floating.pop())
-    load_state_into(model, state, source=str(original))
+    load_state_into(in_state_dtype(model, state), state, source=str(original))  # a float64 or half original stays so
     kept = read_metadata(original) if is_safetensors(original) else {}
     extra = {k: v for k, v in kept.items() if k not in model_metadata(model)} | {"converted_from": Path(original).name}
     return save_checkpoint(model, out, extra_metadata=extra)

@@ -65,7 +65,8 @@ def load_tree(path: str | os.PathLike) -> Any:
         raise CheckpointError(f"{path} holds no training state (no 'tree' record)"
                               + ("; it is a model checkpoint: weights.load_checkpoint reads it" if "model" in meta
                                  else ""))
+    tensors = read_tensors(path)  # an unreadable file: named by read_tensors, not wrapped again below
     try:
-        return unflatten(json.loads(meta["tree"]), read_tensors(path))
+        return unflatten(json.loads(meta["tree"]), tensors)
     except (KeyError, TypeError, ValueError) as err:
         raise CheckpointError(f"{path} is not a readable training-state file ({err})") from err
