@@ -68,10 +68,10 @@ def tokenizer_source(kind: str, vocab_size: int) -> tuple[dict, Callable[[str], 
             raise ValueError(f"data.tokenizer must be one of {KINDS} or a tokenizer.json file, got {kind!r}"
                              + (" (no such file)" if path.suffix == ".json" else ""))
         try:
-            Tokenizer.from_file(str(path))
+            given = Tokenizer.from_file(str(path))
         except Exception as err:
             raise ValueError(f"data.tokenizer {path} is not a tokenizers JSON file: {err}") from err
-        return {"tokenizer_file": sha256_of(path)}, lambda text: Tokenizer.from_file(str(path))
+        return {"tokenizer_file": sha256_of(path)}, lambda text: given
 
     def train(text: str) -> Tokenizer:
         if kind == "bert":
