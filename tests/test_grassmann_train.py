@@ -89,6 +89,8 @@ def test_lm_task_batches_and_training_lowers_perplexity(tmp_path, capsys):
         _recipe_for(loose, "grassmann-lm-pytext", [])
     (loose.parent / "tokenizer.json").write_text((tmp_path / "run" / "tokenizer.json").read_text())
     assert _recipe_for(loose, "grassmann-lm-pytext", [])["data"]["tokenizer"] == str(loose.parent / "tokenizer.json")
+    # the whole data section given as a mapping chooses too
+    assert _recipe_for(loose, "grassmann-lm-pytext", ["data={tokenizer: wordpiece}"])["data"]["tokenizer"] == "wordpiece"
 
 
 def test_vocab_mismatch_is_a_clear_error():

@@ -13,7 +13,7 @@ import yaml
 
 import zoo
 from train import fit, load_recipe
-from train.recipe import RECIPES_DIR, apply_override, list_recipes
+from train.recipe import RECIPES_DIR, apply_override, list_recipes, overridden_keys
 from train.schedules import OPTIMIZERS, build_optimizer, lr_factor
 from train.tasks import TASKS
 from weights import load_checkpoint
@@ -158,9 +158,9 @@ def test_an_infinite_best_metric_survives_a_resume(tmp_path):
     from train.loop import _BestSelector
 
     model = zoo.create_model("alrnn_m20_p2")
-    _BestSelector("min:D_stsp", tmp_path, "r", resumed_at=0).update({"step": 10, "D_stsp": float("inf")}, model)
+    _BestSelector("min:D_stsp", tmp_path, {"recipe": "r"}, resumed_at=0).update({"step": 10, "D_stsp": float("inf")}, model)
     assert json.loads((tmp_path / "best.json").read_text())["D_stsp"] is None
-    resumed = _BestSelector("min:D_stsp", tmp_path, "r", resumed_at=10)
+    resumed = _BestSelector("min:D_stsp", tmp_path, {"recipe": "r"}, resumed_at=10)
     resumed.update({"step": 20, "D_stsp": float("inf")}, model)
     assert json.loads((tmp_path / "best.json").read_text())["step"] == 10
     resumed.update({"step": 30, "D_stsp": 4.5}, model)
@@ -312,8 +312,11 @@ def test_recipe_overrides_are_checked():
         apply_override(recipe, "trian.steps=3")
     with pytest.raises(FileNotFoundError, match="alrnn-lorenz63"):
         load_recipe("alrnn-lorenz36")
-    with pytest.raises(ValueError, match="key.path=value"):
-        apply_override(recipe, "train.steps")
+    assert overridden_keys(["train.steps=3", "data={path: /d, seed: 1}", " optim.lr = 2"]) == {
+        "train.steps", "data", "data.path", "data.seed", "optim.lr"}
+    for bad in ("train.steps", "=3", "train..steps=3", "train.=3"):  # no '=', or an empty key part
+        with pytest.raises(ValueError, match=r"must look like key.path=value \(e.g. train.steps=100\)"):
+            apply_override(recipe, bad)
 
 
 def test_settings_that_nothing_reads_are_named():

@@ -103,9 +103,10 @@ _EVAL_SECTIONS = ("data", "task_args")
 def _check_eval_overrides(overrides, command: str) -> None:
     """``zoo eval`` / ``zoo estimate`` --set: only data.* and task_args.* change what is evaluated; any other
     key (train.steps, model_args.*, optim.*) would be accepted and do nothing, so it is an error."""
+    from .recipe import override_key
+
     for assignment in overrides:
-        key = assignment.partition("=")[0].strip()
-        if key.split(".")[0] not in _EVAL_SECTIONS:
+        if override_key(assignment).split(".")[0] not in _EVAL_SECTIONS:
             raise ValueError(f"--set {assignment} has no effect on zoo {command}: the model and its settings come "
                              f"from the checkpoint, and evaluation reads only {' and '.join(s + '.*' for s in _EVAL_SECTIONS)}")
 
@@ -118,6 +119,7 @@ def _recipe_for(checkpoint: Path, name: str | None, overrides):
     settings they stand for, unless --set gives those."""
     from weights import read_metadata
 
+    from .recipe import overridden_keys
     from .tasks import with_run_files
 
     runs = [run for run in (checkpoint.parent, checkpoint.parent.parent.parent) if (run / "recipe.yaml").is_file()]
@@ -132,10 +134,14 @@ def _recipe_for(checkpoint: Path, name: str | None, overrides):
             raise ValueError(f"{checkpoint} does not record its recipe and no recipe.yaml is beside it; pass --recipe NAME")
     recipe = _load_recipe(name, overrides)
     meta = read_metadata(checkpoint) if meta is None else meta
+    trained = meta.get("task") or (_load_recipe(str(runs[0] / "recipe.yaml"), [])["task"] if runs else None)
+    if trained and recipe["task"] != trained:
+        raise ValueError(f"{checkpoint} was trained for the task {trained!r} (recipe {meta.get('recipe', '?')!r}); "
+                         f"recipe {recipe['name']!r} runs the task {recipe['task']!r}, which cannot evaluate it. "
+                         f"Pass a recipe of the task {trained!r}, or leave out --recipe to use the run's own")
     if "config" in meta:
         recipe = {**recipe, "model": meta["model"], "model_args": json.loads(meta["config"])}
-    given = {assignment.partition("=")[0].strip() for assignment in overrides}
-    return with_run_files(recipe, runs[0] if runs else checkpoint.parent, given)
+    return with_run_files(recipe, runs[0] if runs else checkpoint.parent, overridden_keys(overrides))
 
 
 def _seed_global_rngs():

@@ -71,18 +71,24 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def _provenance(recipe: dict) -> dict:
+    """The metadata every checkpoint of a run records: its recipe's name and task (``zoo eval`` and ``zoo
+    estimate`` default to that recipe and refuse one of another task)."""
+    return {"recipe": recipe["name"], "task": recipe["task"]}
+
+
 def checkpoints(out: Path) -> list[Path]:
     return sorted((out / "checkpoints").glob("step_*[0-9]"))
 
 
-def _save_train_checkpoint(out: Path, step: int, model, optimizer, scheduler, keep: int, recipe_name: str,
+def _save_train_checkpoint(out: Path, step: int, model, optimizer, scheduler, keep: int, provenance: dict,
                            probe=None) -> Path:
     """model.safetensors + trainer.safetensors in a temp dir, renamed into place: never half-written. The
     probe's rows so far go to probe.csv the same way, so a resumed run keeps them."""
     final = out / "checkpoints" / f"step_{step:08d}"
     tmp = final.with_name(final.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    save_checkpoint(model, tmp / "model.safetensors", extra_metadata={"recipe": recipe_name})
+    save_checkpoint(model, tmp / "model.safetensors", extra_metadata=provenance)
     if probe is not None:
         probe.to_csv(out / "probe.csv")
     save_tree({"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
@@ -98,8 +104,8 @@ class _BestSelector:
     """``train.select: "min:D_stsp"`` keeps the evaluated model with the best metric as best.safetensors
     (+ best.json), as the AL-RNN authors select the checkpoint with minimal D_stsp."""
 
-    def __init__(self, spec: str | None, out: Path, recipe_name: str, resumed_at: int, main: bool = True):
-        self.out, self.recipe_name, self.best = out, recipe_name, None
+    def __init__(self, spec: str | None, out: Path, provenance: dict, resumed_at: int, main: bool = True):
+        self.out, self.provenance, self.best = out, provenance, None
         self.mode, _, self.metric = (spec or "").partition(":")
         saved = out / "best.json"
         chosen = json.loads(saved.read_text()) if spec and resumed_at and saved.is_file() else None
@@ -125,7 +131,7 @@ class _BestSelector:
         better = self.best is None or (value < self.best if self.mode == "min" else value > self.best)
         if better and value == value:  # NaN is never best
             self.best = value
-            save_checkpoint(model, self.out / "best.safetensors", extra_metadata={"recipe": self.recipe_name})
+            save_checkpoint(model, self.out / "best.safetensors", extra_metadata=self.provenance)
             _write_text(self.out / "best.json", json_text(row, indent=2))
 
 
@@ -391,7 +397,8 @@ def _fit(recipe: dict, cfg: dict, out: Path, resume: bool, d: Dist, task, points
         kept = [r for r in rows if r["step"] <= start and not (r["split"] == "eval" and r["step"] == steps)]
         _write_text(metrics_path, "".join(json_text(r) + "\n" for r in kept))
 
-    selector = _BestSelector(cfg["select"], out, recipe["name"], start, d.main)
+    provenance = _provenance(recipe)
+    selector = _BestSelector(cfg["select"], out, provenance, start, d.main)
     print(f"[rank {d.rank}/{d.world}] {recipe['name']} on {d.device}, steps {start}..{steps}"
           + (" (already complete: evaluating the final model again)" if start == steps else ""), file=sys.stderr)
     eager_net = DistributedDataParallel(model) if d.world > 1 else model
@@ -463,13 +470,13 @@ def _fit(recipe: dict, cfg: dict, out: Path, resume: bool, d: Dist, task, points
             selector.update(row, model)
         if d.main and cfg["ckpt_every"] and done % int(cfg["ckpt_every"]) == 0:
             _save_train_checkpoint(out, done, model, optimizer, scheduler, int(cfg["keep_checkpoints"]),
-                                   recipe["name"], probe)
+                                   provenance, probe)
     bar.close()
 
     if not d.main:
         return {}
     # the trained weights first: a failing estimator, evaluation or selection must not lose them
-    save_checkpoint(model, out / "model.safetensors", extra_metadata={"recipe": recipe["name"]})
+    save_checkpoint(model, out / "model.safetensors", extra_metadata=provenance)
     if probe is not None:
         probe.close()
         probe.to_csv(out / "probe.csv")

@@ -74,12 +74,35 @@ def parse_value(raw: str):
     return _numbers(yaml.safe_load(raw))
 
 
+def override_key(assignment: str) -> str:
+    """The dotted key of ``key.path=value``; an assignment without '=' or with an empty key part is an error."""
+    path, eq, _ = assignment.partition("=")
+    path = path.strip()
+    if not eq or not all(part.strip() for part in path.split(".")):
+        raise ValueError(f"override must look like key.path=value (e.g. train.steps=100), got {assignment!r}")
+    return path
+
+
+def overridden_keys(overrides) -> set[str]:
+    """The dotted keys that ``overrides`` set: ``data.tokenizer=X`` sets data.tokenizer, and a section given as a
+    mapping, ``data={tokenizer: X}``, sets data and data.tokenizer."""
+    keys = set()
+    for assignment in overrides:
+        key = override_key(assignment)
+        keys.add(key)
+        try:
+            value = parse_value(assignment.partition("=")[2])
+        except yaml.YAMLError:
+            continue  # apply_override names the bad value
+        if isinstance(value, dict):
+            keys |= {f"{key}.{sub}" for sub in value}
+    return keys
+
+
 def apply_override(recipe: dict, assignment: str) -> dict:
     """Set ``a.b.c=value`` (value parsed as YAML) in a copy of ``recipe``; unknown paths are an error."""
-    if "=" not in assignment:
-        raise ValueError(f"override must look like key.path=value, got {assignment!r}")
-    path, raw = assignment.split("=", 1)
-    keys = path.strip().split(".")
+    path, raw = override_key(assignment), assignment.partition("=")[2]
+    keys = path.split(".")
     out = copy.deepcopy(recipe)
     node = out
     for i, key in enumerate(keys[:-1]):
