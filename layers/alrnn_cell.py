@@ -68,9 +68,10 @@ class _ForcedRollout(torch.autograd.Function):
     Forward, for i = 0..T-1: s_i = A z_i + W phi*(z_i) + h; z_{i+1} = s_i, except where forced[i]:
     z_{i+1}[:N] = alpha x_i + (1 - alpha) s_i[:N]. Backward per step: g_i = dL/ds_i + c_i (with c_i's first
     N entries scaled by 1 - alpha where forced[i]), c_{i-1} = A g_i + (g_i W) * phi*'(z_i); the weight
-    gradients dA, dW, dh are then single reductions over all steps. About 10 tensor ops per time step,
-    against ~3x that through autograd, so the per-step overhead that dominates small recurrent models
-    shrinks accordingly. No gradient reaches x (data).
+    gradients dA, dW, dh are then single reductions over all steps, and dL/dx_i = alpha c_i[:N] where forced[i]
+    (computed only when x requires grad: an encoder or a soft-forcing target upstream). About 10 tensor ops per
+    time step, against ~3x that through autograd, so the per-step overhead that dominates small recurrent models
+    shrinks accordingly.
     """
 
     @staticmethod
@@ -102,11 +103,14 @@ class _ForcedRollout(torch.autograd.Function):
         slope = (inputs > floor).to(inputs.dtype)  # phi*'(z): 1 on linear units, [z > 0] on ReLU units
         grads = torch.empty_like(inputs)
         carry = torch.zeros_like(inputs[0])
+        d_x = inputs.new_zeros(B, len(ctx.forced), ctx.N) if ctx.needs_input_grad[5] else None
         for i in range(T - 1, -1, -1):
+            if d_x is not None and ctx.forced[i]:
+                d_x[:, i] = ctx.alpha * carry[:, : ctx.N]
             g = d_states[:, i] + (carry * keep if ctx.forced[i] else carry)
             grads[i] = g
             carry = torch.addcmul(A * g, g @ W, slope[i])
         flat_g = grads.reshape(-1, M)
         d_A = (flat_g * inputs.reshape(-1, M)).sum(0)
         d_W = flat_g.T @ torch.maximum(inputs, floor).reshape(-1, M)
-        return carry, d_A, d_W, flat_g.sum(0), None, None, None, None
+        return carry, d_A, d_W, flat_g.sum(0), None, d_x, None, None

@@ -103,13 +103,14 @@ def test_bad_inputs_are_named():
 
 @pytest.mark.parametrize("forcing_interval,alpha", [(16, 1.0), (5, 0.3), (1, 1.0), (1000, 1.0)])
 def test_fused_rollout_matches_autograd_through_the_cell_loop(forcing_interval, alpha):
-    """The hand-written backward of the teacher-forced rollout equals autograd through cell() steps (fp64)."""
+    """The hand-written backward of the teacher-forced rollout equals autograd through cell() steps (fp64), for
+    the weights and for the data x (an encoder or a soft-forcing target upstream gets its gradient)."""
     torch.manual_seed(0)
     m = zoo.create_model("alrnn_m20_p2").double()
     with torch.no_grad():
         m.cell.h.normal_()
         m.cell.W.normal_(0, 0.3)  # ReLU units switch sign along the way
-    x = torch.randn(4, 41, 3, dtype=torch.float64)
+    x = torch.randn(4, 41, 3, dtype=torch.float64, requires_grad=True)
     z, looped = m.initial_state(x[:, 0]), []
     for t in range(1, x.shape[1]):
         z = m.cell(z)
@@ -118,10 +119,11 @@ def test_fused_rollout_matches_autograd_through_the_cell_loop(forcing_interval, 
             z = torch.cat([alpha * x[:, t] + (1 - alpha) * z[:, :3], z[:, 3:]], 1)
     looped = torch.stack(looped, 1)
     weights = torch.randn_like(looped)
-    expected = torch.autograd.grad((looped * weights).sum(), list(m.parameters()))
+    expected = torch.autograd.grad((looped * weights).sum(), [*m.parameters(), x])
     fused = m(x, forcing_interval=forcing_interval, alpha=alpha)
-    got = torch.autograd.grad((fused * weights).sum(), list(m.parameters()))
+    got = torch.autograd.grad((fused * weights).sum(), [*m.parameters(), x])
     torch.testing.assert_close(fused, looped, rtol=1e-12, atol=0)
+    assert expected[-1][:, 1:].abs().sum() > 0 or forcing_interval >= x.shape[1]  # forced steps pass a gradient
     for g, e in zip(got, expected):
         torch.testing.assert_close(g, e, rtol=1e-10, atol=1e-10 * e.abs().max().item())
 

@@ -1,5 +1,6 @@
 import copy
 import math
+import re
 
 import pytest
 import timm
@@ -88,6 +89,16 @@ def test_gates_are_probe_points_and_bad_input_is_named():
     assert seen == {"h": (2, 8, 5, 1), "w": (2, 8, 1, 7)}
     with pytest.raises(ValueError, match=r"\(batch, 8, H, W\), got \(2, 4, 5, 5\)"):
         ca(torch.randn(2, 4, 5, 5))
+
+
+@pytest.mark.parametrize("name", ["mobilenetv2_ca_100", "mobilenext_ca_100"])
+def test_models_name_a_wrong_image_shape(name):
+    """Both image families check their input alike, with timm's features_only wrapper too, instead of the stem
+    conv's own message."""
+    for model in (zoo.create_model(name).eval(), timm.create_model(name, features_only=True).eval()):
+        for bad in (torch.randn(1, 4, 32, 32), torch.randn(3, 32, 32)):
+            with pytest.raises(ValueError, match=rf"x must have shape \(batch, 3, H, W\), got {re.escape(str(tuple(bad.shape)))}"):
+                model(bad)
 
 
 @pytest.mark.parametrize("kwargs, error", [

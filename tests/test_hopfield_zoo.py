@@ -32,6 +32,8 @@ def test_mil_is_permutation_invariant_and_ignores_padding():
     assert torch.allclose(m(padded, mask), m(x), atol=1e-5)
     with pytest.raises(ValueError, match=r"x must have shape \(bags, instances >= 1, 8\)"):
         m(torch.randn(3, 6))
+    with pytest.raises(TypeError, match=r"mask must be a bool tensor \(True = padded instance\), got torch.float32"):
+        m(padded, mask.float())  # the pooling layer would read a float mask as additive scores, padding nothing
     mask[1] = True
     with pytest.raises(ValueError, match=r"bags \[1\] have every instance padded"):
         m(padded, mask)

@@ -97,6 +97,13 @@ class SandglassBlock(nn.Module):
         return self.drop_path(y) + x if self.has_skip else y
 
 
+def _check_images(stem: nn.Conv2d, args: tuple) -> None:
+    """The stem's input must be images (batch, in_chans, H, W): a named error rather than the conv's own."""
+    x = args[0]
+    if x.dim() != 4 or x.shape[1] != stem.in_channels:
+        raise ValueError(f"x must have shape (batch, {stem.in_channels}, H, W), got {tuple(x.shape)}")
+
+
 class MobileNeXt(nn.Module):
     """MobileNeXt-1.0 (Zhou et al., ECCV 2020): stem conv 3x3/2 (32, BN, ReLU6), the sandglass stages of
     ``MOBILENEXT_STAGES``, global pooling, dropout, linear classifier (no 1x1 head conv: the last stage has
@@ -111,6 +118,7 @@ class MobileNeXt(nn.Module):
         super().__init__()
         self.in_chans, self.drop_rate, self.grad_checkpointing = in_chans, drop_rate, False
         self.conv_stem = ConvNormAct(in_chans, 32, 3, stride=2, act_layer=nn.ReLU6)
+        self.conv_stem.conv.register_forward_pre_hook(_check_images)  # also under timm's features_only wrapper
         features = {2: dict(num_chs=32, reduction=2, module="conv_stem")}  # reduction -> the last module reaching it
         stages, chs, reduction, k, num_blocks = [], 32, 2, 0, sum(n for _, _, n, _ in MOBILENEXT_STAGES)
         for t, c, n, s in MOBILENEXT_STAGES:
@@ -151,13 +159,8 @@ class MobileNeXt(nn.Module):
         self.classifier = (nn.Linear(self.num_features, num_classes, **get_device_dtype(self)) if num_classes > 0
                            else nn.Identity())
 
-    def _stem(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() != 4 or x.shape[1] != self.in_chans:
-            raise ValueError(f"MobileNeXt: x must have shape (batch, {self.in_chans}, H, W), got {tuple(x.shape)}")
-        return self.conv_stem(x)
-
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        x = self._stem(x)
+        x = self.conv_stem(x)
         if self.grad_checkpointing and not torch.jit.is_scripting():
             return checkpoint_seq(self.blocks, x)  # each stage recomputed in backward
         return self.blocks(x)
@@ -175,7 +178,7 @@ class MobileNeXt(nn.Module):
             raise ValueError(f"MobileNeXt.forward_intermediates: output_fmt must be 'NCHW', got {output_fmt!r}")
         take, max_index = feature_take_indices(len(self.feature_info), indices)
         ends = self._stage_ends()
-        x = self._stem(x)
+        x = self.conv_stem(x)
         intermediates = [x] if 0 in take else []
         taken_after = {ends[i] - 1: i for i in take if i}
         stages = self.blocks[:ends[max_index]] if stop_early or intermediates_only else self.blocks
@@ -284,6 +287,7 @@ def _create_mobilenetv2(variant: str, attn: str, pretrained: bool = False, **kwa
         **kwargs)
     if features_only:  # as timm's _create_effnet
         model.pretrained_cfg = model.default_cfg = pretrained_cfg_for_features(model.pretrained_cfg)
+    model.conv_stem.register_forward_pre_hook(_check_images)
     return model
 
 

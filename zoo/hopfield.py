@@ -58,6 +58,9 @@ class HopfieldMIL(nn.Module):
         if x.dim() != 3 or x.shape[-1] != self.config.in_features or x.shape[1] == 0:
             raise ValueError(f"HopfieldMIL: x must have shape (bags, instances >= 1, {self.config.in_features}), "
                              f"got {tuple(x.shape)}")
+        if mask is not None and mask.dtype != torch.bool:
+            raise TypeError(f"HopfieldMIL: mask must be a bool tensor (True = padded instance), got {mask.dtype}; "
+                            "a 0/1 mask as mask.bool()")
         empty = mask.all(-1) if mask is not None and mask.shape == x.shape[:2] else None
         if empty is not None and empty.any():
             raise ValueError(f"HopfieldMIL: bags {empty.nonzero().flatten().tolist()} have every instance "
