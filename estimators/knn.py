@@ -164,8 +164,9 @@ def ksg_mutual_information(x: torch.Tensor, y: torch.Tensor, k: int = 3, variant
     Ties (discrete, quantised or saturated values, bf16 activations) follow Gao et al. (2017, "Estimating mutual
     information for discrete-continuous mixtures"): where eps_i = 0, k becomes k_i = #{j != i: joint distance 0}
     and the marginal counts include ties (n_x = #{j != i: x_j = x_i}); for purely discrete data this is the
-    plug-in MI. Variant 2 takes as neighbours every point within eps_i (k_i >= k of them), so the estimate does
-    not depend on how a search breaks ties at the k-th distance; where eps_i = 0 it uses variant 1's term.
+    plug-in MI with digammas for logarithms, within O(1/N) of it (a constant x and y give -1/(N-1)).
+    Variant 2 takes as neighbours every point within eps_i (k_i >= k of them), so the estimate does not
+    depend on how a search breaks ties at the k-th distance; where eps_i = 0 it uses variant 1's term.
     Without ties both rules are exactly Kraskov's. Lattice data (ties at eps_i > 0, e.g. values on a grid
     coarser than the neighbour distances) stay biased, variant 1 upward (16 unstandardised +-1 units against
     binary labels: 1.47 nats, above H = log 2) and variant 2 downward: add noise below the grid step, or use a

@@ -247,8 +247,13 @@ def test_ksg_on_tied_values_follows_gao_et_al(variant, method):
     x = torch.randint(0, 10, (2000, 1), generator=g)
     counts = torch.bincount(x[:, 0]).double() / len(x)
     plug_in_entropy = -(counts * counts.log()).sum().item()
-    assert ksg_mutual_information(x, x.clone(), variant=variant, method=method).item() == pytest.approx(
-        plug_in_entropy, abs=0.01)
+    copy = ksg_mutual_information(x, x.clone(), variant=variant, method=method).item()
+    assert copy == pytest.approx(plug_in_entropy, abs=0.01)
+    # exactly the plug-in formula with digammas: point i in a cell of c points counts k = c - 1, n_x = n_y = c - 1
+    psi, cells = torch.special.digamma, torch.bincount(x[:, 0]).double()[x[:, 0]]
+    assert copy == pytest.approx((psi(cells - 1) - 2 * psi(cells) + psi(torch.tensor(2000.0))).mean().item(), rel=1e-6)
+    assert ksg_mutual_information(torch.zeros(100, 2), torch.zeros(100, 1), variant=variant, method=method).item() \
+        == pytest.approx(-1 / 99, rel=1e-5)
 
 
 def test_kl_entropy_of_gaussian_and_uniform_and_scipy():

@@ -36,8 +36,9 @@ def check_number(section: str, key: str, value, low: float = 0.0, high: float = 
     ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value) and low <= value <= high
     if not ok or integer and not float(value).is_integer():
         kind = "an integer" if integer else "a finite number" if high == math.inf else "a number"
-        bounds = (f"{kind} >= {low:g}" if high == math.inf else f"{kind} in [{low:g}, {high:.12g}]") + (
-            " or null" if optional else "")
+        bounds = (kind if low == -math.inf and high == math.inf else f"{kind} >= {low:g}" if high == math.inf
+                  else f"{kind} <= {high:.12g}" if low == -math.inf else f"{kind} in [{low:g}, {high:.12g}]")
+        bounds += " or null" if optional else ""
         raise ValueError(f"{section}.{key} must be {bounds}, got {value!r}")
     return value
 

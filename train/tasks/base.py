@@ -2,30 +2,25 @@
 from __future__ import annotations
 
 import math
-import numbers
 from abc import ABC, abstractmethod
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from ..recipe import check_number
+
 
 def whole(section: dict, name: str, key: str, default: int) -> int:
     """``section[key]`` (``default`` where absent) as an int; a ValueError naming ``name.key`` where it is not a
     whole number (a string, a fraction, a bool: YAML's ``yes`` is not a count)."""
-    value = section.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not float(value).is_integer():
-        raise ValueError(f"{name}.{key} must be an integer, got {value!r}")
-    return int(value)
+    return int(check_number(name, key, section.get(key, default), low=-math.inf, integer=True))
 
 
 def real(section: dict, name: str, key: str, default: float) -> float:
     """``section[key]`` (``default`` where absent) as a float; a ValueError naming ``name.key`` where it is not a
     finite number."""
-    value = section.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
-        raise ValueError(f"{name}.{key} must be a finite number, got {value!r}")
-    return float(value)
+    return float(check_number(name, key, section.get(key, default), low=-math.inf))
 
 
 def draw_rows(tensors: dict[str, torch.Tensor], size: int, generator: torch.Generator,
