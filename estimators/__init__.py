@@ -34,7 +34,12 @@ def make_estimator(spec) -> Estimator:
     """An estimator from a recipe entry: a name (``"entropy"``) or ``{name: {kwargs}}``."""
     if isinstance(spec, Estimator):
         return spec
+    if not isinstance(spec, str) and not (isinstance(spec, dict) and len(spec) == 1):
+        raise TypeError(f"an estimator is an Estimator, a name or {{name: {{settings}}}} with one name, got {spec!r}; "
+                        "give several estimators as a list")
     name, kwargs = (spec, {}) if isinstance(spec, str) else next(iter(spec.items()))
+    if not isinstance(kwargs, dict | None):
+        raise TypeError(f"estimator {name!r}: its settings must be a mapping {{key: value}}, got {kwargs!r}")
     if name not in ESTIMATORS:
         raise KeyError(f"unknown estimator {name!r}; available: {sorted(ESTIMATORS)}")
     try:

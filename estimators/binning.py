@@ -129,6 +129,8 @@ def binned_plugin_entropy(x: torch.Tensor, n_bins: int = 30, strategy: str = "eq
 def binned_entropy(n_bins: int = 30, strategy: str = "equal_width", value_range=None,
                    base: float | str = "bits") -> Estimator:
     """Probe estimator: plug-in entropy of the probe tensor's discretised rows (its layer entropy H(T))."""
+    if strategy not in STRATEGIES:  # checked when built, as the shared settings are
+        raise ValueError(f"binned_entropy: strategy must be one of {STRATEGIES}, got {strategy!r}")
     return Estimator("binned_entropy", binned_plugin_entropy, n_bins=n_bins, strategy=strategy,
                      value_range=value_range, base=base)
 

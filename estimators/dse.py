@@ -3,6 +3,9 @@
 """
 from __future__ import annotations
 
+import math
+import numbers
+
 import torch
 
 from .estimator import Estimator, log_base
@@ -10,11 +13,18 @@ from .paired import paired
 from .samples import as_samples, same_rows, squared_distances
 
 
+def _check_sigma(sigma, who: str = "") -> None:
+    """The kernel width is the paper's fixed sigma: a finite number > 0 (no data-driven default, unlike the matrix
+    estimators' median heuristic, since DSE values compare only at equal sigma)."""
+    if isinstance(sigma, bool) or not isinstance(sigma, numbers.Real) or not 0 < sigma < math.inf:
+        raise ValueError(f"{who}sigma must be a finite number > 0 (the kernel width; DSE has no default from the data), "
+                         f"got {sigma!r}")
+
+
 def diffusion_eigenvalues(x: torch.Tensor, sigma: float = 10.0) -> torch.Tensor:
     """Eigenvalues of the symmetric diffusion operator P = D^-1/2 K D^-1/2, K_ij = exp(-|x_i - x_j|^2 / (2 sigma^2)),
     D = diag(row sums of K). Same spectrum as the random-walk matrix D^-1 K; all in (-1, 1], largest 1."""
-    if not sigma > 0:
-        raise ValueError(f"sigma must be > 0, got {sigma!r}")
+    _check_sigma(sigma)
     x = as_samples(x, "x")
     k = torch.exp(-squared_distances(x) / (2 * sigma ** 2))
     d = k.sum(1).rsqrt()
@@ -51,6 +61,8 @@ def diffusion_spectral_mutual_information(x: torch.Tensor, labels: torch.Tensor,
     random labels; compare against a random-label baseline as the paper does. Cost O(N^2 D + N^3).
     """
     x = as_samples(x, "x")
+    if not torch.is_tensor(labels):
+        raise TypeError(f"labels must be a torch.Tensor of classes (N,), got {type(labels).__name__}")
     if labels.dim() > 1 and labels.shape[1:].numel() > 1:
         raise ValueError(f"labels must hold one class per sample, shape (N,), got {tuple(labels.shape)}; for one-hot "
                          "labels pass labels.argmax(-1)")
@@ -69,9 +81,11 @@ def diffusion_spectral_mutual_information(x: torch.Tensor, labels: torch.Tensor,
 
 def dse(sigma: float = 10.0, t: int = 1, base: float | str = "bits", max_samples: int | None = None) -> Estimator:
     """Probe estimator: diffusion spectral entropy of the probe tensor's rows."""
+    _check_sigma(sigma, "dse: ")
     return Estimator("dse", diffusion_spectral_entropy, sigma=sigma, t=t, base=base, max_samples=max_samples)
 
 
 def dsmi(target=None, sigma: float = 10.0, t: int = 1, base: float | str = "bits") -> Estimator:
     """Probe estimator: diffusion spectral MI between the probe tensor and bound class labels."""
+    _check_sigma(sigma, "dsmi: ")
     return paired("dsmi", diffusion_spectral_mutual_information, target, sigma=sigma, t=t, base=base)

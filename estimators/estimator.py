@@ -25,7 +25,7 @@ def unit_name(base: float | str) -> str:
     return "bits" if ln == math.log(2.0) else "nats" if ln == 1.0 else f"base-{base:g} units"
 
 
-def _whole(v, low: int = 1) -> bool:
+def is_whole(v, low: int = 1) -> bool:
     return isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= low
 
 
@@ -34,11 +34,11 @@ def _positive(v) -> bool:
 
 
 # the settings that several estimators share, each checked when an estimator is built, not when data arrives
-_INTEGER = (_whole, "an integer >= 1", True)
+_INTEGER = (is_whole, "an integer >= 1", True)
 _SETTINGS = {  # setting: (valid?, what it must be, whole floats become ints)
     "k": _INTEGER, "n_bins": _INTEGER, "t": _INTEGER, "n_directions": _INTEGER,
     "variant": (lambda v: v in (1, 2) and not isinstance(v, bool), "1 or 2", True),
-    "max_samples": (lambda v: v is None or _whole(v), "None or an integer >= 1", True),
+    "max_samples": (lambda v: v is None or is_whole(v), "None or an integer >= 1", True),
     "sigma": (lambda v: v is None or _positive(v) and math.isfinite(v), "None or a finite number > 0", False),
     "alpha": (_positive, "a number > 0 (inf: the min-entropy)", False),
     "radius": (lambda v: _positive(v) and math.isfinite(v), "a finite number > 0", False),

@@ -20,18 +20,23 @@ from .estimator import unit_name
 
 @torch.no_grad()
 def layer_activations(model: nn.Module, x: torch.Tensor, points: str = "*") -> dict[str, torch.Tensor]:
-    """Outputs (N, ...) of every ProbePoint of ``model`` whose name matches the glob ``points``, from ``model(x)``."""
+    """Outputs (N, ...) of every ProbePoint of ``model`` whose name matches the glob ``points``, from ``model(x)``
+    in eval mode (the deterministic map that I(X;T) measures: no dropout, BatchNorm's running statistics read and
+    left as they were); every module's mode is restored afterwards."""
     names = [n for n, m in model.named_modules() if type(m).__name__ == "ProbePoint" and fnmatch.fnmatchcase(n, points)]
     if not names:
         raise KeyError(f"information plane: {points!r} matches no ProbePoint of {type(model).__name__}")
     modules = dict(model.named_modules())
     out: dict[str, torch.Tensor] = {}
     hooks = [modules[n].register_forward_hook(lambda m, i, o, n=n: out.__setitem__(n, o.detach())) for n in names]
+    modes = [(m, m.training) for m in model.modules()]
     try:
-        model(x)
+        model.eval()(x)
     finally:
         for h in hooks:
             h.remove()
+        for m, training in modes:
+            m.training = training
     return {n: out[n] for n in names if n in out}
 
 

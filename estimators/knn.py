@@ -20,7 +20,7 @@ import warnings
 import torch
 
 from . import knn_fused
-from .estimator import Estimator, log_base
+from .estimator import Estimator, is_whole, log_base
 from .paired import paired
 from .samples import as_samples, same_rows, standardise_columns
 
@@ -94,9 +94,11 @@ def _marginal_reach(near: torch.Tensor, dx: torch.Tensor, dy: torch.Tensor) -> t
     return torch.where(near, dx, 0).amax(1, keepdim=True), torch.where(near, dy, 0).amax(1, keepdim=True)
 
 
-def _check_k(k: int, n: int) -> None:
-    if not isinstance(k, int) or not 1 <= k < n:
+def _check_k(k: int, n: int) -> int:
+    """``k`` as an int (a numpy integer too); a ValueError unless it is an integer in [1, N-1]."""
+    if not is_whole(k, 1) or not k < n:
         raise ValueError(f"k must be an integer in [1, N-1] = [1, {n - 1}], got {k!r}")
+    return int(k)
 
 
 def kozachenko_leonenko_entropy(x: torch.Tensor, k: int = 3, metric: str = "euclidean", base: float | str = "nats",
@@ -116,7 +118,7 @@ def kozachenko_leonenko_entropy(x: torch.Tensor, k: int = 3, metric: str = "eucl
         raise ValueError(f"metric must be one of {list(_METRICS)}, got {metric!r}")
     x = as_samples(x, "x")
     n, d = x.shape
-    _check_k(k, n)
+    k = _check_k(k, n)
     constant = (x == x[:1]).all(0).nonzero().flatten().tolist()
     if constant:
         raise ValueError(f"x has constant columns {constant} (dead units, e.g. of a ReLU layer): its differential "
@@ -186,7 +188,7 @@ def ksg_mutual_information(x: torch.Tensor, y: torch.Tensor, k: int = 3, variant
     x, y = as_samples(x, "x", dtype), as_samples(y, "y", dtype)
     same_rows(x, y)
     n = x.shape[0]
-    _check_k(k, n)
+    k = _check_k(k, n)
     if standardise:
         x, y = standardise_columns(x), standardise_columns(y)
     if metric == "chebyshev" and _use_tree(method, x, x.shape[1] + y.shape[1]):

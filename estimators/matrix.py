@@ -27,8 +27,8 @@ def _sigma(d2: torch.Tensor, sigma: float | None) -> float:
         sigma = float(off.sqrt().median())
         if sigma == 0:
             raise ValueError("sigma=None: the median pairwise distance is 0 (mostly duplicate points); pass sigma")
-    if not sigma > 0:
-        raise ValueError(f"sigma must be > 0, got {sigma!r}")
+    if not sigma > 0 or 2 * sigma ** 2 == 0:  # 1e-200: 2 sigma^2 underflows to 0, the kernel to 0/0
+        raise ValueError(f"sigma must be > 0 (and 2 sigma^2 representable, above about 1e-154), got {sigma!r}")
     return sigma
 
 

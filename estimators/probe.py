@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .estimator import Estimator, ModuleEstimator
+from .estimator import Estimator, ModuleEstimator, is_whole
 
 
 def _is_probe_point(module: nn.Module) -> bool:
@@ -33,10 +33,12 @@ class Probe:
 
     def __init__(self, model: nn.Module, points: dict[str, list[Estimator]], every: int = 1,
                  max_samples: int | None = 4096, step: int = 0):
-        if every < 1:
-            raise ValueError(f"every must be >= 1, got {every}")
-        if max_samples is not None and max_samples < 1:
-            raise ValueError(f"max_samples must be >= 1 or None (no limit), got {max_samples}")
+        if not is_whole(every, 1):
+            raise ValueError(f"Probe: every must be an integer >= 1, got {every!r}")
+        if not (max_samples is None or is_whole(max_samples, 1)):
+            raise ValueError(f"Probe: max_samples must be an integer >= 1 or None (no limit), got {max_samples!r}")
+        if not is_whole(step, 0):
+            raise ValueError(f"Probe: step must be an integer >= 0, got {step!r}")
         self.model, self.every, self.max_samples, self._step = model, every, max_samples, step
         self.rows: list[dict] = []
         self._modules: dict[str, list[Estimator]] = {}
@@ -78,6 +80,7 @@ class Probe:
         self._paused = False
         self._buffers: dict[tuple[str, bool], list[torch.Tensor]] = {}
         self._params_done = False  # the parameter estimators ran for this step
+        self._closed = False
         self._attach_if_scheduled()
 
     # -- schedule -------------------------------------------------------------------------------
@@ -112,7 +115,7 @@ class Probe:
         def record(module, inputs, output):
             if self._paused:
                 return
-            chunks = self._buffers.setdefault((name, of_input), [])
+            chunks = self._buffers.get((name, of_input), [])
             have = sum(c.shape[0] if c.dim() else 1 for c in chunks)
             if self.max_samples is None or have < self.max_samples:
                 take = (inputs[0] if of_input else output).detach()
@@ -120,7 +123,7 @@ class Probe:
                     take = take[: self.max_samples - have]
                 # a copy: a view would keep the whole batch's tensor alive, and an in-place op after the point
                 # (a ReLU(inplace=True)) would change what was recorded
-                chunks.append(take.clone())
+                self._buffers[(name, of_input)] = [*chunks, take.clone()]
         return record
 
     # -- computing ------------------------------------------------------------------------------
@@ -170,6 +173,8 @@ class Probe:
 
     def step(self):
         """End the current step: compute if it was scheduled, advance, attach hooks if the next is scheduled."""
+        if self._closed:
+            raise RuntimeError("Probe.step() after close(): a closed probe records nothing more; build a new Probe")
         try:
             self.flush()
         finally:
@@ -211,7 +216,7 @@ class Probe:
         try:
             self.flush()
         finally:
-            self._buffers = {}
+            self._buffers, self._closed = {}, True
             self._detach()
 
     def __enter__(self):
@@ -221,5 +226,5 @@ class Probe:
         if exc_type is None:
             self.close()
         else:  # the block failed: detach without computing, so its exception is the one that surfaces
-            self._buffers = {}
+            self._buffers, self._closed = {}, True
             self._detach()

@@ -12,12 +12,15 @@ def as_samples(x: torch.Tensor, name: str, dtype: torch.dtype = torch.float64, m
     """
     if not torch.is_tensor(x):
         raise TypeError(f"{name} must be a torch.Tensor of samples (N, ...), got {type(x).__name__}")
+    if torch.is_complex(x):
+        raise TypeError(f"{name} is complex ({x.dtype}); the estimators take real samples: pass "
+                        f"torch.view_as_real({name}) for the real and imaginary parts as two features")
     if x.dim() == 0 or x.shape[0] < min_rows:
         raise ValueError(f"{name} must have at least {min_rows} samples on dim 0, got shape {tuple(x.shape)}")
     x = x.detach().reshape(x.shape[0], -1)
     if x.shape[1] == 0:
         raise ValueError(f"{name} has no features: shape {tuple(x.shape)}")
-    if torch.is_floating_point(x) or torch.is_complex(x):
+    if torch.is_floating_point(x):
         bad = ~torch.isfinite(x)
         if bad.any():
             raise ValueError(f"{name} has {int(bad.sum())} NaN/inf entries (of {x.numel()}); estimators need finite samples")
@@ -39,6 +42,8 @@ def same_rows(x: torch.Tensor, y: torch.Tensor, names: str = "x and y") -> None:
 
 
 def standardise_columns(x: torch.Tensor) -> torch.Tensor:
-    """x / std per column (no centring, as scikit-learn's MI); constant columns are left as they are."""
-    std = x.std(0, keepdim=True) if x.shape[0] > 1 else torch.ones_like(x[:1])
+    """x / std per column (no centring, as scikit-learn's MI); constant columns are left as they are. The std is
+    taken over the sorted column, so that its last-bit rounding, and with it how ties on a lattice break, does not
+    depend on the order of the rows (estimates are exactly permutation invariant)."""
+    std = x.sort(0).values.std(0, keepdim=True) if x.shape[0] > 1 else torch.ones_like(x[:1])
     return x / torch.where(std > 0, std, torch.ones_like(std))

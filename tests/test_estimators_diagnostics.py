@@ -190,7 +190,12 @@ def test_estimator_settings_are_checked_when_the_estimator_is_built():
     x = torch.randn(10, 2)
     for spec, message in (({"ksg_mi": {"target": x, "k": -1}}, "ksg1_mi: k must be an integer >= 1, got -1"),
                           ({"binned_entropy": {"n_bins": 0}}, "binned_entropy: n_bins must be an integer >= 1"),
-                          ({"dse": {"sigma": -1}}, "dse: sigma must be None or a finite number > 0"),
+                          ({"dse": {"sigma": -1}}, "dse: sigma must be a finite number > 0"),
+                          ({"dse": {"sigma": None}}, "dse: sigma must be a finite number > 0 (the kernel width; DSE "
+                                                     "has no default from the data), got None"),
+                          ({"dsmi": {"sigma": None}}, "dsmi: sigma must be a finite number > 0"),
+                          ({"binned_entropy": {"strategy": "x"}}, "binned_entropy: strategy must be one of"),
+                          ({"compressed_mi": {"dim": 2.5}}, "compressed_mi: dim must be an integer >= 1, got 2.5"),
                           ({"renyi_entropy": {"alpha": math.nan}}, "alpha must be a number > 0"),
                           ({"knn_entropy": {"base": "foo"}}, "knn_entropy: base must be"),
                           ({"ksg_mi": {"target": x, "variant": 3}}, "variant must be 1 or 2")):
@@ -199,6 +204,29 @@ def test_estimator_settings_are_checked_when_the_estimator_is_built():
     with pytest.raises(ValueError, match=r"got a tensor; .*estimators.ksg_mutual_information\(x, ...\) computes"):
         mi(x, x)  # a value needs the function, not the probe estimator's factory
     assert make_estimator({"knn_entropy": {"k": 5.0}}).kwargs["k"] == 5  # a whole float from YAML (5e0)
+    for spec in ({"dse": {}, "entropy": {}}, {}, 3):  # one estimator per entry: a second name is not dropped silently
+        with pytest.raises(TypeError, match=r"a name or \{name: \{settings\}\} with one name, got"):
+            make_estimator(spec)
+    with pytest.raises(TypeError, match=r"estimator 'dse': its settings must be a mapping \{key: value\}, got 3"):
+        make_estimator({"dse": 3})
+
+
+def test_estimator_functions_refuse_what_they_cannot_measure():
+    """Complex samples, labels that are not a tensor, and a kernel width whose square underflows are named; a
+    numpy integer k is an integer."""
+    import numpy as np
+
+    from estimators import diffusion_spectral_mutual_information, kozachenko_leonenko_entropy, \
+        ksg_mutual_information, matrix_renyi_entropy
+
+    x = torch.randn(50, 2, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(TypeError, match=r"x is complex \(torch.complex64\); .*torch.view_as_real\(x\)"):
+        ksg_mutual_information(x.to(torch.complex64), x)
+    with pytest.raises(TypeError, match="labels must be a torch.Tensor of classes"):
+        diffusion_spectral_mutual_information(x, [0] * 50)
+    with pytest.raises(ValueError, match="2 sigma\\^2 representable"):
+        matrix_renyi_entropy(x, sigma=1e-200)
+    assert kozachenko_leonenko_entropy(x, k=np.int64(4)) == kozachenko_leonenko_entropy(x, k=4)
 
 
 def test_condition_numbers_are_inf_for_singular_matrices_and_covariances():

@@ -41,6 +41,18 @@ def test_information_plane_numbers_on_a_tiny_case(tmp_path):
         information_plane(Known(), x, y, points="nothing")
 
 
+def test_information_plane_measures_the_model_in_eval_mode_and_restores_its_modes():
+    """Dropout off and BatchNorm's running statistics untouched, so two calls agree; the modes come back."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.Dropout(0.5), nn.BatchNorm1d(8), ProbePoint(), nn.Linear(8, 2))
+    model[1].eval()  # a mixed state, restored module by module
+    x, y = torch.randn(200, 4), torch.randint(0, 2, (200,))
+    running = model[2].running_mean.clone()
+    assert information_plane(model, x, y) == information_plane(model, x, y)
+    assert torch.equal(model[2].running_mean, running)
+    assert [m.training for m in model.modules()] == [True, True, False, True, True, True]
+
+
 def test_ib12bit_data_facts():
     v = icosahedron_vertices()
     dots = (v @ v.T).round(decimals=6)

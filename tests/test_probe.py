@@ -1,4 +1,5 @@
 import math
+import re
 
 import pytest
 import torch
@@ -118,6 +119,22 @@ def test_probe_bad_specs_are_clear():
     with pytest.raises(TypeError, match=r"estimator 'binned_mi': .*'bins'; it takes binned_mi\(target=None, n_bins"):
         make_estimator({"binned_mi": {"bins": 30}})
     assert make_estimator({"condition_number": {"of": "covariance"}}).name == "condition_number_covariance"
+    for kwargs, message in ((dict(every=1.5), "every must be an integer >= 1, got 1.5"),
+                            (dict(every=True), "every must be an integer >= 1, got True"),
+                            (dict(max_samples=2.5), "max_samples must be an integer >= 1 or None"),
+                            (dict(step=-1), "step must be an integer >= 0")):
+        with pytest.raises(ValueError, match=re.escape(f"Probe: {message}")):  # not a slicing error in the hook
+            Probe(model, {"probs": [entropy()]}, **kwargs)
+
+
+def test_a_closed_probe_stays_detached():
+    model = Tiny()
+    probe = Probe(model, {"probs": [entropy()]}, every=2)
+    model(torch.randn(3, 4))
+    probe.close()
+    with pytest.raises(RuntimeError, match=r"Probe.step\(\) after close\(\)"):
+        probe.step()  # used to attach its hooks again on the next scheduled step
+    assert sum(len(m._forward_hooks) for m in model.modules()) == 0 and len(probe.table()) == 1
 
 
 def test_probe_detaches_even_when_an_estimator_or_the_block_fails():

@@ -215,12 +215,9 @@ def _probe_estimators(cfg: dict) -> dict:
             raise ValueError(f"probe.points.{glob} must be a non-empty list of estimators (names or {{name: "
                              f"{{arguments}}}}), got {specs!r}")
         for spec in specs:
-            if not (isinstance(spec, str) or isinstance(spec, dict) and len(spec) == 1):
-                raise ValueError(f"probe.points.{glob}: an estimator is a name or {{name: {{arguments}}}}, "
-                                 f"got {spec!r}")
             try:
                 built.setdefault(glob, []).append(make_estimator(spec))
-            except TypeError as err:  # an argument the estimator does not take
+            except TypeError as err:  # not a name or {name: {settings}}, or a setting the estimator does not take
                 raise TypeError(f"probe.points.{glob}: {err}") from err
     return built
 
