@@ -70,3 +70,9 @@ def test_a_fresh_simulation_equals_its_cached_reload_bit_for_bit(tmp_path, monke
     fresh, cached = (cached_simulate("lorenz63", 1500, 0.01, transient=100) for _ in range(2))
     assert (tmp_path / "data").is_dir() and fresh.is_contiguous()
     assert torch.equal(standardise(fresh)[0], standardise(cached)[0])
+    # step sizes equal to 6 digits are different entries (the name once kept 6 significant digits)
+    from train.data.systems import simulate
+
+    cached_simulate("lorenz63", 50, 0.01234567, transient=10)
+    near = cached_simulate("lorenz63", 50, 0.012345671, transient=10)
+    assert torch.equal(near, simulate("lorenz63", 50, 0.012345671, transient=10))

@@ -430,6 +430,24 @@ def test_malformed_graphs_and_missing_checkpoints_are_clear_errors():
         m.predict(dataclasses.replace(graph, cell=graph.cell[0]))
     with pytest.raises(FileNotFoundError, match="no checkpoint file at '/nonexistent/model.pt'"):
         FacetCalculator("/nonexistent/model.pt")
+    with pytest.raises(ValueError, match="atoms 0 and 1 are 0.0e.00 apart .*coinciding atoms"):
+        graph_from_atoms(Atoms("Cu2", positions=[[1, 1, 1], [1, 1, 1]]), m.config.cutoff)
+    with pytest.raises(ValueError, match="periodic directions need independent, non-zero cell vectors"):
+        graph_from_atoms(Atoms("Cu", cell=[[2.5, 0, 0], [0, 0, 0], [0, 0, 0]], pbc=[True, True, False]), 4.0)
+
+
+def test_a_slab_cell_without_its_non_periodic_vector_equals_the_slab_in_vacuum():
+    """ASE allows a zero cell vector along a non-periodic direction (a slab); no image crosses it, so energy and
+    forces equal those of the same slab in a cell with vacuum."""
+    m = _model()
+    slab = fcc111("Cu", size=(2, 2, 3), vacuum=6.0)
+    slab.pbc = [True, True, False]
+    slab.rattle(0.05, seed=1)
+    flat = slab.copy()
+    flat.cell[2] = 0.0
+    a, b = (m.predict(graph_from_atoms(s, m.config.cutoff)) for s in (slab, flat))
+    assert abs(a["energy"].item() - b["energy"].item()) < 1e-10
+    assert torch.allclose(a["forces"], b["forces"], atol=1e-10)
 
 
 def test_spline_radial_has_fewer_parameters_than_the_mlp():

@@ -25,6 +25,11 @@ def test_emt_data_is_deterministic_labelled_and_split(tmp_path):
         assert ("stress" in x.calc.results) == bool(x.pbc.all())
     with pytest.raises(FileNotFoundError, match="MPTrj"):
         read_structures(tmp_path / "missing.extxyz")
+    with pytest.raises(FileNotFoundError, match="is a directory; data.train/valid/test name the files themselves"):
+        read_structures(tmp_path)
+    (tmp_path / "text.extxyz").write_text("hello world\n")  # ASE's own error does not name the file
+    with pytest.raises(ValueError, match=r"text.extxyz is not a structure file ASE can read .*XYZError"):
+        read_structures(tmp_path / "text.extxyz")
 
 
 def test_prepare_fits_reference_energies_by_least_squares():

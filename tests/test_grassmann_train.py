@@ -96,6 +96,12 @@ def test_lm_task_batches_and_training_lowers_perplexity(tmp_path, capsys):
 def test_vocab_mismatch_is_a_clear_error():
     with pytest.raises(ValueError, match="set model_args.vocab_size"):
         make_task(load_recipe("grassmann-lm-pytext", TINY_LM + ["model_args.vocab_size=500"]))
+    # an evaluation that would score no token is refused when the task is built, not by a ZeroDivisionError after
+    # training
+    with pytest.raises(ValueError, match=r"task_args.eval_tokens must be an integer >= 32 or null, got 16"):
+        make_task(load_recipe("grassmann-lm-pytext", TINY_LM + ["task_args.eval_tokens=16"]))
+    with pytest.raises(ValueError, match=r"task_args.seq_len must be an integer >= 2, got 1"):
+        make_task(load_recipe("grassmann-lm-pytext", TINY_LM + ["task_args.seq_len=1"]))
 
 
 @pytest.mark.parametrize("recipe, names", [
@@ -377,6 +383,12 @@ def test_snli_jsonl_files_drop_pairs_without_gold_label_and_name_a_bad_line(tmp_
     assert snli_splits(tmp_path)["test"] == (["a dog runs", "a man sits"], ["it is fast", "he runs"], [1, 2])
     (tmp_path / FILES["valid"]).write_text(json.dumps(rows[0]) + "\n{\"gold_label\": \"neutral\"}\n")
     with pytest.raises(ValueError, match=r"snli_1.0_dev.jsonl, line 2, is not an SNLI 1.0 record .*KeyError"):
+        snli_splits(tmp_path)
+    (tmp_path / FILES["valid"]).write_text(json.dumps(rows[0]) + "\n" + json.dumps({**rows[0], "sentence2": None}))
+    with pytest.raises(ValueError, match=r"snli_1.0_dev.jsonl, line 2: the sentences must be text, got \{'sentence2'"):
+        snli_splits(tmp_path)
+    (tmp_path / FILES["valid"]).write_bytes(b"\n" + json.dumps(rows[0]).encode().replace(b"dog", b"caf\xe9"))
+    with pytest.raises(ValueError, match=r"snli_1.0_dev.jsonl, line 2, is not UTF-8 text"):
         snli_splits(tmp_path)
 
 

@@ -93,6 +93,15 @@ def test_mil_file_loader_and_fold_run(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"is a directory; data.path names the file itself.*--set "
                                                  r"data.path=data/mil/tiger_100x100_matlab.mat"):
         load_mil_file(tmp_path)
+    unlabelled = labels.copy()
+    unlabelled[:2] = np.nan  # would read as a negative bag
+    with open(tmp_path / "nan.NPZ", "wb") as f:  # the suffix in any case (a file object: savez adds .npz to a name)
+        np.savez(f, features=features, labels=unlabelled, bag_ids=ids)
+    with pytest.raises(ValueError, match=r"nan.NPZ: labels contain 2 NaN or inf entries"):
+        load_mil_file(tmp_path / "nan.NPZ")
+    np.savez(tmp_path / "flat.npz", features=features[:, 0], labels=labels, bag_ids=ids)
+    with pytest.raises(ValueError, match=r"flat.npz: features must be \(instances, features\).*got shape \(80,\)"):
+        load_mil_file(tmp_path / "flat.npz")
 
 
 def test_mil_csv_from_the_mil_package_layout(tmp_path, monkeypatch):

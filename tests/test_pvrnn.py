@@ -790,10 +790,18 @@ def test_sequence_files_that_are_not_numeric_arrays_are_named(tmp_path, monkeypa
     np.save(tmp_path / "text.npy", np.full((2, 3, 1), "a"))
     with pytest.raises(ValueError, match="text.npy: 'train' must hold real numbers, got dtype <U1"):
         load_sequences(tmp_path / "text.npy")
+    (tmp_path / "plain.npy").write_text("1 2 3")  # numpy reads a headerless file as a pickle and says so
+    with pytest.raises(ValueError, match=r"plain.npy is not a .npy file: it does not start with numpy's .npy header"):
+        load_sequences(tmp_path / "plain.npy")
+    (tmp_path / "plain.npz").write_text("1 2 3")
+    with pytest.raises(ValueError, match=r"plain.npz is not a .npz file: it does not start with a zip archive's"):
+        load_sequences(tmp_path / "plain.npz")
     np.save(tmp_path / "ok.npy", np.ones((2, 3, 1), dtype=np.float64))
     monkeypatch.setenv("HOME", str(tmp_path))
     train, test = load_sequences("~/ok.npy")
     assert train.dtype == torch.float32 and train.shape == (2, 3, 1) and test is None
+    (tmp_path / "ok.npy").rename(tmp_path / "OK.NPY")  # the suffix in any case
+    assert torch.equal(load_sequences(tmp_path / "OK.NPY")[0], train)
 
 
 def test_size_mismatch_advice_names_settings_each_command_accepts(tmp_path):

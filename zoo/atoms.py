@@ -84,11 +84,22 @@ def neighbour_list(positions: np.ndarray, cell: np.ndarray, pbc, cutoff: float):
     if len(positions) == 0:
         return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, 3), np.int64)
     box = np.asarray(cell, dtype=np.float64)
+    free = ~box.any(1) & ~pbc  # a slab's or wire's zero vector along a non-periodic direction (valid in ASE)
+    if pbc.any() and free.any():  # completed by unit vectors normal to the others: no image crosses it
+        from ase.cell import Cell
+
+        box = np.where(free[:, None], Cell(box).complete().array, box)
     if pbc.any() and abs(np.linalg.det(box)) < 1e-12:
-        raise ValueError(f"periodic structure (pbc={pbc.tolist()}) has a degenerate cell {box.tolist()}")
+        raise ValueError(f"periodic structure (pbc={pbc.tolist()}) has a degenerate cell {box.tolist()}: its periodic "
+                         "directions need independent, non-zero cell vectors")
     nl = NeighborList(cutoff=float(cutoff), full_list=True)
-    i, j, S = nl.compute(points=np.asarray(positions, dtype=np.float64), box=box, periodic=pbc.tolist(),
-                         quantities="ijS")
+    i, j, S, d = nl.compute(points=np.asarray(positions, dtype=np.float64), box=box, periodic=pbc.tolist(),
+                            quantities="ijSd")
+    close = d < 1e-6  # two atoms at one place (or an atom on its own image): no direction, so no force
+    if close.any():
+        a, b = int(i[close][0]), int(j[close][0])
+        raise ValueError(f"atoms {a} and {b} are {d[close][0]:.1e} apart ({int(close.sum()) // 2} such pairs): "
+                         "coinciding atoms have no interatomic direction; remove or move one")
     return i.astype(np.int64), j.astype(np.int64), S.astype(np.int64)
 
 

@@ -174,6 +174,12 @@ def read_structures(path: str | Path) -> list:
 
     path = Path(path).expanduser()
     if not path.is_file():
-        raise FileNotFoundError(f"structure file {path} does not exist; for MPTrj download the extxyz files "
+        what = "is a directory; data.train/valid/test name the files themselves" if path.is_dir() else "does not exist"
+        raise FileNotFoundError(f"structure file {path} {what}; for MPTrj download the extxyz files "
                                 "(e.g. from the MACE-MP release) and point data.train/valid/test at them")
-    return [_labelled(atoms, path, index) for index, atoms in enumerate(read(str(path), index=":"))]
+    try:
+        frames = read(str(path), index=":")
+    except Exception as err:  # ASE's reader errors (XYZError, ValueError, ...) do not name the file
+        raise ValueError(f"{path} is not a structure file ASE can read (extxyz, or a format its suffix names): "
+                         f"{type(err).__name__}: {err}") from err
+    return [_labelled(atoms, path, index) for index, atoms in enumerate(frames)]

@@ -90,7 +90,8 @@ def benchmark_file(data: dict) -> Path:
 
 def _read_instances(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(features, labels, bag_ids), one row per instance, from a .mat, .npz or .csv MIL file."""
-    if path.suffix == ".csv":  # label, bag id, features...; no header
+    suffix = path.suffix.lower()
+    if suffix == ".csv":  # label, bag id, features...; no header
         try:
             table = np.loadtxt(path, delimiter=",", ndmin=2, dtype=np.float64)
         except ValueError as err:  # a header line, or text in a column
@@ -99,11 +100,11 @@ def _read_instances(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         if table.shape[1] < 3:
             raise ValueError(f"{path}: a MIL CSV needs columns label, bag_id, features...; got {table.shape[1]}")
         return table[:, 2:].astype(np.float32), table[:, 0], table[:, 1]
-    if path.suffix == ".mat":
+    if suffix == ".mat":
         from scipy.io import loadmat
 
         raw = loadmat(str(path))
-    elif path.suffix == ".npz":
+    elif suffix == ".npz":
         raw = dict(np.load(path, allow_pickle=False))
     else:
         raise ValueError(f"MIL data file must be .mat, .npz or .csv, got {path.name}")
@@ -132,8 +133,14 @@ def load_mil_file(path: str | Path) -> tuple[list[np.ndarray], np.ndarray]:
     if not len(features) == len(labels) == len(ids):
         raise ValueError(f"{path}: features ({len(features)}), labels ({len(labels)}) and bag_ids ({len(ids)}) "
                          "must have one entry per instance")
+    if features.ndim != 2:
+        raise ValueError(f"{path}: features must be (instances, features), one row per instance; got shape "
+                         f"{features.shape}")
     if not np.isfinite(features).all():
         raise ValueError(f"{path}: features contain NaN or inf")
+    if not np.isfinite(labels).all():  # a NaN label would read as a negative bag
+        raise ValueError(f"{path}: labels contain {int((~np.isfinite(labels)).sum())} NaN or inf entries; each "
+                         "instance holds its bag's label, +-1 or 0/1")
     order = np.argsort(ids, kind="stable")  # bags in order of their ids, instances in file order
     _, starts = np.unique(ids[order], return_index=True)
     bags = np.split(features[order], starts[1:])

@@ -23,10 +23,18 @@ def load_sequences(path: str | Path) -> tuple[torch.Tensor, torch.Tensor | None]
     if not path.is_file():
         raise FileNotFoundError(f"sequence file {path} not found. Put the sequences there as {expected}, or point "
                                 "data.path at them (--set data.path=...).")
-    if path.suffix not in (".npy", ".npz"):
+    suffix = path.suffix.lower()
+    if suffix not in (".npy", ".npz"):
         raise ValueError(f"sequence file {path} must be {expected}")
+    magic = b"\x93NUMPY" if suffix == ".npy" else b"PK\x03\x04"
+    with open(path, "rb") as f:  # numpy takes a file without its header for a pickle: name what it is instead
+        head = f.read(len(magic))
+    if head != magic:
+        kind = "numpy's .npy header" if suffix == ".npy" else "a zip archive's header (np.savez writes one)"
+        raise ValueError(f"sequence file {path} is not a {suffix} file: it does not start with {kind} "
+                         f"(it starts with {head!r}); save it with np.save / np.savez, {expected}")
     try:
-        if path.suffix == ".npy":
+        if suffix == ".npy":
             arrays = {"train": np.load(path, allow_pickle=False)}
         else:
             with np.load(path, allow_pickle=False) as f:

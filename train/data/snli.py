@@ -42,8 +42,13 @@ def read_snli(file: Path) -> Pairs:
     """Premises, hypotheses and label indices (entailment 0, neutral 1, contradiction 2); pairs without a gold
     label ("-") are dropped, as is standard; any other label is an error, as is a file without labelled pairs."""
     premises, hypotheses, labels = [], [], []
-    with open(file, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
+    with open(file, "rb") as f:
+        for number, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise ValueError(f"{file}, line {number}, is not UTF-8 text ({err.reason} at byte {err.start} of the "
+                                 "line); the SNLI 1.0 files are UTF-8: download them again") from None
             if not line.strip():  # a blank line (a trailing one, say) holds no pair
                 continue
             try:
@@ -52,6 +57,9 @@ def read_snli(file: Path) -> Pairs:
             except (json.JSONDecodeError, KeyError, TypeError) as err:
                 raise ValueError(f"{file}, line {number}, is not an SNLI 1.0 record (JSON with gold_label, sentence1 "
                                  f"and sentence2): {type(err).__name__}: {err}") from None
+            odd = {k: row[k] for k in ("sentence1", "sentence2") if not isinstance(row[k], str)}
+            if odd:
+                raise ValueError(f"{file}, line {number}: the sentences must be text, got {odd}")
             if row["gold_label"] == "-":
                 continue
             if row["gold_label"] not in LABELS:

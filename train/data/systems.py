@@ -60,7 +60,8 @@ def cached_simulate(system: str, steps: int, dt: float, transient: int = 1000, s
     from weights.checkpoint import save_safetensors
     from weights.manifest import cache_dir
 
-    path = cache_dir() / "data" / f"{system}_T{steps}_dt{dt:g}_tr{transient}_seed{seed}.safetensors"
+    # repr: the shortest text that reads back as this float, so two step sizes never share an entry (:g kept 6 digits)
+    path = cache_dir() / "data" / f"{system}_T{steps}_dt{float(dt)!r}_tr{transient}_seed{seed}.safetensors"
     if path.is_file():
         try:
             return load_file(str(path))["x"]

@@ -14,6 +14,7 @@ from zoo._registry import resolve_config
 from ..data.pytext import corpus_version, pytext_splits
 from ..data.wikitext import HUB_CONFIG, wikitext2_source
 from ..data.wordpiece import tokenized_splits
+from ..recipe import check_number
 from .base import Task, real, whole
 
 SOURCES = ("pytext", "wikitext2")
@@ -52,8 +53,10 @@ class CausalLMTask(Task):
         if self.tokenizer.get_vocab_size() > model_vocab:
             raise ValueError(f"the tokenizer has {self.tokenizer.get_vocab_size()} pieces but {recipe['model']} has "
                              f"vocab_size={model_vocab}; set model_args.vocab_size to data.vocab_size")
-        self.seq_len = whole(self.args, "task_args", "seq_len", 128)
-        self.eval_tokens = self.args.get("eval_tokens")
+        self.seq_len = int(check_number("task_args", "seq_len", self.args.get("seq_len", 128), low=2, integer=True))
+        # None: whole splits; else at least one window, or evaluation would score no token
+        self.eval_tokens = check_number("task_args", "eval_tokens", self.args.get("eval_tokens"), low=self.seq_len,
+                                        integer=True, optional=True)
         self.eval_batch = whole(self.args, "task_args", "eval_batch_size", 32)
         split, shortest = min(((s, len(ids[s])) for s in ("train", "valid", "test")), key=lambda pair: pair[1])
         if shortest < self.seq_len + 1:
