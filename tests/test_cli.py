@@ -293,9 +293,10 @@ def test_recipe_names(capsys):
     assert rows[0][2].startswith("AL-RNN")
 
 
-def test_held_out_batches_hold_distinct_examples(capsys, tmp_path):
-    """zoo estimate measures on a held-out batch: a repeated example would be a zero-distance neighbour that
-    pushes k-NN estimates (KSG towards H(Y)), so those batches are drawn without replacement."""
+def test_measured_batches_hold_distinct_examples(capsys, tmp_path):
+    """zoo estimate measures on a held-out batch, or on training examples with --split train: a repeated example
+    would be a zero-distance neighbour that pushes k-NN estimates (KSG towards H(Y)), so both are drawn without
+    replacement (training batches keep theirs)."""
     from train import load_recipe
     from train.tasks import make_task
 
@@ -303,10 +304,16 @@ def test_held_out_batches_hold_distinct_examples(capsys, tmp_path):
     n = len(task.data["x_test"])
     batch = task.held_out_batch(n, torch.Generator().manual_seed(0))
     assert len(torch.unique(batch["x"], dim=0)) == n  # every test example once
-    with pytest.raises(ValueError, match=f"the held-out split holds {n} examples, fewer than the {n + 1} asked for "
-                                         f"\\(--batch {n} measures on all of them\\)"):
+    with pytest.raises(ValueError, match=f"the split holds {n} examples, fewer than the {n + 1} distinct ones asked "
+                                         f"for \\(--batch {n} measures on all of them\\)"):
         task.held_out_batch(n + 1, torch.Generator().manual_seed(0))
+    n_train = len(task.data["x_train"])
+    assert len(torch.unique(task.train_sample(n_train, torch.Generator().manual_seed(0))["x"], dim=0)) == n_train
+    assert len(torch.unique(task.batch(n_train, torch.Generator().manual_seed(0))["x"], dim=0)) < n_train
     path = save_checkpoint(zoo.create_model("hopfield_tabular", in_features=13, num_classes=3), tmp_path / "m.safetensors")
     err = _error(capsys, ["estimate", str(path), "--recipe", "hopfield-tabular-wine", "--probe", "*=effective_rank",
                           "--batch", str(n + 1)])
     assert f"--batch {n} measures on all of them" in err
+    err = _error(capsys, ["estimate", str(path), "--recipe", "hopfield-tabular-wine", "--probe", "*=effective_rank",
+                          "--split", "train", "--batch", str(n_train + 1)])
+    assert f"--batch {n_train} measures on all of them" in err

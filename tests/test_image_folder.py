@@ -129,6 +129,8 @@ def test_zoo_eval_of_a_folder_checkpoint_needs_no_training_run(tmp_path, capsys)
     val = task.folder.splits["eval"].samples
     assert sorted(batch["eval_index"].tolist()) == list(range(len(val)))
     assert batch["y"].tolist() == [val[i][1] for i in batch["eval_index"].tolist()]
+    train = task.folder.splits["train"].samples  # zoo estimate --split train: distinct training images
+    assert sorted(task.train_sample(1000, torch.Generator().manual_seed(0))["index"].tolist()) == list(range(len(train)))
 
 
 @pytest.mark.parametrize("recipe_name, model_overrides", [

@@ -16,7 +16,7 @@ from train import fit, load_recipe
 from train.recipe import RECIPES_DIR, apply_override, list_recipes, overridden_keys
 from train.schedules import OPTIMIZERS, build_optimizer, lr_factor
 from train.tasks import TASKS
-from weights import load_checkpoint
+from weights import CheckpointError, load_checkpoint
 from zoo._registry import resolve_config
 
 from .conftest import SMALL_DSR, killed_at_call, train_losses
@@ -76,6 +76,34 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path):
     fit(recipe, tmp_path / "resumed", resume=True)  # already finished: the same files again
     for name in ("metrics.jsonl", "probe.csv", "best.json"):
         assert (tmp_path / "straight" / name).read_text() == (tmp_path / "resumed" / name).read_text(), name
+
+
+def test_a_resumed_run_draws_the_same_dropout_and_a_damaged_checkpoint_is_named(tmp_path):
+    """Dropout (hopfield_tabular, 0.1, and an evaluation between steps) draws from RNGs seeded per step, so a
+    resumed run equals the straight one with no RNG state saved; a newest checkpoint damaged outside the run is
+    named with the older one to resume from."""
+    from train.loop import _seed_step
+    from train.tasks.classification import ClassificationTask
+
+    recipe = load_recipe("hopfield-tabular-wine", ["train.steps=30", "train.ckpt_every=10", "train.eval_every=5"])
+    fit(recipe, tmp_path / "straight")
+    with killed_at_call(ClassificationTask, "loss", 25), pytest.raises(KeyboardInterrupt):
+        fit(recipe, tmp_path / "resumed")
+    fit(recipe, tmp_path / "resumed", resume=True)
+    assert train_losses(tmp_path / "straight") == train_losses(tmp_path / "resumed")
+    ma, mb = (load_checkpoint(tmp_path / run / "model.safetensors") for run in ("straight", "resumed"))
+    for (k, va), vb in zip(ma.state_dict().items(), mb.state_dict().values()):
+        assert torch.equal(va, vb), k
+    (tmp_path / "resumed" / "checkpoints" / "step_00000030" / "trainer.safetensors").write_bytes(b"\0" * 100)
+    with pytest.raises(CheckpointError, match=r"--resume: .*step_00000030 cannot be loaded \(.*trainer.safetensors.*"
+                                              r"move it away to resume from step_00000020"):
+        fit(recipe, tmp_path / "resumed", resume=True)
+    draws = {}
+    for rank in (0, 1):  # torchrun ranks draw their own noise (dropout masks), each step anew
+        _seed_step(0, 7, rank)
+        draws[rank] = torch.rand(4)
+    _seed_step(0, 7, 0)
+    assert torch.equal(torch.rand(4), draws[0]) and not torch.equal(draws[0], draws[1])
 
 
 def test_resume_names_the_settings_that_changed_and_why_it_starts_over(tmp_path, capsys):

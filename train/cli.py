@@ -211,7 +211,7 @@ def _draw(task, split: str, size: int) -> dict:
         print(f"zoo estimate: note: the task draws at most {limit} examples per batch; measuring on {limit}, not "
               f"--batch {size}", file=sys.stderr)
         size = limit
-    draw = task.batch if split == "train" else task.held_out_batch
+    draw = task.train_sample if split == "train" else task.held_out_batch
     return draw(size, torch.Generator().manual_seed(0))
 
 

@@ -8,6 +8,7 @@ import math
 import random
 import shutil
 import sys
+import warnings
 from pathlib import Path
 
 import torch
@@ -16,7 +17,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 import zoo
-from weights import load_checkpoint, load_into, save_checkpoint
+from weights import CheckpointError, load_checkpoint, load_into, save_checkpoint
 from weights.checkpoint import atomic_write
 from weights.tree import load_tree, save_tree
 
@@ -57,18 +58,16 @@ def _autocast(precision: str, device: torch.device):
     return contextlib.nullcontext()
 
 
-def _rng_state() -> dict:
-    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
+def _seed_step(seed: int, step: int, rank: int) -> None:
+    """Seed torch's (CPU and CUDA) and Python's global RNGs, which dropout and a model's sampling noise draw from,
+    from (seed, step, rank) at the start of every step: each torchrun rank draws its own noise (not copies of one
+    mask on different examples), a resumed run draws what the uninterrupted one drew without saving any RNG state,
+    and an evaluation between steps cannot shift the training noise. numpy's SeedSequence mixes the three."""
+    import numpy as np
 
-
-def _set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    low, high = np.random.SeedSequence([seed, step, rank]).generate_state(2).tolist()
+    torch.manual_seed(low | high << 32)
+    random.seed(low)
 
 
 def _provenance(recipe: dict) -> dict:
@@ -91,8 +90,8 @@ def _save_train_checkpoint(out: Path, step: int, model, optimizer, scheduler, ke
     save_checkpoint(model, tmp / "model.safetensors", extra_metadata=provenance)
     if probe is not None:
         probe.to_csv(out / "probe.csv")
-    save_tree({"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-               "rng": _rng_state()}, tmp / "trainer.safetensors")
+    save_tree({"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()},
+              tmp / "trainer.safetensors")
     shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)
     for old in checkpoints(out)[:-keep] if keep > 0 else []:
@@ -244,7 +243,9 @@ def fit(recipe: dict, out: str | Path = "runs/run", resume: bool = False) -> dic
     _check_train_section(cfg)
     _check_run_dir(recipe, out, resume)
     build_optimizer([torch.zeros(1, requires_grad=True)], recipe["optim"])  # its settings, before any data is read
-    lr_factor(recipe["schedule"], int(cfg["steps"]))
+    with warnings.catch_warnings():  # the schedule's settings, checked early; its warning comes once, when built
+        warnings.simplefilter("ignore")
+        lr_factor(recipe["schedule"], int(cfg["steps"]))
     points = _probe_estimators(recipe.get("probe") or {})
     threads = torch.get_num_threads()
     try:
@@ -376,11 +377,14 @@ def _fit(recipe: dict, cfg: dict, out: Path, resume: bool, d: Dist, task, points
     metrics_path = out / "metrics.jsonl"
     start = 0
     if resume and found:
-        load_into(model, found[-1] / "model.safetensors")
-        state = load_tree(found[-1] / "trainer.safetensors")
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        _set_rng_state(state["rng"])
+        try:
+            load_into(model, found[-1] / "model.safetensors")
+            state = load_tree(found[-1] / "trainer.safetensors")
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])  # no RNG state: each step seeds its own (_seed_step)
+        except (OSError, ValueError, KeyError) as err:  # a file damaged or replaced outside the run
+            older = f"move it away to resume from {found[-2].name}" if len(found) > 1 else "no older checkpoint is left"
+            raise CheckpointError(f"--resume: {found[-1]} cannot be loaded ({err}); {older}") from err
         start = int(state["step"])
     elif resume:
         why = "train.ckpt_every is 0, so this recipe saves none" if not cfg["ckpt_every"] else "none saved yet"
@@ -411,6 +415,7 @@ def _fit(recipe: dict, cfg: dict, out: Path, resume: bool, d: Dist, task, points
     bar = tqdm(range(start, steps), initial=start, total=steps, disable=not d.main, desc=recipe["name"],
                dynamic_ncols=True)
     for step in bar:
+        _seed_step(int(cfg["seed"]), step, d.rank)
         model.train()
         optimizer.zero_grad(set_to_none=True)
         total, extras = torch.zeros((), device=d.device), {}

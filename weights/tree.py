@@ -1,4 +1,4 @@
-"""Nested state (optimizer, scheduler, RNG) as safetensors: tensors stored flat, the rest as JSON. No pickle."""
+"""Nested state (optimizer, scheduler) as safetensors: tensors stored flat, the rest as JSON. No pickle."""
 from __future__ import annotations
 
 import json

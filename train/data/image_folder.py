@@ -122,11 +122,13 @@ class ImageFolderData:
         samples = self.splits["train"].samples
         return [(samples[i][0], "train", s) for i, s in zip(index.tolist(), seed.tolist())]
 
-    def batch(self, size: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
-        """A batch as {index, seed, y}: which training images, and the seed of each one's augmentation.
-        Decoding waits for ``train_images`` so that each rank decodes only its own slice."""
+    def batch(self, size: int, generator: torch.Generator, replace: bool = True) -> dict[str, torch.Tensor]:
+        """A batch as {index, seed, y}: which training images (``replace=False``: distinct ones, all of them if the
+        split holds fewer, as ``eval_sample``), and the seed of each one's augmentation. Decoding waits for
+        ``train_images`` so that each rank decodes only its own slice."""
         samples = self.splits["train"].samples
-        index = torch.randint(0, len(samples), (size,), generator=generator)
+        index = (torch.randint(0, len(samples), (size,), generator=generator) if replace else
+                 torch.randperm(len(samples), generator=generator)[:size])
         seed = torch.randint(0, 2**31 - 1, (size,), generator=generator)
         return {"index": index, "seed": seed, "y": torch.tensor([samples[i][1] for i in index.tolist()])}
 

@@ -26,13 +26,13 @@ def real(section: dict, name: str, key: str, default: float) -> float:
 def draw_rows(tensors: dict[str, torch.Tensor], size: int, generator: torch.Generator,
               replace: bool = True) -> dict[str, torch.Tensor]:
     """``size`` rows drawn uniformly, the same rows of every tensor: with replacement (training batches), or
-    ``size`` distinct rows (held-out batches, which estimators measure: a repeated row is a zero-distance
-    neighbour to a k-NN estimator)."""
+    ``size`` distinct rows (the samples that estimators measure: a repeated row is a zero-distance neighbour to a
+    k-NN estimator)."""
     n = len(next(iter(tensors.values())))
     if n == 0:
         raise ValueError("this split holds no examples to draw a batch from; check the data settings that size it")
     if not replace and size > n:
-        raise ValueError(f"the held-out split holds {n} examples, fewer than the {size} asked for (--batch {n} "
+        raise ValueError(f"the split holds {n} examples, fewer than the {size} distinct ones asked for (--batch {n} "
                          "measures on all of them)")
     idx = (torch.randint(0, n, (size,), generator=generator) if replace else
            torch.randperm(n, generator=generator)[:size])
@@ -81,6 +81,12 @@ class Task(ABC):
     @abstractmethod
     def batch(self, size: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
         """A global batch of ``size`` examples; every tensor has the batch on dim 0."""
+
+    def train_sample(self, size: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        """``size`` distinct training examples in ``batch``'s format, which ``zoo estimate --split train`` measures
+        on (a repeated example is a zero-distance neighbour to a k-NN estimator). By default a training batch:
+        tasks whose batches can repeat an example (drawn with replacement) override it."""
+        return self.batch(size, generator)
 
     def held_out_batch(self, size: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
         """A batch of ``size`` distinct examples in ``batch``'s format, drawn from data the model does not train on

@@ -44,7 +44,8 @@ class ClassificationTask(Task):
         name = d.get("dataset")
         if name not in DATASETS:
             raise KeyError(f"data.dataset must be one of {sorted(DATASETS)}, got {name!r}")
-        self.data = DATASETS[name](d)
+        self.name, self.data = name, DATASETS[name](d)
+        self.classes = int(torch.cat([self.data["y_train"], self.data["y_test"]]).max()) + 1
         self.plane = bool(self.args.get("information_plane", False))
         self.points = self.args.get("points", "*")
         self.n_bins = whole(self.args, "task_args", "n_bins", 30)
@@ -55,11 +56,24 @@ class ClassificationTask(Task):
     def batch(self, size, generator):
         return draw_split(self.data, "train", size, generator)
 
+    def train_sample(self, size, generator):
+        return draw_split(self.data, "train", size, generator, replace=False)
+
     def held_out_batch(self, size, generator):
         return draw_split(self.data, "test", size, generator, replace=False)
 
+    def _logits(self, model, x: torch.Tensor) -> torch.Tensor:
+        """The model's logits, one per class of the data (else an error naming the setting, not an index error
+        from inside the cross-entropy)."""
+        logits = model(x).float()
+        if logits.shape[-1] != self.classes:
+            raise ValueError(f"data.dataset={self.name} has {self.classes} classes but the model gives "
+                             f"{logits.shape[-1]} logits; set model_args.num_classes={self.classes} (to evaluate a "
+                             f"checkpoint, give it data of {logits.shape[-1]} classes)")
+        return logits
+
     def loss(self, model, batch):
-        logits = model(batch["x"]).float()
+        logits = self._logits(model, batch["x"])
         return F.cross_entropy(logits, batch["y"]), {"acc": float((logits.argmax(-1) == batch["y"]).float().mean())}
 
     @torch.no_grad()
@@ -70,7 +84,7 @@ class ClassificationTask(Task):
             x, y = self.data[f"x_{split_name}"].to(device), self.data[f"y_{split_name}"].to(device)
             if not len(y):  # ib12bit with train_fraction 1
                 continue
-            logits = model(x).float()
+            logits = self._logits(model, x)
             out[f"{split_name}_acc"] = float((logits.argmax(-1) == y).float().mean())
             if split_name == "test":
                 out["test_loss"] = float(F.cross_entropy(logits, y))

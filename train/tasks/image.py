@@ -102,6 +102,11 @@ class ImageClassificationTask(Task):
             return self.folder.batch(size, generator)
         return draw_split(self.data, "train", size, generator)
 
+    def train_sample(self, size, generator):
+        if self.dataset == "folder":
+            return self.folder.batch(size, generator, replace=False)
+        return draw_split(self.data, "train", size, generator, replace=False)
+
     def held_out_batch(self, size, generator):
         if self.dataset == "folder":  # from the evaluation split (val/)
             return self.folder.eval_sample(size, generator)

@@ -72,6 +72,9 @@ class MILTask(Task):
     def batch(self, size, generator):
         return draw_rows(self.train, size, generator)
 
+    def train_sample(self, size, generator):
+        return draw_rows(self.train, size, generator, replace=False)
+
     def held_out_batch(self, size, generator):
         return draw_rows(self.test, size, generator, replace=False)
 

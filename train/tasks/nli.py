@@ -46,6 +46,9 @@ class NLITask(Task):
     def batch(self, size, generator):
         return draw_rows(self.splits["train"], size, generator)
 
+    def train_sample(self, size, generator):
+        return draw_rows(self.splits["train"], size, generator, replace=False)
+
     def held_out_batch(self, size, generator):
         return draw_rows(self.splits["valid"], size, generator, replace=False)
 

@@ -71,6 +71,9 @@ class PotentialTask(Task):
     def batch(self, size, generator):
         return draw_rows(self.padded["train"], size, generator)
 
+    def train_sample(self, size, generator):
+        return draw_rows(self.padded["train"], size, generator, replace=False)
+
     def held_out_batch(self, size, generator):
         return draw_rows(self.padded["valid"], size, generator, replace=False)
 
