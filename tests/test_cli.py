@@ -149,6 +149,9 @@ def test_estimate_measures_a_held_out_batch_and_binds_a_target(tmp_path, capsys)
     assert "two-variable" in _error(capsys, ["estimate", str(path), "--recipe", "ib-tanh-12bit", "--probe", "t.2=ksg_mi"])
     assert "they hold ['x', 'y']" in _error(capsys, ["estimate", str(path), "--recipe", "ib-tanh-12bit",
                                                      "--probe", "t.2=ksg_mi", "--target", "labels"])
+    err = _error(capsys, ["estimate", str(path), "--recipe", "ib-tanh-12bit", "--probe", "t.2=knn_entropy",
+                          "--target", "y"])  # not silently ignored
+    assert "--target y binds the Y of two-variable estimators (ksg_mi, binned_mi, ...), but none of knn_entropy" in err
 
 
 def test_estimate_on_a_task_without_held_out_data_says_to_use_the_training_split(tmp_path, capsys):

@@ -186,14 +186,21 @@ def _estimator_specs(text: str, flag: str) -> list[tuple[str, dict]]:
     return specs
 
 
-def _estimator(name: str, kwargs: dict, batch: dict, target: str | None):
-    """``make_estimator({name: kwargs})``, with batch[--target] bound as the Y of a two-variable estimator."""
+def _takes_target(name: str) -> bool:
+    """Whether the registered estimator ``name`` is a two-variable one (its factory takes a ``target``)."""
     import inspect
 
-    from estimators import ESTIMATORS, make_estimator
+    from estimators import ESTIMATORS
 
     factory = ESTIMATORS.get(name)
-    if factory is not None and "target" in inspect.signature(factory).parameters:
+    return factory is not None and "target" in inspect.signature(factory).parameters
+
+
+def _estimator(name: str, kwargs: dict, batch: dict, target: str | None):
+    """``make_estimator({name: kwargs})``, with batch[--target] bound as the Y of a two-variable estimator."""
+    from estimators import make_estimator
+
+    if _takes_target(name):
         if target is None:
             raise ValueError(f"{name} is a two-variable estimator: pass --target KEY (this batch holds: "
                              f"{', '.join(sorted(batch))})")
@@ -248,6 +255,10 @@ def _cmd_estimate(args):
         raise KeyError(f"--target {args.target!r} is not in the task's batches; they hold {sorted(batch)}")
     points = {glob: [_estimator(name, kwargs, batch, args.target) for name, kwargs in named]
               for glob, named in specs.items()}
+    if args.target is not None and not any(_takes_target(name) for named in specs.values() for name, _ in named):
+        names = sorted({name for named in specs.values() for name, _ in named})
+        raise ValueError(f"--target {args.target} binds the Y of two-variable estimators (ksg_mi, binned_mi, ...), "
+                         f"but none of {', '.join(names)} takes one; drop --target or add such an estimator")
     with torch.no_grad(), Probe(model, points, max_samples=args.samples) as probe:
         task.loss(model, batch)
     for row in probe.table():
