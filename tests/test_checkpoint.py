@@ -88,6 +88,34 @@ def test_load_into_warns_when_the_file_is_another_models_or_configs(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         load_into(zoo.create_model("ib_mlp_relu"), relu)
+    # a model built outside the registry (a Hugging Face config class, from_pretrained) is compared by its config
+    from zoo.transformer_lm import TransformerLMConfig, TransformerLMForCausalLM
+
+    lm = save_checkpoint(zoo.create_model("transformer_lm_13m", num_hidden_layers=1, vocab_size=100),
+                         tmp_path / "lm.safetensors")
+    eight = TransformerLMForCausalLM(TransformerLMConfig(num_hidden_layers=1, vocab_size=100, num_attention_heads=8))
+    with pytest.warns(ConfigMismatchWarning, match=r"loaded into a TransformerLMForCausalLM built outside the "
+                                                  r"registry; .*'num_attention_heads': \(4, 8\)"):
+        load_into(eight, lm)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_into(TransformerLMForCausalLM(TransformerLMConfig(num_hidden_layers=1, vocab_size=100)), lm)
+    with pytest.warns(UserWarning, match="was not built by zoo.create_model, so .* records no registry name or "
+                                         "config and load_checkpoint cannot rebuild it; .*weights.load_into"):
+        save_checkpoint(eight, tmp_path / "outside.safetensors")
+
+
+def test_a_head_or_vocabulary_changed_after_building_is_recorded(tmp_path):
+    """resize_token_embeddings (transformers) and reset_classifier (timm) change the model after the registry
+    built it: the checkpoint records the live sizes, so load_checkpoint rebuilds the model it holds."""
+    lm = zoo.create_model("transformer_lm_13m", num_hidden_layers=1, vocab_size=100)
+    lm.resize_token_embeddings(128, mean_resizing=False)
+    back = load_checkpoint(save_checkpoint(lm, tmp_path / "lm.safetensors"))
+    assert back.config.vocab_size == 128 and torch.equal(back.get_input_embeddings().weight,
+                                                          lm.get_input_embeddings().weight)
+    image = zoo.create_model("mobilenetv2_ca_100")
+    image.reset_classifier(10)
+    assert load_checkpoint(save_checkpoint(image, tmp_path / "image.safetensors")).num_classes == 10
 
 
 def test_load_into_names_missing_unexpected_and_misshaped_keys(tmp_path):
@@ -312,6 +340,7 @@ def test_training_state_trees_round_trip_exactly_or_refuse(tmp_path):
         load_tree(tmp_path)
 
 
+@pytest.mark.filterwarnings("ignore:save_checkpoint. this Views was not built")  # a hand-made module, on purpose
 def test_ties_need_the_same_strides_and_either_name_and_nan_is_equal_to_itself(tmp_path):
     """load_state_into: a buffer that is the transpose of a square parameter is not tied to it (it shares the
     storage, not the values' layout); a tied pair loads from either name alone; both names holding the same NaN

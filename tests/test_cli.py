@@ -103,6 +103,8 @@ def test_eval_uses_the_runs_own_recipe(tmp_path, capsys):
 def test_user_mistakes_are_clean_errors(tmp_path, capsys):
     src = save_checkpoint(zoo.create_model("alrnn_m20_p2"), tmp_path / "m.safetensors")
     assert "would overwrite it" in _error(capsys, ["convert", str(src), "--model", "alrnn_m20_p2"])
+    # a misspelt model is named before any advice about the output file
+    assert "unknown model 'alrnn_m20_pp'" in _error(capsys, ["convert", str(src), "--model", "alrnn_m20_pp"])
     (tmp_path / "cut.safetensors").write_bytes(src.read_bytes()[:100])
     assert "is a truncated safetensors file" in _error(
         capsys, ["convert", str(tmp_path / "cut.safetensors"), "--model", "alrnn_m20_p2", "--out", str(tmp_path / "o.safetensors")])

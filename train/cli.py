@@ -274,6 +274,9 @@ def _cmd_convert(args):
 
     from .recipe import parse_value
 
+    from zoo._registry import get_entry
+
+    get_entry(args.model)  # a misspelt --model first: before any advice about files
     if not Path(args.original).is_file():
         raise FileNotFoundError(f"original checkpoint not found (or not a file): {args.original}")
     config = {}

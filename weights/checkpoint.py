@@ -28,15 +28,33 @@ class ConfigMismatchWarning(UserWarning):
 REGULARISATION_KEYS = ("dropout", "drop_rate", "drop_path_rate")  # config keys that no weight depends on
 
 
+def current_config(model: nn.Module) -> dict | None:
+    """The model's settings as a checkpoint records them (JSON values): its registry config (``zoo_config``) with
+    what a standard API changed since it was built taken from the live model (a Hugging Face config's
+    ``vocab_size`` after ``resize_token_embeddings``, timm's ``num_classes`` after ``reset_classifier``); for a
+    model built outside the registry (``from_pretrained``), its Hugging Face config; else None."""
+    hf = getattr(model, "config", None)
+    hf = hf.to_dict() if callable(getattr(hf, "to_dict", None)) else {}
+    if not hasattr(model, "zoo_config"):
+        return json.loads(json.dumps(hf, default=str)) if hf else None
+    config = dataclasses.asdict(model.zoo_config)
+    config.update({key: hf[key] for key in config if key in hf})
+    classes = getattr(model, "num_classes", None)
+    if "num_classes" in config and isinstance(classes, int) and not isinstance(classes, bool):
+        config["num_classes"] = classes
+    return json.loads(json.dumps(config))
+
+
 def config_differences(model: nn.Module, saved_config: str) -> dict:
     """{key: (file's value, model's value)} for every setting of a checkpoint's recorded config (JSON) that the
-    model's ``zoo_config`` does not share, dropout rates aside (``REGULARISATION_KEYS``: no weight depends on
-    them); settings the file does not record (added since) are not compared."""
-    ours = json.loads(json.dumps(dataclasses.asdict(model.zoo_config)))
+    model (``current_config``) does not share, dropout rates aside (``REGULARISATION_KEYS``: no weight depends
+    on them); settings the file does not record (added since), or a model built outside the registry lacks, are
+    not compared."""
+    ours = current_config(model) or {}
     saved = json.loads(saved_config)
     if not isinstance(saved, dict):
         raise TypeError(f"the recorded config must be a mapping of settings, got {saved!r}")
-    return {k: (v, ours.get(k)) for k, v in saved.items() if ours.get(k) != v and k not in REGULARISATION_KEYS}
+    return {k: (v, ours[k]) for k, v in saved.items() if k in ours and ours[k] != v and k not in REGULARISATION_KEYS}
 
 
 def atomic_write(path: str | os.PathLike, write) -> Path:
@@ -150,7 +168,7 @@ def model_metadata(model: nn.Module) -> dict[str, str]:
     meta = {"format": FORMAT, "paperzoo": __version__, "torch": torch.__version__}
     if getattr(model, "zoo_name", None):
         meta["model"] = model.zoo_name
-        meta["config"] = json.dumps(dataclasses.asdict(model.zoo_config), sort_keys=True)
+        meta["config"] = json.dumps(current_config(model), sort_keys=True)
     return meta
 
 
@@ -160,6 +178,10 @@ def save_checkpoint(model: nn.Module, path: str | os.PathLike, extra_metadata: d
     own keys."""
     model = unwrap(model)
     meta = model_metadata(model)
+    if "model" not in meta:
+        warnings.warn(f"save_checkpoint: this {type(model).__name__} was not built by zoo.create_model, so {path} "
+                      "records no registry name or config and load_checkpoint cannot rebuild it; load it into a "
+                      "model you build with weights.load_into(model, path)", stacklevel=2)
     extra = extra_metadata or {}
     bad = {k: v for k, v in extra.items() if not (isinstance(k, str) and isinstance(v, str)) or k in meta}
     if bad:
@@ -253,15 +275,16 @@ def load_into(model: nn.Module, path: str | os.PathLike) -> nn.Module:
     path = Path(path)
     meta = read_metadata(path)  # clear error for a missing or corrupt file before reading tensors
     mismatch = None
-    if "model" in meta and "config" in meta and hasattr(model, "zoo_config"):
+    if "model" in meta and "config" in meta and current_config(model) is not None:
         try:  # read before any weight is copied: a bad record must not leave the model half loaded
             differs = config_differences(model, meta["config"])
         except (ValueError, TypeError) as err:  # json.JSONDecodeError is a ValueError
             raise CheckpointError(f"{path} (written by paperzoo {meta.get('paperzoo')}): its recorded config is not "
                                   f"a readable mapping of settings: {type(err).__name__}: {err}") from err
-        name = getattr(model, "zoo_name", None)
-        if differs or meta["model"] != name:
-            mismatch = (f"{path} was saved from {meta['model']!r} and is loaded into {name!r}"
+        name = getattr(model, "zoo_name", None)  # None: built outside the registry, compared by its config only
+        if differs or name is not None and meta["model"] != name:
+            into = repr(name) if name else f"a {type(model).__name__} built outside the registry"
+            mismatch = (f"{path} was saved from {meta['model']!r} and is loaded into {into}"
                         + (f"; (file, model) config per key: {differs}" if differs else ""))
     model = load_state_into(model, read_tensors(path), source=str(path))
     if mismatch:
