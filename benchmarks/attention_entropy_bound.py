@@ -53,10 +53,10 @@ def measure(model: torch.nn.Module, x: torch.Tensor) -> list[dict]:
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("runs", nargs="+", help="RUN_DIR:LABEL")
     ap.add_argument("--images", type=int, default=64)
-    ap.add_argument("--out", default="attention_entropy_bound.png")
+    ap.add_argument("--out", default="runs/attention_entropy_bound.png")  # runs/ is ignored by git
     args = ap.parse_args(argv)
     import matplotlib
     matplotlib.use("Agg")
@@ -100,6 +100,7 @@ def main(argv=None):
     ax_w.set_ylabel("attention entropy (nats)")
     ax_w.legend(fontsize=8)
     fig.tight_layout()
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(args.out, dpi=110)
     print("\n".join(lines))
 

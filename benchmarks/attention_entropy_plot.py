@@ -30,9 +30,9 @@ def load(run: Path) -> tuple[dict[int, list[tuple[int, float]]], list[tuple[int,
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("runs", nargs="+", help="RUN_DIR:LABEL")
-    ap.add_argument("--out", default="attention_entropy.png")
+    ap.add_argument("--out", default="runs/attention_entropy.png")  # runs/ is ignored by git
     args = ap.parse_args(argv)
     import matplotlib
     matplotlib.use("Agg")
@@ -55,6 +55,7 @@ def main(argv=None):
     axes[-1].set(title="training loss", xlabel="step", yscale="log")
     axes[-1].legend(fontsize=7)
     fig.tight_layout()
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(args.out, dpi=110)
     print(f"wrote {args.out}")
 

@@ -28,7 +28,7 @@ BMI_REQUIREMENTS = ("benchmark-mi==0.1.3", "jax==0.4.30", "jaxlib==0.4.30")  # n
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--venv", default="/work/bmi_venv")
     ap.add_argument("--n", type=int, default=5000)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -46,7 +46,8 @@ def main(argv=None):
             print(f"--reuse: {saved} does not record its seeds and k; assuming --k {args.k}", file=sys.stderr)
         args.n, args.seeds, args.k, rows = run["n"], run["seeds"], run["k"], run["tasks"]
     else:
-        python = venvs.ensure_venv(args.venv, BMI_REQUIREMENTS, "import bmi")
+        python = venvs.ensure_venv(args.venv, BMI_REQUIREMENTS, "import bmi",
+                                   "; --reuse reads the samples and bmi's column of an earlier run")
         side = str(Path(__file__).resolve().parent / "bmi_side.py")
         rows = venvs.run_json(python, side, ["--out", args.samples, "--n", str(args.n), "--k", str(args.k),
                                              "--seeds", *map(str, args.seeds)])

@@ -135,7 +135,7 @@ def markdown(res: dict) -> str:
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--ksg-n", type=int, nargs="+", default=[10_000])
     ap.add_argument("--dse-n", type=int, default=5000)
     ap.add_argument("--probe-steps", type=int, default=300)

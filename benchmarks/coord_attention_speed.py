@@ -51,7 +51,7 @@ def forward_ms(model, x, seconds: float) -> float:
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 64])
     ap.add_argument("--img", type=int, default=224)
     ap.add_argument("--seconds", type=float, default=1.0, help="timed duration of one round per model")

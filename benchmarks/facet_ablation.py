@@ -56,7 +56,7 @@ def measure(name: str, steps: int, cutoff: float, repeats: int) -> dict:
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--cutoff", type=float, default=4.5)
     p.add_argument("--repeats", type=int, default=5)

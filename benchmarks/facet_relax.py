@@ -15,11 +15,12 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import machine  # noqa: E402
 from potential_workloads import measure_relax  # noqa: E402
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="facet_small", help="a registered Facet name or a checkpoint path")
     p.add_argument("--pretrained", default="facet_small_emt", help="manifest checkpoint for a registered name")
     p.add_argument("--count", type=int, default=100)
@@ -33,7 +34,7 @@ def main(argv=None) -> None:
     is_path = Path(args.model).is_file()
     calc = FacetCalculator(args.model, pretrained=False if is_path else args.pretrained, device=args.device,
                            dtype=getattr(torch, args.dtype))
-    print(json.dumps({"model": args.model, "device": args.device, "dtype": args.dtype,
+    print(json.dumps({"model": args.model, "machine": machine(args.device), "device": args.device, "dtype": args.dtype,
                       **measure_relax(calc, args.count, args.fmax, args.max_steps)}))
 
 

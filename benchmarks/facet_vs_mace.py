@@ -6,7 +6,8 @@
 
 MACE is trained here with mace's own trainer on the same train/valid files, for the same number of passes over
 the data as the Facet recipe (``--mace-epochs``), unless ``--mace-model`` names a trained one. Writes
-facet_vs_mace_<device>.json and .md into ``--out`` and names the machine in both.
+facet_vs_mace_<device>.json and .md into ``--out`` (after each side) and names the machine of every measured part in
+both: a partial rerun (``--parts``, ``--sides``) keeps the other parts with the machine they were measured on.
 """
 from __future__ import annotations
 
@@ -59,6 +60,9 @@ def mace_side(paths: dict, args, cutoff: float) -> dict:
     return out
 
 
+PARTS = ("evaluate", "speed", "relax")
+
+
 def table(result: dict) -> str:
     """Markdown table of both sides; a part that a side has not measured (yet) shows as '-'."""
     sides = (result["facet"], result["mace"])
@@ -80,7 +84,13 @@ def table(result: dict) -> str:
         r = side["relax"]
         return f"{r['total_wall_s']:.1f} ({r['total_steps']}, {r['converged']})"
 
-    rows = [f"# Facet vs MACE on EMT data ({result['machine']})", "", "| | Facet | MACE |", "|---|---|---|",
+    measured = {}  # machine -> the side/part measured on it (a partial rerun keeps the others' machines)
+    for name, side in (("Facet", result["facet"]), ("MACE", result["mace"])):
+        for part in PARTS:
+            if part in side:
+                measured.setdefault(side[part].get("machine", result.get("machine", "?")), []).append(f"{name} {part}")
+    rows = ["# Facet vs MACE on EMT data", "", *(f"- {', '.join(what)}: {where}" for where, what in measured.items()), "",
+            "| | Facet | MACE |", "|---|---|---|",
             f"| parameters | {cells(lambda s: format(s['params'] if 'params' in s else s['train']['params'], ','))} |",
             f"| test energy MAE (meV/atom) | {cells(lambda s: format(s['evaluate']['energy_mae_mev_per_atom'], '.1f'))} |",
             f"| test force MAE (meV/A) | {cells(lambda s: format(s['evaluate']['force_mae_mev_per_A'], '.1f'))} |"]
@@ -94,7 +104,7 @@ def table(result: dict) -> str:
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--facet", required=True, help="Facet checkpoint (.safetensors) trained on the EMT data")
     p.add_argument("--mace-model", default=None, help="a trained MACE model; default: train one here")
     p.add_argument("--mace-epochs", type=int, default=15)
@@ -125,12 +135,25 @@ def main(argv=None) -> None:
     Path(args.out).mkdir(parents=True, exist_ok=True)
     stem = Path(args.out) / f"facet_vs_mace_{args.device}"
     old = json.loads(stem.with_suffix(".json").read_text()) if stem.with_suffix(".json").is_file() else {}
-    new = {"facet": facet_side(args.facet, paths, args) if "facet" in args.sides else {},
-           "mace": mace_side(paths, args, cutoff) if "mace" in args.sides else {}}
-    result = {"machine": machine(args.device), "dtype": args.dtype, "data": {k: str(v) for k, v in paths.items()},
-              **{side: {**old.get(side, {}), **new[side]} for side in ("facet", "mace")}}
-    stem.with_suffix(".json").write_text(json.dumps(result, indent=1))
-    stem.with_suffix(".md").write_text(table(result))
+    for side in ("facet", "mace"):  # parts of an older file without their own machine: the file's
+        for part in PARTS:
+            if part in old.get(side, {}) and "machine" not in old[side][part]:
+                old[side][part]["machine"] = old.get("machine", "?")
+    result = {"dtype": args.dtype, "data": {k: str(v) for k, v in paths.items()},
+              "facet": old.get("facet", {}), "mace": old.get("mace", {})}
+    here = machine(args.device)
+    for side, measure in (("facet", lambda: facet_side(args.facet, paths, args)),
+                          ("mace", lambda: mace_side(paths, args, cutoff))):
+        if side not in args.sides:
+            continue
+        new = measure()
+        for part in PARTS:
+            if part in new:
+                new[part]["machine"] = here
+        result[side] = {**result[side], **new}
+        # written after each side: a side that fails (MACE's venv offline) leaves the finished one on disk
+        stem.with_suffix(".json").write_text(json.dumps(result, indent=1))
+        stem.with_suffix(".md").write_text(table(result))
     print(table(result))
 
 

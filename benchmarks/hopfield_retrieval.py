@@ -11,6 +11,7 @@ image they point at shows the same digit; saves a picture grid and writes hopfie
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import torch
 
@@ -38,7 +39,7 @@ def main():
     ap.add_argument("--stored", type=int, default=1000, help="how many digits to store (at most 1797)")
     ap.add_argument("--beta", type=float, default=4.0)
     ap.add_argument("--show", type=int, default=8, help="columns in the picture grid")
-    ap.add_argument("--out", default="hopfield_retrieval.png")
+    ap.add_argument("--out", default="runs/hopfield_retrieval.png")  # runs/ is ignored by git
     ap.add_argument("--results", default="benchmarks/results", help="folder for hopfield_retrieval.{json,md}")
     args = ap.parse_args()
     if not 1 <= args.stored <= 1797:
@@ -88,6 +89,7 @@ def main():
             ax.set_xticks([]), ax.set_yticks([])
         axes[r, 0].set_ylabel(label, fontsize=8)
     fig.suptitle(f"Modern Hopfield retrieval, one update, beta={args.beta}, {args.stored} stored digits", fontsize=9)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(args.out, dpi=120, bbox_inches="tight")
     print(f"saved {args.out}")
 

@@ -14,6 +14,7 @@ import argparse
 import json
 from pathlib import Path
 
+from common import machine
 from train import fit, load_recipe
 
 
@@ -21,8 +22,10 @@ def write_results(rows: list[dict], out: Path) -> str:
     """sweep.json, sweep.md and sweep.png (each metric against w; the true branch probability dashed)."""
     out.mkdir(parents=True, exist_ok=True)
     (out / "sweep.json").write_text(json.dumps(rows, indent=2))
-    keys = [k for k in rows[0] if k != "w"]
-    lines = ["| w | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
+    keys = [k for k in rows[0] if k not in ("w", "machine")]
+    machines = list(dict.fromkeys(r["machine"] for r in rows if "machine" in r))  # files written before: none
+    lines = [f"Trained on {m}" for m in machines] + [""] * bool(machines)
+    lines += ["| w | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
     lines += ["| " + " | ".join([f"{r['w']:g}"] + [f"{r[k]:.4g}" for k in keys]) + " |" for r in rows]
     (out / "sweep.md").write_text("\n".join(lines) + "\n")
     import matplotlib
@@ -65,7 +68,8 @@ def main(argv=None):
         recipe = load_recipe("pvrnn-pfsm", [f"model_args.meta_prior=[{w},{w}]", f"train.steps={args.steps}",
                                             "train.eval_every=0", *args.overrides])
         final = fit(recipe, out=out / f"w_{w:g}", resume=True)  # a rerun continues an interrupted sweep
-        rows.append({"w": w, **{k: v for k, v in final.items() if k not in ("step", "split")}})
+        rows.append({"w": w, **{k: v for k, v in final.items() if k not in ("step", "split")},
+                     "machine": machine()})
         table = write_results(rows, out)
     print(table)
 

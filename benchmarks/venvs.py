@@ -11,15 +11,22 @@ import sys
 from pathlib import Path
 
 
-def ensure_venv(path: str | os.PathLike, requirements: tuple[str, ...], check: str) -> str:
+def ensure_venv(path: str | os.PathLike, requirements: tuple[str, ...], check: str, otherwise: str = "") -> str:
     """Create a venv at ``path`` with ``requirements`` installed unless ``python -c check`` already succeeds
-    there; return its python."""
+    there; return its python. A failed install (offline, no wheel) stops with a message naming the peer, the
+    venv and how to provide it (``otherwise``: the script's way around it), not a traceback."""
     path = Path(path)
     python = path / "bin" / "python"
     if not python.exists():
         subprocess.run([sys.executable, "-m", "venv", str(path)], check=True)
     if subprocess.run([str(python), "-c", check], capture_output=True).returncode != 0:
-        subprocess.run([str(python), "-m", "pip", "install", *requirements], check=True)
+        print(f"installing the peer {' '.join(requirements)} into its own venv {path}", file=sys.stderr)
+        done = subprocess.run([str(python), "-m", "pip", "install", *requirements], capture_output=True, text=True)
+        if done.returncode != 0:
+            raise SystemExit(f"could not install {' '.join(requirements)} into {path} (pip exit {done.returncode}; "
+                             f"offline or no matching wheel?): {(done.stderr.strip().splitlines() or [''])[-1]}. "
+                             f"Install them there yourself ({python} -m pip install {' '.join(requirements)}) or "
+                             f"point --venv at a venv that has them{otherwise}")
     return str(python)
 
 

@@ -38,7 +38,8 @@ def current_config(model: nn.Module) -> dict | None:
     if not hasattr(model, "zoo_config"):
         return json.loads(json.dumps(hf, default=str)) if hf else None
     config = dataclasses.asdict(model.zoo_config)
-    config.update({key: hf[key] for key in config if key in hf})
+    if "vocab_size" in config and isinstance(hf.get("vocab_size"), int):
+        config["vocab_size"] = hf["vocab_size"]
     classes = getattr(model, "num_classes", None)
     if "num_classes" in config and isinstance(classes, int) and not isinstance(classes, bool):
         config["num_classes"] = classes
