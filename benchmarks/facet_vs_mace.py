@@ -136,10 +136,10 @@ def main(argv=None) -> None:
     stem = Path(args.out) / f"facet_vs_mace_{args.device}"
     old = json.loads(stem.with_suffix(".json").read_text()) if stem.with_suffix(".json").is_file() else {}
     for side in ("facet", "mace"):  # parts of an older file without their own machine: the file's
-        for part in PARTS:
+        for part in (*PARTS, "train"):
             if part in old.get(side, {}) and "machine" not in old[side][part]:
                 old[side][part]["machine"] = old.get("machine", "?")
-    result = {"dtype": args.dtype, "data": {k: str(v) for k, v in paths.items()},
+    result = {**old, "dtype": args.dtype, "data": {k: str(v) for k, v in paths.items()},  # the file's notes stay
               "facet": old.get("facet", {}), "mace": old.get("mace", {})}
     here = machine(args.device)
     for side, measure in (("facet", lambda: facet_side(args.facet, paths, args)),
@@ -147,7 +147,7 @@ def main(argv=None) -> None:
         if side not in args.sides:
             continue
         new = measure()
-        for part in PARTS:
+        for part in (*PARTS, "train"):
             if part in new:
                 new[part]["machine"] = here
         result[side] = {**result[side], **new}

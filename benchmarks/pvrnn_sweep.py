@@ -14,6 +14,8 @@ import argparse
 import json
 from pathlib import Path
 
+import torch
+
 from common import machine
 from train import fit, load_recipe
 
@@ -63,13 +65,14 @@ def main(argv=None):
     if args.from_json:
         print(write_results(json.loads(Path(args.from_json).read_text()), out))
         return
-    rows = []
+    rows, here = [], None
     for w in args.w:
         recipe = load_recipe("pvrnn-pfsm", [f"model_args.meta_prior=[{w},{w}]", f"train.steps={args.steps}",
                                             "train.eval_every=0", *args.overrides])
         final = fit(recipe, out=out / f"w_{w:g}", resume=True)  # a rerun continues an interrupted sweep
-        rows.append({"w": w, **{k: v for k, v in final.items() if k not in ("step", "split")},
-                     "machine": machine()})
+        device = recipe["train"]["device"]  # one description per sweep, of the device the runs train on
+        here = here or machine(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
+        rows.append({"w": w, **{k: v for k, v in final.items() if k not in ("step", "split")}, "machine": here})
         table = write_results(rows, out)
     print(table)
 

@@ -86,10 +86,13 @@ def test_eval_uses_the_runs_own_recipe(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out) == newest
     assert "no checkpoints/step_*" in _error(capsys, ["eval", str(tmp_path)])
     # a recipe of another task is refused by name, from the checkpoint's metadata or (a checkpoint that does not
-    # record its task) from the run's recipe.yaml
+    # record its task) from the run's recipe.yaml, or outside a run from the registered recipe it names
     untold = save_checkpoint(load_checkpoint(run / "final.safetensors"), run / "untold.safetensors",
                              extra_metadata={"recipe": "ib-tanh-12bit"})
-    for target in (run / "checkpoints" / "step_00000010", untold):
+    (tmp_path / "loose").mkdir()
+    loose = tmp_path / "loose" / "untold.safetensors"
+    loose.write_bytes(untold.read_bytes())
+    for target in (run / "checkpoints" / "step_00000010", untold, loose):
         err = _error(capsys, ["eval", str(target), "--recipe", "alrnn-lorenz63"])
         assert "trained for the task 'classification' (recipe 'ib-tanh-12bit')" in err and "'dsr'" in err
     # settings that evaluation does not read are refused, not ignored

@@ -130,7 +130,9 @@ def test_zoo_eval_of_a_folder_checkpoint_needs_no_training_run(tmp_path, capsys)
     assert sorted(batch["eval_index"].tolist()) == list(range(len(val)))
     assert batch["y"].tolist() == [val[i][1] for i in batch["eval_index"].tolist()]
     train = task.folder.splits["train"].samples  # zoo estimate --split train: distinct training images
-    assert sorted(task.train_sample(1000, torch.Generator().manual_seed(0))["index"].tolist()) == list(range(len(train)))
+    distinct = task.train_sample(1000, torch.Generator().manual_seed(0))
+    assert sorted(distinct["index"].tolist()) == list(range(len(train)))
+    assert len(distinct["seed"]) == len(distinct["y"]) == len(train)  # every tensor has the batch on dim 0
 
 
 @pytest.mark.parametrize("recipe_name, model_overrides", [

@@ -134,7 +134,7 @@ def _recipe_for(checkpoint: Path, name: str | None, overrides):
             raise ValueError(f"{checkpoint} does not record its recipe and no recipe.yaml is beside it; pass --recipe NAME")
     recipe = _load_recipe(name, overrides)
     meta = read_metadata(checkpoint) if meta is None else meta
-    trained = meta.get("task") or (_load_recipe(str(runs[0] / "recipe.yaml"), [])["task"] if runs else None)
+    trained = meta.get("task") or _recorded_task(runs[0] / "recipe.yaml" if runs else None, meta.get("recipe"))
     if trained and recipe["task"] != trained:
         raise ValueError(f"{checkpoint} was trained for the task {trained!r} (recipe {meta.get('recipe', '?')!r}); "
                          f"recipe {recipe['name']!r} runs the task {recipe['task']!r}, which cannot evaluate it. "
@@ -142,6 +142,23 @@ def _recipe_for(checkpoint: Path, name: str | None, overrides):
     if "config" in meta:
         recipe = {**recipe, "model": meta["model"], "model_args": json.loads(meta["config"])}
     return with_run_files(recipe, runs[0] if runs else checkpoint.parent, overridden_keys(overrides))
+
+
+def _recorded_task(run_recipe: Path | None, name: str | None) -> str | None:
+    """The task of a checkpoint that does not record one (written before checkpoints did): its run's recipe.yaml's
+    ``task``, else that of the registered recipe it names; None where neither can be read (no check then)."""
+    import yaml
+
+    from .recipe import RECIPES_DIR
+
+    for path in (run_recipe, RECIPES_DIR / f"{name}.yaml" if name else None):
+        try:
+            task = (yaml.safe_load(path.read_text()) or {}).get("task") if path and path.is_file() else None
+        except (OSError, yaml.YAMLError, AttributeError):  # not a readable mapping: no check, as before
+            task = None
+        if task:
+            return task
+    return None
 
 
 def _seed_global_rngs():

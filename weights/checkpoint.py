@@ -55,7 +55,9 @@ def config_differences(model: nn.Module, saved_config: str) -> dict:
     saved = json.loads(saved_config)
     if not isinstance(saved, dict):
         raise TypeError(f"the recorded config must be a mapping of settings, got {saved!r}")
-    return {k: (v, ours[k]) for k, v in saved.items() if k in ours and ours[k] != v and k not in REGULARISATION_KEYS}
+    outside = not hasattr(model, "zoo_config")  # its Hugging Face config need not hold every recorded key
+    return {k: (v, ours.get(k)) for k, v in saved.items()
+            if not (outside and k not in ours) and ours.get(k) != v and k not in REGULARISATION_KEYS}
 
 
 def atomic_write(path: str | os.PathLike, write) -> Path:

@@ -84,11 +84,10 @@ def neighbour_list(positions: np.ndarray, cell: np.ndarray, pbc, cutoff: float):
     if len(positions) == 0:
         return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, 3), np.int64)
     box = np.asarray(cell, dtype=np.float64)
-    free = ~box.any(1) & ~pbc  # a slab's or wire's zero vector along a non-periodic direction (valid in ASE)
-    if pbc.any() and free.any():  # completed by unit vectors normal to the others: no image crosses it
-        from ase.cell import Cell
+    if pbc.any() and not pbc.all():  # a slab's or wire's non-periodic vectors (zero, or any: ASE ignores them)
+        from ase.cell import Cell  # become unit vectors normal to the periodic ones: no image crosses them
 
-        box = np.where(free[:, None], Cell(box).complete().array, box)
+        box = np.where(pbc[:, None], box, Cell(np.where(pbc[:, None], box, 0.0)).complete().array)
     if pbc.any() and abs(np.linalg.det(box)) < 1e-12:
         raise ValueError(f"periodic structure (pbc={pbc.tolist()}) has a degenerate cell {box.tolist()}: its periodic "
                          "directions need independent, non-zero cell vectors")

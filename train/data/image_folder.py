@@ -129,7 +129,7 @@ class ImageFolderData:
         samples = self.splits["train"].samples
         index = (torch.randint(0, len(samples), (size,), generator=generator) if replace else
                  torch.randperm(len(samples), generator=generator)[:size])
-        seed = torch.randint(0, 2**31 - 1, (size,), generator=generator)
+        seed = torch.randint(0, 2**31 - 1, (len(index),), generator=generator)
         return {"index": index, "seed": seed, "y": torch.tensor([samples[i][1] for i in index.tolist()])}
 
     def prefetch(self, index: torch.Tensor, seed: torch.Tensor) -> None:

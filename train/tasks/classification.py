@@ -63,10 +63,10 @@ class ClassificationTask(Task):
         return draw_split(self.data, "test", size, generator, replace=False)
 
     def _logits(self, model, x: torch.Tensor) -> torch.Tensor:
-        """The model's logits, one per class of the data (else an error naming the setting, not an index error
-        from inside the cross-entropy)."""
+        """The model's logits, at least one per class of the data (else an error naming the setting, not an index
+        error from inside the cross-entropy)."""
         logits = model(x).float()
-        if logits.shape[-1] != self.classes:
+        if logits.shape[-1] < self.classes:  # more logits than labels used is a model that never sees its top class
             raise ValueError(f"data.dataset={self.name} has {self.classes} classes but the model gives "
                              f"{logits.shape[-1]} logits; set model_args.num_classes={self.classes} (to evaluate a "
                              f"checkpoint, give it data of {logits.shape[-1]} classes)")
