@@ -45,6 +45,8 @@ def compressed_mutual_information(x: torch.Tensor, y: torch.Tensor, dim: int = 4
 
 def compressed_mi(target=None, dim: int = 4, k: int = 3, base: float | str = "nats") -> Estimator:
     """Probe estimator: PCA-compressed KSG MI between the probe tensor and a bound target."""
+    if isinstance(dim, float) and dim.is_integer():  # a whole float from YAML (4e0), as the shared settings
+        dim = int(dim)
     if not is_whole(dim, 1):  # checked when built, as the shared settings are
         raise ValueError(f"compressed_mi: dim must be an integer >= 1, got {dim!r}")
     return paired("compressed_mi", compressed_mutual_information, target, dim=dim, k=k, base=base)

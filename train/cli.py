@@ -259,6 +259,10 @@ def _cmd_estimate(args):
         specs[glob] = _estimator_specs(names, f"--probe {probe}") if names else default
         if not specs[glob]:
             raise ValueError(f"--probe {probe!r} names no estimator: write GLOB=NAME or add --estimator NAME")
+    if args.target is not None and not any(_takes_target(name) for named in specs.values() for name, _ in named):
+        names = sorted({name for named in specs.values() for name, _ in named})
+        raise ValueError(f"--target {args.target} binds the Y of two-variable estimators (ksg_mi, binned_mi, ...), "
+                         f"but none of {', '.join(names)} takes one; drop --target or add such an estimator")
     _check_eval_overrides(args.set, "estimate")
     _seed_global_rngs()
     path = _checkpoint_path(args.checkpoint)
@@ -272,10 +276,6 @@ def _cmd_estimate(args):
         raise KeyError(f"--target {args.target!r} is not in the task's batches; they hold {sorted(batch)}")
     points = {glob: [_estimator(name, kwargs, batch, args.target) for name, kwargs in named]
               for glob, named in specs.items()}
-    if args.target is not None and not any(_takes_target(name) for named in specs.values() for name, _ in named):
-        names = sorted({name for named in specs.values() for name, _ in named})
-        raise ValueError(f"--target {args.target} binds the Y of two-variable estimators (ksg_mi, binned_mi, ...), "
-                         f"but none of {', '.join(names)} takes one; drop --target or add such an estimator")
     with torch.no_grad(), Probe(model, points, max_samples=args.samples) as probe:
         task.loss(model, batch)
     for row in probe.table():
