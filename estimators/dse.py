@@ -3,12 +3,9 @@
 """
 from __future__ import annotations
 
-import math
-import numbers
-
 import torch
 
-from .estimator import Estimator, log_base
+from .estimator import Estimator, is_finite_positive, log_base
 from .paired import paired
 from .samples import as_samples, same_rows, squared_distances
 
@@ -16,7 +13,7 @@ from .samples import as_samples, same_rows, squared_distances
 def _check_sigma(sigma, who: str = "") -> None:
     """The kernel width is the paper's fixed sigma: a finite number > 0 (no data-driven default, unlike the matrix
     estimators' median heuristic, since DSE values compare only at equal sigma)."""
-    if isinstance(sigma, bool) or not isinstance(sigma, numbers.Real) or not 0 < sigma < math.inf:
+    if not is_finite_positive(sigma):
         raise ValueError(f"{who}sigma must be a finite number > 0 (the kernel width; DSE has no default from the data), "
                          f"got {sigma!r}")
 

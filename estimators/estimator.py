@@ -33,15 +33,20 @@ def _positive(v) -> bool:
     return isinstance(v, numbers.Real) and not isinstance(v, bool) and v > 0  # inf allowed (alpha), NaN not
 
 
+def is_finite_positive(v) -> bool:
+    """A finite number > 0 (a kernel width, a radius); bools, NaN and inf are not."""
+    return _positive(v) and math.isfinite(v)
+
+
 # the settings that several estimators share, each checked when an estimator is built, not when data arrives
 _INTEGER = (is_whole, "an integer >= 1", True)
 _SETTINGS = {  # setting: (valid?, what it must be, whole floats become ints)
     "k": _INTEGER, "n_bins": _INTEGER, "t": _INTEGER, "n_directions": _INTEGER,
     "variant": (lambda v: v in (1, 2) and not isinstance(v, bool), "1 or 2", True),
     "max_samples": (lambda v: v is None or is_whole(v), "None or an integer >= 1", True),
-    "sigma": (lambda v: v is None or _positive(v) and math.isfinite(v), "None or a finite number > 0", False),
+    "sigma": (lambda v: v is None or is_finite_positive(v), "None or a finite number > 0", False),
     "alpha": (_positive, "a number > 0 (inf: the min-entropy)", False),
-    "radius": (lambda v: _positive(v) and math.isfinite(v), "a finite number > 0", False),
+    "radius": (is_finite_positive, "a finite number > 0", False),
 }
 _SETTINGS["sigma_x"] = _SETTINGS["sigma_y"] = _SETTINGS["sigma"]
 

@@ -123,7 +123,8 @@ class Probe:
                     take = take[: self.max_samples - have]
                 # a copy: a view would keep the whole batch's tensor alive, and an in-place op after the point
                 # (a ReLU(inplace=True)) would change what was recorded
-                self._buffers[(name, of_input)] = [*chunks, take.clone()]
+                # stored once the copy is made: a failure on the way leaves no empty buffer behind
+                self._buffers.setdefault((name, of_input), chunks).append(take.clone())
         return record
 
     # -- computing ------------------------------------------------------------------------------

@@ -235,7 +235,7 @@ def fit(recipe: dict, out: str | Path = "runs/run", resume: bool = False) -> dic
     """Train ``recipe`` into the run directory ``out``; returns the final evaluation metrics.
 
     ``out`` receives recipe.yaml, the task's run files (an LM's tokenizer.json), metrics.jsonl, metrics.png, the
-    task's plots, checkpoints/step_*/ (model + optimizer/scheduler/RNG state) and model.safetensors.
+    task's plots, checkpoints/step_*/ (model + optimizer/scheduler state) and model.safetensors.
     ``resume=True`` continues from the newest checkpoint and gives the same losses as an uninterrupted run.
     """
     out = Path(out)

@@ -311,7 +311,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     meta = read_metadata(path)
     if "model" not in meta:
         if "tree" in meta:
-            raise CheckpointError(f"{path} is training state (optimizer, scheduler, RNG), not a model; "
+            raise CheckpointError(f"{path} is training state (optimizer, scheduler), not a model; "
                                   "weights.tree.load_tree reads it, and the model.safetensors beside it is the model")
         raise CheckpointError(f"{path} has no paperzoo metadata (model name, config); build the model yourself "
                               "and use weights.load_into(model, path)")
