@@ -50,8 +50,10 @@ def config_differences(model: nn.Module, saved_config: str) -> dict:
     """{key: (file's value, model's value)} for every setting of a checkpoint's recorded config (JSON) that the
     model (``current_config``) does not share, dropout rates aside (``REGULARISATION_KEYS``: no weight depends
     on them); settings the file does not record (added since), or a model built outside the registry lacks, are
-    not compared."""
-    ours = current_config(model) or {}
+    not compared. A model without any config (a plain module) differs in nothing."""
+    ours = current_config(model)
+    if ours is None:
+        return {}
     saved = json.loads(saved_config)
     if not isinstance(saved, dict):
         raise TypeError(f"the recorded config must be a mapping of settings, got {saved!r}")
@@ -278,7 +280,7 @@ def load_into(model: nn.Module, path: str | os.PathLike) -> nn.Module:
     path = Path(path)
     meta = read_metadata(path)  # clear error for a missing or corrupt file before reading tensors
     mismatch = None
-    if "model" in meta and "config" in meta and current_config(model) is not None:
+    if "model" in meta and "config" in meta:
         try:  # read before any weight is copied: a bad record must not leave the model half loaded
             differs = config_differences(model, meta["config"])
         except (ValueError, TypeError) as err:  # json.JSONDecodeError is a ValueError
