@@ -21,7 +21,7 @@ def attention_entropy_per_head(probs: torch.Tensor, base: float | str = "nats", 
     if not torch.is_tensor(probs) or probs.dim() != 4:
         raise ValueError(f"attention probabilities must have shape (batch, heads, queries, keys), got "
                          f"{tuple(probs.shape) if torch.is_tensor(probs) else type(probs).__name__}")
-    p = probs.detach().float()
+    p = probs.detach().to(torch.float64 if probs.dtype == torch.float64 else torch.float32)
     if not torch.isfinite(p).all() or (p < 0).any():
         raise ValueError("attention probabilities must be finite and non-negative")
     sums = p.sum(-1)
@@ -31,7 +31,7 @@ def attention_entropy_per_head(probs: torch.Tensor, base: float | str = "nats", 
     counted = rows.sum((0, 2))
     if (counted == 0).any():
         raise ValueError("attention probabilities: a head has no row with a visible key (all rows are zeros)")
-    h = (-torch.special.xlogy(p, p).sum(-1)).sum((0, 2)) / counted / log_base(base)
+    h = ((-torch.special.xlogy(p, p).sum(-1)).sum((0, 2)) / counted / log_base(base)).float()
     out = {f"head_{i}": v for i, v in enumerate(h)}
     out["mean"] = h.mean()
     return out

@@ -13,15 +13,20 @@ from .samples import as_samples, same_rows
 
 
 def pca_projection(x: torch.Tensor, dim: int) -> torch.Tensor:
-    """The rows of x (N, D) projected on their top ``dim`` principal directions (centred, float64)."""
+    """The rows of x (N, D) projected on their top ``dim`` principal directions (centred, float64). Directions
+    whose singular value is rounding noise of x's dtype (below s_max max(N, D) eps, as numpy's matrix_rank) are
+    left out, so a layer of rank r < dim gives r columns: the estimator downstream standardises each column,
+    and would blow that noise up to unit variance (it cost 15 % of the MI of a rank-2 layer)."""
+    eps = torch.finfo(x.dtype if torch.is_floating_point(x) else torch.float64).eps
     x = as_samples(x, "x")
     if not isinstance(dim, int) or not 1 <= dim:
         raise ValueError(f"dim must be a positive integer, got {dim!r}")
     if dim >= x.shape[1]:
         return x
     xc = x - x.mean(0)
-    vh = torch.linalg.svd(xc, full_matrices=False).Vh
-    return xc @ vh[:dim].T
+    _, s, vh = torch.linalg.svd(xc, full_matrices=False)
+    rank = int((s > s[0] * max(x.shape) * eps).sum())
+    return xc @ vh[:max(1, min(dim, rank))].T
 
 
 def compressed_mutual_information(x: torch.Tensor, y: torch.Tensor, dim: int = 4, k: int = 3,

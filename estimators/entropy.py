@@ -9,7 +9,8 @@ from .estimator import Estimator, log_base
 def shannon_entropy(p: torch.Tensor, dim: int = -1, base: float | str = "nats", reduce: bool = True) -> torch.Tensor:
     """H(p) = -sum_i p_i log p_i along ``dim`` (0 log 0 = 0), in nats or bits; mean over the other dims if ``reduce``.
 
-    Exact for the given probabilities (no estimation bias); ``p`` must be non-negative and sum to 1 along ``dim``,
+    Exact for the given probabilities (no estimation bias; float64 inputs are summed in float64, and the result
+    is float32 as every estimator's); ``p`` must be non-negative and sum to 1 along ``dim``,
     or be all zeros there (an empty distribution, such as a fully masked attention row: left out of the mean, 0
     when not reduced).
     Cost O(numel).
@@ -30,10 +31,10 @@ def shannon_entropy(p: torch.Tensor, dim: int = -1, base: float | str = "nats", 
         raise ValueError(f"shannon_entropy: p must sum to 1 along dim {dim}; the sums are off by up to {worst:.3g}")
     h = -torch.special.xlogy(p, p).sum(dim) / log_base(base)
     if not reduce:
-        return h
+        return h.float()
     if empty.all():
         raise ValueError(f"shannon_entropy: every vector of p along dim {dim} is all zeros")
-    return h[~empty].mean()
+    return h[~empty].mean().float()
 
 
 def entropy(dim: int = -1, base: float | str = "nats") -> Estimator:

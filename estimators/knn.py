@@ -119,6 +119,11 @@ def kozachenko_leonenko_entropy(x: torch.Tensor, k: int = 3, metric: str = "eucl
     x = as_samples(x, "x")
     n, d = x.shape
     k = _check_k(k, n)
+    # H(x) = H(x / 2^e) + d e log 2 exactly (a power of two scales every distance exactly, and keeps the
+    # neighbours): x is brought to magnitudes about 1, so that distances neither overflow nor underflow
+    peak = x.abs().max()
+    exponent = int(torch.frexp(peak).exponent) if peak > 0 else 0
+    x = torch.ldexp(x, torch.tensor(-exponent, device=x.device))
     constant = (x == x[:1]).all(0).nonzero().flatten().tolist()
     if constant:
         raise ValueError(f"x has constant columns {constant} (dead units, e.g. of a ReLU layer): its differential "
@@ -143,7 +148,8 @@ def kozachenko_leonenko_entropy(x: torch.Tensor, k: int = 3, metric: str = "eucl
                          "distance 0; add small noise or raise k")
     log_volume = d * math.log(2.0) if metric == "chebyshev" else d / 2 * math.log(math.pi) - math.lgamma(d / 2 + 1)
     n_t, k_t = (torch.tensor(float(v), dtype=x.dtype, device=x.device) for v in (n, k))
-    h = torch.special.digamma(n_t) - torch.special.digamma(k_t) + log_volume + d * r.to(x.device).log().mean()
+    h = (torch.special.digamma(n_t) - torch.special.digamma(k_t) + log_volume + d * r.to(x.device).log().mean()
+         + d * exponent * math.log(2.0))
     return (h / log_base(base)).float()
 
 

@@ -28,10 +28,15 @@ def as_samples(x: torch.Tensor, name: str, dtype: torch.dtype = torch.float64, m
 
 
 def squared_distances(x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-    """|x_i - y_j|^2 (N, M) by the matmul form (fast at any D), never negative; for y = None (x against itself)
-    the diagonal is exactly 0, so a kernel exp(-d^2 / (2 sigma^2)) has K_ii = 1 at any sigma."""
-    d2 = torch.cdist(x, x if y is None else y).pow_(2)
-    if y is None:
+    """|x_i - y_j|^2 (N, M) by the matmul form (fast at any D), never negative; for y = None or y is x (x against
+    itself) the diagonal is exactly 0, so a kernel exp(-d^2 / (2 sigma^2)) has K_ii = 1 at any sigma. The points
+    are centred on their pooled mean first: the matmul form |a|^2 + |b|^2 - 2ab loses the distances to
+    cancellation when the points sit far from the origin (an offset of 1e8 changed a Renyi entropy by 15 %)."""
+    self_distances = y is None or y is x
+    centre = x.mean(0) if self_distances else torch.cat([x, y]).mean(0)
+    x = x - centre
+    d2 = torch.cdist(x, x if self_distances else y - centre).pow_(2)
+    if self_distances:
         d2.diagonal().zero_()
     return d2
 
@@ -44,6 +49,10 @@ def same_rows(x: torch.Tensor, y: torch.Tensor, names: str = "x and y") -> None:
 def standardise_columns(x: torch.Tensor) -> torch.Tensor:
     """x / std per column (no centring, as scikit-learn's MI); constant columns are left as they are. The std is
     taken over the sorted column, so that its last-bit rounding, and with it how ties on a lattice break, does not
-    depend on the order of the rows (estimates are exactly permutation invariant)."""
+    depend on the order of the rows (estimates are exactly permutation invariant). Each column is first scaled by
+    the power of two nearest its largest magnitude, which is exact, so that the std neither overflows nor
+    underflows at extreme scales (1e154, 1e-170: the column read as constant and the MI as 0)."""
+    peak = x.abs().amax(0, keepdim=True)
+    x = torch.ldexp(x, -torch.frexp(torch.where(peak > 0, peak, torch.ones_like(peak))).exponent)
     std = x.sort(0).values.std(0, keepdim=True) if x.shape[0] > 1 else torch.ones_like(x[:1])
     return x / torch.where(std > 0, std, torch.ones_like(std))

@@ -357,3 +357,18 @@ def test_a_constant_variable_gives_zero_under_ksg1_and_minus_one_over_k_under_ks
     y = torch.randn(500, 1, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     assert ksg_mutual_information(torch.zeros(500, 1), y, variant=1).item() == pytest.approx(0, abs=1e-6)
     assert ksg_mutual_information(torch.zeros(500, 1), y, k=3, variant=2).item() == pytest.approx(-1 / 3 + 1 / 499, abs=1e-6)
+
+
+def test_knn_estimators_at_extreme_float64_scales():
+    """Columns are brought to magnitudes about 1 by exact powers of two first: at 1e154 the std overflowed and at
+    1e-170 it underflowed (the column read as constant, KSG gave 0), and KL's distances overflowed to inf at 1e160.
+    KSG is scale invariant; KL shifts by d log s (the result is float32, so its rounding at |H| ~ 737 is 6e-5)."""
+    g = torch.Generator().manual_seed(5)
+    z = torch.randn(1500, 2, generator=g, dtype=torch.float64)
+    z[:, 1] = 0.8 * z[:, 0] + 0.6 * z[:, 1]
+    mi = ksg_mutual_information(z[:, :1], z[:, 1:]).item()
+    for scale in (1e154, 1e-170):
+        assert ksg_mutual_information(z[:, :1] * scale, z[:, 1:]).item() == mi
+    h = kozachenko_leonenko_entropy(z).item()
+    for scale in (1e160, 1e-160):
+        assert kozachenko_leonenko_entropy(z * scale).item() - 2 * math.log(scale) == pytest.approx(h, abs=1e-4)  # float32 at 737
