@@ -16,11 +16,16 @@ def sphere_irreps(channels: int, lmax: int) -> o3.Irreps:
     return o3.Irreps([(channels, (l, (-1) ** l)) for l in range(lmax + 1)])
 
 
-def to_channels(x: torch.Tensor, channels: int, lmax: int) -> torch.Tensor:
-    """(N, C * (L+1)^2) in e3nn layout -> (N, C, (L+1)^2): one spherical-harmonic vector per channel."""
+def check_features(x: torch.Tensor, channels: int, lmax: int) -> None:
+    """Every mixing takes features (N, C (L+1)^2) in e3nn layout: a named error for any other shape."""
     if x.dim() != 2 or x.shape[1] != channels * (lmax + 1) ** 2:
         raise ValueError(f"expected features (N, {channels * (lmax + 1) ** 2}) = (N, C (L+1)^2) for C={channels}, "
                          f"L={lmax}, got {tuple(x.shape)}")
+
+
+def to_channels(x: torch.Tensor, channels: int, lmax: int) -> torch.Tensor:
+    """(N, C * (L+1)^2) in e3nn layout -> (N, C, (L+1)^2): one spherical-harmonic vector per channel."""
+    check_features(x, channels, lmax)
     blocks, start = [], 0
     for l in range(lmax + 1):
         size = channels * (2 * l + 1)
@@ -106,6 +111,7 @@ class GateMixing(nn.Module):
 
     def __init__(self, channels: int, lmax: int):
         super().__init__()
+        self.channels, self.lmax = channels, lmax
         self.irreps = sphere_irreps(channels, lmax)
         scalars, gated = self.irreps[:1], self.irreps[1:]
         gates = o3.Irreps([(channels * lmax, (0, 1))]) if lmax else o3.Irreps("")
@@ -113,6 +119,7 @@ class GateMixing(nn.Module):
         self.linear = o3.Linear(self.irreps, self.gate.irreps_in)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_features(x, self.channels, self.lmax)
         return self.gate(self.linear(x))
 
 
@@ -122,6 +129,7 @@ class TensorProductMixing(nn.Module):
 
     def __init__(self, channels: int, lmax: int):
         super().__init__()
+        self.channels, self.lmax = channels, lmax
         self.irreps = sphere_irreps(channels, lmax)
         instructions = [(i1, i2, o, "uuu", True) for i1, (_, ir1) in enumerate(self.irreps)
                         for i2, (_, ir2) in enumerate(self.irreps) for o, (_, ir) in enumerate(self.irreps)
@@ -130,6 +138,7 @@ class TensorProductMixing(nn.Module):
         self.linear = o3.Linear(self.irreps, self.irreps)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_features(x, self.channels, self.lmax)
         return self.linear(self.tp(x, x))
 
 

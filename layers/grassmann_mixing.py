@@ -138,8 +138,9 @@ class CausalGrassmannMixing(nn.Module):
             full = torch.cat([past.to(z.dtype), z], 1)
         if positions is None:
             positions = P + torch.arange(T, device=h.device)  # the past's P tokens come first
-        if positions.shape[-1] != T:
-            raise ValueError(f"CausalGrassmannMixing: positions must have last dim {T} (tokens), got {tuple(positions.shape)}")
+        if positions.shape not in ((T,), (1, T), (B, T)):
+            raise ValueError(f"CausalGrassmannMixing: positions must have shape ({T},), (1, {T}) or ({B}, {T}) "
+                             f"(tokens), got {tuple(positions.shape)}")
         offsets, (rows, cols) = self.constants(h.device)
         idx = P + torch.arange(T, device=h.device)[:, None] - offsets    # (T, K) index of z_{t-delta} in full
         valid = (positions[..., None] >= offsets) & (idx >= 0)          # (T, K) or (B, T, K)

@@ -20,8 +20,9 @@ def _norm(on: bool, affine: bool, eps: float, size: int | None, what: str) -> nn
 def _apply(norm: nn.LayerNorm | None, x: torch.Tensor, what: str) -> torch.Tensor:
     if norm is None:
         return x
-    if x.shape[-1] != norm.normalized_shape[0]:
-        raise ValueError(f"Hopfield: the {what} must have {norm.normalized_shape[0]} features, got shape {tuple(x.shape)}")
+    if x.shape[-1] != norm.normalized_shape[0] or not x.is_floating_point():
+        raise ValueError(f"Hopfield: the {what} must be a floating tensor with {norm.normalized_shape[0]} features, "
+                         f"got {x.dtype} {tuple(x.shape)}")
     return norm(x)
 
 

@@ -146,9 +146,10 @@ class HopfieldCore(nn.Module):
 
     @staticmethod
     def _check(x: torch.Tensor, arg: str, width: int | None) -> None:
-        if x.dim() != 3 or (width is not None and x.shape[-1] != width):
+        if x.dim() != 3 or (width is not None and x.shape[-1] != width) or not x.is_floating_point():
             want = f"(batch, length, {width})" if width is not None else "(batch, length, features)"
-            raise ValueError(f"Hopfield: {arg} must have shape {want}, got {tuple(x.shape)}")
+            raise ValueError(f"Hopfield: {arg} must be a floating tensor of shape {want}, got {x.dtype} "
+                             f"{tuple(x.shape)}")
 
     def _heads(self, x: torch.Tensor, proj, arg: str, width: int | None) -> torch.Tensor:
         """(B, n, width) -> (B, H, n, d): projected and split into heads, or (static) shared by every head."""
@@ -186,6 +187,11 @@ class HopfieldCore(nn.Module):
             masks.append(key_padding_mask.view(b, 1, 1, s))
         if not masks:
             return None
+        for name, m in (("association_mask", attn_mask), ("stored_pattern_padding_mask", key_padding_mask)):
+            if m is not None and m.is_floating_point() and bool(((m == 0) | (m == 1)).all() and (m == 1).any()):
+                raise ValueError(f"Hopfield: {name} holds only 0 and 1 as floats; a float mask is added to the "
+                                 f"scores (-inf forbids; 1 only shifts a score), so this would mask nothing: pass {name}.bool() (True = "
+                                 "forbidden)")
         masks = [m.to(like.device) for m in masks]
         if all(m.dtype == torch.bool for m in masks):
             return ~functools.reduce(torch.logical_or, masks)
@@ -268,6 +274,9 @@ class HopfieldCore(nn.Module):
             else:
                 scale = self.scaling
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, scale=scale)
+            # the CPU kernel gives 0 for a state pattern holding NaN/inf, where the update rule (and the path
+            # above) gives NaN: a bad input must not come out as a plausible zero
+            out = out.masked_fill(~torch.isfinite(q).all(-1, keepdim=True), float("nan"))
         out = out.transpose(1, 2).reshape(b, l_, out.shape[1] * out.shape[-1])
         if self.out_proj is not None:
             out = self.out_proj(out)

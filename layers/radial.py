@@ -20,7 +20,7 @@ class PolynomialEnvelope(nn.Module):
         # which bfloat16 (8 bits) gets wrong by 0.1 or more
         d, p = r.to(torch.promote_types(r.dtype, torch.float32)) / self.cutoff, self.p
         u = 1 - (p + 1) * (p + 2) / 2 * d**p + p * (p + 2) * d ** (p + 1) - p * (p + 1) / 2 * d ** (p + 2)
-        return torch.where(d < 1, u, torch.zeros_like(u)).to(r.dtype)
+        return torch.where(d >= 1, torch.zeros_like(u), u).to(r.dtype)  # NaN distances stay NaN
 
 
 class SplineRadial(nn.Module):

@@ -87,8 +87,10 @@ def test_gates_are_probe_points_and_bad_input_is_named():
     ca.attn_w.register_forward_hook(lambda m, i, o: seen.__setitem__("w", o.shape))
     ca(torch.randn(2, 8, 5, 7))
     assert seen == {"h": (2, 8, 5, 1), "w": (2, 8, 1, 7)}
-    with pytest.raises(ValueError, match=r"\(batch, 8, H, W\), got \(2, 4, 5, 5\)"):
+    with pytest.raises(ValueError, match=r"\(batch, 8, H, W\), got torch.float32 \(2, 4, 5, 5\)"):
         ca(torch.randn(2, 4, 5, 5))
+    with pytest.raises(ValueError, match=r"floating tensor .*, got torch.int64"):
+        ca(torch.ones(2, 8, 5, 5, dtype=torch.long))
 
 
 @pytest.mark.parametrize("name", ["mobilenetv2_ca_100", "mobilenext_ca_100"])
@@ -97,8 +99,20 @@ def test_models_name_a_wrong_image_shape(name):
     conv's own message."""
     for model in (zoo.create_model(name).eval(), timm.create_model(name, features_only=True).eval()):
         for bad in (torch.randn(1, 4, 32, 32), torch.randn(3, 32, 32)):
-            with pytest.raises(ValueError, match=rf"x must have shape \(batch, 3, H, W\), got {re.escape(str(tuple(bad.shape)))}"):
+            with pytest.raises(ValueError, match=rf"x must be floating images of shape \(batch, 3, H, W\), got "
+                                                 rf"torch.float32 {re.escape(str(tuple(bad.shape)))}"):
                 model(bad)
+
+
+@pytest.mark.parametrize("name", ["mobilenetv2_100", "mobilenetv2_ca_100", "mobilenext_100"])
+def test_models_name_integer_images_and_timms_own_baseline_checks_too(name):
+    """Integer pixels (uint8 straight from a decoder) are a named error, not the conv's 'expected scalar type'; the
+    baseline, timm's own model, gets the same check when the zoo builds it."""
+    model = zoo.create_model(name, num_classes=10).eval()
+    with pytest.raises(ValueError, match=r"floating images of shape \(batch, 3, H, W\), got torch.uint8"):
+        model(torch.zeros(1, 3, 32, 32, dtype=torch.uint8))
+    with pytest.raises(ValueError, match=r"got torch.float32 \(3, 32, 32\)"):
+        model(torch.randn(3, 32, 32))
 
 
 @pytest.mark.parametrize("kwargs, error", [

@@ -12,7 +12,8 @@ from e3nn import o3
 import zoo
 from estimators import Probe, effective_rank
 from layers import EdgeTensorProduct, OrderwiseLinear, PolynomialEnvelope, SplineRadial, SphericalGridMLP
-from layers.equivariant_mixing import from_channels, from_components, sphere_irreps, to_channels, to_components
+from layers.equivariant_mixing import (from_channels, from_components, make_mixing, sphere_irreps, to_channels,
+                                      to_components)
 from zoo.atoms import graph_from_atoms, graph_from_padded, pad_structures
 
 SMALL = dict(channels=8, layers=2, knots=8, cutoff=4.0)
@@ -535,9 +536,11 @@ def test_layers_refuse_features_edges_and_graphs_that_do_not_fit():
 
     from layers import EquivariantConvolution
 
-    mix = SphericalGridMLP(4, 2)  # 4 channels x (0e + 1o + 2e): 36 features
-    with pytest.raises(ValueError, match=r"expected features \(N, 36\)"):
-        mix(torch.randn(3, 72))
+    for kind in ("grid", "gate", "tp"):  # 4 channels x (0e + 1o + 2e): 36 features
+        mix = make_mixing(kind, 4, 2)
+        for bad in (torch.randn(3, 72), torch.randn(3, 35), torch.randn(2, 3, 36)):
+            with pytest.raises(ValueError, match=r"expected features \(N, 36\)"):
+                mix(bad)
     linear = OrderwiseLinear(sphere_irreps(4, 1), sphere_irreps(4, 1))
     with pytest.raises(ValueError, match=r"OrderwiseLinear: expected features \(N, 16\)"):
         linear(torch.randn(3, 17))
@@ -568,3 +571,12 @@ def test_bfloat16_envelope_and_stress():
     m = zoo.create_model("facet_small", **SMALL).to(torch.bfloat16)
     out = m.predict(graph_from_atoms([bulk("Cu", "fcc", a=3.6)], 4.0, dtype=torch.bfloat16), stress=True)
     assert out["stress"].dtype == torch.bfloat16 and torch.isfinite(out["stress"]).all()
+
+
+def test_radial_functions_keep_nan_distances_nan():
+    """The envelope's cutoff test read NaN as beyond the cutoff, and gave 0: a NaN distance now stays NaN through the
+    envelope and the spline, as through the model's energy."""
+    nan = torch.tensor([float("nan"), 6.0, 2.0])
+    envelope = PolynomialEnvelope(5.0)(nan)
+    assert envelope[0].isnan() and envelope[1] == 0 and 0 < envelope[2] < 1
+    assert SplineRadial(2, 5.0, knots=6)(nan[:1]).isnan().all()

@@ -444,6 +444,34 @@ def test_masks_that_do_not_match_the_tokens_are_refused(name):
 
 
 @pytest.mark.parametrize("make", [tiny_grassmann, tiny_transformer])
+def test_masks_positions_and_labels_outside_their_ranges_are_refused(make):
+    """A mask of 0.5 or 2 made positions (which count ones) and attention (which keeps non-zeros) disagree silently;
+    negative position_ids and labels beyond the vocabulary were bare IndexErrors (a device assert on a GPU)."""
+    m = make()
+    ids = torch.randint(0, 50, (1, 6))
+    for mask in (torch.full((1, 6), 0.5), torch.full((1, 6), 2)):
+        with pytest.raises(ValueError, match=r"attention_mask must hold 1 \(a real token\) or 0 \(padding\)"):
+            m(ids, attention_mask=mask)
+    plain = m(ids).logits
+    for mask in (torch.ones(1, 6), torch.ones(1, 6, dtype=torch.bool)):
+        assert torch.allclose(m(ids, attention_mask=mask).logits, plain, atol=1e-6)
+    with pytest.raises(ValueError, match="position_ids must be >= 0, got -1"):
+        m(ids, position_ids=torch.arange(-1, 5)[None])
+    labels = ids.clone()
+    labels[0, 3] = 60
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, vocab_size=50\) or be -100 \(ignored\), got \[60\]"):
+        m(ids, labels=labels)
+
+
+def test_mixing_positions_must_fit_the_batch():
+    g = CausalGrassmannMixing(16, 4, windows=(1, 2))
+    assert g(torch.randn(2, 5, 16), positions=torch.arange(5))[0].shape == (2, 5, 16)
+    for bad in (torch.arange(5).expand(3, 5), torch.arange(5)[None, None]):
+        with pytest.raises(ValueError, match=r"positions must have shape \(5,\), \(1, 5\) or \(2, 5\)"):
+            g(torch.randn(2, 5, 16), positions=bad)
+
+
+@pytest.mark.parametrize("make", [tiny_grassmann, tiny_transformer])
 def test_lm_loss_is_the_shifted_cross_entropy_and_refuses_labels_it_cannot_use(make):
     torch.manual_seed(0)
     m = make().eval()

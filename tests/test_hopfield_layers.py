@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 import layers.hopfield_core as hopfield_core
 from estimators import Probe, entropy
-from layers import Hopfield, HopfieldLayer, HopfieldPooling, hopfield_energy
+from layers import Hopfield, HopfieldCore, HopfieldLayer, HopfieldPooling, hopfield_energy
 
 
 def test_empty_batches_give_empty_outputs_and_empty_stored_sets_are_refused():
@@ -396,7 +396,7 @@ def test_a_fully_padded_state_retrieves_zeros_on_every_path():
 
 def test_bad_inputs_are_named():
     h = Hopfield(input_size=8, num_heads=2)
-    with pytest.raises(ValueError, match=r"pattern must have 8 features, got shape \(2, 3, 7\)"):
+    with pytest.raises(ValueError, match=r"pattern must be a floating tensor with 8 features, got torch.float32 \(2, 3, 7\)"):
         h(torch.randn(2, 3, 7))
     with pytest.raises(ValueError, match=r"stored_pattern_padding_mask must be a bool \(True = padded\) or float"):
         h(torch.randn(2, 3, 8), stored_pattern_padding_mask=torch.zeros(2, 4, dtype=torch.bool))
@@ -412,6 +412,41 @@ def test_bad_inputs_are_named():
         Hopfield(input_size=8, num_heads=2, scaling=torch.ones(3))
     with pytest.raises(TypeError, match="tuple \\(stored_pattern, state_pattern, pattern_projection\\)"):
         h((torch.randn(2, 3, 8), torch.randn(2, 3, 8)))
+
+
+def test_a_non_finite_state_pattern_gives_nan_on_the_fused_path_too():
+    """SDPA's CPU kernel returns 0 for a query row holding NaN; the update rule gives NaN, and so does the layer
+    on either path, so a bad input never reads as a plausible zero."""
+    torch.manual_seed(0)
+    core = HopfieldCore(16, num_heads=2).eval()
+    q, k = torch.randn(1, 5, 16), torch.randn(1, 5, 16)
+    q[0, 0, 0] = float("nan")
+    fused, eager = core(q, k, k)[0], core(q, k, k, need_association=True)[0]
+    assert fused[0, 0].isnan().all() and eager[0, 0].isnan().all()
+    assert torch.allclose(fused[0, 1:], eager[0, 1:], atol=1e-6)
+    layer = HopfieldLayer(16, quantity=3, num_heads=2).eval()
+    x = torch.randn(1, 4, 16)
+    x[0, 2, 5] = float("nan")
+    out = layer(x)
+    assert out[0, 2].isnan().all() and torch.isfinite(out[0, [0, 1, 3]]).all()
+
+
+def test_masks_of_float_zeros_and_ones_and_integer_patterns_are_refused():
+    """A float mask is added to the scores, so a 0/1 float padding mask would mask nothing: an error pointing at
+    .bool(); an additive mask with -inf still works. Integer patterns are named too."""
+    h = Hopfield(input_size=16).eval()
+    y = torch.randn(1, 5, 16)
+    with pytest.raises(ValueError, match=r"stored_pattern_padding_mask holds only 0 and 1 as floats.*\.bool\(\)"):
+        h(y, stored_pattern_padding_mask=torch.tensor([[0., 0, 0, 1, 1]]))
+    with pytest.raises(ValueError, match=r"association_mask holds only 0 and 1 as floats"):
+        h(y, association_mask=torch.eye(5))
+    additive = h(y, stored_pattern_padding_mask=torch.tensor([[0., 0, 0, float("-inf"), float("-inf")]]))
+    assert torch.allclose(additive, h(y, stored_pattern_padding_mask=torch.tensor([[False, False, False, True, True]])),
+                          atol=1e-6)
+    with pytest.raises(ValueError, match=r"must be a floating tensor with 16 features, got torch.int64"):
+        h(torch.ones(1, 5, 16, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"must be a floating tensor of shape \(batch, length, 16\), got torch.int64"):
+        HopfieldCore(16, num_heads=2)(*[torch.ones(1, 5, 16, dtype=torch.long)] * 3)
 
 
 def test_one_step_path_never_materialises_the_association_matrix():

@@ -31,7 +31,7 @@ def test_mil_is_permutation_invariant_and_ignores_padding():
     mask = torch.zeros(3, 10, dtype=torch.bool)
     mask[:, 6:] = True
     assert torch.allclose(m(padded, mask), m(x), atol=1e-5)
-    with pytest.raises(ValueError, match=r"x must have shape \(bags, instances >= 1, 8\)"):
+    with pytest.raises(ValueError, match=r"x must be a floating tensor of shape \(bags, instances >= 1, 8\)"):
         m(torch.randn(3, 6))
     with pytest.raises(TypeError, match=r"mask must be a bool tensor \(True = padded instance\), got torch.float32"):
         m(padded, mask.float())  # the pooling layer would read a float mask as additive scores, padding nothing
@@ -211,3 +211,13 @@ def test_retrieval_demo_script_stores_digits_and_retrieves_them(tmp_path):
     rows = json.loads((tmp_path / "hopfield_retrieval.json").read_text())["queries"]
     assert rows["masked"]["retrieved_original"] > 0.6 and rows["noisy"]["retrieved_original"] > 0.8
     assert all(r["mse_retrieved"] < r["mse_query"] for r in rows.values())
+
+
+@pytest.mark.parametrize("name, shape", [("hopfield_tabular", (2, 30)), ("tabular_logreg", (2, 30)),
+                                         ("tabular_mlp", (2, 30)), ("hopfield_mil", (2, 3, 64)), ("ib_mlp_tanh", (2, 12))])
+def test_float_models_name_integer_input(name, shape):
+    """0/1 features given as integers (the 12-bit patterns, counts) are a named error, not 'mat1 and mat2 must have
+    the same dtype' from inside the first Linear."""
+    model = zoo.create_model(name).eval()
+    with pytest.raises(ValueError, match=r"x must be a floating tensor of shape .*, got torch.int64"):
+        model(torch.ones(shape, dtype=torch.long))

@@ -246,6 +246,9 @@ def test_vit_sigma_zoo_names_build_and_keep_function_of_normless_vit():
                                 remove_norms=False)
     baseline.reset_classifier(7)
     assert type(baseline.head) is nn.Linear
+    for bad in (torch.randn(3, 32, 32), torch.randn(1, 4, 32, 32), torch.zeros(1, 3, 32, 32, dtype=torch.uint8)):
+        with pytest.raises(ValueError, match=rf"x must be floating images of shape \(batch, 3, H, W\), got {bad.dtype}"):
+            m(bad)  # named, not timm's unpacking error or the conv's
 
 
 def test_vit_sigma_features_only_gives_the_blocks_intermediates():

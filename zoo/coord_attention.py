@@ -29,6 +29,7 @@ from torch import nn
 
 from layers import CoordAttention
 
+from ._image_input import check_images
 from ._registry import Paper, register_model
 
 PAPER = Paper(family="coord_attention", title="Coordinate Attention for Efficient Mobile Network Design",
@@ -97,13 +98,6 @@ class SandglassBlock(nn.Module):
         return self.drop_path(y) + x if self.has_skip else y
 
 
-def _check_images(stem: nn.Conv2d, args: tuple) -> None:
-    """The stem's input must be images (batch, in_chans, H, W): a named error rather than the conv's own."""
-    x = args[0]
-    if x.dim() != 4 or x.shape[1] != stem.in_channels:
-        raise ValueError(f"x must have shape (batch, {stem.in_channels}, H, W), got {tuple(x.shape)}")
-
-
 class MobileNeXt(nn.Module):
     """MobileNeXt-1.0 (Zhou et al., ECCV 2020): stem conv 3x3/2 (32, BN, ReLU6), the sandglass stages of
     ``MOBILENEXT_STAGES``, global pooling, dropout, linear classifier (no 1x1 head conv: the last stage has
@@ -118,7 +112,7 @@ class MobileNeXt(nn.Module):
         super().__init__()
         self.in_chans, self.drop_rate, self.grad_checkpointing = in_chans, drop_rate, False
         self.conv_stem = ConvNormAct(in_chans, 32, 3, stride=2, act_layer=nn.ReLU6)
-        self.conv_stem.conv.register_forward_pre_hook(_check_images)  # also under timm's features_only wrapper
+        self.conv_stem.conv.register_forward_pre_hook(check_images)  # also under timm's features_only wrapper
         features = {2: dict(num_chs=32, reduction=2, module="conv_stem")}  # reduction -> the last module reaching it
         stages, chs, reduction, k, num_blocks = [], 32, 2, 0, sum(n for _, _, n, _ in MOBILENEXT_STAGES)
         for t, c, n, s in MOBILENEXT_STAGES:
@@ -287,7 +281,7 @@ def _create_mobilenetv2(variant: str, attn: str, pretrained: bool = False, **kwa
         **kwargs)
     if features_only:  # as timm's _create_effnet
         model.pretrained_cfg = model.default_cfg = pretrained_cfg_for_features(model.pretrained_cfg)
-    model.conv_stem.register_forward_pre_hook(_check_images)
+    model.conv_stem.register_forward_pre_hook(check_images)
     return model
 
 
@@ -345,7 +339,10 @@ class MobileNeXtCAConfig(ImageClassifierConfig):
 
 def _register(name: str, config: ImageClassifierConfig) -> None:
     def factory(cfg: ImageClassifierConfig) -> nn.Module:
-        return timm.create_model(name, **dataclasses.asdict(cfg))
+        model = timm.create_model(name, **dataclasses.asdict(cfg))
+        if name == "mobilenetv2_100":  # timm's own model: the input check that ours carry
+            model.conv_stem.register_forward_pre_hook(check_images)
+        return model
 
     factory.__name__ = factory.__qualname__ = name
     register_model(config, PAPER, name=name)(factory)

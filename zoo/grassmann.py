@@ -29,9 +29,9 @@ from layers import CausalGrassmannMixing
 from weights.hub import hub_resolvable
 
 from ._registry import register_model
-from .transformer_lm import (PAPER, TiedCausalLMHead, as_requested, check_ids, collect_hidden, feed_forward,
-                             finish_backbone, input_embeddings, is_integer, positions_from_mask, refuse_attentions,
-                             token_positions)
+from .transformer_lm import (PAPER, TiedCausalLMHead, as_requested, check_ids, check_mask_values, collect_hidden,
+                             feed_forward, finish_backbone, input_embeddings, is_integer, positions_from_mask,
+                             refuse_attentions, token_positions)
 
 WINDOWS = (1, 2, 4, 8, 12, 16)
 
@@ -322,6 +322,7 @@ class NLIHeadForSequenceClassification(PreTrainedModel):
         elif attention_mask.shape != input_ids.shape:
             raise ValueError(f"NLI head: attention_mask must have the shape of input_ids {tuple(input_ids.shape)}, "
                              f"got {tuple(attention_mask.shape)}")
+        check_mask_values(attention_mask)
         has_token = attention_mask.bool().any(-1)
         if not bool(has_token.all()):
             rows = (~has_token).nonzero().flatten().tolist()
@@ -354,6 +355,9 @@ class NLIHeadForSequenceClassification(PreTrainedModel):
         if labels is not None and (labels.shape != logits.shape[:1] or not is_integer(labels)):
             raise ValueError(f"NLI head: labels must be integer class ids of shape ({len(logits)},), got "
                              f"{labels.dtype} {tuple(labels.shape)}")
+        if labels is not None and len(labels) and not 0 <= int(labels.min()) <= int(labels.max()) < logits.shape[-1]:
+            raise ValueError(f"NLI head: labels must lie in [0, num_labels={logits.shape[-1]}), got range "
+                             f"[{int(labels.min())}, {int(labels.max())}]")
         loss = None if labels is None else F.cross_entropy(logits.float(), labels.long())
         return as_requested(SequenceClassifierOutput(loss=loss, logits=logits), return_dict, self.config)
 

@@ -55,9 +55,9 @@ class HopfieldMIL(nn.Module):
         self.head = nn.Linear(config.quantity * width, 1)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        if x.dim() != 3 or x.shape[-1] != self.config.in_features or x.shape[1] == 0:
-            raise ValueError(f"HopfieldMIL: x must have shape (bags, instances >= 1, {self.config.in_features}), "
-                             f"got {tuple(x.shape)}")
+        if x.dim() != 3 or x.shape[-1] != self.config.in_features or x.shape[1] == 0 or not x.is_floating_point():
+            raise ValueError(f"HopfieldMIL: x must be a floating tensor of shape (bags, instances >= 1, "
+                             f"{self.config.in_features}), got {x.dtype} {tuple(x.shape)}")
         if mask is not None and mask.dtype != torch.bool:
             raise TypeError(f"HopfieldMIL: mask must be a bool tensor (True = padded instance), got {mask.dtype}; "
                             "a 0/1 mask as mask.bool()")
@@ -91,8 +91,9 @@ class HopfieldTabular(nn.Module):
         self.head = nn.Linear(config.embed_dim, config.num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() != 2 or x.shape[-1] != self.config.in_features:
-            raise ValueError(f"HopfieldTabular: x must have shape (batch, {self.config.in_features}), got {tuple(x.shape)}")
+        if x.dim() != 2 or x.shape[-1] != self.config.in_features or not x.is_floating_point():
+            raise ValueError(f"HopfieldTabular: x must be a floating tensor of shape (batch, {self.config.in_features}), got "
+                             f"{x.dtype} {tuple(x.shape)}")
         return self.head(self.lookup(self.embed(x).unsqueeze(1)).squeeze(1))
 
 
@@ -115,8 +116,9 @@ class TabularBaseline(nn.Module):
                                  nn.Linear(width, config.num_classes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() != 2 or x.shape[-1] != self.config.in_features:
-            raise ValueError(f"TabularBaseline: x must have shape (batch, {self.config.in_features}), got {tuple(x.shape)}")
+        if x.dim() != 2 or x.shape[-1] != self.config.in_features or not x.is_floating_point():
+            raise ValueError(f"TabularBaseline: x must be a floating tensor of shape (batch, {self.config.in_features}), got "
+                             f"{x.dtype} {tuple(x.shape)}")
         return self.net(x)
 
 

@@ -42,8 +42,9 @@ class IBMLP(nn.Module):
         self.t = nn.ModuleList(ProbePoint() for _ in widths[1:])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() != 2 or x.shape[1] != self.config.widths[0]:
-            raise ValueError(f"IBMLP: x must have shape (batch, {self.config.widths[0]}), got {tuple(x.shape)}")
+        if x.dim() != 2 or x.shape[1] != self.config.widths[0] or not x.is_floating_point():
+            raise ValueError(f"IBMLP: x must be a floating tensor of shape (batch, {self.config.widths[0]}) (bits as "
+                             f"x.float()), got {x.dtype} {tuple(x.shape)}")
         for linear, act, probe in zip(self.linears, self.acts, self.t):
             x = probe(act(linear(x)))
         logits = self.linears[-1](x)

@@ -25,6 +25,7 @@ from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
 from layers import SigmaReparam, add_attention_probes, apply_sigma_reparam
 
+from ._image_input import check_images
 from ._registry import Paper, register_model
 from .transformer_lm import TransformerLMArgs, TransformerLMConfig, TransformerLMForCausalLM, TransformerLMModel
 
@@ -57,6 +58,7 @@ class SigmaVisionTransformer(VisionTransformer):
 
     def __init__(self, *args, remove_norms: bool = True, reparam: bool = True, **kwargs):
         super().__init__(*args, **kwargs)
+        self.patch_embed.register_forward_pre_hook(check_images)
         add_attention_probes(self)
         if reparam:
             apply_sigma_reparam(self, remove_norms=remove_norms)

@@ -62,6 +62,8 @@ def token_positions(inputs: torch.Tensor, past: int, position_ids: torch.Tensor 
     if attention_mask is not None and attention_mask.shape != (B, past + T):
         raise ValueError(f"attention_mask must cover the cached and the new tokens, shape (batch={B}, "
                          f"past + new = {past + T}), got {tuple(attention_mask.shape)}")
+    if attention_mask is not None:
+        check_mask_values(attention_mask)
     if position_ids is None:
         if attention_mask is not None:
             position_ids = positions_from_mask(attention_mask)[:, -T:]
@@ -73,10 +75,23 @@ def token_positions(inputs: torch.Tensor, past: int, position_ids: torch.Tensor 
         raise ValueError(f"position_ids must have last dim {T} (the number of input tokens), got {tuple(position_ids.shape)}")
     else:
         bound = None  # given positions: only reading them tells
-    if (bound is None or bound >= max_positions) and T and int(position_ids.max()) >= max_positions:
-        raise ValueError(f"position {int(position_ids.max())} is beyond max_position_embeddings={max_positions}; "
+    if not T or bound is not None and bound < max_positions:
+        return position_ids
+    low, high = torch.stack(torch.aminmax(position_ids)).tolist()  # one device sync for both bounds
+    if low < 0:
+        raise ValueError(f"position_ids must be >= 0, got {int(low)}")
+    if high >= max_positions:
+        raise ValueError(f"position {int(high)} is beyond max_position_embeddings={max_positions}; "
                          f"shorten the input or build the model with a larger max_position_embeddings")
     return position_ids
+
+
+def check_mask_values(attention_mask: torch.Tensor) -> None:
+    """An attention mask marks real tokens with 1 (or True) and padding with 0; any other value is an error: positions
+    count the ones, attention keeps the non-zeros, and a mask of 0.5 or 2 would make them disagree silently."""
+    if attention_mask.dtype != torch.bool and not bool(((attention_mask == 0) | (attention_mask == 1)).all()):
+        values = torch.unique(attention_mask)[:5].tolist()
+        raise ValueError(f"attention_mask must hold 1 (a real token) or 0 (padding), or be bool; got values {values}")
 
 
 def is_integer(t: torch.Tensor) -> bool:
@@ -151,6 +166,11 @@ def lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
                          f"{labels.dtype} {tuple(labels.shape)}")
     if labels.shape[1] < 2:
         raise ValueError("labels need at least 2 tokens: the loss predicts token t+1 from tokens up to t")
+    targets = labels[:, 1:]
+    outside = (targets != -100) & ((targets < 0) | (targets >= logits.shape[-1]))
+    if bool(outside.any()):  # else an IndexError on the CPU, a device-side assert on a GPU
+        raise ValueError(f"labels must lie in [0, vocab_size={logits.shape[-1]}) or be -100 (ignored), got "
+                         f"{targets[outside][:5].tolist()}")
     return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten().long(),
                            ignore_index=-100)
 
