@@ -88,6 +88,9 @@ def test_load_into_warns_when_the_file_is_another_models_or_configs(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         load_into(zoo.create_model("ib_mlp_relu"), relu)
+    # another registered name with the very same config: still named, with no per-key differences
+    with pytest.warns(ConfigMismatchWarning, match=r"saved from 'ib_mlp_relu' and is loaded into 'ib_mlp_tanh'$"):
+        load_into(zoo.create_model("ib_mlp_tanh", activation="relu"), relu)
     # a model built outside the registry (a Hugging Face config class, from_pretrained) is compared by its config
     from zoo.transformer_lm import TransformerLMConfig, TransformerLMForCausalLM
 

@@ -90,6 +90,16 @@ def test_diffusion_operator_spectrum_and_dsmi():
     assert diffusion_spectral_mutual_information(x2, labels[:, None], sigma=1.0).item() == pytest.approx(1.0, abs=1e-3)
 
 
+def test_dsmi_weights_each_class_by_its_share():
+    """I_D = S_D(X) - sum_y p(y) S_D(X | y): class a (20 points) in two far clusters (1 bit), class b (80) in one
+    (0 bits); X has three clusters (log2 3 bits), so I_D = log2 3 - 0.2 (equal weights would give log2 3 - 0.5)."""
+    g = torch.Generator().manual_seed(5)
+    centres = torch.tensor([[0.0, 0.0]] * 10 + [[1e3, 0.0]] * 10 + [[0.0, 1e3]] * 80)
+    x = centres + 1e-3 * torch.randn(100, 2, generator=g)
+    labels = torch.tensor([0] * 20 + [1] * 80)
+    assert diffusion_spectral_mutual_information(x, labels, sigma=1.0).item() == pytest.approx(math.log2(3) - 0.2, abs=1e-3)
+
+
 def _logsumexp(terms):
     m = max(terms)
     return m + math.log(sum(math.exp(t - m) for t in terms))

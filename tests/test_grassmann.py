@@ -160,6 +160,24 @@ def test_repeated_vectors_span_no_plane():
     assert seen[0][0, 2].abs().max() == 0 and seen[0][0, 1].norm() > 0.99
 
 
+def test_a_plane_is_judged_by_its_sine_at_any_scale():
+    """Two nearly parallel z (sine about 1e-2, above eps = 1e-4) span a plane whether |z| is 1e-3 or 1e3: the test is
+    relative (|p| > eps |a| |b|), and the normalised coordinates do not depend on the scale."""
+    torch.manual_seed(0)
+    layer = CausalGrassmannMixing(8, rank=4, windows=(1,)).eval()
+    with torch.no_grad():
+        layer.reduce.bias.zero_()
+    seen = []
+    layer.plucker.register_forward_hook(lambda m, i, o: seen.append(o))
+    h = torch.randn(1, 3, 8, dtype=torch.float32)
+    h[0, 2] = h[0, 1] + 1e-2 * torch.randn(8)
+    for scale in (1e-3, 1.0, 1e3):
+        layer(h * scale)
+    for p in seen:
+        assert p[0, 2].norm().item() == pytest.approx(1.0, abs=1e-4)
+    torch.testing.assert_close(seen[0], seen[2], atol=1e-4, rtol=0)
+
+
 # -- the models ----------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("name, overrides, expected", [

@@ -287,6 +287,18 @@ def test_energy_never_increases_and_the_fixed_point_is_reached():
     assert (again - fixed).abs().max() < 1e-8
 
 
+def test_energy_equals_eq_2_by_hand_and_is_never_negative():
+    """E = -1/beta log sum_i exp(beta x_i^T xi) + xi^T xi / 2 + ln(N) / beta + M^2 / 2 (Ramsauer et al. eq. 2), for
+    x_1 = (1, 0), x_2 = (0, 2), xi = (1, 1), beta = 0.5; and E >= (|xi| - M)^2 / 2 >= 0 for any xi."""
+    stored = torch.tensor([[1.0, 0.0], [0.0, 2.0]], dtype=torch.float64)
+    by_hand = -2 * math.log(math.exp(0.5) + math.exp(1.0)) + 1.0 + 2 * math.log(2) + 2.0
+    assert hopfield_energy(torch.tensor([1.0, 1.0], dtype=torch.float64), stored, 0.5).item() == pytest.approx(by_hand, abs=1e-12)
+    g = torch.Generator().manual_seed(0)
+    xi, y = torch.randn(64, 5, generator=g, dtype=torch.float64) * 3, torch.randn(7, 5, generator=g, dtype=torch.float64)
+    energy = hopfield_energy(xi, y, 0.7)
+    assert (energy >= 0.5 * (xi.norm(dim=-1) - y.norm(dim=-1).max()) ** 2 - 1e-12).all()
+
+
 def test_large_beta_retrieves_a_stored_pattern_in_one_update():
     torch.manual_seed(0)
     x = torch.randn(1, 100, 64, dtype=torch.float64)  # well separated: Delta_i = x_i^T x_i - max_j x_i^T x_j >> 0

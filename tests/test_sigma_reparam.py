@@ -53,6 +53,29 @@ def test_sigma_converges_to_the_spectral_norm_from_a_changed_weight():
     assert abs(layer.sigma.item() - 3.0) < 1e-3
 
 
+def test_a_training_forward_runs_exactly_one_power_iteration_and_restart_sets_only_the_names_given():
+    """From known u0: v = W^T u0 / |W^T u0|, then u = W v / |W v| (paper Alg. 1), once per training forward;
+    restart_reparam(names) resets only those of u, v, gamma, to the top singular triplet of the current weight."""
+    torch.manual_seed(0)
+    layer = apply_sigma_reparam(nn.Linear(6, 5))
+    W = layer.weight.detach().clone()
+    u0 = torch.nn.functional.normalize(torch.randn(5), dim=0)
+    with torch.no_grad():
+        layer.u.copy_(u0)
+    layer.train()(torch.randn(2, 6))
+    v1 = torch.nn.functional.normalize(W.T @ u0, dim=0)
+    torch.testing.assert_close(layer.v, v1, atol=1e-6, rtol=0)
+    torch.testing.assert_close(layer.u, torch.nn.functional.normalize(W @ v1, dim=0), atol=1e-6, rtol=0)
+    gamma, v = layer.gamma.detach().clone(), layer.v.clone()
+    layer.restart_reparam(names=("u",))
+    U, S, Vh = torch.linalg.svd(W)
+    assert torch.equal(layer.gamma.detach(), gamma) and torch.equal(layer.v, v)
+    assert abs(abs(float(layer.u @ U[:, 0])) - 1) < 1e-5  # the top left singular vector (either sign)
+    layer.restart_reparam()
+    assert layer.gamma.item() == pytest.approx(S[0].item(), rel=1e-5)
+    assert layer.sigma.item() == pytest.approx(S[0].item(), rel=1e-5)
+
+
 def test_sigma_tracks_the_spectral_norm_during_training():
     torch.manual_seed(0)
     net = apply_sigma_reparam(nn.Sequential(nn.Linear(16, 64), nn.Tanh(), nn.Linear(64, 1)))
