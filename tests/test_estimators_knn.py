@@ -372,3 +372,38 @@ def test_knn_estimators_at_extreme_float64_scales():
     h = kozachenko_leonenko_entropy(z).item()
     for scale in (1e160, 1e-160):
         assert kozachenko_leonenko_entropy(z * scale).item() - 2 * math.log(scale) == pytest.approx(h, abs=1e-4)  # float32 at 737
+
+
+def _ksg2_by_definition(x: np.ndarray, y: np.ndarray, k: int) -> float:
+    """KSG-2 written out point by point (Kraskov et al. eq. 9, Gao et al.'s rule where eps_i = 0), max-norms: the
+    k joint neighbours include every point tied with the k-th, k_i counts them, and psi(k_i) - 1/k_i replaces
+    psi(k) - 1/k."""
+    from scipy.special import digamma
+
+    n, terms = len(x), []
+    for i in range(n):
+        dx, dy = np.abs(x - x[i]).max(1), np.abs(y - y[i]).max(1)
+        dz = np.maximum(dx, dy)
+        others = np.arange(n) != i
+        eps = np.sort(dz[others])[k - 1]
+        if eps == 0:
+            kk, nx, ny = ((d[others] == 0).sum() for d in (dz, dx, dy))
+            terms.append(digamma(kk) - digamma(nx + 1) - digamma(ny + 1))
+            continue
+        near = others & (dz <= eps)
+        ex, ey = dx[near].max(), dy[near].max()
+        kk, nx, ny = near.sum(), (others & (dx <= ex)).sum(), (others & (dy <= ey)).sum()
+        terms.append(digamma(kk) - 1 / kk - digamma(nx) - digamma(ny))
+    return float(digamma(n) + np.mean(terms))
+
+
+@pytest.mark.parametrize("method", ["tree", "brute"])
+def test_ksg2_with_ties_at_a_non_zero_kth_distance_equals_its_definition(method):
+    """On a fine lattice most points have several neighbours tied at the k-th distance eps_i > 0 (the branch a
+    coarse lattice, where eps_i = 0, never reaches); both searches give the point-by-point definition."""
+    g = np.random.default_rng(0)
+    x = np.round(g.normal(size=(400, 2)) / 0.25) * 0.25
+    y = np.round((x[:, :1] + g.normal(size=(400, 1))) / 0.25) * 0.25
+    value = ksg_mutual_information(torch.from_numpy(x), torch.from_numpy(y), k=3, variant=2, standardise=False,
+                                   method=method).item()
+    assert value == pytest.approx(_ksg2_by_definition(x, y, 3), abs=1e-6)
