@@ -289,6 +289,56 @@ def test_a_warmup_longer_than_the_run_is_warned_about():
     assert all(abs(long(s) - short(s)) < 1e-12 for s in range(20))
 
 
+def test_a_misspelt_selection_metric_fails_before_the_first_step(tmp_path, monkeypatch):
+    """With evaluations during the run, the first one comes before that step's checkpoint: one evaluation of the
+    initial model names the misspelt metric before any training, instead of losing eval_every steps."""
+    from train.tasks.dsr import DSRTask
+
+    monkeypatch.setattr(DSRTask, "loss", lambda *a: pytest.fail("trained before the metric was checked"))
+    with pytest.raises(KeyError, match="train.select names 'D_stp'"):
+        fit(load_recipe("alrnn-lorenz63", SMALL_DSR + ["train.select=min:D_stp", "train.eval_every=10"]), tmp_path / "run")
+
+
+def test_resume_without_the_runs_recipe_or_with_missing_metric_rows(tmp_path):
+    """Checkpoints without recipe.yaml cannot be checked against the recipe: refused. metrics.jsonl that lost its
+    rows (deleted, or a power loss before this version flushed it at each checkpoint) is warned about."""
+    recipe = load_recipe("alrnn-lorenz63", SMALL_DSR + ["train.steps=20"])
+    fit(recipe, tmp_path / "run")
+    for name in ("model.safetensors", "summary.json"):
+        (tmp_path / "run" / name).unlink()
+    (tmp_path / "run" / "recipe.yaml").rename(tmp_path / "recipe.yaml")
+    with pytest.raises(FileNotFoundError, match="holds checkpoints but no recipe.yaml"):
+        fit(recipe, tmp_path / "run", resume=True)
+    (tmp_path / "recipe.yaml").rename(tmp_path / "run" / "recipe.yaml")
+    (tmp_path / "run" / "metrics.jsonl").unlink()
+    with pytest.warns(UserWarning, match=r"metrics.jsonl has no training row for step 20 \(it holds 0 rows"):
+        fit(recipe, tmp_path / "run", resume=True)
+
+
+def test_run_tables_and_pictures_are_replaced_whole(tmp_path, monkeypatch):
+    """metrics.csv and the plots go through an atomic write: a failure while writing leaves the previous file."""
+    import matplotlib.pyplot as plt
+
+    from train.loop import _jsonl_to_csv
+    from train.plots import save_figure
+
+    src, dst = tmp_path / "metrics.jsonl", tmp_path / "metrics.csv"
+    src.write_text('{"step": 1, "split": "train", "loss": 0.5}\n')
+    dst.write_text("previous table")
+    monkeypatch.setattr(csv.DictWriter, "writerows", lambda self, rows: (_ for _ in ()).throw(OSError("disk full")))
+    with pytest.raises(OSError, match="disk full"):
+        _jsonl_to_csv(src, dst)
+    assert dst.read_text() == "previous table"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.csv", "metrics.jsonl"]  # no temporary left
+    picture = tmp_path / "plot.png"
+    picture.write_bytes(b"previous picture")
+    fig = plt.figure()
+    monkeypatch.setattr(fig, "savefig", lambda *a, **k: (_ for _ in ()).throw(OSError("disk full")))
+    with pytest.raises(OSError, match="disk full"):
+        save_figure(fig, picture)
+    assert picture.read_bytes() == b"previous picture"
+
+
 def test_a_failing_final_selection_keeps_the_trained_weights(tmp_path):
     """A misspelt train.select is found at the final evaluation (eval_every=0); the trained model is saved
     before it, so the run's work is not lost."""
@@ -438,8 +488,9 @@ def test_bad_probe_section_fails_before_the_data_is_read(override, error, tmp_pa
 
 
 @pytest.mark.parametrize("override, error", [
-    ("optim.lr=abc", r"optim.lr must be a finite number >= 0, got 'abc'"),
-    ("optim.lr=-1e-3", r"optim.lr must be a finite number >= 0, got -0.001"),
+    ("optim.lr=abc", r"optim.lr must be a number in \[0, 3.40282346639e\+38\], got 'abc'"),
+    ("optim.lr=1e39", r"optim.lr must be a number in \[0, 3.40282346639e\+38\], got 1e\+39"),
+    ("optim.lr=-1e-3", r"optim.lr must be a number in \[0, 3.40282346639e\+38\], got -0.001"),
     ("optim.betas=0.9", r"optim.betas must be a pair \[beta1, beta2\], got 0.9"),
     ("optim.betas=[0.9, 1.5]", r"optim.betas must be a number in \[0, 1\], got 1.5"),
     ("optim.momentum=0.9", r"optim: radam has no setting \['momentum'\]; its settings are \['lr', 'betas'"),
@@ -683,7 +734,7 @@ def test_recipe_sections_typos_and_non_finite_settings_are_refused(tmp_path):
                                          r"\['ckpt_every'\]\}\)"):
         load_recipe(str(tmp_path / "typo.yaml"))
     params = [torch.nn.Parameter(torch.zeros(2))]
-    with pytest.raises(ValueError, match=r"optim.lr must be a finite number >= 0, got inf"):
+    with pytest.raises(ValueError, match=r"optim.lr must be a number in \[0, 3.40282346639e\+38\], got inf"):
         build_optimizer(params, {"name": "adam", "lr": float("inf")})
     with pytest.raises(ValueError, match=r"optim.momentum must be a number in \[0, 1\], got 2"):
         build_optimizer(params, {"name": "sgd", "lr": 0.1, "momentum": 2})

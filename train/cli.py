@@ -57,17 +57,22 @@ def _cmd_train(args):
     if args.out is not None and not args.out.strip():
         raise ValueError("--out is empty; give a run directory, or leave --out out for runs/RECIPE")
     out = Path(args.out or f"runs/{recipe['name']}")
+    def where() -> str:
+        saved = loop.checkpoints(out)
+        if saved:
+            return f"the newest checkpoint is {saved[-1].absolute()}; rerun the same command with --resume to continue"
+        return "no checkpoint yet" + ("" if recipe["train"]["ckpt_every"] else
+                                      " (train.ckpt_every is 0: --set train.ckpt_every=N saves one every N steps)")
+
     try:
         final = loop.fit(recipe, out, resume=args.resume)
     except KeyboardInterrupt:
-        saved = loop.checkpoints(out)
-        if saved:
-            where = f"the newest checkpoint is {saved[-1].absolute()}; rerun the same command with --resume to continue"
-        else:
-            where = "no checkpoint yet" + ("" if recipe["train"]["ckpt_every"] else
-                                           " (train.ckpt_every is 0: --set train.ckpt_every=N saves one every N steps)")
-        print(f"zoo train: interrupted; {where}", file=sys.stderr)
+        print(f"zoo train: interrupted; {where()}", file=sys.stderr)
         raise SystemExit(130) from None
+    except OSError as err:  # a full disk or a lost mount mid-run: what was saved, and how to go on
+        if not loop.checkpoints(out):
+            raise
+        raise OSError(f"{err}; {where()} once the cause is fixed") from err
     if final:
         print(loop.json_text(final, indent=2))
         if (out / "best.json").is_file():

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 import zoo
 from weights import CheckpointError, load_checkpoint, load_into, save_checkpoint
-from weights.checkpoint import atomic_write
+from weights.checkpoint import atomic_write, fsync_path
 from weights.tree import load_tree, save_tree
 
 from .distributed import Dist, all_mean, setup, teardown, world_size
@@ -87,13 +87,16 @@ def _save_train_checkpoint(out: Path, step: int, model, optimizer, scheduler, ke
     final = out / "checkpoints" / f"step_{step:08d}"
     tmp = final.with_name(final.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
+    if (out / "metrics.jsonl").is_file():  # its rows up to this step reach the disk before the checkpoint does
+        fsync_path(out / "metrics.jsonl")
     save_checkpoint(model, tmp / "model.safetensors", extra_metadata=provenance)
     if probe is not None:
-        probe.to_csv(out / "probe.csv")
+        atomic_write(out / "probe.csv", probe.to_csv)
     save_tree({"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()},
               tmp / "trainer.safetensors")
     shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)
+    fsync_path(final.parent, folder=True)  # the rename on disk before an older checkpoint is removed
     for old in checkpoints(out)[:-keep] if keep > 0 else []:
         shutil.rmtree(old)
     return final
@@ -121,11 +124,14 @@ class _BestSelector:
         """The selected model (loaded from best.safetensors), or None when nothing is selected."""
         return load_checkpoint(self.out / "best.safetensors").eval() if self.best is not None else None
 
+    def check(self, row: dict) -> None:
+        if self.metric and self.metric not in row:
+            raise KeyError(f"train.select names {self.metric!r}, but evaluation reports {sorted(row)}")
+
     def update(self, row: dict, model) -> None:
         if not self.metric:
             return
-        if self.metric not in row:
-            raise KeyError(f"train.select names {self.metric!r}, but evaluation reports {sorted(row)}")
+        self.check(row)
         value = row[self.metric]
         better = self.best is None or (value < self.best if self.mode == "min" else value > self.best)
         if better and value == value:  # NaN is never best
@@ -165,10 +171,14 @@ def _jsonl_to_csv(src: Path, dst: Path) -> None:
     """metrics.jsonl as one CSV table (columns: the union of keys; empty where a row lacks one)."""
     rows = [json.loads(line) for line in src.read_text().splitlines() if line.strip()]
     columns = list(dict.fromkeys(k for r in rows for k in r))
-    with open(dst, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
+
+    def write(tmp):
+        with open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=columns)
+            writer.writeheader()
+            writer.writerows(rows)
+
+    atomic_write(dst, write)
 
 
 def _append(path: Path, row: dict) -> None:
@@ -344,6 +354,10 @@ def _check_run_dir(recipe: dict, out: Path, resume: bool) -> None:
     if finished and not resume:  # its files would sit beside the new run's, and eval would read the old model
         raise FileExistsError(f"{out} already holds a finished run ({', '.join(finished)}); choose another --out, "
                               "or delete that run first")
+    if resume and found and not (out / "recipe.yaml").is_file():
+        raise FileNotFoundError(f"--resume: {out} holds checkpoints but no recipe.yaml to check this recipe against "
+                                "(the schedule and data depend on it); put the run's recipe.yaml back, or train into "
+                                "a new --out")
     if resume and (out / "recipe.yaml").is_file():
         saved = yaml.safe_load((out / "recipe.yaml").read_text())
         if saved != recipe:
@@ -396,10 +410,20 @@ def _fit(recipe: dict, cfg: dict, out: Path, resume: bool, d: Dist, task, points
         rows = _read_rows(metrics_path) if start else []
         # the rows up to the checkpoint, less the final evaluation (always recomputed at the end)
         kept = [r for r in rows if r["step"] <= start and not (r["split"] == "eval" and r["step"] == steps)]
+        last_logged = start - start % int(cfg["log_every"])
+        if last_logged and not any(r["step"] == last_logged and r["split"] == "train" for r in kept):
+            warnings.warn(f"--resume: {metrics_path} has no training row for step {last_logged} (it holds "
+                          f"{len(kept)} rows up to step {start}); the run goes on, and its metrics miss those "
+                          "steps", stacklevel=2)
         _write_text(metrics_path, "".join(json_text(r) + "\n" for r in kept))
 
     provenance = _provenance(recipe)
     selector = _BestSelector(cfg["select"], out, provenance, start, d.main)
+    if d.main and selector.metric and not start and 0 < int(cfg["eval_every"]) < steps:
+        # one evaluation of the initial model names a misspelt metric now, not at the first evaluation, which comes
+        # before that step's checkpoint (the final one comes after the weights are saved)
+        model.eval()
+        selector.check(task.evaluate(model))
     print(f"[rank {d.rank}/{d.world}] {recipe['name']} on {d.device}, steps {start}..{steps}"
           + (" (already complete: evaluating the final model again)" if start == steps else ""), file=sys.stderr)
     eager_net = DistributedDataParallel(model) if d.world > 1 else model
@@ -488,6 +512,8 @@ def _fit(recipe: dict, cfg: dict, out: Path, resume: bool, d: Dist, task, points
     selector.update(final, model)
     _jsonl_to_csv(metrics_path, out / "metrics.csv")
     plot_metrics(metrics_path, out / "metrics.png")
-    task.report(selector.model() or model, out)
+    with torch.random.fork_rng(devices=[d.device] if d.device.type == "cuda" else []):
+        torch.manual_seed(int(cfg["seed"]))  # a report that samples (generation) draws the same in a resumed run
+        task.report(selector.model() or model, out)
     _write_text(out / "summary.json", json_text(final, indent=2))
     return final

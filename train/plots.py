@@ -6,8 +6,17 @@ from pathlib import Path
 
 import matplotlib
 
+from weights.checkpoint import atomic_write
+
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+
+
+def save_figure(fig, path: Path, dpi: int = 110) -> Path:
+    """Write ``fig`` as a PNG atomically (a kill leaves the old picture or the new one), then close it."""
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=dpi, format="png"))
+    plt.close(fig)
+    return Path(path)
 
 
 def plot_metrics(metrics_jsonl: Path, out: Path) -> Path:
@@ -23,9 +32,7 @@ def plot_metrics(metrics_jsonl: Path, out: Path) -> Path:
         ax.plot([r["step"] for r in evals], [r.get(key) for r in evals], marker="o")
         ax.set(xlabel="step", ylabel=key)
     fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return Path(out)
+    return save_figure(fig, out)
 
 
 def plot_attractor(x_true, x_gen, codes, out: Path, title: str = "") -> Path:
@@ -40,6 +47,4 @@ def plot_attractor(x_true, x_gen, codes, out: Path, title: str = "") -> Path:
     fig.colorbar(sc, ax=ax, shrink=0.6, label="subregion code")
     fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return Path(out)
+    return save_figure(fig, out)

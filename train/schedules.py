@@ -23,8 +23,9 @@ def build_optimizer(params, cfg: dict) -> torch.optim.Optimizer:
     unknown = sorted(set(cfg) - set(settings))
     if unknown:
         raise KeyError(f"optim: {name} has no setting {unknown}; its settings are {settings}")
-    for key, high in (("lr", math.inf), ("weight_decay", math.inf), ("momentum", 1.0), ("dampening", 1.0),
-                      ("eps", math.inf)):
+    largest = float(torch.finfo(torch.float32).max)  # torch keeps these as float32 scalars in places
+    for key, high in (("lr", largest), ("weight_decay", largest), ("momentum", 1.0), ("dampening", 1.0),
+                      ("eps", largest)):
         if key in cfg:
             check_number("optim", key, cfg[key], high=high)
     if "betas" in cfg:

@@ -78,9 +78,9 @@ def atomic_write(path: str | os.PathLike, write) -> Path:
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
-        _fsync(tmp)
+        fsync_path(tmp)
         os.replace(tmp, target)
-        _fsync(target.parent, folder=True)  # the rename itself
+        fsync_path(target.parent, folder=True)  # the rename itself
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -88,7 +88,7 @@ def atomic_write(path: str | os.PathLike, write) -> Path:
     return path
 
 
-def _fsync(path, folder: bool = False) -> None:
+def fsync_path(path, folder: bool = False) -> None:
     """Flush a file (errors raise) or a folder's entries (best effort: Windows and some network file systems
     cannot open or flush a folder) to disk."""
     try:

@@ -184,6 +184,8 @@ class ImageClassificationTask(Task):
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
+        from ..plots import save_figure
+
         fig, axes = plt.subplots(2, len(x), figsize=(2 * len(x), 4.2))
         for k in range(len(x)):
             image = x[k].permute(1, 2, 0).numpy()
@@ -197,6 +199,4 @@ class ImageClassificationTask(Task):
         axes[1, 0].set_ylabel(f"{name}\nmean_c a_h a_w")
         fig.tight_layout()
         path = Path(out) / "attention.png"
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-        return [path]
+        return [save_figure(fig, path, dpi=100)]

@@ -116,5 +116,4 @@ class CausalLMTask(Task):
         lines = [f"PROMPT: {self.tokenizer.decode(p.tolist())}\nMODEL: {self.tokenizer.decode(g[16:].tolist())}\n"
                  for p, g in zip(prompts, generated)]
         path = Path(out) / "samples.txt"
-        path.write_text("\n".join(lines))
-        return [path]
+        return [atomic_write(path, lambda tmp: Path(tmp).write_text("\n".join(lines)))]

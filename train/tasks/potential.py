@@ -125,6 +125,8 @@ class PotentialTask(Task):
         """Parity plots of test energies per atom and force components."""
         import matplotlib.pyplot as plt
 
+        from ..plots import save_figure
+
         model.eval()
         err = self.errors(model, "test")
         ref_e = np.array([a.get_potential_energy() / len(a) for a in self.structures["test"]])
@@ -139,6 +141,4 @@ class PotentialTask(Task):
                    title=f"MAE {1000 * np.abs(e).mean():.1f} m{label.split('(')[1][:-1]}")
         fig.tight_layout()
         path = Path(out) / "parity.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        return [path]
+        return [save_figure(fig, path)]

@@ -123,6 +123,8 @@ class PVRNNTask(Task):
     def report(self, model, out: Path):
         import matplotlib.pyplot as plt
 
+        from ..plots import save_figure
+
         with torch.no_grad():
             gen = model.generate(1, 400).cpu()[0]
         er = model.error_regression(self.test_x[:1].to(model.out.weight.device), **self.er)
@@ -138,6 +140,4 @@ class PVRNNTask(Task):
         axes[2].legend(fontsize=7)
         fig.tight_layout()
         path = Path(out) / "pvrnn.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        return [path]
+        return [save_figure(fig, path)]
