@@ -243,6 +243,22 @@ def test_ctrl_c_during_train_names_the_checkpoint_to_resume_from(tmp_path, capsy
     assert capsys.readouterr().out.endswith(f"run directory: {tmp_path / 'c'}\n")
 
 
+def test_an_io_error_during_train_names_the_checkpoint_to_resume_from(tmp_path, capsys, monkeypatch):
+    import train.loop
+
+    def disk_full(recipe, out, resume=False):
+        (out / "checkpoints" / "step_00000010").mkdir(parents=True)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(train.loop, "fit", disk_full)
+    with pytest.raises(SystemExit) as err:
+        main(["train", "alrnn-lorenz63", "--out", str(tmp_path / "run")])
+    assert err.value.code == 2
+    message = capsys.readouterr().err
+    assert message.startswith("zoo train: error: [Errno 28] No space left on device; the newest checkpoint is ")
+    assert "step_00000010; rerun the same command with --resume to continue once the cause is fixed" in message
+
+
 def test_an_estimator_error_names_the_point_and_two_variable_advice_names_the_flag(tmp_path, capsys):
     path = save_checkpoint(zoo.create_model("alrnn_m20_p2"), tmp_path / "m.safetensors")
     small = ["--recipe", "alrnn-lorenz63", "--set", "data.train_steps=2000", "--set", "data.test_steps=1500",
