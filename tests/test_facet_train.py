@@ -94,6 +94,11 @@ def test_structure_files_name_a_frame_without_labels_and_read_mace_ref_keys(tmp_
     write(tmp_path / "energy_only.extxyz", [no_forces], format="extxyz")
     with pytest.raises(ValueError, match=r"frame 0 \(from 0; Cu4\): no forces label"):
         read_structures(tmp_path / "energy_only.extxyz")
+    nan_energy = bulk("Cu", "fcc", a=3.6, cubic=True)
+    nan_energy.calc = SinglePointCalculator(nan_energy, energy=float("nan"), forces=np.zeros((4, 3)))
+    write(tmp_path / "nan.extxyz", [labelled, nan_energy], format="extxyz")
+    with pytest.raises(ValueError, match=r"nan.extxyz, frame 1 \(from 0; Cu4\): its energy label holds NaN or inf"):
+        read_structures(tmp_path / "nan.extxyz")  # it poisoned the reference energies' least squares unnamed
 
     mace = bulk("Ni", "fcc", a=3.5, cubic=True)  # MACE-MP's layout: labels only under REF_* keys
     forces = np.arange(12.0).reshape(4, 3)

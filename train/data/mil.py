@@ -2,6 +2,7 @@
 (by path, or from the CSVs inside the ``mil`` package)."""
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +34,10 @@ def digit_bags(n_bags: int, target: int = 9, mean_length: float = 10.0, std_leng
 
     if split not in ("train", "test"):
         raise ValueError(f"digit_bags: split must be 'train' or 'test', got {split!r}")
+    if n_bags < 1 or not 0 <= target <= 9 or not 2 <= mean_length <= 100:
+        raise ValueError(f"digit bags: data.train_bags and data.test_bags must be >= 1, data.target a digit 0-9 and "
+                         f"data.mean_bag_length in [2, 100], got {n_bags} bags, target {target!r}, mean length "
+                         f"{mean_length!r}")
     images, digits = load_digits(return_X_y=True)
     order = np.random.default_rng(12345).permutation(len(digits))
     order = order[:1200] if split == "train" else order[1200:]
@@ -100,19 +105,25 @@ def _read_instances(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         if table.shape[1] < 3:
             raise ValueError(f"{path}: a MIL CSV needs columns label, bag_id, features...; got {table.shape[1]}")
         return table[:, 2:].astype(np.float32), table[:, 0], table[:, 1]
-    if suffix == ".mat":
-        from scipy.io import loadmat
-
-        raw = loadmat(str(path))
-    elif suffix == ".npz":
-        raw = dict(np.load(path, allow_pickle=False))
-    else:
+    if suffix not in (".mat", ".npz"):
         raise ValueError(f"MIL data file must be .mat, .npz or .csv, got {path.name}")
+    from scipy.io import loadmat
+    from scipy.io.matlab import MatReadError
+
+    try:
+        raw = loadmat(str(path)) if suffix == ".mat" else dict(np.load(path, allow_pickle=False))
+    except (OSError, ValueError, NotImplementedError, MatReadError, zipfile.BadZipFile) as err:
+        raise ValueError(f"{path} cannot be read as a {suffix} MIL file ({type(err).__name__}: {err}); it must hold "
+                         "the numeric arrays features (instances, features), labels and bag_ids") from None
     missing = [k for k in ("features", "labels", "bag_ids") if k not in raw]
     if missing:
         raise KeyError(f"{path} lacks {missing}; it must hold features, labels and bag_ids")
     dense = lambda a: np.asarray(a.todense() if hasattr(a, "todense") else a)
-    return dense(raw["features"]).astype(np.float32), dense(raw["labels"]).ravel(), dense(raw["bag_ids"]).ravel()
+    arrays = {k: dense(raw[k]) for k in ("features", "labels", "bag_ids")}
+    text = [k for k, a in arrays.items() if a.dtype.kind not in "biuf"]
+    if text:
+        raise ValueError(f"{path}: {text} must hold numbers, got dtypes {[str(arrays[k].dtype) for k in text]}")
+    return arrays["features"].astype(np.float32), arrays["labels"].ravel(), arrays["bag_ids"].ravel()
 
 
 def load_mil_file(path: str | Path) -> tuple[list[np.ndarray], np.ndarray]:
@@ -141,6 +152,10 @@ def load_mil_file(path: str | Path) -> tuple[list[np.ndarray], np.ndarray]:
     if not np.isfinite(labels).all():  # a NaN label would read as a negative bag
         raise ValueError(f"{path}: labels contain {int((~np.isfinite(labels)).sum())} NaN or inf entries; each "
                          "instance holds its bag's label, +-1 or 0/1")
+    other = np.setdiff1d(np.unique(labels), [-1, 0, 1])
+    if len(other):  # 2 would read as positive, -2 as negative, without a word
+        raise ValueError(f"{path}: labels must be +-1 or 0/1 (the bag's label on each instance), got values "
+                         f"{other[:5].tolist()}")
     order = np.argsort(ids, kind="stable")  # bags in order of their ids, instances in file order
     _, starts = np.unique(ids[order], return_index=True)
     bags = np.split(features[order], starts[1:])

@@ -2,6 +2,7 @@
 paper's second data set, or any other, taken by path."""
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -41,9 +42,10 @@ def load_sequences(path: str | Path) -> tuple[torch.Tensor, torch.Tensor | None]
                 if "train" not in f.files:
                     raise KeyError(f"{path} has no 'train' array (found {sorted(f.files)})")
                 arrays = {k: f[k] for k in ("train", "test") if k in f.files}
-    except ValueError as err:
-        if "allow_pickle" not in str(err):
-            raise
+    except (ValueError, OSError, zipfile.BadZipFile) as err:
+        if "allow_pickle" not in str(err):  # a truncated file, a damaged archive
+            raise ValueError(f"sequence file {path} cannot be read ({type(err).__name__}: {err}); save it again with "
+                             f"np.save / np.savez, {expected}") from None
         raise ValueError(f"{path} holds an object array, which would need pickle to load; save the sequences as "
                          f"numbers, {expected} (e.g. np.save(path, np.asarray(x, dtype=np.float32)))") from None
     out = {}
@@ -52,9 +54,10 @@ def load_sequences(path: str | Path) -> tuple[torch.Tensor, torch.Tensor | None]
             raise ValueError(f"{path}: '{name}' must hold real numbers, got dtype {a.dtype}")
         if a.ndim != 3 or min(a.shape) < 1:
             raise ValueError(f"{path}: '{name}' must have shape (sequences, steps, dims), got {a.shape}")
-        if not np.isfinite(a).all():
-            raise ValueError(f"{path}: '{name}' holds NaN or infinite values")
         out[name] = torch.as_tensor(a, dtype=torch.float32)
+        if not torch.isfinite(out[name]).all():  # after the cast: 1e39 is finite in float64, inf in float32
+            raise ValueError(f"{path}: '{name}' holds NaN or infinite values (or values beyond float32's range, "
+                             "3.4e38)")
     if "test" in out and out["test"].shape[-1] != out["train"].shape[-1]:
         raise ValueError(f"{path}: 'train' has {out['train'].shape[-1]} dims but 'test' has {out['test'].shape[-1]}")
     return out["train"], out.get("test")

@@ -28,15 +28,18 @@ def draw_rows(tensors: dict[str, torch.Tensor], size: int, generator: torch.Gene
     """``size`` rows drawn uniformly, the same rows of every tensor: with replacement (training batches), or
     ``size`` distinct rows (the samples that estimators measure: a repeated row is a zero-distance neighbour to a
     k-NN estimator)."""
-    n = len(next(iter(tensors.values())))
-    if n == 0:
+    idx = draw_indices(len(next(iter(tensors.values()))), size, generator, replace)
+    return {k: v[idx] for k, v in tensors.items()}
+
+
+def draw_indices(n: int, size: int, generator: torch.Generator, replace: bool = True) -> torch.Tensor:
+    """``size`` indices of n examples (rows, or a sequence's window starts): uniform with replacement, or distinct."""
+    if n <= 0:
         raise ValueError("this split holds no examples to draw a batch from; check the data settings that size it")
     if not replace and size > n:
         raise ValueError(f"the split holds {n} examples, fewer than the {size} distinct ones asked for (--batch {n} "
                          "measures on all of them)")
-    idx = (torch.randint(0, n, (size,), generator=generator) if replace else
-           torch.randperm(n, generator=generator)[:size])
-    return {k: v[idx] for k, v in tensors.items()}
+    return torch.randint(0, n, (size,), generator=generator) if replace else torch.randperm(n, generator=generator)[:size]
 
 
 def draw_split(data: dict[str, torch.Tensor], split: str, size: int, generator: torch.Generator,

@@ -10,8 +10,8 @@ from torch import nn
 from estimators.dynamics import power_spectrum_distance, prediction_error, state_space_divergence
 from estimators.lyapunov import largest_lyapunov_exponent
 
-from ..data.systems import cached_simulate, standardise
-from .base import Task, real, whole
+from ..data.systems import SYSTEMS, cached_simulate, standardise
+from .base import Task, draw_indices, real, whole
 
 
 class DSRTask(Task):
@@ -27,8 +27,16 @@ class DSRTask(Task):
     def __init__(self, recipe: dict):
         super().__init__(recipe)
         d = recipe["data"]
-        train = cached_simulate(d["system"], d["train_steps"], d["dt"], d.get("transient", 1000), d.get("seed", 0))
-        test = cached_simulate(d["system"], d["test_steps"], d["dt"], d.get("transient", 1000), d.get("seed", 0) + 1)
+        if "system" not in d:
+            raise KeyError(f"data.system is missing: name the simulated system ({', '.join(sorted(SYSTEMS))})")
+        steps = {k: whole(d, "data", k, None) for k in ("train_steps", "test_steps")}
+        transient, seed = whole(d, "data", "transient", 1000), whole(d, "data", "seed", 0)
+        dt = real(d, "data", "dt", None)
+        if min(steps.values()) < 1 or transient < 0 or seed < 0 or not dt > 0:
+            raise ValueError(f"data: train_steps and test_steps must be >= 1, transient and seed >= 0 and dt > 0, got "
+                             f"{steps}, transient={transient}, seed={seed}, dt={dt}")
+        train = cached_simulate(d["system"], steps["train_steps"], dt, transient, seed)
+        test = cached_simulate(d["system"], steps["test_steps"], dt, transient, seed + 1)
         self.train_x, self.test_x = standardise(train, test)
         self.noise = real(d, "data", "noise", 0.0)
         self.seq_len = whole(self.args, "task_args", "seq_len", 200)
@@ -37,7 +45,7 @@ class DSRTask(Task):
         self.pe_steps = whole(self.args, "task_args", "pe_steps", 20)
         self.n_bins = whole(self.args, "task_args", "n_bins", 30)
         self.smoothing = real(self.args, "task_args", "smoothing", 20.0)
-        self.dt = float(d["dt"])
+        self.dt = dt
         if self.seq_len + 1 > len(self.train_x):
             raise ValueError(f"task_args.seq_len={self.seq_len} is longer than the training trajectory ({len(self.train_x)})")
 
@@ -47,15 +55,19 @@ class DSRTask(Task):
             x = x + self.noise * torch.randn(x.shape, generator=generator)
         return {"x": x}
 
-    def held_out_batch(self, size, generator):
-        """Windows of the test trajectory, without the training noise."""
-        return {"x": self._windows(self.test_x, size, generator)}
+    def train_sample(self, size, generator):
+        """Distinct windows of the training trajectory, without the training noise."""
+        return {"x": self._windows(self.train_x, size, generator, replace=False)}
 
-    def _windows(self, series, size, generator):
+    def held_out_batch(self, size, generator):
+        """Distinct windows of the test trajectory, without the training noise."""
+        return {"x": self._windows(self.test_x, size, generator, replace=False)}
+
+    def _windows(self, series, size, generator, replace=True):
         if len(series) <= self.seq_len:
             raise ValueError(f"a trajectory of {len(series)} steps holds no window of task_args.seq_len + 1 = "
                              f"{self.seq_len + 1} steps; lengthen it (data.train_steps / data.test_steps)")
-        starts = torch.randint(0, len(series) - self.seq_len, (size,), generator=generator)
+        starts = draw_indices(len(series) - self.seq_len, size, generator, replace)
         return series[starts[:, None] + torch.arange(self.seq_len + 1)]
 
     def loss(self, model, batch):

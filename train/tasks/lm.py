@@ -15,7 +15,7 @@ from ..data.pytext import corpus_version, pytext_splits
 from ..data.wikitext import HUB_CONFIG, wikitext2_source
 from ..data.wordpiece import tokenized_splits
 from ..recipe import check_number
-from .base import Task, real, whole
+from .base import Task, draw_indices, real, whole
 
 SOURCES = ("pytext", "wikitext2")
 
@@ -74,11 +74,15 @@ class CausalLMTask(Task):
     def batch(self, size, generator):
         return self._windows(self.train_ids, size, generator)
 
-    def held_out_batch(self, size, generator):
-        return self._windows(self.valid_ids, size, generator)
+    def train_sample(self, size, generator):
+        return self._windows(self.train_ids, size, generator, replace=False)
 
-    def _windows(self, ids, size, generator):
-        starts = torch.randint(0, len(ids) - self.seq_len + 1, (size,), generator=generator)
+    def held_out_batch(self, size, generator):
+        return self._windows(self.valid_ids, size, generator, replace=False)
+
+    def _windows(self, ids, size, generator, replace=True):
+        """``size`` windows of seq_len tokens: at uniform starts (training batches), or at distinct starts."""
+        starts = draw_indices(len(ids) - self.seq_len + 1, size, generator, replace)
         return {"input_ids": ids[starts[:, None] + torch.arange(self.seq_len)]}
 
     def loss(self, model, batch):
