@@ -29,7 +29,8 @@ class _AgainstTarget:
         y = self.target() if callable(self.target) and not torch.is_tensor(self.target) else self.target
         if y.shape[0] < x.shape[0]:
             raise ValueError(f"{self.fn.__name__}: the bound target has {y.shape[0]} rows but the probe recorded "
-                             f"{x.shape[0]}; bind a target with at least as many rows (or lower max_samples)")
+                             f"{x.shape[0]}; the target needs one row per recorded row (the same examples, in "
+                             "order): a point whose rows are tokens or atoms does not pair with per-example labels")
         return self.fn(x, y[: x.shape[0]].to(x.device), **kwargs)
 
 

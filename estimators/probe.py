@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import difflib
 import fnmatch
 import os
 from pathlib import Path
@@ -15,6 +16,33 @@ from .estimator import Estimator, ModuleEstimator, is_whole
 
 def _is_probe_point(module: nn.Module) -> bool:
     return type(module).__name__ == "ProbePoint"  # estimators depend on nothing of ours
+
+
+_ESTIMATING = [0]  # > 0 while any Probe's estimators run: their own forward passes (local complexity) go unrecorded
+
+
+@contextlib.contextmanager
+def _estimating():
+    _ESTIMATING[0] += 1
+    try:
+        yield
+    finally:
+        _ESTIMATING[0] -= 1
+
+
+def _labelled(estimators: list[Estimator]) -> list[tuple[str, Estimator]]:
+    """(row label, estimator) for one point: the estimator's name, with the settings that tell it apart where two
+    share a name (``ksg1_mi(k=5)`` beside ``ksg1_mi(k=3)``); an estimator equal to an earlier one (a point that two
+    globs match) is left out."""
+    out = []
+    for est in estimators:
+        same = [e for e in estimators if e.name == est.name]
+        differing = sorted({k for e in same for k in {**e.kwargs, **est.kwargs}
+                            if repr(e.kwargs.get(k)) != repr(est.kwargs.get(k))})
+        label = est.name + (f"({', '.join(f'{k}={est.kwargs.get(k)!r}' for k in differing)})" if differing else "")
+        if label not in [seen for seen, _ in out]:
+            out.append((label, est))
+    return out
 
 
 class Probe:
@@ -46,7 +74,7 @@ class Probe:
         self._inputs: dict[str, list[ModuleEstimator]] = {}
         modules = {n: m for n, m in model.named_modules() if _is_probe_point(m)}
         every_module = dict(model.named_modules())
-        params = dict(model.named_parameters())
+        params = dict(model.named_parameters(remove_duplicate=False))  # a tied weight under each of its names
         from . import make_estimator  # the registry of names imports this module
 
         for pattern, estimators in points.items():
@@ -60,8 +88,9 @@ class Probe:
             if of_modules:
                 hit = [n for n in every_module if fnmatch.fnmatchcase(n, pattern)]
                 if not hit:
+                    close = difflib.get_close_matches(pattern, [n for n in every_module if n], n=3)
                     raise KeyError(f"Probe: {pattern!r} matches no submodule of {type(model).__name__} for "
-                                   f"{[e.name for e in of_modules]}")
+                                   f"{[e.name for e in of_modules]}" + (f"; did you mean {close}?" if close else ""))
                 for n in hit:
                     self._inputs.setdefault(n, []).extend(of_modules)
             if not of_tensors:
@@ -69,12 +98,17 @@ class Probe:
             hit_m = [n for n in modules if fnmatch.fnmatchcase(n, pattern)]
             hit_p = [n for n in params if fnmatch.fnmatchcase(n, pattern)]
             if not hit_m and not hit_p:
-                raise KeyError(f"Probe: {pattern!r} matches no probe point or parameter of {type(model).__name__}; "
-                               f"probe points are {sorted(modules) or 'none'}")
+                close = difflib.get_close_matches(pattern, [*modules, *params], n=3)
+                raise KeyError(f"Probe: {pattern!r} matches no probe point or parameter of {type(model).__name__}"
+                               + (f"; did you mean {close}?" if close else "")
+                               + f"; probe points are {sorted(modules) or 'none'} (parameters: model.named_parameters())")
             for n in hit_m:
                 self._modules.setdefault(n, []).extend(of_tensors)
             for n in hit_p:
                 self._params.setdefault(n, []).extend(of_tensors)
+        for table in (self._modules, self._params, self._inputs):
+            for n, ests in table.items():
+                table[n] = _labelled(ests)
         self._named_modules = every_module
         self._handles: list = []
         self._paused = False
@@ -92,8 +126,9 @@ class Probe:
         if self.scheduled and not self._handles:
             for name in self._modules:
                 self._handles.append(self._named_modules[name].register_forward_hook(self._hook(name, of_input=False)))
-            for name in self._inputs:
-                self._handles.append(self._named_modules[name].register_forward_hook(self._hook(name, of_input=True)))
+            for name in self._inputs:  # with kwargs: a module called as block(x=x) has its input there
+                self._handles.append(self._named_modules[name].register_forward_hook(
+                    self._hook(name, of_input=True), with_kwargs=True))
 
     def _detach(self):
         for h in self._handles:
@@ -112,13 +147,17 @@ class Probe:
     def _hook(self, name: str, of_input: bool):
         """Record the output of probe point ``name``, or (``of_input``) the first input of module ``name``; the
         buffer's key is (name, of_input)."""
-        def record(module, inputs, output):
-            if self._paused:
+        def record(module, inputs, *rest):
+            if self._paused or _ESTIMATING[0]:  # any Probe's estimator running: its own forward passes
                 return
+            output = rest[-1]
+            if of_input and not inputs and not rest[0]:
+                raise ValueError(f"Probe: module {name or '<model>'} was called without inputs; a module estimator "
+                                 "measures a module around its first input")
             chunks = self._buffers.get((name, of_input), [])
             have = sum(c.shape[0] if c.dim() else 1 for c in chunks)
             if self.max_samples is None or have < self.max_samples:
-                take = (inputs[0] if of_input else output).detach()
+                take = ((inputs[0] if inputs else next(iter(rest[0].values()))) if of_input else output).detach()
                 if self.max_samples is not None and take.dim() > 0:
                     take = take[: self.max_samples - have]
                 # a copy: a view would keep the whole batch's tensor alive, and an in-place op after the point
@@ -128,13 +167,14 @@ class Probe:
         return record
 
     # -- computing ------------------------------------------------------------------------------
-    def _compute(self, point: str, estimator: Estimator, *args):
-        """Record ``estimator(*args)`` for ``point``; its error is re-raised with the point and estimator named
-        (same type where that type takes one message, else a ValueError)."""
+    def _compute(self, point: str, label: str, estimator: Estimator, *args):
+        """Record ``estimator(*args)`` for ``point`` under ``label``; its error is re-raised with the point and
+        estimator named (same type where that type takes one message, else a ValueError)."""
         try:
             value = estimator(*args)
         except Exception as err:
-            message = f"{point}: {estimator.name}: {err.args[0] if isinstance(err, KeyError) and err.args else err}"
+            message = (f"{point or '<model>'}: {label}: "
+                       f"{err.args[0] if isinstance(err, KeyError) and err.args else err}")
             try:
                 named = type(err)(message)
             except Exception:
@@ -142,7 +182,7 @@ class Probe:
             raise named from err
         items = value.items() if isinstance(value, dict) else [(None, value)]
         for key, v in items:
-            name = estimator.name if key is None else f"{estimator.name}/{key}"
+            name = label if key is None else f"{label}/{key}"
             self.rows.append({"step": self._step, "point": point, "estimator": name,
                               "value": float(v.item() if torch.is_tensor(v) else v)})
 
@@ -151,7 +191,7 @@ class Probe:
         parameter estimators once per step (no-op on unscheduled steps)."""
         if not self.scheduled:
             return
-        with torch.no_grad(), self.paused():  # a module estimator's own forward passes are not recorded
+        with torch.no_grad(), self.paused(), _estimating():  # an estimator's own forward passes go unrecorded
             for (name, of_input), chunks in self._buffers.items():
                 shapes = {tuple(c.shape[1:]) for c in chunks}
                 if len(shapes) > 1:
@@ -159,16 +199,16 @@ class Probe:
                                      "one step; record one kind of forward pass per step (see Probe.paused())")
                 x = torch.cat(chunks) if chunks[0].dim() > 0 else torch.stack(chunks)
                 if of_input:
-                    for est in self._inputs[name]:
-                        self._compute(name, est, self._named_modules[name], x)
+                    for label, est in self._inputs[name]:
+                        self._compute(name, label, est, self._named_modules[name], x)
                 else:
-                    for est in self._modules[name]:
-                        self._compute(name, est, x)
+                    for label, est in self._modules[name]:
+                        self._compute(name, label, est, x)
             if not self._params_done:
-                params = dict(self.model.named_parameters())
+                params = dict(self.model.named_parameters(remove_duplicate=False))
                 for name, ests in self._params.items():
-                    for est in ests:
-                        self._compute(name, est, params[name].detach())
+                    for label, est in ests:
+                        self._compute(name, label, est, params[name].detach())
                 self._params_done = True
         self._buffers = {}
 

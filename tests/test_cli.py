@@ -341,3 +341,28 @@ def test_measured_batches_hold_distinct_examples(capsys, tmp_path):
     err = _error(capsys, ["estimate", str(path), "--recipe", "hopfield-tabular-wine", "--probe", "*=effective_rank",
                           "--split", "train", "--batch", str(n_train + 1)])
     assert f"--batch {n_train} measures on all of them" in err
+
+
+def test_estimate_pairs_a_target_only_with_points_of_one_row_per_example(tmp_path, capsys):
+    """Facet's probe points have a row per atom; --target energy has one per structure: with --samples at or below
+    the atom count the KSG ran on the first atoms against different structures' energies and printed a number."""
+    path = save_checkpoint(zoo.create_model("facet_small", channels=8, layers=1, cutoff=4.0), tmp_path / "f.safetensors")
+    small = ["--recipe", "facet-emt", "--set", "data.per_element=4", "--set", "data.alloys=4", "--batch", "3"]
+    err = _error(capsys, ["estimate", str(path), *small, "--probe", "probes.0.l0=ksg_mi(k=1)", "--target", "energy",
+                          "--samples", "3"])
+    assert re.search(r"probes.0.l0 records \d+ rows per batch of 3 examples .* so its rows are not --target energy's", err)
+
+
+def test_estimate_merges_repeated_globs_labels_estimators_apart_and_names_silent_points(tmp_path, capsys):
+    """A glob given twice measures both lists (the second replaced the first); two estimators of one name at a point
+    are labelled by the settings that differ; a --probe whose points never fire, and an --estimator that no --probe
+    uses, are errors rather than an empty or partial table."""
+    path = save_checkpoint(zoo.create_model("ib_mlp_tanh"), tmp_path / "ib.safetensors")
+    small = ["estimate", str(path), "--recipe", "ib-tanh-12bit"]
+    main([*small, "--probe", "t.0=effective_rank", "--probe", "t.0=dse(sigma=1.0)"])
+    assert [r.split("\t")[:2] for r in capsys.readouterr().out.splitlines()] == [["t.0", "effective_rank"], ["t.0", "dse"]]
+    main([*small, "--probe", "t.2=ksg_mi(k=3),ksg_mi(k=5),binned_mi(value_range=[-1, 1])", "--target", "y"])
+    labels = [r.split("\t")[1] for r in capsys.readouterr().out.splitlines()]
+    assert labels == ["ksg1_mi(k=3)", "ksg1_mi(k=5)", "binned_mi"]
+    assert "--estimator nonexistent is used by no --probe" in _error(
+        capsys, [*small, "--probe", "t.0=effective_rank", "--estimator", "nonexistent"])

@@ -236,3 +236,47 @@ def test_probe_records_a_copy_of_only_the_rows_it_keeps():
         assert kept.shape == (2, 3) and kept.untyped_storage().nbytes() == 2 * 3 * 4
     assert probe.table()[0]["value"] == -1.0 and seen[0].shape == (2, 3)  # recorded before the ReLU
 
+
+
+def test_probes_never_record_another_probes_estimator_passes_and_label_what_they_record():
+    """Local complexity runs the model on its own cross-polytope inputs: a second Probe on the model recorded those
+    too and changed its value. Two estimators of one name at a point are labelled by the settings that differ,
+    and a point that two globs match with the same estimator is measured once."""
+    from estimators import effective_rank, local_complexity_estimator as local_complexity
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), ProbePoint(), nn.Linear(16, 2))
+    x = torch.randn(64, 6)
+    with Probe(net, {"2": [effective_rank()]}) as alone:
+        net(x)
+    with Probe(net, {"": [local_complexity()]}) as first, Probe(net, {"2": [effective_rank()]}) as second:
+        net(x)
+    assert first.table() and second.table()[0]["value"] == alone.table()[0]["value"]
+    with Probe(net, {"?": [effective_rank()], "2": [effective_rank(), make_estimator({"dse": {"sigma": 1.0}}),
+                                                    make_estimator({"dse": {"sigma": 2.0}})]}) as probe:
+        net(x)
+    assert [r["estimator"] for r in probe.table()] == ["effective_rank", "dse(sigma=1.0)", "dse(sigma=2.0)"]
+
+
+def test_module_estimators_take_a_keyword_input_and_tied_weights_and_typos_are_named():
+    from estimators import local_complexity_estimator as local_complexity
+
+    class KeywordCall(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.block = nn.Sequential(nn.Linear(4, 8), nn.ReLU())
+
+        def forward(self, x):
+            return self.block(input=x)
+
+    model = KeywordCall()
+    with Probe(model, {"block": [local_complexity()]}) as probe:
+        model(torch.randn(8, 4))  # an IndexError from inside the forward before
+    assert {r["estimator"] for r in probe.table()} == {"local_complexity/neurons", "local_complexity/regions"}
+    tied = nn.Sequential(nn.Embedding(10, 4), nn.Linear(4, 10, bias=False))
+    tied[1].weight = tied[0].weight
+    with Probe(tied, {"1.weight": [condition_number()]}) as probe:  # named_parameters() drops the second name
+        pass
+    assert probe.table()[0]["point"] == "1.weight"
+    with pytest.raises(KeyError, match=r"did you mean \['0.weight'"):
+        Probe(tied, {"0.weigth": [condition_number()]})

@@ -190,17 +190,29 @@ def _cmd_eval(args):
     print(json_text(task.evaluate(load_checkpoint(path).eval()), indent=2))
 
 
-_ESTIMATOR = re.compile(r"\s*(\w+)\s*(?:\(([^()]*)\))?\s*")
+_ESTIMATOR = re.compile(r"\s*(\w+)\s*(?:\((.*)\))?\s*", re.DOTALL)
+
+
+def _top_level(text: str) -> list[str]:
+    """``text`` split at the commas outside brackets: ``a(x=[1, 2]),b`` -> ['a(x=[1, 2])', 'b']."""
+    parts, depth, start = [], 0, 0
+    for i, ch in enumerate(text):
+        depth += (ch in "([{") - (ch in ")]}")
+        if ch == "," and depth == 0:
+            parts.append(text[start:i])
+            start = i + 1
+    return parts + [text[start:]]
 
 
 def _estimator_specs(text: str, flag: str) -> list[tuple[str, dict]]:
-    """``NAME,NAME2(key=value,...)`` -> [(NAME, {}), (NAME2, {key: value})], the values read as YAML."""
+    """``NAME,NAME2(key=value,...)`` -> [(NAME, {}), (NAME2, {key: value})], the values read as YAML (lists and
+    tuples too: ``binned_mi(value_range=[-1, 1])``)."""
     from .recipe import parse_value
 
     specs = []
-    for item in filter(str.strip, re.split(r",(?![^(]*\))", text)):  # split at the commas outside parentheses
+    for item in filter(str.strip, _top_level(text)):
         match = _ESTIMATOR.fullmatch(item)
-        pairs = [p.partition("=") for p in (match[2] or "").split(",") if p.strip()] if match else []
+        pairs = [p.partition("=") for p in _top_level(match[2] or "") if p.strip()] if match else []
         if not match or not all(eq and key.strip().isidentifier() for key, eq, _ in pairs):
             raise ValueError(f"{flag}: cannot read {item.strip()!r}; write NAME or NAME(key=value,...), e.g. "
                              "condition_number(of=covariance)")
@@ -259,11 +271,15 @@ def _cmd_estimate(args):
             raise ValueError(f"--{name} must be >= 1, got {getattr(args, name)}")
     default = [spec for text in args.estimator for spec in _estimator_specs(text, "--estimator")]
     specs = {}
-    for probe in args.probe:
+    for probe in args.probe:  # a glob given twice measures both lists
         glob, _, names = probe.partition("=")
-        specs[glob] = _estimator_specs(names, f"--probe {probe}") if names else default
-        if not specs[glob]:
+        named = _estimator_specs(names, f"--probe {probe}") if names else default
+        if not named:
             raise ValueError(f"--probe {probe!r} names no estimator: write GLOB=NAME or add --estimator NAME")
+        specs.setdefault(glob, []).extend(named)
+    if default and all("=" in probe for probe in args.probe):
+        raise ValueError(f"--estimator {' '.join(args.estimator)} is used by no --probe: every one names its own "
+                         "estimators (GLOB=NAME); drop --estimator, or give a --probe GLOB without =NAME")
     if args.target is not None and not any(_takes_target(name) for named in specs.values() for name, _ in named):
         names = sorted({name for named in specs.values() for name, _ in named})
         raise ValueError(f"--target {args.target} binds the Y of two-variable estimators (ksg_mi, binned_mi, ...), "
@@ -281,8 +297,29 @@ def _cmd_estimate(args):
         raise KeyError(f"--target {args.target!r} is not in the task's batches; they hold {sorted(batch)}")
     points = {glob: [_estimator(name, kwargs, batch, args.target) for name, kwargs in named]
               for glob, named in specs.items()}
-    with torch.no_grad(), Probe(model, points, max_samples=args.samples) as probe:
-        task.loss(model, batch)
+    paired = [glob for glob, named in specs.items() if any(_takes_target(name) for name, _ in named)]
+    rows = {}  # every probe point's rows per batch, counted before --samples cuts them
+
+    def count(name):
+        return lambda module, inputs, output: rows.__setitem__(name, rows.get(name, 0) + (len(output) if output.dim() else 1))
+
+    hooks = [module.register_forward_hook(count(name)) for name, module in model.named_modules()
+             if type(module).__name__ == "ProbePoint"]
+    try:
+        with torch.no_grad(), Probe(model, points, max_samples=args.samples) as probe:
+            task.loss(model, batch)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    examples = len(batch[args.target]) if args.target is not None else None
+    for name, n in rows.items():
+        if examples is not None and n != examples and any(fnmatch.fnmatchcase(name, glob) for glob in paired):
+            raise ValueError(f"{name} records {n} rows per batch of {examples} examples (tokens, atoms, positions), so "
+                             f"its rows are not --target {args.target}'s; pair a point with one row per example")
+    silent = [glob for glob in specs if not any(fnmatch.fnmatchcase(r["point"], glob) for r in probe.table())]
+    if silent:
+        raise ValueError(f"--probe {', '.join(silent)}: the matched points recorded nothing; the task's forward "
+                         "pass never reaches them")
     for row in probe.table():
         print(f"{row['point']}\t{row['estimator']}\t{row['value']:.6g}")
 

@@ -228,6 +228,12 @@ def _probe_estimators(cfg: dict) -> dict:
                 built.setdefault(glob, []).append(make_estimator(spec))
             except TypeError as err:  # not a name or {name: {settings}}, or a setting the estimator does not take
                 raise TypeError(f"probe.points.{glob}: {err}") from err
+            except ValueError as err:
+                if "two-variable estimator" not in str(err):
+                    raise ValueError(f"probe.points.{glob}: {err}") from err
+                raise ValueError(f"probe.points.{glob}: {spec!r} is a two-variable estimator, which needs a target "
+                                 "tensor that a recipe cannot name; measure it on a trained run with `zoo estimate "
+                                 "RUN --probe GLOB=NAME --target KEY`, or use estimators.information_plane") from None
     return built
 
 
