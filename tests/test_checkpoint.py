@@ -367,7 +367,10 @@ def test_ties_need_the_same_strides_and_either_name_and_nan_is_equal_to_itself(t
     load_state_into(fresh, state)  # only lm_head.weight, its tied name
     assert torch.equal(fresh.model.embed_tokens.weight, embedding)
     embedding[0, 0] = float("nan")
-    load_state_into(fresh, {**state, "model.embed_tokens.weight": embedding, "lm_head.weight": embedding.clone()})
+    from weights import NonFiniteWeightsWarning
+
+    with pytest.warns(NonFiniteWeightsWarning, match="lm_head.weight, model.embed_tokens.weight"):
+        load_state_into(fresh, {**state, "model.embed_tokens.weight": embedding, "lm_head.weight": embedding.clone()})
     assert fresh.lm_head.weight[0, 0].isnan()
 
 
@@ -465,3 +468,38 @@ def test_shipped_files_are_in_the_sorted_form_and_a_pointer_is_named(tmp_path, m
     monkeypatch.setattr(manifest_mod, "PACKAGE_DIR", tmp_path)
     with pytest.raises(CheckpointError, match="it is a Git LFS pointer, not the file: run `git lfs pull`"):
         zoo.create_model("alrnn_m20_p2", pretrained=True)
+
+
+def test_load_into_a_compiled_or_data_parallel_model_and_non_finite_weights_warn(tmp_path):
+    """save_checkpoint unwraps torch.compile and DataParallel; load_into does too (it refused their prefixed keys).
+    NaN/inf weights load, with a warning naming them."""
+    from weights import NonFiniteWeightsWarning
+
+    source = zoo.create_model("ib_mlp_tanh")
+    path = save_checkpoint(source, tmp_path / "ib.safetensors")
+    for wrap in (torch.compile, torch.nn.DataParallel):
+        target = zoo.create_model("ib_mlp_tanh")
+        wrapped = wrap(target)
+        assert load_into(wrapped, path) is wrapped
+        assert all(torch.equal(a, b) for a, b in zip(target.state_dict().values(), source.state_dict().values()))
+    with torch.no_grad():
+        source.linears[0].weight[0, 0] = float("nan")
+    bad = save_checkpoint(source, tmp_path / "nan.safetensors")
+    with pytest.warns(NonFiniteWeightsWarning, match=r"1 tensors hold NaN or inf: linears.0.weight"):
+        load_checkpoint(bad)
+
+
+def test_config_values_are_plain_finite_numbers_and_rates_are_probabilities():
+    import numpy as np
+
+    assert type(zoo.create_model("alrnn_m20_p2", M=np.int64(30)).zoo_config.M) is int  # JSON-writable
+    with pytest.raises(ValueError, match="tabular_mlp: dropout must be a finite number, got nan"):
+        zoo.create_model("tabular_mlp", dropout=float("nan"))
+    with pytest.raises(ValueError, match=r"dropout is a probability in \[0, 1\), got 1.5"):
+        zoo.create_model("hopfield_tabular", dropout=1.5)
+    with pytest.raises(ValueError, match="num_attention_heads must be an integer >= 1, got 0"):
+        zoo.create_model("transformer_lm_13m", num_hidden_layers=1, num_attention_heads=0)
+    with pytest.raises(TypeError, match="a model name is a str"):
+        zoo.create_model(None)
+    with pytest.raises(TypeError, match="pretrained is True, False or a checkpoint name"):
+        zoo.create_model("alrnn_m20_p2", pretrained=1)

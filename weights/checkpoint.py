@@ -21,11 +21,12 @@ class CheckpointError(ValueError):
     """A checkpoint file is unreadable or does not match the model it is loaded into."""
 
 
+class NonFiniteWeightsWarning(UserWarning):
+    """A loaded checkpoint holds NaN or inf weights (named in the message)."""
+
+
 class ConfigMismatchWarning(UserWarning):
     """``load_into`` put weights saved from another registered model or config into a model of matching shapes."""
-
-
-REGULARISATION_KEYS = ("dropout", "drop_rate", "drop_path_rate")  # config keys that no weight depends on
 
 
 def current_config(model: nn.Module) -> dict | None:
@@ -48,9 +49,11 @@ def current_config(model: nn.Module) -> dict | None:
 
 def config_differences(model: nn.Module, saved_config: str) -> dict:
     """{key: (file's value, model's value)} for every setting of a checkpoint's recorded config (JSON) that the
-    model (``current_config``) does not share, dropout rates aside (``REGULARISATION_KEYS``: no weight depends
+    model (``current_config``) does not share, dropout rates aside (``zoo._registry.RATE_KEYS``: no weight depends
     on them); settings the file does not record (added since), or a model built outside the registry lacks, are
     not compared. A model without any config (a plain module) differs in nothing."""
+    from zoo._registry import RATE_KEYS
+
     ours = current_config(model)
     if ours is None:
         return {}
@@ -59,7 +62,7 @@ def config_differences(model: nn.Module, saved_config: str) -> dict:
         raise TypeError(f"the recorded config must be a mapping of settings, got {saved!r}")
     outside = not hasattr(model, "zoo_config")  # its Hugging Face config need not hold every recorded key
     return {k: (v, ours.get(k)) for k, v in saved.items()
-            if not (outside and k not in ours) and ours.get(k) != v and k not in REGULARISATION_KEYS}
+            if not (outside and k not in ours) and ours.get(k) != v and k not in RATE_KEYS}
 
 
 def atomic_write(path: str | os.PathLike, write) -> Path:
@@ -266,6 +269,10 @@ def load_state_into(model: nn.Module, state: dict[str, torch.Tensor], source: st
             if items:  # every one by name: a converter's user fixes them from this message
                 parts.append(f"{label} keys ({len(items)}): {', '.join(items)}")
         raise CheckpointError("; ".join(parts))
+    nonfinite = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if nonfinite:  # loaded as they are (a diverged run is worth inspecting), but never unnoticed
+        warnings.warn(f"{source}: {len(nonfinite)} tensors hold NaN or inf: {', '.join(nonfinite[:10])}"
+                      + (", ..." if len(nonfinite) > 10 else ""), NonFiniteWeightsWarning, stacklevel=3)
     with torch.no_grad():
         for key, value in state.items():
             own[key].copy_(value.to(dtype=own[key].dtype))
@@ -277,7 +284,7 @@ def load_into(model: nn.Module, path: str | os.PathLike) -> nn.Module:
     file records another registered model or another config than ``model``'s (dropout rates aside), the shapes
     may still match (ib_mlp_relu into ib_mlp_tanh, 2 heads into 4): that loads, with a ``ConfigMismatchWarning``
     naming the differences."""
-    path = Path(path)
+    path, wrapper, model = Path(path), model, unwrap(model)  # a compiled or DataParallel model: its own keys
     meta = read_metadata(path)  # clear error for a missing or corrupt file before reading tensors
     mismatch = None
     if "model" in meta and "config" in meta:
@@ -291,10 +298,10 @@ def load_into(model: nn.Module, path: str | os.PathLike) -> nn.Module:
             into = repr(name) if name else f"a {type(model).__name__} built outside the registry"
             mismatch = (f"{path} was saved from {meta['model']!r} and is loaded into {into}"
                         + (f"; (file, model) config per key: {differs}" if differs else ""))
-    model = load_state_into(model, read_tensors(path), source=str(path))
+    load_state_into(model, read_tensors(path), source=str(path))
     if mismatch:
         warnings.warn(mismatch, ConfigMismatchWarning, stacklevel=2)
-    return model
+    return wrapper
 
 
 def in_state_dtype(model: nn.Module, state: dict[str, torch.Tensor]) -> nn.Module:

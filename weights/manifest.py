@@ -173,7 +173,7 @@ def _classifier_prefix(model: nn.Module) -> str | None:
 def load_pretrained(model: nn.Module, checkpoint: str | None = None, name: str | None = None) -> nn.Module:
     """Load a published checkpoint into ``model`` (the first one listed for its name, or the one named).
 
-    The model's config must equal the checkpoint's, except for dropout rates (``REGULARISATION_KEYS``: no weights
+    The model's config must equal the checkpoint's, except for dropout rates (``zoo._registry.RATE_KEYS``: no weights
     depend on them), ``num_classes`` on a model with a classifier (timm's ``get_classifier``: everything but the
     classifier is loaded and the classifier keeps its fresh initialisation, for fine-tuning on another label set)
     and ``in_chans`` on a model whose ``pretrained_cfg`` names its ``first_conv`` (that kernel is adapted to the

@@ -5,6 +5,7 @@ import dataclasses
 import difflib
 import fnmatch
 import importlib.util
+import math
 import numbers
 import types
 import typing
@@ -62,12 +63,17 @@ def register_model(config: Any, paper: Paper, name: str | None = None):
     return wrap
 
 
+RATE_KEYS = ("dropout", "drop_rate", "drop_path_rate")  # config keys that are probabilities; no weight depends on them
+
+
 def list_models(pattern: str = "*") -> list[str]:
     """Registered names matching a glob pattern, sorted."""
     return sorted(n for n in _REGISTRY if fnmatch.fnmatchcase(n, pattern))
 
 
 def get_entry(name: str) -> ModelEntry:
+    if not isinstance(name, str):
+        raise TypeError(f"a model name is a str (see zoo.list_models()), got {name!r}")
     if name not in _REGISTRY:
         close = difflib.get_close_matches(name, list(_REGISTRY), n=5, cutoff=0.4)
         hint = f" Did you mean: {', '.join(close)}?" if close else ""
@@ -112,6 +118,14 @@ def _replace(name: str, config: Any, values: dict, what: str) -> Any:
             shown = hint.__name__ if isinstance(hint, type) else str(hint)
             raise TypeError(f"{name}: {key} must be {shown} (default {getattr(config, key)!r}), "
                             f"got {value!r} of type {type(value).__name__}")
+        if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+            value = int(value)  # numpy's int64: the config is written as JSON into every checkpoint
+        elif isinstance(value, numbers.Real) and not isinstance(value, bool):
+            value = float(value)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"{name}: {key} must be a finite number, got {value!r}")
+        if key in RATE_KEYS and not 0 <= value < 1:
+            raise ValueError(f"{name}: {key} is a probability in [0, 1), got {value!r}")
         fixed[key] = value
     return dataclasses.replace(config, **fixed)
 
@@ -142,6 +156,8 @@ def create_model(name: str, pretrained: bool | str = False, **overrides) -> nn.M
     (``pretrained="<checkpoint name>"`` picks one), built with the config it was trained with; overrides then
     must match it.
     """
+    if not isinstance(pretrained, (bool, str)):
+        raise TypeError(f"pretrained is True, False or a checkpoint name (a str), got {pretrained!r}")
     checkpoint = None if pretrained is True else pretrained
     if pretrained:
         from weights.manifest import pretrained_entry  # weights depends on zoo, so import at call time

@@ -29,9 +29,9 @@ from layers import CausalGrassmannMixing
 from weights.hub import hub_resolvable
 
 from ._registry import register_model
-from .transformer_lm import (PAPER, TiedCausalLMHead, as_requested, check_ids, check_mask_values, collect_hidden,
-                             feed_forward, finish_backbone, input_embeddings, is_integer, positions_from_mask,
-                             refuse_attentions, token_positions)
+from .transformer_lm import (PAPER, TiedCausalLMHead, as_requested, check_ids, check_mask_values, check_sizes,
+                             collect_hidden, feed_forward, finish_backbone, input_embeddings, is_integer,
+                             positions_from_mask, refuse_attentions, token_positions)
 
 WINDOWS = (1, 2, 4, 8, 12, 16)
 
@@ -133,6 +133,7 @@ class GrassmannLMModel(GrassmannLMPreTrainedModel):
 
     def __init__(self, config: GrassmannLMConfig):
         super().__init__(config)
+        check_sizes(config, "vocab_size", "hidden_size", "reduced_dim", "intermediate_size", "max_position_embeddings")
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
         self.embed_positions = nn.Embedding(config.max_position_embeddings, config.hidden_size)
         self.drop = nn.Dropout(config.dropout)

@@ -48,6 +48,15 @@ class TransformerLMConfig(PreTrainedConfig):
     eos_token_id: int | None = None
 
 
+def check_sizes(config, *names: str) -> None:
+    """The LM config's sizes ``names`` are integers >= 1 (0 heads divided by zero, 0 positions or words built a
+    model that no input fits); a ValueError naming the key."""
+    for name in names:
+        value = getattr(config, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{type(config).__name__}: {name} must be an integer >= 1, got {value!r}")
+
+
 def feed_forward(d_model: int, d_ff: int, dropout: float) -> nn.Sequential:
     """FFN(x) = W_2 GELU(W_1 x + b_1) + b_2, then dropout."""
     return nn.Sequential(nn.Linear(d_model, d_ff), nn.GELU(), nn.Linear(d_ff, d_model), nn.Dropout(dropout))
@@ -209,6 +218,8 @@ class TransformerLMModel(TransformerLMPreTrainedModel):
 
     def __init__(self, config: TransformerLMConfig):
         super().__init__(config)
+        check_sizes(config, "vocab_size", "hidden_size", "num_attention_heads", "intermediate_size",
+                    "max_position_embeddings")
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
         self.embed_positions = nn.Embedding(config.max_position_embeddings, config.hidden_size)
         self.drop = nn.Dropout(config.dropout)
