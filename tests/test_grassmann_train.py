@@ -347,6 +347,9 @@ def test_wikitext_and_snli_from_a_hub_dataset_layout(tmp_path):
     splits = snli_splits(snli)
     assert set(splits) == {"train", "valid", "test"}
     assert splits["valid"] == (["a dog runs", "a man sits"], ["an animal", "a person"], [0, 2])
+    (snli / "plain_text" / "test-00000-of-00001.parquet").write_bytes(b"PAR1garbage")  # a damaged download
+    with pytest.raises(ValueError, match=r"plain_text cannot be read as a dataset .*test-00000-of-00001.parquet"):
+        snli_splits(snli)
 
 
 def test_wikitext_token_files_edited_in_place_are_tokenised_again(tmp_path):

@@ -48,7 +48,13 @@ def hub_splits(folder: Path, config: str, what: str, advice: str) -> dict:
     ``hub_folder``)."""
     from datasets import load_dataset
 
-    splits = load_dataset(str(folder), data_dir=config)
+    try:
+        splits = load_dataset(str(folder), data_dir=config)
+    except Exception as err:  # datasets wraps a damaged parquet file in its own DatasetGenerationError
+        files = sorted(str(f.relative_to(folder)) for f in (folder / config).rglob("*") if f.is_file())
+        raise ValueError(f"{what}: the files of {folder / config} cannot be read as a dataset ({type(err).__name__}: "
+                         f"{err}; files: {', '.join(files[:6])}{', ...' if len(files) > 6 else ''}); a damaged or "
+                         "partial download: fetch it again. " + advice) from err
     missing = {"train", "validation", "test"} - set(splits)
     if missing:
         raise FileNotFoundError(f"{what}: {folder / config} lacks the split(s) {sorted(missing)}. " + advice)
