@@ -54,7 +54,8 @@ class Probe:
     ``ModuleEstimator`` (e.g. local complexity) matches its glob against every submodule's name and gets
     that module with the inputs it received. Hooks
     exist only during scheduled steps (``step % every == 0``), so an unscheduled step costs nothing.
-    Outputs are accumulated on their own device along dim 0 up to ``max_samples`` rows per step,
+    Outputs are accumulated on their own device along dim 0 up to ``max_samples`` rows per step (the first ones,
+    in forward order: a step's first micro-batches),
     then each estimator runs once on the accumulated tensor when the step ends (``probe.step()``,
     or leaving the ``with`` block).
     """

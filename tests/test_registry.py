@@ -52,6 +52,8 @@ def test_model_info_reports_family_paper_params_recipes():
     assert info["params"] == 491
     assert info["recipes"] == ["alrnn-lorenz63"]
     assert zoo.model_info("alrnn_m20_p1")["checkpoints"] == ["alrnn_m20_p1_roessler"]
+    # facet_base's checkpoint was trained by facet-emt (--set model=facet_base), whose model: is facet_small
+    assert zoo.model_info("facet_base")["recipes"] == ["facet-emt", "facet-mptrj"]
 
 
 def test_register_rejects_duplicate_names():

@@ -187,9 +187,10 @@ def _recipes_using(name: str) -> list[str]:
 
 
 def model_info(name: str) -> dict:
-    """Family, paper, resolved config, parameter count, published checkpoints and recipes for ``name``. A model
-    that loads a part from a hub (the NLI heads' encoder) and cannot reach it has ``params`` None and the reason
-    in ``params_unavailable``."""
+    """Family, paper, resolved config, parameter count, published checkpoints and recipes for ``name``: those whose
+    ``model:`` is ``name``, and those its checkpoints were trained with (``facet-emt`` trains ``facet_base`` with
+    ``--set model=facet_base``). A model that loads a part from a hub (the NLI heads' encoder) and cannot reach it
+    has ``params`` None and the reason in ``params_unavailable``."""
     entry = get_entry(name)
     from weights.manifest import checkpoints_for
 
@@ -205,6 +206,6 @@ def model_info(name: str) -> dict:
         "config": dataclasses.asdict(entry.config),
         "params": params,
         "checkpoints": [c["name"] for c in checkpoints_for(name)],
-        "recipes": _recipes_using(name),
+        "recipes": sorted({*_recipes_using(name), *(c["recipe"] for c in checkpoints_for(name) if c.get("recipe"))}),
     }
     return info if unavailable is None else {**info, "params_unavailable": unavailable}
