@@ -32,9 +32,10 @@ def largest_lyapunov_exponent(step: Callable[[torch.Tensor], torch.Tensor], z0: 
     scale = float(z0.detach().abs().max()) if z0.numel() else 0.0
     resolution = torch.finfo(z0.dtype).eps * max(scale, 1.0)
     if delta < 100 * resolution:  # z + delta v would round back onto z, or keep only a few bits of the separation
-        raise ValueError(f"largest_lyapunov_exponent: delta={delta:g} is not well above the resolution of z0's dtype "
-                         f"{z0.dtype} at |z| ~ {scale:.3g} (eps |z| = {resolution:.2g}); pass z0.double() or a delta "
-                         f">= {100 * resolution:.2g}")
+        way_out = (f"pass a delta >= {100 * resolution:.2g}" if z0.dtype == torch.float64 else
+                   f"pass z0.double() or a delta >= {100 * resolution:.2g}")
+        raise FloatingPointError(f"largest_lyapunov_exponent: delta={delta:g} is not well above the resolution of "
+                                 f"z0's dtype {z0.dtype} at |z| ~ {scale:.3g} (eps |z| = {resolution:.2g}); {way_out}")
     B = z0.shape[0]
     v = torch.randn(z0.shape, generator=torch.Generator().manual_seed(seed), dtype=z0.dtype).to(z0.device)
     pair = torch.cat([z0, z0 + delta * v / v.norm(dim=-1, keepdim=True)])

@@ -30,19 +30,37 @@ def _estimating():
         _ESTIMATING[0] -= 1
 
 
+def _equal(a, b) -> bool:
+    """Settings compare equal: the same object, or equal plain values (tensors only by identity)."""
+    if a is b:
+        return True
+    if torch.is_tensor(a) or torch.is_tensor(b) or type(a) is not type(b):
+        return False
+    try:
+        return bool(a == b)
+    except Exception:  # a value whose == is not a truth value
+        return False
+
+
 def _labelled(estimators: list[Estimator]) -> list[tuple[str, Estimator]]:
     """(row label, estimator) for one point: the estimator's name, with the settings that tell it apart where two
-    share a name (``ksg1_mi(k=5)`` beside ``ksg1_mi(k=3)``); an estimator equal to an earlier one (a point that two
-    globs match) is left out."""
-    out = []
+    share a name (``ksg1_mi(k=5)`` beside ``ksg1_mi(k=3)``), or ``#2``, ``#3`` where nothing printable does (two
+    targets bound to one estimator name). An estimator that repeats an earlier one (its name, function and
+    settings: a point that two globs match with the same estimator) is measured once."""
+    kept: list[Estimator] = []
     for est in estimators:
-        same = [e for e in estimators if e.name == est.name]
+        if not any(e.name == est.name and e.fn is est.fn and e.kwargs.keys() == est.kwargs.keys()
+                   and all(_equal(e.kwargs[k], est.kwargs[k]) for k in e.kwargs) for e in kept):
+            kept.append(est)
+    labels = []
+    for est in kept:
+        same = [e for e in kept if e.name == est.name]
         differing = sorted({k for e in same for k in {**e.kwargs, **est.kwargs}
-                            if repr(e.kwargs.get(k)) != repr(est.kwargs.get(k))})
-        label = est.name + (f"({', '.join(f'{k}={est.kwargs.get(k)!r}' for k in differing)})" if differing else "")
-        if label not in [seen for seen, _ in out]:
-            out.append((label, est))
-    return out
+                            if not _equal(e.kwargs.get(k), est.kwargs.get(k))})
+        shown = [k for k in differing if not torch.is_tensor(est.kwargs.get(k))]
+        labels.append(est.name + (f"({', '.join(f'{k}={est.kwargs.get(k)!r}' for k in shown)})" if shown else ""))
+    return [(label + (f"#{labels[:i].count(label) + 1}" if labels.count(label) > 1 else ""), est)
+            for i, (label, est) in enumerate(zip(labels, kept))]
 
 
 class Probe:
@@ -102,7 +120,8 @@ class Probe:
                 close = difflib.get_close_matches(pattern, [*modules, *params], n=3)
                 raise KeyError(f"Probe: {pattern!r} matches no probe point or parameter of {type(model).__name__}"
                                + (f"; did you mean {close}?" if close else "")
-                               + f"; probe points are {sorted(modules) or 'none'} (parameters: model.named_parameters())")
+                               + f"; probe points are {sorted(modules) or 'none'} "
+                               "(parameters: model.named_parameters())")
             for n in hit_m:
                 self._modules.setdefault(n, []).extend(of_tensors)
             for n in hit_p:
@@ -240,6 +259,8 @@ class Probe:
                 writer = csv.DictWriter(f, fieldnames=["step", "point", "estimator", "value"])
                 writer.writeheader()
                 writer.writerows(self.rows)
+                f.flush()
+                os.fsync(f.fileno())  # on disk before the rename: after a power loss, the old file or the new one
             os.replace(tmp, path)
         finally:
             tmp.unlink(missing_ok=True)

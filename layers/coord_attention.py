@@ -38,8 +38,8 @@ class CoordAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4 or x.shape[1] != self.channels or not x.is_floating_point():
-            raise ValueError(f"CoordAttention: x must be a floating tensor of shape (batch, {self.channels}, H, W), got "
-                             f"{x.dtype} {tuple(x.shape)}")
+            raise ValueError(f"CoordAttention: x must be a floating tensor of shape (batch, {self.channels}, H, W), "
+                             f"got {x.dtype} {tuple(x.shape)}")
         H, W = x.shape[2:]
         z_h = x.mean(3, keepdim=True)                    # (N, C, H, 1)
         z_w = x.mean(2, keepdim=True).transpose(2, 3)    # (N, C, W, 1)

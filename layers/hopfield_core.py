@@ -188,10 +188,10 @@ class HopfieldCore(nn.Module):
         if not masks:
             return None
         for name, m in (("association_mask", attn_mask), ("stored_pattern_padding_mask", key_padding_mask)):
-            if m is not None and m.is_floating_point() and bool(((m == 0) | (m == 1)).all() and (m == 1).any()):
+            if m is not None and m.is_floating_point() and bool(((m == 0) | (m == 1)).all() & (m == 1).any()):
                 raise ValueError(f"Hopfield: {name} holds only 0 and 1 as floats; a float mask is added to the "
-                                 f"scores (-inf forbids; 1 only shifts a score), so this would mask nothing: pass {name}.bool() (True = "
-                                 "forbidden)")
+                                 f"scores (-inf forbids; 1 only shifts a score), so this would mask nothing: pass "
+                                 f"{name}.bool() (True = forbidden)")
         masks = [m.to(like.device) for m in masks]
         if all(m.dtype == torch.bool for m in masks):
             return ~functools.reduce(torch.logical_or, masks)

@@ -258,6 +258,13 @@ def test_an_io_error_during_train_names_the_checkpoint_to_resume_from(tmp_path, 
     assert message.startswith("zoo train: error: [Errno 28] No space left on device; the newest checkpoint is ")
     assert "step_00000010; rerun the same command with --resume to continue once the cause is fixed" in message
 
+    def refused(recipe, out, resume=False):  # the run directory's own check: its advice stands alone
+        raise FileExistsError(f"{out} already holds checkpoints (step_00000010); pass --resume to continue")
+
+    monkeypatch.setattr(train.loop, "fit", refused)
+    message = _error(capsys, ["train", "alrnn-lorenz63", "--out", str(tmp_path / "run")])
+    assert message.endswith("pass --resume to continue\n") and "once the cause is fixed" not in message
+
 
 def test_an_estimator_error_names_the_point_and_two_variable_advice_names_the_flag(tmp_path, capsys):
     path = save_checkpoint(zoo.create_model("alrnn_m20_p2"), tmp_path / "m.safetensors")
@@ -366,3 +373,8 @@ def test_estimate_merges_repeated_globs_labels_estimators_apart_and_names_silent
     assert labels == ["ksg1_mi(k=3)", "ksg1_mi(k=5)", "binned_mi"]
     assert "--estimator nonexistent is used by no --probe" in _error(
         capsys, [*small, "--probe", "t.0=effective_rank", "--estimator", "nonexistent"])
+    # local complexity runs the model on its own inputs after the batch: those rows are not the batch's
+    relu = save_checkpoint(zoo.create_model("ib_mlp_relu"), tmp_path / "relu.safetensors")
+    main(["estimate", str(relu), "--recipe", "ib-tanh-12bit", "--probe", "t.0=ksg_mi", "--probe", "=local_complexity",
+          "--target", "y"])
+    assert [r.split("\t")[1] for r in capsys.readouterr().out.splitlines()][0] == "ksg1_mi"

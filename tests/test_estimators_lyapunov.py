@@ -62,7 +62,12 @@ def test_delta_below_the_dtype_resolution_is_a_clear_error():
     """In float32 the default delta = 1e-8 rounds away at |z| ~ 0.3 (it failed as 'diverged or merged at step 0');
     the error names the resolution and the ways out, and a float32 map runs with a larger delta."""
     logistic = lambda z: 4 * z * (1 - z)  # noqa: E731
-    with pytest.raises(ValueError, match=r"delta=1e-08 is not well above the resolution of z0's dtype torch.float32"):
+    with pytest.raises(FloatingPointError, match=r"delta=1e-08 is not well above the resolution of z0's dtype "
+                                                 r"torch.float32 .*pass z0.double\(\)"):
         largest_lyapunov_exponent(logistic, torch.full((2, 1), 0.3), steps=100)
     lam = largest_lyapunov_exponent(logistic, torch.full((2, 1), 0.3), steps=5000, transient=100, delta=1e-4)
     assert lam.dtype == torch.float32 and lam.mean().item() == pytest.approx(math.log(2), abs=0.02)
+    # a float64 state grown to 1e9 (a diverging model's free run): a FloatingPointError, which the tasks report as
+    # NaN, as they do a diverged pair
+    with pytest.raises(FloatingPointError, match=r"at \|z\| ~ 1e\+09 .*; pass a delta >= "):
+        largest_lyapunov_exponent(logistic, torch.full((2, 1), 1e9, dtype=torch.float64), steps=10)

@@ -53,7 +53,7 @@ def test_compressed_ksg_recovers_high_dimensional_mi():
     assert val <= mi + 0.1  # data processing: compression cannot add information
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
 def test_compressed_mi_of_a_low_rank_layer_drops_its_rounding_noise_directions(dtype):
     """A Linear(2 -> 10) output has rank 2: the PCA keeps 2 directions, not 4 with two of rounding noise that KSG's
     standardisation blew up to unit variance (that cost 15 % of the MI). I(z; z_1 + 0.5 n) = ln(5) / 2."""
@@ -64,6 +64,8 @@ def test_compressed_mi_of_a_low_rank_layer_drops_its_rounding_noise_directions(d
     assert pca_projection(x, 4).shape == (2000, 2)
     assert compressed_mutual_information(x, y).item() == compressed_mutual_information(x, y, dim=2).item()
     assert compressed_mutual_information(x, y).item() == pytest.approx(math.log(5) / 2, abs=0.05)
+    full = torch.randn(500, 6, generator=g).to(dtype)  # full rank: every asked-for direction stays (bf16 kept 1 of 4)
+    assert pca_projection(full, 4).shape == (500, 4)
 
 
 def test_compressor_gets_the_input_in_its_own_dtype_and_shape():

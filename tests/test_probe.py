@@ -249,13 +249,18 @@ def test_probes_never_record_another_probes_estimator_passes_and_label_what_they
     x = torch.randn(64, 6)
     with Probe(net, {"2": [effective_rank()]}) as alone:
         net(x)
-    with Probe(net, {"": [local_complexity()]}) as first, Probe(net, {"2": [effective_rank()]}) as second:
+    # second is entered first, so it is still attached while first's estimator runs the model (exits go in reverse)
+    with Probe(net, {"2": [effective_rank()]}) as second, Probe(net, {"": [local_complexity()]}) as first:
         net(x)
     assert first.table() and second.table()[0]["value"] == alone.table()[0]["value"]
     with Probe(net, {"?": [effective_rank()], "2": [effective_rank(), make_estimator({"dse": {"sigma": 1.0}}),
                                                     make_estimator({"dse": {"sigma": 2.0}})]}) as probe:
         net(x)
     assert [r["estimator"] for r in probe.table()] == ["effective_rank", "dse(sigma=1.0)", "dse(sigma=2.0)"]
+    a, b = torch.randn(64, 1), torch.randn(64, 1)  # two targets under one name: both kept, numbered
+    with Probe(net, {"2": [make_estimator({"ksg_mi": {"target": a}}), make_estimator({"ksg_mi": {"target": b}})]}) as probe:
+        net(x)
+    assert [r["estimator"] for r in probe.table()] == ["ksg1_mi#1", "ksg1_mi#2"]
 
 
 def test_module_estimators_take_a_keyword_input_and_tied_weights_and_typos_are_named():

@@ -804,6 +804,7 @@ def test_dsr_data_settings_are_named(override, message):
     ("hopfield-tabular-wine", "data.test_fraction=0.99", r"data.test_fraction must leave"),
     ("hopfield-mil-digits", "data.test_bags=0", r"data.train_bags and data.test_bags must be >= 1"),
     ("hopfield-mil-digits", "data.target=10", r"data.target a digit 0-9"),
+    ("hopfield-mil-digits", "data.mean_bag_length=2000", r"a bag of \d+ instances needs more than the \d+ images"),
 ])
 def test_dataset_size_settings_are_named(recipe, override, message):
     from train.tasks import make_task

@@ -70,8 +70,8 @@ def _cmd_train(args):
         print(f"zoo train: interrupted; {where()}", file=sys.stderr)
         raise SystemExit(130) from None
     except OSError as err:  # a full disk or a lost mount mid-run: what was saved, and how to go on
-        if not loop.checkpoints(out):
-            raise
+        if isinstance(err, (FileExistsError, FileNotFoundError)) or not loop.checkpoints(out):
+            raise  # the run directory's own checks, or nothing saved yet
         raise OSError(f"{err}; {where()} once the cause is fixed") from err
     if final:
         print(loop.json_text(final, indent=2))
@@ -193,15 +193,18 @@ def _cmd_eval(args):
 _ESTIMATOR = re.compile(r"\s*(\w+)\s*(?:\((.*)\))?\s*", re.DOTALL)
 
 
-def _top_level(text: str) -> list[str]:
-    """``text`` split at the commas outside brackets: ``a(x=[1, 2]),b`` -> ['a(x=[1, 2])', 'b']."""
+def _top_level(text: str) -> list[str] | None:
+    """``text`` split at the commas outside brackets: ``a(x=[1, 2]),b`` -> ['a(x=[1, 2])', 'b']; None where the
+    brackets do not balance (``k=3)``)."""
     parts, depth, start = [], 0, 0
     for i, ch in enumerate(text):
         depth += (ch in "([{") - (ch in ")]}")
+        if depth < 0:
+            return None
         if ch == "," and depth == 0:
             parts.append(text[start:i])
             start = i + 1
-    return parts + [text[start:]]
+    return parts + [text[start:]] if depth == 0 else None
 
 
 def _estimator_specs(text: str, flag: str) -> list[tuple[str, dict]]:
@@ -210,10 +213,11 @@ def _estimator_specs(text: str, flag: str) -> list[tuple[str, dict]]:
     from .recipe import parse_value
 
     specs = []
-    for item in filter(str.strip, _top_level(text)):
+    for item in filter(str.strip, _top_level(text) or [text]):
         match = _ESTIMATOR.fullmatch(item)
-        pairs = [p.partition("=") for p in _top_level(match[2] or "") if p.strip()] if match else []
-        if not match or not all(eq and key.strip().isidentifier() for key, eq, _ in pairs):
+        arguments = _top_level(match[2] or "") if match else None
+        pairs = [p.partition("=") for p in arguments if p.strip()] if arguments is not None else []
+        if arguments is None or not all(eq and key.strip().isidentifier() for key, eq, _ in pairs):
             raise ValueError(f"{flag}: cannot read {item.strip()!r}; write NAME or NAME(key=value,...), e.g. "
                              "condition_number(of=covariance)")
         specs.append((match[1], {key.strip(): parse_value(value.strip()) for key, _, value in pairs}))
@@ -301,16 +305,16 @@ def _cmd_estimate(args):
     rows = {}  # every probe point's rows per batch, counted before --samples cuts them
 
     def count(name):
-        return lambda module, inputs, output: rows.__setitem__(name, rows.get(name, 0) + (len(output) if output.dim() else 1))
+        return lambda module, inputs, out: rows.__setitem__(name, rows.get(name, 0) + (len(out) if out.dim() else 1))
 
     hooks = [module.register_forward_hook(count(name)) for name, module in model.named_modules()
              if type(module).__name__ == "ProbePoint"]
-    try:
-        with torch.no_grad(), Probe(model, points, max_samples=args.samples) as probe:
+    with torch.no_grad(), Probe(model, points, max_samples=args.samples) as probe:
+        try:
             task.loss(model, batch)
-    finally:
-        for hook in hooks:
-            hook.remove()
+        finally:  # before the probe's estimators run: local complexity's own passes are not the batch's rows
+            for hook in hooks:
+                hook.remove()
     examples = len(batch[args.target]) if args.target is not None else None
     for name, n in rows.items():
         if examples is not None and n != examples and any(fnmatch.fnmatchcase(name, glob) for glob in paired):

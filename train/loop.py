@@ -91,7 +91,7 @@ def _save_train_checkpoint(out: Path, step: int, model, optimizer, scheduler, ke
         fsync_path(out / "metrics.jsonl")
     save_checkpoint(model, tmp / "model.safetensors", extra_metadata=provenance)
     if probe is not None:
-        atomic_write(out / "probe.csv", probe.to_csv)
+        probe.to_csv(out / "probe.csv")
     save_tree({"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()},
               tmp / "trainer.safetensors")
     shutil.rmtree(final, ignore_errors=True)

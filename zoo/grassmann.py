@@ -356,9 +356,10 @@ class NLIHeadForSequenceClassification(PreTrainedModel):
         if labels is not None and (labels.shape != logits.shape[:1] or not is_integer(labels)):
             raise ValueError(f"NLI head: labels must be integer class ids of shape ({len(logits)},), got "
                              f"{labels.dtype} {tuple(labels.shape)}")
-        if labels is not None and len(labels) and not 0 <= int(labels.min()) <= int(labels.max()) < logits.shape[-1]:
-            raise ValueError(f"NLI head: labels must lie in [0, num_labels={logits.shape[-1]}), got range "
-                             f"[{int(labels.min())}, {int(labels.max())}]")
+        outside = None if labels is None else (labels != -100) & ((labels < 0) | (labels >= logits.shape[-1]))
+        if outside is not None and bool(outside.any()):  # one sync; -100 is ignored, as by the cross-entropy
+            raise ValueError(f"NLI head: labels must lie in [0, num_labels={logits.shape[-1]}) or be -100 (ignored), "
+                             f"got {labels[outside][:5].tolist()}")
         loss = None if labels is None else F.cross_entropy(logits.float(), labels.long())
         return as_requested(SequenceClassifierOutput(loss=loss, logits=logits), return_dict, self.config)
 

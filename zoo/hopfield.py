@@ -92,8 +92,8 @@ class HopfieldTabular(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 2 or x.shape[-1] != self.config.in_features or not x.is_floating_point():
-            raise ValueError(f"HopfieldTabular: x must be a floating tensor of shape (batch, {self.config.in_features}), got "
-                             f"{x.dtype} {tuple(x.shape)}")
+            raise ValueError(f"HopfieldTabular: x must be a floating tensor of shape (batch, "
+                             f"{self.config.in_features}), got {x.dtype} {tuple(x.shape)}")
         return self.head(self.lookup(self.embed(x).unsqueeze(1)).squeeze(1))
 
 
@@ -117,8 +117,8 @@ class TabularBaseline(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 2 or x.shape[-1] != self.config.in_features or not x.is_floating_point():
-            raise ValueError(f"TabularBaseline: x must be a floating tensor of shape (batch, {self.config.in_features}), got "
-                             f"{x.dtype} {tuple(x.shape)}")
+            raise ValueError(f"TabularBaseline: x must be a floating tensor of shape (batch, "
+                             f"{self.config.in_features}), got {x.dtype} {tuple(x.shape)}")
         return self.net(x)
 
 

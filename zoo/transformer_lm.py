@@ -167,9 +167,11 @@ def finish_backbone(x: torch.Tensor, cache, hidden: list | None, return_dict: bo
     return as_requested(out, return_dict, config)
 
 
-def lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def lm_loss(logits: torch.Tensor, labels: torch.Tensor, in_range: bool = False) -> torch.Tensor:
     """Mean next-token cross-entropy: logits at t predict labels at t+1; label -100 is ignored. ``labels`` is
-    (B, T) like the input ids, T >= 2 (one token predicts nothing: the mean would be 0/0)."""
+    (B, T) like the input ids, T >= 2 (one token predicts nothing: the mean would be 0/0). Labels outside the
+    vocabulary are an error (one device sync), unless ``in_range`` says they were checked (they are the input ids,
+    as in training)."""
     if labels.shape != logits.shape[:2] or not is_integer(labels):
         raise ValueError(f"labels must be integer (batch, length) = {tuple(logits.shape[:2])} like input_ids, got "
                          f"{labels.dtype} {tuple(labels.shape)}")
@@ -177,7 +179,7 @@ def lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         raise ValueError("labels need at least 2 tokens: the loss predicts token t+1 from tokens up to t")
     targets = labels[:, 1:]
     outside = (targets != -100) & ((targets < 0) | (targets >= logits.shape[-1]))
-    if bool(outside.any()):  # else an IndexError on the CPU, a device-side assert on a GPU
+    if not in_range and bool(outside.any()):  # else an IndexError on the CPU, a device-side assert on a GPU
         raise ValueError(f"labels must lie in [0, vocab_size={logits.shape[-1]}) or be -100 (ignored), got "
                          f"{targets[outside][:5].tolist()}")
     return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten().long(),
@@ -308,7 +310,7 @@ class TiedCausalLMHead:
                          use_cache=use_cache, inputs_embeds=inputs_embeds, output_hidden_states=output_hidden_states,
                          output_attentions=output_attentions, return_dict=True)
         logits = self.lm_head(out.last_hidden_state)
-        loss = lm_loss(logits, labels) if labels is not None else None
+        loss = lm_loss(logits, labels, in_range=labels is input_ids) if labels is not None else None
         result = CausalLMOutputWithPast(loss=loss, logits=logits, cache=out.cache, hidden_states=out.hidden_states,
                                         attentions=out.attentions)
         return as_requested(result, return_dict, self.config)

@@ -39,7 +39,9 @@ def draw_indices(n: int, size: int, generator: torch.Generator, replace: bool = 
     if not replace and size > n:
         raise ValueError(f"the split holds {n} examples, fewer than the {size} distinct ones asked for (--batch {n} "
                          "measures on all of them)")
-    return torch.randint(0, n, (size,), generator=generator) if replace else torch.randperm(n, generator=generator)[:size]
+    if replace:
+        return torch.randint(0, n, (size,), generator=generator)
+    return torch.randperm(n, generator=generator)[:size]
 
 
 def draw_split(data: dict[str, torch.Tensor], split: str, size: int, generator: torch.Generator,
