@@ -69,7 +69,9 @@ class CausalGrassmannMixing(nn.Module):
     Offsets pair z_t with the PAST vector z_{t-delta} (the paper writes t + delta, which lets a causal LM see the
     next token). An offset is valid at position t when t - delta >= 0; early positions average over fewer offsets,
     and position 0 (no valid offset) gets p_bar = 0, so g_0 = b_plu (then W_out if present). A pair whose angle
-    has sine <= ``eps`` spans no 2-plane (p is numerically zero) and contributes p_hat = 0.
+    has sine <= ``eps`` spans no 2-plane (p is numerically zero) and contributes p_hat = 0, still counted in the
+    mean's denominator. This departs from a normalisation p / max(||p||, eps) with an absolute eps: the test is
+    scale-free (sine, not ||p||), and a repeated token adds a zero rather than a unit vector of rounding noise.
     ``out_proj`` adds the d x d projection W_out that the paper's reported parameter counts imply; we place it on
     g (before the gate) so the gate's identity path alpha * h stays intact.
 

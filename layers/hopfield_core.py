@@ -12,7 +12,8 @@ from .probe_point import ProbePoint
 
 
 def hopfield_energy(state: torch.Tensor, stored: torch.Tensor, beta: float) -> torch.Tensor:
-    """Eq. (2): E(xi) = -1/beta lse(beta, X^T xi) + 1/2 xi^T xi + 1/beta ln N + 1/2 M^2, M = max_i ||x_i||.
+    """Eq. (2): E(xi) = -lse(beta, X^T xi) + 1/2 xi^T xi + 1/beta ln N + 1/2 M^2, M = max_i ||x_i||, with
+    lse(beta, x) = 1/beta log sum_i exp(beta x_i).
 
     ``state`` (..., d) holds the state patterns xi, ``stored`` (..., N, d) the stored patterns x_i as rows.
     Returns the energy per state pattern, shape (...,), in the units of the squared pattern norm.

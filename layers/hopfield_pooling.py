@@ -8,8 +8,9 @@ from .hopfield import Hopfield
 
 
 class HopfieldPooling(nn.Module):
-    """Z = softmax(beta Q W_K^T Y^T) Y W_V (Eq. 11, "HopfieldPooling", with W_V mapping Y directly as in hflayers)
-    with Q = ``pooling_weights`` learned:
+    """Z = softmax(beta LN(Q) W_Q W_K^T LN(Y)^T) LN(Y) W_V (Eq. 11, "HopfieldPooling", which folds W_Q into the
+    learned Q; as in hflayers the state pattern Q = ``pooling_weights`` still passes the state-pattern LayerNorm and
+    W_Q, and W_V maps Y directly; the LayerNorms are ``Hopfield``'s, on by default):
     ``quantity`` learned state patterns retrieve from the stored patterns Y of each set.
 
     ``forward(input)`` takes Y (batch, length, features) (used as stored pattern and pattern projection)
