@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from common import machine, sync, write_results
-from estimators import Probe, diffusion_spectral_entropy, dse, knn_fused, ksg_mutual_information
+from estimators import Probe, diffusion_spectral_entropy, dse, knn, knn_fused, ksg_mutual_information
 from layers import ProbePoint
 
 
@@ -46,7 +46,8 @@ def bench_ksg(n: int, device, method: str = "auto") -> dict:
     ref, t_ref = timed(lambda: mutual_info_regression(x[:, None], y, n_neighbors=3, random_state=0)[0], torch.device("cpu"))
     used = method
     if method == "auto":
-        used = "tree" if device.type == "cpu" else ("fused" if knn_fused.available(xt, yt, 3) else "brute")
+        fused = knn_fused.available(xt, yt, 3) and knn._fused_state != "failed"  # a failed check fell back
+        used = "tree" if device.type == "cpu" else ("fused" if fused else "brute")
     return {"n": n, "method": used, "ours": ours, "sklearn": float(ref), "truth": -0.5 * np.log(1 - 0.75 ** 2),
             "t_ours_s": t_ours, "t_sklearn_s": t_ref, "speedup": t_ref / t_ours}
 

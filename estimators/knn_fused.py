@@ -10,6 +10,8 @@ D_y)) operations, O(N) memory.
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 try:
@@ -114,7 +116,12 @@ def ksg_counts_fused(x: torch.Tensor, y: torch.Tensor, k: int, variant: int):
     if not 1 <= k <= MAX_K or x.shape[1] > MAX_DIMS or y.shape[1] > MAX_DIMS:
         raise ValueError(f"ksg_counts_fused: k <= {MAX_K} and at most {MAX_DIMS} dimensions per variable, got k={k}, "
                          f"dims {x.shape[1]} and {y.shape[1]}")
-    x, y = x.contiguous(), y.contiguous()
+    # Triton launches on the current CUDA device, not the tensors' (its CPU interpreter, in tests, has none)
+    with torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext():
+        return _ksg_counts_on_device(x.contiguous(), y.contiguous(), k, variant)
+
+
+def _ksg_counts_on_device(x: torch.Tensor, y: torch.Tensor, k: int, variant: int):
     n = x.shape[0]
     grid = (triton.cdiv(n, _BLOCK_M),)
     shape = dict(DX=x.shape[1], DY=y.shape[1], BLOCK_M=_BLOCK_M, BLOCK_N=_BLOCK_N)

@@ -57,6 +57,9 @@ def local_complexity(model: nn.Module, x: torch.Tensor, radius: float = 0.1, n_d
     if not radius > 0:
         raise ValueError(f"radius must be > 0, got {radius!r}")
     b, shape = x.shape[0], x.shape[1:]
+    weights = next((p for p in model.parameters() if p.is_floating_point()), None)
+    if weights is not None:  # inputs recorded under autocast (bf16) go into the fp32 model outside it
+        x = x.to(weights.dtype)
     points = _cross_polytope(x.reshape(b, -1), radius, n_directions, generator)
     v = points.shape[1]
     units = [m for m in model.modules() if isinstance(m, activations)]

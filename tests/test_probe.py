@@ -285,3 +285,16 @@ def test_module_estimators_take_a_keyword_input_and_tied_weights_and_typos_are_n
     assert probe.table()[0]["point"] == "1.weight"
     with pytest.raises(KeyError, match=r"did you mean \['0.weight'"):
         Probe(tied, {"0.weigth": [condition_number()]})
+
+
+def test_local_complexity_of_inputs_recorded_under_bf16_autocast():
+    """Under autocast (train.precision auto on a GPU) a module's recorded input is bf16; the estimator runs after the
+    step, outside autocast, on the fp32 model: it fed bf16 into fp32 weights and failed at the first probed step."""
+    from estimators import local_complexity_estimator
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(6, 16), nn.Sequential(nn.Linear(16, 16), nn.ReLU()), nn.Linear(16, 2))
+    with Probe(net, {"1": [local_complexity_estimator()]}) as probe:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            net(torch.randn(8, 6))
+    assert {r["estimator"] for r in probe.table()} == {"local_complexity/neurons", "local_complexity/regions"}

@@ -120,9 +120,11 @@ class _BestSelector:
             for name in ("best.json", "best.safetensors"):
                 (out / name).unlink(missing_ok=True)
 
-    def model(self):
-        """The selected model (loaded from best.safetensors), or None when nothing is selected."""
-        return load_checkpoint(self.out / "best.safetensors").eval() if self.best is not None else None
+    def model(self, device: torch.device):
+        """The selected model (loaded from best.safetensors onto ``device``), or None when nothing is selected."""
+        if self.best is None:
+            return None
+        return load_checkpoint(self.out / "best.safetensors", map_location=device).eval()
 
     def check(self, row: dict) -> None:
         if self.metric and self.metric not in row:
@@ -520,6 +522,6 @@ def _fit(recipe: dict, cfg: dict, out: Path, resume: bool, d: Dist, task, points
     plot_metrics(metrics_path, out / "metrics.png")
     with torch.random.fork_rng(devices=[d.device] if d.device.type == "cuda" else []):
         torch.manual_seed(int(cfg["seed"]))  # a report that samples (generation) draws the same in a resumed run
-        task.report(selector.model() or model, out)
+        task.report(selector.model(d.device) or model, out)
     _write_text(out / "summary.json", json_text(final, indent=2))
     return final

@@ -38,7 +38,7 @@ def _load(path: str, kind: str, seed: int, transforms: dict | None = None) -> to
         return transforms["eval"](image)
     with torch.random.fork_rng(devices=[]):
         state = random.getstate()
-        torch.manual_seed(seed)
+        torch.default_generator.manual_seed(seed)  # the CPU generator only: torch.manual_seed would reseed CUDA's
         random.seed(seed)
         try:
             return transforms["train"](image)
