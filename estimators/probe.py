@@ -211,7 +211,7 @@ class Probe:
         parameter estimators once per step (no-op on unscheduled steps)."""
         if not self.scheduled:
             return
-        with torch.no_grad(), self.paused(), _estimating():  # an estimator's own forward passes go unrecorded
+        with torch.no_grad(), _estimating():  # an estimator's own forward passes go unrecorded, by every Probe
             for (name, of_input), chunks in self._buffers.items():
                 shapes = {tuple(c.shape[1:]) for c in chunks}
                 if len(shapes) > 1:

@@ -164,6 +164,10 @@ def test_nli_head_trains_only_the_head_and_ignores_padding(name):
     assert torch.equal(narrow.logits, logits) and torch.equal(narrow.loss, loss)
     with pytest.raises(ValueError, match=r"labels must be integer class ids of shape \(4,\), got torch.float32"):
         model(ids, labels=torch.zeros(4))
+    with pytest.raises(ValueError, match=r"NLI head: labels must lie in \[0, num_labels=3\) or be -100 \(ignored\), got \[3\]"):
+        model(ids, labels=torch.tensor([0, 1, 3, 0]))
+    ignored = model(ids, labels=torch.tensor([0, 1, -100, 0])).loss  # as the cross-entropy ignores -100
+    assert torch.allclose(ignored, torch.nn.functional.cross_entropy(logits[[0, 1, 3]], torch.tensor([0, 1, 0])))
     with pytest.raises(ValueError, match=r"input_ids must lie in \[0, vocab_size=100\)"):
         model(ids + 100)
     with pytest.raises(ValueError, match=r"input_ids must be integer token ids \(batch >= 1, tokens >= 1\)"):

@@ -57,6 +57,7 @@ def _cmd_train(args):
     if args.out is not None and not args.out.strip():
         raise ValueError("--out is empty; give a run directory, or leave --out out for runs/RECIPE")
     out = Path(args.out or f"runs/{recipe['name']}")
+
     def where() -> str:
         saved = loop.checkpoints(out)
         if saved:
@@ -302,22 +303,22 @@ def _cmd_estimate(args):
     points = {glob: [_estimator(name, kwargs, batch, args.target) for name, kwargs in named]
               for glob, named in specs.items()}
     paired = [glob for glob, named in specs.items() if any(_takes_target(name) for name, _ in named)]
-    rows = {}  # every probe point's rows per batch, counted before --samples cuts them
+    rows = {}  # the rows per batch of each probe point paired with --target, counted before --samples cuts them
 
     def count(name):
         return lambda module, inputs, out: rows.__setitem__(name, rows.get(name, 0) + (len(out) if out.dim() else 1))
 
     hooks = [module.register_forward_hook(count(name)) for name, module in model.named_modules()
-             if type(module).__name__ == "ProbePoint"]
+             if type(module).__name__ == "ProbePoint" and any(fnmatch.fnmatchcase(name, glob) for glob in paired)]
     with torch.no_grad(), Probe(model, points, max_samples=args.samples) as probe:
         try:
             task.loss(model, batch)
         finally:  # before the probe's estimators run: local complexity's own passes are not the batch's rows
             for hook in hooks:
                 hook.remove()
-    examples = len(batch[args.target]) if args.target is not None else None
+    examples = len(batch[args.target]) if paired else None  # paired estimators need --target (checked above)
     for name, n in rows.items():
-        if examples is not None and n != examples and any(fnmatch.fnmatchcase(name, glob) for glob in paired):
+        if n != examples:
             raise ValueError(f"{name} records {n} rows per batch of {examples} examples (tokens, atoms, positions), so "
                              f"its rows are not --target {args.target}'s; pair a point with one row per example")
     silent = [glob for glob in specs if not any(fnmatch.fnmatchcase(r["point"], glob) for r in probe.table())]

@@ -29,8 +29,8 @@ from layers import CausalGrassmannMixing
 from weights.hub import hub_resolvable
 
 from ._registry import register_model
-from .transformer_lm import (PAPER, TiedCausalLMHead, as_requested, check_ids, check_mask_values, check_sizes,
-                             collect_hidden, feed_forward, finish_backbone, input_embeddings, is_integer,
+from .transformer_lm import (PAPER, TiedCausalLMHead, as_requested, check_ids, check_labels, check_mask_values,
+                             check_sizes, collect_hidden, feed_forward, finish_backbone, input_embeddings, is_integer,
                              positions_from_mask, refuse_attentions, token_positions)
 
 WINDOWS = (1, 2, 4, 8, 12, 16)
@@ -356,10 +356,8 @@ class NLIHeadForSequenceClassification(PreTrainedModel):
         if labels is not None and (labels.shape != logits.shape[:1] or not is_integer(labels)):
             raise ValueError(f"NLI head: labels must be integer class ids of shape ({len(logits)},), got "
                              f"{labels.dtype} {tuple(labels.shape)}")
-        outside = None if labels is None else (labels != -100) & ((labels < 0) | (labels >= logits.shape[-1]))
-        if outside is not None and bool(outside.any()):  # one sync; -100 is ignored, as by the cross-entropy
-            raise ValueError(f"NLI head: labels must lie in [0, num_labels={logits.shape[-1]}) or be -100 (ignored), "
-                             f"got {labels[outside][:5].tolist()}")
+        if labels is not None:
+            check_labels(labels, logits.shape[-1], "num_labels", who="NLI head: ")
         loss = None if labels is None else F.cross_entropy(logits.float(), labels.long())
         return as_requested(SequenceClassifierOutput(loss=loss, logits=logits), return_dict, self.config)
 

@@ -103,6 +103,15 @@ def check_mask_values(attention_mask: torch.Tensor) -> None:
         raise ValueError(f"attention_mask must hold 1 (a real token) or 0 (padding), or be bool; got values {values}")
 
 
+def check_labels(labels: torch.Tensor, classes: int, what: str, who: str = "") -> None:
+    """Labels lie in [0, classes) or are -100 (ignored, as by the cross-entropy); else an error naming the values
+    (an IndexError on the CPU, a device-side assert on a GPU otherwise). One device sync."""
+    outside = (labels != -100) & ((labels < 0) | (labels >= classes))
+    if bool(outside.any()):
+        raise ValueError(f"{who}labels must lie in [0, {what}={classes}) or be -100 (ignored), got "
+                         f"{labels[outside][:5].tolist()}")
+
+
 def is_integer(t: torch.Tensor) -> bool:
     """An integer dtype of any width (uint8 ... int64); bool is not one."""
     return not (t.is_floating_point() or t.is_complex() or t.dtype == torch.bool)
@@ -177,11 +186,8 @@ def lm_loss(logits: torch.Tensor, labels: torch.Tensor, in_range: bool = False) 
                          f"{labels.dtype} {tuple(labels.shape)}")
     if labels.shape[1] < 2:
         raise ValueError("labels need at least 2 tokens: the loss predicts token t+1 from tokens up to t")
-    targets = labels[:, 1:]
-    outside = (targets != -100) & ((targets < 0) | (targets >= logits.shape[-1]))
-    if not in_range and bool(outside.any()):  # else an IndexError on the CPU, a device-side assert on a GPU
-        raise ValueError(f"labels must lie in [0, vocab_size={logits.shape[-1]}) or be -100 (ignored), got "
-                         f"{targets[outside][:5].tolist()}")
+    if not in_range:
+        check_labels(labels[:, 1:], logits.shape[-1], "vocab_size")
     return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten().long(),
                            ignore_index=-100)
 

@@ -179,10 +179,7 @@ class ImageClassificationTask(Task):
                 h.remove()
         attention = (gates["h"] * gates["w"]).mean(1).cpu()  # (6, H, W): a_h a_w averaged over channels
 
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        import matplotlib.pyplot as plt  # headless: train.plots, imported with the loop, sets the Agg backend
 
         from ..plots import save_figure
 
