@@ -35,6 +35,19 @@ def test_pytext_split_is_deterministic_and_partitions_the_documents():
     assert words["train"] > 5 * words["valid"] > 0 and words["test"] > 0
 
 
+def test_pytext_copies_of_a_document_share_a_split(monkeypatch):
+    """The stdlib repeats some docstrings verbatim under other ids; a split by id put copies in train and test."""
+    import train.data.pytext as pytext
+
+    texts = [f"document number {i} about nothing" for i in range(100)]
+    docs = [(f"doc:a.py:f:{i}", t) for i, t in enumerate(texts)] + [(f"doc:b.py:g:{i}", t) for i, t in enumerate(texts)]
+    monkeypatch.setattr(pytext, "pydoc_topics", lambda: docs)
+    splits = pytext_splits(docstrings=False, valid=0.2, test=0.2)
+    homes = [[s for s, text in splits.items() if t in text.split("\n\n")] for t in texts]
+    assert all(len(h) == 1 for h in homes) and {h[0] for h in homes} == {"train", "valid", "test"}
+    assert all(splits[h[0]].split("\n\n").count(t) == 2 for h, t in zip(homes, texts))
+
+
 def test_trained_wordpiece_tokenizer():
     tok = train_wordpiece(pytext_splits(docstrings=False)["train"], vocab_size=800)
     assert tok.get_vocab_size() == 800

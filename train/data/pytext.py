@@ -46,18 +46,19 @@ def stdlib_docstrings() -> list[tuple[str, str]]:
     return docs
 
 
-def split_of(doc_id: str, valid: float, test: float) -> str:
-    """Deterministic split by a hash of the document id: adding documents never moves the others."""
-    u = int.from_bytes(hashlib.sha256(doc_id.encode()).digest()[:8], "big") / 2**64
+def split_of(key: str, valid: float, test: float) -> str:
+    """Deterministic split by the sha256 of ``key`` (a document's text): adding documents never moves the others."""
+    u = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") / 2**64
     return "valid" if u < valid else "test" if u < valid + test else "train"
 
 
 def pytext_splits(docstrings: bool = True, valid: float = 0.05, test: float = 0.05) -> dict[str, str]:
-    """The corpus as {"train", "valid", "test"} -> text, documents separated by blank lines."""
+    """The corpus as {"train", "valid", "test"} -> text, documents separated by blank lines. A document's split
+    follows its text, not its id: the stdlib repeats some docstrings verbatim, and all copies share one split."""
     if not (0 < valid and 0 < test and valid + test < 1):
         raise ValueError(f"pytext_splits: valid and test fractions must be > 0 with sum < 1, got {valid}, {test}")
     docs = pydoc_topics() + (stdlib_docstrings() if docstrings else [])
     parts: dict[str, list[str]] = {s: [] for s in SPLITS}
-    for doc_id, text in docs:
-        parts[split_of(doc_id, valid, test)].append(text.strip())
+    for _, text in docs:
+        parts[split_of(text.strip(), valid, test)].append(text.strip())
     return {s: "\n\n".join(parts[s]) for s in SPLITS}

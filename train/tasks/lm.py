@@ -40,7 +40,8 @@ class CausalLMTask(Task):
         if source == "pytext":
             docstrings = bool(d.get("docstrings", True))
             valid, test = real(d, "data", "valid", 0.05), real(d, "data", "test", 0.05)
-            settings = {"corpus": corpus_version(), "docstrings": docstrings, "valid": valid, "test": test}
+            settings = {"corpus": corpus_version(), "docstrings": docstrings, "valid": valid, "test": test,
+                        "split_by": "text"}  # a new key, so caches split by document id (until 2026-11-29) go unused
             self.tokenizer, ids = tokenized_splits("pytext", settings, lambda: pytext_splits(docstrings, valid, test),
                                                    kind, vocab)
         elif source == "wikitext2":
