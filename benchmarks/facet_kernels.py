@@ -14,6 +14,7 @@ import argparse
 import contextlib
 
 import torch
+from e3nn import o3
 
 from common import machine, median_ms, write_results
 from layers import EquivariantConvolution, SphericalGridMLP
@@ -21,11 +22,16 @@ from layers.equivariant_mixing import from_channels, to_channels
 from potential_workloads import speed_structures
 
 _E3NN_TP: dict[int, torch.nn.Module] = {}  # id(convolution) -> its e3nn TensorProduct
+_E3NN_GRID: dict[int, tuple] = {}  # id(mixing) -> its e3nn ToS2Grid and FromS2Grid
 
 
 def e3nn_grid_forward(self: SphericalGridMLP, x: torch.Tensor) -> torch.Tensor:
-    grid = self.to_grid(to_channels(x, self.channels, self.lmax))  # (N, C, beta, alpha)
-    return from_channels(self.from_grid(self.mlp(grid.movedim(1, -1)).movedim(-1, 1)), self.lmax)
+    if id(self) not in _E3NN_GRID:
+        _E3NN_GRID[id(self)] = (o3.ToS2Grid(self.lmax, self.res).to(x.dtype),
+                                o3.FromS2Grid(self.res, self.lmax).to(x.dtype))
+    to_grid, from_grid = _E3NN_GRID[id(self)]
+    grid = to_grid(to_channels(x, self.channels, self.lmax))  # (N, C, beta, alpha)
+    return from_channels(from_grid(self.mlp(grid.movedim(1, -1)).movedim(-1, 1)), self.lmax)
 
 
 def e3nn_tp_forward(self: EquivariantConvolution, h, edge_index, vectors, sh=None, radial_features=None):

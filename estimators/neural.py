@@ -11,6 +11,7 @@ from torch import nn
 from .estimator import Estimator, log_base
 from .paired import paired
 from .samples import as_samples, same_rows, standardise_columns
+from .seeding import seeded
 
 BOUNDS = ("infonce", "dv")
 
@@ -77,8 +78,7 @@ def neural_mutual_information(x: torch.Tensor, y: torch.Tensor, bound: str = "in
                          f"{len(train)} training, {len(valid)} validation and {len(test)} scored pairs "
                          f"(held_out={held_out})")
     x, y = standardise_columns(x - x.mean(0)), standardise_columns(y - y.mean(0))
-    with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
-        torch.manual_seed(seed)  # seeds the CUDA generators too: forked above where the data lives
+    with seeded(seed, x.device):
         critic = SeparableCritic(x.shape[1], y.shape[1], hidden).to(x.device)
     opt = torch.optim.Adam(critic.parameters(), lr=lr)
 

@@ -251,19 +251,14 @@ class Probe:
         return list(self.rows)
 
     def to_csv(self, path: str | os.PathLike) -> Path:
+        """Write the rows as CSV (columns step, point, estimator, value). A plain write: the training loop puts
+        the run's probe.csv in place with ``weights.checkpoint.atomic_write(path, probe.to_csv)``."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        try:  # written aside, then renamed: a kill leaves the previous file or the new one, never a part
-            with open(tmp, "w", newline="") as f:
-                writer = csv.DictWriter(f, fieldnames=["step", "point", "estimator", "value"])
-                writer.writeheader()
-                writer.writerows(self.rows)
-                f.flush()
-                os.fsync(f.fileno())  # on disk before the rename: after a power loss, the old file or the new one
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        with open(path, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=["step", "point", "estimator", "value"])
+            writer.writeheader()
+            writer.writerows(self.rows)
         return path
 
     def read_csv(self, path: str | os.PathLike, before: int) -> None:
@@ -279,8 +274,12 @@ class Probe:
         try:
             self.flush()
         finally:
-            self._buffers, self._closed = {}, True
-            self._detach()
+            self._abandon()
+
+    def _abandon(self):
+        """Forget what the forward passes recorded and remove every hook, computing nothing."""
+        self._buffers, self._closed = {}, True
+        self._detach()
 
     def __enter__(self):
         return self
@@ -288,6 +287,5 @@ class Probe:
     def __exit__(self, exc_type, exc, tb):
         if exc_type is None:
             self.close()
-        else:  # the block failed: detach without computing, so its exception is the one that surfaces
-            self._buffers, self._closed = {}, True
-            self._detach()
+        else:  # the block failed: nothing computed, so its exception is the one that surfaces
+            self._abandon()

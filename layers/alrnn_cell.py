@@ -35,6 +35,12 @@ class ALRNNCell(nn.Module):
         """Identity on the first M-P units, ReLU on the last P."""
         return torch.maximum(z, self.floor)
 
+    def step_function(self):
+        """The map z -> A z + W phi*(z) + h for states z (B, M), with the parameters read once: a free run calls
+        it 10^5 times, at half the cost of a Module call with its checks."""
+        A, W_t, h, floor = self.A, self.W.T, self.h, self.floor
+        return lambda z: torch.addmm(torch.addcmul(h, A, z), torch.maximum(z, floor), W_t)
+
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         if z.shape[-1] != self.M:
             raise ValueError(f"ALRNNCell: z must have last dim M={self.M}, got shape {tuple(z.shape)}")

@@ -5,6 +5,7 @@ import torch
 from e3nn import o3
 from torch import nn
 
+from .autocast_off import autocast_off
 from .equivariant_mixing import from_channels, sphere_irreps
 
 
@@ -91,7 +92,11 @@ class EdgeTensorProduct(nn.Module):
         (N, 2L+1, paths_L, C), paths in ascending order (paths_L = 0 for an order no path reaches)."""
         n_nodes, _, c = x.shape
         w = weights.view(-1, self.num_paths, c).index_select(1, self.path_order)      # (E, P, C), paths by order
-        summed = _EdgeMessages.apply(self, x, sh, w, senders, receivers)
+        # one dtype (the widest given) without autocast: the hand-written backward runs outside autocast, and its
+        # gradients must match the forward's dtypes (under bf16 autocast x and w come in bf16, sh in float32)
+        dtype = torch.promote_types(torch.promote_types(x.dtype, sh.dtype), w.dtype)
+        with autocast_off(x.device.type):
+            summed = _EdgeMessages.apply(self, x.to(dtype), sh.to(dtype), w.to(dtype), senders, receivers)
         blocks = [x.new_zeros(n_nodes, 2 * l + 1, 0, c) for l in range(self.lmax + 1)]
         for l, block in zip(self.orders, summed):
             blocks[l] = block

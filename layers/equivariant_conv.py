@@ -12,7 +12,7 @@ from .radial import BesselMLPRadial, SplineRadial
 
 
 class EquivariantConvolution(nn.Module):
-    """m_i = (1 / n_avg) sum_{j in N(i)} sum_paths R_path,c(r_ij) C^L (W_up h_j)_c^l1 (x) Y^l2(r_ij / r_ij),
+    """m_i = (1 / n_avg) sum_{j in N(i)} sum_paths R_path,c(r_ij) C^L (W_up h_j)_c^l1 (x) Y^l2(r_ij / |r_ij|),
     h_i' = W_out m_i: a channel-wise ('uvu') tensor product of neighbour features with the edge's spherical
     harmonics, weighted per edge, channel and path by a radial function (splines, or an MLP for the ablation).
     Outputs keep the sphere's parity (-1)^l up to ``lmax``, so the layer is E(3)-equivariant, reflections included.

@@ -67,9 +67,7 @@ class SphericalGridMLP(nn.Module):
     def __init__(self, channels: int, lmax: int, hidden: int | None = None, res: tuple[int, int] | None = None):
         super().__init__()
         self.channels, self.lmax = channels, lmax
-        res = tuple(res) if res is not None else (18, 17)
-        self.to_grid = o3.ToS2Grid(lmax, res)
-        self.from_grid = o3.FromS2Grid(res, lmax)
+        self.res = tuple(int(r) for r in res) if res is not None else (18, 17)  # (beta, alpha)
         self._matrices: tuple | None = None  # (dtype, device, (K, G) to-grid, (G, K) from-grid), built on first use
         hidden = hidden or channels
         self.mlp = nn.Sequential(nn.Linear(channels, hidden), nn.SiLU(), nn.Linear(hidden, channels))
@@ -77,11 +75,11 @@ class SphericalGridMLP(nn.Module):
 
     def grid_matrices(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """T^T (grid, K), F^T (K, grid) and F^T 1 (K,) in ``like``'s dtype and device: e3nn's ToS2Grid and FromS2Grid
-        of this grid applied to unit vectors, K = (L+1)^2, always computed in float64 and then cast (the modules'
-        own buffers are float32 like their checkpoints, which would floor a float64 model's equivariance error at
-        float32 rounding)."""
+        of this grid applied to unit vectors, K = (L+1)^2, always computed in float64 and then cast (e3nn's modules
+        keep float32 buffers, which would floor a float64 model's equivariance error at float32 rounding). Nothing
+        of them is stored: the matrices follow from ``res`` and L."""
         if self._matrices is None or self._matrices[:2] != (like.dtype, like.device):
-            k, res = (self.lmax + 1) ** 2, (self.to_grid.res_beta, self.to_grid.res_alpha)
+            k, res = (self.lmax + 1) ** 2, self.res
             f64, default = torch.float64, torch.get_default_dtype()
             try:  # e3nn computes FromS2Grid's quadrature weights in the default dtype, whatever its dtype argument
                 torch.set_default_dtype(f64)
@@ -94,6 +92,13 @@ class SphericalGridMLP(nn.Module):
                 self._matrices = (like.dtype, like.device, to_grid.T.contiguous().to(**cast),
                                   from_grid.T.contiguous().to(**cast), from_grid.sum(0).to(**cast))
         return self._matrices[2:]
+
+    @staticmethod
+    def upgrade_state(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+        """Drop the e3nn ToS2Grid/FromS2Grid buffers (constants of the grid) that checkpoints saved before
+        2026-11-29, while this layer kept those modules, carry under ``prefix``."""
+        old = (f"{prefix}to_grid.", f"{prefix}from_grid.")
+        return {k: v for k, v in state.items() if not k.startswith(old)}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         to_grid_t, from_grid_t, from_grid_ones = self.grid_matrices(x)
@@ -146,6 +151,8 @@ MIXINGS = {"grid": SphericalGridMLP, "gate": GateMixing, "tp": TensorProductMixi
 
 
 def make_mixing(kind: str, channels: int, lmax: int, **kwargs) -> nn.Module:
+    """The mixing ``kind`` of ``MIXINGS``; ``kwargs`` go to its class (``hidden``, ``res``: the grid's only), so
+    one it does not take is a TypeError, never ignored."""
     if kind not in MIXINGS:
         raise ValueError(f"unknown equivariant mixing {kind!r}; choose one of {sorted(MIXINGS)}")
-    return MIXINGS[kind](channels, lmax, **kwargs) if kind == "grid" else MIXINGS[kind](channels, lmax)
+    return MIXINGS[kind](channels, lmax, **kwargs)

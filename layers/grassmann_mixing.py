@@ -64,7 +64,8 @@ class CausalGrassmannMixing(nn.Module):
 
     z_t = W_red h_t (r dims); for each offset delta of ``windows``, p(t, delta) = Pluecker(z_t, z_{t-delta}) in
     R^{r(r-1)/2}, p_hat = p / ||p||_2; g_t = W_plu mean_{delta valid at t} p_hat(t, delta) (+ W_out when
-    ``out_proj``: g_t <- W_out g_t); alpha_t = sigmoid(W_gate [h_t; g_t]); output alpha_t * h_t + (1 - alpha_t) * g_t.
+    ``out_proj``: g_t <- W_out g_t; then ``dropout`` on g_t in training); alpha_t = sigmoid(W_gate [h_t; g_t]);
+    output alpha_t * h_t + (1 - alpha_t) * g_t.
 
     Offsets pair z_t with the PAST vector z_{t-delta} (the paper writes t + delta, which lets a causal LM see the
     next token). An offset is valid at position t when t - delta >= 0; early positions average over fewer offsets,

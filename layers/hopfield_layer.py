@@ -8,8 +8,8 @@ from .hopfield import Hopfield
 
 
 class HopfieldLayer(nn.Module):
-    """Z = softmax(beta R W_Q W_K^T Y^T) Y W_V (Eq. 12, "HopfieldLayer", with W_V mapping Y directly as in hflayers)
-    with Y = ``lookup_weights`` learned:
+    """Z = softmax(beta LN(R) W_Q W_K^T LN(Y)^T) LN(Y) W_V (Eq. 12, "HopfieldLayer", with W_V mapping Y directly as
+    in hflayers; the LayerNorms are ``Hopfield``'s, on by default) with Y = ``lookup_weights`` learned:
     each input R (batch, length, input_size), the state pattern, retrieves from ``quantity`` learned stored
     patterns; the pattern projection is Y itself or, with ``lookup_weights_as_separated``, separate
     ``target_weights``. Returns (batch, length, output_size).

@@ -237,6 +237,7 @@ class _StackRecurrence(torch.autograd.Function):
         return None, g_u, g_h0, g_d0, g_M
 
 
+@torch.compiler.disable  # frames preallocated per (B, T), written with out=: eager under torch.compile, any shape
 def stack_recurrence(packed: PackedStack, u: torch.Tensor, h0: torch.Tensor, d0: torch.Tensor):
     """``SkewedStack`` under autograd: d (B, T, N) and the final h (B, N), differentiable in u, h0, d0 and
     the packed weights. Same values and gradients as stepping ``PVRNNLayer.integrate`` level by level (tested)."""

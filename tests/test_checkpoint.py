@@ -144,6 +144,12 @@ def test_corrupt_and_missing_files_give_clear_errors(tmp_path):
         load_checkpoint(bad)
     with pytest.raises(FileNotFoundError, match="checkpoint not found"):
         load_checkpoint(tmp_path / "absent.safetensors")
+    model = zoo.create_model("alrnn_m20_p2")
+    torch.save(model.state_dict(), tmp_path / "authors.pth")  # an original checkpoint, as its repository ships it
+    for load in (lambda: load_checkpoint(tmp_path / "authors.pth"), lambda: load_into(model, tmp_path / "authors.pth")):
+        with pytest.raises(CheckpointError, match=r"authors.pth is a PyTorch torch.save file, not safetensors; "
+                                                  r"convert it first with `zoo convert .*authors.pth --model NAME`"):
+            load()
     plain = tmp_path / "plain.safetensors"
     save_file({"w": torch.zeros(1)}, plain)
     with pytest.raises(CheckpointError, match="no paperzoo metadata"):

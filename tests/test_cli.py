@@ -2,6 +2,7 @@ import argparse
 import json
 import os
 import re
+import signal
 
 import pytest
 import torch
@@ -43,9 +44,12 @@ def test_eval_and_estimate_on_a_checkpoint(tmp_path, capsys):
     m = zoo.create_model("alrnn_m20_p2")
     path = save_checkpoint(m, tmp_path / "m.safetensors")
     small = ["--set", "data.train_steps=2000", "--set", "data.test_steps=1500", "--set", "task_args.seq_len=30"]
-    main(["eval", str(path), "--recipe", "alrnn-lorenz63", *small])
+    main(["eval", str(path), "--recipe", "alrnn-lorenz63", *small, "--device", "cpu"])
     metrics = json.loads(capsys.readouterr().out)
     assert set(metrics) == {"D_stsp", "D_H", "PE_20", "subregions", "lambda_max"}
+    assert "--device 'gpu' is not a device; use auto, cpu, cuda" in _error(capsys, ["eval", str(path), "--device", "gpu"])
+    if not torch.cuda.is_available():
+        assert "CUDA device(s) are visible; use --device cpu" in _error(capsys, ["eval", str(path), "--device", "cuda"])
     main(["estimate", str(path), "--recipe", "alrnn-lorenz63", *small, "--probe", "cell.W=condition_number",
           "--batch", "8"])
     point, name, value = capsys.readouterr().out.split()
@@ -59,6 +63,11 @@ def test_eval_and_estimate_on_a_checkpoint(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["estimate", str(path), "--recipe", "alrnn-lorenz63", *small, "--probe", "cell.W"])
     assert "names no estimator" in capsys.readouterr().err
+    # a published checkpoint by its name (`zoo info alrnn_m20_p2` lists it), with its own recipe
+    main(["estimate", "alrnn_m20_p2_lorenz63", *small, "--probe", "cell.W=condition_number", "--batch", "8"])
+    shipped = zoo.create_model("alrnn_m20_p2", pretrained="alrnn_m20_p2_lorenz63")
+    assert float(capsys.readouterr().out.split()[2]) == pytest.approx(
+        matrix_condition_number(shipped.cell.W).item(), rel=1e-5)
 
 
 def test_eval_uses_the_runs_own_recipe(tmp_path, capsys):
@@ -238,6 +247,14 @@ def test_ctrl_c_during_train_names_the_checkpoint_to_resume_from(tmp_path, capsy
         assert err.value.code == 130
         message = capsys.readouterr().err
         assert message.startswith("zoo train: interrupted; ") and expected in message and message.count("\n") == 1
+    def terminated(recipe, out, resume=False):  # as `timeout`, SLURM or docker stop end a run
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(train.loop, "fit", terminated)
+    with pytest.raises(SystemExit) as err:
+        main(["train", "alrnn-lorenz63", "--out", "a"])
+    assert err.value.code == 143 and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # the handler is undone
+    assert capsys.readouterr().err.startswith(f"zoo train: terminated (SIGTERM); the newest checkpoint is {newest}")
     monkeypatch.setattr(train.loop, "fit", lambda recipe, out, resume=False: {"step": 1})
     main(["train", "alrnn-lorenz63", "--out", "c"])
     assert capsys.readouterr().out.endswith(f"run directory: {tmp_path / 'c'}\n")
@@ -322,6 +339,20 @@ def test_recipe_names(capsys):
     rows = [r.split("\t") for r in capsys.readouterr().out.splitlines()]
     assert [r[:2] for r in rows] == [["alrnn-lorenz63", "alrnn_m20_p2"], ["alrnn-roessler", "alrnn_m20_p1"]]
     assert rows[0][2].startswith("AL-RNN")
+    from train import load_recipe  # Python users get the same closest names (model names use _, recipes -)
+    with pytest.raises(FileNotFoundError, match=r"no recipe 'alrnn_lorenz63'. Did you mean: alrnn-lorenz63"):
+        load_recipe("alrnn_lorenz63")
+
+
+def test_a_reader_that_stops_early_is_no_error():
+    """`zoo list | head -1`: the closed pipe ends the command quietly with status 0, as for other tools (`true`
+    reads nothing and leaves at once, long before the command's first line)."""
+    import subprocess
+    import sys
+
+    run = subprocess.run(["bash", "-o", "pipefail", "-c", f"{sys.executable} -m train.cli list | true"],
+                         capture_output=True, text=True, timeout=120)
+    assert (run.returncode, run.stderr) == (0, "")
 
 
 def test_measured_batches_hold_distinct_examples(capsys, tmp_path):

@@ -113,6 +113,8 @@ def test_models_name_integer_images_and_timms_own_baseline_checks_too(name):
         model(torch.zeros(1, 3, 32, 32, dtype=torch.uint8))
     with pytest.raises(ValueError, match=r"got torch.float32 \(3, 32, 32\)"):
         model(torch.randn(3, 32, 32))
+    with pytest.raises(TypeError, match=r"x is torch.float64 but the model is torch.float32"):
+        model(torch.zeros(1, 3, 32, 32, dtype=torch.float64))
 
 
 @pytest.mark.parametrize("kwargs, error", [

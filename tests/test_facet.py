@@ -106,6 +106,24 @@ def test_grid_mlp_matrices_equal_e3nns_projections(dtype, tol):
     assert torch.allclose(mix(x), expected, atol=tol * expected.abs().max().item(), rtol=0)
 
 
+def test_grid_mlp_stores_no_grid_constants_and_loads_checkpoints_that_did():
+    """The grid matrices follow from res and L, so the layer keeps no e3nn ToS2Grid/FromS2Grid buffers in its state;
+    a checkpoint saved while it did (24 such keys in facet_base) still loads, strictly, through load_state_into."""
+    from e3nn import o3
+
+    from weights.checkpoint import load_state_into
+
+    model = zoo.create_model("facet_small", channels=4, layers=2, lmax=2)
+    assert not [k for k in model.state_dict() if "_grid." in k]
+    old = dict(model.state_dict())
+    for i, mix in enumerate(model.mixings):
+        old.update({f"mixings.{i}.to_grid.{k}": v for k, v in o3.ToS2Grid(2, mix.res).state_dict().items()})
+        old.update({f"mixings.{i}.from_grid.{k}": v for k, v in o3.FromS2Grid(mix.res, 2).state_dict().items()})
+    fresh = zoo.create_model("facet_small", channels=4, layers=2, lmax=2)
+    load_state_into(fresh, old)
+    assert all(torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), model.state_dict().values()))
+
+
 @pytest.mark.parametrize("chunked", [False, True])
 @pytest.mark.parametrize("in_lmax, sh_lmax, lmax", [(0, 2, 2), (2, 2, 2), (1, 3, 2), (3, 2, 3)])
 def test_edge_tensor_product_equals_e3nns_with_gradients(in_lmax, sh_lmax, lmax, chunked):
@@ -543,6 +561,9 @@ def test_layers_refuse_features_edges_and_graphs_that_do_not_fit():
         for bad in (torch.randn(3, 72), torch.randn(3, 35), torch.randn(2, 3, 36)):
             with pytest.raises(ValueError, match=r"expected features \(N, 36\)"):
                 mix(bad)
+    for kind in ("gate", "tp"):  # the grid's own settings are not silently dropped for another mixing
+        with pytest.raises(TypeError, match="hidden"):
+            make_mixing(kind, 4, 2, hidden=8)
     linear = OrderwiseLinear(sphere_irreps(4, 1), sphere_irreps(4, 1))
     with pytest.raises(ValueError, match=r"OrderwiseLinear: expected features \(N, 16\)"):
         linear(torch.randn(3, 17))

@@ -231,3 +231,7 @@ def test_float_models_name_integer_input(name, shape):
     model = zoo.create_model(name).eval()
     with pytest.raises(ValueError, match=r"x must be a floating tensor of shape .*, got torch.int64"):
         model(torch.ones(shape, dtype=torch.long))
+    with pytest.raises(TypeError, match=r"x is torch.float64 but the model is torch.float32; convert one"):
+        model(torch.ones(shape, dtype=torch.float64))  # numpy's default dtype, through torch.from_numpy
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast casts float32 input and weights alike
+        assert model(torch.ones(shape)).isfinite().all()

@@ -879,3 +879,16 @@ def test_speed_script_measures_each_quantity(monkeypatch):
               speed.er_latency_ms(cpu, window=4, iterations=2, length=3, repeats=1),
               speed.er_latency_ms(cpu, window=4, iterations=2, length=3, repeats=1, streams=3)]
     assert all(math.isfinite(v) and v > 0 for v in values)
+
+
+def test_compiled_model_runs_at_any_batch_and_length():
+    """torch.compile: the skewed stack (frames preallocated per batch and length, written with out=) runs eagerly,
+    so a second batch size or length does not fail under dynamic shapes; values equal the eager model's."""
+    torch.manual_seed(0)
+    m = zoo.create_model("pvrnn_small", d_sizes=(6, 4), z_sizes=(2, 1), n_sequences=4, seq_len=8).eval()
+    compiled = torch.compile(m, backend="aot_eager")
+    for ids, steps in ((torch.tensor([0, 1, 2]), None), (torch.tensor([0, 1]), None), (torch.tensor([3]), 4)):
+        torch.testing.assert_close(compiled(ids, steps=steps, noise=False)["x"], m(ids, steps=steps, noise=False)["x"])
+    loss, _ = m.loss(torch.tensor([1, 2]), torch.randn(2, 8, 2), forward=compiled.train())  # the loop's call
+    loss.backward()
+    assert m.out.weight.grad is not None and m.out.weight.grad.isfinite().all()

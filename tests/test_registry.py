@@ -7,6 +7,11 @@ import zoo
 def test_list_models_glob():
     assert zoo.list_models("alrnn_*") == ["alrnn_m20_p1", "alrnn_m20_p2"]
     assert zoo.list_models("nothing*") == []
+    assert zoo.list_models(["alrnn_*", "pvrnn_p*"]) == ["alrnn_m20_p1", "alrnn_m20_p2", "pvrnn_pfsm"]
+    assert zoo.list_models("*_m20_*", pretrained=True) == ["alrnn_m20_p1", "alrnn_m20_p2"]
+    assert "facet_small" in zoo.list_models(pretrained=True) and "pvrnn_pfsm" not in zoo.list_models(pretrained=True)
+    with pytest.raises(TypeError, match="a glob str or a list of them"):
+        zoo.list_models({"alrnn_*"})
 
 
 def test_create_model_applies_overrides_to_the_dataclass_config():
@@ -48,6 +53,7 @@ def test_lists_become_tuples_and_every_default_config_fits_its_own_types():
 def test_model_info_reports_family_paper_params_recipes():
     info = zoo.model_info("alrnn_m20_p2")
     assert info["family"] == "alrnn" and info["arxiv"] == "2410.14240"
+    assert info["authors"].startswith("Brenner") and info["year"] == 2024  # for citing it
     # A (20) + W (20x20) + h (20) + L ((20-3) x 3) = 491
     assert info["params"] == 491
     assert info["recipes"] == ["alrnn-lorenz63"]

@@ -110,8 +110,17 @@ def test_resume_names_the_settings_that_changed_and_why_it_starts_over(tmp_path,
     recipe = load_recipe("alrnn-lorenz63", SMALL_DSR + ["train.steps=2", "train.ckpt_every=0"])
     fit(recipe, tmp_path / "run", resume=True)  # nothing there yet
     assert "no checkpoint in" in capsys.readouterr().err
+    assert (tmp_path / "run" / "summary.json").is_file()  # finished, and saved without checkpoints
+    with pytest.raises(FileExistsError, match=r"holds a finished run .* saved without checkpoints .*nothing to resume"):
+        fit(recipe, tmp_path / "run", resume=True)
+    (tmp_path / "run" / "summary.json").unlink()
+    (tmp_path / "run" / "model.safetensors").unlink()  # as if killed before the end: it starts over, and says why
     fit(recipe, tmp_path / "run", resume=True)
     assert "train.ckpt_every is 0, so this recipe saves none); starting at step 0" in capsys.readouterr().err
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("not a run")
+    with pytest.raises(FileNotFoundError, match=r"other holds files but no run .*a mistyped --out"):
+        fit(recipe, tmp_path / "other", resume=True)
     done = load_recipe("alrnn-lorenz63", SMALL_DSR + ["train.steps=2", "train.ckpt_every=2"])
     fit(done, tmp_path / "done")
     capsys.readouterr()
@@ -811,3 +820,25 @@ def test_dataset_size_settings_are_named(recipe, override, message):
 
     with pytest.raises(ValueError, match=message):
         make_task(load_recipe(recipe, [override]))
+
+
+def test_seeded_block_repeats_its_draws_and_restores_the_callers_streams():
+    """estimators.seeding.seeded: the report, PV-RNN's evaluation, the InfoNCE critic and the image augmentation
+    draw from it; the caller's torch and Python streams continue as if the block had not run."""
+    import random
+
+    from estimators.seeding import seeded
+
+    torch.manual_seed(5)
+    random.seed(5)
+    undisturbed = (torch.rand(3), random.random())
+    torch.manual_seed(5)
+    random.seed(5)
+    with seeded(1):
+        inside = (torch.rand(2), random.random())
+    assert torch.equal(torch.rand(3), undisturbed[0]) and random.random() == undisturbed[1]
+    with seeded(1, "cpu"):
+        assert torch.equal(torch.rand(2), inside[0]) and random.random() == inside[1]
+    torch.manual_seed(1)
+    random.seed(1)
+    assert torch.equal(torch.rand(2), inside[0]) and random.random() == inside[1]

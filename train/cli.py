@@ -5,8 +5,11 @@ import argparse
 import fnmatch
 import json
 import re
+import signal
 import sys
 from pathlib import Path
+
+from .recipe import list_recipes, load_recipe
 
 
 def _cmd_list(args):
@@ -19,41 +22,23 @@ def _cmd_list(args):
 def _cmd_info(args):
     import zoo
 
-    from .recipe import list_recipes
-
     if args.name not in zoo.list_models() and args.name in list_recipes():
-        model = _load_recipe(args.name)["model"]
+        model = load_recipe(args.name)["model"]
         raise KeyError(f"{args.name!r} is a recipe, not a model; its model is {model!r}: run `zoo info {model}`")
     print(json.dumps(zoo.model_info(args.name), indent=2))
 
 
-def _load_recipe(name: str, overrides=()) -> dict:
-    """``load_recipe``; a recipe name that names none gets the closest names."""
-    import difflib
-
-    from .recipe import list_recipes, load_recipe
-
-    names = list_recipes()
-    if not Path(name).suffix and name not in names:  # a name, not a path (load_recipe's rule)
-        close = difflib.get_close_matches(name, names, n=5, cutoff=0.4)
-        hint = f" Did you mean: {', '.join(close)}?" if close else ""
-        raise FileNotFoundError(f"no recipe {name!r}.{hint} See `zoo recipes` for all {len(names)} names.")
-    return load_recipe(name, overrides)
-
-
 def _cmd_recipes(args):
-    from .recipe import list_recipes
-
     for name in list_recipes():
         if fnmatch.fnmatchcase(name, args.pattern):
-            recipe = _load_recipe(name)
+            recipe = load_recipe(name)
             print(f"{name}\t{recipe['model']}\t{recipe.get('description', '')}")
 
 
 def _cmd_train(args):
     from . import loop
 
-    recipe = _load_recipe(args.recipe, args.set)
+    recipe = load_recipe(args.recipe, args.set)
     if args.out is not None and not args.out.strip():
         raise ValueError("--out is empty; give a run directory, or leave --out out for runs/RECIPE")
     out = Path(args.out or f"runs/{recipe['name']}")
@@ -65,15 +50,22 @@ def _cmd_train(args):
         return "no checkpoint yet" + ("" if recipe["train"]["ckpt_every"] else
                                       " (train.ckpt_every is 0: --set train.ckpt_every=N saves one every N steps)")
 
+    def terminate(signum, frame):  # SIGTERM (timeout, SLURM, docker stop, torchrun) ends the run as Ctrl-C does
+        raise KeyboardInterrupt("SIGTERM")
+
+    previous = signal.signal(signal.SIGTERM, terminate)
     try:
         final = loop.fit(recipe, out, resume=args.resume)
-    except KeyboardInterrupt:
-        print(f"zoo train: interrupted; {where()}", file=sys.stderr)
-        raise SystemExit(130) from None
+    except KeyboardInterrupt as err:
+        term = err.args == ("SIGTERM",)
+        print(f"zoo train: {'terminated (SIGTERM)' if term else 'interrupted'}; {where()}", file=sys.stderr)
+        raise SystemExit(143 if term else 130) from None
     except OSError as err:  # a full disk or a lost mount mid-run: what was saved, and how to go on
         if isinstance(err, (FileExistsError, FileNotFoundError)) or not loop.checkpoints(out):
             raise  # the run directory's own checks, or nothing saved yet
         raise OSError(f"{err}; {where()} once the cause is fixed") from err
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     if final:
         print(loop.json_text(final, indent=2))
         if (out / "best.json").is_file():
@@ -84,12 +76,17 @@ def _cmd_train(args):
 
 
 def _checkpoint_path(checkpoint: str) -> Path:
-    """A checkpoint file; a run or checkpoints/step_* directory holding model.safetensors; or, for a run without
-    one (still training or interrupted) and for its checkpoints/ directory, the newest checkpoints/step_*, with a
-    note on stderr."""
+    """A checkpoint file; a published checkpoint's name (``zoo info MODEL`` lists them); a run or checkpoints/step_*
+    directory holding model.safetensors; or, for a run without one (still training or interrupted) and for its
+    checkpoints/ directory, the newest checkpoints/step_*, with a note on stderr."""
+    from weights.manifest import published_checkpoints, resolve
+
     from .loop import checkpoints
 
     path = Path(checkpoint)
+    published = [entry for entry in published_checkpoints() if entry["name"] == checkpoint]
+    if published and not path.exists():
+        return resolve(published[0])
     if not path.is_dir() or (path / "model.safetensors").is_file():
         return path / "model.safetensors" if path.is_dir() else path
     run = path.parent if path.name == "checkpoints" else path
@@ -138,7 +135,7 @@ def _recipe_for(checkpoint: Path, name: str | None, overrides):
             name = meta.get("recipe")
         if not name:
             raise ValueError(f"{checkpoint} does not record its recipe and no recipe.yaml is beside it; pass --recipe NAME")
-    recipe = _load_recipe(name, overrides)
+    recipe = load_recipe(name, overrides)
     meta = read_metadata(checkpoint) if meta is None else meta
     trained = meta.get("task") or _recorded_task(runs[0] / "recipe.yaml" if runs else None, meta.get("recipe"))
     if trained and recipe["task"] != trained:
@@ -185,10 +182,28 @@ def _cmd_eval(args):
     from .tasks import make_task
 
     _check_eval_overrides(args.set, "eval")
+    device = _device(args.device)
     _seed_global_rngs()
     path = _checkpoint_path(args.checkpoint)
     task = make_task(_recipe_for(path, args.recipe, args.set))
-    print(json_text(task.evaluate(load_checkpoint(path).eval()), indent=2))
+    print(json_text(task.evaluate(load_checkpoint(path).eval().to(device)), indent=2))
+
+
+def _device(name: str):
+    """--device: auto (cuda if a GPU is visible, else cpu), cpu, cuda or cuda:N; a named error otherwise."""
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        raise ValueError(f"--device {name!r} is not a device; use auto, cpu, cuda or cuda:N") from err
+    if device.type == "cuda" and not (torch.cuda.is_available() and (device.index or 0) < torch.cuda.device_count()):
+        raise ValueError(f"--device {name}: {torch.cuda.device_count()} CUDA device(s) are visible; use --device cpu")
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"--device {name}: only cpu and cuda are supported")
+    return device
 
 
 _ESTIMATOR = re.compile(r"\s*(\w+)\s*(?:\((.*)\))?\s*", re.DOTALL)
@@ -290,14 +305,16 @@ def _cmd_estimate(args):
         raise ValueError(f"--target {args.target} binds the Y of two-variable estimators (ksg_mi, binned_mi, ...), "
                          f"but none of {', '.join(names)} takes one; drop --target or add such an estimator")
     _check_eval_overrides(args.set, "estimate")
+    device = _device(args.device)
     _seed_global_rngs()
     path = _checkpoint_path(args.checkpoint)
     task = make_task(_recipe_for(path, args.recipe, args.set))
-    model = load_checkpoint(path).eval()
+    model = load_checkpoint(path).eval().to(device)
     try:
         batch = _draw(task, args.split, args.batch)
     except NotImplementedError as err:
         raise ValueError(f"{err}; pass --split train to measure on a training batch") from err
+    batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
     if args.target is not None and args.target not in batch:
         raise KeyError(f"--target {args.target!r} is not in the task's batches; they hold {sorted(batch)}")
     points = {glob: [_estimator(name, kwargs, batch, args.target) for name, kwargs in named]
@@ -411,7 +428,10 @@ def main(argv=None):
     for name, fn, helptext in (("eval", _cmd_eval, "evaluate a checkpoint with its recipe's task"),
                                ("estimate", _cmd_estimate, "run estimators on a checkpoint's probe points")):
         p = sub.add_parser(name, help=helptext)
-        p.add_argument("checkpoint", help="a .safetensors file, or a run or checkpoints/step_* directory")
+        p.add_argument("checkpoint", help="a .safetensors file, a run or checkpoints/step_* directory, or a "
+                                          "published checkpoint's name (zoo info MODEL lists them)")
+        p.add_argument("--device", default="auto", help="auto (a GPU if one is visible, as zoo train), cpu, cuda or "
+                                                        "cuda:N")
         p.add_argument("--recipe", help="recipe whose task to use (default: the run's recipe.yaml beside the "
                                         "checkpoint, else the recipe recorded in it)")
         p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -436,6 +456,14 @@ def main(argv=None):
 
     try:
         args.fn(args)
+    except KeyboardInterrupt:  # Ctrl-C while starting up (imports, data): one line, as during training
+        print(f"zoo {args.command}: interrupted", file=sys.stderr)
+        raise SystemExit(130) from None
+    except BrokenPipeError:  # `zoo list | head -1`: the reader left; nothing more to say, as for other tools
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the interpreter's last flush is quiet
+        raise SystemExit(0)
     except (KeyError, ValueError, TypeError, OSError, FloatingPointError, yaml.YAMLError) as err:
         from zoo._registry import UnknownModelError
 

@@ -17,6 +17,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 import zoo
+from estimators.seeding import seeded
 from weights import CheckpointError, load_checkpoint, load_into, save_checkpoint
 from weights.checkpoint import atomic_write, fsync_path
 from weights.tree import load_tree, save_tree
@@ -66,7 +67,9 @@ def _seed_step(seed: int, step: int, rank: int) -> None:
     import numpy as np
 
     low, high = np.random.SeedSequence([seed, step, rank]).generate_state(2).tolist()
-    torch.manual_seed(low | high << 32)
+    torch.default_generator.manual_seed(low | high << 32)  # torch.manual_seed's values, without its per-call cost
+    if torch.cuda.is_initialized():  # (0.2-0.5 ms: it queues seeds for uninitialised CUDA/XPU/MTIA with a stack trace)
+        torch.cuda.manual_seed_all(low | high << 32)
     random.seed(low)
 
 
@@ -91,7 +94,7 @@ def _save_train_checkpoint(out: Path, step: int, model, optimizer, scheduler, ke
         fsync_path(out / "metrics.jsonl")
     save_checkpoint(model, tmp / "model.safetensors", extra_metadata=provenance)
     if probe is not None:
-        probe.to_csv(out / "probe.csv")
+        atomic_write(out / "probe.csv", probe.to_csv)
     save_tree({"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()},
               tmp / "trainer.safetensors")
     shutil.rmtree(final, ignore_errors=True)
@@ -373,6 +376,12 @@ def _check_run_dir(recipe: dict, out: Path, resume: bool) -> None:
                              f"{'; '.join(_differences(saved, recipe))} (saved -> now). A resumed run repeats its "
                              "recipe (the schedule depends on train.steps): drop those --set flags, or train into a "
                              "new --out")
+    if resume and not found and finished:  # saved without checkpoints: resuming would train it all again
+        raise FileExistsError(f"--resume: {out} holds a finished run ({', '.join(finished)}) saved without "
+                              "checkpoints (train.ckpt_every 0); nothing to resume. Its results are in summary.json")
+    if resume and not found and out.is_dir() and any(out.iterdir()) and not (out / "recipe.yaml").is_file():
+        raise FileNotFoundError(f"--resume: {out} holds files but no run (no recipe.yaml, no checkpoint): a mistyped "
+                                "--out? An empty or new folder starts a run at step 0")
 
 
 def _check_ranks_agree(task, d: Dist) -> None:
@@ -468,7 +477,7 @@ def _fit(recipe: dict, cfg: dict, out: Path, resume: bool, d: Dist, task, points
             (loss / accum).backward()
             total += loss.detach().float() / accum
             for k, v in extra.items():  # the batch's mean over micro-batches (and, when logged, processes)
-                extras[k] = extras.get(k, 0.0) + float(v) / accum
+                extras[k] = extras.get(k, 0.0) + torch.as_tensor(v).detach().float() / accum  # a tensor: no sync
         loss_value = float(all_mean(total, d))
         if not math.isfinite(loss_value):
             _stop_before_update(f"loss is {loss_value}", step, recipe["name"], out)
@@ -488,8 +497,8 @@ def _fit(recipe: dict, cfg: dict, out: Path, resume: bool, d: Dist, task, points
         scheduler.step()
         done = step + 1
         log_now = done % int(cfg["log_every"]) == 0 or done == steps
-        if log_now and d.world > 1 and extras:
-            extras = dict(zip(extras, all_mean(torch.tensor(list(extras.values()), device=d.device), d).tolist()))
+        if log_now and extras:  # numbers only when logged: one transfer for all of them
+            extras = dict(zip(extras, all_mean(torch.stack([v.to(d.device) for v in extras.values()]), d).tolist()))
         if d.main and log_now:
             row = {"step": done, "split": "train", "loss": loss_value, "lr": lr, **extras}
             if cfg["clip"]:
@@ -513,15 +522,14 @@ def _fit(recipe: dict, cfg: dict, out: Path, resume: bool, d: Dist, task, points
     save_checkpoint(model, out / "model.safetensors", extra_metadata=provenance)
     if probe is not None:
         probe.close()
-        probe.to_csv(out / "probe.csv")
+        atomic_write(out / "probe.csv", probe.to_csv)
     model.eval()
     final = {"step": steps, "split": "eval", **task.evaluate(model)}
     _append(metrics_path, final)
     selector.update(final, model)
     _jsonl_to_csv(metrics_path, out / "metrics.csv")
     plot_metrics(metrics_path, out / "metrics.png")
-    with torch.random.fork_rng(devices=[d.device] if d.device.type == "cuda" else []):
-        torch.manual_seed(int(cfg["seed"]))  # a report that samples (generation) draws the same in a resumed run
+    with seeded(int(cfg["seed"]), d.device):  # a report that samples (generation) draws the same in a resumed run
         task.report(selector.model(d.device) or model, out)
     _write_text(out / "summary.json", json_text(final, indent=2))
     return final

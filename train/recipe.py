@@ -139,7 +139,12 @@ def load_recipe(name_or_path: str, overrides: list[str] | tuple[str, ...] = ()) 
     if not path.suffix:
         path = RECIPES_DIR / f"{name_or_path}.yaml"
     if not path.is_file():
-        raise FileNotFoundError(f"no recipe {name_or_path!r}; available: {list_recipes()}")
+        if path.parent != RECIPES_DIR:
+            raise FileNotFoundError(f"no recipe file {path}")
+        names = list_recipes()
+        close = difflib.get_close_matches(name_or_path, names, n=5, cutoff=0.4)
+        hint = f" Did you mean: {', '.join(close)}?" if close else ""
+        raise FileNotFoundError(f"no recipe {name_or_path!r}.{hint} See `zoo recipes` for all {len(names)} names.")
     with open(path) as f:  # a YAML error then names the file, not "<unicode string>"
         raw = _numbers(yaml.safe_load(f) or {})
     if not isinstance(raw, dict):

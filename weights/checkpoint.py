@@ -210,7 +210,22 @@ def read_metadata(path: str | os.PathLike) -> dict[str, str]:
         with safetensors.safe_open(str(path), framework="pt") as f:
             return dict(f.metadata() or {})
     except Exception as err:  # safetensors raises several types for a corrupt header
-        raise CheckpointError(f"{path} is not a readable safetensors file ({err})") from err
+        raise _unreadable(path, err) from err
+
+
+def _unreadable(path, err: Exception) -> CheckpointError:
+    """The error for a file safetensors cannot read; a torch.save file (zip or pickle) is named as one, with the
+    way to convert it."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError:
+        head = b""
+    if head.startswith((b"PK\x03\x04", b"\x80")):
+        return CheckpointError(f"{path} is a PyTorch torch.save file, not safetensors; convert it first with "
+                               f"`zoo convert {path} --model NAME` (weights.convert.convert in Python), which also "
+                               "maps an original checkpoint's key layout onto the model's")
+    return CheckpointError(f"{path} is not a readable safetensors file ({err})")
 
 
 def read_tensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -218,7 +233,7 @@ def read_tensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     try:
         return load_file(str(path))
     except Exception as err:
-        raise CheckpointError(f"{path} is not a readable safetensors file ({err})") from err
+        raise _unreadable(path, err) from err
 
 
 def _kind(dtype: torch.dtype) -> str:

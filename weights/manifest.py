@@ -15,7 +15,6 @@ import hashlib
 import json
 import os
 import sys
-import tempfile
 import urllib.request
 from pathlib import Path
 
@@ -102,17 +101,12 @@ def install_original(entry: dict, source: str | os.PathLike, dest: Path | None =
         raise CheckpointError(f"{source} is not the published original of {entry['name']!r}: its git blob id is "
                               f"{found}, the authors' repository has {original['git_blob_sha1']}. Delete it and "
                               f"download {original['url']} again.")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    # a temporary file of its own: torchrun ranks may convert the same original at once (same bytes, same record)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".converting", dir=dest.parent)
-    os.close(fd)
-    tmp = Path(tmp)
-    try:
+
+    def write(tmp):  # atomic_write's own temporary file: torchrun ranks may convert the same original at once
         convert(source, entry["model"], tmp, **entry.get("config", {}))  # the config it was trained with
         atomic_write(_sidecar(dest), lambda t: Path(t).write_text(sha256_of(tmp) + "\n"))
-        os.replace(tmp, dest)
-    finally:
-        tmp.unlink(missing_ok=True)
+
+    atomic_write(dest, write)
     return dest
 
 

@@ -1,7 +1,7 @@
 """paperzoo's model registry. Importing ``zoo`` registers every family."""
 from ._registry import Paper, create_model, list_models, model_info, register_model
 from . import alrnn  # noqa: F401  (registers the family)
-from . import grassmann, transformer_lm  # noqa: F401  (register the Grassmann LMs and their Transformer baseline)
+from . import grassmann, nli_head, transformer_lm  # noqa: F401  (Grassmann LMs, Transformer baseline, NLI heads)
 from . import coord_attention  # noqa: F401  (registers the family, also with timm)
 from . import hopfield  # noqa: F401
 from . import sigma_reparam  # noqa: F401  (sigmaReparam ViTs, also registered with timm, and LMs)

@@ -63,12 +63,40 @@ def register_model(config: Any, paper: Paper, name: str | None = None):
     return wrap
 
 
+def register_timm_model(name: str, config: Any, paper: Paper, module: str,
+                        finish: Callable[[nn.Module], None] | None = None):
+    """Register timm's model ``name`` here too: ``create_model(name, ...)`` is ``timm.create_model(name, **fields of
+    the config)``, then ``finish(model)``, so both registries build the same model. ``module`` is the family's zoo
+    module (pass ``__name__``): ``zoo convert`` finds its ``checkpoint_filter_fn`` there."""
+
+    def factory(cfg: Any) -> nn.Module:
+        import timm
+
+        model = timm.create_model(name, **dataclasses.asdict(cfg))
+        if finish is not None:
+            finish(model)
+        return model
+
+    factory.__name__ = factory.__qualname__ = name
+    factory.__module__ = module
+    register_model(config, paper, name=name)(factory)
+
+
 RATE_KEYS = ("dropout", "drop_rate", "drop_path_rate")  # config keys that are probabilities; no weight depends on them
 
 
-def list_models(pattern: str = "*") -> list[str]:
-    """Registered names matching a glob pattern, sorted."""
-    return sorted(n for n in _REGISTRY if fnmatch.fnmatchcase(n, pattern))
+def list_models(pattern: str | list[str] | tuple[str, ...] = "*", pretrained: bool = False) -> list[str]:
+    """Registered names matching a glob pattern (or any of several), sorted; ``pretrained=True`` keeps those with a
+    published checkpoint (``model_info(name)["checkpoints"]``), as timm's ``list_models`` does."""
+    patterns = [pattern] if isinstance(pattern, str) else pattern
+    if not isinstance(patterns, (list, tuple)) or not all(isinstance(p, str) for p in patterns):
+        raise TypeError(f"list_models: pattern is a glob str or a list of them, got {pattern!r}")
+    names = sorted(n for n in _REGISTRY if any(fnmatch.fnmatchcase(n, p) for p in patterns))
+    if pretrained:
+        from weights.manifest import checkpoints_for  # zoo reaches weights only when asked about checkpoints
+
+        names = [n for n in names if checkpoints_for(n)]
+    return names
 
 
 def get_entry(name: str) -> ModelEntry:
@@ -203,6 +231,8 @@ def model_info(name: str) -> dict:
         "family": entry.paper.family,
         "paper": entry.paper.title,
         "arxiv": entry.paper.arxiv,
+        "authors": entry.paper.authors,
+        "year": entry.paper.year,
         "config": dataclasses.asdict(entry.config),
         "params": params,
         "checkpoints": [c["name"] for c in checkpoints_for(name)],

@@ -15,6 +15,7 @@ from torch import nn
 
 from layers import ALRNNCell, ProbePoint
 
+from ._inputs import check_dtype
 from ._registry import Paper, register_model
 
 PAPER = Paper(family="alrnn", title="Almost-Linear RNNs Yield Highly Interpretable Symbolic Codes in Dynamical "
@@ -44,9 +45,7 @@ class ALRNN(nn.Module):
                shape: str = "(batch, time, N={N})") -> None:
         if x.dim() not in dims or x.shape[-1] != self.config.N:
             raise ValueError(f"ALRNN: {name} must have shape {shape.format(N=self.config.N)}, got {tuple(x.shape)}")
-        if x.dtype != self.L.dtype:
-            raise TypeError(f"ALRNN: {name} is {x.dtype} but the model is {self.L.dtype}; convert one to the other "
-                            f"(x.to({self.L.dtype}) or model.to(x.dtype))")
+        check_dtype(x, self.L, "ALRNN", name)
 
     def initial_state(self, x0: torch.Tensor) -> torch.Tensor:
         """z_1 = [x_1; L x_1] for observations x0 of shape (B, N)."""
@@ -76,8 +75,9 @@ class ALRNN(nn.Module):
         z = self.initial_state(x0)
         out = torch.empty(x0.shape[0], steps, self.config.M, device=x0.device, dtype=z.dtype)
         out[:, 0] = z
+        step = self.cell.step_function()
         for t in range(1, steps):
-            z = self.cell(z)
+            z = step(z)
             out[:, t] = z
         out = self.z(out)
         return (out[..., : self.config.N], out) if return_latents else out[..., : self.config.N]
@@ -90,10 +90,11 @@ class ALRNN(nn.Module):
         if not isinstance(n, numbers.Integral) or not 0 <= n < x.shape[-2]:
             raise ValueError(f"ALRNN.n_step_prediction: n must be an integer in [0, T-1] = [0, {x.shape[-2] - 1}], "
                              f"got {n!r}")
-        z = self.initial_state(x[..., :x.shape[-2] - n, :])
+        z0 = self.initial_state(x[..., :x.shape[-2] - n, :])
+        z, step = z0.reshape(-1, self.config.M), self.cell.step_function()
         for _ in range(n):
-            z = self.cell(z)
-        return z[..., : self.config.N]
+            z = step(z)
+        return z.view(z0.shape)[..., : self.config.N]
 
     def symbolic_code(self, z: torch.Tensor) -> torch.Tensor:
         """The linear subregion visited at each state of a latent trajectory z (..., M): the AL-RNN's symbolic code."""

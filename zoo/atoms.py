@@ -12,7 +12,7 @@ from dataclasses import dataclass, fields, replace
 import numpy as np
 import torch
 
-MAX_Z = 118
+from layers.autocast_off import autocast_off
 
 
 @dataclass
@@ -66,14 +66,16 @@ class AtomGraph:
     def edge_vectors(self) -> torch.Tensor:
         """r_ij = pos[j] - pos[i] + S_ij @ cell[batch[i]], shape (E, 3)."""
         i, j = self.edge_index
-        offset = torch.einsum("ek,ekl->el", self.shifts, self.cell[self.batch[i]])
+        with autocast_off(self.positions.device.type):  # geometry keeps the graph's dtype under mixed precision
+            offset = torch.einsum("ek,ekl->el", self.shifts, self.cell[self.batch[i]])
         return self.positions[j] - self.positions[i] + offset
 
     def strained(self, strain: torch.Tensor) -> "AtomGraph":
         """The graph under the homogeneous deformation x -> x (I + eps_g) per structure (eps: (G, 3, 3))."""
         deform = torch.eye(3, dtype=strain.dtype, device=strain.device) + strain
-        pos = torch.einsum("nk,nkl->nl", self.positions, deform[self.batch])
-        return replace(self, positions=pos, cell=self.cell @ deform)
+        with autocast_off(strain.device.type):  # bf16 positions would be off by ~0.01 A
+            pos = torch.einsum("nk,nkl->nl", self.positions, deform[self.batch])
+            return replace(self, positions=pos, cell=self.cell @ deform)
 
 
 def neighbour_list(positions: np.ndarray, cell: np.ndarray, pbc, cutoff: float):

@@ -10,7 +10,6 @@ timm's data config work.
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 import re
 from dataclasses import dataclass
@@ -29,8 +28,8 @@ from torch import nn
 
 from layers import CoordAttention
 
-from ._image_input import check_images
-from ._registry import Paper, register_model
+from ._inputs import check_images
+from ._registry import Paper, register_timm_model
 
 PAPER = Paper(family="coord_attention", title="Coordinate Attention for Efficient Mobile Network Design",
               arxiv="2103.02907", authors="Hou, Zhou, Feng", year=2021)
@@ -337,19 +336,14 @@ class MobileNeXtCAConfig(ImageClassifierConfig):
     attn_position: str = "first_dw"  # or "last_dw" (reproduces the paper's 4.09M parameters)
 
 
-def _register(name: str, config: ImageClassifierConfig) -> None:
-    def factory(cfg: ImageClassifierConfig) -> nn.Module:
-        model = timm.create_model(name, **dataclasses.asdict(cfg))
-        if name == "mobilenetv2_100":  # timm's own model: the input check that ours carry
-            model.conv_stem.register_forward_pre_hook(check_images)
-        return model
-
-    factory.__name__ = factory.__qualname__ = name
-    register_model(config, PAPER, name=name)(factory)
+def _check_inputs(model: nn.Module) -> None:
+    """timm's own mobilenetv2_100 gets the input check that ours carry."""
+    model.conv_stem.register_forward_pre_hook(check_images)
 
 
 # the MobileNetV2 variants share the CA authors' classifier dropout of 0.1, so the ablation compares like with like
-for _name in ("mobilenetv2_100", "mobilenetv2_ca_100", "mobilenetv2_se_100", "mobilenetv2_cbam_100"):
-    _register(_name, ImageClassifierConfig(drop_rate=0.1))
-_register("mobilenext_100", ImageClassifierConfig())
-_register("mobilenext_ca_100", MobileNeXtCAConfig())
+register_timm_model("mobilenetv2_100", ImageClassifierConfig(drop_rate=0.1), PAPER, __name__, finish=_check_inputs)
+for _name in ("mobilenetv2_ca_100", "mobilenetv2_se_100", "mobilenetv2_cbam_100"):
+    register_timm_model(_name, ImageClassifierConfig(drop_rate=0.1), PAPER, __name__)
+register_timm_model("mobilenext_100", ImageClassifierConfig(), PAPER, __name__)
+register_timm_model("mobilenext_ca_100", MobileNeXtCAConfig(), PAPER, __name__)

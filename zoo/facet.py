@@ -151,11 +151,13 @@ class Facet(nn.Module):
         return h
 
     def forward(self, graph: AtomGraph) -> torch.Tensor:
-        """Total energy per structure (G,) in eV."""
+        """Total energy per structure (G,) in eV, in the graph's dtype or float32 if narrower: in bf16 (autocast or
+        a bf16 model) the reference energies (eV each) and their sum would round to 0.01-0.1 eV."""
         h = self.node_features(graph)
-        e_atom = self.readout(h[:, :self.config.channels]).squeeze(-1) * self.energy_scale.to(h.dtype)
-        e_atom = e_atom + self.atomic_energies.to(h.dtype)[graph.numbers]
-        return torch.zeros(graph.num_graphs, dtype=h.dtype, device=h.device).index_add_(0, graph.batch, e_atom)
+        dtype = torch.promote_types(graph.positions.dtype, torch.float32)
+        e_atom = self.readout(h[:, :self.config.channels]).squeeze(-1).to(dtype) * self.energy_scale.to(dtype)
+        e_atom = e_atom + self.atomic_energies.to(dtype)[graph.numbers]
+        return torch.zeros(graph.num_graphs, dtype=dtype, device=h.device).index_add_(0, graph.batch, e_atom)
 
     def predict(self, graph: AtomGraph, stress: bool = False, training: bool = False) -> dict[str, torch.Tensor]:
         """Energies, forces and (optionally) stress: ``predict_with(self, ...)``."""

@@ -17,6 +17,7 @@ from torch import nn
 
 from layers import HopfieldLayer, HopfieldPooling
 
+from ._inputs import check_dtype
 from ._registry import Paper, register_model
 
 PAPER = Paper(family="hopfield", title="Hopfield Networks is All You Need", arxiv="2008.02217",
@@ -58,6 +59,7 @@ class HopfieldMIL(nn.Module):
         if x.dim() != 3 or x.shape[-1] != self.config.in_features or x.shape[1] == 0 or not x.is_floating_point():
             raise ValueError(f"HopfieldMIL: x must be a floating tensor of shape (bags, instances >= 1, "
                              f"{self.config.in_features}), got {x.dtype} {tuple(x.shape)}")
+        check_dtype(x, self.head.weight, "HopfieldMIL")
         if mask is not None and mask.dtype != torch.bool:
             raise TypeError(f"HopfieldMIL: mask must be a bool tensor (True = padded instance), got {mask.dtype}; "
                             "a 0/1 mask as mask.bool()")
@@ -94,6 +96,7 @@ class HopfieldTabular(nn.Module):
         if x.dim() != 2 or x.shape[-1] != self.config.in_features or not x.is_floating_point():
             raise ValueError(f"HopfieldTabular: x must be a floating tensor of shape (batch, "
                              f"{self.config.in_features}), got {x.dtype} {tuple(x.shape)}")
+        check_dtype(x, self.head.weight, "HopfieldTabular")
         return self.head(self.lookup(self.embed(x).unsqueeze(1)).squeeze(1))
 
 
@@ -119,6 +122,7 @@ class TabularBaseline(nn.Module):
         if x.dim() != 2 or x.shape[-1] != self.config.in_features or not x.is_floating_point():
             raise ValueError(f"TabularBaseline: x must be a floating tensor of shape (batch, "
                              f"{self.config.in_features}), got {x.dtype} {tuple(x.shape)}")
+        check_dtype(x, next(self.net.parameters()), "TabularBaseline")
         return self.net(x)
 
 

@@ -13,6 +13,7 @@ from torch import nn
 
 from layers import ProbePoint
 
+from ._inputs import check_dtype
 from ._registry import Paper, register_model
 
 PAPER = Paper(family="ib_mlp", title="Opening the Black Box of Deep Neural Networks via Information",
@@ -45,6 +46,7 @@ class IBMLP(nn.Module):
         if x.dim() != 2 or x.shape[1] != self.config.widths[0] or not x.is_floating_point():
             raise ValueError(f"IBMLP: x must be a floating tensor of shape (batch, {self.config.widths[0]}) (bits as "
                              f"x.float()), got {x.dtype} {tuple(x.shape)}")
+        check_dtype(x, self.linears[0].weight, "IBMLP")
         for linear, act, probe in zip(self.linears, self.acts, self.t):
             x = probe(act(linear(x)))
         logits = self.linears[-1](x)

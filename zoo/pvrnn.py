@@ -160,6 +160,7 @@ class PVRNN(nn.Module):
         q = self._posterior_pass(p, a_mu, a_sigma, torch.randn_like(a_mu) if noise else None, h0, d0, first)
         return self._posterior_outputs(q, p)
 
+    @torch.compiler.disable  # as layers.stack_recurrence: the stack's frames are eager code
     @torch.no_grad()
     def _skewed_prior(self, steps: int, state, first: bool, noise: bool, packed: PackedStack | None) -> dict:
         """``unroll`` under the prior in a ``layers.SkewedStack`` (``run_prior``): all levels advance together, one
@@ -269,8 +270,9 @@ class PVRNN(nn.Module):
         """rec + sum_k w_k kl_k per sequence (the negative weighted lower bound)."""
         return rec + (kl * kl.new_tensor(self.config.meta_prior)).sum(-1)  # not a matmul, which autocast would cast
 
-    def loss(self, ids: torch.Tensor, x: torch.Tensor, forward=None) -> tuple[torch.Tensor, dict[str, float]]:
-        """Mean over the batch of the objective for sequences ``ids`` (B,) with observations x (B, T, out_size).
+    def loss(self, ids: torch.Tensor, x: torch.Tensor, forward=None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Mean over the batch of the objective for sequences ``ids`` (B,) with observations x (B, T, out_size),
+        and its parts {"rec", "kl_0", ...} as detached scalar tensors (batch means; no device sync).
         ``forward``: the module whose call runs the posterior unroll (default this model; the training loop passes
         its DistributedDataParallel or compiled wrapper)."""
         if not len(ids):
@@ -278,8 +280,8 @@ class PVRNN(nn.Module):
         if x.dim() != 3 or x.shape[0] != len(ids) or x.shape[-1] != self.config.out_size:
             raise ValueError(f"PVRNN.loss: x must have shape (len(ids)={len(ids)}, T, out_size={self.config.out_size}), "
                              f"got {tuple(x.shape)}")
-        rec, kl = self.elbo_terms((forward or self)(ids, steps=x.shape[1]), x)
-        extras = {"rec": float(rec.detach().mean())} | {f"kl_{k}": float(v) for k, v in enumerate(kl.detach().mean(0))}
+        rec, kl = self.elbo_terms((self if forward is None else forward)(ids, steps=x.shape[1]), x)
+        extras = {"rec": rec.detach().mean()} | {f"kl_{k}": v for k, v in enumerate(kl.detach().mean(0))}
         return self.weighted(rec, kl).mean(), extras
 
     # -- generation and reconstruction -----------------------------------------------------------------------

@@ -25,8 +25,8 @@ from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
 from layers import SigmaReparam, add_attention_probes, apply_sigma_reparam
 
-from ._image_input import check_images
-from ._registry import Paper, register_model
+from ._inputs import check_images
+from ._registry import Paper, register_model, register_timm_model
 from .transformer_lm import TransformerLMArgs, TransformerLMConfig, TransformerLMForCausalLM, TransformerLMModel
 
 PAPER = Paper(family="sigma_reparam", title="Stabilizing Transformer Training by Preventing Attention Entropy Collapse",
@@ -134,18 +134,8 @@ class ViTSigmaConfig:
     reparam: bool = True  # False (with remove_norms False): timm's plain ViT, the paper's baseline
 
 
-def _register_vit(size: str) -> None:
-    name = f"vit_{size}_patch16_224_sigma"
-
-    def factory(cfg: ViTSigmaConfig) -> nn.Module:
-        return timm.create_model(name, **dataclasses.asdict(cfg))
-
-    factory.__name__ = factory.__qualname__ = name
-    register_model(ViTSigmaConfig(), PAPER, name=name)(factory)
-
-
 for _size in VIT_SIZES:
-    _register_vit(_size)
+    register_timm_model(f"vit_{_size}_patch16_224_sigma", ViTSigmaConfig(), PAPER, __name__)
 
 
 # ---- language models: the Transformer LM baseline through the same converter ----

@@ -9,12 +9,13 @@ step's slice is decoded while the current step trains (``prefetch``, called by t
 from __future__ import annotations
 
 import itertools
-import random
 import weakref
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import torch
+
+from estimators.seeding import seeded
 
 _TRANSFORMS: dict = {}  # in a worker process: {"train": ..., "eval": ...}, set once by the pool's initializer
 
@@ -36,14 +37,8 @@ def _load(path: str, kind: str, seed: int, transforms: dict | None = None) -> to
                          "(e.g. open and save it again with PIL or ImageMagick)") from err
     if kind == "eval":
         return transforms["eval"](image)
-    with torch.random.fork_rng(devices=[]):
-        state = random.getstate()
-        torch.default_generator.manual_seed(seed)  # the CPU generator only: torch.manual_seed would reseed CUDA's
-        random.seed(seed)
-        try:
-            return transforms["train"](image)
-        finally:
-            random.setstate(state)
+    with seeded(seed):  # torchvision's random transforms draw from the CPU generator and Python's random
+        return transforms["train"](image)
 
 
 class ImageFolderData:

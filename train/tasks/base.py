@@ -111,8 +111,9 @@ class Task(ABC):
         return {}
 
     @abstractmethod
-    def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
-        """Scalar loss (mean over the batch) and extra per-batch metrics."""
+    def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Scalar loss (mean over the batch) and extra per-batch metrics as scalar tensors (or floats): the loop
+        turns them into numbers only on the steps it logs, so a GPU step waits for none of them."""
 
     def evaluate(self, model: nn.Module) -> dict[str, float]:
         """Held-out metrics; runs on rank 0 with the unwrapped model in eval mode."""

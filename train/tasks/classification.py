@@ -74,7 +74,7 @@ class ClassificationTask(Task):
 
     def loss(self, model, batch):
         logits = self._logits(model, batch["x"])
-        return F.cross_entropy(logits, batch["y"]), {"acc": float((logits.argmax(-1) == batch["y"]).float().mean())}
+        return F.cross_entropy(logits, batch["y"]), {"acc": (logits.argmax(-1) == batch["y"]).float().mean().detach()}
 
     @torch.no_grad()
     def evaluate(self, model):

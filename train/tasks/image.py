@@ -125,7 +125,7 @@ class ImageClassificationTask(Task):
                  self.folder.train_images(batch["index"], batch["seed"])).to(batch["y"].device)
         logits = model(x).float()
         loss = F.cross_entropy(logits, batch["y"], label_smoothing=self.label_smoothing)
-        return loss, {"acc": float((logits.argmax(-1) == batch["y"]).float().mean())}
+        return loss, {"acc": (logits.argmax(-1) == batch["y"]).float().mean().detach()}
 
     def _chunks(self, split: str, model: nn.Module):
         if self.dataset == "folder":

@@ -81,7 +81,7 @@ class MILTask(Task):
     def loss(self, model, batch):
         logits = model(batch["x"], batch["mask"]).float()
         acc = ((logits > 0).float() == batch["y"]).float().mean()
-        return F.binary_cross_entropy_with_logits(logits, batch["y"]), {"acc": float(acc)}
+        return F.binary_cross_entropy_with_logits(logits, batch["y"]), {"acc": acc.detach()}
 
     @torch.no_grad()
     def evaluate(self, model):

@@ -54,7 +54,7 @@ class NLITask(Task):
 
     def loss(self, model, batch):
         logits = model(batch["input_ids"], batch["attention_mask"]).logits.float()
-        acc = float((logits.argmax(-1) == batch["labels"]).float().mean())
+        acc = (logits.argmax(-1) == batch["labels"]).float().mean().detach()
         return F.cross_entropy(logits, batch["labels"]), {"acc": acc}
 
     @torch.no_grad()

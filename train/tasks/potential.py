@@ -94,8 +94,8 @@ class PotentialTask(Task):
         if self.w_stress > 0 and bool(batch["has_stress"].any()):
             s_err = (out["stress"] - batch["stress"].to(n.dtype))[batch["has_stress"]]
             loss = loss + self.w_stress * s_err.pow(2).mean((1, 2)).sum() / len(n)
-        return loss, {"e_mae_meV_atom": 1000 * float(e_err.detach().abs().mean()),
-                      "f_mae_meV_A": 1000 * float(f_err.detach().abs().mean())}
+        return loss, {"e_mae_meV_atom": 1000 * e_err.detach().abs().mean(),
+                      "f_mae_meV_A": 1000 * f_err.detach().abs().mean()}
 
     def errors(self, model, split: str) -> dict[str, np.ndarray]:
         """Per-structure energy errors (eV/atom), per-component force errors (eV/A) and stress errors (eV/A^3)."""

@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from estimators.seeding import seeded
 from zoo._registry import resolve_config
 from zoo.pvrnn import join_state
 
@@ -92,8 +93,7 @@ class PVRNNTask(Task):
         model gets the same numbers at the end of training and in ``zoo eval``, and evaluating leaves the
         training run's RNG stream untouched."""
         device = model.out.weight.device
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            torch.manual_seed(0)
+        with seeded(0, device):
             return self._evaluate(model, device)
 
     def _evaluate(self, model: nn.Module, device: torch.device) -> dict[str, float]:
