@@ -68,6 +68,8 @@ class SphericalGridMLP(nn.Module):
         super().__init__()
         self.channels, self.lmax = channels, lmax
         self.res = tuple(int(r) for r in res) if res is not None else (18, 17)  # (beta, alpha)
+        if len(self.res) != 2 or min(self.res) < 2:
+            raise ValueError(f"SphericalGridMLP: res must be (beta, alpha) grid sizes >= 2, got {res}")
         self._matrices: tuple | None = None  # (dtype, device, (K, G) to-grid, (G, K) from-grid), built on first use
         hidden = hidden or channels
         self.mlp = nn.Sequential(nn.Linear(channels, hidden), nn.SiLU(), nn.Linear(hidden, channels))

@@ -344,15 +344,21 @@ def test_recipe_names(capsys):
         load_recipe("alrnn_lorenz63")
 
 
+def test_out_that_is_a_file_is_named(tmp_path, capsys):
+    (tmp_path / "notes.yaml").write_text("a file, not a run directory")
+    message = _error(capsys, ["train", "alrnn-lorenz63", "--out", str(tmp_path / "notes.yaml")])
+    assert "notes.yaml is a file; give a run directory" in message
+
+
 def test_a_reader_that_stops_early_is_no_error():
-    """`zoo list | head -1`: the closed pipe ends the command quietly with status 0, as for other tools (`true`
+    """`zoo list | head -1`: the closed pipe ends the command quietly, as for other tools (`true`
     reads nothing and leaves at once, long before the command's first line)."""
     import subprocess
     import sys
 
     run = subprocess.run(["bash", "-o", "pipefail", "-c", f"{sys.executable} -m train.cli list | true"],
                          capture_output=True, text=True, timeout=120)
-    assert (run.returncode, run.stderr) == (0, "")
+    assert (run.returncode, run.stderr) == (141, "")  # as a command killed by SIGPIPE, without a message
 
 
 def test_measured_batches_hold_distinct_examples(capsys, tmp_path):

@@ -603,3 +603,25 @@ def test_radial_functions_keep_nan_distances_nan():
     envelope = PolynomialEnvelope(5.0)(nan)
     assert envelope[0].isnan() and envelope[1] == 0 and 0 < envelope[2] < 1
     assert SplineRadial(2, 5.0, knots=6)(nan[:1]).isnan().all()
+
+
+def test_bf16_autocast_keeps_geometry_and_energies_in_float32():
+    """Under bf16 autocast (train.precision bf16) edge vectors and strained positions keep the graph's dtype (an
+    einsum would return bf16, 0.01 A off), energies are summed in float32, and a force loss backpropagates."""
+    from zoo.facet import predict_with
+
+    torch.manual_seed(0)
+    model = zoo.create_model("facet_small", channels=4, layers=1, cutoff=3.0)
+    atoms = bulk("Cu", "fcc", a=3.6, cubic=True)
+    atoms.rattle(0.05, seed=1)
+    graph = graph_from_atoms([atoms], 3.0, dtype=torch.float32)
+    reference = predict_with(model, graph, stress=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert graph.edge_vectors().dtype == torch.float32
+        assert graph.strained(torch.zeros_like(graph.cell)).positions.dtype == torch.float32
+        out = predict_with(model, graph, stress=True, training=True)
+        assert {k: v.dtype for k, v in out.items()} == {k: torch.float32 for k in out}
+        (out["energy"].sum() + out["forces"].square().sum()).backward()
+    for key, tol in (("energy", 0.02), ("forces", 0.02), ("stress", 0.01)):  # bf16's 3 digits in the network
+        assert (out[key].detach() - reference[key]).abs().max() < tol * (1 + reference[key].abs().max())
+    assert all(p.grad is None or p.grad.isfinite().all() for p in model.parameters())

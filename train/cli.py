@@ -42,6 +42,8 @@ def _cmd_train(args):
     if args.out is not None and not args.out.strip():
         raise ValueError("--out is empty; give a run directory, or leave --out out for runs/RECIPE")
     out = Path(args.out or f"runs/{recipe['name']}")
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file; give a run directory (it is created if missing)")
 
     def where() -> str:
         saved = loop.checkpoints(out)
@@ -53,7 +55,10 @@ def _cmd_train(args):
     def terminate(signum, frame):  # SIGTERM (timeout, SLURM, docker stop, torchrun) ends the run as Ctrl-C does
         raise KeyboardInterrupt("SIGTERM")
 
-    previous = signal.signal(signal.SIGTERM, terminate)
+    import threading
+
+    main_thread = threading.current_thread() is threading.main_thread()  # only it may set a signal handler
+    previous = signal.signal(signal.SIGTERM, terminate) if main_thread else None
     try:
         final = loop.fit(recipe, out, resume=args.resume)
     except KeyboardInterrupt as err:
@@ -65,7 +70,8 @@ def _cmd_train(args):
             raise  # the run directory's own checks, or nothing saved yet
         raise OSError(f"{err}; {where()} once the cause is fixed") from err
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
     if final:
         print(loop.json_text(final, indent=2))
         if (out / "best.json").is_file():
@@ -403,24 +409,26 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="zoo", description="paperzoo: models from papers, one loop, probes")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("list", help="registered model names")
-    p.add_argument("pattern", nargs="?", default="*")
+    p.add_argument("pattern", nargs="?", default="*", help="a glob, case-sensitive (e.g. 'facet*'); default all")
     p.set_defaults(fn=_cmd_list)
     p = sub.add_parser("info", help="family, paper, config, parameters, checkpoints, recipes of a model")
-    p.add_argument("name")
+    p.add_argument("name", help="a model name (zoo list)")
     p.set_defaults(fn=_cmd_info)
     p = sub.add_parser("recipes", help="recipe names with their model and description")
-    p.add_argument("pattern", nargs="?", default="*")
+    p.add_argument("pattern", nargs="?", default="*", help="a glob, case-sensitive (e.g. 'alrnn-*'); default all")
     p.set_defaults(fn=_cmd_recipes)
     p = sub.add_parser("train", help="train a recipe (train/recipes/NAME.yaml or a path)")
-    p.add_argument("recipe")
+    p.add_argument("recipe", help="a recipe name (zoo recipes) or a .yaml path")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. train.steps=100")
     p.add_argument("--out", help="run directory (default runs/RECIPE)")
-    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
+    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out (a new or "
+                                                         "empty --out starts at step 0)")
     p.set_defaults(fn=_cmd_train)
     p = sub.add_parser("convert", help="convert an original checkpoint to safetensors for a model")
-    p.add_argument("original")
-    p.add_argument("--model", required=True)
-    p.add_argument("--out")
+    p.add_argument("original", help="the original file (torch.save or safetensors), read without unpickling")
+    p.add_argument("--model", required=True, help="the zoo model whose layout to convert to (zoo list)")
+    p.add_argument("--out", help="the .safetensors to write (default: ORIGINAL.safetensors beside it, or the cache "
+                                 "for a published original)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="a config setting the original was trained with, where it is not the model's default "
                         "(recorded in the file, so load_checkpoint rebuilds that model), e.g. cutoff=4.5")
@@ -459,11 +467,15 @@ def main(argv=None):
     except KeyboardInterrupt:  # Ctrl-C while starting up (imports, data): one line, as during training
         print(f"zoo {args.command}: interrupted", file=sys.stderr)
         raise SystemExit(130) from None
-    except BrokenPipeError:  # `zoo list | head -1`: the reader left; nothing more to say, as for other tools
+    except BrokenPipeError:
+        if args.command not in ("list", "info", "recipes"):
+            raise
+        # `zoo list | head -1`: the reader left. Quiet, with the status of a command killed by SIGPIPE as other
+        # tools end; stdout goes to /dev/null so that the interpreter's last flush does not fail again
         import os
 
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the interpreter's last flush is quiet
-        raise SystemExit(0)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise SystemExit(141) from None
     except (KeyError, ValueError, TypeError, OSError, FloatingPointError, yaml.YAMLError) as err:
         from zoo._registry import UnknownModelError
 

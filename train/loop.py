@@ -67,8 +67,10 @@ def _seed_step(seed: int, step: int, rank: int) -> None:
     import numpy as np
 
     low, high = np.random.SeedSequence([seed, step, rank]).generate_state(2).tolist()
-    torch.default_generator.manual_seed(low | high << 32)  # torch.manual_seed's values, without its per-call cost
-    if torch.cuda.is_initialized():  # (0.2-0.5 ms: it queues seeds for uninitialised CUDA/XPU/MTIA with a stack trace)
+    # torch.manual_seed's values without its cost (0.2-0.5 ms a call: it queues seeds for uninitialised CUDA, XPU
+    # and MTIA, recording a stack trace each time)
+    torch.default_generator.manual_seed(low | high << 32)
+    if torch.cuda.is_initialized():
         torch.cuda.manual_seed_all(low | high << 32)
     random.seed(low)
 
@@ -377,8 +379,10 @@ def _check_run_dir(recipe: dict, out: Path, resume: bool) -> None:
                              "recipe (the schedule depends on train.steps): drop those --set flags, or train into a "
                              "new --out")
     if resume and not found and finished:  # saved without checkpoints: resuming would train it all again
+        where = ("its results are in summary.json" if "summary.json" in finished else
+                 f"its final weights are in model.safetensors (`zoo eval {out}` evaluates them)")
         raise FileExistsError(f"--resume: {out} holds a finished run ({', '.join(finished)}) saved without "
-                              "checkpoints (train.ckpt_every 0); nothing to resume. Its results are in summary.json")
+                              f"checkpoints (train.ckpt_every 0); nothing to resume: {where}")
     if resume and not found and out.is_dir() and any(out.iterdir()) and not (out / "recipe.yaml").is_file():
         raise FileNotFoundError(f"--resume: {out} holds files but no run (no recipe.yaml, no checkpoint): a mistyped "
                                 "--out? An empty or new folder starts a run at step 0")

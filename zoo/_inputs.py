@@ -21,4 +21,4 @@ def check_images(stem: nn.Module, args: tuple) -> None:
     if x.dim() != 4 or x.shape[1] != channels or not x.is_floating_point():
         raise ValueError(f"x must be floating images of shape (batch, {channels}, H, W), got {x.dtype} "
                          f"{tuple(x.shape)}")
-    check_dtype(x, next(stem.parameters()), type(stem).__name__)
+    check_dtype(x, next(stem.parameters()), "images")

@@ -93,9 +93,10 @@ def list_models(pattern: str | list[str] | tuple[str, ...] = "*", pretrained: bo
         raise TypeError(f"list_models: pattern is a glob str or a list of them, got {pattern!r}")
     names = sorted(n for n in _REGISTRY if any(fnmatch.fnmatchcase(n, p) for p in patterns))
     if pretrained:
-        from weights.manifest import checkpoints_for  # zoo reaches weights only when asked about checkpoints
+        from weights.manifest import published_checkpoints  # zoo reaches weights only when asked about checkpoints
 
-        names = [n for n in names if checkpoints_for(n)]
+        published = {entry["model"] for entry in published_checkpoints()}
+        names = [n for n in names if n in published]
     return names
 
 

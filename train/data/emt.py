@@ -11,6 +11,9 @@ from pathlib import Path
 import numpy as np
 
 ELEMENTS = ("Cu", "Al", "Ni", "Ag", "Au", "Pd", "Pt")
+# 2 (2026-11-29): every MD snapshot is its own run; version 1 took each element's snapshots 10 fs apart from one
+# trajectory, so the frame split left near-copies of held-out frames in the training split
+DATA_VERSION = 2
 SPLITS = ("train", "valid", "test")
 
 
@@ -49,8 +52,10 @@ def _alloy(a: str, b: str, rng: np.random.Generator):
     return atoms
 
 
-def _md_snapshots(element: str, count: int, rng: np.random.Generator):
-    """``count`` snapshots 10 fs apart from Langevin MD (EMT, 1 fs steps) started at a random temperature."""
+def _md_snapshot(element: str, rng: np.random.Generator, steps: int = 50):
+    """The end of one Langevin MD run (EMT, 1 fs steps, ``steps`` of them) from the perfect 2x2x2 cell with
+    Maxwell-Boltzmann velocities at its own temperature U(300, 1200) K. Every snapshot is its own run, so no two
+    are a few fs apart on one trajectory (which would put near-copies into different splits)."""
     from ase import units
     from ase.calculators.emt import EMT
     from ase.md.langevin import Langevin
@@ -62,14 +67,10 @@ def _md_snapshots(element: str, count: int, rng: np.random.Generator):
         velocitydistribution.MaxwellBoltzmannDistribution  # ASE >= 3.29 renamed it
     thermalize(atoms, temperature_K=temperature, rng=rng)
     atoms.calc = EMT()
-    md = Langevin(atoms, 1.0 * units.fs, temperature_K=temperature, friction=0.02, fixcm=False, rng=rng)
-    out = []
-    for _ in range(count):
-        md.run(10)
-        snap = atoms.copy()
-        snap.info["config_type"] = "md"
-        out.append(_label(snap))
-    return out
+    Langevin(atoms, 1.0 * units.fs, temperature_K=temperature, friction=0.02, fixcm=False, rng=rng).run(steps)
+    snap = atoms.copy()
+    snap.info["config_type"] = "md"
+    return _label(snap)
 
 
 def generate_emt(per_element: int = 40, alloys: int = 60, seed: int = 0):
@@ -79,7 +80,7 @@ def generate_emt(per_element: int = 40, alloys: int = 60, seed: int = 0):
     - rattle: 2x2x2 cubic fcc (32 atoms), lattice scaled by U(0.97, 1.03), Gaussian rattle 0.03-0.15 A;
     - strain: the same cell under a random symmetric strain with entries U(-0.04, 0.04), rattle 0.05 A;
     - surface: fcc111 slab 2x2x4 (16 atoms) with 6 A vacuum, periodic in x and y only, rattle 0.05 A;
-    - md: Langevin snapshots at 300-1200 K (see ``_md_snapshots``);
+    - md: Langevin MD snapshots at 300-1200 K, each from its own 50 fs run (see ``_md_snapshot``);
     - alloy: binary 2x2x2 cells of two random elements, rattle 0.05 A.
     """
     from ase.build import fcc111
@@ -106,7 +107,7 @@ def generate_emt(per_element: int = 40, alloys: int = 60, seed: int = 0):
             atoms.rattle(0.05, rng=rng)
             atoms.info["config_type"] = "surface"
             frames.append(_label(atoms))
-        frames.extend(_md_snapshots(el, k, rng))
+        frames.extend(_md_snapshot(el, rng) for _ in range(k))
     for _ in range(alloys):
         a, b = rng.choice(ELEMENTS, 2, replace=False)
         atoms = _alloy(str(a), str(b), rng)
@@ -132,7 +133,8 @@ def emt_dataset(per_element: int = 40, alloys: int = 60, seed: int = 0, root: st
     from weights.checkpoint import atomic_write
     from weights.manifest import cache_dir
 
-    root = Path(root) if root is not None else cache_dir() / "data" / f"emt_pe{per_element}_al{alloys}_seed{seed}"
+    name = f"emt_v{DATA_VERSION}_pe{per_element}_al{alloys}_seed{seed}"
+    root = Path(root) if root is not None else cache_dir() / "data" / name
     paths = {s: root / f"{s}.extxyz" for s in SPLITS}
     if all(p.is_file() for p in paths.values()):
         return paths
