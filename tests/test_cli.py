@@ -344,6 +344,18 @@ def test_recipe_names(capsys):
         load_recipe("alrnn_lorenz63")
 
 
+def test_warnings_are_one_line(capsys, monkeypatch):
+    """A warning (an unused --set, a warm-up longer than the run) reads as the command's own line, without the
+    Python source line that raised it."""
+    import warnings
+
+    import train.cli
+
+    monkeypatch.setattr(train.cli, "_cmd_list", lambda args: warnings.warn("data.seedd is not a setting", UserWarning))
+    main(["list"])
+    assert capsys.readouterr().err == "zoo list: warning: data.seedd is not a setting\n"
+
+
 def test_out_that_is_a_file_is_named(tmp_path, capsys):
     (tmp_path / "notes.yaml").write_text("a file, not a run directory")
     message = _error(capsys, ["train", "alrnn-lorenz63", "--out", str(tmp_path / "notes.yaml")])

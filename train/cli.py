@@ -460,10 +460,17 @@ def main(argv=None):
     p.add_argument("--target", metavar="KEY",
                    help="bind the batch's KEY (e.g. y, x) as the target of two-variable estimators (ksg_mi, ...)")
     args = parser.parse_args(argv)
+    import warnings
+
     import yaml
 
+    def show(message, category, filename, lineno, file=None, line=None):
+        print(f"zoo {args.command}: warning: {message}", file=sys.stderr)
+
     try:
-        args.fn(args)
+        with warnings.catch_warnings():
+            warnings.showwarning = show  # one line per warning, not the source line that raised it
+            args.fn(args)
     except KeyboardInterrupt:  # Ctrl-C while starting up (imports, data): one line, as during training
         print(f"zoo {args.command}: interrupted", file=sys.stderr)
         raise SystemExit(130) from None

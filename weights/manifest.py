@@ -143,6 +143,13 @@ def resolve(entry: dict) -> Path:
     return path
 
 
+class NoCheckpointError(KeyError):
+    """A model (or checkpoint name) without a published checkpoint; the message says which ones exist."""
+
+    def __str__(self):  # KeyError's own would print the message in quotes
+        return str(self.args[0])
+
+
 def pretrained_entry(name: str, checkpoint: str | None = None) -> dict:
     """The manifest entry for model ``name``: the first one listed, or the one called ``checkpoint``. An entry's
     optional ``config`` holds the config fields it was trained with that differ from the model's defaults."""
@@ -153,8 +160,8 @@ def pretrained_entry(name: str, checkpoint: str | None = None) -> dict:
         known = [c["name"] for c in checkpoints_for(name)]
         which = f"checkpoint {checkpoint!r}" if checkpoint is not None else "checkpoint"
         with_weights = sorted({c["model"] for c in published_checkpoints()})
-        raise KeyError(f"no published {which} for model {name!r}; its checkpoints: {known or 'none'}. Models with "
-                       f"published weights: {with_weights}")
+        raise NoCheckpointError(f"no published {which} for model {name!r}; its checkpoints: {known or 'none'}. "
+                                f"Models with published weights: {with_weights}")
     return options[0]
 
 
