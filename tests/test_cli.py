@@ -373,6 +373,18 @@ def test_a_reader_that_stops_early_is_no_error():
     assert (run.returncode, run.stderr) == (141, "")  # as a command killed by SIGPIPE, without a message
 
 
+def test_a_broken_pipe_while_training_is_an_error(tmp_path, capsys, monkeypatch):
+    """Only the listing commands end quietly on a closed pipe; a run that meets one (a log pipe gone) says so."""
+    import train.loop
+
+    def broken(recipe, out, resume=False):
+        raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(train.loop, "fit", broken)
+    assert "zoo train: error: [Errno 32] Broken pipe" in _error(capsys, ["train", "alrnn-lorenz63", "--out",
+                                                                         str(tmp_path / "run")])
+
+
 def test_measured_batches_hold_distinct_examples(capsys, tmp_path):
     """zoo estimate measures on a held-out batch, or on training examples with --split train: a repeated example
     would be a zero-distance neighbour that pushes k-NN estimates (KSG towards H(Y)), so both are drawn without

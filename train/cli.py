@@ -474,16 +474,14 @@ def main(argv=None):
     except KeyboardInterrupt:  # Ctrl-C while starting up (imports, data): one line, as during training
         print(f"zoo {args.command}: interrupted", file=sys.stderr)
         raise SystemExit(130) from None
-    except BrokenPipeError:
-        if args.command not in ("list", "info", "recipes"):
-            raise
-        # `zoo list | head -1`: the reader left. Quiet, with the status of a command killed by SIGPIPE as other
-        # tools end; stdout goes to /dev/null so that the interpreter's last flush does not fail again
-        import os
-
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        raise SystemExit(141) from None
     except (KeyError, ValueError, TypeError, OSError, FloatingPointError, yaml.YAMLError) as err:
+        if isinstance(err, BrokenPipeError) and args.command in ("list", "info", "recipes"):
+            # `zoo list | head -1`: the reader left. Quiet, with the status of a command killed by SIGPIPE as other
+            # tools end; stdout goes to /dev/null so that the interpreter's last flush does not fail again
+            import os
+
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            raise SystemExit(141) from None
         from zoo._registry import UnknownModelError
 
         message = err.args[0] if isinstance(err, KeyError) and err.args else err  # str(KeyError) adds quotes
