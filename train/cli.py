@@ -90,8 +90,8 @@ def _checkpoint_path(checkpoint: str) -> Path:
     from .loop import checkpoints
 
     path = Path(checkpoint)
-    published = [entry for entry in published_checkpoints() if entry["name"] == checkpoint]
-    if published and not path.exists():
+    published = [] if path.exists() else [entry for entry in published_checkpoints() if entry["name"] == checkpoint]
+    if published:
         return resolve(published[0])
     if not path.is_dir() or (path / "model.safetensors").is_file():
         return path / "model.safetensors" if path.is_dir() else path

@@ -213,6 +213,9 @@ def read_metadata(path: str | os.PathLike) -> dict[str, str]:
         raise _unreadable(path, err) from err
 
 
+TORCH_SAVE_MAGIC = (b"PK\x03\x04", b"\x80")  # how a torch.save file starts: a zip archive, or (legacy) a pickle
+
+
 def _unreadable(path, err: Exception) -> CheckpointError:
     """The error for a file safetensors cannot read; a torch.save file (zip or pickle) is named as one, with the
     way to convert it."""
@@ -221,7 +224,7 @@ def _unreadable(path, err: Exception) -> CheckpointError:
             head = f.read(4)
     except OSError:
         head = b""
-    if head.startswith((b"PK\x03\x04", b"\x80")):
+    if head.startswith(TORCH_SAVE_MAGIC):
         return CheckpointError(f"{path} is a PyTorch torch.save file, not safetensors; convert it first with "
                                f"`zoo convert {path} --model NAME` (weights.convert.convert in Python), which also "
                                "maps an original checkpoint's key layout onto the model's")

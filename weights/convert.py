@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import CheckpointError, in_state_dtype, load_state_into, save_checkpoint
+from .checkpoint import TORCH_SAVE_MAGIC, CheckpointError, in_state_dtype, load_state_into, save_checkpoint
 
 
 def _first_sentence(err: Exception) -> str:
@@ -44,8 +44,7 @@ def read_original(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         except Exception as err:  # safetensors' own error type is not exported stably
             raise CheckpointError(f"{path} is not a readable safetensors file ({type(err).__name__}: "
                                   f"{str(err)[:300]}); it may be truncated or corrupt") from err
-    if not head.startswith((b"PK\x03\x04", b"\x80")):
-        # torch.save writes a zip archive, or (legacy) a pickle
+    if not head.startswith(TORCH_SAVE_MAGIC):
         raise CheckpointError(f"{path} is not a PyTorch checkpoint (torch.save) or safetensors file: it starts "
                               f"with {head!r}" + ("; it is a Git LFS pointer: run `git lfs pull` to fetch the file"
                                                   if head.startswith(b"version https://git-lfs") else ""))

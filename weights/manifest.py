@@ -20,6 +20,8 @@ from pathlib import Path
 
 from torch import nn
 
+from zoo._registry import PlainKeyError
+
 from .checkpoint import CheckpointError, atomic_write, config_differences, load_state_into, read_metadata, read_tensors
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -143,11 +145,8 @@ def resolve(entry: dict) -> Path:
     return path
 
 
-class NoCheckpointError(KeyError):
+class NoCheckpointError(PlainKeyError):
     """A model (or checkpoint name) without a published checkpoint; the message says which ones exist."""
-
-    def __str__(self):  # KeyError's own would print the message in quotes
-        return str(self.args[0])
 
 
 def pretrained_entry(name: str, checkpoint: str | None = None) -> dict:

@@ -38,11 +38,15 @@ class ModelEntry:
 _REGISTRY: dict[str, ModelEntry] = {}
 
 
-class UnknownModelError(KeyError):
-    """An unregistered model name (the message lists the closest registered names)."""
+class PlainKeyError(KeyError):
+    """A KeyError that prints its message as given (KeyError's own ``str`` puts it in quotes)."""
 
     def __str__(self):
         return str(self.args[0])
+
+
+class UnknownModelError(PlainKeyError):
+    """An unregistered model name (the message lists the closest registered names)."""
 
 
 def register_model(config: Any, paper: Paper, name: str | None = None):
@@ -227,6 +231,7 @@ def model_info(name: str) -> dict:
         params, unavailable = sum(p.numel() for p in build(name, entry.config).parameters()), None
     except FileNotFoundError as err:
         params, unavailable = None, str(err)
+    published = checkpoints_for(name)  # one read of the manifest
     info = {
         "name": name,
         "family": entry.paper.family,
@@ -236,7 +241,7 @@ def model_info(name: str) -> dict:
         "year": entry.paper.year,
         "config": dataclasses.asdict(entry.config),
         "params": params,
-        "checkpoints": [c["name"] for c in checkpoints_for(name)],
-        "recipes": sorted({*_recipes_using(name), *(c["recipe"] for c in checkpoints_for(name) if c.get("recipe"))}),
+        "checkpoints": [c["name"] for c in published],
+        "recipes": sorted({*_recipes_using(name), *(c["recipe"] for c in published if c.get("recipe"))}),
     }
     return info if unavailable is None else {**info, "params_unavailable": unavailable}
