@@ -60,6 +60,11 @@ def test_model_info_reports_family_paper_params_recipes():
     assert zoo.model_info("alrnn_m20_p1")["checkpoints"] == ["alrnn_m20_p1_roessler"]
     # facet_base's checkpoint was trained by facet-emt (--set model=facet_base), whose model: is facet_small
     assert zoo.model_info("facet_base")["recipes"] == ["facet-emt", "facet-mptrj"]
+    # the ablation and baseline models list the recipes that run them with --set model=NAME (their baselines:)
+    assert zoo.model_info("mobilenetv2_se_100")["recipes"] == ["mbv2-ca-digits", "mbv2-ca-imagenet"]
+    assert zoo.model_info("tabular_mlp")["recipes"] == ["hopfield-tabular-breast-cancer", "hopfield-tabular-wine"]
+    assert zoo.model_info("transformer_lm_13m")["recipes"] == ["sigma-lm-pytext", "transformer-lm-pytext",
+                                                               "transformer-lm-wikitext2"]
 
 
 def test_register_rejects_duplicate_names():

@@ -449,7 +449,8 @@ def test_every_shipped_recipe_parses_and_names_what_exists(name):
     steps = recipe["train"]["steps"]  # every recipe checkpoints, so a killed run resumes instead of restarting
     assert 0 < recipe["train"]["ckpt_every"] <= steps
     filled = {k: v for k, v in recipe["model_args"].items() if v is not None}  # null: the task fills it in
-    resolve_config(recipe["model"], **filled)  # raises on an unknown key or a wrong type
+    for model in [recipe["model"], *recipe.get("baselines", [])]:  # baselines run with --set model=NAME
+        resolve_config(model, **filled)  # raises on an unknown name or key, or a wrong type
 
 
 def test_numbers_that_yaml_reads_as_strings_become_floats_also_in_lists():
@@ -753,6 +754,9 @@ def test_recipe_sections_typos_and_non_finite_settings_are_refused(tmp_path):
     with pytest.raises(ValueError, match=r"unknown train settings \['ckpt_evry'\] \(closest: \{'ckpt_evry': "
                                          r"\['ckpt_every'\]\}\)"):
         load_recipe(str(tmp_path / "typo.yaml"))
+    (tmp_path / "baselines.yaml").write_text(text.replace("ckpt_evry", "ckpt_every") + "baselines: tabular_mlp\n")
+    with pytest.raises(ValueError, match=r"baselines must be a list of model names, got 'tabular_mlp'"):
+        load_recipe(str(tmp_path / "baselines.yaml"))
     params = [torch.nn.Parameter(torch.zeros(2))]
     with pytest.raises(ValueError, match=r"optim.lr must be a number in \[0, 3.40282346639e\+38\], got inf"):
         build_optimizer(params, {"name": "adam", "lr": float("inf")})

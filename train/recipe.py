@@ -25,6 +25,9 @@ DEFAULTS = {
     "probe": {},
 }
 REQUIRED = ("name", "model", "task")
+# Read by people and by zoo.model_info, never by the loop. baselines: the models this recipe also runs with
+# --set model=NAME for the paper's comparison or ablation (model_info lists the recipe for them too).
+METADATA = ("description", "reference", "baselines")
 
 
 def check_number(section: str, key: str, value, low: float = 0.0, high: float = math.inf, integer: bool = False,
@@ -152,9 +155,13 @@ def load_recipe(name_or_path: str, overrides: list[str] | tuple[str, ...] = ()) 
     missing = [k for k in REQUIRED if k not in raw]
     if missing:
         raise ValueError(f"recipe {path} lacks required keys {missing}")
-    unknown = sorted(set(raw) - set(DEFAULTS) - set(REQUIRED) - {"description", "reference"})
+    unknown = sorted(set(raw) - set(DEFAULTS) - set(REQUIRED) - set(METADATA))
     if unknown:
-        raise ValueError(f"recipe {path}: unknown top-level keys {unknown}; valid: {sorted(set(DEFAULTS) | set(REQUIRED))}")
+        raise ValueError(f"recipe {path}: unknown top-level keys {unknown}; valid: "
+                         f"{sorted(set(DEFAULTS) | set(REQUIRED) | set(METADATA))}")
+    baselines = raw.get("baselines", [])
+    if not (isinstance(baselines, list) and all(isinstance(b, str) for b in baselines)):
+        raise ValueError(f"recipe {path}: baselines must be a list of model names, got {baselines!r}")
     train = raw.get("train") or {}
     unknown = sorted(set(train) - set(DEFAULTS["train"])) if isinstance(train, dict) else []
     if unknown:  # a misspelt ckpt_every would silently turn checkpoints (and resume) off

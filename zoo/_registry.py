@@ -205,7 +205,8 @@ def create_model(name: str, pretrained: bool | str = False, **overrides) -> nn.M
 
 
 def _recipes_using(name: str) -> list[str]:
-    """Names of recipes under train/recipes whose ``model:`` is ``name`` (read as data, train is not imported)."""
+    """Names of recipes under train/recipes whose ``model:`` is ``name`` or whose ``baselines:`` hold it (read as
+    data, train is not imported)."""
     spec = importlib.util.find_spec("train")
     if spec is None or not spec.submodule_search_locations:
         return []
@@ -214,14 +215,15 @@ def _recipes_using(name: str) -> list[str]:
     found = []
     for loc in spec.submodule_search_locations:
         for path in sorted(Path(loc, "recipes").glob("*.yaml")):
-            if (yaml.safe_load(path.read_text()) or {}).get("model") == name:
+            recipe = yaml.safe_load(path.read_text()) or {}
+            if recipe.get("model") == name or name in recipe.get("baselines", []):
                 found.append(path.stem)
     return found
 
 
 def model_info(name: str) -> dict:
     """Family, paper, resolved config, parameter count, published checkpoints and recipes for ``name``: those whose
-    ``model:`` is ``name``, and those its checkpoints were trained with (``facet-emt`` trains ``facet_base`` with
+    ``model:`` is ``name`` or that run it as a baseline, and those its checkpoints were trained with (``facet-emt`` trains ``facet_base`` with
     ``--set model=facet_base``). A model that loads a part from a hub (the NLI heads' encoder) and cannot reach it
     has ``params`` None and the reason in ``params_unavailable``."""
     entry = get_entry(name)
