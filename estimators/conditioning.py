@@ -70,7 +70,7 @@ def condition_number(of: str = "matrix", feature_dim: int | None = None) -> Esti
     if of not in fns:
         raise ValueError(f"condition_number: of must be one of {list(fns)}, got {of!r}")
     if feature_dim is None:
-        return Estimator(f"condition_number_{of}", fns[of])
+        return Estimator(f"condition_number_{of}", fns[of], unit="ratio")
     if of != "covariance":
         raise ValueError(f"condition_number: feature_dim applies to of='covariance' only, got of={of!r}")
-    return Estimator(f"condition_number_{of}", fns[of], feature_dim=feature_dim)
+    return Estimator(f"condition_number_{of}", fns[of], unit="ratio", feature_dim=feature_dim)

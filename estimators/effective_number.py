@@ -62,10 +62,10 @@ def effective_feature_count(x: torch.Tensor, power: float = 1.0, feature_dim: in
 
 def effective_rank() -> Estimator:
     """Probe estimator: Roy-Vetterli effective rank of the tensor as a matrix (weights or (N, D) activations)."""
-    return Estimator("effective_rank", spectral_effective_rank)
+    return Estimator("effective_rank", spectral_effective_rank, unit="dimensions")
 
 
 def feature_count(power: float = 1.0, feature_dim: int = -1) -> Estimator:
     """Probe estimator: effective number of features exp(H) of the per-feature mass of the probe tensor
     (features along ``feature_dim``)."""
-    return Estimator("feature_count", effective_feature_count, power=power, feature_dim=feature_dim)
+    return Estimator("feature_count", effective_feature_count, unit="features", power=power, feature_dim=feature_dim)

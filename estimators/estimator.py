@@ -75,11 +75,14 @@ class Estimator:
     """``fn(tensor, **kwargs)`` under a name; ``est(x)`` computes it directly, a Probe calls it on schedule.
 
     ``fn`` returns a scalar tensor/float or a dict of them (e.g. one value per head). The shared settings
-    (k, n_bins, sigma, base, ...) are checked here, when the estimator is built.
+    (k, n_bins, sigma, base, ...) are checked here, when the estimator is built. ``unit`` names what the values
+    count: for an estimator with a ``base`` it is that base's unit ("bits", "nats"), else the one given
+    ("ratio", "dimensions"; empty if none), and a Probe writes it in every row.
     """
 
-    def __init__(self, name: str, fn: Callable, **kwargs):
+    def __init__(self, name: str, fn: Callable, *, unit: str = "", **kwargs):
         self.name, self.fn, self.kwargs = name, fn, check_settings(name, getattr(fn, "fn", fn), kwargs)
+        self.unit = unit_name(self.kwargs["base"]) if "base" in self.kwargs else unit
 
     def __call__(self, x: torch.Tensor):
         return self.fn(x, **self.kwargs)

@@ -95,5 +95,5 @@ def local_complexity_estimator(radius: float = 0.1, n_directions: int = 16, seed
     """Probe estimator: ``local_complexity`` of the matched module around the inputs it received in a scheduled
     step (``{neurons, regions}``). Its directions come from a private generator seeded ``seed``, so the same
     inputs give the same counts and the training run's random stream is left alone."""
-    return ModuleEstimator("local_complexity", _seeded_local_complexity, radius=radius, n_directions=n_directions,
-                           seed=seed)
+    return ModuleEstimator("local_complexity", _seeded_local_complexity, unit="count", radius=radius,
+                           n_directions=n_directions, seed=seed)

@@ -204,7 +204,7 @@ class Probe:
         for key, v in items:
             name = label if key is None else f"{label}/{key}"
             self.rows.append({"step": self._step, "point": point, "estimator": name,
-                              "value": float(v.item() if torch.is_tensor(v) else v)})
+                              "value": float(v.item() if torch.is_tensor(v) else v), "unit": estimator.unit})
 
     def flush(self):
         """Compute the probe points' estimators on what this step accumulated since the last flush, and the
@@ -247,16 +247,16 @@ class Probe:
 
     # -- results --------------------------------------------------------------------------------
     def table(self) -> list[dict]:
-        """Tidy rows: {step, point, estimator, value}."""
+        """Tidy rows: {step, point, estimator, value, unit}."""
         return list(self.rows)
 
     def to_csv(self, path: str | os.PathLike) -> Path:
-        """Write the rows as CSV (columns step, point, estimator, value). A plain write: the training loop puts
+        """Write the rows as CSV (columns step, point, estimator, value, unit). A plain write: the training loop puts
         the run's probe.csv in place with ``weights.checkpoint.atomic_write(path, probe.to_csv)``."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=["step", "point", "estimator", "value"])
+            writer = csv.DictWriter(f, fieldnames=["step", "point", "estimator", "value", "unit"])
             writer.writeheader()
             writer.writerows(self.rows)
         return path
@@ -264,8 +264,8 @@ class Probe:
     def read_csv(self, path: str | os.PathLike, before: int) -> None:
         """Take the rows of steps < ``before`` from a ``to_csv`` file (a run resumed at that step)."""
         with open(path, newline="") as f:
-            self.rows = [{**r, "step": int(r["step"]), "value": float(r["value"])} for r in csv.DictReader(f)
-                         if int(r["step"]) < before]
+            self.rows = [{**r, "step": int(r["step"]), "value": float(r["value"]), "unit": r.get("unit") or ""}
+                         for r in csv.DictReader(f) if int(r["step"]) < before]
 
     def close(self):
         """Compute the current step if it is scheduled (what its forward passes recorded, and the parameters:

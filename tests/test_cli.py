@@ -52,14 +52,14 @@ def test_eval_and_estimate_on_a_checkpoint(tmp_path, capsys):
         assert "CUDA device(s) are visible; use --device cpu" in _error(capsys, ["eval", str(path), "--device", "cuda"])
     main(["estimate", str(path), "--recipe", "alrnn-lorenz63", *small, "--probe", "cell.W=condition_number",
           "--batch", "8"])
-    point, name, value = capsys.readouterr().out.split()
+    point, name, value, unit = capsys.readouterr().out.split()
     from estimators import matrix_condition_number
 
-    assert (point, name) == ("cell.W", "condition_number_matrix")
+    assert (point, name, unit) == ("cell.W", "condition_number_matrix", "ratio")
     assert float(value) == pytest.approx(matrix_condition_number(m.cell.W).item(), rel=1e-5)
     main(["estimate", str(path), "--recipe", "alrnn-lorenz63", *small, "--probe", "cell.W", "--estimator",
           "condition_number", "--batch", "8"])
-    assert capsys.readouterr().out.split() == [point, name, value]
+    assert capsys.readouterr().out.split() == [point, name, value, unit]
     with pytest.raises(SystemExit):
         main(["estimate", str(path), "--recipe", "alrnn-lorenz63", *small, "--probe", "cell.W"])
     assert "names no estimator" in capsys.readouterr().err
@@ -158,7 +158,7 @@ def test_estimate_measures_a_held_out_batch_and_binds_a_target(tmp_path, capsys)
     main(["estimate", str(path), "--recipe", "ib-tanh-12bit", "--probe", "t.2=ksg_mi,knn_entropy", "--target", "y"])
     rows = [line.split("\t") for line in capsys.readouterr().out.splitlines()]
     assert [r[:2] for r in rows] == [["t.2", "ksg1_mi"], ["t.2", "knn_entropy"]]
-    assert float(rows[0][2]) == pytest.approx(expected, rel=1e-5)
+    assert float(rows[0][2]) == pytest.approx(expected, rel=1e-5) and rows[0][3] == "nats"  # the row's unit
 
     assert "two-variable" in _error(capsys, ["estimate", str(path), "--recipe", "ib-tanh-12bit", "--probe", "t.2=ksg_mi"])
     assert "they hold ['x', 'y']" in _error(capsys, ["estimate", str(path), "--recipe", "ib-tanh-12bit",
@@ -174,7 +174,7 @@ def test_estimate_on_a_task_without_held_out_data_says_to_use_the_training_split
     small = ["--recipe", "pvrnn-pfsm", "--probe", "levels.0.d=effective_rank", "--batch", "4"]
     assert "--split train" in _error(capsys, ["estimate", str(path), *small])
     main(["estimate", str(path), *small, "--split", "train"])
-    point, name, value = capsys.readouterr().out.split()
+    point, name, value, _ = capsys.readouterr().out.split()
     assert (point, name) == ("levels.0.d", "effective_rank") and float(value) > 0
 
 

@@ -122,7 +122,7 @@ def test_zoo_eval_of_a_folder_checkpoint_needs_no_training_run(tmp_path, capsys)
     for split in ("held-out", "train"):
         main(["estimate", str(tmp_path / "m.safetensors"), "--set", f"data.path={root}", "--set", "data.size=32",
               "--set", "data.workers=0", "--split", split, "--batch", "4", "--probe", "conv_head.weight=effective_rank"])
-        point, name, value = capsys.readouterr().out.split()
+        point, name, value, _ = capsys.readouterr().out.split()
         assert (point, name) == ("conv_head.weight", "effective_rank") and float(value) > 0
     task = make_task(load_recipe("mbv2-ca-finetune", [f"data.path={root}", "data.size=32", "data.workers=0"]))
     batch = task.held_out_batch(100, torch.Generator().manual_seed(0))  # every val image once, no more

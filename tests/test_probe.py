@@ -82,7 +82,24 @@ def test_probe_value_equals_direct_computation_and_respects_max_samples(tmp_path
         expected = shannon_entropy(torch.softmax(model.lin(torch.cat(xs))[:25], -1), base="bits")
     assert probe.table()[0]["value"] == pytest.approx(expected.item(), abs=1e-6)
     csv = probe.to_csv(tmp_path / "probe.csv").read_text().splitlines()
-    assert csv[0] == "step,point,estimator,value" and len(csv) == 2
+    assert csv[0] == "step,point,estimator,value,unit" and csv[1].endswith(",bits") and len(csv) == 2
+
+
+def test_every_registered_estimator_states_its_unit():
+    """Rows carry the unit: the base's for information quantities, a named one for the others."""
+    import inspect
+
+    from estimators import ESTIMATORS
+
+    units = {}
+    for name, factory in ESTIMATORS.items():
+        target = {"target": torch.zeros(1)} if "target" in inspect.signature(factory).parameters else {}
+        units[name] = factory(**target).unit
+    assert units["condition_number"] == "ratio" and units["effective_rank"] == "dimensions"
+    assert units["feature_count"] == "features" and units["local_complexity"] == "count"
+    assert units["dse"] == "bits" and units["cs_mi"] == "nats" and ESTIMATORS["dse"](base="nats").unit == "nats"
+    assert ESTIMATORS["entropy"](base=10).unit == "base-10 units"
+    assert all(units.values()), units
 
 
 def test_estimators_attach_by_name_as_in_a_recipe():

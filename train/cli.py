@@ -349,7 +349,7 @@ def _cmd_estimate(args):
         raise ValueError(f"--probe {', '.join(silent)}: the matched points recorded nothing; the task's forward "
                          "pass never reaches them")
     for row in probe.table():
-        print(f"{row['point']}\t{row['estimator']}\t{row['value']:.6g}")
+        print(f"{row['point']}\t{row['estimator']}\t{row['value']:.6g}\t{row['unit']}")
 
 
 def _cmd_convert(args):
