@@ -2,6 +2,9 @@
 (Roy & Vetterli 2007) and the effective feature count of a mass distribution (superposition)."""
 from __future__ import annotations
 
+import math
+import numbers
+
 import torch
 
 from .estimator import Estimator
@@ -31,6 +34,11 @@ def spectral_effective_rank(w: torch.Tensor) -> torch.Tensor:
     return _exp_entropy(s).float()
 
 
+def _check_power(power) -> None:
+    if not (isinstance(power, numbers.Real) and not isinstance(power, bool) and 0 <= power < math.inf):
+        raise ValueError(f"feature count: power must be a finite number >= 0, got {power!r}")
+
+
 def effective_feature_count(x: torch.Tensor, power: float = 1.0, feature_dim: int = -1) -> torch.Tensor:
     """N_eff = exp(H(p)), p_f = m_f / sum_g m_g with mass m_f = sum |x_{..f..}|^power over all dims but
     ``feature_dim`` (m = |x|^power for 1-D x); ``power=0`` counts the non-zero entries (the L0 mass: how
@@ -45,14 +53,14 @@ def effective_feature_count(x: torch.Tensor, power: float = 1.0, feature_dim: in
     """
     if not torch.is_tensor(x) or x.dim() == 0:
         raise ValueError(f"feature count needs a tensor (F,) or (N, ..., F), got {x!r}")
-    if not power >= 0:
-        raise ValueError(f"feature count: power must be >= 0, got {power!r}")
+    _check_power(power)
     if not -x.dim() <= feature_dim < x.dim():
         raise ValueError(f"feature count: feature_dim {feature_dim} is out of range for x of shape {tuple(x.shape)}")
     x = x.detach().double()
     if not torch.isfinite(x).all():
         raise ValueError("feature count: x has NaN/inf entries")
-    mass = (x != 0).double() if power == 0 else x.abs() ** power
+    scale = x.abs().max()  # (|x| / scale)^power: p is unchanged and |x|^power cannot overflow to inf / inf
+    mass = (x != 0).double() if power == 0 or scale == 0 else (x.abs() / scale) ** power
     mass = mass.movedim(feature_dim, -1)
     mass = mass.reshape(-1, mass.shape[-1]).sum(0)
     if mass.sum() == 0:
@@ -68,4 +76,5 @@ def effective_rank() -> Estimator:
 def feature_count(power: float = 1.0, feature_dim: int = -1) -> Estimator:
     """Probe estimator: effective number of features exp(H) of the per-feature mass of the probe tensor
     (features along ``feature_dim``)."""
+    _check_power(power)
     return Estimator("feature_count", effective_feature_count, unit="features", power=power, feature_dim=feature_dim)

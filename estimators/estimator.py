@@ -41,7 +41,7 @@ def is_finite_positive(v) -> bool:
 # the settings that several estimators share, each checked when an estimator is built, not when data arrives
 _INTEGER = (is_whole, "an integer >= 1", True)
 _SETTINGS = {  # setting: (valid?, what it must be, whole floats become ints)
-    "k": _INTEGER, "n_bins": _INTEGER, "t": _INTEGER, "n_directions": _INTEGER,
+    "k": _INTEGER, "n_bins": _INTEGER, "t": _INTEGER, "n_directions": _INTEGER, "steps": _INTEGER, "batch_size": _INTEGER,
     "variant": (lambda v: v in (1, 2) and not isinstance(v, bool), "1 or 2", True),
     "max_samples": (lambda v: v is None or is_whole(v), "None or an integer >= 1", True),
     "sigma": (lambda v: v is None or is_finite_positive(v), "None or a finite number > 0", False),

@@ -29,6 +29,8 @@ _TREE_MAX_DIMS = 20  # KD-trees lose to brute force well before this in high dim
 
 
 def _chunk_rows(n: int, chunk_size: int | None, device: torch.device, tensors: int = 4) -> int:
+    if chunk_size is not None and not is_whole(chunk_size):
+        raise ValueError(f"chunk_size must be None (sized to memory) or an integer >= 1, got {chunk_size!r}")
     budget_bytes = (2**30 if device.type == "cuda" else 2**28)  # per chunk: `tensors` (chunk, N) float64 arrays
     return chunk_size or max(1, min(n, budget_bytes // (8 * n * tensors)))
 

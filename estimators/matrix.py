@@ -2,7 +2,9 @@
 Cauchy-Schwarz divergence and quadratic MI used by CS-IB (Yu, Yu, Lokse, Jenssen & Principe 2024).
 
 All use the Gaussian Gram matrix K_ij = exp(-|x_i - x_j|^2 / (2 sigma^2)); ``sigma=None`` takes the
-median pairwise distance (median heuristic). Cost O(N^2 D) for the Gram matrix, plus O(N^3) for the
+median of the non-zero pairwise distances (the median heuristic; leaving out the zeros, class labels with most
+pairs in one class get the distance between classes, where the plain median would be 0; a constant variable,
+whose Gram matrix is all ones at any width, gets 1). Cost O(N^2 D) for the Gram matrix, plus O(N^3) for the
 eigenvalues of the matrix-based entropies; memory O(N^2).
 """
 from __future__ import annotations
@@ -23,10 +25,8 @@ def _log_mean_kernel(a: torch.Tensor, b: torch.Tensor, sigma: float) -> torch.Te
 
 def _sigma(d2: torch.Tensor, sigma: float | None) -> float:
     if sigma is None:
-        off = d2[~torch.eye(d2.shape[0], dtype=torch.bool, device=d2.device)] if d2.shape[0] == d2.shape[1] else d2
-        sigma = float(off.sqrt().median())
-        if sigma == 0:
-            raise ValueError("sigma=None: the median pairwise distance is 0 (mostly duplicate points); pass sigma")
+        nonzero = d2[d2 > 0]  # the diagonal, duplicate rows and same-class label pairs are left out
+        sigma = float(nonzero.sqrt().median()) if len(nonzero) else 1.0
     if not sigma > 0 or 2 * sigma ** 2 == 0:  # 1e-200: 2 sigma^2 underflows to 0, the kernel to 0/0
         raise ValueError(f"sigma must be > 0 (and 2 sigma^2 representable, above about 1e-154), got {sigma!r}")
     return sigma

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import copy
 import math
+import numbers
 
 import torch
 from torch import nn
 
-from .estimator import Estimator, log_base
+from .estimator import Estimator, is_whole, log_base
 from .paired import paired
 from .samples import as_samples, same_rows, standardise_columns
 from .seeding import seeded
@@ -60,10 +61,7 @@ def neural_mutual_information(x: torch.Tensor, y: torch.Tensor, bound: str = "in
     are few; InfoNCE cannot exceed log B and has low variance, DV is unbounded with high variance.
     Cost O(steps * B * hidden * (D_x + D_y + hidden) + steps * B^2 * 32).
     """
-    if bound not in BOUNDS:
-        raise ValueError(f"bound must be one of {BOUNDS}, got {bound!r}")
-    if not 0 <= held_out < 1:
-        raise ValueError(f"held_out must be a fraction in [0, 1) of the pairs kept out of training, got {held_out!r}")
+    _check_options(bound, held_out, steps)
     x, y = as_samples(x, "x", torch.float32), as_samples(y, "y", torch.float32)
     same_rows(x, y)
     n = x.shape[0]
@@ -103,8 +101,18 @@ def neural_mutual_information(x: torch.Tensor, y: torch.Tensor, bound: str = "in
     return (score(test) / log_base(base)).float()
 
 
+def _check_options(bound: str, held_out: float, steps: int = 1) -> None:
+    if bound not in BOUNDS:
+        raise ValueError(f"bound must be one of {BOUNDS}, got {bound!r}")
+    if not (isinstance(held_out, numbers.Real) and 0 <= held_out < 1):
+        raise ValueError(f"held_out must be a fraction in [0, 1) of the pairs kept out of training, got {held_out!r}")
+    if not is_whole(steps):  # 0 steps would score the untrained critic, about 0, as if it were an estimate
+        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+
+
 def neural_mi(target=None, bound: str = "infonce", steps: int = 500, batch_size: int = 256,
               base: float | str = "nats", held_out: float = 0.5) -> Estimator:
     """Probe estimator: critic-based MI lower bound between the probe tensor and a bound target."""
+    _check_options(bound, held_out)  # steps and batch_size are checked as shared settings by the Estimator
     return paired(f"{bound}_mi", neural_mutual_information, target, bound=bound, steps=steps,
                   batch_size=batch_size, base=base, held_out=held_out)

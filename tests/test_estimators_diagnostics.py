@@ -100,6 +100,14 @@ def test_effective_rank_and_feature_count_closed_forms():
     assert effective_feature_count(torch.tensor([1.0, 0.0, 0.0, 0.0]), power=0).item() == pytest.approx(1.0)
     with pytest.raises(ValueError, match="power"):
         effective_feature_count(codes, power=-1)
+    for power in (float("inf"), float("nan")):  # inf gave NaN (inf / inf), silently
+        with pytest.raises(ValueError, match=r"power must be a finite number >= 0"):
+            feature_count(power=power)
+    # the mass is taken relative to the largest entry: |x|^2 of 1e200 no longer overflows, nor 1e-200 underflows
+    mass = torch.tensor([1.0, -1.0, 2.0, 0.0], dtype=torch.float64)
+    for scale in (1e200, 1e-200):
+        assert effective_feature_count(mass * scale, power=2).item() == pytest.approx(
+            effective_feature_count(mass, power=2).item(), rel=1e-6)
     with pytest.raises(ValueError, match=r"effective rank needs a non-empty matrix \(>= 2 dims\), got \(0, 4\)"):
         spectral_effective_rank(torch.zeros(0, 4))
     with pytest.raises(TypeError, match="condition number: w must be a tensor, got list"):

@@ -144,6 +144,18 @@ def test_matrix_renyi_mi_when_one_gram_matrix_is_identity_or_all_ones():
     assert matrix_renyi_mutual_information(far, y, alpha=1.0, sigma_x=1.0, sigma_y=1.0).item() == pytest.approx(h_y, abs=1e-4)
     const = torch.full((64, 3), 2.0)  # A = all ones / N: rank one, I = 0
     assert matrix_renyi_mutual_information(const, y, alpha=1.0, sigma_x=1.0, sigma_y=1.0).item() == pytest.approx(0.0, abs=1e-4)
+    assert matrix_renyi_mutual_information(const, y, alpha=1.0).item() == pytest.approx(0.0, abs=1e-4)  # any width
+
+
+@pytest.mark.parametrize("estimator", [matrix_renyi_mutual_information, cauchy_schwarz_mutual_information])
+def test_median_width_of_imbalanced_labels_is_the_distance_between_classes(estimator):
+    """With 60 % of the labels in one class, over half of the label pairs are at distance 0; the median of the
+    non-zero distances (1 between the integer classes) is the width, where the plain median was 0 and raised."""
+    g = torch.Generator().manual_seed(0)
+    labels = (torch.rand(200, generator=g) < 0.6).long()
+    x = torch.randn(200, 3, generator=g) + 2 * labels[:, None]
+    automatic = estimator(x, labels).item()
+    assert automatic == estimator(x, labels, sigma_y=1.0).item() and automatic > 0.05
 
 
 def test_dse_subsampling_leaves_the_global_rng_alone():

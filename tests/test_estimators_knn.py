@@ -76,6 +76,9 @@ def test_ksg_chunking_does_not_change_the_value():
     x, y = gaussian_pair(700, 0.6, seed=5)
     full = ksg_mutual_information(x, y, variant=2, method="brute").item()
     assert ksg_mutual_information(x, y, variant=2, chunk_size=33, method="brute").item() == pytest.approx(full, abs=1e-9)
+    for bad in (-1, 0, 2.5):  # -1 was torch.cat's "expected a non-empty list of Tensors"
+        with pytest.raises(ValueError, match=rf"chunk_size must be None \(sized to memory\) or an integer >= 1, got {bad}"):
+            ksg_mutual_information(x, y, chunk_size=bad, method="brute")
 
 
 @pytest.mark.parametrize("dx,dy", [(1, 1), (3, 2)])

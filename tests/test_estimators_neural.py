@@ -92,3 +92,19 @@ def test_neural_and_compressed_reject_non_finite_samples(bad):
                  lambda: compressed_mutual_information(x, y, dim=1), lambda: compressed_mutual_information(y, x, dim=1)):
         with pytest.raises(ValueError, match=r"(x|y) has 1 NaN/inf"):
             call()
+
+
+def test_neural_settings_are_checked_when_built_and_when_called():
+    """steps <= 0 scored the untrained critic (about 0) as if it were an estimate; now it is an error."""
+    from estimators import neural_mi
+
+    x, y = gaussian_pair(64, 0.5, seed=1)
+    with pytest.raises(ValueError, match=r"steps must be an integer >= 1, got 0"):
+        neural_mutual_information(x, y, steps=0)
+    for settings, message in (({"steps": -5}, r"neural_mi|infonce_mi: steps must be an integer >= 1, got -5"),
+                              ({"batch_size": 1.5}, r"batch_size must be an integer >= 1, got 1.5"),
+                              ({"held_out": 2}, r"held_out must be a fraction in \[0, 1\)"),
+                              ({"bound": "nwj"}, r"bound must be one of \('infonce', 'dv'\), got 'nwj'")):
+        with pytest.raises(ValueError, match=message):
+            neural_mi(target=y, **settings)
+    assert neural_mi(target=y, steps=1e2).kwargs["steps"] == 100  # a YAML 1e2 is a count
