@@ -62,6 +62,8 @@ def test_model_info_reports_family_paper_params_recipes():
     assert zoo.model_info("facet_base")["recipes"] == ["facet-emt", "facet-mptrj"]
     # the ablation and baseline models list the recipes that run them with --set model=NAME (their baselines:)
     assert zoo.model_info("mobilenetv2_se_100")["recipes"] == ["mbv2-ca-digits", "mbv2-ca-imagenet"]
+    for ablation in zoo.list_models("facet_ablation_*"):  # benchmarks/facet_ablation.py trains each with facet-emt
+        assert zoo.model_info(ablation)["recipes"] == ["facet-emt"], ablation
     assert zoo.model_info("tabular_mlp")["recipes"] == ["hopfield-tabular-breast-cancer", "hopfield-tabular-wine"]
     assert zoo.model_info("transformer_lm_13m")["recipes"] == ["sigma-lm-pytext", "transformer-lm-pytext",
                                                                "transformer-lm-wikitext2"]
