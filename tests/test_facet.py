@@ -523,6 +523,32 @@ def test_calculator_matches_model_and_loads_checkpoints(tmp_path):
         slab.get_stress()
 
 
+def test_calculator_gives_every_property_from_one_pass_and_refuses_settings_it_ignores():
+    from zoo.facet_calculator import FacetCalculator
+
+    m = _model()
+    atoms = _alloy(5)
+    calc = FacetCalculator(m, dtype="float32")
+    passes = []
+    predict = calc.model.predict
+    calc.model.predict = lambda *a, **k: passes.append(k) or predict(*a, **k)
+    atoms.calc = calc
+    forces, stress, energies = atoms.get_forces(), atoms.get_stress(), atoms.get_potential_energies()
+    assert len(passes) == 1  # get_stress after get_forces (MDLogger(stress=True), NPT) reused the pass
+    assert forces.dtype == stress.dtype == energies.dtype == np.float64  # ASE's arrays, whatever the model's dtype
+    assert energies.shape == (len(atoms),) and energies.sum() == pytest.approx(atoms.get_potential_energy(), abs=1e-5)
+    graph = graph_from_atoms(atoms, m.config.cutoff)
+    with torch.no_grad():  # E_i of the model itself, in float64
+        assert np.allclose(energies, m(graph, per_atom=True).numpy(), atol=1e-4)
+    assert calc.todict() == {"model": "Facet", "pretrained": False, "device": "cpu", "dtype": "float32"}
+    with pytest.raises(TypeError, match=r"unknown keyword arguments \['cutoff'\].*build the model with them"):
+        FacetCalculator(m, cutoff=3.0)  # was stored in calc.parameters as if applied
+    with pytest.raises(TypeError, match="dtype must be torch.float64, torch.float32"):
+        FacetCalculator(m, dtype="half")
+    with pytest.raises(ValueError, match="pretrained= applies to a registered model name"):
+        FacetCalculator(m, pretrained=True)
+
+
 def test_calculator_drives_an_ase_optimiser_downhill():
     from ase.optimize import FIRE
 

@@ -150,24 +150,32 @@ class Facet(nn.Module):
                 start += size
         return h
 
-    def forward(self, graph: AtomGraph) -> torch.Tensor:
-        """Total energy per structure (G,) in eV, in the graph's dtype or float32 if narrower: in bf16 (autocast or
-        a bf16 model) the reference energies (eV each) and their sum would round to 0.01-0.1 eV."""
+    def forward(self, graph: AtomGraph, per_atom: bool = False) -> torch.Tensor:
+        """Total energy per structure (G,) in eV, E = sum_i E_i; with ``per_atom`` the atomic energies E_i (N,)
+        themselves. In the graph's dtype or float32 if narrower: in bf16 (autocast or a bf16 model) the reference
+        energies (eV each) and their sum would round to 0.01-0.1 eV."""
         h = self.node_features(graph)
         dtype = torch.promote_types(graph.positions.dtype, torch.float32)
         e_atom = self.readout(h[:, :self.config.channels]).squeeze(-1).to(dtype) * self.energy_scale.to(dtype)
         e_atom = e_atom + self.atomic_energies.to(dtype)[graph.numbers]
-        return torch.zeros(graph.num_graphs, dtype=dtype, device=h.device).index_add_(0, graph.batch, e_atom)
+        return e_atom if per_atom else graph_sums(graph, e_atom)
 
-    def predict(self, graph: AtomGraph, stress: bool = False, training: bool = False) -> dict[str, torch.Tensor]:
+    def predict(self, graph: AtomGraph, stress: bool = False, training: bool = False,
+                per_atom: bool = False) -> dict[str, torch.Tensor]:
         """Energies, forces and (optionally) stress: ``predict_with(self, ...)``."""
-        return predict_with(self, graph, stress, training)
+        return predict_with(self, graph, stress, training, per_atom)
+
+
+def graph_sums(graph: AtomGraph, values: torch.Tensor) -> torch.Tensor:
+    """Sum of per-atom values over each structure of the batch, (N,) -> (G,)."""
+    return values.new_zeros(graph.num_graphs).index_add_(0, graph.batch, values)
 
 
 def predict_with(energy_model: nn.Module, graph: AtomGraph, stress: bool = False,
-                 training: bool = False) -> dict[str, torch.Tensor]:
+                 training: bool = False, per_atom: bool = False) -> dict[str, torch.Tensor]:
     """energy (G,), forces (N, 3) = -dE/dr and, with ``stress``, stress (G, 3, 3) = (1/V) dE/d(eps) in eV/A^3
-    (ASE's sign convention; NaN for structures without a cell). ``training`` keeps the graph for a force loss.
+    (ASE's sign convention; NaN for structures without a cell); with ``per_atom``, the atomic energies (N,)
+    as ``energies`` too (``energy_model(graph, per_atom=True)``). ``training`` keeps the graph for a force loss.
 
     ``energy_model`` maps an AtomGraph to energies: a Facet, or a wrapper such as DistributedDataParallel (whose
     forward must run for its gradient synchronisation). Forces need autograd, so it runs with gradients
@@ -181,10 +189,14 @@ def predict_with(energy_model: nn.Module, graph: AtomGraph, stress: bool = False
         positions = graph.positions.detach().requires_grad_(True)
         strain = torch.zeros_like(graph.cell, requires_grad=True)
         g = replace(graph, positions=positions)
-        energy = energy_model(g.strained(strain) if stress else g)
+        g = g.strained(strain) if stress else g
+        atomic = energy_model(g, per_atom=True) if per_atom else None
+        energy = graph_sums(g, atomic) if per_atom else energy_model(g)
         inputs = [positions, strain] if stress else [positions]
         grads = torch.autograd.grad(energy.sum(), inputs, create_graph=training, allow_unused=True)
     out = {"energy": energy, "forces": -grads[0] if grads[0] is not None else torch.zeros_like(positions)}
+    if per_atom:
+        out["energies"] = atomic
     if stress:
         volume = torch.linalg.det(graph.cell.double()).abs().to(graph.cell.dtype)  # det has no bf16/fp16 kernel
         d_strain = grads[1] if grads[1] is not None else torch.zeros_like(graph.cell)

@@ -39,27 +39,49 @@ class FacetCalculator(Calculator):
     ``model`` is a Facet module, a registered name (with ``pretrained=True`` or a checkpoint name from the
     manifest) or the path of a checkpoint written by ``weights.save_checkpoint`` / ``zoo train``; a module is
     copied, so a model still in training keeps its dtype, mode and gradients (rebuild the calculator to follow
-    its later weights). Stress is
-    available for fully periodic cells (eV/A^3, Voigt order xx yy zz yz xz xy, ASE's sign convention).
+    its later weights). ``dtype`` (torch.float64 or "float64", torch.float32 or "float32") is the model's
+    precision; results are float64 arrays either way. Every calculation gives the energy, the per-atom energies
+    (``atoms.get_potential_energies()``), the forces and, for fully periodic cells, the stress (eV/A^3, Voigt
+    order xx yy zz yz xz xy, ASE's sign convention): one forward and backward pass, whichever ASE asks for.
     """
 
-    implemented_properties = ["energy", "free_energy", "forces", "stress"]
+    implemented_properties = ["energy", "free_energy", "energies", "forces", "stress"]
+    _ASE_KEYWORDS = ("label", "atoms", "directory")  # Calculator's own; any other keyword would do nothing
 
     def __init__(self, model: nn.Module | str | Path = "facet_small", pretrained: bool | str = False,
-                 device: str | torch.device = "cpu", dtype: torch.dtype = torch.float64, **kwargs):
+                 device: str | torch.device = "cpu", dtype: torch.dtype | str = torch.float64, **kwargs):
+        unknown = sorted(set(kwargs) - set(self._ASE_KEYWORDS))
+        if unknown:  # Calculator would store them in .parameters, as if they had been applied
+            raise TypeError(f"FacetCalculator got unknown keyword arguments {unknown}; it takes model, pretrained, "
+                            f"device, dtype and ASE's {list(self._ASE_KEYWORDS)} (the cutoff and the species are "
+                            "the model's: build the model with them)")
+        if isinstance(model, (nn.Module, Path)) or str(model).endswith(".safetensors") or Path(str(model)).is_file():
+            if pretrained:
+                raise ValueError("FacetCalculator: pretrained= applies to a registered model name; a module or a "
+                                 "checkpoint path already holds its weights")
+        dtype = getattr(torch, dtype, None) if isinstance(dtype, str) else dtype
+        if dtype not in (torch.float64, torch.float32):
+            raise TypeError(f"FacetCalculator: dtype must be torch.float64, torch.float32, 'float64' or 'float32', "
+                            f"got {dtype!r}")
         super().__init__(**kwargs)
         self.model = _load_model(model, pretrained).to(device=device, dtype=dtype).eval()
         self.device, self.dtype = torch.device(device), dtype
+        self._source = {"model": model if isinstance(model, str) else str(model) if isinstance(model, Path)
+                        else type(model).__name__, "pretrained": pretrained}
         for p in self.model.parameters():
             p.requires_grad_(False)
+
+    def todict(self) -> dict:
+        """What built this calculator, for ASE's trajectory and database records."""
+        return {**self._source, "device": str(self.device), "dtype": str(self.dtype).removeprefix("torch.")}
 
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
         super().calculate(atoms, properties, system_changes)
         graph = graph_from_atoms(self.atoms, self.model.config.cutoff, dtype=self.dtype).to(self.device)
-        want_stress = "stress" in properties and bool(self.atoms.pbc.all())
-        out = self.model.predict(graph, stress=want_stress)
-        energy = float(out["energy"][0].detach())
-        self.results = {"energy": energy, "free_energy": energy,
-                        "forces": out["forces"].detach().cpu().numpy()}
-        if want_stress:
-            self.results["stress"] = full_3x3_to_voigt_6_stress(out["stress"][0].detach().cpu().numpy())
+        periodic = bool(self.atoms.pbc.all())  # the stress costs no extra pass: one call serves get_stress() too
+        out = {k: v.detach().cpu().double().numpy()
+               for k, v in self.model.predict(graph, stress=periodic, per_atom=True).items()}
+        energy = float(out["energy"][0])
+        self.results = {"energy": energy, "free_energy": energy, "energies": out["energies"], "forces": out["forces"]}
+        if periodic:
+            self.results["stress"] = full_3x3_to_voigt_6_stress(out["stress"][0])
