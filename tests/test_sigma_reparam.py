@@ -413,6 +413,41 @@ def test_vit_sigma_loads_a_converted_checkpoint_through_timms_pretrained_path(tm
         timm.create_model("vit_tiny_patch16_224_sigma", pretrained=True)
 
 
+def _true_sigma(layer) -> float:
+    return torch.linalg.matrix_norm(layer.weight.detach().flatten(1), 2).item()
+
+
+def test_vit_sigma_pretrained_adapts_to_in_chans_img_size_patch_size_and_a_new_head(tmp_path):
+    """As timm adapts its own ViTs: in_chans=1 sums the kernel's channels, so a grey image gives what the colour
+    model gives for that image in all three channels (u, v, gamma of the new kernel keep its effective weight);
+    img_size resamples pos_embed and patch_size the kernel (it failed on their shapes); and when num_classes
+    differs from the weights' config, timm re-initialises head.weight, so the head's gamma, u and v are new too
+    (they were the old head's: a stored sigma of a random projection, ||W_hat|| 54x gamma)."""
+    torch.manual_seed(0)
+    small = dict(img_size=32, patch_size=4, depth=2)
+    m = timm.create_model("vit_tiny_patch16_224_sigma", num_classes=10, **small)
+    torch.optim.SGD(m.parameters(), lr=0.05).zero_grad()
+    m(torch.randn(4, 3, 32, 32)).square().mean().backward()  # the training forward moves u and v off their start
+    m.eval()
+    save_file({k: v.contiguous() for k, v in m.state_dict().items()}, tmp_path / "sigma.safetensors")
+    weights = dict(file=str(tmp_path / "sigma.safetensors"), num_classes=10, input_size=(3, 32, 32))
+
+    def load(overlay=weights, **kwargs):
+        return timm.create_model("vit_tiny_patch16_224_sigma", pretrained=True, pretrained_cfg_overlay=overlay,
+                                 **{**small, **kwargs}).eval()
+
+    grey = torch.randn(2, 1, 32, 32)
+    torch.testing.assert_close(load(num_classes=10, in_chans=1)(grey), m(grey.expand(-1, 3, -1, -1)),
+                               atol=1e-5, rtol=1e-5)
+    assert load(num_classes=10, img_size=64)(torch.randn(1, 3, 64, 64)).shape == (1, 10)
+    resampled = load(num_classes=10, patch_size=8).patch_embed.proj
+    assert resampled.sigma.item() == pytest.approx(_true_sigma(resampled), rel=1e-5)
+    assert resampled.v.shape == (3 * 8 * 8,)
+    head = load({**weights, "num_classes": 1000}, num_classes=10).head  # timm re-initialises head.weight
+    assert head.sigma.item() == pytest.approx(_true_sigma(head), rel=1e-5)
+    assert head.gamma.item() == pytest.approx(_true_sigma(head), rel=1e-5)
+
+
 def test_transformer_lm_sigma_counts_and_same_initial_function():
     with torch.device("meta"):
         assert count(zoo.create_model("transformer_lm_13m_sigma")) == 12_585_472 + 24

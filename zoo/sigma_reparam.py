@@ -18,7 +18,8 @@ from dataclasses import dataclass
 
 import timm
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.models import build_model_with_cfg, generate_default_cfgs
+import torch
+from timm.models import adapt_input_conv, build_model_with_cfg, generate_default_cfgs, vision_transformer
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
@@ -69,12 +70,35 @@ class SigmaVisionTransformer(VisionTransformer):
             apply_sigma_reparam(self, include=("head",))
 
 
-def _new_head_keeps_its_reparam(state_dict: dict, model: nn.Module) -> dict:
-    """A checkpoint loaded for another number of classes: timm drops its head's weight and bias; its gamma, u and
-    v go too (u has one entry per class), so the new head keeps its own."""
-    head = state_dict.get("head.weight")
-    if head is not None and head.shape[0] != getattr(model, "num_classes", head.shape[0]):
+def _carried_reparam(weight: torch.Tensor, gamma: torch.Tensor, sigma: torch.Tensor) -> dict[str, torch.Tensor]:
+    """u, v, gamma for a kernel W' = A(W) that a linear map A (timm's channel adaptation, patch resampling) made
+    from a reparametrised W: W' keeps the effective scale, (gamma' / s_1(W')) W' = A((gamma / sigma) W), so
+    gamma' = (gamma / sigma) s_1(W'), with u', v' the top singular vectors of W' flattened."""
+    U, S, Vh = torch.linalg.svd(weight.flatten(1).float(), full_matrices=False)
+    return {"u": U[:, 0].to(weight.dtype).contiguous(), "v": Vh[0].to(weight.dtype).contiguous(),
+            "gamma": (gamma.float() / sigma.float() * S[:1]).to(gamma.dtype)}
+
+
+def _checkpoint_filter(state_dict: dict, model: nn.Module) -> dict:
+    """A checkpoint of a converted ViT, fitted to this model the way timm fits its own ViTs: timm's filter
+    resamples ``pos_embed`` (another ``img_size``) and the patch kernel (another ``patch_size``), and timm's loader
+    then adapts the kernel to ``in_chans`` and drops the head's weight and bias when ``num_classes`` differs from
+    the weights' (its config's). The head's gamma, u and v go with them (the new head keeps its own), and a patch
+    kernel that changes shape gets u, v and gamma of its new shape that keep its effective weight."""
+    proj = "patch_embed.proj."
+    old = {k: state_dict[proj + k] for k in ("weight", "u", "v", "gamma") if proj + k in state_dict}
+    state_dict = vision_transformer.checkpoint_filter_fn(state_dict, model)
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    if model.num_classes != cfg.get("num_classes", model.num_classes):  # timm will drop head.weight and head.bias
         state_dict = {k: v for k, v in state_dict.items() if not k.startswith("head.")}
+    if len(old) == 4:
+        kernel = state_dict[proj + "weight"]
+        in_chans, weights_chans = model.patch_embed.proj.in_channels, (cfg.get("input_size") or (3,))[0]
+        if in_chans != weights_chans and kernel.shape[1] != in_chans:  # what timm's loader will do next
+            kernel = adapt_input_conv(in_chans, kernel, base_chans=weights_chans)
+        if kernel.shape != old["weight"].shape:
+            sigma = old["u"] @ old["weight"].flatten(1) @ old["v"]
+            state_dict |= {proj + k: v for k, v in _carried_reparam(kernel, old["gamma"], sigma).items()}
     return state_dict
 
 
@@ -98,7 +122,7 @@ def _create_vit_sigma(size: str, pretrained: bool = False, remove_norms: bool = 
     out_indices = kwargs.pop("out_indices", 3)  # features_only=True: the last 3 blocks, as timm's ViTs
     model_args = dict(patch_size=16, depth=12, **VIT_SIZES[size]) | kwargs
     return build_model_with_cfg(SigmaVisionTransformer, variant, pretrained,
-                                pretrained_filter_fn=_new_head_keeps_its_reparam,
+                                pretrained_filter_fn=_checkpoint_filter,
                                 feature_cfg=dict(out_indices=out_indices, feature_cls="getter"),
                                 remove_norms=remove_norms, reparam=reparam, **model_args)
 
