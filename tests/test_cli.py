@@ -123,6 +123,7 @@ def test_user_mistakes_are_clean_errors(tmp_path, capsys):
     for setting, message in (("train.log_every=0", "train.log_every must be an integer >= 1"),
                              ("train.steps=abc", "train.steps must be an integer >= 1, got 'abc'"),
                              ("train.device=gpu", "train.device must be auto, cpu, cuda"),
+                             ("train.device=mps", "train.device must be auto, cpu, cuda or cuda:N, got 'mps'"),
                              ("train.select=foo", "train.select must look like 'min:METRIC'"),
                              ("train.select=max:", "train.select must look like 'min:METRIC'")):
         assert message in _error(capsys, ["train", "alrnn-lorenz63", "--set", setting, "--out", str(tmp_path / "r")])

@@ -94,10 +94,23 @@ def test_a_resumed_run_draws_the_same_dropout_and_a_damaged_checkpoint_is_named(
     ma, mb = (load_checkpoint(tmp_path / run / "model.safetensors") for run in ("straight", "resumed"))
     for (k, va), vb in zip(ma.state_dict().items(), mb.state_dict().values()):
         assert torch.equal(va, vb), k
-    (tmp_path / "resumed" / "checkpoints" / "step_00000030" / "trainer.safetensors").write_bytes(b"\0" * 100)
+    newest = tmp_path / "resumed" / "checkpoints" / "step_00000030" / "trainer.safetensors"
+    newest.write_bytes(b"\0" * 100)
     with pytest.raises(CheckpointError, match=r"--resume: .*step_00000030 cannot be loaded \(.*trainer.safetensors.*"
                                               r"move it away to resume from step_00000020"):
         fit(recipe, tmp_path / "resumed", resume=True)
+    # another run's optimizer state: torch loads it without a word, then fails (or carries on) at the first update
+    for name, overrides, message in (
+            ("wider", ["model_args.embed_dim=16"], r"another model's: exp_avg of shape \(16, 13\) for a parameter of "
+                                                   r"shape \(32, 13\)"),
+            ("radam", ["optim={name: radam, lr: 0.003}"], r"another optimizer's: settings \[.*'decoupled_weight_decay'"),
+            ("sgd", ["optim={name: sgd, lr: 0.1, momentum: 0.9}"], r"another optimizer's: settings \[.*'dampening'")):
+        other = tmp_path / name
+        fit(load_recipe("hopfield-tabular-wine", ["train.steps=10", "train.ckpt_every=10", "schedule.warmup=0",
+                                                  *overrides]), other)
+        newest.write_bytes((other / "checkpoints" / "step_00000010" / "trainer.safetensors").read_bytes())
+        with pytest.raises(CheckpointError, match=rf"step_00000030 cannot be loaded \(its optimizer state is {message}"):
+            fit(recipe, tmp_path / "resumed", resume=True)
     draws = {}
     for rank in (0, 1):  # torchrun ranks draw their own noise (dropout masks), each step anew
         _seed_step(0, 7, rank)
@@ -221,7 +234,8 @@ def test_nan_gradient_of_a_finite_loss_stops_before_the_update(tmp_path, monkeyp
         return loss, extra
 
     monkeypatch.setattr(DSRTask, "loss", nan_gradient_at_15)
-    with pytest.raises(FloatingPointError, match=r"gradient norm is nan \(the loss, .*, is finite\) at step 15"):
+    with pytest.raises(FloatingPointError, match=r"gradient norm is nan \(the loss, .*, is finite\) at step 15.* Lower "
+                                                 r"optim.lr \(train.clip is 1.0: clipping cannot repair a NaN or inf\)"):
         fit(load_recipe("alrnn-lorenz63", SMALL_DSR + ["train.clip=1.0"]), tmp_path / "run")
     assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["step_00000010"]
     assert not (tmp_path / "run" / "model.safetensors").exists()

@@ -165,10 +165,12 @@ def _write_text(path: Path, text: str) -> None:
     atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 
-def _stop_before_update(what: str, step: int, name: str, out: Path):
+def _stop_before_update(what: str, step: int, name: str, out: Path, clip):
     last = checkpoints(out)
+    remedy = (f"Lower optim.lr (train.clip is {clip}: clipping cannot repair a NaN or inf)" if clip
+              else "Lower optim.lr or set train.clip")
     raise FloatingPointError(
-        f"{what} at step {step + 1} of {name}; stopped before the update. Lower optim.lr or set train.clip and "
+        f"{what} at step {step + 1} of {name}; stopped before the update. {remedy} and "
         "train again into a new --out (--resume continues only the same recipe)"
         + (f"; the last good weights are in {last[-1] / 'model.safetensors'} (weights.load_into puts them into a "
            "model)." if last else "; no checkpoint yet."))
@@ -313,10 +315,11 @@ def _check_train_section(cfg: dict) -> None:
         raise ValueError(f"train.precision must be auto, fp32 or bf16, got {cfg['precision']!r}")
     if cfg["device"] != "auto":
         try:
-            torch.device(cfg["device"])
-        except (RuntimeError, TypeError) as err:
-            raise ValueError(f"train.device must be auto, cpu, cuda or another torch device, "
-                             f"got {cfg['device']!r}") from err
+            kind = torch.device(cfg["device"]).type
+        except (RuntimeError, TypeError):
+            kind = None
+        if kind not in ("cpu", "cuda"):  # mps or meta parse, then fail deep inside the run
+            raise ValueError(f"train.device must be auto, cpu, cuda or cuda:N, got {cfg['device']!r}")
 
 
 @contextlib.contextmanager
@@ -399,6 +402,25 @@ def _check_ranks_agree(task, d: Dist) -> None:
                          "give every machine the same one")
 
 
+def _load_optimizer_state(optimizer: torch.optim.Optimizer, saved: dict) -> None:
+    """``optimizer.load_state_dict(saved)``, refusing (ValueError) the state of another optimizer (its settings'
+    names differ: SGD's or RAdam's for an AdamW run) or of other parameters (a state tensor shaped unlike its
+    parameter), which torch loads without a word and then fails on, or silently uses, at the first update."""
+    groups = saved.get("param_groups", [])
+    own = [set(g) - {"params"} for g in optimizer.param_groups]
+    theirs = [set(g) - {"params"} for g in groups]
+    if own != theirs:
+        raise ValueError(f"its optimizer state is another optimizer's: settings {sorted(set().union(*theirs))}, "
+                         f"where {type(optimizer).__name__} has {sorted(set().union(*own))}")
+    optimizer.load_state_dict(saved)
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            for key, value in optimizer.state.get(p, {}).items():
+                if torch.is_tensor(value) and value.dim() > 0 and value.shape != p.shape:
+                    raise ValueError(f"its optimizer state is another model's: {key} of shape {tuple(value.shape)} "
+                                     f"for a parameter of shape {tuple(p.shape)}")
+
+
 def _fit(recipe: dict, cfg: dict, out: Path, resume: bool, d: Dist, task, points: dict) -> dict:
     if d.world > 1:
         _check_ranks_agree(task, d)
@@ -415,7 +437,7 @@ def _fit(recipe: dict, cfg: dict, out: Path, resume: bool, d: Dist, task, points
         try:
             load_into(model, found[-1] / "model.safetensors")
             state = load_tree(found[-1] / "trainer.safetensors")
-            optimizer.load_state_dict(state["optimizer"])
+            _load_optimizer_state(optimizer, state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])  # no RNG state: each step seeds its own (_seed_step)
         except (OSError, ValueError, KeyError) as err:  # a file damaged or replaced outside the run
             older = f"move it away to resume from {found[-2].name}" if len(found) > 1 else "no older checkpoint is left"
@@ -484,13 +506,13 @@ def _fit(recipe: dict, cfg: dict, out: Path, resume: bool, d: Dist, task, points
                 extras[k] = extras.get(k, 0.0) + torch.as_tensor(v).detach().float() / accum  # a tensor: no sync
         loss_value = float(all_mean(total, d))
         if not math.isfinite(loss_value):
-            _stop_before_update(f"loss is {loss_value}", step, recipe["name"], out)
+            _stop_before_update(f"loss is {loss_value}", step, recipe["name"], out, cfg["clip"])
         grads = [p.grad for p in model.parameters() if p.grad is not None]
         norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())  # all-reduced grads under DDP
         grad_norm = float(norm)
         if not math.isfinite(grad_norm):
             _stop_before_update(f"the gradient norm is {grad_norm} (the loss, {loss_value:.6g}, is finite)", step,
-                                recipe["name"], out)
+                                recipe["name"], out, cfg["clip"])
         if cfg["clip"]:
             torch.nn.utils.clip_grads_with_norm_(model.parameters(), float(cfg["clip"]), norm)
         if probe is not None:  # before the update: a step's parameter rows see the weights its forward used

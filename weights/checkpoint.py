@@ -285,7 +285,7 @@ def load_state_into(model: nn.Module, state: dict[str, torch.Tensor], source: st
         for label, items in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped),
                              ("mis-typed", mistyped), ("tied in the model, unequal in the checkpoint", untied)):
             if items:  # every one by name: a converter's user fixes them from this message
-                parts.append(f"{label} keys ({len(items)}): {', '.join(items)}")
+                parts.append(f"{label} keys ({len(items)}): {', '.join(map(str, items))}")
         raise CheckpointError("; ".join(parts))
     nonfinite = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
     if nonfinite:  # loaded as they are (a diverged run is worth inspecting), but never unnoticed
