@@ -103,14 +103,21 @@ def test_a_resumed_run_draws_the_same_dropout_and_a_damaged_checkpoint_is_named(
     for name, overrides, message in (
             ("wider", ["model_args.embed_dim=16"], r"another model's: exp_avg of shape \(16, 13\) for a parameter of "
                                                    r"shape \(32, 13\)"),
-            ("radam", ["optim={name: radam, lr: 0.003}"], r"another optimizer's: settings \[.*'decoupled_weight_decay'"),
-            ("sgd", ["optim={name: sgd, lr: 0.1, momentum: 0.9}"], r"another optimizer's: settings \[.*'dampening'")):
+            ("radam", ["optim={name: radam, lr: 0.003}"], r"another optimizer's: RAdam, where this run's is AdamW"),
+            ("sgd", ["optim={name: sgd, lr: 0.1, momentum: 0.9}"], r"another optimizer's: SGD, where this run's is")):
         other = tmp_path / name
         fit(load_recipe("hopfield-tabular-wine", ["train.steps=10", "train.ckpt_every=10", "schedule.warmup=0",
                                                   *overrides]), other)
         newest.write_bytes((other / "checkpoints" / "step_00000010" / "trainer.safetensors").read_bytes())
         with pytest.raises(CheckpointError, match=rf"step_00000030 cannot be loaded \(its optimizer state is {message}"):
             fit(recipe, tmp_path / "resumed", resume=True)
+    from weights.tree import load_tree, save_tree
+
+    old = {k: v for k, v in load_tree(newest).items() if k != "optimizer_class"}  # as checkpoints before the record
+    save_tree(old, newest)
+    with pytest.raises(CheckpointError, match=r"another optimizer's: settings \['dampening', 'momentum', 'nesterov'\] "
+                                              r"that this run's AdamW lacks"):
+        fit(recipe, tmp_path / "resumed", resume=True)
     draws = {}
     for rank in (0, 1):  # torchrun ranks draw their own noise (dropout masks), each step anew
         _seed_step(0, 7, rank)

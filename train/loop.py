@@ -97,8 +97,8 @@ def _save_train_checkpoint(out: Path, step: int, model, optimizer, scheduler, ke
     save_checkpoint(model, tmp / "model.safetensors", extra_metadata=provenance)
     if probe is not None:
         atomic_write(out / "probe.csv", probe.to_csv)
-    save_tree({"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()},
-              tmp / "trainer.safetensors")
+    save_tree({"step": step, "optimizer": optimizer.state_dict(), "optimizer_class": type(optimizer).__name__,
+               "scheduler": scheduler.state_dict()}, tmp / "trainer.safetensors")
     shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)
     fsync_path(final.parent, folder=True)  # the rename on disk before an older checkpoint is removed
@@ -402,16 +402,21 @@ def _check_ranks_agree(task, d: Dist) -> None:
                          "give every machine the same one")
 
 
-def _load_optimizer_state(optimizer: torch.optim.Optimizer, saved: dict) -> None:
-    """``optimizer.load_state_dict(saved)``, refusing (ValueError) the state of another optimizer (its settings'
-    names differ: SGD's or RAdam's for an AdamW run) or of other parameters (a state tensor shaped unlike its
-    parameter), which torch loads without a word and then fails on, or silently uses, at the first update."""
-    groups = saved.get("param_groups", [])
-    own = [set(g) - {"params"} for g in optimizer.param_groups]
-    theirs = [set(g) - {"params"} for g in groups]
-    if own != theirs:
-        raise ValueError(f"its optimizer state is another optimizer's: settings {sorted(set().union(*theirs))}, "
-                         f"where {type(optimizer).__name__} has {sorted(set().union(*own))}")
+def _load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict) -> None:
+    """``optimizer.load_state_dict``, refusing (ValueError) the state of another optimizer (its class, recorded
+    with the state; in checkpoints older than that record, settings this optimizer lacks, as SGD's momentum for
+    AdamW) or of other parameters (a state tensor shaped unlike its parameter), which torch loads without a word
+    and then fails on, or silently uses, at the first update. Settings a newer torch added load as torch's
+    defaults."""
+    saved, kind = state["optimizer"], state.get("optimizer_class", type(optimizer).__name__)
+    own = set().union(*(set(g) - {"params"} for g in optimizer.param_groups))
+    foreign = sorted(set().union(*(set(g) - {"params"} for g in saved.get("param_groups", []))) - own)
+    if kind != type(optimizer).__name__:
+        raise ValueError(f"its optimizer state is another optimizer's: {kind}, where this run's is "
+                         f"{type(optimizer).__name__}")
+    if foreign:
+        raise ValueError(f"its optimizer state is another optimizer's: settings {foreign} that this run's "
+                         f"{type(optimizer).__name__} lacks")
     optimizer.load_state_dict(saved)
     for group in optimizer.param_groups:
         for p in group["params"]:
@@ -437,7 +442,7 @@ def _fit(recipe: dict, cfg: dict, out: Path, resume: bool, d: Dist, task, points
         try:
             load_into(model, found[-1] / "model.safetensors")
             state = load_tree(found[-1] / "trainer.safetensors")
-            _load_optimizer_state(optimizer, state["optimizer"])
+            _load_optimizer_state(optimizer, state)
             scheduler.load_state_dict(state["scheduler"])  # no RNG state: each step seeds its own (_seed_step)
         except (OSError, ValueError, KeyError) as err:  # a file damaged or replaced outside the run
             older = f"move it away to resume from {found[-2].name}" if len(found) > 1 else "no older checkpoint is left"
