@@ -455,10 +455,17 @@ def test_masks_that_do_not_match_the_tokens_are_refused(name):
         m(ids[:, :1], attention_mask=torch.ones(2, 1), cache=out.cache, use_cache=True)
     gap = torch.tensor([[1, 1, 0, 1, 1, 1, 1, 1]] * 2)
     if name.startswith("grassmann"):
-        with pytest.raises(ValueError, match="attention_mask must be left padding"):
+        with pytest.raises(ValueError, match="attention_mask has padding between real tokens; pad on the left or"):
             m(ids, attention_mask=gap)
     else:
         assert torch.isfinite(m(ids, attention_mask=gap).logits).all()
+    # right padding, as transformers' collators pad (it was refused): the real tokens' logits are the unpadded ones
+    right = torch.tensor([[1] * 8, [1] * 5 + [0] * 3])
+    padded = m(ids, attention_mask=right).logits
+    torch.testing.assert_close(padded[1, :5], m(ids[1:, :5]).logits[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(padded[0], m(ids[:1]).logits[0], atol=1e-5, rtol=1e-5)
+    both = torch.tensor([[0, 0, 1, 1, 1, 1, 0, 0]] * 2)  # left and right at once
+    torch.testing.assert_close(m(ids, attention_mask=both).logits[:, 2:6], m(ids[:, 2:6]).logits, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("make", [tiny_grassmann, tiny_transformer])

@@ -169,8 +169,10 @@ def test_nli_head_trains_only_the_head_and_ignores_padding(name):
     # left padding: the encoder (DistilBERT, learned positions) and the head get positions counted over real tokens
     left = torch.cat([torch.zeros(4, 6, dtype=torch.long), ids], 1)
     assert torch.allclose(model(left, mask.flip(1)).logits, logits, atol=1e-5)
-    with pytest.raises(ValueError, match="pad on one side only"):
+    with pytest.raises(ValueError, match="NLI head: attention_mask has padding between real tokens"):
         model(padded, torch.cat([mask[:, :8], mask.flip(1)[:, :8]], 1))
+    both = torch.cat([torch.zeros(4, 3, dtype=torch.long), ids, torch.zeros(4, 3, dtype=torch.long)], 1)
+    assert torch.allclose(model(both, (both != 0).long()).logits, logits, atol=1e-5)  # padded on both sides
     loss, as_tuple = model(ids, labels=torch.tensor([0, 1, 2, 0]), return_dict=False)  # transformers' tuple
     assert loss.dim() == 0 and torch.equal(as_tuple, logits)
     narrow = model(ids.to(torch.int16), labels=torch.tensor([0, 1, 2, 0], dtype=torch.uint8))  # any integer dtype

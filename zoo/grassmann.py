@@ -72,11 +72,17 @@ class GrassmannCache(Cache):
         self.seen_tokens += tokens_to_remove  # <= 0: the layers refuse a positive count
 
 
-def check_left_padded(attention_mask: torch.Tensor) -> None:
-    """Grassmann offsets look back by index: padding may only precede a sequence's real tokens."""
-    if attention_mask.dim() == 2 and bool((attention_mask[:, 1:].long() < attention_mask[:, :-1].long()).any()):
-        raise ValueError("Grassmann LM: attention_mask must be left padding (zeros only before a sequence's real "
-                         "tokens); a masked token after a real one would be mixed into the tokens after it")
+def check_no_gap(attention_mask: torch.Tensor, who: str = "Grassmann LM") -> None:
+    """Grassmann offsets look back by index, so padding may precede a sequence's real tokens (left padding) or
+    follow them (right padding, as transformers' collators pad: a causal model's real tokens never see what
+    follows), but not sit between two of them, where it would be mixed into the real tokens after it."""
+    if attention_mask.dim() != 2:
+        return
+    real = attention_mask.long()
+    after_real = torch.cummax(real, -1).values.bool() & (real == 0)  # a pad that follows a real token
+    if bool((torch.cummax(after_real.long(), -1).values[:, :-1].bool() & (real[:, 1:] == 1)).any()):
+        raise ValueError(f"{who}: attention_mask has padding between real tokens; pad on the left or the right "
+                         "(a masked token between real ones would be mixed into the tokens after it)")
 
 
 class GrassmannBlock(GradientCheckpointingLayer):
@@ -148,13 +154,14 @@ class GrassmannLMModel(GrassmannLMPreTrainedModel):
                 output_hidden_states: bool | None = None, output_attentions: bool | None = None,
                 return_dict: bool | None = None) -> BaseModelOutputWithPast:
         """Padding is handled through positions: an offset reaches only tokens at position >= 0 of the same
-        sequence, so left padding (positions counted over ``attention_mask``) never mixes into real tokens. An
-        offset looks back by index, so a mask with a gap between real tokens is refused."""
+        sequence, so left padding (positions counted over ``attention_mask``) never mixes into real tokens, and
+        right padding only follows them. An offset looks back by index, so a mask with a gap between real tokens
+        is refused."""
         refuse_attentions(output_attentions, "the Grassmann LM has no attention; its Pluecker features are probe "
                                              "points (layers.N.mixing.*)")
         h = input_embeddings(self.embed_tokens, input_ids, inputs_embeds)
         if attention_mask is not None:
-            check_left_padded(attention_mask)
+            check_no_gap(attention_mask)
         use_cache = self.config.use_cache and not self.training if use_cache is None else use_cache
         if cache is not None and not isinstance(cache, GrassmannCache):
             raise TypeError(f"GrassmannLMModel: cache must be a GrassmannCache, got {type(cache).__name__}")

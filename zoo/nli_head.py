@@ -15,7 +15,7 @@ from transformers.modeling_outputs import SequenceClassifierOutput
 
 from ._lm_common import PAPER, as_requested, check_ids, check_labels, check_mask_values, is_integer, positions_from_mask
 from ._registry import register_model
-from .grassmann import WINDOWS, GrassmannBlock, GrassmannLMConfig
+from .grassmann import WINDOWS, GrassmannBlock, GrassmannLMConfig, check_no_gap
 from .transformer_lm import TransformerBlock, TransformerLMConfig
 
 
@@ -125,13 +125,9 @@ class NLIHeadForSequenceClassification(PreTrainedModel):
         if not bool(has_token.all()):
             rows = (~has_token).nonzero().flatten().tolist()
             raise ValueError(f"NLI head: rows {rows} of attention_mask mask every token; a pair needs at least one")
-        m = attention_mask.long()
-        one_sided = (m[:, 1:] >= m[:, :-1]).all(-1) | (m[:, 1:] <= m[:, :-1]).all(-1)
-        if not bool(one_sided.all()):
-            raise ValueError("NLI head: attention_mask must pad on one side only (no masked token between real "
-                             "tokens)")
+        check_no_gap(attention_mask, "NLI head")
         # positions counted over real tokens: a left-padded pair reads as the unpadded one, in the encoder too
-        positions = positions_from_mask(m)
+        positions = positions_from_mask(attention_mask)
         with torch.no_grad():
             extra = {"position_ids": positions} if self._encoder_takes_positions else {}
             hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask, **extra).last_hidden_state
