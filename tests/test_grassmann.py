@@ -517,6 +517,39 @@ def test_lm_loss_is_the_shifted_cross_entropy_and_refuses_labels_it_cannot_use(m
 
 
 @pytest.mark.parametrize("make", [tiny_grassmann, tiny_transformer])
+def test_trainer_accumulates_the_mean_over_all_labelled_tokens(make, tmp_path):
+    """transformers' Trainer with gradient accumulation passes num_items_in_batch (accepts_loss_kwargs): the
+    accumulated step's loss is the mean over all its labelled tokens, as one full batch's, however unevenly the
+    micro-batches hold them (each micro-batch's own mean weighted them equally before: 4.611 against 4.593)."""
+    from transformers import Trainer, TrainingArguments
+
+    m = make(dropout=0.0).train()
+    ids = torch.randint(1, 50, (4, 8), generator=torch.Generator().manual_seed(0))
+    labels = ids.clone()
+    labels[2:, :6] = -100  # the second micro-batch holds 2 labelled tokens per row, the first 7
+    rows = [{"input_ids": i, "labels": l} for i, l in zip(ids, labels)]
+    with torch.no_grad():
+        full = m(ids, labels=labels).loss.item()
+
+    class Rows(torch.utils.data.Dataset):
+        def __len__(self):
+            return len(rows)
+
+        def __getitem__(self, i):
+            return rows[i]
+
+    losses = {}
+    for accumulate in (1, 2):
+        args = TrainingArguments(output_dir=str(tmp_path / str(accumulate)), per_device_train_batch_size=4 // accumulate,
+                                 gradient_accumulation_steps=accumulate, learning_rate=0.0, max_steps=1, use_cpu=True,
+                                 logging_steps=1, report_to=[], save_strategy="no", dataloader_drop_last=False)
+        trainer = Trainer(model=m, args=args, train_dataset=Rows())
+        trainer.train()
+        losses[accumulate] = next(r["loss"] for r in trainer.state.log_history if "loss" in r)
+    assert losses[1] == pytest.approx(full, rel=1e-4) and losses[2] == pytest.approx(full, rel=1e-4)
+
+
+@pytest.mark.parametrize("make", [tiny_grassmann, tiny_transformer])
 @pytest.mark.parametrize("dtype", [torch.int16, torch.int32, torch.uint8])
 def test_token_ids_of_any_integer_dtype_give_the_int64_results(make, dtype):
     torch.manual_seed(0)
@@ -600,7 +633,10 @@ def test_activation_checkpointing_gives_the_same_gradients(make):
             m.activation_checkpointing_enable()
             assert all(block.gradient_checkpointing for block in m.model.layers)
         ids = torch.randint(1, 50, (2, 8), generator=torch.Generator().manual_seed(1))
-        m(ids, labels=ids).loss.backward()
+        out = m(ids, labels=ids, use_cache=True)
+        # the recomputed blocks skip the cache, so none comes back (one that claimed 8 tokens and held none did)
+        assert (out.cache is None) == checkpointing
+        out.loss.backward()
         grads.append({n: p.grad for n, p in m.named_parameters()})
     for name, g in grads[0].items():
         torch.testing.assert_close(grads[1][name], g, atol=0, rtol=0, msg=name)

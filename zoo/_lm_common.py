@@ -143,11 +143,14 @@ def finish_backbone(x: torch.Tensor, cache, hidden: list | None, return_dict: bo
     return as_requested(out, return_dict, config)
 
 
-def lm_loss(logits: torch.Tensor, labels: torch.Tensor, in_range: bool = False) -> torch.Tensor:
+def lm_loss(logits: torch.Tensor, labels: torch.Tensor, in_range: bool = False,
+            num_items: int | torch.Tensor | None = None) -> torch.Tensor:
     """Mean next-token cross-entropy: logits at t predict labels at t+1; label -100 is ignored. ``labels`` is
     (B, T) like the input ids, T >= 2 (one token predicts nothing: the mean would be 0/0). Labels outside the
     vocabulary are an error (one device sync), unless ``in_range`` says they were checked (they are the input ids,
-    as in training)."""
+    as in training). ``num_items`` (transformers Trainer's ``num_items_in_batch``, the labelled tokens of all the
+    micro-batches of one accumulated step) divides the sum instead, so the step's gradient is the mean over all
+    its tokens however they fall into micro-batches."""
     if labels.shape != logits.shape[:2] or not is_integer(labels):
         raise ValueError(f"labels must be integer (batch, length) = {tuple(logits.shape[:2])} like input_ids, got "
                          f"{labels.dtype} {tuple(labels.shape)}")
@@ -157,7 +160,19 @@ def lm_loss(logits: torch.Tensor, labels: torch.Tensor, in_range: bool = False) 
         check_labels(labels[:, 1:], logits.shape[-1], "vocab_size")
     # the targets shifted left, the last position ignored: logits stay a view (logits[:, :-1] would copy B T V)
     targets = F.pad(labels[:, 1:].long(), (0, 1), value=-100)
-    return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100)
+    if num_items is None:
+        return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100)
+    total = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100, reduction="sum")
+    return total / (num_items.to(total.device) if torch.is_tensor(num_items) else num_items)
+
+
+def cache_wanted(backbone: nn.Module, use_cache: bool | None) -> bool:
+    """``use_cache`` as transformers' models read it (the config's, off in training, unless given), and off while
+    activation checkpointing recomputes blocks in training: the blocks skip the cache then, so a returned one would
+    claim tokens it does not hold."""
+    wanted = backbone.config.use_cache and not backbone.training if use_cache is None else use_cache
+    checkpointing = backbone.training and any(getattr(b, "gradient_checkpointing", False) for b in backbone.layers)
+    return bool(wanted) and not checkpointing
 
 
 class TiedCausalLMHead:
@@ -165,6 +180,7 @@ class TiedCausalLMHead:
     next-token cross-entropy. A subclass names its backbone class in ``backbone``."""
 
     _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
+    accepts_loss_kwargs = True  # transformers' Trainer then passes num_items_in_batch (see lm_loss)
     backbone: type
 
     def __init__(self, config):
@@ -186,12 +202,14 @@ class TiedCausalLMHead:
                 position_ids: torch.Tensor | None = None, cache: Cache | None = None, use_cache: bool | None = None,
                 labels: torch.Tensor | None = None, inputs_embeds: torch.Tensor | None = None,
                 output_hidden_states: bool | None = None, output_attentions: bool | None = None,
-                return_dict: bool | None = None) -> CausalLMOutputWithPast:
+                return_dict: bool | None = None,
+                num_items_in_batch: int | torch.Tensor | None = None) -> CausalLMOutputWithPast:
         out = self.model(input_ids, attention_mask=attention_mask, position_ids=position_ids, cache=cache,
                          use_cache=use_cache, inputs_embeds=inputs_embeds, output_hidden_states=output_hidden_states,
                          output_attentions=output_attentions, return_dict=True)
         logits = self.lm_head(out.last_hidden_state)
-        loss = lm_loss(logits, labels, in_range=labels is input_ids) if labels is not None else None
+        loss = (lm_loss(logits, labels, in_range=labels is input_ids, num_items=num_items_in_batch)
+                if labels is not None else None)
         result = CausalLMOutputWithPast(loss=loss, logits=logits, cache=out.cache, hidden_states=out.hidden_states,
                                         attentions=out.attentions)
         return as_requested(result, return_dict, self.config)

@@ -24,8 +24,8 @@ from transformers.modeling_outputs import BaseModelOutputWithPast
 
 from layers import CausalGrassmannMixing
 
-from ._lm_common import (PAPER, TiedCausalLMHead, check_sizes, collect_hidden, feed_forward, finish_backbone,
-                         input_embeddings, refuse_attentions, token_positions)
+from ._lm_common import (PAPER, TiedCausalLMHead, cache_wanted, check_sizes, collect_hidden, feed_forward,
+                         finish_backbone, input_embeddings, refuse_attentions, token_positions)
 from ._registry import register_model
 
 WINDOWS = (1, 2, 4, 8, 12, 16)
@@ -162,7 +162,7 @@ class GrassmannLMModel(GrassmannLMPreTrainedModel):
         h = input_embeddings(self.embed_tokens, input_ids, inputs_embeds)
         if attention_mask is not None:
             check_no_gap(attention_mask)
-        use_cache = self.config.use_cache and not self.training if use_cache is None else use_cache
+        use_cache = cache_wanted(self, use_cache)
         if cache is not None and not isinstance(cache, GrassmannCache):
             raise TypeError(f"GrassmannLMModel: cache must be a GrassmannCache, got {type(cache).__name__}")
         if use_cache and cache is None:

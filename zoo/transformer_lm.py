@@ -22,8 +22,8 @@ from transformers.modeling_outputs import BaseModelOutputWithPast
 
 from layers import CausalSelfAttention
 
-from ._lm_common import (PAPER, TiedCausalLMHead, check_sizes, collect_hidden, feed_forward, finish_backbone,
-                         input_embeddings, token_positions)
+from ._lm_common import (PAPER, TiedCausalLMHead, cache_wanted, check_sizes, collect_hidden, feed_forward,
+                         finish_backbone, input_embeddings, token_positions)
 from ._registry import register_model
 
 
@@ -117,7 +117,7 @@ class TransformerLMModel(TransformerLMPreTrainedModel):
         # attn_implementation="eager", or weights asked for: softmax(Q K^T / sqrt(d) + M) V as written, not SDPA
         eager = output_attentions or self.config._attn_implementation == "eager"
         x = input_embeddings(self.embed_tokens, input_ids, inputs_embeds)
-        use_cache = self.config.use_cache and not self.training if use_cache is None else use_cache
+        use_cache = cache_wanted(self, use_cache)
         if use_cache and cache is None:
             cache = DynamicCache()
         past = cache.get_seq_length() if cache is not None else 0
