@@ -130,6 +130,10 @@ def test_mixing_positions_mask_offsets_and_past_continues_the_sequence():
         layer(torch.randn(2, 10, 15))
     with pytest.raises(ValueError, match="windows must be distinct offsets"):
         CausalGrassmannMixing(16, windows=(0, 1))
+    for windows in ([1.5], "12"):  # were offset 1 and offsets (1, 2)
+        with pytest.raises(ValueError, match="windows must be a sequence of whole offsets"):
+            CausalGrassmannMixing(16, windows=windows)
+    assert CausalGrassmannMixing(16, windows=[1.0, 4.0]).windows == (1, 4)  # YAML's 4.0 is 4
 
 
 def test_probe_points_of_the_mixing_layer():

@@ -229,6 +229,31 @@ def test_nli_head_parameter_count_follows_from_the_lm_blocks(name, trainable):
 
 
 @pytest.mark.parametrize("name", ["grassmann_nli_head", "transformer_nli_head"])
+def test_nli_head_checkpoints_its_blocks_and_passes_segment_ids_to_an_encoder_that_takes_them(name):
+    """activation_checkpointing_enable() (Trainer's gradient_checkpointing) gives the same gradients (it raised: no
+    support declared); token_type_ids reach a BERT encoder (they were a TypeError) and are refused by DistilBERT's."""
+    ids, labels = torch.randint(5, 100, (3, 9)), torch.tensor([0, 1, 2])
+    grads = []
+    for checkpointing in (False, True):
+        torch.manual_seed(0)
+        model = zoo.create_model(name, encoder_config=ENCODER, hidden_size=32, intermediate_size=64,
+                                 reduced_dim=6, dropout=0.0).train()
+        if checkpointing:
+            model.activation_checkpointing_enable()
+        model(ids, labels=labels).loss.backward()
+        grads.append({n: p.grad for n, p in model.named_parameters() if p.requires_grad})
+    for n, g in grads[0].items():
+        torch.testing.assert_close(grads[1][n], g, atol=0, rtol=0, msg=n)
+    with pytest.raises(ValueError, match=r"the encoder \(DistilBertModel\) has no segment embeddings"):
+        model(ids, token_type_ids=torch.zeros_like(ids))
+    bert = {"model_type": "bert", "vocab_size": 100, "hidden_size": 32, "num_hidden_layers": 1,
+            "num_attention_heads": 2, "intermediate_size": 64, "type_vocab_size": 2}
+    model = zoo.create_model(name, encoder_config=bert, hidden_size=32, intermediate_size=64, reduced_dim=6).eval()
+    segments = (torch.arange(9) >= 5).long().expand(3, -1)
+    assert not torch.allclose(model(ids, token_type_ids=segments).logits, model(ids).logits)
+
+
+@pytest.mark.parametrize("name", ["grassmann_nli_head", "transformer_nli_head"])
 def test_nli_head_saves_and_loads_through_the_auto_classes(tmp_path, name):
     """save_pretrained writes safetensors with the encoder inside; AutoConfig/AutoModelForSequenceClassification
     rebuild the head offline from the folder alone, frozen encoder included, with identical logits. An encoder

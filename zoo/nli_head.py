@@ -67,6 +67,7 @@ class NLIHeadForSequenceClassification(PreTrainedModel):
 
     config_class = NLIHeadConfig
     base_model_prefix = "nli"
+    supports_gradient_checkpointing = True  # the blocks recompute in backward (the frozen encoder runs in eval)
     _no_split_modules = ["GrassmannBlock", "TransformerBlock"]
 
     def __init__(self, config: NLIHeadConfig):
@@ -91,7 +92,8 @@ class NLIHeadForSequenceClassification(PreTrainedModel):
         self.classifier = nn.Linear(d, config.num_labels)
         self.post_init()
         self.encoder.eval()
-        self._encoder_takes_positions = "position_ids" in inspect.signature(self.encoder.forward).parameters
+        takes = inspect.signature(self.encoder.forward).parameters
+        self._encoder_takes_positions, self._encoder_takes_segments = "position_ids" in takes, "token_type_ids" in takes
 
     @classmethod
     def from_pretrained(cls, *args, **kwargs):
@@ -105,9 +107,14 @@ class NLIHeadForSequenceClassification(PreTrainedModel):
         return self
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                labels: torch.Tensor | None = None, return_dict: bool | None = None) -> SequenceClassifierOutput:
+                token_type_ids: torch.Tensor | None = None, labels: torch.Tensor | None = None,
+                return_dict: bool | None = None) -> SequenceClassifierOutput:
         """Class logits (B, num_labels) for token ids (B, T) of "[CLS] premise [SEP] hypothesis [SEP]"; with
-        ``labels`` (B,) also the mean cross-entropy as ``loss``."""
+        ``labels`` (B,) also the mean cross-entropy as ``loss``. ``token_type_ids`` (a BERT tokenizer's segment
+        ids) go to an encoder that takes them; DistilBERT, which has no segment embeddings, refuses them."""
+        if token_type_ids is not None and not self._encoder_takes_segments:
+            raise ValueError(f"NLI head: the encoder ({type(self.encoder).__name__}) has no segment embeddings, so "
+                             "token_type_ids would be ignored; drop them (its own tokenizer does not emit them)")
         if input_ids.dim() != 2 or not is_integer(input_ids) or not input_ids.shape[0] or not input_ids.shape[1]:
             raise ValueError(f"NLI head: input_ids must be integer token ids (batch >= 1, tokens >= 1), got "
                              f"{input_ids.dtype} {tuple(input_ids.shape)}")
@@ -130,6 +137,7 @@ class NLIHeadForSequenceClassification(PreTrainedModel):
         positions = positions_from_mask(attention_mask)
         with torch.no_grad():
             extra = {"position_ids": positions} if self._encoder_takes_positions else {}
+            extra |= {"token_type_ids": token_type_ids} if token_type_ids is not None else {}
             hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask, **extra).last_hidden_state
         x = self.proj(hidden)
         T = x.shape[1]
