@@ -644,3 +644,21 @@ def test_activation_checkpointing_gives_the_same_gradients(make):
         grads.append({n: p.grad for n, p in m.named_parameters()})
     for name, g in grads[0].items():
         torch.testing.assert_close(grads[1][name], g, atol=0, rtol=0, msg=name)
+
+
+@pytest.mark.parametrize("make", [tiny_grassmann, tiny_transformer])
+def test_forward_compiles_to_one_graph(make):
+    """torch.compile(fullgraph=True) captures the whole forward, padding mask and loss included: the checks that
+    read values on the host (ids, mask, labels, positions) run in eager mode only, where they broke the graph 4 to
+    8 times (Dynamo's capture, backend "eager": the same graph inductor compiles)."""
+    m = make(dropout=0.0).eval()
+    ids = torch.randint(0, 50, (2, 12), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones(2, 12, dtype=torch.long)
+    mask[0, :3] = 0
+    eager = m(ids, attention_mask=mask, labels=ids, use_cache=False)
+    torch._dynamo.reset()
+    out = torch.compile(m, backend="eager", fullgraph=True)(ids, attention_mask=mask, labels=ids, use_cache=False)
+    torch.testing.assert_close(out.logits, eager.logits, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(out.loss, eager.loss, atol=1e-6, rtol=1e-6)
+    with pytest.raises(ValueError, match="input_ids must lie in"):  # eager still checks
+        m(ids + 100)

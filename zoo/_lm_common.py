@@ -51,7 +51,7 @@ def token_positions(inputs: torch.Tensor, past: int, position_ids: torch.Tensor 
         raise ValueError(f"position_ids must have last dim {T} (the number of input tokens), got {tuple(position_ids.shape)}")
     else:
         bound = None  # given positions: only reading them tells
-    if not T or bound is not None and bound < max_positions:
+    if not T or bound is not None and bound < max_positions or torch.compiler.is_compiling():
         return position_ids
     low, high = torch.stack(torch.aminmax(position_ids)).tolist()  # one device sync for both bounds
     if low < 0:
@@ -65,6 +65,8 @@ def token_positions(inputs: torch.Tensor, past: int, position_ids: torch.Tensor 
 def check_mask_values(attention_mask: torch.Tensor) -> None:
     """An attention mask marks real tokens with 1 (or True) and padding with 0; any other value is an error: positions
     count the ones, attention keeps the non-zeros, and a mask of 0.5 or 2 would make them disagree silently."""
+    if torch.compiler.is_compiling():  # the value checks read the device: eager runs make them, compiled graphs don't
+        return
     if attention_mask.dtype != torch.bool and not bool(((attention_mask == 0) | (attention_mask == 1)).all()):
         values = torch.unique(attention_mask)[:5].tolist()
         raise ValueError(f"attention_mask must hold 1 (a real token) or 0 (padding), or be bool; got values {values}")
@@ -73,6 +75,8 @@ def check_mask_values(attention_mask: torch.Tensor) -> None:
 def check_labels(labels: torch.Tensor, classes: int, what: str, who: str = "") -> None:
     """Labels lie in [0, classes) or are -100 (ignored, as by the cross-entropy); else an error naming the values
     (an IndexError on the CPU, a device-side assert on a GPU otherwise). One device sync."""
+    if torch.compiler.is_compiling():
+        return
     outside = (labels != -100) & ((labels < 0) | (labels >= classes))
     if bool(outside.any()):
         raise ValueError(f"{who}labels must lie in [0, {what}={classes}) or be -100 (ignored), got "
@@ -89,7 +93,7 @@ def check_ids(input_ids: torch.Tensor, vocab_size: int) -> torch.Tensor:
     if input_ids.dim() != 2 or not is_integer(input_ids):
         raise ValueError(f"input_ids must be an integer tensor of shape (batch, time), got {input_ids.dtype} "
                          f"{tuple(input_ids.shape)}")
-    if input_ids.numel():
+    if input_ids.numel() and not torch.compiler.is_compiling():
         low, high = torch.stack(torch.aminmax(input_ids)).tolist()  # one device sync for both bounds
         if low < 0 or high >= vocab_size:
             raise ValueError(f"input_ids must lie in [0, vocab_size={vocab_size}), got range [{low}, {high}]")

@@ -76,7 +76,7 @@ def check_no_gap(attention_mask: torch.Tensor, who: str = "Grassmann LM") -> Non
     """Grassmann offsets look back by index, so padding may precede a sequence's real tokens (left padding) or
     follow them (right padding, as transformers' collators pad: a causal model's real tokens never see what
     follows), but not sit between two of them, where it would be mixed into the real tokens after it."""
-    if attention_mask.dim() != 2:
+    if attention_mask.dim() != 2 or torch.compiler.is_compiling():
         return
     real = attention_mask.long()
     after_real = torch.cummax(real, -1).values.bool() & (real == 0)  # a pad that follows a real token

@@ -98,7 +98,8 @@ class TransformerLMModel(TransformerLMPreTrainedModel):
     def _mask(self, attention_mask, past: int, T: int, device) -> torch.Tensor | None:
         """Bool (B or 1, 1, T, past+T): query i (absolute past+i) may see key s when s <= past+i and s is not
         padding; None when plain causal attention suffices."""
-        padded = attention_mask is not None and not bool(attention_mask.all())
+        # compiled: always the masked path (reading the mask on the host would break the graph)
+        padded = attention_mask is not None and (torch.compiler.is_compiling() or not bool(attention_mask.all()))
         if not padded and past == 0:
             return None
         S = past + T
