@@ -49,15 +49,15 @@ def state_space_divergence(x_true: torch.Tensor, x_gen: torch.Tensor, n_bins: in
 
 def _gaussian_smooth(x: torch.Tensor, sigma: float) -> torch.Tensor:
     """Gaussian filter along the last dim as scipy's gaussian_filter1d: kernel truncated at 4 sigma, edges
-    mirrored about the half-sample point (d c b a | a b c d)."""
+    mirrored about the half-sample point (d c b a | a b c d), repeatedly where the kernel is wider than x."""
     radius = int(4 * sigma + 0.5)
     k = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
     kernel = torch.exp(-0.5 * (k / sigma) ** 2)
     kernel = (kernel / kernel.sum()).view(1, 1, -1)
-    if x.shape[-1] < radius:
-        raise ValueError(f"series of length {x.shape[-1]} is shorter than the smoothing radius {radius}")
-    padded = torch.cat([x[..., :radius].flip(-1), x, x[..., -radius:].flip(-1)], -1).unsqueeze(1)
-    return F.conv1d(padded, kernel).squeeze(1)
+    n = x.shape[-1]
+    index = torch.arange(-radius, n + radius, device=x.device) % (2 * n)  # the mirrored series has period 2n
+    index = torch.where(index < n, index, 2 * n - 1 - index)
+    return F.conv1d(x[..., index].unsqueeze(1), kernel).squeeze(1)
 
 
 def power_spectra(x: torch.Tensor, smoothing: float = 20.0) -> torch.Tensor:

@@ -64,6 +64,10 @@ class ALRNNCell(nn.Module):
 
     def subregion(self, z: torch.Tensor) -> torch.Tensor:
         """Symbol of the linear subregion: the sign pattern of the P ReLU units as an integer sum_i [z_{M-P+i} > 0] 2^i."""
+        if not torch.is_tensor(z) or z.dim() == 0 or z.shape[-1] != self.M:
+            raise ValueError(f"subregion: z must be latent states (..., M={self.M}), got "
+                             f"{tuple(z.shape) if torch.is_tensor(z) else type(z).__name__} (observations have N "
+                             "dims: generate(..., return_latents=True) gives the latents)")
         bits = (z[..., self.M - self.P:] > 0).long()
         return (bits * (2 ** torch.arange(self.P, device=z.device))).sum(-1)
 

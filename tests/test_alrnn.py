@@ -38,6 +38,8 @@ def test_subregion_code_is_the_relu_sign_pattern():
     cell = ALRNNCell(M=4, P=2)
     z = torch.tensor([[0.0, 0.0, -1.0, -1.0], [0.0, 0.0, 1.0, -1.0], [0.0, 0.0, -1.0, 1.0], [0.0, 0.0, 1.0, 1.0]])
     assert cell.subregion(z).tolist() == [0, 1, 2, 3]
+    with pytest.raises(ValueError, match=r"z must be latent states \(\.\.\., M=4\), got \(4, 3\)"):
+        cell.subregion(z[:, :3])  # observations, not latents: a code came back silently
 
 
 def test_teacher_forcing_every_step_equals_one_step_predictions():
@@ -170,3 +172,8 @@ def test_dsr_free_run_is_shared_until_the_parameters_change():
         next(model.parameters()).add_(1e-3)
     again = task.free_run(model)
     assert again is not first and not torch.equal(again[0], first[0])
+    # a float64 model (a converted float64 original) evaluates on the same float32 data: cast, not refused
+    metrics = task.evaluate(model.double())
+    assert metrics["subregions"] >= 1 and metrics["PE_20"] == pytest.approx(task.evaluate(model.float())["PE_20"],
+                                                                            rel=1e-3)
+    assert torch.isfinite(task.loss(model.double(), task.held_out_batch(4, torch.Generator().manual_seed(0)))[0])

@@ -183,8 +183,10 @@ def test_mil_digits_recipe_learns(tmp_path):
     recipe = load_recipe("hopfield-mil-digits", ["train.steps=40", "train.eval_every=0", "data.train_bags=100",
                                                  "data.test_bags=60", "probe.every=20"])
     final = fit(recipe, out=tmp_path / "run")
-    rows = [r for r in (tmp_path / "run" / "probe.csv").read_text().splitlines()[1:]]
-    assert len(rows) == 2 and float(rows[0].split(",")[-1]) > 0
+    import csv
+
+    rows = list(csv.DictReader(open(tmp_path / "run" / "probe.csv")))
+    assert len(rows) == 2 and float(rows[0]["value"]) > 0
     assert final["auc"] > 0.75
 
 
@@ -203,6 +205,11 @@ def test_tabular_recipe_beats_chance_and_baselines_share_it(tmp_path):
         with pytest.raises(ValueError, match=r"wine has 3 classes but the model gives 2 logits; set "
                                              r"model_args.num_classes=3"):
             call()
+    # another data set's feature count is named before training (it was the model's shape error at step 1)
+    iris = make_task(load_recipe("hopfield-tabular-wine", ["data.dataset=iris"]))
+    with pytest.raises(ValueError, match=r"data.dataset=iris has 4 features but the model takes in_features=13; "
+                                         r"set model_args.in_features=4"):
+        iris.prepare(zoo.create_model("hopfield_tabular", in_features=13, num_classes=3))
 
 
 def test_retrieval_demo_script_stores_digits_and_retrieves_them(tmp_path):

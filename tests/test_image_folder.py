@@ -217,6 +217,22 @@ def test_the_attention_report_shows_images_of_every_class(tmp_path):
     assert len(shown) == 6 and {samples[i][1] for i in shown} == {0, 1, 2}
 
 
+def test_16_bit_greyscale_images_keep_their_contrast(tmp_path):
+    """PIL's convert("RGB") clips a 16-bit image (mode I;16) at 255, so one of values 0..65535 came out white:
+    it is mapped onto 0..255 instead (65535 -> 255, 32896 -> 128), and a float image is refused by name."""
+    from PIL import Image
+
+    from train.data.image_folder import _as_rgb
+
+    ramp = np.array([[0, 257, 32896, 65535]], dtype=np.uint16)
+    image = Image.fromarray(ramp)
+    assert image.mode.startswith("I;16")
+    assert np.asarray(_as_rgb(image))[0, :, 0].tolist() == [0, 1, 128, 255]
+    assert np.asarray(_as_rgb(image.convert("I")))[0, :, 0].tolist() == [0, 1, 128, 255]
+    with pytest.raises(OSError, match="float image has no fixed intensity range"):
+        _as_rgb(Image.fromarray(ramp.astype(np.float32)))
+
+
 def test_a_corrupt_image_is_named_with_a_remedy(tmp_path):
     root = _folder(tmp_path)
     (root / "val" / "class_1" / "x.jpg").write_bytes(b"not an image at all" * 10)

@@ -24,6 +24,22 @@ def _set_transforms(transforms: dict) -> None:
     _TRANSFORMS.update(transforms)
 
 
+def _as_rgb(image):
+    """An 8-bit RGB copy of a PIL image. 16-bit greyscale (PIL's modes I;16* and I: scans, microscopy, depth) maps
+    0..65535 onto 0..255 (a division by 257, as ImageMagick converts): PIL's convert("RGB") clips it at 255, which
+    made a 16-bit image white. Float images (mode F) have no fixed range: an error."""
+    from PIL import Image
+
+    if image.mode == "F":
+        raise OSError("a 32-bit float image has no fixed intensity range; save it as 8- or 16-bit")
+    if image.mode.startswith("I;16") or image.mode == "I":
+        import numpy as np
+
+        values = np.asarray(image, dtype=np.float64) / 257.0
+        image = Image.fromarray(np.round(values.clip(0, 255)).astype(np.uint8), mode="L")
+    return image.convert("RGB")
+
+
 def _load(path: str, kind: str, seed: int, transforms: dict | None = None) -> torch.Tensor:
     """Decode and transform one image; ``transforms`` default to the worker's."""
     from PIL import Image
@@ -31,7 +47,7 @@ def _load(path: str, kind: str, seed: int, transforms: dict | None = None) -> to
     transforms = transforms or _TRANSFORMS
     try:
         with Image.open(path) as image:
-            image = image.convert("RGB")
+            image = _as_rgb(image)
     except OSError as err:  # not an image, or a truncated one (PIL's UnidentifiedImageError is an OSError)
         raise ValueError(f"cannot decode image {path}: {err}; remove the file from the folder or re-encode it "
                          "(e.g. open and save it again with PIL or ImageMagick)") from err

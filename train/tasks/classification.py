@@ -62,9 +62,22 @@ class ClassificationTask(Task):
     def held_out_batch(self, size, generator):
         return draw_split(self.data, "test", size, generator, replace=False)
 
+    def prepare(self, model):
+        self._check_features(model)
+
+    def _check_features(self, model) -> None:
+        """The model reads the data's feature count (checked before training and at every evaluation)."""
+        features = self.data["x_train"].shape[-1]
+        takes = getattr(getattr(model, "config", None), "in_features", features)
+        if takes != features:
+            raise ValueError(f"data.dataset={self.name} has {features} features but the model takes "
+                             f"in_features={takes}; set model_args.in_features={features} (to evaluate a "
+                             f"checkpoint, give it data of {takes} features)")
+
     def _logits(self, model, x: torch.Tensor) -> torch.Tensor:
         """The model's logits, at least one per class of the data (else an error naming the setting, not an index
         error from inside the cross-entropy)."""
+        self._check_features(model)
         logits = model(x).float()
         if logits.shape[-1] < self.classes:  # more logits than labels used is a model that never sees its top class
             raise ValueError(f"data.dataset={self.name} has {self.classes} classes but the model gives "

@@ -70,8 +70,15 @@ class DSRTask(Task):
         starts = draw_indices(len(series) - self.seq_len, size, generator, replace)
         return series[starts[:, None] + torch.arange(self.seq_len + 1)]
 
+    @staticmethod
+    def _for(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """x (float32 data) on the model's device in its dtype: a float64 checkpoint (a converted original kept in
+        float64) or a float16 one evaluates on the same data."""
+        p = next(model.parameters())
+        return x.to(device=p.device, dtype=p.dtype)
+
     def loss(self, model, batch):
-        x = batch["x"]
+        x = self._for(model, batch["x"])
         pred = model(x, forcing_interval=self.forcing_interval, alpha=self.alpha)
         return F.mse_loss(pred.float(), x[:, 1:].float()), {}
 
@@ -80,18 +87,16 @@ class DSRTask(Task):
         unchanged parameters (the final evaluation and the report at the end of a run share one)."""
         key = (id(model), tuple((p.data_ptr(), p._version) for p in model.parameters()))
         if getattr(self, "_last_free_run", (None,))[0] != key:
-            device = next(model.parameters()).device
-            x_gen, z = model.generate(self.test_x[:1].to(device), len(self.test_x), return_latents=True)
+            x_gen, z = model.generate(self._for(model, self.test_x[:1]), len(self.test_x), return_latents=True)
             self._last_free_run = key, (x_gen[0].float().cpu(), z[0].float().cpu())
         return self._last_free_run[1]
 
     def evaluate(self, model):
         x_gen, z = self.free_run(model)
-        device = next(model.parameters()).device
         if not torch.isfinite(x_gen).all():
             return {"D_stsp": float("inf"), "D_H": 1.0, f"PE_{self.pe_steps}": float("inf"), "subregions": 0,
                     "lambda_max": float("nan")}
-        pred = model.n_step_prediction(self.test_x.to(device), self.pe_steps).float().cpu()
+        pred = model.n_step_prediction(self._for(model, self.test_x), self.pe_steps).float().cpu()
         codes = model.symbolic_code(z[self.settling(z):])
         return {
             "D_stsp": float(state_space_divergence(self.test_x, x_gen, n_bins=self.n_bins)),
