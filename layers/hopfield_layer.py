@@ -19,7 +19,7 @@ class HopfieldLayer(nn.Module):
     Other keyword arguments go to ``Hopfield``.
     """
 
-    def __init__(self, input_size: int, quantity: int = 1, trainable: bool = True,
+    def __init__(self, input_size: int, *, quantity: int = 1, trainable: bool = True,
                  lookup_weights_as_separated: bool = False, lookup_targets_as_trainable: bool = True,
                  **hopfield_kwargs):
         super().__init__()

@@ -21,7 +21,7 @@ class HopfieldPooling(nn.Module):
     initialised N(0, 0.02). Other keyword arguments go to ``Hopfield``.
     """
 
-    def __init__(self, input_size: int, quantity: int = 1, trainable: bool = True, **hopfield_kwargs):
+    def __init__(self, input_size: int, *, quantity: int = 1, trainable: bool = True, **hopfield_kwargs):
         super().__init__()
         if quantity < 1:
             raise ValueError(f"HopfieldPooling: quantity must be >= 1, got {quantity}")

@@ -77,6 +77,9 @@ def test_wrappers_put_hopfield_under_hopfield_and_their_own_weights():
                           strict=True)
     assert sum(p.numel() for p in pool.parameters()) == 17_024 + 128
     assert sum(p.numel() for p in layer.parameters()) == 17_024 + 448
+    for wrapper in (HopfieldPooling, HopfieldLayer):  # hflayers' 2nd positional is hidden_size, ours was quantity
+        with pytest.raises(TypeError, match="positional argument"):
+            wrapper(64, 32)
     torch.manual_seed(0)
     fresh = HopfieldPooling(input_size=256, quantity=64)
     lookup = HopfieldLayer(input_size=256, quantity=64)
