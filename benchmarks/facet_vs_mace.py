@@ -148,9 +148,13 @@ def main(argv=None) -> None:
             continue
         new = measure()
         for part in (*PARTS, "train"):
-            if part in new:
-                new[part]["machine"] = here
-        result[side] = {**result[side], **new}
+            if part in new:  # the MACE side's parts name their own process (the venv's torch)
+                new[part].setdefault("machine", here)
+                new[part]["model"] = new["model"]
+        same = (result[side].get("model"), result[side].get("params")) == (new["model"], new.get("params")) \
+            and "train" not in new  # a MACE trained here replaces the file of the one measured before
+        # parts kept from the file only when they measured this very model; else the side starts afresh
+        result[side] = {**result[side], **new} if same else new
         # written after each side: a side that fails (MACE's venv offline) leaves the finished one on disk
         stem.with_suffix(".json").write_text(json.dumps(result, indent=1))
         stem.with_suffix(".md").write_text(table(result))

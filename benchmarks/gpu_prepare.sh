@@ -21,7 +21,8 @@ download() {  # download FOLDER PACKAGE==VERSION...
 
 download .whl transformers==5.24.0 tokenizers==0.23.3 timm==1.0.31 ase==3.29.0 vesin==0.6.2
 download .whl_mace mace-torch==0.3.16 e3nn==0.4.4 configargparse==1.9.0 GitPython==3.2.1 gitdb==4.0.12 \
-  smmap==5.0.3 lmdb==3.0.0 matscipy==1.3.1 orjson==3.13.0 prettytable==3.18.0 wcwidth==0.9.4 torch-ema==0.3
+  smmap==5.0.3 lmdb==3.0.0 matscipy==1.3.1 orjson==3.13.0 prettytable==3.18.0 wcwidth==0.9.4 torch-ema==0.3 \
+  torchmetrics==1.9.0 lightning-utilities==0.15.3 h5py==3.16.0  # mace.calculators imports these three
 ls .whl_mace/python_hostlist-* >/dev/null 2>&1 ||  # published as a source archive only; pure Python
   python3 -m pip wheel -q --no-deps python-hostlist==2.3.0 -w .whl_mace
 

@@ -29,6 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import venvs  # noqa: E402
+from common import machine  # noqa: E402
 from potential_workloads import labelled_frames, measure_accuracy, measure_relax, measure_speed  # noqa: E402
 
 MACE_REQUIREMENTS = ("torch==2.13.0", "mace-torch==0.3.16")  # the version the README's numbers come from
@@ -36,7 +37,7 @@ MACE_REQUIREMENTS = ("torch==2.13.0", "mace-torch==0.3.16")  # the version the R
 
 def ensure_venv(path: str | os.PathLike) -> str:
     """Create a venv at `path` with mace-torch installed (if it is not already) and return its python."""
-    return venvs.ensure_venv(path, MACE_REQUIREMENTS, "import mace, torch",
+    return venvs.ensure_venv(path, MACE_REQUIREMENTS, "import torch, mace.calculators",
                              "; facet_vs_mace.py --sides facet measures Facet alone")
 
 
@@ -133,22 +134,14 @@ def cmd_train(args) -> dict:
         "loss": loss,
         "weights": {"energy": args.energy_weight, "forces": args.forces_weight, "stress": args.stress_weight},
         "E0s": "average (least squares over the training set)", "lr": args.lr, "seed": args.seed,
-        "threads": args.threads, "argv": argv,
+        "threads": args.threads, "argv": argv, "machine": machine(args.device),
     }
 
 
-
-
-
-
-
-
-
-
-
 def _run_info(args, calc) -> dict:
+    """What ran: this process's machine and torch (the venv's, which facet_vs_mace.py's own differs from)."""
     return {"subcommand": args.subcommand, "model": args.model, "device": args.device, "dtype": calc.default_dtype,
-            "threads": args.threads}
+            "threads": args.threads, "machine": machine(args.device)}
 
 
 def cmd_evaluate(args) -> dict:

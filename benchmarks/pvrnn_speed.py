@@ -17,7 +17,7 @@ import time
 import torch
 
 import zoo
-from common import machine, write_results
+from common import machine, sync, write_results
 
 
 def train_steps_per_s(device, n_seq: int, seq_len: int, steps: int = 10, repeats: int = 3) -> float:
@@ -31,18 +31,16 @@ def train_steps_per_s(device, n_seq: int, seq_len: int, steps: int = 10, repeats
             opt.zero_grad()
             loss.backward()
             opt.step()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
 
     block(2)  # warm-up
-    return steps / best_seconds(lambda: block(steps), repeats)
+    return steps / best_seconds(lambda: block(steps), repeats, device)
 
 
 def generation_s(device, batch: int = 8, steps: int = 2000, repeats: int = 3) -> float:
     """Seconds for ``model.generate(batch, steps)`` (free-running from the prior, with noise)."""
     model = zoo.create_model("pvrnn_pfsm").to(device)
     model.generate(batch, 50)  # warm-up
-    return best_seconds(lambda: model.generate(batch, steps), repeats)
+    return best_seconds(lambda: model.generate(batch, steps), repeats, device)
 
 
 def er_latency_ms(device, window: int, iterations: int = 10, length: int = 60, repeats: int = 3,
@@ -51,15 +49,19 @@ def er_latency_ms(device, window: int, iterations: int = 10, length: int = 60, r
     stream = torch.randn(streams, window + length, 2, device=device)
     model.error_regression(stream[:, :window + 3], window=window, iterations=iterations)  # warm-up
     run = lambda: model.error_regression(stream, window=window, iterations=iterations)  # noqa: E731
-    return 1e3 * best_seconds(run, repeats) / length
+    return 1e3 * best_seconds(run, repeats, device) / length
 
 
-def best_seconds(run, repeats: int) -> float:
-    """The fastest of ``repeats`` timed runs (this shared sandbox's speed varies between runs)."""
+def best_seconds(run, repeats: int, device) -> float:
+    """The fastest of ``repeats`` timed runs (this shared sandbox's speed varies between runs), each from an idle
+    device to the end of its last kernel."""
+    device = torch.device(device)
     times = []
     for _ in range(repeats):
+        sync(device)
         t = time.perf_counter()
         run()
+        sync(device)
         times.append(time.perf_counter() - t)
     return min(times)
 
