@@ -12,10 +12,12 @@ import torch
 
 
 def machine(device: torch.device | str = "cpu") -> str:
-    """What a result was measured on: the GPU's name, or the CPU with its cores, torch's threads and the load."""
+    """What a result was measured on: the GPU's name (with the host CPU, where a peer or the data pipeline may run),
+    or the CPU with its cores, torch's threads and the load."""
     device = torch.device(device)
     if device.type == "cuda":
-        return f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}"
+        return (f"{torch.cuda.get_device_name(device)} (host {_cpu_name()}, {os.cpu_count()} cores), "
+                f"torch {torch.__version__}")
     return (f"{_cpu_name()}, {os.cpu_count()} cores, torch threads "
             f"{torch.get_num_threads()}, torch {torch.__version__}, load average {os.getloadavg()[0]:.1f}")
 
