@@ -79,9 +79,35 @@ class Hopfield(nn.Module):
                                              "pattern_projection")
         self.batch_first = batch_first
 
+    # hflayers' read-only settings, from the core that holds them (None where all patterns are static)
+    @property
+    def input_size(self) -> int | None:
+        return self.association_core.embed_dim
+
     @property
     def hidden_size(self) -> int | None:
         return self.association_core.head_dim
+
+    @property
+    def output_size(self) -> int | None:
+        return self.association_core.out_dim
+
+    @property
+    def pattern_size(self) -> int | None:
+        return self.association_core.pattern_dim
+
+    @property
+    def scaling(self) -> float | torch.Tensor:
+        """beta: a number, or one per head."""
+        return self.association_core.scaling
+
+    @property
+    def update_steps_max(self) -> int | None:
+        return self.association_core.update_steps_max
+
+    @property
+    def update_steps_eps(self) -> float:
+        return self.association_core.update_steps_eps
 
     @property
     def stored_pattern_dim(self) -> int | None:

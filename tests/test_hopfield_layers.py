@@ -51,6 +51,16 @@ def test_parameter_count_and_key_names_are_hflayers():
     assert {k: tuple(v.shape) for k, v in h.state_dict().items()} == HFLAYERS_64
 
 
+def test_hflayers_read_only_settings():
+    """hflayers' properties that ported code reads: sizes, beta = 1/sqrt(head dim) by default, the update steps."""
+    h = Hopfield(64)
+    assert (h.input_size, h.hidden_size, h.output_size, h.pattern_size) == (64, 64, 64, 64)
+    assert h.scaling == pytest.approx(1 / 8) and (h.update_steps_max, h.update_steps_eps) == (0, 1e-4)
+    h = Hopfield(64, hidden_size=8, num_heads=4, output_size=10, update_steps_max=None)
+    assert (h.hidden_size, h.output_size, h.pattern_size, h.update_steps_max) == (8, 10, 8, None)
+    assert h.scaling == pytest.approx(8 ** -0.5)
+
+
 def test_hflayers_state_dict_loads_strictly_and_computes_the_equation():
     h = Hopfield(input_size=64, num_heads=4)
     sd = hflayers_state(HFLAYERS_64)
