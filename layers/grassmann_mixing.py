@@ -5,6 +5,8 @@ Modeling" (arXiv 2512.19428, 2025).
 """
 from __future__ import annotations
 
+import numbers
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -90,10 +92,12 @@ class CausalGrassmannMixing(nn.Module):
     def __init__(self, d_model: int, rank: int = 32, windows: tuple[int, ...] = (1, 2, 4, 8, 12, 16),
                  out_proj: bool = True, dropout: float = 0.0, eps: float = 1e-4):
         super().__init__()
-        if isinstance(windows, (str, bytes)) or not all(isinstance(w, int) and not isinstance(w, bool) or
-                                                        isinstance(w, float) and w.is_integer() for w in windows):
+        items = [] if isinstance(windows, (str, bytes)) else [w.item() if torch.is_tensor(w) else w for w in windows]
+        whole = [isinstance(w, numbers.Real) and not isinstance(w, bool) and float(w).is_integer() for w in items]
+        if not items or not all(whole):  # 4.0 from YAML is 4, numpy and torch integers are offsets; 1.5 or "12"
+            # were read as 1 or (1, 2)
             raise ValueError(f"CausalGrassmannMixing: windows must be a sequence of whole offsets, got {windows!r}")
-        windows = tuple(int(w) for w in windows)  # 4.0 from YAML is 4; 1.5 or "12" was 1 or (1, 2)
+        windows = tuple(int(w) for w in items)
         if not windows or min(windows) < 1 or len(set(windows)) != len(windows):
             raise ValueError(f"CausalGrassmannMixing: windows must be distinct offsets >= 1, got {windows}")
         if rank < 2:

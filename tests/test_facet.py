@@ -543,6 +543,7 @@ def test_calculator_gives_every_property_from_one_pass_and_refuses_settings_it_i
     assert calc.todict() == {"model": "Facet", "pretrained": False, "device": "cpu", "dtype": "float32"}
     with pytest.raises(TypeError, match=r"unknown keyword arguments \['cutoff'\].*build the model with them"):
         FacetCalculator(m, cutoff=3.0)  # was stored in calc.parameters as if applied
+    assert FacetCalculator(m, restart=None, label="facet").todict()["model"] == "Facet"  # ASE's own keywords
     with pytest.raises(TypeError, match="dtype must be torch.float64, torch.float32"):
         FacetCalculator(m, dtype="half")
     with pytest.raises(ValueError, match="pretrained= applies to a registered model name"):

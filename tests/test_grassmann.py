@@ -1,5 +1,6 @@
 import math
 
+import numpy as np
 import pytest
 import torch
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
@@ -134,6 +135,8 @@ def test_mixing_positions_mask_offsets_and_past_continues_the_sequence():
         with pytest.raises(ValueError, match="windows must be a sequence of whole offsets"):
             CausalGrassmannMixing(16, windows=windows)
     assert CausalGrassmannMixing(16, windows=[1.0, 4.0]).windows == (1, 4)  # YAML's 4.0 is 4
+    assert CausalGrassmannMixing(16, windows=np.array([1, 2])).windows == (1, 2)  # numpy and torch integers too
+    assert CausalGrassmannMixing(16, windows=torch.tensor([1, 4])).windows == (1, 4)
 
 
 def test_probe_points_of_the_mixing_layer():

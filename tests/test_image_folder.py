@@ -229,7 +229,9 @@ def test_16_bit_greyscale_images_keep_their_contrast(tmp_path):
     assert image.mode.startswith("I;16")
     assert np.asarray(_as_rgb(image))[0, :, 0].tolist() == [0, 1, 128, 255]
     assert np.asarray(_as_rgb(image.convert("I")))[0, :, 0].tolist() == [0, 1, 128, 255]
-    with pytest.raises(OSError, match="float image has no fixed intensity range"):
+    eight_bit = Image.fromarray(np.array([[0, 16, 255]], dtype=np.uint8)).convert("I")  # 8-bit values in mode I
+    assert np.asarray(_as_rgb(eight_bit))[0, :, 0].tolist() == [0, 16, 255]
+    with pytest.raises(OSError, match="image of mode F with values in .* has no fixed intensity range"):
         _as_rgb(Image.fromarray(ramp.astype(np.float32)))
 
 

@@ -149,6 +149,15 @@ def test_resume_names_the_settings_that_changed_and_why_it_starts_over(tmp_path,
     longer = load_recipe("alrnn-lorenz63", SMALL_DSR + ["train.steps=3", "train.ckpt_every=0", "optim.lr=0.5"])
     with pytest.raises(ValueError, match=r"recipe.yaml: optim.lr: 0.001 -> 0.5; train.steps: 2 -> 3 \(saved -> now\)"):
         fit(longer, tmp_path / "run", resume=True)
+    # the keys for people may change under a run (a run saved before a recipe gained baselines: resumes)
+    import yaml
+
+    from train.loop import _check_run_dir
+
+    saved = yaml.safe_load((tmp_path / "done" / "recipe.yaml").read_text())
+    (tmp_path / "done" / "recipe.yaml").write_text(yaml.safe_dump({k: v for k, v in saved.items()
+                                                                    if k != "description"} | {"baselines": ["x"]}))
+    _check_run_dir(done, tmp_path / "done", True)
 
 
 def test_a_fresh_run_does_not_inherit_a_previous_runs_best_model(tmp_path):
@@ -778,6 +787,8 @@ def test_recipe_sections_typos_and_non_finite_settings_are_refused(tmp_path):
     (tmp_path / "baselines.yaml").write_text(text.replace("ckpt_evry", "ckpt_every") + "baselines: tabular_mlp\n")
     with pytest.raises(ValueError, match=r"baselines must be a list of model names, got 'tabular_mlp'"):
         load_recipe(str(tmp_path / "baselines.yaml"))
+    with pytest.raises(ValueError, match=r"baselines must be a list of model names, got None"):
+        load_recipe("hopfield-tabular-wine", ["baselines=null"])
     params = [torch.nn.Parameter(torch.zeros(2))]
     with pytest.raises(ValueError, match=r"optim.lr must be a number in \[0, 3.40282346639e\+38\], got inf"):
         build_optimizer(params, {"name": "adam", "lr": float("inf")})

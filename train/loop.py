@@ -24,7 +24,7 @@ from weights.tree import load_tree, save_tree
 
 from .distributed import Dist, all_mean, setup, teardown, world_size
 from .plots import plot_metrics
-from .recipe import check_number
+from .recipe import METADATA, check_number
 from .schedules import build_optimizer, build_scheduler, lr_factor
 from .tasks import make_task, with_run_files
 from .tasks.base import Task
@@ -375,10 +375,12 @@ def _check_run_dir(recipe: dict, out: Path, resume: bool) -> None:
                                 "(the schedule and data depend on it); put the run's recipe.yaml back, or train into "
                                 "a new --out")
     if resume and (out / "recipe.yaml").is_file():
-        saved = yaml.safe_load((out / "recipe.yaml").read_text())
-        if saved != recipe:
+        # what the run computes must match; the keys for people (description, baselines) may change under it
+        saved, now = ({k: v for k, v in r.items() if k not in METADATA}
+                      for r in (yaml.safe_load((out / "recipe.yaml").read_text()) or {}, recipe))
+        if saved != now:
             raise ValueError(f"--resume with a different recipe than the one in {out}/recipe.yaml: "
-                             f"{'; '.join(_differences(saved, recipe))} (saved -> now). A resumed run repeats its "
+                             f"{'; '.join(_differences(saved, now))} (saved -> now). A resumed run repeats its "
                              "recipe (the schedule depends on train.steps): drop those --set flags, or train into a "
                              "new --out")
     if resume and not found and finished:  # saved without checkpoints: resuming would train it all again

@@ -159,9 +159,6 @@ def load_recipe(name_or_path: str, overrides: list[str] | tuple[str, ...] = ()) 
     if unknown:
         raise ValueError(f"recipe {path}: unknown top-level keys {unknown}; valid: "
                          f"{sorted(set(DEFAULTS) | set(REQUIRED) | set(METADATA))}")
-    baselines = raw.get("baselines", [])
-    if not (isinstance(baselines, list) and all(isinstance(b, str) for b in baselines)):
-        raise ValueError(f"recipe {path}: baselines must be a list of model names, got {baselines!r}")
     train = raw.get("train") or {}
     unknown = sorted(set(train) - set(DEFAULTS["train"])) if isinstance(train, dict) else []
     if unknown:  # a misspelt ckpt_every would silently turn checkpoints (and resume) off
@@ -171,4 +168,7 @@ def load_recipe(name_or_path: str, overrides: list[str] | tuple[str, ...] = ()) 
     recipe = _merge(DEFAULTS, raw)
     for assignment in overrides:
         recipe = apply_override(recipe, assignment)
+    baselines = recipe.get("baselines", [])  # from the file or a --set
+    if not (isinstance(baselines, list) and all(isinstance(b, str) for b in baselines)):
+        raise ValueError(f"recipe {path}: baselines must be a list of model names, got {baselines!r}")
     return recipe

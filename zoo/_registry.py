@@ -216,7 +216,7 @@ def _recipes_using(name: str) -> list[str]:
     for loc in spec.submodule_search_locations:
         for path in sorted(Path(loc, "recipes").glob("*.yaml")):
             recipe = yaml.safe_load(path.read_text()) or {}
-            if recipe.get("model") == name or name in recipe.get("baselines", []):
+            if recipe.get("model") == name or name in (recipe.get("baselines") or []):
                 found.append(path.stem)
     return found
 

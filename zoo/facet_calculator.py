@@ -46,7 +46,9 @@ class FacetCalculator(Calculator):
     """
 
     implemented_properties = ["energy", "free_energy", "energies", "forces", "stress"]
-    _ASE_KEYWORDS = ("label", "atoms", "directory")  # Calculator's own; any other keyword would do nothing
+    # Calculator's own (restart files hold no Facet state: restart=None is all that makes sense); any other
+    # keyword would be stored and do nothing
+    _ASE_KEYWORDS = ("restart", "ignore_bad_restart_file", "label", "atoms", "directory")
 
     def __init__(self, model: nn.Module | str | Path = "facet_small", pretrained: bool | str = False,
                  device: str | torch.device = "cpu", dtype: torch.dtype | str = torch.float64, **kwargs):

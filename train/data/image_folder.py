@@ -25,19 +25,24 @@ def _set_transforms(transforms: dict) -> None:
 
 
 def _as_rgb(image):
-    """An 8-bit RGB copy of a PIL image. 16-bit greyscale (PIL's modes I;16* and I: scans, microscopy, depth) maps
+    """An 8-bit RGB copy of a PIL image. 16-bit greyscale (PIL's modes I;16*: scans, microscopy, depth) maps
     0..65535 onto 0..255 (a division by 257, as ImageMagick converts): PIL's convert("RGB") clips it at 255, which
-    made a 16-bit image white. Float images (mode F) have no fixed range: an error."""
+    made a 16-bit image white. A 32-bit integer image (mode I) is read as 8-bit if its values fit, else as 16-bit;
+    beyond that, and for float images (mode F), there is no fixed range: an error."""
     from PIL import Image
 
-    if image.mode == "F":
-        raise OSError("a 32-bit float image has no fixed intensity range; save it as 8- or 16-bit")
-    if image.mode.startswith("I;16") or image.mode == "I":
-        import numpy as np
+    if image.mode not in ("F", "I") and not image.mode.startswith("I;16"):
+        return image.convert("RGB")
+    import numpy as np
 
-        values = np.asarray(image, dtype=np.float64) / 257.0
-        image = Image.fromarray(np.round(values.clip(0, 255)).astype(np.uint8), mode="L")
-    return image.convert("RGB")
+    values = np.asarray(image, dtype=np.float64)
+    high = values.max(initial=0)
+    if image.mode == "F" or high > 65535 or values.min(initial=0) < 0:
+        raise OSError(f"an image of mode {image.mode} with values in [{values.min(initial=0):g}, {high:g}] has no fixed "
+                      "intensity range; save it as 8- or 16-bit")
+    if image.mode.startswith("I;16") or high > 255:
+        values = values / 257.0
+    return Image.fromarray(np.round(values).astype(np.uint8), mode="L").convert("RGB")
 
 
 def _load(path: str, kind: str, seed: int, transforms: dict | None = None) -> torch.Tensor:
