@@ -50,6 +50,16 @@ def draw_split(data: dict[str, torch.Tensor], split: str, size: int, generator: 
     return draw_rows({"x": data[f"x_{split}"], "y": data[f"y_{split}"]}, size, generator, replace)
 
 
+def check_in_features(model: nn.Module, features: int, data: str) -> None:
+    """The model reads ``features`` features (its config's ``in_features``), else an error naming the setting;
+    ``data`` says whose features they are ("data.dataset=wine has")."""
+    takes = getattr(getattr(model, "config", None), "in_features", features)
+    if takes != features:
+        raise ValueError(f"{data} {features} features but the model takes in_features={takes}; set "
+                         f"model_args.in_features={features} (to evaluate a checkpoint, give it data of {takes} "
+                         "features)")
+
+
 class Task(ABC):
     """A family's batch format, loss, metrics and report. The loop owns everything else.
 

@@ -12,7 +12,7 @@ from estimators.information_plane import information_plane, plot_information_pla
 
 from ..data.ib12bit import ib12bit, split
 from ..data.tabular import DATASETS as TABULAR, load_tabular
-from .base import Task, draw_split, real, whole
+from .base import Task, check_in_features, draw_split, real, whole
 
 
 def _ib12bit_split(d: dict) -> dict[str, torch.Tensor]:
@@ -67,12 +67,7 @@ class ClassificationTask(Task):
 
     def _check_features(self, model) -> None:
         """The model reads the data's feature count (checked before training and at every evaluation)."""
-        features = self.data["x_train"].shape[-1]
-        takes = getattr(getattr(model, "config", None), "in_features", features)
-        if takes != features:
-            raise ValueError(f"data.dataset={self.name} has {features} features but the model takes "
-                             f"in_features={takes}; set model_args.in_features={features} (to evaluate a "
-                             f"checkpoint, give it data of {takes} features)")
+        check_in_features(model, self.data["x_train"].shape[-1], f"data.dataset={self.name} has")
 
     def _logits(self, model, x: torch.Tensor) -> torch.Tensor:
         """The model's logits, at least one per class of the data (else an error naming the setting, not an index

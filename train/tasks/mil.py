@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data.mil import benchmark_file, digit_bags, fold_split, load_mil_file, pad_bags
-from .base import Task, draw_rows, real, whole
+from .base import Task, check_in_features, draw_rows, real, whole
 
 
 class MILTask(Task):
@@ -62,12 +62,7 @@ class MILTask(Task):
 
     def _check(self, model) -> None:
         """The model reads instances of the data's feature count (checked before training and evaluation)."""
-        features = self.train["x"].shape[-1]
-        takes = getattr(getattr(model, "config", None), "in_features", features)
-        if takes != features:
-            raise ValueError(f"the instances of {self.source} have {features} features but the model takes "
-                             f"in_features={takes}; set model_args.in_features={features} (to evaluate a "
-                             f"checkpoint, give it data of {takes} features)")
+        check_in_features(model, self.train["x"].shape[-1], f"the instances of {self.source} have")
 
     def batch(self, size, generator):
         return draw_rows(self.train, size, generator)
