@@ -19,7 +19,8 @@ def spectral_effective_rank(w: torch.Tensor) -> torch.Tensor:
     """erank(W) = exp( -sum_i p_i log p_i ), p_i = s_i / sum_j s_j over the singular values of W (Roy & Vetterli 2007, eq. 2).
 
     W is reshaped to (shape[0], rest) (conv kernels: out x in*kh*kw; activations (N, ...): samples x
-    features). Real number in [1, rank(W)]: k for k equal non-zero singular values. Exact (no sampling
+    features). Real number in [1, rank(W)]: k for k equal non-zero singular values; 0 for the zero matrix (rank 0:
+    a dead layer, or PV-RNN's posteriors before training, is a value to record, not an error). Exact (no sampling
     bias for a given W). Cost one SVD, O(m n min(m, n)).
     """
     if not torch.is_tensor(w) or w.dim() < 2 or w.numel() == 0:
@@ -30,7 +31,7 @@ def spectral_effective_rank(w: torch.Tensor) -> torch.Tensor:
         raise ValueError("effective rank: w has NaN/inf entries")
     s = torch.linalg.svdvals(w)
     if s.sum() == 0:
-        raise ValueError("effective rank of the zero matrix is undefined")
+        return s.new_zeros(()).float()
     return _exp_entropy(s).float()
 
 
@@ -45,7 +46,8 @@ def effective_feature_count(x: torch.Tensor, power: float = 1.0, feature_dim: in
     often each feature is active).
 
     The effective number of features carrying the mass (e.g. sparse-autoencoder codes (N, F), feature
-    norms, per-feature importances): F for uniform mass, 1 when one feature holds all. Features lie along
+    norms, per-feature importances): F for uniform mass, 1 when one feature holds all, 0 when none holds any
+    (an all-zero code: no active feature). Features lie along
     ``feature_dim``: the default -1 suits channels-last tensors ((N, F), a sequence (B, T, F)); pass
     ``feature_dim=1`` for channels-first conv activations (N, C, H, W) to count channels. Exact for the
     given mass; a sample estimate of the population count, biased up by sampling noise on idle
@@ -64,7 +66,7 @@ def effective_feature_count(x: torch.Tensor, power: float = 1.0, feature_dim: in
     mass = mass.movedim(feature_dim, -1)
     mass = mass.reshape(-1, mass.shape[-1]).sum(0)
     if mass.sum() == 0:
-        raise ValueError("feature count: all mass is zero")
+        return mass.new_zeros(()).float()
     return _exp_entropy(mass).float()
 
 

@@ -100,6 +100,9 @@ def test_effective_rank_and_feature_count_closed_forms():
     assert effective_feature_count(torch.tensor([1.0, 0.0, 0.0, 0.0]), power=0).item() == pytest.approx(1.0)
     with pytest.raises(ValueError, match="power"):
         effective_feature_count(codes, power=-1)
+    # all zeros (a dead layer; PV-RNN's posterior means before training): 0, a value a Probe can record in a run,
+    # where the error it was stopped the run at step 0
+    assert effective_rank()(torch.zeros(4, 3)).item() == 0 and effective_feature_count(torch.zeros(5, 3)).item() == 0
     for power in (float("inf"), float("nan")):  # inf gave NaN (inf / inf), silently
         with pytest.raises(ValueError, match=r"power must be a finite number >= 0"):
             feature_count(power=power)

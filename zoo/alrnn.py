@@ -30,7 +30,8 @@ class ALRNNConfig:
 
 
 class ALRNN(nn.Module):
-    """Latent AL-RNN with identity observation model. Probe point ``z``: latent states (B, T, M)."""
+    """Latent AL-RNN with identity observation model. Probe point ``z``: latent states, (B, T - 1, M) in ``forward``
+    (the teacher-forced states after z_1) and (B, steps, M) in ``generate`` (z_1 included)."""
 
     def __init__(self, config: ALRNNConfig):
         super().__init__()
