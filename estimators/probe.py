@@ -6,6 +6,7 @@ import csv
 import difflib
 import fnmatch
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -75,11 +76,14 @@ class Probe:
     Outputs are accumulated on their own device along dim 0 up to ``max_samples`` rows per step (the first ones,
     in forward order: a step's first micro-batches),
     then each estimator runs once on the accumulated tensor when the step ends (``probe.step()``,
-    or leaving the ``with`` block).
+    or leaving the ``with`` block). Under data parallelism each process sees its slice of a batch: ``gather``
+    (a collective ``tensor -> tensor`` that every process calls, e.g. ``train.distributed.gather_rows``) joins
+    the slices in rank order before the estimators run, so they see the rows one process would.
     """
 
     def __init__(self, model: nn.Module, points: dict[str, list[Estimator]], every: int = 1,
-                 max_samples: int | None = 4096, step: int = 0):
+                 max_samples: int | None = 4096, step: int = 0,
+                 gather: Callable[[torch.Tensor], torch.Tensor] | None = None):
         if not is_whole(every, 1):
             raise ValueError(f"Probe: every must be an integer >= 1, got {every!r}")
         if not (max_samples is None or is_whole(max_samples, 1)):
@@ -87,6 +91,7 @@ class Probe:
         if not is_whole(step, 0):
             raise ValueError(f"Probe: step must be an integer >= 0, got {step!r}")
         self.model, self.every, self.max_samples, self._step = model, every, max_samples, step
+        self.gather = gather
         self.rows: list[dict] = []
         self._modules: dict[str, list[Estimator]] = {}
         self._params: dict[str, list[Estimator]] = {}
@@ -217,7 +222,12 @@ class Probe:
                 if len(shapes) > 1:
                     raise ValueError(f"Probe: {name} produced tensors of different shapes {sorted(shapes)} within "
                                      "one step; record one kind of forward pass per step (see Probe.paused())")
+                if self.gather is not None and chunks[0].dim() > 0:
+                    # each forward's rows from every process in rank order, which is the global batch's order (a
+                    # micro-batch is cut into the ranks' slices); then the first max_samples of them
+                    chunks = [self.gather(c) for c in chunks]
                 x = torch.cat(chunks) if chunks[0].dim() > 0 else torch.stack(chunks)
+                x = x[:self.max_samples]
                 if of_input:
                     for label, est in self._inputs[name]:
                         self._compute(name, label, est, self._named_modules[name], x)

@@ -582,6 +582,12 @@ def test_torchrun_two_processes_equal_single_process(tmp_path, name, extra):
     assert la.keys() == lb.keys()
     for s in la:
         assert la[s] == pytest.approx(lb[s], rel=1e-5)
+    if (tmp_path / "single" / "probe.csv").is_file():  # the probe sees the whole global batch, not rank 0's half
+        pa, pb = (list(csv.DictReader(open(tmp_path / run / "probe.csv"))) for run in ("single", "ddp"))
+        assert [(r["step"], r["point"], r["estimator"]) for r in pa] == [(r["step"], r["point"], r["estimator"])
+                                                                         for r in pb] and pa
+        for ra, rb in zip(pa, pb):
+            assert float(ra["value"]) == pytest.approx(float(rb["value"]), rel=1e-3), ra
 
 
 

@@ -59,6 +59,22 @@ def all_mean(x: torch.Tensor, d: Dist) -> torch.Tensor:
     return x
 
 
+def gather_rows(x: torch.Tensor) -> torch.Tensor:
+    """Every rank's ``x`` joined along dim 0 in rank order (a collective: all ranks call it, with the same trailing
+    shape; the row counts may differ, e.g. atoms). Identity in a single process."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return x
+    world = dist.get_world_size()
+    sizes = [torch.zeros(1, dtype=torch.long, device=x.device) for _ in range(world)]
+    dist.all_gather(sizes, torch.tensor([len(x)], device=x.device))
+    counts = [int(s) for s in sizes]
+    padded = x.new_zeros((max(counts), *x.shape[1:]))
+    padded[:len(x)] = x
+    parts = [torch.empty_like(padded) for _ in range(world)]
+    dist.all_gather(parts, padded.contiguous())
+    return torch.cat([part[:n] for part, n in zip(parts, counts)])
+
+
 def teardown() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()

@@ -22,7 +22,7 @@ from weights import CheckpointError, load_checkpoint, load_into, save_checkpoint
 from weights.checkpoint import atomic_write, fsync_path
 from weights.tree import load_tree, save_tree
 
-from .distributed import Dist, all_mean, setup, teardown, world_size
+from .distributed import Dist, all_mean, gather_rows, setup, teardown, world_size
 from .plots import plot_metrics
 from .recipe import METADATA, check_number
 from .schedules import build_optimizer, build_scheduler, lr_factor
@@ -247,13 +247,15 @@ def _probe_estimators(cfg: dict) -> dict:
 
 
 def _make_probe(model, cfg: dict, points: dict, step: int):
+    """The recipe's Probe; under torchrun it joins the ranks' rows, so each step is measured on the whole global
+    batch, as in one process."""
     if not points:
         return None
     from estimators import Probe
 
     limit = cfg.get("max_samples", 4096)
     return Probe(model, points, every=int(cfg.get("every", 100)), max_samples=None if limit is None else int(limit),
-                 step=step)
+                 step=step, gather=gather_rows if world_size() > 1 else None)
 
 
 def fit(recipe: dict, out: str | Path = "runs/run", resume: bool = False) -> dict:
