@@ -181,10 +181,12 @@ class Probe:
                                  "measures a module around its first input")
             chunks = self._buffers.get((name, of_input), [])
             have = sum(c.shape[0] if c.dim() else 1 for c in chunks)
-            if self.max_samples is None or have < self.max_samples:
+            # with gather, every forward leaves a chunk (0 rows past the cap): each is gathered with one collective,
+            # which every process must call equally often however many rows its slices held (atoms)
+            if self.max_samples is None or have < self.max_samples or self.gather is not None:
                 take = ((inputs[0] if inputs else next(iter(rest[0].values()))) if of_input else output).detach()
                 if self.max_samples is not None and take.dim() > 0:
-                    take = take[: self.max_samples - have]
+                    take = take[: max(0, self.max_samples - have)]
                 # a copy: a view would keep the whole batch's tensor alive, and an in-place op after the point
                 # (a ReLU(inplace=True)) would change what was recorded
                 # stored once the copy is made: a failure on the way leaves no empty buffer behind

@@ -68,6 +68,8 @@ def gather_rows(x: torch.Tensor) -> torch.Tensor:
     sizes = [torch.zeros(1, dtype=torch.long, device=x.device) for _ in range(world)]
     dist.all_gather(sizes, torch.tensor([len(x)], device=x.device))
     counts = [int(s) for s in sizes]
+    if not max(counts):
+        return x
     padded = x.new_zeros((max(counts), *x.shape[1:]))
     padded[:len(x)] = x
     parts = [torch.empty_like(padded) for _ in range(world)]
