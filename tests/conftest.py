@@ -41,6 +41,15 @@ def killed_at_call(cls, method: str, call: int):
         setattr(cls, method, original)
 
 
+def free_port() -> str:
+    """A TCP port free now, for a torchrun rendezvous: a fixed one clashes with another run of the same test."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return str(s.getsockname()[1])
+
+
 def train_losses(out: Path) -> dict[int, float]:
     """{step: loss} of the training rows in a run directory's metrics.jsonl."""
     rows = [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]

@@ -13,6 +13,8 @@ from train.data.wordpiece import SPECIAL, encode, train_wordpiece
 from train.tasks import make_task
 from weights import load_checkpoint
 
+from .conftest import free_port
+
 ENCODER = {"model_type": "distilbert", "vocab_size": 100, "dim": 32, "n_layers": 1, "n_heads": 2, "hidden_dim": 64,
            "max_position_embeddings": 64}
 TINY_LM = ["model_args.num_hidden_layers=1", "model_args.hidden_size=32", "model_args.intermediate_size=64",
@@ -515,7 +517,7 @@ def test_torchrun_ranks_build_one_tokenizer_from_a_cold_cache(tmp_path):
     from pathlib import Path
 
     env = dict(os.environ, GLOO_SOCKET_IFNAME="lo", OMP_NUM_THREADS="1", PAPERZOO_CACHE=str(tmp_path / "cache"))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29519",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", free_port(),
            "-m", "train.cli", "train", "grassmann-lm-pytext", "--out", str(tmp_path / "ddp")]
     for o in TINY_LM + ["train.steps=2", "schedule.warmup=1", "train.threads=1", "train.device=cpu"]:
         cmd += ["--set", o]

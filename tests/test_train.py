@@ -19,7 +19,7 @@ from train.tasks import TASKS
 from weights import CheckpointError, load_checkpoint
 from zoo._registry import resolve_config
 
-from .conftest import SMALL_DSR, killed_at_call, train_losses
+from .conftest import SMALL_DSR, free_port, killed_at_call, train_losses
 
 
 def test_fit_writes_a_complete_run_and_loss_falls(tmp_path):
@@ -569,7 +569,7 @@ def test_torchrun_two_processes_equal_single_process(tmp_path, name, extra):
     overrides = extra + ["train.steps=8", "train.ckpt_every=0", "train.threads=1"]
     fit(load_recipe(name, overrides), tmp_path / "single")
     env = dict(os.environ, GLOO_SOCKET_IFNAME="lo", OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", free_port(),
            "-m", "train.cli", "train", name, "--out", str(tmp_path / "ddp")]
     for o in overrides:
         cmd += ["--set", o]
@@ -717,7 +717,7 @@ def test_pvrnn_trains_under_torchrun_with_row_sparse_updates(tmp_path):
     seen = {i for s in range(2) for i in task.batch(2, _batch_generator(0, s))["ids"].tolist()}
     assert len(seen) < 6
     env = dict(os.environ, GLOO_SOCKET_IFNAME="lo", OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29518",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", free_port(),
            "-m", "train.cli", "train", "pvrnn-pfsm", "--out", str(tmp_path / "ddp")]
     for o in overrides + ["train.device=cpu"]:
         cmd += ["--set", o]
