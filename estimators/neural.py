@@ -61,7 +61,9 @@ def neural_mutual_information(x: torch.Tensor, y: torch.Tensor, bound: str = "in
     are few; InfoNCE cannot exceed log B and has low variance, DV is unbounded with high variance.
     Cost O(steps * B * hidden * (D_x + D_y + hidden) + steps * B^2 * 32).
     """
-    _check_options(bound, held_out, steps)
+    _check_options(bound, held_out)
+    if not is_whole(steps):  # 0 steps would score the untrained critic, about 0, as if it were an estimate
+        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
     x, y = as_samples(x, "x", torch.float32), as_samples(y, "y", torch.float32)
     same_rows(x, y)
     n = x.shape[0]
@@ -101,13 +103,11 @@ def neural_mutual_information(x: torch.Tensor, y: torch.Tensor, bound: str = "in
     return (score(test) / log_base(base)).float()
 
 
-def _check_options(bound: str, held_out: float, steps: int = 1) -> None:
+def _check_options(bound: str, held_out: float) -> None:
     if bound not in BOUNDS:
         raise ValueError(f"bound must be one of {BOUNDS}, got {bound!r}")
     if not (isinstance(held_out, numbers.Real) and 0 <= held_out < 1):
         raise ValueError(f"held_out must be a fraction in [0, 1) of the pairs kept out of training, got {held_out!r}")
-    if not is_whole(steps):  # 0 steps would score the untrained critic, about 0, as if it were an estimate
-        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
 
 
 def neural_mi(target=None, bound: str = "infonce", steps: int = 500, batch_size: int = 256,

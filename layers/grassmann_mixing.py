@@ -98,7 +98,7 @@ class CausalGrassmannMixing(nn.Module):
             # were read as 1 or (1, 2)
             raise ValueError(f"CausalGrassmannMixing: windows must be a sequence of whole offsets, got {windows!r}")
         windows = tuple(int(w) for w in items)
-        if not windows or min(windows) < 1 or len(set(windows)) != len(windows):
+        if min(windows) < 1 or len(set(windows)) != len(windows):
             raise ValueError(f"CausalGrassmannMixing: windows must be distinct offsets >= 1, got {windows}")
         if rank < 2:
             raise ValueError(f"CausalGrassmannMixing: rank must be >= 2 for 2-planes in R^rank, got {rank}")

@@ -27,6 +27,14 @@ def _recomputing() -> bool:
     return not torch.compiler.is_compiling() and torch._C._current_graph_task_id() != -1
 
 
+def top_singular(weight: torch.Tensor) -> dict[str, torch.Tensor]:
+    """u, v: the top singular vectors of ``weight`` flattened to (out, fan_in); gamma: its top singular value,
+    shape (1,); in the weight's dtype (the SVD itself in float32 at least)."""
+    U, S, Vh = torch.linalg.svd(weight.detach().flatten(1).float(), full_matrices=False)
+    dtype = weight.dtype
+    return {"u": U[:, 0].to(dtype).contiguous(), "v": Vh[0].to(dtype).contiguous(), "gamma": S[:1].to(dtype)}
+
+
 class SigmaReparam(nn.Module):
     """Mixin for a layer whose ``weight`` is used as W_hat = (gamma / sigma(W)) W (paper eq. 3), W flattened to
     (out, fan_in) (a Conv2d kernel to out x (in/groups * kh * kw)).
@@ -42,14 +50,8 @@ class SigmaReparam(nn.Module):
     u: torch.Tensor
     v: torch.Tensor
 
-    def _top_singular(self) -> dict[str, torch.Tensor]:
-        """u, v: the top singular vectors of the flattened weight; gamma: its top singular value, shape (1,)."""
-        U, S, Vh = torch.linalg.svd(self.weight.detach().flatten(1).float(), full_matrices=False)
-        dtype = self.weight.dtype
-        return {"u": U[:, 0].to(dtype).contiguous(), "v": Vh[0].to(dtype).contiguous(), "gamma": S[:1].to(dtype)}
-
     def _init_reparam(self) -> None:
-        start = self._top_singular()
+        start = top_singular(self.weight)
         self.register_buffer("u", start["u"])
         self.register_buffer("v", start["v"])
         self.gamma = nn.Parameter(start["gamma"], requires_grad=self.weight.requires_grad)  # a frozen layer stays so
@@ -58,7 +60,7 @@ class SigmaReparam(nn.Module):
     def restart_reparam(self, names=("u", "v", "gamma")) -> None:
         """Set ``names`` (of u, v, gamma) in place as conversion does, from the current weight: with all three, the
         layer computes its plain weight W again. For a checkpoint that lacks them (of a plain or a folded model)."""
-        start = self._top_singular()
+        start = top_singular(self.weight)
         for name in names:
             getattr(self, name).copy_(start[name])
 

@@ -164,10 +164,11 @@ def lm_loss(logits: torch.Tensor, labels: torch.Tensor, in_range: bool = False,
         check_labels(labels[:, 1:], logits.shape[-1], "vocab_size")
     # the targets shifted left, the last position ignored: logits stay a view (logits[:, :-1] would copy B T V)
     targets = F.pad(labels[:, 1:].long(), (0, 1), value=-100)
+    loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100,
+                           reduction="mean" if num_items is None else "sum")
     if num_items is None:
-        return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100)
-    total = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100, reduction="sum")
-    return total / (num_items.to(total.device) if torch.is_tensor(num_items) else num_items)
+        return loss
+    return loss / (num_items.to(loss.device) if torch.is_tensor(num_items) else num_items)
 
 
 def cache_wanted(backbone: nn.Module, use_cache: bool | None) -> bool:

@@ -13,7 +13,15 @@ from .atoms import graph_from_atoms
 
 
 def _load_model(model, pretrained) -> nn.Module:
+    """The model a module, a checkpoint path or a registered name (with ``pretrained``) stands for."""
+
+    def refuse_pretrained():
+        if pretrained:
+            raise ValueError("FacetCalculator: pretrained= applies to a registered model name; a module or a "
+                             "checkpoint path already holds its weights")
+
     if isinstance(model, nn.Module):  # the calculator's own float64, frozen copy: the caller's model is untouched
+        refuse_pretrained()
         own = copy.deepcopy(model)
         for module in own.modules():  # hooks are closures on the caller's objects (e.g. its Probe): not copied
             for hooks in (module._forward_hooks, module._forward_pre_hooks, module._backward_hooks,
@@ -22,6 +30,7 @@ def _load_model(model, pretrained) -> nn.Module:
         return own
     text = str(model)
     if text.endswith(".safetensors") or Path(text).is_file():
+        refuse_pretrained()
         from weights import load_checkpoint
 
         return load_checkpoint(model)
@@ -30,7 +39,7 @@ def _load_model(model, pretrained) -> nn.Module:
                                 "registered name such as 'facet_small', or the path of a .safetensors checkpoint")
     from . import create_model
 
-    return create_model(str(model), pretrained=pretrained)
+    return create_model(text, pretrained=pretrained)
 
 
 class FacetCalculator(Calculator):
@@ -57,10 +66,6 @@ class FacetCalculator(Calculator):
             raise TypeError(f"FacetCalculator got unknown keyword arguments {unknown}; it takes model, pretrained, "
                             f"device, dtype and ASE's {list(self._ASE_KEYWORDS)} (the cutoff and the species are "
                             "the model's: build the model with them)")
-        if isinstance(model, (nn.Module, Path)) or str(model).endswith(".safetensors") or Path(str(model)).is_file():
-            if pretrained:
-                raise ValueError("FacetCalculator: pretrained= applies to a registered model name; a module or a "
-                                 "checkpoint path already holds its weights")
         dtype = getattr(torch, dtype, None) if isinstance(dtype, str) else dtype
         if dtype not in (torch.float64, torch.float32):
             raise TypeError(f"FacetCalculator: dtype must be torch.float64, torch.float32, 'float64' or 'float32', "

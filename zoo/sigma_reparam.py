@@ -17,14 +17,15 @@ import dataclasses
 from dataclasses import dataclass
 
 import timm
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 import torch
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import adapt_input_conv, build_model_with_cfg, generate_default_cfgs, vision_transformer
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
 from layers import SigmaReparam, add_attention_probes, apply_sigma_reparam
+from layers.sigma_reparam import top_singular
 
 from ._inputs import check_images
 from ._registry import Paper, register_model, register_timm_model
@@ -74,9 +75,8 @@ def _carried_reparam(weight: torch.Tensor, gamma: torch.Tensor, sigma: torch.Ten
     """u, v, gamma for a kernel W' = A(W) that a linear map A (timm's channel adaptation, patch resampling) made
     from a reparametrised W: W' keeps the effective scale, (gamma' / s_1(W')) W' = A((gamma / sigma) W), so
     gamma' = (gamma / sigma) s_1(W'), with u', v' the top singular vectors of W' flattened."""
-    U, S, Vh = torch.linalg.svd(weight.flatten(1).float(), full_matrices=False)
-    return {"u": U[:, 0].to(weight.dtype).contiguous(), "v": Vh[0].to(weight.dtype).contiguous(),
-            "gamma": (gamma.float() / sigma.float() * S[:1]).to(gamma.dtype)}
+    start = top_singular(weight)
+    return {**start, "gamma": (gamma.float() / sigma.float() * start["gamma"].float()).to(gamma.dtype)}
 
 
 def _checkpoint_filter(state_dict: dict, model: nn.Module) -> dict:
