@@ -13,16 +13,18 @@ class WindowGradient:
     """Error regression's inner step by hand (no autograd): the gradient in a window's adaptive vectors
     A = [A^mu, A^sigma] (B, W, 2Z) of the window objective, summed over the B streams,
         J = sum_t [ (1/(W R)) ||W_out d^0_t + b_out - x_t||^2 + sum_j c_j KL(q_tj || p_tj) ],
-    with the weights fixed, z = tanh(A^mu) + exp(A^sigma) eps for the given eps, and c_j the KL weight of latent
-    unit j (w_k / (z_k W) for the model's objective). With e = mu^q - mu^p and v = 1/sigma_p^2 the KL's partials are
+    with the weights fixed, z = tanh(A^mu) + exp(A^sigma) eps for the given eps, and c_tj the KL weight of latent
+    unit j at window step t (w_k / (z_k W) for the model's objective), ``c_later`` (W, Z) for a window that
+    starts after the stream's first step and ``c_first`` for one that starts there. With e = mu^q - mu^p and v = 1/sigma_p^2 the KL's partials are
     dKL/dmu^q = e v = -dKL/dmu^p, dKL/dlog sigma^p = 1 - (sigma_q^2 + e^2) v, dKL/dA^sigma = sigma_q^2 v - 1 (besides
     the path through z); the recursion's part is ``SkewedStack.propagate``. Buffers are allocated once for (W, B):
     about 50 small ops per call plus four per wave step. Equal to autograd's gradient (tested through the model).
     """
 
-    def __init__(self, packed: PackedStack, out_weight: torch.Tensor, out_bias: torch.Tensor, c: torch.Tensor,
-                 W: int, B: int):
-        self.packed, self.stack, self.c = packed, SkewedStack(packed, W, B), c
+    def __init__(self, packed: PackedStack, out_weight: torch.Tensor, out_bias: torch.Tensor, c_later: torch.Tensor,
+                 c_first: torch.Tensor, W: int, B: int):
+        self.packed, self.stack, self.c_later, self.c_first = packed, SkewedStack(packed, W, B), c_later, c_first
+        c = c_later
         L, Z, n0 = len(packed.d_sizes), sum(packed.z_sizes), packed.d_sizes[0]
         self.L, self.Z, self.n0 = L, Z, n0
         lag = self.stack.lag_z
@@ -43,7 +45,8 @@ class WindowGradient:
         """(J if ``value`` else None, dJ/dA) for A = ``a`` (B, W, 2Z), noise ``eps`` (B, W, Z), state (h0, d0)
         before the window, observations ``obs`` (B, W, R); ``first``: the window's first prior is N(0, I). The
         gradient is a buffer that the next call overwrites."""
-        p, stack, c, Z = self.packed, self.stack, self.c, self.Z
+        p, stack, Z = self.packed, self.stack, self.Z
+        c = self.c_first if first else self.c_later
         a_mu, a_sigma = a[..., :Z], a[..., Z:]
         mu_q, sigma_q = torch.tanh(a_mu), torch.exp(a_sigma)
         stack.run(F.linear(torch.addcmul(mu_q, sigma_q, eps), p.Wz, p.b), h0, d0)

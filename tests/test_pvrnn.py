@@ -97,7 +97,8 @@ def test_elbo_terms_hand_computed_one_level_two_steps():
     kl1 = kl_hand(z1, math.exp(-1.0), 0.0, 1.0)
     kl2 = kl_hand(z2, math.exp(0.5), math.tanh(d1), math.exp(2 * d1 - 1))
     assert rec.item() == pytest.approx(rec_hand, rel=1e-5)
-    assert kl.item() == pytest.approx((kl1 + kl2) / 2, rel=1e-5)
+    assert kl.shape == (1, 2, 1)
+    assert kl.mean().item() == pytest.approx((kl1 + kl2) / 2, rel=1e-5)
     assert m.weighted(rec, kl).item() == pytest.approx(rec_hand + 0.5 * (kl1 + kl2) / 2, rel=1e-5)
 
 
@@ -118,8 +119,39 @@ def test_elbo_normalisation_with_several_outputs_levels_and_z_units():
     for k, (lvl, R_z) in enumerate(zip(out["levels"], (3, 2))):
         per_unit = kl_divergence(Normal(lvl["post_mu"], lvl["post_sigma"]), Normal(lvl["prior_mu"], lvl["prior_sigma"]))
         assert per_unit.shape == (2, 5, R_z)
-        torch.testing.assert_close(kl[:, k], per_unit.sum((1, 2)) / (5 * R_z))
-    torch.testing.assert_close(m.weighted(rec, kl), rec + 0.3 * kl[:, 0] + 0.05 * kl[:, 1])
+        torch.testing.assert_close(kl[..., k], per_unit.sum(-1) / R_z)
+    torch.testing.assert_close(m.weighted(rec, kl), rec + 0.3 * kl[..., 0].mean(1) + 0.05 * kl[..., 1].mean(1))
+
+
+def test_first_step_meta_prior_weights_only_the_first_steps_kl():
+    """meta_prior_first = w1: the objective is rec + (1/T) sum_k [w1_k kl_0k + w_k sum_{t>0} kl_tk] (KL per latent
+    unit), so only the first step's KL changes weight; w1 = w gives the default objective, and the reported KL parts
+    stay unweighted means."""
+    ids, x = torch.arange(3), torch.randn(3, 30, 2)
+    m = tiny(meta_prior=(0.3, 0.05), meta_prior_first=(2.0, 0.0))
+    with torch.no_grad():
+        for a in list(m.A_mu) + list(m.A_sigma):
+            a.normal_(0, 0.5)
+    torch.manual_seed(3)
+    loss, parts = m.loss(ids, x)
+    torch.manual_seed(3)  # the same z noise
+    out = m(ids)
+    rec = (out["x"] - x).square().mean((1, 2))
+    per_unit = [lvl["kl"] / z for lvl, z in zip(out["levels"], (2, 1))]  # (B, T) per level
+    hand = rec + sum((w1 * kl[:, 0] + w * kl[:, 1:].sum(1)) / 30
+                     for kl, w, w1 in zip(per_unit, (0.3, 0.05), (2.0, 0.0)))
+    torch.testing.assert_close(loss, hand.mean())
+    torch.testing.assert_close(parts["kl_0"], per_unit[0].mean())
+    same = tiny(meta_prior=(0.3, 0.05), meta_prior_first=(0.3, 0.05))
+    default = tiny(meta_prior=(0.3, 0.05))
+    same.load_state_dict(m.state_dict())
+    default.load_state_dict(m.state_dict())
+    losses = []
+    for model in (same, default):
+        torch.manual_seed(3)
+        losses.append(model.loss(ids, x)[0])
+    torch.testing.assert_close(losses[0], losses[1], rtol=0, atol=0)
+    assert not torch.allclose(loss, losses[0])
 
 
 def test_loss_falls_on_a_short_run():
@@ -408,6 +440,9 @@ def test_checkpoint_round_trip_keeps_adaptive_vectors(tmp_path):
     m2 = load_checkpoint(tmp_path / "pv.safetensors")
     assert torch.equal(m2.A_mu[0], m.A_mu[0]) and torch.equal(m2.A_sigma[1], m.A_sigma[1])
     assert torch.equal(m2.reconstruct(torch.arange(4)), m.reconstruct(torch.arange(4)))
+    w1 = tiny(meta_prior_first=[0.5, 0.0])
+    save_checkpoint(w1, tmp_path / "w1.safetensors")
+    assert load_checkpoint(tmp_path / "w1.safetensors").config.meta_prior_first == (0.5, 0.0)
 
 
 def test_bad_input_is_named():
@@ -460,9 +495,13 @@ def test_bad_input_is_named():
     with pytest.raises(ValueError, match=r"state must hold \(h, d\) per level with d_sizes"):
         m.unroll(3, m.initial_state(2)[:1], first=True)
     for bad in ({"meta_prior": [float("nan"), 0.1]}, {"meta_prior": [float("inf"), 0.1]},
+                {"meta_prior_first": [0.1, -1.0]}, {"meta_prior_first": [0.1, float("nan")]},
                 {"taus": [float("nan"), 2.0]}):
         with pytest.raises(ValueError, match="meta_prior >= 0|tau >= 1"):  # both gave a NaN loss
             zoo.create_model("pvrnn_small", **bad)
+    with pytest.raises(ValueError, match=r"meta_prior_first when given\) need one entry per level.*"
+                                         r"'meta_prior_first': 3"):
+        zoo.create_model("pvrnn_small", meta_prior_first=[0.1, 0.1, 0.1])
 
 
 def test_pfsm_data_has_the_set_branch_probability():
@@ -647,14 +686,16 @@ def test_posterior_unroll_matches_a_level_by_level_reference(bottom_up):
             torch.testing.assert_close(h, h_k, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("meta_prior_first", [None, (1.0, 0.0, 0.3)])
 @pytest.mark.parametrize("bottom_up", [False, True])
-def test_hand_written_window_gradient_equals_autograd(bottom_up):
+def test_hand_written_window_gradient_equals_autograd(bottom_up, meta_prior_first):
     """window_objective_and_grad (layers.WindowGradient, no autograd) equals autograd through
     window_objective with the same z noise, in fp64, for a three-level stack, with and without the first step's
-    unit-Gaussian prior (bottom-up models take autograd's gradient by design)."""
+    unit-Gaussian prior and its own meta-prior w1 (bottom-up models take autograd's gradient by design)."""
     torch.manual_seed(0)
     m = zoo.create_model("pvrnn_small", d_sizes=(6, 5, 4), z_sizes=(3, 2, 1), taus=(2.0, 4.0, 8.0),
-                         meta_prior=(0.1, 0.01, 0.001), out_size=2, bottom_up=bottom_up).double()
+                         meta_prior=(0.1, 0.01, 0.001), meta_prior_first=meta_prior_first, out_size=2,
+                         bottom_up=bottom_up).double()
     B, W = 3, 6
     obs = torch.randn(B, W, 2, dtype=torch.float64)
     a = 0.5 * torch.randn(B, W, 12, dtype=torch.float64)

@@ -9,7 +9,9 @@ checkpoint); the data reach them only through the prediction error's gradient.
 Objective, minimised per sequence of length T (the negative of the paper's weighted lower bound, with our
 normalisation stated):
     L = (1/T) sum_t [ (1/R_x) ||x_hat_t - x_t||^2 + sum_k w_k (1/R_z^k) KL(q(z_t^k) || p(z_t^k | d_{t-1}^k)) ],
-where R_x and R_z^k are the output and latent sizes and w_k the meta-prior of level k. The squared error is
+where R_x and R_z^k are the output and latent sizes and w_k the meta-prior of level k (at the first step, whose
+prior is N(0, I), optionally a separate w1_k, ``meta_prior_first``, as the authors' lab's later PV-RNN code
+has it; by default w1 = w, the 2019 objective). The squared error is
 -log N(x_t | x_hat_t, 1/2) up to a constant (a Gaussian likelihood with fixed variance); the KL is in nats and
 closed form (``layers.pvrnn_layer.gaussian_kl``). The training loss is its mean over the batch.
 """
@@ -73,6 +75,7 @@ class PVRNNConfig:
     z_sizes: tuple[int, ...] = (2, 1)         # latent units per level
     taus: tuple[float, ...] = (2.0, 8.0)        # time constants per level (slower towards the top)
     meta_prior: tuple[float, ...] = (0.01, 0.01)  # w per level
+    meta_prior_first: tuple[float, ...] | None = None  # w1 per level: the first step's KL weight (None: meta_prior)
     out_size: int = 2
     n_sequences: int = 16           # training sequences, each with its own adaptive vectors
     seq_len: int = 200              # steps of adaptive vectors per training sequence
@@ -93,12 +96,16 @@ class PVRNN(nn.Module):
     def __init__(self, config: PVRNNConfig):
         super().__init__()
         c = config
+        w1 = c.meta_prior if c.meta_prior_first is None else c.meta_prior_first
         sizes = {"d_sizes": len(c.d_sizes), "z_sizes": len(c.z_sizes), "taus": len(c.taus), "meta_prior": len(c.meta_prior)}
+        sizes |= {} if c.meta_prior_first is None else {"meta_prior_first": len(c.meta_prior_first)}
         if len(set(sizes.values())) != 1 or not c.d_sizes:
-            raise ValueError(f"PVRNN: d_sizes, z_sizes, taus and meta_prior need one entry per level, got lengths {sizes}")
+            raise ValueError(f"PVRNN: d_sizes, z_sizes, taus and meta_prior (and meta_prior_first when given) need one "
+                             f"entry per level, got lengths {sizes}")
         if c.n_sequences < 1 or c.seq_len < 1 or c.out_size < 1 or not all(math.isfinite(w) and w >= 0
-                                                                             for w in c.meta_prior):
-            raise ValueError(f"PVRNN needs n_sequences, seq_len, out_size >= 1 and finite meta_prior >= 0, got {c}")
+                                                                             for w in (*c.meta_prior, *w1)):
+            raise ValueError(f"PVRNN needs n_sequences, seq_len, out_size >= 1 and finite meta_prior >= 0 "
+                             f"(meta_prior_first too), got {c}")
         self.config = c
         L = len(c.d_sizes)
         self.levels = nn.ModuleList(
@@ -261,14 +268,24 @@ class PVRNN(nn.Module):
 
     # -- the objective ---------------------------------------------------------------------------------------
     def elbo_terms(self, out: dict, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per sequence: reconstruction (1/T) sum_t (1/R_x) ||x_hat_t - x_t||^2, shape (B,), and per level
-        (1/T) sum_t (1/R_z^k) KL_t^k, shape (B, L)."""
+        """Per sequence: reconstruction (1/T) sum_t (1/R_x) ||x_hat_t - x_t||^2, shape (B,), and per step and level
+        the KL per latent unit (1/R_z^k) KL_t^k, shape (B, T, L) (its mean over steps is the objective's KL term)."""
         rec = (out["x"] - x).square().mean((-1, -2))
-        return rec, out["kl"].mean(1) / out["kl"].new_tensor(self.config.z_sizes)
+        return rec, out["kl"] / out["kl"].new_tensor(self.config.z_sizes)
 
-    def weighted(self, rec: torch.Tensor, kl: torch.Tensor) -> torch.Tensor:
-        """rec + sum_k w_k kl_k per sequence (the negative weighted lower bound)."""
-        return rec + (kl * kl.new_tensor(self.config.meta_prior)).sum(-1)  # not a matmul, which autocast would cast
+    def kl_weights(self, steps: int, first: bool, like: torch.Tensor) -> torch.Tensor:
+        """(steps, L): the meta-prior w_k at every step, and w1_k (``meta_prior_first``) at step 0 when ``first``
+        (the steps start at the sequence's first step, whose prior is N(0, I))."""
+        c = self.config
+        w = like.new_tensor(c.meta_prior).expand(steps, -1)
+        if first and c.meta_prior_first is not None:
+            w = torch.cat([like.new_tensor(c.meta_prior_first)[None], w[1:]])
+        return w
+
+    def weighted(self, rec: torch.Tensor, kl: torch.Tensor, first: bool = True) -> torch.Tensor:
+        """rec + (1/T) sum_t sum_k w_k(t) kl_tk per sequence (the negative weighted lower bound), kl (B, T, L) from
+        ``elbo_terms``; ``first``: the steps start at the sequence's first step (its KL weighted by w1)."""
+        return rec + (kl * self.kl_weights(kl.shape[1], first, kl)).mean(1).sum(-1)  # no matmul: autocast casts it
 
     def loss(self, ids: torch.Tensor, x: torch.Tensor, forward=None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Mean over the batch of the objective for sequences ``ids`` (B,) with observations x (B, T, out_size),
@@ -281,7 +298,7 @@ class PVRNN(nn.Module):
             raise ValueError(f"PVRNN.loss: x must have shape (len(ids)={len(ids)}, T, out_size={self.config.out_size}), "
                              f"got {tuple(x.shape)}")
         rec, kl = self.elbo_terms((self if forward is None else forward)(ids, steps=x.shape[1]), x)
-        extras = {"rec": rec.detach().mean()} | {f"kl_{k}": v for k, v in enumerate(kl.detach().mean(0))}
+        extras = {"rec": rec.detach().mean()} | {f"kl_{k}": v for k, v in enumerate(kl.detach().mean((0, 1)))}
         return self.weighted(rec, kl).mean(), extras
 
     # -- generation and reconstruction -----------------------------------------------------------------------
@@ -320,14 +337,15 @@ class PVRNN(nn.Module):
         """Error regression's objective: the training objective restricted to the window ``obs`` (B, W, out), summed
         over the streams, given the window's adaptive vectors ``a`` (B, W, 2 Z) = [A_mu, A_sigma], z sampled."""
         out = self.unroll(obs.shape[1], state, first, a.chunk(2, -1), noise=True, packed=packed)
-        return self.weighted(*self.elbo_terms(out, obs)).sum()
+        return self.weighted(*self.elbo_terms(out, obs), first=first).sum()
 
     @_without_autocast
     def window_objective_and_grad(self, a: torch.Tensor, state, first: bool, obs: torch.Tensor,
                                   packed: PackedStack) -> tuple[torch.Tensor, torch.Tensor]:
         """``window_objective`` and its gradient in ``a``, with the weights fixed, from ``window_solver``: by hand
         (``layers.WindowGradient``, no autograd graph), or by autograd for models with bottom-up weights. The KL
-        weights are dJ/dkl = w_k / (z_k W) per latent unit of level k. Equal to autograd's gradient (tested)."""
+        weights are dJ/dkl = w_k / (z_k W) per latent unit of level k (w1_k at the stream's first step). Equal to
+        autograd's gradient (tested)."""
         solver = self.window_solver(packed, obs.shape[1], obs.shape[0])
         with torch.no_grad():
             value, grad = solver(a, torch.randn_like(a[..., :solver.Z]), *join_state(state), first, obs, value=True)
@@ -339,9 +357,10 @@ class PVRNN(nn.Module):
         for models with bottom-up weights, which the skewed stack cannot run."""
         if self.config.bottom_up:
             return SteppedWindow(self, packed)
-        c = packed.Wz.new_tensor([w / (z * window) for w, z in zip(self.config.meta_prior, packed.z_sizes)
-                                  for _ in range(z)])
-        return WindowGradient(packed, self.out.weight.detach(), self.out.bias.detach(), c, window, batch)
+        z = packed.Wz.new_tensor(packed.z_sizes)
+        c_later, c_first = ((self.kl_weights(window, first, z) / (z * window)).repeat_interleave(z.long(), -1)
+                            for first in (False, True))
+        return WindowGradient(packed, self.out.weight.detach(), self.out.bias.detach(), c_later, c_first, window, batch)
 
     @_without_autocast
     def error_regression(self, stream: torch.Tensor, window: int, iterations: int, lr: float = 0.1,
@@ -447,7 +466,7 @@ class SteppedWindow:
         with torch.enable_grad():
             a = a.detach().requires_grad_()
             J = m.weighted(*m.elbo_terms(m._posterior_outputs(self._pass(a, eps, h0, d0, first), self.packed),
-                                         obs)).sum()
+                                         obs), first=first).sum()
             grad, = torch.autograd.grad(J, [a])
         return J.detach() if value else None, grad
 

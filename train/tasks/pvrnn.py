@@ -101,7 +101,7 @@ class PVRNNTask(Task):
         x = self.train_x.to(device)
         rec, kl = model.elbo_terms(model(ids, noise=False), x)
         er = model.error_regression(self.test_x.to(device), **self.er)
-        metrics = {"rec": float(rec.mean()), **{f"kl_{k}": float(v) for k, v in enumerate(kl.mean(0))},
+        metrics = {"rec": float(rec.mean()), **{f"kl_{k}": float(v) for k, v in enumerate(kl.mean((0, 1)))},
                    self.er_key: float(er["error"].mean()), "lambda_max": self.lyapunov(model)}
         if self.source == "pfsm":
             gen = model.generate(8, self.gen_steps).cpu()
