@@ -448,6 +448,29 @@ def test_vit_sigma_pretrained_adapts_to_in_chans_img_size_patch_size_and_a_new_h
     assert head.gamma.item() == pytest.approx(_true_sigma(head), rel=1e-5)
 
 
+def test_zoo_convert_fits_a_vit_sigma_checkpoint_like_timms_pretrained_path(tmp_path):
+    """``zoo convert`` (weights.convert) finds the family's checkpoint_filter_fn: a 32-pixel checkpoint converts
+    into a 64-pixel model (pos_embed resampled) and gives what timm's pretrained=True path gives; it refused the
+    shape before. Another in_chans, which only timm's loader adapts, is a named shape mismatch."""
+    from weights import CheckpointError
+    from weights.convert import convert
+
+    torch.manual_seed(0)
+    small = dict(patch_size=8, depth=2, num_classes=10)
+    m = timm.create_model("vit_tiny_patch16_224_sigma", img_size=32, **small).eval()
+    torch.save(m.state_dict(), tmp_path / "vit32.pth")
+    converted = load_checkpoint(convert(tmp_path / "vit32.pth", "vit_tiny_patch16_224_sigma",
+                                        tmp_path / "vit64.safetensors", img_size=64, **small)).eval()
+    via_timm = timm.create_model("vit_tiny_patch16_224_sigma", img_size=64, pretrained=True, **small,
+                                 pretrained_cfg_overlay=dict(file=str(tmp_path / "vit32.pth"), num_classes=10)).eval()
+    x = torch.randn(2, 3, 64, 64)
+    assert converted.pos_embed.shape == (1, 65, 192)
+    torch.testing.assert_close(converted(x), via_timm(x), atol=0, rtol=0)
+    with pytest.raises(CheckpointError, match="patch_embed.proj.weight"):
+        convert(tmp_path / "vit32.pth", "vit_tiny_patch16_224_sigma", tmp_path / "grey.safetensors", img_size=32,
+                in_chans=1, **small)
+
+
 def test_transformer_lm_sigma_counts_and_same_initial_function():
     with torch.device("meta"):
         assert count(zoo.create_model("transformer_lm_13m_sigma")) == 12_585_472 + 24

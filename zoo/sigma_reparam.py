@@ -79,26 +79,43 @@ def _carried_reparam(weight: torch.Tensor, gamma: torch.Tensor, sigma: torch.Ten
     return {**start, "gamma": (gamma.float() / sigma.float() * start["gamma"].float()).to(gamma.dtype)}
 
 
-def _checkpoint_filter(state_dict: dict, model: nn.Module) -> dict:
-    """A checkpoint of a converted ViT, fitted to this model the way timm fits its own ViTs: timm's filter
-    resamples ``pos_embed`` (another ``img_size``) and the patch kernel (another ``patch_size``), and timm's loader
-    then adapts the kernel to ``in_chans`` and drops the head's weight and bias when ``num_classes`` differs from
-    the weights' (its config's). The head's gamma, u and v go with them (the new head keeps its own), and a patch
-    kernel that changes shape gets u, v and gamma of its new shape that keep its effective weight."""
+def _fit_vit_state(state_dict: dict, model: nn.Module, adapt_kernel=None) -> dict:
+    """timm's ViT filter (pos_embed resampled to ``img_size``, the patch kernel to ``patch_size``); a patch kernel
+    that changes shape, here or in ``adapt_kernel`` (what timm's loader will do to it next), gets u, v and gamma of
+    its new shape that keep its effective weight."""
     proj = "patch_embed.proj."
     old = {k: state_dict[proj + k] for k in ("weight", "u", "v", "gamma") if proj + k in state_dict}
     state_dict = vision_transformer.checkpoint_filter_fn(state_dict, model)
-    cfg = getattr(model, "pretrained_cfg", None) or {}
-    if model.num_classes != cfg.get("num_classes", model.num_classes):  # timm will drop head.weight and head.bias
-        state_dict = {k: v for k, v in state_dict.items() if not k.startswith("head.")}
     if len(old) == 4:
         kernel = state_dict[proj + "weight"]
-        in_chans, weights_chans = model.patch_embed.proj.in_channels, (cfg.get("input_size") or (3,))[0]
-        if in_chans != weights_chans and kernel.shape[1] != in_chans:  # what timm's loader will do next
-            kernel = adapt_input_conv(in_chans, kernel, base_chans=weights_chans)
+        kernel = kernel if adapt_kernel is None else adapt_kernel(kernel)
         if kernel.shape != old["weight"].shape:
             sigma = old["u"] @ old["weight"].flatten(1) @ old["v"]
             state_dict |= {proj + k: v for k, v in _carried_reparam(kernel, old["gamma"], sigma).items()}
+    return state_dict
+
+
+def checkpoint_filter_fn(state_dict: dict, model: nn.Module) -> dict:
+    """A checkpoint of a converted ViT fitted to this model's ``img_size`` and ``patch_size`` (``zoo convert``,
+    which then loads it strictly: another ``in_chans`` or ``num_classes`` is a named shape mismatch there)."""
+    return _fit_vit_state(state_dict, model)
+
+
+def _timm_pretrained_filter(state_dict: dict, model: nn.Module) -> dict:
+    """``checkpoint_filter_fn`` for timm's ``pretrained=True`` loader, which then adapts the patch kernel to
+    ``in_chans`` and drops the head's weight and bias when ``num_classes`` differs from the weights' (its
+    config's): the head's gamma, u and v go with them (the new head keeps its own), and the adapted kernel gets
+    its u, v and gamma here."""
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    in_chans, weights_chans = model.patch_embed.proj.in_channels, (cfg.get("input_size") or (3,))[0]
+
+    def adapt(kernel):  # what timm's loader will do next
+        if in_chans != weights_chans and kernel.shape[1] != in_chans:
+            return adapt_input_conv(in_chans, kernel, base_chans=weights_chans)
+        return kernel
+    state_dict = _fit_vit_state(state_dict, model, adapt)
+    if model.num_classes != cfg.get("num_classes", model.num_classes):  # timm will drop head.weight and head.bias
+        state_dict = {k: v for k, v in state_dict.items() if not k.startswith("head.")}
     return state_dict
 
 
@@ -122,7 +139,7 @@ def _create_vit_sigma(size: str, pretrained: bool = False, remove_norms: bool = 
     out_indices = kwargs.pop("out_indices", 3)  # features_only=True: the last 3 blocks, as timm's ViTs
     model_args = dict(patch_size=16, depth=12, **VIT_SIZES[size]) | kwargs
     return build_model_with_cfg(SigmaVisionTransformer, variant, pretrained,
-                                pretrained_filter_fn=_checkpoint_filter,
+                                pretrained_filter_fn=_timm_pretrained_filter,
                                 feature_cfg=dict(out_indices=out_indices, feature_cls="getter"),
                                 remove_norms=remove_norms, reparam=reparam, **model_args)
 
