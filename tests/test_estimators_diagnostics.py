@@ -8,7 +8,7 @@ from torch import nn
 
 from estimators import (Probe, attention_entropy, attention_entropy_lower_bound, attention_entropy_per_head, condition_number,
                         covariance_condition_number, effective_feature_count, effective_rank, feature_count,
-                        local_complexity, spectral_effective_rank)
+                        local_complexity, shannon_entropy, spectral_effective_rank)
 from estimators.conditioning import matrix_condition_number
 
 
@@ -24,6 +24,9 @@ def test_attention_entropy_per_head_closed_forms():
     assert attention_entropy_per_head(uniform, base="bits")["head_0"].item() == pytest.approx(3.0)
     with pytest.raises(ValueError, match="sum to 1"):
         attention_entropy_per_head(torch.rand(1, 1, 2, 4) + 1)
+    for estimate in (attention_entropy_per_head, shannon_entropy):  # one check: the tolerances had drifted apart
+        with pytest.raises(ValueError, match="off by up to 0.005"):
+            estimate(uniform * 1.005)
     with pytest.raises(ValueError, match="batch, heads, queries, keys"):
         attention_entropy_per_head(torch.rand(2, 4))
     masked = uniform.clone()
