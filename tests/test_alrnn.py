@@ -75,8 +75,9 @@ def test_bad_inputs_get_errors_that_name_the_fix():
         m(x.double())
     with pytest.raises(TypeError, match="x0 of generate is torch.float16"):
         m.generate(x[:, 0].half(), 5)
-    with pytest.raises(ValueError, match="steps must be an integer >= 1"):
-        m.generate(x[:, 0], 0)
+    for steps in (0, True):  # a bool is not a step count
+        with pytest.raises(ValueError, match="steps must be an integer >= 1"):
+            m.generate(x[:, 0], steps)
     with pytest.raises(ValueError, match=r"n must be an integer in \[0, T-1\] = \[0, 19\]"):
         m.n_step_prediction(x, 20)
     with pytest.raises(ValueError, match=r"\(time, N=3\) or \(batch, time, N=3\)"):

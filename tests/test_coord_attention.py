@@ -104,6 +104,7 @@ def test_models_name_a_wrong_image_shape(name):
                 model(bad)
 
 
+@pytest.mark.filterwarnings("ignore:Initializing zero-element tensors")  # the in_chans=0 model
 @pytest.mark.parametrize("name", ["mobilenetv2_100", "mobilenetv2_ca_100", "mobilenext_100"])
 def test_models_name_integer_images_and_timms_own_baseline_checks_too(name):
     """Integer pixels (uint8 straight from a decoder) are a named error, not the conv's 'expected scalar type'; the
@@ -115,6 +116,9 @@ def test_models_name_integer_images_and_timms_own_baseline_checks_too(name):
         model(torch.randn(3, 32, 32))
     with pytest.raises(TypeError, match=r"x is torch.float64 but the model is torch.float32"):
         model(torch.zeros(1, 3, 32, 32, dtype=torch.float64))
+    no_channels = zoo.create_model(name, num_classes=10, in_chans=0)  # the check read 0 channels as "no conv"
+    with pytest.raises(ValueError, match=r"floating images of shape \(batch, 0, H, W\)"):
+        no_channels(torch.zeros(1, 3, 32, 32))
 
 
 @pytest.mark.parametrize("kwargs, error", [

@@ -592,6 +592,8 @@ def test_transformers_forward_options(make):
     assert torch.equal(m.generate(inputs_embeds=embeds[:, :5], **greedy), m.generate(ids[:, :5], **greedy)[:, 5:])
     with pytest.raises(ValueError, match="exactly one of input_ids and inputs_embeds"):
         m(ids, inputs_embeds=embeds)
+    with pytest.raises(TypeError, match="inputs_embeds is torch.float64 but the model is torch.float32"):
+        m(inputs_embeds=embeds.double())  # numpy's default dtype; torch's message named neither
     if make is tiny_grassmann:
         with pytest.raises(ValueError, match="output_attentions: the Grassmann LM has no attention"):
             m(ids, output_attentions=True)

@@ -62,6 +62,17 @@ def test_digit_bags_are_labelled_by_the_target_digit():
     assert lengths.min() >= 2 and abs(lengths.mean().item() - 10) < 1.5
 
 
+@pytest.mark.parametrize("name, sizes", [("hopfield_mil", {"in_features": 0}), ("hopfield_mil", {"embed_dims": (64, 0)}),
+                                         ("hopfield_tabular", {"num_classes": 0}),
+                                         ("hopfield_tabular", {"embed_dim": 0}),
+                                         ("tabular_mlp", {"hidden": (0,)}), ("tabular_logreg", {"in_features": 0})])
+def test_zero_sizes_are_refused_when_the_model_is_built(name, sizes):
+    """A size of 0 built a model whose output no input changed (or no logits at all); now a named error."""
+    key = next(iter(sizes))
+    with pytest.raises(ValueError, match=rf"{key} must be (an integer|integers) >= 1, got"):
+        zoo.create_model(name, **sizes)
+
+
 def test_mil_task_refuses_a_model_of_another_feature_count_before_training_and_at_evaluation():
     from train.tasks.mil import MILTask
 

@@ -9,19 +9,11 @@ from torch import nn
 from transformers.cache_utils import Cache
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
+from ._inputs import check_dtype
 from ._registry import Paper
 
 PAPER = Paper(family="grassmann", title="Attention Is Not What You Need: Grassmann Flows as an Attention-Free "
               "Alternative for Sequence Modeling", arxiv="2512.19428", authors="Zhang Chong", year=2025)
-
-
-def check_sizes(config, *names: str) -> None:
-    """The LM config's sizes ``names`` are integers >= 1 (0 heads divided by zero, 0 positions or words built a
-    model that no input fits); a ValueError naming the key."""
-    for name in names:
-        value = getattr(config, name)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{type(config).__name__}: {name} must be an integer >= 1, got {value!r}")
 
 
 def feed_forward(d_model: int, d_ff: int, dropout: float) -> nn.Sequential:
@@ -122,6 +114,7 @@ def input_embeddings(embed: nn.Embedding, input_ids: torch.Tensor | None,
             or not inputs_embeds.is_floating_point():
         raise ValueError(f"inputs_embeds must be floating (batch, time, {embed.embedding_dim}), got "
                          f"{inputs_embeds.dtype} {tuple(inputs_embeds.shape)}")
+    check_dtype(inputs_embeds, embed.weight, "language model", "inputs_embeds")
     return inputs_embeds
 
 

@@ -15,6 +15,8 @@ from typing import Any, Callable
 
 from torch import nn
 
+from ._inputs import is_int
+
 
 @dataclass(frozen=True)
 class Paper:
@@ -124,7 +126,7 @@ def _fits(value: Any, hint: Any) -> bool:
     if hint is bool:
         return isinstance(value, bool)
     if hint is int:
-        return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+        return is_int(value)
     if hint is float:
         return isinstance(value, numbers.Real) and not isinstance(value, bool)
     if hint is tuple or typing.get_origin(hint) is tuple:
@@ -151,7 +153,7 @@ def _replace(name: str, config: Any, values: dict, what: str) -> Any:
             shown = hint.__name__ if isinstance(hint, type) else str(hint)
             raise TypeError(f"{name}: {key} must be {shown} (default {getattr(config, key)!r}), "
                             f"got {value!r} of type {type(value).__name__}")
-        if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        if is_int(value):
             value = int(value)  # numpy's int64: the config is written as JSON into every checkpoint
         elif isinstance(value, numbers.Real) and not isinstance(value, bool):
             value = float(value)

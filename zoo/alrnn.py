@@ -7,7 +7,6 @@ own state, z[:N] <- alpha x_t + (1 - alpha) z[:N] (generalized teacher forcing, 
 """
 from __future__ import annotations
 
-import numbers
 from dataclasses import dataclass
 
 import torch
@@ -15,7 +14,7 @@ from torch import nn
 
 from layers import ALRNNCell, ProbePoint
 
-from ._inputs import check_dtype
+from ._inputs import check_dtype, is_int
 from ._registry import Paper, register_model
 
 PAPER = Paper(family="alrnn", title="Almost-Linear RNNs Yield Highly Interpretable Symbolic Codes in Dynamical "
@@ -71,7 +70,7 @@ class ALRNN(nn.Module):
     def generate(self, x0: torch.Tensor, steps: int, return_latents: bool = False):
         """Free-running trajectory of ``steps`` observations starting at x0 (B, N) (x0 itself is the first row)."""
         self._check(x0, "x0 of generate", (2,), "(batch, N={N})")
-        if not isinstance(steps, numbers.Integral) or steps < 1:
+        if not is_int(steps) or steps < 1:
             raise ValueError(f"ALRNN.generate: steps must be an integer >= 1, got {steps!r}")
         z = self.initial_state(x0)
         out = torch.empty(x0.shape[0], steps, self.config.M, device=x0.device, dtype=z.dtype)
@@ -88,7 +87,7 @@ class ALRNN(nn.Module):
         """From every x_t of x (T, N) or (B, T, N) run n free steps; returns the predictions of x_{t+n},
         shape (T - n, N) or (B, T - n, N)."""
         self._check(x, "x of n_step_prediction", (2, 3), "(time, N={N}) or (batch, time, N={N})")
-        if not isinstance(n, numbers.Integral) or not 0 <= n < x.shape[-2]:
+        if not is_int(n) or not 0 <= n < x.shape[-2]:
             raise ValueError(f"ALRNN.n_step_prediction: n must be an integer in [0, T-1] = [0, {x.shape[-2] - 1}], "
                              f"got {n!r}")
         z0 = self.initial_state(x[..., :x.shape[-2] - n, :])

@@ -17,7 +17,7 @@ from torch import nn
 
 from layers import HopfieldLayer, HopfieldPooling
 
-from ._inputs import check_dtype
+from ._inputs import check_dtype, check_sizes
 from ._registry import Paper, register_model
 
 PAPER = Paper(family="hopfield", title="Hopfield Networks is All You Need", arxiv="2008.02217",
@@ -48,6 +48,7 @@ class HopfieldMIL(nn.Module):
         super().__init__()
         if not config.embed_dims:
             raise ValueError("HopfieldMIL: embed_dims needs at least one layer width")
+        check_sizes(config, "in_features", "embed_dims")
         self.config = config
         width = config.embed_dims[-1]
         self.embed = _mlp(config.in_features, config.embed_dims, config.dropout)
@@ -86,6 +87,7 @@ class HopfieldTabular(nn.Module):
 
     def __init__(self, config: HopfieldTabularConfig):
         super().__init__()
+        check_sizes(config, "in_features", "num_classes", "embed_dim")
         self.config = config
         self.embed = nn.Sequential(nn.Linear(config.in_features, config.embed_dim), nn.Dropout(config.dropout))
         self.lookup = HopfieldLayer(config.embed_dim, quantity=config.quantity, num_heads=config.num_heads,
@@ -113,6 +115,7 @@ class TabularBaseline(nn.Module):
 
     def __init__(self, config: TabularBaselineConfig):
         super().__init__()
+        check_sizes(config, "in_features", "num_classes", "hidden")
         self.config = config
         width = config.hidden[-1] if config.hidden else config.in_features
         self.net = nn.Sequential(_mlp(config.in_features, config.hidden, config.dropout),

@@ -31,6 +31,7 @@ from torch import nn
 from layers import (PackedStack, ProbePoint, PVRNNLayer, SkewedStack, WindowGradient, autocast_off, pack_levels,
                     posterior_pass)
 
+from ._inputs import is_int
 from ._registry import Paper, register_model
 
 PAPER = Paper(family="pvrnn", title="A Novel Predictive-Coding-Inspired Variational RNN Model for Online Prediction "
@@ -80,11 +81,6 @@ class PVRNNConfig:
     n_sequences: int = 16           # training sequences, each with its own adaptive vectors
     seq_len: int = 200              # steps of adaptive vectors per training sequence
     bottom_up: bool = False         # add d_{t-1}^{k-1} -> level k connections (not in the 2019 generative model)
-
-
-def _is_int(value) -> bool:
-    """An integer, and not a bool (which Python counts as one)."""
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 class PVRNN(nn.Module):
@@ -146,7 +142,7 @@ class PVRNN(nn.Module):
         all levels advance together in a ``layers.SkewedStack`` without autograd (``prior_mean_map`` and models
         with bottom-up weights step level by level, differentiably).
         """
-        if not _is_int(steps) or steps < 1:
+        if not is_int(steps) or steps < 1:
             raise ValueError(f"PVRNN: steps must be an integer >= 1, got {steps!r}")
         sizes = self.config.d_sizes
         if len(state) != len(sizes) or any(h.shape[-1] != n or d.shape[-1] != n for (h, d), n in zip(state, sizes)):
@@ -256,7 +252,7 @@ class PVRNN(nn.Module):
         if ids.numel() and (ids.min() < 0 or ids.max() >= n):
             raise ValueError(f"PVRNN: sequence ids must lie in [0, n_sequences={n}), got {ids.min()}..{ids.max()}")
         steps = T if steps is None else steps
-        if not _is_int(steps) or not 1 <= steps <= T:
+        if not is_int(steps) or not 1 <= steps <= T:
             raise ValueError(f"PVRNN: steps must be an integer in [1, seq_len={T}], got {steps!r}")
         return ids, steps
 
@@ -305,7 +301,7 @@ class PVRNN(nn.Module):
     @torch.no_grad()
     def generate(self, batch: int, steps: int, noise: bool = True) -> torch.Tensor:
         """Free-running generation from the prior (first step N(0, I)), shape (batch, steps, out_size)."""
-        if not _is_int(batch) or batch < 1:
+        if not is_int(batch) or batch < 1:
             raise ValueError(f"PVRNN.generate: batch must be an integer >= 1, got {batch!r}")
         return self.unroll(steps, self.initial_state(batch), first=True, noise=noise)["x"]
 
@@ -392,7 +388,7 @@ class PVRNN(nn.Module):
             raise ValueError(f"error_regression: stream must have shape (B, T, out_size={self.config.out_size}), "
                              f"got {tuple(stream.shape)}")
         integers = {"window": window, "iterations": iterations, "horizon": horizon}
-        if not all(_is_int(v) for v in integers.values()):
+        if not all(is_int(v) for v in integers.values()):
             raise ValueError(f"error_regression: window, iterations and horizon must be integers, got {integers}")
         if isinstance(lr, bool) or not isinstance(lr, numbers.Real) or not (math.isfinite(lr) and lr > 0):
             raise ValueError(f"error_regression: lr must be a finite number > 0, got {lr!r}")
