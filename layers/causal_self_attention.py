@@ -14,7 +14,8 @@ class CausalSelfAttention(nn.Module):
     """Attention(Q, K, V) = softmax(Q K^T / sqrt(d_head) + M) V per head (Vaswani et al. 2017, eq. 1), then W_O.
 
     M masks key s for query t unless s <= t (causal) and s is not padding; a query with no key left (padding)
-    attends to nothing: output 0, probabilities 0. The output comes from
+    attends to nothing: its attention output is 0 and its probabilities are 0, so the layer gives W_O's bias there.
+    The output comes from
     ``torch.nn.functional.scaled_dot_product_attention`` (fused kernels, no T x T tensor on the flash path).
     Probe point ``probs`` (B, heads, T, S): the attention probabilities, computed explicitly only when a hook is
     attached to it (otherwise it costs nothing).
