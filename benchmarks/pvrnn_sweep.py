@@ -1,12 +1,13 @@
 """PV-RNN meta-prior sweep: train the pvrnn-pfsm recipe at several w and tabulate reconstruction error, KL,
 the generated branch probability against the true one, and the error-regression prediction error.
 
-    python benchmarks/pvrnn_sweep.py --w 1e-4 1e-2 1 --steps 400 --out runs/pvrnn_sweep [--set key=value ...]
+    python benchmarks/pvrnn_sweep.py --w 1e-4 1e-2 1 --steps 400 --out runs/pvrnn_sweep [--w1 W1] [--set key=value ...]
 
 Writes <out>/sweep.json, <out>/sweep.md and <out>/sweep.png (metrics against w); each run's own plot (a training
 sequence, free-running generation, posterior sigma during error regression) is <out>/w_<w>/pvrnn.png.
 ``--from-json FILE`` redraws the table and plot from a saved sweep.json. Runs resume: the same command again
 continues an interrupted sweep from each run's newest checkpoint and re-evaluates the finished runs.
+``--w1`` gives the first step's KL its own meta-prior at every w (``model_args.meta_prior_first``; a column w1).
 """
 from __future__ import annotations
 
@@ -34,7 +35,7 @@ def write_results(rows: list[dict], out: Path) -> str:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    shown = [k for k in keys if k != "p_b_true"]
+    shown = [k for k in keys if k not in ("p_b_true", "w1")]
     fig, axes = plt.subplots(1, len(shown), figsize=(2.9 * len(shown), 2.9))
     ws = [r["w"] for r in rows]
     for ax, k in zip(axes, shown):
@@ -56,6 +57,7 @@ def write_results(rows: list[dict], out: Path) -> str:
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--w", type=float, nargs="+", default=[1e-4, 1e-2, 1.0])
+    ap.add_argument("--w1", type=float, help="the first step's meta-prior at both levels (default: w)")
     ap.add_argument("--steps", type=int, default=400)
     ap.add_argument("--out", default="runs/pvrnn_sweep")
     ap.add_argument("--set", dest="overrides", action="append", default=[])
@@ -67,12 +69,14 @@ def main(argv=None):
         return
     rows, here = [], None
     for w in args.w:
-        recipe = load_recipe("pvrnn-pfsm", [f"model_args.meta_prior=[{w},{w}]", f"train.steps={args.steps}",
+        first = [] if args.w1 is None else [f"model_args.meta_prior_first=[{args.w1},{args.w1}]"]
+        recipe = load_recipe("pvrnn-pfsm", [f"model_args.meta_prior=[{w},{w}]", *first, f"train.steps={args.steps}",
                                             "train.eval_every=0", *args.overrides])
         final = fit(recipe, out=out / f"w_{w:g}", resume=True)  # a rerun continues an interrupted sweep
         device = recipe["train"]["device"]  # one description per sweep, of the device the runs train on
         here = here or machine(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
-        rows.append({"w": w, **{k: v for k, v in final.items() if k not in ("step", "split")}, "machine": here})
+        rows.append({"w": w, **({} if args.w1 is None else {"w1": args.w1}),
+                     **{k: v for k, v in final.items() if k not in ("step", "split")}, "machine": here})
         table = write_results(rows, out)
     print(table)
 

@@ -909,6 +909,11 @@ def test_sweep_script_trains_each_w_and_redraws_from_its_json(tmp_path, monkeypa
     sweep.main(["--from-json", str(tmp_path / "sweep" / "sweep.json"), "--out", str(tmp_path / "redrawn")])
     assert (tmp_path / "redrawn" / "sweep.md").read_text() == (tmp_path / "sweep" / "sweep.md").read_text()
     assert (tmp_path / "sweep" / "sweep.md").read_text().startswith(f"Trained on {rows[0]['machine']}")
+    sweep.main(["--w", "10", "--w1", "0.01", "--steps", "2", "--out", str(tmp_path / "first")]
+               + [a for o in tiny_run for a in ("--set", o)])
+    row, = json.loads((tmp_path / "first" / "sweep.json").read_text())
+    assert row["w"] == 10 and row["w1"] == 0.01 and "| w | w1 | rec |" in (tmp_path / "first" / "sweep.md").read_text()
+    assert load_checkpoint(tmp_path / "first" / "w_10" / "model.safetensors").config.meta_prior_first == (0.01, 0.01)
 
 
 def test_speed_script_measures_each_quantity(monkeypatch):
