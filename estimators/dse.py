@@ -34,7 +34,8 @@ def diffusion_spectral_entropy(x: torch.Tensor, sigma: float = 10.0, t: int = 1,
 
     Bits by default, as in the paper. log2 N when sigma is small against the point spacing (P = I), ->0
     as t grows or sigma covers all points (one eigenvalue 1 dominates). A spectral functional, not a
-    plug-in of a differential entropy: compare values at equal sigma, t and N. ``max_samples`` draws that
+    plug-in of a differential entropy, so no bias against a "true" entropy; it depends on N (at most log2 N):
+    compare values at equal sigma, t and N. ``max_samples`` draws that
     many rows at random first (the paper caps N for cost) with ``generator``, by default a private one
     seeded 0, so the global RNG stream (a training run's) is left untouched. Cost O(N^2 D + N^3).
     """

@@ -17,7 +17,8 @@ def largest_lyapunov_exponent(step: Callable[[torch.Tensor], torch.Tensor], z0: 
     batch of 2B states (B, D) -> (B, D), so the cost is one batched call per time step. ``transient`` steps
     run first without averaging. Units: per step divided by ``dt`` (pass the sampling interval for
     1/time). Returns (B,), one exponent per trajectory: > 0 chaos, ~0 a limit cycle or neutral direction,
-    < 0 a stable fixed point. Errors: O(1/sqrt(steps)) fluctuations on chaotic sets; keep delta well
+    < 0 a stable fixed point. Bias: a transient left in the average pulls the estimate towards the
+    transient's own rate (pass ``transient``). Errors: O(1/sqrt(steps)) fluctuations on chaotic sets; keep delta well
     above the dtype's resolution (float64 with the default) and below the attractor's scale.
     """
     if z0.dim() != 2:
