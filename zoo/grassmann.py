@@ -143,12 +143,6 @@ class GrassmannLMModel(GrassmannLMPreTrainedModel):
         self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.post_init()
 
-    def get_input_embeddings(self):
-        return self.embed_tokens
-
-    def set_input_embeddings(self, value):
-        self.embed_tokens = value
-
     def forward(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
                 position_ids: torch.Tensor | None = None, cache: GrassmannCache | None = None,
                 use_cache: bool | None = None, inputs_embeds: torch.Tensor | None = None,

@@ -90,12 +90,6 @@ class TransformerLMModel(TransformerLMPreTrainedModel):
         self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.post_init()
 
-    def get_input_embeddings(self):
-        return self.embed_tokens
-
-    def set_input_embeddings(self, value):
-        self.embed_tokens = value
-
     def _mask(self, attention_mask, past: int, T: int, device) -> torch.Tensor | None:
         """Bool (B or 1, 1, T, past+T): query i (absolute past+i) may see key s when s <= past+i and s is not
         padding; None when plain causal attention suffices."""
