@@ -11,7 +11,7 @@ from e3nn import o3
 
 import zoo
 from estimators import Probe, effective_rank
-from layers import EdgeTensorProduct, OrderwiseLinear, PolynomialEnvelope, SplineRadial, SphericalGridMLP
+from layers import BesselMLPRadial, EdgeTensorProduct, OrderwiseLinear, PolynomialEnvelope, SplineRadial, SphericalGridMLP
 from layers.equivariant_mixing import (from_channels, from_components, make_mixing, sphere_irreps, to_channels,
                                       to_components)
 from zoo.atoms import graph_from_atoms, graph_from_padded, pad_structures
@@ -50,6 +50,16 @@ def test_envelope_is_one_at_zero_and_vanishes_smoothly_at_cutoff():
     (d2u,) = torch.autograd.grad(du.sum(), r)
     assert u[0].item() == pytest.approx(1.0) and u[2:].abs().max().item() == 0.0
     assert abs(u[1].item()) < 1e-12 and abs(du[1].item()) < 1e-7 and abs(d2u[1].item()) < 1e-3
+
+
+def test_bessel_basis_of_the_mlp_ablation_is_orthonormal():
+    """The ablation's radial basis, sqrt(2/r_c) sin(n pi r / r_c) / r for n = 1..8 (without its envelope), is
+    orthonormal on [0, r_c] with weight r^2 (the spherical Bessel functions j_0): the Gram matrix is the identity."""
+    radial = BesselMLPRadial(4, cutoff=5.0, num_basis=8).double()
+    r = torch.linspace(1e-6, 4.99, 200_001, dtype=torch.float64)  # the envelope is 0 at r_c; the rest adds < 4e-6
+    f = radial.features(r) / radial.envelope(r).unsqueeze(-1)  # (E, 8)
+    gram = torch.trapezoid(f[:, :, None] * f[:, None, :] * (r ** 2)[:, None, None], r, dim=0)
+    torch.testing.assert_close(gram, torch.eye(8, dtype=torch.float64), atol=1e-5, rtol=0)
 
 
 def test_cubic_spline_is_partition_of_unity_and_reproduces_linear_functions():

@@ -156,7 +156,8 @@ def test_probe_points_of_the_mixing_layer():
 
 
 def test_repeated_vectors_span_no_plane():
-    """z_t = z_{t-1} (a repeated token): that pair contributes 0 instead of dividing noise by a tiny norm."""
+    """z_t = z_{t-1} (a repeated token): that pair contributes 0 instead of dividing noise by a tiny norm, and is
+    still counted in the mean over offsets."""
     torch.manual_seed(0)
     layer = CausalGrassmannMixing(8, rank=4, windows=(1,)).eval()
     seen = []
@@ -165,6 +166,11 @@ def test_repeated_vectors_span_no_plane():
     h[0, 2] = h[0, 1]
     layer(h)
     assert seen[0][0, 2].abs().max() == 0 and seen[0][0, 1].norm() > 0.99
+    # with offsets {1, 2} the degenerate pair still counts in the mean: p_bar_2 = (0 + p_hat(z_2, z_0)) / 2
+    two = CausalGrassmannMixing(8, rank=4, windows=(1, 2)).eval()
+    two.plucker.register_forward_hook(lambda m, i, o: seen.append(o))
+    two(h)
+    assert seen[1][0, 2].norm().item() == pytest.approx(0.5, rel=1e-5)
 
 
 def test_a_plane_is_judged_by_its_sine_at_any_scale():

@@ -142,6 +142,9 @@ def test_first_step_meta_prior_weights_only_the_first_steps_kl():
                      for kl, w, w1 in zip(per_unit, (0.3, 0.05), (2.0, 0.0)))
     torch.testing.assert_close(loss, hand.mean())
     torch.testing.assert_close(parts["kl_0"], per_unit[0].mean())
+    rec_, kl = m.elbo_terms(out, x)  # a window that starts later in the stream (first=False) weights every step by w
+    torch.testing.assert_close(m.weighted(rec_, kl, first=False),
+                               rec + sum(w * k.mean(1) for k, w in zip(per_unit, (0.3, 0.05))))
     same = tiny(meta_prior=(0.3, 0.05), meta_prior_first=(0.3, 0.05))
     default = tiny(meta_prior=(0.3, 0.05))
     same.load_state_dict(m.state_dict())

@@ -169,6 +169,8 @@ def test_include_exclude_and_remove_norms():
     net = apply_sigma_reparam(small_net(), include=("*",), exclude=("0", "6"), remove_norms=True)
     assert type(net[0]) is nn.Conv2d and isinstance(net[4], SigmaLinear) and type(net[6]) is nn.Linear
     assert isinstance(net[3], nn.Identity)
+    rms = apply_sigma_reparam(nn.Sequential(nn.Linear(4, 4), nn.RMSNorm(4), nn.Linear(4, 2)), remove_norms=True)
+    assert isinstance(rms[1], nn.Identity)  # LLaMA-style RMSNorm goes too
     mha = apply_sigma_reparam(nn.MultiheadAttention(8, 2))
     assert not isinstance(mha.out_proj, SigmaLinear)  # its weight is read directly, never through forward
     with pytest.raises(TypeError, match="include"):

@@ -326,6 +326,10 @@ def test_a_warmup_longer_than_the_run_is_warned_about():
     long, short = lr_factor({"name": "exponential", "final_ratio": 0.01}, 100), lr_factor(
         {"name": "exponential", "final_ratio": 0.01 ** 0.2}, 20)
     assert all(abs(long(s) - short(s)) < 1e-12 for s in range(20))
+    # after the warmup, decay starts from 1 at p = (s - w) / (total - w) = 0: cosine 0.5 halfway through the rest
+    cosine = lr_factor({"name": "cosine", "warmup": 10}, 110)
+    assert [cosine(s) for s in (9, 10, 60, 110)] == pytest.approx([1.0, 1.0, 0.5, 0.0])
+    assert lr_factor({"name": "exponential", "warmup": 10, "final_ratio": 0.01}, 110)(60) == pytest.approx(0.1)
 
 
 def test_a_misspelt_selection_metric_fails_before_the_first_step(tmp_path, monkeypatch):
@@ -418,6 +422,22 @@ def test_grad_accumulation_equals_full_batch(tmp_path):
     for (k, p), q in zip(ma.state_dict().items(), mb.state_dict().values()):
         # atol 1e-5: a power-iteration vector (sigmaReparam u, v) amplifies rounding-order differences ~10x
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-5, msg=lambda m: f"{k}: {m}")
+    logged_a, logged_b = train_losses(tmp_path / "a"), train_losses(tmp_path / "b")
+    assert logged_a.keys() == logged_b.keys()  # the logged loss is the batch's mean, not accum times it
+    for step, loss in logged_a.items():
+        assert logged_b[step] == pytest.approx(loss, rel=1e-5)
+
+
+def test_clipping_scales_the_update_to_the_clip_norm(tmp_path):
+    """train.clip = c: with plain SGD one update moves the parameters by lr * c (the gradient's norm is far above
+    c here), so runs at c and 2c from the same start differ by exactly lr * c."""
+    base = SMALL_DSR + ["train.steps=1", "train.ckpt_every=0", "optim={name: sgd, lr: 0.1}", "schedule={name: constant}"]
+    params = {}
+    for clip in (1e-4, 2e-4):
+        fit(load_recipe("alrnn-lorenz63", base + [f"train.clip={clip}"]), tmp_path / str(clip))
+        model = load_checkpoint(tmp_path / str(clip) / "model.safetensors")
+        params[clip] = torch.cat([p.detach().flatten() for p in model.parameters()])
+    assert float((params[2e-4] - params[1e-4]).norm()) == pytest.approx(0.1 * 1e-4, rel=1e-3)
 
 
 def test_recipe_overrides_are_checked():
