@@ -15,8 +15,8 @@ class WindowGradient:
         J = sum_t [ (1/(W R)) ||W_out d^0_t + b_out - x_t||^2 + sum_j c_j KL(q_tj || p_tj) ],
     with the weights fixed, z = tanh(A^mu) + exp(A^sigma) eps for the given eps, and c_tj the KL weight of latent
     unit j at window step t (w_k / (z_k W) for the model's objective), ``c_later`` (W, Z) for a window that
-    starts after the stream's first step and ``c_first`` for one that starts there. With e = mu^q - mu^p and v = 1/sigma_p^2 the KL's partials are
-    dKL/dmu^q = e v = -dKL/dmu^p, dKL/dlog sigma^p = 1 - (sigma_q^2 + e^2) v, dKL/dA^sigma = sigma_q^2 v - 1 (besides
+    starts after the stream's first step and ``c_first`` for one that starts there. With e = mu^q - mu^p and
+    v = 1/sigma_p^2 the KL's partials are dKL/dmu^q = e v = -dKL/dmu^p, dKL/dlog sigma^p = 1 - (sigma_q^2 + e^2) v, dKL/dA^sigma = sigma_q^2 v - 1 (besides
     the path through z); the recursion's part is ``SkewedStack.propagate``. Buffers are allocated once for (W, B):
     about 50 small ops per call plus four per wave step. Equal to autograd's gradient (tested through the model).
     """
@@ -24,7 +24,7 @@ class WindowGradient:
     def __init__(self, packed: PackedStack, out_weight: torch.Tensor, out_bias: torch.Tensor, c_later: torch.Tensor,
                  c_first: torch.Tensor, W: int, B: int):
         self.packed, self.stack, self.c_later, self.c_first = packed, SkewedStack(packed, W, B), c_later, c_first
-        c = c_later
+        c = c_later  # the buffers' device and dtype
         L, Z, n0 = len(packed.d_sizes), sum(packed.z_sizes), packed.d_sizes[0]
         self.L, self.Z, self.n0 = L, Z, n0
         lag = self.stack.lag_z

@@ -18,9 +18,10 @@ def check_sizes(config, *names: str) -> None:
     classes or widths built a model whose output no input changes. A ValueError naming the key."""
     for name in names:
         value = getattr(config, name)
-        if not all(is_int(v) and v >= 1 for v in (value if isinstance(value, tuple) else (value,))):
-            raise ValueError(f"{type(config).__name__}: {name} must be {'integers' if isinstance(value, tuple) else 'an integer'} "
-                             f">= 1, got {value!r}")
+        many = isinstance(value, tuple)
+        if not all(is_int(v) and v >= 1 for v in (value if many else (value,))):
+            raise ValueError(f"{type(config).__name__}: {name} must be {'integers' if many else 'an integer'} >= 1, "
+                             f"got {value!r}")
 
 
 def check_dtype(x: torch.Tensor, like: torch.Tensor, who: str, name: str = "x") -> None:
