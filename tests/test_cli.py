@@ -70,6 +70,27 @@ def test_eval_and_estimate_on_a_checkpoint(tmp_path, capsys):
         matrix_condition_number(shipped.cell.W).item(), rel=1e-5)
 
 
+def test_the_command_line_starts_without_the_heavy_imports():
+    """`zoo` imports torch, transformers and the zoo inside main's error handling, so a Ctrl-C while they load is
+    one line (exit 130), not an import traceback: importing train.cli (the console entry) loads none of them."""
+    import subprocess
+    import sys
+
+    probe = "import sys, train.cli; print(sorted({'torch', 'transformers', 'zoo'} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_a_model_that_does_not_fit_the_recipes_task_is_named(tmp_path, capsys):
+    """A file from save_checkpoint or zoo convert records no task to check --recipe against: a model that the
+    task cannot use is a one-line error naming both (it was an AttributeError traceback), in eval and estimate."""
+    for name, recipe in (("ib_mlp_tanh", "alrnn-lorenz63"), ("alrnn_m20_p2", "pvrnn-pfsm")):
+        path = save_checkpoint(zoo.create_model(name), tmp_path / f"{name}.safetensors")
+        for command in (["eval"], ["estimate", "--probe", "*=effective_rank"]):
+            err = _error(capsys, [command[0], str(path), "--recipe", recipe, *command[1:]])
+            assert f"holds {name}, which recipe {recipe!r}" in err and "cannot use" in err and "Traceback" not in err
+
+
 def test_eval_uses_the_runs_own_recipe(tmp_path, capsys):
     """A run directory (or a step checkpoint in it) is evaluated with the run's resolved recipe.yaml, so a
     run trained on its own data split is scored on that split, not on the recipe's defaults."""
@@ -125,11 +146,13 @@ def test_user_mistakes_are_clean_errors(tmp_path, capsys):
                              ("train.device=gpu", "train.device must be auto, cpu, cuda"),
                              ("train.device=mps", "train.device must be auto, cpu, cuda or cuda:N, got 'mps'"),
                              ("train.select=foo", "train.select must look like 'min:METRIC'"),
-                             ("train.select=max:", "train.select must look like 'min:METRIC'")):
+                             ("train.select=max:", "train.select must look like 'min:METRIC'"),
+                             ("task_args.seq_len=0", "task_args.seq_len must be an integer >= 1, got 0")):
         assert message in _error(capsys, ["train", "alrnn-lorenz63", "--set", setting, "--out", str(tmp_path / "r")])
         assert not (tmp_path / "r").exists()  # refused before anything is written
     for setting, message in (("task_args.seq_len=abc", "task_args.seq_len must be an integer, got 'abc'"),
                              ("task_args.seq_len=2.5", "task_args.seq_len must be an integer, got 2.5"),
+                             ("task_args.pe_steps=-1", "task_args.pe_steps must be an integer >= 1, got -1"),
                              ("data.noise=.nan", "data.noise must be a finite number, got nan")):
         assert message in _error(capsys, ["eval", str(src), "--recipe", "alrnn-lorenz63", "--set", setting,
                                           "--set", "data.train_steps=2000", "--set", "data.test_steps=1500"])

@@ -90,12 +90,12 @@ def test_lm_task_batches_and_training_lowers_perplexity(tmp_path, capsys):
     for name in FILES.values():
         (tmp_path / name).write_text(text)
     other = ["data.source=wikitext2", f"data.path={tmp_path}"]
-    wiki = make_task(_recipe_for(tmp_path / "run" / "model.safetensors", None, other))
+    wiki = make_task(_recipe_for(tmp_path / "run" / "model.safetensors", None, other)[0])
     assert wiki.tokenizer.get_vocab() == saved.get_vocab()
     assert torch.equal(wiki.train_ids[:12], encode(saved, text)[:12])
     main(["eval", str(tmp_path / "run"), *(f"--set={o}" for o in other)])
     assert math.isfinite(json.loads(capsys.readouterr().out)["test_ppl"])
-    retrained = make_task(_recipe_for(tmp_path / "run" / "model.safetensors", None, other + ["data.tokenizer=wordpiece"]))
+    retrained = make_task(_recipe_for(tmp_path / "run" / "model.safetensors", None, other + ["data.tokenizer=wordpiece"])[0])
     assert retrained.tokenizer.get_vocab() != saved.get_vocab()  # --set data.tokenizer still chooses
     loose = tmp_path / "loose" / "model.safetensors"  # a checkpoint copied out of its run
     loose.parent.mkdir()
@@ -103,9 +103,9 @@ def test_lm_task_batches_and_training_lowers_perplexity(tmp_path, capsys):
     with pytest.warns(UserWarning, match="holds no tokenizer.json, so data.tokenizer is built again"):
         _recipe_for(loose, "grassmann-lm-pytext", [])
     (loose.parent / "tokenizer.json").write_text((tmp_path / "run" / "tokenizer.json").read_text())
-    assert _recipe_for(loose, "grassmann-lm-pytext", [])["data"]["tokenizer"] == str(loose.parent / "tokenizer.json")
+    assert _recipe_for(loose, "grassmann-lm-pytext", [])[0]["data"]["tokenizer"] == str(loose.parent / "tokenizer.json")
     # the whole data section given as a mapping chooses too
-    assert _recipe_for(loose, "grassmann-lm-pytext", ["data={tokenizer: wordpiece}"])["data"]["tokenizer"] == "wordpiece"
+    assert _recipe_for(loose, "grassmann-lm-pytext", ["data={tokenizer: wordpiece}"])[0]["data"]["tokenizer"] == "wordpiece"
 
 
 def test_vocab_mismatch_is_a_clear_error():

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import fnmatch
 import json
 import re
@@ -120,12 +121,13 @@ def _check_eval_overrides(overrides, command: str) -> None:
                              f"from the checkpoint, and evaluation reads only {' and '.join(s + '.*' for s in _EVAL_SECTIONS)}")
 
 
-def _recipe_for(checkpoint: Path, name: str | None, overrides):
+def _recipe_for(checkpoint: Path, name: str | None, overrides) -> tuple[dict, bool]:
     """The recipe of the run that wrote ``checkpoint`` (its resolved recipe.yaml, beside the file or two levels
     up for checkpoints/step_*/), else the recipe named by --recipe or in the checkpoint's metadata; its model and
     model_args are the checkpoint's own, so the task sizes its data for the model it evaluates, and the task's
     run files in that run (or beside a checkpoint outside a run: an LM's tokenizer.json) replace the data
-    settings they stand for, unless --set gives those."""
+    settings they stand for, unless --set gives those. With it, whether the checkpoint's task was known and
+    checked against the recipe's (a file from ``zoo convert`` or ``save_checkpoint`` records none)."""
     from weights import read_metadata
 
     from .recipe import overridden_keys
@@ -150,7 +152,22 @@ def _recipe_for(checkpoint: Path, name: str | None, overrides):
                          f"Pass a recipe of the task {trained!r}, or leave out --recipe to use the run's own")
     if "config" in meta:
         recipe = {**recipe, "model": meta["model"], "model_args": json.loads(meta["config"])}
-    return with_run_files(recipe, runs[0] if runs else checkpoint.parent, overridden_keys(overrides))
+    return with_run_files(recipe, runs[0] if runs else checkpoint.parent, overridden_keys(overrides)), bool(trained)
+
+
+@contextlib.contextmanager
+def _model_fits(checkpoint: Path, recipe: dict, task_checked: bool):
+    """Where the checkpoint records no task, a model that the recipe's task cannot use fails where the task
+    reads or calls what it needs (an attribute the model lacks, a call it does not take): a named error instead of
+    that AttributeError or TypeError."""
+    try:
+        yield
+    except (AttributeError, TypeError) as err:
+        if task_checked:
+            raise
+        raise ValueError(f"{checkpoint} holds {recipe['model']}, which recipe {recipe['name']!r} (task "
+                         f"{recipe['task']!r}) cannot use ({err}); the file records no task, so pass --recipe of the "
+                         "task its model was trained for (`zoo recipes` lists them)") from err
 
 
 def _recorded_task(run_recipe: Path | None, name: str | None) -> str | None:
@@ -191,8 +208,10 @@ def _cmd_eval(args):
     device = _device(args.device)
     _seed_global_rngs()
     path = _checkpoint_path(args.checkpoint)
-    task = make_task(_recipe_for(path, args.recipe, args.set))
-    print(json_text(task.evaluate(load_checkpoint(path).eval().to(device)), indent=2))
+    recipe, task_checked = _recipe_for(path, args.recipe, args.set)
+    with _model_fits(path, recipe, task_checked):
+        metrics = make_task(recipe).evaluate(load_checkpoint(path).eval().to(device))
+    print(json_text(metrics, indent=2))
 
 
 def _device(name: str):
@@ -314,10 +333,12 @@ def _cmd_estimate(args):
     device = _device(args.device)
     _seed_global_rngs()
     path = _checkpoint_path(args.checkpoint)
-    task = make_task(_recipe_for(path, args.recipe, args.set))
+    recipe, task_checked = _recipe_for(path, args.recipe, args.set)
     model = load_checkpoint(path).eval().to(device)
     try:
-        batch = _draw(task, args.split, args.batch)
+        with _model_fits(path, recipe, task_checked):
+            task = make_task(recipe)
+            batch = _draw(task, args.split, args.batch)
     except NotImplementedError as err:
         raise ValueError(f"{err}; pass --split train to measure on a training batch") from err
     batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
@@ -335,7 +356,8 @@ def _cmd_estimate(args):
              if type(module).__name__ == "ProbePoint" and any(fnmatch.fnmatchcase(name, glob) for glob in paired)]
     with torch.no_grad(), Probe(model, points, max_samples=args.samples) as probe:
         try:
-            task.loss(model, batch)
+            with _model_fits(path, recipe, task_checked):
+                task.loss(model, batch)
         finally:  # before the probe's estimators run: local complexity's own passes are not the batch's rows
             for hook in hooks:
                 hook.remove()

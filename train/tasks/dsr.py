@@ -46,6 +46,9 @@ class DSRTask(Task):
         self.n_bins = whole(self.args, "task_args", "n_bins", 30)
         self.smoothing = real(self.args, "task_args", "smoothing", 20.0)
         self.dt = dt
+        for key in ("seq_len", "pe_steps", "n_bins"):  # 0 or less failed in the backward pass or the evaluation
+            if getattr(self, key) < 1:
+                raise ValueError(f"task_args.{key} must be an integer >= 1, got {getattr(self, key)}")
         if self.seq_len + 1 > len(self.train_x):
             raise ValueError(f"task_args.seq_len={self.seq_len} is longer than the training trajectory ({len(self.train_x)})")
 
