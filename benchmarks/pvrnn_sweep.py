@@ -8,6 +8,7 @@ sequence, free-running generation, posterior sigma during error regression) is <
 ``--from-json FILE`` redraws the table and plot from a saved sweep.json. Runs resume: the same command again
 continues an interrupted sweep from each run's newest checkpoint and re-evaluates the finished runs.
 ``--w1`` gives the first step's KL its own meta-prior at every w (``model_args.meta_prior_first``; a column w1).
+Columns kl_first_k and sigma_first_k: level k's KL per unit and posterior sigma at the first step (``first_step``).
 """
 from __future__ import annotations
 
@@ -19,6 +20,19 @@ import torch
 
 from common import machine
 from train import fit, load_recipe
+from weights import load_checkpoint
+
+
+@torch.no_grad()
+def first_step(model) -> dict[str, float]:
+    """Level k's KL per latent unit and posterior sigma at the first step (whose prior is N(0, I)), means over the
+    training sequences at their posterior means: how much each level codes there (kl_first_k, sigma_first_k)."""
+    out = model(torch.arange(model.config.n_sequences, device=model.out.weight.device), noise=False)
+    stats = {}
+    for k, (level, z) in enumerate(zip(out["levels"], model.config.z_sizes)):
+        stats |= {f"kl_first_{k}": float(level["kl"][:, 0].mean() / z),
+                  f"sigma_first_{k}": float(level["post_sigma"][:, 0].mean())}
+    return stats
 
 
 def write_results(rows: list[dict], out: Path) -> str:
@@ -72,11 +86,13 @@ def main(argv=None):
         first = [] if args.w1 is None else [f"model_args.meta_prior_first=[{args.w1},{args.w1}]"]
         recipe = load_recipe("pvrnn-pfsm", [f"model_args.meta_prior=[{w},{w}]", *first, f"train.steps={args.steps}",
                                             "train.eval_every=0", *args.overrides])
-        final = fit(recipe, out=out / f"w_{w:g}", resume=True)  # a rerun continues an interrupted sweep
+        run = out / f"w_{w:g}"
+        final = fit(recipe, out=run, resume=True)  # a rerun continues an interrupted sweep
         device = recipe["train"]["device"]  # one description per sweep, of the device the runs train on
         here = here or machine(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
         rows.append({"w": w, **({} if args.w1 is None else {"w1": args.w1}),
-                     **{k: v for k, v in final.items() if k not in ("step", "split")}, "machine": here})
+                     **{k: v for k, v in final.items() if k not in ("step", "split")},
+                     **first_step(load_checkpoint(run / "model.safetensors").eval()), "machine": here})
         table = write_results(rows, out)
     print(table)
 

@@ -88,7 +88,8 @@ def test_a_model_that_does_not_fit_the_recipes_task_is_named(tmp_path, capsys):
         path = save_checkpoint(zoo.create_model(name), tmp_path / f"{name}.safetensors")
         for command in (["eval"], ["estimate", "--probe", "*=effective_rank"]):
             err = _error(capsys, [command[0], str(path), "--recipe", recipe, *command[1:]])
-            assert f"holds {name}, which recipe {recipe!r}" in err and "cannot use" in err and "Traceback" not in err
+            assert f"recipe {recipe!r} (task " in err and f"which holds {name}: " in err and "Traceback" not in err
+            assert "pass --recipe of its own task" in err
 
 
 def test_eval_uses_the_runs_own_recipe(tmp_path, capsys):

@@ -63,6 +63,7 @@ def test_digit_bags_are_labelled_by_the_target_digit():
 
 
 @pytest.mark.parametrize("name, sizes", [("hopfield_mil", {"in_features": 0}), ("hopfield_mil", {"embed_dims": (64, 0)}),
+                                         ("hopfield_mil", {"hidden_size": 0}),
                                          ("hopfield_tabular", {"num_classes": 0}),
                                          ("hopfield_tabular", {"embed_dim": 0}),
                                          ("tabular_mlp", {"hidden": (0,)}), ("tabular_logreg", {"in_features": 0})])
@@ -71,6 +72,15 @@ def test_zero_sizes_are_refused_when_the_model_is_built(name, sizes):
     key = next(iter(sizes))
     with pytest.raises(ValueError, match=rf"{key} must be (an integer|integers) >= 1, got"):
         zoo.create_model(name, **sizes)
+
+
+def test_configs_built_directly_take_lists_of_widths():
+    from zoo.hopfield import HopfieldMIL, HopfieldMILConfig, TabularBaseline, TabularBaselineConfig
+
+    assert HopfieldMIL(HopfieldMILConfig(in_features=4, embed_dims=[8, 8]))(torch.randn(2, 3, 4)).shape == (2,)
+    assert TabularBaseline(TabularBaselineConfig(in_features=4, hidden=[8]))(torch.randn(3, 4)).shape == (3, 2)
+    with pytest.raises(ValueError, match=r"hidden must be integers >= 1, got \[8, 0\]"):
+        TabularBaseline(TabularBaselineConfig(hidden=[8, 0]))
 
 
 def test_mil_task_refuses_a_model_of_another_feature_count_before_training_and_at_evaluation():

@@ -916,6 +916,7 @@ def test_sweep_script_trains_each_w_and_redraws_from_its_json(tmp_path, monkeypa
                + [a for o in tiny_run for a in ("--set", o)])
     row, = json.loads((tmp_path / "first" / "sweep.json").read_text())
     assert row["w"] == 10 and row["w1"] == 0.01 and "| w | w1 | rec |" in (tmp_path / "first" / "sweep.md").read_text()
+    assert {"kl_first_0", "sigma_first_0", "kl_first_1", "sigma_first_1"} <= row.keys()
     assert load_checkpoint(tmp_path / "first" / "w_10" / "model.safetensors").config.meta_prior_first == (0.01, 0.01)
 
 

@@ -158,16 +158,17 @@ def _recipe_for(checkpoint: Path, name: str | None, overrides) -> tuple[dict, bo
 @contextlib.contextmanager
 def _model_fits(checkpoint: Path, recipe: dict, task_checked: bool):
     """Where the checkpoint records no task, a model that the recipe's task cannot use fails where the task
-    reads or calls what it needs (an attribute the model lacks, a call it does not take): a named error instead of
-    that AttributeError or TypeError."""
+    reads or calls what it needs (an attribute the model lacks, a call it does not take): a one-line error that
+    names that likely cause, and the other one (a setting), instead of that AttributeError or TypeError."""
     try:
         yield
     except (AttributeError, TypeError) as err:
         if task_checked:
             raise
-        raise ValueError(f"{checkpoint} holds {recipe['model']}, which recipe {recipe['name']!r} (task "
-                         f"{recipe['task']!r}) cannot use ({err}); the file records no task, so pass --recipe of the "
-                         "task its model was trained for (`zoo recipes` lists them)") from err
+        raise ValueError(f"recipe {recipe['name']!r} (task {recipe['task']!r}) failed on {checkpoint}, which holds "
+                         f"{recipe['model']}: {err}. The file records no task to check --recipe against: if its model "
+                         f"was not trained for the task {recipe['task']!r}, pass --recipe of its own task (`zoo recipes` "
+                         "lists them); otherwise check the --set values") from err
 
 
 def _recorded_task(run_recipe: Path | None, name: str | None) -> str | None:
@@ -209,8 +210,9 @@ def _cmd_eval(args):
     _seed_global_rngs()
     path = _checkpoint_path(args.checkpoint)
     recipe, task_checked = _recipe_for(path, args.recipe, args.set)
+    model = load_checkpoint(path).eval().to(device)
     with _model_fits(path, recipe, task_checked):
-        metrics = make_task(recipe).evaluate(load_checkpoint(path).eval().to(device))
+        metrics = make_task(recipe).evaluate(model)
     print(json_text(metrics, indent=2))
 
 
@@ -335,10 +337,10 @@ def _cmd_estimate(args):
     path = _checkpoint_path(args.checkpoint)
     recipe, task_checked = _recipe_for(path, args.recipe, args.set)
     model = load_checkpoint(path).eval().to(device)
+    with _model_fits(path, recipe, task_checked):
+        task = make_task(recipe)
     try:
-        with _model_fits(path, recipe, task_checked):
-            task = make_task(recipe)
-            batch = _draw(task, args.split, args.batch)
+        batch = _draw(task, args.split, args.batch)
     except NotImplementedError as err:
         raise ValueError(f"{err}; pass --split train to measure on a training batch") from err
     batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}

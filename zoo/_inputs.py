@@ -14,11 +14,11 @@ def is_int(value) -> bool:
 
 
 def check_sizes(config, *names: str) -> None:
-    """The config's sizes ``names`` (integers, or tuples of them) are >= 1: 0 heads divided by zero, and 0 features,
+    """The config's sizes ``names`` (integers, or tuples or lists of them) are >= 1: 0 heads divided by zero, and 0 features,
     classes or widths built a model whose output no input changes. A ValueError naming the key."""
     for name in names:
         value = getattr(config, name)
-        many = isinstance(value, tuple)
+        many = isinstance(value, (tuple, list))
         if not all(is_int(v) and v >= 1 for v in (value if many else (value,))):
             raise ValueError(f"{type(config).__name__}: {name} must be {'integers' if many else 'an integer'} >= 1, "
                              f"got {value!r}")

@@ -48,7 +48,7 @@ class HopfieldMIL(nn.Module):
         super().__init__()
         if not config.embed_dims:
             raise ValueError("HopfieldMIL: embed_dims needs at least one layer width")
-        check_sizes(config, "in_features", "embed_dims")
+        check_sizes(config, "in_features", "embed_dims", "hidden_size", "num_heads", "quantity")
         self.config = config
         width = config.embed_dims[-1]
         self.embed = _mlp(config.in_features, config.embed_dims, config.dropout)
@@ -87,7 +87,7 @@ class HopfieldTabular(nn.Module):
 
     def __init__(self, config: HopfieldTabularConfig):
         super().__init__()
-        check_sizes(config, "in_features", "num_classes", "embed_dim")
+        check_sizes(config, "in_features", "num_classes", "embed_dim", "quantity", "num_heads")
         self.config = config
         self.embed = nn.Sequential(nn.Linear(config.in_features, config.embed_dim), nn.Dropout(config.dropout))
         self.lookup = HopfieldLayer(config.embed_dim, quantity=config.quantity, num_heads=config.num_heads,
