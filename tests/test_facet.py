@@ -533,6 +533,47 @@ def test_calculator_matches_model_and_loads_checkpoints(tmp_path):
         slab.get_stress()
 
 
+def test_calculator_stress_and_forces_equal_ases_finite_differences():
+    """ASE's own numerical derivatives of the calculator's energy (its sign and Voigt conventions, not ours):
+    stress from strained cells and forces from displaced atoms agree with what the calculator returns."""
+    from ase.calculators.fd import calculate_numerical_forces, calculate_numerical_stress
+
+    from zoo.facet_calculator import FacetCalculator
+
+    atoms = _alloy(2)
+    atoms.calc = FacetCalculator(_model())
+    np.testing.assert_allclose(atoms.get_stress(), calculate_numerical_stress(atoms, eps=1e-5), atol=1e-7)
+    np.testing.assert_allclose(atoms.get_forces(), calculate_numerical_forces(atoms, eps=1e-5), atol=1e-6)
+
+
+def test_a_left_handed_cell_is_the_same_crystal():
+    """Swapping two cell vectors flips det(cell) but not the lattice: energy, forces and stress are unchanged
+    (the volume is |det|; a negative one read the crystal as a molecule and gave a NaN stress)."""
+    m = _model()
+    right = _alloy(4)
+    left = right.copy()
+    left.set_cell(right.cell.array[[1, 0, 2]], scale_atoms=False)
+    assert np.linalg.det(left.cell.array) < 0
+    a, b = (m.predict(graph_from_atoms(x, m.config.cutoff), stress=True) for x in (right, left))
+    for key in ("energy", "forces", "stress"):
+        torch.testing.assert_close(b[key], a[key], rtol=1e-10, atol=1e-10)
+
+
+def test_a_graph_of_several_structures_equals_each_alone():
+    """graph_from_atoms of a list: each structure's edges index its own atoms, so energies, forces and stresses
+    equal those of each structure on its own (a periodic crystal, a molecule, another crystal)."""
+    m = _model()
+    structures = [_alloy(1), molecule("H2O"), bulk("Cu", "fcc", a=3.6, cubic=True)]
+    together = m.predict(graph_from_atoms(structures, m.config.cutoff), stress=True)
+    forces = []
+    for g, atoms in enumerate(structures):
+        alone = m.predict(graph_from_atoms(atoms, m.config.cutoff), stress=True)
+        torch.testing.assert_close(together["energy"][g], alone["energy"][0], rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(together["stress"][g], alone["stress"][0], rtol=1e-10, atol=1e-10, equal_nan=True)
+        forces.append(alone["forces"])
+    torch.testing.assert_close(together["forces"], torch.cat(forces), rtol=1e-10, atol=1e-10)
+
+
 def test_calculator_gives_every_property_from_one_pass_and_refuses_settings_it_ignores():
     from zoo.facet_calculator import FacetCalculator
 

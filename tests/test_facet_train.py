@@ -1,6 +1,7 @@
 """Facet with the shared loop on offline EMT data: data determinism, statistics, a short run, the calculator."""
 import numpy as np
 import pytest
+import torch
 
 import zoo
 from train import fit, load_recipe
@@ -58,6 +59,25 @@ def test_prepare_fits_reference_energies_by_least_squares():
     assert model.atomic_energies.numpy()[[z for z in range(1, 90) if z not in species]].max() == 0.0
     forces = np.concatenate([a.get_forces() for a in train])
     assert model.energy_scale.item() == pytest.approx(np.sqrt((forces**2).mean()))
+
+
+def test_evaluation_errors_are_per_atom_energies_and_force_components():
+    """The task's errors against the model's own predictions on each held-out structure: energy error divided by
+    that structure's atom count (meV/atom is per atom, not per structure) and every force component."""
+    from zoo.atoms import graph_from_atoms
+
+    task = PotentialTask(load_recipe("facet-emt", TINY))
+    model = zoo.create_model("facet_small", channels=8, layers=1, cutoff=4.0)
+    task.prepare(model)
+    err = task.errors(model, "valid")
+    e, f = [], []
+    for atoms in task.structures["valid"]:
+        out = model.predict(graph_from_atoms(atoms, 4.0, dtype=torch.float32))
+        e.append((out["energy"].item() - atoms.get_potential_energy()) / len(atoms))
+        f.append((out["forces"].detach().double().numpy() - atoms.get_forces()).ravel())
+    assert len({len(a) for a in task.structures["valid"]}) > 1  # the division by N matters
+    np.testing.assert_allclose(err["energy"], e, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(err["forces"], np.concatenate(f), rtol=1e-4, atol=1e-5)
 
 
 def test_facet_trains_with_the_shared_loop_and_the_result_runs_in_ase(tmp_path):

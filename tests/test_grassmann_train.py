@@ -65,6 +65,23 @@ def test_lm_recipes_share_budget_and_seeds():
     assert (g["model"], t["model"]) == ("grassmann_lm_13m", "transformer_lm_13m")
 
 
+@pytest.mark.filterwarnings("ignore:task 'lm' does not use data.docstrings")
+def test_validation_loss_is_the_models_own_next_token_loss_over_windows():
+    """valid_loss is the mean next-token cross-entropy that transformers' labels= loss gives each window (T - 1
+    predictions per window of T tokens), averaged over the windows, and valid_ppl its exponential."""
+    recipe = load_recipe("grassmann-lm-pytext", TINY_LM)
+    task = make_task(recipe)
+    torch.manual_seed(0)
+    model = zoo.create_model(recipe["model"], **recipe["model_args"]).eval()
+    T = task.seq_len
+    ids = task.valid_ids[: 6 * T]
+    with torch.no_grad():
+        expected = torch.stack([model(input_ids=w[None], labels=w[None]).loss for w in ids.view(-1, T)]).mean()
+    assert task.stream_loss(model, ids) == pytest.approx(expected.item(), rel=1e-5)
+    metrics = task.evaluate(model)
+    assert metrics["valid_ppl"] == pytest.approx(math.exp(metrics["valid_loss"]))
+
+
 @pytest.mark.filterwarnings("ignore:task 'lm' does not use data.docstrings")  # pytext's key, kept for wikitext
 def test_lm_task_batches_and_training_lowers_perplexity(tmp_path, capsys):
     recipe = load_recipe("grassmann-lm-pytext", TINY_LM)
