@@ -4,6 +4,7 @@ from .autocast_off import autocast_off
 from .alrnn_cell import ALRNNCell
 from .attention_probe import add_attention_probes, attention_logit_norms
 from .coord_attention import CoordAttention
+from .sandglass_block import SandglassBlock
 from .hopfield_core import HopfieldCore, hopfield_energy
 from .hopfield import Hopfield
 from .hopfield_pooling import HopfieldPooling
@@ -20,7 +21,7 @@ from .edge_tensor_product import EdgeTensorProduct
 from .orderwise_linear import OrderwiseLinear
 from .equivariant_conv import EquivariantConvolution
 
-__all__ = ["ProbePoint", "autocast_off", "ALRNNCell", "add_attention_probes", "attention_logit_norms", "CoordAttention", "HopfieldCore", "hopfield_energy", "Hopfield", "HopfieldPooling", "HopfieldLayer",
+__all__ = ["ProbePoint", "autocast_off", "ALRNNCell", "add_attention_probes", "attention_logit_norms", "CoordAttention", "SandglassBlock", "HopfieldCore", "hopfield_energy", "Hopfield", "HopfieldPooling", "HopfieldLayer",
            "CausalGrassmannMixing", "pluecker", "pluecker_linear", "CausalSelfAttention", "PVRNNLayer", "gaussian_kl", "PackedStack", "SkewedStack",
            "pack_levels", "stack_recurrence", "posterior_pass", "WindowGradient",
            "SigmaReparam", "SigmaLinear", "SigmaConv2d", "apply_sigma_reparam", "remove_sigma_reparam",
