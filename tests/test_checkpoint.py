@@ -179,6 +179,19 @@ def test_a_model_saved_in_one_floating_dtype_loads_back_in_it(tmp_path, dtype):
     assert next(into.parameters()).dtype == torch.float32
 
 
+def test_a_file_of_mixed_floating_dtypes_loads_in_the_models_dtype(tmp_path):
+    """A file whose floating tensors have several dtypes (float64 and bfloat16 here) gives the model in the dtype it
+    is built with (float32), each value cast to it; the model is not cast to one of the file's dtypes."""
+    good = save_checkpoint(zoo.create_model("tabular_mlp"), tmp_path / "good.safetensors")
+    state, meta = load_file(good), read_metadata(good)
+    mixed = {k: v.to(torch.float64 if i % 2 else torch.bfloat16) for i, (k, v) in enumerate(sorted(state.items()))}
+    assert {v.dtype for v in mixed.values()} == {torch.float64, torch.bfloat16}
+    save_file(mixed, tmp_path / "mixed.safetensors", metadata=meta)
+    m = load_checkpoint(tmp_path / "mixed.safetensors")
+    assert {v.dtype for v in m.state_dict().values()} == {torch.float32}
+    assert all(torch.equal(v, mixed[k].float()) for k, v in m.state_dict().items())
+
+
 def test_tied_weights_are_stored_once_and_restored(tmp_path):
     from zoo._registry import build
 
@@ -235,11 +248,46 @@ def test_pretrained_offline_says_what_to_download_and_where(tmp_path, monkeypatc
     assert "http://127.0.0.1:9/none.safetensors" in msg and str(manifest_mod.cache_dir()) in msg
 
 
+def test_git_blob_sha1_is_the_id_git_gives_the_content(tmp_path):
+    """git_blob_sha1 hashes b"blob <size>\\0" + content: the ids `git hash-object` prints for known contents."""
+    from weights.manifest import git_blob_sha1
+
+    (tmp_path / "empty").write_bytes(b"")
+    (tmp_path / "hello").write_bytes(b"hello\n")
+    assert git_blob_sha1(tmp_path / "empty") == "e69de29bb2d1d6434b8b29ae775ad8c2e48c5391"
+    assert git_blob_sha1(tmp_path / "hello") == "ce013625030ba8dba906f756967f9e9ca394464a"
+
+
+def test_a_shipped_checkpoint_wins_over_a_stale_cached_file_of_its_name(tmp_path, monkeypatch):
+    """Resolution order is shipped file, then cache: another file of the same name left in the cache (an older
+    download) neither hides the shipped one nor breaks its sha256 check."""
+    entry = next(c for c in manifest_mod.published_checkpoints() if c["name"] == "alrnn_m20_p2_lorenz63")
+    shipped = manifest_mod.PACKAGE_DIR / "files" / entry["file"]
+    stale = save_checkpoint(zoo.create_model("alrnn_m20_p2"), manifest_mod.cache_dir() / entry["file"])
+    assert sha256_of(stale) != entry["sha256"]
+    assert manifest_mod.resolve(entry) == shipped
+    m = zoo.create_model("alrnn_m20_p2", pretrained=True)
+    assert all(torch.equal(v, load_file(shipped)[k]) for k, v in m.state_dict().items())
+
+
 def test_pretrained_with_conflicting_override_is_an_error(tmp_path, monkeypatch):
     path = save_checkpoint(zoo.create_model("alrnn_m20_p2"), manifest_mod.cache_dir() / "test_ckpt.safetensors")
     _fake_entry(tmp_path, monkeypatch, None, sha256_of(path))
     with pytest.raises(CheckpointError, match="different config"):
         zoo.create_model("alrnn_m20_p2", pretrained=True, M=30)
+
+
+def test_pretrained_override_against_the_entrys_config_is_an_error_not_replaced(tmp_path, monkeypatch):
+    """An override that contradicts the config a checkpoint was trained with (the manifest entry's ``config``) is
+    refused naming it, not silently replaced by the entry's value; an override equal to it loads."""
+    trained = zoo.create_model("alrnn_m20_p2", P=1)
+    path = save_checkpoint(trained, manifest_mod.cache_dir() / "test_ckpt.safetensors")
+    entry = _fake_entry(tmp_path, monkeypatch, None, sha256_of(path))
+    entry["config"] = {"P": 1}
+    assert zoo.create_model("alrnn_m20_p2", pretrained=True).zoo_config.P == 1
+    assert _same_outputs(zoo.create_model("alrnn_m20_p2", pretrained=True, P=1), trained)
+    with pytest.raises(CheckpointError, match=r"different config; .*'P': \(1, 2\)"):
+        zoo.create_model("alrnn_m20_p2", pretrained=True, P=2)
 
 
 def test_original_pth_is_read_without_unpickling(tmp_path):
@@ -325,6 +373,22 @@ def test_original_with_non_tensor_entries_names_them(tmp_path):
     torch.save({"A": torch.ones(3), "epoch": 3}, tmp_path / "orig.pth")
     with pytest.raises(CheckpointError, match=r"entries \['epoch'\] are not tensors"):
         read_original(tmp_path / "orig.pth")
+
+
+def test_original_training_checkpoint_layout_converts_and_only_a_wholly_prefixed_dict_is_unwrapped(tmp_path):
+    """``{"model_state_dict": state}`` (a common training-checkpoint layout) converts; the ``module.`` prefix is
+    dropped only when every key has it (DataParallel), not from a submodule that is really named ``module``."""
+    from weights.convert import convert, read_original
+
+    small = zoo.create_model("alrnn_m20_p2", M=12)
+    torch.save({"model_state_dict": small.state_dict()}, tmp_path / "train.pth")
+    out = convert(tmp_path / "train.pth", "alrnn_m20_p2", tmp_path / "t.safetensors", M=12)
+    assert _same_outputs(load_checkpoint(out), small)
+    mixed = {"module.weight": torch.ones(2), "module.bias": torch.zeros(2), "head.weight": torch.ones(3)}
+    torch.save(mixed, tmp_path / "mixed.pth")
+    assert sorted(read_original(tmp_path / "mixed.pth")) == ["head.weight", "module.bias", "module.weight"]
+    torch.save({f"module.{k}": v for k, v in mixed.items()}, tmp_path / "dp.pth")
+    assert sorted(read_original(tmp_path / "dp.pth")) == sorted(mixed)
 
 
 def test_training_state_trees_round_trip_exactly_or_refuse(tmp_path):

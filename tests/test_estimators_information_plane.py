@@ -10,7 +10,7 @@ import zoo
 from estimators import information_plane, layer_activations, plot_information_plane
 from layers import ProbePoint
 from train import fit, load_recipe
-from train.data.ib12bit import ib12bit, icosahedron_vertices
+from train.data.ib12bit import ib12bit, icosahedron_vertices, split
 
 
 class Known(nn.Module):
@@ -65,6 +65,16 @@ def test_ib12bit_data_facts():
     assert -(p * math.log2(p) + (1 - p) * math.log2(1 - p)) == pytest.approx(0.9992, abs=1e-4)  # I(X;Y) = H(Y)
     ones = x.sum(1)
     assert y[ones <= 5].sum() == 0 and y[ones >= 7].all() and y[ones == 6].float().mean().item() == pytest.approx(0.576, abs=1e-3)
+
+
+@pytest.mark.parametrize("fraction", [0.05, 0.7, 0.85, 1.0])
+def test_ib12bit_split_is_disjoint_and_covers_every_pattern_once(fraction):
+    """The train and test index sets of the 12-bit task share no pattern, have round(fraction * 4096) and the rest,
+    and together hold each of the 4096 patterns exactly once."""
+    train, test = split(4096, fraction, seed=3)
+    assert len(train) == round(fraction * 4096) and len(train) + len(test) == 4096
+    assert not set(train.tolist()) & set(test.tolist())
+    assert torch.equal(torch.cat([train, test]).sort().values, torch.arange(4096))
 
 
 def test_ib_mlp_family_shapes_params_and_probe_points():

@@ -62,6 +62,22 @@ def test_digit_bags_are_labelled_by_the_target_digit():
     assert lengths.min() >= 2 and abs(lengths.mean().item() - 10) < 1.5
 
 
+def test_digit_bags_of_train_and_test_draw_on_disjoint_images(monkeypatch):
+    """The 1797 digit images are split once: bags of the training split use only 1200 of them, bags of the test
+    split only the other 597 (each image is tagged with its index, so a shared one is seen)."""
+    import sklearn.datasets
+
+    images, digits = sklearn.datasets.load_digits(return_X_y=True)
+    tagged = np.repeat(np.arange(len(digits), dtype=float)[:, None], images.shape[1], axis=1)  # pixels = index
+    monkeypatch.setattr(sklearn.datasets, "load_digits", lambda return_X_y=False: (tagged, digits))
+    used = {}
+    for split in ("train", "test"):
+        bags = digit_bags(1500, split=split, seed=1)
+        used[split] = set((bags["x"][~bags["mask"]][:, 0] * 16).round().long().tolist())
+    assert not used["train"] & used["test"]
+    assert len(used["train"]) == 1200 and len(used["test"]) == 597  # every image of each split was drawn
+
+
 @pytest.mark.parametrize("name, sizes", [("hopfield_mil", {"in_features": 0}), ("hopfield_mil", {"embed_dims": (64, 0)}),
                                          ("hopfield_mil", {"hidden_size": 0}),
                                          ("hopfield_tabular", {"num_classes": 0}),
@@ -231,6 +247,27 @@ def test_tabular_recipe_beats_chance_and_baselines_share_it(tmp_path):
     with pytest.raises(ValueError, match=r"data.dataset=iris has 4 features but the model takes in_features=13; "
                                          r"set model_args.in_features=4"):
         iris.prepare(zoo.create_model("hopfield_tabular", in_features=13, num_classes=3))
+
+
+@pytest.mark.parametrize("name", ["wine", "breast_cancer"])
+def test_tabular_sets_are_standardised_with_training_statistics_only(name):
+    """x_train has mean 0 and std 1 per column; x_test is (x - train mean) / train std, computed here with
+    scikit-learn's own split, so its columns are not exactly standardised."""
+    import sklearn.datasets
+    from sklearn.model_selection import train_test_split
+
+    from train.data.tabular import load_tabular
+
+    data = load_tabular(name, test_fraction=0.25, seed=0)
+    x, y = getattr(sklearn.datasets, f"load_{name}")(return_X_y=True)
+    x_tr, x_te, _, y_te = train_test_split(x, y, test_size=0.25, stratify=y, random_state=0)
+    train = data["x_train"].double().numpy()
+    np.testing.assert_allclose(train.mean(0), 0, atol=1e-5)
+    np.testing.assert_allclose(train.std(0), 1, atol=1e-5)
+    expected = (x_te - x_tr.mean(0)) / x_tr.std(0)
+    np.testing.assert_allclose(data["x_test"].numpy(), expected, rtol=1e-5, atol=1e-5)
+    assert np.abs(data["x_test"].numpy().mean(0)).max() > 0.05
+    assert torch.equal(data["y_test"], torch.as_tensor(y_te))
 
 
 def test_retrieval_demo_script_stores_digits_and_retrieves_them(tmp_path):

@@ -41,6 +41,15 @@ def test_override_of_the_wrong_type_names_key_type_and_default():
         zoo.create_model("grassmann_lm_13m", windows=["1"])
 
 
+def test_a_dropout_of_one_is_refused_by_the_registry():
+    """Dropout rates are probabilities in [0, 1): 0 is allowed, 1.0 (every unit dropped) is refused like 1.5, by the
+    registry, for a model whose layers would take it (torch's Dropout accepts p=1)."""
+    assert zoo.create_model("tabular_mlp", dropout=0.0).zoo_config.dropout == 0.0
+    for rate in (1.0, 1, -0.1):
+        with pytest.raises(ValueError, match=r"tabular_mlp: dropout is a probability in \[0, 1\), got "):
+            zoo.create_model("tabular_mlp", dropout=rate)
+
+
 def test_lists_become_tuples_and_every_default_config_fits_its_own_types():
     from zoo._registry import _REGISTRY, resolve_config
 
