@@ -92,3 +92,36 @@ def test_equal_mass_bins_give_tied_mass_its_own_bin():
     assert rest.numel() == 17 and ((rest - 5000 / 17).abs() <= 0.05 * 5000 / 17).all()
     assert torch.equal(codes, discretise(tanh.float(), 20, strategy="equal_mass"))  # ranks, not values
     assert discretise(torch.tensor([[0.0, 1.0], [1.0, 1.0]]), 30, strategy="equal_mass").tolist() == [[0, 1], [1, 1]]
+
+
+def test_equal_mass_runs_get_a_rounded_share_of_the_bins():
+    """20 values in 4 bins: 7 zeros hold more than a bin's share (5), get their own bin, and the 13 others share
+    the 3 left, ~4.3 each; the 4 values below the zeros are 0.92 of a share, rounded to one bin of their own
+    (not merged into the zeros' bin), the 9 above get 2 bins."""
+    x = torch.tensor([-4.0, -3, -2, -1] + [0.0] * 7 + list(range(1, 10)))[:, None]
+    codes = discretise(x, 4, strategy="equal_mass")
+    counts = torch.bincount(codes.flatten(), minlength=4)
+    assert (counts > 0).all()
+    assert counts[codes[x == 0].unique()].tolist() == [7]  # the zeros, and only they, in their bin
+    others = counts[counts != 7]
+    assert others.min().item() >= math.floor(13 / 3) and others.max().item() <= math.ceil(13 / 3)
+    assert codes.flatten().tolist() == [0] * 4 + [1] * 7 + [2] * 5 + [3] * 4
+
+
+def test_equal_width_values_on_an_edge_go_to_the_upper_bin_as_numpy_histogram():
+    """Bins are [a, b) except the last, [a, b], as numpy.histogram: counts of values exactly on the edges agree."""
+    np = pytest.importorskip("numpy")
+    for n_bins, values in ((2, [-1.0, 0.0, 1.0]), (4, [-1.0, -0.5, -0.5, 0.0, 0.5, 1.0, 1.0])):
+        x = torch.tensor(values)[:, None]
+        counts = torch.bincount(discretise(x, n_bins, value_range=(-1, 1)).flatten(), minlength=n_bins)
+        assert counts.tolist() == np.histogram(values, bins=n_bins, range=(-1, 1))[0].tolist()
+
+
+def test_equal_width_value_range_must_be_increasing():
+    """A value_range with low >= high has no (positive-width) bins: an error, not codes from a negative width."""
+    x = torch.linspace(-1, 1, 10)[:, None]
+    for bad in ((1.0, 1.0), (1.0, -1.0)):
+        with pytest.raises(ValueError, match="value_range must be .low, high. with low < high"):
+            discretise(x, 4, value_range=bad)
+        with pytest.raises(ValueError, match="value_range"):
+            binned_mutual_information(x, x, n_bins=4, value_range=bad)

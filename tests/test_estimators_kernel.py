@@ -208,3 +208,16 @@ def test_dse_checks_every_row_before_subsampling():
     x[5, 0] = float("nan")
     with pytest.raises(ValueError, match="NaN/inf"):
         diffusion_spectral_entropy(x, max_samples=100)
+
+
+def test_cauchy_schwarz_divergence_default_width_is_pooled_so_it_is_symmetric():
+    """The median width comes from x and y pooled, so D_CS(x, y) = D_CS(y, x) also for samples of different spreads
+    (a width from x alone would differ between the two orders), and equals the divergence at that pooled width."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(60, 2, generator=g, dtype=torch.float64)
+    y = 5 * torch.randn(80, 2, generator=g, dtype=torch.float64)
+    d_xy, d_yx = cauchy_schwarz_divergence(x, y).item(), cauchy_schwarz_divergence(y, x).item()
+    assert d_xy > 0.1 and d_xy == pytest.approx(d_yx, rel=1e-6)
+    pooled = torch.cat([x, y])
+    width = float(torch.pdist(pooled).median())  # the median of the non-zero pairwise distances (each pair twice)
+    assert d_xy == pytest.approx(cauchy_schwarz_divergence(x, y, sigma=width).item(), rel=1e-3)

@@ -81,3 +81,13 @@ def test_kernel_and_spectral_mi_reject_non_finite_samples(bad):
                  lambda: diffusion_spectral_mutual_information(x, labels)):
         with pytest.raises(ValueError, match=r"(x|y) has 1 NaN/inf"):
             call()
+
+
+def test_a_single_sample_is_a_clear_error():
+    """N = 1 leaves no pair (no neighbour, no spread): every sample-based estimator refuses it by name."""
+    one, two = torch.randn(1, 3), torch.randn(2, 3)
+    for call in (lambda: ksg_mutual_information(one, one), lambda: kozachenko_leonenko_entropy(one),
+                 lambda: matrix_renyi_entropy(one), lambda: cauchy_schwarz_divergence(one, two),
+                 lambda: cauchy_schwarz_divergence(two, one), lambda: cauchy_schwarz_mutual_information(one, one)):
+        with pytest.raises(ValueError, match=r"(x|y) must have at least 2 samples on dim 0, got shape \(1, 3\)"):
+            call()
