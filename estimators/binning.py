@@ -33,8 +33,9 @@ def _equal_mass_codes(x: torch.Tensor, n_bins: int) -> torch.Tensor:
     Atoms are found as a fixed point: a value is an atom if its count exceeds s = (mass of the non-atoms) /
     (n_bins - number of atoms). The non-atom values between consecutive atoms form runs; run r of mass m_r
     gets b_r bins (cumulative rounding of m_r / s, so sum_r b_r = n_bins - atoms) filled by rank with
-    ~m_r / b_r entries each. Ties are never split; a run with b_r = 0 joins the next atom's bin. Integer
-    arithmetic throughout, so the bins are exact.
+    ~m_r / b_r entries each: a value goes, with its ties, to the bin that holds its middle rank (by its first
+    rank, small ties ahead of a tied value left a bin empty). Ties are never split; a run with b_r = 0 joins
+    the next atom's bin. Integer arithmetic throughout, so the bins are exact.
     """
     _, codes, counts = torch.unique(x, sorted=True, return_inverse=True, return_counts=True)
     atom = torch.zeros_like(counts, dtype=torch.bool)
@@ -52,7 +53,7 @@ def _equal_mass_codes(x: torch.Tensor, n_bins: int) -> torch.Tensor:
     starts = torch.cat([ends.new_zeros(1), ends[:-1]])
     below = free.cumsum(0) - free - (total - mass)[run]  # mass of the value's run below it
     width = (ends - starts)[run]
-    inside = torch.where(width > 0, width * below // mass[run].clamp_min(1), 0)
+    inside = torch.where(width > 0, width * (2 * below + free) // (2 * mass[run]).clamp_min(1), 0)  # middle rank
     bins = torch.where(atom, run + ends[run], run + starts[run] + inside)
     return bins.clamp_max(n_bins - 1)[codes]
 
