@@ -89,6 +89,24 @@ def test_ib_mlp_family_shapes_params_and_probe_points():
         zoo.create_model("ib_mlp_tanh")(torch.rand(5, 11))
 
 
+def test_ib_mlp_probe_points_record_the_activations_not_the_pre_activations():
+    """Probe point t.l holds T_l = act(W_l T_{l-1} + b_l): tanh of the linear layer's output for ib_mlp_tanh
+    (so within [-1, 1]), relu of it (so >= 0) for ib_mlp_relu."""
+    x = torch.rand(16, 12, generator=torch.Generator().manual_seed(0)) * 8 - 4
+    for name, act in (("ib_mlp_tanh", torch.tanh), ("ib_mlp_relu", torch.relu)):
+        torch.manual_seed(0)
+        m = zoo.create_model(name).eval()
+        acts = layer_activations(m, x, "t.*")
+        t = x
+        for layer, linear in enumerate(m.linears[:-1]):
+            t = act(linear(t))
+            torch.testing.assert_close(acts[f"t.{layer}"], t.detach(), atol=1e-6, rtol=0)
+            if name == "ib_mlp_tanh":
+                assert acts[f"t.{layer}"].abs().max() <= 1
+            else:
+                assert acts[f"t.{layer}"].min() >= 0
+
+
 # 60 steps: the tanh network's loss falls at lr 0.5; the ReLU network sits on its ln 2 plateau that long (the
 # recipe trains 8,000 steps), so there the test checks the plane with per-layer binning ranges
 @pytest.mark.parametrize("name, extra", [("ib-tanh-12bit", ["optim.lr=0.5"]), ("ib-relu-12bit", [])])

@@ -270,6 +270,22 @@ def test_kl_entropy_of_gaussian_and_uniform_and_scipy():
     assert kozachenko_leonenko_entropy(one).item() == pytest.approx(float(differential_entropy(one.numpy())), abs=0.03)
 
 
+def test_kl_entropy_brute_force_chunking_does_not_change_the_value():
+    """Each chunk of the brute-force search drops its own rows' self-distances: several chunks give the value of
+    one chunk (and of the KD-tree) on the same data."""
+    x = torch.randn(300, 2, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    one = kozachenko_leonenko_entropy(x, method="brute", chunk_size=300).item()
+    assert kozachenko_leonenko_entropy(x, method="brute", chunk_size=37).item() == pytest.approx(one, abs=1e-6)
+    assert kozachenko_leonenko_entropy(x, method="tree").item() == pytest.approx(one, abs=1e-6)
+
+
+def test_kl_max_norm_entropy_of_the_unit_cube_is_zero_in_three_dimensions():
+    """The max-norm unit ball has volume 2^d: on U[0,1]^3 (H = 0 nats) the estimate is near 0, not (d-1) log 2
+    = 1.39 off (the boundary bias is about +0.13 at N = 2000)."""
+    u = torch.rand(2000, 3, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    assert kozachenko_leonenko_entropy(u, metric="chebyshev").item() == pytest.approx(0.0, abs=0.25)
+
+
 def test_knn_errors_name_the_argument():
     with pytest.raises(ValueError, match="duplicate"):
         kozachenko_leonenko_entropy(torch.randn(5, 2).repeat(2, 1), k=1)

@@ -263,6 +263,20 @@ def test_cached_steps_equal_the_full_forward_at_any_start_position(make):
     assert (torch.cat(steps, 1) - full).abs().max() < 1e-5
 
 
+@pytest.mark.parametrize("make", [tiny_grassmann, tiny_transformer])
+def test_cached_steps_with_a_mask_and_no_position_ids_take_the_positions_of_the_new_tokens(make):
+    """Decoding from a cache with the full attention_mask but no position_ids: the new tokens' positions are the
+    last T counts of the mask, so the logits equal the full uncached forward's at those tokens."""
+    model = make()
+    ids = torch.randint(1, 50, (2, 9), generator=torch.Generator().manual_seed(8))
+    mask = torch.ones(2, 9, dtype=torch.long)
+    full = model(ids, attention_mask=mask, use_cache=False).logits
+    out = model(ids[:, :6], attention_mask=mask[:, :6], use_cache=True)
+    step = model(ids[:, 6:8], attention_mask=mask[:, :8], cache=out.cache, use_cache=True)
+    last = model(ids[:, 8:], attention_mask=mask, cache=step.cache, use_cache=True).logits
+    torch.testing.assert_close(torch.cat([out.logits, step.logits, last], 1), full, atol=1e-5, rtol=0)
+
+
 @pytest.mark.parametrize("prompt", [3, 20])  # shorter and longer than the cache context (max window 4)
 def test_grassmann_assisted_decoding_equals_greedy_decoding(prompt):
     """generate(assistant_model=...) drafts tokens with a second model and rolls the caches back over the
