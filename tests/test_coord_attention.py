@@ -667,3 +667,19 @@ def test_finetune_recipe_starts_from_the_published_weights(official, tmp_path, m
     assert tuned.classifier.weight.shape == (3, 1280)  # num_classes from the folder, classifier re-initialised
     assert torch.equal(tuned.blocks[1][0].se.conv_h.weight, official[0]["features.2.conv.6.conv2.weight"])
     assert torch.equal(tuned.conv_stem.weight, official[0]["features.0.0.weight"])
+
+
+def test_digits_evaluation_loss_is_the_mean_over_all_test_images():
+    """The digits task evaluates in chunks (256 images, fewer than the test set's 449): test_loss is the mean
+    cross-entropy over every test image, as one direct computation gives."""
+    from train import load_recipe
+    from train.tasks import make_task
+
+    task = make_task(load_recipe("mbv2-ca-digits", ["data.size=8"]))
+    x, y = task.data["x_test"], task.data["y_test"]
+    assert 256 < len(y) < 512 and len(y) % 256  # more than one chunk, the last one shorter
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 10)).eval()
+    with torch.no_grad():
+        direct = float(F.cross_entropy(model(x), y))
+    assert task.evaluate(model)["test_loss"] == pytest.approx(direct, rel=1e-5)

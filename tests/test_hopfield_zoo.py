@@ -300,3 +300,28 @@ def test_float_models_name_integer_input(name, shape):
         model(torch.ones(shape, dtype=torch.float64))  # numpy's default dtype, through torch.from_numpy
     with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast casts float32 input and weights alike
         assert model(torch.ones(shape)).isfinite().all()
+
+
+def test_mil_evaluation_loss_is_the_bce_against_the_true_bag_labels():
+    """evaluate()'s loss is the binary cross-entropy of the test bags' logits against their own labels (a model
+    whose logits lean towards the true labels: against inverted ones the loss would be far larger)."""
+    import torch.nn.functional as F
+    from torch import nn
+
+    task = make_task(load_recipe("hopfield-mil-digits", ["data.train_bags=20", "data.test_bags=30"]))
+    y = task.test["y"]
+    assert 0 < float(y.sum()) < len(y)  # both labels present
+    logits = (2 * y - 1) * torch.linspace(0.1, 3.0, len(y))
+
+    class Fixed(nn.Module):  # gives these logits for the test bags
+        def __init__(self):
+            super().__init__()
+            self.anchor = nn.Parameter(torch.zeros(()))
+
+        def forward(self, x, mask):
+            assert x.shape[0] == len(y) and mask.shape[0] == len(y)
+            return logits + self.anchor
+
+    direct = float(F.binary_cross_entropy_with_logits(logits, y))
+    assert task.evaluate(Fixed())["loss"] == pytest.approx(direct, rel=1e-6)
+    assert direct < 0.5 * float(F.binary_cross_entropy_with_logits(logits, 1 - y))

@@ -908,3 +908,83 @@ def test_seeded_block_repeats_its_draws_and_restores_the_callers_streams():
     torch.manual_seed(1)
     random.seed(1)
     assert torch.equal(torch.rand(2), inside[0]) and random.random() == inside[1]
+
+
+TINY_IB = ["train.steps=6", "train.batch_size=32", "train.eval_every=0", "train.ckpt_every=0", "train.log_every=1",
+           "task_args.information_plane=false"]
+
+
+def test_the_logged_learning_rate_is_the_rate_the_steps_update_used(tmp_path):
+    """The lr column of a step's row (step k = after k updates) is the rate update k used: lr_factor(k - 1) * lr,
+    read before the scheduler steps (an exponential schedule changes it every step)."""
+    recipe = load_recipe("ib-tanh-12bit", TINY_IB + ["schedule={name: exponential, final_ratio: 0.01}"])
+    fit(recipe, tmp_path / "run")
+    rows = [json.loads(r) for r in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    logged = {r["step"]: r["lr"] for r in rows if r["split"] == "train"}
+    assert list(logged) == [1, 2, 3, 4, 5, 6]
+    factor = lr_factor(recipe["schedule"], 6)
+    for step, lr in logged.items():
+        assert lr == pytest.approx(factor(step - 1) * 0.05, rel=1e-12), step
+    assert len(set(logged.values())) == 6
+
+
+def test_keep_checkpoints_keeps_exactly_the_newest_ones(tmp_path):
+    """train.keep_checkpoints = 2 with a checkpoint every step of 6: exactly steps 5 and 6 remain."""
+    fit(load_recipe("ib-tanh-12bit", TINY_IB + ["train.ckpt_every=1", "train.keep_checkpoints=2"]), tmp_path / "run")
+    left = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
+    assert left == ["step_00000005", "step_00000006"]
+
+
+def test_each_step_seeds_its_own_noise(tmp_path, monkeypatch):
+    """The global RNG a step's forward draws from (dropout) is seeded from (seed, step, rank): step k draws what
+    _seed_step(seed, k, 0) gives, and no two steps draw the same."""
+    from train.loop import _seed_step
+    from train.tasks.classification import ClassificationTask
+
+    draws, original = [], ClassificationTask.loss
+
+    def drawing(self, model, batch):
+        draws.append(torch.rand(4))
+        return original(self, model, batch)
+
+    monkeypatch.setattr(ClassificationTask, "loss", drawing)
+    fit(load_recipe("ib-tanh-12bit", TINY_IB + ["train.seed=3"]), tmp_path / "run")
+    assert len(draws) == 6
+    for step, draw in enumerate(draws):
+        _seed_step(3, step, 0)
+        assert torch.equal(draw, torch.rand(4)), step
+    assert len({tuple(d.tolist()) for d in draws}) == 6
+
+
+def test_the_report_draws_the_selected_model(tmp_path, monkeypatch):
+    """With train.select the task's report gets the selected model (best.safetensors), not the final one."""
+    from train.tasks.classification import ClassificationTask
+
+    seen = {}
+    monkeypatch.setattr(ClassificationTask, "report",
+                        lambda self, model, out: seen.update({k: v.clone() for k, v in model.state_dict().items()}))
+    out = tmp_path / "run"
+    fit(load_recipe("ib-tanh-12bit", TINY_IB + ["train.eval_every=2", "train.select=max:test_loss",
+                                                 "optim.lr=0.5"]), out)
+    assert json.loads((out / "best.json").read_text())["step"] < 6  # the worst model is an early one
+    best, final = load_checkpoint(out / "best.safetensors"), load_checkpoint(out / "model.safetensors")
+    assert seen.keys() == best.state_dict().keys()
+    for k, v in best.state_dict().items():
+        assert torch.equal(seen[k], v), k
+    assert not all(torch.equal(seen[k], v) for k, v in final.state_dict().items())
+
+
+def test_classification_test_loss_is_the_cross_entropy_on_the_test_split():
+    """evaluate()'s test_loss is the mean cross-entropy of the model's logits on the test split."""
+    import torch.nn.functional as F
+
+    from train.tasks import make_task
+
+    task = make_task(load_recipe("ib-tanh-12bit", ["task_args.information_plane=false"]))
+    torch.manual_seed(0)
+    model = zoo.create_model("ib_mlp_tanh").eval()
+    with torch.no_grad():
+        direct = float(F.cross_entropy(model(task.data["x_test"]).float(), task.data["y_test"]))
+        on_train = float(F.cross_entropy(model(task.data["x_train"]).float(), task.data["y_train"]))
+    assert task.evaluate(model)["test_loss"] == pytest.approx(direct, rel=1e-6)
+    assert direct != pytest.approx(on_train, rel=1e-6)
