@@ -26,6 +26,11 @@ def _apply(norm: nn.LayerNorm | None, x: torch.Tensor, what: str) -> torch.Tenso
     return norm(x)
 
 
+def _from_core(name: str, doc: str | None = None) -> property:
+    """A read-only attribute of ``Hopfield`` that reads its ``association_core``'s ``name``."""
+    return property(lambda self: getattr(self.association_core, name), doc=doc or f"The core's ``{name}``.")
+
+
 class Hopfield(nn.Module):
     """Z = softmax(beta R W_Q W_K^T Y^T) Y W_V, after optional LayerNorms of the stored patterns Y, the state
     patterns R and the pattern projection, and an output projection; see ``HopfieldCore`` for the update
@@ -80,38 +85,14 @@ class Hopfield(nn.Module):
         self.batch_first = batch_first
 
     # hflayers' read-only settings, from the core that holds them (None where all patterns are static)
-    @property
-    def input_size(self) -> int | None:
-        return self.association_core.embed_dim
-
-    @property
-    def hidden_size(self) -> int | None:
-        return self.association_core.head_dim
-
-    @property
-    def output_size(self) -> int | None:
-        return self.association_core.out_dim
-
-    @property
-    def pattern_size(self) -> int | None:
-        return self.association_core.pattern_dim
-
-    @property
-    def scaling(self) -> float | torch.Tensor:
-        """beta: a number, or one per head."""
-        return self.association_core.scaling
-
-    @property
-    def update_steps_max(self) -> int | None:
-        return self.association_core.update_steps_max
-
-    @property
-    def update_steps_eps(self) -> float:
-        return self.association_core.update_steps_eps
-
-    @property
-    def stored_pattern_dim(self) -> int | None:
-        return self.association_core.kdim
+    input_size = _from_core("embed_dim")
+    hidden_size = _from_core("head_dim")
+    output_size = _from_core("out_dim")
+    pattern_size = _from_core("pattern_dim")
+    scaling = _from_core("scaling", "beta: a number, or one per head.")
+    update_steps_max = _from_core("update_steps_max")
+    update_steps_eps = _from_core("update_steps_eps")
+    stored_pattern_dim = _from_core("kdim")
 
     def _prepare(self, input) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         if torch.is_tensor(input):

@@ -16,8 +16,8 @@ class WindowGradient:
     with the weights fixed, z = tanh(A^mu) + exp(A^sigma) eps for the given eps, and c_tj the KL weight of latent
     unit j at window step t (w_k / (z_k W) for the model's objective), ``c_later`` (W, Z) for a window that
     starts after the stream's first step and ``c_first`` for one that starts there. With e = mu^q - mu^p and
-    v = 1/sigma_p^2 the KL's partials are dKL/dmu^q = e v = -dKL/dmu^p, dKL/dlog sigma^p = 1 - (sigma_q^2 + e^2) v, dKL/dA^sigma = sigma_q^2 v - 1 (besides
-    the path through z); the recursion's part is ``SkewedStack.propagate``. Buffers are allocated once for (W, B):
+    v = 1/sigma_p^2 the KL's partials are dKL/dmu^q = e v = -dKL/dmu^p, dKL/dlog sigma^p = 1 - (sigma_q^2 + e^2) v,
+    dKL/dA^sigma = sigma_q^2 v - 1 (besides the path through z); the recursion's part is ``SkewedStack.propagate``. Buffers are allocated once for (W, B):
     about 50 small ops per call plus four per wave step. Equal to autograd's gradient (tested through the model).
     """
 

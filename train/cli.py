@@ -167,8 +167,8 @@ def _model_fits(checkpoint: Path, recipe: dict, task_checked: bool):
             raise
         raise ValueError(f"recipe {recipe['name']!r} (task {recipe['task']!r}) failed on {checkpoint}, which holds "
                          f"{recipe['model']}: {err}. The file records no task to check --recipe against: if its model "
-                         f"was not trained for the task {recipe['task']!r}, pass --recipe of its own task (`zoo recipes` "
-                         "lists them); otherwise check the --set values") from err
+                         f"was not trained for the task {recipe['task']!r}, pass --recipe of its own task "
+                         "(`zoo recipes` lists them); otherwise check the --set values") from err
 
 
 def _recorded_task(run_recipe: Path | None, name: str | None) -> str | None:

@@ -14,8 +14,8 @@ def is_int(value) -> bool:
 
 
 def check_sizes(config, *names: str) -> None:
-    """The config's sizes ``names`` (integers, or tuples or lists of them) are >= 1: 0 heads divided by zero, and 0 features,
-    classes or widths built a model whose output no input changes. A ValueError naming the key."""
+    """The config's sizes ``names`` (integers, or tuples or lists of them) are >= 1: 0 heads divided by zero, and 0
+    features, classes or widths built a model whose output no input changes. A ValueError naming the key."""
     for name in names:
         value = getattr(config, name)
         many = isinstance(value, (tuple, list))

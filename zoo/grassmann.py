@@ -24,9 +24,9 @@ from transformers.modeling_outputs import BaseModelOutputWithPast
 
 from layers import CausalGrassmannMixing
 
+from ._inputs import check_sizes
 from ._lm_common import (PAPER, TiedCausalLMHead, cache_wanted, collect_hidden, feed_forward,
                          finish_backbone, input_embeddings, refuse_attentions, token_positions)
-from ._inputs import check_sizes
 from ._registry import register_model
 
 WINDOWS = (1, 2, 4, 8, 12, 16)

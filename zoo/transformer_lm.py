@@ -22,9 +22,9 @@ from transformers.modeling_outputs import BaseModelOutputWithPast
 
 from layers import CausalSelfAttention
 
+from ._inputs import check_sizes
 from ._lm_common import (PAPER, TiedCausalLMHead, cache_wanted, collect_hidden, feed_forward,
                          finish_backbone, input_embeddings, token_positions)
-from ._inputs import check_sizes
 from ._registry import register_model
 
 
