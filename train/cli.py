@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import fnmatch
+import functools
 import json
 import re
 import signal
@@ -199,20 +200,32 @@ def _seed_global_rngs():
     random.seed(0)
 
 
-def _cmd_eval(args):
+def _checkpoint_and_task(args, command: str):
+    """``zoo eval`` / ``zoo estimate``: the checkpoint's model in eval mode on --device, the task of its recipe,
+    the device, and a context that turns the model-does-not-fit-the-task errors into one line (``_model_fits``);
+    the global RNGs seeded to 0."""
     from weights import load_checkpoint
 
-    from .loop import json_text
     from .tasks import make_task
 
-    _check_eval_overrides(args.set, "eval")
+    _check_eval_overrides(args.set, command)
     device = _device(args.device)
     _seed_global_rngs()
     path = _checkpoint_path(args.checkpoint)
     recipe, task_checked = _recipe_for(path, args.recipe, args.set)
     model = load_checkpoint(path).eval().to(device)
-    with _model_fits(path, recipe, task_checked):
-        metrics = make_task(recipe).evaluate(model)
+    fits = functools.partial(_model_fits, path, recipe, task_checked)
+    with fits():
+        task = make_task(recipe)
+    return model, task, device, fits
+
+
+def _cmd_eval(args):
+    from .loop import json_text
+
+    model, task, _, fits = _checkpoint_and_task(args, "eval")
+    with fits():
+        metrics = task.evaluate(model)
     print(json_text(metrics, indent=2))
 
 
@@ -309,9 +322,6 @@ def _cmd_estimate(args):
     import torch
 
     from estimators import Probe
-    from weights import load_checkpoint
-
-    from .tasks import make_task
 
     for name in ("batch", "samples"):
         if getattr(args, name) < 1:
@@ -331,14 +341,7 @@ def _cmd_estimate(args):
         names = sorted({name for named in specs.values() for name, _ in named})
         raise ValueError(f"--target {args.target} binds the Y of two-variable estimators (ksg_mi, binned_mi, ...), "
                          f"but none of {', '.join(names)} takes one; drop --target or add such an estimator")
-    _check_eval_overrides(args.set, "estimate")
-    device = _device(args.device)
-    _seed_global_rngs()
-    path = _checkpoint_path(args.checkpoint)
-    recipe, task_checked = _recipe_for(path, args.recipe, args.set)
-    model = load_checkpoint(path).eval().to(device)
-    with _model_fits(path, recipe, task_checked):
-        task = make_task(recipe)
+    model, task, device, fits = _checkpoint_and_task(args, "estimate")
     try:
         batch = _draw(task, args.split, args.batch)
     except NotImplementedError as err:
@@ -358,7 +361,7 @@ def _cmd_estimate(args):
              if type(module).__name__ == "ProbePoint" and any(fnmatch.fnmatchcase(name, glob) for glob in paired)]
     with torch.no_grad(), Probe(model, points, max_samples=args.samples) as probe:
         try:
-            with _model_fits(path, recipe, task_checked):
+            with fits():
                 task.loss(model, batch)
         finally:  # before the probe's estimators run: local complexity's own passes are not the batch's rows
             for hook in hooks:
