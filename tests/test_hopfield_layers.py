@@ -496,3 +496,97 @@ def test_one_step_path_never_materialises_the_association_matrix():
         h(x).sum().backward()
     assert plain.largest < association / 10  # forward and backward stay O(L * d)
     assert probed.largest == association
+
+
+def test_lookup_targets_are_their_own_parameter_and_trainable_only_when_asked():
+    """lookup_weights_as_separated adds ``target_weights``, a parameter apart from ``lookup_weights``, that
+    ``lookup_targets_as_trainable`` alone freezes or not (``trainable`` freezes only the stored patterns); it is
+    the pattern projection, of ``pattern_projection_size`` when given, and gets gradient only when trainable."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 8)
+    for targets_trainable in (True, False):
+        layer = HopfieldLayer(8, quantity=4, lookup_weights_as_separated=True,
+                              lookup_targets_as_trainable=targets_trainable)
+        assert layer.target_weights is not layer.lookup_weights and layer.target_weights.shape == (1, 4, 8)
+        assert layer.lookup_weights.requires_grad and layer.target_weights.requires_grad == targets_trainable
+        assert {n for n, p in layer.named_parameters() if n.endswith("_weights")} == {"lookup_weights",
+                                                                                      "target_weights"}
+        layer(x).sum().backward()
+        assert layer.lookup_weights.grad.abs().sum() > 0
+        assert (layer.target_weights.grad is not None) == targets_trainable
+    frozen_stored = HopfieldLayer(8, quantity=4, trainable=False, lookup_weights_as_separated=True)
+    assert not frozen_stored.lookup_weights.requires_grad and frozen_stored.target_weights.requires_grad
+    shared = HopfieldLayer(8, quantity=4, lookup_targets_as_trainable=False)  # no separate targets: flag unused
+    assert shared.target_weights is None and "target_weights" not in shared.state_dict()
+    wide = HopfieldLayer(8, quantity=4, lookup_weights_as_separated=True, pattern_projection_size=6)
+    assert wide.target_weights.shape == (1, 4, 6) and wide(x).shape == (2, 3, 8)
+
+
+def test_separated_targets_are_the_pattern_projection_and_the_lookup_weights_the_stored_patterns():
+    """With separate targets the layer is Hopfield((lookup_weights, input, target_weights)): the association
+    depends on the lookup weights only, and the retrieved values on the targets (not on the lookup weights again)."""
+    torch.manual_seed(0)
+    layer = HopfieldLayer(8, quantity=5, num_heads=2, lookup_weights_as_separated=True).eval()
+    x = torch.randn(3, 4, 8)
+    stored, targets = layer.lookup_weights.expand(3, -1, -1), layer.target_weights.expand(3, -1, -1)
+    assert torch.allclose(layer(x), layer.hopfield((stored, x, targets)), atol=1e-6)
+    association = layer.get_association_matrix(x)
+    out = layer(x)
+    with torch.no_grad():
+        layer.target_weights.mul_(-3.0)
+    assert torch.equal(layer.get_association_matrix(x), association)  # the targets are not the stored patterns
+    assert (layer(x) - out).abs().max() > 1e-3  # but they are what is retrieved
+    shared = HopfieldLayer(8, quantity=5, num_heads=2).eval()
+    stored = shared.lookup_weights.expand(3, -1, -1)
+    assert torch.allclose(shared(x), shared.hopfield((stored, x, stored)), atol=1e-6)
+
+
+def test_wrappers_refuse_fewer_than_one_learned_pattern_and_pool_with_each_of_quantity_queries():
+    """quantity is the number of learned state patterns (pooling) or stored patterns (lookup): 0 or less is a named
+    error, not an empty table; HopfieldPooling's output is the quantity retrievals side by side, each that of its
+    own learned query."""
+    for wrapper in (HopfieldPooling, HopfieldLayer):
+        for bad in (0, -2):
+            with pytest.raises(ValueError, match=rf"{wrapper.__name__}: quantity must be >= 1, got {bad}"):
+                wrapper(8, quantity=bad)
+    torch.manual_seed(0)
+    pool = HopfieldPooling(8, quantity=3, num_heads=2, output_size=5).eval()
+    y = torch.randn(2, 6, 8)
+    out = pool(y)
+    assert out.shape == (2, 15)
+    for i in range(3):
+        query = pool.pooling_weights[:, i:i + 1].expand(2, -1, -1)
+        assert torch.allclose(out[:, 5 * i:5 * (i + 1)], pool.hopfield((y, query, y))[:, 0], atol=1e-6)
+
+
+@pytest.mark.parametrize("pattern", ["stored_pattern", "state_pattern", "pattern_projection"])
+def test_an_affine_norm_without_the_norm_is_refused(pattern):
+    """normalize_X_affine=True with normalize_X=False (the affine default left on) is refused as hflayers refuses it,
+    naming the flag to set; with both off there is no LayerNorm at all."""
+    with pytest.raises(ValueError, match=rf"normalize_{pattern}_affine=True needs normalize_{pattern}=True"):
+        Hopfield(input_size=8, **{f"normalize_{pattern}": False})
+    h = Hopfield(input_size=8, **{f"normalize_{pattern}": False, f"normalize_{pattern}_affine": False})
+    assert getattr(h, f"norm_{pattern}") is None
+    plain = Hopfield(input_size=8, **{f"normalize_{pattern}_affine": False})
+    norm = getattr(plain, f"norm_{pattern}")
+    assert isinstance(norm, torch.nn.LayerNorm) and not norm.elementwise_affine
+
+
+def test_a_static_state_pattern_is_normalised_at_the_hidden_width():
+    """A static state pattern skips W_Q and enters in the hidden space, so its LayerNorm is hidden_size wide:
+    HopfieldPooling(16, hidden_size=8, state_pattern_as_static=True) computes
+    Z = softmax(LN(q) K^T / sqrt(8)) V W_O^T + b_O with K, V the projected LayerNorm'd instances, by hand
+    (hflayers' input_size-wide LayerNorm fails on this configuration)."""
+    torch.manual_seed(0)
+    pool = HopfieldPooling(16, hidden_size=8, state_pattern_as_static=True)
+    assert pool.pooling_weights.shape == (1, 1, 8)
+    assert pool.hopfield.norm_state_pattern.normalized_shape == (8,)
+    y = torch.randn(3, 5, 16)
+    h, core = pool.hopfield, pool.hopfield.association_core
+    w_k, w_v = core.in_proj_weight.split(8)
+    b_k, b_v = core.in_proj_bias.split(8)
+    q = h.norm_state_pattern(pool.pooling_weights)
+    k = h.norm_stored_pattern(y) @ w_k.T + b_k
+    v = h.norm_pattern_projection(y) @ w_v.T + b_v
+    z = torch.softmax(q @ k.transpose(1, 2) / 8 ** 0.5, -1) @ v @ core.out_proj.weight.T + core.out_proj.bias
+    torch.testing.assert_close(pool(y), z.flatten(1))

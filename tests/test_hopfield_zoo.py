@@ -325,3 +325,21 @@ def test_mil_evaluation_loss_is_the_bce_against_the_true_bag_labels():
     direct = float(F.binary_cross_entropy_with_logits(logits, y))
     assert task.evaluate(Fixed())["loss"] == pytest.approx(direct, rel=1e-6)
     assert direct < 0.5 * float(F.binary_cross_entropy_with_logits(logits, 1 - y))
+
+
+def test_quantity_is_the_number_of_learned_patterns_and_zero_is_refused():
+    """hopfield_mil's quantity learned queries each pool the bag, and the bag classifier reads all of them;
+    hopfield_tabular's quantity is its number of learned stored patterns. 0 is a named config error."""
+    torch.manual_seed(0)
+    mil = zoo.create_model("hopfield_mil", in_features=8, embed_dims=(16,), quantity=3).eval()
+    assert mil.pooling.pooling_weights.shape == (1, 3, 16) and mil.head.in_features == 48
+    bags = torch.randn(2, 5, 8)
+    pooled = mil.pooling(mil.embed(bags))
+    assert pooled.shape == (2, 48)
+    assert torch.allclose(mil(bags), mil.head(pooled).squeeze(-1), atol=1e-6)
+    tabular = zoo.create_model("hopfield_tabular", in_features=4, quantity=7).eval()
+    assert tabular.lookup.lookup_weights.shape == (1, 7, 32)
+    assert tabular.lookup.get_association_matrix(torch.randn(3, 1, 32)).shape == (3, 4, 1, 7)
+    for name in ("hopfield_mil", "hopfield_tabular"):
+        with pytest.raises(ValueError, match=r"quantity must be an integer >= 1, got 0"):
+            zoo.create_model(name, quantity=0)
