@@ -18,18 +18,33 @@ def _probe_attention(attn: nn.Module, qkv_module: nn.Module, args, qkv: torch.Te
     The probabilities come from the qkv projection the block has just computed (through its q/k norms), so timm's
     forward keeps its fused scaled_dot_product_attention, nothing is computed while no probe listens, and nothing
     is computed twice: a second qkv call would also run a sigmaReparam qkv's power iteration a second time."""
+    mask, causal = attn.__dict__.pop("_probe_mask", (None, False))
     if not attn.probs._forward_hooks:
         return
     B, N, _ = qkv.shape
     q, k, _ = qkv.reshape(B, N, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
     q, k = attn.q_norm(q), attn.k_norm(k)
-    attn.probs(((q * attn.scale) @ k.transpose(-2, -1)).softmax(-1))
+    logits = (q * attn.scale) @ k.transpose(-2, -1)
+    if causal:  # the masks as scaled_dot_product_attention reads them: is_causal wins, bool True attends
+        logits = logits.masked_fill(torch.ones(N, N, dtype=torch.bool, device=logits.device).triu(1), float("-inf"))
+    elif mask is not None:
+        logits = logits.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else logits + mask
+    attn.probs(logits.softmax(-1))
+
+
+def _remember_mask(attn: nn.Module, args, kwargs) -> None:
+    """Forward pre-hook on ``attn``: while a hook listens on ``attn.probs``, keep this call's ``attn_mask`` and
+    ``is_causal`` for ``_probe_attention``, which applies them as the block's attention does."""
+    if attn.probs._forward_hooks:
+        attn._probe_mask = (kwargs.get("attn_mask", args[1] if len(args) > 1 else None),
+                            kwargs.get("is_causal", args[2] if len(args) > 2 else False))
 
 
 def add_attention_probes(model: nn.Module) -> nn.Module:
     """Give every timm ``Attention`` in ``model`` a probe point ``probs`` holding its attention probabilities
     softmax(Q K^T / sqrt(d_head)) per head (e.g. ``blocks.3.attn.probs``), for ``estimators.attention_entropy``.
-    Unmasked self-attention only (as in timm's ViTs). Adds no parameters or state-dict keys. Returns ``model``."""
+    A call's ``attn_mask`` / ``is_causal`` apply to the probabilities as to the block's attention. Adds no
+    parameters or state-dict keys. Returns ``model``."""
     from timm.models.vision_transformer import Attention
 
     attentions = [m for m in model.modules() if isinstance(m, Attention)]
@@ -38,6 +53,7 @@ def add_attention_probes(model: nn.Module) -> nn.Module:
     for attn in attentions:
         if not hasattr(attn, "probs"):  # calling twice adds nothing
             attn.probs = ProbePoint()
+            attn.register_forward_pre_hook(_remember_mask, with_kwargs=True)
             attn.qkv.register_forward_hook(functools.partial(_probe_attention, attn))
     return model
 

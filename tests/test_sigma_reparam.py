@@ -580,3 +580,140 @@ def test_vit_attention_entropy_obeys_the_papers_lower_bound(reparam, qk_scale):
     assert (entropy >= bound[..., None] - 1e-6).all()  # float32 logits: entropies are good to ~1e-7
     if qk_scale < 1:
         assert float(bound.min()) > 1.0  # a comparison with teeth: log N = 2.83 here
+
+
+def test_remove_keeps_frozen_layers_frozen_and_stores_gamma_over_sigma_times_w():
+    """remove_sigma_reparam folds each layer to W_hat = (gamma / u^T W v) W from its stored u, v, with the weight's
+    own requires_grad: a frozen layer's folded weight stays frozen (a fine-tuning setup survives export), a
+    trainable one stays trainable."""
+    net = apply_sigma_reparam(small_net(2))
+    net[0].requires_grad_(False)  # frozen conv (weight, bias, gamma)
+    with torch.no_grad():
+        for layer, factor in ((net[0], 0.5), (net[4], 1.7), (net[6], 3.0)):  # gamma != sigma: W_hat != W
+            layer.gamma.mul_(factor)
+    sigma = {i: net[i].u @ net[i].weight.detach().flatten(1) @ net[i].v for i in (0, 4, 6)}
+    expected = {i: net[i].gamma.detach() / sigma[i] * net[i].weight.detach() for i in (0, 4, 6)}
+    remove_sigma_reparam(net)
+    assert not net[0].weight.requires_grad and not net[0].bias.requires_grad
+    assert net[4].weight.requires_grad and net[6].weight.requires_grad
+    for i, folded in expected.items():
+        torch.testing.assert_close(net[i].weight.detach(), folded, atol=1e-6, rtol=1e-6)
+    trainable = sorted(name.split(".")[0] for name, p in net.named_parameters() if p.requires_grad)
+    assert trainable == ["3", "3", "4", "4", "6", "6"]  # the LayerNorm and the two Linears
+
+
+def test_restart_reparam_by_default_resets_u_v_and_gamma_so_the_layer_computes_its_plain_weight():
+    """restart_reparam() with no names sets all three of u, v and gamma from the current weight's top singular
+    triplet (as for a checkpoint that holds none of them): afterwards W_hat = W exactly, whatever they were."""
+    layer = apply_sigma_reparam(nn.Linear(48, 64))
+    with torch.no_grad():
+        layer.weight.copy_(with_spectrum(64, 48, [2.5, 1.0, 0.3], seed=3))
+        layer.u.copy_(torch.nn.functional.normalize(torch.randn(64), dim=0))
+        layer.v.copy_(torch.nn.functional.normalize(torch.randn(48), dim=0))
+        layer.gamma.fill_(7.0)
+    layer.restart_reparam()
+    U, S, Vh = torch.linalg.svd(layer.weight.detach())
+    assert S[0].item() == pytest.approx(2.5, rel=1e-5) and layer.gamma.item() == pytest.approx(2.5, rel=1e-5)
+    assert abs(abs(float(layer.u @ U[:, 0])) - 1) < 1e-5 and abs(abs(float(layer.v @ Vh[0])) - 1) < 1e-5
+    assert layer.sigma.item() == pytest.approx(2.5, rel=1e-5)
+    torch.testing.assert_close(layer.folded_weight(), layer.weight.detach(), atol=1e-6, rtol=1e-5)
+    x = torch.randn(3, 48)
+    torch.testing.assert_close(layer.eval()(x), nn.functional.linear(x, layer.weight, layer.bias), atol=1e-5, rtol=1e-5)
+
+
+def test_attention_probe_applies_the_blocks_q_and_k_norms_before_the_softmax():
+    """A timm Attention with qk_norm: the probe's probabilities are softmax(scale LN_q(q) LN_k(k)^T), what timm's
+    own non-fused path computes, not those of the raw q, k; attention_logit_norms refuses such a block."""
+    from timm.models.vision_transformer import Attention
+
+    from layers import add_attention_probes, attention_logit_norms
+
+    torch.manual_seed(0)
+    block = Attention(16, num_heads=2, qkv_bias=True, qk_norm=True, norm_layer=nn.LayerNorm)
+    model = add_attention_probes(nn.Sequential(block)).eval()
+    attn = model[0]
+    with torch.no_grad():  # non-trivial norm parameters, and a q/k scale the norms undo
+        for norm in (attn.q_norm, attn.k_norm):
+            norm.weight.copy_(0.5 + torch.rand(8))
+            norm.bias.normal_()
+        attn.qkv.weight.mul_(5.0)
+    x = torch.randn(2, 6, 16)
+    seen, reference = [], []
+    hook = attn.probs.register_forward_hook(lambda m, i, out: seen.append(out))
+    fused = model(x)
+    hook.remove()
+    attn.fused_attn = False
+    hook = attn.attn_drop.register_forward_hook(lambda m, i, out: reference.append(out))
+    torch.testing.assert_close(model(x), fused, atol=1e-5, rtol=1e-5)
+    hook.remove()
+    torch.testing.assert_close(seen[0], reference[0], atol=1e-6, rtol=1e-6)
+    q, k, _ = attn.qkv(x).reshape(2, 6, 3, 2, 8).permute(2, 0, 3, 1, 4)
+    raw = (attn.scale * q @ k.transpose(-1, -2)).softmax(-1)
+    assert (raw - seen[0]).abs().max() > 1e-2  # the norms matter here
+    with pytest.raises(ValueError, match="this attention normalises q/k"):
+        attention_logit_norms(attn, x)
+
+
+def test_attention_logit_norms_absorb_the_qkv_bias_as_a_column():
+    """With nonzero qkv biases the logits are scale [x, 1] W~_Q^T W~_K [x, 1]^T: sigma_w is scale times the spectral
+    norm of W~_Q^T W~_K per head with the bias as the extra column (by hand here), sigma_x that of X~ X~^T, and the
+    logits never exceed their product (dropping the bias column breaks both)."""
+    from timm.models.vision_transformer import Attention
+
+    from layers import attention_logit_norms
+
+    torch.manual_seed(0)
+    attn = Attention(16, num_heads=2, qkv_bias=True).eval()
+    with torch.no_grad():
+        attn.qkv.bias.normal_(0.0, 3.0)  # large next to the weights: most of the logits
+    x = torch.randn(3, 5, 16)
+    sigma_w, sigma_x = attention_logit_norms(attn, x)
+    w = torch.cat([attn.qkv.weight, attn.qkv.bias[:, None]], 1).detach().double()
+    xt = torch.cat([x.double(), torch.ones(3, 5, 1, dtype=torch.float64)], -1)
+    for h in range(2):
+        wq, wk = w[8 * h:8 * (h + 1)], w[16 + 8 * h:16 + 8 * (h + 1)]
+        assert sigma_w[h].item() == pytest.approx(attn.scale * torch.linalg.matrix_norm(wq.T @ wk, 2).item(), rel=1e-9)
+    torch.testing.assert_close(sigma_x, torch.linalg.matrix_norm(xt @ xt.transpose(1, 2), 2), rtol=1e-9, atol=0)
+    with torch.no_grad():
+        q, k, _ = attn.qkv(x).double().reshape(3, 5, 3, 2, 8).permute(2, 0, 3, 1, 4)
+    logits = attn.scale * q @ k.transpose(-1, -2)
+    assert float((torch.linalg.matrix_norm(logits, 2) / (sigma_w * sigma_x[:, None])).max()) <= 1 + 1e-9
+    no_bias = Attention(16, num_heads=2, qkv_bias=False)  # no bias: a zero column, the plain bilinear bound
+    sigma_w0, _ = attention_logit_norms(no_bias, x)
+    wq, wk = no_bias.qkv.weight.detach().double()[:8], no_bias.qkv.weight.detach().double()[16:24]
+    assert sigma_w0[0].item() == pytest.approx(no_bias.scale * torch.linalg.matrix_norm(wq.T @ wk, 2).item(), rel=1e-9)
+
+
+@pytest.mark.parametrize("mask", ["causal", "bool", "float", "positional"])
+def test_attention_probe_applies_the_calls_mask_as_the_block_does(mask):
+    """A timm Attention called with attn_mask (bool: True attends; float: added) or is_causal: the probe's
+    probabilities equal timm's own non-fused ones for that call, and a masked key gets no probability (it used
+    to record the unmasked softmax); the mask of one call does not leak into the next, unmasked one."""
+    from timm.models.vision_transformer import Attention
+
+    from layers import add_attention_probes
+
+    torch.manual_seed(0)
+    attn = add_attention_probes(nn.Sequential(Attention(16, num_heads=2, qkv_bias=True)))[0].eval()
+    x, keep = torch.randn(2, 6, 16), torch.rand(6, 6) > 0.4
+    keep.fill_diagonal_(True)
+    call = {"causal": ((x,), {"is_causal": True}), "bool": ((x,), {"attn_mask": keep}),
+            "float": ((x,), {"attn_mask": torch.zeros(6, 6).masked_fill(~keep, float("-inf"))}),
+            "positional": ((x, keep), {})}[mask]
+    forbidden = torch.ones(6, 6, dtype=torch.bool).triu(1) if mask == "causal" else ~keep
+
+    def probabilities(fused: bool, args, kwargs):
+        attn.fused_attn, seen = fused, []
+        point = attn.probs if fused else attn.attn_drop  # the non-fused path's probabilities pass attn_drop
+        hook = point.register_forward_hook(lambda m, i, out: seen.append(out))
+        with torch.no_grad():
+            attn(*args, **kwargs)
+        hook.remove()
+        return seen[-1]
+
+    probed = probabilities(True, *call)
+    torch.testing.assert_close(probed, probabilities(False, *call), atol=1e-6, rtol=1e-6)
+    assert forbidden.any() and probed[..., forbidden].abs().max() == 0
+    unmasked = probabilities(True, (x,), {})
+    torch.testing.assert_close(unmasked, probabilities(False, (x,), {}), atol=1e-6, rtol=1e-6)
+    assert unmasked[..., forbidden].min() > 0
