@@ -88,20 +88,18 @@ class _ForcedRollout(torch.autograd.Function):
     def forward(ctx, z0, A, W, h, floor, x, forced, alpha):
         B, M = z0.shape
         T, N = x.shape[1], x.shape[2]
-        inputs = z0.new_empty(T, B, M)
-        states = z0.new_empty(B, T, M)
-        z = z0
+        states = z0.new_empty(T, B, M)  # time-major, so that each step writes its row in place (out=)
+        W_t, z = W.T, z0
         for i in range(T):
-            inputs[i] = z
-            s = torch.addmm(torch.addcmul(h, A, z), torch.maximum(z, floor), W.T)
-            states[:, i] = s
-            if forced[i]:
-                z = torch.cat([torch.lerp(s[:, :N], x[:, i], alpha), s[:, N:]], dim=-1)
-            else:
-                z = s
+            s = torch.addmm(torch.addcmul(h, A, z), torch.maximum(z, floor), W_t, out=states[i])
+            z = torch.cat([torch.lerp(s[:, :N], x[:, i], alpha), s[:, N:]], dim=-1) if forced[i] else s
+        # each step's input z_i, after the loop: z_0, then the previous state, forced where that step was
+        inputs = torch.cat([z0[None], states[:-1]])
+        before = torch.tensor([i for i in range(T - 1) if forced[i]], dtype=torch.long, device=z0.device)
+        inputs[before + 1, :, :N] = torch.lerp(states[before, :, :N], x[:, before].transpose(0, 1), alpha)
         ctx.save_for_backward(inputs, A, W, floor)
         ctx.forced, ctx.alpha, ctx.N = forced, alpha, N
-        return states
+        return states.transpose(0, 1)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
@@ -114,11 +112,11 @@ class _ForcedRollout(torch.autograd.Function):
         grads = torch.empty_like(inputs)
         carry = torch.zeros_like(inputs[0])
         d_x = inputs.new_zeros(B, len(ctx.forced), ctx.N) if ctx.needs_input_grad[5] else None
+        d_states = d_states.transpose(0, 1)
         for i in range(T - 1, -1, -1):
             if d_x is not None and ctx.forced[i]:
                 d_x[:, i] = ctx.alpha * carry[:, : ctx.N]
-            g = d_states[:, i] + (carry * keep if ctx.forced[i] else carry)
-            grads[i] = g
+            g = torch.add(d_states[i], carry * keep if ctx.forced[i] else carry, out=grads[i])
             carry = torch.addcmul(A * g, g @ W, slope[i])
         flat_g = grads.reshape(-1, M)
         d_A = (flat_g * inputs.reshape(-1, M)).sum(0)
