@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from .estimator import Estimator, is_finite_positive, log_base
+from .estimator import Estimator, is_finite_positive, is_whole, log_base
 from .paired import paired
 from .samples import as_samples, same_rows, squared_distances
 
@@ -28,6 +28,12 @@ def diffusion_eigenvalues(x: torch.Tensor, sigma: float = 10.0) -> torch.Tensor:
     return torch.linalg.eigvalsh(d[:, None] * k * d[None, :])
 
 
+def _check_max_samples(max_samples) -> None:
+    if not (max_samples is None or is_whole(max_samples, 2)):
+        raise ValueError(f"max_samples must be an integer >= 2 (the rows drawn; the entropy needs two) or None, "
+                         f"got {max_samples!r}")
+
+
 def diffusion_spectral_entropy(x: torch.Tensor, sigma: float = 10.0, t: int = 1, base: float | str = "bits",
                                max_samples: int | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
     """S_D(X, t) = -sum_i p_i log p_i, p_i = |lambda_i|^t / sum_j |lambda_j|^t over the eigenvalues of P (Liao et al. 2023, eq. 3).
@@ -41,6 +47,7 @@ def diffusion_spectral_entropy(x: torch.Tensor, sigma: float = 10.0, t: int = 1,
     """
     if not isinstance(t, int) or t < 1:
         raise ValueError(f"t must be a positive integer (diffusion time), got {t!r}")
+    _check_max_samples(max_samples)
     x = as_samples(x, "x")  # before subsampling: a NaN row is an error, not a row that a draw may skip
     if max_samples is not None and x.shape[0] > max_samples:
         generator = torch.Generator().manual_seed(0) if generator is None else generator
@@ -80,6 +87,7 @@ def diffusion_spectral_mutual_information(x: torch.Tensor, labels: torch.Tensor,
 def dse(sigma: float = 10.0, t: int = 1, base: float | str = "bits", max_samples: int | None = None) -> Estimator:
     """Probe estimator: diffusion spectral entropy of the probe tensor's rows."""
     _check_sigma(sigma, "dse: ")
+    _check_max_samples(max_samples)
     return Estimator("dse", diffusion_spectral_entropy, sigma=sigma, t=t, base=base, max_samples=max_samples)
 
 

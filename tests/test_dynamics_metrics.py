@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 from scipy.ndimage import gaussian_filter1d
@@ -79,3 +81,21 @@ def test_a_fresh_simulation_equals_its_cached_reload_bit_for_bit(tmp_path, monke
     cached_simulate("lorenz63", 50, 0.01234567, transient=10)
     near = cached_simulate("lorenz63", 50, 0.012345671, transient=10)
     assert torch.equal(near, simulate("lorenz63", 50, 0.012345671, transient=10))
+
+
+def test_state_space_grid_has_a_tenth_std_margin_and_drops_generated_points_outside_it():
+    """1-D, 2 bins over [min - 0.1 std, max + 0.1 std] of x_true = (0, 0, 1, 1), std = 0.577: the grid is about
+    [-0.058, 1.058]. Generated points at 1.04 (inside the margin) count; -0.07, 1.07 and 5 (beyond it) are dropped
+    and the generated histogram is normalised over the 4 points kept: p = (1/2, 1/2), q = (3/4, 1/4) up to alpha.
+    Clipping the outside points into the edge bins, normalising by all 7 points, or another margin (0.05 std
+    drops 1.04, 0.2 std keeps 1.07) give other values."""
+    x = torch.tensor([[0.0], [0.0], [1.0], [1.0]])
+    g = torch.tensor([[0.0], [0.0], [0.0], [1.04], [1.07], [-0.07], [5.0]])
+    alpha = 1e-5
+    p = torch.tensor([2 + alpha, 2 + alpha], dtype=torch.float64) / (4 + 2 * alpha)
+    q = torch.tensor([3 + alpha, 1 + alpha], dtype=torch.float64) / (4 + 2 * alpha)
+    expected = (p * (p / q).log()).sum().item()
+    assert expected == pytest.approx(0.5 * math.log(2 / 3) + 0.5 * math.log(2), rel=1e-4)  # 0.1438 nats
+    assert state_space_divergence(x, g, n_bins=2, alpha=alpha).item() == pytest.approx(expected, rel=1e-9)
+    # the true points lie inside their own grid: the maximum, 1, falls in the upper bin, not beyond the grid
+    assert state_space_divergence(x, x[[0, 2]], n_bins=2).item() == pytest.approx(0.0, abs=1e-12)

@@ -304,3 +304,46 @@ def test_covariance_condition_number_and_feature_count_of_channels_first_tensors
         covariance_condition_number(act, feature_dim=-5)
     with pytest.raises(ValueError, match="feature_dim"):
         condition_number(of="matrix", feature_dim=1)
+
+
+def test_dsmi_counts_classes_of_two_samples_and_a_singleton_adds_no_entropy():
+    """Classes of 2 samples enter the conditional sum (only classes below 2 contribute 0). Points far apart at sigma 1
+    give P = I, S_D = log2(rows): X = 7 points (log2 7 bits); classes {0, 1}, {2, 3}, {4, 5} of 2 points (1 bit
+    each) and a singleton {6} (0 bits), so I_D = log2 7 - 6/7 (skipping the 2-point classes would give log2 7)."""
+    from estimators import diffusion_spectral_mutual_information
+
+    x = torch.arange(7, dtype=torch.float64)[:, None] * 1e3
+    labels = torch.tensor([0, 0, 1, 1, 2, 2, 3])
+    mi = diffusion_spectral_mutual_information(x, labels, sigma=1.0).item()
+    assert mi == pytest.approx(math.log2(7) - 6 / 7, abs=1e-6)
+    pairs_only = diffusion_spectral_mutual_information(x[:6], labels[:6], sigma=1.0).item()
+    assert pairs_only == pytest.approx(math.log2(6) - 1.0, abs=1e-6)
+
+
+@pytest.mark.parametrize("n, max_samples, rows_used", [(9, 5, 5), (9, 8, 8), (9, 9, 9), (9, 20, 9)])
+def test_dse_max_samples_uses_exactly_that_many_rows_and_all_rows_when_there_are_no_more(n, max_samples, rows_used):
+    """With points far apart at sigma 1 (P = I) S_D = log2(rows used): max_samples rows when N > max_samples, all N
+    when N <= max_samples; then nothing is drawn, so a passed generator is left untouched."""
+    from estimators import diffusion_spectral_entropy
+
+    x = torch.arange(n, dtype=torch.float64)[:, None] * 1e3
+    generator = torch.Generator().manual_seed(3)
+    state = generator.get_state()
+    value = diffusion_spectral_entropy(x, sigma=1.0, max_samples=max_samples, generator=generator).item()
+    assert value == pytest.approx(math.log2(rows_used), abs=1e-6)
+    assert torch.equal(generator.get_state(), state) == (n <= max_samples)
+
+
+@pytest.mark.parametrize("max_samples", [-1, 0, 1, 2.5, True, "8"])
+def test_dse_refuses_a_max_samples_that_is_not_an_integer_of_at_least_two(max_samples):
+    """max_samples is a number of rows to draw and the entropy needs two: -1 used to slice off the last row (8 of 9
+    rows, silently), 0 and 1 gave an error about x's shape, 2.5 a slicing TypeError; now each is named, in the
+    function and in the probe factory; 2 is the smallest draw (log2 2 = 1 bit for two far-apart points)."""
+    from estimators import dse, diffusion_spectral_entropy
+
+    x = torch.arange(9, dtype=torch.float64)[:, None] * 1e3
+    with pytest.raises(ValueError, match="max_samples must be an integer >= 2"):
+        diffusion_spectral_entropy(x, sigma=1.0, max_samples=max_samples)
+    with pytest.raises(ValueError, match="max_samples must be an integer >= 2"):
+        dse(sigma=1.0, max_samples=max_samples)
+    assert diffusion_spectral_entropy(x, sigma=1.0, max_samples=2).item() == pytest.approx(1.0, abs=1e-6)

@@ -71,3 +71,28 @@ def test_delta_below_the_dtype_resolution_is_a_clear_error():
     # NaN, as they do a diverged pair
     with pytest.raises(FloatingPointError, match=r"at \|z\| ~ 1e\+09 .*; pass a delta >= "):
         largest_lyapunov_exponent(logistic, torch.full((2, 1), 1e9, dtype=torch.float64), steps=10)
+
+
+def test_seed_draws_the_initial_perturbation_direction():
+    """One step of the linear map diag(2, 0.5) gives lambda = log ||A v|| for the unit start direction v, a standard
+    normal draw of a generator seeded ``seed``: the same seed gives the identical exponent, another seed another
+    direction and another exponent; the global RNG plays no part."""
+    a = torch.tensor([2.0, 0.5], dtype=torch.float64)
+    z0 = torch.ones(3, 2, dtype=torch.float64)
+
+    def one_step(seed):
+        return largest_lyapunov_exponent(lambda z: z * a, z0, steps=1, seed=seed)
+
+    for seed in (0, 5):
+        v = torch.randn(3, 2, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+        expected = (a * v / v.norm(dim=-1, keepdim=True)).norm(dim=-1).log()
+        torch.testing.assert_close(one_step(seed), expected, rtol=1e-7, atol=0)
+    assert torch.equal(one_step(5), one_step(5))
+    assert (one_step(5) - one_step(6)).abs().max() > 0.01
+
+
+@pytest.mark.parametrize("delta", [math.inf, -math.inf, True, "1e-8", None])
+def test_delta_that_is_not_a_finite_positive_number_is_refused(delta):
+    """delta must be a finite number > 0: infinity, a bool, a string or None is a ValueError naming delta."""
+    with pytest.raises(ValueError, match=r"delta must be a finite number > 0, got "):
+        largest_lyapunov_exponent(lambda z: 0.5 * z, torch.ones(1, 2, dtype=torch.float64), steps=10, delta=delta)

@@ -703,3 +703,33 @@ def test_bf16_autocast_keeps_geometry_and_energies_in_float32():
     for key, tol in (("energy", 0.02), ("forces", 0.02), ("stress", 0.01)):  # bf16's 3 digits in the network
         assert (out[key].detach() - reference[key]).abs().max() < tol * (1 + reference[key].abs().max())
     assert all(p.grad is None or p.grad.isfinite().all() for p in model.parameters())
+
+
+@pytest.mark.parametrize("reflect", [False, True])
+def test_grid_mlp_hidden_sets_the_mlp_width_and_keeps_it_equivariant(reflect):
+    """hidden = H gives Linear(C, H), SiLU, Linear(H, C): 2 C H + H + C parameters (C = 4, H = 7: 67; default H = C:
+    40), as make_mixing passes it; the layer still computes e3nn's grid projections around that MLP, and on a
+    40 x 41 grid stays O(3)-equivariant to float64 rounding (1e-12 relative) with H != C."""
+    from e3nn import o3
+
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        mix = SphericalGridMLP(4, 2, hidden=7, res=(40, 41)).double()
+        x = torch.randn(16, mix.irreps.dim, dtype=torch.float64)
+    assert mix.mlp[0].weight.shape == (7, 4) and mix.mlp[2].weight.shape == (4, 7)
+    assert sum(p.numel() for p in mix.parameters()) == 2 * 4 * 7 + 7 + 4 == 67
+    assert sum(p.numel() for p in make_mixing("grid", 4, 2, hidden=7).parameters()) == 67
+    assert sum(p.numel() for p in make_mixing("grid", 4, 2).parameters()) == 2 * 4 * 4 + 4 + 4
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)  # e3nn builds its grids and Wigner matrices in the default dtype
+    try:
+        to_grid, from_grid = o3.ToS2Grid(2, (40, 41)), o3.FromS2Grid((40, 41), 2)
+        with torch.random.fork_rng():  # _random_orthogonal seeds the global RNG
+            D = mix.irreps.D_from_matrix(_random_orthogonal(3, reflect))
+    finally:
+        torch.set_default_dtype(default)
+    grid = to_grid(to_channels(x, 4, 2))  # (N, C, beta, alpha)
+    expected = from_channels(from_grid(mix.mlp(grid.movedim(1, -1)).movedim(-1, 1)), 2)
+    torch.testing.assert_close(mix(x), expected, atol=1e-12 * expected.abs().max().item(), rtol=0)
+    error = (mix(x @ D.T) - mix(x) @ D.T).norm() / mix(x).norm()
+    assert error.item() < 1e-12

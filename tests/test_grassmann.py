@@ -687,3 +687,57 @@ def test_forward_compiles_to_one_graph(make):
     torch.testing.assert_close(out.loss, eager.loss, atol=1e-6, rtol=1e-6)
     with pytest.raises(ValueError, match="input_ids must lie in"):  # eager still checks
         m(ids + 100)
+
+
+NLI_ENCODER = {"model_type": "distilbert", "vocab_size": 100, "dim": 32, "n_layers": 1, "n_heads": 2, "hidden_dim": 64,
+               "max_position_embeddings": 16}
+
+
+@pytest.mark.parametrize("name", ["grassmann_nli_head", "transformer_nli_head"])
+def test_nli_head_takes_up_to_the_encoders_maximum_length_and_refuses_longer_pairs(name):
+    """A pair of exactly max_position_embeddings (16) tokens runs, padded or not; 17 tokens are a named error (the
+    encoder has no position beyond 15), not an index error inside the encoder or a silent truncation."""
+    torch.manual_seed(0)
+    model = zoo.create_model(name, encoder_config=NLI_ENCODER, hidden_size=32, intermediate_size=64,
+                             reduced_dim=6).eval()
+    ids = torch.randint(5, 100, (2, 16), generator=torch.Generator().manual_seed(0))
+    assert model(ids).logits.shape == (2, 3)
+    mask = torch.ones_like(ids).index_fill(1, torch.arange(12, 16), 0)
+    torch.testing.assert_close(model(ids, mask).logits, model(ids[:, :12]).logits, atol=1e-5, rtol=0)
+    for longer in (torch.cat([ids, ids[:, :1]], 1), torch.cat([ids, ids], 1)):
+        with pytest.raises(ValueError, match=rf"NLI head: {longer.shape[1]} tokens, the encoder takes at most 16"):
+            model(longer)
+
+
+def test_nli_task_truncates_and_pads_every_pair_to_max_len(tmp_path):
+    """SNLI pairs are tokenised as [CLS] premise [SEP] hypothesis [SEP] and truncated (long pairs) or padded (short
+    ones) to task_args.max_len = 10: every split is (N, 10), also a split of short pairs only; a long pair keeps 10
+    real tokens ending in [SEP], a short pair of 2 + 1 words has 6 real tokens and 4 of padding."""
+    import json
+
+    from transformers import BertTokenizerFast
+
+    from train import load_recipe
+    from train.tasks import make_task
+
+    words = "a man woman dog cat is are on the in park running".split()
+    (tmp_path / "tok").mkdir()
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]
+    (tmp_path / "tok" / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    BertTokenizerFast(str(tmp_path / "tok" / "vocab.txt")).save_pretrained(tmp_path / "tok")
+    rows = [{"sentence1": " ".join(words), "sentence2": " ".join(words[:6]), "gold_label": "entailment"},
+            {"sentence1": "a man", "sentence2": "dog", "gold_label": "neutral"}]
+    for split, kept in (("train", rows), ("dev", rows), ("test", rows[1:])):  # test: short pairs only
+        (tmp_path / f"snli_1.0_{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in kept))
+    task = make_task(load_recipe("grassmann-nli-snli", [f"data.path={tmp_path}", f"data.tokenizer={tmp_path / 'tok'}",
+                                                        f"model_args.encoder_config={json.dumps(NLI_ENCODER)}",
+                                                        "task_args.max_len=10"]))
+    assert task.max_len == 10
+    for split in ("train", "valid"):
+        ids, mask = task.splits[split]["input_ids"], task.splits[split]["attention_mask"]
+        assert ids.shape == mask.shape == (2, 10)
+        assert mask.sum(1).tolist() == [10, 6]
+        assert ids[0, 0].item() == 2 and ids[0, -1].item() == 3  # [CLS] ... [SEP], cut to fit
+        assert ids[1].tolist() == [2, 5, 6, 3, 8, 3, 0, 0, 0, 0]  # [CLS] a man [SEP] dog [SEP] + padding
+    assert task.splits["test"]["input_ids"].tolist() == [[2, 5, 6, 3, 8, 3, 0, 0, 0, 0]]  # padded to 10 alone
+    assert task.splits["test"]["attention_mask"].tolist() == [[1] * 6 + [0] * 4]
