@@ -6,6 +6,7 @@ N = sum n_k units and one latent vector of Z = sum z_k units, so a whole stack a
 """
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import NamedTuple
 
 import torch
@@ -78,7 +79,7 @@ class SkewedStack:
     def __init__(self, packed: PackedStack, T: int, B: int):
         if T < 1 or B < 0:
             raise ValueError(f"SkewedStack needs T >= 1 steps and B >= 0 sequences, got T={T}, B={B}")
-        M, rate, lag = packed.M, packed.rate, packed.lag
+        M, lag = packed.M, packed.lag
         N, L = M.shape[0], len(packed.d_sizes)
         S = T + L - 1
         self.packed, self.T, self.B, self.N, self.L, self.S = packed, T, B, N, L, S
@@ -86,7 +87,6 @@ class SkewedStack:
         self.started = (time >= 0).to(M.dtype)                              # 0 in frame 0 and before a level starts
         self.time_of_frame = time[1:].clamp(0, T - 1)[:, None].expand(-1, B, -1)                    # (S, B, N)
         self.frame_of_time = (torch.arange(T, device=M.device)[:, None] + lag + 1)[:, None].expand(-1, B, -1)
-        self.A = torch.cat([torch.diag(1 - rate), (rate[:, None] * M).t()], 0)                       # (2N, N)
         new = M.new_empty  # every buffer is written before it is read, except gin's zeros (see propagate)
         self.X, self.gin, self.G = new(S + 1, B, 2 * N), M.new_zeros(S + 1, B, 2 * N), new(S + 2, B, N)
         self.slope, self.one = new(S + 1, B, N), M.new_ones(())
@@ -96,25 +96,37 @@ class SkewedStack:
         self._gin, self._G, self._slope = self.gin.unbind(0), self.G.unbind(0), self.slope.unbind(0)
         self.Xd_rows = self.X.view(-1, 2 * N)[:, N:]  # ((S+1) B, N): d of every frame as rows of a matrix
         # the arguments of every unmasked wave step, forward (frames L .. S) and backward (S .. L): loops unpack them
-        self._AT, gin_h, gin_d = self.A.t(), self.gin_h.unbind(0), self.gin_d.unbind(0)
+        gin_h, gin_d = self.gin_h.unbind(0), self.gin_d.unbind(0)
         self._forward_args = [(self._X[f - 1], self._Xh[f], self._Xd[f]) for f in range(L, S + 1)]
         self._backward_args = [(self._gin[f], gin_h[f], gin_d[f], self._G[f + 1], self._slope[f], self._G[f])
                                for f in range(S, L - 1, -1)]
         self._on = [self.started[f].bool() for f in range(L)]
-        # the masked waves' factors: on, r on, 1 - r on and 1 - on per unit
-        self._masks = [(on, on * rate, 1 - rate * on, 1 - on) for on in self.started[:L]]
         # latent unit j of level k holds step t at wave t + lag_k; z enters the recursion as r (W_zd z + b)
         Z = self.Z = sum(packed.z_sizes)
         self.lag_z = torch.tensor([L - 1 - k for k, z in enumerate(packed.z_sizes) for _ in range(z)], device=M.device)
-        self.rWz, self.rb = rate[:, None] * packed.Wz, rate * packed.b                                # (N, Z), (N,)
         # generation (run_prior)
         waves = torch.arange(S, device=M.device)[:, None]
         self._prior = dict(
             mu=new(S, B, Z), sigma=new(S, B, Z), z=new(S, B, Z),
             time_of_wave=(waves - self.lag_z).clamp(0, T - 1)[:, None].expand(-1, B, -1),   # (S, B, Z)
             wave_of_time=(waves[:T] + self.lag_z)[:, None].expand(-1, B, -1),                # (T, B, Z)
-            not_first=[(waves[s] != self.lag_z).to(M.dtype).repeat(2) for s in range(L)],    # (2Z,) per early wave
-            Wmu_t=packed.Wp[:Z].t(), Wsigma_t=packed.Wp[Z:].t(), bmu=packed.bp[:Z], bsigma=packed.bp[Z:])
+            not_first=[(waves[s] != self.lag_z).to(M.dtype).repeat(2) for s in range(L)])   # (2Z,) per early wave
+        self.bind(packed)
+
+    def bind(self, packed: PackedStack) -> SkewedStack:
+        """Take the weights of ``packed`` (a stack of the sizes, dtype and device this one was built for), so its
+        frames serve another call: A = [diag(1 - r); (r M)^T], the masked waves' factors, r W_zd, r b and the
+        prior's weights. Returns the stack."""
+        M, rate, Z = packed.M, packed.rate, self.Z
+        self.packed = packed
+        self.A = torch.cat([torch.diag(1 - rate), (rate[:, None] * M).t()], 0)  # (2N, N)
+        self._AT = self.A.t()
+        # the masked waves' factors: on, r on, 1 - r on and 1 - on per unit
+        self._masks = [(on, on * rate, 1 - rate * on, 1 - on) for on in self.started[:self.L]]
+        self.rWz, self.rb = rate[:, None] * packed.Wz, rate * packed.b  # (N, Z), (N,)
+        self._prior.update(Wmu_t=packed.Wp[:Z].t(), Wsigma_t=packed.Wp[Z:].t(), bmu=packed.bp[:Z],
+                           bsigma=packed.bp[Z:])
+        return self
 
     @torch.no_grad()
     def run(self, u: torch.Tensor, h0: torch.Tensor, d0: torch.Tensor) -> None:
@@ -220,20 +232,47 @@ class SkewedStack:
         return g_u, g_h0, g_d0, g_M
 
 
+# stacks whose backward has run, by (T, B, dtype, device, sizes), for the next call of that shape to reuse: building
+# one (its frames and per-frame views) costs about a fifth of a pvrnn-pfsm training step; a few shapes, least recent out
+_FREE_STACKS: OrderedDict[tuple, list[SkewedStack]] = OrderedDict()
+_FREE_SHAPES, _FREE_PER_SHAPE = 4, 2
+
+
+def _take_stack(packed: PackedStack, T: int, B: int) -> tuple[tuple, SkewedStack]:
+    key = (T, B, packed.M.dtype, packed.M.device, packed.d_sizes, packed.z_sizes)
+    free = _FREE_STACKS.get(key)
+    return key, (free.pop().bind(packed) if free else SkewedStack(packed, T, B))
+
+
+def _give_back(key: tuple, stack: SkewedStack) -> None:
+    free = _FREE_STACKS.setdefault(key, [])
+    if len(free) < _FREE_PER_SHAPE:
+        free.append(stack)
+    _FREE_STACKS.move_to_end(key)
+    while len(_FREE_STACKS) > _FREE_SHAPES:
+        _FREE_STACKS.popitem(last=False)
+
+
 class _StackRecurrence(torch.autograd.Function):
-    """``SkewedStack.run`` with ``SkewedStack.backward`` as its backward (differentiable in u, h0, d0, M)."""
+    """``SkewedStack.run`` with ``SkewedStack.backward`` as its backward (differentiable in u, h0, d0, M). The
+    stack's frames go back for reuse once its backward has run, so a graph backpropagates through it once."""
 
     @staticmethod
     def forward(ctx, packed, u, h0, d0, M):
-        ctx.stack = stack = SkewedStack(packed._replace(M=M), u.shape[1], u.shape[0])
+        ctx.key, ctx.stack = _take_stack(packed._replace(M=M), u.shape[1], u.shape[0])
         ctx.M_needs_grad = ctx.needs_input_grad[4]
-        stack.run(u, h0, d0)
-        return stack.d(), stack.state_at(stack.T - 1)[0]
+        ctx.stack.run(u, h0, d0)
+        return ctx.stack.d(), ctx.stack.state_at(ctx.stack.T - 1)[0]
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, g_d, g_hT):
-        g_u, g_h0, g_d0, g_M = ctx.stack.backward(g_d, g_hT, weights=ctx.M_needs_grad)
+        stack, ctx.stack = ctx.stack, None
+        if stack is None:
+            raise RuntimeError("stack_recurrence: a second backward through the same PV-RNN graph "
+                               "(retain_graph=True) is not supported; its frames were reused after the first")
+        g_u, g_h0, g_d0, g_M = stack.backward(g_d, g_hT, weights=ctx.M_needs_grad)
+        _give_back(ctx.key, stack)
         return None, g_u, g_h0, g_d0, g_M
 
 

@@ -942,3 +942,87 @@ def test_compiled_model_runs_at_any_batch_and_length():
     loss, _ = m.loss(torch.tensor([1, 2]), torch.randn(2, 8, 2), forward=compiled.train())  # the loop's call
     loss.backward()
     assert m.out.weight.grad is not None and m.out.weight.grad.isfinite().all()
+
+
+class _SwitchingMap(torch.nn.Module):
+    """A stand-in model for ``PVRNNTask.lyapunov``: its state h = (c, x) counts steps in c (generation adds the number
+    of steps), and the map (c, x) -> (c + 1, k x) contracts x by k = 0.5 at steps c = 700..719 and expands it by 2
+    at all others, so a Benettin estimate over 20 steps is log 0.5 if it averages exactly steps 700..719."""
+
+    def initial_state(self, batch):
+        return [(torch.zeros(batch, 2), torch.zeros(batch, 2))]
+
+    def unroll(self, steps, state, first=True, noise=True):
+        return {"state": [(h + torch.tensor([float(steps), 0.0]), d) for h, d in state]}
+
+    def prior_mean_map(self, h):
+        c, x = h.unbind(-1)
+        return torch.stack([c + 1, torch.where((c >= 700) & (c < 720), 0.5, 2.0) * x], -1)
+
+
+def test_lyapunov_metric_starts_after_500_generated_steps_and_discards_200_transient_steps():
+    """lambda_max is Benettin's estimate from the state reached by 500 generated steps, with the first 200 steps
+    of the map (c = 500..699, expanding) discarded: log 0.5 exactly. Averaging the transient (lyapunov_steps = 20
+    steps from c = 500), discarding more or fewer steps, or starting from the initial state, not the generated one,
+    averages expanding steps too."""
+    from estimators.lyapunov import largest_lyapunov_exponent
+    from train.tasks import make_task
+
+    task = make_task(_recipe("task_args.lyapunov_steps=20"))
+    assert task.lyapunov(_SwitchingMap()) == pytest.approx(math.log(0.5), abs=1e-9)
+    transient = largest_lyapunov_exponent(_SwitchingMap().prior_mean_map, torch.tensor([[500.0, 0.0]]).double(), 20)
+    assert transient.item() > 0.5  # near log 2: the 20 averaged steps, had the transient been kept
+
+
+def test_a_reused_stack_equals_a_fresh_one_and_a_graph_backpropagates_through_it_once():
+    """stack_recurrence reuses the frames of a stack whose backward has run for the next call of its shape (building
+    them is a fifth of a pvrnn-pfsm step): after a call with other weights, drives and state, the reused stack gives
+    d, the final h and every gradient of a freshly built one bit for bit, also for two graphs alive at once; a
+    second backward through one graph is refused by name (its frames may already serve another call)."""
+    import layers.pvrnn_stack as pvrnn_stack
+    from layers import pack_levels
+
+    torch.manual_seed(0)
+    m = zoo.create_model("pvrnn_small", d_sizes=(6, 5, 4), z_sizes=(1, 1, 1), taus=(2.0, 5.0, 9.0),
+                         meta_prior=(0.1,) * 3).double()
+    B, T, N = 3, 7, 15
+
+    def forward(seed):
+        g = torch.Generator().manual_seed(seed)
+        u, h0, d0 = (torch.randn(*shape, generator=g, dtype=torch.float64).requires_grad_()
+                     for shape in ((B, T, N), (B, N), (B, N)))
+        d, h = stack_recurrence(pack_levels(m.levels), u, h0, d0)
+        loss = (d * torch.randn(d.shape, generator=g, dtype=torch.float64)).sum() + h.square().sum()
+        return d, h, loss, [*m.parameters(), u, h0, d0]
+
+    def grad(loss, inputs):  # the prior's weights take no part in the recursion
+        return [g for g in torch.autograd.grad(loss, inputs, allow_unused=True) if g is not None]
+
+    def run(seed):
+        d, h, loss, inputs = forward(seed)
+        return [d, h, *grad(loss, inputs)]
+
+    def assert_equal(got, want):
+        assert all(torch.equal(a, b) for a, b in zip(got, want, strict=True))
+
+    pvrnn_stack._FREE_STACKS.clear()
+    run(1)
+    (key, (stack,)), = pvrnn_stack._FREE_STACKS.items()  # given back after its backward
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    reused = run(2)
+    assert pvrnn_stack._FREE_STACKS[key] == [stack]  # the same frames served the second call
+    pvrnn_stack._FREE_STACKS.clear()
+    assert_equal(reused, run(2))
+
+    first, second = forward(3), forward(4)  # two graphs alive: each has its own frames
+    grads = [grad(loss, inputs) for *_, loss, inputs in (second, first)]
+    pvrnn_stack._FREE_STACKS.clear()
+    assert_equal([*second[:2], *grads[0]], run(4))
+    assert_equal([*first[:2], *grads[1]], run(3))
+
+    d, h, loss, _ = forward(5)
+    loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="a second backward through the same PV-RNN graph"):
+        loss.backward()
