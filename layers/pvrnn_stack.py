@@ -128,6 +128,13 @@ class SkewedStack:
                            bsigma=packed.bp[Z:])
         return self
 
+    def drop_weights(self) -> None:
+        """Let go of the weights ``bind`` took (and, through their autograd history, the model's parameters), so
+        that a pooled stack holds only its frames."""
+        self.packed = self.A = self._AT = self._masks = self.rWz = self.rb = None
+        for key in ("Wmu_t", "Wsigma_t", "bmu", "bsigma"):
+            self._prior[key] = None
+
     @torch.no_grad()
     def run(self, u: torch.Tensor, h0: torch.Tensor, d0: torch.Tensor) -> None:
         """The recursion driven by u (B, T, N) (W_zd z_t plus the W_dd bias, levels concatenated) from the state
@@ -245,6 +252,7 @@ def _take_stack(packed: PackedStack, T: int, B: int) -> tuple[tuple, SkewedStack
 
 
 def _give_back(key: tuple, stack: SkewedStack) -> None:
+    stack.drop_weights()
     free = _FREE_STACKS.setdefault(key, [])
     if len(free) < _FREE_PER_SHAPE:
         free.append(stack)

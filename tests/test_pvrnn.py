@@ -1008,6 +1008,7 @@ def test_a_reused_stack_equals_a_fresh_one_and_a_graph_backpropagates_through_it
     pvrnn_stack._FREE_STACKS.clear()
     run(1)
     (key, (stack,)), = pvrnn_stack._FREE_STACKS.items()  # given back after its backward
+    assert stack.packed is None and stack.A is None  # the pool keeps the frames, not the model's weights
     with torch.no_grad():
         for p in m.parameters():
             p.add_(0.05 * torch.randn_like(p))
