@@ -513,12 +513,12 @@ def _fit(recipe: dict, cfg: dict, out: Path, resume: bool, d: Dist, task, points
             total += loss.detach().float() / accum
             for k, v in extra.items():  # the batch's mean over micro-batches (and, when logged, processes)
                 extras[k] = extras.get(k, 0.0) + torch.as_tensor(v).detach().float() / accum  # a tensor: no sync
-        loss_value = float(all_mean(total, d))
+        grads = [p.grad for p in model.parameters() if p.grad is not None]
+        norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros((), device=d.device)  # all-reduced
+        # both numbers in one device-to-host transfer: the step's one wait for the device
+        loss_value, grad_norm = torch.stack([all_mean(total, d).double(), norm.detach().double()]).tolist()
         if not math.isfinite(loss_value):
             _stop_before_update(f"loss is {loss_value}", step, recipe["name"], out, cfg["clip"])
-        grads = [p.grad for p in model.parameters() if p.grad is not None]
-        norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())  # all-reduced grads under DDP
-        grad_norm = float(norm)
         if not math.isfinite(grad_norm):
             _stop_before_update(f"the gradient norm is {grad_norm} (the loss, {loss_value:.6g}, is finite)", step,
                                 recipe["name"], out, cfg["clip"])
