@@ -14,6 +14,32 @@ def _isolated_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("PAPERZOO_CACHE", str(tmp_path / "cache"))
 
 
+NLI_WORDS = "a man woman dog cat is are on the in park running sleeping sitting outside inside".split()
+NLI_LABELS = ["entailment", "neutral", "contradiction"]
+
+
+def random_snli_rows(n: int, rng, unlabeled_every: int = 0) -> list[dict]:
+    """``n`` SNLI rows of random words (premise 6, hypothesis 4), labels in turn; every ``unlabeled_every``-th row
+    has no gold label ("-"), as SNLI's own files do."""
+    return [{"sentence1": " ".join(rng.choices(NLI_WORDS, k=6)), "sentence2": " ".join(rng.choices(NLI_WORDS, k=4)),
+             "gold_label": "-" if unlabeled_every and i % unlabeled_every == unlabeled_every - 1 else NLI_LABELS[i % 3]}
+            for i in range(n)]
+
+
+def write_snli(root: Path, splits: dict[str, list[dict]]) -> list[str]:
+    """SNLI's files snli_1.0_{train,dev,test}.jsonl under ``root`` holding ``splits``' rows, and a WordPiece
+    vocabulary of [PAD] [UNK] [CLS] [SEP] [MASK] and NLI_WORDS (ids 5 on) in root/tok, all offline; returns the
+    overrides that point an NLI recipe at them."""
+    from transformers import BertTokenizerFast
+
+    (root / "tok").mkdir(parents=True)
+    (root / "tok" / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *NLI_WORDS]) + "\n")
+    BertTokenizerFast(str(root / "tok" / "vocab.txt")).save_pretrained(root / "tok")
+    for split, rows in splits.items():
+        (root / f"snli_1.0_{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return [f"data.path={root}", f"data.tokenizer={root / 'tok'}"]
+
+
 SMALL_DSR = [
     "data.train_steps=3000", "data.test_steps=2000", "data.transient=200",
     "task_args.seq_len=40", "task_args.forcing_interval=8",

@@ -12,6 +12,8 @@ from weights import load_checkpoint, save_checkpoint
 from zoo.grassmann import GrassmannCache, GrassmannLMConfig, GrassmannLMForCausalLM, GrassmannLMModel
 from zoo.transformer_lm import TransformerLMConfig, TransformerLMForCausalLM
 
+from .conftest import NLI_WORDS, write_snli
+
 TINY = dict(vocab_size=50, hidden_size=32, num_hidden_layers=2, intermediate_size=64, max_position_embeddings=64)
 
 
@@ -715,23 +717,14 @@ def test_nli_task_truncates_and_pads_every_pair_to_max_len(tmp_path):
     real tokens ending in [SEP], a short pair of 2 + 1 words has 6 real tokens and 4 of padding."""
     import json
 
-    from transformers import BertTokenizerFast
-
     from train import load_recipe
     from train.tasks import make_task
 
-    words = "a man woman dog cat is are on the in park running".split()
-    (tmp_path / "tok").mkdir()
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]
-    (tmp_path / "tok" / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    BertTokenizerFast(str(tmp_path / "tok" / "vocab.txt")).save_pretrained(tmp_path / "tok")
-    rows = [{"sentence1": " ".join(words), "sentence2": " ".join(words[:6]), "gold_label": "entailment"},
+    rows = [{"sentence1": " ".join(NLI_WORDS), "sentence2": " ".join(NLI_WORDS[:6]), "gold_label": "entailment"},
             {"sentence1": "a man", "sentence2": "dog", "gold_label": "neutral"}]
-    for split, kept in (("train", rows), ("dev", rows), ("test", rows[1:])):  # test: short pairs only
-        (tmp_path / f"snli_1.0_{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in kept))
-    task = make_task(load_recipe("grassmann-nli-snli", [f"data.path={tmp_path}", f"data.tokenizer={tmp_path / 'tok'}",
-                                                        f"model_args.encoder_config={json.dumps(NLI_ENCODER)}",
-                                                        "task_args.max_len=10"]))
+    data = write_snli(tmp_path, {"train": rows, "dev": rows, "test": rows[1:]})  # test: short pairs only
+    task = make_task(load_recipe("grassmann-nli-snli", data + [f"model_args.encoder_config={json.dumps(NLI_ENCODER)}",
+                                                               "task_args.max_len=10"]))
     assert task.max_len == 10
     for split in ("train", "valid"):
         ids, mask = task.splits[split]["input_ids"], task.splits[split]["attention_mask"]

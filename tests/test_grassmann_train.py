@@ -13,7 +13,7 @@ from train.data.wordpiece import SPECIAL, encode, train_wordpiece
 from train.tasks import make_task
 from weights import load_checkpoint
 
-from .conftest import free_port
+from .conftest import free_port, random_snli_rows, write_snli
 
 ENCODER = {"model_type": "distilbert", "vocab_size": 100, "dim": 32, "n_layers": 1, "n_heads": 2, "hidden_dim": 64,
            "max_position_embeddings": 64}
@@ -341,25 +341,15 @@ def test_snli_recipe_runs_when_the_data_is_given(tmp_path, recipe):
     """SNLI jsonl files and a WordPiece vocabulary written here, a tiny DistilBERT config as the encoder: the
     recipe trains with the shared loop and reports validation and test accuracy; pairs without a gold label are
     dropped; held-out batches come from the validation file."""
-    import json
     import random
-
-    from transformers import BertTokenizerFast
 
     from train import fit
 
-    words = "a man woman dog cat is are on the in park running sleeping sitting outside inside".split()
-    (tmp_path / "tok").mkdir()
-    (tmp_path / "tok" / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]) + "\n")
-    BertTokenizerFast(str(tmp_path / "tok" / "vocab.txt")).save_pretrained(tmp_path / "tok")
     rng = random.Random(0)
-    labels = ["entailment", "neutral", "contradiction"]
-    for name, n in (("train", 40), ("dev", 20), ("test", 20)):
-        rows = [{"sentence1": " ".join(rng.choices(words, k=6)), "sentence2": " ".join(rng.choices(words, k=4)),
-                 "gold_label": "-" if i % 10 == 9 else labels[i % 3]} for i in range(n)]
-        (tmp_path / f"snli_1.0_{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    splits = {name: random_snli_rows(n, rng, unlabeled_every=10) for name, n in (("train", 40), ("dev", 20),
+                                                                                  ("test", 20))}
     encoder = json.dumps({**ENCODER, "vocab_size": 21})
-    r = load_recipe(recipe, [f"data.path={tmp_path}", f"data.tokenizer={tmp_path / 'tok'}",
+    r = load_recipe(recipe, write_snli(tmp_path, splits) + [
                              f"model_args.encoder_config={encoder}", "model_args.hidden_size=32",
                              "model_args.intermediate_size=64", "train.steps=4", "train.eval_every=0",
                              "train.ckpt_every=0", "train.log_every=2", "schedule.warmup=1"])
@@ -634,17 +624,9 @@ def test_snli_unknown_gold_labels_and_splits_without_labelled_pairs_are_named(tm
 
 
 def test_nli_tokenizer_path_expands_the_home_folder(tmp_path, monkeypatch):
-    from transformers import BertTokenizerFast
-
-    from train.data.snli import FILES
-
-    (tmp_path / "tok").mkdir()
-    (tmp_path / "tok" / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "dog"]))
-    BertTokenizerFast(str(tmp_path / "tok" / "vocab.txt")).save_pretrained(tmp_path / "tok")
     row = {"gold_label": "neutral", "sentence1": "a dog", "sentence2": "a dog"}
-    for name in FILES.values():
-        (tmp_path / name).write_text(json.dumps(row) + "\n")
+    write_snli(tmp_path, {split: [row] for split in ("train", "dev", "test")})
     monkeypatch.setenv("HOME", str(tmp_path.parent))
     task = make_task(load_recipe("grassmann-nli-snli", [f"data.path={tmp_path}",
                                                         f"data.tokenizer=~/{tmp_path.name}/tok"]))
-    assert task.splits["train"]["input_ids"][0, :4].tolist() == [2, 5, 6, 3]  # [CLS] a dog [SEP]
+    assert task.splits["train"]["input_ids"][0, :4].tolist() == [2, 5, 8, 3]  # [CLS] a dog [SEP]

@@ -10,7 +10,7 @@ from train import fit, load_recipe
 from train.tasks import TASKS
 from weights import load_checkpoint
 
-from .conftest import killed_at_call, train_losses
+from .conftest import killed_at_call, random_snli_rows, train_losses, write_snli
 
 # 6 steps, checkpoints at 3 and 6, evaluations at 2, 4 and 6; the kill comes during step 5, after the evaluation at
 # step 4, which the resumed run (from step 3) does again, and after the step-4 training row, which it writes again
@@ -46,22 +46,10 @@ CASES = {
 
 
 def _snli_files(root) -> list[str]:
-    """SNLI jsonl files, a WordPiece vocabulary and a one-layer DistilBERT config written under ``root``, as the
-    overrides that point grassmann-nli-snli at them (everything offline)."""
-    from transformers import BertTokenizerFast
-
-    words = "a man woman dog cat is are on the in park running sleeping sitting outside inside".split()
-    (root / "tok").mkdir(parents=True)
-    (root / "tok" / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]) + "\n")
-    BertTokenizerFast(str(root / "tok" / "vocab.txt")).save_pretrained(root / "tok")
+    """SNLI files and a one-layer DistilBERT config written under ``root``, as grassmann-nli-snli's overrides."""
     rng = random.Random(0)
-    labels = ["entailment", "neutral", "contradiction"]
-    for name, n in (("train", 40), ("dev", 12), ("test", 12)):
-        rows = [{"sentence1": " ".join(rng.choices(words, k=6)), "sentence2": " ".join(rng.choices(words, k=4)),
-                 "gold_label": labels[i % 3]} for i in range(n)]
-        (root / f"snli_1.0_{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return [f"data.path={root}", f"data.tokenizer={root / 'tok'}", "task_args.max_len=16",
-            f"model_args.encoder_config={json.dumps(NLI_ENCODER)}"]
+    splits = {name: random_snli_rows(n, rng) for name, n in (("train", 40), ("dev", 12), ("test", 12))}
+    return write_snli(root, splits) + ["task_args.max_len=16", f"model_args.encoder_config={json.dumps(NLI_ENCODER)}"]
 
 
 @pytest.mark.parametrize("name", list(CASES))
