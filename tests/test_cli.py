@@ -464,3 +464,56 @@ def test_estimate_merges_repeated_globs_labels_estimators_apart_and_names_silent
     main(["estimate", str(relu), "--recipe", "ib-tanh-12bit", "--probe", "t.0=ksg_mi", "--probe", "=local_complexity",
           "--target", "y"])
     assert [r.split("\t")[1] for r in capsys.readouterr().out.splitlines()][0] == "ksg1_mi"
+
+
+def test_device_and_bracket_mistakes_are_named_before_any_checkpoint_is_read(tmp_path, capsys, monkeypatch):
+    """--device cuda:N beyond the visible GPUs (here one GPU pretended: cuda:0 is its only index) and a device
+    that is neither cpu nor cuda are refused by name; a --probe whose brackets close more than they open is
+    unreadable, as one that leaves them open is. All before the (missing) checkpoint is looked at."""
+    missing = str(tmp_path / "missing.safetensors")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert "--device cuda:1: 1 CUDA device(s) are visible" in _error(capsys, ["eval", missing, "--device", "cuda:1"])
+    assert "--device meta: only cpu and cuda are supported" in _error(capsys, ["eval", missing, "--device", "meta"])
+    for spec in ("z=condition_number(of=covariance))", "z=condition_number(of=covariance)(x)",
+                 "z=condition_number(of=[covariance)"):
+        err = _error(capsys, ["estimate", missing, "--probe", spec])
+        assert "cannot read" in err and "write NAME or NAME(key=value,...)" in err
+
+
+def test_an_interrupted_run_names_its_newest_checkpoint_and_an_early_io_error_stands_alone(tmp_path, capsys,
+                                                                                          monkeypatch):
+    """With step 10 and step 20 saved, Ctrl-C names step 20 (the newest, not the first); an OSError before any
+    checkpoint exists is the error itself, with no advice about resuming."""
+    import train.loop
+
+    def interrupted(recipe, out, resume=False):
+        for step in (10, 20):
+            (out / "checkpoints" / f"step_{step:08d}").mkdir(parents=True)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train.loop, "fit", interrupted)
+    with pytest.raises(SystemExit) as err:
+        main(["train", "alrnn-lorenz63", "--out", str(tmp_path / "a")])
+    assert err.value.code == 130
+    assert f"the newest checkpoint is {tmp_path / 'a' / 'checkpoints' / 'step_00000020'};" in capsys.readouterr().err
+
+    def unreadable(recipe, out, resume=False):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(train.loop, "fit", unreadable)
+    message = _error(capsys, ["train", "alrnn-lorenz63", "--out", str(tmp_path / "b")])
+    assert message == "zoo train: error: [Errno 13] Permission denied\n"
+
+
+def test_a_batch_at_the_tasks_limit_draws_no_note_and_convert_names_a_bad_setting(pvrnn_run, tmp_path, capsys):
+    """--batch equal to what the task draws (PV-RNN's 6 sequences) measures on all of them without a note; a
+    convert --set whose key is no identifier is refused as KEY=VALUE advice, not passed to the converter."""
+    main(["estimate", str(pvrnn_run), "--probe", "levels.0.d=effective_rank", "--split", "train", "--batch", "6"])
+    captured = capsys.readouterr()
+    assert captured.err == "" and captured.out.startswith("levels.0.d\teffective_rank\t")
+    src = save_checkpoint(zoo.create_model("alrnn_m20_p2"), tmp_path / "m.safetensors")
+    for setting in ("1M=30", "M 2=30", "=30"):
+        err = _error(capsys, ["convert", str(src), "--model", "alrnn_m20_p2", "--out", str(tmp_path / "o.safetensors"),
+                              "--set", setting])
+        assert f"--set {setting!r}: write KEY=VALUE, a config setting of alrnn_m20_p2" in err

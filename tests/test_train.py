@@ -988,3 +988,105 @@ def test_classification_test_loss_is_the_cross_entropy_on_the_test_split():
         on_train = float(F.cross_entropy(model(task.data["x_train"]).float(), task.data["y_train"]))
     assert task.evaluate(model)["test_loss"] == pytest.approx(direct, rel=1e-6)
     assert direct != pytest.approx(on_train, rel=1e-6)
+
+
+def test_cosine_with_a_floor_after_warmup_is_torchs_cosine_annealing():
+    """After w warm-up steps at (s + 1) / w of the rate, cosine is torch's CosineAnnealingLR with eta_min =
+    min_ratio * lr over T = steps - w: min + (1 - min)(1 + cos(pi t / T)) / 2, 1 at t = 0 and min_ratio at step
+    `steps`; the floor scales the cosine, it is not added to a full one. Past `steps` it stays at the floor."""
+    import math
+
+    total, warmup, floor, lr = 40, 8, 0.1, 0.3
+    factor = lr_factor({"name": "cosine", "warmup": warmup, "min_ratio": floor}, total)
+    assert [factor(s) for s in range(warmup)] == pytest.approx([(s + 1) / warmup for s in range(warmup)], rel=1e-12)
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=lr)
+    annealing = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total - warmup, eta_min=floor * lr)
+    for t in range(total - warmup + 1):
+        closed = floor + (1 - floor) * (1 + math.cos(math.pi * t / (total - warmup))) / 2
+        assert factor(warmup + t) == pytest.approx(closed, rel=1e-12), t
+        assert factor(warmup + t) * lr == pytest.approx(annealing.get_last_lr()[0], rel=1e-9), t
+        optimizer.step()
+        annealing.step()
+    assert factor(total) == pytest.approx(floor) and factor(total + 7) == pytest.approx(floor)
+
+
+def test_a_warmup_as_long_as_the_run_reaches_the_full_rate_without_a_warning():
+    """warmup == steps: the last update runs at optim.lr, so there is nothing to warn about, and the factor at step
+    `steps` (the scheduler's step after the last update, an empty decay) is 1, not a division by zero."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        factor = lr_factor({"name": "cosine", "warmup": 5}, 5)
+    assert [factor(s) for s in range(6)] == pytest.approx([0.2, 0.4, 0.6, 0.8, 1.0, 1.0], rel=1e-12)
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.5)
+    from train.schedules import build_scheduler
+
+    scheduler = build_scheduler(optimizer, {"name": "exponential", "warmup": 3, "final_ratio": 0.5}, 3)
+    rates = []
+    for _ in range(3):
+        rates.append(scheduler.get_last_lr()[0])
+        optimizer.step()
+        scheduler.step()
+    assert rates == pytest.approx([0.5 / 3, 1.0 / 3, 0.5], rel=1e-12) and scheduler.get_last_lr()[0] == 0.5
+
+
+def test_the_ends_of_the_setting_intervals_are_accepted_and_what_lies_outside_is_named():
+    """README: min_ratio in [0, 1], final_ratio in (0, 1], momentum and dampening in [0, 1], lr, eps and
+    weight_decay >= 0; the included ends work (a floor or final ratio of 1 is a constant rate), a value outside,
+    an infinite one, a bool (YAML's yes) or a None is an error naming the key, not torch's comparison failure."""
+    from train.recipe import check_number
+
+    assert [lr_factor({"name": "cosine", "min_ratio": 1.0}, 10)(s) for s in (0, 5, 10)] == [1.0, 1.0, 1.0]
+    assert lr_factor({"name": "exponential", "final_ratio": 1}, 10)(7) == 1.0
+    for cfg, error in (({"name": "cosine", "min_ratio": -0.1}, r"schedule.min_ratio must be a number in \[0, 1\]"),
+                       ({"name": "cosine", "min_ratio": 1.5}, r"schedule.min_ratio must be a number in \[0, 1\]"),
+                       ({"name": "exponential", "final_ratio": 1.5}, r"schedule.final_ratio must be a number in "
+                                                                       r"\[1e-12, 1\], got 1.5"),
+                       ({"name": "cosine", "warmup": True}, r"schedule.warmup must be an integer >= 0, got True")):
+        with pytest.raises(ValueError, match=error):
+            lr_factor(cfg, 100)
+    params = [torch.nn.Parameter(torch.zeros(1))]
+    sgd = build_optimizer(params, {"name": "sgd", "lr": 0.1, "momentum": 1.0, "dampening": 1})
+    assert sgd.param_groups[0]["momentum"] == 1.0 and sgd.param_groups[0]["dampening"] == 1
+    for cfg, error in (({"name": "sgd", "lr": 0.1, "dampening": 1.5}, r"optim.dampening must be a number in \[0, 1\]"),
+                       ({"name": "adamw", "lr": 0.1, "weight_decay": -0.1}, r"optim.weight_decay must be a number in"),
+                       ({"name": "adam", "lr": 0.1, "eps": -1e-8}, r"optim.eps must be a number in \[0, "),
+                       ({"name": "adam", "lr": True}, r"optim.lr must be a number in \[0, .*got True"),
+                       ({"name": "adam", "lr": None}, r"optim.lr must be a number in \[0, .*got None"),
+                       ({"name": "adam", "lr": 0.1, "betas": [0.9, 0.99, 0.5]}, r"optim.betas must be a pair"),
+                       ({"name": "adam", "lr": 0.1, "betas": [0.9, 1.0]}, r"optim.betas must each lie in \[0, 1\)"),
+                       ({"name": "adamw", "lr": 0.1, "betas": [1, 0.99]}, r"optim.betas must each lie in \[0, 1\)")):
+        with pytest.raises(ValueError, match=error):
+            build_optimizer(params, cfg)
+    for value in (float("inf"), float("nan")):  # unbounded above: finiteness is its own check
+        with pytest.raises(ValueError, match=r"train.clip must be a finite number >= 0"):
+            check_number("train", "clip", value)
+    assert check_number("train", "threads", None, low=1, integer=True, optional=True) is None
+
+
+def test_a_schedule_or_optimizer_given_with_a_name_replaces_the_section_and_recipes_share_no_state():
+    """`schedule={name: ...}` starts that schedule with its own settings (facet-emt's cosine warm-up of 50 does not
+    carry over into an exponential one), a mapping without a name sets those keys only; and a loaded recipe's
+    sections are its own: changing one (a section the file leaves to the defaults too) changes no later load."""
+    assert load_recipe("facet-emt", ["schedule={name: exponential, final_ratio: 0.1}"])["schedule"] == {
+        "name": "exponential", "final_ratio": 0.1}
+    assert load_recipe("facet-emt", ["schedule={warmup: 3}"])["schedule"] == {"name": "cosine", "warmup": 3}
+    first = load_recipe("ib-tanh-12bit")  # no model_args, probe or schedule section in the file
+    expected = {key: json.loads(json.dumps(first[key])) for key in ("schedule", "probe", "model_args", "train")}
+    first["schedule"]["warmup"] = 99
+    first["probe"]["every"] = 3
+    first["model_args"]["sizes"] = [1]
+    first["train"]["steps"] = 1
+    second = load_recipe("ib-tanh-12bit")
+    assert {key: second[key] for key in expected} == expected and second["schedule"] == {"name": "constant",
+                                                                                           "warmup": 0}
+
+
+def test_set_values_that_spell_numbers_become_floats_and_others_stay_strings():
+    """YAML 1.1 reads -.5e-3 and .5e3 (no digit before the dot) as strings: they are numbers too; a string that
+    only starts like a number (1e-3x, 2abc) stays a string, and a --set that is not YAML still names its key."""
+    from train.recipe import parse_value
+
+    assert parse_value("-.5e-3") == -0.0005 and parse_value(".5e3") == 500.0 and parse_value("+2E2") == 200.0
+    assert parse_value("[-1e-3, x1e2]") == [-0.001, "x1e2"]
+    assert parse_value("1e-3x") == "1e-3x" and parse_value("2abc") == "2abc" and parse_value("e5") == "e5"
+    assert overridden_keys(["data.name=[a,", "train.steps=3"]) == {"data.name", "train.steps"}

@@ -33,6 +33,8 @@ def build_optimizer(params, cfg: dict) -> torch.optim.Optimizer:
         if not isinstance(betas, (list, tuple)) or len(betas) != 2:
             raise ValueError(f"optim.betas must be a pair [beta1, beta2], got {betas!r}")
         cfg["betas"] = tuple(check_number("optim", "betas", b, high=1.0) for b in betas)
+        if max(cfg["betas"]) == 1.0:  # a decay of 1 never forgets the first gradient; torch's Adam refuses it
+            raise ValueError(f"optim.betas must each lie in [0, 1), got {betas!r}")
     return OPTIMIZERS[name](params, **cfg)
 
 
