@@ -33,11 +33,20 @@ class HopfieldLayer(nn.Module):
         lead = (1, quantity) if self.hopfield.batch_first else (quantity, 1)
         self.lookup_weights = nn.Parameter(torch.empty(*lead, size), requires_grad=trainable)
         nn.init.normal_(self.lookup_weights, mean=0.0, std=0.02)
+        core = self.hopfield.association_core  # the width it takes the pattern projection at (None: any)
+        if hopfield_kwargs.get("pattern_projection_as_static", False):
+            target = core.pattern_dim if core.out_proj is not None else None
+        else:
+            target = core.vdim
         self.target_weights = None
         if lookup_weights_as_separated:
-            target = hopfield_kwargs.get("pattern_projection_size") or size
+            target = target or size
             self.target_weights = nn.Parameter(torch.empty(*lead, target), requires_grad=lookup_targets_as_trainable)
             nn.init.normal_(self.target_weights, mean=0.0, std=0.02)
+        elif target is not None and target != size:
+            raise ValueError(f"HopfieldLayer: the lookup weights ({size} wide) are also the pattern projection, which "
+                             f"this layer takes {target} wide; give pattern_projection_size={size} or "
+                             "lookup_weights_as_separated=True (separate targets)")
 
     def _prepare(self, input: torch.Tensor):
         if not torch.is_tensor(input) or input.dim() != 3:

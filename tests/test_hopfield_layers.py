@@ -590,3 +590,201 @@ def test_a_static_state_pattern_is_normalised_at_the_hidden_width():
     v = h.norm_pattern_projection(y) @ w_v.T + b_v
     z = torch.softmax(q @ k.transpose(1, 2) / 8 ** 0.5, -1) @ v @ core.out_proj.weight.T + core.out_proj.bias
     torch.testing.assert_close(pool(y), z.flatten(1))
+
+
+def _iterated_reference(beta: float, stored: torch.Tensor, state: torch.Tensor, eps: float, steps_max: int):
+    """The documented loop for one head: xi <- softmax(beta (xi Y) Y^T), stopped after the first update whose
+    association change (Frobenius norm over (L, S), largest over the batch) is <= eps; returns (retrieval, steps)."""
+    xi = torch.softmax(beta * state @ stored.transpose(1, 2), -1)
+    for step in range(1, steps_max + 1):
+        new = torch.softmax(beta * (xi @ stored) @ stored.transpose(1, 2), -1)
+        change = (new - xi).norm(dim=(1, 2)).max()
+        xi = new
+        if change <= eps:
+            break
+    return xi @ stored, step
+
+
+def test_iteration_stops_per_head_and_on_the_largest_change_in_the_batch():
+    """update_steps_eps is checked per head, on the largest Frobenius-norm change over the batch: with beta 1 and 2
+    on two heads (static patterns, so each head is a single-head layer of its beta), the beta-2 head stops after 8
+    updates (item 0 alone would stop after 2; the max-abs change would stop it after 7) while the beta-1 head runs
+    on to 18, and each head's output is its own single-head layer's."""
+    torch.manual_seed(0)
+    y, r = torch.randn(2, 12, 8, dtype=torch.float64), torch.randn(2, 3, 8, dtype=torch.float64)
+    eps = 9e-4
+    out = Hopfield(scaling=torch.tensor([1.0, 2.0]), num_heads=2, update_steps_max=40, update_steps_eps=eps,
+                   **STATIC).double()((y, r, y))
+    assert out.shape == (2, 3, 16)
+    for head, (beta, steps) in enumerate(((1.0, 18), (2.0, 8))):
+        ref, taken = _iterated_reference(beta, y, r, eps, 40)
+        assert taken == steps
+        assert torch.allclose(out[..., 8 * head:8 * (head + 1)], ref, rtol=0, atol=1e-12)
+        single = Hopfield(scaling=beta, update_steps_max=40, update_steps_eps=eps, **STATIC)((y, r, y))
+        assert torch.allclose(out[..., 8 * head:8 * (head + 1)], single, rtol=0, atol=1e-12)
+    assert _iterated_reference(2.0, y[:1], r[:1], eps, 40)[1] == 2  # item 0 alone would stop after 2 updates,
+    early, _ = _iterated_reference(2.0, y[1:], r[1:], eps, 2)  # where item 1 is still far from its fixed point
+    assert (out[1:, :, 8:] - early).abs().max() > 1e-3
+
+
+def test_pattern_size_is_the_per_head_width_of_the_retrieved_values():
+    """pattern_size sets W_V's per-head width apart from hidden_size (hflayers' separate layout): v_proj_weight
+    (H * pattern_size, vdim), out_proj (output, H * pattern_size), Z computed by hand; a static pattern projection
+    then enters at pattern_size, with its LayerNorm that wide, and another width is a named error."""
+    torch.manual_seed(0)
+    h = Hopfield(input_size=12, hidden_size=4, pattern_size=6, num_heads=2, output_size=5, **NO_NORMS)
+    sd = h.state_dict()
+    assert {k: tuple(v.shape) for k, v in sd.items()} == {
+        "association_core.q_proj_weight": (8, 12), "association_core.k_proj_weight": (8, 12),
+        "association_core.v_proj_weight": (12, 12), "association_core.in_proj_bias": (28,),
+        "association_core.out_proj.weight": (5, 12), "association_core.out_proj.bias": (5,)}
+    sd = hflayers_state({k: tuple(v.shape) for k, v in sd.items()})  # away from the zero biases of a fresh layer
+    h.load_state_dict(sd, strict=True)
+    y, r = torch.randn(3, 7, 12), torch.randn(3, 4, 12)
+    b = sd["association_core.in_proj_bias"]
+    heads = lambda x, d: x.view(3, -1, 2, d).transpose(1, 2)  # noqa: E731
+    q = heads(F.linear(r, sd["association_core.q_proj_weight"], b[:8]), 4)
+    k = heads(F.linear(y, sd["association_core.k_proj_weight"], b[8:16]), 4)
+    v = heads(F.linear(y, sd["association_core.v_proj_weight"], b[16:]), 6)
+    z = ((q @ k.transpose(-1, -2)) / 2.0).softmax(-1) @ v
+    z = F.linear(z.transpose(1, 2).reshape(3, 4, 12), sd["association_core.out_proj.weight"],
+                 sd["association_core.out_proj.bias"])
+    assert torch.allclose(h((y, r, y)), z, atol=1e-6)
+    static = Hopfield(input_size=12, hidden_size=4, pattern_size=6, num_heads=2, pattern_projection_as_static=True)
+    assert static.norm_pattern_projection.normalized_shape == (6,)
+    assert static((y, r, torch.randn(3, 7, 6))).shape == (3, 4, 12)
+    with pytest.raises(ValueError, match=r"pattern projection must be a floating tensor of shape \(batch, length, 6"):
+        static.association_core(r, y, torch.randn(3, 7, 12))
+
+
+def test_every_pattern_static_with_the_output_projection_kept():
+    """All three patterns static but the output projection on: nothing but W_O, b_O is learned (no unused
+    in_proj_bias), beta is 1/sqrt(hidden) and Z = W_O softmax(beta R Y^T) P + b_O."""
+    torch.manual_seed(0)
+    h = Hopfield(input_size=8, stored_pattern_as_static=True, state_pattern_as_static=True,
+                 pattern_projection_as_static=True, **NO_NORMS)
+    assert {k: tuple(v.shape) for k, v in h.state_dict().items()} == {
+        "association_core.out_proj.weight": (8, 8), "association_core.out_proj.bias": (8,)}
+    y, r, p = torch.randn(2, 6, 8), torch.randn(2, 3, 8), torch.randn(2, 6, 8)
+    w_o = h.association_core.out_proj
+    assert torch.allclose(h((y, r, p)), w_o(torch.softmax(r @ y.transpose(1, 2) / math.sqrt(8), -1) @ p), atol=1e-6)
+
+
+def test_fresh_projections_are_normal_0_02_and_biases_zero_as_hflayers_initialises_them():
+    torch.manual_seed(0)
+    for h in (Hopfield(input_size=256, num_heads=4), Hopfield(input_size=256, stored_pattern_size=128, num_heads=4)):
+        core = h.association_core
+        weights = [w for w in (core.in_proj_weight, getattr(core, "q_proj_weight", None),
+                               getattr(core, "k_proj_weight", None), getattr(core, "v_proj_weight", None),
+                               core.out_proj.weight) if w is not None]
+        assert len(weights) in (2, 4)
+        for w in weights:
+            assert w.std().item() == pytest.approx(0.02, rel=0.05) and w.mean().abs().item() < 0.001
+        assert core.in_proj_bias.abs().max() == 0 and core.out_proj.bias.abs().max() == 0
+
+
+def test_each_layer_norm_takes_its_own_eps():
+    """normalize_*_eps reach their own LayerNorm: with eps 0.5, 2 and 8 (large against the unit-variance
+    inputs) the layer equals the core applied to F.layer_norm of each input with its eps."""
+    torch.manual_seed(0)
+    eps = dict(normalize_stored_pattern_eps=0.5, normalize_state_pattern_eps=2.0, normalize_pattern_projection_eps=8.0)
+    h = Hopfield(input_size=8, num_heads=2, **eps)
+    with torch.no_grad():
+        h.association_core.in_proj_weight.normal_()  # scores of order 1, so that K's scale shows in the output
+    y, r = torch.randn(2, 5, 8), torch.randn(2, 3, 8)
+    ln = lambda x, e: F.layer_norm(x, (8,), eps=e)  # noqa: E731 (the fresh affine LayerNorms are the identity map)
+    expected = h.association_core(ln(r, 2.0), ln(y, 0.5), ln(y, 8.0))[0]
+    assert torch.allclose(h((y, r, y)), expected, atol=1e-6)
+
+
+def test_association_dropout_is_inverted_dropout_on_both_paths():
+    """Dropout on the association matrix (one update through SDPA, or the explicit iterated path): in training
+    each draw differs, and the mean over many draws is the evaluation output (kept entries scaled by 1/(1-p))."""
+    torch.manual_seed(0)
+    y, r = torch.randn(1, 6, 4, dtype=torch.float64), torch.randn(1, 2, 4, dtype=torch.float64)
+    ys, rs = y.expand(4000, -1, -1), r.expand(4000, -1, -1)
+    for steps in (0, 2):
+        h = Hopfield(scaling=0.7, dropout=0.5, update_steps_max=steps, **STATIC)
+        expected = h.eval()((y, r, y))
+        draws = h.train()((ys, rs, ys))
+        assert (draws[1:] - draws[:1]).abs().amax() > 0.1
+        assert (draws.mean(0) - expected[0]).abs().max() < 0.1
+        assert (draws.std(0) > 0.1).all()
+        assert torch.equal(h.eval()((ys, rs, ys))[:2], expected.expand(2, -1, -1))
+
+
+def test_additive_masks_of_zeros_mask_nothing_and_of_minus_inf_keep_gradients_finite():
+    """An all-zero float mask is a valid additive mask that forbids nothing (the layer equals the unmasked one, as
+    nn.MultiheadAttention does); an additive -inf padding mask that pads every stored pattern of an item gives
+    zeros for it on the explicit path, with finite gradients for the other items' inputs and weights."""
+    torch.manual_seed(0)
+    h = Hopfield(input_size=8, num_heads=2, update_steps_max=2).eval()
+    x = torch.randn(3, 5, 8, requires_grad=True)
+    zeros = torch.zeros(3, 5)
+    assert torch.allclose(h(x, stored_pattern_padding_mask=zeros), h(x), atol=1e-6)
+    assert torch.allclose(h(x, association_mask=torch.zeros(5, 5)), h(x), atol=1e-6)
+    pad = torch.zeros(3, 5)
+    pad[1], pad[0, 3:] = float("-inf"), float("-inf")
+    out = h(x, stored_pattern_padding_mask=pad)
+    bool_pad = torch.isinf(pad)
+    assert torch.allclose(out, h(x, stored_pattern_padding_mask=bool_pad), atol=1e-6)
+    out.pow(2).sum().backward()
+    assert torch.isfinite(x.grad).all() and x.grad[0].abs().sum() > 0
+    assert all(torch.isfinite(p.grad).all() for p in h.parameters())
+
+
+def test_layer_settings_and_batch_mismatches_are_named():
+    """num_heads 0 and update_steps_eps 0 (the loop could never stop on None) are refused when built; a state
+    pattern whose batch differs from the stored patterns' is named instead of broadcast."""
+    with pytest.raises(ValueError, match=r"num_heads must be >= 1, got 0"):
+        Hopfield(input_size=8, num_heads=0)
+    with pytest.raises(ValueError, match=r"update_steps_eps must be > 0, got 0"):
+        Hopfield(input_size=8, update_steps_eps=0.0)
+    h = Hopfield(input_size=8, num_heads=2)
+    with pytest.raises(ValueError, match=r"must share \(batch, length\), and the state pattern \(1, 4, 8\) the batch"):
+        h((torch.randn(3, 5, 8), torch.randn(1, 4, 8), torch.randn(3, 5, 8)))
+
+
+def test_wrapper_flags_layouts_and_tuple_inputs():
+    """HopfieldLayer length-first equals batch-first on transposed input; its lookup patterns take
+    stored_pattern_size (with a pattern projection, which they also are, of that size); HopfieldPooling's tuple
+    is (stored_pattern, pattern_projection) in that order; trainable=False freezes the learned patterns;
+    association matrices come back without autograd history."""
+    torch.manual_seed(0)
+    x = torch.randn(3, 5, 8)  # batch 3, length 5: a swapped expand shows
+    first = HopfieldLayer(8, quantity=4, num_heads=2).eval()
+    length_first = HopfieldLayer(8, quantity=4, num_heads=2, batch_first=False).eval()
+    length_first.load_state_dict(first.state_dict() | {"lookup_weights": first.lookup_weights.transpose(0, 1)})
+    assert torch.allclose(length_first(x.transpose(0, 1)).transpose(0, 1), first(x), atol=1e-6)
+    narrow = HopfieldLayer(8, quantity=3, stored_pattern_size=5, pattern_projection_size=5)
+    assert narrow.lookup_weights.shape == (1, 3, 5) and narrow(x).shape == (3, 5, 8)
+    pool = HopfieldPooling(8, quantity=2, num_heads=2).eval()
+    stored, projection = torch.randn(3, 6, 8), torch.randn(3, 6, 8)
+    query = pool.pooling_weights.expand(3, -1, -1)
+    assert torch.allclose(pool((stored, projection)), pool.hopfield((stored, query, projection)).flatten(1), atol=1e-6)
+    for frozen in (HopfieldPooling(8, trainable=False), HopfieldLayer(8, trainable=False)):
+        weights = frozen.pooling_weights if isinstance(frozen, HopfieldPooling) else frozen.lookup_weights
+        assert not weights.requires_grad
+        frozen(x).sum().backward()
+        assert weights.grad is None
+        assert not frozen.get_association_matrix(x).requires_grad
+
+
+def test_lookup_targets_take_the_pattern_projection_width_and_a_shared_table_of_another_width_is_refused():
+    """The separate targets are the pattern projection, so they take its width (input_size, or
+    pattern_projection_size), not the stored patterns' (stored_pattern_size): they used to be 5 wide here and the
+    first forward failed on the 8-wide projection LayerNorm. Without separate targets the lookup table is both, so
+    differing widths are refused when the layer is built, naming the two ways out."""
+    torch.manual_seed(0)
+    layer = HopfieldLayer(8, quantity=3, stored_pattern_size=5, lookup_weights_as_separated=True)
+    assert layer.lookup_weights.shape == (1, 3, 5) and layer.target_weights.shape == (1, 3, 8)
+    x = torch.randn(2, 4, 8)
+    stored, targets = layer.lookup_weights.expand(2, -1, -1), layer.target_weights.expand(2, -1, -1)
+    torch.testing.assert_close(layer(x), layer.hopfield((stored, x, targets)))
+    wide = HopfieldLayer(8, quantity=3, stored_pattern_size=5, pattern_projection_size=6,
+                         lookup_weights_as_separated=True)
+    assert wide.target_weights.shape == (1, 3, 6) and wide(x).shape == (2, 4, 8)
+    assert HopfieldLayer(8, quantity=3, stored_pattern_size=5, pattern_projection_size=5)(x).shape == (2, 4, 8)
+    with pytest.raises(ValueError, match=r"lookup weights \(5 wide\) are also the pattern projection, which this "
+                                         r"layer takes 8 wide; give pattern_projection_size=5"):
+        HopfieldLayer(8, quantity=3, stored_pattern_size=5)

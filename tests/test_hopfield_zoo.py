@@ -343,3 +343,140 @@ def test_quantity_is_the_number_of_learned_patterns_and_zero_is_refused():
     for name in ("hopfield_mil", "hopfield_tabular"):
         with pytest.raises(ValueError, match=r"quantity must be an integer >= 1, got 0"):
             zoo.create_model(name, quantity=0)
+
+
+def test_model_configs_reach_their_hopfield_layers():
+    """hidden_size, num_heads, scaling and dropout of both models reach the Hopfield core, and dropout the
+    embedding; with scaling 0 (beta -> 0: the global-average fixed point) MIL pooling weights every unpadded
+    instance of a bag alike and the tabular lookup every learned pattern alike."""
+    from torch import nn
+
+    torch.manual_seed(0)
+    mil = zoo.create_model("hopfield_mil", in_features=8, embed_dims=(16, 16), hidden_size=4, num_heads=2,
+                           scaling=0.0, dropout=0.3).eval()
+    core = mil.pooling.hopfield.association_core
+    assert (core.head_dim, core.num_heads, core.scaling, core.dropout) == (4, 2, 0.0, 0.3)
+    assert [m.p for m in mil.embed if isinstance(m, nn.Dropout)] == [0.3, 0.3]
+    mask = torch.zeros(2, 6, dtype=torch.bool)
+    mask[1, 4:] = True
+    weights = mil.pooling.get_association_matrix(mil.embed(torch.randn(2, 6, 8)), stored_pattern_padding_mask=mask)
+    assert torch.allclose(weights[0], torch.full((2, 1, 6), 1 / 6))
+    assert torch.allclose(weights[1, ..., :4], torch.full((2, 1, 4), 1 / 4)) and weights[1, ..., 4:].abs().max() == 0
+    tabular = zoo.create_model("hopfield_tabular", in_features=4, quantity=5, num_heads=2, scaling=0.0,
+                               dropout=0.3).eval()
+    core = tabular.lookup.hopfield.association_core
+    assert (core.num_heads, core.scaling, core.dropout) == (2, 0.0, 0.3)
+    assert [m.p for m in tabular.embed if isinstance(m, nn.Dropout)] == [0.3]
+    weights = tabular.lookup.get_association_matrix(tabular.embed(torch.randn(3, 4)).unsqueeze(1))
+    assert torch.allclose(weights, torch.full((3, 2, 1, 5), 1 / 5))
+
+
+def _toy_mil_npz(path, bags: int = 24, per_bag: int = 3, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    ids = np.repeat(np.arange(1, bags + 1), per_bag)
+    labels = (ids % 2 == 0).astype(float)
+    features = 3.0 * rng.standard_normal((len(ids), 5)) + np.arange(5) + 4.0 * labels[:, None]
+    np.savez(path, features=features, labels=labels, bag_ids=ids)
+    return features, ids
+
+
+def test_mil_file_instances_are_standardised_with_the_training_bags_statistics_only(tmp_path):
+    """Training instances (unpadded) get mean 0 and std 1 per feature; test instances are (x - train mean) /
+    train std, computed here from the file and the task's bag index, so no test statistics leak in."""
+    features, ids = _toy_mil_npz(tmp_path / "toy.npz")
+    task = make_task(load_recipe("hopfield-mil-tiger", [f"data.path={tmp_path / 'toy.npz'}", "data.folds=4"]))
+    bag_ids = np.unique(ids)
+    train_rows = np.isin(ids, bag_ids[task.bag_index["train"]])
+    mean, std = features[train_rows].mean(0), features[train_rows].std(0)
+    train = task.train["x"][~task.train["mask"]].double().numpy()
+    np.testing.assert_allclose(train.mean(0), 0, atol=1e-5)
+    np.testing.assert_allclose(train.std(0), 1, atol=1e-5)
+    test_rows = np.isin(ids, bag_ids[task.bag_index["test"]])
+    expected = (features[test_rows] - mean) / std
+    np.testing.assert_allclose(task.test["x"][~task.test["mask"]].numpy(), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_mil_accuracy_and_auc_read_positive_logits_as_positive_bags():
+    """A model whose logits have the sign of the true label (positive = 1) scores accuracy 1 and ROC AUC 1 at
+    evaluation, and accuracy 1 in the training loss's metrics."""
+    from torch import nn
+
+    task = make_task(load_recipe("hopfield-mil-digits", ["data.train_bags=20", "data.test_bags=30"]))
+    y = task.test["y"]
+    logits = (2 * y - 1) * torch.linspace(0.1, 3.0, len(y))
+
+    class Fixed(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.anchor = nn.Parameter(torch.zeros(()))
+
+        def forward(self, x, mask):
+            return logits + self.anchor
+
+    scores = task.evaluate(Fixed())
+    assert scores["acc"] == 1.0 and scores["auc"] == 1.0
+    _, metrics = task.loss(Fixed(), task.test)
+    assert metrics["acc"].item() == 1.0
+
+
+def test_mil_batches_come_from_the_training_bags_and_held_out_ones_from_the_test_bags():
+    """The digit bags of the two splits share no image, so each drawn bag is found in exactly one split: training
+    batches and training samples in the training bags, held-out batches in the test bags."""
+    task = make_task(load_recipe("hopfield-mil-digits", ["data.train_bags=30", "data.test_bags=20"]))
+
+    def found_in(rows, split):
+        return [bool((split["x"] == row).all(-1).all(-1).any()) for row in rows]
+
+    g = torch.Generator().manual_seed(0)
+    for rows in (task.batch(16, g)["x"], task.train_sample(10, g)["x"]):
+        assert all(found_in(rows, task.train)) and not any(found_in(rows, task.test))
+    held_out = task.held_out_batch(10, g)["x"]
+    assert all(found_in(held_out, task.test)) and not any(found_in(held_out, task.train))
+
+
+def test_digit_bags_hold_the_target_in_positive_bags_only_and_at_most_half(monkeypatch):
+    """Ilse et al.'s construction: a positive bag holds 1 .. length // 2 images of the target digit, a negative bag
+    none; lengths are at least 2 even for a mean length of 4 with std 3; a target outside 0-9 is refused. (Each
+    image is tagged with its index, so its digit is read back.)"""
+    import sklearn.datasets
+
+    images, digits = sklearn.datasets.load_digits(return_X_y=True)
+    tagged = np.repeat(np.arange(len(digits), dtype=float)[:, None], images.shape[1], axis=1)
+    monkeypatch.setattr(sklearn.datasets, "load_digits", lambda return_X_y=False: (tagged, digits))
+    bags = digit_bags(200, target=3, mean_length=4.0, std_length=3.0, seed=0)
+    lengths = (~bags["mask"]).sum(1)
+    assert lengths.min() == 2 and lengths.max() > 6
+    for x, mask, label, length in zip(bags["x"], bags["mask"], bags["y"], lengths):
+        held = digits[(x[~mask][:, 0] * 16).round().long().numpy()]
+        targets = int((held == 3).sum())
+        assert (1 <= targets <= length // 2) if label == 1 else targets == 0
+    with pytest.raises(ValueError, match="data.target a digit 0-9"):
+        digit_bags(10, target=10)
+
+
+def test_mil_file_bag_is_positive_when_any_instance_is_and_folds_need_only_k_bags_per_class(tmp_path):
+    """The MIL assumption: a bag is positive when one of its instances carries the positive label (a file with
+    instance-level labels), negative when none does; a stratified k-fold split accepts exactly k bags per class."""
+    from train.data.mil import fold_split
+
+    ids = np.array([1, 1, 1, 2, 2, 3, 3, 3])
+    labels = np.array([-1, 1, -1, -1, -1, 0, 0, 1])
+    np.savez(tmp_path / "mixed.npz", features=np.arange(16.0).reshape(8, 2), labels=labels, bag_ids=ids)
+    bags, y = load_mil_file(tmp_path / "mixed.npz")
+    assert [len(b) for b in bags] == [3, 2, 3] and y.tolist() == [1.0, 0.0, 1.0]
+    train, test = fold_split(np.array([0.0] * 4 + [1.0] * 4), folds=4, fold=1, seed=0)
+    assert len(train) == 6 and len(test) == 2
+    assert sorted(np.array([0.0] * 4 + [1.0] * 4)[test].tolist()) == [0.0, 1.0]
+
+
+def test_tabular_test_fraction_may_leave_exactly_one_example_per_class_on_a_side():
+    """iris (150 samples, 3 classes): test_fraction 3/150 puts one example of each class in the test split, and
+    1 - 3/150 one of each in the training split; both bounds are allowed, just outside them is refused."""
+    from train.data.tabular import load_tabular
+
+    small = load_tabular("iris", test_fraction=3 / 150)
+    assert sorted(small["y_test"].tolist()) == [0, 1, 2]
+    large = load_tabular("iris", test_fraction=1 - 3 / 150)
+    assert sorted(large["y_train"].tolist()) == [0, 1, 2]
+    with pytest.raises(ValueError, match="test_fraction must leave at least one example"):
+        load_tabular("iris", test_fraction=2 / 150)
