@@ -683,3 +683,176 @@ def test_digits_evaluation_loss_is_the_mean_over_all_test_images():
     with torch.no_grad():
         direct = float(F.cross_entropy(model(x), y))
     assert task.evaluate(model)["test_loss"] == pytest.approx(direct, rel=1e-5)
+
+
+# ---------------- added by the mutation sweep ----------------
+
+def test_block_names_inputs_that_are_not_four_dimensional():
+    """A 3-D or 5-D tensor whose second axis matches the channels is named by the block's own message, not by a
+    failed unpacking of its spatial sizes."""
+    ca = CoordAttention(8)
+    for shape in ((2, 8, 5), (2, 8, 3, 4, 5)):
+        with pytest.raises(ValueError, match=rf"\(batch, 8, H, W\), got torch.float32 {re.escape(str(shape))}"):
+            ca(torch.randn(*shape))
+
+
+def test_squeeze_excitation_ablation_is_hu_et_al_with_relu():
+    """The SE baseline of the ablation is Hu et al.'s block, y = x * sigmoid(W2 ReLU(W1 mean_hw(x) + b1) + b2)
+    with C // 24 hidden units, checked by hand on an expansion block of the full model."""
+    torch.manual_seed(0)
+    se = timm.create_model("mobilenetv2_se_100").blocks[1][0].se.eval()
+    assert se.conv_reduce.out_channels == 96 // 24
+    x = torch.randn(2, 96, 5, 6)
+    squeeze = x.mean((2, 3))
+    hidden = squeeze @ se.conv_reduce.weight[:, :, 0, 0].T + se.conv_reduce.bias
+    assert (hidden < 0).any()  # the non-linearity matters on these inputs
+    gate = torch.sigmoid(hidden.clamp(min=0) @ se.conv_expand.weight[:, :, 0, 0].T + se.conv_expand.bias)
+    with torch.no_grad():
+        assert torch.allclose(se(x), x * gate[:, :, None, None], atol=1e-6)
+
+
+def test_sandglass_block_checks_its_settings_and_skips_only_at_stride_1():
+    """A stride-2 block downsamples in its last depthwise conv (so it needs one) and has no identity skip even
+    when in_chs == out_chs; at stride 1 with in == out, a branch that outputs zero (last BN scaled to 0) leaves
+    y = x exactly. attn_position names one of the two places."""
+    from layers import SandglassBlock
+    from zoo.coord_attention import attention_layer
+
+    with pytest.raises(ValueError, match=r"stride must be 1, or 2 with dw_last=True; got stride=2, dw_last=False"):
+        SandglassBlock(16, 16, 2, 8, dw_last=False)
+    with pytest.raises(ValueError, match=r"got stride=3"):
+        SandglassBlock(16, 16, 3, 8)
+    with pytest.raises(ValueError, match=r"attn_position must be 'first_dw' or 'last_dw', got 'middle'"):
+        SandglassBlock(16, 16, 1, 8, attn_layer=attention_layer("ca"), attn_position="middle")
+    torch.manual_seed(0)
+    x = torch.randn(2, 16, 8, 8)
+    strided = SandglassBlock(16, 16, 2, 8).eval()
+    with torch.no_grad():
+        assert not strided.has_skip and strided(x).shape == (2, 16, 4, 4)
+    same = SandglassBlock(16, 16, 1, 8).eval()
+    nn.init.zeros_(same.conv_dw2.bn.weight), nn.init.zeros_(same.conv_dw2.bn.bias)
+    with torch.no_grad():
+        assert same.has_skip and torch.equal(same(x), x)
+
+
+def test_mobilenext_stem_is_conv_bn_relu6():
+    """MobileNeXt's stem is a 3x3 stride-2 conv to 32 channels, BN and ReLU6 (the authors' code): on bright
+    inputs many activations are capped at 6, by hand."""
+    torch.manual_seed(0)
+    model = timm.create_model("mobilenext_100").eval()
+    x = 20 * torch.randn(1, 3, 16, 16)
+    stem = model.conv_stem
+    with torch.no_grad():
+        got, pre = stem(x), _conv_bn(x, stem, stride=2)
+    assert (pre > 6).float().mean() > 0.1 and torch.allclose(got, pre.clamp(0, 6), atol=1e-5)
+
+
+def test_mobilenext_prunes_the_classifier_of_a_truncated_model_even_when_asked_to_keep_it():
+    """prune_intermediate_layers(prune_head=False) on a model cut before its last stage still replaces the
+    classifier (it no longer fits the features), so the truncated model runs and returns its feature map."""
+    model = timm.create_model("mobilenext_100").eval()
+    assert model.prune_intermediate_layers([1, 2], prune_head=False) == [1, 2]
+    assert isinstance(model.classifier, nn.Identity) and model.num_features == 192
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, 32, 32)).shape == (1, 192, 4, 4)
+    whole = timm.create_model("mobilenext_100")
+    whole.prune_intermediate_layers(4, prune_head=False)  # nothing cut: the classifier stays
+    assert isinstance(whole.classifier, nn.Linear) and whole.classifier.out_features == 1000
+
+
+def test_checkpoint_filter_reads_a_data_parallel_state(official):
+    """A state saved from nn.DataParallel (keys under 'module.') maps like the plain one, key for key."""
+    from zoo.coord_attention import checkpoint_filter_fn
+
+    model = timm.create_model("mobilenetv2_ca_100")
+    plain = checkpoint_filter_fn(dict(official[0]), model)
+    wrapped = checkpoint_filter_fn({f"module.{k}": v for k, v in official[0].items()}, model)
+    assert wrapped.keys() == plain.keys() == model.state_dict().keys()
+
+
+def test_mobilenetv2_baseline_shares_the_ablations_dropout():
+    """Our registry builds all four MobileNetV2 variants with the CA authors' classifier dropout 0.1 (timm's own
+    mobilenetv2_100 has none by default), so the ablation compares like with like."""
+    for name in ("mobilenetv2_100", "mobilenetv2_se_100", "mobilenetv2_cbam_100", "mobilenetv2_ca_100"):
+        assert zoo.create_model(name).drop_rate == 0.1
+    assert timm.create_model("mobilenetv2_100").drop_rate == 0.0
+
+
+def test_digits_are_half_pixel_bilinear_upsamplings_and_the_settings_are_checked():
+    """At size 16 each standardised image is a 2x bilinear upsampling with half-pixel centres (output j reads
+    source j/2 - 1/4, clamped): such images are fixed by P = U R, U the 16x8 upsampling and R a left inverse, and
+    P keeps constants, so the standardisation does not matter. Nearest or corner-aligned resizing is not fixed by
+    P. Sizes below 8 and fractions outside (0, 1) are refused; the test count is the nearest whole number."""
+    from train import load_recipe
+    from train.tasks import make_task
+    from train.tasks.image import load_digits_images
+
+    U, R = torch.zeros(16, 8), torch.zeros(8, 16)
+    U[0, 0] = U[15, 7] = 1.0
+    for i in range(7):
+        U[2 * i + 1, i], U[2 * i + 1, i + 1], U[2 * i + 2, i], U[2 * i + 2, i + 1] = 0.75, 0.25, 0.25, 0.75
+        R[i, 2 * i + 1], R[i, 2 * i + 2] = 1.5, -0.5
+    R[7, 14], R[7, 13] = 1.5, -0.5
+    assert torch.allclose(R @ U, torch.eye(8))
+    P = U @ R
+    data = make_task(load_recipe("mbv2-ca-digits", ["data.size=16"])).data
+    x = torch.cat([data["x_train"], data["x_test"]])[:, 0]
+    assert x.shape == (1797, 16, 16) and not torch.allclose(P, torch.eye(16))
+    assert torch.allclose(P @ x @ P.T, x, atol=1e-5)
+    for size, fraction in ((7, 0.25), (16, 0.0), (16, 1.0)):
+        with pytest.raises(ValueError, match="size must be >= 8 and test_fraction in"):
+            load_digits_images(size, fraction, 0)
+    assert len(load_digits_images(8, 0.1, 0)["y_test"]) == 180  # 179.7 test images, rounded
+
+
+def test_digits_loss_smooths_labels_and_held_out_batches_are_distinct_test_images():
+    """task_args.label_smoothing = e gives -(1 - e) log p_y - e mean_k log p_k per image (Szegedy et al.);
+    held-out batches are distinct rows of the test split, training samples distinct rows of the training split,
+    and the evaluation reports test accuracy and loss and training accuracy."""
+    from train import load_recipe
+    from train.tasks import make_task
+
+    task = make_task(load_recipe("mbv2-ca-digits", ["data.size=8", "task_args.label_smoothing=0.2"]))
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+    batch = task.batch(32, torch.Generator().manual_seed(0))
+    loss, _ = task.loss(model, batch)
+    logp = model(batch["x"]).log_softmax(-1)
+    by_hand = -(0.8 * logp.gather(1, batch["y"][:, None])[:, 0] + 0.2 * logp.mean(-1)).mean()
+    assert loss.item() == pytest.approx(by_hand.item(), rel=1e-6)
+    for draw, split in ((task.held_out_batch, "test"), (task.train_sample, "train")):
+        rows = task.data[f"x_{split}"].flatten(1)
+        n = len(rows)
+        got = draw(n, torch.Generator().manual_seed(1))
+        match = torch.cdist(got["x"].flatten(1), rows).argmin(1)
+        assert torch.equal(got["x"].flatten(1), rows[match]) and torch.equal(got["y"], task.data[f"y_{split}"][match])
+        assert len(set(match.tolist())) == n  # every row once
+    assert sorted(task.evaluate(model.eval())) == ["test_acc", "test_loss", "train_acc"]
+
+
+def test_digits_report_draws_the_first_ca_blocks_channel_mean_gates(tmp_path, monkeypatch):
+    """attention.png's lower row shows mean_c a_h(i) a_w(j) of the model's first CoordAttention block (named in
+    the y label) for each of the six images, as hooks on that block's probe points measure it."""
+    import train.plots
+    from train import load_recipe
+    from train.tasks import make_task
+
+    task = make_task(load_recipe("mbv2-ca-digits", ["data.size=16"]))
+    torch.manual_seed(0)
+    model = zoo.create_model("mobilenetv2_ca_100", num_classes=10, in_chans=1).eval()
+    first = next(name for name, m in model.named_modules() if isinstance(m, CoordAttention))
+    block = model.get_submodule(first)
+    seen = {}
+    block.attn_h.register_forward_hook(lambda m, i, o: seen.__setitem__("h", o))
+    block.attn_w.register_forward_hook(lambda m, i, o: seen.__setitem__("w", o))
+    figures = []
+    save = train.plots.save_figure
+    monkeypatch.setattr(train.plots, "save_figure",
+                        lambda fig, path, **kw: figures.append(fig) or save(fig, path, **kw))
+    task.report(model, tmp_path)
+    expected = (seen["h"] * seen["w"]).mean(1)  # (6, H, W)
+    assert expected.shape == (6, 4, 4) and first == "blocks.1.0.se"  # 16 px: stem and block stride 2
+    (fig,) = figures
+    shown = [torch.as_tensor(ax.get_images()[0].get_array()) for ax in fig.axes[6:12]]
+    assert all(torch.allclose(s.float(), e, atol=1e-6) for s, e in zip(shown, expected))
+    assert fig.axes[6].get_ylabel().startswith(first)

@@ -257,3 +257,115 @@ def test_evaluation_checks_the_class_count_and_a_vit_checks_its_image_size(tmp_p
     task = _task(root, workers=0)
     task.prepare(vit)
     assert task.evaluate(vit.eval())["eval_top5"] == 1.0
+
+
+# ---------------- added by the mutation sweep ----------------
+
+def _uneven_folder(root, counts=(1, 2, 4, 1, 3, 2, 1)):
+    """Seven classes, class c holding counts[c] images in each split (uneven on purpose), of random colours."""
+    from PIL import Image
+
+    rng = np.random.default_rng(1)
+    for split in ("train", "val"):
+        for c, n in enumerate(counts):
+            (root / split / f"c{c}").mkdir(parents=True)
+            for i in range(n):
+                pixels = rng.integers(0, 255, (20, 20, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(root / split / f"c{c}" / f"{i}.png")
+    return root
+
+
+def test_top5_subsets_and_batches_with_more_classes_than_five(tmp_path):
+    """With 7 classes, eval_top5 is the fraction of images whose label is among the 5 largest logits (here more
+    than the top-3 fraction); eval_subset on uneven classes lists every image once and any subset of >= 7 images
+    holds every class; training batches reach every image, the last one included."""
+    task = _task(_uneven_folder(tmp_path), workers=0)
+    assert task.model_args({"num_classes": 3}) == {"num_classes": 3}  # a count that is set is kept (prepare checks it)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(4), torch.nn.Flatten(), torch.nn.Linear(48, 7)).eval()
+    out = task.evaluate(model)
+    xs, ys = zip(*task.folder.eval_chunks())
+    with torch.no_grad():
+        logits, y = model(torch.cat(xs)), torch.cat(ys)
+    rank = (logits > logits.gather(1, y[:, None])).sum(1)  # how many classes score above the label
+    assert len(y) == 14 and out["eval_top5"] == pytest.approx(float((rank < 5).float().mean()))
+    assert float((rank < 3).float().mean()) < out["eval_top5"] < 1.0
+    samples = task.folder.splits["eval"].samples
+    assert sorted(task.folder.eval_subset()) == list(range(14))
+    assert {samples[i][1] for i in task.folder.eval_subset(7)} == set(range(7))
+    drawn = task.folder.batch(400, torch.Generator().manual_seed(0))["index"]
+    assert set(drawn.tolist()) == set(range(len(task.folder.splits["train"].samples)))
+
+
+def test_training_augmentation_is_crop_and_flip_unless_asked(tmp_path):
+    """Without data.augment, ImageFolderData gives training images random-resized crops and flips only (timm would
+    add colour jitter): a one-colour image stays that colour (the evaluation transform's value). data.augment
+    passes timm's options on, colour jitter included."""
+    from PIL import Image
+
+    from train.data.image_folder import ImageFolderData
+
+    for split in ("train", "val"):
+        (tmp_path / split / "a").mkdir(parents=True)
+        Image.new("RGB", (40, 30), (200, 40, 90)).save(tmp_path / split / "a" / "0.png")
+    model = zoo.create_model("mobilenetv2_100", num_classes=1)
+    plain = ImageFolderData(str(tmp_path), size=32, workers=0)
+    plain.configure(model)
+    jittered = _task(tmp_path, workers=0, augment="{color_jitter: 0.4}")
+    jittered.prepare(model)
+    colour = plain.eval_images(torch.tensor([0]))[0, :, 0, 0]
+    assert colour.std() > 0.5  # three distinct normalised channel values
+    index, seeds = torch.zeros(8, dtype=torch.long), torch.arange(8)
+    x = plain.train_images(index, seeds)
+    assert torch.allclose(x, colour[None, :, None, None].expand_as(x), atol=1e-5)
+    y = jittered.folder.train_images(index, seeds)
+    assert (y - colour[None, :, None, None]).abs().amax() > 0.05
+
+
+def test_dark_16_bit_and_negative_integer_images(tmp_path):
+    """A 16-bit image is scaled by 1/257 whatever its values, so a dark one (all <= 255) stays dark, not bright;
+    a 32-bit integer image with negative values has no fixed range and is refused by name."""
+    from PIL import Image
+
+    from train.data.image_folder import _as_rgb
+
+    dark = Image.fromarray(np.array([[0, 128, 255]], dtype=np.uint16))
+    assert dark.mode.startswith("I;16")
+    assert np.asarray(_as_rgb(dark))[0, :, 0].tolist() == [0, 0, 1]
+    negative = Image.fromarray(np.array([[-5, 0, 100]], dtype=np.int32))
+    assert negative.mode == "I"
+    with pytest.raises(OSError, match=r"image of mode I with values in \[-5, 100\] has no fixed intensity range"):
+        _as_rgb(negative)
+
+
+def test_reconfiguring_forgets_images_prefetched_with_the_old_transforms(inline_and_pooled):
+    """configure (another model or size) closes the pool and drops prefetched batches, so no image decoded with
+    the old transforms is served after it."""
+    _, pooled = inline_and_pooled
+    batch = pooled.batch(4, torch.Generator().manual_seed(0))
+    pooled.prefetch(batch)
+    assert len(pooled.folder.pending) == 1
+    pooled.folder.size = 48
+    pooled.folder.configure(zoo.create_model("mobilenetv2_100", num_classes=3))
+    assert not pooled.folder.pending
+    assert pooled.folder.train_images(batch["index"], batch["seed"]).shape == (4, 3, 48, 48)
+
+
+def test_evaluation_images_are_centre_crops_without_flips(tmp_path):
+    """The evaluation transform resizes and crops at the centre, never at random: a left-to-right linear ramp
+    (0 .. 252) comes out increasing, with the mean of the whole ramp (126, a centred crop of a linear ramp), on
+    every call; a seeded training crop of the same image is off centre or flipped."""
+    from PIL import Image
+
+    ramp = np.repeat(np.repeat((4 * np.arange(64)).astype(np.uint8)[None, :, None], 64, 0), 3, 2)
+    for split in ("train", "val"):
+        (tmp_path / split / "a").mkdir(parents=True)
+        Image.fromarray(ramp).save(tmp_path / split / "a" / "0.png")
+    task = _task(tmp_path, workers=0)
+    task.prepare(zoo.create_model("mobilenetv2_100", num_classes=1))
+    config = task.folder.data_config(torch.nn.Identity())
+    mean, std = config["mean"][0], config["std"][0]
+    row = task.folder.eval_images(torch.tensor([0]))[0, 0].mean(0) * std + mean  # back to [0, 1], by column
+    assert (row.diff() > 0).all() and float(row.mean()) == pytest.approx(126 / 255, abs=1 / 255)
+    train_row = task.folder.train_images(torch.tensor([0]), torch.tensor([0]))[0, 0].mean(0) * std + mean
+    assert abs(float(train_row.mean()) - 126 / 255) > 2 / 255 or (train_row.diff() < 0).all()
