@@ -976,7 +976,7 @@ def test_lyapunov_metric_starts_after_500_generated_steps_and_discards_200_trans
 
 def test_a_reused_stack_equals_a_fresh_one_and_a_graph_backpropagates_through_it_once():
     """stack_recurrence reuses the frames of a stack whose backward has run for the next call of its shape (building
-    them is a fifth of a pvrnn-pfsm step): after a call with other weights, drives and state, the reused stack gives
+    them is about a sixth of a pvrnn-pfsm step): after a call with other weights, drives and state, the reused stack gives
     d, the final h and every gradient of a freshly built one bit for bit, also for two graphs alive at once; a
     second backward through one graph is refused by name (its frames may already serve another call)."""
     import layers.pvrnn_stack as pvrnn_stack
@@ -1027,3 +1027,251 @@ def test_a_reused_stack_equals_a_fresh_one_and_a_graph_backpropagates_through_it
     loss.backward(retain_graph=True)
     with pytest.raises(RuntimeError, match="a second backward through the same PV-RNN graph"):
         loss.backward()
+
+
+def test_layer_refuses_bad_sizes_and_missing_inputs_and_tau_one_drops_the_leak():
+    """tau = 1 is the boundary of the MTRNN (h_t = the drive: no leak, a plain RNN) and is accepted; zero units are
+    refused when the layer is built; a z, d_prev of the wrong width and a missing bottom-up input are named by
+    ValueError instead of failing inside a matmul."""
+    torch.manual_seed(0)
+    plain = PVRNNLayer(d_size=3, z_size=2, tau=1.0)
+    h, d, z = torch.randn(2, 3), torch.randn(2, 3), torch.randn(2, 2)
+    drive = d @ plain.W_dd.weight.T + plain.W_dd.bias + z @ plain.W_zd.weight.T
+    got_h, got_d = plain.step(h, d, z)
+    torch.testing.assert_close(got_h, drive)  # the old h_{t-1} has weight 1 - 1/tau = 0
+    torch.testing.assert_close(got_d, torch.tanh(drive))
+    for bad in ({"d_size": 0, "z_size": 2}, {"d_size": 3, "z_size": 0}):
+        with pytest.raises(ValueError, match="d_size >= 1, z_size >= 1"):
+            PVRNNLayer(tau=2.0, **bad)
+    with pytest.raises(ValueError, match="tau >= 1"):
+        PVRNNLayer(3, 2, tau=0.999)
+    with pytest.raises(ValueError, match=r"expected z \(B, 2\)"):
+        plain.step(h, d, torch.randn(2, 3))
+    with pytest.raises(ValueError, match=r"expected d_prev \(B, 3\)"):
+        plain.step(h, torch.randn(2, 4), z)
+    up = PVRNNLayer(d_size=3, z_size=2, tau=2.0, bottom_size=4)
+    with pytest.raises(ValueError, match="bottom-up"):
+        up.step(h, d, z)
+    with pytest.raises(ValueError, match="one entry per level"):
+        zoo.create_model("pvrnn_small", d_sizes=(), z_sizes=(), taus=(), meta_prior=())
+    with pytest.raises(ValueError, match="n_sequences, seq_len, out_size >= 1"):
+        zoo.create_model("pvrnn_small", n_sequences=0)
+
+
+def _two_level_hand_model():
+    """A two-level PV-RNN (2 + 1 d units, one z unit each, tau 2 and 4) in fp64 with random weights."""
+    torch.manual_seed(0)
+    m = zoo.create_model("pvrnn_small", d_sizes=(2, 1), z_sizes=(1, 1), taus=(2.0, 4.0), meta_prior=(0.1, 0.1),
+                         n_sequences=2, seq_len=4, out_size=2).double()
+    with torch.no_grad():
+        for p in m.parameters():
+            p.normal_(0, 0.7)
+    return m
+
+
+def _lin(layer, x):
+    return x @ layer.weight.T + (layer.bias if layer.bias is not None else 0)
+
+
+def test_generation_starts_from_the_unit_gaussian_prior_by_hand():
+    """The paper's generation starts at t = 1 from the prior N(0, I): the noise-free generation's first step takes
+    z_1 = 0 in every level, from h_0 = d_0 = 0, so h_1 = (1/tau) (b_dd + W_top d_1^{top}) (hand-computed, two
+    levels); the second step's z is the learned prior mean tanh(W_mu d_1 + b_mu)."""
+    m = _two_level_hand_model()
+    bottom, top = m.levels
+    h1_top = top.W_dd.bias / 4.0
+    d1_top = torch.tanh(h1_top)
+    h1 = (bottom.W_dd.bias + _lin(bottom.W_top, d1_top)) / 2.0
+    d1 = torch.tanh(h1)
+    z2_top, z2 = torch.tanh(_lin(top.W_mu, d1_top)), torch.tanh(_lin(bottom.W_mu, d1))
+    h2_top = 0.75 * h1_top + (_lin(top.W_dd, d1_top) + _lin(top.W_zd, z2_top)) / 4.0
+    h2 = 0.5 * h1 + (_lin(bottom.W_dd, d1) + _lin(bottom.W_zd, z2) + _lin(bottom.W_top, torch.tanh(h2_top))) / 2.0
+    x = m.generate(3, 2, noise=False)
+    expected = torch.stack([_lin(m.out, d1), _lin(m.out, torch.tanh(h2))])
+    torch.testing.assert_close(x, expected.expand(3, -1, -1), rtol=1e-12, atol=1e-12)
+
+
+def test_prior_mean_map_is_one_noise_free_step_by_hand():
+    """prior_mean_map(h) is one step of the generative model at a later step (not t = 1): d = tanh(h), then per level
+    z = tanh(W_mu d + b_mu) (the prior mean from that level's own d) and the leaky update, top level first."""
+    m = _two_level_hand_model()
+    bottom, top = m.levels
+    h = torch.randn(4, 3, dtype=torch.float64)
+    h0, h1 = h[:, :2], h[:, 2:]
+    d0, d1 = torch.tanh(h0), torch.tanh(h1)
+    new_h1 = 0.75 * h1 + (_lin(top.W_dd, d1) + _lin(top.W_zd, torch.tanh(_lin(top.W_mu, d1)))) / 4.0
+    new_h0 = 0.5 * h0 + (_lin(bottom.W_dd, d0) + _lin(bottom.W_zd, torch.tanh(_lin(bottom.W_mu, d0)))
+                         + _lin(bottom.W_top, torch.tanh(new_h1))) / 2.0
+    torch.testing.assert_close(m.prior_mean_map(h), torch.cat([new_h0, new_h1], -1), rtol=1e-12, atol=1e-12)
+
+
+def test_error_regression_reports_its_last_windows_posterior_and_scores_the_prediction_by_hand():
+    """One window (T = window + horizon, the shortest stream accepted) in fp64 against autograd Adam on
+    window_objective: post_mu / post_sigma are tanh / exp of the optimised vectors at the window's last step, per
+    level, and error is the mean over the horizon and outputs of (prediction - x)^2 for x after the window. One step
+    shorter, an lr of 0 or a negative iteration count is refused by name."""
+    torch.manual_seed(0)
+    m = zoo.create_model("pvrnn_small", d_sizes=(5, 4), z_sizes=(2, 1), taus=(2.0, 4.0), meta_prior=(0.1, 0.01),
+                         n_sequences=2, seq_len=8).double()
+    W, H, K, lr, B = 4, 3, 3, 0.1, 2
+    stream = torch.randn(B, W + H, 2, dtype=torch.float64)
+    torch.manual_seed(5)
+    r = m.error_regression(stream, window=W, iterations=K, lr=lr, horizon=H)
+    torch.manual_seed(5)  # the same z noise, drawn in the same order
+    a = torch.zeros(B, W, 6, dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.Adam([a], lr=lr)
+    for _ in range(K):
+        a.grad, = torch.autograd.grad(m.window_objective(a, m.initial_state(B), True, stream[:, :W]), [a])
+        opt.step()
+    a = a.detach()
+    for k, (lo, hi) in enumerate(((0, 2), (2, 3))):
+        assert r["post_mu"][k].shape == (B, 1, hi - lo)
+        torch.testing.assert_close(r["post_mu"][k][:, 0], torch.tanh(a[:, -1, lo:hi]), rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(r["post_sigma"][k][:, 0], torch.exp(a[:, -1, 3 + lo:3 + hi]), rtol=1e-10,
+                                   atol=1e-12)
+    assert r["prediction"].shape == (B, 1, H, 2)
+    by_hand = (r["prediction"][:, 0] - stream[:, W:]).square().sum((1, 2)) / (H * 2)
+    torch.testing.assert_close(r["error"][:, 0], by_hand, rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="T >= window \\+ horizon"):
+        m.error_regression(stream[:, :-1], window=W, iterations=K, horizon=H)
+    with pytest.raises(ValueError, match="lr must be a finite number > 0, got 0.0"):
+        m.error_regression(stream, window=W, iterations=K, lr=0.0, horizon=H)
+    with pytest.raises(ValueError, match="iterations >= 0"):
+        m.error_regression(stream, window=W, iterations=-1, horizon=H)
+
+
+def test_sequence_ids_and_steps_outside_the_training_set_are_refused():
+    """Sequence ids index each sequence's own adaptive vectors: -1 (which would silently take the last sequence's)
+    and n_sequences are refused, as are more steps than seq_len; the last id and seq_len steps work."""
+    m = tiny(n_sequences=4, seq_len=6)
+    for bad in ([-1], [4], [0, -2]):
+        with pytest.raises(ValueError, match=r"sequence ids must lie in \[0, n_sequences=4\)"):
+            m(torch.tensor(bad))
+    with pytest.raises(ValueError, match=r"steps must be an integer in \[1, seq_len=6\], got 7"):
+        m(torch.tensor([0]), steps=7)
+    assert m(torch.tensor([3]), steps=6)["x"].shape == (1, 6, 2)
+
+
+def test_pfsm_primitives_and_noise_by_hand():
+    """The primitives by hand (period 8): the figure eight A = 0.8 (sin t, sin 2t), the circles B / C = (+-0.4
+    (1 - cos t), 0.4 sin t), each starting at the origin, B to the right and C to the left; the
+    observation noise is zero-mean with the set standard deviation; a period below 2 is refused, and windows with
+    no branch (A only) give a NaN branch probability, not 0 or 1."""
+    from train.data.pfsm import primitive
+
+    a, b, c = (torch.from_numpy(primitive(name, 8)) for name in "ABC")
+    s = math.sqrt(0.5)
+    torch.testing.assert_close(a[1], torch.tensor([0.8 * s, 0.8], dtype=torch.float64))
+    torch.testing.assert_close(a[2], torch.tensor([0.8, 0.0], dtype=torch.float64), atol=1e-12, rtol=0)
+    torch.testing.assert_close(b[1], torch.tensor([0.4 * (1 - s), 0.4 * s], dtype=torch.float64))
+    torch.testing.assert_close(b[4], torch.tensor([0.8, 0.0], dtype=torch.float64), atol=1e-12, rtol=0)
+    torch.testing.assert_close(c, b * torch.tensor([-1.0, 1.0], dtype=torch.float64))
+    for prim in (a, b, c):
+        assert prim[0].abs().max() == 0  # each primitive starts at the origin, where the one before it ended
+    noisy, labels = pfsm_sequences(50, 40, period=8, noise=0.1, seed=2)
+    clean, _ = pfsm_sequences(50, 40, period=8, noise=0.0, seed=2)
+    residual = (noisy - clean).double()
+    assert abs(residual.mean().item()) < 0.005 and residual.std().item() == pytest.approx(0.1, rel=0.03)
+    torch.testing.assert_close(clean[labels == 0].reshape(-1, 8, 2), a.float().expand(len(clean[labels == 0]) // 8, -1,
+                                                                                        -1))
+    with pytest.raises(ValueError, match="period >= 2"):
+        pfsm_sequences(2, 10, period=1)
+    only_a = a.float().repeat(3, 1)[None]
+    assert math.isnan(branch_probability(only_a, 8).item())
+
+
+def test_adam_step_equals_torch_adam_where_eps_and_betas_matter():
+    """adam_step against torch.optim.Adam with gradients of 1e-9, where Adam's eps (1e-8) dominates the
+    denominator, and with other betas and eps: the same trajectory, so eps and both bias corrections are torch's."""
+    from zoo.pvrnn import adam_step
+
+    g = torch.Generator().manual_seed(0)
+    for scale, kw in ((1e-9, {}), (1.0, {"betas": (0.5, 0.8), "eps": 1e-3})):
+        p_ref = torch.randn(3, 4, generator=g, dtype=torch.float64, requires_grad=True)
+        opt = torch.optim.Adam([p_ref], lr=0.05, **kw)
+        p, m, v = p_ref.detach().clone(), torch.zeros_like(p_ref), torch.zeros_like(p_ref)
+        start = p.clone()
+        for step in range(1, 6):
+            grad = scale * torch.randn(3, 4, generator=g, dtype=torch.float64)
+            p_ref.grad = grad.clone()
+            opt.step()
+            adam_step(p, grad, m, v, step, 0.05, **kw)
+            torch.testing.assert_close(p, p_ref.detach(), rtol=0, atol=1e-12)
+        assert (p - start).abs().max() > 1e-3  # the steps moved p (at 1e-9 gradients, by about lr g / eps)
+
+
+def test_posterior_statistics_of_the_unroll_are_the_sampled_z_and_the_adaptive_maps():
+    """The per-level statistics of a posterior unroll: post_mu = tanh(A^mu), post_sigma = exp(A^sigma), and z the
+    reparametrised sample post_mu + post_sigma eps with the unroll's own noise (one randn over all levels' units),
+    or post_mu itself without noise."""
+    m = tiny(seq_len=6)
+    with torch.no_grad():
+        for a in [*m.A_mu, *m.A_sigma]:
+            a.normal_(0, 0.5)
+    ids = torch.tensor([2, 0])
+    torch.manual_seed(4)
+    out = m(ids)
+    torch.manual_seed(4)
+    eps = torch.randn(2, 6, 3).split([2, 1], -1)
+    mean = m(ids, noise=False)
+    for k, lvl in enumerate(out["levels"]):
+        mu, sigma = torch.tanh(m.A_mu[k][ids]), torch.exp(m.A_sigma[k][ids])
+        torch.testing.assert_close(lvl["post_mu"], mu)
+        torch.testing.assert_close(lvl["post_sigma"], sigma)
+        torch.testing.assert_close(lvl["z"], mu + sigma * eps[k])
+        torch.testing.assert_close(mean["levels"][k]["z"], mu)
+
+
+def test_stack_pool_keeps_the_four_most_recent_shapes_two_stacks_each_and_separates_dtypes():
+    """The pool of given-back stacks is bounded: at most two stacks per shape (three graphs of one shape give back
+    two), at most four shapes, the least recently used shape dropped first (a shape used again counts as recent);
+    a float64 call of a shape whose float32 stack is pooled gets its own frames and a fresh stack's values."""
+    import layers.pvrnn_stack as pvrnn_stack
+    from layers import pack_levels
+
+    torch.manual_seed(0)
+    m32 = zoo.create_model("pvrnn_small", d_sizes=(3, 2), z_sizes=(1, 1), n_sequences=2, seq_len=8)
+    m64 = zoo.create_model("pvrnn_small", d_sizes=(3, 2), z_sizes=(1, 1), n_sequences=2, seq_len=8).double()
+    N, B = 5, 2
+
+    def call(T, m=m32, u=None):
+        u = torch.randn(B, T, N, dtype=m.out.weight.dtype) if u is None else u
+        zero = u.new_zeros(B, N)
+        return stack_recurrence(pack_levels(m.levels), u.requires_grad_(), zero, zero)
+
+    def call_and_backward(T, m=m32, u=None):
+        d, h = call(T, m, u)
+        (d.sum() + h.sum()).backward()
+        return d.detach()
+
+    pvrnn_stack._FREE_STACKS.clear()
+    try:
+        alive = [call(3) for _ in range(3)]
+        for d, h in alive:
+            (d.sum() + h.sum()).backward()
+        (key, free), = pvrnn_stack._FREE_STACKS.items()
+        assert len(free) == 2 and key[:3] == (3, B, torch.float32)
+        for T in (1, 2, 4):
+            call_and_backward(T)
+        call_and_backward(3)  # used again: now the most recent
+        call_and_backward(5)  # a fifth shape: the least recent (T = 1) goes
+        assert [k[0] for k in pvrnn_stack._FREE_STACKS] == [2, 4, 3, 5]
+        u = torch.randn(B, 4, N, dtype=torch.float64)
+        pooled = call_and_backward(4, m64, u.clone())  # T = 4 has a float32 stack in the pool
+        assert {k[2] for k in pvrnn_stack._FREE_STACKS if k[0] == 4} == {torch.float32, torch.float64}
+        pvrnn_stack._FREE_STACKS.clear()
+        assert torch.equal(pooled, call_and_backward(4, m64, u.clone()))
+    finally:
+        pvrnn_stack._FREE_STACKS.clear()
+
+
+def test_pfsm_task_regresses_on_unseen_streams_and_batches_up_to_every_sequence():
+    """The PFSM task's error-regression streams come from their own seed: even as many and as long as the training
+    sequences they are other draws (unseen data), and a batch may hold every training sequence once, no more."""
+    from train.tasks import make_task
+
+    task = make_task(_recipe("task_args.er_streams=6", "task_args.er_length=40"))
+    assert task.test_x.shape == task.train_x.shape == (6, 40, 2)
+    assert not torch.allclose(task.test_x, task.train_x, atol=0.05)
+    whole_set = task.batch(6, torch.Generator().manual_seed(0))["ids"]
+    assert sorted(whole_set.tolist()) == list(range(6))
