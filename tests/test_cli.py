@@ -517,3 +517,119 @@ def test_a_batch_at_the_tasks_limit_draws_no_note_and_convert_names_a_bad_settin
         err = _error(capsys, ["convert", str(src), "--model", "alrnn_m20_p2", "--out", str(tmp_path / "o.safetensors"),
                               "--set", setting])
         assert f"--set {setting!r}: write KEY=VALUE, a config setting of alrnn_m20_p2" in err
+
+
+def test_train_prints_the_selected_model_and_refuses_an_empty_out(tmp_path, capsys, monkeypatch):
+    """After the run's final metrics the command prints the model that train.select chose (best.json: its step
+    and metrics); an --out of only blanks is an error, not a silent run into runs/RECIPE."""
+    import train.loop
+
+    def finished(recipe, out, resume=False):
+        out.mkdir(parents=True)
+        (out / "best.json").write_text(json.dumps({"step": 10, "D_stsp": 1.5}))
+        return {"step": 20, "D_stsp": 2.5}
+
+    monkeypatch.setattr(train.loop, "fit", finished)
+    monkeypatch.chdir(tmp_path)
+    main(["train", "alrnn-lorenz63", "--out", "run", "--set", "train.select=min:D_stsp"])
+    final, selected = capsys.readouterr().out.split("selected by min:D_stsp (step 10, best.safetensors):\n")
+    assert json.loads(final) == {"step": 20, "D_stsp": 2.5}
+    best, where = selected.rsplit("}\n", 1)
+    assert json.loads(best + "}") == {"step": 10, "D_stsp": 1.5} and where == f"run directory: {tmp_path / 'run'}\n"
+    monkeypatch.setattr(train.loop, "fit", lambda recipe, out, resume=False: pytest.fail("trained into " + str(out)))
+    for blank in ("", "  "):
+        assert "--out is empty; give a run directory" in _error(capsys, ["train", "alrnn-lorenz63", "--out", blank])
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_step_checkpoint_is_evaluated_with_its_runs_recipe_and_a_step_without_weights_is_passed_over(
+        tmp_path, capsys, monkeypatch):
+    """checkpoints/step_*/model.safetensors is evaluated with the recipe.yaml of its run, two folders up (here a
+    train_fraction of 0.3 and data seed 4, so another test split than the registered recipe's); a run without a
+    final model uses its newest step folder that holds a model.safetensors, not an emptied newer one. A task error
+    on a checkpoint whose task was checked stays that error, not advice about a model that does not fit."""
+    import yaml
+
+    from train import load_recipe
+    from train.tasks import make_task
+    from train.tasks.classification import ClassificationTask
+
+    model = zoo.create_model("ib_mlp_tanh").eval()
+    run = tmp_path / "run"
+    step = run / "checkpoints" / "step_00000010"
+    save_checkpoint(model, step / "model.safetensors", extra_metadata={"recipe": "ib-tanh-12bit"})
+    recipe = load_recipe("ib-tanh-12bit", ["data.train_fraction=0.3", "data.seed=4"])
+    (run / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    expected = make_task(recipe).evaluate(model)
+    assert expected != make_task(load_recipe("ib-tanh-12bit")).evaluate(model)  # the two recipes tell apart
+    main(["eval", str(step)])
+    assert json.loads(capsys.readouterr().out) == pytest.approx(expected, rel=1e-6)
+    (run / "checkpoints" / "step_00000020").mkdir()  # its model.safetensors deleted
+    main(["eval", str(run)])
+    captured = capsys.readouterr()
+    assert json.loads(captured.out) == pytest.approx(expected, rel=1e-6) and "step_00000010" in captured.err
+
+    def broken(self, model):
+        raise AttributeError("'Tensor' object has no attribute 'bogus'")
+
+    monkeypatch.setattr(ClassificationTask, "evaluate", broken)
+    with pytest.raises(AttributeError, match="has no attribute 'bogus'"):
+        main(["eval", str(step)])
+
+
+def test_device_auto_is_a_visible_gpu_else_the_cpu(monkeypatch):
+    """--device auto (the default of eval and estimate) picks cuda where a GPU is visible, as zoo train does."""
+    from train.cli import _device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert _device("auto") == torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert _device("auto") == torch.device("cuda") and _device("cuda:0") == torch.device("cuda:0")
+
+
+def test_convert_of_a_published_original_and_of_a_file_beside_an_earlier_conversion(tmp_path, capsys, monkeypatch):
+    """An original that a manifest entry publishes (same git blob id; a pretend entry here) goes into the cache
+    without --out, is refused with --set there (the manifest's config is the one it was trained with), and goes to
+    --out when one is given, the cache untouched. Another original never replaces ORIGINAL.safetensors that it did
+    not name, and weights that do not fit the model's defaults end in advice to give the settings with --set."""
+    import weights.manifest
+
+    src = zoo.create_model("alrnn_m20_p2")
+    torch.save(src.state_dict(), tmp_path / "published.pth")
+    entry = {"name": "alrnn_pretend", "model": "alrnn_m20_p2", "file": "alrnn_pretend.safetensors", "url": None,
+             "original": {"file": "published.pth", "url": "https://example.invalid/published.pth",
+                          "git_blob_sha1": weights.manifest.git_blob_sha1(tmp_path / "published.pth")}}
+    monkeypatch.setattr(weights.manifest, "checkpoints_for", lambda model: [entry] if model == entry["model"] else [])
+    cached = weights.manifest.cache_dir() / entry["file"]
+    err = _error(capsys, ["convert", str(tmp_path / "published.pth"), "--model", "alrnn_m20_p2", "--set", "M=20"])
+    assert "is the published original of 'alrnn_pretend', converted with the manifest's config; drop --set" in err
+    main(["convert", str(tmp_path / "published.pth"), "--model", "alrnn_m20_p2", "--out",
+          str(tmp_path / "o.safetensors")])
+    report = json.loads(capsys.readouterr().out)
+    assert report["file"] == str(tmp_path / "o.safetensors") and report["manifest_entry"] == "alrnn_pretend"
+    assert (tmp_path / "o.safetensors").is_file() and not cached.exists()
+    main(["convert", str(tmp_path / "published.pth"), "--model", "alrnn_m20_p2"])
+    assert "is the published original of 'alrnn_pretend'; installed in" in capsys.readouterr().out
+    assert torch.equal(load_checkpoint(cached).cell.W, src.cell.W)
+    assert not (tmp_path / "published.safetensors").exists()
+
+    torch.save(zoo.create_model("alrnn_m20_p2", M=30).state_dict(), tmp_path / "wide.pth")
+    err = _error(capsys, ["convert", str(tmp_path / "wide.pth"), "--model", "alrnn_m20_p2", "--out",
+                          str(tmp_path / "w.safetensors")])
+    assert "mis-shaped" in err and "give them with --set KEY=VALUE" in err
+    main(["convert", str(tmp_path / "wide.pth"), "--model", "alrnn_m20_p2", "--set", "M=30"])
+    capsys.readouterr()
+    assert load_checkpoint(tmp_path / "wide.safetensors").config.M == 30
+    err = _error(capsys, ["convert", str(tmp_path / "wide.pth"), "--model", "alrnn_m20_p2", "--set", "M=30"])
+    assert "wide.safetensors exists; pass --out" in err
+
+
+def test_a_task_without_held_out_data_gets_no_note_about_its_training_batch_cap(tmp_path, capsys):
+    """The cap at what a task draws (PV-RNN's n_sequences) is about training batches: asking a PV-RNN for a held-out
+    batch larger than that is the one error saying to use --split train, with no note about measuring fewer."""
+    path = save_checkpoint(zoo.create_model("pvrnn_pfsm", n_sequences=4, seq_len=40), tmp_path / "pv.safetensors")
+    err = _error(capsys, ["estimate", str(path), "--recipe", "pvrnn-pfsm", "--probe", "levels.0.d=effective_rank",
+                          "--batch", "64"])
+    assert err.startswith("zoo estimate: error: ") and "--split train" in err and err.count("\n") == 1
+    assert "note" not in err

@@ -1090,3 +1090,38 @@ def test_set_values_that_spell_numbers_become_floats_and_others_stay_strings():
     assert parse_value("[-1e-3, x1e2]") == [-0.001, "x1e2"]
     assert parse_value("1e-3x") == "1e-3x" and parse_value("2abc") == "2abc" and parse_value("e5") == "e5"
     assert overridden_keys(["data.name=[a,", "train.steps=3"]) == {"data.name", "train.steps"}
+
+
+def test_recipe_files_that_are_missing_empty_or_incomplete_are_named_and_their_numbers_are_read(tmp_path):
+    """A recipe path that does not exist is named as a file (not looked up among the registered names); an empty
+    file or one without name, model or task names the missing keys; an unknown top-level key is refused with the
+    valid ones; baselines must be a list of model names, strings. A user's file may write 5e-3 (a string to YAML
+    1.1): it is the number, as in a --set."""
+    (tmp_path / "mine.yaml").write_text("name: mine\nmodel: alrnn_m20_p2\ntask: dsr\noptim: {name: adam, lr: 5e-3}\n")
+    recipe = load_recipe(str(tmp_path / "mine.yaml"))
+    assert recipe["optim"]["lr"] == 0.005 and recipe["train"]["steps"] == 1000  # the default fills in
+    with pytest.raises(FileNotFoundError, match=r"^no recipe file .*other\.yaml$"):
+        load_recipe(str(tmp_path / "other.yaml"))
+    (tmp_path / "empty.yaml").write_text("")
+    with pytest.raises(ValueError, match=r"empty.yaml lacks required keys \['name', 'model', 'task'\]"):
+        load_recipe(str(tmp_path / "empty.yaml"))
+    (tmp_path / "no_task.yaml").write_text("name: x\nmodel: alrnn_m20_p2\n")
+    with pytest.raises(ValueError, match=r"no_task.yaml lacks required keys \['task'\]"):
+        load_recipe(str(tmp_path / "no_task.yaml"))
+    (tmp_path / "typo.yaml").write_text("name: x\nmodel: alrnn_m20_p2\ntask: dsr\nschedul: {name: cosine}\n")
+    with pytest.raises(ValueError, match=r"unknown top-level keys \['schedul'\]; valid: \['baselines', 'data'"):
+        load_recipe(str(tmp_path / "typo.yaml"))
+    with pytest.raises(ValueError, match=r"baselines must be a list of model names, got \[1, 2\]"):
+        load_recipe("hopfield-tabular-wine", ["baselines=[1, 2]"])
+
+
+def test_build_optimizer_leaves_the_section_as_given_and_exponential_decays_to_one_percent_by_default():
+    """build_optimizer reads the recipe's optim section without changing it (the recipe is written to the run and
+    compared at --resume; a popped name would be lost); the exponential schedule's final_ratio defaults to 0.01
+    (README), so half-way through the rate is 0.01 ** 0.5 = 0.1 of optim.lr and at the end 0.01."""
+    section = {"name": "adam", "lr": 0.1, "betas": [0.8, 0.9]}
+    optimizer = build_optimizer([torch.nn.Parameter(torch.zeros(1))], section)
+    assert section == {"name": "adam", "lr": 0.1, "betas": [0.8, 0.9]}
+    assert optimizer.param_groups[0]["betas"] == (0.8, 0.9)
+    factor = lr_factor({"name": "exponential"}, 100)
+    assert [factor(s) for s in (0, 50, 100)] == pytest.approx([1.0, 0.1, 0.01], rel=1e-12)
