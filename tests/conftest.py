@@ -33,7 +33,8 @@ def write_snli(root: Path, splits: dict[str, list[dict]]) -> list[str]:
     from transformers import BertTokenizerFast
 
     (root / "tok").mkdir(parents=True)
-    (root / "tok" / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *NLI_WORDS]) + "\n")
+    vocabulary = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *NLI_WORDS]
+    (root / "tok" / "vocab.txt").write_text("\n".join(vocabulary) + "\n")
     BertTokenizerFast(str(root / "tok" / "vocab.txt")).save_pretrained(root / "tok")
     for split, rows in splits.items():
         (root / f"snli_1.0_{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))

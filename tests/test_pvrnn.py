@@ -975,10 +975,11 @@ def test_lyapunov_metric_starts_after_500_generated_steps_and_discards_200_trans
 
 
 def test_a_reused_stack_equals_a_fresh_one_and_a_graph_backpropagates_through_it_once():
-    """stack_recurrence reuses the frames of a stack whose backward has run for the next call of its shape (building
-    them is about a sixth of a pvrnn-pfsm step): after a call with other weights, drives and state, the reused stack gives
-    d, the final h and every gradient of a freshly built one bit for bit, also for two graphs alive at once; a
-    second backward through one graph is refused by name (its frames may already serve another call)."""
+    """stack_recurrence reuses the frames of a stack whose backward has run for the next call of its shape
+    (building them is about a sixth of a pvrnn-pfsm step): after a call with other weights, drives and state, the
+    reused stack gives d, the final h and every gradient of a freshly built one bit for bit, also for two graphs
+    alive at once; a second backward through one graph is refused by name (its frames may already serve another
+    call)."""
     import layers.pvrnn_stack as pvrnn_stack
     from layers import pack_levels
 
