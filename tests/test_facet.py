@@ -733,3 +733,189 @@ def test_grid_mlp_hidden_sets_the_mlp_width_and_keeps_it_equivariant(reflect):
     torch.testing.assert_close(mix(x), expected, atol=1e-12 * expected.abs().max().item(), rtol=0)
     error = (mix(x @ D.T) - mix(x) @ D.T).norm() / mix(x).norm()
     assert error.item() < 1e-12
+
+
+def test_convolution_equals_e3nns_linear_tensor_product_and_scatter_over_directed_edges():
+    """m_i = (1 / n_avg) W_out sum_{e: i <- j} TP(W_up h_j, Y(r_e), R(|r_e|)), built from e3nn's own o3.Linear,
+    o3.spherical_harmonics ('component', normalised) and TensorProduct: on a one-way edge list (receiver i =
+    edge_index[0], sender j = edge_index[1], r_e the vector from i to j) with n_avg = 3.5, in fp64. An atom that
+    sends but never receives gets no message."""
+    from layers import EquivariantConvolution
+
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        conv = EquivariantConvolution(3, 2, 2, cutoff=3.0, knots=8, avg_num_neighbors=3.5).double()
+        h = torch.randn(5, conv.feature_dim, dtype=torch.float64)
+        vectors = torch.nn.functional.normalize(torch.randn(6, 3, dtype=torch.float64), dim=-1)
+        vectors = vectors * torch.linspace(0.8, 2.9, 6, dtype=torch.float64)[:, None]
+    edge_index = torch.tensor([[0, 0, 1, 2, 2, 3], [1, 4, 2, 0, 4, 4]])  # atom 4 only sends
+    up, out = o3.Linear(conv.irreps_in, conv.irreps_in).double(), o3.Linear(conv.tp.irreps_out, conv.irreps).double()
+    up.load_state_dict(conv.linear_up.state_dict())
+    out.load_state_dict(conv.linear_out.state_dict())
+    receivers, senders = edge_index
+    sh = o3.spherical_harmonics([0, 1, 2], vectors, normalize=True, normalization="component")
+    messages = conv.tp.reference().double()(up(h)[senders], sh, conv.radial(vectors.norm(dim=-1)))
+    expected = out(torch.zeros(5, conv.tp.irreps_out.dim, dtype=torch.float64).index_add(0, receivers, messages)) / 3.5
+    got = conv(h, edge_index, vectors)
+    torch.testing.assert_close(got, expected, atol=1e-12 * expected.abs().max().item(), rtol=0)
+    assert got[4].abs().max().item() == 0.0 and got[:4].abs().min(1).values.gt(0).all()
+
+
+def test_spline_radial_features_are_cubic_b_splines_times_the_p6_envelope_in_closed_form():
+    """u(d) = 1 - 28 d^6 + 48 d^7 - 21 d^8 (p = 6, Klicpera et al.) times the cardinal cubic B-splines centred at
+    (k - 1) r_c / (knots - 3), written out by hand at a few radii, including beyond the cutoff where all vanish."""
+    spline = SplineRadial(2, cutoff=5.0, knots=8).double()
+    r = torch.tensor([0.0, 0.3, 1.0, 2.2, 3.9, 4.95, 5.0, 5.5], dtype=torch.float64)
+    d, step = r / 5.0, 5.0 / 5
+    envelope = torch.where(d < 1, 1 - 28 * d**6 + 48 * d**7 - 21 * d**8, torch.zeros_like(d))
+    x = (r[:, None] - (torch.arange(8, dtype=torch.float64) - 1) * step).abs() / step
+    cubic = torch.where(x < 1, (4 - 6 * x**2 + 3 * x**3) / 6, torch.where(x < 2, (2 - x).clamp_min(0) ** 3 / 6, 0.0))
+    torch.testing.assert_close(spline.features(r), cubic * envelope[:, None], atol=1e-14, rtol=0)
+    assert spline.features(r)[-2:].abs().max().item() == 0.0 and spline.features(r)[5].abs().sum() > 0
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+def test_edge_tensor_product_gradient_reaches_whichever_single_input_needs_it(chunked):
+    """Energy-only training differentiates through the node features while Y (from positions without gradients)
+    needs none; forces need Y's alone. With one of x, Y, w requiring a gradient at a time, that gradient equals
+    e3nn's TensorProduct-and-scatter's (fp64) and is never silently missing."""
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        tp = EdgeTensorProduct(3, 2, 2, 2)
+        if chunked:
+            tp.chunk_elements = 2 * tp.rows * 3
+        nodes, edges = 4, 9
+        senders, receivers = torch.randint(0, nodes, (edges,)), torch.randint(0, nodes, (edges,))
+        values = [torch.randn(nodes, tp.irreps_in.dim, dtype=torch.float64),
+                  torch.randn(edges, tp.irreps_sh.dim, dtype=torch.float64),
+                  torch.randn(edges, tp.weight_numel, dtype=torch.float64)]
+        probe = torch.randn(nodes, tp.irreps_out.dim, dtype=torch.float64)
+    ref = tp.reference().double()
+    for which in range(3):
+        inputs = [v.clone().requires_grad_(k == which) for k, v in enumerate(values)]
+        x, sh, w = inputs
+        ours = tp.to_irreps(tp(to_components(x, 3, 2), sh, w, senders, receivers))
+        (got,) = torch.autograd.grad((ours * probe).sum(), inputs[which])
+        expected = torch.zeros(nodes, tp.irreps_out.dim, dtype=torch.float64).index_add(0, receivers,
+                                                                                         ref(x[senders], sh, w))
+        (want,) = torch.autograd.grad((expected * probe).sum(), inputs[which])
+        torch.testing.assert_close(got, want, atol=1e-12 * want.abs().max().item(), rtol=0)
+
+
+def test_an_isolated_atoms_energy_is_its_reference_energy_plus_the_scaled_readout_of_its_mixed_embedding():
+    """An atom with no neighbour gets no message, so each block only adds its mixing: h <- h + Mix(h) from the
+    embedding's scalars, and E = E0(Z) + s * MLP(h^(l=0)), here with E0(Au) = 0.2 eV and s = 0.7 eV as set by
+    set_statistics, which also sets every convolution's mean neighbour count (12)."""
+    with torch.random.fork_rng():
+        m = _model()
+    graph = graph_from_atoms(Atoms("Au", positions=[[0, 0, 0]]), m.config.cutoff)
+    assert graph.edge_index.shape[1] == 0
+    c = m.config.channels
+    with torch.no_grad():
+        h = torch.cat([m.embedding.weight[79:80], torch.zeros(1, m.feature_dim - c, dtype=torch.float64)], -1)
+        for mix in m.mixings:
+            h = h + mix(h)
+        expected = 0.2 + 0.7 * m.readout(h[:, :c]).item()
+        assert m(graph).item() == pytest.approx(expected, abs=1e-12)
+        assert abs(m(graph).item() - 0.2) > 1e-3  # the readout term is not negligible
+    assert [conv.avg_num_neighbors.item() for conv in m.convolutions] == [12.0] * m.config.layers
+
+
+def test_spline_radial_refuses_fewer_than_four_knots():
+    """A cubic B-spline needs four knots on any interval (knots = 3 would also divide by knots - 3 = 0)."""
+    for knots in (0, 3):
+        with pytest.raises(ValueError, match="at least 4 knots"):
+            SplineRadial(2, cutoff=5.0, knots=knots)
+    assert SplineRadial(2, cutoff=5.0, knots=4).step == 5.0
+
+
+def test_ablation_mixings_gate_with_a_sigmoid_and_end_in_their_linear_map():
+    """Gate (Weiler et al.): with zero scalar inputs the linear map gives zero scalars and gates, so the output's
+    scalars are silu(0) = 0 and its vectors sigmoid(0) = 1/2 (times e3nn's second-moment constant) times the
+    linear map's vectors. The iterated-TP mixing
+    ends in a linear map, so doubling that map's weights doubles its output."""
+    from e3nn.math import normalize2mom
+
+    from layers import GateMixing, TensorProductMixing
+
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        gate, tp = GateMixing(2, 1).double(), TensorProductMixing(2, 1).double()
+        x = torch.randn(5, 8, dtype=torch.float64)
+    x[:, :2] = 0.0  # 2x0e + 2x1o: no scalars
+    with torch.no_grad():
+        out, linear = gate(x), gate.linear(x)  # linear: 2 scalars, 2 gates, 2 vectors
+        assert out[:, :2].abs().max().item() == 0.0 and linear[:, 4:].abs().max().item() > 0.1
+        half = normalize2mom(torch.sigmoid)(torch.zeros((), dtype=torch.float64))  # e3nn rescales activations
+        assert half.item() == pytest.approx(0.5 * normalize2mom(torch.sigmoid).cst, rel=1e-12)
+        torch.testing.assert_close(out[:, 2:], half * linear[:, 4:], atol=1e-14, rtol=0)
+        once = tp(x)
+        tp.linear.weight.mul_(2.0)
+        torch.testing.assert_close(tp(x), 2 * once, atol=1e-14, rtol=0)
+        assert once.abs().max().item() > 1e-3
+
+
+def test_edge_tensor_product_computes_in_the_widest_dtype_it_is_given():
+    """float32 node features with float64 Y and weights (a float64 geometry under a float32 feature path): the
+    product runs in float64, the widest dtype given, and equals the all-float64 product to 1e-12."""
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        tp = EdgeTensorProduct(3, 2, 2, 2)
+        x = torch.randn(4, tp.irreps_in.dim, dtype=torch.float64).float().double()  # exact in float32
+        sh = torch.randn(9, tp.irreps_sh.dim, dtype=torch.float64)
+        w = torch.randn(9, tp.weight_numel, dtype=torch.float64)
+        senders, receivers = torch.randint(0, 4, (9,)), torch.randint(0, 4, (9,))
+    mixed = tp(to_components(x.float(), 3, 2), sh, w, senders, receivers)
+    full = tp(to_components(x, 3, 2), sh, w, senders, receivers)
+    assert all(block.dtype == torch.float64 for block in mixed if block.numel())
+    for a, b in zip(mixed, full):
+        torch.testing.assert_close(a, b, atol=1e-12 * max(b.abs().max().item(), 1.0), rtol=0)
+
+
+def test_a_molecule_in_a_box_has_no_cell_and_edge_indices_stop_before_n():
+    """pbc = False makes the cell meaningless (ASE keeps it only as a box): both graph formats store a zero cell, so
+    the stress is NaN as for any molecule, and energies agree. An edge index equal to N is out of range too."""
+    with torch.random.fork_rng():  # _model seeds the global RNG
+        m = _model()
+    water = molecule("H2O")
+    water.set_cell([8.0, 8.0, 8.0])
+    water.pbc = False
+    flat = graph_from_atoms(water, m.config.cutoff)
+    padded, _ = graph_from_padded(pad_structures([_labelled(water)], m.config.cutoff))
+    for graph in (flat, padded):
+        assert graph.cell.abs().max().item() == 0.0
+        out = m.predict(graph.to(dtype=torch.float64), stress=True)
+        assert torch.isnan(out["stress"]).all() and torch.isfinite(out["forces"]).all()
+    assert m(padded.to(dtype=torch.float64)).item() == pytest.approx(m(flat).item(), abs=1e-12)
+    edges = flat.edge_index.clone()
+    edges[1, 0] = len(water)
+    with pytest.raises(ValueError, match="edge_index must index atoms 0..2"):
+        dataclasses.replace(flat, edge_index=edges).validate()
+
+
+def _labelled(atoms):
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    atoms = atoms.copy()
+    atoms.calc = SinglePointCalculator(atoms, energy=0.0, forces=np.zeros((len(atoms), 3)))
+    return atoms
+
+
+def test_probe_points_hold_each_orders_features_per_channel_in_e3nn_order():
+    """probes.<last block>.l<l> equals the final node features' order-l block, channel by channel: (N, C, 2l+1)
+    as to_channels lays out e3nn's (N, C (2l+1)) block, not a transposed (N, 2l+1, C) reshaped to that shape."""
+    with torch.random.fork_rng():  # _model seeds the global RNG
+        m = _model()
+    graph = graph_from_atoms(_alloy(), m.config.cutoff)
+    seen = {}
+    last = m.config.layers - 1
+    handles = [m.probes[last][f"l{l}"].register_forward_hook(
+        lambda module, inputs, output, l=l: seen.__setitem__(l, output.detach())) for l in range(m.config.lmax + 1)]
+    try:
+        with torch.no_grad():
+            features = to_channels(m.node_features(graph), m.config.channels, m.config.lmax)
+    finally:
+        for handle in handles:
+            handle.remove()
+    for l in range(m.config.lmax + 1):
+        assert torch.equal(seen[l], features[:, :, l * l:(l + 1) ** 2])

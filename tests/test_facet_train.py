@@ -150,3 +150,56 @@ def test_structure_files_name_a_frame_without_labels_and_read_mace_ref_keys(tmp_
     assert ref.get_potential_energy() == -5.5 and np.array_equal(ref.get_forces(), forces)
     assert np.array_equal(ref.get_stress(), [1.0, 2.0, 3.0, 0.0, 0.0, 0.0])
     assert plain.get_potential_energy() == -1.0 and "stress" not in plain.calc.results
+
+
+def test_prepare_counts_neighbours_of_every_atom_and_the_loss_is_per_atom():
+    """The mean neighbour count is edges / atoms per training structure (atom 0's edges included), averaged; the
+    loss is w_E mean_s((dE_s / n_s)^2) + w_F mean_s(sum_i |dF_i|^2 / (3 n_s)) + w_S mean_s(|d sigma_s|^2 / 9),
+    recomputed here from the model's own predictions on each structure of the batch."""
+    from zoo.atoms import graph_from_atoms
+
+    task = PotentialTask(load_recipe("facet-emt", TINY))
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = zoo.create_model("facet_small", channels=8, layers=1, cutoff=4.0).double()
+    task.prepare(model)
+    graphs = [graph_from_atoms(a, 4.0) for a in task.structures["train"]]
+    expected = np.mean([g.edge_index.shape[1] / len(g.numbers) for g in graphs])
+    assert model.convolutions[0].avg_num_neighbors.item() == pytest.approx(expected, rel=1e-6)
+    batch = {k: v[:4] for k, v in task.padded["train"].items()}
+    sizes = (batch["numbers"] > 0).sum(1)
+    assert len(set(sizes.tolist())) > 1 and not batch["has_stress"].all()  # a slab (16 atoms, no stress) and bulk
+    loss, _ = task.loss(model, batch)
+    terms = []
+    for s, atoms in enumerate(task.structures["train"][:4]):
+        out = model.predict(graph_from_atoms(atoms, 4.0), stress=True)
+        n = len(atoms)
+        e = ((out["energy"].item() - atoms.get_potential_energy()) / n) ** 2
+        f = ((out["forces"].detach().numpy() - atoms.get_forces()) ** 2).sum() / (3 * n)
+        st = 0.0
+        if "stress" in atoms.calc.results:
+            from ase.stress import voigt_6_to_full_3x3_stress
+
+            st = ((out["stress"][0].detach().numpy() - voigt_6_to_full_3x3_stress(atoms.get_stress())) ** 2).mean()
+        terms.append(task.w_energy * e + task.w_forces * f + task.w_stress * st)
+    assert loss.item() == pytest.approx(np.mean(terms), rel=1e-8)
+
+
+def test_metrics_are_mean_absolute_errors_and_held_out_batches_are_validation_structures():
+    """evaluate() reports MAEs in meV (mean |error| of the per-atom energies, force components and stress entries
+    of ``errors``), not RMS errors; held_out_batch, the batch probes measure, draws whole validation structures,
+    never training ones."""
+    task = PotentialTask(load_recipe("facet-emt", TINY))
+    model = zoo.create_model("facet_small", channels=8, layers=1, cutoff=4.0)
+    task.prepare(model)
+    metrics = task.evaluate(model)
+    for split in ("valid", "test"):
+        err = task.errors(model, split)
+        assert metrics[f"{split}_e_mae_meV_atom"] == pytest.approx(1000 * np.abs(err["energy"]).mean(), rel=1e-9)
+        assert metrics[f"{split}_f_mae_meV_A"] == pytest.approx(1000 * np.abs(err["forces"]).mean(), rel=1e-9)
+        assert np.sqrt((err["forces"] ** 2).mean()) > 1.01 * np.abs(err["forces"]).mean()  # RMS would differ
+    held = task.held_out_batch(3, torch.Generator().manual_seed(0))
+    valid, train = task.padded["valid"], task.padded["train"]
+    for row in held["positions"]:
+        assert any(torch.equal(row, v) for v in valid["positions"])
+        assert not any(row.shape == t.shape and torch.equal(row, t) for t in train["positions"])
