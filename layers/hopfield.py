@@ -74,21 +74,19 @@ class Hopfield(nn.Module):
             value_as_static=pattern_projection_as_static, disable_out_projection=disable_out_projection,
             scaling=scaling, update_steps_max=update_steps_max, update_steps_eps=update_steps_eps,
             value_as_connected=pattern_projection_as_connected)
-        # a static pattern skips its W and enters in the hidden space, so its LayerNorm takes the hidden width there
-        # (hflayers sizes it by input_size, which fails unless the two widths agree)
-        core = self.association_core
-        static_width = (None, None, None) if core.static_execution else (
-            core.head_dim, core.head_dim, core.pattern_dim if core.out_proj is not None else None)
-        stored_width, state_width, projection_width = (
-            (static and hidden) or width for static, hidden, width in zip(
-                (stored_pattern_as_static, state_pattern_as_static, pattern_projection_as_static), static_width,
-                (stored_pattern_size or input_size, input_size, pattern_projection_size or input_size)))
+        # each LayerNorm is as wide as the core takes its pattern: a static pattern skips its W and enters at the
+        # hidden width (hflayers sizes it by input_size, which fails unless the two agree); where all patterns are
+        # static and nothing is projected, the sizes given
+        state_width, stored_width, projection_width = self.association_core.input_widths
         self.norm_stored_pattern = _norm(normalize_stored_pattern, normalize_stored_pattern_affine,
-                                         normalize_stored_pattern_eps, stored_width, "stored_pattern")
+                                         normalize_stored_pattern_eps,
+                                         stored_width or stored_pattern_size or input_size, "stored_pattern")
         self.norm_state_pattern = _norm(normalize_state_pattern, normalize_state_pattern_affine,
-                                        normalize_state_pattern_eps, state_width, "state_pattern")
+                                        normalize_state_pattern_eps, state_width or input_size, "state_pattern")
         self.norm_pattern_projection = _norm(normalize_pattern_projection, normalize_pattern_projection_affine,
-                                             normalize_pattern_projection_eps, projection_width, "pattern_projection")
+                                             normalize_pattern_projection_eps,
+                                             projection_width or pattern_projection_size or input_size,
+                                             "pattern_projection")
         self.batch_first = batch_first
 
     # hflayers' read-only settings, from the core that holds them (None where all patterns are static)
@@ -100,6 +98,7 @@ class Hopfield(nn.Module):
     update_steps_max = _from_core("update_steps_max")
     update_steps_eps = _from_core("update_steps_eps")
     stored_pattern_dim = _from_core("kdim")
+    input_widths = _from_core("input_widths", "The widths the state, stored and projection patterns must have.")
 
     def _prepare(self, input) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         if torch.is_tensor(input):

@@ -128,6 +128,15 @@ class HopfieldCore(nn.Module):
             if b is not None:
                 nn.init.zeros_(b)
 
+    @property
+    def input_widths(self) -> tuple[int | None, int | None, int | None]:
+        """The widths the state, stored and projection patterns must have (None: any): a projected pattern its input
+        width, a static one the hidden width it is used at (head_dim; the projection pattern_dim when an output
+        projection follows)."""
+        static_q, static_k, static_v = self.static
+        return (self.head_dim if static_q else self.embed_dim, self.head_dim if static_k else self.kdim,
+                (self.pattern_dim if self.out_proj is not None else None) if static_v else self.vdim)
+
     def _projections(self) -> list[tuple[torch.Tensor, torch.Tensor | None] | None]:
         """(weight, bias) for state, stored and projection patterns; None where a pattern is static."""
         out, w_at, b_at = [], 0, 0
@@ -245,8 +254,7 @@ class HopfieldCore(nn.Module):
         if key.dim() == 3 and key.shape[1] == 0:
             raise ValueError(f"Hopfield: no stored patterns (length 0, shape {tuple(key.shape)}): a state pattern has "
                              "nothing to associate with")
-        q_width, k_width = (self.head_dim if s else w for s, w in zip(self.static[:2], (self.embed_dim, self.kdim)))
-        v_width = self.vdim if not self.static[2] else (self.pattern_dim if self.out_proj is not None else None)
+        q_width, k_width, v_width = self.input_widths
         if query is key is value and self.in_proj_weight is not None and not any(self.static):
             # self-association: one fused projection
             self._check(query, "input", self.embed_dim)

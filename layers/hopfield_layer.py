@@ -27,17 +27,11 @@ class HopfieldLayer(nn.Module):
             raise ValueError(f"HopfieldLayer: quantity must be >= 1, got {quantity}")
         self.hopfield = Hopfield(input_size=input_size, **hopfield_kwargs)
         self.quantity = quantity
-        static = hopfield_kwargs.get("stored_pattern_as_static", False)
-        size = self.hopfield.hidden_size if static else self.hopfield.stored_pattern_dim
+        _, size, target = self.hopfield.input_widths  # the stored patterns' and the pattern projection's widths
         size = size or input_size  # all patterns static, no projection: the lookup patterns meet R as they are
         lead = (1, quantity) if self.hopfield.batch_first else (quantity, 1)
         self.lookup_weights = nn.Parameter(torch.empty(*lead, size), requires_grad=trainable)
         nn.init.normal_(self.lookup_weights, mean=0.0, std=0.02)
-        core = self.hopfield.association_core  # the width it takes the pattern projection at (None: any)
-        if hopfield_kwargs.get("pattern_projection_as_static", False):
-            target = core.pattern_dim if core.out_proj is not None else None
-        else:
-            target = core.vdim
         self.target_weights = None
         if lookup_weights_as_separated:
             target = target or size

@@ -27,8 +27,7 @@ class HopfieldPooling(nn.Module):
             raise ValueError(f"HopfieldPooling: quantity must be >= 1, got {quantity}")
         self.hopfield = Hopfield(input_size=input_size, **hopfield_kwargs)
         self.quantity = quantity
-        static = hopfield_kwargs.get("state_pattern_as_static", False)
-        size = (self.hopfield.hidden_size or input_size) if static else input_size  # None: nothing projected
+        size = self.hopfield.input_widths[0] or input_size  # None: all static, nothing projected
         shape = (1, quantity, size) if self.hopfield.batch_first else (quantity, 1, size)
         self.pooling_weights = nn.Parameter(torch.empty(shape), requires_grad=trainable)
         nn.init.normal_(self.pooling_weights, mean=0.0, std=0.02)
