@@ -3,6 +3,7 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -12,6 +13,17 @@ from torch import nn
 def _isolated_cache(tmp_path, monkeypatch):
     """Every test gets its own empty cache, so nothing depends on what an earlier run downloaded or built."""
     monkeypatch.setenv("PAPERZOO_CACHE", str(tmp_path / "cache"))
+
+
+def write_mil_npz(path: Path, bags: int = 24, per_bag: int = 3, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A MIL file as ``load_mil_file`` reads a .npz (features, per-instance labels, bag ids): bag b is positive
+    when b is even, its 5 features (mean 0..4, std 3) shifted by 4; returns (features, bag id per instance)."""
+    rng = np.random.default_rng(seed)
+    ids = np.repeat(np.arange(1, bags + 1), per_bag)
+    labels = (ids % 2 == 0).astype(float)
+    features = 3.0 * rng.standard_normal((len(ids), 5)) + np.arange(5) + 4.0 * labels[:, None]
+    np.savez(path, features=features, labels=labels, bag_ids=ids)
+    return features, ids
 
 
 NLI_WORDS = "a man woman dog cat is are on the in park running sleeping sitting outside inside".split()

@@ -9,6 +9,8 @@ from train.tasks import make_task
 from train.data.mil import digit_bags, load_mil_file
 from weights import load_checkpoint, save_checkpoint
 
+from .conftest import write_mil_npz
+
 pytest.importorskip("sklearn")
 
 
@@ -62,14 +64,20 @@ def test_digit_bags_are_labelled_by_the_target_digit():
     assert lengths.min() >= 2 and abs(lengths.mean().item() - 10) < 1.5
 
 
-def test_digit_bags_of_train_and_test_draw_on_disjoint_images(monkeypatch):
-    """The 1797 digit images are split once: bags of the training split use only 1200 of them, bags of the test
-    split only the other 597 (each image is tagged with its index, so a shared one is seen)."""
+def _digits_tagged_with_their_index(monkeypatch) -> np.ndarray:
+    """sklearn's digits with every pixel of image i set to i (so a bag's images are read back); returns the labels."""
     import sklearn.datasets
 
     images, digits = sklearn.datasets.load_digits(return_X_y=True)
-    tagged = np.repeat(np.arange(len(digits), dtype=float)[:, None], images.shape[1], axis=1)  # pixels = index
+    tagged = np.repeat(np.arange(len(digits), dtype=float)[:, None], images.shape[1], axis=1)
     monkeypatch.setattr(sklearn.datasets, "load_digits", lambda return_X_y=False: (tagged, digits))
+    return digits
+
+
+def test_digit_bags_of_train_and_test_draw_on_disjoint_images(monkeypatch):
+    """The 1797 digit images are split once: bags of the training split use only 1200 of them, bags of the test
+    split only the other 597 (each image is tagged with its index, so a shared one is seen)."""
+    _digits_tagged_with_their_index(monkeypatch)
     used = {}
     for split in ("train", "test"):
         bags = digit_bags(1500, split=split, seed=1)
@@ -371,19 +379,10 @@ def test_model_configs_reach_their_hopfield_layers():
     assert torch.allclose(weights, torch.full((3, 2, 1, 5), 1 / 5))
 
 
-def _toy_mil_npz(path, bags: int = 24, per_bag: int = 3, seed: int = 0):
-    rng = np.random.default_rng(seed)
-    ids = np.repeat(np.arange(1, bags + 1), per_bag)
-    labels = (ids % 2 == 0).astype(float)
-    features = 3.0 * rng.standard_normal((len(ids), 5)) + np.arange(5) + 4.0 * labels[:, None]
-    np.savez(path, features=features, labels=labels, bag_ids=ids)
-    return features, ids
-
-
 def test_mil_file_instances_are_standardised_with_the_training_bags_statistics_only(tmp_path):
     """Training instances (unpadded) get mean 0 and std 1 per feature; test instances are (x - train mean) /
     train std, computed here from the file and the task's bag index, so no test statistics leak in."""
-    features, ids = _toy_mil_npz(tmp_path / "toy.npz")
+    features, ids = write_mil_npz(tmp_path / "toy.npz")
     task = make_task(load_recipe("hopfield-mil-tiger", [f"data.path={tmp_path / 'toy.npz'}", "data.folds=4"]))
     bag_ids = np.unique(ids)
     train_rows = np.isin(ids, bag_ids[task.bag_index["train"]])
@@ -438,11 +437,7 @@ def test_digit_bags_hold_the_target_in_positive_bags_only_and_at_most_half(monke
     """Ilse et al.'s construction: a positive bag holds 1 .. length // 2 images of the target digit, a negative bag
     none; lengths are at least 2 even for a mean length of 4 with std 3; a target outside 0-9 is refused. (Each
     image is tagged with its index, so its digit is read back.)"""
-    import sklearn.datasets
-
-    images, digits = sklearn.datasets.load_digits(return_X_y=True)
-    tagged = np.repeat(np.arange(len(digits), dtype=float)[:, None], images.shape[1], axis=1)
-    monkeypatch.setattr(sklearn.datasets, "load_digits", lambda return_X_y=False: (tagged, digits))
+    digits = _digits_tagged_with_their_index(monkeypatch)
     bags = digit_bags(200, target=3, mean_length=4.0, std_length=3.0, seed=0)
     lengths = (~bags["mask"]).sum(1)
     assert lengths.min() == 2 and lengths.max() > 6

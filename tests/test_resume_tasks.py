@@ -3,7 +3,6 @@ classification on digits and NLI, each through a shrunken copy of its shipped re
 import json
 import random
 
-import numpy as np
 import pytest
 import torch
 
@@ -11,7 +10,7 @@ from train import fit, load_recipe
 from train.tasks import TASKS
 from weights import load_checkpoint
 
-from .conftest import killed_at_call, random_snli_rows, train_losses, write_snli
+from .conftest import killed_at_call, random_snli_rows, train_losses, write_mil_npz, write_snli
 
 # 6 steps, checkpoints at 3 and 6, evaluations at 2, 4 and 6; the kill comes during step 5, after the evaluation at
 # step 4, which the resumed run (from step 3) does again, and after the step-4 training row, which it writes again
@@ -30,7 +29,7 @@ NLI_ENCODER = {"model_type": "distilbert", "vocab_size": 21, "dim": 32, "n_layer
 
 CASES = {
     "hopfield-mil-digits": TINY_MIL + ["data.train_bags=40", "data.test_bags=20"],
-    "hopfield-mil-tiger": TINY_MIL + ["data.folds=4", "model_args.in_features=12"],  # its file: _mil_csv's
+    "hopfield-mil-tiger": TINY_MIL + ["data.folds=4", "model_args.in_features=5"],  # its file: _mil_file's
     "facet-emt": ["data.per_element=4", "data.alloys=4", "model_args.channels=8", "model_args.layers=1",
                   "model_args.cutoff=4.0", "schedule.warmup=2", "probe.every=3", "task_args.stress_weight=1.0"],
     "grassmann-lm-pytext": TINY_LM + ["schedule.warmup=2"],
@@ -46,16 +45,12 @@ CASES = {
 }
 
 
-def _mil_csv(root) -> list[str]:
-    """A MIL benchmark CSV in the mil package's layout (label, bag id, 12 features; 20 bags of 3 instances), as the
-    override that points hopfield-mil-tiger at it (the benchmark files themselves are not part of the install)."""
-    rng = np.random.default_rng(0)
-    ids = np.repeat(np.arange(1, 21), 3)
-    labels = (ids % 2 == 0).astype(float)
+def _mil_file(root) -> list[str]:
+    """A small MIL file (24 bags of 3 instances, 5 features), as the override that points hopfield-mil-tiger at it
+    (the benchmark files themselves are not part of the install)."""
     root.mkdir(parents=True)
-    np.savetxt(root / "bags.csv", np.column_stack([labels, ids, rng.standard_normal((60, 12)) + labels[:, None]]),
-               delimiter=",")
-    return [f"data.path={root / 'bags.csv'}"]
+    write_mil_npz(root / "bags.npz")
+    return [f"data.path={root / 'bags.npz'}"]
 
 
 def _snli_files(root) -> list[str]:
@@ -71,7 +66,7 @@ def test_a_killed_and_resumed_run_equals_the_straight_run(tmp_path, name):
     straight run's training losses bit for bit, the same final weights and buffers, and the same metrics.jsonl,
     best.json, probe.csv and summary.json: the data order, the dropout noise, the optimizer and schedule state, the
     best choice so far and the probe's rows all come back."""
-    files = {"grassmann-nli-snli": _snli_files, "hopfield-mil-tiger": _mil_csv}.get(name)
+    files = {"grassmann-nli-snli": _snli_files, "hopfield-mil-tiger": _mil_file}.get(name)
     overrides = STEPS + CASES[name] + (files(tmp_path / "data") if files else [])
     recipe = load_recipe(name, overrides)
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
