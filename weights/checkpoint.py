@@ -14,6 +14,9 @@ from safetensors.torch import load_file
 from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
+from zoo import __version__
+from zoo._registry import RATE_KEYS, build, config_from_dict
+
 FORMAT = "paperzoo/1"
 
 
@@ -52,8 +55,6 @@ def config_differences(model: nn.Module, saved_config: str) -> dict:
     model (``current_config``) does not share, dropout rates aside (``zoo._registry.RATE_KEYS``: no weight depends
     on them); settings the file does not record (added since), or a model built outside the registry lacks, are
     not compared. A model without any config (a plain module) differs in nothing."""
-    from zoo._registry import RATE_KEYS
-
     ours = current_config(model)
     if ours is None:
         return {}
@@ -171,8 +172,6 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 
 def model_metadata(model: nn.Module) -> dict[str, str]:
-    from zoo import __version__
-
     meta = {"format": FORMAT, "paperzoo": __version__, "torch": torch.__version__}
     if getattr(model, "zoo_name", None):
         meta["model"] = model.zoo_name
@@ -333,8 +332,6 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     """Rebuild the model recorded in the checkpoint's metadata and load its weights. A file whose floating tensors
     share one dtype (a bf16 or float64 model saved as such) gives the model in that dtype; a file of mixed floating
     dtypes gives the model in the dtypes it is built with, each value cast to them."""
-    from zoo._registry import build, config_from_dict
-
     meta = read_metadata(path)
     if "model" not in meta:
         if "tree" in meta:

@@ -12,7 +12,11 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import TORCH_SAVE_MAGIC, CheckpointError, in_state_dtype, load_state_into, save_checkpoint
+import zoo
+from zoo._registry import get_entry
+
+from .checkpoint import (TORCH_SAVE_MAGIC, CheckpointError, in_state_dtype, load_state_into, model_metadata,
+                         read_metadata, save_checkpoint)
 
 
 def _first_sentence(err: Exception) -> str:
@@ -82,11 +86,6 @@ def convert(original: str | os.PathLike, model_name: str, out: str | os.PathLike
     the file, so ``load_checkpoint`` rebuilds that model). An original whose floating tensors share one dtype
     keeps it; one of mixed dtypes takes the model's. A safetensors original keeps its metadata (a recipe name, say)
     beside the new file's own."""
-    import zoo
-    from zoo._registry import get_entry
-
-    from .checkpoint import model_metadata, read_metadata
-
     state = read_original(original)
     model = zoo.create_model(model_name, **overrides)
     filter_fn = getattr(sys.modules[get_entry(model_name).factory.__module__], "checkpoint_filter_fn", None)
