@@ -573,3 +573,110 @@ def test_config_values_are_plain_finite_numbers_and_rates_are_probabilities():
         zoo.create_model(None)
     with pytest.raises(TypeError, match="pretrained is True, False or a checkpoint name"):
         zoo.create_model("alrnn_m20_p2", pretrained=1)
+
+
+def test_a_checkpoint_gets_the_usual_permissions_and_a_failed_flush_keeps_the_old_file(tmp_path, monkeypatch):
+    """atomic_write's temporary file is created 0600; the finished checkpoint has the permissions any new file in
+    the folder gets (0666 less the umask), so other users of a shared run folder can read it. A file that cannot
+    be flushed to disk (os.fsync fails: a full or failing disk) is an error that leaves the old file whole and no
+    temporary file behind, never a checkpoint renamed into place unflushed."""
+    model = zoo.create_model("ib_mlp_tanh")
+    path = save_checkpoint(model, tmp_path / "m.safetensors")
+    (tmp_path / "plain.txt").write_text("x")  # created by open(): the umask's permissions
+    assert oct(os.stat(path).st_mode & 0o777) == oct(os.stat(tmp_path / "plain.txt").st_mode & 0o777)
+    before = path.read_bytes()
+
+    def failing_fsync(fd):
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(os, "fsync", failing_fsync)
+    with torch.no_grad():
+        next(model.parameters()).add_(1.0)
+    with pytest.raises(OSError, match="Input/output error"):
+        save_checkpoint(model, path)
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.safetensors", "plain.txt"]
+
+
+class _Kinds(torch.nn.Module):
+    """A float weight with a tied alias (same storage, offset, shape, strides), a bool mask and two empty buffers
+    (both at data pointer 0: equal in all but name)."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.randn(2, 3))
+        self.register_buffer("alias", self.w.data)
+        self.register_buffer("mask", torch.tensor([True, False, True]))
+        self.register_buffer("empty_a", torch.zeros(0, 3))
+        self.register_buffer("empty_b", torch.zeros(0, 3))
+
+
+def test_empty_buffers_bool_kinds_and_exactly_equal_ties_are_checked_on_loading(tmp_path):
+    """Two empty buffers share an identity but for their names and are not one tensor: both are stored and load
+    back. A bool buffer takes no integer values (0/1 would pass for True/False only by luck). Names tied in the
+    model must hold exactly equal values in a state dict: a difference of 1e-6 is refused too."""
+    source = _Kinds()
+    with pytest.warns(UserWarning, match="not built by zoo.create_model"):
+        path = save_checkpoint(source, tmp_path / "kinds.safetensors")
+    assert set(load_file(path)) == {"w", "mask", "empty_a", "empty_b"}  # alias is w: stored once
+    target = load_into(_Kinds(), path)
+    assert torch.equal(target.w, source.w) and torch.equal(target.alias, source.w)
+    assert torch.equal(target.mask, source.mask)
+    state = {k: v.clone() for k, v in source.state_dict().items()}
+    with pytest.raises(CheckpointError,
+                       match=r"mis-typed keys \(1\): mask: checkpoint torch.uint8 vs model torch.bool"):
+        load_state_into(_Kinds(), {**state, "mask": state["mask"].to(torch.uint8)})
+    with pytest.raises(CheckpointError, match=r"tied in the model, unequal in the checkpoint keys \(1\): alias vs w"):
+        load_state_into(_Kinds(), {**state, "alias": state["w"] + 1e-6})
+
+
+def test_infinite_weights_warn_and_the_message_names_up_to_ten_tensors(tmp_path):
+    """Weights that are inf (not NaN) warn as well; the warning names every tensor when there are ten or fewer
+    and the first ten then '...' when there are more."""
+    from weights import NonFiniteWeightsWarning
+
+    class Many(torch.nn.Module):
+        def __init__(self, n):
+            super().__init__()
+            for i in range(n):
+                self.register_buffer(f"b{i:02d}", torch.zeros(2))
+
+    for n, names in ((1, "b00"), (10, ", ".join(f"b{i:02d}" for i in range(10))),
+                     (11, ", ".join(f"b{i:02d}" for i in range(10)) + ", ...")):
+        with pytest.warns(NonFiniteWeightsWarning) as caught:
+            load_state_into(Many(n), {f"b{i:02d}": torch.tensor([1.0, float("inf")]) for i in range(n)})
+        assert str(caught[0].message) == f"state dict: {n} tensors hold NaN or inf: {names}"
+
+
+def test_load_checkpoint_puts_the_model_where_map_location_says(tmp_path):
+    """load_checkpoint(path, map_location) returns the model on that device (meta here: the only device besides
+    the CPU that every machine has), its parameters in the file's dtype."""
+    path = save_checkpoint(zoo.create_model("ib_mlp_tanh").double(), tmp_path / "m.safetensors")
+    for location in ("meta", torch.device("meta")):
+        model = load_checkpoint(path, map_location=location)
+        assert {(p.device.type, p.dtype) for p in model.parameters()} == {("meta", torch.float64)}
+    assert {p.device.type for p in load_checkpoint(path).parameters()} == {"cpu"}
+
+
+def test_a_legacy_pickle_torch_save_file_is_named_as_one(tmp_path):
+    """torch.save files of the old, non-zip format start with the pickle protocol byte 0x80; they are named as
+    torch.save files (with the way to convert them) like the zip ones, not as unreadable safetensors."""
+    model = zoo.create_model("ib_mlp_tanh")
+    torch.save(model.state_dict(), tmp_path / "legacy.pt", _use_new_zipfile_serialization=False)
+    assert (tmp_path / "legacy.pt").read_bytes()[:1] == b"\x80"
+    with pytest.raises(CheckpointError, match=r"legacy.pt is a PyTorch torch.save file, not safetensors; convert it"):
+        load_into(model, tmp_path / "legacy.pt")
+
+
+def test_the_whole_sha256_is_compared_not_a_prefix(tmp_path):
+    """verify_sha256 compares all 64 hex digits: a hash differing only in its last digit is a mismatch naming both
+    hashes and the remedy; the file's own hash passes."""
+    from weights.manifest import verify_sha256
+
+    path = save_checkpoint(zoo.create_model("ib_mlp_tanh"), tmp_path / "m.safetensors")
+    actual = sha256_of(path)
+    verify_sha256(path, actual)
+    near = actual[:63] + ("0" if actual[63] != "0" else "1")
+    with pytest.raises(CheckpointError, match=rf"sha256 mismatch for .*m.safetensors: expected {near}, file has "
+                                              rf"{actual}; the file is corrupt or not the published one; delete it"):
+        verify_sha256(path, near)

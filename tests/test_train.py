@@ -1125,3 +1125,13 @@ def test_build_optimizer_leaves_the_section_as_given_and_exponential_decays_to_o
     assert optimizer.param_groups[0]["betas"] == (0.8, 0.9)
     factor = lr_factor({"name": "exponential"}, 100)
     assert [factor(s) for s in (0, 50, 100)] == pytest.approx([1.0, 0.1, 0.01], rel=1e-12)
+
+
+def test_batch_seeds_in_the_upper_half_of_32_bits_keep_their_value():
+    """seed * 1,000,003 + step between 2^31 and 2^32 (seed 3000, step 0: 3,000,009,000) seeds the batch generator
+    with that value itself: it is reduced mod 2^32, not mod a smaller power of two."""
+    from train.loop import _batch_generator
+
+    assert 2**31 < 3000 * 1_000_003 < 2**32
+    assert _batch_generator(3000, 0).initial_seed() == 3_000_009_000
+    assert _batch_generator(4295, 0).initial_seed() == 4295 * 1_000_003 - 2**32
