@@ -680,3 +680,24 @@ def test_the_whole_sha256_is_compared_not_a_prefix(tmp_path):
     with pytest.raises(CheckpointError, match=rf"sha256 mismatch for .*m.safetensors: expected {near}, file has "
                                               rf"{actual}; the file is corrupt or not the published one; delete it"):
         verify_sha256(path, near)
+
+
+def test_an_original_that_is_not_the_published_one_is_refused_before_conversion(tmp_path, monkeypatch):
+    """An original in the cache whose git blob id differs from the manifest's (another file under that name, a
+    truncated download) is refused with both ids and the URL to download again; nothing is converted or recorded
+    in the cache, so the next call does not trust it either."""
+    from weights.manifest import git_blob_sha1
+
+    src = manifest_mod.cache_dir() / "orig.pth"
+    src.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(zoo.create_model("alrnn_m20_p2").state_dict(), src)
+    published = "0" * 40
+    entry = {"name": "test_orig", "model": "alrnn_m20_p2", "file": "test_orig.safetensors", "sha256": None,
+             "original": {"url": "https://example.org/orig.pth", "file": "orig.pth", "git_blob_sha1": published}}
+    monkeypatch.setattr(manifest_mod, "published_checkpoints", lambda: [entry])
+    for _ in range(2):
+        with pytest.raises(CheckpointError, match=rf"orig.pth is not the published original of 'test_orig': its git "
+                                                  rf"blob id is {git_blob_sha1(src)}, the authors' repository has "
+                                                  rf"{published}. Delete it and download https://example.org/orig.pth"):
+            zoo.create_model("alrnn_m20_p2", pretrained="test_orig")
+        assert sorted(p.name for p in manifest_mod.cache_dir().iterdir()) == ["orig.pth"]

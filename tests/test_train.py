@@ -1135,3 +1135,20 @@ def test_batch_seeds_in_the_upper_half_of_32_bits_keep_their_value():
     assert 2**31 < 3000 * 1_000_003 < 2**32
     assert _batch_generator(3000, 0).initial_seed() == 3_000_009_000
     assert _batch_generator(4295, 0).initial_seed() == 4295 * 1_000_003 - 2**32
+
+
+def test_resume_refuses_a_metrics_file_damaged_before_its_last_line(tmp_path):
+    """Only a cut-short last line of metrics.jsonl is the mark of a kill (and dropped on resume); a damaged line
+    before it was changed outside the run, so resuming names the file and the line instead of losing rows."""
+    from train.tasks.classification import ClassificationTask
+
+    recipe = load_recipe("hopfield-tabular-wine", ["train.steps=20", "train.ckpt_every=10", "train.eval_every=5",
+                                                "train.log_every=1"])
+    with killed_at_call(ClassificationTask, "loss", 15), pytest.raises(KeyboardInterrupt):
+        fit(recipe, tmp_path / "run")
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    lines = metrics.read_text().splitlines()
+    assert len(lines) > 3
+    metrics.write_text("\n".join(lines[:1] + ['{"step": 2, "spl'] + lines[2:]) + "\n")
+    with pytest.raises(ValueError, match=r"metrics.jsonl, line 2, is not JSON .*fix or delete that line to resume"):
+        fit(recipe, tmp_path / "run", resume=True)
