@@ -178,3 +178,127 @@ def test_dsr_free_run_is_shared_until_the_parameters_change():
     assert metrics["subregions"] >= 1 and metrics["PE_20"] == pytest.approx(task.evaluate(model.float())["PE_20"],
                                                                             rel=1e-3)
     assert torch.isfinite(task.loss(model.double(), task.held_out_batch(4, torch.Generator().manual_seed(0)))[0])
+
+
+def test_cell_with_no_relu_units_is_linear_and_with_all_relu_units_a_plain_relu_rnn():
+    """P = 0 is the purely linear RNN z -> (diag(A) + W) z + h (one subregion, code 0 everywhere); P = M rectifies
+    every unit, z -> A z + W max(z, 0) + h. Both ends of 0 <= P <= M are legal models."""
+    torch.manual_seed(0)
+    linear, relu = ALRNNCell(M=5, P=0), ALRNNCell(M=5, P=5)
+    with torch.no_grad():
+        for cell in (linear, relu):
+            cell.h.normal_()
+            cell.W.normal_(0, 0.5)
+    z = torch.randn(7, 5)
+    torch.testing.assert_close(linear(z), z @ (torch.diag(linear.A) + linear.W).T + linear.h)
+    torch.testing.assert_close(relu(z), relu.A * z + z.clamp_min(0) @ relu.W.T + relu.h)
+    assert linear.subregion(z).tolist() == [0] * 7
+    assert relu.subregion(torch.tensor([[1.0, -1, -1, -1, 1]])).tolist() == [1 + 16]
+
+
+def test_cell_on_a_time_axis_equals_the_cell_on_each_state():
+    """forward on states (B, T, M) (the 3-D path) maps every state on its own, as on (B*T, M)."""
+    torch.manual_seed(0)
+    cell = ALRNNCell(M=6, P=3)
+    with torch.no_grad():
+        cell.W.normal_(0, 0.5)
+        cell.h.normal_()
+    z = torch.randn(2, 4, 6)
+    torch.testing.assert_close(cell(z), cell(z.reshape(8, 6)).reshape(2, 4, 6), atol=1e-6, rtol=0)
+    phi = torch.cat([z[..., :3], z[..., 3:].clamp_min(0)], -1)
+    torch.testing.assert_close(cell(z), cell.A * z + phi @ cell.W.T + cell.h, atol=1e-6, rtol=0)
+
+
+def test_subregion_code_counts_a_unit_at_exactly_zero_as_off():
+    """The code is sum_i [z_{M-P+i} > 0] 2^i: a ReLU unit at exactly 0 is in its off region, where phi*(0) = 0
+    and the rollout's derivative phi*'(0) = 0 put it (a >= would give that state the other region's symbol)."""
+    cell = ALRNNCell(M=3, P=2)
+    assert cell.subregion(torch.tensor([[5.0, 0.0, 0.0], [5.0, 0.0, 1.0], [5.0, 1.0, -0.0]])).tolist() == [0, 2, 1]
+
+
+def test_initial_A_is_diag_K_over_its_largest_eigenvalue():
+    """A = diag(K) / max|eig(K)|, K = R^T R / M + I, R ~ N(0, 1) (M x M): for large M, diag(K) concentrates at 2
+    and the top eigenvalue at 1 + (1 + 1)^2 = 5 (Marchenko-Pastur edge), so A ~ 0.4 with a spread of ~0.02.
+    Without the identity (A ~ 0.25), without the 1/M (A ~ 0.25) or with a square root (A ~ 0.9) it is not."""
+    torch.manual_seed(0)
+    A = ALRNNCell(M=200, P=2).A.detach()
+    assert 0.37 < A.mean().item() < 0.44, A.mean()
+    assert 0.01 < A.std().item() < 0.04 and A.max().item() < 0.6
+
+
+def test_model_refuses_no_observed_units_and_a_forcing_weight_outside_zero_one():
+    """N = 0 would read out nothing; alpha outside [0, 1] extrapolates past the data instead of mixing."""
+    with pytest.raises(ValueError, match=r"0 < N <= M, got N=0"):
+        zoo.create_model("alrnn_m20_p2", N=0)
+    m = zoo.create_model("alrnn_m20_p2")
+    for alpha in (-0.1, 1.5):
+        with pytest.raises(ValueError, match="alpha in \\[0, 1\\]"):
+            m(torch.randn(2, 10, 3), forcing_interval=2, alpha=alpha)
+
+
+def _scaling_alrnn(a: float):
+    """An AL-RNN whose map is z -> a z (A = a, W = 0, h = 0): every quantity of the DSR task has a closed form."""
+    m = zoo.create_model("alrnn_m20_p2")
+    with torch.no_grad():
+        m.cell.A.fill_(a)
+        m.cell.W.zero_()
+        m.cell.h.zero_()
+    return m
+
+
+def test_dsr_task_loss_and_metrics_by_hand_for_a_scaling_map():
+    """For z -> a z every DSR output is known: with a = 1, forcing every 3rd step at alpha = 0.5, the predictions
+    are p_1 = x_0, p_t = s_{t-1} with s = p, mixed to (x_t + p_t) / 2 after steps 3, 6, ...; the loss is their
+    MSE against x_1..x_T. With a = 0.9 the free run from the first test state is 0.9^t x_0, PE_n compares
+    x_{t+n} with 0.9^n x_t, D_stsp is KL(test || generated) of that run and lambda_max = log(0.9) / dt."""
+    import math
+
+    from estimators.dynamics import state_space_divergence
+    from train import load_recipe
+    from train.tasks import make_task
+
+    from .conftest import SMALL_DSR
+
+    task = make_task(load_recipe("alrnn-lorenz63", [*SMALL_DSR, "task_args.alpha=0.5", "task_args.forcing_interval=3",
+                                                    "data.noise=0"]))
+    x = task.held_out_batch(3, torch.Generator().manual_seed(0))["x"]
+    state, preds = x[:, 0], []
+    for t in range(1, x.shape[1]):
+        preds.append(state)
+        state = 0.5 * x[:, t] + 0.5 * state if t % 3 == 0 else state
+    expected = (torch.stack(preds, 1) - x[:, 1:]).square().mean()
+    assert task.loss(_scaling_alrnn(1.0), {"x": x})[0].item() == pytest.approx(expected.item(), rel=1e-5)
+
+    model, test_x, n = _scaling_alrnn(0.9), task.test_x, task.pe_steps
+    x_gen = 0.9 ** torch.arange(len(test_x), dtype=torch.float64)[:, None] * test_x[0].double()
+    torch.testing.assert_close(task.free_run(model)[0], x_gen.float())
+    metrics = task.evaluate(model)
+    assert metrics[f"PE_{n}"] == pytest.approx((test_x[n:] - 0.9 ** n * test_x[:-n]).square().mean().item(), rel=1e-4)
+    assert metrics["D_stsp"] == pytest.approx(state_space_divergence(test_x, x_gen.float()).item(), rel=1e-6)
+    assert metrics["lambda_max"] == pytest.approx(math.log(0.9) / 0.01, rel=1e-6)
+    assert metrics["subregions"] == 1  # a scaled state keeps its signs
+
+
+def test_dsr_windows_reach_the_last_step_and_noise_has_the_set_std():
+    """Windows of seq_len + 1 steps start anywhere in [0, T - seq_len - 1], the last one included; training
+    batches add N(0, data.noise^2) to the windows, the held-out ones are clean; the test trajectory is another
+    simulation (seed + 1) scaled by the training statistics."""
+    from train import load_recipe
+    from train.tasks import make_task
+
+    from .conftest import SMALL_DSR
+
+    task = make_task(load_recipe("alrnn-lorenz63", [*SMALL_DSR, "data.noise=0.25"]))  # seq_len 40
+    torch.testing.assert_close(task.train_x.mean(0), torch.zeros(3), atol=1e-4, rtol=0)
+    torch.testing.assert_close(task.train_x.std(0), torch.ones(3), atol=1e-4, rtol=0)
+    assert (task.test_x[:100] - task.train_x[:100]).abs().max() > 0.1
+    assert task.settling(torch.zeros(20000, 20)) == 1000 and task.settling(torch.zeros(500, 20)) == 50
+    full = task.train_x
+    task.train_x, task.test_x = full[:41], full[:42]
+    torch.testing.assert_close(task.train_sample(1, torch.Generator())["x"], full[None, :41], atol=0, rtol=0)
+    both = task.held_out_batch(2, torch.Generator().manual_seed(0))["x"]
+    assert sorted(int((w[0] == full[:2]).all(1).nonzero()) for w in both) == [0, 1]
+    noisy = task.batch(64, torch.Generator().manual_seed(3))["x"]
+    task.noise = 0.0
+    clean = task.batch(64, torch.Generator().manual_seed(3))["x"]
+    assert (noisy - clean).std().item() == pytest.approx(0.25, rel=0.05)

@@ -99,3 +99,87 @@ def test_state_space_grid_has_a_tenth_std_margin_and_drops_generated_points_outs
     assert state_space_divergence(x, g, n_bins=2, alpha=alpha).item() == pytest.approx(expected, rel=1e-9)
     # the true points lie inside their own grid: the maximum, 1, falls in the upper bin, not beyond the grid
     assert state_space_divergence(x, x[[0, 2]], n_bins=2).item() == pytest.approx(0.0, abs=1e-12)
+
+
+def test_state_space_divergence_counts_cells_of_a_2d_grid_separately():
+    """2-D, 2 x 2 bins: the true points fill cells (0, 1) and (1, 0) equally, the generated ones put 3/4 in (0, 1)
+    and 1/4 in (1, 1). KL over the four cells (Laplace-smoothed) is 1/2 log(2/3) + 1/2 log((1/2) / q(1,0)) ~ 5.6
+    nats; cells that share a row or column sum, such as (0, 1) and (1, 0), must not merge (that gives log(4/3))."""
+    x = torch.tensor([[0.0, 1.0], [0.0, 1.0], [1.0, 0.0], [1.0, 0.0]])
+    g = torch.tensor([[0.0, 1.0], [0.0, 1.0], [0.0, 1.0], [1.0, 1.0]])
+    alpha = 1e-5
+    p = (torch.tensor([0, 2, 2, 0], dtype=torch.float64) + alpha) / (4 + 4 * alpha)  # cells (0,0) (0,1) (1,0) (1,1)
+    q = (torch.tensor([0, 3, 0, 1], dtype=torch.float64) + alpha) / (4 + 4 * alpha)
+    expected = (p * (p / q).log()).sum().item()
+    assert state_space_divergence(x, g, n_bins=2, alpha=alpha).item() == pytest.approx(expected, rel=1e-9)
+    assert state_space_divergence(x, x.flip(0), n_bins=2).item() == pytest.approx(0.0, abs=1e-12)
+
+
+def test_hellinger_closed_form_on_two_tones_per_dimension():
+    """Unsmoothed spectra of tones on exact Fourier bins: sin(w1 t) + 2 sin(w2 t) has power (1/5, 4/5) on (w1, w2)
+    (power is amplitude squared), sin(w1 t) has (1, 0); Bhattacharyya coefficient sqrt(1/5), so H = sqrt(1 -
+    5^-1/2) = 0.7435 on that dimension; an identical second dimension has H = 0 and D_H is their mean."""
+    t = torch.arange(1000, dtype=torch.float64)
+    w1, w2 = 2 * torch.pi * 50 / 1000, 2 * torch.pi * 200 / 1000
+    a = torch.stack([torch.sin(w1 * t) + 2 * torch.sin(w2 * t), torch.sin(w2 * t)], 1)
+    b = torch.stack([torch.sin(w1 * t), torch.sin(w2 * t)], 1)
+    p = power_spectra(a, smoothing=0)
+    assert p[0, 50].item() == pytest.approx(0.2, abs=1e-9) and p[0, 200].item() == pytest.approx(0.8, abs=1e-9)
+    h = math.sqrt(1 - 5 ** -0.5)
+    assert power_spectrum_distance(a, b, smoothing=0).item() == pytest.approx(h / 2, rel=1e-6)
+
+
+def test_power_spectrum_distance_ignores_offset_and_scale():
+    """Spectra are of the z-scored series: an offset (the 0 Hz bin) or a scale change of x_gen costs nothing."""
+    t = torch.arange(600, dtype=torch.float64)
+    x = torch.stack([torch.sin(0.05 * t) + 0.3 * torch.sin(0.31 * t), torch.cos(0.11 * t) ** 3], 1)
+    assert power_spectrum_distance(x, 3.0 * x + 25.0).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_prediction_error_is_the_mean_squared_error():
+    from estimators.dynamics import prediction_error
+
+    x_true, x_pred = torch.zeros(4, 2), torch.tensor([[2.0, 0.0], [0.0, 0.0], [0.0, -1.0], [0.0, 0.0]])
+    assert prediction_error(x_true, x_pred).item() == pytest.approx((4 + 1) / 8)
+
+
+def test_vector_fields_are_the_papers_equations():
+    """Lorenz-63 (sigma 10, rho 28, beta 8/3) and Roessler (a = b = 0.2, c = 5.7) at (1, 2, 3), by hand."""
+    from train.data.systems import SYSTEMS, lorenz63, roessler
+
+    assert lorenz63(0.0, (1.0, 2.0, 3.0)) == pytest.approx([10 * (2 - 1), 1 * (28 - 3) - 2, 1 * 2 - 8])
+    assert roessler(0.0, (1.0, 2.0, 3.0)) == pytest.approx([-2 - 3, 1 + 0.4, 0.2 + 3 * (1 - 5.7)])
+    assert SYSTEMS["lorenz63"][0] is lorenz63 and SYSTEMS["roessler"][0] is roessler
+
+
+@pytest.mark.parametrize("system", ["lorenz63", "roessler"])
+def test_simulate_samples_the_ode_solution_every_dt_after_the_transient(system):
+    """Row j of simulate(steps, dt, transient, seed) is the solution at t = (transient + j) dt from the default
+    initial condition plus N(0, 1) draws of default_rng(seed), here against scipy's DOP853 at tolerance 1e-12 over
+    4 time units; observation noise adds noise x (per-dimension std) of N(0, 1)."""
+    import numpy as np
+    from scipy.integrate import solve_ivp
+
+    from train.data.systems import SYSTEMS
+
+    rhs, default = SYSTEMS[system]
+    x0 = np.asarray(default) + np.random.default_rng(4).standard_normal(3)
+    t_eval = np.arange(200) * 0.02
+    ref = solve_ivp(rhs, (0.0, t_eval[-1]), x0, t_eval=t_eval, method="DOP853", rtol=1e-12, atol=1e-12).y.T
+    x = simulate(system, 150, 0.02, transient=50, seed=4)
+    assert x.shape == (150, 3) and x.dtype == torch.float32
+    torch.testing.assert_close(x.double(), torch.from_numpy(ref[50:]), atol=1e-4, rtol=1e-5)
+    noisy = simulate(system, 150, 0.02, transient=50, seed=4, noise=0.5)
+    ratio = (noisy - x).std(0) / x.std(0)
+    assert ((ratio > 0.4) & (ratio < 0.6)).all(), ratio
+
+
+def test_standardise_uses_the_training_statistics_for_every_series():
+    """(x - mean_train) / std_train (unbiased std) for the training series and the others alike."""
+    from train.data.systems import standardise
+
+    train = torch.tensor([[0.0, 0.0], [2.0, 4.0]])  # mean (1, 2), std (sqrt 2, 2 sqrt 2)
+    other = torch.tensor([[1.0, 2.0], [1.0 + 2 ** 0.5, 2.0 - 2 * 2 ** 0.5]])
+    s_train, s_other = standardise(train, other)
+    torch.testing.assert_close(s_train, torch.tensor([[-1.0, -1.0], [1.0, 1.0]]) / 2 ** 0.5)
+    torch.testing.assert_close(s_other, torch.tensor([[0.0, 0.0], [1.0, -1.0]]))

@@ -717,3 +717,39 @@ def test_attention_probe_applies_the_calls_mask_as_the_block_does(mask):
     unmasked = probabilities(True, (x,), {})
     torch.testing.assert_close(unmasked, probabilities(False, (x,), {}), atol=1e-6, rtol=1e-6)
     assert unmasked[..., forbidden].min() > 0
+
+
+def test_a_partly_zero_weight_converts_and_a_norm_layer_alone_cannot_lose_its_norm():
+    """Only an all-zero (or non-finite) W_0 is refused: a weight with zero rows (a pruned unit) has sigma > 0 and
+    converts, computing the same function. A model that is itself a LayerNorm cannot be replaced in place, so
+    remove_norms refuses it by name instead of silently keeping it."""
+    layer = nn.Linear(6, 4)
+    with torch.no_grad():
+        layer.weight[1:3] = 0.0
+    x = torch.randn(3, 6)
+    before = layer(x)
+    apply_sigma_reparam(layer)
+    assert isinstance(layer, SigmaLinear) and layer.gamma.item() > 0
+    torch.testing.assert_close(layer.eval()(x), before, atol=1e-6, rtol=0)
+    with pytest.raises(ValueError, match="model is itself a norm layer"):
+        apply_sigma_reparam(nn.LayerNorm(4), remove_norms=True)
+
+
+def test_transformer_lm_sigma_remove_norms_drops_every_layernorm():
+    """remove_norms=True is the paper's 'sigmaReparam without LayerNorm' LM: no LayerNorm left and exactly their
+    parameters fewer (2 x hidden each); the default keeps them."""
+    small = dict(num_hidden_layers=2, vocab_size=50, hidden_size=16, num_attention_heads=2, intermediate_size=32,
+                 max_position_embeddings=16, dropout=0.0)
+    kept = zoo.create_model("transformer_lm_13m_sigma", **small)
+    removed = zoo.create_model("transformer_lm_13m_sigma", **small, remove_norms=True)
+    norms = [m for m in kept.modules() if isinstance(m, nn.LayerNorm)]
+    assert norms and not any(isinstance(m, nn.LayerNorm) for m in removed.modules())
+    assert count(kept) - count(removed) == sum(count(m) for m in norms) == len(norms) * 2 * 16
+
+
+def test_vit_sigma_features_only_defaults_to_the_last_three_blocks():
+    """Without out_indices, features_only gives the last 3 blocks' outputs, as timm's own ViTs do."""
+    torch.manual_seed(0)
+    feats = timm.create_model("vit_tiny_patch16_224_sigma", features_only=True, img_size=32, patch_size=8, depth=5)
+    assert feats.feature_info.module_name() == ["blocks.2", "blocks.3", "blocks.4"]
+    assert [tuple(f.shape) for f in feats(torch.randn(1, 3, 32, 32))] == [(1, 192, 4, 4)] * 3
