@@ -226,6 +226,34 @@ def test_initial_A_is_diag_K_over_its_largest_eigenvalue():
     assert 0.01 < A.std().item() < 0.04 and A.max().item() < 0.6
 
 
+def test_initial_W_is_gaussian_with_std_one_hundredth_and_h_is_zero():
+    """W ~ 0.01 N(0, 1) as the authors: over 200 x 200 entries the sample std is within 3% of 0.01 (its standard
+    error is 0.35%), the mean within 4 standard errors of 0 and the kurtosis that of a Gaussian; h starts at 0. A
+    scale of 0.011 or 0.009, a uniform draw even of the same std (kurtosis 1.8) or a nonzero h would show."""
+    torch.manual_seed(0)
+    cell = ALRNNCell(M=200, P=2)
+    W = cell.W.detach()
+    assert W.std().item() == pytest.approx(0.01, rel=0.03)
+    assert abs(W.mean().item()) < 4 * 0.01 / 200
+    kurtosis = ((W - W.mean()) ** 4).mean() / W.var(unbiased=False) ** 2  # 3 for a Gaussian, 1.8 for a uniform
+    assert kurtosis.item() == pytest.approx(3.0, abs=0.15)
+    assert torch.equal(cell.h.detach(), torch.zeros(200))
+
+
+def test_forced_rollout_refuses_a_forcing_schedule_or_states_of_the_wrong_size():
+    """forced must have one entry per step and z0 be (B, M) with x's batch: a longer schedule would be cut to
+    the steps, a shorter one fails with a bare IndexError inside the autograd Function, without these checks."""
+    cell = ALRNNCell(M=4, P=2)
+    z0, x = torch.zeros(2, 4), torch.zeros(2, 3, 1)
+    for forced in ([True] * 2, [True] * 4):
+        with pytest.raises(ValueError, match=rf"forced has {len(forced)} entries for 3 steps"):
+            cell.forced_rollout(z0, x, forced)
+    for bad_z0, bad_x in ((torch.zeros(2, 5), x), (torch.zeros(4), x), (z0, torch.zeros(3, 3, 1)), (z0, x[0])):
+        with pytest.raises(ValueError, match=r"z0 must be \(B, M=4\) and x \(B, T, N\)"):
+            cell.forced_rollout(bad_z0, bad_x, [False] * 3)
+    assert cell.forced_rollout(z0, x, [False] * 3).shape == (2, 3, 4)
+
+
 def test_model_refuses_no_observed_units_and_a_forcing_weight_outside_zero_one():
     """N = 0 would read out nothing; alpha outside [0, 1] extrapolates past the data instead of mixing."""
     with pytest.raises(ValueError, match=r"0 < N <= M, got N=0"):

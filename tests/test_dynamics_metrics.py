@@ -183,3 +183,39 @@ def test_standardise_uses_the_training_statistics_for_every_series():
     s_train, s_other = standardise(train, other)
     torch.testing.assert_close(s_train, torch.tensor([[-1.0, -1.0], [1.0, 1.0]]) / 2 ** 0.5)
     torch.testing.assert_close(s_other, torch.tensor([[0.0, 0.0], [1.0, -1.0]]))
+
+
+def test_state_space_grid_margin_uses_the_sample_std_as_the_authors_code():
+    """The margin is 0.1 of the sample (n - 1) std, as Julia's std in the AL-RNN authors' code: for x_true = (0, 0,
+    1, 1) that is 0.0577 (population std: 0.05), so a generated point at 1.055 lies inside the grid and counts.
+    q = (1/4, 3/4) up to alpha against p = (1/2, 1/2); with the population std it is dropped and q = (1/3, 2/3).
+    In bits the value is divided by ln 2."""
+    x = torch.tensor([[0.0], [0.0], [1.0], [1.0]])
+    g = torch.tensor([[0.0], [1.0], [1.0], [1.055]])
+    alpha = 1e-5
+    p = torch.tensor([2 + alpha, 2 + alpha], dtype=torch.float64) / (4 + 2 * alpha)
+    q = torch.tensor([1 + alpha, 3 + alpha], dtype=torch.float64) / (4 + 2 * alpha)
+    expected = (p * (p / q).log()).sum().item()
+    assert expected == pytest.approx(0.5 * math.log(2) + 0.5 * math.log(2 / 3), rel=1e-4)  # 0.1438 nats
+    assert state_space_divergence(x, g, n_bins=2, alpha=alpha).item() == pytest.approx(expected, rel=1e-9)
+    bits = state_space_divergence(x, g, n_bins=2, alpha=alpha, base="bits").item()
+    assert bits == pytest.approx(expected / math.log(2), rel=1e-9)  # 0.2075 bits
+
+
+def test_power_spectrum_distance_stays_finite_when_rounding_leaves_zero_to_one(monkeypatch):
+    """sum_f sqrt(p_f p_f) of a normalised spectrum rounds to 1 + 2^-52 for this series, and the smoothed spectrum
+    of a pure tone is ~0 far from its peak, where another convolution algorithm (FFT-based) can round it below 0:
+    D_H must stay 0 for identical series and near its exact value otherwise, not sqrt of a negative (NaN)."""
+    import estimators.dynamics as dynamics
+
+    x = torch.randn(300, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    assert ((power_spectra(x) ** 2).sqrt().sum(-1) > 1).any()  # the case the clamp to 1 is for
+    assert power_spectrum_distance(x, x).item() == 0.0
+    tone = torch.sin(2 * torch.pi * 10 * torch.arange(300, dtype=torch.float64) / 300)[:, None]
+    exact = power_spectrum_distance(tone, x[:, :1]).item()
+    smooth = dynamics._gaussian_smooth
+    # a relative 1e-12 lower everywhere: the bins beyond the kernel's reach from bin 10 become negative
+    monkeypatch.setattr(dynamics, "_gaussian_smooth", lambda s, sigma: smooth(s, sigma) - 1e-12 * s.amax(-1, True))
+    assert (power_spectra(tone) == 0).any()  # clamped to 0, then normalised
+    rounded = power_spectrum_distance(tone, x[:, :1]).item()
+    assert 0.5 < exact < 1 and rounded == pytest.approx(exact, abs=1e-6)

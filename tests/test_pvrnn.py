@@ -1,6 +1,7 @@
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch.distributions import Normal, kl_divergence
@@ -776,7 +777,6 @@ def test_error_regression_over_several_slides_equals_autograd_adam_with_committe
 def test_sequences_by_path_train_the_task_and_name_bad_files(tmp_path):
     """The second-data-set path (recipe pvrnn-robot): sequences from .npz/.npy, sizes checked against the model,
     error regression on the file's test streams (or on training sequences, then reported as er_error_train)."""
-    import numpy as np
 
     from train import load_recipe
     from train.data.sequences import load_sequences
@@ -829,7 +829,6 @@ def test_sequences_by_path_train_the_task_and_name_bad_files(tmp_path):
 def test_sequence_files_that_are_not_numeric_arrays_are_named(tmp_path, monkeypatch):
     """A directory, a pickled object array (.npy or .npz) or text get an error naming the path and what is expected
     (before: 'not found', or numpy's 'Object arrays cannot be loaded when allow_pickle=False'); ~ is expanded."""
-    import numpy as np
 
     from train.data.sequences import load_sequences
 
@@ -866,7 +865,6 @@ def test_size_mismatch_advice_names_settings_each_command_accepts(tmp_path):
     zoo eval's own check."""
     import re
 
-    import numpy as np
 
     from train import load_recipe
     from train.cli import _check_eval_overrides
@@ -1276,3 +1274,29 @@ def test_pfsm_task_regresses_on_unseen_streams_and_batches_up_to_every_sequence(
     assert not torch.allclose(task.test_x, task.train_x, atol=0.05)
     whole_set = task.batch(6, torch.Generator().manual_seed(0))["ids"]
     assert sorted(whole_set.tolist()) == list(range(6))
+
+
+def test_sequence_files_without_train_empty_or_complex_arrays_are_named(tmp_path):
+    """An .npz without 'train' names the keys it found; an empty axis (no sequences, no steps or no dims) and a
+    complex array are refused with the path and array named (before the checks: a bare KeyError, an empty
+    training set that fails later, or imaginary parts silently dropped by the float32 cast)."""
+    from train.data.sequences import load_sequences
+
+    good = np.ones((2, 3, 1), dtype=np.float32)
+    np.savez(tmp_path / "notrain.npz", test=good, other=good)
+    with pytest.raises(KeyError, match=r"notrain.npz has no 'train' array \(found \['other', 'test'\]\)"):
+        load_sequences(tmp_path / "notrain.npz")
+    for shape in ((0, 3, 1), (2, 0, 1), (2, 3, 0)):
+        np.save(tmp_path / "empty.npy", np.zeros(shape, dtype=np.float32))
+        with pytest.raises(ValueError, match=rf"empty.npy: 'train' must have shape \(sequences, steps, dims\), got "
+                                             rf"\({shape[0]}, {shape[1]}, {shape[2]}\)"):
+            load_sequences(tmp_path / "empty.npy")
+    np.savez(tmp_path / "emptytest.npz", train=good, test=np.zeros((0, 3, 1), dtype=np.float32))
+    with pytest.raises(ValueError, match="'test' must have shape"):
+        load_sequences(tmp_path / "emptytest.npz")
+    np.save(tmp_path / "complex.npy", good * (1 + 2j))
+    with pytest.raises(ValueError, match="complex.npy: 'train' must hold real numbers, got dtype complex64"):
+        load_sequences(tmp_path / "complex.npy")
+    np.save(tmp_path / "ints.npy", np.arange(6, dtype=np.int16).reshape(2, 3, 1))  # integers are real numbers
+    train, test = load_sequences(tmp_path / "ints.npy")
+    assert train.dtype == torch.float32 and train.flatten().tolist() == [0, 1, 2, 3, 4, 5] and test is None
