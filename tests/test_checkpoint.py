@@ -701,3 +701,91 @@ def test_an_original_that_is_not_the_published_one_is_refused_before_conversion(
                                                   rf"{published}. Delete it and download https://example.org/orig.pth"):
             zoo.create_model("alrnn_m20_p2", pretrained="test_orig")
         assert sorted(p.name for p in manifest_mod.cache_dir().iterdir()) == ["orig.pth"]
+
+
+def test_pretrained_true_takes_the_first_listed_checkpoint_and_a_name_picks_another(tmp_path, monkeypatch):
+    """With two published checkpoints for one model, ``pretrained=True`` (and ``load_pretrained`` without a name)
+    loads the first one listed, built with its config; ``pretrained="<name>"`` loads that one; an unknown name is
+    refused listing both in manifest order."""
+    from weights.manifest import NoCheckpointError, load_pretrained
+
+    first, second = zoo.create_model("alrnn_m20_p2", P=1), zoo.create_model("alrnn_m20_p2")
+    entries = []
+    for name, model, config in (("first", first, {"P": 1}), ("second", second, {})):
+        path = save_checkpoint(model, manifest_mod.cache_dir() / f"{name}.safetensors")
+        entries.append({"name": name, "model": "alrnn_m20_p2", "file": path.name, "sha256": sha256_of(path),
+                        "url": None, "config": config})
+    monkeypatch.setattr(manifest_mod, "published_checkpoints", lambda: entries)
+    default = zoo.create_model("alrnn_m20_p2", pretrained=True)
+    assert default.zoo_config.P == 1 and _same_outputs(default, first)
+    named = zoo.create_model("alrnn_m20_p2", pretrained="second")
+    assert named.zoo_config.P == 2 and _same_outputs(named, second)
+    assert _same_outputs(load_pretrained(zoo.create_model("alrnn_m20_p2", P=1)), first)
+    with pytest.raises(NoCheckpointError, match=r"checkpoint 'third' for model 'alrnn_m20_p2'; its checkpoints: "
+                                                r"\['first', 'second'\]"):
+        zoo.create_model("alrnn_m20_p2", pretrained="third")
+
+
+def test_a_model_built_outside_the_registry_is_not_compared_on_settings_its_config_lacks(tmp_path):
+    """A checkpoint recording a setting (added since) that a model built outside the registry (a Hugging Face
+    config, from_pretrained) does not hold loads silently, while a setting both hold is still compared; a registry
+    model lacking a recorded setting is named, as it is built from the same config class."""
+    import warnings
+
+    from weights import ConfigMismatchWarning
+    from weights.checkpoint import config_differences
+    from zoo.transformer_lm import TransformerLMConfig, TransformerLMForCausalLM
+
+    registry = zoo.create_model("transformer_lm_13m", num_hidden_layers=1, vocab_size=100)
+    recorded = json.loads(read_metadata(save_checkpoint(registry, tmp_path / "lm.safetensors"))["config"])
+    newer = tmp_path / "newer.safetensors"  # written by a later version whose config has one more setting
+    later = {**read_metadata(tmp_path / "lm.safetensors"), "config": json.dumps({**recorded, "rope_theta": 10000.0})}
+    save_file(load_file(tmp_path / "lm.safetensors"), newer, metadata=later)
+    outside = TransformerLMForCausalLM(TransformerLMConfig(num_hidden_layers=1, vocab_size=100))
+    assert "rope_theta" not in outside.config.to_dict()
+    assert config_differences(outside, json.dumps({**recorded, "rope_theta": 10000.0})) == {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_into(outside, newer)
+    assert all(torch.equal(a, b) for a, b in zip(outside.state_dict().values(), registry.state_dict().values()))
+    assert config_differences(outside, json.dumps({**recorded, "rope_theta": 1.0, "hidden_size": 128})) == {
+        "hidden_size": (128, 256)}
+    assert config_differences(registry, json.dumps({**recorded, "rope_theta": 1.0})) == {"rope_theta": (1.0, None)}
+    with pytest.warns(ConfigMismatchWarning, match=r"\{'rope_theta': \(10000.0, None\)\}"):
+        load_into(zoo.create_model("transformer_lm_13m", num_hidden_layers=1, vocab_size=100), newer)
+
+
+def test_a_sha256_mismatch_names_the_remedy_for_where_the_file_came_from(tmp_path, monkeypatch):
+    """A damaged file shipped in the package is restored from the repository (deleting it would not bring it
+    back); a damaged download is fetched again; a file placed by hand (no URL) is replaced by the published one."""
+    from weights.manifest import resolve
+
+    monkeypatch.setattr(manifest_mod, "PACKAGE_DIR", tmp_path / "package")
+    wrong = "0" * 64
+    shipped = save_checkpoint(zoo.create_model("ib_mlp_tanh"), tmp_path / "package" / "files" / "shipped.safetensors")
+    entry = {"name": "t", "model": "ib_mlp_tanh", "file": shipped.name, "sha256": wrong, "url": "https://x.org/f"}
+    with pytest.raises(CheckpointError, match=rf"sha256 mismatch for {shipped}: .*the file is corrupt or not the "
+                                              r"published one; restore it from the paperzoo repository"):
+        resolve(entry)
+    cached = save_checkpoint(zoo.create_model("ib_mlp_tanh"), manifest_mod.cache_dir() / "cached.safetensors")
+    for url, remedy in (("https://x.org/f", "delete it and fetch it again"), (None, "replace it with the published")):
+        with pytest.raises(CheckpointError, match=rf"sha256 mismatch for {cached}: .*published one; {remedy}"):
+            resolve({**entry, "file": cached.name, "url": url})
+    assert sha256_of(shipped) != wrong and resolve({**entry, "sha256": sha256_of(shipped)}) == shipped
+
+
+def test_a_damaged_training_state_record_is_a_checkpoint_error_naming_the_file(tmp_path):
+    """load_tree turns every way its JSON record can be damaged (not JSON, a tensor reference the file lacks, an
+    entry that is not a key-value pair, a mapping where a list belongs) into one CheckpointError naming the file,
+    so a resume reports the file instead of an internal error."""
+    from weights.tree import load_tree
+
+    for i, tree in enumerate(('{"__dict__": [["a", ', '{"__tensor__": "missing"}', '{"__dict__": [["a", 1, 2]]}',
+                              '{"__dict__": 5}')):
+        path = tmp_path / f"state{i}.safetensors"
+        save_file({"x": torch.zeros(1)}, path, metadata={"tree": tree})
+        with pytest.raises(CheckpointError, match=rf"{path} is not a readable training-state file \("):
+            load_tree(path)
+    good = tmp_path / "good.safetensors"
+    save_file({"x": torch.ones(2)}, good, metadata={"tree": '{"__dict__": [["w", {"__tensor__": "x"}]]}'})
+    assert torch.equal(load_tree(good)["w"], torch.ones(2))

@@ -1,4 +1,5 @@
 import dataclasses
+import re
 
 import pytest
 import zoo
@@ -7,6 +8,7 @@ import zoo
 def test_list_models_glob():
     assert zoo.list_models("alrnn_*") == ["alrnn_m20_p1", "alrnn_m20_p2"]
     assert zoo.list_models("nothing*") == []
+    assert zoo.list_models("ALRNN_*") == []  # names match case-sensitively on every OS (fnmatchcase), as they are
     assert zoo.list_models(["alrnn_*", "pvrnn_p*"]) == ["alrnn_m20_p1", "alrnn_m20_p2", "pvrnn_pfsm"]
     assert zoo.list_models("*_m20_*", pretrained=True) == ["alrnn_m20_p1", "alrnn_m20_p2"]
     assert "facet_small" in zoo.list_models(pretrained=True) and "pvrnn_pfsm" not in zoo.list_models(pretrained=True)
@@ -25,6 +27,19 @@ def test_unknown_name_suggests_closest():
     with pytest.raises(KeyError) as err:
         zoo.create_model("alrnn_m20_p3")
     assert "alrnn_m20_p2" in str(err.value) and "did you mean" in str(err.value).lower()
+
+
+def test_an_unknown_name_lists_up_to_five_loosely_close_names():
+    """A bare family prefix ('alrnn', similarity 2 * 5 / 17 ~ 0.59 to 'alrnn_m20_p2') still gets its models
+    suggested; a prefix shared by many names lists five of them, not one or all; the total count is the registry's."""
+    with pytest.raises(KeyError) as err:
+        zoo.create_model("alrnn")
+    assert {"alrnn_m20_p1", "alrnn_m20_p2"} <= set(re.search(r"Did you mean: (.*)\?", str(err.value))[1].split(", "))
+    with pytest.raises(KeyError) as err:
+        zoo.create_model("transformer_lm")
+    suggested = re.search(r"Did you mean: (.*)\? See zoo.list_models\(\) for all (\d+) names", str(err.value))
+    assert len(suggested[1].split(", ")) == 5 and int(suggested[2]) == len(zoo.list_models())
+    assert {"transformer_lm_13m", "transformer_lm_17m"} <= set(suggested[1].split(", "))
 
 
 def test_unknown_override_lists_valid_keys():

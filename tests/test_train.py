@@ -260,6 +260,8 @@ def test_nan_gradient_of_a_finite_loss_stops_before_the_update(tmp_path, monkeyp
 @pytest.mark.parametrize("override, message", [
     ("train.clip=-1", "train.clip must be a finite number >= 0"),
     ("train.clip=abc", "train.clip must be a finite number >= 0"),
+    ("train.clip=.inf", r"train.clip must be a finite number >= 0 \(0 or null: no clipping\), got inf"),
+    ("train.clip=.nan", r"train.clip must be a finite number >= 0 \(0 or null: no clipping\), got nan"),
     ("train.seed=abc", "train.seed must be an integer"),
     ("train.threads=0", "train.threads must be an integer >= 1 or null"),
     ("train.seed=-1", r"train.seed must be an integer in \[0, 4294967295\], got -1"),
@@ -407,14 +409,48 @@ def test_parameter_rows_measure_the_weights_the_steps_forward_used(tmp_path):
     assert len(set(rows.values())) == 4  # no two steps share their weights
 
 
-def test_fit_restores_the_thread_count(tmp_path):
-    threads = torch.get_num_threads()
+def test_micro_batches_of_all_processes_cut_the_global_batch_into_disjoint_equal_slices():
+    """With grad_accum=2 and 3 processes, the 6 (micro-batch, rank) slices of a 12-row batch are 2 rows each, in
+    order (micro 0: ranks 0, 1, 2; micro 1: ranks 0, 1, 2), and together are the batch, each row once."""
+    from train.distributed import Dist
+    from train.loop import _local_slice
+
+    batch = {"x": torch.arange(12.0).view(12, 1), "y": torch.arange(12)}
+    pieces = [_local_slice(batch, micro, 2, Dist(rank=rank, world=3)) for micro in range(2) for rank in range(3)]
+    assert all(p["x"].shape == (2, 1) and torch.equal(p["x"][:, 0].long(), p["y"]) for p in pieces)
+    assert torch.equal(torch.cat([p["y"] for p in pieces]), batch["y"])
+
+
+def test_the_last_step_is_logged_when_log_every_does_not_divide_the_steps(tmp_path):
+    """train.log_every=2 over 5 steps logs the training loss at steps 2 and 4, and at the final step 5."""
+    fit(load_recipe("alrnn-lorenz63", SMALL_DSR + ["train.steps=5", "train.ckpt_every=0", "train.log_every=2"]),
+        tmp_path / "run")
+    assert list(train_losses(tmp_path / "run")) == [2, 4, 5]
+
+
+def test_fit_restores_the_thread_count(tmp_path, monkeypatch):
+    """train.threads sets torch's thread count for the run only: afterwards it is the caller's again. The caller's
+    count is made 3 here (under OMP_NUM_THREADS=1 a run at 1 thread would change nothing), without running on 3."""
+    calls = []
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 3)
+    monkeypatch.setattr(torch, "set_num_threads", calls.append)
     fit(load_recipe("alrnn-lorenz63", SMALL_DSR + ["train.steps=2", "train.ckpt_every=0", "train.threads=1"]),
         tmp_path / "run")
-    assert torch.get_num_threads() == threads
+    assert calls == [1, 3]
 
 
-def test_grad_accumulation_equals_full_batch(tmp_path):
+def test_grad_accumulation_equals_full_batch(tmp_path, monkeypatch):
+    """Weights and logged numbers of a run with grad_accum=4 equal the full-batch run's: the loss and the task's
+    extra metrics are logged as the batch's mean (a sum over micro-batches divided by 4), not 4 times it."""
+    from train.tasks.dsr import DSRTask
+
+    plain_loss = DSRTask.loss
+
+    def with_extras(self, model, batch):  # the task's own loss, plus two extra metrics of known value
+        loss, extra = plain_loss(self, model, batch)
+        return loss, {**extra, "mse": loss.detach(), "one": 1.0}
+
+    monkeypatch.setattr(DSRTask, "loss", with_extras)
     base = SMALL_DSR + ["train.steps=5", "train.ckpt_every=0"]
     fit(load_recipe("alrnn-lorenz63", base), tmp_path / "a")
     fit(load_recipe("alrnn-lorenz63", base + ["train.grad_accum=4"]), tmp_path / "b")
@@ -426,6 +462,11 @@ def test_grad_accumulation_equals_full_batch(tmp_path):
     assert logged_a.keys() == logged_b.keys()  # the logged loss is the batch's mean, not accum times it
     for step, loss in logged_a.items():
         assert logged_b[step] == pytest.approx(loss, rel=1e-5)
+    for run in ("a", "b"):
+        rows = [json.loads(line) for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
+        train_rows = [r for r in rows if r["split"] == "train"]
+        assert len(train_rows) == 5 and all(r["one"] == pytest.approx(1.0, rel=1e-6) for r in train_rows)
+        assert all(r["mse"] == pytest.approx(r["loss"], rel=1e-6) for r in train_rows)
 
 
 def test_clipping_scales_the_update_to_the_clip_norm(tmp_path):
@@ -936,15 +977,18 @@ def test_keep_checkpoints_keeps_exactly_the_newest_ones(tmp_path):
 
 
 def test_each_step_seeds_its_own_noise(tmp_path, monkeypatch):
-    """The global RNG a step's forward draws from (dropout) is seeded from (seed, step, rank): step k draws what
-    _seed_step(seed, k, 0) gives, and no two steps draw the same."""
+    """The global RNGs a step's forward draws from (torch's: dropout; Python's ``random``) are seeded from (seed,
+    step, rank): step k draws what _seed_step(seed, k, 0) gives, and no two steps draw the same."""
+    import random
+
     from train.loop import _seed_step
     from train.tasks.classification import ClassificationTask
 
-    draws, original = [], ClassificationTask.loss
+    draws, python_draws, original = [], [], ClassificationTask.loss
 
     def drawing(self, model, batch):
         draws.append(torch.rand(4))
+        python_draws.append(random.random())
         return original(self, model, batch)
 
     monkeypatch.setattr(ClassificationTask, "loss", drawing)
@@ -952,8 +996,8 @@ def test_each_step_seeds_its_own_noise(tmp_path, monkeypatch):
     assert len(draws) == 6
     for step, draw in enumerate(draws):
         _seed_step(3, step, 0)
-        assert torch.equal(draw, torch.rand(4)), step
-    assert len({tuple(d.tolist()) for d in draws}) == 6
+        assert torch.equal(draw, torch.rand(4)) and python_draws[step] == random.random(), step
+    assert len({tuple(d.tolist()) for d in draws}) == 6 and len(set(python_draws)) == 6
 
 
 def test_the_report_draws_the_selected_model(tmp_path, monkeypatch):
