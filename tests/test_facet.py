@@ -957,3 +957,53 @@ def test_graph_building_names_an_empty_list_and_a_batch_index_past_the_last_cell
     graph.validate()
     with pytest.raises(ValueError, match=r"batch must index the 2 cells, got 0\.\.2"):
         dataclasses.replace(graph, batch=torch.where(graph.batch == 1, 2, graph.batch)).validate()
+
+
+def test_set_statistics_replaces_the_previous_species_and_sets_every_blocks_neighbour_count():
+    """A second set_statistics (say a refit on other species) leaves reference energies only for its own species,
+    accepts only those, and gives every message-passing block the new mean neighbour count, not only the first."""
+    m = zoo.create_model("facet_small", **{**SMALL, "layers": 3})
+    m.set_statistics({29: -0.3, 79: 0.2}, 0.7, 12.0)
+    m.set_statistics({13: -3.7, 28: -5.6}, 0.4, 9.5)
+    energies = m.atomic_energies.numpy()
+    assert energies[13] == -3.7 and energies[28] == -5.6 and np.count_nonzero(energies) == 2
+    assert m.known_species.nonzero().flatten().tolist() == [13, 28]
+    assert [conv.avg_num_neighbors.item() for conv in m.convolutions] == [9.5, 9.5, 9.5]
+    assert m.energy_scale.item() == 0.4
+
+
+def test_atomic_numbers_up_to_num_elements_are_accepted_and_the_next_one_refused():
+    """``num_elements`` is the highest atomic number the model knows (1..num_elements, as MPTrj's 89): with 10,
+    neon (Z=10) is a valid input and a training species, sodium (Z=11) an error naming it."""
+    m = zoo.create_model("facet_small", **SMALL, num_elements=10)
+    neon = Atoms("Ne2", positions=[[0, 0, 0], [0, 0, 3.0]])
+    energy = m(graph_from_atoms(neon, m.config.cutoff, dtype=torch.float32))
+    assert energy.shape == (1,) and torch.isfinite(energy).all()
+    m.set_statistics({10: -0.1}, 1.0, 1.0)
+    with pytest.raises(ValueError, match=r"Facet knows atomic numbers 1..10; got \['Na'\]"):
+        m.set_statistics({11: -0.1}, 1.0, 1.0)
+
+
+def test_a_scalar_only_model_is_allowed_and_a_zero_cutoff_is_refused():
+    """lmax = sh_lmax = 0 is the invariant (scalar-only) special case, allowed by the config check (>= 0); its
+    forces on a rattled crystal still sum to zero (translation invariance). A cutoff of exactly 0 A has no
+    neighbours and is refused like a negative one."""
+    m = zoo.create_model("facet_small", **{**SMALL, "lmax": 0, "sh_lmax": 0}).double()
+    atoms = bulk("Cu", "fcc", a=3.6, cubic=True)
+    atoms.rattle(0.1, rng=np.random.default_rng(0))
+    out = m.predict(graph_from_atoms(atoms, m.config.cutoff))
+    assert out["forces"].abs().max().item() > 1e-4 and out["forces"].sum(0).abs().max().item() < 1e-10
+    with pytest.raises(ValueError, match=r"Facet config: cutoff=0.0 \(needs a finite distance > 0"):
+        zoo.create_model("facet_small", cutoff=0.0)
+
+
+def test_a_bfloat16_model_sums_its_energies_in_float32():
+    """A model converted to bf16 (not only autocast) still returns energies in float32: summed in bf16, the 8 atomic
+    energies of about -3.5 eV would be rounded to bf16's 0.125 eV spacing near -28 eV."""
+    m = zoo.create_model("facet_small", **SMALL)
+    m.set_statistics({29: -3.7, 79: -3.2}, 0.05, 12.0)
+    m = m.to(torch.bfloat16)
+    out = m.predict(graph_from_atoms(_alloy(1), 4.0, dtype=torch.bfloat16), per_atom=True)
+    assert out["energy"].dtype == torch.float32 and out["energies"].dtype == torch.float32
+    exact = out["energies"].double().sum().item()  # the float32 atomic energies summed without rounding
+    assert out["energy"].item() == pytest.approx(exact, abs=1e-4) and -30 < exact < -26

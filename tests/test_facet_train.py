@@ -80,6 +80,38 @@ def test_evaluation_errors_are_per_atom_energies_and_force_components():
     np.testing.assert_allclose(err["forces"], np.concatenate(f), rtol=1e-4, atol=1e-5)
 
 
+def test_stress_errors_and_their_mae_cover_only_the_structures_with_a_stress_label():
+    """errors()["stress"] holds the 9 components of predicted minus labelled stress of each fully periodic test
+    structure, none of the slabs' (which have no label, padded as zeros), and the metric is their mean |error|."""
+    from ase.stress import voigt_6_to_full_3x3_stress
+
+    from zoo.atoms import graph_from_atoms
+
+    task = PotentialTask(load_recipe("facet-emt", TINY))
+    model = zoo.create_model("facet_small", channels=8, layers=1, cutoff=4.0)
+    task.prepare(model)
+    test = task.structures["test"]
+    assert 0 < sum("stress" in a.calc.results for a in test) < len(test)  # slabs and bulk both present
+    expected = []
+    for atoms in test:
+        if "stress" in atoms.calc.results:
+            out = model.predict(graph_from_atoms(atoms, 4.0, dtype=torch.float32), stress=True)
+            expected.append(out["stress"][0].detach().double().numpy() - voigt_6_to_full_3x3_stress(atoms.get_stress()))
+    err = task.errors(model, "test")
+    np.testing.assert_allclose(err["stress"], np.concatenate([x.ravel() for x in expected]), rtol=1e-4, atol=1e-7)
+    assert task.evaluate(model)["test_s_mae_meV_A3"] == pytest.approx(1000 * np.abs(err["stress"]).mean(), rel=1e-9)
+
+
+def test_loss_weights_default_to_those_of_the_facet_emt_recipe():
+    """Without task_args the loss weighs energy 1, forces 10 and stress 0, the values facet-emt states."""
+    recipe = load_recipe("facet-emt", TINY)
+    stated = dict(load_recipe("facet-emt")["task_args"])
+    recipe["task_args"] = {}
+    task = PotentialTask(recipe)
+    assert stated == {"energy_weight": 1.0, "forces_weight": 10.0, "stress_weight": 0.0}
+    assert (task.w_energy, task.w_forces, task.w_stress) == (1.0, 10.0, 0.0)
+
+
 def test_facet_trains_with_the_shared_loop_and_the_result_runs_in_ase(tmp_path):
     from ase.build import bulk
 
@@ -114,8 +146,15 @@ def test_mptrj_recipe_says_which_files_it_needs(tmp_path):
 
 
 def test_compiled_training_on_forces_is_refused_up_front():
+    """Forces alone (stress weight 0, as facet-emt) already need the double backward that torch.compile lacks;
+    only an energy-only loss may compile."""
     with pytest.raises(ValueError, match="double backward"):
         PotentialTask(load_recipe("facet-emt", [*TINY, "train.compile=true"]))
+    with pytest.raises(ValueError, match="double backward"):
+        PotentialTask(load_recipe("facet-emt", [*TINY, "train.compile=true", "task_args.stress_weight=0.0"]))
+    task = PotentialTask(load_recipe("facet-emt", [*TINY, "train.compile=true", "task_args.stress_weight=0.0",
+                                                   "task_args.forces_weight=0.0"]))
+    assert task.w_forces == 0.0 and task.w_stress == 0.0
 
 
 def test_structure_files_name_a_frame_without_labels_and_read_mace_ref_keys(tmp_path):
@@ -273,3 +312,38 @@ def test_emt_alloy_lattice_follows_vegards_law_of_its_drawn_fraction():
         assert 0.2 - 1e-9 <= x <= 0.8 + 1e-9
         gaps.append(abs(x - np.mean(np.array(atoms.get_chemical_symbols()) == a)))
     assert np.mean(gaps) < 0.1, np.mean(gaps)
+
+
+def test_plain_labels_win_over_maces_ref_keys_in_the_same_frame(tmp_path):
+    """A frame with both ASE's energy/forces/stress and MACE's REF_* keys keeps the plain ones (REF_* fill only
+    what is missing): here the REF_stress fills the absent stress, the REF energy and forces are ignored. A
+    REF_stress of 6 numbers is Voigt's order already and is kept as it is."""
+    from ase.build import bulk
+    from ase.calculators.singlepoint import SinglePointCalculator
+    from ase.io import write
+
+    atoms = bulk("Cu", "fcc", a=3.6, cubic=True)
+    atoms.calc = SinglePointCalculator(atoms, energy=-1.0, forces=np.ones((4, 3)))
+    atoms.info["REF_energy"], atoms.arrays["REF_forces"] = -7.0, np.full((4, 3), 5.0)
+    atoms.info["REF_stress"] = np.diag([1.0, 2.0, 3.0])
+    voigt = bulk("Ni", "fcc", a=3.5, cubic=True)  # REF_stress may also come as Voigt's 6 components
+    voigt.info["REF_energy"], voigt.arrays["REF_forces"] = -5.5, np.zeros((4, 3))
+    voigt.info["REF_stress"] = np.array([1.0, 2.0, 3.0, 4.0, 5.0, 6.0])
+    write(tmp_path / "both.extxyz", [atoms, voigt], format="extxyz")
+    frame, ref = read_structures(tmp_path / "both.extxyz")
+    assert frame.get_potential_energy() == -1.0 and np.array_equal(frame.get_forces(), np.ones((4, 3)))
+    assert np.array_equal(frame.get_stress(), [1.0, 2.0, 3.0, 0.0, 0.0, 0.0])
+    assert ref.get_potential_energy() == -5.5 and np.array_equal(ref.get_stress(), [1.0, 2.0, 3.0, 4.0, 5.0, 6.0])
+
+
+def test_emt_dataset_regenerates_when_a_split_file_is_missing(tmp_path, monkeypatch):
+    """The cache counts only when all three split files exist: with one deleted (a run stopped between writes)
+    the next call writes it again, byte-identical. (MD snapshots are replaced by labelled perfect cells.)"""
+    from train.data import emt
+
+    monkeypatch.setattr(emt, "_md_snapshot", lambda el, rng: emt._label(_perfect_cell(el)))
+    paths = emt_dataset(per_element=4, alloys=2, seed=1, root=tmp_path)
+    written = paths["valid"].read_bytes()
+    paths["valid"].unlink()
+    assert emt_dataset(per_element=4, alloys=2, seed=1, root=tmp_path) == paths
+    assert paths["valid"].read_bytes() == written and len(read_structures(paths["valid"])) > 0
