@@ -25,8 +25,10 @@ def state_space_divergence(x_true: torch.Tensor, x_gen: torch.Tensor, n_bins: in
 
     The grid spans [min - 0.1 std, max + 0.1 std] of x_true per dimension; generated points outside it
     are dropped; both histograms get Laplace smoothing p = (count + alpha) / (total + alpha n_bins^N),
-    as in the AL-RNN authors' code. 0 for identical occupation; bias: grows with n_bins^N / T. Cost
-    O(T N) plus O(n_bins^N) memory, so use it for N <= ~6.
+    as in the AL-RNN authors' code. Where no generated point falls on the grid the result is inf (all of
+    p_gen's mass lies outside p_true's region; the authors' code gives NaN, and smoothing alone would give
+    a uniform p_gen that scores better than a trajectory stuck in one wrong cell). 0 for identical
+    occupation; bias: grows with n_bins^N / T. Cost O(T N) plus O(n_bins^N) memory, so use it for N <= ~6.
     """
     _check_pair(x_true, x_gen, "state_space_divergence")
     x_true, x_gen = x_true.double(), x_gen.double()
@@ -36,15 +38,18 @@ def state_space_divergence(x_true: torch.Tensor, x_gen: torch.Tensor, n_bins: in
     cells = n_bins ** n
     strides = n_bins ** torch.arange(n, device=x_true.device)
 
-    def histogram(x):
+    def counts(x):
         idx = torch.floor((x - lo) / (hi - lo) * n_bins).long()
         inside = ((idx >= 0) & (idx < n_bins)).all(1)
-        flat = (idx[inside] * strides).sum(1)
-        counts = torch.bincount(flat, minlength=cells).double()
-        return (counts + alpha) / (counts.sum() + alpha * cells)
+        return torch.bincount((idx[inside] * strides).sum(1), minlength=cells).double()
 
-    p, q = histogram(x_true), histogram(x_gen)
-    return (p * (p.log() - q.log())).sum() / log_base(base)
+    def smoothed(c):
+        return (c + alpha) / (c.sum() + alpha * cells)
+
+    c_gen = counts(x_gen)
+    p, q = smoothed(counts(x_true)), smoothed(c_gen)
+    divergence = (p * (p.log() - q.log())).sum() / log_base(base)
+    return torch.where(c_gen.sum() > 0, divergence, torch.inf)
 
 
 def _gaussian_smooth(x: torch.Tensor, sigma: float) -> torch.Tensor:

@@ -219,3 +219,16 @@ def test_power_spectrum_distance_stays_finite_when_rounding_leaves_zero_to_one(m
     assert (power_spectra(tone) == 0).any()  # clamped to 0, then normalised
     rounded = power_spectrum_distance(tone, x[:, :1]).item()
     assert 0.5 < exact < 1 and rounded == pytest.approx(exact, abs=1e-6)
+
+
+def test_a_generated_trajectory_that_never_visits_the_data_region_has_infinite_divergence():
+    """All of p_gen's mass outside the grid of x_true: KL(p_true || p_gen) is inf (smoothing alone would make p_gen
+    uniform, a finite score better than that of a trajectory stuck in one wrong cell, so a model that ran off
+    would be selected over one that settled). One generated point on the grid makes it finite again."""
+    torch.manual_seed(0)
+    x_true = torch.randn(2000, 2)
+    away = x_true + 100.0
+    assert state_space_divergence(x_true, away).item() == math.inf
+    stuck = torch.full((2000, 2), 2.5)  # one cell, inside the grid but where the data rarely is
+    assert math.isfinite(state_space_divergence(x_true, stuck).item())
+    assert state_space_divergence(x_true, torch.cat([away, x_true[:1]])).item() < math.inf
