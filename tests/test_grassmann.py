@@ -734,3 +734,217 @@ def test_nli_task_truncates_and_pads_every_pair_to_max_len(tmp_path):
         assert ids[1].tolist() == [2, 5, 6, 3, 8, 3, 0, 0, 0, 0]  # [CLS] a man [SEP] dog [SEP] + padding
     assert task.splits["test"]["input_ids"].tolist() == [[2, 5, 6, 3, 8, 3, 0, 0, 0, 0]]  # padded to 10 alone
     assert task.splits["test"]["attention_mask"].tolist() == [[1] * 6 + [0] * 4]
+    sample = task.train_sample(2, torch.Generator().manual_seed(0))  # distinct rows: both training pairs once
+    assert sorted(sample["labels"].tolist()) == [0, 1]
+    with pytest.raises(ValueError, match="fewer than the 3 distinct ones"):
+        task.train_sample(3, torch.Generator().manual_seed(0))
+
+
+# -- the equations written out, input checks, dropout and padding (mutation sweep) ---------------------------
+
+def _layer_norm(x, ln):
+    """LayerNorm written out: (x - mean) / sqrt(var + eps) * weight + bias, the biased variance."""
+    mean, var = x.mean(-1, keepdim=True), x.var(-1, unbiased=False, keepdim=True)
+    return (x - mean) / torch.sqrt(var + ln.eps) * ln.weight + ln.bias
+
+
+def _ffn(x, ffn):
+    """W_2 GELU(W_1 x + b_1) + b_2 with GELU(u) = u Phi(u) (erf form)."""
+    first, second = ffn[0], ffn[2]
+    u = x @ first.weight.T + first.bias
+    return (0.5 * u * (1 + torch.erf(u / math.sqrt(2)))) @ second.weight.T + second.bias  # exact GELU
+
+
+def _reference_attention(attn, x):
+    """Vaswani et al.'s eq. 1 per head, causal, heads concatenated, then W_O."""
+    _, T, d = x.shape
+    H, dh = attn.n_heads, attn.d_head
+    q, k, v = (x @ attn.qkv.weight.T + attn.qkv.bias).split(d, -1)
+    heads = []
+    for hd in range(H):
+        s = slice(hd * dh, (hd + 1) * dh)
+        scores = q[..., s] @ k[..., s].transpose(1, 2) / math.sqrt(dh)
+        scores = scores.masked_fill(~torch.ones(T, T, dtype=torch.bool).tril(), float("-inf"))
+        heads.append(scores.softmax(-1) @ v[..., s])
+    return torch.cat(heads, -1) @ attn.proj.weight.T + attn.proj.bias
+
+
+def _perturb_norms(model):
+    """LayerNorm weights and biases away from (1, 0)."""
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.LayerNorm):
+                module.weight.copy_(1 + 0.3 * torch.randn(module.weight.shape, generator=g))
+                module.bias.copy_(0.3 * torch.randn(module.bias.shape, generator=g))
+
+
+def test_both_lms_equal_their_equations_written_out():
+    """The logits equal the paper's architectures written from scratch with the models' weights: Transformer
+    pre-norm x + Attn(LN1 x), x + FFN(LN2 x); Grassmann post-norm u = LN1(mix(h)), h' = LN2(u + FFN(u)); both
+    with exact-GELU FFN, learned positions, a final LayerNorm and the head tied to the token embedding. (The other
+    tests compare each model with itself: cached against uncached, padded against unpadded.)"""
+    ids = torch.randint(0, 50, (2, 7), generator=torch.Generator().manual_seed(0))
+    for make in (tiny_transformer, tiny_grassmann):
+        model = make()
+        _perturb_norms(model)  # LayerNorm weights other than (1, 0), so a missing or misplaced norm shows
+        m = model.model
+        with torch.no_grad():
+            h = m.embed_tokens.weight[ids] + m.embed_positions.weight[:7]
+            for block in m.layers:
+                if make is tiny_transformer:
+                    h = h + _reference_attention(block.attn, _layer_norm(h, block.ln1))
+                    h = h + _ffn(_layer_norm(h, block.ln2), block.ffn)
+                else:
+                    u = _layer_norm(_reference_mixing(block.mixing, h), block.ln1)
+                    h = _layer_norm(u + _ffn(u, block.ffn), block.ln2)
+            expected = _layer_norm(h, m.norm) @ m.embed_tokens.weight.T
+            torch.testing.assert_close(model(ids).logits, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_offsets_reach_only_the_tokens_given_whatever_their_positions():
+    """Positions starting at 5 without a past (a window cut from the middle of a sequence): an offset is valid
+    only where z_{t-delta} is among the given tokens, so the output equals the one with positions 0..T-1 and the
+    token-by-token equations; an index clamped to 0 paired z_t with z_0 instead."""
+    torch.manual_seed(0)
+    layer = CausalGrassmannMixing(16, rank=5, windows=(1, 2, 4)).eval()
+    h = torch.randn(2, 7, 16)
+    shifted = layer(h, positions=torch.arange(5, 12))[0]
+    torch.testing.assert_close(shifted, layer(h)[0], atol=1e-6, rtol=0)
+    torch.testing.assert_close(shifted, _reference_mixing(layer, h), atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match=r"past must have shape \(2, P, 5\), got \(1, 3, 5\)"):
+        layer(h, past=torch.randn(1, 3, 5))
+
+
+def test_a_plane_needs_a_sine_above_eps():
+    """z_t = e_1 + s e_2 after z_{t-1} = e_1 has sine s: for s = 1e-5 (below eps = 1e-4, numerically no plane) the
+    pair contributes p_hat = 0, for s = 1e-3 the unit vector +-(e_1 ^ e_2), coordinate p_12 (index 0)."""
+    layer = CausalGrassmannMixing(4, rank=4, windows=(1,)).eval()
+    with torch.no_grad():
+        layer.reduce.weight.copy_(torch.eye(4))
+        layer.reduce.bias.zero_()
+    seen = []
+    layer.plucker.register_forward_hook(lambda m, i, o: seen.append(o))
+    for s in (1e-5, 1e-3):
+        layer(torch.tensor([[[1.0, 0, 0, 0], [1.0, s, 0, 0]]]))
+    assert seen[0][0, 1].abs().max() == 0
+    torch.testing.assert_close(seen[1][0, 1].abs(), torch.tensor([1.0, 0, 0, 0, 0, 0]), atol=1e-6, rtol=0)
+
+
+def test_dropout_acts_on_g_before_the_gate():
+    """In training, dropout p = 0.5 zeroes entries of g and doubles the rest before the gate: g recovered from the
+    output as (out - alpha h) / (1 - alpha) (alpha from the gate probe) is 0 or twice the evaluation-mode g."""
+    torch.manual_seed(0)
+    layer = CausalGrassmannMixing(16, rank=5, windows=(1, 2), dropout=0.5)
+    h = torch.randn(2, 50, 16)
+    gates = []
+    layer.gate.register_forward_hook(lambda m, i, o: gates.append(o))
+    recovered = []
+    for mode in (False, True):
+        out = layer.train(mode)(h)[0]
+        alpha = gates[-1]
+        recovered.append((out - alpha * h) / (1 - alpha))
+    g_eval, g_train = recovered
+    dropped = g_train.abs() < 1e-4
+    assert 0.4 < dropped.float().mean() < 0.6
+    torch.testing.assert_close(g_train[~dropped], 2 * g_eval[~dropped], atol=1e-3, rtol=1e-3)
+
+
+def test_left_padding_leaves_the_gradients_of_the_real_tokens_unchanged():
+    """Left padding (positions 0 for the pads and the first real token, as the LMs count them over the mask):
+    a loss on the real tokens has the unpadded sequence's gradients, finite, although the pads and the first
+    real token have no valid offset (count 0, whose 1 / count was inf, and inf x 0 a NaN in backward)."""
+    torch.manual_seed(0)
+    layer = CausalGrassmannMixing(16, rank=5, windows=(1, 2)).double()
+    real = torch.randn(1, 6, 16, dtype=torch.float64)
+    padded = torch.cat([torch.randn(1, 3, 16, dtype=torch.float64), real], 1)
+    grads = []
+    for h, positions, start in ((real, torch.arange(6), 0), (padded, torch.tensor([0, 0, 0, 0, 1, 2, 3, 4, 5]), 3)):
+        out = layer(h, positions=positions)[0][:, start:]
+        grads.append(torch.autograd.grad(out.square().sum(), list(layer.parameters())))
+    for plain, pad in zip(*grads):
+        assert torch.isfinite(pad).all()
+        torch.testing.assert_close(pad, plain, atol=1e-10, rtol=1e-10)
+
+
+def test_mixing_refuses_a_rank_below_two_and_repeated_offsets():
+    """A 2-plane needs r >= 2 (r = 1 gives no Pluecker coordinate at all: a Linear(0, d)); a repeated offset would
+    count one pair twice in the mean over offsets."""
+    with pytest.raises(ValueError, match="rank must be >= 2 for 2-planes in R\\^rank, got 1"):
+        CausalGrassmannMixing(16, rank=1)
+    assert CausalGrassmannMixing(16, rank=2).plucker_proj.in_features == 1
+    with pytest.raises(ValueError, match=r"windows must be distinct offsets >= 1, got \(1, 2, 1\)"):
+        CausalGrassmannMixing(16, rank=4, windows=(1, 2, 1))
+
+
+def test_transformer_nli_head_reads_the_pair_left_to_right():
+    """The Transformer NLI head's blocks attend causally, as the Grassmann head's offsets look back only: each
+    block's attention probabilities are lower-triangular, rows summing to 1, and padding keys get none."""
+    torch.manual_seed(0)
+    model = zoo.create_model("transformer_nli_head", encoder_config=NLI_ENCODER, hidden_size=32,
+                             intermediate_size=64).eval()
+    ids = torch.randint(5, 100, (2, 9), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones_like(ids)
+    mask[1, 6:] = 0  # right padding
+    seen = []
+    for block in model.blocks:
+        block.attn.probs.register_forward_hook(lambda m, i, o: seen.append(o))
+    model(ids, mask)
+    assert len(seen) == 2
+    for probs in seen:
+        assert probs.shape == (2, 4, 9, 9)
+        assert torch.equal(probs.triu(1), torch.zeros_like(probs))
+        torch.testing.assert_close(probs[0].sum(-1), torch.ones(4, 9))
+        assert probs[1, :, :, 6:].abs().max() == 0  # padding is never attended to
+        torch.testing.assert_close(probs[1, :, :6].sum(-1), torch.ones(4, 6))
+
+
+def test_eager_attention_implementation_computes_softmax_without_sdpa(monkeypatch):
+    """attn_implementation="eager" (transformers' switch) runs softmax(Q K^T / sqrt(d) + M) V as written: the fused
+    scaled_dot_product_attention is never called, where the default ("sdpa") calls it once per layer."""
+    import torch.nn.functional as F
+
+    model = tiny_transformer()
+    ids = torch.randint(1, 50, (2, 8))
+    expected = model(ids).logits
+    calls = []
+    sdpa = F.scaled_dot_product_attention
+    monkeypatch.setattr(F, "scaled_dot_product_attention", lambda *a, **k: calls.append(1) or sdpa(*a, **k))
+    model(ids)
+    assert len(calls) == model.config.num_hidden_layers
+    calls.clear()
+    model.config._attn_implementation = "eager"
+    torch.testing.assert_close(model(ids).logits, expected, atol=1e-5, rtol=0)
+    assert calls == []
+
+
+def test_attention_over_cached_keys_needs_an_explicit_mask():
+    """With a cache the queries are the last T of S positions; SDPA's is_causal aligns them to the first T (query
+    0 would see key 0 only), so a call without a mask is refused, and the explicit mask gives the full forward."""
+    from transformers import DynamicCache
+
+    torch.manual_seed(0)
+    attn = CausalSelfAttention(16, 4).eval()
+    x = torch.randn(1, 5, 16)
+    full = attn(x)
+    cache = DynamicCache()
+    attn(x[:, :3], cache=cache)
+    with pytest.raises(ValueError, match="3 cached positions need an explicit mask"):
+        attn(x[:, 3:], cache=cache)
+    cache = DynamicCache()
+    attn(x[:, :3], cache=cache)
+    allowed = torch.ones(5, 5, dtype=torch.bool).tril()[3:][None, None]
+    torch.testing.assert_close(attn(x[:, 3:], mask=allowed, cache=cache), full[:, 3:], atol=1e-6, rtol=0)
+
+
+
+def test_a_gap_before_the_last_real_token_is_refused():
+    """A pad between real tokens is refused wherever it sits, also when only the last token follows it (the
+    offsets would mix the pad into that token); padding on the left, the right or both sides is accepted."""
+    m = tiny_grassmann()
+    ids = torch.randint(1, 50, (1, 6))
+    for gap in ([1, 1, 1, 1, 0, 1], [0, 1, 0, 1, 1, 0], [1, 0, 1, 1, 1, 1]):
+        with pytest.raises(ValueError, match="attention_mask has padding between real tokens"):
+            m(ids, attention_mask=torch.tensor([gap]))
+    for fine in ([0, 0, 1, 1, 1, 1], [1, 1, 1, 1, 0, 0], [0, 1, 1, 1, 1, 0], [0, 0, 0, 0, 0, 1]):
+        assert torch.isfinite(m(ids, attention_mask=torch.tensor([fine])).logits).all()

@@ -630,3 +630,83 @@ def test_nli_tokenizer_path_expands_the_home_folder(tmp_path, monkeypatch):
     task = make_task(load_recipe("grassmann-nli-snli", [f"data.path={tmp_path}",
                                                         f"data.tokenizer=~/{tmp_path.name}/tok"]))
     assert task.splits["train"]["input_ids"][0, :4].tolist() == [2, 5, 8, 3]  # [CLS] a dog [SEP]
+
+
+@pytest.mark.filterwarnings("ignore:task 'lm' does not use data.docstrings")
+def test_lm_task_draws_and_scores_each_split_from_its_own_stream():
+    """Held-out batches are windows of the validation stream; test_loss is the loss on the test stream (not valid's);
+    task_args.eval_tokens (64, two windows) caps the tokens scored; a stream of exactly seq_len tokens still gives
+    its one window, and distinct training samples cannot ask for more windows than there are. A model one piece short of
+    the tokenizer is refused."""
+    recipe = load_recipe("grassmann-lm-pytext", TINY_LM + ["task_args.eval_tokens=64"])
+    task = make_task(recipe)
+    T = task.seq_len
+    valid_windows = {tuple(task.valid_ids[s:s + T].tolist()) for s in range(len(task.valid_ids) - T + 1)}
+    held = task.held_out_batch(6, torch.Generator().manual_seed(0))["input_ids"]
+    assert held.shape == (6, T) and all(tuple(w) in valid_windows for w in held.tolist())
+    torch.manual_seed(0)
+    model = zoo.create_model(recipe["model"], **recipe["model_args"]).eval()
+    metrics = task.evaluate(model)
+    assert len(task.test_ids) > 3 * T and len(task.valid_ids) > 3 * T
+    for split, ids in (("test", task.test_ids), ("valid", task.valid_ids)):
+        with torch.no_grad():
+            two = torch.stack([model(input_ids=w[None], labels=w[None]).loss for w in ids[:2 * T].view(2, T)]).mean()
+        assert metrics[f"{split}_loss"] == pytest.approx(two.item(), rel=1e-5)
+    assert metrics["test_loss"] != pytest.approx(metrics["valid_loss"], rel=1e-6)
+    assert metrics["test_ppl"] == pytest.approx(math.exp(metrics["test_loss"]))
+    task.train_ids = task.valid_ids[:T + 2].clone()  # three windows: starts 0, 1, 2
+    one = task.train_ids[:T]
+    assert torch.equal(task._windows(one, 2, torch.Generator().manual_seed(0))["input_ids"], one.expand(2, T))
+    sample = task.train_sample(3, torch.Generator().manual_seed(0))["input_ids"]
+    assert sorted(sample.tolist()) == sorted(task.train_ids[s:s + T].tolist() for s in range(3))  # each start once
+    with pytest.raises(ValueError, match="fewer than the 4 distinct ones"):
+        task.train_sample(4, torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match="set model_args.vocab_size"):  # 1000 pieces, ids up to 999: one too many
+        make_task(load_recipe("grassmann-lm-pytext", TINY_LM + ["model_args.vocab_size=999"]))
+
+
+def test_encoding_skips_blank_lines_and_ends_each_line_with_sep():
+    """Blank and whitespace-only lines add nothing (not a lone [SEP]); each non-empty line ends with one [SEP]."""
+    tok = train_wordpiece("the quick fox\nthe lazy dog\n", vocab_size=60)
+    sep = tok.token_to_id("[SEP]")
+    spaced = encode(tok, "the quick fox\n\n   \nthe lazy dog\n\n").tolist()
+    assert spaced == encode(tok, "the quick fox\nthe lazy dog").tolist()
+    assert spaced.count(sep) == 2 and spaced[-1] == sep
+
+
+def test_pytext_fractions_must_leave_every_split_some_text():
+    """valid and test fractions must each be > 0 and sum to < 1 (else a split is empty)."""
+    for valid, test in ((0.0, 0.1), (0.1, 0.0), (0.5, 0.5), (0.7, 0.4)):
+        with pytest.raises(ValueError, match="valid and test fractions must be > 0 with sum < 1"):
+            pytext_splits(docstrings=False, valid=valid, test=test)
+
+
+@pytest.mark.parametrize("name", ["grassmann_nli_head", "transformer_nli_head"])
+def test_nli_head_logits_are_the_pooled_blocks_written_out(name):
+    """logits = W_cls LN(mean over real tokens of Blocks(W_in E(x))), written with the model's own modules on a
+    right-padded batch (LayerNorm weights away from (1, 0), so a missing norm shows); labels of another batch size
+    are a named error; in training the blocks' dropout makes two passes differ (the frozen encoder stays in eval)."""
+    torch.manual_seed(0)
+    model = zoo.create_model(name, encoder_config=ENCODER, hidden_size=32, intermediate_size=64, reduced_dim=6).eval()
+    with torch.no_grad():
+        model.norm.weight.uniform_(0.5, 1.5)
+        model.norm.bias.uniform_(-0.5, 0.5)
+    ids = torch.randint(5, 100, (3, 8), generator=torch.Generator().manual_seed(1))
+    mask = torch.ones_like(ids)
+    mask[1, 5:], mask[2, 3:] = 0, 0
+    with torch.no_grad():
+        x = model.proj(model.encoder(input_ids=ids, attention_mask=mask).last_hidden_state)
+        pooled = []
+        for row, n in enumerate(mask.sum(1).tolist()):  # each pair alone, unpadded: positions 0..n-1, causal
+            h = x[row:row + 1, :n]
+            for block in model.blocks:
+                h = block(h, torch.arange(n)) if name == "grassmann_nli_head" else block(h)
+            pooled.append(h[0].mean(0))
+        expected = model.classifier(model.norm(torch.stack(pooled)))
+    torch.testing.assert_close(model(ids, mask).logits, expected, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match=r"labels must be integer class ids of shape \(3,\), got torch.int64 \(2,\)"):
+        model(ids, mask, labels=torch.tensor([0, 1]))
+    model.train()
+    torch.manual_seed(1)
+    first = model(ids, mask).logits
+    assert not torch.allclose(first, model(ids, mask).logits)
