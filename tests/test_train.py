@@ -1196,3 +1196,63 @@ def test_resume_refuses_a_metrics_file_damaged_before_its_last_line(tmp_path):
     metrics.write_text("\n".join(lines[:1] + ['{"step": 2, "spl'] + lines[2:]) + "\n")
     with pytest.raises(ValueError, match=r"metrics.jsonl, line 2, is not JSON .*fix or delete that line to resume"):
         fit(recipe, tmp_path / "run", resume=True)
+
+
+def test_a_best_choice_not_carried_into_this_run_is_deleted_and_only_by_the_main_rank(tmp_path):
+    """best.json and best.safetensors are removed when a run cannot inherit them: a fresh run (also one that selects
+    nothing, and one whose evaluations are all NaN, which never write a best of their own) and a resume from a
+    checkpoint older than the choice. A choice at or before the checkpoint is kept, and a non-main rank deletes
+    nothing (the main rank owns the run directory)."""
+    from train.loop import _BestSelector
+
+    model = zoo.create_model("alrnn_m20_p2")
+
+    def chosen_at(step):
+        _BestSelector("min:D_stsp", tmp_path, {"recipe": "r"}, resumed_at=0).update({"step": step, "D_stsp": 2.0},
+                                                                                    model)
+        assert (tmp_path / "best.json").is_file() and (tmp_path / "best.safetensors").is_file()
+
+    def left():
+        return sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("best"))
+
+    for spec in ("min:D_stsp", None):  # a fresh run, with a selection and without one
+        chosen_at(15)
+        fresh = _BestSelector(spec, tmp_path, {"recipe": "r"}, resumed_at=0)
+        assert left() == [] and fresh.model(torch.device("cpu")) is None
+    chosen_at(15)
+    fresh = _BestSelector("min:D_stsp", tmp_path, {"recipe": "r"}, resumed_at=0)
+    fresh.update({"step": 5, "D_stsp": float("nan")}, model)  # NaN is never best: nothing of the old run is left
+    assert left() == []
+    chosen_at(15)
+    _BestSelector("min:D_stsp", tmp_path, {"recipe": "r"}, resumed_at=0, main=False)  # another torchrun rank
+    assert left() == ["best.json", "best.safetensors"]
+    kept = _BestSelector("min:D_stsp", tmp_path, {"recipe": "r"}, resumed_at=20)  # chosen before the checkpoint
+    assert left() == ["best.json", "best.safetensors"] and kept.best == 2.0
+    later = _BestSelector("min:D_stsp", tmp_path, {"recipe": "r"}, resumed_at=10)  # chosen after it: recomputed
+    assert left() == [] and later.best is None
+
+
+def test_a_checkpoint_follows_its_metrics_rows_to_disk_and_replaces_a_leftover_temp_folder(tmp_path, monkeypatch):
+    """metrics.jsonl is flushed to disk (fsync) before the checkpoint is renamed into place, so a power cut never
+    leaves a checkpoint newer than its metrics rows (a resume keeps the rows up to the checkpoint); a step_*.tmp
+    folder left by a save killed midway is replaced, not merged into the new checkpoint."""
+    import train.loop as loop
+
+    model = zoo.create_model("alrnn_m20_p2")
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    (tmp_path / "metrics.jsonl").write_text('{"step": 3, "split": "train", "loss": 1.0}\n')
+    stale = tmp_path / "checkpoints" / "step_00000003.tmp"
+    stale.mkdir(parents=True)
+    (stale / "left_by_a_kill.bin").write_bytes(b"\0" * 10)
+    flushed, original = [], loop.fsync_path
+
+    def recording(path, folder=False):
+        flushed.append((Path(path).name, (tmp_path / "checkpoints" / "step_00000003").exists()))
+        original(path, folder=folder)
+
+    monkeypatch.setattr(loop, "fsync_path", recording)
+    final = loop._save_train_checkpoint(tmp_path, 3, model, optimizer, scheduler, 0, {"recipe": "r", "task": "dsr"})
+    assert ("metrics.jsonl", False) in flushed  # flushed while the checkpoint was not yet in place
+    assert sorted(p.name for p in final.iterdir()) == ["model.safetensors", "trainer.safetensors"]
+    assert not stale.exists() and load_checkpoint(final / "model.safetensors").zoo_name == "alrnn_m20_p2"
