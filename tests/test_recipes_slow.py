@@ -40,8 +40,10 @@ def _train_losses(run):
 
 @pytest.mark.slow
 def test_sigma_vit_digits_keeps_attention_entropy_where_the_layernorm_baseline_collapses(tmp_path):
-    fit(load_recipe("sigma-vit-digits"), tmp_path / "sigma")
-    fit(load_recipe("sigma-vit-digits", ["model_args.reparam=false", "model_args.remove_norms=false"]), tmp_path / "base")
+    one = ["train.threads=1"]  # as the README's runs: with 2 threads the baseline's accuracy varied (0.23 to 0.45)
+    fit(load_recipe("sigma-vit-digits", one), tmp_path / "sigma")
+    fit(load_recipe("sigma-vit-digits", [*one, "model_args.reparam=false", "model_args.remove_norms=false"]),
+        tmp_path / "base")
     sigma, base = _final_entropies(tmp_path / "sigma"), _final_entropies(tmp_path / "base")
     assert len(sigma) == len(base) == 6
     # block 0 collapses, every block ends well below uniform over 65 tokens (4.17 nats); README: 0.10 to 2.80 on
