@@ -87,6 +87,8 @@ def diffusion_spectral_mutual_information(x: torch.Tensor, labels: torch.Tensor,
 def dse(sigma: float = 10.0, t: int = 1, base: float | str = "bits", max_samples: int | None = None) -> Estimator:
     """Probe estimator: diffusion spectral entropy of the probe tensor's rows."""
     _check_sigma(sigma, "dse: ")
+    if isinstance(max_samples, float) and max_samples.is_integer():  # 5e2 from YAML, as Estimator's shared settings
+        max_samples = int(max_samples)
     _check_max_samples(max_samples)
     return Estimator("dse", diffusion_spectral_entropy, sigma=sigma, t=t, base=base, max_samples=max_samples)
 

@@ -6,6 +6,8 @@ from typing import Callable
 
 import torch
 
+from .estimator import is_whole
+
 
 def largest_lyapunov_exponent(step: Callable[[torch.Tensor], torch.Tensor], z0: torch.Tensor, steps: int,
                               transient: int = 0, dt: float = 1.0, delta: float = 1e-8, seed: int = 0) -> torch.Tensor:
@@ -23,8 +25,9 @@ def largest_lyapunov_exponent(step: Callable[[torch.Tensor], torch.Tensor], z0: 
     """
     if z0.dim() != 2:
         raise ValueError(f"largest_lyapunov_exponent: z0 must be (batch, dims), got {tuple(z0.shape)}")
-    if steps < 1 or transient < 0:
-        raise ValueError(f"steps must be >= 1 and transient >= 0, got steps={steps}, transient={transient}")
+    for name, value, least in (("steps", steps, 1), ("transient", transient, 0), ("seed", seed, 0)):
+        if not is_whole(value, least):
+            raise ValueError(f"largest_lyapunov_exponent: {name} must be an integer >= {least}, got {value!r}")
     if not torch.is_floating_point(z0):
         raise TypeError(f"largest_lyapunov_exponent: z0 must be a floating tensor, got {z0.dtype}")
     for name, value in (("dt", dt), ("delta", delta)):

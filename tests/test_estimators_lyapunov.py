@@ -54,6 +54,9 @@ def test_bad_inputs():
     for setting in ({"delta": -1e-8}, {"delta": 0.0}, {"dt": 0}, {"dt": -1.0}, {"dt": math.inf}, {"delta": math.nan}):
         with pytest.raises(ValueError, match=f"{next(iter(setting))} must be a finite number > 0"):
             largest_lyapunov_exponent(lambda z: z, torch.ones(1, 2), steps=10, **setting)
+    for setting in ({"steps": 10.0}, {"steps": 0}, {"transient": -1}, {"transient": 2.5}, {"seed": True}):
+        with pytest.raises(ValueError, match=f"{next(iter(setting))} must be an integer >= "):  # 10.0: a range TypeError
+            largest_lyapunov_exponent(lambda z: z, torch.ones(1, 2), **{"steps": 10, **setting})
     with pytest.raises(FloatingPointError, match="diverged or merged"):
         largest_lyapunov_exponent(lambda z: z * 1e200, torch.ones(1, 2, dtype=torch.float64), steps=10)
 
