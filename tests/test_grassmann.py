@@ -693,6 +693,8 @@ def test_forward_compiles_to_one_graph(make):
 
 NLI_ENCODER = {"model_type": "distilbert", "vocab_size": 100, "dim": 32, "n_layers": 1, "n_heads": 2, "hidden_dim": 64,
                "max_position_embeddings": 16}
+# the Grassmann head's own size (the Transformer head refuses settings it does not use)
+HEAD_ONLY = {"grassmann_nli_head": {"reduced_dim": 6}}
 
 
 @pytest.mark.parametrize("name", ["grassmann_nli_head", "transformer_nli_head"])
@@ -701,7 +703,7 @@ def test_nli_head_takes_up_to_the_encoders_maximum_length_and_refuses_longer_pai
     encoder has no position beyond 15), not an index error inside the encoder or a silent truncation."""
     torch.manual_seed(0)
     model = zoo.create_model(name, encoder_config=NLI_ENCODER, hidden_size=32, intermediate_size=64,
-                             reduced_dim=6).eval()
+                             **HEAD_ONLY.get(name, {})).eval()
     ids = torch.randint(5, 100, (2, 16), generator=torch.Generator().manual_seed(0))
     assert model(ids).logits.shape == (2, 3)
     mask = torch.ones_like(ids).index_fill(1, torch.arange(12, 16), 0)
@@ -875,6 +877,19 @@ def test_mixing_refuses_a_rank_below_two_and_repeated_offsets():
     assert CausalGrassmannMixing(16, rank=2).plucker_proj.in_features == 1
     with pytest.raises(ValueError, match=r"windows must be distinct offsets >= 1, got \(1, 2, 1\)"):
         CausalGrassmannMixing(16, rank=4, windows=(1, 2, 1))
+
+
+@pytest.mark.parametrize(("name", "setting", "named"), [
+    ("transformer_nli_head", {"out_proj": False}, "out_proj"),
+    ("transformer_nli_head", {"reduced_dim": 6, "windows": [1, 2]}, "reduced_dim, windows"),
+    ("grassmann_nli_head", {"num_attention_heads": 8}, "num_attention_heads")])
+def test_nli_head_refuses_a_size_setting_of_the_other_head(name, setting, named):
+    """out_proj=False on the Transformer head used to build the default model without a word (1,597,443 trainable
+    parameters either way), so an ablation could compare two identical models; settings at their defaults pass."""
+    with pytest.raises(ValueError, match=rf"NLI head: the {name.split('_')[0]} head does not use {named}; "):
+        zoo.create_model(name, encoder_config=NLI_ENCODER, hidden_size=32, intermediate_size=64, **setting)
+    zoo.create_model(name, encoder_config=NLI_ENCODER, hidden_size=32, intermediate_size=64, out_proj=True,
+                     windows=(1, 2, 4, 8, 12, 16), num_attention_heads=4, reduced_dim=32)
 
 
 def test_transformer_nli_head_reads_the_pair_left_to_right():

@@ -21,6 +21,8 @@ TINY_LM = ["model_args.num_hidden_layers=1", "model_args.hidden_size=32", "model
            "model_args.vocab_size=1000", "data.vocab_size=1000", "data.docstrings=false", "task_args.seq_len=32",
            "task_args.eval_tokens=1024", "train.steps=30", "train.batch_size=8", "train.eval_every=0",
            "train.ckpt_every=0", "train.log_every=10", "schedule.warmup=5", "optim.lr=3.0e-3"]
+# the Grassmann head's own size (the Transformer head refuses settings it does not use)
+HEAD_ONLY = {"grassmann_nli_head": {"reduced_dim": 6}}
 
 
 def test_pytext_split_is_deterministic_and_partitions_the_documents():
@@ -177,7 +179,8 @@ def test_wikitext_recipe_runs_when_the_data_is_given(tmp_path):
 @pytest.mark.parametrize("name", ["grassmann_nli_head", "transformer_nli_head"])
 def test_nli_head_trains_only_the_head_and_ignores_padding(name):
     torch.manual_seed(0)
-    model = zoo.create_model(name, encoder_config=ENCODER, hidden_size=32, intermediate_size=64, reduced_dim=6)
+    model = zoo.create_model(name, encoder_config=ENCODER, hidden_size=32, intermediate_size=64,
+                             **HEAD_ONLY.get(name, {}))
     frozen = {k: v.clone() for k, v in model.encoder.state_dict().items()}
     ids = torch.randint(5, 100, (4, 10))
     model.eval()
@@ -256,7 +259,7 @@ def test_nli_head_checkpoints_its_blocks_and_passes_segment_ids_to_an_encoder_th
     for checkpointing in (False, True):
         torch.manual_seed(0)
         model = zoo.create_model(name, encoder_config=ENCODER, hidden_size=32, intermediate_size=64,
-                                 reduced_dim=6, dropout=0.0).train()
+                                 **HEAD_ONLY.get(name, {}), dropout=0.0).train()
         if checkpointing:
             model.activation_checkpointing_enable()
         model(ids, labels=labels).loss.backward()
@@ -267,7 +270,8 @@ def test_nli_head_checkpoints_its_blocks_and_passes_segment_ids_to_an_encoder_th
         model(ids, token_type_ids=torch.zeros_like(ids))
     bert = {"model_type": "bert", "vocab_size": 100, "hidden_size": 32, "num_hidden_layers": 1,
             "num_attention_heads": 2, "intermediate_size": 64, "type_vocab_size": 2}
-    model = zoo.create_model(name, encoder_config=bert, hidden_size=32, intermediate_size=64, reduced_dim=6).eval()
+    model = zoo.create_model(name, encoder_config=bert, hidden_size=32, intermediate_size=64,
+                             **HEAD_ONLY.get(name, {})).eval()
     segments = (torch.arange(9) >= 5).long().expand(3, -1)
     assert not torch.allclose(model(ids, token_type_ids=segments).logits, model(ids).logits)
 
@@ -284,7 +288,7 @@ def test_nli_head_saves_and_loads_through_the_auto_classes(tmp_path, name):
     encoder.save_pretrained(tmp_path / "encoder")
     torch.manual_seed(0)
     model = zoo.create_model(name, encoder=str(tmp_path / "encoder"), hidden_size=32, intermediate_size=64,
-                             reduced_dim=6).eval()
+                             **HEAD_ONLY.get(name, {})).eval()
     assert all(torch.equal(v, encoder.state_dict()[k]) for k, v in model.encoder.state_dict().items())
     ids = torch.randint(5, 100, (3, 7))
     model.save_pretrained(tmp_path / "head")
@@ -687,7 +691,8 @@ def test_nli_head_logits_are_the_pooled_blocks_written_out(name):
     right-padded batch (LayerNorm weights away from (1, 0), so a missing norm shows); labels of another batch size
     are a named error; in training the blocks' dropout makes two passes differ (the frozen encoder stays in eval)."""
     torch.manual_seed(0)
-    model = zoo.create_model(name, encoder_config=ENCODER, hidden_size=32, intermediate_size=64, reduced_dim=6).eval()
+    model = zoo.create_model(name, encoder_config=ENCODER, hidden_size=32, intermediate_size=64,
+                             **HEAD_ONLY.get(name, {})).eval()
     with torch.no_grad():
         model.norm.weight.uniform_(0.5, 1.5)
         model.norm.bias.uniform_(-0.5, 0.5)

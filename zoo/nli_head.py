@@ -190,6 +190,13 @@ class NLIHeadArgs:
 def build_nli_head(args: NLIHeadArgs) -> NLIHeadForSequenceClassification:
     """The head with the pretrained encoder's weights copied in (or a random encoder from ``encoder_config``)."""
     fields = dataclasses.asdict(args)
+    as_value = lambda v: tuple(v) if isinstance(v, (list, tuple)) else v  # noqa: E731  (windows: list or tuple)
+    default = dataclasses.asdict(NLIHeadArgs())
+    other = {"grassmann": ("num_attention_heads",), "transformer": ("reduced_dim", "windows", "out_proj")}
+    ignored = [k for k in other.get(args.mixer, ()) if as_value(fields[k]) != as_value(default[k])]
+    if ignored:  # an ablation that sets them would otherwise build the same model without a word
+        raise ValueError(f"NLI head: the {args.mixer} head does not use {', '.join(ignored)}; drop the setting or "
+                         f"use the other head")
     pretrained = None
     if args.encoder_config is None:
         pretrained = load_pretrained_encoder(args.encoder)
