@@ -3,34 +3,25 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import statistics
 import time
 from pathlib import Path
 
 import torch
 
+from train.environment import cpu_name
+
 
 def machine(device: torch.device | str = "cpu") -> str:
     """What a result was measured on: the GPU's name (with the host CPU, where a peer or the data pipeline may run),
-    or the CPU with its cores, torch's threads and the load."""
+    or the CPU with the kernels torch dispatches to (AVX2, AVX512: their sums round differently), its cores, torch's
+    threads and the load."""
     device = torch.device(device)
     if device.type == "cuda":
-        return (f"{torch.cuda.get_device_name(device)} (host {_cpu_name()}, {os.cpu_count()} cores), "
+        return (f"{torch.cuda.get_device_name(device)} (host {cpu_name()}, {os.cpu_count()} cores), "
                 f"torch {torch.__version__}")
-    return (f"{_cpu_name()}, {os.cpu_count()} cores, torch threads "
+    return (f"{cpu_name()} ({torch.backends.cpu.get_cpu_capability()} kernels), {os.cpu_count()} cores, torch threads "
             f"{torch.get_num_threads()}, torch {torch.__version__}, load average {os.getloadavg()[0]:.1f}")
-
-
-def _cpu_name() -> str:
-    """The CPU's model name (Linux: /proc/cpuinfo), else its architecture."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return f"{platform.processor() or platform.machine()} CPU"
 
 
 def sync(device: torch.device) -> None:

@@ -76,6 +76,13 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path):
     fit(recipe, tmp_path / "resumed", resume=True)  # already finished: the same files again
     for name in ("metrics.jsonl", "probe.csv", "best.json"):
         assert (tmp_path / "straight" / name).read_text() == (tmp_path / "resumed" / name).read_text(), name
+    # environment.json: one entry per launch, each with what it ran on
+    straight, = json.loads((tmp_path / "straight" / "environment.json").read_text())["launches"]
+    launches = json.loads((tmp_path / "resumed" / "environment.json").read_text())["launches"]
+    assert [launch["start_step"] for launch in launches] == [0, 20, 30]
+    assert straight["torch"] == torch.__version__ and straight["device"] == "cpu" and straight["processes"] == 1
+    assert straight["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert straight["paperzoo"] == zoo.__version__ and straight["packages"]["safetensors"]
 
 
 def test_a_resumed_run_draws_the_same_dropout_and_a_damaged_checkpoint_is_named(tmp_path):
@@ -358,6 +365,27 @@ def test_resume_without_the_runs_recipe_or_with_missing_metric_rows(tmp_path):
     (tmp_path / "run" / "metrics.jsonl").unlink()
     with pytest.warns(UserWarning, match=r"metrics.jsonl has no training row for step 20 \(it holds 0 rows"):
         fit(recipe, tmp_path / "run", resume=True)
+
+
+def test_a_damaged_launch_record_restarts_at_the_resumed_launch(tmp_path):
+    """environment.json edited into something else is not a reason to stop a resume: a warning, and the record
+    holds this launch only; the source commit is the checkout's HEAD when paperzoo runs from a git checkout."""
+    from train.environment import environment
+    from train.tasks.dsr import DSRTask
+
+    recipe = load_recipe("alrnn-lorenz63", SMALL_DSR + ["train.steps=20"])
+    with killed_at_call(DSRTask, "loss", 15), pytest.raises(KeyboardInterrupt):
+        fit(recipe, tmp_path / "run")
+    for damaged in ('{"launches": {"start_step": 0}}', "not json"):
+        (tmp_path / "run" / "environment.json").write_text(damaged)
+        with pytest.warns(UserWarning, match="environment.json is not a launch record; it now holds this launch"):
+            fit(recipe, tmp_path / "run", resume=True)
+        launches = json.loads((tmp_path / "run" / "environment.json").read_text())["launches"]
+        assert [launch["start_step"] for launch in launches] == [20 if damaged == "not json" else 10]
+    root = Path(zoo.__file__).resolve().parent.parent
+    if (root / ".git").exists():
+        head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True).stdout
+        assert environment(torch.device("cpu"))["source_commit"].startswith(head.strip())
 
 
 def test_run_tables_and_pictures_are_replaced_whole(tmp_path, monkeypatch):

@@ -23,6 +23,7 @@ from weights.checkpoint import atomic_write, fsync_path
 from weights.tree import load_tree, save_tree
 
 from .distributed import Dist, all_mean, gather_rows, setup, teardown, world_size
+from .environment import environment
 from .plots import plot_metrics
 from .recipe import METADATA, check_number
 from .schedules import build_optimizer, build_scheduler, lr_factor
@@ -79,6 +80,22 @@ def _provenance(recipe: dict) -> dict:
     """The metadata every checkpoint of a run records: its recipe's name and task (``zoo eval`` and ``zoo
     estimate`` default to that recipe and refuse one of another task)."""
     return {"recipe": recipe["name"], "task": recipe["task"]}
+
+
+def _record_launch(path: Path, start: int, d: Dist) -> None:
+    """environment.json: one entry per launch of the run (the step it started at and what it ran on); a resume
+    appends to the entries of the launches before it, a fresh run starts the list."""
+    launches = []
+    if start and path.is_file():
+        try:
+            launches = json.loads(path.read_text())["launches"]
+            if not isinstance(launches, list):
+                raise TypeError
+        except (ValueError, KeyError, TypeError):  # damaged outside the run: the record starts again at this launch
+            launches = []
+            warnings.warn(f"--resume: {path} is not a launch record; it now holds this launch only", stacklevel=3)
+    _write_text(path, json_text({"launches": [*launches, {"start_step": start, **environment(d.device, d.world)}]},
+                                indent=2))
 
 
 def checkpoints(out: Path) -> list[Path]:
@@ -468,6 +485,7 @@ def _fit(recipe: dict, cfg: dict, out: Path, resume: bool, d: Dist, task, points
                           f"{len(kept)} rows up to step {start}); the run goes on, and its metrics miss those "
                           "steps", stacklevel=2)
         _write_text(metrics_path, "".join(json_text(r) + "\n" for r in kept))
+        _record_launch(out / "environment.json", start, d)
 
     provenance = _provenance(recipe)
     selector = _BestSelector(cfg["select"], out, provenance, start, d.main)
