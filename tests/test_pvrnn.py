@@ -468,6 +468,9 @@ def test_bad_input_is_named():
         m(torch.tensor([7]))
     with pytest.raises(ValueError, match="x must have shape"):
         m.loss(torch.arange(2), torch.zeros(2, 10, 3))
+    T = m.config.seq_len  # longer than the training sequences: named as x's length, not as an unroll's `steps`
+    with pytest.raises(ValueError, match=rf"with 1 <= T <= seq_len={T} .*, got \(2, {T + 1}, 2\)"):
+        m.loss(torch.arange(2), torch.zeros(2, T + 1, m.config.out_size))
     with pytest.raises(ValueError, match="one entry per level"):
         zoo.create_model("pvrnn_small", taus=[2.0])
     for steps in (0, -1, 5.0):

@@ -290,9 +290,10 @@ class PVRNN(nn.Module):
         its DistributedDataParallel or compiled wrapper)."""
         if not len(ids):
             raise ValueError("PVRNN.loss: an empty batch (no sequence ids) has no mean objective")
-        if x.dim() != 3 or x.shape[0] != len(ids) or x.shape[-1] != self.config.out_size:
-            raise ValueError(f"PVRNN.loss: x must have shape (len(ids)={len(ids)}, T, out_size={self.config.out_size}), "
-                             f"got {tuple(x.shape)}")
+        T = self.config.seq_len
+        if x.dim() != 3 or x.shape[0] != len(ids) or x.shape[-1] != self.config.out_size or not 1 <= x.shape[1] <= T:
+            raise ValueError(f"PVRNN.loss: x must have shape (len(ids)={len(ids)}, T, out_size={self.config.out_size}) "
+                             f"with 1 <= T <= seq_len={T} (a training sequence's first T steps), got {tuple(x.shape)}")
         rec, kl = self.elbo_terms((self if forward is None else forward)(ids, steps=x.shape[1]), x)
         extras = {"rec": rec.detach().mean()} | {f"kl_{k}": v for k, v in enumerate(kl.detach().mean((0, 1)))}
         return self.weighted(rec, kl).mean(), extras
