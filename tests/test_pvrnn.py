@@ -869,7 +869,7 @@ def test_size_mismatch_advice_names_settings_each_command_accepts(tmp_path):
     import re
 
 
-    from train import load_recipe
+    from train import fit, load_recipe
     from train.cli import _check_eval_overrides
     from train.tasks import make_task
 
@@ -877,12 +877,30 @@ def test_size_mismatch_advice_names_settings_each_command_accepts(tmp_path):
     with pytest.raises(ValueError) as err:
         make_task(load_recipe("pvrnn-robot", [f"data.path={tmp_path / 'seq.npy'}"]))
     train_part, eval_part = str(err.value).split("zoo train")
-    assert "--set model_args.n_sequences=5 --set model_args.seq_len=24 --set model_args.out_size=3" in train_part
+    assert ("--set model_args.n_sequences=5 --set model_args.seq_len=24 --set model_args.out_size=3 "
+            "--set train.batch_size=5 " in train_part)  # the recipe's batch of 24 distinct sequences cannot be drawn
+    small = ["train.steps=1", "task_args.er_window=4", "task_args.er_iterations=1", "task_args.lyapunov_steps=5",
+             "task_args.gen_steps=20"]
+    recipe = load_recipe("pvrnn-robot", [f"data.path={tmp_path / 'seq.npy'}", *re.findall(r"--set (\S+)", train_part),
+                                         *small])
+    assert fit(recipe, tmp_path / "run")["step"] == 1  # the advice, followed, trains
     eval_sets = re.findall(r"--set (\S+)", eval_part)
     assert eval_sets and all(key.startswith("data.") for key in eval_sets)
     _check_eval_overrides(eval_sets, "eval")
     with pytest.raises(ValueError, match="no effect on zoo eval"):  # what the message advised before
         _check_eval_overrides(re.findall(r"--set (\S+)", train_part), "eval")
+
+
+def test_a_batch_larger_than_the_task_can_draw_is_refused_before_the_run_writes_anything(tmp_path):
+    """PV-RNN's batch holds distinct training sequences; train.batch_size above n_sequences was an error at the
+    first step, after recipe.yaml and metrics.jsonl were written into --out."""
+    from train import fit, load_recipe
+
+    recipe = load_recipe("pvrnn-pfsm", ["model_args.n_sequences=3", "train.batch_size=4", "train.steps=1"])
+    with pytest.raises(ValueError, match=r"train.batch_size=4 exceeds the 3 examples that task 'pvrnn' can put in "
+                                         r"one batch here; pass --set train.batch_size=3"):
+        fit(recipe, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
 
 
 def _benchmark(name, monkeypatch):

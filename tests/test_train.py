@@ -2,6 +2,7 @@ import csv
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import warnings
@@ -131,6 +132,24 @@ def test_a_resumed_run_draws_the_same_dropout_and_a_damaged_checkpoint_is_named(
         draws[rank] = torch.rand(4)
     _seed_step(0, 7, 0)
     assert torch.equal(torch.rand(4), draws[0]) and not torch.equal(draws[0], draws[1])
+
+
+def test_the_last_step_is_checkpointed_so_a_finished_run_resumes_to_its_evaluation(tmp_path, capsys, monkeypatch):
+    """7 steps with ckpt_every 5 save steps 5 and 7: --resume of the finished run (a rerun of a sweep) evaluates
+    it again without a training step, where it used to retrain steps 5..7 (or, with fewer steps than ckpt_every,
+    was an error saying ckpt_every was 0); with its checkpoints removed the error says so."""
+    from train.tasks.dsr import DSRTask
+
+    recipe = load_recipe("alrnn-lorenz63", SMALL_DSR + ["train.steps=7", "train.ckpt_every=5", "train.eval_every=0"])
+    first = fit(recipe, tmp_path / "run")
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["step_00000005", "step_00000007"]
+    monkeypatch.setattr(DSRTask, "loss", lambda *a: pytest.fail("a finished run trained again"))
+    assert fit(recipe, tmp_path / "run", resume=True) == first
+    assert "(already complete: evaluating the final model again)" in capsys.readouterr().err
+    shutil.rmtree(tmp_path / "run" / "checkpoints")
+    with pytest.raises(FileExistsError, match=r"holds a finished run \(model.safetensors, summary.json\) whose "
+                                              r"checkpoints were removed; nothing to resume"):
+        fit(recipe, tmp_path / "run", resume=True)
 
 
 def test_resume_names_the_settings_that_changed_and_why_it_starts_over(tmp_path, capsys):
@@ -414,8 +433,9 @@ def test_run_tables_and_pictures_are_replaced_whole(tmp_path, monkeypatch):
 
 def test_a_failing_final_selection_keeps_the_trained_weights(tmp_path):
     """A misspelt train.select is found at the final evaluation (eval_every=0); the trained model is saved
-    before it, so the run's work is not lost."""
-    with pytest.raises(KeyError, match="train.select names 'D_stp'"):
+    before it, so the run's work is not lost; the error lists the metrics only (not the row's step and split)."""
+    with pytest.raises(KeyError, match=r"train.select names 'D_stp', but evaluation reports \['D_H', 'D_stsp', "
+                                       r"'PE_20', 'lambda_max', 'subregions'\]\"$"):  # KeyError quotes
         fit(load_recipe("alrnn-lorenz63", SMALL_DSR + ["train.select=min:D_stp", "train.steps=5",
                                                        "train.ckpt_every=0"]), tmp_path / "run")
     assert load_checkpoint(tmp_path / "run" / "model.safetensors").zoo_name == "alrnn_m20_p2"
@@ -512,7 +532,7 @@ def test_clipping_scales_the_update_to_the_clip_norm(tmp_path):
 def test_recipe_overrides_are_checked():
     recipe = load_recipe("alrnn-lorenz63", ["train.steps=7", "optim.lr=0.5"])
     assert recipe["train"]["steps"] == 7 and recipe["optim"]["lr"] == 0.5
-    with pytest.raises(KeyError, match="unknown key"):
+    with pytest.raises(KeyError, match=r"unknown key; did you mean 'steps'\? \(train has \["):
         apply_override(recipe, "train.stepz=3")
     with pytest.raises(KeyError, match=r"'trian' is not a section of the recipe; did you mean 'train'\? \(sections: data"):
         apply_override(recipe, "trian.steps=3")
@@ -1181,7 +1201,8 @@ def test_recipe_files_that_are_missing_empty_or_incomplete_are_named_and_their_n
     with pytest.raises(ValueError, match=r"no_task.yaml lacks required keys \['task'\]"):
         load_recipe(str(tmp_path / "no_task.yaml"))
     (tmp_path / "typo.yaml").write_text("name: x\nmodel: alrnn_m20_p2\ntask: dsr\nschedul: {name: cosine}\n")
-    with pytest.raises(ValueError, match=r"unknown top-level keys \['schedul'\]; valid: \['baselines', 'data'"):
+    with pytest.raises(ValueError, match=r"unknown top-level keys \['schedul'\] \(closest: \{'schedul': "
+                                         r"\['schedule'\]\}\); valid: \['baselines', 'data'"):
         load_recipe(str(tmp_path / "typo.yaml"))
     with pytest.raises(ValueError, match=r"baselines must be a list of model names, got \[1, 2\]"):
         load_recipe("hopfield-tabular-wine", ["baselines=[1, 2]"])

@@ -157,13 +157,14 @@ def _recipe_for(checkpoint: Path, name: str | None, overrides) -> tuple[dict, bo
 
 
 @contextlib.contextmanager
-def _model_fits(checkpoint: Path, recipe: dict, task_checked: bool):
+def _model_fits(checkpoint: Path, recipe: dict, task_checked: bool, model_runs: bool = False):
     """Where the checkpoint records no task, a model that the recipe's task cannot use fails where the task
-    reads or calls what it needs (an attribute the model lacks, a call it does not take): a one-line error that
-    names that likely cause, and the other one (a setting), instead of that AttributeError or TypeError."""
+    reads or calls what it needs (an attribute the model lacks, a call it does not take) or, where the model runs
+    on the task's batches (``model_runs``), in the model's own input check (a ValueError: the wrong shape): a
+    one-line error that names that likely cause, and the other one (a setting), instead of that error alone."""
     try:
         yield
-    except (AttributeError, TypeError) as err:
+    except (AttributeError, TypeError, *((ValueError,) if model_runs else ())) as err:
         if task_checked:
             raise
         raise ValueError(f"recipe {recipe['name']!r} (task {recipe['task']!r}) failed on {checkpoint}, which holds "
@@ -224,7 +225,7 @@ def _cmd_eval(args):
     from .loop import json_text
 
     model, task, _, fits = _checkpoint_and_task(args, "eval")
-    with fits():
+    with fits(model_runs=True):
         metrics = task.evaluate(model)
     print(json_text(metrics, indent=2))
 
@@ -290,8 +291,9 @@ def _takes_target(name: str) -> bool:
     return factory is not None and "target" in inspect.signature(factory).parameters
 
 
-def _estimator(name: str, kwargs: dict, batch: dict, target: str | None):
-    """``make_estimator({name: kwargs})``, with batch[--target] bound as the Y of a two-variable estimator."""
+def _estimator(glob: str, name: str, kwargs: dict, batch: dict, target: str | None):
+    """``make_estimator({name: kwargs})`` for --probe GLOB, with batch[--target] bound as the Y of a two-variable
+    estimator; a setting's error names the point and the estimator, as the ones raised while it runs do."""
     from estimators import make_estimator
 
     if _takes_target(name):
@@ -299,7 +301,10 @@ def _estimator(name: str, kwargs: dict, batch: dict, target: str | None):
             raise ValueError(f"{name} is a two-variable estimator: pass --target KEY (this batch holds: "
                              f"{', '.join(sorted(batch))})")
         kwargs = {**kwargs, "target": batch[target]}
-    return make_estimator({name: kwargs})
+    try:
+        return make_estimator({name: kwargs})
+    except (TypeError, ValueError) as err:
+        raise (TypeError if isinstance(err, TypeError) else ValueError)(f"--probe {glob}: {err}") from err
 
 
 def _draw(task, split: str, size: int) -> dict:
@@ -349,7 +354,7 @@ def _cmd_estimate(args):
     batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
     if args.target is not None and args.target not in batch:
         raise KeyError(f"--target {args.target!r} is not in the task's batches; they hold {sorted(batch)}")
-    points = {glob: [_estimator(name, kwargs, batch, args.target) for name, kwargs in named]
+    points = {glob: [_estimator(glob, name, kwargs, batch, args.target) for name, kwargs in named]
               for glob, named in specs.items()}
     paired = [glob for glob, named in specs.items() if any(_takes_target(name) for name, _ in named)]
     rows = {}  # the rows per batch of each probe point paired with --target, counted before --samples cuts them
@@ -361,7 +366,7 @@ def _cmd_estimate(args):
              if type(module).__name__ == "ProbePoint" and any(fnmatch.fnmatchcase(name, glob) for glob in paired)]
     with torch.no_grad(), Probe(model, points, max_samples=args.samples) as probe:
         try:
-            with fits():
+            with fits(model_runs=True):
                 task.loss(model, batch)
         finally:  # before the probe's estimators run: local complexity's own passes are not the batch's rows
             for hook in hooks:

@@ -149,8 +149,9 @@ class _BestSelector:
         return load_checkpoint(self.out / "best.safetensors", map_location=device).eval()
 
     def check(self, row: dict) -> None:
-        if self.metric and self.metric not in row:
-            raise KeyError(f"train.select names {self.metric!r}, but evaluation reports {sorted(row)}")
+        metrics = sorted(k for k in row if k not in ("step", "split"))  # the final row also holds these two
+        if self.metric and self.metric not in metrics:
+            raise KeyError(f"train.select names {self.metric!r}, but evaluation reports {metrics}")
 
     def update(self, row: dict, model) -> None:
         if not self.metric:
@@ -300,6 +301,10 @@ def fit(recipe: dict, out: str | Path = "runs/run", resume: bool = False) -> dic
         # reads the data: a missing path fails here, before the ranks join a process group; a resumed run reads it
         # as it did before (with its saved tokenizer)
         task = make_task(with_run_files(recipe, out) if resume else recipe)
+        if task.max_batch is not None and int(cfg["batch_size"]) > task.max_batch:  # before the run writes a file
+            raise ValueError(f"train.batch_size={cfg['batch_size']} exceeds the {task.max_batch} examples that "
+                             f"task {recipe['task']!r} can put in one batch here; pass --set "
+                             f"train.batch_size={task.max_batch} (or less)")
         d = setup(cfg["device"])
         try:
             return _fit(recipe, cfg, out, resume, d, task, points)
@@ -405,8 +410,10 @@ def _check_run_dir(recipe: dict, out: Path, resume: bool) -> None:
     if resume and not found and finished:  # saved without checkpoints: resuming would train it all again
         where = ("its results are in summary.json" if "summary.json" in finished else
                  f"its final weights are in model.safetensors (`zoo eval {out}` evaluates them)")
-        raise FileExistsError(f"--resume: {out} holds a finished run ({', '.join(finished)}) saved without "
-                              f"checkpoints (train.ckpt_every 0); nothing to resume: {where}")
+        how = ("saved without checkpoints (train.ckpt_every 0)" if not recipe["train"]["ckpt_every"] else
+               "whose checkpoints were removed")
+        raise FileExistsError(f"--resume: {out} holds a finished run ({', '.join(finished)}) {how}; nothing to "
+                              f"resume: {where}")
     if resume and not found and out.is_dir() and any(out.iterdir()) and not (out / "recipe.yaml").is_file():
         raise FileNotFoundError(f"--resume: {out} holds files but no run (no recipe.yaml, no checkpoint): a mistyped "
                                 "--out? An empty or new folder starts a run at step 0")
@@ -564,7 +571,7 @@ def _fit(recipe: dict, cfg: dict, out: Path, resume: bool, d: Dist, task, points
                 row = {"step": done, "split": "eval", **task.evaluate(model)}
             _append(metrics_path, row)
             selector.update(row, model)
-        if d.main and cfg["ckpt_every"] and done % int(cfg["ckpt_every"]) == 0:
+        if d.main and cfg["ckpt_every"] and (done % int(cfg["ckpt_every"]) == 0 or done == steps):  # the end too
             _save_train_checkpoint(out, done, model, optimizer, scheduler, int(cfg["keep_checkpoints"]),
                                    provenance, probe)
     bar.close()

@@ -118,7 +118,9 @@ def apply_override(recipe: dict, assignment: str) -> dict:
         node = node[key]
     free = keys[0] in ("model_args", "task_args", "data", "probe") or (len(keys) >= 2 and keys[0] in ("optim", "schedule"))
     if keys[-1] not in node and not free:
-        raise KeyError(f"override {path!r}: unknown key; {'.'.join(keys[:-1]) or 'top level'} has {sorted(node)}")
+        close = difflib.get_close_matches(keys[-1], sorted(node), n=1)
+        raise KeyError(f"override {path!r}: unknown key" + (f"; did you mean {close[0]!r}?" if close else "")
+                       + f" ({'.'.join(keys[:-1]) or 'top level'} has {sorted(node)})")
     try:
         value = parse_value(raw)
     except yaml.YAMLError as err:
@@ -157,8 +159,9 @@ def load_recipe(name_or_path: str, overrides: list[str] | tuple[str, ...] = ()) 
         raise ValueError(f"recipe {path} lacks required keys {missing}")
     unknown = sorted(set(raw) - set(DEFAULTS) - set(REQUIRED) - set(METADATA))
     if unknown:
-        raise ValueError(f"recipe {path}: unknown top-level keys {unknown}; valid: "
-                         f"{sorted(set(DEFAULTS) | set(REQUIRED) | set(METADATA))}")
+        valid = sorted(set(DEFAULTS) | set(REQUIRED) | set(METADATA))
+        hints = {k: difflib.get_close_matches(k, valid, n=1) for k in unknown}
+        raise ValueError(f"recipe {path}: unknown top-level keys {unknown} (closest: {hints}); valid: {valid}")
     train = raw.get("train") or {}
     unknown = sorted(set(train) - set(DEFAULTS["train"])) if isinstance(train, dict) else []
     if unknown:  # a misspelt ckpt_every would silently turn checkpoints (and resume) off

@@ -54,11 +54,13 @@ class PVRNNTask(Task):
             self.train_x, test = load_sequences(d["path"])
             N, T, D = self.train_x.shape
             if (N, T, D) != (self.n, self.seq_len, cfg.out_size):
+                batch = int((recipe.get("train") or {}).get("batch_size") or 0)
+                smaller = f" --set train.batch_size={N}" if batch > N else ""  # a batch holds distinct sequences
                 raise ValueError(f"{d['path']} holds {N} sequences of {T} steps and {D} dims, but the model has "
                                  f"n_sequences={self.n}, seq_len={self.seq_len}, out_size={cfg.out_size}. To train "
                                  f"on this file, pass --set model_args.n_sequences={N} --set model_args.seq_len={T} "
-                                 f"--set model_args.out_size={D} to zoo train; a checkpoint (zoo eval, zoo estimate) "
-                                 f"keeps its sizes, so point data.path at sequences of its shape ({self.n}, "
+                                 f"--set model_args.out_size={D}{smaller} to zoo train; a checkpoint (zoo eval, zoo "
+                                 f"estimate) keeps its sizes, so point data.path at sequences of its shape ({self.n}, "
                                  f"{self.seq_len}, {cfg.out_size}) with --set data.path=...")
             # without test streams, error regression runs on training sequences and its metric says so
             self.test_x = test if test is not None else self.train_x[:er_streams]
