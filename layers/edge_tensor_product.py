@@ -92,8 +92,9 @@ class EdgeTensorProduct(nn.Module):
         (N, 2L+1, paths_L, C), paths in ascending order (paths_L = 0 for an order no path reaches)."""
         n_nodes, _, c = x.shape
         w = weights.view(-1, self.num_paths, c).index_select(1, self.path_order)      # (E, P, C), paths by order
-        # one dtype (the widest given) without autocast: the hand-written backward runs outside autocast, and its
-        # gradients must match the forward's dtypes (under bf16 autocast x and w come in bf16, sh in float32)
+        # one dtype (the widest given) without autocast: the hand-written backward turns autocast off too (forces
+        # call it inside the caller's autocast), and its gradients must match the forward's dtypes (under bf16
+        # autocast x and w come in bf16, sh in float32)
         dtype = torch.promote_types(torch.promote_types(x.dtype, sh.dtype), w.dtype)
         with autocast_off(x.device.type):
             summed = _EdgeMessages.apply(self, x.to(dtype), sh.to(dtype), w.to(dtype), senders, receivers)
@@ -147,6 +148,12 @@ class _EdgeMessages(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, *grads):
+        # forces differentiate the energy inside the caller's autocast: the products here keep the forward's dtype
+        with autocast_off(ctx.saved_tensors[0].device.type):
+            return _EdgeMessages._backward(ctx, *grads)
+
+    @staticmethod
+    def _backward(ctx, *grads):
         tp, (x, sh, w, senders, receivers) = ctx.tp, ctx.saved_tensors
         c, k_in = x.shape[2], x.shape[1]
         grad_x = torch.zeros_like(x) if ctx.needs_input_grad[1] else None

@@ -685,11 +685,12 @@ def test_radial_functions_keep_nan_distances_nan():
 
 def test_bf16_autocast_keeps_geometry_and_energies_in_float32():
     """Under bf16 autocast (train.precision bf16) edge vectors and strained positions keep the graph's dtype (an
-    einsum would return bf16, 0.01 A off), energies are summed in float32, and a force loss backpropagates."""
+    einsum would return bf16, 0.01 A off), energies are summed in float32, and a force loss backpropagates; with
+    two blocks, whose second one's backward (run inside autocast by the forces) failed on bf16 batched products."""
     from zoo.facet import predict_with
 
     torch.manual_seed(0)
-    model = zoo.create_model("facet_small", channels=4, layers=1, cutoff=3.0)
+    model = zoo.create_model("facet_small", channels=4, layers=2, cutoff=3.0)
     atoms = bulk("Cu", "fcc", a=3.6, cubic=True)
     atoms.rattle(0.05, seed=1)
     graph = graph_from_atoms([atoms], 3.0, dtype=torch.float32)

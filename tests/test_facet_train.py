@@ -130,10 +130,14 @@ def test_facet_trains_with_the_shared_loop_and_the_result_runs_in_ase(tmp_path):
 def test_facet_trains_under_bf16_autocast(tmp_path):
     """precision=bf16 (what auto picks on recent GPUs) runs the forward under autocast and backward outside it; the
     edge tensor product's hand-written backward got bf16 gradients against a float32 coupling matrix until it ran
-    in one dtype."""
-    final = fit(load_recipe("facet-emt", TINY + ["train.precision=bf16", "train.steps=2", "train.eval_every=2",
-                                                 "train.ckpt_every=0", "probe=null"]), tmp_path / "run")
-    assert np.isfinite(final["test_e_mae_meV_atom"]) and np.isfinite(final["test_f_mae_meV_A"])
+    in one dtype. Two blocks: the second block's node features have several orders, where the backward's batched
+    products (run inside autocast by the forces' autograd.grad) came out in bf16 until the backward turned
+    autocast off; one block never reached them."""
+    for blocks in (1, 2):
+        final = fit(load_recipe("facet-emt", TINY + ["train.precision=bf16", "train.steps=2", "train.eval_every=2",
+                                                     "train.ckpt_every=0", "probe=null", f"model_args.layers={blocks}"]),
+                    tmp_path / f"run{blocks}")
+        assert np.isfinite(final["test_e_mae_meV_atom"]) and np.isfinite(final["test_f_mae_meV_A"])
 
 
 def test_mptrj_recipe_says_which_files_it_needs(tmp_path):
