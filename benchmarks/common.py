@@ -3,13 +3,12 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import statistics
 import time
 from pathlib import Path
 
 import torch
-
-from train.environment import cpu_name
 
 
 def machine(device: torch.device | str = "cpu") -> str:
@@ -22,6 +21,18 @@ def machine(device: torch.device | str = "cpu") -> str:
                 f"torch {torch.__version__}")
     return (f"{cpu_name()} ({torch.backends.cpu.get_cpu_capability()} kernels), {os.cpu_count()} cores, torch threads "
             f"{torch.get_num_threads()}, torch {torch.__version__}, load average {os.getloadavg()[0]:.1f}")
+
+
+def cpu_name() -> str:
+    """The CPU's model name (Linux: /proc/cpuinfo), else its architecture. Not imported from paperzoo's
+    ``train.environment``: ``mace_side.py`` runs with this module in a virtual environment without paperzoo."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return f"{platform.processor() or platform.machine()} CPU"
 
 
 def sync(device: torch.device) -> None:

@@ -85,3 +85,17 @@ def test_relaxation_example_script():
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["count"] == 2 and result["converged"] == 2 and result["total_steps"] > 0
+
+
+def test_the_mace_side_of_the_comparison_imports_nothing_of_paperzoo():
+    """benchmarks/mace_side.py runs in MACE's own virtual environment, where paperzoo is not installed: it and the
+    benchmarks' common module import only the standard library, torch and ASE (common.py once imported paperzoo's
+    train.environment, and the MACE side died with ModuleNotFoundError before measuring anything)."""
+    root = Path(__file__).resolve().parents[1]
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); import common, mace_side; "
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'zoo', 'layers', 'estimators', 'train', 'weights', "
+            "'timm', 'transformers', 'e3nn'}))")
+    done = subprocess.run([sys.executable, "-c", code, str(root / "benchmarks")], capture_output=True, text=True,
+                          cwd=root / "benchmarks")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
