@@ -68,8 +68,10 @@ class SphericalGridMLP(nn.Module):
         super().__init__()
         self.channels, self.lmax = channels, lmax
         self.res = tuple(int(r) for r in res) if res is not None else (18, 17)  # (beta, alpha)
-        if len(self.res) != 2 or min(self.res) < 2:
-            raise ValueError(f"SphericalGridMLP: res must be (beta, alpha) grid sizes >= 2, got {res}")
+        if len(self.res) != 2 or self.res[0] % 2 or self.res[0] < 2 * (lmax + 1) or self.res[1] < 2 * lmax + 1:
+            # e3nn's grid needs an even beta >= 2(L+1); an alpha below 2L+1 cannot hold order L (F T != I)
+            raise ValueError(f"SphericalGridMLP: res must be (beta, alpha) with an even beta >= 2(L+1) = "
+                             f"{2 * (lmax + 1)} and alpha >= 2L+1 = {2 * lmax + 1} for L = {lmax}, got {res}")
         self._matrices: tuple | None = None  # (dtype, device, (K, G) to-grid, (G, K) from-grid), built on first use
         hidden = hidden or channels
         self.mlp = nn.Sequential(nn.Linear(channels, hidden), nn.SiLU(), nn.Linear(hidden, channels))
@@ -90,9 +92,9 @@ class SphericalGridMLP(nn.Module):
                     from_grid = o3.FromS2Grid((res[0], res[1]), self.lmax)(torch.eye(res[0] * res[1]).reshape(-1, *res))
             finally:
                 torch.set_default_dtype(default)
-                cast = dict(dtype=like.dtype, device=like.device)
-                self._matrices = (like.dtype, like.device, to_grid.T.contiguous().to(**cast),
-                                  from_grid.T.contiguous().to(**cast), from_grid.sum(0).to(**cast))
+            cast = dict(dtype=like.dtype, device=like.device)
+            self._matrices = (like.dtype, like.device, to_grid.T.contiguous().to(**cast),
+                              from_grid.T.contiguous().to(**cast), from_grid.sum(0).to(**cast))
         return self._matrices[2:]
 
     @staticmethod

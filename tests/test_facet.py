@@ -251,6 +251,20 @@ def test_grid_mlp_equivariance_error_falls_with_resolution():
     assert all(coarse > 10 * fine for coarse, fine in zip(values, values[1:])) and values[-1] < 1e-12
 
 
+@pytest.mark.parametrize("res", [(4, 5), (17, 18), (5, 7), (6, 4), (18,)])
+def test_a_grid_too_coarse_for_its_order_is_refused_when_built(res):
+    """e3nn's grid needs an even beta >= 2(L+1), and alpha >= 2L+1 holds order L (F T = I); (4, 5) at L = 2 used to
+    build, then fail at the first forward with an UnboundLocalError that hid e3nn's assertion; (6, 4) built and ran
+    with F T != I. The smallest valid grid at L = 2, (6, 5), round-trips the coefficients exactly."""
+    with pytest.raises(ValueError, match=r"res must be \(beta, alpha\) with an even beta >= 2\(L\+1\) = 6 and "
+                                         r"alpha >= 2L\+1 = 5 for L = 2"):
+        SphericalGridMLP(4, 2, res=res)
+    with pytest.raises(ValueError, match="res must be"):
+        zoo.create_model("facet_small", grid_res=res)
+    to_grid, from_grid, _ = SphericalGridMLP(4, 2, res=(6, 5)).grid_matrices(torch.zeros((), dtype=torch.float64))
+    torch.testing.assert_close(from_grid @ to_grid, torch.eye(9, dtype=torch.float64), atol=1e-12, rtol=0)
+
+
 # ---- physics of the potential ------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("name, overrides", [("facet_ablation_gate", {}), ("facet_ablation_tp", {}),
