@@ -611,6 +611,8 @@ def test_calculator_gives_every_property_from_one_pass_and_refuses_settings_it_i
     assert FacetCalculator(m, restart=None, label="facet").todict()["model"] == "Facet"  # ASE's own keywords
     with pytest.raises(TypeError, match="dtype must be torch.float64, torch.float32"):
         FacetCalculator(m, dtype="half")
+    with pytest.raises(TypeError, match=r"needs a Facet potential .*, got ALRNN from alrnn_m20_p2"):
+        FacetCalculator("alrnn_m20_p2")  # an AttributeError on config.cutoff at the first calculation before
     with pytest.raises(ValueError, match="pretrained= applies to a registered model name"):
         FacetCalculator(m, pretrained=True)
 

@@ -10,6 +10,7 @@ from ase.stress import full_3x3_to_voigt_6_stress
 from torch import nn
 
 from .atoms import graph_from_atoms
+from .facet import Facet
 
 
 def _load_model(model, pretrained) -> nn.Module:
@@ -72,6 +73,9 @@ class FacetCalculator(Calculator):
                             f"got {dtype!r}")
         super().__init__(**kwargs)
         self.model = _load_model(model, pretrained).to(device=device, dtype=dtype).eval()
+        if not isinstance(self.model, Facet):  # it would fail at the first calculation, on a missing cutoff
+            raise TypeError(f"FacetCalculator needs a Facet potential (zoo.list_models('facet*')), got "
+                            f"{type(self.model).__name__} from {model if isinstance(model, (str, Path)) else 'the module'}")
         self.device, self.dtype = torch.device(device), dtype
         self._source = {"model": model if isinstance(model, str) else str(model) if isinstance(model, Path)
                         else type(model).__name__, "pretrained": pretrained}
