@@ -1,6 +1,9 @@
 import dataclasses
 import json
 import math
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -58,6 +61,42 @@ def test_trained_wordpiece_tokenizer():
     assert [tok.token_to_id(s) for s in SPECIAL] == [0, 1, 2, 3, 4]
     enc = tok.encode("The Return statement", add_special_tokens=False)
     assert tok.decode(enc.ids) == "the return statement"
+
+
+def test_wordpiece_training_merges_the_most_frequent_pair_as_the_tokenizers_trainer_does():
+    """On words whose pair counts never tie (abc x5, abd x3, cd x2: pairs a##b 8, then ab##c 5, ab##d 3, c##d 2)
+    the vocabulary equals the one of the tokenizers library's WordPieceTrainer: the same characters, alone and
+    with ##, and the same merges in the same order. Ties go to the pair that sorts first (ab before cd)."""
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordPiece
+    from tokenizers.trainers import WordPieceTrainer
+
+    from train.data.wordpiece import _bert_pipeline, word_counts, wordpiece_vocabulary
+
+    text = "\n".join(["abc"] * 5 + ["abd"] * 3 + ["cd"] * 2)
+    ours = wordpiece_vocabulary(word_counts(text), 16)
+    assert ours == [*SPECIAL, "##b", "##c", "##d", "a", "b", "c", "d", "ab", "abc", "abd", "cd"]
+    theirs = _bert_pipeline(Tokenizer(WordPiece(unk_token="[UNK]")))
+    theirs.train_from_iterator(text.splitlines(), WordPieceTrainer(vocab_size=16, special_tokens=SPECIAL,
+                                                                   show_progress=False))
+    vocab = theirs.get_vocab()
+    theirs = sorted(vocab, key=vocab.get)
+    assert theirs[:5] == SPECIAL and set(theirs[5:12]) == set(ours[5:12])  # its alphabet's order varies by run
+    assert theirs[12:] == ours[12:]
+    assert wordpiece_vocabulary({"ab": 1, "cd": 1}, 12)[-1] == "ab"  # 5 special, 6 characters, 1 merge
+    assert wordpiece_vocabulary({"cd": 1, "ab": 1}, 12)[-1] == "ab"
+
+
+def test_wordpiece_training_gives_the_same_vocabulary_in_every_process():
+    """The tokenizers library's trainer breaks ties by hash order, so every process (a fresh machine, a second
+    run) trained other pieces and numbers, and an LM run could not be repeated elsewhere; ours does not depend on
+    Python's hash seed either."""
+    code = ("import json; from train.data.pytext import pydoc_topics; from train.data.wordpiece import train_wordpiece; "
+            "text = '\\n'.join(t for _, t in pydoc_topics()[:40]); "
+            "print(json.dumps(train_wordpiece(text, 600).get_vocab(), sort_keys=True))")
+    vocabs = [subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                             env={**os.environ, "PYTHONHASHSEED": seed}).stdout for seed in ("1", "2")]
+    assert vocabs[0] == vocabs[1] and len(json.loads(vocabs[0])) == 600
 
 
 def test_lm_recipes_share_budget_and_seeds():

@@ -8,8 +8,10 @@ pre-tokeniser.
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import hashlib
+import heapq
 import json
 import sys
 from pathlib import Path
@@ -23,7 +25,6 @@ except ImportError:  # Windows: no advisory locks
 import torch
 from tokenizers import Tokenizer, decoders, normalizers, pre_tokenizers
 from tokenizers.models import WordPiece
-from tokenizers.trainers import WordPieceTrainer
 
 from safetensors.torch import load_file
 
@@ -45,13 +46,79 @@ def _bert_pipeline(tokenizer: Tokenizer) -> Tokenizer:
     return tokenizer
 
 
+def word_counts(text: str) -> collections.Counter:
+    """How often each word of BERT's normaliser and pre-tokeniser occurs in the non-empty lines of ``text``."""
+    normalizer, pre_tokenizer = normalizers.BertNormalizer(lowercase=True), pre_tokenizers.BertPreTokenizer()
+    counts = collections.Counter()
+    for line in text.splitlines():
+        if line.strip():
+            counts.update(word for word, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(line)))
+    return counts
+
+
+def wordpiece_vocabulary(counts: dict[str, int], vocab_size: int) -> list[str]:
+    """The pieces of a WordPiece vocabulary, learned as the ``tokenizers`` library's WordPieceTrainer does: words
+    split into characters (later ones with the ``##`` prefix), then the most frequent adjacent pair merged until
+    ``vocab_size`` pieces (special tokens, then every character alone and as it occurs after the first, then the
+    merges in order). Ties go to the pair
+    that sorts first, so the same text gives the same vocabulary in every process; the library's trainer breaks
+    them by hash order (three processes gave three vocabularies of the pytext corpus)."""
+    words = sorted(counts)
+    freq = [counts[w] for w in words]
+    seqs = [[w[0], *("##" + c for c in w[1:])] for w in words]
+    alphabet = {piece for seq in seqs for piece in seq} | {c for w in words for c in w}  # every character plain too
+    vocab = [*SPECIAL, *sorted(alphabet - set(SPECIAL))]
+    known = set(vocab)
+    pairs, holding = collections.Counter(), collections.defaultdict(set)  # pair -> count, pair -> word indices
+    for i, seq in enumerate(seqs):
+        for pair in zip(seq, seq[1:]):
+            pairs[pair] += freq[i]
+            holding[pair].add(i)
+    heap = [(-count, pair) for pair, count in pairs.items()]
+    heapq.heapify(heap)
+    while len(vocab) < vocab_size and heap:
+        count, pair = heapq.heappop(heap)
+        if pairs.get(pair) != -count:  # an entry from before the pair's count changed
+            continue
+        first, second = pair
+        merged = first + second[2:]
+        changed = set()
+        for i in sorted(holding.pop(pair)):
+            seq, f = seqs[i], freq[i]
+            for old in zip(seq, seq[1:]):
+                pairs[old] -= f
+                changed.add(old)
+            out, j = [], 0
+            while j < len(seq):
+                if j + 1 < len(seq) and seq[j] == first and seq[j + 1] == second:
+                    out.append(merged)
+                    j += 2
+                else:
+                    out.append(seq[j])
+                    j += 1
+            seqs[i] = out
+            for new in zip(out, out[1:]):
+                pairs[new] += f
+                holding[new].add(i)
+                changed.add(new)
+        del pairs[pair]
+        for other in changed - {pair}:
+            if pairs[other] > 0:
+                heapq.heappush(heap, (-pairs[other], other))
+            else:
+                del pairs[other]
+                holding.pop(other, None)
+        if merged not in known:
+            known.add(merged)
+            vocab.append(merged)
+    return vocab
+
+
 def train_wordpiece(text: str, vocab_size: int) -> Tokenizer:
     """A WordPiece tokenizer with ``vocab_size`` pieces (special tokens first: [PAD]=0 ... [MASK]=4) trained on
-    the non-empty lines of ``text``."""
-    tokenizer = _bert_pipeline(Tokenizer(WordPiece(unk_token="[UNK]")))
-    trainer = WordPieceTrainer(vocab_size=vocab_size, special_tokens=SPECIAL, show_progress=False)
-    tokenizer.train_from_iterator((line for line in text.splitlines() if line.strip()), trainer)
-    return tokenizer
+    the non-empty lines of ``text`` (``wordpiece_vocabulary``: the same pieces and ids from the same text)."""
+    pieces = wordpiece_vocabulary(word_counts(text), vocab_size)
+    return _bert_pipeline(Tokenizer(WordPiece({piece: i for i, piece in enumerate(pieces)}, unk_token="[UNK]")))
 
 
 def tokenizer_source(kind: str, vocab_size: int) -> tuple[dict, Callable[[str], Tokenizer]]:
@@ -79,7 +146,8 @@ def tokenizer_source(kind: str, vocab_size: int) -> tuple[dict, Callable[[str], 
                   file=sys.stderr)
         return train_wordpiece(text, vocab_size)
 
-    return {"tokenizer": kind, "vocab_size": vocab_size}, train
+    # "trainer": entries cached before the trainer was deterministic are not reused
+    return {"tokenizer": kind, "vocab_size": vocab_size, "trainer": "sorted-ties"}, train
 
 
 def encode(tokenizer: Tokenizer, text: str) -> torch.Tensor:
