@@ -43,13 +43,14 @@ def write_results(rows: list[dict], out: Path) -> str:
     machines = list(dict.fromkeys(r["machine"] for r in rows if "machine" in r))  # files written before: none
     lines = [f"Trained on {m}" for m in machines] + [""] * bool(machines)
     lines += ["| w | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
-    lines += ["| " + " | ".join([f"{r['w']:g}"] + [f"{r[k]:.4g}" for k in keys]) + " |" for r in rows]
+    cell = lambda v: f"{v:.4g}" if isinstance(v, (int, float)) else str(v)  # noqa: E731  (a text column: setting)
+    lines += ["| " + " | ".join([f"{r['w']:g}"] + [cell(r[k]) for k in keys]) + " |" for r in rows]
     (out / "sweep.md").write_text("\n".join(lines) + "\n")
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    shown = [k for k in keys if k not in ("p_b_true", "w1")]
+    shown = [k for k in keys if k not in ("p_b_true", "w1") and all(isinstance(r[k], (int, float)) for r in rows)]
     fig, axes = plt.subplots(1, len(shown), figsize=(2.9 * len(shown), 2.9))
     ws = [r["w"] for r in rows]
     for ax, k in zip(axes, shown):
@@ -79,7 +80,10 @@ def main(argv=None):
     args = ap.parse_args(argv)
     out = Path(args.out)
     if args.from_json:
-        print(write_results(json.loads(Path(args.from_json).read_text()), out))
+        saved = json.loads(Path(args.from_json).read_text())
+        if isinstance(saved, dict):  # {"command", "machine", "rows"}: a file assembled from several sweeps
+            saved = [{"machine": saved["machine"], **row} if "machine" in saved else row for row in saved["rows"]]
+        print(write_results(saved, out))
         return
     rows, here = [], None
     for w in args.w:

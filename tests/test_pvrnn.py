@@ -1,5 +1,6 @@
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -909,6 +910,20 @@ def _benchmark(name, monkeypatch):
 
     monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
     return importlib.import_module(name)
+
+
+def test_sweep_script_redraws_every_saved_sweep(tmp_path, monkeypatch):
+    """The README points at each benchmarks/results/pvrnn_sweep_*.json; two of them (rows under "rows" with the
+    command and machine; a text column "setting") stopped --from-json with a KeyError or a format error."""
+    sweep = _benchmark("pvrnn_sweep", monkeypatch)
+    files = sorted((Path(__file__).resolve().parents[1] / "benchmarks" / "results").glob("pvrnn_sweep*.json"))
+    assert len(files) >= 5
+    for i, path in enumerate(files):
+        sweep.main(["--from-json", str(path), "--out", str(tmp_path / str(i))])
+        table = (tmp_path / str(i) / "sweep.md").read_text()
+        saved = json.loads(path.read_text())
+        rows = saved["rows"] if isinstance(saved, dict) else saved
+        assert sum(line.startswith("| ") for line in table.splitlines()) == len(rows) + 1, path.name  # header, rows
 
 
 def test_sweep_script_trains_each_w_and_redraws_from_its_json(tmp_path, monkeypatch):
