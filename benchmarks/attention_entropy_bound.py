@@ -1,13 +1,14 @@
 """Measured attention entropy beside Zhai et al.'s lower bound (Theorem 3.1), over the checkpoints of ViT runs.
 
-    python benchmarks/attention_entropy_bound.py RUN_DIR:LABEL [RUN_DIR:LABEL ...] [--images 64] --out bound.png
+    python benchmarks/attention_entropy_bound.py RUN_DIR[:LABEL] [RUN_DIR[:LABEL] ...] [--images 64] --out bound.png
 
 For every checkpoint of each run (checkpoints/step_*/model.safetensors and the final model.safetensors), the first
 ``--images`` test images of the run's recipe go through the model; for every block and head it records
 sigma = sigma_w * sigma_x (``layers.attention_logit_norms``; sigma_x per image) and the mean and minimum row
 entropy. The left panel shows each head's mean entropy at its median sigma with the bound for T tokens as a curve,
 the right one the same entropies against sigma_w alone (what sigmaReparam controls); the table states how many
-(image, head, query) rows sit at or above the bound (the theorem says all).
+(image, head, query) rows sit at or above the bound (the theorem says all); it is printed and written beside the
+figure (``--out`` with the suffix .md).
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import torch
 import yaml
+from common import run_and_label
 
 from estimators import attention_entropy_lower_bound
 from layers import attention_logit_norms
@@ -54,7 +56,7 @@ def measure(model: torch.nn.Module, x: torch.Tensor) -> list[dict]:
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("runs", nargs="+", help="RUN_DIR:LABEL")
+    ap.add_argument("runs", nargs="+", help="RUN_DIR[:LABEL] (the label defaults to the directory's name)")
     ap.add_argument("--images", type=int, default=64)
     ap.add_argument("--out", default="runs/attention_entropy_bound.png")  # runs/ is ignored by git
     args = ap.parse_args(argv)
@@ -66,8 +68,7 @@ def main(argv=None):
     tokens, lines = None, ["| run | step | heads | sigma (median over heads) | mean entropy (nats) | rows at or above the bound |",
                            "|---|---:|---:|---:|---:|---:|"]
     for spec in args.runs:
-        run, label = spec.rsplit(":", 1)
-        run = Path(run)
+        run, label = run_and_label(spec)
         files = sorted(run.glob("checkpoints/step_*/model.safetensors"))
         recipe = yaml.safe_load((run / "recipe.yaml").read_text())
         last = f"step_{recipe['train']['steps']:08d}"
@@ -102,6 +103,7 @@ def main(argv=None):
     fig.tight_layout()
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(args.out, dpi=110)
+    Path(args.out).with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

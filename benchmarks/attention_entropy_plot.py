@@ -1,6 +1,6 @@
 """Attention entropy per layer and training loss over steps, for runs that probed ``attention_entropy``.
 
-    python benchmarks/attention_entropy_plot.py RUN_DIR:LABEL [RUN_DIR:LABEL ...] --out entropy.png
+    python benchmarks/attention_entropy_plot.py RUN_DIR[:LABEL] [RUN_DIR[:LABEL] ...] --out entropy.png
 
 Reads each run directory's probe.csv (rows point, step, estimator attention_entropy/mean) and metrics.jsonl
 (train loss), draws one panel of per-layer mean entropy per run plus one panel of the loss curves, and prints
@@ -14,6 +14,8 @@ import json
 import re
 from collections import defaultdict
 from pathlib import Path
+
+from common import run_and_label
 
 
 def load(run: Path) -> tuple[dict[int, list[tuple[int, float]]], list[tuple[int, float]], dict]:
@@ -31,14 +33,14 @@ def load(run: Path) -> tuple[dict[int, list[tuple[int, float]]], list[tuple[int,
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("runs", nargs="+", help="RUN_DIR:LABEL")
+    ap.add_argument("runs", nargs="+", help="RUN_DIR[:LABEL] (the label defaults to the directory's name)")
     ap.add_argument("--out", default="runs/attention_entropy.png")  # runs/ is ignored by git
     args = ap.parse_args(argv)
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    runs = [(Path(spec.rsplit(":", 1)[0]), spec.rsplit(":", 1)[1]) for spec in args.runs]
+    runs = [run_and_label(spec) for spec in args.runs]
     fig, axes = plt.subplots(1, len(runs) + 1, figsize=(4.2 * (len(runs) + 1), 3.4))
     print("| run | attention entropy at the last probed step, layers 0.. (nats) | final evaluation |")
     print("|---|---|---|")

@@ -35,6 +35,14 @@ def cpu_name() -> str:
     return f"{platform.processor() or platform.machine()} CPU"
 
 
+def run_and_label(spec: str) -> tuple[Path, str]:
+    """A command line's RUN_DIR[:LABEL]: the run directory and its label (the directory's name without one)."""
+    if ":" in spec and not Path(spec).is_dir():
+        run, label = spec.rsplit(":", 1)
+        return Path(run), label
+    return Path(spec), Path(spec).name
+
+
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()

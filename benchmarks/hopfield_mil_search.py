@@ -72,6 +72,10 @@ def merge(paths: list[str]) -> dict:
     runs = [json.loads(Path(p).read_text()) for p in paths]
     if any((r["grid"], r["inner_folds"]) != (runs[0]["grid"], runs[0]["inner_folds"]) for r in runs):
         raise ValueError("--merge: the runs used different grids or inner folds")
+    seeds = [s for r in runs for s in r["seeds"]]
+    if len(set(seeds)) < len(seeds):  # repetitions are keyed by seed: a repeat would replace the earlier one
+        raise ValueError(f"--merge: seed {next(s for s in seeds if seeds.count(s) > 1)} is in more than one of "
+                         f"{', '.join(paths)}; merge runs of distinct seeds")
     res = {**runs[0], "machine": "; ".join(dict.fromkeys(r["machine"] for r in runs)),
            "seeds": [s for r in runs for s in r["seeds"]], "recipes": {}}
     for name in dict.fromkeys(n for r in runs for n in r["recipes"]):

@@ -91,8 +91,10 @@ def main():
     ap.add_argument("--naive-max", type=int, default=8192, help="skip the naive path above this length")
     ap.add_argument("--out", default="benchmarks/results")
     ap.add_argument("--tag", default="", help="suffix of the result files, e.g. _b8 for a --batch 8 run")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                    help="cpu, cuda or cuda:N (default: cuda where a GPU is visible)")
     args = ap.parse_args()
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(args.device)
     torch.manual_seed(0)
     h = Hopfield(input_size=args.dim, num_heads=args.heads, **NO_NORMS).to(device)
     mha = torch.nn.MultiheadAttention(args.dim, args.heads, batch_first=True).to(device)

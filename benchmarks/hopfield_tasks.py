@@ -55,11 +55,28 @@ def summary(values: list[float]) -> str:
     return f"{mean:.2f} ± {statistics.stdev(values):.2f}" if len(values) > 1 else f"{mean:.2f}"
 
 
+def write_results(results: dict, out: Path) -> str:
+    """hopfield_tasks.json and .md from the results so far (rewritten after every recipe: a stopped run keeps them)."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "hopfield_tasks.json").write_text(json.dumps(results, indent=2))
+    lines = [f"Mean ± std over seeds {results['seeds']} on {results['machine']}. Benchmark sets: the mean AUC of a "
+             "10-fold cross-validation per seed, then mean ± std over the seeds' repetitions.", "",
+             "| MIL recipe | AUC % (ours) | AUC % (paper) |", "|---|---|---|"]
+    lines += [f"| {n} | {summary(v)} | {PAPER_AUC.get(n, '-')} |" for n, v in results["mil"].items()]
+    lines += ["", "| tabular recipe | model | test accuracy % |", "|---|---|---|"]
+    for key, v in results["tabular"].items():
+        name, model = key.split("/")
+        lines.append(f"| {name} | {model} | {summary(v)} |")
+    (out / "hopfield_tasks.md").write_text("\n".join(lines) + "\n")
+    return "\n".join(lines)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     ap.add_argument("--out", default="benchmarks/results")
     args = ap.parse_args()
+    out = Path(args.out)
     results = {"machine": machine(), "seeds": args.seeds, "mil": {}, "mil_cv": {}, "tabular": {}}
     for name in MIL:
         recipe = load_recipe(name)
@@ -72,24 +89,14 @@ def main():
             results["mil_cv"][name] = cross_validated_auc(name, args.seeds)
             results["mil"][name] = results["mil_cv"][name]["repetition_means"]
         print(name, results["mil"][name], flush=True)
+        write_results(results, out)
     for name, models in TABULAR.items():
         for model in models:
             acc = [100 * run(name, s, [f"model={model}"])["test_acc"] for s in args.seeds]
             results["tabular"][f"{name}/{model}"] = acc
             print(name, model, acc, flush=True)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "hopfield_tasks.json").write_text(json.dumps(results, indent=2))
-    lines = [f"Mean ± std over seeds {args.seeds} on {results['machine']}. Benchmark sets: the mean AUC of a 10-fold "
-             "cross-validation per seed, then mean ± std over the seeds' repetitions.", "",
-             "| MIL recipe | AUC % (ours) | AUC % (paper) |", "|---|---|---|"]
-    lines += [f"| {n} | {summary(v)} | {PAPER_AUC.get(n, '-')} |" for n, v in results["mil"].items()]
-    lines += ["", "| tabular recipe | model | test accuracy % |", "|---|---|---|"]
-    for key, v in results["tabular"].items():
-        name, model = key.split("/")
-        lines.append(f"| {name} | {model} | {summary(v)} |")
-    (out / "hopfield_tasks.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+            write_results(results, out)
+    print(write_results(results, out))
 
 
 if __name__ == "__main__":

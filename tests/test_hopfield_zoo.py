@@ -505,3 +505,27 @@ def test_mil_digits_task_defaults_are_the_shipped_recipes_200_and_200_bags_of_le
     for split, bags in (("train", task.train), ("test", task.test)):
         expected = digit_bags(200, target=9, mean_length=10.0, std_length=2.0, split=split, seed=0)
         assert all(torch.equal(bags[k], expected[k]) for k in ("x", "mask", "y")), split
+
+
+def test_mil_search_merge_joins_distinct_seeds_and_refuses_a_repeated_one(tmp_path, monkeypatch):
+    """--merge keys repetitions by seed: merging a run with itself listed 8 seeds while keeping 4 repetitions (the
+    repeat replaced the first); now it is an error, and runs of distinct seeds join with every repetition."""
+    import json
+    from pathlib import Path
+
+    benchmarks = Path(__file__).resolve().parents[1] / "benchmarks"
+    monkeypatch.syspath_prepend(str(benchmarks))
+    from hopfield_mil_search import merge
+
+    saved = benchmarks / "results" / "hopfield_mil_search.json"
+    with pytest.raises(ValueError, match=r"--merge: seed 0 is in more than one of .*; merge runs of distinct seeds"):
+        merge([str(saved), str(saved)])
+    run = json.loads(saved.read_text())
+    shift = lambda reps: {str(int(s) + 10): recs for s, recs in reps.items()}  # noqa: E731
+    later = {**run, "seeds": [s + 10 for s in run["seeds"]],
+             "recipes": {n: {**r, "repetitions": shift(r["repetitions"])} for n, r in run["recipes"].items()}}
+    (tmp_path / "later.json").write_text(json.dumps(later))
+    joined = merge([str(saved), str(tmp_path / "later.json")])
+    assert joined["seeds"] == run["seeds"] + later["seeds"]
+    for name, r in joined["recipes"].items():
+        assert len(r["repetitions"]) == len(r["repetition_means"]) == 2 * len(run["seeds"]), name

@@ -753,3 +753,30 @@ def test_vit_sigma_features_only_defaults_to_the_last_three_blocks():
     feats = timm.create_model("vit_tiny_patch16_224_sigma", features_only=True, img_size=32, patch_size=8, depth=5)
     assert feats.feature_info.module_name() == ["blocks.2", "blocks.3", "blocks.4"]
     assert [tuple(f.shape) for f in feats(torch.randn(1, 3, 32, 32))] == [(1, 192, 4, 4)] * 3
+
+
+def test_attention_entropy_scripts_draw_a_run_with_or_without_a_label(tmp_path, monkeypatch):
+    """benchmarks/attention_entropy_plot.py and attention_entropy_bound.py take RUN_DIR[:LABEL] (a directory alone
+    was an IndexError or an unpacking error); the bound script writes its table beside the figure (.md), with
+    one row per checkpoint and every (image, head, query) row at or above Theorem 3.1's bound."""
+    from pathlib import Path
+
+    from train import fit, load_recipe
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import attention_entropy_bound
+    import attention_entropy_plot
+
+    run = tmp_path / "vit"
+    fit(load_recipe("sigma-vit-digits", ["model_args.depth=1", "train.steps=2", "train.batch_size=8",
+                                         "train.eval_every=0", "train.ckpt_every=1", "train.log_every=1",
+                                         "probe.every=1"]), run)
+    attention_entropy_plot.main([str(run), "--out", str(tmp_path / "plot.png")])
+    attention_entropy_plot.main([f"{run}:sigma", "--out", str(tmp_path / "plot2.png")])
+    assert (tmp_path / "plot.png").stat().st_size > 5_000 and (tmp_path / "plot2.png").is_file()
+    attention_entropy_bound.main([str(run), "--images", "2", "--out", str(tmp_path / "bound.png")])
+    table = (tmp_path / "bound.md").read_text().splitlines()
+    rows = [line.split(" | ") for line in table[2:]]
+    assert [(r[0], r[1]) for r in rows] == [("| vit", "1"), ("| vit", "2")]  # steps 1 and 2, labelled by the folder
+    above, total = rows[0][-1].removesuffix(" |").split(" / ")
+    assert above == total and int(total) == 2 * 3 * 65  # images x heads x queries, all at or above the bound
