@@ -64,6 +64,14 @@ def _labelled(estimators: list[Estimator]) -> list[tuple[str, Estimator]]:
             for i, (label, est) in enumerate(zip(labels, kept))]
 
 
+
+def _closest_globs(pattern: str, names: list[str]) -> list[str]:
+    """Suggestions for a glob that matches none of ``names``: the glob under the parent path that makes it match
+    (``layers.*.gate`` -> ``model.layers.*.gate``), else the three closest names."""
+    prefixes = dict.fromkeys(name[:i + 1] for name in names for i, c in enumerate(name)
+                             if c == "." and fnmatch.fnmatchcase(name[i + 1:], pattern))
+    return [p + pattern for p in prefixes][:3] or difflib.get_close_matches(pattern, names, n=3)
+
 class Probe:
     """Watch named tensors of ``model`` with estimators.
 
@@ -112,7 +120,7 @@ class Probe:
             if of_modules:
                 hit = [n for n in every_module if fnmatch.fnmatchcase(n, pattern)]
                 if not hit:
-                    close = difflib.get_close_matches(pattern, [n for n in every_module if n], n=3)
+                    close = _closest_globs(pattern, [n for n in every_module if n])
                     raise KeyError(f"Probe: {pattern!r} matches no submodule of {type(model).__name__} for "
                                    f"{[e.name for e in of_modules]}" + (f"; did you mean {close}?" if close else ""))
                 for n in hit:
@@ -122,7 +130,7 @@ class Probe:
             hit_m = [n for n in modules if fnmatch.fnmatchcase(n, pattern)]
             hit_p = [n for n in params if fnmatch.fnmatchcase(n, pattern)]
             if not hit_m and not hit_p:
-                close = difflib.get_close_matches(pattern, [*modules, *params], n=3)
+                close = _closest_globs(pattern, [*modules, *params])
                 raise KeyError(f"Probe: {pattern!r} matches no probe point or parameter of {type(model).__name__}"
                                + (f"; did you mean {close}?" if close else "")
                                + f"; probe points are {sorted(modules) or 'none'} "

@@ -302,6 +302,11 @@ def test_module_estimators_take_a_keyword_input_and_tied_weights_and_typos_are_n
     assert probe.table()[0]["point"] == "1.weight"
     with pytest.raises(KeyError, match=r"did you mean \['0.weight'"):
         Probe(tied, {"0.weigth": [condition_number()]})
+    # a glob that matches below another parent is offered under that parent (it was offered the closest names,
+    # model.layers.1..., model.layers.0..., each a single point)
+    nested = nn.Sequential(nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2)))
+    with pytest.raises(KeyError, match=r"did you mean \['0\.\[01\]\.weight'\]\?"):
+        Probe(nested, {"[01].weight": [condition_number()]})
 
 
 def test_local_complexity_of_inputs_recorded_under_bf16_autocast():

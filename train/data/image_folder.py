@@ -77,7 +77,8 @@ class ImageFolderData:
 
         if not root:
             raise ValueError("data.path is not set: give the folder that holds the train/ and val/ class folders "
-                             "(ImageNet: the ILSVRC2012 train and val images sorted into one folder per class)")
+                             "(any image folder, one folder per class; for ImageNet, the ILSVRC2012 train and val "
+                             "images sorted so)")
         self.root = Path(root).expanduser()
         self.splits = {}
         for kind, split in (("train", train_split), ("eval", eval_split)):

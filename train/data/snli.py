@@ -11,7 +11,7 @@ FILES = {"train": "snli_1.0_train.jsonl", "valid": "snli_1.0_dev.jsonl", "test":
 LABELS = ("entailment", "neutral", "contradiction")  # the hub dataset's label ids 0, 1, 2 (-1: no gold label)
 HUB_CONFIG = "plain_text"
 HOW_TO_GET = ("Download SNLI 1.0 (https://nlp.stanford.edu/projects/snli/snli_1.0.zip), unzip it and point data.path "
-              "at the folder that holds {files}, e.g. `zoo train grassmann-nli-snli --set data.path=/data/snli_1.0`; "
+              "at the folder that holds {files}, e.g. `--set data.path=/data/snli_1.0` after the recipe's name; "
               "or set data.path to the Hugging Face dataset 'stanfordnlp/snli' (configuration data.hub_config, "
               f"default {HUB_CONFIG!r}) after `hf download stanfordnlp/snli --repo-type dataset`.")
 

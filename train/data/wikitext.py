@@ -11,8 +11,8 @@ FILES = {"train": "wiki.train.tokens", "valid": "wiki.valid.tokens", "test": "wi
 HUB_CONFIG = "wikitext-2-v1"
 HOW_TO_GET = (
     "Download Wikitext-2 (https://s3.amazonaws.com/research.metamind.io/wikitext/wikitext-2-v1.zip), unzip it and "
-    "point data.path at the folder that holds {files}, e.g. `zoo train grassmann-lm-wikitext2 "
-    "--set data.path=/data/wikitext-2`; or set data.path to the Hugging Face dataset 'Salesforce/wikitext' "
+    "point data.path at the folder that holds {files}, e.g. `--set data.path=/data/wikitext-2` "
+    "after the recipe's name; or set data.path to the Hugging Face dataset 'Salesforce/wikitext' "
     f"(configuration data.hub_config, default {HUB_CONFIG!r}) after `hf download Salesforce/wikitext "
     "--repo-type dataset`.")
 
