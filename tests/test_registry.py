@@ -105,3 +105,11 @@ def test_pretrained_without_published_weights_names_the_models_that_have_them():
                                        r"Models with published weights: \[.*'alrnn_m20_p2'") as err:
         zoo.create_model("hopfield_mil", pretrained=True)
     assert str(err.value).startswith("no published")  # no quotes around it, as KeyError's own str would add
+
+
+def test_the_installed_distribution_carries_zoos_version():
+    """pyproject reads the version from zoo.__version__ (it was written in both places, free to drift apart); the
+    checkpoints record zoo.__version__, pip reports the distribution's."""
+    import importlib.metadata
+
+    assert importlib.metadata.version("paperzoo") == zoo.__version__
