@@ -77,7 +77,7 @@ def merge(paths: list[str]) -> dict:
         raise ValueError(f"--merge: seed {next(s for s in seeds if seeds.count(s) > 1)} is in more than one of "
                          f"{', '.join(paths)}; merge runs of distinct seeds")
     res = {**runs[0], "machine": "; ".join(dict.fromkeys(r["machine"] for r in runs)),
-           "seeds": [s for r in runs for s in r["seeds"]], "recipes": {}}
+           "seeds": seeds, "recipes": {}}
     for name in dict.fromkeys(n for r in runs for n in r["recipes"]):
         reps = {s: recs for r in runs for s, recs in r["recipes"].get(name, {}).get("repetitions", {}).items()}
         res["recipes"][name] = {"repetitions": reps, "repetition_means": [

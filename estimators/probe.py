@@ -64,13 +64,13 @@ def _labelled(estimators: list[Estimator]) -> list[tuple[str, Estimator]]:
             for i, (label, est) in enumerate(zip(labels, kept))]
 
 
-
 def _closest_globs(pattern: str, names: list[str]) -> list[str]:
     """Suggestions for a glob that matches none of ``names``: the glob under the parent path that makes it match
     (``layers.*.gate`` -> ``model.layers.*.gate``), else the three closest names."""
     prefixes = dict.fromkeys(name[:i + 1] for name in names for i, c in enumerate(name)
                              if c == "." and fnmatch.fnmatchcase(name[i + 1:], pattern))
     return [p + pattern for p in prefixes][:3] or difflib.get_close_matches(pattern, names, n=3)
+
 
 class Probe:
     """Watch named tensors of ``model`` with estimators.

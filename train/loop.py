@@ -89,9 +89,9 @@ def _record_launch(path: Path, start: int, d: Dist) -> None:
     if start and path.is_file():
         try:
             launches = json.loads(path.read_text())["launches"]
-            if not isinstance(launches, list):
-                raise TypeError
-        except (ValueError, KeyError, TypeError):  # damaged outside the run: the record starts again at this launch
+        except (ValueError, KeyError, TypeError):
+            launches = None
+        if not isinstance(launches, list):  # damaged outside the run: the record starts again at this launch
             launches = []
             warnings.warn(f"--resume: {path} is not a launch record; it now holds this launch only", stacklevel=3)
     _write_text(path, json_text({"launches": [*launches, {"start_step": start, **environment(d.device, d.world)}]},

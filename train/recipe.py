@@ -138,6 +138,14 @@ def apply_override(recipe: dict, assignment: str) -> dict:
     return out
 
 
+def _refuse_unknown(path, what: str, given: dict, valid) -> None:
+    """A recipe file's keys outside ``valid``: an error listing them with the closest valid name of each."""
+    unknown = sorted(set(given) - set(valid))
+    if unknown:
+        hints = {k: difflib.get_close_matches(k, sorted(valid), n=1) for k in unknown}
+        raise ValueError(f"recipe {path}: unknown {what} {unknown} (closest: {hints}); valid: {sorted(valid)}")
+
+
 def load_recipe(name_or_path: str, overrides: list[str] | tuple[str, ...] = ()) -> dict:
     """Load a recipe by name (train/recipes/NAME.yaml) or path, fill defaults, apply overrides."""
     path = Path(name_or_path)
@@ -157,17 +165,10 @@ def load_recipe(name_or_path: str, overrides: list[str] | tuple[str, ...] = ()) 
     missing = [k for k in REQUIRED if k not in raw]
     if missing:
         raise ValueError(f"recipe {path} lacks required keys {missing}")
-    unknown = sorted(set(raw) - set(DEFAULTS) - set(REQUIRED) - set(METADATA))
-    if unknown:
-        valid = sorted(set(DEFAULTS) | set(REQUIRED) | set(METADATA))
-        hints = {k: difflib.get_close_matches(k, valid, n=1) for k in unknown}
-        raise ValueError(f"recipe {path}: unknown top-level keys {unknown} (closest: {hints}); valid: {valid}")
+    _refuse_unknown(path, "top-level keys", raw, set(DEFAULTS) | set(REQUIRED) | set(METADATA))
     train = raw.get("train") or {}
-    unknown = sorted(set(train) - set(DEFAULTS["train"])) if isinstance(train, dict) else []
-    if unknown:  # a misspelt ckpt_every would silently turn checkpoints (and resume) off
-        hints = {k: difflib.get_close_matches(k, DEFAULTS["train"], n=1) for k in unknown}
-        raise ValueError(f"recipe {path}: unknown train settings {unknown} (closest: {hints}); valid: "
-                         f"{sorted(DEFAULTS['train'])}")
+    if isinstance(train, dict):  # a misspelt ckpt_every would silently turn checkpoints (and resume) off
+        _refuse_unknown(path, "train settings", train, DEFAULTS["train"])
     recipe = _merge(DEFAULTS, raw)
     for assignment in overrides:
         recipe = apply_override(recipe, assignment)

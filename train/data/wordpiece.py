@@ -60,9 +60,9 @@ def wordpiece_vocabulary(counts: dict[str, int], vocab_size: int) -> list[str]:
     """The pieces of a WordPiece vocabulary, learned as the ``tokenizers`` library's WordPieceTrainer does: words
     split into characters (later ones with the ``##`` prefix), then the most frequent adjacent pair merged until
     ``vocab_size`` pieces (special tokens, then every character alone and as it occurs after the first, then the
-    merges in order). Ties go to the pair
-    that sorts first, so the same text gives the same vocabulary in every process; the library's trainer breaks
-    them by hash order (three processes gave three vocabularies of the pytext corpus)."""
+    merges in order). Ties go to the pair that sorts first, so the same text gives the same vocabulary in every
+    process; the library's trainer breaks them by hash order (three processes gave three vocabularies of the pytext
+    corpus)."""
     words = sorted(counts)
     freq = [counts[w] for w in words]
     seqs = [[w[0], *("##" + c for c in w[1:])] for w in words]
