@@ -1,7 +1,7 @@
 """Discrete and discretised estimators: plug-in entropy and binned mutual information.
 
 Every sample (row) of a discretised tensor is one symbol (the tuple of its bin indices), as in
-Shwartz-Ziv & Tishby (2017); symbols are found with ``torch.unique(dim=0)``, cost O(N D log N).
+Shwartz-Ziv & Tishby (2017); symbols are ranked by ``symbols``, cost O(N D log N).
 """
 from __future__ import annotations
 
@@ -14,9 +14,24 @@ from .samples import as_samples, same_rows
 STRATEGIES = ("equal_width", "equal_mass")
 
 
-def _symbols(codes: torch.Tensor) -> torch.Tensor:
-    """Row -> integer symbol id (0..m-1)."""
-    return torch.unique(codes, dim=0, return_inverse=True)[1]
+def symbols(rows: torch.Tensor) -> torch.Tensor:
+    """Row of ``rows`` (N, D) -> integer symbol id 0..m-1, the rank of the row among the m distinct rows in
+    lexicographic order: the inverse of ``torch.unique(rows, dim=0)``, without its CPU kernel's row-by-row
+    comparisons. One sort ranks every column densely; the ranks are folded into one int64 key column by column
+    (key = key * distinct values + rank, re-ranked before it could overflow), and a 1-D unique ranks the keys."""
+    rows = rows.flatten(1) if rows.dim() > 1 else rows[:, None]
+    ordered, order = rows.sort(0)
+    starts = torch.ones_like(ordered, dtype=torch.long)
+    starts[1:] = (ordered[1:] != ordered[:-1]).long()
+    dense = starts.cumsum(0) - 1  # rank of each sorted entry among its column's distinct values
+    ranks = torch.empty_like(dense).scatter_(0, order, dense)
+    key, count = torch.zeros(rows.shape[0], dtype=torch.long, device=rows.device), 1
+    for column, size in zip(ranks.unbind(1), (dense[-1] + 1).tolist() if len(rows) else []):
+        if count * size >= 2 ** 62:
+            key = torch.unique(key, return_inverse=True)[1]
+            count = len(rows)
+        key, count = key * size + column, count * size
+    return torch.unique(key, return_inverse=True)[1]
 
 
 def _entropy_of_symbols(ids: torch.Tensor, miller_madow: bool = False) -> torch.Tensor:
@@ -91,7 +106,7 @@ def plugin_entropy(x: torch.Tensor, base: float | str = "nats", miller_madow: bo
     if not torch.is_tensor(x):
         raise TypeError(f"x must be a torch.Tensor of symbols (N, ...), got {type(x).__name__}")
     x = as_samples(x, "x", dtype=x.dtype, min_rows=1)
-    return (_entropy_of_symbols(_symbols(x), miller_madow) / log_base(base)).float()
+    return (_entropy_of_symbols(symbols(x), miller_madow) / log_base(base)).float()
 
 
 def _codes(v: torch.Tensor, name: str, n_bins: int, strategy: str, value_range) -> torch.Tensor:
@@ -115,8 +130,8 @@ def binned_mutual_information(x: torch.Tensor, y: torch.Tensor, n_bins: int = 30
     """
     x, y = _codes(x, "x", n_bins, strategy, value_range), _codes(y, "y", n_bins, strategy, y_range)
     same_rows(x, y)
-    sx, sy = _symbols(x), _symbols(y)
-    joint = _symbols(torch.stack([sx, sy], 1))
+    sx, sy = symbols(x), symbols(y)
+    joint = symbols(torch.stack([sx, sy], 1))
     mi = _entropy_of_symbols(sx) + _entropy_of_symbols(sy) - _entropy_of_symbols(joint)
     return (mi.clamp_min(0) / log_base(base)).float()
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .binning import binned_mutual_information
+from .binning import binned_mutual_information, symbols
 from .estimator import unit_name
 
 
@@ -51,7 +51,7 @@ def information_plane(model: nn.Module, x: torch.Tensor, y: torch.Tensor, points
     """
     if y.shape[0] != x.shape[0]:
         raise ValueError(f"x and y must have the same number of samples, got {x.shape[0]} and {y.shape[0]}")
-    x_symbols = torch.unique(x.reshape(x.shape[0], -1), dim=0, return_inverse=True)[1]
+    x_symbols = symbols(x)
     out = {}
     for name, t in layer_activations(model, x, points).items():
         t = t.float()

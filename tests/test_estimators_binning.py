@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from estimators import adaptive_binned_mi, binned_mutual_information, plugin_entropy
-from estimators.binning import binned_plugin_entropy, discretise
+from estimators.binning import binned_plugin_entropy, discretise, symbols
 
 
 def test_plugin_entropy_known_values():
@@ -139,3 +139,17 @@ def test_equal_width_value_range_must_be_increasing():
             discretise(x, 4, value_range=bad)
         with pytest.raises(ValueError, match="value_range"):
             binned_mutual_information(x, x, n_bins=4, value_range=bad)
+
+
+@pytest.mark.parametrize("rows", [
+    torch.randint(0, 30, (2000, 12), generator=torch.Generator().manual_seed(0)),            # bin indices
+    torch.randint(0, 2, (300, 200), generator=torch.Generator().manual_seed(1)).bool(),     # 2^200 keys: re-ranked
+    torch.randn(200, 3, generator=torch.Generator().manual_seed(2)).round(),                # floats with ties
+    torch.randint(-5, 5, (500,), generator=torch.Generator().manual_seed(3)),               # one column
+    torch.randint(0, 2, (40, 3, 4), generator=torch.Generator().manual_seed(4)),            # rows of any shape
+])
+def test_symbols_rank_rows_as_torch_unique(rows):
+    """symbols() is the inverse of torch.unique(dim=0): the same ids (lexicographic ranks), not just the same
+    partition, so every binned estimate is unchanged."""
+    expected = torch.unique(rows.reshape(len(rows), -1), dim=0, return_inverse=True)[1]
+    assert torch.equal(symbols(rows), expected)

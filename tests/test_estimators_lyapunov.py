@@ -61,6 +61,20 @@ def test_bad_inputs():
         largest_lyapunov_exponent(lambda z: z * 1e200, torch.ones(1, 2, dtype=torch.float64), steps=10)
 
 
+@pytest.mark.parametrize("bad_step", [0, 63, 64, 70, 130])
+def test_a_merged_pair_is_named_at_its_step(bad_step):
+    """The separations are checked once per 64 steps; the error still names the first step whose pair merged (or
+    diverged), in the first block, at a block boundary or later, and the steps before it within the transient too."""
+    calls = []
+
+    def collapse_at(z):  # contracting until ``bad_step``, then every state maps to 0: the pair merges there
+        calls.append(None)
+        return z * 0.5 if len(calls) <= bad_step else torch.zeros_like(z)
+
+    with pytest.raises(FloatingPointError, match=rf"diverged or merged at step {bad_step};"):
+        largest_lyapunov_exponent(collapse_at, torch.ones(3, 2, dtype=torch.float64), steps=150, transient=10)
+
+
 def test_delta_below_the_dtype_resolution_is_a_clear_error():
     """In float32 the default delta = 1e-8 rounds away at |z| ~ 0.3 (it failed as 'diverged or merged at step 0');
     the error names the resolution and the ways out, and a float32 map runs with a larger delta."""
