@@ -1,3 +1,4 @@
+import collections
 import csv
 import json
 import os
@@ -9,6 +10,7 @@ import warnings
 from pathlib import Path
 
 import pytest
+import timm.layers
 import torch
 import yaml
 
@@ -293,6 +295,7 @@ def test_nan_gradient_of_a_finite_loss_stops_before_the_update(tmp_path, monkeyp
     ("train.seed=-1", r"train.seed must be an integer in \[0, 4294967295\], got -1"),
     ("train.seed=4294967296", r"train.seed must be an integer in \[0, 4294967295\]"),
     ('train.compile="false"', "train.compile must be true or false, got 'false'"),
+    ("train.sync_batchnorm=1", "train.sync_batchnorm must be true or false, got 1"),
     ("train.grad_accum=3", r"train.batch_size=8 must be divisible by grad_accum\*processes=3"),
 ])
 def test_bad_train_values_are_named_before_any_work(tmp_path, override, message):
@@ -702,6 +705,52 @@ def test_torchrun_two_processes_equal_single_process(tmp_path, name, extra):
         for ra, rb in zip(pa, pb):
             assert float(ra["value"]) == pytest.approx(float(rb["value"]), rel=1e-3), ra
 
+
+
+MBV2_TINY = ["data.size=16", "train.steps=3", "train.batch_size=8", "train.ckpt_every=0", "train.log_every=1",
+             "train.threads=1"]
+
+
+def test_sync_batchnorm_is_a_no_op_in_one_process_and_refused_on_cpu_ranks(tmp_path):
+    """train.sync_batchnorm converts the BatchNorms to SyncBatchNorm, which in one process is plain BatchNorm: the
+    run equals one without it and its checkpoint loads into the plain model. Two CPU ranks are refused before any
+    file is written (torch's SyncBatchNorm runs on CUDA only)."""
+    plain = fit(load_recipe("mbv2-ca-digits", MBV2_TINY), tmp_path / "plain")
+    converted = []
+    original = timm.layers.convert_sync_batchnorm
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(timm.layers, "convert_sync_batchnorm", lambda module: converted.append(original(module)) or
+                   converted[-1])
+        synced = fit(load_recipe("mbv2-ca-digits", MBV2_TINY + ["train.sync_batchnorm=true"]), tmp_path / "sync")
+    # timm's BatchNormAct2d keeps its activation (torch's converter would make it a bare SyncBatchNorm)
+    kinds = collections.Counter(type(m).__name__ for m in converted[0].modules() if "Norm" in type(m).__name__)
+    assert kinds == {"SyncBatchNormAct": 52, "SyncBatchNorm": 16}
+    assert train_losses(tmp_path / "plain") == train_losses(tmp_path / "sync") and plain == synced
+    a, b = (load_checkpoint(tmp_path / run / "model.safetensors").state_dict() for run in ("plain", "sync"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    env = dict(os.environ, GLOO_SOCKET_IFNAME="lo", OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", free_port(),
+           "-m", "train.cli", "train", "mbv2-ca-digits", "--out", str(tmp_path / "ddp")]
+    for o in MBV2_TINY + ["train.sync_batchnorm=true", "train.device=cpu"]:
+        cmd += ["--set", o]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=Path(__file__).parents[1])
+    assert proc.returncode != 0
+    assert "train.sync_batchnorm: torch's SyncBatchNorm runs on CUDA devices only, and this run's 2 processes " \
+           "use cpu" in proc.stderr, proc.stderr[-3000:]
+    assert not (tmp_path / "ddp").exists() or not any((tmp_path / "ddp").iterdir())
+
+
+def test_resume_of_a_run_saved_before_a_train_setting_existed(tmp_path):
+    """A run whose recipe.yaml lacks a setting added since (train.sync_batchnorm here) resumes: the missing setting
+    counts at its default, not as a changed recipe."""
+    run = SMALL_DSR + ["train.steps=2", "train.ckpt_every=2"]
+    fit(load_recipe("alrnn-lorenz63", run), tmp_path / "run")
+    saved = yaml.safe_load((tmp_path / "run" / "recipe.yaml").read_text())
+    del saved["train"]["sync_batchnorm"]
+    (tmp_path / "run" / "recipe.yaml").write_text(yaml.safe_dump(saved))
+    fit(load_recipe("alrnn-lorenz63", run), tmp_path / "run", resume=True)  # a finished run: evaluated again
+    with pytest.raises(ValueError, match=r"train.steps: 2 -> 4"):  # a real change is still refused
+        fit(load_recipe("alrnn-lorenz63", run + ["train.steps=4"]), tmp_path / "run", resume=True)
 
 
 @pytest.mark.parametrize("device, precision, tol", [pytest.param("cpu", "fp32", 1e-5, marks=pytest.mark.slow),

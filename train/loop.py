@@ -25,7 +25,7 @@ from weights.tree import load_tree, save_tree
 from .distributed import Dist, all_mean, gather_rows, setup, teardown, world_size
 from .environment import environment
 from .plots import plot_metrics
-from .recipe import METADATA, check_number
+from .recipe import METADATA, check_number, with_defaults
 from .schedules import build_optimizer, build_scheduler, lr_factor
 from .tasks import make_task, with_run_files
 from .tasks.base import Task
@@ -317,14 +317,15 @@ def fit(recipe: dict, out: str | Path = "runs/run", resume: bool = False) -> dic
 def _check_train_section(cfg: dict) -> None:
     """Counts in the recipe's train section are integers: >= 1 for steps, batch_size, grad_accum and log_every,
     >= 0 for eval_every, ckpt_every and keep_checkpoints (0: keep all), >= 1 or null for threads; seed in
-    [0, 2^32 - 1]; compile true or false."""
+    [0, 2^32 - 1]; compile and sync_batchnorm true or false."""
     for key, least in (("steps", 1), ("batch_size", 1), ("grad_accum", 1), ("log_every", 1), ("eval_every", 0),
                        ("ckpt_every", 0), ("keep_checkpoints", 0)):
         check_number("train", key, cfg[key], low=least, integer=True)
     check_number("train", "seed", cfg["seed"], high=MAX_SEED, integer=True)
     check_number("train", "threads", cfg["threads"], low=1, integer=True, optional=True)
-    if not isinstance(cfg["compile"], bool):  # the string "false" would be true
-        raise ValueError(f"train.compile must be true or false, got {cfg['compile']!r}")
+    for key in ("compile", "sync_batchnorm"):
+        if not isinstance(cfg[key], bool):  # the string "false" would be true
+            raise ValueError(f"train.{key} must be true or false, got {cfg[key]!r}")
     parts = int(cfg["grad_accum"]) * world_size()
     if int(cfg["batch_size"]) % parts:
         raise ValueError(f"train.batch_size={cfg['batch_size']} must be divisible by grad_accum*processes={parts}")
@@ -400,8 +401,9 @@ def _check_run_dir(recipe: dict, out: Path, resume: bool) -> None:
                                 "a new --out")
     if resume and (out / "recipe.yaml").is_file():
         # what the run computes must match; the keys for people (description, baselines) may change under it
+        # a setting added since the run was saved counts at its default
         saved, now = ({k: v for k, v in r.items() if k not in METADATA}
-                      for r in (yaml.safe_load((out / "recipe.yaml").read_text()) or {}, recipe))
+                      for r in (with_defaults(yaml.safe_load((out / "recipe.yaml").read_text()) or {}), recipe))
         if saved != now:
             raise ValueError(f"--resume with a different recipe than the one in {out}/recipe.yaml: "
                              f"{'; '.join(_differences(saved, now))} (saved -> now). A resumed run repeats its "
@@ -457,10 +459,19 @@ def _load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict) -> None
 def _fit(recipe: dict, cfg: dict, out: Path, resume: bool, d: Dist, task, points: dict) -> dict:
     if d.world > 1:
         _check_ranks_agree(task, d)
+    sync_bn = bool(cfg["sync_batchnorm"])  # in one process (no process group) SyncBatchNorm is plain BatchNorm
+    if sync_bn and d.world > 1 and d.device.type != "cuda":
+        raise ValueError(f"train.sync_batchnorm: torch's SyncBatchNorm runs on CUDA devices only, and this run's "
+                         f"{d.world} processes use {d.device.type}; drop the setting (each rank then normalises "
+                         "over its own slice of the batch)")
     steps, accum, batch_size = int(cfg["steps"]), int(cfg["grad_accum"]), int(cfg["batch_size"])
     found = checkpoints(out)
     model_args = task.model_args(recipe["model_args"])
     model = zoo.create_model(recipe["model"], pretrained=recipe.get("pretrained") or False, **model_args).to(d.device)
+    if sync_bn:  # BatchNorm statistics over the global batch: same parameters and buffers, so checkpoints match
+        from timm.layers import convert_sync_batchnorm  # torch's own turns timm's BatchNormAct2d into a bare
+        # SyncBatchNorm, dropping the activation; timm's keeps it (SyncBatchNormAct) and converts plain BatchNorm too
+        model = convert_sync_batchnorm(model)
     task.prepare(model)
     optimizer = build_optimizer(model.parameters(), recipe["optim"])
     scheduler = build_scheduler(optimizer, recipe["schedule"], steps)

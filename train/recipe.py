@@ -21,7 +21,7 @@ DEFAULTS = {
     "schedule": {"name": "constant", "warmup": 0},
     "train": {"steps": 1000, "batch_size": 16, "grad_accum": 1, "clip": 0.0, "eval_every": 0, "ckpt_every": 0,
               "log_every": 10, "seed": 0, "precision": "auto", "device": "auto", "keep_checkpoints": 2,
-              "select": None, "threads": None, "compile": False},
+              "select": None, "threads": None, "compile": False, "sync_batchnorm": False},
     "probe": {},
 }
 REQUIRED = ("name", "model", "task")
@@ -48,6 +48,11 @@ def check_number(section: str, key: str, value, low: float = 0.0, high: float = 
 
 def list_recipes() -> list[str]:
     return sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
+
+
+def with_defaults(recipe: dict) -> dict:
+    """``recipe`` with every setting it leaves out at its default (a run saved before a setting existed gets it)."""
+    return _merge(DEFAULTS, recipe)
 
 
 def _merge(base: dict, extra: dict) -> dict:
@@ -169,7 +174,7 @@ def load_recipe(name_or_path: str, overrides: list[str] | tuple[str, ...] = ()) 
     train = raw.get("train") or {}
     if isinstance(train, dict):  # a misspelt ckpt_every would silently turn checkpoints (and resume) off
         _refuse_unknown(path, "train settings", train, DEFAULTS["train"])
-    recipe = _merge(DEFAULTS, raw)
+    recipe = with_defaults(raw)
     for assignment in overrides:
         recipe = apply_override(recipe, assignment)
     baselines = recipe.get("baselines", [])  # from the file or a --set
