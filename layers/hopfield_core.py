@@ -230,7 +230,7 @@ class HopfieldCore(nn.Module):
         xi, state = softmax(q), q
         active = torch.ones(self.num_heads, dtype=torch.bool, device=q.device)
         step = 0
-        while active.any() and (self.update_steps_max is None or step < self.update_steps_max):
+        while (self.update_steps_max is None or step < self.update_steps_max) and active.any():  # no wait at 0
             keep = active.view(1, -1, 1, 1)
             state = torch.where(keep, xi @ k, state)
             new = torch.where(keep, softmax(state), xi)

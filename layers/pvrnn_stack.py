@@ -56,7 +56,7 @@ def pack_levels(levels) -> PackedStack:
                       torch.block_diag(*[layer.W_sigma.weight for layer in levels])], 0),
         bp=torch.cat([layer.W_mu.bias for layer in levels] + [layer.W_sigma.bias for layer in levels]),
         level_sum=torch.block_diag(*[w.new_ones(z, 1) for z in z_sizes]),
-        lag=torch.tensor([L - 1 - k for k, n in enumerate(d_sizes) for _ in range(n)], device=w.device),
+        lag=torch.tensor([L - 1 - k for k, n in enumerate(d_sizes) for _ in range(n)]).to(w.device, non_blocking=True),
         d_sizes=d_sizes, z_sizes=z_sizes)
 
 

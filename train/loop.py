@@ -356,11 +356,16 @@ def only_rows(optimizer: torch.optim.Optimizer, rows: dict[torch.nn.Parameter, t
         state = optimizer.state.get(param, {})
         return {k: v for k, v in state.items() if torch.is_tensor(v) and v.shape == param.shape}
 
-    saved = []
+    saved, unused = [], {}
     for param, used in rows.items():
-        keep = torch.ones(param.shape[0], dtype=torch.bool, device=param.device)
-        keep[used.to(param.device)] = False
-        idx = keep.nonzero().flatten()
+        # the rows to put back, found on the host (the ids are the CPU batch's) and sent once per id set and row
+        # count: a mask and nonzero on the device would wait for it twice per parameter
+        key = (id(used), param.shape[0], param.device)
+        if key not in unused:
+            keep = torch.ones(param.shape[0], dtype=torch.bool)
+            keep[used.cpu()] = False
+            unused[key] = keep.nonzero().flatten().to(param.device, non_blocking=True)
+        idx = unused[key]
         old = {k: v[idx].clone() for k, v in row_state(param).items()}
         saved.append((param, idx, param.detach()[idx].clone(), old))
     yield

@@ -166,16 +166,20 @@ def pad_structures(structures, cutoff: float) -> dict[str, torch.Tensor]:
 
 
 def graph_from_padded(batch: dict[str, torch.Tensor]) -> tuple[AtomGraph, torch.Tensor]:
-    """The flat AtomGraph of a padded batch and the (S, A) mask of real atoms."""
+    """The flat AtomGraph of a padded batch and the (S, A) mask of real atoms.
+
+    Real atoms and edges are found with one ``nonzero`` each and every field is gathered with ``index_select``:
+    boolean-mask indexing would wait for the device once per field."""
     mask = batch["numbers"] > 0
     S, A = mask.shape
-    flat_index = torch.full((S, A), -1, dtype=torch.long, device=mask.device)
-    flat_index[mask] = torch.arange(int(mask.sum()), device=mask.device)
-    edge_mask = batch["edges"][..., 0] >= 0
-    struct = torch.arange(S, device=mask.device)[:, None].expand(S, batch["edges"].shape[1])[edge_mask]
-    e = batch["edges"][edge_mask]
-    edge_index = torch.stack([flat_index[struct, e[:, 0]], flat_index[struct, e[:, 1]]])
-    graph = AtomGraph(numbers=batch["numbers"][mask], positions=batch["positions"][mask], cell=batch["cell"],
-                      batch=torch.arange(S, device=mask.device)[:, None].expand(S, A)[mask],
-                      edge_index=edge_index, shifts=batch["shifts"][edge_mask])
+    P = batch["edges"].shape[1]
+    atom = mask.flatten().nonzero().flatten()                            # (N,) flat (structure, slot) of atoms
+    edge = (batch["edges"][..., 0] >= 0).flatten().nonzero().flatten()  # (E,) flat (structure, pair) of edges
+    flat_index = torch.full((S * A,), -1, dtype=torch.long, device=mask.device)
+    flat_index[atom] = torch.arange(len(atom), device=mask.device)
+    pairs = batch["edges"].flatten(0, 1).index_select(0, edge)           # (E, 2) slots within the structure
+    edge_index = flat_index[(edge // P * A)[None] + pairs.t()]
+    graph = AtomGraph(numbers=batch["numbers"].flatten().index_select(0, atom),
+                      positions=batch["positions"].flatten(0, 1).index_select(0, atom), cell=batch["cell"],
+                      batch=atom // A, edge_index=edge_index, shifts=batch["shifts"].flatten(0, 1).index_select(0, edge))
     return graph, mask

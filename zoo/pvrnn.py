@@ -60,6 +60,12 @@ def _without_autocast(method):
     return run
 
 
+def constant(values, like: torch.Tensor) -> torch.Tensor:
+    """Python numbers as a tensor of ``like``'s dtype on its device, sent without waiting for the device (a
+    ``new_tensor`` copy would wait for every queued kernel)."""
+    return torch.tensor(values, dtype=like.dtype).to(like.device, non_blocking=True)
+
+
 def join_state(state) -> tuple[torch.Tensor, torch.Tensor]:
     """A list of (h, d) per level -> (h, d) with the levels concatenated, each (B, sum d_k)."""
     return torch.cat([h for h, _ in state], -1), torch.cat([d for _, d in state], -1)
@@ -249,8 +255,9 @@ class PVRNN(nn.Module):
             raise TypeError(f"PVRNN: ids must be a 1-D integer tensor of sequence ids, got {type(ids).__name__}")
         if ids.dim() != 1 or ids.dtype not in (torch.int32, torch.int64):
             raise ValueError(f"PVRNN: ids must be a 1-D integer tensor of sequence ids, got {ids.dtype} {tuple(ids.shape)}")
-        if ids.numel() and (ids.min() < 0 or ids.max() >= n):
-            raise ValueError(f"PVRNN: sequence ids must lie in [0, n_sequences={n}), got {ids.min()}..{ids.max()}")
+        lo, hi = torch.stack(ids.aminmax()).tolist() if ids.numel() else (0, 0)  # one wait for the device
+        if lo < 0 or hi >= n:
+            raise ValueError(f"PVRNN: sequence ids must lie in [0, n_sequences={n}), got {lo}..{hi}")
         steps = T if steps is None else steps
         if not is_int(steps) or not 1 <= steps <= T:
             raise ValueError(f"PVRNN: steps must be an integer in [1, seq_len={T}], got {steps!r}")
@@ -267,15 +274,15 @@ class PVRNN(nn.Module):
         """Per sequence: reconstruction (1/T) sum_t (1/R_x) ||x_hat_t - x_t||^2, shape (B,), and per step and level
         the KL per latent unit (1/R_z^k) KL_t^k, shape (B, T, L) (its mean over steps is the objective's KL term)."""
         rec = (out["x"] - x).square().mean((-1, -2))
-        return rec, out["kl"] / out["kl"].new_tensor(self.config.z_sizes)
+        return rec, out["kl"] / constant(self.config.z_sizes, out["kl"])
 
     def kl_weights(self, steps: int, first: bool, like: torch.Tensor) -> torch.Tensor:
         """(steps, L): the meta-prior w_k at every step, and w1_k (``meta_prior_first``) at step 0 when ``first``
         (the steps start at the sequence's first step, whose prior is N(0, I))."""
         c = self.config
-        w = like.new_tensor(c.meta_prior).expand(steps, -1)
+        w = constant(c.meta_prior, like).expand(steps, -1)
         if first and c.meta_prior_first is not None:
-            w = torch.cat([like.new_tensor(c.meta_prior_first)[None], w[1:]])
+            w = torch.cat([constant(c.meta_prior_first, like)[None], w[1:]])
         return w
 
     def weighted(self, rec: torch.Tensor, kl: torch.Tensor, first: bool = True) -> torch.Tensor:

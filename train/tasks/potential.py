@@ -81,18 +81,17 @@ class PotentialTask(Task):
         graph, mask = graph_from_padded(batch)
         dtype = next(model.parameters()).dtype
         out = predict_with(model, graph.to(dtype=dtype), stress=self.w_stress > 0 or not training, training=training)
-        return out, mask
+        return out, graph, mask
 
     def loss(self, model, batch):
-        out, mask = self._predict(model, batch, training=True)
+        out, graph, mask = self._predict(model, batch, training=True)
         n = mask.sum(1).to(out["energy"].dtype)
         e_err = (out["energy"] - batch["energy"].to(n.dtype)) / n
         f_err = out["forces"] - batch["forces"][mask].to(n.dtype)
-        structure = torch.arange(len(n), device=n.device)[:, None].expand_as(mask)[mask]
-        f_sq = torch.zeros_like(n).index_add_(0, structure, f_err.pow(2).sum(-1)) / (3 * n)
+        f_sq = torch.zeros_like(n).index_add_(0, graph.batch, f_err.pow(2).sum(-1)) / (3 * n)
         loss = self.w_energy * e_err.pow(2).mean() + self.w_forces * f_sq.mean()
-        if self.w_stress > 0 and bool(batch["has_stress"].any()):
-            s_err = (out["stress"] - batch["stress"].to(n.dtype))[batch["has_stress"]]
+        if self.w_stress > 0:  # rows without a stress label (NaN without a cell) count 0: no mask, no wait
+            s_err = torch.where(batch["has_stress"][:, None, None], out["stress"] - batch["stress"].to(n.dtype), 0.0)
             loss = loss + self.w_stress * s_err.pow(2).mean((1, 2)).sum() / len(n)
         return loss, {"e_mae_meV_atom": 1000 * e_err.detach().abs().mean(),
                       "f_mae_meV_A": 1000 * f_err.detach().abs().mean()}
@@ -104,7 +103,7 @@ class PotentialTask(Task):
         for start in range(0, len(data["energy"]), self.eval_batch):
             batch = {k: v[start:start + self.eval_batch].to(device) for k, v in data.items()}
             with torch.enable_grad():
-                out, mask = self._predict(model, batch, training=False)
+                out, _, mask = self._predict(model, batch, training=False)
             n = mask.sum(1)
             e.append(((out["energy"].detach().double() - batch["energy"]) / n).cpu())
             f.append((out["forces"].detach().double() - batch["forces"][mask]).flatten().cpu())
