@@ -34,7 +34,7 @@ def symbols(rows: torch.Tensor) -> torch.Tensor:
     return torch.unique(key, return_inverse=True)[1]
 
 
-def _entropy_of_symbols(ids: torch.Tensor, miller_madow: bool = False) -> torch.Tensor:
+def entropy_of_symbols(ids: torch.Tensor, miller_madow: bool = False) -> torch.Tensor:
     counts = torch.bincount(ids).double()
     counts = counts[counts > 0]
     p = counts / counts.sum()
@@ -106,10 +106,11 @@ def plugin_entropy(x: torch.Tensor, base: float | str = "nats", miller_madow: bo
     if not torch.is_tensor(x):
         raise TypeError(f"x must be a torch.Tensor of symbols (N, ...), got {type(x).__name__}")
     x = as_samples(x, "x", dtype=x.dtype, min_rows=1)
-    return (_entropy_of_symbols(symbols(x), miller_madow) / log_base(base)).float()
+    return (entropy_of_symbols(symbols(x), miller_madow) / log_base(base)).float()
 
 
-def _codes(v: torch.Tensor, name: str, n_bins: int, strategy: str, value_range) -> torch.Tensor:
+def codes(v: torch.Tensor, name: str, n_bins: int, strategy: str, value_range) -> torch.Tensor:
+    """Symbols of ``v``'s rows: floating input discretised (``discretise``), integer/bool input as it is."""
     if torch.is_floating_point(v):
         return discretise(as_samples(v, name, v.dtype if v.dtype == torch.float64 else torch.float32), n_bins,
                           strategy, value_range)
@@ -128,18 +129,24 @@ def binned_mutual_information(x: torch.Tensor, y: torch.Tensor, n_bins: int = 30
     on n_bins; with all-distinct inputs I(X;T) = H(T) (a deterministic network loses nothing except by
     binning). Cost O(N D log N).
     """
-    x, y = _codes(x, "x", n_bins, strategy, value_range), _codes(y, "y", n_bins, strategy, y_range)
+    x, y = codes(x, "x", n_bins, strategy, value_range), codes(y, "y", n_bins, strategy, y_range)
     same_rows(x, y)
-    sx, sy = symbols(x), symbols(y)
+    sx = symbols(x)
+    return (mutual_information_of_symbols(sx, symbols(y), entropy_of_symbols(sx)) / log_base(base)).float()
+
+
+def mutual_information_of_symbols(sx: torch.Tensor, sy: torch.Tensor, hx: torch.Tensor | None = None) -> torch.Tensor:
+    """Plug-in I(X;Y) = H(X) + H(Y) - H(X,Y) >= 0 in nats of two symbol columns (N,) from ``symbols``; ``hx``, H(X)
+    if already known (a layer measured against both inputs and labels)."""
+    hx = entropy_of_symbols(sx) if hx is None else hx
     joint = symbols(torch.stack([sx, sy], 1))
-    mi = _entropy_of_symbols(sx) + _entropy_of_symbols(sy) - _entropy_of_symbols(joint)
-    return (mi.clamp_min(0) / log_base(base)).float()
+    return (hx + entropy_of_symbols(sy) - entropy_of_symbols(joint)).clamp_min(0)
 
 
 def binned_plugin_entropy(x: torch.Tensor, n_bins: int = 30, strategy: str = "equal_width", value_range=None,
                           base: float | str = "bits") -> torch.Tensor:
     """H(T) = plug-in entropy of the rows of x discretised by ``discretise`` (bits by default); bias as plugin_entropy."""
-    return plugin_entropy(_codes(x, "x", n_bins, strategy, value_range), base=base)
+    return plugin_entropy(codes(x, "x", n_bins, strategy, value_range), base=base)
 
 
 def binned_entropy(n_bins: int = 30, strategy: str = "equal_width", value_range=None,

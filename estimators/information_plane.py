@@ -14,8 +14,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .binning import binned_mutual_information, symbols
-from .estimator import unit_name
+from .binning import codes, entropy_of_symbols, mutual_information_of_symbols, symbols
+from .estimator import log_base, unit_name
 
 
 @torch.no_grad()
@@ -52,15 +52,17 @@ def information_plane(model: nn.Module, x: torch.Tensor, y: torch.Tensor, points
     if y.shape[0] != x.shape[0]:
         raise ValueError(f"x and y must have the same number of samples, got {x.shape[0]} and {y.shape[0]}")
     x_symbols = symbols(x)
+    y_symbols = symbols(codes(y, "y", n_bins, strategy, None))  # labels as they are (floats binned on their range)
     out = {}
     for name, t in layer_activations(model, x, points).items():
         t = t.float()
         if not torch.isfinite(t).all():
             raise ValueError(f"information_plane: layer {name!r} has {int((~torch.isfinite(t)).sum())} NaN/inf "
                              "activations on these inputs (a diverged model?)")
-        kw = dict(n_bins=n_bins, strategy=strategy, value_range=value_range, base=base)
-        out[name] = {"I_XT": float(binned_mutual_information(t, x_symbols.to(t.device), **kw)),  # value_range: T's
-                     "I_TY": float(binned_mutual_information(t, y.to(t.device), **kw))}
+        t_symbols = symbols(codes(t, name, n_bins, strategy, value_range))  # once per layer, for both MIs
+        h_t = entropy_of_symbols(t_symbols)
+        out[name] = {key: float((mutual_information_of_symbols(t_symbols, other.to(t.device), h_t)
+                                 / log_base(base)).float()) for key, other in (("I_XT", x_symbols), ("I_TY", y_symbols))}
     return out
 
 

@@ -285,14 +285,15 @@ def _ksg_counts_tree(x, y, k, variant):
     tree = cKDTree(zs)
     eps, idx = tree.query(zs, k=k + 1, p=np.inf, workers=-1)
     eps = eps[:, k]
-    kk = _tree_counts(zs, eps, strict=False)  # >= k: the k-th neighbour's ties included
     if variant == 1:  # strict counts where eps > 0; where eps = 0, k_i and the counts include the ties
         tied = np.flatnonzero(eps == 0)
         counts = [_tree_counts(c, eps, strict=True) for c in (xs, ys)]
         for c, points in zip(counts, (xs, ys)):
             c[tied] = _tree_counts(points, np.zeros(len(tied)), strict=False, rows=tied)
-        kk = np.where(eps == 0, kk, k)
+        kk = np.full(len(zs), k)  # the joint count matters only at eps = 0, where it holds the ties
+        kk[tied] = _tree_counts(zs, np.zeros(len(tied)), strict=False, rows=tied)
     else:  # the largest marginal distance among the joint neighbours (the point itself adds 0)
+        kk = _tree_counts(zs, eps, strict=False)  # >= k: the k-th neighbour's ties included
         ex = np.abs(xs[idx] - xs[:, None]).max(axis=(1, 2))
         ey = np.abs(ys[idx] - ys[:, None]).max(axis=(1, 2))
         rows = np.flatnonzero((kk > k) & (eps > 0))  # ties at the k-th distance: every point within eps counts

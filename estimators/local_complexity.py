@@ -81,7 +81,12 @@ def local_complexity(model: nn.Module, x: torch.Tensor, radius: float = 0.1, n_d
             m.training = training
     neurons = sum((s.any(1) & ~s.all(1)).any(-1).sum(-1) for s in sides).double()
     pattern = torch.cat([s.flatten(2) for s in sides], -1)  # (B, V, U)
-    same = (pattern[:, :, None] == pattern[:, None, :]).all(-1)  # (B, V, V)
+    # 64 units per int64 word (bit j of a word = unit j of its block): rows compare word by word, a (B, V, V, U/64)
+    # temporary where comparing the bools built (B, V, V, U) bytes; equal words <=> equal bits
+    pad = -pattern.shape[-1] % 64
+    bits = torch.cat([pattern, pattern.new_zeros(b, v, pad)], -1).view(b, v, -1, 64).long()
+    words = (bits << torch.arange(64, device=bits.device)).sum(-1)
+    same = (words[:, :, None] == words[:, None, :]).all(-1)  # (B, V, V)
     repeated = (same & torch.ones(v, v, dtype=torch.bool, device=same.device).tril(-1)).any(-1)
     regions = (v - repeated.sum(-1)).double()
     return {"neurons": neurons.mean().item(), "regions": regions.mean().item()}
