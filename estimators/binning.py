@@ -131,8 +131,7 @@ def binned_mutual_information(x: torch.Tensor, y: torch.Tensor, n_bins: int = 30
     """
     x, y = codes(x, "x", n_bins, strategy, value_range), codes(y, "y", n_bins, strategy, y_range)
     same_rows(x, y)
-    sx = symbols(x)
-    return (mutual_information_of_symbols(sx, symbols(y), entropy_of_symbols(sx)) / log_base(base)).float()
+    return (mutual_information_of_symbols(symbols(x), symbols(y)) / log_base(base)).float()
 
 
 def mutual_information_of_symbols(sx: torch.Tensor, sy: torch.Tensor, hx: torch.Tensor | None = None) -> torch.Tensor:
