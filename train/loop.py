@@ -479,6 +479,9 @@ def _fit(recipe: dict, cfg: dict, out: Path, resume: bool, d: Dist, task, points
         model = convert_sync_batchnorm(model)
     task.prepare(model)
     optimizer = build_optimizer(model.parameters(), recipe["optim"])
+    # the backward fills these only: a leaf that is no parameter (Facet's positions, made to require grad for the
+    # forces) would otherwise get a gradient nobody reads, 10% of a Facet training step
+    trainable = [p for p in model.parameters() if p.requires_grad]
     scheduler = build_scheduler(optimizer, recipe["schedule"], steps)
     metrics_path = out / "metrics.jsonl"
     start = 0
@@ -550,7 +553,7 @@ def _fit(recipe: dict, cfg: dict, out: Path, resume: bool, d: Dist, task, points
             sync = contextlib.nullcontext() if micro == accum - 1 or d.world == 1 else eager_net.no_sync()
             with sync, _autocast(cfg["precision"], d.device):
                 loss, extra = task.loss(forward, batch)
-            (loss / accum).backward()
+            (loss / accum).backward(inputs=trainable)
             total += loss.detach().float() / accum
             for k, v in extra.items():  # the batch's mean over micro-batches (and, when logged, processes)
                 extras[k] = extras.get(k, 0.0) + torch.as_tensor(v).detach().float() / accum  # a tensor: no sync
