@@ -820,6 +820,10 @@ def test_digits_loss_smooths_labels_and_held_out_batches_are_distinct_test_image
     logp = model(batch["x"]).log_softmax(-1)
     by_hand = -(0.8 * logp.gather(1, batch["y"][:, None])[:, 0] + 0.2 * logp.mean(-1)).mean()
     assert loss.item() == pytest.approx(by_hand.item(), rel=1e-6)
+    unsmoothed = load_recipe("mbv2-ca-digits", ["data.size=8"])
+    del unsmoothed["task_args"]["label_smoothing"]  # as sigma-vit-digits: no setting means no smoothing
+    loss, _ = make_task(unsmoothed).loss(model, batch)
+    assert loss.item() == pytest.approx(-logp.gather(1, batch["y"][:, None]).mean().item(), rel=1e-6)
     for draw, split in ((task.held_out_batch, "test"), (task.train_sample, "train")):
         rows = task.data[f"x_{split}"].flatten(1)
         n = len(rows)

@@ -135,3 +135,32 @@ def test_information_plane_axes_name_the_unit(tmp_path, monkeypatch):
         assert (ax.get_xlabel(), ax.get_ylabel()) == (f"I(X;T) [{unit}]", f"I(T;Y) [{unit}]")
     with pytest.raises(ValueError, match="base"):
         plot_information_plane(rows, tmp_path / "plane.png", base=1)
+
+
+def test_the_tasks_plane_is_shwartz_ziv_tishby_binning_by_default_checked_with_scikit_learn():
+    """A classification task whose recipe names no binning measures each layer with 30 equal-width bins on the
+    range it gives (the paper's setting), every activation vector one symbol: I(T;Y) and I(X;T) equal scikit-learn's
+    mutual_info_score of those symbols, in bits."""
+    import numpy as np
+    from sklearn.metrics import mutual_info_score
+
+    from train.tasks import make_task
+
+    recipe = load_recipe("ib-tanh-12bit")
+    for key in ("n_bins", "strategy"):
+        recipe["task_args"].pop(key, None)
+    task = make_task(recipe)
+    torch.manual_seed(0)
+    model = zoo.create_model("ib_mlp_tanh")
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(3)  # saturated units spread over many bins
+    metrics = task.evaluate(model)
+    x = torch.cat([task.data["x_train"], task.data["x_test"]])
+    y = torch.cat([task.data["y_train"], task.data["y_test"]]).numpy()
+    inputs = np.unique(x.numpy(), axis=0, return_inverse=True)[1].ravel()
+    edges = np.linspace(-1.0, 1.0, 31)[1:-1]  # 30 equal-width bins on bins_range [-1, 1]
+    for name, t in layer_activations(model, x, "t.*").items():
+        t_symbols = np.unique(np.digitize(t.numpy(), edges), axis=0, return_inverse=True)[1].ravel()
+        assert metrics[f"I_TY/{name}"] == pytest.approx(mutual_info_score(y, t_symbols) / math.log(2), abs=1e-5)
+        assert metrics[f"I_XT/{name}"] == pytest.approx(mutual_info_score(inputs, t_symbols) / math.log(2), abs=1e-5)

@@ -527,6 +527,32 @@ def _recipe(*extra):
                                       *extra])
 
 
+def test_evaluation_scores_the_posterior_mean_reconstruction_and_lyapunov_starts_from_sampled_states(monkeypatch):
+    """rec is the posterior-MEAN reconstruction of the training sequences (a sampled one scores the noise too), and
+    the Lyapunov exponent averages 4 generated trajectories that differ (noise-free generation would give one
+    state 4 times)."""
+    from estimators import lyapunov
+    from train.tasks import make_task
+
+    task = make_task(_recipe())
+    m = zoo.create_model("pvrnn_pfsm", n_sequences=6, seq_len=40).eval()
+    with torch.no_grad():
+        for a in m.A_sigma:
+            a.fill_(0.5)  # sigma = e^0.5: a sample is far from the mean
+    starts = []
+    real = lyapunov.largest_lyapunov_exponent
+    monkeypatch.setattr(lyapunov, "largest_lyapunov_exponent", lambda step, z0, **kw: starts.append(z0) or
+                        real(step, z0, **kw))
+    metrics = task.evaluate(m)
+    with torch.no_grad():
+        mean_rec = (m.reconstruct(torch.arange(6)) - task.train_x).square().mean()  # (1/T)(1/R_x) sum, averaged
+    assert metrics["rec"] == pytest.approx(float(mean_rec), rel=1e-6)
+    with torch.no_grad():
+        sampled = m.elbo_terms(m(torch.arange(6), noise=True), task.train_x)[0].mean()
+    assert abs(float(sampled) - metrics["rec"]) > 0.01
+    assert len(starts) == 1 and starts[0].shape[0] == 4 and len({tuple(r.tolist()) for r in starts[0]}) == 4
+
+
 def test_bad_error_regression_settings_fail_before_training():
     from train.tasks import make_task
 

@@ -64,6 +64,9 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path):
         fit(recipe, tmp_path / "resumed")
     with open(tmp_path / "resumed" / "metrics.jsonl", "a") as f:
         f.write('{"step": 25, "spl')
+    partial = tmp_path / "resumed" / "checkpoints" / "step_00000030.tmp"  # a save killed half-way leaves its folder
+    partial.mkdir()
+    (partial / "model.safetensors").write_bytes(b"\x00" * 7)
     with pytest.raises(FileExistsError, match="--resume"):
         fit(recipe, tmp_path / "resumed")
     fit(recipe, tmp_path / "resumed", resume=True)
@@ -86,6 +89,20 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path):
     assert straight["torch"] == torch.__version__ and straight["device"] == "cpu" and straight["processes"] == 1
     assert straight["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
     assert straight["paperzoo"] == zoo.__version__ and straight["packages"]["safetensors"]
+
+
+def test_a_fresh_run_over_a_run_killed_before_its_first_checkpoint_starts_a_new_launch_record(tmp_path):
+    """A run killed before its first checkpoint may be started again into the same folder (nothing to resume):
+    its environment.json then lists that launch only, not the dead one before it."""
+    from train.tasks.dsr import DSRTask
+
+    recipe = load_recipe("alrnn-lorenz63", SMALL_DSR)
+    with killed_at_call(DSRTask, "loss", 5), pytest.raises(KeyboardInterrupt):
+        fit(recipe, tmp_path / "run")
+    assert len(json.loads((tmp_path / "run" / "environment.json").read_text())["launches"]) == 1
+    fit(recipe, tmp_path / "run")
+    launches = json.loads((tmp_path / "run" / "environment.json").read_text())["launches"]
+    assert [launch["start_step"] for launch in launches] == [0]
 
 
 def test_a_resumed_run_draws_the_same_dropout_and_a_damaged_checkpoint_is_named(tmp_path):
