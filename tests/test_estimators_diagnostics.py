@@ -356,3 +356,25 @@ def test_dse_probe_factory_takes_a_whole_float_max_samples_as_yaml_writes_it():
 
     assert dse(sigma=1.0, max_samples=4.0).kwargs["max_samples"] == 4
     assert type(dse(sigma=1.0, max_samples=4.0).kwargs["max_samples"]) is int
+
+
+@pytest.mark.parametrize("side", [1.0, -1.0])
+def test_local_complexity_meets_a_hyperplane_inside_the_inscribed_ball_and_misses_one_beyond_the_radius(side):
+    """With m = D directions the cross-polytope x +- r q_j contains the ball of radius r / sqrt(D) and lies in the
+    ball of radius r, whatever the directions: a ReLU's hyperplane at distance 0.05 < 0.1 / sqrt(2) is met (1
+    neuron, 2 regions) and one at 0.15 > 0.1 is not (0, 1), on either side of the points."""
+    for distance, expected in ((0.05, {"neurons": 1.0, "regions": 2.0}), (0.15, {"neurons": 0.0, "regions": 1.0})):
+        neuron = nn.Linear(2, 1)
+        with torch.no_grad():
+            neuron.weight.copy_(torch.tensor([[side * 0.6, side * 0.8]]))  # unit normal
+            neuron.bias.fill_(-distance)
+        got = local_complexity(nn.Sequential(neuron, nn.ReLU()), torch.zeros(64, 2), radius=0.1, n_directions=2,
+                               generator=torch.Generator().manual_seed(0))
+        assert got == expected, (distance, got)
+
+
+def test_effective_rank_of_a_conv_kernel_is_that_of_out_by_in_kh_kw():
+    """A conv kernel (out, in, kh, kw) is measured as the out x (in kh kw) matrix its docstring names."""
+    w = torch.randn(4, 3, 5, 5, generator=torch.Generator().manual_seed(0))
+    assert spectral_effective_rank(w).item() == pytest.approx(spectral_effective_rank(w.reshape(4, -1)).item(), rel=1e-6)
+    assert spectral_effective_rank(w).item() != pytest.approx(spectral_effective_rank(w.reshape(-1, 5)).item(), rel=1e-2)

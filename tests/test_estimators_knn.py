@@ -426,3 +426,11 @@ def test_ksg2_with_ties_at_a_non_zero_kth_distance_equals_its_definition(method)
     value = ksg_mutual_information(torch.from_numpy(x), torch.from_numpy(y), k=3, variant=2, standardise=False,
                                    method=method).item()
     assert value == pytest.approx(_ksg2_by_definition(x, y, 3), abs=1e-6)
+
+
+def test_kozachenko_leonenko_by_hand_on_four_points():
+    """x = 0, 1, 3, 7 with k = 1: nearest-neighbour distances 1, 1, 2, 4, so H = psi(N) - psi(k) + log c_1 +
+    (1/N) sum log eps_i = (1 + 1/2 + 1/3) + log 2 + (3/4) log 2 (c_1 = 2, the length of the unit 1-D ball);
+    log N in place of psi(N), a common slip, is 0.13 higher. (The result is float32.)"""
+    x = torch.tensor([[0.0], [1.0], [3.0], [7.0]], dtype=torch.float64)
+    assert kozachenko_leonenko_entropy(x, k=1).item() == pytest.approx(11 / 6 + 1.75 * math.log(2), rel=1e-7)

@@ -153,3 +153,18 @@ def test_compressed_mi_of_a_constant_layer_keeps_one_zero_direction():
     assert pca_projection(x, 2).shape == (50, 1) and (pca_projection(x, 2) == 0).all()
     y = torch.randn(50, 2, generator=torch.Generator().manual_seed(0))
     assert compressed_mutual_information(x, y, dim=2).item() == pytest.approx(0.0, abs=1e-9)
+
+
+def test_bounds_of_a_score_matrix_in_closed_form():
+    """Scores a on the diagonal (joint pairs) and b off it: DV = a - log mean_{i != j} e^b = a - b (the joint pairs
+    stay out of the marginal term), InfoNCE = log B + a - log(e^a + (B - 1) e^b); adding c to the diagonal raises
+    DV by exactly c."""
+    from estimators.neural import bound_value
+
+    B, a, b = 5, 2.0, -0.5
+    scores = torch.full((B, B), b, dtype=torch.float64).fill_diagonal_(a)
+    assert bound_value(scores, "dv").item() == pytest.approx(a - b, abs=1e-12)
+    assert bound_value(scores, "infonce").item() == pytest.approx(
+        math.log(B) + a - math.log(math.exp(a) + (B - 1) * math.exp(b)), abs=1e-12)
+    raised = scores + 0.7 * torch.eye(B, dtype=torch.float64)
+    assert bound_value(raised, "dv").item() == pytest.approx(a - b + 0.7, abs=1e-12)
