@@ -529,3 +529,23 @@ def test_mil_search_merge_joins_distinct_seeds_and_refuses_a_repeated_one(tmp_pa
     assert joined["seeds"] == run["seeds"] + later["seeds"]
     for name, r in joined["recipes"].items():
         assert len(r["repetitions"]) == len(r["repetition_means"]) == 2 * len(run["seeds"]), name
+
+
+def test_mil_and_tabular_forwards_compose_their_parts():
+    """hopfield_mil: head(pooling(embed(x))) with the embedding relu(W2 relu(W1 x + b1) + b2); hopfield_tabular:
+    head(lookup(W x + b)), whose lookup (the Hopfield layer over the learned stored patterns) changes the logits."""
+    torch.manual_seed(0)
+    mil = zoo.create_model("hopfield_mil", in_features=8).eval()
+    x = torch.randn(2, 5, 8)
+    lin1, lin2 = mil.embed[0], mil.embed[3]
+    embedded = torch.relu(lin2(torch.relu(lin1(x))))
+    torch.testing.assert_close(mil.embed(x), embedded)
+    torch.testing.assert_close(mil(x), mil.head(mil.pooling(embedded)).squeeze(-1))
+    tab = zoo.create_model("hopfield_tabular", in_features=4).eval()
+    x = torch.randn(5, 4)
+    state = tab.embed[0](x)
+    logits = tab(x)
+    torch.testing.assert_close(logits, tab.head(tab.lookup(state[:, None])[:, 0]))
+    with torch.no_grad():
+        tab.lookup.lookup_weights.mul_(-2)
+    assert (tab(x) - logits).abs().max() > 1e-3

@@ -320,3 +320,27 @@ def test_local_complexity_of_inputs_recorded_under_bf16_autocast():
         with torch.autocast("cpu", dtype=torch.bfloat16):
             net(torch.randn(8, 6))
     assert {r["estimator"] for r in probe.table()} == {"local_complexity/neurons", "local_complexity/regions"}
+
+
+def test_gathered_rows_follow_the_global_batch_when_the_cap_cuts_into_a_later_micro_batch():
+    """Under torchrun each forward's rows are gathered from every rank (rank order), micro-batch by micro-batch:
+    the global batch's order. With a cap of 8 over two micro-batches of 3 rows on 2 ranks, the probe sees
+    micro-batch 1 of both ranks (rows 0-2, 100-102), then the first 2 rows of micro-batch 2 (3, 4)."""
+    from estimators import Estimator
+
+    class Rows(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.p = ProbePoint()
+
+        def forward(self, x):
+            return self.p(x)
+
+    seen = []
+    model = Rows()
+    other_rank = lambda t: torch.cat([t, t + 100])  # noqa: E731  (rank 1 holds rank 0's rows + 100)
+    with Probe(model, {"p": [Estimator("rows", lambda v: seen.append(v[:, 0].tolist()) or v.sum())]},
+               max_samples=8, gather=other_rank) as probe:
+        model(torch.arange(3.0)[:, None])
+        model(torch.arange(3.0, 6.0)[:, None])
+    assert seen == [[0, 1, 2, 100, 101, 102, 3, 4]] and probe.table()[0]["value"] == 313
