@@ -55,6 +55,8 @@ def test_batches_are_pure_and_identical_for_any_number_of_workers(inline_and_poo
     assert torch.equal(torch.get_rng_state(), rng)  # decoding leaves the training RNG alone
     other = inline.folder.train_images(a["index"], a["seed"] + 1)
     assert not torch.equal(other, x_a)  # another seed, another augmentation
+    many = inline.batch(64, torch.Generator().manual_seed(2))
+    assert len(set(many["seed"].tolist())) == 64  # each image its own augmentation, not one crop for the batch
 
 
 def test_evaluation_is_top1_top5_and_loss_over_the_eval_split(tmp_path):
