@@ -16,7 +16,7 @@ from train.data.wordpiece import SPECIAL, encode, train_wordpiece
 from train.tasks import make_task
 from weights import load_checkpoint
 
-from .conftest import free_port, random_snli_rows, write_snli
+from .conftest import NLI_WORDS, free_port, random_snli_rows, write_snli
 
 ENCODER = {"model_type": "distilbert", "vocab_size": 100, "dim": 32, "n_layers": 1, "n_heads": 2, "hidden_dim": 64,
            "max_position_embeddings": 64}
@@ -398,6 +398,10 @@ def test_snli_recipe_runs_when_the_data_is_given(tmp_path, recipe):
                              "train.ckpt_every=0", "train.log_every=2", "schedule.warmup=1"])
     task = make_task(r)
     assert len(task.splits["train"]["labels"]) == 36 and len(task.splits["valid"]["labels"]) == 18
+    first = splits["train"][0]  # [CLS] premise [SEP] hypothesis [SEP], by the vocabulary's ids (NLI_WORDS from 5)
+    words = [[5 + NLI_WORDS.index(w) for w in first[key].split()] for key in ("sentence1", "sentence2")]
+    pair = [2, *words[0], 3, *words[1], 3]
+    assert task.splits["train"]["input_ids"][0].tolist() == pair + [0] * (task.max_len - len(pair))
     held = task.held_out_batch(5, torch.Generator().manual_seed(0))
     valid_rows = {tuple(row) for row in task.splits["valid"]["input_ids"].tolist()}
     assert all(tuple(row) in valid_rows for row in held["input_ids"].tolist())
