@@ -725,7 +725,7 @@ def test_torchrun_two_processes_equal_single_process(tmp_path, name, extra):
 
 
 MBV2_TINY = ["data.size=16", "train.steps=3", "train.batch_size=8", "train.ckpt_every=0", "train.log_every=1",
-             "train.threads=1"]
+             "schedule.warmup=1", "train.threads=1"]
 
 
 def test_sync_batchnorm_is_a_no_op_in_one_process_and_refused_on_cpu_ranks(tmp_path):
