@@ -1,6 +1,7 @@
 """Building blocks, one concept per file. No registry, no training, no I/O."""
 from .probe_point import ProbePoint
 from .autocast_off import autocast_off
+from .device_constant import device_constant
 from .alrnn_cell import ALRNNCell
 from .attention_probe import add_attention_probes, attention_logit_norms
 from .coord_attention import CoordAttention
@@ -21,7 +22,7 @@ from .edge_tensor_product import EdgeTensorProduct
 from .orderwise_linear import OrderwiseLinear
 from .equivariant_conv import EquivariantConvolution
 
-__all__ = ["ProbePoint", "autocast_off", "ALRNNCell", "add_attention_probes", "attention_logit_norms", "CoordAttention", "SandglassBlock", "HopfieldCore", "hopfield_energy", "Hopfield", "HopfieldPooling", "HopfieldLayer",
+__all__ = ["ProbePoint", "autocast_off", "device_constant", "ALRNNCell", "add_attention_probes", "attention_logit_norms", "CoordAttention", "SandglassBlock", "HopfieldCore", "hopfield_energy", "Hopfield", "HopfieldPooling", "HopfieldLayer",
            "CausalGrassmannMixing", "pluecker", "pluecker_linear", "CausalSelfAttention", "PVRNNLayer", "gaussian_kl", "PackedStack", "SkewedStack",
            "pack_levels", "stack_recurrence", "posterior_pass", "WindowGradient",
            "SigmaReparam", "SigmaLinear", "SigmaConv2d", "apply_sigma_reparam", "remove_sigma_reparam",

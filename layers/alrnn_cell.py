@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 from .autocast_off import autocast_off
+from .device_constant import device_constant
 
 
 class ALRNNCell(nn.Module):
@@ -95,7 +96,7 @@ class _ForcedRollout(torch.autograd.Function):
             z = torch.cat([torch.lerp(s[:, :N], x[:, i], alpha), s[:, N:]], dim=-1) if forced[i] else s
         # each step's input z_i, after the loop: z_0, then the previous state, forced where that step was
         inputs = torch.cat([z0[None], states[:-1]])
-        before = torch.tensor([i for i in range(T - 1) if forced[i]], dtype=torch.long).to(z0.device, non_blocking=True)
+        before = device_constant([i for i in range(T - 1) if forced[i]], z0.device, torch.long)
         inputs[before + 1, :, :N] = torch.lerp(states[before, :, :N], x[:, before].transpose(0, 1), alpha)
         ctx.save_for_backward(inputs, A, W, floor)
         ctx.forced, ctx.alpha, ctx.N = forced, alpha, N

@@ -12,6 +12,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
+from .device_constant import device_constant
 from .pvrnn_layer import gaussian_kl
 
 
@@ -56,7 +57,7 @@ def pack_levels(levels) -> PackedStack:
                       torch.block_diag(*[layer.W_sigma.weight for layer in levels])], 0),
         bp=torch.cat([layer.W_mu.bias for layer in levels] + [layer.W_sigma.bias for layer in levels]),
         level_sum=torch.block_diag(*[w.new_ones(z, 1) for z in z_sizes]),
-        lag=torch.tensor([L - 1 - k for k, n in enumerate(d_sizes) for _ in range(n)]).to(w.device, non_blocking=True),
+        lag=device_constant([L - 1 - k for k, n in enumerate(d_sizes) for _ in range(n)], w.device),
         d_sizes=d_sizes, z_sizes=z_sizes)
 
 

@@ -464,7 +464,7 @@ def _load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict) -> None
 def _fit(recipe: dict, cfg: dict, out: Path, resume: bool, d: Dist, task, points: dict) -> dict:
     if d.world > 1:
         _check_ranks_agree(task, d)
-    sync_bn = bool(cfg["sync_batchnorm"])  # in one process (no process group) SyncBatchNorm is plain BatchNorm
+    sync_bn = cfg["sync_batchnorm"]  # a checked bool; in one process (no process group) it is plain BatchNorm
     if sync_bn and d.world > 1 and d.device.type != "cuda":
         raise ValueError(f"train.sync_batchnorm: torch's SyncBatchNorm runs on CUDA devices only, and this run's "
                          f"{d.world} processes use {d.device.type}; drop the setting (each rank then normalises "

@@ -28,8 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from layers import (PackedStack, ProbePoint, PVRNNLayer, SkewedStack, WindowGradient, autocast_off, pack_levels,
-                    posterior_pass)
+from layers import (PackedStack, ProbePoint, PVRNNLayer, SkewedStack, WindowGradient, autocast_off, device_constant,
+                    pack_levels, posterior_pass)
 
 from ._inputs import is_int
 from ._registry import Paper, register_model
@@ -58,12 +58,6 @@ def _without_autocast(method):
         with autocast_off(self.out.weight.device.type):
             return method(self, *args, **kwargs)
     return run
-
-
-def constant(values, like: torch.Tensor) -> torch.Tensor:
-    """Python numbers as a tensor of ``like``'s dtype on its device, sent without waiting for the device (a
-    ``new_tensor`` copy would wait for every queued kernel)."""
-    return torch.tensor(values, dtype=like.dtype).to(like.device, non_blocking=True)
 
 
 def join_state(state) -> tuple[torch.Tensor, torch.Tensor]:
@@ -274,15 +268,15 @@ class PVRNN(nn.Module):
         """Per sequence: reconstruction (1/T) sum_t (1/R_x) ||x_hat_t - x_t||^2, shape (B,), and per step and level
         the KL per latent unit (1/R_z^k) KL_t^k, shape (B, T, L) (its mean over steps is the objective's KL term)."""
         rec = (out["x"] - x).square().mean((-1, -2))
-        return rec, out["kl"] / constant(self.config.z_sizes, out["kl"])
+        return rec, out["kl"] / device_constant(self.config.z_sizes, out["kl"].device, out["kl"].dtype)
 
     def kl_weights(self, steps: int, first: bool, like: torch.Tensor) -> torch.Tensor:
         """(steps, L): the meta-prior w_k at every step, and w1_k (``meta_prior_first``) at step 0 when ``first``
         (the steps start at the sequence's first step, whose prior is N(0, I))."""
         c = self.config
-        w = constant(c.meta_prior, like).expand(steps, -1)
+        w = device_constant(c.meta_prior, like.device, like.dtype).expand(steps, -1)
         if first and c.meta_prior_first is not None:
-            w = torch.cat([constant(c.meta_prior_first, like)[None], w[1:]])
+            w = torch.cat([device_constant(c.meta_prior_first, like.device, like.dtype)[None], w[1:]])
         return w
 
     def weighted(self, rec: torch.Tensor, kl: torch.Tensor, first: bool = True) -> torch.Tensor:
