@@ -45,6 +45,39 @@ def test_emt_md_snapshots_are_independent_runs():
     assert min(rmsd) > 0.08, rmsd
 
 
+def test_emt_md_runs_each_draw_their_temperature_from_300_to_1200_k(monkeypatch):
+    """Each MD snapshot's run starts from Maxwell-Boltzmann velocities and holds a Langevin thermostat at one
+    temperature drawn from U(300, 1200) K (both at the same one). The MD itself is replaced by a recorder here:
+    the 50 fs runs take seconds each."""
+    from ase.md import langevin, velocitydistribution
+
+    from train.data import emt
+
+    drawn = []
+
+    class Recorder:
+        def __init__(self, atoms, timestep, temperature_K, **kwargs):
+            drawn[-1].append(temperature_K)
+
+        def run(self, steps):
+            assert steps == 50
+
+    def thermalize(atoms, temperature_K, rng):
+        drawn.append([temperature_K])
+
+    name = "thermalize_momenta" if hasattr(velocitydistribution, "thermalize_momenta") else \
+        "MaxwellBoltzmannDistribution"
+    monkeypatch.setattr(velocitydistribution, name, thermalize)
+    monkeypatch.setattr(langevin, "Langevin", Recorder)
+    monkeypatch.setattr(emt, "_label", lambda atoms: atoms)
+    rng = np.random.default_rng(0)
+    for _ in range(60):
+        emt._md_snapshot("Cu", rng)
+    velocities, thermostat = np.array(drawn).T
+    assert np.array_equal(velocities, thermostat)
+    assert 300 <= velocities.min() < 350 and 1150 < velocities.max() <= 1200, (velocities.min(), velocities.max())
+
+
 def test_prepare_fits_reference_energies_by_least_squares():
     task = PotentialTask(load_recipe("facet-emt", TINY))
     model = zoo.create_model("facet_small", channels=8, layers=1, cutoff=4.0)
@@ -267,6 +300,7 @@ def test_emt_scaled_and_strained_cells_carry_their_atoms_along_and_emts_own_labe
     monkeypatch.setattr(emt, "_md_snapshot", lambda el, rng: _perfect_cell(el))  # unlabelled, left out below
     frames = [x for x in generate_emt(per_element=8, alloys=0, seed=2) if x.calc is not None]
     overlap = {"rattle": np.zeros(2), "strain": np.zeros(2)}
+    rattle_std = []
     for x in frames:
         kind, ideal = x.info["config_type"], _perfect_cell(x.get_chemical_symbols()[0])
         if kind in ("rattle", "strain"):
@@ -282,6 +316,8 @@ def test_emt_scaled_and_strained_cells_carry_their_atoms_along_and_emts_own_labe
             overlap[kind] += np.array([(moved * unscaled).sum(), (unscaled ** 2).sum()])
             if kind == "strain":
                 assert 0.035 < moved.std() < 0.065 and np.abs(moved.mean(0)).max() < 0.04
+            else:
+                rattle_std.append(moved.std())
         else:
             assert kind == "surface" and x.pbc.tolist() == [True, True, False]
             assert 11.6 < x.cell[2, 2] - np.ptp(x.positions[:, 2]) < 12.4
@@ -294,6 +330,8 @@ def test_emt_scaled_and_strained_cells_carry_their_atoms_along_and_emts_own_labe
         else:
             assert "stress" not in x.calc.results
     assert sorted(x.info["config_type"] for x in frames) == sorted(["rattle", "strain", "surface"] * 2 * len(ELEMENTS))
+    # the rattle amplitude U(0.03, 0.15) A per structure: 14 draws (seed 2) span 0.041 to 0.143 in sample std
+    assert 0.025 < min(rattle_std) < 0.05 and 0.13 < max(rattle_std) < 0.165, rattle_std
     for kind, (projection, norm) in overlap.items():  # the rattle has no part along the unscaled sites' offset
         assert abs(projection / norm) < 0.3, (kind, projection / norm)  # atoms left there: 1
 
