@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 import yaml
-from common import run_and_label
+from common import run_and_label, write_text
 
 from estimators import attention_entropy_lower_bound
 from layers import attention_logit_norms
@@ -103,7 +103,7 @@ def main(argv=None):
     fig.tight_layout()
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(args.out, dpi=110)
-    Path(args.out).with_suffix(".md").write_text("\n".join(lines) + "\n")
+    write_text(Path(args.out).with_suffix(".md"), "\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

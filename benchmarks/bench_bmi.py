@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 import venvs
-from common import machine, write_results
+from common import machine, write_results, write_text
 from estimators import ksg_mutual_information
 
 BMI_REQUIREMENTS = ("benchmark-mi==0.1.3", "jax==0.4.30", "jaxlib==0.4.30")  # newer jax breaks its tfp 0.20
@@ -51,7 +51,7 @@ def main(argv=None):
         side = str(Path(__file__).resolve().parent / "bmi_side.py")
         rows = venvs.run_json(python, side, ["--out", args.samples, "--n", str(args.n), "--k", str(args.k),
                                              "--seeds", *map(str, args.seeds)])
-        saved.write_text(json.dumps({"n": args.n, "seeds": args.seeds, "k": args.k, "tasks": rows}))
+        write_text(saved, json.dumps({"n": args.n, "seeds": args.seeds, "k": args.k, "tasks": rows}))
     for row in rows:
         data = np.load(row["file"])
         for metric in ("chebyshev", "euclidean"):

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from common import machine, sync
+from common import machine, sync, write_results, write_text
 from layers import CausalGrassmannMixing, CausalSelfAttention
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -176,14 +176,10 @@ def main(argv=None):
     rows = bench_layers(device, args.lengths, args.tokens, args.d, args.reps, dtype, args.compile)
     gen = bench_generation(device, args.gen_tokens, args.gen_prompt, args.gen_batch) if args.gen_tokens else {}
     stem = RESULTS / (args.out or f"bench_grassmann_{device.type}")
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    json_path, md_path = (stem.with_name(stem.name + suffix) for suffix in (".json", ".md"))
-    json_path.write_text(json.dumps({"meta": meta, "layers": rows, "generation": gen}, indent=2))
-    md_path.write_text(markdown(meta, rows, gen))
-    print(md_path.read_text())
+    write_results(stem.parent, stem.name, {"meta": meta, "layers": rows, "generation": gen}, markdown(meta, rows, gen))
     if args.profile:
         table = profile_table(device, args.lengths[0], args.tokens, args.d, dtype)
-        stem.with_name(stem.name + "_profile.txt").write_text(f"{meta['machine']}; L = {args.lengths[0]}\n{table}\n")
+        write_text(stem.with_name(stem.name + "_profile.txt"), f"{meta['machine']}; L = {args.lengths[0]}\n{table}\n")
         print(table)
 
 

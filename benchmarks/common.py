@@ -1,4 +1,5 @@
-"""Shared by the benchmark scripts: the machine's name, device sync, a median timer, and writing <stem>.json + <stem>.md."""
+"""Shared by the benchmark scripts: the machine's name, device sync, a median timer, and writing <stem>.json + <stem>.md
+(each file whole or not at all)."""
 from __future__ import annotations
 
 import json
@@ -59,10 +60,22 @@ def median_ms(fn, repeats: int) -> float:
     return 1e3 * statistics.median(times)
 
 
-def write_results(out: str | os.PathLike, stem: str, res: dict, markdown: str) -> None:
-    """Write ``res`` as <out>/<stem>.json and ``markdown`` as <out>/<stem>.md, and print the markdown."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"{stem}.json").write_text(json.dumps(res, indent=2))
-    (out / f"{stem}.md").write_text(markdown.rstrip("\n") + "\n")
-    print(markdown)
+def write_text(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file beside it, so a stopped run leaves the old file or the new
+    one, never a truncated one (result files are read back: ``pvrnn_sweep --from-json``, ``bench_bmi --reuse``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_results(out: str | os.PathLike, stem: str, res: dict, markdown: str, show: bool = True) -> None:
+    """Write ``res`` as <out>/<stem>.json and ``markdown`` as <out>/<stem>.md, and print the markdown if ``show``."""
+    write_text(Path(out) / f"{stem}.json", json.dumps(res, indent=2))
+    write_text(Path(out) / f"{stem}.md", markdown.rstrip("\n") + "\n")
+    if show:
+        print(markdown)

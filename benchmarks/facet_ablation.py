@@ -8,7 +8,6 @@ short training with the shared loop.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 from pathlib import Path
@@ -62,19 +61,17 @@ def main(argv=None) -> None:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
     args = p.parse_args(argv)
+    from common import write_results
     from facet_vs_mace import machine as describe_machine
 
     machine = describe_machine("cpu")
     rows = [measure(name, args.steps, args.cutoff, args.repeats) for name in VARIANTS]
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "facet_ablation_cpu.json").write_text(json.dumps({"machine": machine, "steps": args.steps, "rows": rows}, indent=1))
     keys = list(rows[0])
     lines = [f"# Facet ablation on EMT data, {args.steps} training steps ({machine})", "",
              "| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
     lines += ["| " + " | ".join(f"{r[k]:.1f}" if isinstance(r[k], float) else str(r[k]) for k in keys) + " |" for r in rows]
-    (out / "facet_ablation_cpu.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_results(args.out, "facet_ablation_cpu", {"machine": machine, "steps": args.steps, "rows": rows},
+                  "\n".join(lines))
 
 
 if __name__ == "__main__":

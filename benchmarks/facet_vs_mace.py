@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine  # noqa: E402
+from common import machine, write_results  # noqa: E402
 from mace_side import ensure_venv, run_mace_side  # noqa: E402
 from potential_workloads import measure_accuracy, measure_relax, measure_speed  # noqa: E402
 
@@ -156,8 +156,7 @@ def main(argv=None) -> None:
         # parts kept from the file only when they measured this very model; else the side starts afresh
         result[side] = {**result[side], **new} if same else new
         # written after each side: a side that fails (MACE's venv offline) leaves the finished one on disk
-        stem.with_suffix(".json").write_text(json.dumps(result, indent=1))
-        stem.with_suffix(".md").write_text(table(result))
+        write_results(stem.parent, stem.name, result, table(result), show=False)
     print(table(result))
 
 

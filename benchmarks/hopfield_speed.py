@@ -13,13 +13,12 @@ import argparse
 import json
 import statistics
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from common import machine
+from common import machine, write_results
 from estimators import Probe, entropy
 from layers import Hopfield
 
@@ -114,10 +113,7 @@ def main():
             row["hopfield_probed_largest"] = timed(h, x, 1)[1] / (args.batch * args.heads * n * n)
         rows.append(row)
         print(json.dumps(row), flush=True)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     name = machine(device)
-    (out / f"hopfield_speed_{device.type}{args.tag}.json").write_text(json.dumps({"machine": name, "args": vars(args), "rows": rows}, indent=2))
     lines = [f"Forward + backward, batch {args.batch}, dim {args.dim}, {args.heads} heads, on {name} "
              f"(median of {args.repeats}).", "",
              "| L | Hopfield (ms) | bare SDPA (ms) | MHA (ms) | naive (ms) | Hopfield / SDPA | naive / Hopfield "
@@ -129,8 +125,8 @@ def main():
                      f"{1e3 * r['mha_s']:.1f} | {naive_ms} | {r['hopfield_s'] / r['bare_sdpa_s']:.2f} | {ratio} | "
                      f"{r['hopfield_largest']:.3g}, {r['hopfield_probed_largest']:.3g}, "
                      f"{r.get('naive_largest', float('nan')):.3g} |")
-    (out / f"hopfield_speed_{device.type}{args.tag}.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_results(args.out, f"hopfield_speed_{device.type}{args.tag}", {"machine": name, "args": vars(args), "rows": rows},
+                  "\n".join(lines))
 
 
 if __name__ == "__main__":

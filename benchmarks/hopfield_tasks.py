@@ -12,12 +12,11 @@ Writes hopfield_tasks.json and hopfield_tasks.md, naming the machine.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import tempfile
 from pathlib import Path
 
-from common import machine
+from common import machine, write_results as write_files
 from train import fit, load_recipe
 from train.data.mil import benchmark_file
 
@@ -57,8 +56,6 @@ def summary(values: list[float]) -> str:
 
 def write_results(results: dict, out: Path) -> str:
     """hopfield_tasks.json and .md from the results so far (rewritten after every recipe: a stopped run keeps them)."""
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "hopfield_tasks.json").write_text(json.dumps(results, indent=2))
     lines = [f"Mean ± std over seeds {results['seeds']} on {results['machine']}. Benchmark sets: the mean AUC of a "
              "10-fold cross-validation per seed, then mean ± std over the seeds' repetitions.", "",
              "| MIL recipe | AUC % (ours) | AUC % (paper) |", "|---|---|---|"]
@@ -67,7 +64,7 @@ def write_results(results: dict, out: Path) -> str:
     for key, v in results["tabular"].items():
         name, model = key.split("/")
         lines.append(f"| {name} | {model} | {summary(v)} |")
-    (out / "hopfield_tasks.md").write_text("\n".join(lines) + "\n")
+    write_files(out, "hopfield_tasks", results, "\n".join(lines), show=False)
     return "\n".join(lines)
 
 
@@ -89,14 +86,14 @@ def main():
             results["mil_cv"][name] = cross_validated_auc(name, args.seeds)
             results["mil"][name] = results["mil_cv"][name]["repetition_means"]
         print(name, results["mil"][name], flush=True)
-        write_results(results, out)
+        table = write_results(results, out)
     for name, models in TABULAR.items():
         for model in models:
             acc = [100 * run(name, s, [f"model={model}"])["test_acc"] for s in args.seeds]
             results["tabular"][f"{name}/{model}"] = acc
             print(name, model, acc, flush=True)
-            write_results(results, out)
-    print(write_results(results, out))
+            table = write_results(results, out)
+    print(table)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from common import machine
+from common import machine, write_results as write_files
 from train import fit, load_recipe
 from weights import load_checkpoint
 
@@ -37,15 +37,13 @@ def first_step(model) -> dict[str, float]:
 
 def write_results(rows: list[dict], out: Path) -> str:
     """sweep.json, sweep.md and sweep.png (each metric against w; the true branch probability dashed)."""
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "sweep.json").write_text(json.dumps(rows, indent=2))
     keys = [k for k in rows[0] if k not in ("w", "machine")]
     machines = list(dict.fromkeys(r["machine"] for r in rows if "machine" in r))  # files written before: none
     lines = [f"Trained on {m}" for m in machines] + [""] * bool(machines)
     lines += ["| w | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
     cell = lambda v: f"{v:.4g}" if isinstance(v, (int, float)) else str(v)  # noqa: E731  (a text column: setting)
     lines += ["| " + " | ".join([f"{r['w']:g}"] + [cell(r[k]) for k in keys]) + " |" for r in rows]
-    (out / "sweep.md").write_text("\n".join(lines) + "\n")
+    write_files(out, "sweep", rows, "\n".join(lines), show=False)
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
