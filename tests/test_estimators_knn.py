@@ -1,4 +1,5 @@
 """k-NN estimators against closed forms, scikit-learn and scipy."""
+import json
 import math
 import os
 import subprocess
@@ -434,3 +435,31 @@ def test_kozachenko_leonenko_by_hand_on_four_points():
     log N in place of psi(N), a common slip, is 0.13 higher. (The result is float32.)"""
     x = torch.tensor([[0.0], [1.0], [3.0], [7.0]], dtype=torch.float64)
     assert kozachenko_leonenko_entropy(x, k=1).item() == pytest.approx(11 / 6 + 1.75 * math.log(2), rel=1e-7)
+
+
+@pytest.mark.parametrize("legacy", [False, True])
+def test_bench_bmi_reuse_runs_our_ksg_on_the_saved_samples_without_benchmark_mi(tmp_path, monkeypatch, legacy):
+    """benchmarks/bench_bmi.py --reuse reads an earlier run's samples and benchmark-mi's column (no venv, no
+    network): our KSG-1 with the max-norm and with Euclidean marginals on every seed's sample, bmi's column kept.
+    A file from before the settings were saved (a bare list of rows) takes --k and says so."""
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import bench_bmi
+
+    x = torch.randn(2, 300, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    y = x[..., :1] + 0.5 * torch.randn(2, 300, 1, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    np.savez(tmp_path / "t.npz", x=x.numpy(), y=y.numpy())
+    rows = [{"id": "t", "name": "toy", "dim_x": 2, "dim_y": 1, "mi_true": 0.8, "file": str(tmp_path / "t.npz"),
+             "bmi_ksg": [0.7, 0.75]}]
+    saved = rows if legacy else {"n": 300, "seeds": [4, 5], "k": 5, "tasks": rows}
+    (tmp_path / "bmi_side.json").write_text(json.dumps(saved))
+    monkeypatch.setattr(bench_bmi.venvs, "ensure_venv", lambda *a, **k: pytest.fail("--reuse built a venv"))
+    bench_bmi.main(["--reuse", "--samples", str(tmp_path), "--out", str(tmp_path / "out"), "--k", "5"])
+    result = json.loads((tmp_path / "out" / "bench_bmi_cpu.json").read_text())
+    assert result["k"] == 5 and result["n"] == 300
+    (row,) = result["tasks"]
+    for metric in ("chebyshev", "euclidean"):
+        assert row[f"ours_{metric}"] == pytest.approx(
+            [float(ksg_mutual_information(x[s], y[s], k=5, metric=metric)) for s in range(2)], abs=1e-12)
+    assert row["ours_chebyshev"] != row["ours_euclidean"] and row["bmi_ksg"] == [0.7, 0.75]
+    table = (tmp_path / "out" / "bench_bmi_cpu.md").read_text()
+    assert "| toy | 2 x 1 | 0.800 |" in table and ("(ids not recorded)" in table) == legacy
