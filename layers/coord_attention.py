@@ -47,7 +47,7 @@ class CoordAttention(nn.Module):
         f_h, f_w = f.split([H, W], dim=2)
         a_h = self.attn_h(self.conv_h(f_h).sigmoid())                    # (N, C, H, 1)
         a_w = self.attn_w(self.conv_w(f_w).sigmoid().transpose(2, 3))    # (N, C, 1, W)
-        if torch.is_grad_enabled():
+        if torch.is_grad_enabled() or torch.jit.is_tracing():  # one graph for torch.jit.trace, with or without grad
             return x * a_h * a_w
         return torch.mul(x, a_h).mul_(a_w)  # inference: the same values with one full-size allocation, not two
 

@@ -71,7 +71,7 @@ class HopfieldCore(nn.Module):
         self.association = ProbePoint()
         if self.static_execution:  # nothing is projected: widths come from the inputs
             self.embed_dim = self.kdim = self.vdim = self.head_dim = self.pattern_dim = self.out_dim = None
-            self.out_proj = None
+            self.out_proj = self.in_proj_weight = self.in_proj_bias = None
             self._set_scaling(1.0 if scaling is None else scaling)
             return
         if embed_dim is None:
@@ -112,6 +112,9 @@ class HopfieldCore(nn.Module):
             if scaling.shape != (self.num_heads,):
                 raise ValueError(f"HopfieldCore: a tensor scaling needs one entry per head, shape ({self.num_heads},), "
                                  f"got {tuple(scaling.shape)}")
+            if isinstance(scaling, nn.Parameter):  # a learned beta: trained and saved with the other parameters
+                self.scaling = scaling
+                return
             # in the parameters' dtype (the default one, as they are made), which .to()/.double() then move with them
             self.register_buffer("scaling", scaling.detach().to(torch.get_default_dtype(), copy=True),
                                  persistent=False)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import warnings
 from collections.abc import Sequence
 
 import torch
@@ -125,13 +126,15 @@ def _patterns(argument: str, patterns) -> tuple[str, ...]:
 
 def apply_sigma_reparam(model: nn.Module, include: Sequence[str] = ("*",), exclude: Sequence[str] = (),
                         remove_norms: bool = False) -> nn.Module:
-    """Convert ``model`` in place: every ``nn.Linear`` and ``nn.Conv2d`` (exactly those classes: subclasses such as
-    ``nn.MultiheadAttention``'s ``out_proj``, whose weight is read directly, are left alone) whose module name
-    (``""`` for ``model`` itself) matches a glob in ``include`` and none in ``exclude`` becomes a
-    ``SigmaLinear``/``SigmaConv2d`` keeping its weight and bias tensors (an optimizer holding them stays valid;
-    add the new ``gamma`` parameters to it). With ``remove_norms`` every selected LayerNorm/RMSNorm is replaced by
-    ``nn.Identity`` (the paper's "sigmaReparam without LayerNorm" models). Without ``remove_norms`` the converted
-    model computes the same function. Returns ``model``."""
+    """Convert ``model`` in place: every ``nn.Linear`` and ``nn.Conv2d`` whose module name (``""`` for ``model``
+    itself) matches a glob in ``include`` and none in ``exclude`` becomes a ``SigmaLinear``/``SigmaConv2d`` keeping
+    its weight and bias tensors (an optimizer holding them stays valid; add the new ``gamma`` parameters to it).
+    Exactly those classes: a subclass may use its weight its own way (timm's ``StdConv2d`` standardises it,
+    ``Conv2dSame`` pads in its forward, ``nn.MultiheadAttention`` reads its ``out_proj.weight`` directly), so selected
+    subclasses and ``nn.MultiheadAttention`` modules (whose in-projection is a bare parameter) stay plain, with a
+    warning that names them. With ``remove_norms`` every selected LayerNorm/RMSNorm is replaced by ``nn.Identity``
+    (the paper's "sigmaReparam without LayerNorm" models). Without ``remove_norms`` the converted model computes
+    the same function. Returns ``model``."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"apply_sigma_reparam: model must be an nn.Module, got {type(model).__name__}")
     include, exclude = _patterns("include", include), _patterns("exclude", exclude)
@@ -146,6 +149,9 @@ def apply_sigma_reparam(model: nn.Module, include: Sequence[str] = ("*",), exclu
                              f"{names[1:6]}")
     selected = [(name, module) for name, module in modules if _selected(name, include, exclude)]
     layers = [(name, module) for name, module in selected if type(module) in _SIGMA_OF]
+    plain = [f"{name or 'model'} ({type(module).__name__})" for name, module in selected
+             if (isinstance(module, tuple(_SIGMA_OF)) and type(module) not in _SIGMA_OF)
+             or isinstance(module, nn.MultiheadAttention)]
     norms = [name for name, module in selected if remove_norms and isinstance(module, NORM_TYPES)]
     if "" in norms:
         raise ValueError("apply_sigma_reparam: model is itself a norm layer; remove_norms cannot replace it")
@@ -163,6 +169,12 @@ def apply_sigma_reparam(model: nn.Module, include: Sequence[str] = ("*",), exclu
     for name in norms:
         parent, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent), child, nn.Identity())
+    if plain:
+        shown = ", ".join(plain[:6]) + (f" and {len(plain) - 6} more" if len(plain) > 6 else "")
+        warnings.warn(f"apply_sigma_reparam left {len(plain)} selected layers plain: {shown}. Only nn.Linear and "
+                      "nn.Conv2d themselves are converted (a subclass may use its weight its own way, and "
+                      "nn.MultiheadAttention's in-projection is a bare parameter); leave them out with exclude= to "
+                      "silence this", UserWarning, stacklevel=2)
     return model
 
 

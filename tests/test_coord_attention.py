@@ -69,6 +69,21 @@ def test_inference_path_equals_the_autograd_path_bit_for_bit():
         assert x.grad is not None and ca.conv_h.weight.grad is not None
 
 
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")  # the input checks' shape tests, fixed in a trace
+def test_ca_models_trace_and_export():
+    """torch.jit.trace records one graph with or without grad (the inference branch made its check fail: 'Graphs
+    differed across invocations'), and torch.export gives the eager outputs."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 32, 32)
+    for name in ("mobilenetv2_ca_100", "mobilenext_ca_100"):
+        model = timm.create_model(name, num_classes=10).eval()
+        traced = torch.jit.trace(model, x)
+        with torch.no_grad():
+            assert torch.allclose(traced(x), model(x), atol=1e-5)
+    exported = torch.export.export(model, (x,))
+    assert torch.allclose(exported.module()(x), model(x), atol=1e-5)
+
+
 def test_equivariant_to_row_permutations_and_to_transposition():
     torch.manual_seed(0)
     ca = CoordAttention(32).eval()

@@ -210,6 +210,33 @@ def test_static_one_step_is_softmax_attention_by_hand():
     assert torch.allclose(h((y, r, v)), ref, atol=1e-6)
 
 
+def test_static_self_association_takes_one_tensor():
+    """softmax(beta X X^T) X from h(X) alone, the paper's retrieval with every pattern static (it read the missing
+    in_proj_weight and raised AttributeError; three separate tensors worked)."""
+    x = torch.randn(2, 6, 5, dtype=torch.float64)
+    ref = torch.softmax(4.0 * x @ x.transpose(1, 2), -1) @ x
+    h = Hopfield(scaling=4.0, **STATIC)
+    assert torch.allclose(h(x), ref, atol=1e-12) and torch.allclose(h((x, x, x)), ref, atol=1e-12)
+
+
+def test_a_parameter_scaling_is_a_learned_beta():
+    """An nn.Parameter beta is trained and saved with the model (a tensor beta stays a fixed buffer; it was frozen
+    silently, a detached copy, even when passed as a Parameter)."""
+    beta = torch.nn.Parameter(torch.full((2,), 0.3))
+    for steps in (0, 2):  # the one-step path (SDPA) and the iterated one
+        h = Hopfield(input_size=8, num_heads=2, scaling=beta, update_steps_max=steps)
+        assert h.association_core.scaling is beta and any(p is beta for p in h.parameters())
+        assert "association_core.scaling" in h.state_dict()
+        beta.grad = None
+        h(torch.randn(3, 4, 8)).square().sum().backward()
+        assert beta.grad is not None and beta.grad.abs().min() > 0
+    with torch.no_grad():
+        beta.fill_(5.0)
+    assert h.scaling.tolist() == [5.0, 5.0]
+    fixed = Hopfield(input_size=8, num_heads=2, scaling=torch.tensor([0.3, 0.3]))
+    assert "association_core.scaling" not in fixed.state_dict() and not fixed.association_core.scaling.requires_grad
+
+
 def test_per_head_scaling_and_default_beta():
     assert Hopfield(input_size=64, num_heads=4).association_core.scaling == pytest.approx(1 / 4)
     torch.manual_seed(0)

@@ -1,5 +1,6 @@
 """sigmaReparam (Zhai et al. 2023): the reparametrised layers, the converter and the zoo variants."""
 import copy
+import warnings
 
 import pytest
 import timm
@@ -165,13 +166,31 @@ def test_folded_model_equals_converted_model():
     torch.testing.assert_close(net(x), converted, atol=1e-6, rtol=1e-5)
 
 
+def test_subclasses_of_linear_and_conv2d_stay_plain_with_a_warning_naming_them():
+    """timm's StdConv2d (weight standardisation) and Conv2dSame ('same' padding in its forward) use their weight
+    their own way, so they are not converted; they were skipped silently, leaving a partly reparametrised model."""
+    from timm.layers import Conv2dSame, StdConv2d
+
+    net = nn.Sequential(StdConv2d(3, 4, 3), Conv2dSame(4, 4, 3, stride=2), nn.Conv2d(4, 4, 1), nn.Flatten(),
+                        nn.LazyLinear(2))
+    net(torch.randn(1, 3, 8, 8))
+    with pytest.warns(UserWarning, match=r"left 2 selected layers plain: 0 \(StdConv2d\), 1 \(Conv2dSame\)\."):
+        apply_sigma_reparam(net)
+    assert type(net[0]) is StdConv2d and type(net[1]) is Conv2dSame and isinstance(net[2], SigmaConv2d)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        apply_sigma_reparam(nn.Sequential(StdConv2d(3, 4, 3), nn.Conv2d(4, 4, 1)), exclude=("0",))
+
+
 def test_include_exclude_and_remove_norms():
     net = apply_sigma_reparam(small_net(), include=("*",), exclude=("0", "6"), remove_norms=True)
     assert type(net[0]) is nn.Conv2d and isinstance(net[4], SigmaLinear) and type(net[6]) is nn.Linear
     assert isinstance(net[3], nn.Identity)
     rms = apply_sigma_reparam(nn.Sequential(nn.Linear(4, 4), nn.RMSNorm(4), nn.Linear(4, 2)), remove_norms=True)
     assert isinstance(rms[1], nn.Identity)  # LLaMA-style RMSNorm goes too
-    mha = apply_sigma_reparam(nn.MultiheadAttention(8, 2))
+    with pytest.warns(UserWarning, match=r"left 2 selected layers plain: model \(MultiheadAttention\), out_proj "
+                                         r"\(NonDynamicallyQuantizableLinear\)"):
+        mha = apply_sigma_reparam(nn.MultiheadAttention(8, 2))
     assert not isinstance(mha.out_proj, SigmaLinear)  # its weight is read directly, never through forward
     with pytest.raises(TypeError, match="include"):
         apply_sigma_reparam(small_net(), include="*")

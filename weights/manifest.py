@@ -160,7 +160,9 @@ def pretrained_entry(name: str, checkpoint: str | None = None) -> dict:
         which = f"checkpoint {checkpoint!r}" if checkpoint is not None else "checkpoint"
         with_weights = sorted({c["model"] for c in published_checkpoints()})
         raise NoCheckpointError(f"no published {which} for model {name!r}; its checkpoints: {known or 'none'}. "
-                                f"Models with published weights: {with_weights}")
+                                f"Models with published weights: {with_weights}. For weights of your own, build "
+                                "it with pretrained=False and load them with weights.load_into(model, FILE), or "
+                                "weights.load_checkpoint(FILE) for a file that save_checkpoint wrote")
     return options[0]
 
 
