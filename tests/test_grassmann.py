@@ -472,6 +472,21 @@ def test_mixing_forms_the_pluecker_coordinates_only_for_a_probe_and_both_paths_a
         assert torch.allclose(p, q, atol=1e-10)
 
 
+@pytest.mark.parametrize("name", ["transformer_lm_13m", "transformer_lm_13m_sigma"])
+def test_a_static_cache_is_refused_by_name(name):
+    """A StaticCache returns every preallocated slot, which attention would read as cached tokens: refused with
+    the way out, where the error was that 'N cached positions need an explicit mask' with nothing cached yet."""
+    from transformers import StaticCache
+
+    m = zoo.create_model(name, num_hidden_layers=1, vocab_size=50).eval()
+    ids = torch.randint(1, 50, (1, 6))
+    with pytest.raises(ValueError, match=r"static cache \(StaticCache; generate\(cache_implementation='static'\)\) "
+                                         "is not supported; use the default dynamic cache"):
+        m.generate(ids, max_new_tokens=2, do_sample=False, pad_token_id=0, cache_implementation="static")
+    with pytest.raises(ValueError, match="static cache"):
+        m(ids, cache=StaticCache(config=m.config, max_cache_len=16), use_cache=True)
+
+
 @pytest.mark.parametrize("name", ["grassmann_lm_13m", "transformer_lm_13m"])
 def test_masks_that_do_not_match_the_tokens_are_refused(name):
     """A cached step's mask must cover the cached and the new tokens (a mask of the new tokens alone would restart
@@ -486,6 +501,10 @@ def test_masks_that_do_not_match_the_tokens_are_refused(name):
     if name.startswith("grassmann"):
         with pytest.raises(ValueError, match="attention_mask has padding between real tokens; pad on the left or"):
             m(ids, attention_mask=gap)
+        # generation appends after a right-padded prompt's padding: the error says to pad prompts on the left
+        with pytest.raises(ValueError, match=r"pad prompts for generation on the left \(tokenizer.padding_side"):
+            m.generate(ids, attention_mask=torch.tensor([[1] * 8, [1] * 6 + [0] * 2]), max_new_tokens=2,
+                       do_sample=False, pad_token_id=0)
     else:
         assert torch.isfinite(m(ids, attention_mask=gap).logits).all()
     # right padding, as transformers' collators pad (it was refused): the real tokens' logits are the unpadded ones

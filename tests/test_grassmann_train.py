@@ -386,8 +386,13 @@ def test_nli_head_saves_and_loads_through_the_auto_classes(tmp_path, name):
 
 
 def test_missing_encoder_is_a_clear_error(tmp_path, monkeypatch):
-    with pytest.raises(FileNotFoundError, match="hf download"):
+    """A folder is not a hub id: its error says the folder is missing or holds no model, not 'hf download PATH'."""
+    with pytest.raises(FileNotFoundError, match=r"encoder folder '.*no-encoder' does not exist; give a folder"):
         zoo.create_model("grassmann_nli_head", encoder=str(tmp_path / "no-encoder"))
+    (tmp_path / "empty").mkdir()
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError, match=r"encoder folder .\./empty. holds no saved model \(no config.json\)"):
+        zoo.create_model("grassmann_nli_head", encoder="./empty")
     # model_info (zoo info) still describes the model, without the parameter count the encoder would give
     from zoo._registry import _REGISTRY
 
@@ -395,7 +400,7 @@ def test_missing_encoder_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setitem(_REGISTRY, "grassmann_nli_head",
                         dataclasses.replace(entry, config=dataclasses.replace(entry.config, encoder=str(tmp_path / "x"))))
     info = zoo.model_info("grassmann_nli_head")
-    assert info["params"] is None and "hf download" in info["params_unavailable"]
+    assert info["params"] is None and "does not exist" in info["params_unavailable"]
     assert info["recipes"] == ["grassmann-nli-snli"] and info["family"] == "grassmann"
 
 

@@ -83,7 +83,9 @@ def check_no_gap(attention_mask: torch.Tensor, who: str = "Grassmann LM") -> Non
     after_real = torch.cummax(real, -1).values.bool() & (real == 0)  # a pad that follows a real token
     if bool((torch.cummax(after_real.long(), -1).values[:, :-1].bool() & (real[:, 1:] == 1)).any()):
         raise ValueError(f"{who}: attention_mask has padding between real tokens; pad on the left or the right "
-                         "(a masked token between real ones would be mixed into the tokens after it)")
+                         "(a masked token between real ones would be mixed into the tokens after it). generate() "
+                         "appends new tokens after the padding of a right-padded prompt: pad prompts for generation "
+                         "on the left (tokenizer.padding_side = 'left')")
 
 
 class GrassmannBlock(GradientCheckpointingLayer):

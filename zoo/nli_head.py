@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -50,6 +51,13 @@ def build_encoder(spec: dict) -> PreTrainedModel:
 def load_pretrained_encoder(name: str) -> PreTrainedModel:
     from weights.hub import hub_resolvable  # zoo reaches weights only when a call loads weights
 
+    folder = Path(name).expanduser()
+    if name.startswith((".", "~")) or folder.is_absolute() or name.count("/") > 1:  # a folder, not a hub id
+        if not (folder / "config.json").is_file():
+            why = "does not exist" if not folder.is_dir() else "holds no saved model (no config.json)"
+            raise FileNotFoundError(f"encoder folder {name!r} {why}; give a folder written by save_pretrained, or "
+                                    "a hub id such as 'distilbert-base-uncased'")
+        return AutoModel.from_pretrained(folder)
     try:
         return AutoModel.from_pretrained(name, local_files_only=not hub_resolvable())
     except OSError as err:

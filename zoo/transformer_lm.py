@@ -116,6 +116,10 @@ class TransformerLMModel(TransformerLMPreTrainedModel):
         use_cache = cache_wanted(self, use_cache)
         if use_cache and cache is None:
             cache = DynamicCache()
+        if cache is not None and cache.is_compileable:  # its preallocated slots would be attended as if filled
+            raise ValueError(f"Transformer LM: a static cache ({type(cache).__name__}; generate(cache_implementation="
+                             "'static')) is not supported; use the default dynamic cache (DynamicCache, or generate() "
+                             "without cache_implementation)")
         past = cache.get_seq_length() if cache is not None else 0
         positions = token_positions(x, past, position_ids, attention_mask, self.config.max_position_embeddings)
         mask = self._mask(attention_mask, past, x.shape[1], x.device)
