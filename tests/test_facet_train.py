@@ -389,3 +389,62 @@ def test_emt_dataset_regenerates_when_a_split_file_is_missing(tmp_path, monkeypa
     paths["valid"].unlink()
     assert emt_dataset(per_element=4, alloys=2, seed=1, root=tmp_path) == paths
     assert paths["valid"].read_bytes() == written and len(read_structures(paths["valid"])) > 0
+
+
+def test_energy_scale_falls_back_to_the_energy_residuals_when_every_force_is_zero(tmp_path):
+    """An equation of state of perfect cells has forces that are exactly 0 in extxyz: the force RMS gave s = 0, so
+    every energy was sum E0(Z), no weight had a gradient and a run trained nothing, silently. s is then the RMS
+    per-atom energy left after E0 (1 when that is 0 too), and the loss has gradients."""
+    from ase.build import bulk
+    from ase.io import write
+
+    from train.data.emt import _label
+    from train.tasks.potential import energy_scale
+
+    assert energy_scale(np.ones((4, 3)) * 2, np.ones(3)) == 2.0
+    assert energy_scale(np.zeros((4, 3)), np.array([0.3, -0.4])) == pytest.approx(np.sqrt(0.125))
+    assert energy_scale(np.zeros((0, 3)), np.zeros(2)) == 1.0
+    cells = []
+    for element in ("Cu", "Ni"):
+        for scale in np.linspace(0.94, 1.06, 6):
+            atoms = bulk(element, "fcc", cubic=True)
+            atoms.set_cell(atoms.cell * scale, scale_atoms=True)
+            cells.append(_label(atoms))
+    paths = {}
+    for split, part in (("train", cells[::2] + cells[1::4]), ("valid", cells[1::4]), ("test", cells[3::4])):
+        write(tmp_path / f"{split}.extxyz", part)
+        paths[split] = tmp_path / f"{split}.extxyz"
+    recipe = load_recipe("facet-mptrj", ["model=facet_small", "model_args.channels=8", "model_args.layers=1",
+                                         "model_args.cutoff=4.0", *[f"data.{k}={v}" for k, v in paths.items()]])
+    task = PotentialTask(recipe)
+    assert all(np.abs(a.get_forces()).max() == 0 for a in task.structures["train"])
+    model = zoo.create_model("facet_small", channels=8, layers=1, cutoff=4.0)
+    task.prepare(model)
+    train = task.structures["train"]
+    n = np.array([len(a) for a in train])
+    e0 = model.atomic_energies.double().numpy()
+    left = np.array([a.get_potential_energy() - e0[a.numbers].sum() for a in train]) / n
+    assert float(model.energy_scale) == pytest.approx(np.sqrt(np.mean(left ** 2))) and float(model.energy_scale) > 0
+    loss, _ = task.loss(model, task.batch(4, torch.Generator().manual_seed(0)))
+    loss.backward()
+    assert sum(float(p.grad.abs().sum()) for p in model.parameters() if p.grad is not None) > 0
+
+
+def test_an_element_only_in_a_held_out_split_is_named_with_its_file(tmp_path):
+    """It failed before training as well, but with the model's message (trained on Cu only; got ['Ni']), which
+    named neither the split nor the file."""
+    from ase.build import bulk
+    from ase.io import write
+
+    from train.data.emt import _label
+
+    cells = {el: [_label(bulk(el, "fcc", cubic=True)) for _ in range(2)] for el in ("Cu", "Ni")}
+    for split, part in (("train", cells["Cu"]), ("valid", cells["Cu"]), ("test", cells["Ni"] + cells["Cu"])):
+        write(tmp_path / f"{split}.extxyz", part)
+    recipe = load_recipe("facet-mptrj", ["model=facet_small", "model_args.channels=8", "model_args.layers=1",
+                                         "model_args.cutoff=4.0",
+                                         *[f"data.{s}={tmp_path / s}.extxyz" for s in ("train", "valid", "test")]])
+    with pytest.raises(ValueError, match=r"the test split \(.*test.extxyz\) has \['Ni'\], which the training split "
+                                         r"\(.*train.extxyz\) lacks: a potential predicts only the elements it was "
+                                         r"trained on \(\['Cu'\]\)"):
+        PotentialTask(recipe).prepare(zoo.create_model("facet_small", channels=8, layers=1, cutoff=4.0))

@@ -14,6 +14,17 @@ from ..data.emt import emt_dataset, read_structures
 from .base import Task, draw_rows, real, whole
 
 
+def energy_scale(forces: np.ndarray, residuals: np.ndarray) -> float:
+    """The scale s (eV) of the model's atomic energies: the RMS training force component (eV/A, read as eV per unit
+    length), as MACE scales; when every force is 0 (perfect cells, e.g. an equation of state, whose symmetric forces
+    extxyz stores as exact zeros) the RMS per-atom energy left after the reference energies, and 1 if that is 0 too.
+    A scale of 0 would make every energy sum E0(Z) with no gradient to any weight."""
+    for scale in (np.sqrt(np.mean(forces ** 2)) if forces.size else 0.0, np.sqrt(np.mean(residuals ** 2))):
+        if np.isfinite(scale) and scale > 0:
+            return float(scale)
+    return 1.0
+
+
 class PotentialTask(Task):
     """Batches are padded structures with precomputed neighbour lists (``zoo.atoms.pad_structures``).
 
@@ -24,7 +35,7 @@ class PotentialTask(Task):
     micro-batches or ranks keeps the gradient:
     w_E mean_s((dE_s / n_s)^2) + w_F mean_s(sum_i |dF_i|^2 / (3 n_s)) + w_S mean_s(|d sigma_s|^2 / 9).
     Before training, ``prepare`` fits per-species reference energies by least squares, sets the energy scale
-    to the RMS training force and the mean neighbour count. Metrics: MAE of energy (meV/atom), forces
+    (``energy_scale``) and the mean neighbour count. Metrics: MAE of energy (meV/atom), forces
     (meV/A) and stress (meV/A^3, over the 9 components of the 3 x 3 tensor) on ``valid`` during training and on
     ``test`` at every evaluation.
     """
@@ -53,20 +64,31 @@ class PotentialTask(Task):
             paths = {k: Path(d[k]).expanduser() for k in ("train", "valid", "test")}
         else:
             raise ValueError(f"data.source must be 'emt' or 'files', got {source!r}")
+        self.paths = paths
         self.structures = {k: read_structures(p) for k, p in paths.items()}
         self.padded = {k: pad_structures(v, self.cutoff) for k, v in self.structures.items()}
         self.eval_batch = whole(self.args, "task_args", "eval_batch", 16)
 
     def prepare(self, model) -> None:
+        from ase.data import chemical_symbols
+
         train = self.structures["train"]
         species = sorted({int(z) for a in train for z in a.numbers})
+        for split in ("valid", "test"):  # the model predicts only the elements it has reference energies for
+            unseen = sorted({int(z) for a in self.structures[split] for z in a.numbers} - set(species))
+            if unseen:
+                raise ValueError(f"the {split} split ({self.paths[split]}) has {[chemical_symbols[z] for z in unseen]}"
+                                 f", which the training split ({self.paths['train']}) lacks: a potential predicts "
+                                 f"only the elements it was trained on ({[chemical_symbols[z] for z in species]}); "
+                                 "add structures with them to the training file or drop them from this one")
         counts = np.array([[np.sum(a.numbers == z) for z in species] for a in train], dtype=np.float64)
         energies = np.array([a.get_potential_energy() for a in train])
         e0, *_ = np.linalg.lstsq(counts, energies, rcond=None)
         forces = np.concatenate([a.get_forces() for a in train])
         padded = self.padded["train"]  # its neighbour lists, computed once in __init__
         neighbours = float(((padded["edges"][..., 0] >= 0).sum(1) / (padded["numbers"] > 0).sum(1)).double().mean())
-        model.set_statistics(dict(zip(species, e0.tolist())), float(np.sqrt(np.mean(forces**2))), float(neighbours))
+        residuals = (energies - counts @ e0) / counts.sum(1)
+        model.set_statistics(dict(zip(species, e0.tolist())), energy_scale(forces, residuals), float(neighbours))
 
     def batch(self, size, generator):
         return draw_rows(self.padded["train"], size, generator)
