@@ -612,6 +612,21 @@ def test_every_shipped_recipe_parses_and_names_what_exists(name):
         resolve_config(model, **filled)  # raises on an unknown name or key, or a wrong type
 
 
+def test_a_mapping_given_for_probe_points_replaces_the_recipes_points(tmp_path):
+    """probe.points maps points to estimators: --set probe.points={} turns probing off and a new mapping probes only
+    its points (both merged into the recipe's points before: an empty one changed nothing, a new one was added)."""
+    recipe = load_recipe("alrnn-lorenz63")
+    assert recipe["probe"]["points"]  # the recipe probes something
+    assert load_recipe("alrnn-lorenz63", ["probe.points={}"])["probe"]["points"] == {}
+    assert load_recipe("alrnn-lorenz63", ["probe.points={cell.W: [condition_number]}"])["probe"]["points"] == \
+        {"cell.W": ["condition_number"]}
+    both = load_recipe("alrnn-lorenz63", ["probe={every: 7, points: {z: [effective_rank]}}"])["probe"]
+    assert both == {**recipe["probe"], "every": 7, "points": {"z": ["effective_rank"]}}
+    assert load_recipe("alrnn-lorenz63", ["probe={every: 7}"])["probe"]["points"] == recipe["probe"]["points"]
+    fit(load_recipe("alrnn-lorenz63", [*SMALL_DSR, "train.steps=4", "probe.points={}"]), out=tmp_path / "run")
+    assert not (tmp_path / "run" / "probe.csv").exists()
+
+
 def test_numbers_that_yaml_reads_as_strings_become_floats_also_in_lists():
     """YAML 1.1 reads 1e-5 (no dot) as a string; the PV-RNN sweep writes meta-priors that way."""
     import zoo

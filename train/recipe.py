@@ -137,7 +137,12 @@ def apply_override(recipe: dict, assignment: str) -> dict:
         if not isinstance(value, dict):
             raise ValueError(f"override {path!r}: {path} is a section; give a mapping ({path}={{key: value}}) or "
                              f"set one key ({path}.KEY=VALUE), got {value!r}")
-        if not (keys[-1] in ("optim", "schedule") and "name" in value):  # a new optimizer/schedule: its own settings
+        if keys == ["probe", "points"]:  # the points to probe, not settings: a mapping replaces them ({}: none)
+            pass
+        elif keys == ["probe"] and isinstance(value.get("points"), dict):
+            value = {**_merge(node["probe"], {k: v for k, v in value.items() if k != "points"}),
+                     "points": value["points"]}
+        elif not (keys[-1] in ("optim", "schedule") and "name" in value):  # a new optimizer/schedule: its own settings
             value = _merge(node[keys[-1]], value)
     node[keys[-1]] = value
     return out
