@@ -1025,3 +1025,50 @@ def test_a_bfloat16_model_sums_its_energies_in_float32():
     assert out["energy"].dtype == torch.float32 and out["energies"].dtype == torch.float32
     exact = out["energies"].double().sum().item()  # the float32 atomic energies summed without rounding
     assert out["energy"].item() == pytest.approx(exact, abs=1e-4) and -30 < exact < -26
+
+
+@pytest.mark.parametrize("far", [3.0, 5.5, 1e5])
+def test_neighbour_list_of_a_slab_with_a_far_atom_equals_ases(far):
+    """Atoms apart by more than the cutoff along a non-periodic normal are listed separately (vesin's time grows
+    with the occupied extent there: an atom 1e5 A off a slab took over a minute). The pairs and image shifts equal
+    ASE's neighbor_list, for an atom within the cutoff of the slab's top layer, just beyond it, and far off, and for
+    a wire (two non-periodic axes) whose atoms split along both."""
+    from ase.neighborlist import neighbor_list
+
+    from zoo.atoms import neighbour_list
+
+    slab = fcc111("Cu", (2, 2, 3), vacuum=6.0)
+    slab += Atoms("Cu", positions=[[0.3, 0.2, slab.positions[:, 2].max() + far]])
+    wire = Atoms("Cu4", positions=[[0, 0, 0], [0, 0.1, 2.4], [7, 0, 1], [7, 9, 1]], cell=[[0, 0, 0], [0, 0, 0],
+                                                                                          [0, 0, 2.5]],
+                 pbc=[False, False, True])
+    for atoms in (slab, wire):
+        ours = neighbour_list(atoms.positions, atoms.cell.array, atoms.pbc, 3.0)
+        theirs = neighbor_list("ijS", atoms, 3.0)
+        as_set = lambda i, j, S: sorted(zip(i.tolist(), j.tolist(), map(tuple, S.tolist())))  # noqa: E731
+        assert as_set(*ours) == as_set(*theirs) and len(ours[0]) > 0
+
+
+def test_graphs_hold_positions_near_zero_so_float32_keeps_its_precision_far_from_the_cell():
+    """ASE's MD does not wrap: positions cast to float32 as they came lost precision 1000 cells away (force error
+    2.6e-3 eV/A against float64, 8.9e-6 in the cell). Positions are wrapped into the cell along periodic directions
+    and centred, in float64, before the cast: the same energy and forces, also for slabs and molecules."""
+    model = zoo.create_model("facet_small", **SMALL).eval()
+    crystal = bulk("Cu", "fcc", cubic=True).repeat(2)
+    crystal.rattle(0.05, rng=np.random.default_rng(0))
+    slab = fcc111("Cu", (2, 2, 3), vacuum=6.0)
+    slab.rattle(0.05, rng=np.random.default_rng(1))
+    for atoms, far in ((crystal, [7000.0, -3000.5, 12345.25]), (slab, [7000.0, -3000.5, 900.0])):
+        moved = atoms.copy()
+        moved.positions += far
+        for dtype, tol in ((torch.float64, 1e-10), (torch.float32, 1e-4)):
+            model = model.to(dtype)
+            near, away = (model.predict(graph_from_atoms(a, SMALL["cutoff"], dtype=dtype)) for a in (atoms, moved))
+            assert torch.allclose(near["forces"], away["forces"], atol=tol)
+            assert abs(float((near["energy"] - away["energy"]).detach())) < 10 * tol * len(atoms)
+        graph = graph_from_atoms(moved, SMALL["cutoff"])
+        assert graph.positions.abs().max() < 2 * np.abs(atoms.cell.array).sum(0).max()
+    bad = crystal.copy()
+    bad.positions[[3, 5], 1] = np.nan
+    with pytest.raises(ValueError, match=r"atoms \[3, 5\] have NaN or infinite positions"):
+        graph_from_atoms(bad, SMALL["cutoff"])

@@ -78,6 +78,43 @@ class AtomGraph:
             return replace(self, positions=pos, cell=self.cell @ deform)
 
 
+def _gaps(along: np.ndarray, cutoff: float) -> list[np.ndarray]:
+    """Indices of the runs of ``along`` (sorted) separated by gaps of more than ``cutoff``."""
+    order = np.argsort(along, kind="stable")
+    return np.split(order, np.flatnonzero(np.diff(along[order]) > cutoff) + 1)
+
+
+def _box(cell: np.ndarray, pbc: np.ndarray) -> np.ndarray:
+    """The cell with a slab's or wire's non-periodic vectors (zero, or any: ASE ignores them) replaced by unit vectors
+    normal to the periodic ones, so no image crosses them; a degenerate periodic cell is an error."""
+    box = np.asarray(cell, dtype=np.float64)
+    if pbc.any() and not pbc.all():
+        from ase.cell import Cell
+
+        box = np.where(pbc[:, None], box, Cell(np.where(pbc[:, None], box, 0.0)).complete().array)
+    if pbc.any() and abs(np.linalg.det(box)) < 1e-12:
+        raise ValueError(f"periodic structure (pbc={pbc.tolist()}) has a degenerate cell {box.tolist()}: its periodic "
+                         "directions need independent, non-zero cell vectors")
+    return box
+
+
+def local_positions(atoms) -> np.ndarray:
+    """``atoms``' positions (float64) moved by lattice vectors into the cell along its periodic directions, then all
+    by their mean: the same structure (a translation and periodic images), with coordinates near 0, so a float32
+    model keeps its precision for atoms that MD has carried far from the cell (ASE's MD does not wrap)."""
+    pos = atoms.get_positions()
+    bad = np.flatnonzero(~np.isfinite(pos).all(1))
+    if len(bad):
+        raise ValueError(f"atoms {bad[:8].tolist()}{' ...' if len(bad) > 8 else ''} have NaN or infinite positions")
+    pbc = np.asarray(atoms.pbc, dtype=bool)
+    if pbc.any() and len(pos):
+        box = _box(atoms.cell.array, pbc)
+        frac = np.linalg.solve(box.T, pos.T).T
+        frac[:, pbc] -= np.floor(frac[:, pbc])
+        pos = frac @ box
+    return pos - pos.mean(0) if len(pos) else pos
+
+
 def neighbour_list(positions: np.ndarray, cell: np.ndarray, pbc, cutoff: float):
     """(i, j, S) of all pairs closer than ``cutoff`` (full list: both directions), by vesin."""
     from vesin import NeighborList
@@ -85,17 +122,16 @@ def neighbour_list(positions: np.ndarray, cell: np.ndarray, pbc, cutoff: float):
     pbc = np.broadcast_to(np.asarray(pbc, dtype=bool), (3,))
     if len(positions) == 0:
         return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, 3), np.int64)
-    box = np.asarray(cell, dtype=np.float64)
-    if pbc.any() and not pbc.all():  # a slab's or wire's non-periodic vectors (zero, or any: ASE ignores them)
-        from ase.cell import Cell  # become unit vectors normal to the periodic ones: no image crosses them
-
-        box = np.where(pbc[:, None], box, Cell(np.where(pbc[:, None], box, 0.0)).complete().array)
-    if pbc.any() and abs(np.linalg.det(box)) < 1e-12:
-        raise ValueError(f"periodic structure (pbc={pbc.tolist()}) has a degenerate cell {box.tolist()}: its periodic "
-                         "directions need independent, non-zero cell vectors")
+    box = _box(cell, pbc)
+    positions = np.asarray(positions, dtype=np.float64)
+    groups = [np.arange(len(positions))]
+    if pbc.any() and not pbc.all():  # apart along a non-periodic normal by more than the cutoff: no pair between
+        for k in np.flatnonzero(~pbc):  # vesin's time grows with the occupied extent there (an atom 1e4 A off a
+            groups = [g[part] for g in groups for part in _gaps(positions[g] @ box[k], cutoff)]  # slab: 0.7 s)
     nl = NeighborList(cutoff=float(cutoff), full_list=True)
-    i, j, S, d = nl.compute(points=np.asarray(positions, dtype=np.float64), box=box, periodic=pbc.tolist(),
-                            quantities="ijSd")
+    found = [nl.compute(points=positions[g], box=box, periodic=pbc.tolist(), quantities="ijSd") for g in groups]
+    i, j = (np.concatenate([g[f[n]] for g, f in zip(groups, found)]) for n in (0, 1))
+    S, d = (np.concatenate([f[n] for f in found]) for n in (2, 3))
     close = d < 1e-6  # two atoms at one place (or an atom on its own image): no direction, so no force
     if close.any():
         a, b = int(i[close][0]), int(j[close][0])
@@ -112,7 +148,7 @@ def graph_from_atoms(structures, cutoff: float, dtype: torch.dtype = torch.float
         raise ValueError("graph_from_atoms: no structures given (an empty list)")
     numbers, positions, cells, batch, edges, shifts, start = [], [], [], [], [], [], 0
     for g, atoms in enumerate(structures):
-        pos = atoms.get_positions()
+        pos = local_positions(atoms)
         i, j, S = neighbour_list(pos, atoms.cell.array, atoms.pbc, cutoff)
         numbers.append(atoms.numbers)
         positions.append(pos)
@@ -139,7 +175,8 @@ def pad_structures(structures, cutoff: float) -> dict[str, torch.Tensor]:
     forces (S, A, 3), stress (S, 3, 3), has_stress (S,). Labels are read from each structure's calculator.
     """
     A = max(len(a) for a in structures)
-    lists = [neighbour_list(a.get_positions(), a.cell.array, a.pbc, cutoff) for a in structures]
+    where = [local_positions(a) for a in structures]
+    lists = [neighbour_list(pos, a.cell.array, a.pbc, cutoff) for pos, a in zip(where, structures)]
     P = max(max(len(i) for i, _, _ in lists), 1)
     S = len(structures)
     out = {"numbers": torch.zeros(S, A, dtype=torch.long), "positions": torch.zeros(S, A, 3, dtype=torch.float64),
@@ -147,10 +184,10 @@ def pad_structures(structures, cutoff: float) -> dict[str, torch.Tensor]:
            "shifts": torch.zeros(S, P, 3, dtype=torch.float64), "energy": torch.zeros(S, dtype=torch.float64),
            "forces": torch.zeros(S, A, 3, dtype=torch.float64), "stress": torch.zeros(S, 3, 3, dtype=torch.float64),
            "has_stress": torch.zeros(S, dtype=torch.bool)}
-    for s, (atoms, (i, j, sh)) in enumerate(zip(structures, lists)):
+    for s, (atoms, pos, (i, j, sh)) in enumerate(zip(structures, where, lists)):
         n = len(atoms)
         out["numbers"][s, :n] = torch.from_numpy(atoms.numbers.astype(np.int64))
-        out["positions"][s, :n] = torch.from_numpy(atoms.get_positions())
+        out["positions"][s, :n] = torch.from_numpy(pos)
         if atoms.pbc.any():
             out["cell"][s] = torch.from_numpy(atoms.cell.array)
         out["edges"][s, :len(i)] = torch.from_numpy(np.stack([i, j], 1))
