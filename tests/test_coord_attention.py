@@ -70,6 +70,7 @@ def test_inference_path_equals_the_autograd_path_bit_for_bit():
 
 
 @pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")  # the input checks' shape tests, fixed in a trace
+@pytest.mark.filterwarnings("ignore:`torch.jit.trace:FutureWarning")  # deprecated in torch 2.14, still used
 def test_ca_models_trace_and_export():
     """torch.jit.trace records one graph with or without grad (the inference branch made its check fail: 'Graphs
     differed across invocations'), and torch.export gives the eager outputs."""
