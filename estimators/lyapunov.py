@@ -25,8 +25,10 @@ def largest_lyapunov_exponent(step: Callable[[torch.Tensor], torch.Tensor], z0: 
     < 0 a stable fixed point. Bias: a transient left in the average pulls the estimate towards the
     transient's own rate (pass ``transient``). Errors: O(1/sqrt(steps)) fluctuations on chaotic sets; keep delta well
     above the dtype's resolution (float64 with the default) and below the attractor's scale. A pair that diverges
-    (inf/NaN separation) or merges (0) is a FloatingPointError naming its first bad step; it is checked once per
-    64 steps, so ``step`` may meet up to 63 steps of NaN states before the error.
+    (inf/NaN separation) or merges (0), or an orbit that grows until delta is within 100 eps |z| of the dtype's
+    resolution (the separation then survives only in the contracting directions, and the estimate drifts towards
+    the smallest exponent), is a FloatingPointError naming the step; it is checked once per 64 steps, so ``step``
+    may meet up to 63 steps of NaN states before the error.
     """
     if z0.dim() != 2:
         raise ValueError(f"largest_lyapunov_exponent: z0 must be (batch, dims), got {tuple(z0.shape)}")
@@ -38,8 +40,9 @@ def largest_lyapunov_exponent(step: Callable[[torch.Tensor], torch.Tensor], z0: 
     for name, value in (("dt", dt), ("delta", delta)):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value > 0):
             raise ValueError(f"largest_lyapunov_exponent: {name} must be a finite number > 0, got {value!r}")
+    eps = torch.finfo(z0.dtype).eps
     scale = float(z0.detach().abs().max()) if z0.numel() else 0.0
-    resolution = torch.finfo(z0.dtype).eps * max(scale, 1.0)
+    resolution = eps * max(scale, 1.0)
     if delta < 100 * resolution:  # z + delta v would round back onto z, or keep only a few bits of the separation
         way_out = (f"pass a delta >= {100 * resolution:.2g}" if z0.dtype == torch.float64 else
                    f"pass z0.double() or a delta >= {100 * resolution:.2g}")
@@ -61,10 +64,17 @@ def largest_lyapunov_exponent(step: Callable[[torch.Tensor], torch.Tensor], z0: 
                 first = t - t % _BLOCK
                 filled = block[:t % _BLOCK + 1]
                 bad = (~torch.isfinite(filled) | (filled == 0)).any(1)
-                if bad.any():
+                any_bad, size = torch.stack([bad.any().to(z.dtype), z.abs().max()]).tolist()  # one host sync
+                if any_bad:
                     raise FloatingPointError(f"largest_lyapunov_exponent: the trajectories diverged or merged at "
                                              f"step {first + int(bad.nonzero()[0])}; no exponent defined (check the "
                                              "map and delta)")
+                if delta < 100 * eps * size:
+                    raise FloatingPointError(f"largest_lyapunov_exponent: the orbit grew to |z| ~ {size:.3g} by step "
+                                             f"{t}, where delta={delta:g} is within 100 eps |z| of {z.dtype}'s "
+                                             "resolution: the separation would be rounded away along the growing "
+                                             "directions and the estimate would be wrong (an unbounded orbit has no "
+                                             "attractor to measure; check the map, or run fewer steps)")
                 total += (filled[max(transient - first, 0):] / delta).log().sum(0)
     return total / (steps * dt)
 

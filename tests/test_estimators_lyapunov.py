@@ -90,6 +90,19 @@ def test_delta_below_the_dtype_resolution_is_a_clear_error():
         largest_lyapunov_exponent(logistic, torch.full((2, 1), 1e9, dtype=torch.float64), steps=10)
 
 
+def test_an_orbit_that_outgrows_delta_is_an_error_not_the_smallest_exponent():
+    """z -> A z with eigenvalues 1.2 and 0.5 from z0 = (1, 1): by step 100 |z| ~ 1e8 and a 1e-8 separation survives
+    only along the contracting direction, so the estimate went to about ln 0.5 (-0.70 where ln 1.2 = 0.18) with no
+    error. Now the growth is named at the first check past it; shorter runs and the fixed point 0 still measure."""
+    a = torch.tensor([[1.2, 0.3], [0.0, 0.5]], dtype=torch.float64)
+    z0 = torch.ones(1, 2, dtype=torch.float64)
+    assert abs(float(largest_lyapunov_exponent(lambda z: z @ a.T, z0, 50)) - math.log(1.2)) < 5e-3
+    assert abs(float(largest_lyapunov_exponent(lambda z: z @ a.T, 0 * z0, 400)) - math.log(1.2)) < 1e-3
+    for steps, at in ((100, 99), (400, 127)):
+        with pytest.raises(FloatingPointError, match=rf"the orbit grew to \|z\| ~ [0-9.e+]+ by step {at}, where delta"):
+            largest_lyapunov_exponent(lambda z: z @ a.T, z0, steps)
+
+
 def test_seed_draws_the_initial_perturbation_direction():
     """One step of the linear map diag(2, 0.5) gives lambda = log ||A v|| for the unit start direction v, a standard
     normal draw of a generator seeded ``seed``: the same seed gives the identical exponent, another seed another
