@@ -13,10 +13,17 @@ import torch.nn.functional as F
 from .estimator import log_base
 
 
-def _check_pair(x_true: torch.Tensor, x_gen: torch.Tensor, name: str) -> None:
+def _check_pair(x_true: torch.Tensor, x_gen: torch.Tensor, name: str, spread: bool = False) -> None:
+    """Two (time, dims) series with equal dims; with ``spread``, x_true must vary in every dimension."""
     if x_true.dim() != 2 or x_gen.dim() != 2 or x_true.shape[1] != x_gen.shape[1]:
         raise ValueError(f"{name}: x_true and x_gen must be (time, dims) with equal dims, got "
                          f"{tuple(x_true.shape)} and {tuple(x_gen.shape)}")
+    if not spread or not len(x_true):
+        return
+    flat = (x_true.amax(0) == x_true.amin(0)).nonzero().flatten().tolist()
+    if flat:  # D_stsp's grid would have no width there (every true point off it: inf), D_H's spectrum 0/0 (NaN)
+        raise ValueError(f"{name}: x_true is constant in dimension(s) {flat}, which have no distribution or spectrum "
+                         "to compare; leave them out")
 
 
 def state_space_divergence(x_true: torch.Tensor, x_gen: torch.Tensor, n_bins: int = 30, alpha: float = 1e-5,
@@ -30,7 +37,7 @@ def state_space_divergence(x_true: torch.Tensor, x_gen: torch.Tensor, n_bins: in
     a uniform p_gen that scores better than a trajectory stuck in one wrong cell). 0 for identical
     occupation; bias: grows with n_bins^N / T. Cost O(T N) plus O(n_bins^N) memory, so use it for N <= ~6.
     """
-    _check_pair(x_true, x_gen, "state_space_divergence")
+    _check_pair(x_true, x_gen, "state_space_divergence", spread=True)
     x_true, x_gen = x_true.double(), x_gen.double()
     n = x_true.shape[1]
     std = x_true.std(0)
@@ -71,7 +78,8 @@ def _gaussian_smooth(x: torch.Tensor, sigma: float) -> torch.Tensor:
 
 
 def power_spectra(x: torch.Tensor, smoothing: float = 20.0) -> torch.Tensor:
-    """Per-dimension normalised power spectrum of x (T, N) -> (N, T//2+1): |rfft(z-scored x)|^2, Gaussian-smoothed, sums to 1."""
+    """Per-dimension normalised power spectrum of x (T, N) -> (N, T//2+1): |rfft(z-scored x)|^2, Gaussian-smoothed, sums to 1
+    (NaN for a constant dimension, which has no spectrum)."""
     x = x.double()
     x = (x - x.mean(0)) / x.std(0)
     ps = torch.fft.rfft(x.T, dim=-1).abs() ** 2
@@ -84,15 +92,16 @@ def power_spectra(x: torch.Tensor, smoothing: float = 20.0) -> torch.Tensor:
 def power_spectrum_distance(x_true: torch.Tensor, x_gen: torch.Tensor, smoothing: float = 20.0) -> torch.Tensor:
     """D_H = mean over dims of the Hellinger distance H(p, q) = sqrt(1 - sum_f sqrt(p_f q_f)) between smoothed spectra.
 
-    In [0, 1]: 0 for identical spectra, 1 for spectra with disjoint support. Both series must have the
+    In [0, 1]: 0 for identical spectra, 1 for spectra with disjoint support, and 1 for a dimension in which x_gen
+    is constant (a fixed point: no fluctuation, so no spectrum to share; it was NaN). Both series must have the
     same length (same frequency grid). Cost O(N T log T).
     """
-    _check_pair(x_true, x_gen, "power_spectrum_distance")
+    _check_pair(x_true, x_gen, "power_spectrum_distance", spread=True)
     if x_true.shape[0] != x_gen.shape[0]:
         raise ValueError(f"power_spectrum_distance: series need equal length, got {x_true.shape[0]} and {x_gen.shape[0]}")
     p, q = power_spectra(x_true, smoothing), power_spectra(x_gen, smoothing)
     bc = (p * q).sqrt().sum(-1).clamp(max=1.0)
-    return (1 - bc).sqrt().mean()
+    return torch.where(x_gen.amax(0) == x_gen.amin(0), 1.0, (1 - bc).sqrt()).mean()
 
 
 def prediction_error(x_true: torch.Tensor, x_pred: torch.Tensor) -> torch.Tensor:

@@ -260,7 +260,7 @@ def test_model_refuses_no_observed_units_and_a_forcing_weight_outside_zero_one()
         zoo.create_model("alrnn_m20_p2", N=0)
     m = zoo.create_model("alrnn_m20_p2")
     for alpha in (-0.1, 1.5):
-        with pytest.raises(ValueError, match="alpha in \\[0, 1\\]"):
+        with pytest.raises(ValueError, match="alpha a number in \\[0, 1\\]"):
             m(torch.randn(2, 10, 3), forcing_interval=2, alpha=alpha)
 
 
@@ -330,3 +330,23 @@ def test_dsr_windows_reach_the_last_step_and_noise_has_the_set_std():
     task.noise = 0.0
     clean = task.batch(64, torch.Generator().manual_seed(3))["x"]
     assert (noisy - clean).std().item() == pytest.approx(0.25, rel=0.05)
+
+
+def test_forcing_settings_are_checked_where_they_are_given():
+    """A float forcing_interval ran (2.5 forced every 5 steps, as 5); the DSR task named alpha = 1.5 and an interval
+    of 0 only at the first training step, and called a seq_len equal to the trajectory 'longer' than it."""
+    m = zoo.create_model("alrnn_m20_p2")
+    x = torch.randn(2, 12, 3)
+    for interval, alpha in ((2.5, 1.0), (0, 1.0), (4, 1.5), (4, True)):
+        with pytest.raises(ValueError, match="forcing_interval must be an integer >= 1 and alpha a number in"):
+            m(x, forcing_interval=interval, alpha=alpha)
+    from train import load_recipe
+    from train.tasks import make_task
+
+    small = ["data.train_steps=300", "data.test_steps=200", "data.transient=10"]
+    for override, message in (("task_args.forcing_interval=0", r"task_args.forcing_interval must be an integer >= 1"),
+                              ("task_args.alpha=1.5", r"task_args.alpha .* must lie in \[0, 1\], got 1.5"),
+                              ("task_args.seq_len=300", r"seq_len=300 needs windows of seq_len \+ 1 = 301 steps; the "
+                                                        r"training trajectory has 300")):
+        with pytest.raises(ValueError, match=message):
+            make_task(load_recipe("alrnn-lorenz63", [*small, override]))

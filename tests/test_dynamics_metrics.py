@@ -232,3 +232,22 @@ def test_a_generated_trajectory_that_never_visits_the_data_region_has_infinite_d
     stuck = torch.full((2000, 2), 2.5)  # one cell, inside the grid but where the data rarely is
     assert math.isfinite(state_space_divergence(x_true, stuck).item())
     assert state_space_divergence(x_true, torch.cat([away, x_true[:1]])).item() < math.inf
+
+
+def test_constant_dimensions_true_ones_refused_generated_ones_at_the_largest_distance():
+    """True data constant in a dimension gave inf (D_stsp: a grid of zero width, every true point off it) and NaN
+    (D_H: 0/0) even against itself; now a ValueError names the dimension. A free run that holds a dimension
+    constant (a fixed point) has no spectrum there: distance 1 for that dimension, where it was NaN."""
+    torch.manual_seed(0)
+    x = torch.randn(500, 3)
+    flat = x.clone()
+    flat[:, 1] = 0.5
+    for metric in (state_space_divergence, power_spectrum_distance):
+        with pytest.raises(ValueError, match=r"x_true is constant in dimension\(s\) \[1\]"):
+            metric(flat, flat)
+    fixed_point = torch.full((500, 3), 0.1)
+    assert power_spectrum_distance(x, fixed_point).item() == 1.0
+    partly = x.clone()
+    partly[:, 2] = 0.0
+    expected = (2 * power_spectrum_distance(x[:, :2], partly[:, :2]) + 1) / 3
+    assert power_spectrum_distance(x, partly).item() == pytest.approx(expected.item(), abs=1e-12)

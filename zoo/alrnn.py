@@ -60,8 +60,9 @@ class ALRNN(nn.Module):
         self._check(x, "x")
         if x.shape[1] < 1:
             raise ValueError(f"ALRNN: x needs at least one time step (the first is the initial state), got {tuple(x.shape)}")
-        if forcing_interval < 1 or not 0.0 <= alpha <= 1.0:
-            raise ValueError(f"forcing_interval must be >= 1 and alpha in [0, 1], got {forcing_interval}, {alpha}")
+        if not is_int(forcing_interval) or forcing_interval < 1 or isinstance(alpha, bool) or not 0.0 <= alpha <= 1.0:
+            raise ValueError(f"forcing_interval must be an integer >= 1 and alpha a number in [0, 1], got "
+                             f"{forcing_interval!r}, {alpha!r}")  # 2.5 forced every 5 steps
         forced = [t % forcing_interval == 0 for t in range(1, x.shape[1])]
         states = self.cell.forced_rollout(self.initial_state(x[:, 0]), x[:, 1:], forced, alpha)
         return self.z(states)[..., : self.config.N]

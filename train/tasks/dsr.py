@@ -46,11 +46,14 @@ class DSRTask(Task):
         self.n_bins = whole(self.args, "task_args", "n_bins", 30)
         self.smoothing = real(self.args, "task_args", "smoothing", 20.0)
         self.dt = dt
-        for key in ("seq_len", "pe_steps", "n_bins"):  # 0 or less failed in the backward pass or the evaluation
+        for key in ("seq_len", "pe_steps", "n_bins", "forcing_interval"):  # 0 or less failed only later
             if getattr(self, key) < 1:
                 raise ValueError(f"task_args.{key} must be an integer >= 1, got {getattr(self, key)}")
+        if not 0.0 <= self.alpha <= 1.0:  # checked by the model too, but only at the first training step
+            raise ValueError(f"task_args.alpha (generalized teacher forcing's weight) must lie in [0, 1], got {self.alpha}")
         if self.seq_len + 1 > len(self.train_x):
-            raise ValueError(f"task_args.seq_len={self.seq_len} is longer than the training trajectory ({len(self.train_x)})")
+            raise ValueError(f"task_args.seq_len={self.seq_len} needs windows of seq_len + 1 = {self.seq_len + 1} steps; the "
+                             f"training trajectory has {len(self.train_x)} (data.train_steps)")
 
     def batch(self, size, generator):
         x = self._windows(self.train_x, size, generator)
