@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from layers import ALRNNCell, ProbePoint
+from layers import ALRNNCell, ProbePoint, autocast_off
 
 from ._inputs import check_dtype, is_int
 from ._registry import Paper, register_model
@@ -48,8 +48,10 @@ class ALRNN(nn.Module):
         check_dtype(x, self.L, "ALRNN", name)
 
     def initial_state(self, x0: torch.Tensor) -> torch.Tensor:
-        """z_1 = [x_1; L x_1] for observations x0 of shape (B, N)."""
-        return torch.cat([x0, x0 @ self.L.T], dim=-1)
+        """z_1 = [x_1; L x_1] for observations x0 of shape (B, N), in the parameters' dtype also under autocast (as
+        the rollout that starts from it: a bf16 L x_1 moved bf16-autocast runs by 1e-4, free runs by 1e-3)."""
+        with autocast_off(x0.device.type):
+            return torch.cat([x0, x0 @ self.L.T], dim=-1)
 
     def forward(self, x: torch.Tensor, forcing_interval: int = 16, alpha: float = 1.0) -> torch.Tensor:
         """Teacher-forced one-step predictions of x[:, 1:] (B, T-1, N) from observations x (B, T, N).
@@ -77,9 +79,10 @@ class ALRNN(nn.Module):
         out = torch.empty(x0.shape[0], steps, self.config.M, device=x0.device, dtype=z.dtype)
         out[:, 0] = z
         step = self.cell.step_function()
-        for t in range(1, steps):
-            z = step(z)
-            out[:, t] = z
+        with autocast_off(x0.device.type):  # the map in the parameters' dtype, as the training rollout
+            for t in range(1, steps):
+                z = step(z)
+                out[:, t] = z
         out = self.z(out)
         return (out[..., : self.config.N], out) if return_latents else out[..., : self.config.N]
 
@@ -93,8 +96,9 @@ class ALRNN(nn.Module):
                              f"got {n!r}")
         z0 = self.initial_state(x[..., :x.shape[-2] - n, :])
         z, step = z0.reshape(-1, self.config.M), self.cell.step_function()
-        for _ in range(n):
-            z = step(z)
+        with autocast_off(x.device.type):
+            for _ in range(n):
+                z = step(z)
         return z.view(z0.shape)[..., : self.config.N]
 
     def symbolic_code(self, z: torch.Tensor) -> torch.Tensor:
