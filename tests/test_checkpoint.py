@@ -1,4 +1,5 @@
 import json
+import warnings
 import os
 
 import pytest
@@ -77,7 +78,6 @@ def test_equal_content_gives_equal_bytes(tmp_path):
 def test_load_into_warns_when_the_file_is_another_models_or_configs(tmp_path):
     """Weights of another registered model or config whose shapes match load, with a warning naming the
     differences (dropout rates aside); the model's own checkpoint loads silently."""
-    import warnings
 
     from weights import ConfigMismatchWarning
 
@@ -103,9 +103,23 @@ def test_load_into_warns_when_the_file_is_another_models_or_configs(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         load_into(TransformerLMForCausalLM(TransformerLMConfig(num_hidden_layers=1, vocab_size=100)), lm)
-    with pytest.warns(UserWarning, match="was not built by zoo.create_model, so .* records no registry name or "
-                                         "config and load_checkpoint cannot rebuild it; .*weights.load_into"):
-        save_checkpoint(eight, tmp_path / "outside.safetensors")
+    with pytest.warns(UserWarning, match="was not built by zoo.create_model, so .* records no registry name and "
+                                         "load_checkpoint cannot rebuild it; .*weights.load_into"):
+        outside = save_checkpoint(eight, tmp_path / "outside.safetensors")
+    # its Hugging Face config is recorded, so loading it into a model of other settings but equal shapes warns too
+    # (the file recorded nothing, and 8-head weights went into a 4-head model silently)
+    four = TransformerLMForCausalLM(TransformerLMConfig(num_hidden_layers=1, vocab_size=100))
+    with pytest.warns(ConfigMismatchWarning, match=r"saved from a model built outside the registry and is loaded "
+                                                  r"into a TransformerLMForCausalLM .*'num_attention_heads': \(8, 4\)"):
+        load_into(four, outside)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_into(TransformerLMForCausalLM(TransformerLMConfig(num_hidden_layers=1, vocab_size=100,
+                                                               num_attention_heads=8)), outside)
+    # a registry name given by hand would make a file that load_checkpoint cannot rebuild (no config of it)
+    with pytest.raises(ValueError, match=r"extra_metadata must map new names to strings \(the file's own are "
+                                         r"\['format', 'paperzoo', 'torch', 'model', 'config'\]\)"):
+        save_checkpoint(eight, tmp_path / "named.safetensors", extra_metadata={"model": "transformer_lm_13m"})
 
 
 def test_a_head_or_vocabulary_changed_after_building_is_recorded(tmp_path):
@@ -573,6 +587,8 @@ def test_config_values_are_plain_finite_numbers_and_rates_are_probabilities():
         zoo.create_model(None)
     with pytest.raises(TypeError, match="pretrained is True, False or a checkpoint name"):
         zoo.create_model("alrnn_m20_p2", pretrained=1)
+    with pytest.raises(TypeError, match=r"a checkpoint name \(a non-empty str\), got ''"):  # '' built random weights
+        zoo.create_model("alrnn_m20_p2", pretrained="")
 
 
 def test_a_checkpoint_gets_the_usual_permissions_and_a_failed_flush_keeps_the_old_file(tmp_path, monkeypatch):
@@ -730,7 +746,6 @@ def test_a_model_built_outside_the_registry_is_not_compared_on_settings_its_conf
     """A checkpoint recording a setting (added since) that a model built outside the registry (a Hugging Face
     config, from_pretrained) does not hold loads silently, while a setting both hold is still compared; a registry
     model lacking a recorded setting is named, as it is built from the same config class."""
-    import warnings
 
     from weights import ConfigMismatchWarning
     from weights.checkpoint import config_differences
@@ -789,3 +804,40 @@ def test_a_damaged_training_state_record_is_a_checkpoint_error_naming_the_file(t
     good = tmp_path / "good.safetensors"
     save_file({"x": torch.ones(2)}, good, metadata={"tree": '{"__dict__": [["w", {"__tensor__": "x"}]]}'})
     assert torch.equal(load_tree(good)["w"], torch.ones(2))
+
+
+def test_checkpoint_paths_expand_the_home_folder(tmp_path, monkeypatch):
+    """'~/runs/m.safetensors' made a folder literally named '~' in the working directory (and read it back from
+    there), where `rm -rf ~` would then be the clean-up."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    m = zoo.create_model("alrnn_m20_p1")
+    save_checkpoint(m, "~/runs/m.safetensors")
+    assert (tmp_path / "home" / "runs" / "m.safetensors").is_file() and not (tmp_path / "~").exists()
+    assert torch.equal(load_checkpoint("~/runs/m.safetensors").L, m.L)
+    assert torch.equal(load_into(zoo.create_model("alrnn_m20_p1"), "~/runs/m.safetensors").L, m.L)
+
+
+@pytest.mark.skipif(os.name != "posix", reason="file modes and the dead-writer probe are POSIX")
+def test_a_rewrite_keeps_the_files_mode_and_removes_a_killed_writers_temporary_file(tmp_path):
+    """A 0600 checkpoint became 0644 when saved again; a writer killed mid-save left its full-size temporary file
+    (.NAME.*.tmp) behind for good. The next write of that file removes this host's temporaries whose process is
+    gone, and leaves those of live processes (a concurrent writer) alone."""
+    import socket
+    import subprocess
+
+    path = tmp_path / "m.safetensors"
+    m = zoo.create_model("alrnn_m20_p1")
+    save_checkpoint(m, path)
+    path.chmod(0o600)
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    host = socket.gethostname()
+    orphan = tmp_path / f".m.safetensors.{host}.{dead.pid}.abc123.tmp"
+    live = tmp_path / f".m.safetensors.{host}.{os.getppid()}.def456.tmp"
+    other_host = tmp_path / f".m.safetensors.elsewhere.{dead.pid}.ghi789.tmp"
+    for f in (orphan, live, other_host):
+        f.write_bytes(b"partial")
+    save_checkpoint(m, path)
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert not orphan.exists() and live.exists() and other_host.exists()

@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import dataclasses
+import glob
 import json
 import os
+import socket
 import tempfile
 import warnings
 from pathlib import Path
@@ -69,19 +71,27 @@ def config_differences(model: nn.Module, saved_config: str) -> dict:
 def atomic_write(path: str | os.PathLike, write) -> Path:
     """Call ``write(tmp_path)``, flush it to disk, then rename onto ``path`` and flush the folder: readers never
     see a half-written file, and after a crash or power loss ``path`` holds the old or the new file, whole. A
-    ``path`` that is a symbolic link stays one: the file it points to is replaced."""
-    path = Path(path)
+    ``path`` that is a symbolic link stays one: the file it points to is replaced; a file replaced keeps its
+    permissions. ``~`` is the home folder. The temporary file (``.NAME.HOST.PID.*.tmp`` beside the target) of a
+    writer on this host whose process has died (killed mid-write) is removed by the next write of that file."""
+    path = Path(path).expanduser()
     target = Path(os.path.realpath(path))  # the rename replaces the link's file, not the link
     if target.is_dir():
         raise IsADirectoryError(f"cannot write {path}: it is a folder; give a file path inside it")
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    prefix = f".{target.name}.{socket.gethostname()}."
+    _remove_orphans(target.parent, prefix)
+    fd, tmp = tempfile.mkstemp(prefix=f"{prefix}{os.getpid()}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
     try:
         write(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
+        if target.exists():
+            mode = target.stat().st_mode & 0o7777
+        else:
+            umask = os.umask(0)
+            os.umask(umask)
+            mode = 0o666 & ~umask  # mkstemp creates 0600; give a new file the usual permissions
+        os.chmod(tmp, mode)
         fsync_path(tmp)
         os.replace(tmp, target)
         fsync_path(target.parent, folder=True)  # the rename itself
@@ -90,6 +100,23 @@ def atomic_write(path: str | os.PathLike, write) -> Path:
             os.unlink(tmp)
         raise
     return path
+
+
+def _remove_orphans(folder: Path, prefix: str) -> None:
+    """Delete ``folder``'s temporary files named ``PREFIX<pid>.*.tmp`` whose process is gone (POSIX only: elsewhere
+    a signal-0 probe is not harmless). Another host's files have another prefix and are never touched."""
+    if os.name != "posix":
+        return
+    for tmp in folder.glob(f"{glob.escape(prefix)}*.tmp"):
+        pid = tmp.name[len(prefix):].split(".", 1)[0]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            tmp.unlink(missing_ok=True)
+        except OSError:  # alive, another user's
+            pass
 
 
 def fsync_path(path, folder: bool = False) -> None:
@@ -172,11 +199,17 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 
 def model_metadata(model: nn.Module) -> dict[str, str]:
+    """The file's own fields: format and versions; the registry name and config of a model built by the registry,
+    or the Hugging Face config of one built outside it (so ``load_into`` can compare settings)."""
     meta = {"format": FORMAT, "paperzoo": __version__, "torch": torch.__version__}
     if getattr(model, "zoo_name", None):
         meta["model"] = model.zoo_name
+    if meta.get("model") or current_config(model) is not None:
         meta["config"] = json.dumps(current_config(model), sort_keys=True)
     return meta
+
+
+OWN_FIELDS = ("format", "paperzoo", "torch", "model", "config")  # written by save_checkpoint, never by extra_metadata
 
 
 def save_checkpoint(model: nn.Module, path: str | os.PathLike, extra_metadata: dict[str, str] | None = None) -> Path:
@@ -185,22 +218,22 @@ def save_checkpoint(model: nn.Module, path: str | os.PathLike, extra_metadata: d
     own keys."""
     model = unwrap(model)
     meta = model_metadata(model)
+    extra = extra_metadata or {}
+    bad = {k: v for k, v in extra.items() if not (isinstance(k, str) and isinstance(v, str)) or k in OWN_FIELDS}
+    if bad:  # a "model" without its config would make a file that load_checkpoint cannot rebuild
+        raise ValueError(f"save_checkpoint: extra_metadata must map new names to strings (the file's own are "
+                         f"{list(OWN_FIELDS)}), got {bad}")
     if "model" not in meta:
         warnings.warn(f"save_checkpoint: this {type(model).__name__} was not built by zoo.create_model, so {path} "
-                      "records no registry name or config and load_checkpoint cannot rebuild it; load it into a "
-                      "model you build with weights.load_into(model, path)", stacklevel=2)
-    extra = extra_metadata or {}
-    bad = {k: v for k, v in extra.items() if not (isinstance(k, str) and isinstance(v, str)) or k in meta}
-    if bad:
-        raise ValueError(f"save_checkpoint: extra_metadata must map new names to strings (the file's own are "
-                         f"{sorted(meta)}), got {bad}")
+                      "records no registry name and load_checkpoint cannot rebuild it; load it into a model you "
+                      "build with weights.load_into(model, path)", stacklevel=2)
     meta |= extra
     tensors = _unique_state(model)
     return save_safetensors(tensors, path, meta)
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, str]:
-    path = Path(path)
+    path = Path(path).expanduser()
     if path.is_dir():
         raise IsADirectoryError(f"{path} is a folder, not a checkpoint file; pass the .safetensors file in it")
     if not path.is_file():
@@ -233,7 +266,7 @@ def _unreadable(path, err: Exception) -> CheckpointError:
 def read_tensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """All tensors of a safetensors file (a clear error if it is unreadable)."""
     try:
-        return load_file(str(path))
+        return load_file(str(Path(path).expanduser()))
     except Exception as err:
         raise _unreadable(path, err) from err
 
@@ -301,19 +334,20 @@ def load_into(model: nn.Module, path: str | os.PathLike) -> nn.Module:
     file records another registered model or another config than ``model``'s (dropout rates aside), the shapes
     may still match (ib_mlp_relu into ib_mlp_tanh, 2 heads into 4): that loads, with a ``ConfigMismatchWarning``
     naming the differences."""
-    path, wrapper, model = Path(path), model, unwrap(model)  # a compiled or DataParallel model: its own keys
+    path, wrapper, model = Path(path).expanduser(), model, unwrap(model)  # a compiled/DataParallel model: own keys
     meta = read_metadata(path)  # clear error for a missing or corrupt file before reading tensors
     mismatch = None
-    if "model" in meta and "config" in meta:
+    if "config" in meta:
         try:  # read before any weight is copied: a bad record must not leave the model half loaded
             differs = config_differences(model, meta["config"])
         except (ValueError, TypeError) as err:  # json.JSONDecodeError is a ValueError
             raise CheckpointError(f"{path} (written by paperzoo {meta.get('paperzoo')}): its recorded config is not "
                                   f"a readable mapping of settings: {type(err).__name__}: {err}") from err
         name = getattr(model, "zoo_name", None)  # None: built outside the registry, compared by its config only
-        if differs or name is not None and meta["model"] != name:
+        if differs or name is not None and "model" in meta and meta["model"] != name:
             into = repr(name) if name else f"a {type(model).__name__} built outside the registry"
-            mismatch = (f"{path} was saved from {meta['model']!r} and is loaded into {into}"
+            source = repr(meta["model"]) if "model" in meta else "a model built outside the registry"
+            mismatch = (f"{path} was saved from {source} and is loaded into {into}"
                         + (f"; (file, model) config per key: {differs}" if differs else ""))
     load_state_into(model, read_tensors(path), source=str(path))
     if mismatch:

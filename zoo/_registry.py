@@ -191,8 +191,8 @@ def create_model(name: str, pretrained: bool | str = False, **overrides) -> nn.M
     (``pretrained="<checkpoint name>"`` picks one), built with the config it was trained with; overrides then
     must match it.
     """
-    if not isinstance(pretrained, (bool, str)):
-        raise TypeError(f"pretrained is True, False or a checkpoint name (a str), got {pretrained!r}")
+    if not isinstance(pretrained, (bool, str)) or pretrained == "":  # "" read as False built random weights
+        raise TypeError(f"pretrained is True, False or a checkpoint name (a non-empty str), got {pretrained!r}")
     checkpoint = None if pretrained is True else pretrained
     if pretrained:
         from weights.manifest import pretrained_entry  # weights depends on zoo, so import at call time
