@@ -550,8 +550,14 @@ def test_shipped_files_are_in_the_sorted_form_and_a_pointer_is_named(tmp_path, m
     (tmp_path / "files").mkdir()
     (tmp_path / "files" / "alrnn_m20_p2_lorenz63.safetensors").write_text("version https://git-lfs.github.com/spec/v1\n")
     monkeypatch.setattr(manifest_mod, "PACKAGE_DIR", tmp_path)
-    with pytest.raises(CheckpointError, match="it is a Git LFS pointer, not the file: run `git lfs pull`"):
+    with pytest.raises(CheckpointError, match=r"it is a Git LFS pointer, not the file; restore it from the paperzoo "
+                                              r"repository \(`git lfs pull` in a checkout\)"):
         zoo.create_model("alrnn_m20_p2", pretrained=True)
+    # a cached file (converted or downloaded) is no repository's: delete and fetch again, not `git lfs pull`
+    cached = tmp_path / "pointer.safetensors"
+    cached.write_text("version https://git-lfs.github.com/spec/v1\n")
+    with pytest.raises(CheckpointError, match=r"it is a Git LFS pointer, not the file; delete it and fetch it again"):
+        manifest_mod.verify_sha256(cached, "0" * 64)
 
 
 def test_load_into_a_compiled_or_data_parallel_model_and_non_finite_weights_warn(tmp_path):

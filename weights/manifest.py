@@ -67,7 +67,7 @@ def verify_sha256(path: Path, expected: str, remedy: str = "delete it and fetch 
     if actual != expected:
         with open(path, "rb") as f:
             pointer = f.read(len(LFS_POINTER)) == LFS_POINTER
-        what = ("it is a Git LFS pointer, not the file: run `git lfs pull` in the repository" if pointer else
+        what = (f"it is a Git LFS pointer, not the file; {remedy}" if pointer else
                 f"the file is corrupt or not the published one; {remedy}")
         raise CheckpointError(f"sha256 mismatch for {path}: expected {expected}, file has {actual}; {what}.")
 
@@ -138,7 +138,8 @@ def resolve(entry: dict) -> Path:
             raise CheckpointError(f"{path} has no recorded sha256 ({_sidecar(path).name} is missing); delete it "
                                   "so that it is converted again from the original")
         expected = _sidecar(path).read_text().strip()
-    remedy = ("restore it from the paperzoo repository, or reinstall paperzoo" if path == shipped else
+    remedy = ("restore it from the paperzoo repository (`git lfs pull` in a checkout), or reinstall paperzoo"
+              if path == shipped else
               "delete it and fetch it again" if entry.get("url") or entry.get("original") else
               "replace it with the published file")
     verify_sha256(path, expected, remedy)
