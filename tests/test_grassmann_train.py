@@ -579,6 +579,33 @@ def test_token_cache_follows_the_bert_vocabulary_file_and_reads_a_given_tokenize
     (tmp_path / "bad.json").write_text("{")
     with pytest.raises(ValueError, match="bad.json is not a tokenizers JSON file"):
         tokenized_splits("t", {}, read, str(tmp_path / "bad.json"), 100)
+    # a tokenizer without [SEP] (a GPT-2 style BPE): named, where encoding failed on None as a token id
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel
+
+    Tokenizer(WordLevel({w: i for i, w in enumerate(["[UNK]", *words])}, unk_token="[UNK]")).save(
+        str(tmp_path / "nosep.json"))
+    with pytest.raises(ValueError, match=r"nosep.json has no \[SEP\] piece, which the LM tasks put after every line"):
+        tokenized_splits("t", {}, read, str(tmp_path / "nosep.json"), 100)
+
+
+def test_the_samples_report_takes_shorter_prompts_from_a_short_validation_split(tmp_path):
+    """Three 16-token prompts need 48 validation tokens; with fewer than 16 the report asked generate() for an empty
+    batch and the run ended without its summary. Now the prompts are as long as the split allows."""
+    from train.data.wikitext import FILES
+
+    text = " the quick brown fox jumps over the lazy dog . \n" * 40
+    for split, words in (("train", text), ("valid", " the lazy dog . \n"), ("test", text)):
+        (tmp_path / FILES[split]).write_text(words)
+    recipe = load_recipe("grassmann-lm-wikitext2", [f"data.path={tmp_path}", "task_args.seq_len=4",
+                                                    "model_args.num_hidden_layers=1", "model_args.hidden_size=32",
+                                                    "model_args.intermediate_size=64"])
+    task = make_task(recipe)
+    assert len(task.valid_ids) < 16
+    model = zoo.create_model(recipe["model"], **recipe["model_args"]).eval()
+    (path,) = task.report(model, tmp_path)
+    text = path.read_text()
+    assert text.count("PROMPT:") == 1 and text.count("MODEL:") == 1
 
 
 def test_wikitext_files_that_cannot_be_read_are_named(tmp_path):

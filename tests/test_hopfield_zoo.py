@@ -462,6 +462,12 @@ def test_mil_file_bag_is_positive_when_any_instance_is_and_folds_need_only_k_bag
     train, test = fold_split(np.array([0.0] * 4 + [1.0] * 4), folds=4, fold=1, seed=0)
     assert len(train) == 6 and len(test) == 2
     assert sorted(np.array([0.0] * 4 + [1.0] * 4)[test].tolist()) == [0.0, 1.0]
+    # a file without enough bags of a class is named (the error said only how many bags it had)
+    np.savez(tmp_path / "negative.npz", features=np.arange(40.0).reshape(20, 2), labels=np.zeros(20),
+             bag_ids=np.arange(20))
+    with pytest.raises(ValueError, match=r"data.fold: a stratified 10-fold split needs at least 10 bags of each class, "
+                                         r"the bags of .*negative.npz have \[20, 0\] \(negative, positive\)"):
+        make_task(load_recipe("hopfield-mil-tiger", [f"data.path={tmp_path / 'negative.npz'}"]))
 
 
 def test_tabular_test_fraction_may_leave_exactly_one_example_per_class_on_a_side():

@@ -371,3 +371,24 @@ def test_evaluation_images_are_centre_crops_without_flips(tmp_path):
     assert (row.diff() > 0).all() and float(row.mean()) == pytest.approx(126 / 255, abs=1 / 255)
     train_row = task.folder.train_images(torch.tensor([0]), torch.tensor([0]))[0, 0].mean(0) * std + mean
     assert abs(float(train_row.mean()) - 126 / 255) > 2 / 255 or (train_row.diff() < 0).all()
+
+
+def test_gif_images_are_read_and_an_empty_class_names_its_folder(tmp_path):
+    """torchvision's extension list lacks .gif, so GIFs were skipped without a word (a folder of GIFs alone was
+    'Found no valid file'); an empty class folder gave torchvision's message, which names no folder."""
+    from PIL import Image
+
+    root = _folder(tmp_path, classes=2, per=2)
+    for split in ("train", "val"):
+        Image.fromarray(np.full((36, 44, 3), 200, dtype=np.uint8)).convert("P").save(
+            root / split / "class_1" / "extra.gif")
+    task = _task(root, workers=0)
+    assert sum(path.endswith(".gif") for path, _ in task.folder.splits["train"].samples) == 1
+    task.prepare(zoo.create_model("mobilenetv2_100", num_classes=2))
+    gif = [i for i, (path, _) in enumerate(task.folder.splits["train"].samples) if path.endswith(".gif")]
+    images = task.folder.train_images(torch.tensor(gif), torch.tensor([0]))
+    assert images.shape == (1, 3, 32, 32) and torch.isfinite(images).all()
+    (root / "val" / "class_9").mkdir()
+    (root / "train" / "class_9").mkdir()
+    with pytest.raises(FileNotFoundError, match=r"image folder .*train: Found no valid file for the classes class_9"):
+        _task(root, workers=0)

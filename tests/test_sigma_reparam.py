@@ -799,3 +799,14 @@ def test_attention_entropy_scripts_draw_a_run_with_or_without_a_label(tmp_path, 
     assert [(r[0], r[1]) for r in rows] == [("| vit", "1"), ("| vit", "2")]  # steps 1 and 2, labelled by the folder
     above, total = rows[0][-1].removesuffix(" |").split(" / ")
     assert above == total and int(total) == 2 * 3 * 65  # images x heads x queries, all at or above the bound
+
+
+def test_digits_at_another_size_than_the_vits_are_named_before_training(tmp_path):
+    """sigma-vit-digits with data.size=16 for a 32-pixel ViT failed inside timm's first forward (an assertion
+    traceback); the folder path already named it. Now both say which setting to change, before any step."""
+    from train import fit, load_recipe
+
+    with pytest.raises(ValueError, match=r"the model takes 32x32 images \(model_args.img_size=32\) but the data are "
+                                         r"16x16 \(data.size=16\); set data.size=32, or model_args.img_size=16"):
+        fit(load_recipe("sigma-vit-digits", ["model_args.depth=1", "data.size=16", "train.steps=1"]), tmp_path / "r")
+    assert not (tmp_path / "r" / "model.safetensors").exists()

@@ -62,6 +62,9 @@ def _load(path: str, kind: str, seed: int, transforms: dict | None = None) -> to
         return transforms["train"](image)
 
 
+EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")  # read by PIL
+
+
 class ImageFolderData:
     """The ``train_split`` and ``eval_split`` folders under ``root``, with timm's transforms for a model.
 
@@ -86,7 +89,10 @@ class ImageFolderData:
             if not folder.is_dir():
                 raise FileNotFoundError(f"image folder {folder} not found; expected {self.root}/<split>/<class>/<image> "
                                         f"with splits {train_split!r} and {eval_split!r}")
-            self.splits[kind] = ImageFolder(str(folder))
+            try:  # GIF too (torchvision's list lacks it, so GIFs were skipped without a word)
+                self.splits[kind] = ImageFolder(str(folder), is_valid_file=lambda f: f.lower().endswith(EXTENSIONS))
+            except FileNotFoundError as err:  # torchvision's message names the classes, not the folder
+                raise FileNotFoundError(f"image folder {folder}: {err}") from None
         if self.splits["train"].classes != self.splits["eval"].classes:
             train, held_out = set(self.splits["train"].classes), set(self.splits["eval"].classes)
             raise ValueError(f"{self.root}: the class folders of {train_split!r} and {eval_split!r} differ (only in "

@@ -166,9 +166,9 @@ def load_mil_file(path: str | Path) -> tuple[list[np.ndarray], np.ndarray]:
 
 
 def fold_split(labels: np.ndarray, folds: int, fold: int, seed: int,
-               key: str = "data.fold") -> tuple[np.ndarray, np.ndarray]:
+               key: str = "data.fold", source: str = "the bags") -> tuple[np.ndarray, np.ndarray]:
     """Train and test indices of fold ``fold`` of a stratified ``folds``-fold split shuffled by ``seed``
-    (``key`` names the recipe entry in errors)."""
+    (``key`` names the recipe entry and ``source`` the data in errors)."""
     from sklearn.model_selection import StratifiedKFold
 
     if not 0 <= fold < folds:
@@ -176,6 +176,6 @@ def fold_split(labels: np.ndarray, folds: int, fold: int, seed: int,
     counts = np.bincount(labels.astype(int), minlength=2)
     if counts.min() < folds:
         raise ValueError(f"{key}: a stratified {folds}-fold split needs at least {folds} bags of each class, "
-                         f"got {counts.tolist()} (negative, positive)")
+                         f"{source} have {counts.tolist()} (negative, positive)")
     splits = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed).split(np.zeros(len(labels)), labels)
     return list(splits)[fold]

@@ -138,6 +138,10 @@ def tokenizer_source(kind: str, vocab_size: int) -> tuple[dict, Callable[[str], 
             given = Tokenizer.from_file(str(path))
         except Exception as err:
             raise ValueError(f"data.tokenizer {path} is not a tokenizers JSON file: {err}") from err
+        if given.token_to_id("[SEP]") is None:  # encode() ends every line with it
+            raise ValueError(f"data.tokenizer {path} has no [SEP] piece, which the LM tasks put after every line; "
+                             "add it (tokenizer.add_special_tokens(['[SEP]']) before saving) or use "
+                             f"data.tokenizer: {' or '.join(KINDS)}")
         return {"tokenizer_file": sha256_of(path)}, lambda text: given
 
     def train(text: str) -> Tokenizer:

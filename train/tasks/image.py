@@ -30,6 +30,17 @@ def load_digits_images(size: int, test_fraction: float, seed: int) -> dict[str, 
     return {"x_train": x[train], "y_train": y[train], "x_test": x[test], "y_test": y[test]}
 
 
+def _check_input_size(model: nn.Module, size: tuple, given: str) -> None:
+    """A fixed-size ViT (timm's strict patch embedding) must get images of its img_size: named here, not as timm's
+    assertion from inside the first forward."""
+    embed = getattr(model, "patch_embed", None)
+    if embed is not None and getattr(embed, "strict_img_size", False) and size != tuple(embed.img_size):
+        raise ValueError(f"the model takes {embed.img_size[0]}x{embed.img_size[1]} images "
+                         f"(model_args.img_size={embed.img_size[0]}) but the data are {size[0]}x{size[1]} "
+                         f"({given}); set data.size={embed.img_size[0]}, or model_args.img_size={size[0]} "
+                         "to train at that size")
+
+
 class ImageClassificationTask(Task):
     """Batches {x (B, C, S, S), y (B,)} drawn with replacement from the training images (for a folder:
     {index, seed, y}, decoded in ``loss``); loss = cross-entropy with ``task_args.label_smoothing``.
@@ -72,6 +83,9 @@ class ImageClassificationTask(Task):
     def prepare(self, model):
         if self.dataset == "folder":
             self._configure(model)
+        else:  # the digits, at data.size
+            size = tuple(self.data["x_train"].shape[-2:])
+            _check_input_size(model, size, f"data.size={size[0]}")
 
     def _configure(self, model: nn.Module) -> None:
         """Check that ``model`` fits the folder (its class count; a fixed-size ViT's input size), then set up the
@@ -81,15 +95,9 @@ class ImageClassificationTask(Task):
             raise ValueError(f"{self.folder.root} has {classes} classes but the model predicts {model.num_classes}; "
                              f"set model_args.num_classes={classes} (to evaluate a checkpoint: point data.path at a "
                              f"folder with its {model.num_classes} classes)")
-        embed = getattr(model, "patch_embed", None)
-        if embed is not None and getattr(embed, "strict_img_size", False):
-            size = tuple(self.folder.data_config(model)["input_size"][1:])
-            if size != tuple(embed.img_size):
-                given = f"data.size={self.folder.size}" if self.folder.size else "data.size unset: the model's default"
-                raise ValueError(f"the model takes {embed.img_size[0]}x{embed.img_size[1]} images "
-                                 f"(model_args.img_size={embed.img_size[0]}) but the data are {size[0]}x{size[1]} "
-                                 f"({given}); set data.size={embed.img_size[0]}, or model_args.img_size={size[0]} "
-                                 "to train at that size")
+        size = tuple(self.folder.data_config(model)["input_size"][1:])
+        given = f"data.size={self.folder.size}" if self.folder.size else "data.size unset: the model's default"
+        _check_input_size(model, size, given)
         self.folder.configure(model)
 
     def _ready(self, model: nn.Module) -> None:

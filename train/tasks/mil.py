@@ -43,11 +43,12 @@ class MILTask(Task):
         elif source in ("file", "mil_package"):
             self.source = benchmark_file(d)
             bags, labels = load_mil_file(self.source)
-            tr, te = fold_split(labels, whole(d, "data", "folds", 10), whole(d, "data", "fold", 0), seed)
+            tr, te = fold_split(labels, whole(d, "data", "folds", 10), whole(d, "data", "fold", 0), seed,
+                                source=f"the bags of {self.source}")
             if d.get("inner_fold") is not None:
                 inner_tr, inner_va = fold_split(labels[tr], whole(d, "data", "inner_folds", 5),
                                                 whole(d, "data", "inner_fold", None), seed,
-                                                key="data.inner_fold")
+                                                key="data.inner_fold", source=f"the training fold's bags of {self.source}")
                 tr, te = tr[inner_tr], tr[inner_va]
             self.bag_index = {"train": tr, "test": te}
             inst = np.concatenate([bags[i] for i in tr])
