@@ -39,10 +39,12 @@ def build_optimizer(params, cfg: dict) -> torch.optim.Optimizer:
 
 
 def lr_factor(cfg: dict, total: int):
-    """Multiplier of the base lr at step s of ``total``: linear warmup (w steps, default 0), then constant | cosine
-    to ``min_ratio`` (default 0) | exponential decay to ``final_ratio`` (default 0.01), as functions of
+    """Multiplier of the base lr at step s of ``total``: linear warmup (w steps, default 0: (s + 1) / w, so the first
+    step already takes 1/w and step w - 1 the full rate, where transformers' warmup starts at 0), then constant |
+    cosine to ``min_ratio`` (default 0) | exponential decay to ``final_ratio`` (default 0.01), as functions of
     p = (s - w) / (total - w). p = 1 is step ``total``, one past the last update (as in transformers' schedules);
-    so the first n steps of an exponential run of ``total`` steps are a run of n steps with final_ratio**(n/total)."""
+    so without warmup the first n steps of an exponential run of ``total`` steps are a run of n steps with
+    final_ratio**(n/total) (with warmup w: final_ratio**((n - w)/(total - w)))."""
     name = cfg.get("name", "constant")
     warmup = int(check_number("schedule", "warmup", cfg.get("warmup", 0), integer=True))
     unknown = sorted(set(cfg) - {"name", "warmup", "min_ratio", "final_ratio"})  # another schedule's may stay
