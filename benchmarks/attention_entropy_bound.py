@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import statistics
 from pathlib import Path
 
 import torch
@@ -75,6 +76,9 @@ def main(argv=None):
         if (run / "model.safetensors").is_file() and not any(f.parent.name == last for f in files):
             files.append(run / "model.safetensors")
         task = make_task(recipe)
+        if recipe.get("task") != "image" or getattr(task, "dataset", None) != "digits":
+            raise SystemExit(f"{run}: the bound is measured on ViT runs of the digits image task (sigma-vit-digits "
+                             f"and its baseline); this run's task is {recipe.get('task')!r}")
         x = task.data["x_test"][:args.images]
         points = []
         for f in files:
@@ -82,8 +86,7 @@ def main(argv=None):
             rows = measure(load_checkpoint(f), x)
             tokens = tokens or load_checkpoint(f).patch_embed.num_patches + 1
             points += [(r["sigma"], r["entropy"], r["sigma_w"]) for r in rows]
-            sigmas = sorted(r["sigma"] for r in rows)
-            lines.append(f"| {label} | {step} | {len(rows)} | {sigmas[len(sigmas) // 2]:.3g} | "
+            lines.append(f"| {label} | {step} | {len(rows)} | {statistics.median(r['sigma'] for r in rows):.3g} | "
                          f"{sum(r['entropy'] for r in rows) / len(rows):.3f} | "
                          f"{sum(r['above'] for r in rows)} / {sum(r['rows'] for r in rows)} |")
         s, e, s_w = zip(*points)

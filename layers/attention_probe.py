@@ -29,7 +29,9 @@ def _probe_attention(attn: nn.Module, qkv_module: nn.Module, args, qkv: torch.Te
         logits = logits.masked_fill(torch.ones(N, N, dtype=torch.bool, device=logits.device).triu(1), float("-inf"))
     elif mask is not None:
         logits = logits.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else logits + mask
-    attn.probs(logits.softmax(-1))
+    # a query with every key masked attends to nothing: a row of zeros, which entropy estimators skip (softmax of
+    # -inf everywhere is NaN, which stopped them)
+    attn.probs(logits.softmax(-1).nan_to_num(0.0))
 
 
 def _remember_mask(attn: nn.Module, args, kwargs) -> None:
@@ -65,6 +67,11 @@ def attention_logit_norms(attn: nn.Module, x: torch.Tensor) -> tuple[torch.Tenso
     scale * x~_i^T W~_Q^T W~_K x~_j exactly. Returns (sigma_w (heads,) = scale ||W~_Q^T W~_K||_2 per head,
     sigma_x (B,) = ||X~ X~^T||_2 per sample); entropy >= ``attention_entropy_lower_bound(sigma_w * sigma_x, N)``.
     sigmaReparam layers contribute their reparametrised weight. Needs identity q/k norms."""
+    from timm.models.vision_transformer import Attention
+
+    if not isinstance(attn, Attention):
+        raise TypeError(f"attention_logit_norms: attn must be a timm vision_transformer.Attention (its qkv, q_norm, "
+                        f"k_norm, scale), got {type(attn).__name__}")
     if not isinstance(attn.q_norm, nn.Identity) or not isinstance(attn.k_norm, nn.Identity):
         raise ValueError("attention_logit_norms: the bound is for plain bilinear logits; this attention normalises q/k")
     qkv = attn.qkv

@@ -386,23 +386,28 @@ def test_probe_attaches_to_pluecker_gate_and_attention_points():
     assert len(probe.table()) == 3 and all(r["value"] >= 1 for r in probe.table())
 
 
-def test_attention_entropy_of_a_left_padded_batch_equals_the_unpadded_one():
-    """Padding queries see no key: zero probabilities, left out of the entropy (before, each saw itself with
-    probability 1 and pulled every head's mean entropy toward 0)."""
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_attention_entropy_of_a_padded_batch_equals_the_unpadded_one(side):
+    """Padding queries see no key: zero probabilities, left out of the entropy (before, a left-padding query saw
+    itself with probability 1 and pulled every head's mean entropy toward 0, and a right-padding one saw the real
+    tokens and counted its rows); the real tokens' logits are the unpadded ones."""
     from estimators import attention_entropy
 
     t = tiny_transformer()
     ids = torch.randint(1, 50, (1, 8))
-    padded = torch.cat([torch.zeros(1, 6, dtype=torch.long), ids], 1)
-    mask = torch.cat([torch.zeros(1, 6, dtype=torch.long), torch.ones(1, 8, dtype=torch.long)], 1)
-    values = []
+    pads, ones = torch.zeros(1, 6, dtype=torch.long), torch.ones(1, 8, dtype=torch.long)
+    padded = torch.cat([pads, ids] if side == "left" else [ids, pads], 1)
+    mask = torch.cat([pads, ones] if side == "left" else [ones, pads], 1)
+    values, logits = [], []
     for inputs, kw in ((ids, {}), (padded, dict(attention_mask=mask))):
         with Probe(t, {"model.layers.*.attn.probs": [attention_entropy()]}) as probe:
-            logits = t(inputs, **kw).logits[:, -8:]
+            out = t(inputs, **kw).logits
         values.append([r["value"] for r in probe.table() if r["estimator"] == "attention_entropy/mean"])
-        assert torch.isfinite(logits).all()
+        logits.append(out[:, -8:] if side == "left" or not kw else out[:, :8])
+        assert torch.isfinite(out).all()
     assert len(values[0]) == 2
     torch.testing.assert_close(torch.tensor(values[1]), torch.tensor(values[0]), atol=1e-5, rtol=0)
+    torch.testing.assert_close(logits[1], logits[0], atol=1e-5, rtol=1e-5)
 
 
 def test_registry_checkpoint_round_trip(tmp_path):

@@ -1,5 +1,6 @@
 """sigmaReparam (Zhai et al. 2023): the reparametrised layers, the converter and the zoo variants."""
 import copy
+import math
 import warnings
 
 import pytest
@@ -701,6 +702,28 @@ def test_attention_logit_norms_absorb_the_qkv_bias_as_a_column():
     sigma_w0, _ = attention_logit_norms(no_bias, x)
     wq, wk = no_bias.qkv.weight.detach().double()[:8], no_bias.qkv.weight.detach().double()[16:24]
     assert sigma_w0[0].item() == pytest.approx(no_bias.scale * torch.linalg.matrix_norm(wq.T @ wk, 2).item(), rel=1e-9)
+
+
+def test_attention_probe_gives_a_query_with_every_key_masked_a_row_of_zeros():
+    """timm's fused attention gives such a query a finite output; the probe recorded a NaN row, which stopped the
+    entropy estimator. Now the row is 0 and attention_entropy leaves it out, as for the LMs' padding queries."""
+    from timm.models.vision_transformer import Attention
+
+    from estimators import Probe, attention_entropy
+    from layers import add_attention_probes, attention_logit_norms
+
+    torch.manual_seed(0)
+    model = add_attention_probes(nn.Sequential(Attention(16, num_heads=2))).eval()
+    keep = torch.ones(5, 5, dtype=torch.bool)
+    keep[-1] = False
+    with Probe(model, {"0.probs": [attention_entropy()]}) as probe:
+        seen = []
+        model[0].probs.register_forward_hook(lambda m, i, out: seen.append(out))
+        model[0](torch.randn(2, 5, 16), attn_mask=keep)
+    assert torch.equal(seen[0][..., -1, :], torch.zeros(2, 2, 5)) and torch.isfinite(seen[0]).all()
+    assert all(math.isfinite(r["value"]) for r in probe.table())
+    with pytest.raises(TypeError, match="attn must be a timm vision_transformer.Attention"):
+        attention_logit_norms(nn.Linear(4, 4), torch.randn(1, 3, 4))
 
 
 @pytest.mark.parametrize("mask", ["causal", "bool", "float", "positional"])

@@ -157,7 +157,9 @@ class NLIHeadForSequenceClassification(PreTrainedModel):
                 x = block(x, positions)
         else:
             causal = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
-            mask = causal & keep[:, None, None, :]  # a left-padding query sees nothing (attention output 0)
+            # a padding query, left or right, sees nothing (attention output 0, no probabilities): right padding
+            # queried the real tokens, and their rows counted in the attention entropy
+            mask = causal & keep[:, None, None, :] & keep[:, None, :, None]
             for block in self.blocks:
                 x = block(x, mask=mask)
         pooled = (x * keep[..., None]).sum(1) / keep.sum(1, keepdim=True).clamp_min(1)

@@ -101,8 +101,10 @@ class TransformerLMModel(TransformerLMPreTrainedModel):
         query = torch.arange(past, S, device=device)[:, None]
         allowed = (torch.arange(S, device=device)[None] <= query)[None, None]
         if padded:
-            keys = attention_mask[:, -S:].bool()[:, None, None, :]
-            allowed = allowed & keys  # a left-padding query sees nothing (attention output 0, no probabilities)
+            real = attention_mask[:, -S:].bool()
+            # a padding query, left or right, sees nothing (attention output 0, no probabilities: a right-padding
+            # one saw the real tokens before it, and its rows counted in the attention entropy)
+            allowed = allowed & real[:, None, None, :] & real[:, None, -T:, None]
         return allowed
 
     def forward(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
