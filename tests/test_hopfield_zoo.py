@@ -218,7 +218,7 @@ def test_mil_inner_folds_select_inside_the_outer_training_fold(tmp_path):
         assert len(task.bag_index["train"]) + len(val) == len(outer["train"])
         assert task.test["y"].sum() == 2 and len(task.test["y"]) == 8  # stratified: 8 positive of 32 bags / 4
     with pytest.raises(ValueError, match=r"data.inner_fold: a stratified 10-fold split needs at least 10 bags of "
-                                         r"each class, got \[24, 8\]"):
+                                         r"each class, the training fold's bags of .*set.csv have \[24, 8\]"):
         make_task(load_recipe("hopfield-mil-tiger", [*base, "data.inner_folds=10", "data.inner_fold=0"]))
     with pytest.raises(ValueError, match=r"data.inner_fold must be in \[0, 4\), got 4"):
         make_task(load_recipe("hopfield-mil-tiger", [*base, "data.inner_folds=4", "data.inner_fold=4"]))
@@ -555,3 +555,31 @@ def test_mil_and_tabular_forwards_compose_their_parts():
     with torch.no_grad():
         tab.lookup.lookup_weights.mul_(-2)
     assert (tab(x) - logits).abs().max() > 1e-3
+
+
+def test_mil_features_constant_over_the_training_fold_stay_unscaled(tmp_path):
+    """A feature constant over the training fold's instances had a float32 std of rounding size (2e-7 for one of
+    Elephant's) that 1e-8 did not guard, so held-out values were divided by it (up to 4e8). Now such a feature is
+    centred and left unscaled (scikit-learn's StandardScaler does the same); the others are z-scored in float64."""
+    from sklearn.preprocessing import StandardScaler
+
+    from train.data.mil import feature_scaling
+
+    rng = np.random.default_rng(0)
+    x = np.c_[rng.normal(3, 2, 200), np.full(200, 0.0317), np.zeros(200)].astype(np.float32)
+    mean, scale = feature_scaling(x)
+    assert scale[1] == scale[2] == 1.0 and np.float32(x[:, 1].std()) > 0  # float32's own std is not 0
+    reference = StandardScaler().fit(x.astype(np.float64))
+    held_out = np.array([[1.0, 1.24, 0.5]], dtype=np.float32)
+    np.testing.assert_allclose((held_out - mean) / scale, reference.transform(held_out.astype(np.float64)), rtol=1e-12)
+    # through the task: a file whose feature 1 is constant on the training bags and not on the test bags
+    features, ids = write_mil_npz(tmp_path / "set.npz", bags=40)
+    recipe = load_recipe("hopfield-mil-tiger", [f"data.path={tmp_path / 'set.npz'}", "data.folds=10"])
+    held_out = np.unique(ids)[make_task(recipe).bag_index["test"]]  # bag ids, in the file's sorted order
+    features[:, 1] = np.where(np.isin(ids, held_out), 1.24, 0.0317)
+    np.savez(tmp_path / "set.npz", features=features.astype(np.float32), labels=(ids % 2 == 0).astype(float),
+             bag_ids=ids)
+    task = make_task(recipe)
+    assert (task.bag_index["test"] == np.searchsorted(np.unique(ids), held_out)).all()
+    test_x = task.test["x"][~task.test["mask"]]
+    assert float(test_x[:, 1].min()) == pytest.approx(1.24 - 0.0317, rel=1e-5) and float(test_x.abs().max()) < 50

@@ -5,7 +5,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..data.mil import benchmark_file, digit_bags, fold_split, load_mil_file, pad_bags
+from ..data.mil import benchmark_file, digit_bags, feature_scaling, fold_split, load_mil_file, pad_bags
 from .base import Task, check_in_features, draw_rows, real, whole
 
 
@@ -51,10 +51,9 @@ class MILTask(Task):
                                                 key="data.inner_fold", source=f"the training fold's bags of {self.source}")
                 tr, te = tr[inner_tr], tr[inner_va]
             self.bag_index = {"train": tr, "test": te}
-            inst = np.concatenate([bags[i] for i in tr])
-            mean, std = inst.mean(0), inst.std(0) + 1e-8
-            self.train = pad_bags([(bags[i] - mean) / std for i in tr], labels[tr])
-            self.test = pad_bags([(bags[i] - mean) / std for i in te], labels[te])
+            mean, scale = feature_scaling(np.concatenate([bags[i] for i in tr]))
+            self.train = pad_bags([(bags[i] - mean) / scale for i in tr], labels[tr])
+            self.test = pad_bags([(bags[i] - mean) / scale for i in te], labels[te])
         else:
             raise ValueError(f"data.source must be 'digits', 'file' or 'mil_package', got {source!r}")
 
