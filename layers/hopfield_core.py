@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import functools
 import math
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -15,16 +16,27 @@ def hopfield_energy(state: torch.Tensor, stored: torch.Tensor, beta: float) -> t
     """Eq. (2): E(xi) = -lse(beta, X^T xi) + 1/2 xi^T xi + 1/beta ln N + 1/2 M^2, M = max_i ||x_i||, with
     lse(beta, x) = 1/beta log sum_i exp(beta x_i).
 
-    ``state`` (..., d) holds the state patterns xi, ``stored`` (..., N, d) the stored patterns x_i as rows.
-    Returns the energy per state pattern, shape (...,), in the units of the squared pattern norm.
-    Its minimisation by the concave-convex procedure gives the update rule xi <- X softmax(beta X^T xi).
+    ``stored`` (..., N, d) holds the stored patterns x_i as rows; ``state`` is (..., d), one state pattern xi per
+    stored set, or (..., L, d), L state patterns per stored set, as the layers lay them out (B, L, d) against
+    (B, N, d). Returns the energy per state pattern, shape (...,) or (..., L), in the units of the squared pattern
+    norm. Its minimisation by the concave-convex procedure gives the update rule xi <- X softmax(beta X^T xi).
     """
     n = stored.shape[-2]
     if n == 0:
         raise ValueError(f"hopfield_energy: no stored patterns, shape {tuple(stored.shape)}")
-    lse = torch.logsumexp(beta * (stored @ state.unsqueeze(-1)).squeeze(-1), dim=-1)
     big_m = stored.norm(dim=-1).amax(dim=-1)
+    if state.dim() == stored.dim():  # L states per set (a (B, L, d) layout paired state[b, l] with stored[l])
+        scores, big_m = state @ stored.transpose(-1, -2), big_m.unsqueeze(-1)
+    elif state.dim() == stored.dim() - 1:
+        scores = (stored @ state.unsqueeze(-1)).squeeze(-1)
+    else:
+        raise ValueError(f"hopfield_energy: state must be (..., d) or (..., L, d) for stored (..., N, d), got "
+                         f"{tuple(state.shape)} and {tuple(stored.shape)}")
+    lse = torch.logsumexp(beta * scores, dim=-1)
     return -lse / beta + 0.5 * (state * state).sum(-1) + math.log(n) / beta + 0.5 * big_m ** 2
+
+
+UNTIL_CONVERGED_MAX = 1000  # update steps of update_steps_max=None before it gives up with a warning
 
 
 class HopfieldCore(nn.Module):
@@ -35,7 +47,9 @@ class HopfieldCore(nn.Module):
     Patterns are batch-first: state R (B, L, embed_dim), stored Y (B, S, kdim), projection (B, S, vdim).
     ``update_steps_max=0`` is one association and runs through ``F.scaled_dot_product_attention``; ``n``
     repeats the update up to n more times, per head, until the association matrix changes by no more than
-    ``update_steps_eps`` (Frobenius norm, max over the batch); ``None`` repeats until then. A static
+    ``update_steps_eps`` (Frobenius norm, max over the batch); ``None`` repeats until then, for at most
+    ``UNTIL_CONVERGED_MAX`` steps, with a warning if it stops there (an eps below the dtype's rounding, 1e-8 in
+    float32, never converged and hung). A static
     pattern enters unprojected and is shared by all heads. The association matrix (B, H, L, S) is built
     only when iterating or when a hook sits on the ``association`` probe point.
 
@@ -232,8 +246,8 @@ class HopfieldCore(nn.Module):
 
         xi, state = softmax(q), q
         active = torch.ones(self.num_heads, dtype=torch.bool, device=q.device)
-        step = 0
-        while (self.update_steps_max is None or step < self.update_steps_max) and active.any():  # no wait at 0
+        step, limit = 0, UNTIL_CONVERGED_MAX if self.update_steps_max is None else self.update_steps_max
+        while step < limit and active.any():  # no wait at 0
             keep = active.view(1, -1, 1, 1)
             state = torch.where(keep, xi @ k, state)
             new = torch.where(keep, softmax(state), xi)
@@ -242,6 +256,10 @@ class HopfieldCore(nn.Module):
                 active = active & (torch.cat([change, change.new_zeros(1, change.shape[1])]).amax(dim=0)
                                    > self.update_steps_eps)
             xi, step = new, step + 1
+        if self.update_steps_max is None and step == limit and active.any():
+            warnings.warn(f"Hopfield: update_steps_max=None stopped after {limit} updates with the association still "
+                          f"changing by {float(change.amax()):.3g} > update_steps_eps={self.update_steps_eps:g}; an eps "
+                          f"near {q.dtype}'s rounding is never reached: raise it", RuntimeWarning, stacklevel=3)
         return xi
 
     def forward(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,

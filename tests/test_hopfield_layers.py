@@ -1,5 +1,6 @@
 """Hopfield layers: hflayers state-dict compatibility, equivalence with attention, and the paper's theory."""
 import math
+import warnings
 
 import pytest
 import torch
@@ -337,6 +338,21 @@ def test_energy_equals_eq_2_by_hand_and_is_never_negative():
     xi, y = torch.randn(64, 5, generator=g, dtype=torch.float64) * 3, torch.randn(7, 5, generator=g, dtype=torch.float64)
     energy = hopfield_energy(xi, y, 0.7)
     assert (energy >= 0.5 * (xi.norm(dim=-1) - y.norm(dim=-1).max()) ** 2 - 1e-12).all()
+
+
+def test_energy_of_the_layers_batch_layout_pairs_each_state_with_its_own_stored_set():
+    """States (B, L, d) against stored sets (B, N, d), as the layers take them: state[b, l] with stored[b] (it was
+    paired with stored[l] when B == L, and an error otherwise); (B, d) states, one per set, as before."""
+    g = torch.Generator().manual_seed(0)
+    state, stored = torch.randn(2, 2, 8, generator=g), torch.randn(2, 50, 8, generator=g)
+    by_row = torch.stack([torch.stack([hopfield_energy(state[b, l], stored[b], 0.5) for l in range(2)])
+                          for b in range(2)])
+    torch.testing.assert_close(hopfield_energy(state, stored, 0.5), by_row)
+    wider = torch.randn(3, 5, 8, generator=g)
+    assert hopfield_energy(wider, torch.randn(3, 50, 8, generator=g), 0.5).shape == (3, 5)
+    torch.testing.assert_close(hopfield_energy(state[:, 0], stored, 0.5), by_row[:, 0])
+    with pytest.raises(ValueError, match=r"state must be \(\.\.\., d\) or \(\.\.\., L, d\) for stored"):
+        hopfield_energy(torch.randn(2, 2, 2, 8), stored, 0.5)
 
 
 def test_large_beta_retrieves_a_stored_pattern_in_one_update():
@@ -815,3 +831,20 @@ def test_lookup_targets_take_the_pattern_projection_width_and_a_shared_table_of_
     with pytest.raises(ValueError, match=r"lookup weights \(5 wide\) are also the pattern projection, which this "
                                          r"layer takes 8 wide; give pattern_projection_size=5"):
         HopfieldLayer(8, quantity=3, stored_pattern_size=5)
+
+
+def test_until_converged_gives_up_with_a_warning_where_rounding_stops_convergence():
+    """update_steps_max=None with an eps below float32's rounding (the change levels off near 1e-8) never
+    returned; now it stops after UNTIL_CONVERGED_MAX updates with a warning that names eps. An eps it reaches
+    returns as before, without one."""
+    torch.manual_seed(0)
+    x, r = torch.randn(4, 200, 32), torch.randn(4, 20, 32)
+    reached = Hopfield(scaling=0.1, update_steps_max=None, update_steps_eps=1e-5, **STATIC)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        reached((x, r, x))
+    stuck = Hopfield(scaling=0.1, update_steps_max=None, update_steps_eps=1e-9, **STATIC)
+    with pytest.warns(RuntimeWarning, match=r"stopped after 1000 updates .* > update_steps_eps=1e-09; an eps near "
+                                            r"torch.float32's rounding is never reached"):
+        out = stuck((x, r, x))
+    assert torch.isfinite(out).all() and hopfield_core.UNTIL_CONVERGED_MAX == 1000

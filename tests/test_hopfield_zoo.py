@@ -583,3 +583,10 @@ def test_mil_features_constant_over_the_training_fold_stay_unscaled(tmp_path):
     assert (task.bag_index["test"] == np.searchsorted(np.unique(ids), held_out)).all()
     test_x = task.test["x"][~task.test["mask"]]
     assert float(test_x[:, 1].min()) == pytest.approx(1.24 - 0.0317, rel=1e-5) and float(test_x.abs().max()) < 50
+
+
+def test_tabular_embed_dim_must_split_over_the_heads_and_the_error_names_the_models_settings():
+    """The layer's message named its hflayers arguments (input_size, hidden_size), which this model does not take."""
+    with pytest.raises(ValueError, match=r"hopfield_tabular: embed_dim=30 must be divisible by num_heads=4"):
+        zoo.create_model("hopfield_tabular", embed_dim=30)
+    assert zoo.create_model("hopfield_tabular", embed_dim=30, num_heads=3)(torch.randn(2, 30)).shape == (2, 2)

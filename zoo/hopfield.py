@@ -88,6 +88,9 @@ class HopfieldTabular(nn.Module):
     def __init__(self, config: HopfieldTabularConfig):
         super().__init__()
         check_sizes(config, "in_features", "num_classes", "embed_dim", "quantity", "num_heads")
+        if config.embed_dim % config.num_heads:  # the layer's own message names its hflayers arguments
+            raise ValueError(f"hopfield_tabular: embed_dim={config.embed_dim} must be divisible by num_heads="
+                             f"{config.num_heads} (each head takes embed_dim / num_heads)")
         self.config = config
         self.embed = nn.Sequential(nn.Linear(config.in_features, config.embed_dim), nn.Dropout(config.dropout))
         self.lookup = HopfieldLayer(config.embed_dim, quantity=config.quantity, num_heads=config.num_heads,
