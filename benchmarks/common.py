@@ -62,7 +62,8 @@ def median_ms(fn, repeats: int) -> float:
 
 def write_text(path: str | os.PathLike, text: str) -> None:
     """Write ``text`` to ``path`` through a temporary file beside it, so a stopped run leaves the old file or the new
-    one, never a truncated one (result files are read back: ``pvrnn_sweep --from-json``, ``bench_bmi --reuse``)."""
+    one, never a truncated one (result files are read back: ``pvrnn_sweep --from-json``, ``bench_bmi --reuse``).
+    Not ``weights.checkpoint.atomic_write``: this module also runs in MACE's venv, where paperzoo is not installed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")

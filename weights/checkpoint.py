@@ -204,8 +204,9 @@ def model_metadata(model: nn.Module) -> dict[str, str]:
     meta = {"format": FORMAT, "paperzoo": __version__, "torch": torch.__version__}
     if getattr(model, "zoo_name", None):
         meta["model"] = model.zoo_name
-    if meta.get("model") or current_config(model) is not None:
-        meta["config"] = json.dumps(current_config(model), sort_keys=True)
+    config = current_config(model)
+    if meta.get("model") or config is not None:
+        meta["config"] = json.dumps(config, sort_keys=True)
     return meta
 
 
