@@ -28,6 +28,23 @@ def test_save_load_roundtrip_rebuilds_model_with_its_config(tmp_path):
     assert _same_outputs(m, m2)
 
 
+def test_a_file_in_another_checkpoint_format_is_refused_by_name(tmp_path):
+    """A newer paperzoo's format may give keys or metadata another meaning: load_checkpoint and load_into refuse
+    it with the format and the way out, where they used to load it as if it were this version's."""
+    m = zoo.create_model("alrnn_m20_p2", M=12)
+    path = save_checkpoint(m, tmp_path / "m.safetensors")
+    newer = tmp_path / "newer.safetensors"
+    save_file(load_file(path), newer, metadata=read_metadata(path) | {"format": "paperzoo/2", "paperzoo": "9.0"})
+    message = r"newer.safetensors is in checkpoint format 'paperzoo/2' \(written by paperzoo 9.0\); paperzoo .* reads 'paperzoo/1': upgrade paperzoo"
+    with pytest.raises(CheckpointError, match=message):
+        load_checkpoint(newer)
+    with pytest.raises(CheckpointError, match=message):
+        load_into(zoo.create_model("alrnn_m20_p2", M=12), newer)
+    plain = tmp_path / "plain.safetensors"  # a file without paperzoo's metadata is not a format question
+    save_file(load_file(path), plain)
+    assert _same_outputs(m, load_into(zoo.create_model("alrnn_m20_p2", M=12), plain))
+
+
 def test_atomic_write_leaves_old_file_when_writing_fails(tmp_path, monkeypatch):
     m = zoo.create_model("alrnn_m20_p2")
     path = save_checkpoint(m, tmp_path / "m.safetensors")

@@ -234,6 +234,7 @@ def save_checkpoint(model: nn.Module, path: str | os.PathLike, extra_metadata: d
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """The file's safetensors metadata (strings); a clear error for a missing, corrupt or torch.save file."""
     path = Path(path).expanduser()
     if path.is_dir():
         raise IsADirectoryError(f"{path} is a folder, not a checkpoint file; pass the .safetensors file in it")
@@ -244,6 +245,17 @@ def read_metadata(path: str | os.PathLike) -> dict[str, str]:
             return dict(f.metadata() or {})
     except Exception as err:  # safetensors raises several types for a corrupt header
         raise _unreadable(path, err) from err
+
+
+def read_own_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """``read_metadata`` for loading: a file written in another paperzoo checkpoint format (by a newer paperzoo)
+    is refused by name, as its keys or layout may mean something this version does not know."""
+    meta = read_metadata(path)
+    if meta.get("format", FORMAT) != FORMAT:
+        raise CheckpointError(f"{Path(path).expanduser()} is in checkpoint format {meta['format']!r} (written by "
+                              f"paperzoo {meta.get('paperzoo', '?')}); paperzoo {__version__} reads {FORMAT!r}: "
+                              "upgrade paperzoo to load it")
+    return meta
 
 
 TORCH_SAVE_MAGIC = (b"PK\x03\x04", b"\x80")  # how a torch.save file starts: a zip archive, or (legacy) a pickle
@@ -336,7 +348,7 @@ def load_into(model: nn.Module, path: str | os.PathLike) -> nn.Module:
     may still match (ib_mlp_relu into ib_mlp_tanh, 2 heads into 4): that loads, with a ``ConfigMismatchWarning``
     naming the differences."""
     path, wrapper, model = Path(path).expanduser(), model, unwrap(model)  # a compiled/DataParallel model: own keys
-    meta = read_metadata(path)  # clear error for a missing or corrupt file before reading tensors
+    meta = read_own_metadata(path)  # clear error for a missing, corrupt or newer-format file before reading tensors
     mismatch = None
     if "config" in meta:
         try:  # read before any weight is copied: a bad record must not leave the model half loaded
@@ -367,7 +379,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     """Rebuild the model recorded in the checkpoint's metadata and load its weights. A file whose floating tensors
     share one dtype (a bf16 or float64 model saved as such) gives the model in that dtype; a file of mixed floating
     dtypes gives the model in the dtypes it is built with, each value cast to them."""
-    meta = read_metadata(path)
+    meta = read_own_metadata(path)
     if "model" not in meta:
         if "tree" in meta:
             raise CheckpointError(f"{path} is training state (optimizer, scheduler), not a model; "
