@@ -8,6 +8,7 @@ sequence, free-running generation, posterior sigma during error regression) is <
 ``--from-json FILE`` redraws the table and plot from a saved sweep.json. Runs resume: the same command again
 continues an interrupted sweep from each run's newest checkpoint and re-evaluates the finished runs.
 ``--w1`` gives the first step's KL its own meta-prior at every w (``model_args.meta_prior_first``; a column w1).
+w and w1 apply to every level, also of a model given other levels with --set (``model_args.d_sizes=[40]`` ...).
 Columns kl_first_k and sigma_first_k: level k's KL per unit and posterior sigma at the first step (``first_step``).
 """
 from __future__ import annotations
@@ -21,6 +22,7 @@ import torch
 from common import machine, write_results as write_files
 from train import fit, load_recipe
 from weights import load_checkpoint
+from zoo._registry import resolve_config
 
 
 @torch.no_grad()
@@ -70,7 +72,7 @@ def write_results(rows: list[dict], out: Path) -> str:
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--w", type=float, nargs="+", default=[1e-4, 1e-2, 1.0])
-    ap.add_argument("--w1", type=float, help="the first step's meta-prior at both levels (default: w)")
+    ap.add_argument("--w1", type=float, help="the first step's meta-prior at every level (default: w)")
     ap.add_argument("--steps", type=int, default=400)
     ap.add_argument("--out", default="runs/pvrnn_sweep")
     ap.add_argument("--set", dest="overrides", action="append", default=[])
@@ -84,10 +86,12 @@ def main(argv=None):
         print(write_results(saved, out))
         return
     rows, here = [], None
+    base = load_recipe("pvrnn-pfsm", args.overrides)  # the model's levels, as --set may give it one or three
+    levels = len(resolve_config(base["model"], **base["model_args"]).d_sizes)
     for w in args.w:
-        first = [] if args.w1 is None else [f"model_args.meta_prior_first=[{args.w1},{args.w1}]"]
-        recipe = load_recipe("pvrnn-pfsm", [f"model_args.meta_prior=[{w},{w}]", *first, f"train.steps={args.steps}",
-                                            "train.eval_every=0", *args.overrides])
+        first = [] if args.w1 is None else [f"model_args.meta_prior_first={[args.w1] * levels}"]
+        recipe = load_recipe("pvrnn-pfsm", [*args.overrides, f"model_args.meta_prior={[w] * levels}", *first,
+                                            f"train.steps={args.steps}", "train.eval_every=0"])
         run = out / f"w_{w:g}"
         final = fit(recipe, out=run, resume=True)  # a rerun continues an interrupted sweep
         device = recipe["train"]["device"]  # one description per sweep, of the device the runs train on

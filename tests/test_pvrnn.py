@@ -978,6 +978,13 @@ def test_sweep_script_trains_each_w_and_redraws_from_its_json(tmp_path, monkeypa
     assert row["w"] == 10 and row["w1"] == 0.01 and "| w | w1 | rec |" in (tmp_path / "first" / "sweep.md").read_text()
     assert {"kl_first_0", "sigma_first_0", "kl_first_1", "sigma_first_1"} <= row.keys()
     assert load_checkpoint(tmp_path / "first" / "w_10" / "model.safetensors").config.meta_prior_first == (0.01, 0.01)
+    # w and w1 go to every level of a model given other levels (it wrote [w, w] and failed on one level)
+    one_level = ["model_args.d_sizes=[8]", "model_args.z_sizes=[1]", "model_args.taus=[2.0]"]
+    sweep.main(["--w", "10", "--w1", "0.01", "--steps", "2", "--out", str(tmp_path / "one")]
+               + [a for o in tiny_run + one_level for a in ("--set", o)])
+    single = load_checkpoint(tmp_path / "one" / "w_10" / "model.safetensors").config
+    assert single.d_sizes == (8,) and single.meta_prior == (10.0,) and single.meta_prior_first == (0.01,)
+    assert {"kl_first_0", "sigma_first_0"} <= json.loads((tmp_path / "one" / "sweep.json").read_text())[0].keys()
 
 
 def test_speed_script_measures_each_quantity(monkeypatch):
