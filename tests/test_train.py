@@ -194,6 +194,18 @@ def test_resume_names_the_settings_that_changed_and_why_it_starts_over(tmp_path,
     longer = load_recipe("alrnn-lorenz63", SMALL_DSR + ["train.steps=3", "train.ckpt_every=0", "optim.lr=0.5"])
     with pytest.raises(ValueError, match=r"recipe.yaml: optim.lr: 0.001 -> 0.5; train.steps: 2 -> 3 \(saved -> now\)"):
         fit(longer, tmp_path / "run", resume=True)
+    # an optimizer and schedule given by name take their own settings; the same command resumes (the saved
+    # sections used to get the default optimizer's weight_decay and warmup on reading: "0.0 -> None")
+    named = load_recipe("alrnn-lorenz63", SMALL_DSR + ["train.steps=2", "train.ckpt_every=1",
+                                                       "optim={name: sgd, lr: 0.01}", "schedule={name: cosine}"])
+    assert "weight_decay" not in named["optim"] and "warmup" not in named["schedule"]
+    fit(named, tmp_path / "named")
+    fit(named, tmp_path / "named", resume=True)
+    assert "steps 2..2 (already complete" in capsys.readouterr().err
+    with pytest.raises(ValueError, match=r"optim.weight_decay: None -> 0.1 \(saved -> now\)"):
+        fit(load_recipe("alrnn-lorenz63", SMALL_DSR + ["train.steps=2", "train.ckpt_every=1", "schedule={name: cosine}",
+                                                       "optim={name: sgd, lr: 0.01, weight_decay: 0.1}"]),
+            tmp_path / "named", resume=True)
     # the keys for people may change under a run (a run saved before a recipe gained baselines: resumes)
     import yaml
 

@@ -408,7 +408,8 @@ def _check_run_dir(recipe: dict, out: Path, resume: bool) -> None:
         # what the run computes must match; the keys for people (description, baselines) may change under it
         # a setting added since the run was saved counts at its default
         saved, now = ({k: v for k, v in r.items() if k not in METADATA}
-                      for r in (with_defaults(yaml.safe_load((out / "recipe.yaml").read_text()) or {}), recipe))
+                      for r in (with_defaults(yaml.safe_load((out / "recipe.yaml").read_text()) or {}, saved=True),
+                                  recipe))
         if saved != now:
             raise ValueError(f"--resume with a different recipe than the one in {out}/recipe.yaml: "
                              f"{'; '.join(_differences(saved, now))} (saved -> now). A resumed run repeats its "

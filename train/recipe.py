@@ -50,9 +50,16 @@ def list_recipes() -> list[str]:
     return sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
 
 
-def with_defaults(recipe: dict) -> dict:
-    """``recipe`` with every setting it leaves out at its default (a run saved before a setting existed gets it)."""
-    return _merge(DEFAULTS, recipe)
+def with_defaults(recipe: dict, saved: bool = False) -> dict:
+    """``recipe`` with every setting it leaves out at its default (a run saved before a setting existed gets it).
+    ``saved``: a run's recipe.yaml, written resolved; an optim or schedule section there that names its kind is
+    complete as written (``--set optim={name: sgd, lr: 0.01}`` gave it its own settings, torch's defaults for the
+    rest), so the defaults of another optimizer or schedule are not put into it."""
+    out = _merge(DEFAULTS, recipe)
+    for key in ("optim", "schedule") if saved else ():
+        if isinstance(recipe.get(key), dict) and "name" in recipe[key]:
+            out[key] = copy.deepcopy(recipe[key])
+    return out
 
 
 def _merge(base: dict, extra: dict) -> dict:
