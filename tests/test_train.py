@@ -122,10 +122,20 @@ def test_a_resumed_run_draws_the_same_dropout_and_a_damaged_checkpoint_is_named(
     for (k, va), vb in zip(ma.state_dict().items(), mb.state_dict().values()):
         assert torch.equal(va, vb), k
     newest = tmp_path / "resumed" / "checkpoints" / "step_00000030" / "trainer.safetensors"
+    intact = newest.read_bytes()
     newest.write_bytes(b"\0" * 100)
     with pytest.raises(CheckpointError, match=r"--resume: .*step_00000030 cannot be loaded \(.*trainer.safetensors.*"
                                               r"move it away to resume from step_00000020"):
         fit(recipe, tmp_path / "resumed", resume=True)
+    # bytes flipped in the tensor data (not the header) read as other numbers: the recorded sha256 names the file,
+    # where the run went on from the damaged state (and, checkpoints rotating, deleted the intact older ones)
+    newest.write_bytes(intact[:-200] + bytes(b ^ 0xFF for b in intact[-200:-100]) + intact[-100:])
+    with pytest.raises(CheckpointError, match=r"step_00000030 cannot be loaded \(trainer.safetensors changed since it "
+                                              r"was written \(its sha256 differs from sha256.json\)\); move it away"):
+        fit(recipe, tmp_path / "resumed", resume=True)
+    newest.write_bytes(intact)
+    # checkpoints written before the record are not checked; their optimizer state still is, below
+    (newest.parent / "sha256.json").unlink()
     # another run's optimizer state: torch loads it without a word, then fails (or carries on) at the first update
     for name, overrides, message in (
             ("wider", ["model_args.embed_dim=16"], r"another model's: exp_avg of shape \(16, 13\) for a parameter of "
@@ -1396,5 +1406,5 @@ def test_a_checkpoint_follows_its_metrics_rows_to_disk_and_replaces_a_leftover_t
     monkeypatch.setattr(loop, "fsync_path", recording)
     final = loop._save_train_checkpoint(tmp_path, 3, model, optimizer, scheduler, 0, {"recipe": "r", "task": "dsr"})
     assert ("metrics.jsonl", False) in flushed  # flushed while the checkpoint was not yet in place
-    assert sorted(p.name for p in final.iterdir()) == ["model.safetensors", "trainer.safetensors"]
+    assert sorted(p.name for p in final.iterdir()) == ["model.safetensors", "sha256.json", "trainer.safetensors"]
     assert not stale.exists() and load_checkpoint(final / "model.safetensors").zoo_name == "alrnn_m20_p2"

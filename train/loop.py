@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 import zoo
 from estimators.seeding import seeded
-from weights import CheckpointError, load_checkpoint, load_into, save_checkpoint
+from weights import CheckpointError, load_checkpoint, load_into, save_checkpoint, sha256_of
 from weights.checkpoint import atomic_write, fsync_path
 from weights.tree import load_tree, save_tree
 
@@ -102,6 +102,22 @@ def checkpoints(out: Path) -> list[Path]:
     return sorted((out / "checkpoints").glob("step_*[0-9]"))
 
 
+STATE_FILES = ("model.safetensors", "trainer.safetensors")  # a step checkpoint's files
+CHECKSUMS = "sha256.json"  # beside them: their sha256, checked on resume
+
+
+def _check_checksums(folder: Path) -> None:
+    """A ValueError when a step checkpoint's file no longer has the sha256 recorded when it was written (a bit flipped
+    on disk or in a copy loads without a word: safetensors reads any bytes as numbers). Folders written before the
+    record existed are not checked."""
+    if not (folder / CHECKSUMS).is_file():
+        return
+    recorded = json.loads((folder / CHECKSUMS).read_text())
+    damaged = [name for name in STATE_FILES if sha256_of(folder / name) != recorded.get(name)]
+    if damaged:
+        raise ValueError(f"{', '.join(damaged)} changed since it was written (its sha256 differs from {CHECKSUMS})")
+
+
 def _save_train_checkpoint(out: Path, step: int, model, optimizer, scheduler, keep: int, provenance: dict,
                            probe=None) -> Path:
     """model.safetensors + trainer.safetensors in a temp dir, renamed into place: never half-written. The
@@ -116,6 +132,7 @@ def _save_train_checkpoint(out: Path, step: int, model, optimizer, scheduler, ke
         atomic_write(out / "probe.csv", probe.to_csv)
     save_tree({"step": step, "optimizer": optimizer.state_dict(), "optimizer_class": type(optimizer).__name__,
                "scheduler": scheduler.state_dict()}, tmp / "trainer.safetensors")
+    _write_text(tmp / CHECKSUMS, json_text({name: sha256_of(tmp / name) for name in STATE_FILES}))
     shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)
     fsync_path(final.parent, folder=True)  # the rename on disk before an older checkpoint is removed
@@ -488,6 +505,7 @@ def _fit(recipe: dict, cfg: dict, out: Path, resume: bool, d: Dist, task, points
     start = 0
     if resume and found:
         try:
+            _check_checksums(found[-1])
             load_into(model, found[-1] / "model.safetensors")
             state = load_tree(found[-1] / "trainer.safetensors")
             _load_optimizer_state(optimizer, state)
