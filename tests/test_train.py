@@ -201,8 +201,10 @@ def test_resume_names_the_settings_that_changed_and_why_it_starts_over(tmp_path,
     capsys.readouterr()
     fit(done, tmp_path / "done", resume=True)  # a finished run: says so, and evaluates again
     assert "steps 2..2 (already complete: evaluating the final model again)" in capsys.readouterr().err
-    longer = load_recipe("alrnn-lorenz63", SMALL_DSR + ["train.steps=3", "train.ckpt_every=0", "optim.lr=0.5"])
-    with pytest.raises(ValueError, match=r"recipe.yaml: optim.lr: 0.001 -> 0.5; train.steps: 2 -> 3 \(saved -> now\)"):
+    longer = load_recipe("alrnn-lorenz63", SMALL_DSR + ["train.steps=3", "train.ckpt_every=0", "optim.lr=0.5",
+                                                        "model_args.M=30"])
+    with pytest.raises(ValueError, match=r"recipe.yaml: model_args.M: default -> 30; optim.lr: 0.001 -> 0.5; "
+                                         r"train.steps: 2 -> 3 \(saved -> now\)"):  # M's default was shown as None
         fit(longer, tmp_path / "run", resume=True)
     # an optimizer and schedule given by name take their own settings; the same command resumes (the saved
     # sections used to get the default optimizer's weight_decay and warmup on reading: "0.0 -> None")
@@ -212,7 +214,7 @@ def test_resume_names_the_settings_that_changed_and_why_it_starts_over(tmp_path,
     fit(named, tmp_path / "named")
     fit(named, tmp_path / "named", resume=True)
     assert "steps 2..2 (already complete" in capsys.readouterr().err
-    with pytest.raises(ValueError, match=r"optim.weight_decay: None -> 0.1 \(saved -> now\)"):
+    with pytest.raises(ValueError, match=r"optim.weight_decay: default -> 0.1 \(saved -> now\)"):
         fit(load_recipe("alrnn-lorenz63", SMALL_DSR + ["train.steps=2", "train.ckpt_every=1", "schedule={name: cosine}",
                                                        "optim={name: sgd, lr: 0.01, weight_decay: 0.1}"]),
             tmp_path / "named", resume=True)

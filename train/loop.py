@@ -396,14 +396,15 @@ def only_rows(optimizer: torch.optim.Optimizer, rows: dict[torch.nn.Parameter, t
 
 
 def _differences(saved: dict, now: dict, prefix: str = "") -> list[str]:
-    """``key.path: saved -> now`` for every setting where two recipes differ."""
-    found = []
+    """``key.path: saved -> now`` for every setting where two recipes differ; a setting one of them leaves out
+    (a model's or an optimizer's own default) shows as ``default``."""
+    found, unset = [], object()
     for key in sorted(set(saved) | set(now), key=str):
-        a, b = saved.get(key), now.get(key)
+        a, b = saved.get(key, unset), now.get(key, unset)
         if isinstance(a, dict) and isinstance(b, dict):
             found += _differences(a, b, f"{prefix}{key}.")
         elif a != b:
-            found.append(f"{prefix}{key}: {a!r} -> {b!r}")
+            found.append(f"{prefix}{key}: {'default' if a is unset else repr(a)} -> {'default' if b is unset else repr(b)}")
     return found
 
 
