@@ -40,6 +40,10 @@ def test_a_file_in_another_checkpoint_format_is_refused_by_name(tmp_path):
         load_checkpoint(newer)
     with pytest.raises(CheckpointError, match=message):
         load_into(zoo.create_model("alrnn_m20_p2", M=12), newer)
+    # torch.load's mapping form of map_location does not apply to a rebuilt model: named before the file is read
+    with pytest.raises(TypeError, match=r"map_location must be a device or its name \('cpu', 'cuda:0'\), got dict"):
+        load_checkpoint(tmp_path / "absent.safetensors", map_location={"cuda:0": "cpu"})
+    assert load_checkpoint(path, map_location=torch.device("cpu")).zoo_config.M == 12
     plain = tmp_path / "plain.safetensors"  # a file without paperzoo's metadata is not a format question
     save_file(load_file(path), plain)
     assert _same_outputs(m, load_into(zoo.create_model("alrnn_m20_p2", M=12), plain))

@@ -345,6 +345,9 @@ def test_vit_attention_probes_equal_timms_explicit_attention_and_the_baseline_fl
     assert {r["point"] for r in rows} == {"blocks.0.attn.probs", "blocks.1.attn.probs"}
     with pytest.raises(ValueError, match="remove_norms=False"):
         zoo.create_model("vit_tiny_patch16_224_sigma", reparam=False)
+    with pytest.raises(ValueError, match=r"vit_tiny_patch16_224_sigma: depth must be an integer >= 1 \(transformer "
+                                         r"blocks\), got 0"):  # it failed later, saying the model had no Attention
+        timm.create_model("vit_tiny_patch16_224_sigma", depth=0)
 
 
 def test_attention_probe_reuses_the_blocks_qkv_so_a_probed_training_step_is_unchanged():

@@ -378,7 +378,12 @@ def in_state_dtype(model: nn.Module, state: dict[str, torch.Tensor]) -> nn.Modul
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> nn.Module:
     """Rebuild the model recorded in the checkpoint's metadata and load its weights. A file whose floating tensors
     share one dtype (a bf16 or float64 model saved as such) gives the model in that dtype; a file of mixed floating
-    dtypes gives the model in the dtypes it is built with, each value cast to them."""
+    dtypes gives the model in the dtypes it is built with, each value cast to them. ``map_location`` is the device
+    the model goes to (torch.load's mapping and callable forms do not apply: the model is rebuilt, then moved)."""
+    if not isinstance(map_location, (str, torch.device)):
+        raise TypeError(f"load_checkpoint: map_location must be a device or its name ('cpu', 'cuda:0'), got "
+                        f"{type(map_location).__name__}; the model is rebuilt from the file, then moved there")
+    device = torch.device(map_location)
     meta = read_own_metadata(path)
     if "model" not in meta:
         if "tree" in meta:
@@ -395,4 +400,4 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         raise CheckpointError(f"{path} (written by paperzoo {meta.get('paperzoo')}): its recorded config does not "
                               f"build {meta['model']!r}: {type(err).__name__}: {err}") from err
     state = read_tensors(path)
-    return load_state_into(in_state_dtype(model, state), state, source=str(path)).to(map_location)
+    return load_state_into(in_state_dtype(model, state), state, source=str(path)).to(device)

@@ -138,6 +138,8 @@ def _create_vit_sigma(size: str, pretrained: bool = False, remove_norms: bool = 
         raise ValueError(f"{variant}: reparam=False is the LayerNorm baseline; pass remove_norms=False with it")
     out_indices = kwargs.pop("out_indices", 3)  # features_only=True: the last 3 blocks, as timm's ViTs
     model_args = dict(patch_size=16, depth=12, **VIT_SIZES[size]) | kwargs
+    if not isinstance(model_args["depth"], int) or model_args["depth"] < 1:  # 0 failed later, naming the probes
+        raise ValueError(f"{variant}: depth must be an integer >= 1 (transformer blocks), got {model_args['depth']!r}")
     return build_model_with_cfg(SigmaVisionTransformer, variant, pretrained,
                                 pretrained_filter_fn=_timm_pretrained_filter,
                                 feature_cfg=dict(out_indices=out_indices, feature_cls="getter"),
