@@ -12,7 +12,8 @@ from .estimator import Estimator
 
 
 def attention_entropy_per_head(probs: torch.Tensor, base: float | str = "nats") -> dict:
-    """Ent(A_h) = -1/(B Lq) sum_{b,i} sum_j A_bhij log A_bhij for attention probabilities (B, H, Lq, Lk).
+    """Ent(A_h) = -1/n_h sum_{b,i} sum_j A_bhij log A_bhij for attention probabilities (B, H, Lq, Lk), n_h the
+    number of head h's rows (b, i) that are not all zero (B Lq without masked queries).
 
     Returns {"head_0": ..., ..., "mean": mean over heads} (Zhai et al. 2023, Sec. 3). Nats (or
     ``base``); exact for the given probabilities (no estimation bias), in [0, log Lk] (causal rows: [0, log #visible
@@ -42,7 +43,7 @@ def attention_entropy_lower_bound(sigma: torch.Tensor | float, length: int) -> t
     """Zhai et al. 2023, Theorem 3.1, in nats: for logits a_ij = x_i^T W x_j over T = ``length`` tokens X (T, d) and
     sigma = ||W||_2 ||X X^T||_2, every row's attention entropy satisfies
     Ent(A_i) >= log(1 + (T-1) beta) + sigma sqrt(T(T-1)) beta / (1 + (T-1) beta), beta = exp(-sigma sqrt(T/(T-1))).
-    Tight: the entropy of one logit sigma sqrt(T/(T-1)) above T-1 equal ones. log T at sigma = 0, ~T sigma e^-sigma
+    Tight: the entropy of one logit sigma sqrt(T/(T-1)) above T-1 equal ones. log T at sigma = 0, ~sigma sqrt(T(T-1)) exp(-sigma sqrt(T/(T-1)))
     for large sigma. Elementwise over a tensor of sigmas."""
     if isinstance(length, bool) or not isinstance(length, numbers.Integral) or length < 2:
         raise ValueError(f"attention_entropy_lower_bound needs an integer length >= 2 (tokens), got {length!r}")

@@ -35,6 +35,8 @@ def symbols(rows: torch.Tensor) -> torch.Tensor:
 
 
 def entropy_of_symbols(ids: torch.Tensor, miller_madow: bool = False) -> torch.Tensor:
+    """Plug-in H = -sum_s p_s log p_s of integer symbols, in nats, plus the Miller-Madow correction (S - 1) / (2N)
+    (S observed symbols, N samples) when ``miller_madow``."""
     counts = torch.bincount(ids).double()
     counts = counts[counts > 0]
     p = counts / counts.sum()
@@ -110,7 +112,8 @@ def plugin_entropy(x: torch.Tensor, base: float | str = "nats", miller_madow: bo
 
 
 def codes(v: torch.Tensor, name: str, n_bins: int, strategy: str, value_range) -> torch.Tensor:
-    """Symbols of ``v``'s rows: floating input discretised (``discretise``), integer/bool input as it is."""
+    """Per-entry bin codes (N, D) of ``v``: floating input discretised (``discretise``), integer/bool input as it
+    is; ``symbols`` turns the rows into one symbol each."""
     if torch.is_floating_point(v):
         return discretise(as_samples(v, name, v.dtype if v.dtype == torch.float64 else torch.float32), n_bins,
                           strategy, value_range)

@@ -13,7 +13,8 @@ def _ratio(s: torch.Tensor, s_min: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def matrix_condition_number(w: torch.Tensor) -> torch.Tensor:
-    """kappa(W) = s_max / s_min of W reshaped to 2-D (shape[0], rest), e.g. a conv kernel out x (in*kh*kw).
+    """kappa(W) = s_max / s_min of W reshaped to 2-D (shape[0], rest), e.g. a conv kernel out x (in*kh*kw);
+    dimensionless, >= 1.
 
     The kappa of W's values as given, whatever its dtype: the SVD runs in float64, and s_min is the
     min(m, n)-th singular value; inf when W is singular to that precision (numpy's matrix_rank rule in
@@ -34,7 +35,7 @@ def matrix_condition_number(w: torch.Tensor) -> torch.Tensor:
 
 
 def covariance_condition_number(x: torch.Tensor, feature_dim: int = -1) -> torch.Tensor:
-    """kappa(Cov(x)) = lambda_max / lambda_min = (s_max / s_min)^2 of the centred samples X_c (N, D).
+    """kappa(Cov(x)) = lambda_max / lambda_min = (s_max / s_min)^2 of the centred samples X_c (N, D); dimensionless.
 
     The D features lie along ``feature_dim``, every other dim indexes samples: the default -1 suits
     channels-last tensors ((N, D), a sequence (B, T, D): B T samples); pass ``feature_dim=1`` for

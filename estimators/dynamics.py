@@ -105,7 +105,8 @@ def power_spectrum_distance(x_true: torch.Tensor, x_gen: torch.Tensor, smoothing
 
 
 def prediction_error(x_true: torch.Tensor, x_pred: torch.Tensor) -> torch.Tensor:
-    """Mean squared error over time and dims (the n-step prediction error PE_n when x_pred are n-step predictions)."""
+    """Mean squared error over time and dims, in x's units squared (the n-step prediction error PE_n of the DSR
+    measures, Brenner et al. 2024, when x_pred are n-step predictions)."""
     _check_pair(x_true, x_pred, "prediction_error")
     return F.mse_loss(x_pred.double(), x_true.double())
 

@@ -1,6 +1,6 @@
 """k-nearest-neighbour estimators: Kozachenko-Leonenko entropy and Kraskov-Stoegbauer-Grassberger (KSG) MI.
 
-Two exact neighbour searches give the same neighbours and counts:
+Three exact neighbour searches give the same neighbours and counts:
 - ``"brute"``: row chunks; each chunk computes its distances to all N points (``torch.cdist``; on CUDA the
   max-norm is built one dimension at a time, see ``_distances``) and keeps what it needs (k smallest via
   ``topk``, counts), so memory is O(chunk * N) and 10^5 samples fit on a GPU. Cost O(N^2 (D_x + D_y)), on

@@ -36,7 +36,8 @@ def local_complexity(model: nn.Module, x: torch.Tensor, radius: float = 0.1, n_d
                      activations: tuple[type, ...] = ACTIVATIONS, generator: torch.Generator | None = None) -> dict:
     """Linear regions and neuron hyperplanes met by the cross-polytope of ``radius`` around each point of x (B, ...).
 
-    The polytope has the 2m vertices x +- r q_j (m = ``n_directions`` random orthonormal q_j) and its
+    The polytope has the 2m vertices x +- r q_j (m = min(``n_directions``, D) random orthonormal q_j, D the
+    input's dimension) and its
     centre. For every neuron of the ``activations`` modules, the side of each of its kinks c (``kinks``:
     pre-activation z > c) at these V = 2m + 1 points gives: ``neurons`` = number of neurons for which
     some kink's side differs among them (one of its hyperplanes z = c cuts the polytope: Humayun et al.'s
@@ -44,8 +45,9 @@ def local_complexity(model: nn.Module, x: torch.Tensor, radius: float = 0.1, n_d
     polytope). Both are means over the B points; counts, no units. Sampling bias: both are lower bounds
     that grow with m. The model runs in eval mode (BatchNorm uses its running statistics, so a point's
     counts do not depend on the rest of the batch; the modes are restored after). Cost one forward pass
-    on B V inputs; memory: the pattern comparison holds a (B, V, V, U) bool tensor, U = sum over neurons
-    of their kinks (B = 64, V = 33, U = 1e5 take 7 GB: lower B or n_directions for wide networks).
+    on B V inputs; memory: the side patterns, packed 64 to an int64 word, take two (B, V, U) int64 temporaries,
+    U = sum over neurons of their kinks (B = 64, V = 33, U = 1e5: about 1.7 GB each; lower B or n_directions for
+    wide networks), and the comparison a (B, V, V, U / 64) bool one.
     """
     if not torch.is_tensor(x) or x.dim() < 2:
         raise ValueError(f"x must be a batch of inputs (B, ...), got {tuple(x.shape) if torch.is_tensor(x) else x!r}")

@@ -14,7 +14,7 @@ _BLOCK = 64  # steps between checks for a diverged or merged pair
 
 def largest_lyapunov_exponent(step: Callable[[torch.Tensor], torch.Tensor], z0: torch.Tensor, steps: int,
                               transient: int = 0, dt: float = 1.0, delta: float = 1e-8, seed: int = 0) -> torch.Tensor:
-    """lambda_max = (1 / (T dt)) sum_t log(d_t / delta), d_t = ||step(w_t) - step(z_t)||, w_{t+1} = z_{t+1} + delta (.) / d_t.
+    """lambda_max = (1 / (T dt)) sum_t log(d_t / delta), d_t = ||step(w_t) - step(z_t)||, w_{t+1} = z_{t+1} + delta (step(w_t) - step(z_t)) / d_t.
 
     A companion trajectory w starts ``delta`` away from z in a random direction; after every step its
     separation is measured and rescaled back to ``delta``, so it follows the most expanding direction

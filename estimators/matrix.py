@@ -97,7 +97,8 @@ def cauchy_schwarz_divergence(x: torch.Tensor, y: torch.Tensor, sigma: float | N
     int p q ~ mean_ij K(x_i, y_j), int p^2 ~ mean_ij K(x_i, x_j), int q^2 ~ mean_ij K(y_i, y_j) (the kernel
     normalisation cancels); the logs of the means are taken by logsumexp, so far-apart samples give a
     finite value. Symmetric, >= 0, 0 iff the smoothed densities agree. Nats. Bias: it is the
-    divergence of the densities smoothed with a Gaussian of variance sigma^2 (the V-statistic includes
+    divergence of the densities each smoothed with a Gaussian of variance sigma^2 / 2 (the pair kernel is their
+    convolution, of variance sigma^2; the V-statistic includes
     i = j, O(1/N)). Cost O((N + M)^2 D).
     """
     x, y = as_samples(x, "x"), as_samples(y, "y")

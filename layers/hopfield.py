@@ -34,7 +34,8 @@ def _from_core(name: str, doc: str | None = None) -> property:
 class Hopfield(nn.Module):
     """Z = softmax(beta R W_Q W_K^T Y^T) Y W_V, after optional LayerNorms of the stored patterns Y, the state
     patterns R and the pattern projection, and an output projection; see ``HopfieldCore`` for the update
-    iteration, heads, masks and static patterns. beta defaults to 1/sqrt(head dim). W_V maps the pattern
+    iteration, heads, masks and static patterns. beta defaults to 1/sqrt(head dim) (to 1 when every pattern is
+    static and nothing is projected: there is no head dim). W_V maps the pattern
     projection directly, as hflayers does by default; ``pattern_projection_as_connected=True`` gives the paper's
     Eq. 10 as written, Z = softmax(beta R W_Q W_K^T Y^T) Y W_K W_V (the pattern projection goes through W_K, b_K
     first; W_V is then (H * hidden, H * hidden), hflayers' layout for that flag).

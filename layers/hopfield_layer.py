@@ -14,8 +14,8 @@ class HopfieldLayer(nn.Module):
     patterns; the pattern projection is Y itself or, with ``lookup_weights_as_separated``, separate
     ``target_weights``. Returns (batch, length, output_size).
 
-    Keys: ``hopfield.*`` (see ``Hopfield``), ``lookup_weights`` (1, quantity, size) and optionally
-    ``target_weights`` ((quantity, 1, size) when not batch_first), initialised N(0, 0.02) as in hflayers.
+    Keys: ``hopfield.*`` (see ``Hopfield``), ``lookup_weights`` and optionally ``target_weights``, each
+    (1, quantity, width), or (quantity, 1, width) when not batch_first, initialised N(0, 0.02) as in hflayers.
     Other keyword arguments go to ``Hopfield``.
     """
 

@@ -44,7 +44,8 @@ class SigmaReparam(nn.Module):
     v <- W^T u / ||W^T u||, u <- W v / ||W v||. The gradient of sigma flows into W only (d sigma / dW = u v^T).
     u, v start as the top singular vectors of the initial W (SVD) and gamma as sigma(W_0), so conversion leaves the
     layer's function unchanged. Eval forwards read u, v and never write them, and neither does the recomputation of
-    activation checkpointing. Cost: two matrix-vector products per training forward.
+    activation checkpointing. Cost: two matrix-vector products per training forward for u, v and a third for sigma
+    (eval forwards: that one).
     """
 
     gamma: nn.Parameter
