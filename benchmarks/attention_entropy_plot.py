@@ -25,7 +25,7 @@ def load(run: Path) -> tuple[dict[int, list[tuple[int, float]]], list[tuple[int,
             if row["estimator"] == "attention_entropy/mean":
                 layer = int(re.search(r"\.(\d+)\.attn\.probs$", row["point"]).group(1))
                 entropy[layer].append((int(row["step"]), float(row["value"])))
-    rows = [json.loads(line) for line in open(run / "metrics.jsonl")]
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     loss = [(r["step"], r["loss"]) for r in rows if r["split"] == "train"]
     final = [r for r in rows if r["split"] == "eval"][-1]
     return dict(sorted(entropy.items())), loss, final

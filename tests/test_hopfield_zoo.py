@@ -230,7 +230,7 @@ def test_mil_digits_recipe_learns(tmp_path):
     final = fit(recipe, out=tmp_path / "run")
     import csv
 
-    rows = list(csv.DictReader(open(tmp_path / "run" / "probe.csv")))
+    rows = list(csv.DictReader((tmp_path / "run" / "probe.csv").read_text().splitlines()))
     assert len(rows) == 2 and float(rows[0]["value"]) > 0
     assert final["auc"] > 0.75
 

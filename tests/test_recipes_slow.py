@@ -29,7 +29,7 @@ def _final_entropies(run):
     """Each probed layer's mean attention entropy (nats) at the last probed step."""
     import csv
 
-    rows = [r for r in csv.DictReader(open(run / "probe.csv")) if r["estimator"] == "attention_entropy/mean"]
+    rows = [r for r in csv.DictReader((run / "probe.csv").read_text().splitlines()) if r["estimator"] == "attention_entropy/mean"]
     last = max(int(r["step"]) for r in rows)
     return [float(r["value"]) for r in rows if int(r["step"]) == last]
 

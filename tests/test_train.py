@@ -283,7 +283,7 @@ def test_non_finite_metrics_are_written_as_strict_json_nulls(tmp_path, monkeypat
     evals = [r for r in rows if r["split"] == "eval"]
     assert [r["step"] for r in evals] == [10, 20, 30] and all(r["D_stsp"] is None and r["D_H"] is None for r in evals)
     assert strict((out / "summary.json").read_text())["D_stsp"] is None
-    assert {r["D_stsp"] for r in csv.DictReader(open(out / "metrics.csv")) if r["split"] == "eval"} == {""}
+    assert {r["D_stsp"] for r in csv.DictReader((out / "metrics.csv").read_text().splitlines()) if r["split"] == "eval"} == {""}
     assert not (out / "best.json").exists()  # NaN is never the best
 
 
@@ -493,7 +493,7 @@ def test_parameter_rows_measure_the_weights_the_steps_forward_used(tmp_path):
     fit(load_recipe("alrnn-lorenz63", SMALL_DSR + ["train.steps=3", "train.ckpt_every=1", "probe.every=1",
                                                    "train.keep_checkpoints=0", "probe.points={L: [condition_number]}"]),
         tmp_path / "run")
-    rows = {int(r["step"]): float(r["value"]) for r in csv.DictReader(open(tmp_path / "run" / "probe.csv"))}
+    rows = {int(r["step"]): float(r["value"]) for r in csv.DictReader((tmp_path / "run" / "probe.csv").read_text().splitlines())}
     assert sorted(rows) == [0, 1, 2, 3]
     for k in (1, 2, 3):
         weights = load_checkpoint(tmp_path / "run" / "checkpoints" / f"step_{k:08d}" / "model.safetensors")
@@ -755,7 +755,7 @@ def test_torchrun_two_processes_equal_single_process(tmp_path, name, extra):
     for s in la:
         assert la[s] == pytest.approx(lb[s], rel=1e-5)
     if (tmp_path / "single" / "probe.csv").is_file():  # the probe sees the whole global batch, not rank 0's half
-        pa, pb = (list(csv.DictReader(open(tmp_path / run / "probe.csv"))) for run in ("single", "ddp"))
+        pa, pb = (list(csv.DictReader((tmp_path / run / "probe.csv").read_text().splitlines())) for run in ("single", "ddp"))
         assert [(r["step"], r["point"], r["estimator"]) for r in pa] == [(r["step"], r["point"], r["estimator"])
                                                                          for r in pb] and pa
         for ra, rb in zip(pa, pb):
@@ -849,7 +849,7 @@ def test_compiled_forward_never_runs_with_probe_hooks(tmp_path, monkeypatch):
     monkeypatch.setattr(torch, "compile", Compiled)
     fit(load_recipe("alrnn-lorenz63", SMALL_DSR + ["train.steps=6", "probe.every=3", "train.eval_every=0",
                                                    "train.compile=true"]), tmp_path)
-    rows = list(csv.DictReader((tmp_path / "probe.csv").open()))
+    rows = list(csv.DictReader((tmp_path / "probe.csv").read_text().splitlines()))
     assert calls and not any(calls) and {r["step"] for r in rows} == {"0", "3"}
 
 

@@ -114,7 +114,8 @@ def _read_instances(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     from scipy.io.matlab import MatReadError
 
     try:
-        raw = loadmat(str(path)) if suffix == ".mat" else dict(np.load(path, allow_pickle=False))
+        with open(path, "rb") as f:  # closed also when numpy fails on a damaged archive (it left the file open)
+            raw = loadmat(f) if suffix == ".mat" else dict(np.load(f, allow_pickle=False))
     except (OSError, ValueError, NotImplementedError, MatReadError, zipfile.BadZipFile) as err:
         raise ValueError(f"{path} cannot be read as a {suffix} MIL file ({type(err).__name__}: {err}); it must hold "
                          "the numeric arrays features (instances, features), labels and bag_ids") from None
