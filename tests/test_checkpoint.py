@@ -1,6 +1,7 @@
 import json
 import warnings
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -438,6 +439,10 @@ def test_training_state_trees_round_trip_exactly_or_refuse(tmp_path):
     assert list(loaded) == list(state) and loaded["a"]["b"].item() == 2.0 and loaded["a.b"].item() == 1.0
     assert loaded[0].item() == 3.0 and loaded["0"].item() == 6.0 and loaded["again"] is loaded["x"]
     assert torch.equal(loaded["row"], x[1]) and torch.equal(loaded["t"][0], x.t()) and isinstance(loaded["t"], tuple)
+    keys = {0.5: a, 2: b, True: x, None: 4, "s": [5]}  # every key type the tree keeps (a scheduler's milestones)
+    back = load_tree(save_tree({"keys": keys}, tmp_path / "keys.safetensors"))["keys"]
+    assert [(type(k), k) for k in back] == [(type(k), k) for k in keys] and back[None] == 4 and back["s"] == [5]
+    assert torch.equal(back[0.5], a) and torch.equal(back[2], b) and torch.equal(back[True], x)
     with pytest.raises(TypeError, match=r"cannot store the key \(1, 2\) \(tuple\) at 'opt'"):
         save_tree({"opt": {(1, 2): a}}, tmp_path / "bad.safetensors")
     with pytest.raises(CheckpointError, match="holds no training state .* it is a model checkpoint"):
@@ -461,8 +466,13 @@ def test_ties_need_the_same_strides_and_either_name_and_nan_is_equal_to_itself(t
             self.register_buffer("row", self.w.data[1])  # overlaps w: stored as a copy
 
     saved = Views()
-    loaded = load_into(Views(), save_checkpoint(saved, tmp_path / "t.safetensors"))
-    assert torch.equal(loaded.w, saved.w) and torch.equal(loaded.row, saved.w[1])
+    file = save_checkpoint(saved, tmp_path / "t.safetensors")
+    assert set(load_file(file)) == {"w", "wt", "row"}  # the transpose is no tie: kept under its own name
+    loaded = load_into(Views(), file)
+    assert torch.equal(loaded.w, saved.w) and torch.equal(loaded.row, saved.w[1]) and torch.equal(loaded.wt, saved.w.t())
+    w = torch.randn(3, 3)
+    into = load_state_into(Views(), {"w": w, "wt": w.t().clone(), "row": w[1].clone()})
+    assert torch.equal(into.wt, w.t()) and torch.equal(into.w, w)
     lm = zoo.create_model("transformer_lm_13m", num_hidden_layers=1, hidden_size=8, num_attention_heads=2,
                           intermediate_size=16, vocab_size=20, max_position_embeddings=8)
     state = {k: v.clone() for k, v in lm.state_dict().items()}
@@ -868,3 +878,45 @@ def test_a_rewrite_keeps_the_files_mode_and_removes_a_killed_writers_temporary_f
     save_checkpoint(m, path)
     assert path.stat().st_mode & 0o777 == 0o600
     assert not orphan.exists() and live.exists() and other_host.exists()
+    # a writer of another user: signal 0 is refused (PermissionError), so it is alive and its file stays
+    others = tmp_path / f".m.safetensors.{host}.{dead.pid}.jkl012.tmp"
+    others.write_bytes(b"partial")
+    real_kill = os.kill
+
+    def refused(pid, sig):
+        if pid == dead.pid:
+            raise PermissionError(1, "Operation not permitted")
+        return real_kill(pid, sig)
+
+    import unittest.mock
+
+    with unittest.mock.patch.object(os, "kill", refused):
+        save_checkpoint(m, path)
+    assert others.exists()
+
+
+def test_atomic_write_flushes_the_file_then_the_rename_in_its_folder(tmp_path, monkeypatch):
+    """After a power loss the target must hold the old or the new file: the temporary file is flushed before the
+    rename, and the folder (the rename itself) after it; a folder that cannot be flushed (some file systems) does
+    not fail the write."""
+    import stat
+
+    flushed, real_fsync = [], os.fsync
+
+    def recording(fd):
+        flushed.append("folder" if stat.S_ISDIR(os.fstat(fd).st_mode) else
+                       "target" if (tmp_path / "f.bin").exists() else "temporary")
+        return real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", recording)
+    atomic_write(tmp_path / "f.bin", lambda tmp: open(tmp, "wb").close())
+    assert flushed == ["temporary", "folder"]
+
+    def no_folders(fd):
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            raise OSError(22, "Invalid argument")
+        return real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", no_folders)
+    atomic_write(tmp_path / "g.bin", lambda tmp: Path(tmp).write_bytes(b"x"))
+    assert (tmp_path / "g.bin").read_bytes() == b"x"

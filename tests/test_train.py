@@ -644,11 +644,30 @@ def test_a_mapping_given_for_probe_points_replaces_the_recipes_points(tmp_path):
     assert load_recipe("alrnn-lorenz63", ["probe.points={}"])["probe"]["points"] == {}
     assert load_recipe("alrnn-lorenz63", ["probe.points={cell.W: [condition_number]}"])["probe"]["points"] == \
         {"cell.W": ["condition_number"]}
-    both = load_recipe("alrnn-lorenz63", ["probe={every: 7, points: {z: [effective_rank]}}"])["probe"]
-    assert both == {**recipe["probe"], "every": 7, "points": {"z": ["effective_rank"]}}
+    assert "cell.W" not in recipe["probe"]["points"]  # so merging and replacing differ below
+    both = load_recipe("alrnn-lorenz63", ["probe={every: 7, points: {cell.W: [effective_rank]}}"])["probe"]
+    assert both == {**recipe["probe"], "every": 7, "points": {"cell.W": ["effective_rank"]}}
     assert load_recipe("alrnn-lorenz63", ["probe={every: 7}"])["probe"]["points"] == recipe["probe"]["points"]
     fit(load_recipe("alrnn-lorenz63", [*SMALL_DSR, "train.steps=4", "probe.points={}"]), out=tmp_path / "run")
     assert not (tmp_path / "run" / "probe.csv").exists()
+
+
+def test_a_minimal_recipe_gets_the_documented_defaults_and_overrides_leave_the_callers_recipe_alone(tmp_path):
+    """A recipe of name, model and task only trains with the README's defaults (1000 steps, batch 16, the two
+    newest checkpoints kept, a row every 10 steps, AdamW at 1e-3, a constant schedule); apply_override returns a
+    changed copy and never edits the recipe it is given (the CLI applies --set flags one by one)."""
+    (tmp_path / "minimal.yaml").write_text("name: minimal\nmodel: alrnn_m20_p2\ntask: dsr\n")
+    recipe = load_recipe(str(tmp_path / "minimal.yaml"))
+    assert recipe["train"] == {"steps": 1000, "batch_size": 16, "grad_accum": 1, "clip": 0.0, "eval_every": 0,
+                               "ckpt_every": 0, "log_every": 10, "seed": 0, "precision": "auto", "device": "auto",
+                               "keep_checkpoints": 2, "select": None, "threads": None, "compile": False,
+                               "sync_batchnorm": False}
+    assert recipe["optim"] == {"name": "adamw", "lr": 1e-3, "weight_decay": 0.0}
+    assert recipe["schedule"] == {"name": "constant", "warmup": 0}
+    before = json.dumps(recipe, sort_keys=True)
+    changed = apply_override(apply_override(recipe, "train.steps=5"), "model_args.x=[1]")
+    assert changed["train"]["steps"] == 5 and changed["model_args"] == {"x": [1]}
+    assert json.dumps(recipe, sort_keys=True) == before
 
 
 def test_numbers_that_yaml_reads_as_strings_become_floats_also_in_lists():
