@@ -38,7 +38,8 @@ def test_block_equals_timm_coordattn_configured_as_the_paper():
         assert torch.allclose(ours(x), theirs(x), atol=1e-6)
 
 
-@pytest.mark.parametrize("channels, ours_mip, timm_mip", [(96, 8, 8), (144, 8, 8), (384, 12, 16), (960, 30, 40)])
+@pytest.mark.parametrize("channels, ours_mip, timm_mip", [(96, 8, 8), (144, 8, 8), (384, 12, 16), (960, 30, 40),
+                                                         (300, 9, 16), (1000, 31, 40)])  # floor, not ceiling
 def test_defaults_differ_from_timm_coordattn(channels, ours_mip, timm_mip):
     ours, theirs = CoordAttention(channels), CoordAttn(channels)
     assert ours.mip == ours.conv1.out_channels == ours_mip  # max(8, C // 32)
@@ -47,6 +48,17 @@ def test_defaults_differ_from_timm_coordattn(channels, ours_mip, timm_mip):
     n = lambda m: sum(p.numel() for p in m.parameters())
     assert n(ours) == 3 * channels * ours_mip + ours_mip + 2 * ours_mip + 2 * channels
     assert n(theirs) == 3 * channels * timm_mip + 2 * timm_mip
+
+
+def test_batchnorm_keeps_the_default_momentum_in_training():
+    """The authors' block uses BatchNorm2d's defaults: after one training forward from fresh statistics the running
+    mean is 0.1 x the batch mean of conv1's output over the concatenated descriptors (eval outputs depend on it)."""
+    torch.manual_seed(0)
+    ca = CoordAttention(64).train()
+    x = torch.randn(4, 64, 7, 5)
+    y = torch.cat([x.mean(3, keepdim=True), x.mean(2, keepdim=True).transpose(2, 3)], 2)  # (B, C, H + W, 1)
+    ca(x)
+    torch.testing.assert_close(ca.bn1.running_mean, 0.1 * ca.conv1(y).mean((0, 2, 3)), atol=1e-6, rtol=1e-5)
 
 
 def test_zero_projections_give_quarter_gain():

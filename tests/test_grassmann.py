@@ -93,6 +93,14 @@ def _reference_mixing(layer: CausalGrassmannMixing, h: torch.Tensor) -> torch.Te
     return out
 
 
+def test_the_layers_defaults_are_the_papers():
+    """Offsets {1, 2, 4, 8, 12, 16} and r = 32 (the zoo's models give them explicitly, so only this pins the layer's
+    own defaults)."""
+    layer = CausalGrassmannMixing(16)
+    assert layer.windows == (1, 2, 4, 8, 12, 16) == tuple(zoo.grassmann.WINDOWS)
+    assert layer.reduce.out_features == 32
+
+
 @pytest.mark.parametrize("out_proj", [True, False])
 def test_mixing_matches_the_token_by_token_equations(out_proj):
     torch.manual_seed(0)

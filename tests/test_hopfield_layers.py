@@ -754,6 +754,18 @@ def test_association_dropout_is_inverted_dropout_on_both_paths():
         assert (draws.mean(0) - expected[0]).abs().max() < 0.1
         assert (draws.std(0) > 0.1).all()
         assert torch.equal(h.eval()((ys, rs, ys))[:2], expected.expand(2, -1, -1))
+    # dropout acts on the association (its rows), not on the retrieved features: with all-ones values every
+    # output row is constant, on the SDPA path, the iterated one and the one a probe forces explicit
+    ones = torch.ones(8, 6, 4, dtype=torch.float64)
+    for steps, probed in ((0, False), (0, True), (2, False)):
+        h = Hopfield(scaling=0.7, dropout=0.5, update_steps_max=steps, **STATIC).train()
+        if probed:
+            with Probe(h, {"association_core.association": [entropy()]}):
+                out = h((ones, rs[:8], ones))
+        else:
+            out = h((ones, rs[:8], ones))
+        assert torch.equal(out.amax(-1), out.amin(-1)), (steps, probed)
+    assert HopfieldCore(8).update_steps_eps == 1e-4  # hflayers' default, also when the core is used alone
 
 
 def test_additive_masks_of_zeros_mask_nothing_and_of_minus_inf_keep_gradients_finite():
