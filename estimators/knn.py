@@ -316,4 +316,5 @@ def knn_entropy(k: int = 3, metric: str = "euclidean", base: float | str = "nats
 
 def ksg_mi(target=None, k: int = 3, variant: int = 1, base: float | str = "nats", metric: str = "chebyshev") -> Estimator:
     """Probe estimator: KSG I(T; target) between the probe tensor T and a bound target (see estimators.paired)."""
-    return paired(f"ksg{variant}_mi", ksg_mutual_information, target, k=k, variant=variant, base=base, metric=metric)
+    name = f"ksg{variant}_mi" if variant in (1, 2) and not isinstance(variant, bool) else "ksg_mi"  # the check names it
+    return paired(name, ksg_mutual_information, target, k=k, variant=variant, base=base, metric=metric)

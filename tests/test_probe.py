@@ -136,12 +136,77 @@ def test_probe_bad_specs_are_clear():
     with pytest.raises(TypeError, match=r"estimator 'binned_mi': .*'bins'; it takes binned_mi\(target=None, n_bins"):
         make_estimator({"binned_mi": {"bins": 30}})
     assert make_estimator({"condition_number": {"of": "covariance"}}).name == "condition_number_covariance"
-    for kwargs, message in ((dict(every=1.5), "every must be an integer >= 1, got 1.5"),
+    for kwargs, message in ((dict(every=0), "every must be an integer >= 1, got 0"),  # a modulo by zero
+                            (dict(every=1.5), "every must be an integer >= 1, got 1.5"),
                             (dict(every=True), "every must be an integer >= 1, got True"),
                             (dict(max_samples=2.5), "max_samples must be an integer >= 1 or None"),
                             (dict(step=-1), "step must be an integer >= 0")):
         with pytest.raises(ValueError, match=re.escape(f"Probe: {message}")):  # not a slicing error in the hook
             Probe(model, {"probs": [entropy()]}, **kwargs)
+
+
+def test_estimator_settings_out_of_range_are_refused_when_built():
+    """Each shared setting is checked when the estimator is built: a base of 1 (log 1 = 0: inf) or below 1 (negative
+    entropies), an infinite kernel width or radius, a bool variant; the error names the estimator."""
+    for spec, message in (({"renyi_entropy": {"base": 1}}, "renyi_entropy: base must be 2, 'bits', 'nats', 'e' or a "
+                                                            "number > 1, got 1"),
+                          ({"renyi_entropy": {"base": 0.5}}, "number > 1, got 0.5"),
+                          ({"renyi_entropy": {"sigma": math.inf}}, "sigma must be None or a finite number > 0, got inf"),
+                          ({"local_complexity": {"radius": math.inf}}, "radius must be a finite number > 0, got inf"),
+                          ({"ksg_mi": {"variant": True, "target": torch.zeros(4, 1)}},
+                           "ksg_mi: variant must be 1 or 2, got True")):  # was named "ksgTrue_mi"
+        with pytest.raises(ValueError, match=re.escape(message)):
+            make_estimator(spec)
+
+
+def test_a_parameter_glob_measures_every_match_and_nested_pauses_restore_each_level():
+    """"*.weight" measures both layers' weights; leaving an inner paused() block keeps the outer one paused; a step
+    whose estimator failed (and the caller went on) leaves nothing for the next step; forward passes of two widths
+    within one step are named, with the way out."""
+    from estimators import Estimator
+
+    class Two(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.p = nn.Linear(3, 3), nn.Linear(3, 3), ProbePoint()
+
+        def forward(self, x):
+            return self.p(self.b(self.a(x)))
+
+    model = Two()
+    with Probe(model, {"*.weight": [condition_number()]}, every=1) as probe:
+        model(torch.randn(2, 3))
+        probe.step()
+    assert {r["point"] for r in probe.table()} == {"a.weight", "b.weight"}
+    with Probe(model, {"p": [Estimator("rows", lambda v: float(v.shape[0]))]}, every=1, max_samples=None) as probe:
+        with probe.paused():
+            with probe.paused():
+                model(torch.randn(5, 3))
+            model(torch.randn(7, 3))  # still inside the outer pause
+        model(torch.randn(2, 3))
+        probe.step()
+    assert [(r["step"], r["value"]) for r in probe.table()] == [(0, 2.0)]
+    fails = iter([True, False])
+
+    def once(v):
+        if next(fails):
+            raise FloatingPointError("once")
+        return float(v.shape[0])
+
+    with Probe(model, {"p": [Estimator("rows", once)]}, every=1, max_samples=None) as probe:
+        model(torch.randn(5, 3))
+        with pytest.raises(FloatingPointError):
+            probe.step()
+        model(torch.randn(2, 3))
+        probe.step()
+    assert [(r["step"], r["value"]) for r in probe.table()] == [(1, 2.0)]
+    wide = nn.Linear(3, 5)
+    with Probe(model, {"p": [Estimator("rows", lambda v: float(v.shape[0]))]}, every=1) as probe:
+        model(torch.randn(2, 3))
+        model.p(wide(torch.randn(2, 3)))
+        with pytest.raises(ValueError, match=r"Probe: p produced tensors of different shapes \[\(3,\), \(5,\)\] within one "
+                                             r"step; record one kind of forward pass per step \(see Probe.paused\(\)\)"):
+            probe.step()
 
 
 def test_a_closed_probe_stays_detached():

@@ -56,6 +56,27 @@ def test_override_of_the_wrong_type_names_key_type_and_default():
         zoo.create_model("grassmann_lm_13m", windows=["1"])
 
 
+def test_bools_strings_and_numpy_scalars_in_typed_fields(tmp_path):
+    """A bool is no float (dropout=False), a string fits no float | None (scaling) nor a tuple of floats; a numpy
+    float becomes a Python float, so the config writes as JSON; config_from_dict (a checkpoint's record) checks
+    as create_model does and turns lists into tuples."""
+    import numpy as np
+
+    from zoo._registry import config_from_dict
+
+    for name, field, value, kind in (("tabular_mlp", "dropout", False, "float"), ("tabular_mlp", "dropout", True, "float"),
+                                     ("hopfield_tabular", "scaling", "big", "float | None"),
+                                     ("pvrnn_small", "meta_prior_first", ("a",), r"tuple\[float, \.\.\.\] \| None")):
+        with pytest.raises(TypeError, match=rf"{name}: {field} must be {kind} \(default"):
+            zoo.create_model(name, **{field: value})
+    assert type(zoo.create_model("tabular_mlp", dropout=np.float32(0.25)).zoo_config.dropout) is float
+    with pytest.raises(TypeError, match=r"alrnn_m20_p2: M must be int \(default 20\), got '30'"):
+        config_from_dict("alrnn_m20_p2", {"M": "30"})
+    with pytest.raises(TypeError, match=r"alrnn_m20_p2: unknown config keys \['Q'\]"):
+        config_from_dict("alrnn_m20_p2", {"Q": 1})
+    assert config_from_dict("grassmann_lm_13m", {"windows": [1, 2]}).windows == (1, 2)
+
+
 def test_a_dropout_of_one_is_refused_by_the_registry():
     """Dropout rates are probabilities in [0, 1): 0 is allowed, 1.0 (every unit dropped) is refused like 1.5, by the
     registry, for a model whose layers would take it (torch's Dropout accepts p=1)."""
