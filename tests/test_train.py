@@ -134,6 +134,9 @@ def test_a_resumed_run_draws_the_same_dropout_and_a_damaged_checkpoint_is_named(
                                               r"was written \(its sha256 differs from sha256.json\)\); move it away"):
         fit(recipe, tmp_path / "resumed", resume=True)
     newest.write_bytes(intact)
+    (newest.parent / "sha256.json").write_text("[]")  # a damaged record is named too, not an AttributeError
+    with pytest.raises(CheckpointError, match=r"step_00000030 cannot be loaded \(sha256.json must map file names"):
+        fit(recipe, tmp_path / "resumed", resume=True)
     # checkpoints written before the record are not checked; their optimizer state still is, below
     (newest.parent / "sha256.json").unlink()
     # another run's optimizer state: torch loads it without a word, then fails (or carries on) at the first update

@@ -113,6 +113,8 @@ def _check_checksums(folder: Path) -> None:
     if not (folder / CHECKSUMS).is_file():
         return
     recorded = json.loads((folder / CHECKSUMS).read_text())
+    if not isinstance(recorded, dict):
+        raise ValueError(f"{CHECKSUMS} must map file names to their sha256, got {type(recorded).__name__}")
     damaged = [name for name in STATE_FILES if sha256_of(folder / name) != recorded.get(name)]
     if damaged:
         raise ValueError(f"{', '.join(damaged)} changed since it was written (its sha256 differs from {CHECKSUMS})")
