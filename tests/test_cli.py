@@ -119,6 +119,14 @@ def test_eval_uses_the_runs_own_recipe(tmp_path, capsys):
     main(["eval", str(run)])
     assert json.loads(capsys.readouterr().out) == newest
     assert "no checkpoints/step_*" in _error(capsys, ["eval", str(tmp_path)])
+    # a step checkpoint changed since it was written (its sha256.json) is named, also when picked as the newest
+    step = run / "checkpoints" / "step_00000020" / "model.safetensors"
+    intact = step.read_bytes()
+    step.write_bytes(intact[:-8] + bytes(b ^ 0xFF for b in intact[-8:]))
+    for target in (step.parent, run):
+        err = _error(capsys, ["eval", str(target)])
+        assert "step_00000020/model.safetensors cannot be evaluated: model.safetensors changed since it was written" in err
+    step.write_bytes(intact)
     # a recipe of another task is refused by name, from the checkpoint's metadata or (a checkpoint that does not
     # record its task) from the run's recipe.yaml, or outside a run from the registered recipe it names
     untold = save_checkpoint(load_checkpoint(run / "final.safetensors"), run / "untold.safetensors",

@@ -87,24 +87,32 @@ def _checkpoint_path(checkpoint: str) -> Path:
     """A checkpoint file; a published checkpoint's name (``zoo info MODEL`` lists them); a run or checkpoints/step_*
     directory holding model.safetensors; or, for a run without one (still training or interrupted) and for its
     checkpoints/ directory, the newest checkpoints/step_*, with a note on stderr."""
+    from weights import CheckpointError
     from weights.manifest import published_checkpoints, resolve
 
-    from .loop import checkpoints
+    from .loop import CHECKSUMS, check_checksums, checkpoints
 
     path = Path(checkpoint)
     published = [] if path.exists() else [entry for entry in published_checkpoints() if entry["name"] == checkpoint]
     if published:
         return resolve(published[0])
     if not path.is_dir() or (path / "model.safetensors").is_file():
-        return path / "model.safetensors" if path.is_dir() else path
-    run = path.parent if path.name == "checkpoints" else path
-    saved = [step for step in checkpoints(run) if (step / "model.safetensors").is_file()]
-    if not saved:
-        raise FileNotFoundError(f"{path} holds no model.safetensors and no checkpoints/step_* with one; pass a "
-                                ".safetensors file, a run directory or a checkpoints/step_* directory")
-    print(f"zoo: {path} has no model.safetensors of its own; using the newest checkpoint, {saved[-1]}",
-          file=sys.stderr)
-    return saved[-1] / "model.safetensors"
+        file = path / "model.safetensors" if path.is_dir() else path
+    else:
+        run = path.parent if path.name == "checkpoints" else path
+        saved = [step for step in checkpoints(run) if (step / "model.safetensors").is_file()]
+        if not saved:
+            raise FileNotFoundError(f"{path} holds no model.safetensors and no checkpoints/step_* with one; pass a "
+                                    ".safetensors file, a run directory or a checkpoints/step_* directory")
+        print(f"zoo: {path} has no model.safetensors of its own; using the newest checkpoint, {saved[-1]}",
+              file=sys.stderr)
+        file = saved[-1] / "model.safetensors"
+    if file.name == "model.safetensors" and (file.parent / CHECKSUMS).is_file():  # a step checkpoint, as written
+        try:
+            check_checksums(file.parent, (file.name,))
+        except (OSError, ValueError) as err:
+            raise CheckpointError(f"{file} cannot be evaluated: {err}") from err
+    return file
 
 
 # the recipe sections that an evaluation reads; the model itself comes from the checkpoint

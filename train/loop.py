@@ -106,16 +106,16 @@ STATE_FILES = ("model.safetensors", "trainer.safetensors")  # a step checkpoint'
 CHECKSUMS = "sha256.json"  # beside them: their sha256, checked on resume
 
 
-def _check_checksums(folder: Path) -> None:
-    """A ValueError when a step checkpoint's file no longer has the sha256 recorded when it was written (a bit flipped
-    on disk or in a copy loads without a word: safetensors reads any bytes as numbers). Folders written before the
-    record existed are not checked."""
+def check_checksums(folder: Path, names: tuple[str, ...] = STATE_FILES) -> None:
+    """A ValueError when a step checkpoint's file ``names`` no longer have the sha256 recorded when they were written
+    (a bit flipped on disk or in a copy loads without a word: safetensors reads any bytes as numbers). Folders
+    written before the record existed are not checked."""
     if not (folder / CHECKSUMS).is_file():
         return
     recorded = json.loads((folder / CHECKSUMS).read_text())
     if not isinstance(recorded, dict):
         raise ValueError(f"{CHECKSUMS} must map file names to their sha256, got {type(recorded).__name__}")
-    damaged = [name for name in STATE_FILES if sha256_of(folder / name) != recorded.get(name)]
+    damaged = [name for name in names if sha256_of(folder / name) != recorded.get(name)]
     if damaged:
         raise ValueError(f"{', '.join(damaged)} changed since it was written (its sha256 differs from {CHECKSUMS})")
 
@@ -508,7 +508,7 @@ def _fit(recipe: dict, cfg: dict, out: Path, resume: bool, d: Dist, task, points
     start = 0
     if resume and found:
         try:
-            _check_checksums(found[-1])
+            check_checksums(found[-1])
             load_into(model, found[-1] / "model.safetensors")
             state = load_tree(found[-1] / "trainer.safetensors")
             _load_optimizer_state(optimizer, state)
