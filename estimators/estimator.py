@@ -29,6 +29,11 @@ def is_whole(v, low: int = 1) -> bool:
     return isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= low
 
 
+def is_ksg_variant(v) -> bool:
+    """1 or 2 (KSG's two estimators); a bool is neither."""
+    return v in (1, 2) and not isinstance(v, bool)
+
+
 def _positive(v) -> bool:
     return isinstance(v, numbers.Real) and not isinstance(v, bool) and v > 0  # inf allowed (alpha), NaN not
 
@@ -42,7 +47,7 @@ def is_finite_positive(v) -> bool:
 _INTEGER = (is_whole, "an integer >= 1", True)
 _SETTINGS = {  # setting: (valid?, what it must be, whole floats become ints)
     "k": _INTEGER, "n_bins": _INTEGER, "t": _INTEGER, "n_directions": _INTEGER, "steps": _INTEGER, "batch_size": _INTEGER,
-    "variant": (lambda v: v in (1, 2) and not isinstance(v, bool), "1 or 2", True),
+    "variant": (is_ksg_variant, "1 or 2", True),
     "max_samples": (lambda v: v is None or is_whole(v), "None or an integer >= 1", True),
     "sigma": (lambda v: v is None or is_finite_positive(v), "None or a finite number > 0", False),
     "alpha": (_positive, "a number > 0 (inf: the min-entropy)", False),

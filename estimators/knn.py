@@ -20,7 +20,7 @@ import warnings
 import torch
 
 from . import knn_fused
-from .estimator import Estimator, is_whole, log_base
+from .estimator import Estimator, is_ksg_variant, is_whole, log_base
 from .paired import paired
 from .samples import as_samples, same_rows, standardise_columns
 
@@ -316,5 +316,5 @@ def knn_entropy(k: int = 3, metric: str = "euclidean", base: float | str = "nats
 
 def ksg_mi(target=None, k: int = 3, variant: int = 1, base: float | str = "nats", metric: str = "chebyshev") -> Estimator:
     """Probe estimator: KSG I(T; target) between the probe tensor T and a bound target (see estimators.paired)."""
-    name = f"ksg{variant}_mi" if variant in (1, 2) and not isinstance(variant, bool) else "ksg_mi"  # the check names it
+    name = f"ksg{variant}_mi" if is_ksg_variant(variant) else "ksg_mi"  # a bad variant: the settings check names it
     return paired(name, ksg_mutual_information, target, k=k, variant=variant, base=base, metric=metric)

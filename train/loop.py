@@ -401,12 +401,13 @@ def _differences(saved: dict, now: dict, prefix: str = "") -> list[str]:
     """``key.path: saved -> now`` for every setting where two recipes differ; a setting one of them leaves out
     (a model's or an optimizer's own default) shows as ``default``."""
     found, unset = [], object()
+    shown = lambda value: "default" if value is unset else repr(value)  # noqa: E731
     for key in sorted(set(saved) | set(now), key=str):
         a, b = saved.get(key, unset), now.get(key, unset)
         if isinstance(a, dict) and isinstance(b, dict):
             found += _differences(a, b, f"{prefix}{key}.")
         elif a != b:
-            found.append(f"{prefix}{key}: {'default' if a is unset else repr(a)} -> {'default' if b is unset else repr(b)}")
+            found.append(f"{prefix}{key}: {shown(a)} -> {shown(b)}")
     return found
 
 
